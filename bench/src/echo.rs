@@ -1,0 +1,192 @@
+//! `dap-bench echo`: dap's echo example against tokio and a raw mio loop, in one run.
+//!
+//! Every server runs with one worker, pinned to CPU 0; the load generator runs here, pinned to
+//! CPU 1. Contenders are interleaved across rounds (A B C, B C A, C A B) and each ratio is the
+//! median over rounds of the per-round ratio, so slow drift of the shared machine cancels out.
+
+use std::time::Duration;
+
+use crate::loadgen::{self, Measurement, SCENARIOS};
+use crate::report::{self, fmt_ratio, median};
+use crate::servers::{self, Kind};
+use crate::{DapSource, procstat, resolve_dap};
+
+/// Options of the `echo` subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EchoArgs {
+    /// Measured window per scenario, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub secs: f64,
+    /// Rounds; contenders are interleaved across rounds and ratios are medians over rounds.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Warm-up before each measured window, in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+}
+
+/// Order of the contenders in round 0; round r rotates it left by r.
+const ORDER: [Kind; 3] = [Kind::Dap, Kind::Tokio, Kind::Mio];
+
+struct Run {
+    round: usize,
+    scen: usize,
+    kind: Kind,
+    m: Measurement,
+}
+
+/// Runs the echo comparison; prints tables and the `RESULT` line, and returns its pairs.
+pub fn run(args: &EchoArgs, dap: DapSource) -> std::io::Result<Vec<(String, String)>> {
+    let secs = args.secs.clamp(0.1, 600.0);
+    let warmup = args.warmup.clamp(0.0, 60.0);
+    let rounds = args.rounds.clamp(1, 50);
+    let window = Duration::from_secs_f64(secs);
+    let warm = Duration::from_secs_f64(warmup);
+
+    let dap = resolve_dap(dap);
+    let pinned = procstat::can_pin_two_cpus();
+    if pinned {
+        procstat::pin_current_thread(servers::CLIENT_CPU)?;
+    } else {
+        println!("WARNING: fewer than 2 CPUs allowed; server and load generator NOT pinned");
+    }
+    println!(
+        "== echo: servers on CPU {}, load generator on CPU {}; warm-up {warmup} s, window {secs} s, {rounds} round(s)",
+        servers::SERVER_CPU,
+        servers::CLIENT_CPU
+    );
+    for sc in &SCENARIOS {
+        println!(
+            "   {:<4} {} conns x {} B messages, depth {}",
+            sc.name, sc.conns, sc.msg_size, sc.depth
+        );
+    }
+
+    let mut runs: Vec<Run> = Vec::new();
+    report::print_run_header();
+    for round in 0..rounds {
+        let order: Vec<Kind> = (0..ORDER.len())
+            .map(|i| ORDER[(i + round) % ORDER.len()])
+            .filter(|k| *k != Kind::Dap || dap.is_some())
+            .collect();
+        let names: Vec<&str> = order.iter().map(|k| k.name()).collect();
+        println!("-- round {} order: {}", round + 1, names.join(" "));
+        for kind in order {
+            let server = match servers::start(kind, dap.as_deref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    report::print_run_error(round + 1, "*", kind.name(), &e.to_string());
+                    continue;
+                }
+            };
+            println!(
+                "   [{} pid {} on CPUs {} at {}]",
+                server.name,
+                server.pid,
+                procstat::cpus_allowed_list(server.pid),
+                server.addr
+            );
+            for (si, sc) in SCENARIOS.iter().enumerate() {
+                match loadgen::run(server.addr, server.pid, sc, warm, window) {
+                    Ok(m) => {
+                        report::print_run_row(round + 1, sc.name, kind.name(), &m);
+                        runs.push(Run {
+                            round,
+                            scen: si,
+                            kind,
+                            m,
+                        });
+                    }
+                    Err(e) => {
+                        report::print_run_error(round + 1, sc.name, kind.name(), &e.to_string())
+                    }
+                }
+            }
+            drop(server);
+        }
+    }
+
+    println!("== medians over rounds");
+    report::print_run_header();
+    for (si, sc) in SCENARIOS.iter().enumerate() {
+        for kind in ORDER {
+            let ms: Vec<&Measurement> = runs
+                .iter()
+                .filter(|r| r.scen == si && r.kind == kind)
+                .map(|r| &r.m)
+                .collect();
+            if !ms.is_empty() {
+                report::print_median_row(sc.name, kind.name(), &ms);
+            }
+        }
+    }
+
+    // Median over rounds of a per-round ratio f(a) / f(b).
+    let ratio = |si: usize, a: Kind, b: Kind, f: fn(&Measurement) -> f64| {
+        let per_round: Vec<f64> = (0..rounds)
+            .filter_map(|round| {
+                let find = |k: Kind| {
+                    runs.iter()
+                        .find(|r| r.round == round && r.scen == si && r.kind == k)
+                };
+                Some(f(&find(a)?.m) / f(&find(b)?.m))
+            })
+            .collect();
+        median(&per_round)
+    };
+
+    println!(
+        "== ratios: median over rounds of the per-round ratio (msgs/s: >1 = first is faster; cpu/msg: <1 = first is cheaper)"
+    );
+    println!(
+        "{:<5} {:>10} {:>10} {:>10} {:>14} {:>14} {:>14}",
+        "scen",
+        "dap/tokio",
+        "dap/mio",
+        "mio/tokio",
+        "cpu dap/tokio",
+        "cpu dap/mio",
+        "cpu mio/tokio"
+    );
+    let thr = Measurement::msgs_per_sec;
+    let cpu = Measurement::server_ns_per_msg;
+    let mut pairs = Vec::new();
+    let mut extra = Vec::new();
+    for (si, sc) in SCENARIOS.iter().enumerate() {
+        let row = [
+            ratio(si, Kind::Dap, Kind::Tokio, thr),
+            ratio(si, Kind::Dap, Kind::Mio, thr),
+            ratio(si, Kind::Mio, Kind::Tokio, thr),
+            ratio(si, Kind::Dap, Kind::Tokio, cpu),
+            ratio(si, Kind::Dap, Kind::Mio, cpu),
+            ratio(si, Kind::Mio, Kind::Tokio, cpu),
+        ];
+        println!(
+            "{:<5} {:>10} {:>10} {:>10} {:>14} {:>14} {:>14}",
+            sc.name,
+            fmt_ratio(row[0]),
+            fmt_ratio(row[1]),
+            fmt_ratio(row[2]),
+            fmt_ratio(row[3]),
+            fmt_ratio(row[4]),
+            fmt_ratio(row[5])
+        );
+        let n = sc.name;
+        pairs.push((format!("{n}_vs_tokio"), fmt_ratio(row[0])));
+        // The five headline keys: big is only compared with tokio.
+        if si < 2 {
+            pairs.push((format!("{n}_vs_mio"), fmt_ratio(row[1])));
+        } else {
+            extra.push((format!("{n}_vs_mio"), fmt_ratio(row[1])));
+        }
+        extra.push((format!("{n}_cpu_vs_tokio"), fmt_ratio(row[3])));
+        extra.push((format!("{n}_cpu_vs_mio"), fmt_ratio(row[4])));
+        extra.push((format!("{n}_mio_vs_tokio"), fmt_ratio(row[2])));
+    }
+    if dap.is_none() {
+        println!("NOTE: dap was skipped (its echo example is not available): dap ratios are nan");
+    }
+    pairs.extend(extra);
+    report::print_result_line(&pairs);
+    Ok(pairs)
+}

@@ -1,0 +1,227 @@
+//! Server processes under test: which ones exist, how to build, spawn (pinned), await and reap
+//! them.
+
+use std::fs::{self, File};
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::procstat;
+
+/// CPU the server under test runs on.
+pub const SERVER_CPU: usize = 0;
+/// CPU the load generator runs on.
+pub const CLIENT_CPU: usize = 1;
+/// How long a server gets to accept its first connection.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long building the dap example may take (it may wait for another build's lock).
+const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// The contenders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// The framework's own echo example (`dap-reactor`, example `echo`).
+    Dap,
+    /// `dap-bench serve-tokio`.
+    Tokio,
+    /// `dap-bench serve-mio --threads 1`.
+    Mio,
+}
+
+impl Kind {
+    /// Name used in tables and `RESULT` keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Dap => "dap",
+            Kind::Tokio => "tokio",
+            Kind::Mio => "mio",
+        }
+    }
+}
+
+/// Root of the dap repository (the parent of `bench/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// Directory for build and server logs (`bench/target/bench-logs`).
+fn log_dir() -> PathBuf {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-logs");
+    let _ = fs::create_dir_all(&d);
+    d
+}
+
+/// Builds `<repo>/target/release/examples/echo` with cargo and returns its path, or a
+/// printable reason why it is not available.
+pub fn build_dap_example() -> Result<PathBuf, String> {
+    let root = repo_root();
+    let log_path = log_dir().join("dap-echo-build.log");
+    let log = File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let log_err = log.try_clone().map_err(|e| e.to_string())?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!(
+        "building dap echo example: cargo build --release -p dap-reactor --example echo (in {})",
+        root.display()
+    );
+    let mut child = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "dap-reactor",
+            "--example",
+            "echo",
+        ])
+        .current_dir(&root)
+        // The binary must land in <repo>/target, whatever the caller's environment says.
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET_DIR")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let deadline = Instant::now() + BUILD_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("build timed out after {BUILD_TIMEOUT:?}"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => return Err(format!("waiting for cargo: {e}")),
+        }
+    };
+    if !status.success() {
+        let text = fs::read_to_string(&log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+        return Err(format!(
+            "build failed ({status}); last lines of {}:\n{tail}",
+            log_path.display()
+        ));
+    }
+    let bin = root.join("target/release/examples/echo");
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!("build succeeded but {} is missing", bin.display()))
+    }
+}
+
+/// A running server; killed and reaped when dropped.
+#[derive(Debug)]
+pub struct ServerProc {
+    child: Child,
+    /// Name of the contender.
+    pub name: &'static str,
+    /// Its process id.
+    pub pid: u32,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> io::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Starts the `kind` server with one worker on a fresh loopback port, pinned to
+/// [`SERVER_CPU`], and waits until it accepts connections.
+///
+/// `dap_bin` is the dap echo example (required for [`Kind::Dap`]).
+pub fn start(kind: Kind, dap_bin: Option<&Path>) -> io::Result<ServerProc> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let mut cmd = match kind {
+        Kind::Dap => {
+            let bin = dap_bin.ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, "dap echo example not built")
+            })?;
+            let mut c = Command::new(bin);
+            c.args(["--addr", &addr.to_string(), "--threads", "1"]);
+            c
+        }
+        Kind::Tokio => {
+            let mut c = Command::new(std::env::current_exe()?);
+            c.args(["serve-tokio", "--addr", &addr.to_string()]);
+            c
+        }
+        Kind::Mio => {
+            let mut c = Command::new(std::env::current_exe()?);
+            c.args(["serve-mio", "--addr", &addr.to_string(), "--threads", "1"]);
+            c
+        }
+    };
+    let log = File::create(log_dir().join(format!("server-{}.log", kind.name())))?;
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    let child = spawn_pinned(&mut cmd)?;
+    let pid = child.id();
+    let mut server = ServerProc {
+        child,
+        name: kind.name(),
+        pid,
+        addr,
+    };
+    wait_ready(&mut server)?;
+    Ok(server)
+}
+
+/// Spawns `cmd` so that it starts life pinned to [`SERVER_CPU`]: the calling thread pins
+/// itself there, forks (the child inherits the mask before it runs a single instruction of
+/// the server, so even a framework that reads its allowed CPUs at start-up sees only CPU 0),
+/// then pins itself back to [`CLIENT_CPU`].
+fn spawn_pinned(cmd: &mut Command) -> io::Result<Child> {
+    let pin = procstat::can_pin_two_cpus();
+    if pin {
+        procstat::pin_current_thread(SERVER_CPU)?;
+    }
+    let child = cmd.spawn();
+    if pin {
+        procstat::pin_current_thread(CLIENT_CPU)?;
+    }
+    child
+}
+
+/// Retries connecting until the server accepts, it exits, or [`READY_TIMEOUT`] passes.
+fn wait_ready(s: &mut ServerProc) -> io::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(st) = s.child.try_wait()? {
+            return Err(io::Error::other(format!(
+                "{} server exited before accepting ({st}); see {}",
+                s.name,
+                log_dir().join(format!("server-{}.log", s.name)).display()
+            )));
+        }
+        if TcpStream::connect_timeout(&s.addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{} server not accepting on {} after {READY_TIMEOUT:?}",
+                    s.name, s.addr
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,363 @@
+//! Per-esocket input and output buffers with hard caps, backed by a per-worker pool.
+//!
+//! An idle esocket holds no buffer memory: storage is taken from the worker's pool when bytes
+//! arrive or are written, and handed back as soon as the buffer is empty again. That keeps
+//! thousands of idle connections cheap (DAP allocates 2 × 256 KiB per socket up front) while a
+//! busy connection reuses warm memory instead of calling the allocator on every read.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+
+use bytes::Bytes;
+
+/// A bounded free list of fixed-size byte vectors, one per worker.
+#[derive(Debug)]
+pub(crate) struct BufPool {
+    chunk: usize,
+    max: usize,
+    free: Vec<Vec<u8>>,
+}
+
+impl BufPool {
+    pub(crate) fn new(chunk: usize, max: usize) -> Self {
+        BufPool { chunk: chunk.max(1), max, free: Vec::new() }
+    }
+
+    pub(crate) fn chunk_size(&self) -> usize {
+        self.chunk
+    }
+
+    /// An empty vector with exactly `chunk_size()` bytes of capacity (for output).
+    pub(crate) fn get(&mut self) -> Vec<u8> {
+        let mut buf = self.free.pop().unwrap_or_else(|| Vec::with_capacity(self.chunk));
+        buf.clear();
+        buf
+    }
+
+    /// A vector whose length is its capacity, `chunk_size()` bytes (for input).
+    ///
+    /// Pooled vectors keep their length, so a recycled input buffer is not zero-filled again:
+    /// only bytes never touched before are initialised here.
+    pub(crate) fn get_filled(&mut self) -> Vec<u8> {
+        let mut buf = self.free.pop().unwrap_or_else(|| Vec::with_capacity(self.chunk));
+        buf.resize(self.chunk, 0);
+        buf
+    }
+
+    /// Returns storage; vectors of another size, or beyond the pool bound, are freed.
+    pub(crate) fn put(&mut self, buf: Vec<u8>) {
+        if buf.capacity() == self.chunk && self.free.len() < self.max {
+            self.free.push(buf);
+        }
+    }
+
+    /// Bytes held by the pool itself.
+    #[cfg(test)]
+    pub(crate) fn pooled_bytes(&self) -> usize {
+        self.free.len() * self.chunk
+    }
+}
+
+/// Input buffer: bytes read from the socket that the handler has not consumed yet.
+///
+/// Invariant: `start <= end <= data.len()`, and `data.len() == data.capacity()` once storage is
+/// attached (the whole vector is initialised, so reads go straight into it without zeroing);
+/// the unconsumed bytes are `data[start..end]`.
+#[derive(Debug, Default)]
+pub(crate) struct InBuf {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl InBuf {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// Drops the first `n` unconsumed bytes (DAP's `shrink_buf_in`).
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.start += n.min(self.len());
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Reads once from `read` into free space, never holding more than `cap` bytes.
+    ///
+    /// Returns `None` when the buffer is full (the caller pauses reading), otherwise the
+    /// read's result along with the space that was offered (a short read means the socket is
+    /// drained).
+    pub(crate) fn read_from(
+        &mut self,
+        pool: &mut BufPool,
+        cap: usize,
+        read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> Option<(io::Result<usize>, usize)> {
+        if self.data.is_empty() {
+            self.data = pool.get_filled();
+        }
+        let limit = cap.min(self.data.len());
+        if self.end >= limit && self.start > 0 {
+            // Slide the unconsumed tail to the front to make room.
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let room = limit.saturating_sub(self.end);
+        if room == 0 {
+            return None;
+        }
+        let result = read(&mut self.data[self.end..self.end + room]);
+        if let Ok(n) = &result {
+            self.end += (*n).min(room);
+        }
+        Some((result, room))
+    }
+
+    /// True when no more bytes fit under `cap`, even after compaction.
+    pub(crate) fn is_full(&self, pool_chunk: usize, cap: usize) -> bool {
+        self.len() >= cap.min(pool_chunk)
+    }
+
+    /// Gives empty storage back to the pool.
+    pub(crate) fn release_if_empty(&mut self, pool: &mut BufPool) {
+        if self.is_empty() && !self.data.is_empty() {
+            pool.put(std::mem::take(&mut self.data));
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+}
+
+/// One queued piece of output.
+#[derive(Debug)]
+enum Chunk {
+    /// Pool storage that small writes are copied into.
+    Owned(Vec<u8>),
+    /// Caller-provided bytes sent without a copy.
+    Shared(Bytes),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(v) => v,
+            Chunk::Shared(b) => b,
+        }
+    }
+}
+
+/// The most slices handed to one `writev`.
+const MAX_IOV: usize = 64;
+
+/// Output buffer: a queue of chunks written with vectored I/O.
+///
+/// Invariant: `len` is the sum of the chunk lengths minus `head_off`, and `head_off` is less
+/// than the first chunk's length whenever there is a first chunk.
+#[derive(Debug, Default)]
+pub(crate) struct OutBuf {
+    chunks: VecDeque<Chunk>,
+    head_off: usize,
+    len: usize,
+}
+
+impl OutBuf {
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies as much of `data` as fits under `cap`; returns the number of bytes taken.
+    pub(crate) fn push_copy(&mut self, pool: &mut BufPool, cap: usize, data: &[u8]) -> usize {
+        let take = data.len().min(cap.saturating_sub(self.len));
+        let mut rest = &data[..take];
+        while !rest.is_empty() {
+            let tail = match self.chunks.back_mut() {
+                Some(Chunk::Owned(v)) if v.len() < v.capacity() => v,
+                _ => {
+                    self.chunks.push_back(Chunk::Owned(pool.get()));
+                    match self.chunks.back_mut() {
+                        Some(Chunk::Owned(v)) => v,
+                        _ => unreachable!(),
+                    }
+                }
+            };
+            let n = rest.len().min(tail.capacity() - tail.len());
+            tail.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+        }
+        self.len += take;
+        take
+    }
+
+    /// Queues `data` without copying (small pieces are copied into the tail chunk instead,
+    /// which keeps the iovec count low). The caller checks the cap.
+    pub(crate) fn push_shared(&mut self, pool: &mut BufPool, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        if data.len() <= 512 {
+            if let Some(Chunk::Owned(v)) = self.chunks.back_mut() {
+                if v.capacity() - v.len() >= data.len() {
+                    v.extend_from_slice(&data);
+                    self.len += data.len();
+                    return;
+                }
+            }
+            self.push_copy(pool, usize::MAX, &data);
+            return;
+        }
+        self.len += data.len();
+        self.chunks.push_back(Chunk::Shared(data));
+    }
+
+    /// Writes queued bytes with one `write` or `writev`; returns what the call returned and
+    /// how many bytes it was offered (fewer written than offered means the socket is full).
+    pub(crate) fn write_to(
+        &mut self,
+        pool: &mut BufPool,
+        write: impl FnOnce(&[IoSlice<'_>]) -> io::Result<usize>,
+    ) -> (io::Result<usize>, usize) {
+        if self.len == 0 {
+            return (Ok(0), 0);
+        }
+        let (result, offered) = if self.chunks.len() == 1 {
+            let head = &self.chunks[0].bytes()[self.head_off..];
+            (write(&[IoSlice::new(head)]), head.len())
+        } else {
+            let mut iov: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
+            let mut n = 0;
+            let mut offered = 0;
+            for (i, chunk) in self.chunks.iter().take(MAX_IOV).enumerate() {
+                let bytes = if i == 0 { &chunk.bytes()[self.head_off..] } else { chunk.bytes() };
+                iov[i] = IoSlice::new(bytes);
+                offered += bytes.len();
+                n += 1;
+            }
+            (write(&iov[..n]), offered)
+        };
+        if let Ok(written) = result {
+            self.advance(pool, written);
+        }
+        (result, offered)
+    }
+
+    fn advance(&mut self, pool: &mut BufPool, mut n: usize) {
+        n = n.min(self.len);
+        self.len -= n;
+        while n > 0 {
+            let Some(head) = self.chunks.front() else { break };
+            let left = head.bytes().len() - self.head_off;
+            if n >= left {
+                n -= left;
+                self.head_off = 0;
+                if let Some(Chunk::Owned(v)) = self.chunks.pop_front() {
+                    pool.put(v);
+                }
+            } else {
+                self.head_off += n;
+                n = 0;
+            }
+        }
+        if self.len == 0 {
+            self.clear(pool);
+        }
+    }
+
+    /// Drops everything queued, returning storage to the pool.
+    pub(crate) fn clear(&mut self, pool: &mut BufPool) {
+        for chunk in self.chunks.drain(..) {
+            if let Chunk::Owned(v) = chunk {
+                pool.put(v);
+            }
+        }
+        self.head_off = 0;
+        self.len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbuf_honours_cap_and_compacts() {
+        let mut pool = BufPool::new(16, 4);
+        let mut buf = InBuf::default();
+        let (res, room) = buf.read_from(&mut pool, 8, |b| {
+            b.fill(7);
+            Ok(b.len())
+        })
+        .unwrap();
+        assert_eq!((res.unwrap(), room), (8, 8));
+        assert!(buf.is_full(16, 8));
+        assert!(buf.read_from(&mut pool, 8, |_| unreachable!()).is_none());
+        buf.consume(3);
+        let (res, room) = buf.read_from(&mut pool, 8, |b| Ok(b.len())).unwrap();
+        assert_eq!((res.unwrap(), room), (3, 3));
+        assert_eq!(buf.len(), 8);
+        buf.consume(100);
+        assert!(buf.is_empty());
+        buf.release_if_empty(&mut pool);
+        assert_eq!(pool.pooled_bytes(), 16);
+    }
+
+    #[test]
+    fn inbuf_error_leaves_contents() {
+        let mut pool = BufPool::new(16, 4);
+        let mut buf = InBuf::default();
+        buf.read_from(&mut pool, 16, |b| {
+            b[..2].copy_from_slice(b"hi");
+            Ok(2)
+        });
+        let (res, _) =
+            buf.read_from(&mut pool, 16, |_| Err(io::ErrorKind::WouldBlock.into())).unwrap();
+        assert!(res.is_err());
+        assert_eq!(buf.as_slice(), b"hi");
+    }
+
+    #[test]
+    fn outbuf_vectored_partial_writes() {
+        let mut pool = BufPool::new(4, 8);
+        let mut out = OutBuf::default();
+        assert_eq!(out.push_copy(&mut pool, 10, b"abcdef"), 6);
+        out.push_shared(&mut pool, Bytes::from(vec![b'x'; 600]));
+        assert_eq!(out.push_copy(&mut pool, 10, b"zz"), 0, "over the cap");
+        assert_eq!(out.len(), 606);
+        let mut sink = Vec::new();
+        // Accept 5 bytes at a time to exercise partial advances across chunk borders.
+        while !out.is_empty() {
+            let (res, _) = out.write_to(&mut pool, |iov| {
+                let mut n = 0;
+                for s in iov {
+                    for &b in s.iter() {
+                        if n == 5 {
+                            return Ok(n);
+                        }
+                        sink.push(b);
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            });
+            res.unwrap();
+        }
+        let mut want = b"abcdef".to_vec();
+        want.extend(std::iter::repeat_n(b'x', 600));
+        assert_eq!(sink, want);
+        assert_eq!(pool.pooled_bytes(), 8, "both copy chunks went back to the pool");
+    }
+}

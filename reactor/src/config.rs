@@ -1,0 +1,104 @@
+//! Reactor configuration: thread placement, per-worker limits and timeouts.
+
+use std::time::Duration;
+
+/// Hard bounds for one worker. Every buffer, queue and table a worker owns is capped by one of
+/// these; the defaults suit a server with many small connections.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Esockets (of every kind) one worker holds at once. A listener stops accepting while
+    /// its worker is full and resumes when a slot frees. Default 65,536.
+    pub max_esockets: usize,
+    /// Cap on unconsumed input per esocket; when reached, reading pauses until the handler
+    /// consumes. Also the size of one pooled buffer. Default 64 KiB.
+    pub buf_in_cap: usize,
+    /// Cap on queued output per esocket; local writes beyond it return `WouldBlock`.
+    /// Default 256 KiB.
+    pub buf_out_cap: usize,
+    /// After a write hit the cap, the write callback fires once output drains to this many
+    /// bytes or fewer. Default 64 KiB.
+    pub buf_out_low_water: usize,
+    /// Extra output room for writes that arrive through an [`EsocketHandle`] from other
+    /// threads (those cannot be refused synchronously). An esocket whose output would pass
+    /// `buf_out_cap + handle_write_slack` is closed with an error instead of growing: a peer
+    /// that does not read cannot make the worker hoard memory. Default 256 KiB.
+    ///
+    /// [`EsocketHandle`]: crate::EsocketHandle
+    pub handle_write_slack: usize,
+    /// Messages waiting in a worker's inbox; posting to a full inbox fails with
+    /// [`PostError::Full`](crate::PostError::Full). Default 4,096.
+    pub inbox_capacity: usize,
+    /// Free buffers a worker keeps for reuse (each `buf_in_cap` bytes). Default 64.
+    pub pool_buffers: usize,
+    /// Datagrams queued per UDP esocket while the socket is not writable. Default 256.
+    pub udp_out_queue: usize,
+    /// Pending timers per worker (timer esockets, connect and close deadlines). Default 65,536.
+    pub max_timers: usize,
+    /// Readiness events taken from the kernel per loop turn. Default 1,024.
+    pub events_per_turn: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_esockets: 65_536,
+            buf_in_cap: 64 * 1024,
+            buf_out_cap: 256 * 1024,
+            buf_out_low_water: 64 * 1024,
+            handle_write_slack: 256 * 1024,
+            inbox_capacity: 4_096,
+            pool_buffers: 64,
+            udp_out_queue: 256,
+            max_timers: 65_536,
+            events_per_turn: 1_024,
+        }
+    }
+}
+
+/// How a TCP listen address is spread over the workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ListenerMode {
+    /// One `SO_REUSEPORT` listener per worker (the kernel spreads connections); falls back to
+    /// [`ListenerMode::Single`] if the option is refused.
+    #[default]
+    PerWorker,
+    /// One listener on one worker that hands each accepted socket to the least-loaded worker.
+    Single,
+}
+
+/// Everything a [`Reactor`](crate::Reactor) is started with. Build it with
+/// [`Reactor::builder`](crate::Reactor::builder).
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) threads: usize,
+    pub(crate) pin: bool,
+    pub(crate) cpus: Option<Vec<usize>>,
+    pub(crate) limits: Limits,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) close_linger: Duration,
+    pub(crate) nodelay: bool,
+    pub(crate) backlog: i32,
+    pub(crate) listener_mode: ListenerMode,
+    pub(crate) name: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            threads: 0,
+            pin: true,
+            cpus: None,
+            limits: Limits::default(),
+            idle_timeout: None,
+            connect_timeout: Duration::from_secs(10),
+            close_linger: Duration::from_secs(5),
+            nodelay: true,
+            backlog: 1024,
+            listener_mode: ListenerMode::PerWorker,
+            name: "dap-worker".to_owned(),
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The callbacks an esocket runs on its worker.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::Esocket;
+
+/// Callbacks of a stream, UDP or raw-fd esocket, run on the owning worker (DAP's
+/// `dap_events_socket_callbacks_t`). Every method has a default that does nothing, so a
+/// handler implements only what it needs.
+///
+/// Within a callback, `es` gives `&mut` access to the esocket: read and consume `buf_in`,
+/// write to `buf_out`, change interest, close. Output is flushed after the callback returns,
+/// so several writes in one callback leave in one (vectored) system call.
+///
+/// A callback that panics is caught; its esocket is closed and the panic is logged and
+/// counted, and the worker carries on with its other esockets.
+pub trait Handler: 'static {
+    /// The esocket was added to its worker (accepted, adopted, created, or connect started).
+    fn on_new(&mut self, es: &mut Esocket<'_>) {
+        let _ = es;
+    }
+
+    /// An outgoing connection was established.
+    fn on_connected(&mut self, es: &mut Esocket<'_>) {
+        let _ = es;
+    }
+
+    /// New bytes were appended to `buf_in` (or, for a raw fd, the fd is readable).
+    ///
+    /// Bytes left unconsumed stay for the next call; once `buf_in` reaches its cap, reading
+    /// pauses until the handler consumes, so nothing is ever discarded.
+    fn on_read(&mut self, es: &mut Esocket<'_>) {
+        let _ = es;
+    }
+
+    /// A datagram arrived on a UDP esocket.
+    fn on_datagram(&mut self, es: &mut Esocket<'_>, data: &[u8], from: SocketAddr) {
+        let _ = (es, data, from);
+    }
+
+    /// The esocket can take more output: write interest is set and `buf_out` is at or below
+    /// its low-water mark, or an earlier write returned `WouldBlock` and output has drained
+    /// to the low-water mark. Return whether to keep write interest.
+    fn on_write(&mut self, es: &mut Esocket<'_>) -> bool {
+        let _ = es;
+        false
+    }
+
+    /// Everything queued in `buf_out` has been handed to the kernel.
+    fn on_write_finished(&mut self, es: &mut Esocket<'_>) {
+        let _ = es;
+    }
+
+    /// The esocket failed and is about to be closed: an I/O error, a refused or timed-out
+    /// connect, the idle sweep (`TimedOut`), or output overflow from cross-thread writes.
+    /// Never called for an orderly close.
+    fn on_error(&mut self, es: &mut Esocket<'_>, err: &io::Error) {
+        let _ = (es, err);
+    }
+
+    /// The esocket is being removed; last call. Writes made here are discarded.
+    fn on_delete(&mut self, es: &mut Esocket<'_>) {
+        let _ = es;
+    }
+}
+
+/// Where an accepted connection came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerAddr {
+    /// A TCP peer.
+    Inet(SocketAddr),
+    /// A Unix-domain peer (usually unnamed).
+    Unix,
+}
+
+/// Makes a handler for each accepted connection; `None` refuses the connection (it is closed
+/// at once). Shared by the listeners of every worker, hence `Send + Sync`.
+pub trait HandlerFactory: Send + Sync + 'static {
+    /// Called on the accepting worker for each new connection.
+    fn new_handler(&self, peer: &PeerAddr) -> Option<Box<dyn Handler>>;
+}
+
+impl<F> HandlerFactory for F
+where
+    F: Fn(&PeerAddr) -> Option<Box<dyn Handler>> + Send + Sync + 'static,
+{
+    fn new_handler(&self, peer: &PeerAddr) -> Option<Box<dyn Handler>> {
+        self(peer)
+    }
+}
+
+/// A shared handler factory.
+pub(crate) type Factory = Arc<dyn HandlerFactory>;

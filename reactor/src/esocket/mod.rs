@@ -1,0 +1,383 @@
+//! Event sockets: what a worker owns, and the `&mut` view a callback gets of one.
+
+mod handle;
+mod handler;
+pub(crate) mod io;
+
+use std::io::{Error, ErrorKind, Result};
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+
+use bytes::Bytes;
+
+pub use handle::{EsocketHandle, PostError};
+pub use handler::{Handler, HandlerFactory, PeerAddr};
+pub(crate) use handler::Factory;
+pub(crate) use io::Body;
+
+use crate::buffer::{InBuf, OutBuf};
+use crate::slots::SlotId;
+use crate::timer::TimerKey;
+use crate::worker::WorkerCtx;
+
+/// What an esocket is. Each kind gets the callbacks that make sense for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EsocketKind {
+    /// A TCP connection, accepted or outgoing.
+    Tcp,
+    /// A Unix-domain stream connection.
+    Unix,
+    /// The read end of a pipe.
+    Pipe,
+    /// A UDP socket.
+    Udp,
+    /// A TCP or Unix listener.
+    Listener,
+    /// A typed queue whose items are delivered to a callback.
+    Queue,
+    /// A timer on the worker's timer wheel.
+    Timer,
+    /// A u64 counter with eventfd semantics.
+    Event,
+    /// Any other file descriptor epoll can watch.
+    Raw,
+}
+
+impl EsocketKind {
+    /// Number of kinds (the length of [`WorkerStats::esockets`](crate::WorkerStats)).
+    pub const COUNT: usize = 9;
+
+    /// Stable index of the kind, `0..COUNT`.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// True for kinds that carry a byte stream through `buf_in` / `buf_out`.
+    pub fn is_stream(self) -> bool {
+        matches!(self, EsocketKind::Tcp | EsocketKind::Unix | EsocketKind::Pipe)
+    }
+}
+
+/// The state of one esocket, owned by its worker's slab.
+///
+/// Flags follow epoll's edge-triggered model: `read_ready` / `write_ready` remember that the
+/// kernel reported readiness we have not used up yet (a read or write short of `WouldBlock`),
+/// so pausing and resuming never needs an `epoll_ctl` call.
+pub(crate) struct EsState {
+    pub(crate) id: SlotId,
+    pub(crate) kind: EsocketKind,
+    pub(crate) body: Body,
+    pub(crate) handler: Option<Box<dyn Handler>>,
+    pub(crate) buf_in: InBuf,
+    pub(crate) buf_out: OutBuf,
+    pub(crate) want_read: bool,
+    pub(crate) want_write: bool,
+    pub(crate) read_ready: bool,
+    pub(crate) write_ready: bool,
+    /// In the worker's ready list already.
+    pub(crate) queued: bool,
+    pub(crate) connecting: bool,
+    /// The peer closed its side (read returned 0).
+    pub(crate) eof: bool,
+    /// A local write was refused for lack of room: call `on_write` at the low-water mark.
+    pub(crate) out_blocked: bool,
+    /// `buf_out` had bytes since the last `on_write_finished`.
+    pub(crate) out_pending: bool,
+    /// Close once output is flushed.
+    pub(crate) closing: bool,
+    /// Close at the end of the current dispatch.
+    pub(crate) close_now: bool,
+    /// The flush deadline of a graceful close is armed.
+    pub(crate) lingering: bool,
+    /// The error to report through `on_error` when it closes.
+    pub(crate) failure: Option<Error>,
+    /// Loop time (ms since the worker started) of the last byte moved.
+    pub(crate) last_active_ms: u64,
+    /// Connect deadline, close linger, or a timer esocket's next tick.
+    pub(crate) timer: Option<TimerKey>,
+}
+
+impl EsState {
+    pub(crate) fn new(id: SlotId, kind: EsocketKind, body: Body, now_ms: u64) -> Self {
+        EsState {
+            id,
+            kind,
+            body,
+            handler: None,
+            buf_in: InBuf::default(),
+            buf_out: OutBuf::default(),
+            want_read: true,
+            want_write: false,
+            read_ready: false,
+            write_ready: false,
+            queued: false,
+            connecting: false,
+            eof: false,
+            out_blocked: false,
+            out_pending: false,
+            closing: false,
+            close_now: false,
+            lingering: false,
+            failure: None,
+            last_active_ms: now_ms,
+            timer: None,
+        }
+    }
+
+    /// Records a failure; the esocket closes at the end of the dispatch.
+    pub(crate) fn fail(&mut self, err: Error) {
+        if self.failure.is_none() {
+            self.failure = Some(err);
+        }
+        self.close_now = true;
+    }
+
+    /// True when this esocket should be removed at the end of the dispatch.
+    pub(crate) fn is_done(&self) -> bool {
+        self.close_now || (self.closing && self.buf_out.is_empty())
+    }
+}
+
+impl std::fmt::Debug for EsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EsState")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("buf_in", &self.buf_in.len())
+            .field("buf_out", &self.buf_out.len())
+            .field("closing", &self.closing)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `&mut` access to one esocket, inside a callback on its owning worker (DAP's `_unsafe`
+/// functions). It cannot leave the worker thread: to reach an esocket from elsewhere, keep its
+/// [`EsocketHandle`].
+pub struct Esocket<'a> {
+    pub(crate) st: &'a mut EsState,
+    pub(crate) w: &'a mut WorkerCtx,
+    /// Esockets belong to one thread; this keeps the type `!Send` and `!Sync`.
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl std::fmt::Debug for Esocket<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Esocket")
+            .field("worker", &self.w.index())
+            .field("state", &self.st)
+            .finish()
+    }
+}
+
+impl<'a> Esocket<'a> {
+    pub(crate) fn new(st: &'a mut EsState, w: &'a mut WorkerCtx) -> Self {
+        Esocket { st, w, _not_send: PhantomData }
+    }
+
+    /// A `Send + Sync + Copy` handle to this esocket, for use from any thread.
+    pub fn handle(&self) -> EsocketHandle {
+        self.w.handle_for(self.st.id)
+    }
+
+    /// What kind of esocket this is.
+    pub fn kind(&self) -> EsocketKind {
+        self.st.kind
+    }
+
+    /// The worker that owns this esocket: add esockets and timers, reach other esockets.
+    pub fn worker(&mut self) -> &mut WorkerCtx {
+        self.w
+    }
+
+    /// Bytes received and not consumed yet.
+    pub fn buf_in(&self) -> &[u8] {
+        self.st.buf_in.as_slice()
+    }
+
+    /// Drops the first `n` bytes of `buf_in` (DAP's `shrink_buf_in`). If reading had paused
+    /// because `buf_in` was full, it resumes.
+    pub fn consume(&mut self, n: usize) {
+        self.st.buf_in.consume(n);
+        if self.st.read_ready && self.st.want_read {
+            self.w.schedule(self.st);
+        }
+    }
+
+    /// Queues bytes for output, copying as many as fit under the cap.
+    ///
+    /// Returns how many were taken; they leave after the callback returns.
+    ///
+    /// # Errors
+    /// `WouldBlock` when nothing fits (the esocket's `on_write` fires once output drains to
+    /// the low-water mark); `Unsupported` on kinds without output; `NotConnected` once the
+    /// esocket is closing.
+    pub fn write(&mut self, data: &[u8]) -> Result<usize> {
+        self.check_writable()?;
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let cap = self.w.limits().buf_out_cap;
+        let n = self.st.buf_out.push_copy(self.w.pool(), cap, data);
+        if n < data.len() {
+            self.st.out_blocked = true;
+        }
+        if n == 0 {
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        self.st.out_pending = true;
+        Ok(n)
+    }
+
+    /// Moves as much of `buf_in` to `buf_out` as fits and returns how many bytes moved: the
+    /// whole of an echo server, or one direction of a proxy, without an intermediate copy.
+    ///
+    /// # Errors
+    /// As [`write`](Self::write); `WouldBlock` only when `buf_in` is not empty and nothing fit.
+    pub fn copy_in_to_out(&mut self) -> Result<usize> {
+        self.check_writable()?;
+        let cap = self.w.limits().buf_out_cap;
+        let pending = self.st.buf_in.len();
+        let n = self.st.buf_out.push_copy(&mut self.w.pool, cap, self.st.buf_in.as_slice());
+        self.st.buf_in.consume(n);
+        if n < pending {
+            self.st.out_blocked = true;
+        }
+        if n > 0 {
+            self.st.out_pending = true;
+        } else if pending > 0 {
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    }
+
+    /// Queues shared bytes without copying, all or nothing.
+    ///
+    /// # Errors
+    /// Gives `data` back when it does not fit under the cap (then `on_write` fires at the
+    /// low-water mark), when the kind has no output, or when the esocket is closing.
+    pub fn write_bytes(&mut self, data: Bytes) -> std::result::Result<(), Bytes> {
+        if self.check_writable().is_err() {
+            return Err(data);
+        }
+        let cap = self.w.limits().buf_out_cap;
+        if self.st.buf_out.len() + data.len() > cap {
+            self.st.out_blocked = true;
+            return Err(data);
+        }
+        self.st.out_pending |= !data.is_empty();
+        self.st.buf_out.push_shared(self.w.pool(), data);
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if !self.st.kind.is_stream() || self.st.kind == EsocketKind::Pipe {
+            return Err(Error::new(ErrorKind::Unsupported, "this esocket kind has no output"));
+        }
+        if self.st.closing || self.st.close_now {
+            return Err(Error::new(ErrorKind::NotConnected, "esocket is closing"));
+        }
+        Ok(())
+    }
+
+    /// Bytes queued in `buf_out`.
+    pub fn out_len(&self) -> usize {
+        self.st.buf_out.len()
+    }
+
+    /// Room left in `buf_out` before writes return `WouldBlock`.
+    pub fn out_room(&self) -> usize {
+        self.w.limits().buf_out_cap.saturating_sub(self.st.buf_out.len())
+    }
+
+    /// Pauses (`false`) or resumes (`true`) reading. While paused, the kernel's receive
+    /// buffer fills and TCP flow control slows the peer; nothing is lost.
+    pub fn set_readable(&mut self, on: bool) {
+        self.st.want_read = on;
+        if on && self.st.read_ready {
+            self.w.schedule(self.st);
+        }
+    }
+
+    /// Asks for (`true`) or drops (`false`) `on_write` calls whenever output can be taken.
+    pub fn set_writable(&mut self, on: bool) {
+        self.st.want_write = on;
+        if on {
+            self.w.schedule(self.st);
+        }
+    }
+
+    /// Whether reading is on.
+    pub fn is_readable(&self) -> bool {
+        self.st.want_read
+    }
+
+    /// Whether write interest is on.
+    pub fn is_writable(&self) -> bool {
+        self.st.want_write
+    }
+
+    /// Closes gracefully: reading stops, queued output is flushed (up to the reactor's close
+    /// linger), then the esocket is removed.
+    pub fn close(&mut self) {
+        self.st.closing = true;
+    }
+
+    /// Closes at the end of this callback, discarding queued output.
+    pub fn close_now(&mut self) {
+        self.st.close_now = true;
+    }
+
+    /// True once `close` or `close_now` was called, or the peer finished its side.
+    pub fn is_closing(&self) -> bool {
+        self.st.closing || self.st.close_now
+    }
+
+    /// True when the peer has closed its side of the stream (read returned end of file).
+    pub fn peer_closed(&self) -> bool {
+        self.st.eof
+    }
+
+    /// Sends a datagram from a UDP esocket. If the socket cannot take it now, it is queued
+    /// (bounded by [`Limits::udp_out_queue`](crate::Limits)).
+    ///
+    /// # Errors
+    /// `WouldBlock` when the queue is full; `Unsupported` on other kinds; the socket's error
+    /// otherwise.
+    pub fn send_to(&mut self, data: &[u8], to: SocketAddr) -> Result<usize> {
+        let limit = self.w.limits().udp_out_queue;
+        let sent = io::udp_send(self.st, data, to, limit)?;
+        self.w.count_out(sent);
+        Ok(data.len())
+    }
+
+    /// The remote address of a TCP or connected UDP esocket.
+    ///
+    /// # Errors
+    /// `Unsupported` on other kinds; the socket's error (e.g. `NotConnected`).
+    pub fn peer_addr(&self) -> Result<SocketAddr> {
+        self.st.body.peer_addr()
+    }
+
+    /// The local address of a TCP, UDP or listener esocket.
+    ///
+    /// # Errors
+    /// `Unsupported` on other kinds; the socket's error.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.st.body.local_addr()
+    }
+
+    /// The underlying file descriptor, for options the reactor does not wrap. Do not close
+    /// it or change its blocking mode.
+    pub fn raw_fd(&self) -> Option<RawFd> {
+        self.st.body.as_raw_fd()
+    }
+}
+
+impl AsRawFd for Esocket<'_> {
+    /// Returns -1 for kinds without a descriptor of their own (timers).
+    fn as_raw_fd(&self) -> RawFd {
+        self.raw_fd().unwrap_or(-1)
+    }
+}

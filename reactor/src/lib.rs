@@ -1,0 +1,94 @@
+//! dap-reactor: per-CPU pinned event-loop workers that own event sockets.
+//!
+//! A [`Reactor`] runs one worker thread per CPU (pinned by default). Each worker owns a mio
+//! poller, a slab of *event sockets* ([`EsocketKind`]: TCP and Unix streams, listeners, UDP
+//! sockets, typed queues, pipes, timers, events, raw fds), a bounded inbox, one timer wheel
+//! and a buffer pool. An esocket is touched only by its worker:
+//!
+//! * inside a callback you get [`Esocket`], `&mut` access that cannot leave the thread
+//!   (DAP's `_unsafe` functions): read `buf_in`, write `buf_out`, change interest, close;
+//! * anywhere else you hold an [`EsocketHandle`] (`Send + Sync + Copy`, DAP's `_mt`
+//!   functions): its methods post a message to the owning worker, and a message for an
+//!   esocket that has gone is dropped and counted, never delivered to a newcomer in its slot.
+//!
+//! Buffers are bounded: a full `buf_in` pauses reading (nothing is discarded), a full
+//! `buf_out` makes writes return `WouldBlock` and `on_write` fires at the low-water mark.
+//! Idle esockets hold no buffer memory. See `docs/ARCHITECTURE.md` for the threads, the
+//! ownership rules and the life of an esocket.
+//!
+//! # Example
+//!
+//! An echo server on one worker, and a client that talks to it:
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use std::time::Duration;
+//! use dap_reactor::{Esocket, Handler, Reactor};
+//!
+//! struct Echo;
+//!
+//! impl Handler for Echo {
+//!     fn on_read(&mut self, es: &mut Esocket<'_>) {
+//!         let data = es.buf_in().to_vec();
+//!         // Take what fits; the rest stays in buf_in until output drains.
+//!         let n = es.write(&data).unwrap_or(0);
+//!         es.consume(n);
+//!     }
+//!
+//!     fn on_write(&mut self, es: &mut Esocket<'_>) -> bool {
+//!         self.on_read(es);
+//!         false
+//!     }
+//! }
+//!
+//! let reactor = Reactor::builder().threads(1).pin(false).start()?;
+//! let listening = reactor.listen_tcp(
+//!     "127.0.0.1:0".parse().unwrap(),
+//!     |_: &dap_reactor::PeerAddr| Some(Box::new(Echo) as Box<dyn Handler>),
+//! )?;
+//!
+//! let mut client = std::net::TcpStream::connect(listening.local_addr().unwrap())?;
+//! client.set_read_timeout(Some(Duration::from_secs(10)))?;
+//! client.write_all(b"hello")?;
+//! let mut back = [0u8; 5];
+//! client.read_exact(&mut back)?;
+//! assert_eq!(&back, b"hello");
+//!
+//! reactor.shutdown(Duration::from_secs(1));
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+mod buffer;
+mod config;
+mod error;
+mod esocket;
+mod event;
+mod pipe;
+mod queue;
+mod reactor;
+mod slots;
+mod stats;
+mod sys;
+mod timer;
+mod worker;
+
+pub use config::{Limits, ListenerMode};
+pub use error::ReactorError;
+pub use esocket::{
+    EsocketHandle, EsocketKind, Esocket, Handler, HandlerFactory, PeerAddr, PostError,
+};
+pub use event::EventSender;
+pub use pipe::PipeWriter;
+pub use queue::{QueueSendError, QueueSender};
+pub use reactor::{Listening, Reactor, ReactorBuilder};
+pub use stats::WorkerStats;
+pub use worker::{Worker, WorkerCtx};
+
+/// Raises this process's open-file soft limit to its hard limit and returns the new limit.
+/// Servers holding many connections call this once at start-up.
+///
+/// # Errors
+/// The `getrlimit` / `setrlimit` error.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    sys::rlimit::raise_nofile()
+}

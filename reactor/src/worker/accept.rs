@@ -1,0 +1,99 @@
+//! Accepting connections, and placing them on a worker.
+
+use std::io::ErrorKind;
+use std::time::Duration;
+
+use super::{AcceptedIo, Msg, TimerWhat, WorkerCtx};
+use crate::esocket::io::{ListenIo, StreamIo};
+use crate::esocket::{Body, EsState, EsocketKind, Factory, PeerAddr, PostError};
+
+/// Connections accepted per listener per turn before other esockets get a go.
+const ACCEPT_BUDGET: usize = 64;
+/// How long a listener rests after the process ran out of descriptors or memory.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+impl WorkerCtx {
+    pub(crate) fn accept(&mut self, st: &mut EsState) {
+        if !st.read_ready || self.stopping.is_some() || st.close_now {
+            return;
+        }
+        let Body::Listener { io, factory, spread } = &mut st.body else { return };
+        let factory = factory.clone();
+        let spread = *spread;
+        for _ in 0..ACCEPT_BUDGET {
+            if !spread && self.slots.is_full() {
+                // Leave the rest in the kernel's backlog; a freed slot resumes us.
+                self.paused_listeners.push(st.id);
+                return;
+            }
+            let accepted = match io {
+                ListenIo::Tcp(l) => {
+                    l.accept().map(|(s, a)| (AcceptedIo::Tcp(s), PeerAddr::Inet(a)))
+                }
+                ListenIo::Unix(l) => l.accept().map(|(s, _)| (AcceptedIo::Unix(s), PeerAddr::Unix)),
+            };
+            match accepted {
+                Ok((sock, peer)) => self.place(sock, peer, &factory, spread),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    st.read_ready = false;
+                    return;
+                }
+                Err(e)
+                    if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {}
+                Err(e) => {
+                    // Out of descriptors or memory: the pending connection stays in the
+                    // backlog, and edge-triggered epoll will not remind us, so retry on a timer
+                    // rather than spin.
+                    tracing::warn!(worker = self.index(), error = %e, "accept failed; retrying shortly");
+                    let _ = self.arm(st, ACCEPT_RETRY, TimerWhat::AcceptRetry);
+                    return;
+                }
+            }
+        }
+        self.schedule(st);
+    }
+
+    /// Keeps an accepted socket here, or (spread mode) hands it to the least-loaded worker.
+    fn place(&mut self, sock: AcceptedIo, peer: PeerAddr, factory: &Factory, spread: bool) {
+        if spread && self.peers.len() > 1 {
+            let target = self
+                .peers
+                .iter()
+                .min_by_key(|p| (p.load(), p.index != self.shared.index))
+                .cloned();
+            if let Some(target) = target.filter(|t| t.index != self.shared.index) {
+                match target.try_post(Msg::Adopt(sock, peer, factory.clone())) {
+                    Ok(()) => return,
+                    Err((PostError::Full | PostError::Gone, Msg::Adopt(sock, peer, _))) => {
+                        return self.adopt(sock, peer, factory);
+                    }
+                    Err(_) => return,
+                }
+            }
+        }
+        self.adopt(sock, peer, factory);
+    }
+
+    /// Turns an accepted socket into an esocket on this worker.
+    pub(crate) fn adopt(&mut self, sock: AcceptedIo, peer: PeerAddr, factory: &Factory) {
+        if self.stopping.is_some() || self.slots.is_full() {
+            self.stats.accept_dropped += 1;
+            tracing::warn!(worker = self.index(), "no room for an accepted connection; closing it");
+            return;
+        }
+        let Some(handler) = factory.new_handler(&peer) else { return };
+        let (kind, io) = match sock {
+            AcceptedIo::Tcp(s) => {
+                if self.cfg.nodelay {
+                    let _ = s.set_nodelay(true);
+                }
+                (EsocketKind::Tcp, StreamIo::Tcp(s))
+            }
+            AcceptedIo::Unix(s) => (EsocketKind::Unix, StreamIo::Unix(s)),
+        };
+        match self.add(kind, Body::Stream(io), Some(handler), |st| st.write_ready = true) {
+            Ok(_) => self.stats.accepted += 1,
+            Err(e) => tracing::warn!(worker = self.index(), error = %e, "could not add an accepted connection"),
+        }
+    }
+}

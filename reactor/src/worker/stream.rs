@@ -1,0 +1,298 @@
+//! Driving stream and UDP esockets: reads into `buf_in`, writes from `buf_out`, and the
+//! callbacks in between.
+
+use std::io::{Error, ErrorKind};
+use std::panic::{self, AssertUnwindSafe};
+
+use super::{TimerWhat, WorkerCtx};
+use crate::error::ReactorError;
+use crate::esocket::io::StreamIo;
+use crate::esocket::{Body, EsState, Esocket, EsocketKind, Handler};
+
+/// Datagrams read from one UDP esocket per turn before others get a go.
+const UDP_BUDGET: usize = 64;
+/// The largest UDP payload.
+const DATAGRAM_MAX: usize = 65_536;
+
+impl WorkerCtx {
+    /// Runs one handler callback, isolating panics: a panicking handler is dropped, its
+    /// esocket closed, and the worker carries on.
+    pub(crate) fn call<R: Default>(
+        &mut self,
+        st: &mut EsState,
+        f: impl FnOnce(&mut dyn Handler, &mut Esocket<'_>) -> R,
+    ) -> R {
+        let Some(mut h) = st.handler.take() else { return R::default() };
+        let result =
+            panic::catch_unwind(AssertUnwindSafe(|| f(&mut *h, &mut Esocket::new(st, self))));
+        match result {
+            Ok(r) => {
+                st.handler = Some(h);
+                r
+            }
+            Err(_) => {
+                self.note_panic(st);
+                R::default()
+            }
+        }
+    }
+
+    pub(crate) fn note_panic(&mut self, st: &mut EsState) {
+        self.handler_panics += 1;
+        tracing::error!(worker = self.index(), kind = ?st.kind, "esocket callback panicked; closing it");
+        st.fail(ReactorError::HandlerPanicked.into());
+    }
+
+    /// Does whatever an esocket is ready for; called after events, messages and callbacks.
+    pub(crate) fn drive(&mut self, st: &mut EsState) {
+        match st.kind {
+            EsocketKind::Tcp | EsocketKind::Unix | EsocketKind::Pipe => self.drive_stream(st),
+            EsocketKind::Udp => self.drive_udp(st),
+            EsocketKind::Listener => self.accept(st),
+            EsocketKind::Queue => self.drain_queue(st, super::run::QUEUE_BUDGET),
+            _ => {}
+        }
+    }
+
+    pub(crate) fn drive_stream(&mut self, st: &mut EsState) {
+        if st.connecting || st.close_now {
+            return;
+        }
+        if st.want_read && st.read_ready && !st.eof && !st.closing {
+            self.read_stream(st);
+        }
+        self.flush_stream(st);
+    }
+
+    fn read_stream(&mut self, st: &mut EsState) {
+        let cap = self.cfg.limits.buf_in_cap;
+        let Body::Stream(io) = &mut st.body else { return };
+        let outcome = st.buf_in.read_from(&mut self.pool, cap, |buf| {
+            loop {
+                match io.read(buf) {
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    other => break other,
+                }
+            }
+        });
+        match outcome {
+            // Full: reading pauses here and resumes when the handler consumes.
+            None => {}
+            Some((Ok(0), _)) => {
+                st.eof = true;
+                st.read_ready = false;
+                st.closing = true;
+            }
+            Some((Ok(n), room)) => {
+                self.stats.bytes_in += n as u64;
+                st.last_active_ms = self.now_ms();
+                // A short read drained the socket (as tokio does); edge-triggered epoll will
+                // report new data, so no read is wasted on WouldBlock.
+                if n < room {
+                    st.read_ready = false;
+                }
+                self.call(st, |h, es| h.on_read(es));
+                if st.read_ready && st.want_read && !st.buf_in.is_full(self.pool.chunk_size(), cap)
+                {
+                    self.schedule(st);
+                }
+            }
+            Some((Err(e), _)) if e.kind() == ErrorKind::WouldBlock => st.read_ready = false,
+            Some((Err(e), _)) => st.fail(e),
+        }
+        st.buf_in.release_if_empty(&mut self.pool);
+    }
+
+    fn write_out(&mut self, st: &mut EsState) {
+        let Body::Stream(io) = &mut st.body else { return };
+        while !st.buf_out.is_empty() && st.write_ready {
+            let (result, offered) = st.buf_out.write_to(&mut self.pool, |iov| io.write_vectored(iov));
+            match result {
+                Ok(n) => {
+                    self.stats.bytes_out += n as u64;
+                    st.last_active_ms = self.now_ns / super::NS_PER_TICK;
+                    if n < offered {
+                        st.write_ready = false;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => st.write_ready = false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    st.fail(e);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn flush_stream(&mut self, st: &mut EsState) {
+        let low = self.cfg.limits.buf_out_low_water;
+        // Two rounds: flush, let the handler refill once, flush that too. More would let one
+        // bulk writer starve the rest of the turn; it is rescheduled instead.
+        for _ in 0..2 {
+            self.write_out(st);
+            if st.close_now {
+                return;
+            }
+            let wants = st.want_write || st.out_blocked;
+            if !(wants && st.write_ready && !st.closing && st.buf_out.len() <= low) {
+                break;
+            }
+            st.out_blocked = false;
+            let before = st.buf_out.len();
+            st.want_write = self.call(st, |h, es| h.on_write(es));
+            if st.buf_out.len() == before {
+                break;
+            }
+        }
+        if st.out_pending && st.buf_out.is_empty() && !st.close_now {
+            st.out_pending = false;
+            self.call(st, |h, es| h.on_write_finished(es));
+        }
+        if st.want_write && st.write_ready && !st.closing && st.buf_out.len() <= low {
+            self.schedule(st);
+        }
+    }
+
+    /// Completes a non-blocking connect once epoll reports on it.
+    pub(crate) fn finish_connect(&mut self, st: &mut EsState) {
+        let Body::Stream(io) = &st.body else { return };
+        let status = match io {
+            StreamIo::Tcp(s) => s.take_error().and_then(|e| match e {
+                Some(e) => Err(e),
+                None => s.peer_addr().map(|_| ()),
+            }),
+            StreamIo::Unix(s) => s.take_error().and_then(|e| match e {
+                Some(e) => Err(e),
+                None => s.peer_addr().map(|_| ()),
+            }),
+            StreamIo::Pipe(_) => Ok(()),
+        };
+        match status {
+            Ok(()) => {
+                st.connecting = false;
+                if let Some(key) = st.timer.take() {
+                    self.timers.remove(key);
+                }
+                st.last_active_ms = self.now_ms();
+                self.call(st, |h, es| h.on_connected(es));
+            }
+            // Spurious wake-up: still in progress.
+            Err(e) if e.kind() == ErrorKind::NotConnected => {
+                st.read_ready = false;
+                st.write_ready = false;
+            }
+            Err(e) => st.fail(e),
+        }
+    }
+
+    pub(crate) fn drive_udp(&mut self, st: &mut EsState) {
+        if st.want_read && st.read_ready && !st.close_now && !st.closing {
+            let mut scratch = std::mem::take(&mut self.scratch);
+            scratch.resize(DATAGRAM_MAX, 0);
+            let mut count = 0;
+            loop {
+                if count == UDP_BUDGET {
+                    self.schedule(st);
+                    break;
+                }
+                let Body::Udp { sock, .. } = &st.body else { break };
+                match sock.recv_from(&mut scratch) {
+                    Ok((n, from)) => {
+                        count += 1;
+                        self.stats.bytes_in += n as u64;
+                        st.last_active_ms = self.now_ms();
+                        self.call(st, |h, es| h.on_datagram(es, &scratch[..n], from));
+                        if st.close_now || st.closing || !st.want_read {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        st.read_ready = false;
+                        break;
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        // Errors on a datagram socket concern one datagram (an ICMP report,
+                        // say); the socket itself is fine.
+                        tracing::debug!(worker = self.index(), error = %e, "udp receive error");
+                        break;
+                    }
+                }
+            }
+            self.scratch = scratch;
+        }
+        self.flush_udp(st);
+        if st.want_write && st.write_ready && !st.close_now {
+            let queued = matches!(&st.body, Body::Udp { out, .. } if !out.is_empty());
+            if !queued {
+                st.want_write = self.call(st, |h, es| h.on_write(es));
+                self.flush_udp(st);
+                if st.want_write {
+                    self.schedule(st);
+                }
+            }
+        }
+    }
+
+    fn flush_udp(&mut self, st: &mut EsState) {
+        let Body::Udp { sock, out } = &mut st.body else { return };
+        while st.write_ready {
+            let Some((to, data)) = out.front() else { break };
+            match sock.send_to(data, *to) {
+                Ok(n) => {
+                    self.stats.bytes_out += n as u64;
+                    out.pop_front();
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => st.write_ready = false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!(worker = self.shared.index, error = %e, to = %to, "udp send failed; datagram dropped");
+                    out.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Applies a write posted through a handle.
+    pub(crate) fn handle_write(&mut self, st: &mut EsState, data: bytes::Bytes) {
+        if !matches!(st.kind, EsocketKind::Tcp | EsocketKind::Unix) || st.closing || st.close_now
+        {
+            self.stats.dropped_dead += 1;
+            return;
+        }
+        let limit = self.cfg.limits.buf_out_cap.saturating_add(self.cfg.limits.handle_write_slack);
+        if st.buf_out.len().saturating_add(data.len()) > limit {
+            self.stats.overflow_closed += 1;
+            tracing::warn!(worker = self.index(), queued = st.buf_out.len(), "closing esocket: output overflow");
+            st.fail(ReactorError::OutputOverflow.into());
+            return;
+        }
+        st.out_pending |= !data.is_empty();
+        st.buf_out.push_shared(&mut self.pool, data);
+    }
+
+    /// Starts the flush deadline of a graceful close.
+    pub(crate) fn arm_linger(&mut self, st: &mut EsState) {
+        let linger = self.cfg.close_linger;
+        let _ = self.arm(st, linger, TimerWhat::Linger);
+    }
+
+    /// Replaces the esocket's timer with one that fires after `delay`.
+    pub(crate) fn arm(
+        &mut self,
+        st: &mut EsState,
+        delay: std::time::Duration,
+        what: TimerWhat,
+    ) -> Result<(), Error> {
+        if let Some(key) = st.timer.take() {
+            self.timers.remove(key);
+        }
+        if self.timers.len() >= self.cfg.limits.max_timers {
+            return Err(ReactorError::TimersFull.into());
+        }
+        let at_ns = self.now_ns.saturating_add(delay.as_nanos().min(u64::MAX as u128) as u64);
+        st.timer = Some(self.timers.insert(super::ns_to_tick(at_ns), (st.id, what)));
+        Ok(())
+    }
+}
