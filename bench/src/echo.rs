@@ -90,12 +90,7 @@ pub fn run(args: &EchoArgs, dap: DapSource) -> std::io::Result<Vec<(String, Stri
                 match loadgen::run(server.addr, server.pid, sc, warm, window) {
                     Ok(m) => {
                         report::print_run_row(round + 1, sc.name, kind.name(), &m);
-                        runs.push(Run {
-                            round,
-                            scen: si,
-                            kind,
-                            m,
-                        });
+                        runs.push(Run { round, scen: si, kind, m });
                     }
                     Err(e) => {
                         report::print_run_error(round + 1, sc.name, kind.name(), &e.to_string())
@@ -110,11 +105,8 @@ pub fn run(args: &EchoArgs, dap: DapSource) -> std::io::Result<Vec<(String, Stri
     report::print_run_header();
     for (si, sc) in SCENARIOS.iter().enumerate() {
         for kind in ORDER {
-            let ms: Vec<&Measurement> = runs
-                .iter()
-                .filter(|r| r.scen == si && r.kind == kind)
-                .map(|r| &r.m)
-                .collect();
+            let ms: Vec<&Measurement> =
+                runs.iter().filter(|r| r.scen == si && r.kind == kind).map(|r| &r.m).collect();
             if !ms.is_empty() {
                 report::print_median_row(sc.name, kind.name(), &ms);
             }
@@ -125,10 +117,8 @@ pub fn run(args: &EchoArgs, dap: DapSource) -> std::io::Result<Vec<(String, Stri
     let ratio = |si: usize, a: Kind, b: Kind, f: fn(&Measurement) -> f64| {
         let per_round: Vec<f64> = (0..rounds)
             .filter_map(|round| {
-                let find = |k: Kind| {
-                    runs.iter()
-                        .find(|r| r.round == round && r.scen == si && r.kind == k)
-                };
+                let find =
+                    |k: Kind| runs.iter().find(|r| r.round == round && r.scen == si && r.kind == k);
                 Some(f(&find(a)?.m) / f(&find(b)?.m))
             })
             .collect();

@@ -42,24 +42,9 @@ pub struct Scenario {
 
 /// The three echo scenarios, in the order they run.
 pub const SCENARIOS: [Scenario; 3] = [
-    Scenario {
-        name: "d1",
-        conns: 64,
-        msg_size: 64,
-        depth: 1,
-    },
-    Scenario {
-        name: "d16",
-        conns: 64,
-        msg_size: 64,
-        depth: 16,
-    },
-    Scenario {
-        name: "big",
-        conns: 4,
-        msg_size: 64 * 1024,
-        depth: 4,
-    },
+    Scenario { name: "d1", conns: 64, msg_size: 64, depth: 1 },
+    Scenario { name: "d16", conns: 64, msg_size: 64, depth: 16 },
+    Scenario { name: "big", conns: 4, msg_size: 64 * 1024, depth: 4 },
 ];
 
 /// What one measured window produced.
@@ -114,11 +99,7 @@ impl Measurement {
 }
 
 fn per_msg_ns(cpu: Duration, msgs: u64) -> f64 {
-    if msgs == 0 {
-        f64::NAN
-    } else {
-        cpu.as_nanos() as f64 / msgs as f64
-    }
+    if msgs == 0 { f64::NAN } else { cpu.as_nanos() as f64 / msgs as f64 }
 }
 
 struct Conn {
@@ -171,10 +152,7 @@ fn on_event(
     loop {
         match c.stream.read(buf) {
             Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "server closed",
-                ));
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed"));
             }
             Ok(n) => {
                 c.received += n as u64;
@@ -218,11 +196,7 @@ fn connect_all(poll: &Poll, addr: SocketAddr, sc: &Scenario) -> io::Result<Vec<C
         s.set_nodelay(true)?;
         s.set_nonblocking(true)?;
         let mut stream = TcpStream::from_std(s);
-        poll.registry().register(
-            &mut stream,
-            Token(i),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
+        poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
         conns.push(Conn {
             stream,
             to_send: 0,
@@ -249,11 +223,7 @@ pub fn run(
     let pattern = vec![0xA5u8; sc.msg_size * sc.depth];
     let mut buf = vec![0u8; READ_BUF];
     let mut events = Events::with_capacity(1024);
-    let mut sink = Sink {
-        measuring: false,
-        msgs: 0,
-        lat_ns: Vec::new(),
-    };
+    let mut sink = Sink { measuring: false, msgs: 0, lat_ns: Vec::new() };
 
     let start = Instant::now();
     for c in &mut conns {

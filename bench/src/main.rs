@@ -19,10 +19,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "dap-bench",
-    about = "Benchmarks dap against tokio and a raw mio loop"
-)]
+#[command(name = "dap-bench", about = "Benchmarks dap against tokio and a raw mio loop")]
 struct Cli {
     /// Use this dap echo binary instead of building `<repo>/target/release/examples/echo`.
     #[arg(long, global = true, hide = true)]

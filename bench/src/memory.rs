@@ -40,11 +40,7 @@ pub fn run(args: &MemoryArgs, dap: DapSource) -> io::Result<Vec<(String, String)
             "{n} connections need more than the fd limit {nofile}"
         )));
     }
-    let dap = if args.server == Kind::Dap {
-        resolve_dap(dap)
-    } else {
-        None
-    };
+    let dap = if args.server == Kind::Dap { resolve_dap(dap) } else { None };
     if args.server == Kind::Dap && dap.is_none() {
         println!("memory: SKIPPED: the dap echo example is not available");
         let pairs = vec![("idle_conn_kib".to_string(), "nan".to_string())];
@@ -83,10 +79,7 @@ pub fn run(args: &MemoryArgs, dap: DapSource) -> io::Result<Vec<(String, String)
         s.read_exact(&mut b)
             .map_err(|e| io::Error::new(e.kind(), format!("echo on connection {i}: {e}")))?;
         if b[0] != b'x' {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "wrong byte echoed",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "wrong byte echoed"));
         }
         conns.push(s);
     }
@@ -96,22 +89,14 @@ pub fn run(args: &MemoryArgs, dap: DapSource) -> io::Result<Vec<(String, String)
     drop(conns);
     drop(server);
 
-    let note = if stable_before && stable_after {
-        ""
-    } else {
-        " (RSS had not fully settled)"
-    };
+    let note = if stable_before && stable_after { "" } else { " (RSS had not fully settled)" };
     println!(
         "memory: server={} conns={n} rss_before={before} KiB rss_after={after} KiB delta={} KiB per_conn={per_conn:.2} KiB (opened + echoed in {:.2} s){note}",
         args.server.name(),
         after as i64 - before as i64,
         open_time.as_secs_f64()
     );
-    let value = if per_conn.is_finite() {
-        format!("{per_conn:.2}")
-    } else {
-        fmt_ratio(per_conn)
-    };
+    let value = if per_conn.is_finite() { format!("{per_conn:.2}") } else { fmt_ratio(per_conn) };
     let pairs = vec![("idle_conn_kib".to_string(), value)];
     report::print_result_line(&pairs);
     Ok(pairs)

@@ -13,10 +13,7 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     // SAFETY: `cpu_set_t` is a plain bit array for which all-zeroes is a valid (empty) value.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "cpu index out of range",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "cpu index out of range"));
     }
     // SAFETY: `CPU_SET` only writes the bit for `cpu` inside `set`; `cpu` was checked against
     // the set's capacity above.
@@ -24,11 +21,7 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     // SAFETY: pid 0 means the calling thread; `set` is a valid, initialised `cpu_set_t` and
     // the size passed is its exact size.
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// Whether CPUs 0 and 1 are both available for pinning, judged from the affinity mask the
@@ -63,9 +56,7 @@ pub fn vm_rss_kib(pid: u32) -> io::Result<u64> {
 
 fn status_field(pid: u32, key: &str) -> Option<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .map(|v| v.trim().to_string())
+    text.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string())
 }
 
 /// Clock ticks per second (`_SC_CLK_TCK`), the unit of `utime`/`stime` in `/proc/PID/stat`.
@@ -96,17 +87,12 @@ pub fn process_cpu_time(pid: u32) -> io::Result<Duration> {
     // `rest` starts at field 3, so field N is at index N - 3.
     let ticks = get(14 - 3)? + get(15 - 3)?;
     let hz = clock_ticks_per_sec();
-    Ok(Duration::from_nanos(
-        ticks.saturating_mul(1_000_000_000) / hz,
-    ))
+    Ok(Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / hz))
 }
 
 /// CPU time used by the calling thread (nanosecond resolution).
 pub fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable `timespec`; the clock id is a constant the kernel knows.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     if rc != 0 {
@@ -117,10 +103,7 @@ pub fn thread_cpu_time() -> Duration {
 
 /// Raises this process's `RLIMIT_NOFILE` soft limit to its hard limit; returns the new soft limit.
 pub fn raise_nofile_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `lim` is a valid, writable `rlimit`.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());

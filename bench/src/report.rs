@@ -10,11 +10,7 @@ pub fn median(values: &[f64]) -> f64 {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
 /// Header of the per-run table.
@@ -79,11 +75,7 @@ pub fn print_median_row(scen: &str, server: &str, runs: &[&Measurement]) {
 
 /// Formats a ratio with 3 decimals (`nan` when unknown, which `f64::from_str` accepts).
 pub fn fmt_ratio(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x:.3}")
-    } else {
-        "nan".to_string()
-    }
+    if x.is_finite() { format!("{x:.3}") } else { "nan".to_string() }
 }
 
 /// Prints `RESULT k=v k=v ...`.

@@ -30,9 +30,8 @@ pub fn run(addr: SocketAddr, threads: usize) -> io::Result<()> {
     let _ = crate::procstat::raise_nofile_limit();
     let threads = threads.max(1);
     // Bind every listener before serving so the port is fully set up when connects succeed.
-    let mut listeners = (0..threads)
-        .map(|_| reuseport_listener(addr))
-        .collect::<io::Result<Vec<_>>>()?;
+    let mut listeners =
+        (0..threads).map(|_| reuseport_listener(addr)).collect::<io::Result<Vec<_>>>()?;
     let first = listeners.remove(0);
     let mut handles = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
@@ -67,6 +66,8 @@ struct Conn {
     want_write: bool,
     /// Stopped reading because too much output is pending; resume after the flush.
     read_paused: bool,
+    /// epoll reported the peer's FIN (`EPOLLRDHUP`): read to the end, not to a short read.
+    rdhup: bool,
     /// The peer shut down its side: flush what is pending, then close.
     eof: bool,
 }
@@ -128,7 +129,9 @@ impl Conn {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
                     self.echo(&buf[..n])?;
-                    if n < buf.len() {
+                    // A short read drained the socket, unless the FIN came with the data: then
+                    // no further edge will come for it, so read on until end of stream.
+                    if n < buf.len() && !self.rdhup {
                         return Ok(());
                     }
                 }
@@ -144,11 +147,8 @@ impl Conn {
     fn update_interest(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
         let need = self.unsent() > 0;
         if need != self.want_write {
-            let interest = if need {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
+            let interest =
+                if need { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
             registry.reregister(&mut self.stream, token, interest)?;
             self.want_write = need;
         }
@@ -163,6 +163,9 @@ impl Conn {
         registry: &Registry,
         token: Token,
     ) -> io::Result<bool> {
+        if ev.is_read_closed() || ev.is_error() {
+            self.rdhup = true;
+        }
         if ev.is_writable() && self.want_write && self.flush()? && self.read_paused {
             self.read_paused = false;
             self.on_readable(buf)?;
@@ -210,8 +213,7 @@ impl Slab {
 
 fn event_loop(mut listener: TcpListener) -> io::Result<()> {
     let mut poll = Poll::new()?;
-    poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; READ_BUF];
     let mut conns = Slab::default();
@@ -231,9 +233,7 @@ fn event_loop(mut listener: TcpListener) -> io::Result<()> {
             let Some(Some(conn)) = conns.slots.get_mut(token.0) else {
                 continue;
             };
-            let keep = conn
-                .on_event(ev, &mut buf, poll.registry(), token)
-                .unwrap_or(false);
+            let keep = conn.on_event(ev, &mut buf, poll.registry(), token).unwrap_or(false);
             if !keep && let Some(mut c) = conns.remove(token.0) {
                 let _ = poll.registry().deregister(&mut c.stream);
             }
@@ -247,10 +247,7 @@ fn accept_all(listener: &TcpListener, registry: &Registry, conns: &mut Slab) {
             Ok((mut stream, _)) => {
                 let _ = stream.set_nodelay(true);
                 let idx = conns.free.last().copied().unwrap_or(conns.slots.len());
-                if registry
-                    .register(&mut stream, Token(idx), Interest::READABLE)
-                    .is_err()
-                {
+                if registry.register(&mut stream, Token(idx), Interest::READABLE).is_err() {
                     continue;
                 }
                 let got = conns.insert(Conn {
@@ -259,6 +256,7 @@ fn accept_all(listener: &TcpListener, registry: &Registry, conns: &mut Slab) {
                     sent: 0,
                     want_write: false,
                     read_paused: false,
+                    rdhup: false,
                     eof: false,
                 });
                 debug_assert_eq!(got, idx);

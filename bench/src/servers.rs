@@ -69,14 +69,7 @@ pub fn build_dap_example() -> Result<PathBuf, String> {
         root.display()
     );
     let mut child = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "dap-reactor",
-            "--example",
-            "echo",
-        ])
+        .args(["build", "--release", "-p", "dap-reactor", "--example", "echo"])
         .current_dir(&root)
         // The binary must land in <repo>/target, whatever the caller's environment says.
         .env_remove("CARGO_TARGET_DIR")
@@ -168,17 +161,10 @@ pub fn start(kind: Kind, dap_bin: Option<&Path>) -> io::Result<ServerProc> {
         }
     };
     let log = File::create(log_dir().join(format!("server-{}.log", kind.name())))?;
-    cmd.stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+    cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     let child = spawn_pinned(&mut cmd)?;
     let pid = child.id();
-    let mut server = ServerProc {
-        child,
-        name: kind.name(),
-        pid,
-        addr,
-    };
+    let mut server = ServerProc { child, name: kind.name(), pid, addr };
     wait_ready(&mut server)?;
     Ok(server)
 }
@@ -216,10 +202,7 @@ fn wait_ready(s: &mut ServerProc) -> io::Result<()> {
         if Instant::now() >= deadline {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!(
-                    "{} server not accepting on {} after {READY_TIMEOUT:?}",
-                    s.name, s.addr
-                ),
+                format!("{} server not accepting on {} after {READY_TIMEOUT:?}", s.name, s.addr),
             ));
         }
         std::thread::sleep(Duration::from_millis(10));

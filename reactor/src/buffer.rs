@@ -297,11 +297,12 @@ mod tests {
     fn inbuf_honours_cap_and_compacts() {
         let mut pool = BufPool::new(16, 4);
         let mut buf = InBuf::default();
-        let (res, room) = buf.read_from(&mut pool, 8, |b| {
-            b.fill(7);
-            Ok(b.len())
-        })
-        .unwrap();
+        let (res, room) = buf
+            .read_from(&mut pool, 8, |b| {
+                b.fill(7);
+                Ok(b.len())
+            })
+            .unwrap();
         assert_eq!((res.unwrap(), room), (8, 8));
         assert!(buf.is_full(16, 8));
         assert!(buf.read_from(&mut pool, 8, |_| unreachable!()).is_none());

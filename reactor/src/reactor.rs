@@ -14,7 +14,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::config::{Config, Limits, ListenerMode};
 use crate::esocket::{EsocketHandle, Factory, HandlerFactory};
 use crate::sys::affinity;
-use crate::worker::{Msg, Shared, StartHook, Worker, WorkerCtx, WorkerSlot, WAKER_TOKEN};
+use crate::worker::{Msg, Shared, StartHook, WAKER_TOKEN, Worker, WorkerCtx, WorkerSlot};
 
 /// How long `listen_*` waits for the workers to take their listeners.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,7 +103,10 @@ impl ReactorBuilder {
 
     /// Runs `hook` on every worker thread before its loop starts: build per-worker state
     /// (listeners, timers) that need not be `Send`.
-    pub fn on_worker_start(mut self, hook: impl Fn(&mut WorkerCtx) + Send + Sync + 'static) -> Self {
+    pub fn on_worker_start(
+        mut self,
+        hook: impl Fn(&mut WorkerCtx) + Send + Sync + 'static,
+    ) -> Self {
         self.on_start = Some(Arc::new(hook));
         self
     }
@@ -275,9 +278,12 @@ impl Reactor {
         let local_addr = listeners[0].local_addr()?;
         let spread = mode == ListenerMode::Single && n > 1;
         let targets: Vec<usize> = if spread { vec![0] } else { (0..listeners.len()).collect() };
-        let handles = self.install(targets, listeners, move |w, l, f| {
-            w.add_tcp_listener_std(l, f, spread)
-        }, &factory)?;
+        let handles = self.install(
+            targets,
+            listeners,
+            move |w, l, f| w.add_tcp_listener_std(l, f, spread),
+            &factory,
+        )?;
         Ok(Listening { local_addr: Some(local_addr), handles, mode })
     }
 
@@ -294,9 +300,12 @@ impl Reactor {
         let factory: Factory = Arc::new(factory);
         let listener = std::os::unix::net::UnixListener::bind(path)?;
         let spread = self.workers.len() > 1;
-        let handles = self.install(vec![0], vec![listener], move |w, l, f| {
-            w.add_unix_listener_std(l, f, spread)
-        }, &factory)?;
+        let handles = self.install(
+            vec![0],
+            vec![listener],
+            move |w, l, f| w.add_unix_listener_std(l, f, spread),
+            &factory,
+        )?;
         Ok(Listening { local_addr: None, handles, mode: ListenerMode::Single })
     }
 
@@ -304,7 +313,11 @@ impl Reactor {
         &self,
         targets: Vec<usize>,
         listeners: Vec<L>,
-        add: impl Fn(&mut WorkerCtx, L, Factory) -> io::Result<EsocketHandle> + Send + Sync + Copy + 'static,
+        add: impl Fn(&mut WorkerCtx, L, Factory) -> io::Result<EsocketHandle>
+        + Send
+        + Sync
+        + Copy
+        + 'static,
         factory: &Factory,
     ) -> io::Result<Vec<EsocketHandle>> {
         let (tx, rx) = crossbeam_channel::bounded(listeners.len());
@@ -312,9 +325,12 @@ impl Reactor {
             let tx = tx.clone();
             let factory = factory.clone();
             self.workers[target]
-                .exec_timeout(move |w| {
-                    let _ = tx.send(add(w, listener, factory));
-                }, INSTALL_TIMEOUT)
+                .exec_timeout(
+                    move |w| {
+                        let _ = tx.send(add(w, listener, factory));
+                    },
+                    INSTALL_TIMEOUT,
+                )
                 .map_err(io::Error::other)?;
         }
         drop(tx);

@@ -81,7 +81,11 @@ impl EsocketHandle {
     ///
     /// # Errors
     /// As [`write`](Self::write), once the timeout has passed.
-    pub fn write_timeout(&self, data: impl Into<Bytes>, timeout: Duration) -> Result<(), PostError> {
+    pub fn write_timeout(
+        &self,
+        data: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<(), PostError> {
         self.slot.post_timeout(self.epoch, Msg::Write(self.id, data.into()), timeout)
     }
 

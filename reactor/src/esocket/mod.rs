@@ -12,8 +12,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use bytes::Bytes;
 
 pub use handle::{EsocketHandle, PostError};
-pub use handler::{Handler, HandlerFactory, PeerAddr};
 pub(crate) use handler::Factory;
+pub use handler::{Handler, HandlerFactory, PeerAddr};
 pub(crate) use io::Body;
 
 use crate::buffer::{InBuf, OutBuf};
@@ -164,10 +164,7 @@ pub struct Esocket<'a> {
 
 impl std::fmt::Debug for Esocket<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Esocket")
-            .field("worker", &self.w.index())
-            .field("state", &self.st)
-            .finish()
+        f.debug_struct("Esocket").field("worker", &self.w.index()).field("state", &self.st).finish()
     }
 }
 

@@ -39,7 +39,10 @@ impl WorkerCtx {
                     return;
                 }
                 Err(e)
-                    if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {}
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+                    ) => {}
                 Err(e) => {
                     // Out of descriptors or memory: the pending connection stays in the
                     // backlog, and edge-triggered epoll will not remind us, so retry on a timer
@@ -56,11 +59,8 @@ impl WorkerCtx {
     /// Keeps an accepted socket here, or (spread mode) hands it to the least-loaded worker.
     fn place(&mut self, sock: AcceptedIo, peer: PeerAddr, factory: &Factory, spread: bool) {
         if spread && self.peers.len() > 1 {
-            let target = self
-                .peers
-                .iter()
-                .min_by_key(|p| (p.load(), p.index != self.shared.index))
-                .cloned();
+            let target =
+                self.peers.iter().min_by_key(|p| (p.load(), p.index != self.shared.index)).cloned();
             if let Some(target) = target.filter(|t| t.index != self.shared.index) {
                 match target.try_post(Msg::Adopt(sock, peer, factory.clone())) {
                     Ok(()) => return,
@@ -93,7 +93,9 @@ impl WorkerCtx {
         };
         match self.add(kind, Body::Stream(io), Some(handler), |st| st.write_ready = true) {
             Ok(_) => self.stats.accepted += 1,
-            Err(e) => tracing::warn!(worker = self.index(), error = %e, "could not add an accepted connection"),
+            Err(e) => {
+                tracing::warn!(worker = self.index(), error = %e, "could not add an accepted connection")
+            }
         }
     }
 }

@@ -228,7 +228,10 @@ impl WorkerCtx {
                     }
                 }
                 TimerWhat::Linger => {
-                    tracing::debug!(worker = self.index(), "close linger passed; discarding unsent output");
+                    tracing::debug!(
+                        worker = self.index(),
+                        "close linger passed; discarding unsent output"
+                    );
                     st.close_now = true;
                 }
                 TimerWhat::AcceptRetry => self.accept(&mut st),
@@ -402,7 +405,11 @@ impl WorkerCtx {
         for id in self.slots.ids() {
             if let Some(mut st) = self.slots.take(id) {
                 if !st.buf_out.is_empty() {
-                    tracing::debug!(worker = self.index(), unsent = st.buf_out.len(), "stop deadline passed; closing with output unsent");
+                    tracing::debug!(
+                        worker = self.index(),
+                        unsent = st.buf_out.len(),
+                        "stop deadline passed; closing with output unsent"
+                    );
                 }
                 st.close_now = true;
                 self.destroy(st);

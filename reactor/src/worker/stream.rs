@@ -106,7 +106,8 @@ impl WorkerCtx {
     fn write_out(&mut self, st: &mut EsState) {
         let Body::Stream(io) = &mut st.body else { return };
         while !st.buf_out.is_empty() && st.write_ready {
-            let (result, offered) = st.buf_out.write_to(&mut self.pool, |iov| io.write_vectored(iov));
+            let (result, offered) =
+                st.buf_out.write_to(&mut self.pool, |iov| io.write_vectored(iov));
             match result {
                 Ok(n) => {
                     self.stats.bytes_out += n as u64;
@@ -256,15 +257,18 @@ impl WorkerCtx {
 
     /// Applies a write posted through a handle.
     pub(crate) fn handle_write(&mut self, st: &mut EsState, data: bytes::Bytes) {
-        if !matches!(st.kind, EsocketKind::Tcp | EsocketKind::Unix) || st.closing || st.close_now
-        {
+        if !matches!(st.kind, EsocketKind::Tcp | EsocketKind::Unix) || st.closing || st.close_now {
             self.stats.dropped_dead += 1;
             return;
         }
         let limit = self.cfg.limits.buf_out_cap.saturating_add(self.cfg.limits.handle_write_slack);
         if st.buf_out.len().saturating_add(data.len()) > limit {
             self.stats.overflow_closed += 1;
-            tracing::warn!(worker = self.index(), queued = st.buf_out.len(), "closing esocket: output overflow");
+            tracing::warn!(
+                worker = self.index(),
+                queued = st.buf_out.len(),
+                "closing esocket: output overflow"
+            );
             st.fail(ReactorError::OutputOverflow.into());
             return;
         }
