@@ -116,8 +116,9 @@ pub(crate) struct Drain<T> {
 
 impl<T> QueueDrain for Drain<T> {
     fn drain(&mut self, es: &mut Esocket<'_>, budget: usize) -> bool {
-        // Clear before receiving: an item sent after this point rings again.
-        self.wake.pending.store(false, Ordering::Release);
+        // Clear before receiving: an item sent after this point rings again. A swap (not a
+        // store) reads the sender's flag, so every item sent before it is visible below.
+        self.wake.pending.swap(false, Ordering::AcqRel);
         for _ in 0..budget {
             match self.rx.try_recv() {
                 Ok(item) => (self.cb)(es, item),
