@@ -162,6 +162,7 @@ impl Reactor {
                 stats: Default::default(),
                 conns: AtomicU64::new(0),
                 slot: WorkerSlot::acquire(),
+                extensions: Default::default(),
             });
             shared.slot.install(shared.clone());
             polls.push((poll, rx));

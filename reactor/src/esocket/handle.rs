@@ -9,6 +9,9 @@ use super::Esocket;
 use crate::slots::SlotId;
 use crate::worker::{Msg, WorkerSlot};
 
+/// A closure run on an esocket's worker with `&mut` access to it.
+pub type ExecFn = Box<dyn FnOnce(&mut Esocket<'_>) + Send>;
+
 /// Why a message could not be posted to a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -119,6 +122,19 @@ impl EsocketHandle {
     /// As [`write`](Self::write).
     pub fn close(&self) -> Result<(), PostError> {
         self.post(Msg::Close(self.id))
+    }
+
+    /// Like [`exec`](Self::exec) for an already boxed closure, handing it back when it
+    /// cannot be posted, so the caller can retry later without losing it.
+    ///
+    /// # Errors
+    /// As [`write`](Self::write), with the closure.
+    pub fn try_exec(&self, f: ExecFn) -> Result<(), (PostError, ExecFn)> {
+        match self.slot.try_post(self.epoch, Msg::Exec(self.id, f)) {
+            Ok(()) => Ok(()),
+            Err((e, Msg::Exec(_, f))) => Err((e, f)),
+            Err((_, _)) => unreachable!("the message handed back is the one posted"),
+        }
     }
 
     /// Runs `f` with `&mut` access to the esocket on its worker. Dropped (and counted) if the

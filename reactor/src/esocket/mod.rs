@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use bytes::Bytes;
 
-pub use handle::{EsocketHandle, PostError};
+pub use handle::{EsocketHandle, ExecFn, PostError};
 pub(crate) use handler::Factory;
 pub use handler::{Handler, HandlerFactory, PeerAddr};
 pub(crate) use io::Body;

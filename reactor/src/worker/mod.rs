@@ -11,6 +11,7 @@ mod run;
 mod shared;
 mod stream;
 
+use std::any::Any;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,6 +60,20 @@ impl Worker {
         self.shared.post_timeout(Msg::Run(Box::new(f)), timeout)
     }
 
+    /// Attaches a value to this worker, replacing any earlier value of the same type. Crates
+    /// built on the reactor use this to pair per-worker services with a worker (dap-proc
+    /// attaches the proc thread that shares the worker's CPU).
+    pub fn set_extension<T: Any + Send + Sync>(&self, value: Arc<T>) {
+        let mut ext = self.shared.extensions.write();
+        ext.retain(|e| !e.is::<T>());
+        ext.push(value);
+    }
+
+    /// The value of type `T` attached with [`set_extension`](Self::set_extension).
+    pub fn extension<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        extension(&self.shared)
+    }
+
     /// A recent snapshot of the worker's counters (published once per loop turn).
     pub fn stats(&self) -> WorkerStats {
         self.shared.stats.snapshot(self.shared.index)
@@ -69,6 +84,11 @@ impl Worker {
     pub fn load(&self) -> u64 {
         self.shared.load()
     }
+}
+
+fn extension<T: Any + Send + Sync>(shared: &Shared) -> Option<Arc<T>> {
+    let ext = shared.extensions.read();
+    ext.iter().find_map(|e| e.clone().downcast::<T>().ok())
 }
 
 /// Milliseconds per timer-wheel tick is 1; these convert loop time to ticks.
@@ -167,6 +187,11 @@ impl WorkerCtx {
     /// Handles to every worker of the reactor, this one included.
     pub fn peers(&self) -> Vec<Worker> {
         self.peers.iter().map(|shared| Worker { shared: shared.clone() }).collect()
+    }
+
+    /// The value of type `T` attached to this worker (see [`Worker::set_extension`]).
+    pub fn extension<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        extension(&self.shared)
     }
 
     /// The time this loop turn started (one clock read per turn).

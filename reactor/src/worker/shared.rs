@@ -1,5 +1,6 @@
 //! The part of a worker other threads see: its inbox, waker, counters and load.
 
+use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -49,6 +50,8 @@ pub(crate) struct Shared {
     /// Live connections (stream esockets) on this worker, for least-loaded placement.
     pub(crate) conns: AtomicU64,
     pub(crate) slot: &'static WorkerSlot,
+    /// Per-worker values other crates attach (the paired proc thread, say), one per type.
+    pub(crate) extensions: RwLock<Vec<Arc<dyn Any + Send + Sync>>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -137,6 +140,13 @@ impl WorkerSlot {
         match &*self.current.read() {
             Some(shared) if shared.epoch == epoch => shared.post(msg),
             _ => Err(PostError::Gone),
+        }
+    }
+
+    pub(crate) fn try_post(&self, epoch: u64, msg: Msg) -> Result<(), (PostError, Msg)> {
+        match &*self.current.read() {
+            Some(shared) if shared.epoch == epoch => shared.try_post(msg),
+            _ => Err((PostError::Gone, msg)),
         }
     }
 
