@@ -84,6 +84,20 @@ pub use reactor::{Listening, Reactor, ReactorBuilder};
 pub use stats::WorkerStats;
 pub use worker::{Worker, WorkerCtx};
 
+/// The CPUs this process may run on (honours `taskset` and cgroups), ascending.
+pub fn allowed_cpus() -> Vec<usize> {
+    sys::affinity::allowed_cpus()
+}
+
+/// Pins the calling thread to `cpu`; crates that pair threads with workers (dap-proc) use it.
+///
+/// # Errors
+/// `InvalidInput` for an id no CPU set can hold; `Other` when the kernel refuses (the CPU is
+/// offline or outside this process's set).
+pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
+    sys::affinity::pin_current(cpu)
+}
+
 /// Raises this process's open-file soft limit to its hard limit and returns the new limit.
 /// Servers holding many connections call this once at start-up.
 ///

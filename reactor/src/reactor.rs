@@ -155,6 +155,7 @@ impl Reactor {
             let (tx, rx) = crossbeam_channel::bounded(cfg.limits.inbox_capacity.max(1));
             let shared = Arc::new(Shared {
                 index,
+                assigned_cpu: cfg.pin.then(|| cpus[index % cpus.len()]),
                 epoch: WorkerSlot::next_epoch(),
                 tx,
                 waker,
@@ -176,7 +177,7 @@ impl Reactor {
             let peers = peers.clone();
             let cfg = cfg.clone();
             let hook = on_start.clone();
-            let cpu = cfg.pin.then(|| cpus[index % cpus.len()]);
+            let cpu = shared.assigned_cpu;
             let spawned = std::thread::Builder::new()
                 .name(format!("{}-{index}", cfg.name))
                 .spawn(move || {

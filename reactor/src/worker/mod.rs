@@ -38,6 +38,12 @@ impl Worker {
         self.shared.index
     }
 
+    /// The CPU this worker pins itself to, if pinning is on (whether the pin succeeded shows
+    /// in [`WorkerStats::pinned_cpu`]).
+    pub fn assigned_cpu(&self) -> Option<usize> {
+        self.shared.assigned_cpu
+    }
+
     /// Runs `f` on the worker's thread with `&mut` access to it: add esockets, connect,
     /// start timers.
     ///

@@ -38,6 +38,8 @@ pub(crate) enum Msg {
 /// Shared state of one running worker.
 pub(crate) struct Shared {
     pub(crate) index: usize,
+    /// The CPU this worker is configured to pin to (`None` with pinning off).
+    pub(crate) assigned_cpu: Option<usize>,
     /// Unique per worker start, process-wide; handles carry it so a reused registry slot
     /// never accepts messages meant for a worker that has stopped.
     pub(crate) epoch: u64,
