@@ -60,7 +60,7 @@ mod tests {
     fn a_stream_of_critical_jobs_cannot_starve_a_low_one() {
         let ms = 1_000_000u64;
         let mut critical: std::collections::VecDeque<u64> = Default::default();
-        let mut low = Some(0u64);
+        let low = Some(0u64);
         let mut now = 0u64;
         let mut next_arrival = 0u64;
         let mut low_ran_at = None;
@@ -72,7 +72,6 @@ mod tests {
             let heads = [None, low, None, None, critical.front().copied()];
             match pick(heads, A) {
                 Some(1) => {
-                    low = None;
                     low_ran_at = Some(now);
                     break;
                 }

@@ -210,12 +210,12 @@ impl OutBuf {
             return;
         }
         if data.len() <= 512 {
-            if let Some(Chunk::Owned(v)) = self.chunks.back_mut() {
-                if v.capacity() - v.len() >= data.len() {
-                    v.extend_from_slice(&data);
-                    self.len += data.len();
-                    return;
-                }
+            if let Some(Chunk::Owned(v)) = self.chunks.back_mut()
+                && v.capacity() - v.len() >= data.len()
+            {
+                v.extend_from_slice(&data);
+                self.len += data.len();
+                return;
             }
             self.push_copy(pool, usize::MAX, &data);
             return;

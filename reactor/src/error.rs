@@ -15,6 +15,10 @@ pub enum ReactorError {
     /// An outgoing connection did not complete in time (kind `TimedOut`).
     #[error("connect timed out")]
     ConnectTimeout,
+    /// A graceful close could not flush its output within the close linger; the rest was
+    /// discarded (kind `TimedOut`).
+    #[error("close linger passed with output unsent")]
+    LingerTimeout,
     /// Writes from other threads passed `buf_out_cap + handle_write_slack` (kind `Other`).
     #[error("output overflow: the peer is not reading fast enough")]
     OutputOverflow,
@@ -40,7 +44,9 @@ impl ReactorError {
 
     fn kind(self) -> io::ErrorKind {
         match self {
-            ReactorError::IdleTimeout | ReactorError::ConnectTimeout => io::ErrorKind::TimedOut,
+            ReactorError::IdleTimeout
+            | ReactorError::ConnectTimeout
+            | ReactorError::LingerTimeout => io::ErrorKind::TimedOut,
             _ => io::ErrorKind::Other,
         }
     }

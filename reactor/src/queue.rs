@@ -102,6 +102,9 @@ impl<T> QueueSender<T> {
     }
 }
 
+/// The callback that receives a queue's items.
+pub(crate) type ItemFn<T> = Box<dyn FnMut(&mut Esocket<'_>, T)>;
+
 /// Type-erased receiving side, owned by the queue esocket.
 pub(crate) trait QueueDrain {
     /// Delivers up to `budget` items; returns whether items remain.
@@ -111,7 +114,7 @@ pub(crate) trait QueueDrain {
 pub(crate) struct Drain<T> {
     rx: Receiver<T>,
     wake: Arc<Wake>,
-    cb: Box<dyn FnMut(&mut Esocket<'_>, T)>,
+    cb: ItemFn<T>,
 }
 
 impl<T> QueueDrain for Drain<T> {
@@ -136,7 +139,7 @@ impl<T> QueueDrain for Drain<T> {
 pub(crate) fn pair<T: 'static>(
     capacity: usize,
     ev: Arc<EventFd>,
-    cb: Box<dyn FnMut(&mut Esocket<'_>, T)>,
+    cb: ItemFn<T>,
 ) -> (QueueSender<T>, Box<dyn QueueDrain>) {
     let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
     let wake = Arc::new(Wake { ev, pending: AtomicBool::new(false) });

@@ -81,6 +81,8 @@ pub(crate) struct EsState {
     pub(crate) connecting: bool,
     /// The peer closed its side (read returned 0).
     pub(crate) eof: bool,
+    /// The kernel reported the peer's end of stream (EPOLLRDHUP/HUP); reads continue to EOF.
+    pub(crate) read_closed: bool,
     /// A local write was refused for lack of room: call `on_write` at the low-water mark.
     pub(crate) out_blocked: bool,
     /// `buf_out` had bytes since the last `on_write_finished`.
@@ -115,6 +117,7 @@ impl EsState {
             queued: false,
             connecting: false,
             eof: false,
+            read_closed: false,
             out_blocked: false,
             out_pending: false,
             closing: false,

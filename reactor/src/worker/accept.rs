@@ -59,6 +59,11 @@ impl WorkerCtx {
     /// Keeps an accepted socket here, or (spread mode) hands it to the least-loaded worker.
     fn place(&mut self, sock: AcceptedIo, peer: PeerAddr, factory: &Factory, spread: bool) {
         if spread && self.peers.len() > 1 {
+            let live: u64 = [EsocketKind::Tcp, EsocketKind::Unix, EsocketKind::Pipe]
+                .iter()
+                .map(|k| self.stats.esockets[k.index()])
+                .sum();
+            self.shared.conns.store(live, std::sync::atomic::Ordering::Relaxed);
             let target =
                 self.peers.iter().min_by_key(|p| (p.load(), p.index != self.shared.index)).cloned();
             if let Some(target) = target.filter(|t| t.index != self.shared.index) {

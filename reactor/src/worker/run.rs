@@ -55,11 +55,11 @@ impl WorkerCtx {
             self.stats.busy_ns += idle_from.saturating_duration_since(turn_start).as_nanos() as u64;
             self.publish(&rx);
             let timeout = self.poll_timeout(idle_from, inbox_more);
-            if let Err(e) = poll.poll(&mut events, timeout) {
-                if e.kind() != ErrorKind::Interrupted {
-                    tracing::error!(worker = self.index(), error = %e, "poll failed; worker stops");
-                    break;
-                }
+            if let Err(e) = poll.poll(&mut events, timeout)
+                && e.kind() != ErrorKind::Interrupted
+            {
+                tracing::error!(worker = self.index(), error = %e, "poll failed; worker stops");
+                break;
             }
             turn_start = Instant::now();
             self.set_now(turn_start);
@@ -74,10 +74,10 @@ impl WorkerCtx {
             self.run_ready();
             self.run_timers();
             self.maybe_sweep();
-            if let Some(deadline) = self.stopping {
-                if self.slots.len() == 0 || self.now >= deadline {
-                    break;
-                }
+            if let Some(deadline) = self.stopping
+                && (self.slots.len() == 0 || self.now >= deadline)
+            {
+                break;
             }
         }
         self.shutdown(&rx);
@@ -116,6 +116,7 @@ impl WorkerCtx {
         let readable = event.is_readable() || event.is_read_closed() || event.is_error();
         let writable = event.is_writable() || event.is_write_closed() || event.is_error();
         st.read_ready |= readable;
+        st.read_closed |= event.is_read_closed();
         st.write_ready |= writable;
         match st.kind {
             EsocketKind::Tcp | EsocketKind::Unix | EsocketKind::Pipe => {
@@ -304,7 +305,8 @@ impl WorkerCtx {
         if readable && st.want_read {
             self.call(st, |h, es| h.on_read(es));
         }
-        if writable && !st.close_now {
+        let wants_write = matches!(&st.body, Body::Raw { interest, .. } if interest.is_writable());
+        if writable && wants_write && !st.close_now && !st.closing {
             self.call(st, |h, es| h.on_write(es));
         }
     }
@@ -320,7 +322,9 @@ impl WorkerCtx {
         let now_ms = self.now_ms();
         let mut expired = Vec::new();
         for (id, st) in self.slots.iter_mut() {
-            if st.kind.is_stream() && now_ms.saturating_sub(st.last_active_ms) >= idle_ms {
+            // Connections only: a quiet pipe is a signalling channel, not an idle peer.
+            let connection = matches!(st.kind, EsocketKind::Tcp | EsocketKind::Unix);
+            if connection && now_ms.saturating_sub(st.last_active_ms) >= idle_ms {
                 expired.push(id);
             }
         }
@@ -366,11 +370,11 @@ impl WorkerCtx {
         if !self.paused_listeners.is_empty() {
             let paused = std::mem::take(&mut self.paused_listeners);
             for id in paused {
-                if let Some(l) = self.slots.get_mut(id) {
-                    if !l.queued {
-                        l.queued = true;
-                        self.ready.push(id);
-                    }
+                if let Some(l) = self.slots.get_mut(id)
+                    && !l.queued
+                {
+                    l.queued = true;
+                    self.ready.push(id);
                 }
             }
         }

@@ -88,7 +88,7 @@ impl WorkerCtx {
                 st.last_active_ms = self.now_ms();
                 // A short read drained the socket (as tokio does); edge-triggered epoll will
                 // report new data, so no read is wasted on WouldBlock.
-                if n < room {
+                if n < room && !st.read_closed {
                     st.read_ready = false;
                 }
                 self.call(st, |h, es| h.on_read(es));
@@ -150,7 +150,9 @@ impl WorkerCtx {
             st.out_pending = false;
             self.call(st, |h, es| h.on_write_finished(es));
         }
-        if st.want_write && st.write_ready && !st.closing && st.buf_out.len() <= low {
+        if st.write_ready
+            && (!st.buf_out.is_empty() || (st.want_write && !st.closing && st.buf_out.len() <= low))
+        {
             self.schedule(st);
         }
     }
