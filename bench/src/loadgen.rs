@@ -24,6 +24,8 @@ use crate::procstat;
 
 /// Longest the loop sleeps in `poll` before looking at the clock again.
 const TICK: Duration = Duration::from_millis(50);
+/// The CPUs the server and the load generator are pinned to.
+const BENCH_CPUS: [usize; 2] = [crate::servers::SERVER_CPU, crate::servers::CLIENT_CPU];
 /// Read buffer size; the largest batch in flight on one connection (4 x 64 KiB) fits.
 const READ_BUF: usize = 256 * 1024;
 
@@ -62,6 +64,9 @@ pub struct Measurement {
     pub server_cpu: Duration,
     /// Load generator CPU time spent in the window.
     pub client_cpu: Duration,
+    /// Busy time of the two benchmark CPUs in the window not accounted to the server or the
+    /// load generator: other processes competing with the run (and interrupt time).
+    pub other_cpu: Duration,
     /// Bytes per message.
     pub msg_size: usize,
 }
@@ -95,6 +100,11 @@ impl Measurement {
     /// Client CPU use over the window, in percent of one CPU.
     pub fn client_cpu_pct(&self) -> f64 {
         100.0 * self.client_cpu.as_secs_f64() / self.wall.as_secs_f64()
+    }
+
+    /// Foreign CPU use on the benchmark CPUs over the window, in percent of one CPU.
+    pub fn other_cpu_pct(&self) -> f64 {
+        100.0 * self.other_cpu.as_secs_f64() / self.wall.as_secs_f64()
     }
 }
 
@@ -235,13 +245,13 @@ pub fn run(
     }
 
     let warm_end = start + warmup;
-    // (start instant, server CPU, client CPU) once the measured window is open.
-    let mut opened: Option<(Instant, Duration, Duration)> = None;
+    // (start instant, server CPU, client CPU, CPUs busy) once the measured window is open.
+    let mut opened: Option<(Instant, Duration, Duration, Duration)> = None;
     let end = loop {
         let now = Instant::now();
         let deadline = match opened {
-            Some((t0, _, _)) if now >= t0 + window => break now,
-            Some((t0, _, _)) => t0 + window,
+            Some((t0, ..)) if now >= t0 + window => break now,
+            Some((t0, ..)) => t0 + window,
             None if now >= warm_end => {
                 // Open the window. Size the latency log from the warm-up rate so that it
                 // does not reallocate while measuring.
@@ -250,9 +260,10 @@ pub fn run(
                 sink.lat_ns.reserve(expect.clamp(1 << 16, 1 << 26));
                 sink.measuring = true;
                 sink.msgs = 0;
+                let busy = procstat::cpus_busy_time(&BENCH_CPUS)?;
                 let srv = procstat::process_cpu_time(server_pid)?;
                 let cli = procstat::thread_cpu_time();
-                opened = Some((Instant::now(), srv, cli));
+                opened = Some((Instant::now(), srv, cli, busy));
                 continue;
             }
             None => warm_end,
@@ -271,7 +282,10 @@ pub fn run(
     };
     let srv_end = procstat::process_cpu_time(server_pid)?;
     let cli_end = procstat::thread_cpu_time();
-    let (t0, srv0, cli0) = opened.expect("the loop only ends once the window is open");
+    let busy_end = procstat::cpus_busy_time(&BENCH_CPUS)?;
+    let (t0, srv0, cli0, busy0) = opened.expect("the loop only ends once the window is open");
+    let server_cpu = srv_end.saturating_sub(srv0);
+    let client_cpu = cli_end.saturating_sub(cli0);
     drop(conns);
 
     let (p50, p99) = percentiles(&mut sink.lat_ns);
@@ -280,8 +294,12 @@ pub fn run(
         wall: end.duration_since(t0),
         p50,
         p99,
-        server_cpu: srv_end.saturating_sub(srv0),
-        client_cpu: cli_end.saturating_sub(cli0),
+        server_cpu,
+        client_cpu,
+        other_cpu: busy_end
+            .saturating_sub(busy0)
+            .saturating_sub(server_cpu)
+            .saturating_sub(client_cpu),
         msg_size: sc.msg_size,
     })
 }

@@ -6,6 +6,7 @@
 mod echo;
 mod loadgen;
 mod memory;
+mod proc;
 mod procstat;
 mod report;
 mod serve_mio;
@@ -49,12 +50,32 @@ enum Cmd {
     Echo(echo::EchoArgs),
     /// Resident memory per idle connection of the dap echo example.
     Memory(memory::MemoryArgs),
-    /// Runs every comparison in turn (echo, then memory).
+    /// Load only: one scenario against a running echo server (for profiling).
+    #[command(hide = true)]
+    Load {
+        /// Server address.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Server process id (for its CPU time).
+        #[arg(long)]
+        pid: u32,
+        /// d1, d16 or big.
+        #[arg(long, default_value = "d1")]
+        scenario: String,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+    },
+    /// dap-proc job throughput vs a crossbeam-channel pool, and flip latency.
+    Proc(proc::ProcArgs),
+    /// Runs every comparison in turn (echo, memory, proc).
     All {
         #[command(flatten)]
         echo: echo::EchoArgs,
         #[command(flatten)]
         memory: memory::MemoryArgs,
+        #[command(flatten)]
+        proc: proc::ProcArgs,
     },
 }
 
@@ -104,7 +125,11 @@ fn main() -> ExitCode {
         Cmd::ServeMio { addr, threads } => serve_mio::run(addr, threads),
         Cmd::Echo(a) => echo::run(&a, DapSource::from_arg(cli.dap_bin)).map(drop),
         Cmd::Memory(a) => memory::run(&a, DapSource::from_arg(cli.dap_bin)).map(drop),
-        Cmd::All { echo, memory } => run_all(&echo, &memory, cli.dap_bin),
+        Cmd::Load { addr, pid, scenario, secs } => run_load(addr, pid, &scenario, secs),
+        Cmd::Proc(a) => proc::run(&a)
+            .map(|pairs| report::print_result_line(&pairs))
+            .map_err(std::io::Error::other),
+        Cmd::All { echo, memory, proc } => run_all(&echo, &memory, &proc, cli.dap_bin),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -119,6 +144,7 @@ fn main() -> ExitCode {
 fn run_all(
     e: &echo::EchoArgs,
     m: &memory::MemoryArgs,
+    p: &proc::ProcArgs,
     dap_bin: Option<PathBuf>,
 ) -> std::io::Result<()> {
     // Build (or check) dap once; both comparisons then use the same binary.
@@ -132,6 +158,30 @@ fn run_all(
             pairs.push(("idle_conn_kib".to_string(), "nan".to_string()));
         }
     }
+    println!();
+    match proc::run(p) {
+        Ok(p) => pairs.extend(p),
+        Err(err) => println!("proc: FAILED: {err}"),
+    }
     report::print_result_line(&pairs);
+    Ok(())
+}
+
+/// `load`: one scenario, printed raw.
+fn run_load(addr: SocketAddr, pid: u32, scenario: &str, secs: u64) -> std::io::Result<()> {
+    let sc = loadgen::SCENARIOS
+        .iter()
+        .find(|s| s.name == scenario)
+        .ok_or_else(|| std::io::Error::other(format!("unknown scenario {scenario}")))?;
+    let window = std::time::Duration::from_secs(secs);
+    let m = loadgen::run(addr, pid, sc, std::time::Duration::from_secs(1), window)?;
+    println!(
+        "{}: {:.0} msgs/s, server {:.0} ns/msg ({:.1}% cpu), client {:.0} ns/msg",
+        sc.name,
+        m.msgs_per_sec(),
+        m.server_ns_per_msg(),
+        m.server_cpu_pct(),
+        m.client_ns_per_msg()
+    );
     Ok(())
 }

@@ -90,6 +90,25 @@ pub fn process_cpu_time(pid: u32) -> io::Result<Duration> {
     Ok(Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / hz))
 }
 
+/// Busy time (user, nice, system, irq, softirq, steal: everything but idle and iowait) of
+/// the given CPUs so far, from `/proc/stat`. Busy time on the benchmark CPUs that neither the
+/// server nor the load generator accounts for is another process competing with the run.
+pub fn cpus_busy_time(cpus: &[usize]) -> io::Result<Duration> {
+    let text = fs::read_to_string("/proc/stat")?;
+    let mut ticks = 0u64;
+    for cpu in cpus {
+        let key = format!("cpu{cpu} ");
+        let line = text.lines().find(|l| l.starts_with(&key)).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("no {key}in /proc/stat"))
+        })?;
+        let f: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0)).collect();
+        // user nice system idle iowait irq softirq steal ...
+        ticks += [0, 1, 2, 5, 6, 7].iter().map(|&i| f.get(i).copied().unwrap_or(0)).sum::<u64>();
+    }
+    let hz = clock_ticks_per_sec();
+    Ok(Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / hz))
+}
+
 /// CPU time used by the calling thread (nanosecond resolution).
 pub fn thread_cpu_time() -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };

@@ -16,7 +16,7 @@ pub fn median(values: &[f64]) -> f64 {
 /// Header of the per-run table.
 pub fn print_run_header() {
     println!(
-        "{:<5} {:<5} {:<6} {:>11} {:>9} {:>9} {:>9} {:>10} {:>6} {:>10} {:>6}",
+        "{:<5} {:<5} {:<6} {:>11} {:>9} {:>9} {:>9} {:>10} {:>6} {:>10} {:>6} {:>6}",
         "round",
         "scen",
         "server",
@@ -27,14 +27,16 @@ pub fn print_run_header() {
         "srv ns/msg",
         "srv %",
         "cli ns/msg",
-        "cli %"
+        "cli %",
+        "oth %"
     );
 }
 
 /// One row of the per-run table.
 pub fn print_run_row(round: usize, scen: &str, server: &str, m: &Measurement) {
+    let flag = if is_noisy(m) { " !" } else { "" };
     println!(
-        "{:<5} {:<5} {:<6} {:>11.0} {:>9.2} {:>9.1} {:>9.1} {:>10.0} {:>6.1} {:>10.0} {:>6.1}",
+        "{:<5} {:<5} {:<6} {:>11.0} {:>9.2} {:>9.1} {:>9.1} {:>10.0} {:>6.1} {:>10.0} {:>6.1} {:>6.1}{flag}",
         round,
         scen,
         server,
@@ -46,7 +48,16 @@ pub fn print_run_row(round: usize, scen: &str, server: &str, m: &Measurement) {
         m.server_cpu_pct(),
         m.client_ns_per_msg(),
         m.client_cpu_pct(),
+        m.other_cpu_pct(),
     );
+}
+
+/// Foreign CPU use (percent of one CPU) above which a run is flagged as disturbed.
+pub const NOISY_OTHER_PCT: f64 = 10.0;
+
+/// Whether other processes took a noticeable share of the benchmark CPUs during the run.
+pub fn is_noisy(m: &Measurement) -> bool {
+    m.other_cpu_pct() > NOISY_OTHER_PCT
 }
 
 /// A row for a run that failed.
@@ -58,7 +69,7 @@ pub fn print_run_error(round: usize, scen: &str, server: &str, err: &str) {
 pub fn print_median_row(scen: &str, server: &str, runs: &[&Measurement]) {
     let col = |f: fn(&Measurement) -> f64| median(&runs.iter().map(|m| f(m)).collect::<Vec<_>>());
     println!(
-        "{:<5} {:<5} {:<6} {:>11.0} {:>9.2} {:>9.1} {:>9.1} {:>10.0} {:>6.1} {:>10.0} {:>6.1}",
+        "{:<5} {:<5} {:<6} {:>11.0} {:>9.2} {:>9.1} {:>9.1} {:>10.0} {:>6.1} {:>10.0} {:>6.1} {:>6.1}",
         "med",
         scen,
         server,
@@ -70,6 +81,7 @@ pub fn print_median_row(scen: &str, server: &str, runs: &[&Measurement]) {
         col(Measurement::server_cpu_pct),
         col(Measurement::client_ns_per_msg),
         col(Measurement::client_cpu_pct),
+        col(Measurement::other_cpu_pct),
     );
 }
 

@@ -1,16 +1,15 @@
 //! `ProcPool`: starting, pairing with a reactor, choosing a thread, stopping.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use dap_reactor::Reactor;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
 use crate::run;
-use crate::stats::StatsCell;
-use crate::thread::{Clock, Inbox, Inner, ProcThread, StopMode};
+use crate::thread::{Clock, Control, Inner, ProcThread, StopMode};
 
 /// Builds a [`ProcPool`]; see [`ProcPool::builder`].
 #[derive(Clone, Debug)]
@@ -29,7 +28,7 @@ impl Default for ProcPoolBuilder {
             threads: 0,
             pin: true,
             cpus: None,
-            capacity: 65_536,
+            capacity: 8_192,
             aging: Duration::from_millis(10),
             name: "dap-proc".to_owned(),
         }
@@ -55,7 +54,9 @@ impl ProcPoolBuilder {
         self
     }
 
-    /// Jobs one thread may hold per priority (default 65,536).
+    /// Jobs one thread may hold waiting per priority (default 8,192; the thread may have
+    /// up to 256 more taken for its current batch). Each queue's storage is allocated when
+    /// the pool starts: about 32 bytes per slot.
     pub fn queue_capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity.max(1);
         self
@@ -109,7 +110,6 @@ impl ProcPoolBuilder {
 pub struct ProcPool {
     threads: Vec<ProcThread>,
     joins: Mutex<Vec<JoinHandle<()>>>,
-    next: AtomicUsize,
 }
 
 impl std::fmt::Debug for ProcPool {
@@ -122,8 +122,8 @@ impl std::fmt::Debug for ProcPool {
 const DROP_DRAIN: Duration = Duration::from_secs(5);
 
 impl ProcPool {
-    /// A builder with the defaults: one pinned thread per CPU, 65,536 jobs per priority per
-    /// thread, 10 ms aging.
+    /// A builder with the defaults: one pinned thread per CPU, 8,192 waiting jobs per
+    /// priority per thread, 10 ms aging.
     pub fn builder() -> ProcPoolBuilder {
         ProcPoolBuilder::default()
     }
@@ -138,30 +138,12 @@ impl ProcPool {
 
     fn spawn(b: &ProcPoolBuilder, cpus: Vec<Option<usize>>) -> std::io::Result<ProcPool> {
         let clock = Arc::new(Clock { start: Instant::now(), coarse_ns: AtomicU64::new(0) });
-        let pool = ProcPool {
-            threads: Vec::with_capacity(cpus.len()),
-            joins: Mutex::new(Vec::new()),
-            next: AtomicUsize::new(0),
-        };
+        let pool =
+            ProcPool { threads: Vec::with_capacity(cpus.len()), joins: Mutex::new(Vec::new()) };
         let mut pool = pool;
         for (index, cpu) in cpus.into_iter().enumerate() {
-            let inner = Arc::new(Inner {
-                index,
-                inbox: Mutex::new(Inbox {
-                    queues: Default::default(),
-                    periodic: Vec::new(),
-                    sleeping: false,
-                    stop: None,
-                }),
-                not_empty: Condvar::new(),
-                not_full: Condvar::new(),
-                depth: Default::default(),
-                waiting: AtomicUsize::new(0),
-                capacity: b.capacity,
-                aging_ns: b.aging.as_nanos().min(u64::MAX as u128) as u64,
-                clock: clock.clone(),
-                stats: StatsCell::new(),
-            });
+            let aging_ns = b.aging.as_nanos().min(u64::MAX as u128) as u64;
+            let inner = Arc::new(Inner::new(index, b.capacity, aging_ns, clock.clone()));
             let cpu = cpu.filter(|_| b.pin);
             let thread_inner = inner.clone();
             let spawned =
@@ -209,11 +191,19 @@ impl ProcPool {
         self.threads.get(i)
     }
 
-    /// The least-loaded thread: fewest jobs queued or running. Ties rotate, so equal threads
-    /// share the work.
+    /// The least-loaded thread: fewest jobs queued or running as of each thread's last
+    /// batch ([`ProcThread::load`]). Ties rotate (per calling thread, so concurrent
+    /// producers share no counter), so equal threads share the work.
     pub fn auto(&self) -> &ProcThread {
+        thread_local! {
+            static NEXT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        }
         let n = self.threads.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let start = NEXT.with(|c| {
+            let v = c.get();
+            c.set(v.wrapping_add(1));
+            v
+        }) % n;
         (0..n)
             .map(|k| &self.threads[(start + k) % n])
             .min_by_key(|t| t.load())
@@ -236,12 +226,10 @@ impl ProcPool {
 
     fn stop(&self, mode: StopMode) {
         for t in &self.threads {
-            let mut inbox = t.inner.inbox.lock();
-            inbox.stop.get_or_insert(mode);
-            inbox.periodic.clear();
-            drop(inbox);
-            t.inner.not_empty.notify_all();
-            t.inner.not_full.notify_all();
+            t.inner.stopped.store(true, Ordering::SeqCst);
+            // The control queue only fills if the thread is wedged in a job; then the stop
+            // waits for room rather than being lost.
+            let _ = t.inner.control_tx.send(Control::Stop(mode));
         }
     }
 
@@ -251,6 +239,9 @@ impl ProcPool {
             if join.join().is_err() {
                 tracing::error!("a proc thread panicked outside a job");
             }
+        }
+        for t in &self.threads {
+            t.inner.cancel_queued();
         }
     }
 }

@@ -7,14 +7,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Select;
+
 use crate::job::{Job, Next, Priority};
 use crate::policy;
 use crate::stats::ProcStats;
-use crate::thread::{Inner, StopMode};
+use crate::thread::{Control, Inner, Queued, StopMode};
 
-/// Jobs run between two looks at the inbox.
+/// Jobs run between two looks at the queues; also the most taken from one queue at a time.
 const BATCH: usize = 256;
-/// Checks of the inbox before sleeping; a short spin saves a futex round trip when work
+/// Looks at the queues before sleeping: a short spin saves a futex round trip when work
 /// arrives in quick succession (as replies to a flip do).
 const SPIN: usize = 64;
 
@@ -26,9 +28,10 @@ struct Periodic {
 }
 
 struct Local {
-    queues: [VecDeque<(u64, Job)>; Priority::COUNT],
+    queues: [VecDeque<Queued>; Priority::COUNT],
     timers: BinaryHeap<Reverse<(u64, usize)>>,
     periodic: Vec<Option<Periodic>>,
+    stop: Option<StopMode>,
     stats: ProcStats,
 }
 
@@ -59,16 +62,24 @@ pub(crate) fn run(inner: Arc<Inner>) {
         queues: Default::default(),
         timers: BinaryHeap::new(),
         periodic: Vec::new(),
+        stop: None,
         stats: ProcStats { thread: inner.index, ..ProcStats::default() },
     };
     loop {
-        let stop = take_work(&inner, &mut local);
-        match stop {
+        take_work(&inner, &mut local);
+        match local.stop {
             Some(StopMode::Cancel) => break,
-            Some(StopMode::Drain(deadline)) if local.is_empty() || Instant::now() >= deadline => {
+            Some(StopMode::Drain(deadline))
+                if (local.is_empty() && inner.rx.iter().all(|r| r.is_empty()))
+                    || Instant::now() >= deadline =>
+            {
                 break;
             }
             _ => {}
+        }
+        if local.is_empty() && local.stop.is_none() && !timer_due(&inner, &local) {
+            sleep(&inner, &local);
+            continue;
         }
         let started = Instant::now();
         let now_ns = inner.clock.now_ns();
@@ -76,78 +87,97 @@ pub(crate) fn run(inner: Arc<Inner>) {
         run_timers(&inner, &mut local, now_ns);
         run_batch(&inner, &mut local, now_ns);
         local.stats.busy_ns += started.elapsed().as_nanos() as u64;
-        inner.stats.publish(&local.stats);
-        if inner.waiting.load(Ordering::SeqCst) > 0 {
-            let _guard = inner.inbox.lock();
-            inner.not_full.notify_all();
-        }
+        publish(&inner, &local);
     }
     // Whatever is left is cancelled: dropped unrun, and counted.
-    let mut inbox = inner.inbox.lock();
-    for p in 0..Priority::COUNT {
-        let n = local.queues[p].len() + inbox.queues[p].len();
-        local.stats.cancelled += n as u64;
-        local.queues[p].clear();
-        inbox.queues[p].clear();
-        inner.depth[p].store(0, Ordering::Relaxed);
+    inner.stopped.store(true, Ordering::SeqCst);
+    let mut left: u64 = local.queues.iter().map(|q| q.len() as u64).sum();
+    local.queues.iter_mut().for_each(VecDeque::clear);
+    inner.stats.cancelled.fetch_add(left, Ordering::Relaxed);
+    left += inner.cancel_queued();
+    inner.exited.store(true, Ordering::SeqCst);
+    // A job that landed between the drain above and `exited`: ours to cancel, or the
+    // producer's (it checks `exited` after sending).
+    left += inner.cancel_queued();
+    if left > 0 {
+        tracing::debug!(thread = inner.index, cancelled = left, "proc thread stopped");
     }
-    inbox.periodic.clear();
-    inner.not_full.notify_all();
-    drop(inbox);
-    inner.stats.publish(&local.stats);
+    while inner.control_rx.try_recv().is_ok() {}
+    publish(&inner, &local);
 }
 
-/// Moves queued jobs into the thread's own queues, sleeping while there is nothing to do.
-/// Returns the stop mode once a stop was asked for.
-fn take_work(inner: &Inner, local: &mut Local) -> Option<StopMode> {
-    if local.is_empty() {
-        for _ in 0..SPIN {
-            if inner.depth.iter().any(|d| d.load(Ordering::Relaxed) > 0) {
-                break;
+fn publish(inner: &Inner, local: &Local) {
+    inner.stats.publish(&local.stats);
+    let mut backlog = 0;
+    for p in 0..Priority::COUNT {
+        let taken = local.queues[p].len();
+        inner.taken[p].store(taken, Ordering::Relaxed);
+        backlog += taken + inner.rx[p].len();
+    }
+    inner.backlog.store(backlog, Ordering::Relaxed);
+}
+
+fn timer_due(inner: &Inner, local: &Local) -> bool {
+    local.next_timer_ns().is_some_and(|t| t <= inner.clock.now_ns())
+}
+
+/// Takes control messages, and up to a batch of jobs from each queue.
+fn take_work(inner: &Inner, local: &mut Local) {
+    while let Ok(control) = inner.control_rx.try_recv() {
+        match control {
+            Control::Periodic(new) => {
+                let period_ns = new.period.as_nanos().min(u64::MAX as u128) as u64;
+                let next_ns = inner.clock.now_ns().saturating_add(period_ns);
+                let slot = local.periodic.len();
+                local.periodic.push(Some(Periodic {
+                    period_ns,
+                    next_ns,
+                    job: new.job,
+                    cancelled: new.cancelled,
+                }));
+                local.timers.push(Reverse((next_ns, slot)));
             }
-            std::hint::spin_loop();
+            Control::Stop(mode) => {
+                local.stop.get_or_insert(mode);
+                // Periodic jobs stop at once in both modes.
+                local.timers.clear();
+                local.periodic.clear();
+            }
         }
     }
-    let mut inbox = inner.inbox.lock();
-    loop {
-        for new in inbox.periodic.drain(..) {
-            let period_ns = new.period.as_nanos().min(u64::MAX as u128) as u64;
-            let next_ns = inner.clock.now_ns().saturating_add(period_ns);
-            let slot = local.periodic.len();
-            local.periodic.push(Some(Periodic {
-                period_ns,
-                next_ns,
-                job: new.job,
-                cancelled: new.cancelled,
-            }));
-            local.timers.push(Reverse((next_ns, slot)));
-        }
-        for p in 0..Priority::COUNT {
-            if local.queues[p].is_empty() {
-                std::mem::swap(&mut local.queues[p], &mut inbox.queues[p]);
-            } else {
-                local.queues[p].append(&mut inbox.queues[p]);
+    for (queue, rx) in local.queues.iter_mut().zip(&inner.rx) {
+        // Keep at most a batch taken per priority: the bound on queued jobs stays the
+        // channel's capacity plus one batch.
+        while queue.len() < BATCH {
+            match rx.try_recv() {
+                Ok(item) => queue.push_back(item),
+                Err(_) => break,
             }
         }
-        if let Some(stop) = inbox.stop {
-            return Some(stop);
+    }
+}
+
+/// Waits for a job, a control message, or the next periodic job.
+fn sleep(inner: &Inner, local: &Local) {
+    for _ in 0..SPIN {
+        if inner.rx.iter().any(|r| !r.is_empty()) || !inner.control_rx.is_empty() {
+            return;
         }
-        if !local.is_empty() {
-            return None;
+        std::hint::spin_loop();
+    }
+    let mut sel = Select::new();
+    for rx in &inner.rx {
+        sel.recv(rx);
+    }
+    sel.recv(&inner.control_rx);
+    match local.next_timer_ns() {
+        Some(t) => {
+            let wait = t.saturating_sub(inner.clock.now_ns());
+            let _ = sel.ready_timeout(Duration::from_nanos(wait));
         }
-        let now_ns = inner.clock.now_ns();
-        match local.next_timer_ns() {
-            Some(t) if t <= now_ns => return None,
-            Some(t) => {
-                inbox.sleeping = true;
-                let _ = inner.not_empty.wait_for(&mut inbox, Duration::from_nanos(t - now_ns));
-            }
-            None => {
-                inbox.sleeping = true;
-                inner.not_empty.wait(&mut inbox);
-            }
+        None => {
+            sel.ready();
         }
-        inbox.sleeping = false;
     }
 }
 
@@ -176,23 +206,14 @@ fn run_timers(inner: &Inner, local: &mut Local, now_ns: u64) {
 }
 
 fn run_batch(inner: &Inner, local: &mut Local, now_ns: u64) {
-    let mut finished = [0usize; Priority::COUNT];
     for _ in 0..BATCH {
         let heads = std::array::from_fn(|p| local.queues[p].front().map(|(t, _)| *t));
         let Some(p) = policy::pick(heads, inner.aging_ns) else { break };
         let Some((_, mut job)) = local.queues[p].pop_front() else { break };
-        match run_one(&mut job, &mut local.stats, inner.index) {
-            Next::Done => finished[p] += 1,
-            Next::Again => {
-                local.stats.requeued += 1;
-                // Behind the work already queued at this priority.
-                local.queues[p].push_back((now_ns, job));
-            }
-        }
-    }
-    for (p, n) in finished.into_iter().enumerate() {
-        if n > 0 {
-            inner.depth[p].fetch_sub(n, Ordering::Relaxed);
+        if run_one(&mut job, &mut local.stats, inner.index) == Next::Again {
+            local.stats.requeued += 1;
+            // Behind the work already queued at this priority.
+            local.queues[p].push_back((now_ns, job));
         }
     }
 }

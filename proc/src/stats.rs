@@ -55,7 +55,6 @@ impl StatsCell {
         self.requeued.store(local.requeued, Relaxed);
         self.panics.store(local.panics, Relaxed);
         self.busy_ns.store(local.busy_ns, Relaxed);
-        self.cancelled.store(local.cancelled, Relaxed);
         self.periodic_runs.store(local.periodic_runs, Relaxed);
     }
 

@@ -1,11 +1,10 @@
 //! `ProcThread`: one pinned thread with five bounded priority queues.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
 
 use crate::job::{Job, Next, Priority};
 use crate::stats::{ProcStats, StatsCell};
@@ -62,14 +61,14 @@ pub(crate) struct NewPeriodic {
     pub(crate) cancelled: Arc<AtomicBool>,
 }
 
-/// What producers share with the thread, under one lock.
-pub(crate) struct Inbox {
-    pub(crate) queues: [VecDeque<(u64, Job)>; Priority::COUNT],
-    pub(crate) periodic: Vec<NewPeriodic>,
-    /// The thread is (about to be) waiting on `not_empty`.
-    pub(crate) sleeping: bool,
-    pub(crate) stop: Option<StopMode>,
+/// Messages to the thread that are not jobs.
+pub(crate) enum Control {
+    Periodic(NewPeriodic),
+    Stop(StopMode),
 }
+
+/// A queued job and the pool-clock time it was queued at.
+pub(crate) type Queued = (u64, Job);
 
 /// A clock shared by a pool: the threads store a recent time after each batch, and
 /// producers stamp jobs with it without reading the system clock themselves.
@@ -89,20 +88,64 @@ impl Clock {
     }
 }
 
+/// Control messages (periodic jobs, stop) one thread may have waiting.
+pub(crate) const CONTROL_CAPACITY: usize = 1024;
+
 pub(crate) struct Inner {
     pub(crate) index: usize,
-    pub(crate) inbox: Mutex<Inbox>,
-    pub(crate) not_empty: Condvar,
-    pub(crate) not_full: Condvar,
-    /// Queued plus running jobs per priority. Producers increment under the inbox lock (so the
-    /// capacity check is exact); the thread decrements as jobs finish.
-    pub(crate) depth: [AtomicUsize; Priority::COUNT],
-    /// Producers blocked in `submit_timeout`.
-    pub(crate) waiting: AtomicUsize,
-    pub(crate) capacity: usize,
+    /// One bounded, lock-free queue per priority: producers never take a lock, and a full
+    /// queue hands the job back.
+    pub(crate) tx: [Sender<Queued>; Priority::COUNT],
+    pub(crate) rx: [Receiver<Queued>; Priority::COUNT],
+    pub(crate) control_tx: Sender<Control>,
+    pub(crate) control_rx: Receiver<Control>,
+    /// Set by a stop: new jobs are refused.
+    pub(crate) stopped: AtomicBool,
+    /// Set by the thread after its last drain. A producer whose job landed after that
+    /// cancels (and counts) what is left itself, so no accepted job is lost unaccounted.
+    pub(crate) exited: AtomicBool,
+    /// Jobs the thread has taken but not finished, per priority, as of its last batch.
+    pub(crate) taken: [AtomicUsize; Priority::COUNT],
+    /// Jobs queued or running, all priorities, as of the thread's last batch: a hint for
+    /// `ProcPool::auto` that producers read but never write.
+    pub(crate) backlog: AtomicUsize,
     pub(crate) aging_ns: u64,
     pub(crate) clock: Arc<Clock>,
     pub(crate) stats: StatsCell,
+}
+
+impl Inner {
+    pub(crate) fn new(index: usize, capacity: usize, aging_ns: u64, clock: Arc<Clock>) -> Self {
+        let (tx, rx): (Vec<_>, Vec<_>) =
+            (0..Priority::COUNT).map(|_| crossbeam_channel::bounded(capacity.max(1))).unzip();
+        let (control_tx, control_rx) = crossbeam_channel::bounded(CONTROL_CAPACITY);
+        Inner {
+            index,
+            tx: tx.try_into().unwrap_or_else(|_| unreachable!("five senders")),
+            rx: rx.try_into().unwrap_or_else(|_| unreachable!("five receivers")),
+            control_tx,
+            control_rx,
+            stopped: AtomicBool::new(false),
+            exited: AtomicBool::new(false),
+            taken: Default::default(),
+            backlog: AtomicUsize::new(0),
+            aging_ns,
+            clock,
+            stats: StatsCell::new(),
+        }
+    }
+
+    /// Drops every job still queued, counting them as cancelled.
+    pub(crate) fn cancel_queued(&self) -> u64 {
+        let mut n = 0;
+        for rx in &self.rx {
+            while rx.try_recv().is_ok() {
+                n += 1;
+            }
+        }
+        self.stats.cancelled.fetch_add(n, Ordering::Relaxed);
+        n
+    }
 }
 
 /// A `Send + Sync` handle to one proc thread (cheap to clone).
@@ -173,32 +216,30 @@ impl ProcThread {
         deadline: Option<Instant>,
     ) -> Result<(), SubmitError> {
         let inner = &*self.inner;
-        let p = priority.index();
-        let stamp = inner.clock.coarse_ns();
-        let mut inbox = inner.inbox.lock();
-        loop {
-            if inbox.stop.is_some() {
-                return Err(SubmitError::Stopped(job));
-            }
-            if inner.depth[p].load(Ordering::Relaxed) < inner.capacity {
-                break;
-            }
-            let Some(deadline) = deadline else { return Err(SubmitError::Full(job)) };
-            inner.waiting.fetch_add(1, Ordering::SeqCst);
-            let timed_out = inner.not_full.wait_until(&mut inbox, deadline).timed_out();
-            inner.waiting.fetch_sub(1, Ordering::SeqCst);
-            if timed_out && inner.depth[p].load(Ordering::Relaxed) >= inner.capacity {
-                return Err(SubmitError::Full(job));
+        if inner.stopped.load(Ordering::Acquire) {
+            return Err(SubmitError::Stopped(job));
+        }
+        let item = (inner.clock.coarse_ns(), job);
+        let tx = &inner.tx[priority.index()];
+        let sent = match deadline {
+            None => tx.try_send(item).map_err(|e| match e {
+                TrySendError::Full((_, job)) => SubmitError::Full(job),
+                TrySendError::Disconnected((_, job)) => SubmitError::Stopped(job),
+            }),
+            Some(deadline) => tx.send_deadline(item, deadline).map_err(|e| match e {
+                SendTimeoutError::Timeout((_, job)) => SubmitError::Full(job),
+                SendTimeoutError::Disconnected((_, job)) => SubmitError::Stopped(job),
+            }),
+        };
+        if sent.is_ok() {
+            // Pairs with the thread's store of `exited` before its last drain: either the
+            // thread sees this job, or we see `exited` and account for the job here.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if inner.exited.load(Ordering::SeqCst) {
+                inner.cancel_queued();
             }
         }
-        inbox.queues[p].push_back((stamp, job));
-        inner.depth[p].fetch_add(1, Ordering::Relaxed);
-        let wake = std::mem::take(&mut inbox.sleeping);
-        drop(inbox);
-        if wake {
-            inner.not_empty.notify_one();
-        }
-        Ok(())
+        sent
     }
 
     /// Runs `job` every `period` on this thread, on a fixed grid from now (no drift), until it
@@ -213,31 +254,37 @@ impl ProcThread {
         job: impl FnMut() -> Next + Send + 'static,
     ) -> Result<PeriodicHandle, SubmitError> {
         let job: Job = Box::new(job);
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let mut inbox = self.inner.inbox.lock();
-        if inbox.stop.is_some() {
+        if self.inner.stopped.load(Ordering::Acquire) {
             return Err(SubmitError::Stopped(job));
         }
+        let cancelled = Arc::new(AtomicBool::new(false));
         let period = period.max(Duration::from_micros(1));
-        inbox.periodic.push(NewPeriodic { period, job, cancelled: cancelled.clone() });
-        let wake = std::mem::take(&mut inbox.sleeping);
-        drop(inbox);
-        if wake {
-            self.inner.not_empty.notify_one();
+        let new = NewPeriodic { period, job, cancelled: cancelled.clone() };
+        match self.inner.control_tx.try_send(Control::Periodic(new)) {
+            Ok(()) => Ok(PeriodicHandle { cancelled }),
+            Err(TrySendError::Full(Control::Periodic(n))) => Err(SubmitError::Full(n.job)),
+            Err(TrySendError::Disconnected(Control::Periodic(n))) => {
+                Err(SubmitError::Stopped(n.job))
+            }
+            Err(_) => unreachable!("the message handed back is the one sent"),
         }
-        Ok(PeriodicHandle { cancelled })
     }
 
-    /// Jobs queued or running, all priorities (the figure [`ProcPool::auto`] minimises).
+    /// Jobs queued or running, all priorities, as of the thread's last batch (the figure
+    /// [`ProcPool::auto`] compares). Reading it costs producers no lock.
     ///
     /// [`ProcPool::auto`]: crate::ProcPool::auto
     pub fn load(&self) -> usize {
-        self.inner.depth.iter().map(|d| d.load(Ordering::Relaxed)).sum()
+        self.inner.backlog.load(Ordering::Relaxed)
     }
 
-    /// A recent snapshot of the counters (published after each batch).
+    /// A snapshot of the counters: queue depths now (plus what the thread had taken at its
+    /// last batch), the rest as of the last batch.
     pub fn stats(&self) -> ProcStats {
-        let depth = std::array::from_fn(|p| self.inner.depth[p].load(Ordering::Relaxed) as u64);
-        self.inner.stats.snapshot(self.inner.index, depth)
+        let inner = &self.inner;
+        let depth = std::array::from_fn(|p| {
+            (inner.rx[p].len() + inner.taken[p].load(Ordering::Relaxed)) as u64
+        });
+        inner.stats.snapshot(inner.index, depth)
     }
 }

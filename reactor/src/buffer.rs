@@ -11,16 +11,24 @@ use std::io::{self, IoSlice};
 use bytes::Bytes;
 
 /// A bounded free list of fixed-size byte vectors, one per worker.
+///
+/// Input buffers want vectors whose every byte is initialised (reads go straight into them),
+/// output buffers want empty ones (writes append). Vectors are kept on two lists by that
+/// state, so a recycled input vector is never zero-filled again and handing one out costs
+/// no more than a `pop`.
 #[derive(Debug)]
 pub(crate) struct BufPool {
     chunk: usize,
     max: usize,
-    free: Vec<Vec<u8>>,
+    /// Vectors with `len == chunk`, all bytes initialised.
+    filled: Vec<Vec<u8>>,
+    /// Vectors with `len == 0`.
+    empty: Vec<Vec<u8>>,
 }
 
 impl BufPool {
     pub(crate) fn new(chunk: usize, max: usize) -> Self {
-        BufPool { chunk: chunk.max(1), max, free: Vec::new() }
+        BufPool { chunk: chunk.max(1), max, filled: Vec::new(), empty: Vec::new() }
     }
 
     pub(crate) fn chunk_size(&self) -> usize {
@@ -29,32 +37,42 @@ impl BufPool {
 
     /// An empty vector with exactly `chunk_size()` bytes of capacity (for output).
     pub(crate) fn get(&mut self) -> Vec<u8> {
-        let mut buf = self.free.pop().unwrap_or_else(|| Vec::with_capacity(self.chunk));
+        if let Some(buf) = self.empty.pop() {
+            return buf;
+        }
+        let mut buf = self.filled.pop().unwrap_or_else(|| Vec::with_capacity(self.chunk));
         buf.clear();
         buf
     }
 
     /// A vector whose length is its capacity, `chunk_size()` bytes (for input).
-    ///
-    /// Pooled vectors keep their length, so a recycled input buffer is not zero-filled again:
-    /// only bytes never touched before are initialised here.
     pub(crate) fn get_filled(&mut self) -> Vec<u8> {
-        let mut buf = self.free.pop().unwrap_or_else(|| Vec::with_capacity(self.chunk));
+        if let Some(buf) = self.filled.pop() {
+            return buf;
+        }
+        // Zero-fill once in the vector's life; after that it stays on the filled list.
+        let mut buf = self.empty.pop().unwrap_or_else(|| Vec::with_capacity(self.chunk));
         buf.resize(self.chunk, 0);
         buf
     }
 
     /// Returns storage; vectors of another size, or beyond the pool bound, are freed.
-    pub(crate) fn put(&mut self, buf: Vec<u8>) {
-        if buf.capacity() == self.chunk && self.free.len() < self.max {
-            self.free.push(buf);
+    pub(crate) fn put(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() != self.chunk || self.filled.len() + self.empty.len() >= self.max {
+            return;
+        }
+        if buf.len() == self.chunk {
+            self.filled.push(buf);
+        } else {
+            buf.clear();
+            self.empty.push(buf);
         }
     }
 
     /// Bytes held by the pool itself.
     #[cfg(test)]
     pub(crate) fn pooled_bytes(&self) -> usize {
-        self.free.len() * self.chunk
+        (self.filled.len() + self.empty.len()) * self.chunk
     }
 }
 
@@ -129,6 +147,15 @@ impl InBuf {
         self.len() >= cap.min(pool_chunk)
     }
 
+    /// Takes the storage and the bounds of the unconsumed bytes, leaving the buffer empty
+    /// (the next read takes a fresh vector from the pool).
+    pub(crate) fn take_storage(&mut self) -> (Vec<u8>, usize, usize) {
+        let taken = (std::mem::take(&mut self.data), self.start, self.end);
+        self.start = 0;
+        self.end = 0;
+        taken
+    }
+
     /// Gives empty storage back to the pool.
     pub(crate) fn release_if_empty(&mut self, pool: &mut BufPool) {
         if self.is_empty() && !self.data.is_empty() {
@@ -146,6 +173,9 @@ enum Chunk {
     Owned(Vec<u8>),
     /// Caller-provided bytes sent without a copy.
     Shared(Bytes),
+    /// An input buffer moved to output whole (echo, proxying): `buf[..end]` is queued, and
+    /// `buf` keeps its full, initialised length so it goes back to the pool as input storage.
+    Moved { buf: Vec<u8>, end: usize },
 }
 
 impl Chunk {
@@ -153,6 +183,7 @@ impl Chunk {
         match self {
             Chunk::Owned(v) => v,
             Chunk::Shared(b) => b,
+            Chunk::Moved { buf, end } => &buf[..*end],
         }
     }
 }
@@ -201,6 +232,29 @@ impl OutBuf {
         }
         self.len += take;
         take
+    }
+
+    /// Queues an input buffer's storage without copying: `buf[start..end]` goes out.
+    /// The caller checks the cap.
+    pub(crate) fn push_moved(
+        &mut self,
+        pool: &mut BufPool,
+        buf: Vec<u8>,
+        start: usize,
+        end: usize,
+    ) {
+        if start >= end {
+            pool.put(buf);
+            return;
+        }
+        if self.chunks.is_empty() {
+            self.head_off = start;
+            self.len += end - start;
+            self.chunks.push_back(Chunk::Moved { buf, end });
+        } else {
+            self.push_copy(pool, usize::MAX, &buf[start..end]);
+            pool.put(buf);
+        }
     }
 
     /// Queues `data` without copying (small pieces are copied into the tail chunk instead,
@@ -264,7 +318,8 @@ impl OutBuf {
             if n >= left {
                 n -= left;
                 self.head_off = 0;
-                if let Some(Chunk::Owned(v)) = self.chunks.pop_front() {
+                if let Some(Chunk::Owned(v) | Chunk::Moved { buf: v, .. }) = self.chunks.pop_front()
+                {
                     pool.put(v);
                 }
             } else {
@@ -280,7 +335,7 @@ impl OutBuf {
     /// Drops everything queued, returning storage to the pool.
     pub(crate) fn clear(&mut self, pool: &mut BufPool) {
         for chunk in self.chunks.drain(..) {
-            if let Chunk::Owned(v) = chunk {
+            if let Chunk::Owned(v) | Chunk::Moved { buf: v, .. } = chunk {
                 pool.put(v);
             }
         }

@@ -239,6 +239,14 @@ impl<'a> Esocket<'a> {
         self.check_writable()?;
         let cap = self.w.limits().buf_out_cap;
         let pending = self.st.buf_in.len();
+        if pending > 0 && pending <= cap && self.st.buf_out.is_empty() {
+            // Move the input storage to output whole: no copy, and the pool hands the next
+            // read a fresh vector.
+            let (buf, start, end) = self.st.buf_in.take_storage();
+            self.st.buf_out.push_moved(&mut self.w.pool, buf, start, end);
+            self.st.out_pending = true;
+            return Ok(pending);
+        }
         let n = self.st.buf_out.push_copy(&mut self.w.pool, cap, self.st.buf_in.as_slice());
         self.st.buf_in.consume(n);
         if n < pending {
