@@ -416,4 +416,31 @@ mod tests {
         assert_eq!(sink, want);
         assert_eq!(pool.pooled_bytes(), 8, "both copy chunks went back to the pool");
     }
+
+    #[test]
+    fn moved_input_storage_goes_out_without_a_copy_and_back_as_input() {
+        let mut pool = BufPool::new(16, 4);
+        let mut inb = InBuf::default();
+        inb.read_from(&mut pool, 16, |b| {
+            b[..5].copy_from_slice(b"hello");
+            Ok(5)
+        });
+        inb.consume(1);
+        let (buf, start, end) = inb.take_storage();
+        let ptr = buf.as_ptr();
+        let mut out = OutBuf::default();
+        out.push_moved(&mut pool, buf, start, end);
+        assert_eq!(out.len(), 4);
+        let mut sink = Vec::new();
+        let (res, offered) = out.write_to(&mut pool, |iov| {
+            assert_eq!(iov[0].as_ptr(), ptr.wrapping_add(1), "no copy");
+            sink.extend_from_slice(&iov[0]);
+            Ok(iov[0].len())
+        });
+        assert_eq!((res.unwrap(), offered), (4, 4));
+        assert_eq!(sink, b"ello");
+        // The vector went back whole, so the next input buffer reuses it without zeroing.
+        let reused = pool.get_filled();
+        assert_eq!(reused.as_ptr(), ptr);
+    }
 }
