@@ -45,37 +45,42 @@ fn wait_for(counter: &AtomicUsize, target: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Jobs per second through a dap-proc pool.
-fn ours(threads: usize, per_producer: usize) -> Result<f64, String> {
-    let pool = Arc::new(ProcPool::builder().threads(threads).start().map_err(|e| e.to_string())?);
+/// Runs `PRODUCERS` threads that each call `submit` `per_producer` times with a job that
+/// bumps the shared counter, then waits until every job ran; returns jobs per second.
+fn drive<S>(per_producer: usize, submit: S) -> Result<f64, String>
+where
+    S: Fn(Arc<AtomicUsize>) -> Result<(), String> + Send + Sync + 'static,
+{
+    let submit = Arc::new(submit);
     let done = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let producers: Vec<_> = (0..PRODUCERS)
         .map(|_| {
-            let (pool, done) = (pool.clone(), done.clone());
-            std::thread::spawn(move || {
-                for _ in 0..per_producer {
-                    let done = done.clone();
-                    let job = move || {
-                        done.fetch_add(1, Ordering::Relaxed);
-                        Next::Done
-                    };
-                    if pool.auto().submit_timeout(Priority::Normal, job, WAIT).is_err() {
-                        return Err("submit failed".to_owned());
-                    }
-                }
-                Ok(())
-            })
+            let (submit, done) = (submit.clone(), done.clone());
+            std::thread::spawn(move || (0..per_producer).try_for_each(|_| submit(done.clone())))
         })
         .collect();
     for p in producers {
         p.join().map_err(|_| "producer panicked")??;
     }
     wait_for(&done, PRODUCERS * per_producer)?;
-    let secs = start.elapsed().as_secs_f64();
+    Ok((PRODUCERS * per_producer) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Jobs per second through a dap-proc pool.
+fn ours(threads: usize, per_producer: usize) -> Result<f64, String> {
+    let pool = Arc::new(ProcPool::builder().threads(threads).start().map_err(|e| e.to_string())?);
+    let submitter = pool.clone();
+    let rate = drive(per_producer, move |done| {
+        let job = move || {
+            done.fetch_add(1, Ordering::Relaxed);
+            Next::Done
+        };
+        submitter.auto().submit_timeout(Priority::Normal, job, WAIT).map_err(|e| e.to_string())
+    });
     pool.stop_cancel();
     pool.wait();
-    Ok((PRODUCERS * per_producer) as f64 / secs)
+    rate
 }
 
 type BoxJob = Box<dyn FnOnce() + Send>;
@@ -94,35 +99,18 @@ fn crossbeam(threads: usize, per_producer: usize) -> Result<f64, String> {
             })
         })
         .collect();
-    let done = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let producers: Vec<_> = (0..PRODUCERS)
-        .map(|_| {
-            let (tx, done) = (tx.clone(), done.clone());
-            std::thread::spawn(move || {
-                for _ in 0..per_producer {
-                    let done = done.clone();
-                    let job: BoxJob = Box::new(move || {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    });
-                    if tx.send_timeout(job, WAIT).is_err() {
-                        return Err("send failed".to_owned());
-                    }
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    for p in producers {
-        p.join().map_err(|_| "producer panicked")??;
-    }
-    wait_for(&done, PRODUCERS * per_producer)?;
-    let secs = start.elapsed().as_secs_f64();
+    let sender = tx.clone();
+    let rate = drive(per_producer, move |done| {
+        let job: BoxJob = Box::new(move || {
+            done.fetch_add(1, Ordering::Relaxed);
+        });
+        sender.send_timeout(job, WAIT).map_err(|_| "send failed".to_owned())
+    });
     drop(tx);
     for w in workers {
         let _ = w.join();
     }
-    Ok((PRODUCERS * per_producer) as f64 / secs)
+    rate
 }
 
 /// Flips back to back on one esocket, recording each round trip.
@@ -159,11 +147,8 @@ impl Handler for Flipper {
 /// p50 and p99 flip latency in microseconds.
 fn flip_latency(flips: usize) -> Result<(f64, f64), String> {
     let cpu0 = dap_reactor::allowed_cpus()[0];
-    let reactor = Reactor::builder()
-        .threads(1)
-        .cpus(vec![cpu0])
-        .start()
-        .map_err(|e| e.to_string())?;
+    let reactor =
+        Reactor::builder().threads(1).cpus(vec![cpu0]).start().map_err(|e| e.to_string())?;
     let _pool = ProcPool::builder().start_for(&reactor).map_err(|e| e.to_string())?;
     let (tx, rx) = crossbeam_channel::unbounded();
     let (a, _b) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
@@ -214,7 +199,10 @@ pub fn run(opts: &ProcArgs) -> Result<Vec<(String, String)>, String> {
         ratios.push(o / c);
     }
     let (p50, p99) = flip_latency(opts.flips)?;
-    println!("flip reactor -> proc -> reactor over {} flips: p50 {p50:.1} us, p99 {p99:.1} us", opts.flips);
+    println!(
+        "flip reactor -> proc -> reactor over {} flips: p50 {p50:.1} us, p99 {p99:.1} us",
+        opts.flips
+    );
     Ok(vec![
         ("jobs_per_s".into(), format!("{:.0}", median(ours_all))),
         ("crossbeam_jobs_per_s".into(), format!("{:.0}", median(theirs_all))),

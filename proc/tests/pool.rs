@@ -309,19 +309,7 @@ fn periodic_jobs_repeat_until_done_or_cancelled() {
 
 #[test]
 fn stop_drain_runs_queued_jobs_and_stop_cancel_drops_them() {
-    let pool = pool(1);
-    let release = block(&pool, 0);
-    let ran = Arc::new(AtomicUsize::new(0));
-    for _ in 0..10 {
-        let ran = ran.clone();
-        pool.thread(0)
-            .unwrap()
-            .submit(Priority::Low, move || {
-                ran.fetch_add(1, Ordering::SeqCst);
-                Next::Done
-            })
-            .unwrap();
-    }
+    let (pool, release, ran) = pool_with_blocked();
     pool.stop_drain(WAIT);
     assert!(matches!(
         pool.thread(0).unwrap().submit(Priority::Low, || Next::Done),
@@ -331,15 +319,15 @@ fn stop_drain_runs_queued_jobs_and_stop_cancel_drops_them() {
     pool.wait();
     assert_eq!(ran.load(Ordering::SeqCst), 10, "drain ran everything queued");
 
-    let pool = pool_with_blocked();
-    let (p, release, ran) = pool;
-    p.stop_cancel();
+    let (pool, release, ran) = pool_with_blocked();
+    pool.stop_cancel();
     drop(release);
-    p.wait();
+    pool.wait();
     assert_eq!(ran.load(Ordering::SeqCst), 0, "cancel ran nothing");
-    assert_eq!(p.thread(0).unwrap().stats().cancelled, 10);
+    assert_eq!(pool.thread(0).unwrap().stats().cancelled, 10);
 }
 
+/// A one-thread pool held by a running job, with ten low-priority jobs queued behind it.
 fn pool_with_blocked() -> (ProcPool, crossbeam_channel::Sender<()>, Arc<AtomicUsize>) {
     let p = pool(1);
     let release = block(&p, 0);

@@ -4,26 +4,13 @@
 mod util;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dap_reactor::{EsocketHandle, EsocketKind, PostError, Reactor};
-use util::{Ev, Events, Mode, Recorder};
-
-/// Adopts the server side of a fresh loopback pair on worker 0; returns the client side.
-#[track_caller]
-fn adopted(reactor: &Reactor, mode: Mode) -> (TcpStream, EsocketHandle, Events) {
-    let (client, server) = util::tcp_pair();
-    let (rec, events) = Recorder::new(mode);
-    let handle =
-        util::on_worker(reactor.worker(0).unwrap(), move |w| w.adopt_tcp(server, rec.boxed()))
-            .expect("adopt");
-    assert_eq!(events.new_handle(), handle);
-    (client, handle, events)
-}
+use dap_reactor::{EsocketHandle, EsocketKind, PostError};
+use util::{Ev, Mode};
 
 /// The slot index in a handle's debug form `EsocketHandle(w0:INDEX.GENERATION)`, if it has
 /// that form.
@@ -43,7 +30,7 @@ fn handle_is_send_sync_copy() {
 #[test]
 fn exec_on_a_live_esocket_has_mut_access_and_flushes_its_writes() {
     let reactor = util::reactor(1);
-    let (mut client, handle, events) = adopted(&reactor, Mode::Consume);
+    let (mut client, handle, events) = util::adopted(&reactor, Mode::Consume);
     let (kind, worker, readable) = util::on_esocket(handle, |es| {
         es.write(b"written in exec").unwrap();
         es.set_readable(false);
@@ -59,7 +46,7 @@ fn exec_on_a_live_esocket_has_mut_access_and_flushes_its_writes() {
 fn exec_on_a_dead_esocket_is_dropped_and_counted() {
     let reactor = util::reactor(1);
     let worker = reactor.worker(0).unwrap();
-    let (_client, handle, events) = adopted(&reactor, Mode::Consume);
+    let (_client, handle, events) = util::adopted(&reactor, Mode::Consume);
     handle.close().unwrap();
     assert_eq!(events.deleted(), None);
     let before = worker.stats().dropped_dead;
@@ -73,7 +60,7 @@ fn exec_on_a_dead_esocket_is_dropped_and_counted() {
 #[test]
 fn set_writable_through_a_handle_fires_on_write() {
     let reactor = util::reactor(1);
-    let (_client, handle, events) = adopted(&reactor, Mode::Consume);
+    let (_client, handle, events) = util::adopted(&reactor, Mode::Consume);
     handle.set_writable(true).unwrap();
     events.wait_for("on_write", |e| matches!(e, Ev::Write));
     // The recorder returns false: write interest is dropped again.
@@ -84,7 +71,7 @@ fn set_writable_through_a_handle_fires_on_write() {
 #[test]
 fn set_readable_through_a_handle_pauses_and_resumes_reading() {
     let reactor = util::reactor(1);
-    let (mut client, handle, events) = adopted(&reactor, Mode::Consume);
+    let (mut client, handle, events) = util::adopted(&reactor, Mode::Consume);
     handle.set_readable(false).unwrap();
     assert!(!util::on_esocket(handle, |es| es.is_readable()));
     client.write_all(b"held back").unwrap();
@@ -103,11 +90,11 @@ fn set_readable_through_a_handle_pauses_and_resumes_reading() {
 fn stale_handle_never_reaches_the_esocket_that_reuses_its_slot() {
     let reactor = util::reactor(1);
     let worker = reactor.worker(0).unwrap();
-    let (_client_a, a, events_a) = adopted(&reactor, Mode::Consume);
+    let (_client_a, a, events_a) = util::adopted(&reactor, Mode::Consume);
     a.close().unwrap();
     assert_eq!(events_a.deleted(), None);
 
-    let (mut client_b, b, events_b) = adopted(&reactor, Mode::Consume);
+    let (mut client_b, b, events_b) = util::adopted(&reactor, Mode::Consume);
     assert_ne!(a, b, "a new esocket gets a new id");
     if let (Some(ia), Some(ib)) = (slot_index(a), slot_index(b)) {
         assert_eq!(ia, ib, "the test wants B in A's old slot");
@@ -163,11 +150,11 @@ fn stale_handle_never_reaches_the_esocket_that_reuses_its_slot() {
 #[test]
 fn handle_from_a_stopped_reactor_never_reaches_a_new_one() {
     let old = util::reactor(1);
-    let (_old_client, old_handle, _old_events) = adopted(&old, Mode::Consume);
+    let (_old_client, old_handle, _old_events) = util::adopted(&old, Mode::Consume);
     util::shutdown(old);
 
     let new = util::reactor(1);
-    let (mut client, handle, events) = adopted(&new, Mode::Consume);
+    let (mut client, handle, events) = util::adopted(&new, Mode::Consume);
     assert_ne!(old_handle, handle);
     assert_eq!(old_handle.write(&b"from the past"[..]), Err(PostError::Gone));
     assert_eq!(old_handle.exec(|es| es.close_now()), Err(PostError::Gone));
@@ -220,8 +207,9 @@ enum CloseBy {
 fn writers_racing_close(close_by: CloseBy) {
     let reactor = util::reactor(1);
     let worker = reactor.worker(0).unwrap().clone();
-    let (client, target, events) = adopted(&reactor, Mode::Consume);
-    let (mut bystander_client, bystander, bystander_events) = adopted(&reactor, Mode::Consume);
+    let (client, target, events) = util::adopted(&reactor, Mode::Consume);
+    let (mut bystander_client, bystander, bystander_events) =
+        util::adopted(&reactor, Mode::Consume);
     let dropped_before = worker.stats().dropped_dead;
 
     let posted = Arc::new(AtomicUsize::new(0));

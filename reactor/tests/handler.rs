@@ -5,7 +5,7 @@ mod util;
 use std::io::Write;
 
 use dap_reactor::{Esocket, EsocketKind, Handler, PeerAddr};
-use util::{Ev, Mode, Recorder};
+use util::{Ev, Mode};
 
 /// Echoes, but panics when it reads "panic".
 struct Fragile;
@@ -48,12 +48,7 @@ fn a_panicking_handler_closes_only_its_connection() {
 #[test]
 fn a_panicking_exec_closure_closes_the_esocket_with_an_error() {
     let reactor = util::reactor(1);
-    let (mut client, server) = util::tcp_pair();
-    let (rec, events) = Recorder::new(Mode::Consume);
-    let handle =
-        util::on_worker(reactor.worker(0).unwrap(), move |w| w.adopt_tcp(server, rec.boxed()))
-            .unwrap();
-    events.new_handle();
+    let (mut client, handle, events) = util::adopted(&reactor, Mode::Consume);
     handle.exec(|_| panic!("an exec closure panics on purpose")).unwrap();
     let error = events.deleted();
     assert_eq!(error.map(|(_, re)| re), Some(Some(dap_reactor::ReactorError::HandlerPanicked)));

@@ -87,15 +87,7 @@ fn single_listener_spreads_a_burst_of_connections() {
     let listener_worker = reactor.worker(listening.handles()[0].worker_index()).unwrap();
 
     // Hold the listener's worker while the connections complete in the kernel's backlog.
-    let (entered_tx, entered) = crossbeam_channel::bounded(1);
-    let (release, release_rx) = crossbeam_channel::bounded::<()>(1);
-    listener_worker
-        .exec(move |_| {
-            entered_tx.send(()).unwrap();
-            let _ = release_rx.recv_timeout(util::TIMEOUT);
-        })
-        .unwrap();
-    util::recv(&entered, "the worker to be held");
+    let release = util::hold(listener_worker);
     let mut open: Vec<TcpStream> = (0..CONNS).map(|_| util::connect(addr)).collect();
     release.send(()).unwrap();
     for (i, c) in open.iter_mut().enumerate() {

@@ -73,15 +73,7 @@ fn data_followed_at_once_by_close_is_read_and_the_close_is_seen() {
     let (_, mut writer) = util::on_worker(&worker, move |w| w.add_pipe(rec.boxed()).unwrap());
     events.new_handle();
 
-    let (entered_tx, entered) = crossbeam_channel::bounded(1);
-    let (release, release_rx) = crossbeam_channel::bounded::<()>(1);
-    worker
-        .exec(move |_| {
-            entered_tx.send(()).unwrap();
-            let _ = release_rx.recv_timeout(util::TIMEOUT);
-        })
-        .unwrap();
-    util::recv(&entered, "the worker to be held");
+    let release = util::hold(&worker);
     writer.write_all(b"last words").unwrap();
     drop(writer);
     release.send(()).unwrap();

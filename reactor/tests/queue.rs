@@ -82,15 +82,7 @@ fn items_queued_before_stop_are_delivered() {
         w.add_queue(ITEMS as usize, move |_, item: u32| tx.send(item).unwrap()).unwrap()
     });
 
-    let (entered_tx, entered) = crossbeam_channel::bounded(1);
-    let (release, release_rx) = crossbeam_channel::bounded::<()>(1);
-    worker
-        .exec(move |_| {
-            entered_tx.send(()).unwrap();
-            let _ = release_rx.recv_timeout(util::TIMEOUT);
-        })
-        .unwrap();
-    util::recv(&entered, "the worker to be held");
+    let release = util::hold(&worker);
     for i in 0..ITEMS {
         sender.send(i).unwrap();
     }

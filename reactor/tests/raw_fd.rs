@@ -7,8 +7,8 @@ use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
-use crossbeam_channel::Sender;
-use dap_reactor::{Esocket, EsocketKind, Handler};
+use crossbeam_channel::{Receiver, Sender};
+use dap_reactor::{Esocket, EsocketHandle, EsocketKind, Handler};
 
 #[derive(Debug)]
 enum RawEv {
@@ -71,10 +71,11 @@ fn collect(rx: &crossbeam_channel::Receiver<RawEv>, n: usize) -> Vec<u8> {
     got
 }
 
-#[test]
-fn raw_fd_is_readable_through_on_read_and_closed_on_removal() {
-    let reactor = util::reactor(1);
-    let (ours, mut theirs) = UnixStream::pair().unwrap();
+/// Adds one end of a fresh socket pair as a read-only raw esocket on worker 0; returns the
+/// other end, the handler's events and the esocket's handle.
+#[track_caller]
+fn add_reader(reactor: &dap_reactor::Reactor) -> (UnixStream, Receiver<RawEv>, EsocketHandle) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
     ours.set_nonblocking(true).unwrap();
     theirs.set_read_timeout(Some(util::TIMEOUT)).unwrap();
     let expected_fd = ours.as_raw_fd();
@@ -83,6 +84,13 @@ fn raw_fd_is_readable_through_on_read_and_closed_on_removal() {
         w.add_raw_fd(OwnedFd::from(ours), true, false, Box::new(RawReader { expected_fd, tx }))
     })
     .unwrap();
+    (theirs, rx, handle)
+}
+
+#[test]
+fn raw_fd_is_readable_through_on_read_and_closed_on_removal() {
+    let reactor = util::reactor(1);
+    let (mut theirs, rx, handle) = add_reader(&reactor);
 
     theirs.write_all(b"raw bytes").unwrap();
     assert_eq!(collect(&rx, 9), b"raw bytes");
@@ -102,14 +110,7 @@ fn raw_fd_is_readable_through_on_read_and_closed_on_removal() {
 #[test]
 fn raw_fd_reports_the_peer_closing() {
     let reactor = util::reactor(1);
-    let (ours, mut theirs) = UnixStream::pair().unwrap();
-    ours.set_nonblocking(true).unwrap();
-    let expected_fd = ours.as_raw_fd();
-    let (tx, rx) = crossbeam_channel::unbounded();
-    util::on_worker(reactor.worker(0).unwrap(), move |w| {
-        w.add_raw_fd(OwnedFd::from(ours), true, false, Box::new(RawReader { expected_fd, tx }))
-    })
-    .unwrap();
+    let (mut theirs, rx, _handle) = add_reader(&reactor);
     theirs.write_all(b"bye").unwrap();
     assert_eq!(collect(&rx, 3), b"bye");
     drop(theirs);
@@ -133,14 +134,7 @@ fn raw_fd_reports_the_peer_closing() {
 #[test]
 fn raw_fd_without_write_interest_never_gets_on_write() {
     let reactor = util::reactor(1);
-    let (ours, mut theirs) = UnixStream::pair().unwrap();
-    ours.set_nonblocking(true).unwrap();
-    let expected_fd = ours.as_raw_fd();
-    let (tx, rx) = crossbeam_channel::unbounded();
-    util::on_worker(reactor.worker(0).unwrap(), move |w| {
-        w.add_raw_fd(OwnedFd::from(ours), true, false, Box::new(RawReader { expected_fd, tx }))
-    })
-    .unwrap();
+    let (mut theirs, rx, _handle) = add_reader(&reactor);
     theirs.write_all(b"x").unwrap();
     assert_eq!(collect(&rx, 1), b"x");
     drop(theirs);

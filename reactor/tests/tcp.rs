@@ -98,12 +98,7 @@ fn outgoing_connection_fires_on_connected_and_carries_data_both_ways() {
 #[test]
 fn adopted_tcp_stream_works() {
     let reactor = util::reactor(1);
-    let (mut client, server) = util::tcp_pair();
-    let (rec, events) = Recorder::new(Mode::Echo);
-    let handle =
-        util::on_worker(reactor.worker(0).unwrap(), move |w| w.adopt_tcp(server, rec.boxed()))
-            .unwrap();
-    assert_eq!(events.new_handle(), handle);
+    let (mut client, _handle, _events) = util::adopted(&reactor, Mode::Echo);
     util::round_trip(&mut client, b"adopted");
     util::shutdown(reactor);
 }
@@ -229,15 +224,7 @@ fn data_followed_at_once_by_close_is_read_and_the_close_is_seen() {
     util::on_worker(&worker, move |w| w.adopt_tcp(server, rec.boxed())).unwrap();
     events.new_handle();
 
-    let (entered_tx, entered) = crossbeam_channel::bounded(1);
-    let (release, release_rx) = crossbeam_channel::bounded::<()>(1);
-    worker
-        .exec(move |_| {
-            let _ = entered_tx.send(());
-            let _ = release_rx.recv_timeout(util::TIMEOUT);
-        })
-        .unwrap();
-    util::recv(&entered, "the worker to be held");
+    let release = util::hold(&worker);
     client.write_all(b"last words").unwrap();
     client.shutdown(Shutdown::Write).unwrap();
     release.send(()).unwrap();
@@ -251,11 +238,7 @@ fn data_followed_at_once_by_close_is_read_and_the_close_is_seen() {
 #[test]
 fn local_writes_are_refused_once_closing() {
     let reactor = util::reactor(1);
-    let (mut client, server) = util::tcp_pair();
-    let (rec, events) = Recorder::new(Mode::Consume);
-    let handle =
-        util::on_worker(reactor.worker(0).unwrap(), move |w| w.adopt_tcp(server, rec.boxed()))
-            .unwrap();
+    let (mut client, handle, events) = util::adopted(&reactor, Mode::Consume);
     let kinds = util::on_esocket(handle, |es| {
         es.write(b"bye").unwrap();
         es.close();
@@ -274,11 +257,7 @@ fn local_writes_are_refused_once_closing() {
 #[test]
 fn close_now_discards_queued_output() {
     let reactor = util::reactor(1);
-    let (mut client, server) = util::tcp_pair();
-    let (rec, events) = Recorder::new(Mode::Consume);
-    let handle =
-        util::on_worker(reactor.worker(0).unwrap(), move |w| w.adopt_tcp(server, rec.boxed()))
-            .unwrap();
+    let (mut client, handle, events) = util::adopted(&reactor, Mode::Consume);
     util::on_esocket(handle, |es| {
         es.write(b"never sent").unwrap();
         es.close_now();

@@ -552,3 +552,30 @@ pub fn cpus_allowed(status_path: &str) -> Vec<usize> {
     }
     cpus
 }
+
+/// Adopts the server side of a fresh loopback pair on worker 0; returns the client side.
+#[track_caller]
+pub fn adopted(reactor: &Reactor, mode: Mode) -> (TcpStream, EsocketHandle, Events) {
+    let (client, server) = tcp_pair();
+    let (rec, events) = Recorder::new(mode);
+    let handle = on_worker(reactor.worker(0).unwrap(), move |w| w.adopt_tcp(server, rec.boxed()))
+        .expect("adopt");
+    assert_eq!(events.new_handle(), handle);
+    (client, handle, events)
+}
+
+/// Keeps `worker` busy in an `exec` closure until the returned sender is used or dropped, so
+/// a test can queue work behind it deterministically. Returns once the worker is held.
+#[track_caller]
+pub fn hold(worker: &Worker) -> Sender<()> {
+    let (entered_tx, entered) = crossbeam_channel::bounded(1);
+    let (release, release_rx) = crossbeam_channel::bounded::<()>(1);
+    worker
+        .exec(move |_| {
+            let _ = entered_tx.send(());
+            let _ = release_rx.recv_timeout(TIMEOUT);
+        })
+        .unwrap();
+    recv(&entered, "the worker to be held");
+    release
+}
