@@ -56,6 +56,38 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Checks that the limits can work together.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the first limit that is zero where it must not be, or a
+    /// low-water mark above the output cap.
+    pub fn validate(&self) -> std::io::Result<()> {
+        let nonzero = [
+            ("max_esockets", self.max_esockets),
+            ("buf_in_cap", self.buf_in_cap),
+            ("buf_out_cap", self.buf_out_cap),
+            ("inbox_capacity", self.inbox_capacity),
+            ("udp_out_queue", self.udp_out_queue),
+            ("max_timers", self.max_timers),
+            ("events_per_turn", self.events_per_turn),
+        ];
+        if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("Limits::{name} must be at least 1"),
+            ));
+        }
+        if self.buf_out_low_water > self.buf_out_cap {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "Limits::buf_out_low_water must not exceed buf_out_cap",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// How a TCP listen address is spread over the workers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -100,5 +132,21 @@ impl Default for Config {
             listener_mode: ListenerMode::PerWorker,
             name: "dap-worker".to_owned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_nonsense_is_refused() {
+        assert!(Limits::default().validate().is_ok());
+        let zero_in = Limits { buf_in_cap: 0, ..Limits::default() };
+        let err = zero_in.validate().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("buf_in_cap"));
+        let low = Limits { buf_out_low_water: 2, buf_out_cap: 1, ..Limits::default() };
+        assert!(low.validate().is_err());
     }
 }

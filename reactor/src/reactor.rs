@@ -114,8 +114,10 @@ impl ReactorBuilder {
     /// Starts the workers.
     ///
     /// # Errors
-    /// Creating a poller, waker or thread failed.
+    /// `InvalidInput` for limits that cannot work (a zero cap or capacity, a low-water mark
+    /// above its cap); otherwise creating a poller, waker or thread failed.
     pub fn start(self) -> io::Result<Reactor> {
+        self.cfg.limits.validate()?;
         Reactor::start(self.cfg, self.on_start)
     }
 }
