@@ -5,5 +5,8 @@
 //! rustls layered into the esocket read/write path, a DNS resolver and a small authoritative
 //! server, and `enc` (`/enc_init` and encrypted requests).
 //!
-//! This crate is a skeleton until the net issue lands; see `docs/ARCHITECTURE.md`.
+//! So far: [`http`], the sans-IO HTTP/1.1 pieces (request heads with RFC 9112 framing
+//! rules, chunked decoding, `Date`). The servers, client, TLS, DNS and enc follow.
 #![forbid(unsafe_code)]
+
+pub mod http;
