@@ -45,8 +45,9 @@ pub trait Flip {
     /// result on the esocket's own worker, with `&mut` access to the esocket (output written
     /// there is flushed as from any callback). If the esocket has closed by then, `then` is
     /// dropped unrun and the worker counts it in `WorkerStats::dropped_dead`. If the worker's
-    /// inbox is full, delivery is retried behind other proc work, so a result is never lost
-    /// while its esocket lives.
+    /// inbox is full, delivery is retried behind other proc work. `then` does not run if
+    /// `work` panics (counted in `ProcStats::panics`) or if a pool stop cancels the job
+    /// (counted in `ProcStats::cancelled`).
     ///
     /// # Errors
     /// No paired proc thread, or its queue is full or stopped; `work` does not run.

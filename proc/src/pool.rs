@@ -215,7 +215,9 @@ impl ProcPool {
     /// [`ProcStats::cancelled`](crate::ProcStats)). Periodic jobs stop at once. Returns at once;
     /// [`wait`](Self::wait) for the threads.
     pub fn stop_drain(&self, timeout: Duration) {
-        self.stop(StopMode::Drain(Instant::now() + timeout));
+        let deadline =
+            Instant::now().checked_add(timeout).unwrap_or_else(crate::thread::far_future);
+        self.stop(StopMode::Drain(deadline));
     }
 
     /// Stops taking jobs and drops every queued job unrun (counted); a job already running

@@ -138,7 +138,12 @@ fn take_work(inner: &Inner, local: &mut Local) {
                 local.timers.push(Reverse((next_ns, slot)));
             }
             Control::Stop(mode) => {
-                local.stop.get_or_insert(mode);
+                // Cancel overrides a drain; of two drains the earlier deadline holds.
+                local.stop = Some(match (local.stop, mode) {
+                    (Some(StopMode::Cancel), _) | (_, StopMode::Cancel) => StopMode::Cancel,
+                    (Some(StopMode::Drain(a)), StopMode::Drain(b)) => StopMode::Drain(a.min(b)),
+                    (None, m) => m,
+                });
                 // Periodic jobs stop at once in both modes.
                 local.timers.clear();
                 local.periodic.clear();

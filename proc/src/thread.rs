@@ -160,6 +160,11 @@ impl std::fmt::Debug for ProcThread {
     }
 }
 
+/// A deadline a century away, for "no deadline".
+pub(crate) fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
 /// Cancels a periodic job; dropping the handle does not.
 #[derive(Clone, Debug)]
 pub struct PeriodicHandle {
@@ -202,7 +207,12 @@ impl ProcThread {
         job: impl FnMut() -> Next + Send + 'static,
         timeout: Duration,
     ) -> Result<(), SubmitError> {
-        self.submit_job(priority, Box::new(job), Some(Instant::now() + timeout))
+        // No representable deadline means wait as long as it takes.
+        let deadline = Instant::now().checked_add(timeout);
+        match deadline {
+            Some(d) => self.submit_job(priority, Box::new(job), Some(d)),
+            None => self.submit_job(priority, Box::new(job), Some(far_future())),
+        }
     }
 
     /// Queues an already boxed job (see [`submit`](Self::submit)).

@@ -18,8 +18,15 @@ impl EventSender {
     /// Adds `value` to the counter and wakes the worker; zero does nothing.
     ///
     /// # Errors
-    /// `WouldBlock` if the counter would overflow `u64::MAX - 1` (the worker is not reading).
+    /// `InvalidInput` for `u64::MAX` (an eventfd cannot hold it); `WouldBlock` if the counter
+    /// would pass `u64::MAX - 1` (the worker is not reading).
     pub fn signal(&self, value: u64) -> io::Result<()> {
+        if value == u64::MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an event adds at most u64::MAX - 1",
+            ));
+        }
         self.ev.add(value)
     }
 }

@@ -84,6 +84,14 @@ pub use reactor::{Listening, Reactor, ReactorBuilder};
 pub use stats::WorkerStats;
 pub use worker::{Worker, WorkerCtx};
 
+/// `now + d`, or a point a century away when that overflows (`Duration::MAX` means "no
+/// deadline" without panicking).
+pub(crate) fn deadline_after(d: std::time::Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + std::time::Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 /// The CPUs this process may run on (honours `taskset` and cgroups), ascending.
 pub fn allowed_cpus() -> Vec<usize> {
     sys::affinity::allowed_cpus()

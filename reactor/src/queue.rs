@@ -48,6 +48,8 @@ impl<T> Clone for QueueSender<T> {
 pub(crate) struct Wake {
     pub(crate) ev: Arc<EventFd>,
     pub(crate) pending: AtomicBool,
+    /// The queue esocket is gone: senders get their item back instead of queueing it.
+    pub(crate) closed: AtomicBool,
 }
 
 impl Wake {
@@ -66,6 +68,9 @@ impl<T> QueueSender<T> {
     /// [`QueueSendError::Full`] at capacity, [`QueueSendError::Closed`] once the esocket is
     /// gone; the item is handed back either way.
     pub fn send(&self, item: T) -> Result<(), QueueSendError<T>> {
+        if self.wake.closed.load(Ordering::SeqCst) {
+            return Err(QueueSendError::Closed(item));
+        }
         match self.tx.try_send(item) {
             Ok(()) => {
                 self.wake.ring();
@@ -81,6 +86,9 @@ impl<T> QueueSender<T> {
     /// # Errors
     /// As [`send`](Self::send), once the timeout has passed.
     pub fn send_timeout(&self, item: T, timeout: Duration) -> Result<(), QueueSendError<T>> {
+        if self.wake.closed.load(Ordering::SeqCst) {
+            return Err(QueueSendError::Closed(item));
+        }
         match self.tx.send_timeout(item, timeout) {
             Ok(()) => {
                 self.wake.ring();
@@ -109,6 +117,12 @@ pub(crate) type ItemFn<T> = Box<dyn FnMut(&mut Esocket<'_>, T)>;
 pub(crate) trait QueueDrain {
     /// Delivers up to `budget` items; returns whether items remain.
     fn drain(&mut self, es: &mut Esocket<'_>, budget: usize) -> bool;
+
+    /// Items waiting.
+    fn pending(&self) -> usize;
+
+    /// Closes the queue to senders and drops what is left; returns how many items.
+    fn discard(&mut self) -> u64;
 }
 
 pub(crate) struct Drain<T> {
@@ -133,6 +147,19 @@ impl<T> QueueDrain for Drain<T> {
         }
         !self.rx.is_empty()
     }
+
+    fn pending(&self) -> usize {
+        self.rx.len()
+    }
+
+    fn discard(&mut self) -> u64 {
+        self.wake.closed.store(true, Ordering::SeqCst);
+        let mut n = 0;
+        while self.rx.try_recv().is_ok() {
+            n += 1;
+        }
+        n
+    }
 }
 
 /// Builds both halves of a queue of `capacity` items.
@@ -142,6 +169,7 @@ pub(crate) fn pair<T: 'static>(
     cb: ItemFn<T>,
 ) -> (QueueSender<T>, Box<dyn QueueDrain>) {
     let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
-    let wake = Arc::new(Wake { ev, pending: AtomicBool::new(false) });
+    let wake =
+        Arc::new(Wake { ev, pending: AtomicBool::new(false), closed: AtomicBool::new(false) });
     (QueueSender { tx, wake: wake.clone() }, Box::new(Drain { rx, wake, cb }))
 }

@@ -164,6 +164,7 @@ impl Reactor {
                 notified: AtomicBool::new(false),
                 stats: Default::default(),
                 conns: AtomicU64::new(0),
+                full: AtomicBool::new(false),
                 slot: WorkerSlot::acquire(),
                 extensions: Default::default(),
             });
@@ -362,7 +363,7 @@ impl Reactor {
     /// esockets flush their output and close, queues deliver what they hold; whatever is
     /// still open after `grace` is closed. [`wait`](Self::wait) for the threads.
     pub fn stop(&self, grace: Duration) {
-        let deadline = Instant::now() + grace;
+        let deadline = crate::deadline_after(grace);
         for w in &self.workers {
             // A stop must not be lost to a momentarily full inbox.
             let _ = w.shared.post_timeout(Msg::Stop(deadline), INSTALL_TIMEOUT);

@@ -14,7 +14,7 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 impl WorkerCtx {
     pub(crate) fn accept(&mut self, st: &mut EsState) {
-        if !st.read_ready || self.stopping.is_some() || st.close_now {
+        if !st.read_ready || self.stopping.is_some() || st.close_now || st.closing {
             return;
         }
         let Body::Listener { io, factory, spread } = &mut st.body else { return };
@@ -23,7 +23,14 @@ impl WorkerCtx {
         for _ in 0..ACCEPT_BUDGET {
             if !spread && self.slots.is_full() {
                 // Leave the rest in the kernel's backlog; a freed slot resumes us.
-                self.paused_listeners.push(st.id);
+                if !self.paused_listeners.contains(&st.id) {
+                    self.paused_listeners.push(st.id);
+                }
+                return;
+            }
+            if spread && self.slots.is_full() && self.peers.iter().all(|p| p.is_full()) {
+                // Every worker is full, and a slot may free on any of them: look again soon.
+                let _ = self.arm(st, ACCEPT_RETRY, TimerWhat::AcceptRetry);
                 return;
             }
             let accepted = match io {
@@ -64,8 +71,12 @@ impl WorkerCtx {
                 .map(|k| self.stats.esockets[k.index()])
                 .sum();
             self.shared.conns.store(live, std::sync::atomic::Ordering::Relaxed);
-            let target =
-                self.peers.iter().min_by_key(|p| (p.load(), p.index != self.shared.index)).cloned();
+            let target = self
+                .peers
+                .iter()
+                .filter(|p| !p.is_full())
+                .min_by_key(|p| (p.load(), p.index != self.shared.index))
+                .cloned();
             if let Some(target) = target.filter(|t| t.index != self.shared.index) {
                 match target.try_post(Msg::Adopt(sock, peer, factory.clone())) {
                     Ok(()) => return,
@@ -86,7 +97,20 @@ impl WorkerCtx {
             tracing::warn!(worker = self.index(), "no room for an accepted connection; closing it");
             return;
         }
-        let Some(handler) = factory.new_handler(&peer) else { return };
+        let made =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| factory.new_handler(&peer)));
+        let handler = match made {
+            Ok(Some(handler)) => handler,
+            Ok(None) => return,
+            Err(_) => {
+                self.handler_panics += 1;
+                tracing::error!(
+                    worker = self.index(),
+                    "handler factory panicked; connection closed"
+                );
+                return;
+            }
+        };
         let (kind, io) = match sock {
             AcceptedIo::Tcp(s) => {
                 if self.cfg.nodelay {

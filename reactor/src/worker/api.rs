@@ -45,6 +45,7 @@ impl WorkerCtx {
         st.handler = handler;
         setup(&mut st);
         self.stats.esockets[kind.index()] += 1;
+        self.shared.full.store(self.slots.is_full(), std::sync::atomic::Ordering::Relaxed);
         self.call(&mut st, |h, es| h.on_new(es));
         self.drive(&mut st);
         self.finish(st);

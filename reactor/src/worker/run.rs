@@ -318,7 +318,7 @@ impl WorkerCtx {
         }
         let interval = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         self.next_sweep_ns = self.now_ns + interval.as_nanos() as u64;
-        let idle_ms = idle.as_millis() as u64;
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
         let now_ms = self.now_ms();
         let mut expired = Vec::new();
         for (id, st) in self.slots.iter_mut() {
@@ -364,7 +364,16 @@ impl WorkerCtx {
         st.buf_out.clear(&mut self.pool);
         st.buf_in.consume(usize::MAX);
         st.buf_in.release_if_empty(&mut self.pool);
+        if let Body::Queue { drain: Some(d), .. } = &mut st.body {
+            // Items accepted by `send` that will never be delivered: counted, never silent.
+            let lost = d.discard();
+            if lost > 0 {
+                self.stats.dropped_dead += lost;
+                tracing::warn!(worker = self.index(), lost, "queue closed with items undelivered");
+            }
+        }
         self.slots.remove(st.id);
+        self.shared.full.store(false, std::sync::atomic::Ordering::Relaxed);
         let count = &mut self.stats.esockets[st.kind.index()];
         *count = count.saturating_sub(1);
         if !self.paused_listeners.is_empty() {
@@ -392,7 +401,13 @@ impl WorkerCtx {
             match st.kind {
                 k if k.is_stream() => st.closing = true,
                 EsocketKind::Queue => {
-                    self.drain_queue(&mut st, usize::MAX);
+                    // Deliver what was queued when the stop began; a callback that keeps
+                    // feeding its own queue cannot hold the stop up.
+                    let queued = match &st.body {
+                        Body::Queue { drain: Some(d), .. } => d.pending(),
+                        _ => 0,
+                    };
+                    self.drain_queue(&mut st, queued);
                     st.close_now = true;
                 }
                 _ => st.close_now = true,
@@ -419,6 +434,8 @@ impl WorkerCtx {
                 self.destroy(st);
             }
         }
+        // Detach first: from here on handles get `Gone` instead of queueing into a dead inbox.
+        self.shared.slot.release();
         let mut dropped = 0u64;
         while let Ok(msg) = rx.try_recv() {
             // Sockets handed over in the last moments are closed with the worker.
@@ -432,7 +449,6 @@ impl WorkerCtx {
         self.stats.esockets = Default::default();
         self.shared.stats.publish(&self.stats);
         self.shared.conns.store(0, std::sync::atomic::Ordering::Relaxed);
-        self.shared.slot.release();
     }
 }
 

@@ -51,6 +51,9 @@ pub(crate) struct Shared {
     pub(crate) stats: StatsCell,
     /// Live connections (stream esockets) on this worker, for least-loaded placement.
     pub(crate) conns: AtomicU64,
+    /// The esocket table is full (kept current on every insert and removal), so a spreading
+    /// listener does not hand a connection to a worker that would have to drop it.
+    pub(crate) full: AtomicBool,
     pub(crate) slot: &'static WorkerSlot,
     /// Per-worker values other crates attach (the paired proc thread, say), one per type.
     pub(crate) extensions: RwLock<Vec<Arc<dyn Any + Send + Sync>>>,
@@ -96,6 +99,10 @@ impl Shared {
             Err(SendTimeoutError::Timeout(_)) => Err(PostError::Full),
             Err(SendTimeoutError::Disconnected(_)) => Err(PostError::Gone),
         }
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
     }
 
     /// The load figure `worker_auto` minimises: live connections plus queued messages.

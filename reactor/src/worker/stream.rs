@@ -217,9 +217,10 @@ impl WorkerCtx {
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(e) => {
                         // Errors on a datagram socket concern one datagram (an ICMP report,
-                        // say); the socket itself is fine.
+                        // say); the socket itself is fine, and datagrams may be queued behind
+                        // the error, so keep reading (within the budget).
+                        count += 1;
                         tracing::debug!(worker = self.index(), error = %e, "udp receive error");
-                        break;
                     }
                 }
             }
