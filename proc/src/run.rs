@@ -31,6 +31,9 @@ struct Local {
     queues: [VecDeque<Queued>; Priority::COUNT],
     timers: BinaryHeap<Reverse<(u64, usize)>>,
     periodic: Vec<Option<Periodic>>,
+    /// Slots of `periodic` whose job has ended, for reuse: the table stays as large as the
+    /// most periodic jobs alive at once.
+    free_periodic: Vec<usize>,
     stop: Option<StopMode>,
     stats: ProcStats,
 }
@@ -62,6 +65,7 @@ pub(crate) fn run(inner: Arc<Inner>) {
         queues: Default::default(),
         timers: BinaryHeap::new(),
         periodic: Vec::new(),
+        free_periodic: Vec::new(),
         stop: None,
         stats: ProcStats { thread: inner.index, ..ProcStats::default() },
     };
@@ -128,13 +132,18 @@ fn take_work(inner: &Inner, local: &mut Local) {
             Control::Periodic(new) => {
                 let period_ns = new.period.as_nanos().min(u64::MAX as u128) as u64;
                 let next_ns = inner.clock.now_ns().saturating_add(period_ns);
-                let slot = local.periodic.len();
-                local.periodic.push(Some(Periodic {
-                    period_ns,
-                    next_ns,
-                    job: new.job,
-                    cancelled: new.cancelled,
-                }));
+                let job =
+                    Some(Periodic { period_ns, next_ns, job: new.job, cancelled: new.cancelled });
+                let slot = match local.free_periodic.pop() {
+                    Some(slot) => {
+                        local.periodic[slot] = job;
+                        slot
+                    }
+                    None => {
+                        local.periodic.push(job);
+                        local.periodic.len() - 1
+                    }
+                };
                 local.timers.push(Reverse((next_ns, slot)));
             }
             Control::Stop(mode) => {
@@ -147,6 +156,7 @@ fn take_work(inner: &Inner, local: &mut Local) {
                 // Periodic jobs stop at once in both modes.
                 local.timers.clear();
                 local.periodic.clear();
+                local.free_periodic.clear();
             }
         }
     }
@@ -194,6 +204,7 @@ fn run_timers(inner: &Inner, local: &mut Local, now_ns: u64) {
         local.timers.pop();
         let Some(mut p) = local.periodic[slot].take() else { continue };
         if p.cancelled.load(Ordering::Acquire) {
+            local.free_periodic.push(slot);
             continue;
         }
         local.stats.periodic_runs += 1;
@@ -202,11 +213,9 @@ fn run_timers(inner: &Inner, local: &mut Local, now_ns: u64) {
             p.next_ns = p.next_ns.saturating_add(p.period_ns);
             local.timers.push(Reverse((p.next_ns, slot)));
             local.periodic[slot] = Some(p);
+        } else {
+            local.free_periodic.push(slot);
         }
-    }
-    // Reuse the slots of finished periodic jobs once none is pending.
-    if local.timers.is_empty() {
-        local.periodic.clear();
     }
 }
 

@@ -78,6 +78,18 @@ impl Limits {
                 format!("Limits::{name} must be at least 1"),
             ));
         }
+        // Sizes allocated up front: refuse values that could only be typos.
+        let allocated = [
+            ("inbox_capacity", self.inbox_capacity, 1 << 24),
+            ("events_per_turn", self.events_per_turn, 1 << 20),
+            ("buf_in_cap", self.buf_in_cap, 1 << 30),
+        ];
+        if let Some((name, _, max)) = allocated.iter().find(|(_, v, max)| v > max) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("Limits::{name} must be at most {max}"),
+            ));
+        }
         if self.buf_out_low_water > self.buf_out_cap {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,

@@ -45,8 +45,11 @@ impl WorkerCtx {
     pub(crate) fn run(mut self, mut poll: Poll, rx: Receiver<Msg>, on_start: Option<StartHook>) {
         let mut events = Events::with_capacity(self.cfg.limits.events_per_turn.max(16));
         self.set_now(Instant::now());
-        if let Some(hook) = on_start {
-            hook(&mut self);
+        if let Some(hook) = on_start
+            && panic::catch_unwind(AssertUnwindSafe(|| hook(&mut self))).is_err()
+        {
+            self.handler_panics += 1;
+            tracing::error!(worker = self.index(), "worker start hook panicked");
         }
         let mut inbox_more = false;
         let mut turn_start = Instant::now();
@@ -122,6 +125,10 @@ impl WorkerCtx {
             EsocketKind::Tcp | EsocketKind::Unix | EsocketKind::Pipe => {
                 if st.connecting {
                     self.finish_connect(&mut st);
+                } else if event.is_error() {
+                    // Report a socket error even while reading is paused and nothing is
+                    // queued to write, which would otherwise never touch the socket.
+                    self.take_socket_error(&mut st);
                 }
                 self.drive_stream(&mut st);
             }

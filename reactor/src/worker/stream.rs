@@ -157,6 +157,19 @@ impl WorkerCtx {
         }
     }
 
+    /// Fails the esocket with its pending socket error (`SO_ERROR`), if it has one.
+    pub(crate) fn take_socket_error(&mut self, st: &mut EsState) {
+        let err = match &st.body {
+            Body::Stream(StreamIo::Tcp(s)) => s.take_error(),
+            Body::Stream(StreamIo::Unix(s)) => s.take_error(),
+            _ => Ok(None),
+        };
+        match err {
+            Ok(Some(e)) | Err(e) => st.fail(e),
+            Ok(None) => {}
+        }
+    }
+
     /// Completes a non-blocking connect once epoll reports on it.
     pub(crate) fn finish_connect(&mut self, st: &mut EsState) {
         let Body::Stream(io) = &st.body else { return };
