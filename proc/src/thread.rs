@@ -208,11 +208,8 @@ impl ProcThread {
         timeout: Duration,
     ) -> Result<(), SubmitError> {
         // No representable deadline means wait as long as it takes.
-        let deadline = Instant::now().checked_add(timeout);
-        match deadline {
-            Some(d) => self.submit_job(priority, Box::new(job), Some(d)),
-            None => self.submit_job(priority, Box::new(job), Some(far_future())),
-        }
+        let deadline = Instant::now().checked_add(timeout).unwrap_or_else(far_future);
+        self.submit_job(priority, Box::new(job), Some(deadline))
     }
 
     /// Queues an already boxed job (see [`submit`](Self::submit)).

@@ -8,28 +8,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, unbounded};
 use dap_proc::{Next, Priority, ProcPool, SubmitError};
 
-const WAIT: Duration = Duration::from_secs(20);
+mod util;
 
-fn pool(threads: usize) -> ProcPool {
-    ProcPool::builder().threads(threads).pin(false).start().expect("pool starts")
-}
-
-/// Blocks the thread until the returned sender is dropped or sent to, so a test can queue
-/// work behind it deterministically.
-fn block(pool: &ProcPool, i: usize) -> crossbeam_channel::Sender<()> {
-    let (release, gate) = bounded::<()>(1);
-    let (started_tx, started) = bounded::<()>(1);
-    pool.thread(i)
-        .unwrap()
-        .submit(Priority::Critical, move || {
-            let _ = started_tx.send(());
-            let _ = gate.recv_timeout(WAIT);
-            Next::Done
-        })
-        .unwrap();
-    started.recv_timeout(WAIT).expect("blocker started");
-    release
-}
+use util::{WAIT, block, pool, pool_with_blocked};
 
 #[test]
 fn higher_priorities_run_first_when_fresh() {
@@ -325,22 +306,4 @@ fn stop_drain_runs_queued_jobs_and_stop_cancel_drops_them() {
     pool.wait();
     assert_eq!(ran.load(Ordering::SeqCst), 0, "cancel ran nothing");
     assert_eq!(pool.thread(0).unwrap().stats().cancelled, 10);
-}
-
-/// A one-thread pool held by a running job, with ten low-priority jobs queued behind it.
-fn pool_with_blocked() -> (ProcPool, crossbeam_channel::Sender<()>, Arc<AtomicUsize>) {
-    let p = pool(1);
-    let release = block(&p, 0);
-    let ran = Arc::new(AtomicUsize::new(0));
-    for _ in 0..10 {
-        let ran = ran.clone();
-        p.thread(0)
-            .unwrap()
-            .submit(Priority::Low, move || {
-                ran.fetch_add(1, Ordering::SeqCst);
-                Next::Done
-            })
-            .unwrap();
-    }
-    (p, release, ran)
 }

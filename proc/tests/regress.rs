@@ -2,47 +2,21 @@
 //! reviewed and passes since its fix.
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crossbeam_channel::bounded;
-use dap_proc::{Next, Priority, ProcPool};
+use dap_proc::{Next, Priority};
 
-const WAIT: Duration = Duration::from_secs(20);
+mod util;
 
-fn pool(threads: usize) -> ProcPool {
-    ProcPool::builder().threads(threads).pin(false).start().expect("pool starts")
-}
+use util::{WAIT, pool, pool_with_blocked};
 
-/// `stop_cancel` after `stop_drain` (escalating a slow drain) must drop the queued jobs; the
-/// thread keeps the first stop mode (`get_or_insert`) and runs them all instead.
+/// `stop_cancel` after `stop_drain` (escalating a slow drain) drops the queued jobs. The
+/// thread used to keep the first stop mode and run them all.
 #[test]
-
 fn stop_cancel_overrides_an_earlier_stop_drain() {
-    let pool = pool(1);
-    let (release, gate) = bounded::<()>(1);
-    let (started_tx, started) = bounded::<()>(1);
-    pool.thread(0)
-        .unwrap()
-        .submit(Priority::Critical, move || {
-            let _ = started_tx.send(());
-            let _ = gate.recv_timeout(WAIT);
-            Next::Done
-        })
-        .unwrap();
-    started.recv_timeout(WAIT).expect("blocker started");
-    let ran = Arc::new(AtomicUsize::new(0));
-    for _ in 0..10 {
-        let ran = ran.clone();
-        pool.thread(0)
-            .unwrap()
-            .submit(Priority::Normal, move || {
-                ran.fetch_add(1, Ordering::SeqCst);
-                Next::Done
-            })
-            .unwrap();
-    }
+    let (pool, release, ran) = pool_with_blocked();
     pool.stop_drain(Duration::from_secs(3600));
     pool.stop_cancel();
     drop(release);
@@ -51,10 +25,9 @@ fn stop_cancel_overrides_an_earlier_stop_drain() {
     assert_eq!(pool.thread(0).unwrap().stats().cancelled, 10);
 }
 
-/// Timeouts are added to `Instant::now()` unchecked: "wait as long as it takes"
-/// (`Duration::MAX`) panics in `submit_timeout` and `stop_drain`.
+/// "Wait as long as it takes" (`Duration::MAX`) in `submit_timeout` and `stop_drain` means no
+/// deadline. Both used to add it to `Instant::now()` unchecked and panic.
 #[test]
-
 fn huge_timeouts_do_not_panic() {
     let pool = pool(1);
     let (tx, rx) = bounded(1);

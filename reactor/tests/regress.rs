@@ -15,10 +15,9 @@ use std::time::Duration;
 use dap_reactor::{EsocketKind, Handler, Limits, ListenerMode, PeerAddr, QueueSender};
 use util::{Ev, Mode, Recorder};
 
-/// A `HandlerFactory` is a user callback run on the worker; a panic in it must be caught like
-/// any other callback's, not kill the worker with every esocket it owns.
+/// A `HandlerFactory` is a user callback run on the worker; a panic in it is caught like any
+/// other callback's. It used to kill the worker with every esocket it owned.
 #[test]
-
 fn factory_panic_does_not_kill_the_worker() {
     let reactor = util::reactor(1);
     let calls = Arc::new(AtomicUsize::new(0));
@@ -42,11 +41,9 @@ fn factory_panic_does_not_kill_the_worker() {
     util::shutdown(reactor);
 }
 
-/// `Reactor::stop(grace)` computes `Instant::now() + grace` unchecked: a "never give up"
-/// grace (`Duration::MAX`) panics instead of meaning "no deadline". `close_linger` feeds the
-/// same addition from `Drop`.
+/// A "never give up" grace (`Duration::MAX`) in `Reactor::stop` means no deadline. It used to
+/// be added to `Instant::now()` unchecked and panic (`close_linger` reaches it from `Drop`).
 #[test]
-
 fn stop_with_a_huge_grace_does_not_panic() {
     let reactor = util::reactor(1);
     let stopped = panic::catch_unwind(AssertUnwindSafe(|| reactor.stop(Duration::MAX)));
@@ -54,10 +51,9 @@ fn stop_with_a_huge_grace_does_not_panic() {
     util::shutdown(reactor);
 }
 
-/// Items a `QueueSender` accepted (`Ok`) must be delivered, or counted when the queue
-/// esocket closes with them still queued. Closing from the callback drops them silently.
+/// Items a `QueueSender` accepted (`Ok`) are delivered, or counted when the queue esocket
+/// closes with them still queued. Closing from the callback used to drop them silently.
 #[test]
-
 fn items_accepted_by_a_closing_queue_are_delivered_or_counted() {
     let reactor = util::reactor(1);
     let worker = reactor.worker(0).unwrap().clone();
@@ -82,11 +78,10 @@ fn items_accepted_by_a_closing_queue_are_delivered_or_counted() {
     util::shutdown(reactor);
 }
 
-/// A graceful stop delivers queued items with an unlimited budget; a queue whose callback
-/// queues more work (a retry, a state machine step) never empties, so the worker never
-/// reaches its grace deadline and `wait` never returns.
+/// A graceful stop delivers the items queued when it began, so a queue whose callback queues
+/// more work (a retry, a state machine step) cannot hold it up. It used to drain with an
+/// unlimited budget and never reach its grace deadline.
 #[test]
-
 fn stop_finishes_with_a_self_feeding_queue() {
     let reactor = util::reactor(1);
     let tx = util::on_worker(reactor.worker(0).unwrap(), |w| {
@@ -108,12 +103,10 @@ fn stop_finishes_with_a_self_feeding_queue() {
     util::shutdown(reactor);
 }
 
-/// In single-listener (spread) mode the listener hands a connection to the least-loaded
-/// worker by connection count, ignoring whether that worker has a free slot. A worker full of
-/// other esockets (timers here) then drops the connection although the listener's own worker
-/// had room. Limits says a full table pauses the listener instead.
+/// In single-listener (spread) mode the listener skips workers with a full esocket table. It
+/// used to pick by connection count alone, so a worker full of other esockets (timers here)
+/// dropped the connection although the listener's own worker had room.
 #[test]
-
 fn spread_mode_does_not_drop_connections_while_a_worker_has_room() {
     let mut limits = Limits::default();
     limits.max_esockets = 3;
@@ -142,11 +135,10 @@ fn spread_mode_does_not_drop_connections_while_a_worker_has_room() {
     util::shutdown(reactor);
 }
 
-/// A receive error on a UDP socket (an ICMP report on a connected socket) ends the receive
-/// loop but leaves `read_ready` set without rescheduling: datagrams that were already queued
-/// behind the error wait, under edge-triggered epoll, until yet another datagram arrives.
+/// Datagrams queued behind a UDP receive error (an ICMP report on a connected socket) are
+/// still delivered. The error used to end the receive loop with `read_ready` set and nothing
+/// rescheduled, so under edge-triggered epoll they waited for yet another datagram.
 #[test]
-
 fn udp_datagrams_queued_behind_an_error_are_delivered() {
     let reactor = util::reactor(1);
     let worker = reactor.worker(0).unwrap().clone();

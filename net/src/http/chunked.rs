@@ -216,20 +216,21 @@ impl ChunkedDecoder {
     }
 
     fn bump_line(&mut self) -> Result<(), ChunkedError> {
-        self.line += 1;
-        if self.line > MAX_LINE {
-            return Err(ChunkedError::Malformed("chunk size line too long"));
-        }
-        Ok(())
+        bump(&mut self.line, MAX_LINE, "chunk size line too long")
     }
 
     fn bump_trailers(&mut self) -> Result<(), ChunkedError> {
-        self.trailers += 1;
-        if self.trailers > MAX_TRAILERS {
-            return Err(ChunkedError::Malformed("trailers too long"));
-        }
-        Ok(())
+        bump(&mut self.trailers, MAX_TRAILERS, "trailers too long")
     }
+}
+
+/// Counts one more byte against a bound.
+fn bump(count: &mut usize, max: usize, why: &'static str) -> Result<(), ChunkedError> {
+    *count += 1;
+    if *count > max {
+        return Err(ChunkedError::Malformed(why));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -66,11 +66,8 @@ impl WorkerCtx {
     /// Keeps an accepted socket here, or (spread mode) hands it to the least-loaded worker.
     fn place(&mut self, sock: AcceptedIo, peer: PeerAddr, factory: &Factory, spread: bool) {
         if spread && self.peers.len() > 1 {
-            let live: u64 = [EsocketKind::Tcp, EsocketKind::Unix, EsocketKind::Pipe]
-                .iter()
-                .map(|k| self.stats.esockets[k.index()])
-                .sum();
-            self.shared.conns.store(live, std::sync::atomic::Ordering::Relaxed);
+            // Accepts earlier in this batch count too, not only those of the last turn.
+            self.publish_conns();
             let target = self
                 .peers
                 .iter()

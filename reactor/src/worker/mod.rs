@@ -21,7 +21,7 @@ pub(crate) use shared::{AcceptedIo, Msg, Shared, WorkerSlot};
 
 use crate::buffer::BufPool;
 use crate::config::{Config, Limits};
-use crate::esocket::{EsState, Esocket, EsocketHandle, PostError};
+use crate::esocket::{EsState, Esocket, EsocketHandle, EsocketKind, PostError};
 use crate::slots::{SlotId, Slots};
 use crate::stats::WorkerStats;
 use crate::timer::TimerWheel;
@@ -259,6 +259,16 @@ impl WorkerCtx {
 
     pub(crate) fn count_out(&mut self, n: usize) {
         self.stats.bytes_out += n as u64;
+    }
+
+    /// Publishes the live connection count (stream esockets), the load figure other threads
+    /// compare.
+    pub(crate) fn publish_conns(&self) {
+        let live: u64 = [EsocketKind::Tcp, EsocketKind::Unix, EsocketKind::Pipe]
+            .iter()
+            .map(|k| self.stats.esockets[k.index()])
+            .sum();
+        self.shared.conns.store(live, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Puts an esocket on the ready list (once) so the loop drives it again.

@@ -89,11 +89,7 @@ impl WorkerCtx {
     fn publish(&mut self, rx: &Receiver<Msg>) {
         self.stats.inbox_depth = rx.len() as u64;
         self.shared.stats.publish(&self.stats);
-        let conns: u64 = [EsocketKind::Tcp, EsocketKind::Unix, EsocketKind::Pipe]
-            .iter()
-            .map(|k| self.stats.esockets[k.index()])
-            .sum();
-        self.shared.conns.store(conns, std::sync::atomic::Ordering::Relaxed);
+        self.publish_conns();
     }
 
     fn poll_timeout(&self, now: Instant, inbox_more: bool) -> Option<Duration> {

@@ -146,10 +146,7 @@ impl WorkerSlot {
     }
 
     pub(crate) fn post(&self, epoch: u64, msg: Msg) -> Result<(), PostError> {
-        match &*self.current.read() {
-            Some(shared) if shared.epoch == epoch => shared.post(msg),
-            _ => Err(PostError::Gone),
-        }
+        self.try_post(epoch, msg).map_err(|(e, _)| e)
     }
 
     pub(crate) fn try_post(&self, epoch: u64, msg: Msg) -> Result<(), (PostError, Msg)> {
