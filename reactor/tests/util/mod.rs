@@ -88,7 +88,8 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Polls a worker's published stats until `cond` holds; returns the stats that satisfied it.
+/// Polls a worker's stats (read live on the worker; the published snapshot once it no longer
+/// runs closures) until `cond` holds; returns the stats that satisfied it.
 #[track_caller]
 pub fn wait_stats(
     worker: &Worker,
@@ -98,7 +99,7 @@ pub fn wait_stats(
     let mut last = None;
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        let s = worker.stats();
+        let s = live_stats(worker).unwrap_or_else(|| worker.stats());
         if cond(&s) {
             return s;
         }
@@ -108,6 +109,19 @@ pub fn wait_stats(
         last = Some(s);
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// The worker's counters as of now, read on the worker itself: the published snapshot lags
+/// by up to a loop turn, so a test that waits for a count to drop could see the value from
+/// before the esocket was even added. `None` once the worker no longer takes closures.
+fn live_stats(worker: &Worker) -> Option<WorkerStats> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    worker
+        .exec(move |w| {
+            let _ = tx.send(w.stats());
+        })
+        .ok()?;
+    rx.recv_timeout(TIMEOUT).ok()
 }
 
 /// Runs `f` on the worker's thread and returns its result.
