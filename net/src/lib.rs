@@ -9,4 +9,5 @@
 //! rules, chunked decoding, `Date`). The servers, client, TLS, DNS and enc follow.
 #![forbid(unsafe_code)]
 
+pub mod dns;
 pub mod http;

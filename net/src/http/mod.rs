@@ -3,6 +3,7 @@
 //! esocket buffers, and the fuzz target drives them over arbitrary bytes.
 
 mod chunked;
+pub mod client;
 mod date;
 mod request;
 mod status;
