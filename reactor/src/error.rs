@@ -15,6 +15,10 @@ pub enum ReactorError {
     /// An outgoing connection did not complete in time (kind `TimedOut`).
     #[error("connect timed out")]
     ConnectTimeout,
+    /// A deadline set with [`Esocket::set_deadline`](crate::Esocket::set_deadline) passed and
+    /// the handler did not deal with it (kind `TimedOut`).
+    #[error("the esocket's deadline passed")]
+    DeadlineTimeout,
     /// A graceful close could not flush its output within the close linger; the rest was
     /// discarded (kind `TimedOut`).
     #[error("close linger passed with output unsent")]
@@ -46,6 +50,7 @@ impl ReactorError {
         match self {
             ReactorError::IdleTimeout
             | ReactorError::ConnectTimeout
+            | ReactorError::DeadlineTimeout
             | ReactorError::LingerTimeout => io::ErrorKind::TimedOut,
             _ => io::ErrorKind::Other,
         }

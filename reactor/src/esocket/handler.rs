@@ -1,5 +1,6 @@
 //! The callbacks an esocket runs on its worker.
 
+use std::any::Any;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use super::Esocket;
 ///
 /// A callback that panics is caught; its esocket is closed and the panic is logged and
 /// counted, and the worker carries on with its other esockets.
-pub trait Handler: 'static {
+pub trait Handler: Any {
     /// The esocket was added to its worker (accepted, adopted, created, or connect started).
     fn on_new(&mut self, es: &mut Esocket<'_>) {
         let _ = es;
@@ -44,6 +45,14 @@ pub trait Handler: 'static {
     /// its low-water mark, or an earlier write returned `WouldBlock` and output has drained
     /// to the low-water mark. Return whether to keep write interest.
     fn on_write(&mut self, es: &mut Esocket<'_>) -> bool {
+        let _ = es;
+        false
+    }
+
+    /// The deadline set with [`Esocket::set_deadline`] has passed. Return `true` if the
+    /// handler dealt with it (answered, closed, or set a new deadline); `false` (the default)
+    /// closes the esocket with `TimedOut` reported to [`on_error`](Self::on_error).
+    fn on_timeout(&mut self, es: &mut Esocket<'_>) -> bool {
         let _ = es;
         false
     }

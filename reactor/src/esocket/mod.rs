@@ -99,6 +99,11 @@ pub(crate) struct EsState {
     pub(crate) last_active_ms: u64,
     /// Connect deadline, close linger, or a timer esocket's next tick.
     pub(crate) timer: Option<TimerKey>,
+    /// The handler's deadline (loop ns), reported through `on_timeout`.
+    pub(crate) deadline_ns: Option<u64>,
+    /// The wheel entry for the deadline and the tick it fires at. It may fire before
+    /// `deadline_ns` (a deadline pushed later is not re-armed until then); never after.
+    pub(crate) deadline_timer: Option<(TimerKey, u64)>,
 }
 
 impl EsState {
@@ -126,6 +131,8 @@ impl EsState {
             failure: None,
             last_active_ms: now_ms,
             timer: None,
+            deadline_ns: None,
+            deadline_timer: None,
         }
     }
 
@@ -324,6 +331,38 @@ impl<'a> Esocket<'a> {
     /// Whether write interest is on.
     pub fn is_writable(&self) -> bool {
         self.st.want_write
+    }
+
+    /// Sets (or with `None` clears) a deadline `after` from now; when it passes, the handler's
+    /// [`on_timeout`](Handler::on_timeout) runs. One deadline per esocket: a new one replaces
+    /// the old. Cheap enough to call per request: pushing a deadline later touches no timer.
+    ///
+    /// # Errors
+    /// [`ReactorError::TimersFull`](crate::ReactorError::TimersFull) when the worker's timer
+    /// table is at its limit; the esocket keeps its previous deadline.
+    pub fn set_deadline(&mut self, after: Option<std::time::Duration>) -> Result<()> {
+        match after {
+            None => {
+                self.st.deadline_ns = None;
+                Ok(())
+            }
+            Some(d) => self.w.set_deadline(self.st, d),
+        }
+    }
+
+    /// Runs `f` with this esocket's handler, if it is of type `H` and not already running a
+    /// callback higher up the stack (then `None`). This is how work finished elsewhere (an
+    /// [`EsocketHandle::exec`] closure, a proc thread's result) reaches the handler's state.
+    pub fn with_handler<H: Handler, R>(
+        &mut self,
+        f: impl FnOnce(&mut H, &mut Esocket<'_>) -> R,
+    ) -> Option<R> {
+        let mut h = self.st.handler.take()?;
+        let any: &mut dyn std::any::Any = &mut *h;
+        let r = any.downcast_mut::<H>().map(|h| f(h, &mut Esocket::new(self.st, self.w)));
+        // A callback inside `f` may not install another handler, so this slot is still empty.
+        self.st.handler = Some(h);
+        r
     }
 
     /// Closes gracefully: reading stops, queued output is flushed (up to the reactor's close

@@ -111,6 +111,8 @@ pub(crate) enum TimerWhat {
     Linger,
     /// A listener paused by a transient accept error (out of fds) retries.
     AcceptRetry,
+    /// A handler's deadline ([`Esocket::set_deadline`](crate::Esocket::set_deadline)).
+    Deadline,
 }
 
 /// The worker's own state, reachable only on its thread (`!Send`): handed to

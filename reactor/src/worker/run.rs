@@ -239,6 +239,7 @@ impl WorkerCtx {
                     st.close_now = true;
                 }
                 TimerWhat::AcceptRetry => self.accept(&mut st),
+                TimerWhat::Deadline => self.fire_deadline(&mut st, key),
             }
             self.finish(st);
         }
@@ -361,6 +362,9 @@ impl WorkerCtx {
         }
         self.call(&mut st, |h, es| h.on_delete(es));
         if let Some(key) = st.timer.take() {
+            self.timers.remove(key);
+        }
+        if let Some((key, _)) = st.deadline_timer.take() {
             self.timers.remove(key);
         }
         st.body.deregister(&self.registry);

@@ -6,6 +6,7 @@ use std::panic::{self, AssertUnwindSafe};
 
 use super::{TimerWhat, WorkerCtx};
 use crate::error::ReactorError;
+use crate::timer::TimerKey;
 use crate::esocket::io::StreamIo;
 use crate::esocket::{Body, EsState, Esocket, EsocketKind, Handler};
 
@@ -296,6 +297,56 @@ impl WorkerCtx {
     pub(crate) fn arm_linger(&mut self, st: &mut EsState) {
         let linger = self.cfg.close_linger;
         let _ = self.arm(st, linger, TimerWhat::Linger);
+    }
+
+    /// Sets the handler's deadline; see [`Esocket::set_deadline`].
+    pub(crate) fn set_deadline(
+        &mut self,
+        st: &mut EsState,
+        after: std::time::Duration,
+    ) -> Result<(), Error> {
+        let at_ns = self.now_ns.saturating_add(after.as_nanos().min(u64::MAX as u128) as u64);
+        let at_tick = super::ns_to_tick(at_ns);
+        match st.deadline_timer {
+            // The armed entry fires no later than the new deadline: it re-arms then.
+            Some((_, armed)) if armed <= at_tick => {}
+            _ => {
+                if let Some((key, _)) = st.deadline_timer.take() {
+                    self.timers.remove(key);
+                }
+                if self.timers.len() >= self.cfg.limits.max_timers {
+                    return Err(ReactorError::TimersFull.into());
+                }
+                let key = self.timers.insert(at_tick, (st.id, TimerWhat::Deadline));
+                st.deadline_timer = Some((key, at_tick));
+            }
+        }
+        st.deadline_ns = Some(at_ns);
+        Ok(())
+    }
+
+    /// A deadline entry fired: re-arm if the deadline moved later, else run `on_timeout`.
+    pub(crate) fn fire_deadline(&mut self, st: &mut EsState, key: TimerKey) {
+        if st.deadline_timer.is_some_and(|(k, _)| k == key) {
+            st.deadline_timer = None;
+        } else {
+            return;
+        }
+        let Some(at_ns) = st.deadline_ns else { return };
+        if st.close_now || st.failure.is_some() {
+            return;
+        }
+        if at_ns > self.now_ns {
+            let at_tick = super::ns_to_tick(at_ns);
+            let key = self.timers.insert(at_tick, (st.id, TimerWhat::Deadline));
+            st.deadline_timer = Some((key, at_tick));
+            return;
+        }
+        st.deadline_ns = None;
+        if !self.call(st, |h, es| h.on_timeout(es)) {
+            st.fail(ReactorError::DeadlineTimeout.into());
+        }
+        self.drive(st);
     }
 
     /// Replaces the esocket's timer with one that fires after `delay`.
