@@ -11,3 +11,4 @@
 
 pub mod dns;
 pub mod http;
+pub mod server;

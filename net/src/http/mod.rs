@@ -6,9 +6,12 @@ mod chunked;
 pub mod client;
 mod date;
 mod request;
+mod response;
+pub mod server;
 mod status;
 
 pub use chunked::{ChunkedDecoder, ChunkedError};
 pub use date::{DateCache, http_date};
-pub use request::{BodyFraming, HttpLimits, ParseError, RequestHead, parse_request_head};
+pub use request::{BodyFraming, HttpLimits, ParseError, Request, RequestHead, parse_request_head};
+pub use response::Response;
 pub use status::reason;

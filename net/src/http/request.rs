@@ -436,3 +436,36 @@ mod tests {
         assert!(up.upgrade);
     }
 }
+
+/// A whole request, as a simple handler sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// The head.
+    pub head: RequestHead,
+    /// The body, chunked coding removed.
+    pub body: bytes::Bytes,
+    /// The client's address (`None` on Unix sockets).
+    pub peer: Option<std::net::SocketAddr>,
+}
+
+impl Request {
+    /// The method token.
+    pub fn method(&self) -> &str {
+        &self.head.method
+    }
+
+    /// The path part of the target.
+    pub fn path(&self) -> &str {
+        self.head.path()
+    }
+
+    /// The query part of the target, if any.
+    pub fn query(&self) -> Option<&str> {
+        self.head.query()
+    }
+
+    /// The first value of a header, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.head.header(name)
+    }
+}

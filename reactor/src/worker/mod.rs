@@ -238,7 +238,8 @@ impl WorkerCtx {
         Some(r)
     }
 
-    pub(crate) fn limits(&self) -> &Limits {
+    /// The limits this worker runs with (buffer caps, table sizes).
+    pub fn limits(&self) -> &Limits {
         &self.cfg.limits
     }
 

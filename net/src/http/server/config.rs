@@ -1,0 +1,95 @@
+//! Server-wide settings and per-route limits.
+
+use std::time::Duration;
+
+use dap_proc::Priority;
+
+use crate::http::HttpLimits;
+
+/// Settings of an [`HttpServer`](super::HttpServer). The defaults suit a public-facing
+/// server; every bound is configurable.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct HttpConfig {
+    /// Head limits, and the body limit of routes that do not set their own.
+    pub limits: HttpLimits,
+    /// From the first byte of a request head to its end (slowloris); then 408 and close.
+    /// Default 10 s.
+    pub header_timeout: Duration,
+    /// From the end of a head to the end of its body; then 408 and close. Default 60 s.
+    pub body_timeout: Duration,
+    /// Idle time allowed between requests on a kept-alive connection; then it is closed
+    /// quietly. Default 5 s.
+    pub keep_alive_timeout: Duration,
+    /// How long output may stay blocked (the client is not reading); then the connection is
+    /// closed. Default 30 s.
+    pub write_timeout: Duration,
+    /// Requests served on one connection before it is closed (`None`: no limit).
+    pub max_requests_per_connection: Option<u64>,
+    /// The `Server` header value (`None`: no header). Default `dap`.
+    pub server_name: Option<String>,
+    /// The proc-thread priority of simple handlers. Default normal.
+    pub proc_priority: Priority,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            limits: HttpLimits::default(),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            keep_alive_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(30),
+            max_requests_per_connection: None,
+            server_name: Some("dap".to_string()),
+            proc_priority: Priority::Normal,
+        }
+    }
+}
+
+/// What a route accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RouteLimits {
+    /// Largest body, in bytes, after chunked decoding; beyond: 413 and close. `None`: the
+    /// server's [`HttpLimits::max_body`].
+    pub max_body: Option<u64>,
+    /// Methods the route answers (empty: any); others get 405 with an `Allow` header.
+    pub methods: Vec<String>,
+    /// Refuse bodies without a `Content-Length` (chunked, or a POST/PUT/PATCH with no length
+    /// at all) with 411.
+    pub length_required: bool,
+}
+
+impl Default for RouteLimits {
+    fn default() -> Self {
+        RouteLimits {
+            max_body: None,
+            methods: vec!["GET".into(), "HEAD".into(), "POST".into()],
+            length_required: false,
+        }
+    }
+}
+
+impl RouteLimits {
+    /// Limits with these methods (and the other defaults).
+    pub fn methods(methods: &[&str]) -> Self {
+        RouteLimits { methods: methods.iter().map(|m| m.to_string()).collect(), ..Self::default() }
+    }
+
+    /// Sets the body limit.
+    pub fn max_body(mut self, bytes: u64) -> Self {
+        self.max_body = Some(bytes);
+        self
+    }
+
+    /// Requires `Content-Length` on bodies.
+    pub fn length_required(mut self, on: bool) -> Self {
+        self.length_required = on;
+        self
+    }
+
+    pub(crate) fn allows(&self, method: &str) -> bool {
+        self.methods.is_empty() || self.methods.iter().any(|m| m == method)
+    }
+}

@@ -1,0 +1,58 @@
+//! Routes: exact paths for whole-request handlers, prefixes for streaming ones.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{ProcHandler, RouteLimits};
+use crate::http::{Request, RequestHead, Response};
+
+/// Makes the streaming handler of one request.
+pub(crate) type ProcFactory = Arc<dyn Fn(&RequestHead) -> Box<dyn ProcHandler> + Send + Sync>;
+/// A whole-request handler.
+pub(crate) type SimpleFn = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
+
+pub(crate) enum RouteKind {
+    /// Streaming callbacks on the worker.
+    Proc(ProcFactory),
+    /// Whole request in, response out; on a proc thread, or on the worker when `inline`.
+    Simple { f: SimpleFn, inline: bool },
+}
+
+pub(crate) struct Route {
+    pub(crate) kind: RouteKind,
+    pub(crate) limits: RouteLimits,
+}
+
+/// Exact matches first, then the longest matching prefix.
+#[derive(Default)]
+pub(crate) struct Router {
+    routes: Vec<Route>,
+    exact: HashMap<String, usize>,
+    /// Longest first.
+    prefixes: Vec<(String, usize)>,
+}
+
+impl Router {
+    pub(crate) fn add_exact(&mut self, path: &str, route: Route) {
+        self.routes.push(route);
+        self.exact.insert(path.to_string(), self.routes.len() - 1);
+    }
+
+    pub(crate) fn add_prefix(&mut self, prefix: &str, route: Route) {
+        self.routes.push(route);
+        self.prefixes.retain(|(p, _)| p != prefix);
+        self.prefixes.push((prefix.to_string(), self.routes.len() - 1));
+        self.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    }
+
+    pub(crate) fn find(&self, path: &str) -> Option<usize> {
+        if let Some(&i) = self.exact.get(path) {
+            return Some(i);
+        }
+        self.prefixes.iter().find(|(p, _)| path.starts_with(p.as_str())).map(|&(_, i)| i)
+    }
+
+    pub(crate) fn get(&self, i: usize) -> &Route {
+        &self.routes[i]
+    }
+}

@@ -1,0 +1,338 @@
+//! `Server`: listeners on TCP, Unix and UDP addresses spread over a reactor's workers, with an
+//! access list checked before a connection gets a handler (DAP's `dap_server_t`).
+//!
+//! TCP listeners use one `SO_REUSEPORT` socket per worker (the kernel spreads connections);
+//! UDP addresses get one `SO_REUSEPORT` socket per worker as well, each with its own handler.
+//! Accepting never blocks a worker: listeners are non-blocking and accept in bounded batches.
+
+mod acl;
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use dap_reactor::{Esocket, EsocketHandle, Handler, HandlerFactory, Listening, PeerAddr, Reactor};
+
+pub use acl::{AccessList, Cidr, CidrError};
+
+/// Makes the handler of one worker's UDP socket; called once per worker with its index.
+pub type UdpFactory = Arc<dyn Fn(usize) -> Box<dyn Handler> + Send + Sync>;
+
+/// Counters of a [`Server`], shared by its listeners on every worker.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Connections admitted and handed a handler.
+    pub accepted: AtomicU64,
+    /// Connections refused by the access list.
+    pub refused: AtomicU64,
+    /// Connections the handler factory declined.
+    pub declined: AtomicU64,
+    /// Datagrams dropped because their source is not admitted.
+    pub datagrams_refused: AtomicU64,
+}
+
+/// Collects addresses and the access list, then starts listening; see [`Server`].
+#[derive(Default)]
+pub struct ServerBuilder {
+    acl: AccessList,
+    tcp: Vec<SocketAddr>,
+    unix: Vec<PathBuf>,
+    udp: Vec<(SocketAddr, UdpFactory)>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("acl", &self.acl)
+            .field("tcp", &self.tcp)
+            .field("unix", &self.unix)
+            .field("udp", &self.udp.iter().map(|(a, _)| a).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl ServerBuilder {
+    /// Listens on a TCP address (port 0 picks a free one; see [`Server::tcp_addrs`]).
+    pub fn tcp(mut self, addr: SocketAddr) -> Self {
+        self.tcp.push(addr);
+        self
+    }
+
+    /// Listens on a Unix-domain stream socket at `path` (which must not exist yet).
+    pub fn unix(mut self, path: impl Into<PathBuf>) -> Self {
+        self.unix.push(path.into());
+        self
+    }
+
+    /// Binds a UDP address on every worker; `factory(worker_index)` makes each socket's
+    /// handler. Datagrams from sources the access list refuses are dropped and counted.
+    pub fn udp(
+        mut self,
+        addr: SocketAddr,
+        factory: impl Fn(usize) -> Box<dyn Handler> + Send + Sync + 'static,
+    ) -> Self {
+        self.udp.push((addr, Arc::new(factory)));
+        self
+    }
+
+    /// Admits peers in `block` (once any allow entry exists, only those are admitted).
+    pub fn allow(mut self, block: Cidr) -> Self {
+        self.acl.allow(block);
+        self
+    }
+
+    /// Refuses peers in `block`; deny wins over allow.
+    pub fn deny(mut self, block: Cidr) -> Self {
+        self.acl.deny(block);
+        self
+    }
+
+    /// Replaces the access list.
+    pub fn access_list(mut self, acl: AccessList) -> Self {
+        self.acl = acl;
+        self
+    }
+
+    /// Starts listening on every address, with `factory` making each stream connection's
+    /// handler.
+    ///
+    /// # Errors
+    /// The first bind or install error; listeners already started are closed again.
+    pub fn start(self, reactor: &Reactor, factory: impl HandlerFactory) -> io::Result<Server> {
+        let stats = Arc::new(ServerStats::default());
+        let guarded: Arc<Guarded<_>> =
+            Arc::new(Guarded { acl: self.acl.clone(), stats: stats.clone(), inner: factory });
+        let mut server = Server { stats, tcp: Vec::new(), unix: Vec::new(), udp: Vec::new() };
+        let result = (|| {
+            for addr in &self.tcp {
+                let g = guarded.clone();
+                let l = reactor.listen_tcp(*addr, move |p: &PeerAddr| g.new_handler(p))?;
+                server.tcp.push(l);
+            }
+            for path in &self.unix {
+                let g = guarded.clone();
+                let l = reactor.listen_unix(path, move |p: &PeerAddr| g.new_handler(p))?;
+                server.unix.push((l, path.clone()));
+            }
+            for (addr, factory) in &self.udp {
+                let sockets = bind_udp(reactor, *addr, factory, &self.acl, &server.stats)?;
+                server.udp.push(sockets);
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => Ok(server),
+            Err(e) => {
+                server.close();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The user's factory behind the access list.
+struct Guarded<F> {
+    acl: AccessList,
+    stats: Arc<ServerStats>,
+    inner: F,
+}
+
+impl<F: HandlerFactory> Guarded<F> {
+    fn new_handler(&self, peer: &PeerAddr) -> Option<Box<dyn Handler>> {
+        if let PeerAddr::Inet(addr) = peer
+            && !self.acl.admits(addr.ip())
+        {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%addr, "connection refused by the access list");
+            return None;
+        }
+        match self.inner.new_handler(peer) {
+            Some(h) => {
+                self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                Some(h)
+            }
+            None => {
+                self.stats.declined.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+}
+
+/// A UDP handler behind the access list.
+struct GuardedUdp {
+    acl: AccessList,
+    stats: Arc<ServerStats>,
+    inner: Box<dyn Handler>,
+}
+
+impl Handler for GuardedUdp {
+    fn on_new(&mut self, es: &mut Esocket<'_>) {
+        self.inner.on_new(es);
+    }
+
+    fn on_datagram(&mut self, es: &mut Esocket<'_>, data: &[u8], from: SocketAddr) {
+        if !self.acl.admits(from.ip()) {
+            self.stats.datagrams_refused.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.inner.on_datagram(es, data, from);
+    }
+
+    fn on_write(&mut self, es: &mut Esocket<'_>) -> bool {
+        self.inner.on_write(es)
+    }
+
+    fn on_timeout(&mut self, es: &mut Esocket<'_>) -> bool {
+        self.inner.on_timeout(es)
+    }
+
+    fn on_error(&mut self, es: &mut Esocket<'_>, err: &io::Error) {
+        self.inner.on_error(es, err);
+    }
+
+    fn on_delete(&mut self, es: &mut Esocket<'_>) {
+        self.inner.on_delete(es);
+    }
+}
+
+/// How long to wait for a worker to take its UDP socket.
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn bind_udp(
+    reactor: &Reactor,
+    addr: SocketAddr,
+    factory: &UdpFactory,
+    acl: &AccessList,
+    stats: &Arc<ServerStats>,
+) -> io::Result<Vec<(EsocketHandle, SocketAddr)>> {
+    let mut bound = addr;
+    let mut out = Vec::new();
+    let close_all = |out: &Vec<(EsocketHandle, SocketAddr)>| {
+        for (h, _) in out {
+            let _ = h.close();
+        }
+    };
+    for worker in reactor.workers() {
+        let socket = match udp_socket(bound) {
+            Ok(s) => s,
+            Err(e) => {
+                close_all(&out);
+                return Err(e);
+            }
+        };
+        bound = socket.local_addr()?;
+        let (acl, stats, factory) = (acl.clone(), stats.clone(), factory.clone());
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        // The handler is made on its worker: handlers need not be `Send`.
+        let posted = worker.exec(move |w| {
+            let inner = factory(w.index());
+            let _ = tx.send(w.add_udp(socket, Box::new(GuardedUdp { acl, stats, inner })));
+        });
+        let added = match posted {
+            Ok(()) => rx
+                .recv_timeout(INSTALL_TIMEOUT)
+                .unwrap_or_else(|_| Err(io::Error::other("worker did not take its UDP socket"))),
+            Err(e) => Err(io::Error::other(e)),
+        };
+        match added {
+            Ok(h) => out.push((h, bound)),
+            Err(e) => {
+                close_all(&out);
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Listeners on a reactor, sharing one access list and one handler factory.
+///
+/// ```no_run
+/// # fn main() -> std::io::Result<()> {
+/// use dap_net::server::Server;
+/// use dap_reactor::{Esocket, Handler, PeerAddr, Reactor};
+///
+/// struct Echo;
+/// impl Handler for Echo {
+///     fn on_read(&mut self, es: &mut Esocket<'_>) {
+///         let _ = es.copy_in_to_out();
+///     }
+/// }
+///
+/// let reactor = Reactor::builder().threads(2).start()?;
+/// let server = Server::builder()
+///     .tcp("127.0.0.1:7000".parse().unwrap())
+///     .allow("127.0.0.0/8".parse().unwrap())
+///     .start(&reactor, |_: &PeerAddr| Some(Box::new(Echo) as Box<dyn Handler>))?;
+/// # drop(server);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Server {
+    stats: Arc<ServerStats>,
+    tcp: Vec<Listening>,
+    unix: Vec<(Listening, PathBuf)>,
+    udp: Vec<Vec<(EsocketHandle, SocketAddr)>>,
+}
+
+impl Server {
+    /// Collects the addresses to listen on.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// The bound TCP addresses, in the order given.
+    pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
+        self.tcp.iter().filter_map(Listening::local_addr).collect()
+    }
+
+    /// The bound UDP addresses, in the order given (one per address, shared by the workers).
+    pub fn udp_addrs(&self) -> Vec<SocketAddr> {
+        self.udp.iter().filter_map(|s| s.first().map(|(_, a)| *a)).collect()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &ServerStats {
+        &self.stats
+    }
+
+    /// Closes every listener and UDP socket; connections already accepted carry on. Unix
+    /// socket files are removed.
+    pub fn close(&mut self) {
+        for l in self.tcp.drain(..) {
+            l.close();
+        }
+        for (l, path) in self.unix.drain(..) {
+            l.close();
+            let _ = std::fs::remove_file(path);
+        }
+        for sockets in self.udp.drain(..) {
+            for (h, _) in sockets {
+                let _ = h.close();
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
