@@ -24,6 +24,13 @@ pub struct HttpConfig {
     /// How long output may stay blocked (the client is not reading); then the connection is
     /// closed. Default 30 s.
     pub write_timeout: Duration,
+    /// After an error answer that closes the connection, how long the server keeps reading
+    /// (and discarding) what the client still sends, so that the client reads the answer
+    /// instead of a reset (nginx's lingering close). Default 2 s.
+    pub lingering_close: Duration,
+    /// Bytes discarded during a lingering close before the connection is dropped anyway.
+    /// Default 1 MiB.
+    pub lingering_bytes: usize,
     /// Requests served on one connection before it is closed (`None`: no limit).
     pub max_requests_per_connection: Option<u64>,
     /// The `Server` header value (`None`: no header). Default `dap`.
@@ -40,6 +47,8 @@ impl Default for HttpConfig {
             body_timeout: Duration::from_secs(60),
             keep_alive_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),
+            lingering_close: Duration::from_secs(2),
+            lingering_bytes: 1 << 20,
             max_requests_per_connection: None,
             server_name: Some("dap".to_string()),
             proc_priority: Priority::Normal,

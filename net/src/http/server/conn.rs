@@ -97,6 +97,9 @@ pub(crate) struct HttpConn {
     served: u64,
     /// The handler that took the connection over after a `101`.
     upgraded: Option<Box<dyn Handler>>,
+    /// Closing after an error: input is read and discarded until the peer closes, the
+    /// lingering time passes, or this many more bytes have been thrown away.
+    linger_left: Option<usize>,
 }
 
 impl HttpConn {
@@ -112,6 +115,7 @@ impl HttpConn {
             seq: 0,
             served: 0,
             upgraded: None,
+            linger_left: None,
         }
     }
 
@@ -656,18 +660,43 @@ impl HttpConn {
 
     fn finish_request(&mut self, es: &mut Esocket<'_>, close: bool) {
         self.served += 1;
+        // Closing with a body unread: the client may still be sending it.
+        let unread = self.phase == Phase::Body;
         self.cur = None;
         if close {
             self.phase = Phase::Closing;
-            self.deadline(es, None);
-            if self.out.is_empty() {
-                es.close();
+            if unread || self.linger_left.is_some() {
+                self.linger(es);
+            } else {
+                self.deadline(es, None);
+                if self.out.is_empty() {
+                    es.close();
+                }
             }
             return;
         }
         self.phase = Phase::Idle;
         if self.out.is_empty() {
             self.deadline(es, Some(self.sh.config.keep_alive_timeout));
+        }
+    }
+
+    /// Closes after an error without resetting the client: read and drop its input for a
+    /// while, so that the answer is read rather than lost to a reset.
+    fn linger(&mut self, es: &mut Esocket<'_>) {
+        if self.linger_left.is_none() {
+            self.linger_left = Some(self.sh.config.lingering_bytes);
+            self.deadline(es, Some(self.sh.config.lingering_close));
+        }
+        self.discard(es);
+    }
+
+    fn discard(&mut self, es: &mut Esocket<'_>) {
+        let n = es.buf_in().len();
+        es.consume(n);
+        match self.linger_left.as_mut() {
+            Some(left) if *left > n => *left -= n,
+            _ => es.close(),
         }
     }
 
@@ -683,6 +712,11 @@ impl HttpConn {
         if let Some((n, v)) = header {
             resp = resp.header(n, v);
         }
+        if close {
+            // The body, if any, is not read: linger so the client sees this answer.
+            self.linger_left = Some(self.sh.config.lingering_bytes);
+            self.deadline(es, Some(self.sh.config.lingering_close));
+        }
         let close = close || self.cur.as_ref().is_none_or(|c| !c.keep_alive);
         if let Some(c) = self.cur.as_mut() {
             c.answered = true;
@@ -695,6 +729,9 @@ impl HttpConn {
         if status_error_counter(status) {
             self.count(Counter::BadRequests);
         }
+        // What follows a refused head cannot be parsed; the client may still be sending it.
+        self.linger_left = Some(self.sh.config.lingering_bytes);
+        self.deadline(es, Some(self.sh.config.lingering_close));
         self.fail_request(HttpError::BadBody(status));
         if self.cur.is_none() {
             self.cur = Some(Current {
@@ -795,7 +832,8 @@ impl HttpConn {
         // Drained: the phase's own deadline applies again.
         match self.phase {
             Phase::Idle => self.deadline(es, Some(self.sh.config.keep_alive_timeout)),
-            Phase::Closing if self.upgraded.is_none() => es.close(),
+            Phase::Closing if self.upgraded.is_none() && self.linger_left.is_none() => es.close(),
+            Phase::Closing => {}
             _ => self.deadline(es, None),
         }
     }
@@ -830,6 +868,9 @@ impl Handler for HttpConn {
     fn on_read(&mut self, es: &mut Esocket<'_>) {
         if let Some(h) = self.upgraded.as_mut() {
             return h.on_read(es);
+        }
+        if self.phase == Phase::Closing && self.linger_left.is_some() {
+            return self.discard(es);
         }
         self.process(es);
     }
@@ -878,6 +919,8 @@ impl Handler for HttpConn {
                 self.refuse(es, 408);
             }
             Phase::Handling => {}
+            // The lingering time is over.
+            Phase::Closing if self.linger_left.is_some() => es.close(),
             Phase::Streaming | Phase::Closing => {
                 self.count(Counter::Timeouts);
                 self.fail_request(HttpError::Timeout);
