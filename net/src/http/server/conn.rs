@@ -485,10 +485,8 @@ impl HttpConn {
                 let close = !cur.keep_alive || self.phase == Phase::Body;
                 let shown = if status_has_body(status) { framing } else { BodyLen::None };
                 self.write_head_only(es, status, &headers, shown, close);
-                if close {
-                    if let Some(c) = self.cur.as_mut() {
-                        c.keep_alive = false;
-                    }
+                if close && let Some(c) = self.cur.as_mut() {
+                    c.keep_alive = false;
                 }
                 if has_body {
                     if let Some(c) = self.cur.as_mut() {

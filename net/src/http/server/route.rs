@@ -42,7 +42,7 @@ impl Router {
         self.routes.push(route);
         self.prefixes.retain(|(p, _)| p != prefix);
         self.prefixes.push((prefix.to_string(), self.routes.len() - 1));
-        self.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
     }
 
     pub(crate) fn find(&self, path: &str) -> Option<usize> {
