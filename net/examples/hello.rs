@@ -4,7 +4,8 @@
 //! cargo run --release -p dap-net --example hello -- --addr 127.0.0.1:8080 --threads 2
 //! ```
 //!
-//! `--threads 0` (the default) runs one pinned worker per CPU. Ctrl-C stops it.
+//! `--threads 0` (the default) runs one pinned worker per CPU; `--cert FILE --key FILE`
+//! (PEM) serve HTTPS instead. Ctrl-C stops it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,6 +18,8 @@ use dap_reactor::Reactor;
 fn main() {
     let mut addr: SocketAddr = "127.0.0.1:8080".parse().expect("valid default");
     let mut threads = 0usize;
+    let mut cert: Option<std::path::PathBuf> = None;
+    let mut key: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| usage(&format!("{arg} needs a value")));
@@ -25,6 +28,8 @@ fn main() {
             "--threads" => {
                 threads = value().parse().unwrap_or_else(|e| usage(&format!("--threads: {e}")))
             }
+            "--cert" => cert = Some(value().into()),
+            "--key" => key = Some(value().into()),
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown argument {other}")),
         }
@@ -42,12 +47,26 @@ fn main() {
     http.add_inline("/", RouteLimits::methods(&["GET", "HEAD"]), move |_| {
         Response::new(200).header("Content-Type", "text/plain").body(hello.clone())
     });
+    match (&cert, &key) {
+        (Some(cert), Some(key)) => match dap_net::tls::server_config(cert, key) {
+            Ok(config) => {
+                http.tls(config);
+            }
+            Err(e) => {
+                eprintln!("hello: {e}");
+                std::process::exit(1);
+            }
+        },
+        (None, None) => {}
+        _ => usage("--cert and --key go together"),
+    }
     let running = http.start(&reactor, Server::builder().tcp(addr)).unwrap_or_else(|e| {
         eprintln!("hello: cannot listen on {addr}: {e}");
         std::process::exit(1);
     });
     println!(
-        "hello: listening on {} with {} worker(s)",
+        "hello: listening on {}{} with {} worker(s)",
+        if cert.is_some() { "https://" } else { "http://" },
         running.server().tcp_addrs().first().map_or_else(|| addr.to_string(), |a| a.to_string()),
         reactor.len()
     );
@@ -61,7 +80,7 @@ fn usage(err: &str) -> ! {
     if !err.is_empty() {
         eprintln!("hello: {err}");
     }
-    eprintln!("usage: hello [--addr IP:PORT] [--threads N]");
+    eprintln!("usage: hello [--addr IP:PORT] [--threads N] [--cert PEM --key PEM]");
     std::process::exit(if err.is_empty() { 0 } else { 2 });
 }
 

@@ -12,3 +12,4 @@
 pub mod dns;
 pub mod http;
 pub mod server;
+pub mod tls;

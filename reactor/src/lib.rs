@@ -75,7 +75,8 @@ mod worker;
 pub use config::{Limits, ListenerMode};
 pub use error::ReactorError;
 pub use esocket::{
-    Esocket, EsocketHandle, EsocketKind, ExecFn, Handler, HandlerFactory, PeerAddr, PostError,
+    Esocket, EsocketHandle, EsocketKind, ExecFn, Handler, HandlerFactory, Layer, PeerAddr,
+    PostError,
 };
 pub use event::EventSender;
 pub use pipe::PipeWriter;

@@ -41,6 +41,14 @@ impl StreamIo {
         }
     }
 
+    pub(crate) fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            StreamIo::Tcp(s) => s.write(buf),
+            StreamIo::Unix(s) => s.write(buf),
+            StreamIo::Pipe(_) => Err(ErrorKind::Unsupported.into()),
+        }
+    }
+
     fn source(&mut self) -> &mut dyn Source {
         match self {
             StreamIo::Tcp(s) => s,
@@ -192,4 +200,20 @@ pub(crate) fn udp_send(
     }
     out.push_back((to, Bytes::copy_from_slice(data)));
     Ok(0)
+}
+
+impl io::Read for StreamIo {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        StreamIo::read(self, buf)
+    }
+}
+
+impl io::Write for StreamIo {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        StreamIo::write(self, buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }

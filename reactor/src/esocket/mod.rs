@@ -2,6 +2,7 @@
 
 mod handle;
 mod handler;
+mod layer;
 pub(crate) mod io;
 
 use std::io::{Error, ErrorKind, Result};
@@ -14,6 +15,7 @@ use bytes::Bytes;
 pub use handle::{EsocketHandle, ExecFn, PostError};
 pub(crate) use handler::Factory;
 pub use handler::{Handler, HandlerFactory, PeerAddr};
+pub use layer::Layer;
 pub(crate) use io::Body;
 
 use crate::buffer::{InBuf, OutBuf};
@@ -99,6 +101,12 @@ pub(crate) struct EsState {
     pub(crate) last_active_ms: u64,
     /// Connect deadline, close linger, or a timer esocket's next tick.
     pub(crate) timer: Option<TimerKey>,
+    /// A transform between the socket and the buffers (TLS).
+    pub(crate) layer: Option<Box<dyn Layer>>,
+    /// The layer may hold decoded bytes that have not reached `buf_in` yet.
+    pub(crate) plain_pending: bool,
+    /// The layer's orderly end has been started.
+    pub(crate) layer_closed: bool,
     /// The handler's deadline (loop ns), reported through `on_timeout`.
     pub(crate) deadline_ns: Option<u64>,
     /// The wheel entry for the deadline and the tick it fires at. It may fire before
@@ -131,6 +139,9 @@ impl EsState {
             failure: None,
             last_active_ms: now_ms,
             timer: None,
+            layer: None,
+            plain_pending: false,
+            layer_closed: false,
             deadline_ns: None,
             deadline_timer: None,
         }
@@ -146,7 +157,10 @@ impl EsState {
 
     /// True when this esocket should be removed at the end of the dispatch.
     pub(crate) fn is_done(&self) -> bool {
-        self.close_now || (self.closing && self.buf_out.is_empty())
+        self.close_now
+            || (self.closing
+                && self.buf_out.is_empty()
+                && self.layer.as_ref().is_none_or(|l| !l.wants_write()))
     }
 }
 
@@ -207,7 +221,7 @@ impl<'a> Esocket<'a> {
     /// because `buf_in` was full, it resumes.
     pub fn consume(&mut self, n: usize) {
         self.st.buf_in.consume(n);
-        if self.st.read_ready && self.st.want_read {
+        if (self.st.read_ready || self.st.plain_pending) && self.st.want_read {
             self.w.schedule(self.st);
         }
     }
@@ -348,6 +362,31 @@ impl<'a> Esocket<'a> {
             }
             Some(d) => self.w.set_deadline(self.st, d),
         }
+    }
+
+    /// Installs a layer (TLS) between the socket and the buffers: from now on `buf_in` holds
+    /// decoded bytes and writes are encoded. Install it in `on_new` (or `on_connected`),
+    /// before the first byte is read.
+    ///
+    /// # Errors
+    /// `Unsupported` on kinds other than TCP and Unix streams; `InvalidInput` when a layer
+    /// is installed already or bytes have been read.
+    pub fn set_layer(&mut self, layer: Box<dyn Layer>) -> Result<()> {
+        if !matches!(self.st.kind, EsocketKind::Tcp | EsocketKind::Unix) {
+            return Err(Error::new(ErrorKind::Unsupported, "layers go on stream sockets"));
+        }
+        if self.st.layer.is_some() || !self.st.buf_in.is_empty() {
+            return Err(Error::new(ErrorKind::InvalidInput, "install a layer before reading"));
+        }
+        self.st.layer = Some(layer);
+        // The layer may have bytes to send at once (a TLS client's hello).
+        self.w.schedule(self.st);
+        Ok(())
+    }
+
+    /// Whether a layer is installed.
+    pub fn has_layer(&self) -> bool {
+        self.st.layer.is_some()
     }
 
     /// Runs `f` with this esocket's handler, if it is of type `H` and not already running a

@@ -59,7 +59,11 @@ impl WorkerCtx {
         if st.connecting || st.close_now {
             return;
         }
-        if st.want_read && st.read_ready && !st.eof && !st.closing {
+        if st.layer.is_some() {
+            if st.want_read && !st.closing && ((st.read_ready && !st.eof) || st.plain_pending) {
+                self.read_layered(st);
+            }
+        } else if st.want_read && st.read_ready && !st.eof && !st.closing {
             self.read_stream(st);
         }
         self.flush_stream(st);
@@ -104,7 +108,139 @@ impl WorkerCtx {
         st.buf_in.release_if_empty(&mut self.pool);
     }
 
+    /// Reads through a layer: socket → layer → `buf_in`.
+    fn read_layered(&mut self, st: &mut EsState) {
+        let cap = self.cfg.limits.buf_in_cap;
+        let (Body::Stream(io), Some(layer)) = (&mut st.body, st.layer.as_mut()) else { return };
+        if st.read_ready && !st.eof {
+            let got = loop {
+                match layer.read_wire(io) {
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    other => break other,
+                }
+            };
+            match got {
+                Ok(0) => {
+                    st.eof = true;
+                    st.read_ready = false;
+                    // Whatever was decoded before the end still goes to the handler.
+                    st.plain_pending = true;
+                }
+                Ok(n) => {
+                    self.stats.bytes_in += n as u64;
+                    st.last_active_ms = self.now_ms();
+                    if let Err(e) = layer.process() {
+                        // Let the layer's alert out before closing; best effort.
+                        while layer.wants_write() {
+                            if layer.write_wire(io).is_err() {
+                                break;
+                            }
+                        }
+                        st.fail(e);
+                        return;
+                    }
+                    st.plain_pending = true;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => st.read_ready = false,
+                Err(e) => {
+                    st.fail(e);
+                    return;
+                }
+            }
+        }
+        if st.plain_pending {
+            let outcome = st.buf_in.read_from(&mut self.pool, cap, |buf| layer.read_plain(buf));
+            match outcome {
+                // Full: the rest waits in the layer; `consume` schedules another go.
+                None => {}
+                Some((Ok(0), _)) => {
+                    st.plain_pending = false;
+                    st.eof = true;
+                    st.closing = true;
+                }
+                Some((Ok(n), room)) => {
+                    if n < room {
+                        st.plain_pending = false;
+                    }
+                    self.call(st, |h, es| h.on_read(es));
+                }
+                Some((Err(e), _)) if e.kind() == ErrorKind::WouldBlock => {
+                    st.plain_pending = false;
+                    if st.eof {
+                        st.closing = true;
+                    }
+                }
+                // The stream ended without the layer's own end (a truncation): the peer
+                // is gone either way.
+                Some((Err(e), _)) if e.kind() == ErrorKind::UnexpectedEof => {
+                    st.plain_pending = false;
+                    st.closing = true;
+                }
+                Some((Err(e), _)) => st.fail(e),
+            }
+        }
+        let full = st.buf_in.is_full(self.pool.chunk_size(), cap);
+        if st.want_read && !full && ((st.read_ready && !st.eof) || st.plain_pending) {
+            self.schedule(st);
+        }
+        st.buf_in.release_if_empty(&mut self.pool);
+    }
+
+    /// Writes through a layer: `buf_out` → layer → socket.
+    fn write_layered(&mut self, st: &mut EsState) {
+        let (Body::Stream(io), Some(layer)) = (&mut st.body, st.layer.as_mut()) else { return };
+        loop {
+            while st.write_ready && layer.wants_write() {
+                match layer.write_wire(io) {
+                    Ok(n) => {
+                        self.stats.bytes_out += n as u64;
+                        st.last_active_ms = self.now_ns / super::NS_PER_TICK;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => st.write_ready = false,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        st.fail(e);
+                        return;
+                    }
+                }
+            }
+            if !st.write_ready {
+                return;
+            }
+            if st.buf_out.is_empty() {
+                if st.closing && !st.layer_closed && !st.eof {
+                    st.layer_closed = true;
+                    layer.close();
+                    continue;
+                }
+                return;
+            }
+            let (result, _) = st.buf_out.write_to(&mut self.pool, |iov| {
+                let mut taken = 0;
+                for slice in iov {
+                    let n = layer.write_plain(slice)?;
+                    taken += n;
+                    if n < slice.len() {
+                        break;
+                    }
+                }
+                Ok(taken)
+            });
+            match result {
+                Ok(0) if !layer.wants_write() => return,
+                Ok(_) => {}
+                Err(e) => {
+                    st.fail(e);
+                    return;
+                }
+            }
+        }
+    }
+
     fn write_out(&mut self, st: &mut EsState) {
+        if st.layer.is_some() {
+            return self.write_layered(st);
+        }
         let Body::Stream(io) = &mut st.body else { return };
         while !st.buf_out.is_empty() && st.write_ready {
             let (result, offered) =
@@ -151,8 +287,12 @@ impl WorkerCtx {
             st.out_pending = false;
             self.call(st, |h, es| h.on_write_finished(es));
         }
+        let layer_out = st.layer.as_ref().is_some_and(|l| l.wants_write())
+            || (st.layer.is_some() && st.closing && !st.layer_closed && !st.eof);
         if st.write_ready
-            && (!st.buf_out.is_empty() || (st.want_write && !st.closing && st.buf_out.len() <= low))
+            && (!st.buf_out.is_empty()
+                || layer_out
+                || (st.want_write && !st.closing && st.buf_out.len() <= low))
         {
             self.schedule(st);
         }

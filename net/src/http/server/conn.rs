@@ -859,6 +859,13 @@ fn error_response(status: u16) -> Response {
 impl Handler for HttpConn {
     fn on_new(&mut self, es: &mut Esocket<'_>) {
         self.worker = es.worker().index();
+        if let Some(config) = &self.sh.tls
+            && let Err(e) = crate::tls::accept(es, config)
+        {
+            tracing::warn!(error = %e, "cannot start TLS on a connection; closing it");
+            es.close_now();
+            return;
+        }
         // A connection that never sends a request gets the header timeout, not keep-alive's.
         self.deadline(es, Some(self.sh.config.header_timeout));
     }

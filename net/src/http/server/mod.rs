@@ -63,6 +63,8 @@ pub(crate) struct Shared {
     /// `config.limits` without the body limit: bodies are checked per route after routing.
     parse_limits: HttpLimits,
     stats: Arc<HttpStats>,
+    /// Serve HTTPS: every connection gets a TLS layer first.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Statuses counted as bad requests (the client's input was at fault).
@@ -74,6 +76,7 @@ fn status_error_counter(status: u16) -> bool {
 pub struct HttpServer {
     router: Router,
     config: HttpConfig,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl std::fmt::Debug for HttpServer {
@@ -85,7 +88,14 @@ impl std::fmt::Debug for HttpServer {
 impl HttpServer {
     /// A server with no routes.
     pub fn new(config: HttpConfig) -> Self {
-        HttpServer { router: Router::default(), config }
+        HttpServer { router: Router::default(), config, tls: None }
+    }
+
+    /// Serves HTTPS: each connection is wrapped in TLS (see [`crate::tls::server_config`])
+    /// before its first byte is read. Everything else is unchanged.
+    pub fn tls(&mut self, config: Arc<rustls::ServerConfig>) -> &mut Self {
+        self.tls = Some(config);
+        self
     }
 
     /// Routes every path starting with `prefix` (the longest matching prefix wins; exact
@@ -136,8 +146,13 @@ impl HttpServer {
     {
         let stats = Arc::new(HttpStats::new(workers));
         let parse_limits = HttpLimits { max_body: u64::MAX, ..self.config.limits };
-        let shared =
-            Arc::new(Shared { router: self.router, config: self.config, parse_limits, stats: stats.clone() });
+        let shared = Arc::new(Shared {
+            router: self.router,
+            config: self.config,
+            parse_limits,
+            stats: stats.clone(),
+            tls: self.tls,
+        });
         let factory = move |peer: &PeerAddr| -> Option<Box<dyn Handler>> {
             let addr = match peer {
                 PeerAddr::Inet(a) => Some(*a),

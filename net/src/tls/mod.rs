@@ -1,0 +1,199 @@
+//! TLS with rustls (ring provider), as a reactor [`Layer`]: once installed on an esocket,
+//! its handler reads and writes plaintext and the worker encrypts and decrypts in the read
+//! and write path. Nothing else changes for the handler.
+//!
+//! - Servers: [`server_config`] from PEM files, then [`accept`] in the handler's `on_new`
+//!   (the HTTP server does this itself when given a config, see
+//!   [`HttpServer::tls`](crate::http::server::HttpServer::tls)).
+//! - Clients: [`client_config`] with the system's roots or one pinned certificate, then
+//!   [`connect`] in `on_new` of an outgoing esocket.
+
+mod pinned;
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use dap_reactor::{Esocket, Layer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A PEM file could not be read or held no usable item.
+    #[error("{path}: {why}")]
+    Pem {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        why: String,
+    },
+    /// rustls refused the configuration (a key that does not match the certificate, ...).
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+    /// The system's trust store could not be loaded.
+    #[error("no usable system root certificates: {0}")]
+    NoRoots(String),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads every certificate in a PEM file (leaf first, then its chain).
+///
+/// # Errors
+/// [`TlsError::Pem`] when the file cannot be read or holds no certificate.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem_err = |why: String| TlsError::Pem { path: path.display().to_string(), why };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(pem_err("no certificate".into()));
+    }
+    Ok(certs)
+}
+
+/// A server configuration from a PEM certificate chain and a PEM private key (PKCS#8,
+/// PKCS#1 or SEC1), TLS 1.2 and 1.3, ALPN `http/1.1`.
+///
+/// # Errors
+/// Unreadable files, or a key rustls refuses.
+pub fn server_config(cert_pem: &Path, key_pem: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs = load_certs(cert_pem)?;
+    let key = PrivateKeyDer::from_pem_file(key_pem)
+        .map_err(|e| TlsError::Pem { path: key_pem.display().to_string(), why: e.to_string() })?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Which servers a client trusts.
+#[derive(Clone, Debug)]
+pub enum Trust {
+    /// Certificates that chain to the operating system's roots.
+    SystemRoots,
+    /// Exactly this certificate (compared byte for byte, in constant time), whatever its
+    /// issuer or names: for nodes that publish their own self-signed certificate.
+    Pinned(CertificateDer<'static>),
+}
+
+/// A client configuration, TLS 1.2 and 1.3, ALPN `http/1.1`.
+///
+/// # Errors
+/// [`TlsError::NoRoots`] when the system store holds no usable certificate.
+pub fn client_config(trust: Trust) -> Result<Arc<ClientConfig>, TlsError> {
+    let builder =
+        ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let mut config = match trust {
+        Trust::SystemRoots => {
+            let mut roots = rustls::RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                // A malformed system certificate is skipped, not fatal.
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                let why = found.errors.first().map_or("none found".into(), |e| e.to_string());
+                return Err(TlsError::NoRoots(why));
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        Trust::Pinned(cert) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(pinned::PinnedVerifier::new(
+                cert,
+                provider(),
+            )))
+            .with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Installs a server-side TLS layer on `es` (call in `on_new`).
+///
+/// # Errors
+/// As [`Esocket::set_layer`], or rustls refusing the configuration.
+pub fn accept(es: &mut Esocket<'_>, config: &Arc<ServerConfig>) -> io::Result<()> {
+    let conn = ServerConnection::new(config.clone()).map_err(io::Error::other)?;
+    es.set_layer(Box::new(TlsLayer::new(conn.into())))
+}
+
+/// Installs a client-side TLS layer on an outgoing `es` (call in `on_new`), for the server
+/// named `server_name` (a DNS name or an IP address).
+///
+/// # Errors
+/// An invalid name, or as [`accept`].
+pub fn connect(
+    es: &mut Esocket<'_>,
+    config: &Arc<ClientConfig>,
+    server_name: &str,
+) -> io::Result<()> {
+    let name = ServerName::try_from(server_name.to_string())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let conn = ClientConnection::new(config.clone(), name).map_err(io::Error::other)?;
+    es.set_layer(Box::new(TlsLayer::new(conn.into())))
+}
+
+/// A rustls connection as a reactor layer.
+pub struct TlsLayer {
+    conn: Connection,
+}
+
+impl std::fmt::Debug for TlsLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsLayer").field("handshaking", &self.conn.is_handshaking()).finish()
+    }
+}
+
+impl TlsLayer {
+    /// Wraps a client or server connection.
+    pub fn new(conn: Connection) -> Self {
+        TlsLayer { conn }
+    }
+}
+
+impl Layer for TlsLayer {
+    fn read_wire(&mut self, wire: &mut dyn Read) -> io::Result<usize> {
+        self.conn.read_tls(wire)
+    }
+
+    fn process(&mut self) -> io::Result<()> {
+        match self.conn.process_new_packets() {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e, "TLS connection failed");
+                Err(io::Error::new(io::ErrorKind::InvalidData, e))
+            }
+        }
+    }
+
+    fn read_plain(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.conn.reader().read(buf)
+    }
+
+    fn write_plain(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.conn.writer().write(data)
+    }
+
+    fn wants_write(&self) -> bool {
+        self.conn.wants_write()
+    }
+
+    fn write_wire(&mut self, wire: &mut dyn Write) -> io::Result<usize> {
+        self.conn.write_tls(wire)
+    }
+
+    fn close(&mut self) {
+        self.conn.send_close_notify();
+    }
+}
