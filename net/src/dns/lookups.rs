@@ -341,6 +341,14 @@ impl Lookups {
                         // Another server may do better: try it now rather than at the deadline.
                         if let Some(q) = self.queries.get_mut(&h.id) {
                             q.last_failure = Some(rcode);
+                            // Servers that predate EDNS answer FORMERR to its OPT record
+                            // (RFC 6891 §7): the next tries go without it.
+                            if rcode == u16::from(ResponseCode::FormErr)
+                                && msg.edns.is_none()
+                                && let Ok(plain) = build_query(h.id, &q.name, q.qtype, None)
+                            {
+                                q.wire = plain;
+                            }
                         }
                         self.send_try(h.id, now);
                         return;

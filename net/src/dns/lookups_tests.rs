@@ -282,3 +282,22 @@ fn plain_queries_without_edns() {
     let [(_, q)] = sent(&mut l).try_into().unwrap();
     assert!(q.edns.is_none());
 }
+
+#[test]
+fn formerr_to_edns_retries_without_it() {
+    let mut l = core(&[S0], 2);
+    let t0 = Instant::now();
+    l.start(t0, "old.example", LookupKind::A).unwrap();
+    let [(_, q)] = sent(&mut l).try_into().unwrap();
+    assert!(q.edns.is_some());
+    l.handle_datagram(t0, addr(S0), &reply(&q, ResponseCode::FormErr, vec![]));
+    let [(to, plain)] = sent(&mut l).try_into().unwrap();
+    assert_eq!((to, plain.metadata.id, plain.edns.is_none()), (addr(S0), q.metadata.id, true));
+    assert_eq!(plain.queries, q.queries);
+    l.handle_datagram(
+        t0,
+        addr(S0),
+        &reply(&plain, ResponseCode::NoError, vec![a("old.example", [1, 1, 1, 1], 1)]),
+    );
+    assert_eq!(event(&mut l).unwrap().addrs, [IpAddr::from([1, 1, 1, 1])]);
+}

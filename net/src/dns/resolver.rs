@@ -159,7 +159,14 @@ impl Shared {
         }
         let after = next.saturating_duration_since(at.worker().now());
         match at.on(primary, |es| es.set_deadline(Some(after))) {
-            Some(Ok(())) => self.driver.borrow_mut().armed = Some(next),
+            Some(Ok(())) => {
+                // Reaching the socket through the worker drives it, which may have run our
+                // handler and armed again; that later call set the deadline in force.
+                let mut d = self.driver.borrow_mut();
+                if d.armed == armed {
+                    d.armed = Some(next);
+                }
+            }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "DNS resolver cannot arm its timer; retrying on next event");
             }
@@ -249,7 +256,8 @@ impl Drop for Owner {
 /// Each query gets a random id from the system CSPRNG and goes to the configured servers in
 /// turn (try 1 to the first server, try 2 to the next, and so on, for `attempts` rounds),
 /// each try waiting [`ResolverConfig::timeout`]. A SERVFAIL/REFUSED/NOTIMP/FORMERR answer
-/// moves to the next server at once. An answer is taken only if its id, its source address
+/// moves to the next try at once (after a FORMERR from a server without EDNS, the next tries
+/// go without it). An answer is taken only if its id, its source address
 /// (a server the query was sent to) and its question all match; anything else is counted in
 /// [`ResolverStats`] and dropped. CNAME chains within an answer are followed. A truncated
 /// answer fails with [`ResolveError::Truncated`]: there is no TCP fallback. Names are always

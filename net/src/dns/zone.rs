@@ -358,7 +358,8 @@ impl Zone {
 ///
 /// Workers take the read lock for each query, just long enough to build the answer; writers
 /// take the write lock, so a batch of edits inside one [`write`](Self::write) is seen by
-/// queries all at once.
+/// queries all at once. Keep write sections short (build a large zone before sharing it, or
+/// swap it in with one assignment): workers wait for them.
 #[derive(Clone, Debug)]
 pub struct SharedZone {
     inner: Arc<RwLock<Zone>>,
