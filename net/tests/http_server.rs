@@ -361,3 +361,27 @@ fn a_client_that_never_reads_is_dropped() {
     assert!(srv.stats().timeouts >= 1);
     assert_serving(srv.addr);
 }
+
+/// A streaming handler that answers from the head alone, while the client is still sending a
+/// large body: the client reads the answer (no reset), then the connection closes.
+#[test]
+fn an_answer_before_the_body_reaches_a_client_still_sending() {
+    let srv = server();
+    let mut r = Reader::new(connect(srv.addr));
+    r.send(b"POST /upgrade HTTP/1.1\r\nHost: t\r\nContent-Length: 400000\r\n\r\n");
+    let mut s = r.s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'b'; 40_000];
+        for _ in 0..10 {
+            if s.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let resp = r.response(false);
+    assert_eq!(resp.status, 426);
+    assert!(resp.closes());
+    writer.join().unwrap();
+    assert!(r.closed());
+    assert_serving(srv.addr);
+}

@@ -267,9 +267,12 @@ impl HttpConn {
             }
             self.call(es, |h, ex| h.headers_read(ex));
             if self.cur.as_ref().is_some_and(|c| c.pending.is_some()) {
-                // Answered from the head alone; an unread body makes the connection unusable.
+                // Answered from the head alone; an unread body makes the connection unusable,
+                // and the client may still be sending it: linger so it reads the answer.
                 if body != BodyFraming::None {
                     self.cur.as_mut().expect("pending").keep_alive = false;
+                    self.linger_left = Some(self.sh.config.lingering_bytes);
+                    self.deadline(es, Some(self.sh.config.lingering_close));
                 }
                 self.emit(es);
                 return;
