@@ -1,5 +1,6 @@
-//! Helpers for the HTTP client tests: a reactor that counts callbacks, and one-connection
-//! servers on std sockets that answer with canned bytes.
+//! Helpers for the HTTP client tests: a reactor that counts callbacks, one-connection
+//! servers on std sockets that answer with canned bytes, and the project's own HTTP server
+//! over TLS with a fresh self-signed certificate.
 //!
 //! Every wait is bounded by [`TIMEOUT`]; nothing sleeps to synchronise. The only sleeps are
 //! the short pauses of polling loops that re-check a condition until a deadline.
@@ -9,6 +10,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -16,7 +18,10 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use dap_net::http::client::{self, ClientConfig, ClientError, Request, Response};
+use dap_net::http::server::{HttpConfig, HttpServer, RouteLimits, RunningHttp};
+use dap_net::tls::{self, Trust};
 use dap_reactor::{Reactor, Worker};
+use rustls::pki_types::CertificateDer;
 
 /// The bound on every wait. Generous: the machines are shared and have 2 cores.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -169,7 +174,7 @@ impl Drop for Server {
 
 /// Accepts one connection within [`TIMEOUT`], as a blocking stream with bounded reads and
 /// writes.
-fn accept(listener: &TcpListener) -> Option<TcpStream> {
+pub fn accept(listener: &TcpListener) -> Option<TcpStream> {
     listener.set_nonblocking(true).ok()?;
     let deadline = Instant::now() + TIMEOUT;
     loop {
@@ -304,6 +309,109 @@ impl Unanswered {
 impl Drop for Unanswered {
     fn drop(&mut self) {
         drop(self.release.take());
+        if let Some(reactor) = self.reactor.take() {
+            shutdown(reactor);
+        }
+    }
+}
+
+/// A fresh self-signed certificate for `localhost` and `127.0.0.1`, written as PEM files to
+/// a directory of its own that is removed on drop.
+pub struct Cert {
+    dir: PathBuf,
+    pub der: CertificateDer<'static>,
+}
+
+impl Cert {
+    #[track_caller]
+    pub fn new() -> Cert {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("certificate");
+        let dir = std::env::temp_dir().join(format!(
+            "dap-http-client-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("cert.pem"), ck.cert.pem()).expect("write cert");
+        std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).expect("write key");
+        Cert { dir, der: ck.cert.der().clone() }
+    }
+
+    /// A client config (test timeouts) that trusts exactly this certificate.
+    pub fn pinned(&self) -> ClientConfig {
+        let mut c = config();
+        c.tls = Some(tls::client_config(Trust::Pinned(self.der.clone())).expect("pinned config"));
+        c
+    }
+
+    /// A client config (test timeouts) with this certificate as its only root: unlike
+    /// [`pinned`](Self::pinned), the server's name is checked.
+    pub fn as_root(&self) -> ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.der.clone()).expect("root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut c = config();
+        c.tls = Some(Arc::new(tls));
+        c
+    }
+}
+
+impl Drop for Cert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The project's HTTP server over TLS, on a reactor of its own, listening on 127.0.0.1:
+/// `/hello` answers `hello`; `/echo` answers with the request's body, and its method and
+/// `Host` in `X-Method` and `X-Host`.
+pub struct HttpsServer {
+    pub addr: SocketAddr,
+    running: Option<RunningHttp>,
+    reactor: Option<Reactor>,
+}
+
+impl HttpsServer {
+    #[track_caller]
+    pub fn start(cert: &Cert) -> HttpsServer {
+        let reactor = reactor(1);
+        let mut http = HttpServer::new(HttpConfig::default());
+        http.add_inline("/hello", RouteLimits::default(), |_| {
+            dap_net::http::Response::text(200, "hello")
+        });
+        http.add_inline("/echo", RouteLimits::default(), |req| {
+            dap_net::http::Response::new(200)
+                .header("X-Method", req.method())
+                .header("X-Host", req.header("host").unwrap_or_default())
+                .body(req.body.clone())
+        });
+        let server_config =
+            tls::server_config(&cert.dir.join("cert.pem"), &cert.dir.join("key.pem"))
+                .expect("server config");
+        http.tls(server_config);
+        let running = http
+            .start(&reactor, dap_net::server::Server::builder().tcp("127.0.0.1:0".parse().unwrap()))
+            .expect("https server starts");
+        let addr = running.server().tcp_addrs()[0];
+        HttpsServer { addr, running: Some(running), reactor: Some(reactor) }
+    }
+
+    /// `https://host:port` followed by `path`, for this server's port.
+    pub fn url(&self, host: &str, path: &str) -> String {
+        format!("https://{host}:{}{path}", self.addr.port())
+    }
+}
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        drop(self.running.take());
         if let Some(reactor) = self.reactor.take() {
             shutdown(reactor);
         }

@@ -2,14 +2,17 @@
 //!
 //! Thin by design: it moves bytes between the esocket and the sans-IO
 //! [`ResponseParser`], and turns reactor events into exactly one delivery. It touches only
-//! `buf_in`, `buf_out` and the esocket's deadline, so a TLS layer that presents plaintext in
-//! `buf_in` can carry it unchanged.
+//! `buf_in`, `buf_out` and the esocket's deadline, so for `https` the only difference is the
+//! TLS layer installed in `on_new`: from then on the worker decrypts into `buf_in` and
+//! encrypts from `buf_out`, and the request written at connect waits in the layer until the
+//! handshake is done.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -52,9 +55,21 @@ impl Reply {
     }
 }
 
+/// What `on_new` needs to put TLS on the connection.
+pub(crate) struct TlsStart {
+    pub(crate) config: Arc<rustls::ClientConfig>,
+    /// Checked against the certificate and sent as SNI; valid (checked by the URL parser).
+    pub(crate) server_name: String,
+}
+
 /// Handler of one outgoing connection carrying one request.
 pub(crate) struct Conn {
     reply: Reply,
+    /// For `https`, until `on_new` installs the layer.
+    tls: Option<TlsStart>,
+    /// Installing the layer failed; reported at `on_connected`, since `on_new` runs inside
+    /// `fetch` and a callback must not run before `fetch` returns.
+    failed: Option<ClientError>,
     /// Request bytes not yet in `buf_out`: the head, then the body.
     out: VecDeque<Bytes>,
     parser: ResponseParser,
@@ -64,7 +79,12 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(req: Request, config: &ClientConfig, reply: Reply) -> Conn {
+    pub(crate) fn new(
+        req: Request,
+        config: &ClientConfig,
+        tls: Option<TlsStart>,
+        reply: Reply,
+    ) -> Conn {
         let mut out = VecDeque::with_capacity(2);
         out.push_back(Bytes::from(req.encode_head()));
         if !req.body().is_empty() {
@@ -72,6 +92,8 @@ impl Conn {
         }
         Conn {
             reply,
+            tls,
+            failed: None,
             out,
             parser: ResponseParser::new(req.method(), config),
             response_timeout: config.response_timeout,
@@ -142,6 +164,9 @@ impl Conn {
             es.close_now();
             return None;
         }
+        if let Some(err) = self.failed.take() {
+            return Some(Err(err));
+        }
         if let Err(e) = es.set_deadline(Some(self.response_timeout)) {
             return Some(Err(ClientError::Io(e)));
         }
@@ -181,6 +206,22 @@ impl Conn {
 }
 
 impl Handler for Conn {
+    fn on_new(&mut self, es: &mut Esocket<'_>) {
+        let Some(tls) = self.tls.take() else { return };
+        // Not through `guarded`, which delivers at once: see `failed`.
+        let installed = panic::catch_unwind(AssertUnwindSafe(|| {
+            crate::tls::connect(es, &tls.config, &tls.server_name)
+        }));
+        self.failed = match installed {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(ClientError::Tls(e.to_string())),
+            Err(_) => {
+                tracing::error!("installing TLS panicked; failing the request");
+                Some(ClientError::Io(ReactorError::HandlerPanicked.into()))
+            }
+        };
+    }
+
     fn on_connected(&mut self, es: &mut Esocket<'_>) {
         self.guarded(es, |c, es| ((), c.connected(es)));
     }

@@ -13,8 +13,8 @@ use super::parser::ResponseParseError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The URL could not be used: not `http://`, no host, a bad port, characters that must be
-    /// percent-encoded. The text says which.
+    /// The URL could not be used: neither `http://` nor `https://`, no host, a bad port,
+    /// characters that must be percent-encoded. The text says which.
     #[error("bad URL: {0}")]
     BadUrl(&'static str),
     /// A header given to the request builder cannot be sent: an invalid name or value, or a
@@ -49,6 +49,17 @@ pub enum ClientError {
     /// transfer coding other than `chunked`).
     #[error("bad response: {0}")]
     BadResponse(&'static str),
+    /// The TLS session of an `https` request failed: the server's certificate was refused
+    /// (untrusted, expired, not for the URL's host, not the pinned one), the handshake
+    /// failed, the server sent a TLS alert, or rustls refused the configuration. The text is
+    /// rustls's reason, for people; the request never reached the server as plaintext.
+    #[error("TLS failed: {0}")]
+    Tls(String),
+    /// An `https` request with [`ClientConfig::tls`](super::ClientConfig::tls) unset, on a
+    /// system whose root certificates could not be loaded (none found, unreadable store).
+    /// Nothing was sent; set `tls` to a configuration of your own.
+    #[error("no usable system root certificates: {0}")]
+    NoRoots(String),
     /// The server closed the connection before the response was complete.
     #[error("connection closed before the response was complete")]
     Closed,
@@ -63,6 +74,9 @@ impl ClientError {
     /// The error for a failure reported by the reactor; `connected` tells a failed connect
     /// from a failure later on.
     pub(crate) fn from_io(err: &io::Error, connected: bool) -> ClientError {
+        if let Some(tls) = tls_failure(err) {
+            return ClientError::Tls(tls.to_string());
+        }
         match ReactorError::of(err) {
             Some(ReactorError::ConnectTimeout) => ClientError::ConnectTimeout,
             // The reactor's own reasons (table full, stopping, ...) are not connect failures.
@@ -81,6 +95,15 @@ impl From<ResponseParseError> for ClientError {
             ResponseParseError::Incomplete => ClientError::Closed,
         }
     }
+}
+
+/// The rustls error inside `err`, if the TLS layer is what failed (it reports `InvalidData`
+/// carrying the rustls error; see `crate::tls`).
+fn tls_failure(err: &io::Error) -> Option<&rustls::Error> {
+    if err.kind() != io::ErrorKind::InvalidData {
+        return None;
+    }
+    err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())
 }
 
 /// `io::Error` is not `Clone`; callbacks get a reference, the request's caller an owned error.
@@ -109,6 +132,17 @@ mod tests {
             ClientError::Io(e) => assert_eq!(e.raw_os_error(), Some(104)),
             other => panic!("unexpected {other:?}"),
         }
+        let bad_cert = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        match ClientError::from_io(&bad_cert, true) {
+            ClientError::Tls(why) => assert!(why.contains("UnknownIssuer"), "{why}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        // Other invalid data is not a TLS failure.
+        let other = io::Error::new(io::ErrorKind::InvalidData, "not tls");
+        assert!(matches!(ClientError::from_io(&other, true), ClientError::Io(_)));
         let stopping: io::Error = ReactorError::Stopping.into();
         match ClientError::from_io(&stopping, false) {
             ClientError::Io(e) => assert_eq!(ReactorError::of(&e), Some(ReactorError::Stopping)),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use dap_reactor::{Esocket, Handler, ReactorError, Worker, WorkerCtx};
 
 use super::config::ClientConfig;
-use super::conn::{Callback, Conn, Outcome, Reply};
+use super::conn::{Callback, Conn, Outcome, Reply, TlsStart};
 use super::error::ClientError;
 use super::request::Request;
 use super::response::Response;
@@ -32,6 +32,11 @@ const BLOCKING_SLACK: Duration = Duration::from_secs(30);
 /// keep-alive). The connect is bounded by `config.connect_timeout`; from the moment the
 /// connection is made, sending the request and receiving the whole response are bounded by
 /// `config.response_timeout`.
+///
+/// An `https` request runs TLS on that connection, trusting what `config.tls` says (the
+/// system's roots when it is `None`; see [`ClientConfig::tls`]), and checks the server's
+/// certificate against the URL's host. The first such request of the process that relies
+/// on the system roots loads them here, on this worker.
 ///
 /// # Examples
 ///
@@ -59,8 +64,16 @@ pub fn fetch(
         let name = req.unresolved_name().unwrap_or_default().to_owned();
         return deliver_later(ctx, callback, Err(ClientError::Unresolved(name)));
     };
+    let tls = if req.is_tls() {
+        match config.tls_config() {
+            Ok(config) => Some(TlsStart { config, server_name: req.server_name() }),
+            Err(e) => return deliver_later(ctx, callback, Err(e)),
+        }
+    } else {
+        None
+    };
     let reply = Reply::new(callback);
-    let conn = Conn::new(req, config, reply.clone());
+    let conn = Conn::new(req, config, tls, reply.clone());
     if let Err(e) = ctx.connect_tcp_timeout(addr, config.connect_timeout, Box::new(conn)) {
         // The handler was dropped unseen (or, if the esocket was added, will find the reply
         // taken and close): deliver from here.
@@ -83,6 +96,7 @@ pub fn fetch_on(
     config: ClientConfig,
     callback: impl FnOnce(&mut WorkerCtx, Result<Response, ClientError>) + Send + 'static,
 ) -> Result<(), dap_reactor::PostError> {
+    preload_tls(&req, &config);
     worker.exec(move |ctx| fetch(ctx, req, &config, callback))
 }
 
@@ -101,6 +115,7 @@ pub fn fetch_blocking(
     req: Request,
     config: &ClientConfig,
 ) -> Result<Response, ClientError> {
+    preload_tls(&req, config);
     let (tx, rx) = mpsc::sync_channel(1);
     let cfg = config.clone();
     let start = move |ctx: &mut WorkerCtx| {
@@ -125,6 +140,14 @@ pub fn fetch_blocking(
         Err(mpsc::RecvTimeoutError::Disconnected) => {
             Err(ClientError::Io(ReactorError::Stopping.into()))
         }
+    }
+}
+
+/// Loads the system roots, if `req` will need them, on the calling thread rather than on the
+/// worker; a failure is cached and reported by [`fetch`].
+fn preload_tls(req: &Request, config: &ClientConfig) {
+    if req.is_tls() {
+        let _ = config.tls_config();
     }
 }
 

@@ -1,4 +1,4 @@
-//! The HTTP/1.1 client on the reactor.
+//! The HTTP/1.1 client on the reactor, over TCP (`http://`) or TLS (`https://`).
 //!
 //! A request runs on one worker, on an outgoing TCP esocket of its own, and its result comes
 //! back to a callback on that same worker:
@@ -11,9 +11,21 @@
 //!
 //! # What it does
 //!
-//! * `GET`, `HEAD`, `POST` (and `PUT`, `DELETE`, `OPTIONS`) to `http://` URLs whose host is an
-//!   IPv4 literal, a bracketed IPv6 literal, or a name the caller resolved
+//! * `GET`, `HEAD`, `POST` (and `PUT`, `DELETE`, `OPTIONS`) to `http://` and `https://` URLs
+//!   whose host is an IPv4 literal, a bracketed IPv6 literal, or a name the caller resolved
 //!   ([`Request::resolve_to`]; this module does no DNS — see `dap_net::dns`).
+//! * `https` runs TLS 1.2 or 1.3 (rustls, see [`crate::tls`]) on the same connection. The
+//!   server's certificate is checked against the URL's host — the name, or the address
+//!   literal — whatever address the request is sent to, and that name is sent as SNI. Whom
+//!   to trust is [`ClientConfig::tls`]: `None` trusts the operating system's root
+//!   certificates (loaded once per process and cached), or give a configuration from
+//!   [`tls::client_config`](crate::tls::client_config), e.g. with
+//!   [`Trust::Pinned`](crate::tls::Trust::Pinned) for a node's self-signed certificate. A
+//!   refused certificate or a failed handshake ends the request with [`ClientError::Tls`];
+//!   system roots that cannot be loaded, with [`ClientError::NoRoots`]. One limit: the
+//!   reactor does not tell a TLS `close_notify` from a bare TCP close, so a body delimited
+//!   only by the close (no `Content-Length`, not chunked) is taken as complete at either;
+//!   bodies with either framing are never accepted short.
 //! * One request per connection: the client sends `Connection: close` and closes the
 //!   connection once the response is complete. No keep-alive, no pipelining, no redirects, no
 //!   content decoding; `Host` and `Content-Length` are written for you.
@@ -30,8 +42,9 @@
 //! [`ResponseParser`] is sans-IO: it reads bytes it is given and never touches a socket, so it
 //! is tested byte by byte and can be fuzzed. The esocket handler around it only moves bytes
 //! between `buf_in` / `buf_out` and the parser and maps reactor events (connect failure,
-//! deadline, end of stream) to one result; a TLS layer that presents plaintext in `buf_in`
-//! can carry it unchanged. The response deadline is the esocket's own
+//! deadline, end of stream) to one result. For `https` it installs the TLS layer when the
+//! esocket is created; the worker then decrypts into `buf_in` and encrypts from `buf_out`,
+//! and nothing else changes. The response deadline is the esocket's own
 //! ([`Esocket::set_deadline`](dap_reactor::Esocket::set_deadline)), so a request costs one
 //! esocket and no extra timer.
 //!

@@ -52,7 +52,8 @@ impl fmt::Display for Method {
     }
 }
 
-/// One HTTP/1.1 request: method, where to, extra headers and a body.
+/// One HTTP/1.1 request: method, where to, extra headers and a body, over plain TCP
+/// (`http://`) or TLS (`https://`).
 ///
 /// The client writes `Host` (from the URL, unless set with
 /// [`with_header`](Self::with_header)), `Content-Length` (for a body, and always for `POST`
@@ -73,6 +74,11 @@ impl fmt::Display for Method {
 /// let req = req.resolve_to("192.0.2.7".parse().unwrap());
 /// assert_eq!(req.addr(), Some("192.0.2.7:80".parse().unwrap()));
 /// assert_eq!(req.host(), "example.com");
+///
+/// // https: TLS, port 443 by default; the certificate is checked against the URL's host.
+/// let req = Request::get("https://example.com/")?.resolve_to("192.0.2.7".parse().unwrap());
+/// assert!(req.is_tls());
+/// assert_eq!(req.addr(), Some("192.0.2.7:443".parse().unwrap()));
 /// # Ok::<(), dap_net::http::client::ClientError>(())
 /// ```
 #[derive(Clone, Debug)]
@@ -87,7 +93,8 @@ pub struct Request {
 }
 
 impl Request {
-    /// A request with no body to `url` (`http://host[:port][/path][?query]`).
+    /// A request with no body to `url` (`http://host[:port][/path][?query]`, or `https://`
+    /// for TLS).
     ///
     /// # Errors
     /// [`ClientError::BadUrl`] when the URL cannot be used.
@@ -100,8 +107,8 @@ impl Request {
         Ok(Request { method, url, addr, headers: Vec::new(), body: Bytes::new() })
     }
 
-    /// A request to `target` (path and query, e.g. `/a?b=1`) at `addr`, with `Host` set to
-    /// the address.
+    /// A plain-TCP (`http`) request to `target` (path and query, e.g. `/a?b=1`) at `addr`,
+    /// with `Host` set to the address.
     ///
     /// # Errors
     /// [`ClientError::BadUrl`] when `target` does not start with `/` or holds characters
@@ -184,7 +191,9 @@ impl Request {
     }
 
     /// Connects to `ip` (on the URL's port) instead of resolving the URL's name; `Host`
-    /// keeps the name. Also replaces the address of a URL that held a literal.
+    /// keeps the name, and so does TLS: for `https` the server's certificate is checked
+    /// against the URL's host, not against `ip`. Also replaces the address of a URL that
+    /// held a literal.
     pub fn resolve_to(mut self, ip: IpAddr) -> Request {
         self.addr = Some(SocketAddr::new(ip, self.url.port));
         self
@@ -193,6 +202,16 @@ impl Request {
     /// The method.
     pub fn method(&self) -> Method {
         self.method
+    }
+
+    /// Whether the request runs over TLS (an `https://` URL).
+    pub fn is_tls(&self) -> bool {
+        self.url.tls
+    }
+
+    /// For TLS: the name the server's certificate must hold, also sent as SNI.
+    pub(crate) fn server_name(&self) -> String {
+        self.url.server_name()
     }
 
     /// The request-target sent on the request line (path and query).
@@ -292,7 +311,8 @@ mod tests {
 
     #[test]
     fn host_can_be_replaced_and_names_resolved() {
-        let req = Request::get("http://example.com:81/").unwrap();
+        let req = Request::get("https://example.com:81/").unwrap();
+        assert!(req.is_tls());
         assert_eq!(req.addr(), None);
         assert_eq!(req.unresolved_name(), Some("example.com"));
         let req = req.resolve_to("::1".parse().unwrap());
@@ -301,6 +321,7 @@ mod tests {
         assert!(head(&req).contains("Host: example.com:81\r\n"));
         let req = req.with_header("host", "other").unwrap().with_header("HOST", "third").unwrap();
         assert_eq!(req.host(), "third");
+        assert_eq!(req.server_name(), "example.com", "Host does not change the TLS name");
         assert_eq!(head(&req).to_ascii_lowercase().matches("host: ").count(), 1);
     }
 

@@ -1,17 +1,24 @@
-//! The small part of URL parsing an HTTP/1.1 client needs: `http://host[:port][/path][?query]`.
+//! The small part of URL parsing an HTTP/1.1 client needs:
+//! `http[s]://host[:port][/path][?query]`.
 //!
 //! Deliberately strict and small rather than a WHATWG URL parser: whatever is not plainly one
-//! of the forms below is refused, so that nothing we put on the request line or in `Host`
-//! was guessed at.
+//! of the forms below is refused, so that nothing we put on the request line, in `Host` or in
+//! the TLS server name was guessed at.
 //!
-//! * the scheme is `http` (any case); `https` is refused until TLS is layered in;
+//! * the scheme is `http` or `https` (any case); `https` means TLS, and the host as written
+//!   (the name, or the address literal) is the name the server's certificate is checked
+//!   against and sent as SNI — whatever address the request is sent to;
 //! * the host is an IPv4 literal, a bracketed IPv6 literal (no zone id), or a DNS name of
-//!   letters, digits, `-`, `_` and `.` (kept, lowercased, for the caller to resolve);
-//! * the port is 1..=65535, 80 when absent;
+//!   letters, digits, `-`, `_` and `.` (kept, lowercased, for the caller to resolve); for
+//!   `https` the name must also be a valid TLS server name (no label starting or ending
+//!   with `-`);
+//! * the port is 1..=65535, 80 (`http`) or 443 (`https`) when absent;
 //! * path and query are sent as written (they must already be percent-encoded: spaces,
 //!   controls and non-ASCII bytes are refused); a fragment is dropped, as HTTP requires.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use rustls::pki_types::ServerName;
 
 /// Where a URL points.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,16 +29,19 @@ pub(crate) enum Host {
     Name(String),
 }
 
-/// A parsed `http://` URL.
+/// A parsed `http://` or `https://` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Url {
+    /// `https`: the connection runs TLS.
+    pub(crate) tls: bool,
     pub(crate) host: Host,
     pub(crate) port: u16,
     /// Origin-form request-target: path (at least `/`) and query.
     pub(crate) target: String,
 }
 
-const DEFAULT_PORT: u16 = 80;
+const HTTP_PORT: u16 = 80;
+const HTTPS_PORT: u16 = 443;
 /// Longest DNS name (RFC 1035), without the trailing dot.
 const MAX_NAME: usize = 253;
 
@@ -41,13 +51,14 @@ impl Url {
         if s.bytes().any(|b| b <= b' ' || b >= 0x7f) {
             return Err("spaces, control characters and non-ASCII must be percent-encoded");
         }
-        let (scheme, rest) = s.split_once("://").ok_or("expected http://host/...")?;
-        if scheme.eq_ignore_ascii_case("https") {
-            return Err("https is not supported yet");
-        }
-        if !scheme.eq_ignore_ascii_case("http") {
-            return Err("only http:// URLs are supported");
-        }
+        let (scheme, rest) = s.split_once("://").ok_or("expected http[s]://host/...")?;
+        let tls = if scheme.eq_ignore_ascii_case("https") {
+            true
+        } else if scheme.eq_ignore_ascii_case("http") {
+            false
+        } else {
+            return Err("only http:// and https:// URLs are supported");
+        };
         // The fragment never leaves the client.
         let rest = rest.split_once('#').map_or(rest, |(r, _)| r);
         let split = rest.find(['/', '?']).unwrap_or(rest.len());
@@ -57,8 +68,23 @@ impl Url {
             Some(b'?') => format!("/{target}"),
             Some(_) => target.to_owned(),
         };
-        let (host, port) = parse_authority(authority)?;
-        Ok(Url { host, port, target })
+        let default_port = if tls { HTTPS_PORT } else { HTTP_PORT };
+        let (host, port) = parse_authority(authority, default_port)?;
+        if let (true, Host::Name(name)) = (tls, &host)
+            && ServerName::try_from(name.as_str()).is_err()
+        {
+            return Err("invalid host name");
+        }
+        Ok(Url { tls, host, port, target })
+    }
+
+    /// The name the server's certificate must hold, also sent as SNI: the URL's host name,
+    /// or its address literal.
+    pub(crate) fn server_name(&self) -> String {
+        match &self.host {
+            Host::Ip(ip) => ip.to_string(),
+            Host::Name(name) => name.clone(),
+        }
     }
 
     /// The `Host` header value: the authority as written, minus a default port.
@@ -68,11 +94,12 @@ impl Url {
             Host::Ip(IpAddr::V6(ip)) => format!("[{ip}]"),
             Host::Name(name) => name.clone(),
         };
-        if self.port == DEFAULT_PORT { host } else { format!("{host}:{}", self.port) }
+        let default_port = if self.tls { HTTPS_PORT } else { HTTP_PORT };
+        if self.port == default_port { host } else { format!("{host}:{}", self.port) }
     }
 }
 
-fn parse_authority(authority: &str) -> Result<(Host, u16), &'static str> {
+fn parse_authority(authority: &str, default_port: u16) -> Result<(Host, u16), &'static str> {
     if authority.contains('@') {
         return Err("user information in URLs is not supported");
     }
@@ -97,7 +124,7 @@ fn parse_authority(authority: &str) -> Result<(Host, u16), &'static str> {
         }
         (parse_host(host)?, port)
     };
-    Ok((host, parse_port(port)?))
+    Ok((host, parse_port(port, default_port)?))
 }
 
 fn parse_host(host: &str) -> Result<Host, &'static str> {
@@ -124,10 +151,10 @@ fn parse_host(host: &str) -> Result<Host, &'static str> {
     Ok(Host::Name(name.to_ascii_lowercase()))
 }
 
-fn parse_port(port: Option<&str>) -> Result<u16, &'static str> {
+fn parse_port(port: Option<&str>, default_port: u16) -> Result<u16, &'static str> {
     match port {
         // "http://host:/" is allowed by RFC 3986 and means the default port.
-        None | Some("") => Ok(DEFAULT_PORT),
+        None | Some("") => Ok(default_port),
         Some(p) if p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => match p.parse() {
             Ok(0) | Err(_) => Err("invalid port"),
             Ok(n) => Ok(n),
@@ -167,14 +194,41 @@ mod tests {
         assert_eq!(ok("http://h:/x").port, 80);
         assert_eq!(ok("http://h:65535").port, 65535);
         assert_eq!(ok("http://my_host-1.local").host, Host::Name("my_host-1.local".into()));
+        assert!(!ok("http://h").tls);
+    }
+
+    #[test]
+    fn https_default_port_and_server_name() {
+        let u = ok("HTTPS://Example.com/x");
+        assert!(u.tls);
+        assert_eq!(u.port, 443);
+        assert_eq!(u.host_header(), "example.com");
+        assert_eq!(u.server_name(), "example.com");
+
+        let u = ok("https://example.com:80/");
+        assert_eq!(u.host_header(), "example.com:80");
+        assert_eq!(ok("https://example.com:443/").host_header(), "example.com");
+        assert_eq!(ok("http://example.com:443/").host_header(), "example.com:443");
+
+        // Address literals are server names too; IPv6 without brackets.
+        let u = ok("https://[::1]:8443/");
+        assert_eq!((u.server_name().as_str(), u.host_header().as_str()), ("::1", "[::1]:8443"));
+        assert_eq!(ok("https://127.0.0.1").server_name(), "127.0.0.1");
+        assert_eq!(ok("https://my_host.local").server_name(), "my_host.local");
+
+        // Accepted for http (the name only has to be resolvable), not as a TLS name.
+        assert_eq!(ok("http://-a.example").host, Host::Name("-a.example".into()));
+        assert_eq!(Url::parse("https://-a.example/").unwrap_err(), "invalid host name");
+        assert_eq!(Url::parse("https://a-.example/").unwrap_err(), "invalid host name");
     }
 
     #[test]
     fn refuses_what_it_would_have_to_guess() {
         let bad = |s: &str| Url::parse(s).unwrap_err();
-        assert_eq!(bad("https://h/"), "https is not supported yet");
-        assert_eq!(bad("ftp://h/"), "only http:// URLs are supported");
-        assert_eq!(bad("h/x"), "expected http://host/...");
+        assert_eq!(bad("ftp://h/"), "only http:// and https:// URLs are supported");
+        assert_eq!(bad("h/x"), "expected http[s]://host/...");
+        assert_eq!(bad("https://h:0/"), "invalid port");
+        assert_eq!(bad("https://1.2.3/"), "invalid IPv4 address");
         assert_eq!(bad("http:///x"), "missing host");
         assert_eq!(bad("http://h:0/"), "invalid port");
         assert_eq!(bad("http://h:65536/"), "invalid port");
