@@ -3,15 +3,19 @@
 //! Every comparison subcommand prints a readable table and, as its last line, `RESULT`
 //! followed by `key=value` pairs. Every run is bounded in time.
 
+mod certs;
 mod echo;
+mod http;
 mod loadgen;
 mod memory;
 mod proc;
 mod procstat;
 mod report;
+mod serve_hyper;
 mod serve_mio;
 mod serve_tokio;
 mod servers;
+mod wrk;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,11 +24,14 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "dap-bench", about = "Benchmarks dap against tokio and a raw mio loop")]
+#[command(name = "dap-bench", about = "Benchmarks dap against tokio, hyper and a raw mio loop")]
 struct Cli {
     /// Use this dap echo binary instead of building `<repo>/target/release/examples/echo`.
     #[arg(long, global = true, hide = true)]
     dap_bin: Option<PathBuf>,
+    /// Use this dap hello binary instead of building `<repo>/target/release/examples/hello`.
+    #[arg(long, global = true, hide = true)]
+    dap_hello_bin: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -45,6 +52,22 @@ enum Cmd {
         /// Event-loop threads.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+    },
+    /// hyper 1.x hello server (the HTTP peer; started by `http` and `https`).
+    #[command(hide = true)]
+    ServeHyper {
+        /// Address to listen on.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Workers: 1 is a current_thread runtime, N > 1 a multi_thread runtime.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Certificate chain (PEM): serve HTTPS.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// Private key (PEM).
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
     },
     /// Echo throughput, latency and CPU per message: dap vs tokio vs mio.
     Echo(echo::EchoArgs),
@@ -68,23 +91,54 @@ enum Cmd {
     },
     /// dap-proc job throughput vs a crossbeam-channel pool, and flip latency.
     Proc(proc::ProcArgs),
-    /// Runs every comparison in turn (echo, memory, proc).
-    All {
-        #[command(flatten)]
-        echo: echo::EchoArgs,
-        #[command(flatten)]
-        memory: memory::MemoryArgs,
-        #[command(flatten)]
-        proc: proc::ProcArgs,
-    },
+    /// HTTP requests per second with wrk: dap-net's hello vs hyper (1 worker, 2 workers,
+    /// 16-deep pipelining).
+    Http(http::HttpArgs),
+    /// HTTPS keep-alive requests per second with wrk: dap-net's hello vs hyper + tokio-rustls.
+    Https(http::HttpArgs),
+    /// Runs every comparison in turn (echo, memory, proc, http, https).
+    All(AllArgs),
 }
 
-/// Where the dap echo example comes from.
+/// Options of `all`: one `--rounds` for every comparison; the others as in each subcommand
+/// (http and https take theirs as `--http-secs` and `--http-warmup`).
+#[derive(Debug, clap::Args)]
+struct AllArgs {
+    /// echo: measured window per scenario, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    secs: f64,
+    /// Rounds of every comparison; ratios are medians over rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// echo: warm-up before each measured window, in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// echo: repeat a run disturbed by other processes up to this many times.
+    #[arg(long, default_value_t = 0)]
+    retry_noisy: usize,
+    /// memory: idle connections to open.
+    #[arg(long, default_value_t = 9000)]
+    conns: usize,
+    /// proc: jobs per producer per round.
+    #[arg(long, default_value_t = 500_000)]
+    jobs: usize,
+    /// proc: flips timed for the latency figure.
+    #[arg(long, default_value_t = 20_000)]
+    flips: usize,
+    /// http, https: measured wrk window per run, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    http_secs: f64,
+    /// http, https: warm-up wrk run before each measured one, in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    http_warmup: f64,
+}
+
+/// Where a dap example (echo or hello) comes from.
 #[derive(Debug, Clone)]
 pub(crate) enum DapSource {
-    /// Build `<repo>/target/release/examples/echo` with cargo.
+    /// Build `<repo>/target/release/examples/NAME` with cargo.
     Build,
-    /// Use this binary (hidden `--dap-bin`).
+    /// Use this binary (hidden `--dap-bin`, `--dap-hello-bin`).
     Given(PathBuf),
     /// Already resolved by the caller (`all` builds once for every comparison).
     Resolved(Option<PathBuf>),
@@ -99,17 +153,23 @@ impl DapSource {
 /// The dap echo example, or `None` (with the reason printed) when it is not available, so
 /// that the other contenders still run.
 pub(crate) fn resolve_dap(src: DapSource) -> Option<PathBuf> {
+    resolve_example(src, servers::ECHO)
+}
+
+/// The dap example `ex`, or `None` (with the reason printed) when it is not available, so
+/// that the other contenders still run.
+pub(crate) fn resolve_example(src: DapSource, ex: servers::Example) -> Option<PathBuf> {
     match src {
         DapSource::Resolved(p) => p,
         DapSource::Given(p) if p.is_file() => Some(p),
         DapSource::Given(p) => {
-            println!("dap: SKIPPED: --dap-bin {} is not a file", p.display());
+            println!("dap: SKIPPED: the given {} binary {} is not a file", ex.name, p.display());
             None
         }
-        DapSource::Build => match servers::build_dap_example() {
+        DapSource::Build => match servers::build_example(ex) {
             Ok(p) => Some(p),
             Err(e) => {
-                println!("dap: SKIPPED: cannot build the dap echo example: {e}");
+                println!("dap: SKIPPED: cannot build the dap {} example: {e}", ex.name);
                 None
             }
         },
@@ -123,13 +183,18 @@ fn main() -> ExitCode {
     let res = match cli.cmd {
         Cmd::ServeTokio { addr } => serve_tokio::run(addr),
         Cmd::ServeMio { addr, threads } => serve_mio::run(addr, threads),
+        Cmd::ServeHyper { addr, threads, cert, key } => {
+            serve_hyper::run(addr, threads, cert.zip(key))
+        }
         Cmd::Echo(a) => echo::run(&a, DapSource::from_arg(cli.dap_bin)).map(drop),
         Cmd::Memory(a) => memory::run(&a, DapSource::from_arg(cli.dap_bin)).map(drop),
         Cmd::Load { addr, pid, scenario, secs } => run_load(addr, pid, &scenario, secs),
         Cmd::Proc(a) => proc::run(&a)
             .map(|pairs| report::print_result_line(&pairs))
             .map_err(std::io::Error::other),
-        Cmd::All { echo, memory, proc } => run_all(&echo, &memory, &proc, cli.dap_bin),
+        Cmd::Http(a) => http::run_http(&a, DapSource::from_arg(cli.dap_hello_bin)).map(drop),
+        Cmd::Https(a) => http::run_https(&a, DapSource::from_arg(cli.dap_hello_bin)).map(drop),
+        Cmd::All(a) => run_all(&a, cli.dap_bin, cli.dap_hello_bin),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -140,15 +205,25 @@ fn main() -> ExitCode {
     }
 }
 
-/// `all`: each comparison prints its own table and `RESULT`; the last line merges them all.
+/// `all`: each comparison prints its own table and `RESULT`; the last line merges them all
+/// (http's and https's keys prefixed `http_` and `https_`).
 fn run_all(
-    e: &echo::EchoArgs,
-    m: &memory::MemoryArgs,
-    p: &proc::ProcArgs,
+    a: &AllArgs,
     dap_bin: Option<PathBuf>,
+    dap_hello_bin: Option<PathBuf>,
 ) -> std::io::Result<()> {
-    // Build (or check) dap once; both comparisons then use the same binary.
+    let e = &echo::EchoArgs {
+        secs: a.secs,
+        rounds: a.rounds,
+        warmup: a.warmup,
+        retry_noisy: a.retry_noisy,
+    };
+    let m = &memory::MemoryArgs { conns: a.conns, server: servers::Kind::Dap };
+    let p = &proc::ProcArgs { jobs: a.jobs, rounds: a.rounds, flips: a.flips };
+    let h = &http::HttpArgs { secs: a.http_secs, rounds: a.rounds, warmup: a.http_warmup };
+    // Build (or check) each example once; the comparisons then use the same binaries.
     let dap = resolve_dap(DapSource::from_arg(dap_bin));
+    let hello = resolve_example(DapSource::from_arg(dap_hello_bin), servers::HELLO);
     let mut pairs = echo::run(e, DapSource::Resolved(dap.clone()))?;
     println!();
     match memory::run(m, DapSource::Resolved(dap)) {
@@ -162,6 +237,22 @@ fn run_all(
     match proc::run(p) {
         Ok(p) => pairs.extend(p),
         Err(err) => println!("proc: FAILED: {err}"),
+    }
+    println!();
+    match http::run_http(h, DapSource::Resolved(hello.clone())) {
+        Ok(p) => pairs.extend(p.into_iter().map(|(k, v)| (format!("http_{k}"), v))),
+        Err(err) => {
+            println!("http: FAILED: {err}");
+            pairs.push(("http_ratio".to_string(), "NA".to_string()));
+        }
+    }
+    println!();
+    match http::run_https(h, DapSource::Resolved(hello)) {
+        Ok(p) => pairs.extend(p.into_iter().map(|(k, v)| (format!("https_{k}"), v))),
+        Err(err) => {
+            println!("https: FAILED: {err}");
+            pairs.push(("https_ratio".to_string(), "NA".to_string()));
+        }
     }
     report::print_result_line(&pairs);
     Ok(())

@@ -10,14 +10,25 @@ use std::time::Duration;
 
 /// Pins the calling thread to one CPU. Children spawned afterwards inherit the mask.
 pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    pin_current_thread_cpus(&[cpu])
+}
+
+/// Restricts the calling thread to the given CPUs. Children spawned afterwards inherit the
+/// mask.
+pub fn pin_current_thread_cpus(cpus: &[usize]) -> io::Result<()> {
     // SAFETY: `cpu_set_t` is a plain bit array for which all-zeroes is a valid (empty) value.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "cpu index out of range"));
+    if cpus.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty cpu list"));
     }
-    // SAFETY: `CPU_SET` only writes the bit for `cpu` inside `set`; `cpu` was checked against
-    // the set's capacity above.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
+    for &cpu in cpus {
+        if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "cpu index out of range"));
+        }
+        // SAFETY: `CPU_SET` only writes the bit for `cpu` inside `set`; `cpu` was checked
+        // against the set's capacity above.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
     // SAFETY: pid 0 means the calling thread; `set` is a valid, initialised `cpu_set_t` and
     // the size passed is its exact size.
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
@@ -42,6 +53,17 @@ pub fn can_pin_two_cpus() -> bool {
 /// `Cpus_allowed_list` of a process, as the kernel prints it (e.g. `0` or `0-1`).
 pub fn cpus_allowed_list(pid: u32) -> String {
     status_field(pid, "Cpus_allowed_list:").unwrap_or_else(|| "?".to_string())
+}
+
+/// Whether a process has a handler installed for signal `sig` (bit `sig - 1` of `SigCgt` in
+/// `/proc/PID/status`). False when the process is gone or the field is unreadable.
+pub fn catches_signal(pid: u32, sig: i32) -> bool {
+    if !(1..=64).contains(&sig) {
+        return false;
+    }
+    status_field(pid, "SigCgt:")
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
+        .is_some_and(|mask| mask & (1u64 << (sig - 1)) != 0)
 }
 
 /// Resident set size of a process in KiB (`VmRSS` in `/proc/PID/status`).
@@ -135,4 +157,19 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
         }
     }
     Ok(lim.rlim_cur)
+}
+
+/// CPU time (user + system) of all children of this process that have been waited for.
+///
+/// The difference across one child's lifetime (spawn to `wait`) is that child's CPU time,
+/// provided no other child is reaped in between.
+pub fn reaped_children_cpu_time() -> Duration {
+    // SAFETY: all-zeroes is a valid `rusage` (plain integers and timevals).
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable `rusage`; RUSAGE_CHILDREN is a constant the kernel knows.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }

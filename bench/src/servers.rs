@@ -50,26 +50,43 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// Directory for build and server logs (`bench/target/bench-logs`).
-fn log_dir() -> PathBuf {
+pub fn log_dir() -> PathBuf {
     let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-logs");
     let _ = fs::create_dir_all(&d);
     d
 }
 
-/// Builds `<repo>/target/release/examples/echo` with cargo and returns its path, or a
+/// A framework example the harness builds and runs as a contender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Example {
+    /// Cargo package that owns it.
+    pub package: &'static str,
+    /// Example name (`--example NAME`, binary `target/release/examples/NAME`).
+    pub name: &'static str,
+}
+
+/// `dap-reactor`'s echo example (`echo`, `memory`).
+pub const ECHO: Example = Example { package: "dap-reactor", name: "echo" };
+/// `dap-net`'s hello HTTP server (`http`, `https`).
+pub const HELLO: Example = Example { package: "dap-net", name: "hello" };
+
+/// Builds `<repo>/target/release/examples/NAME` with cargo and returns its path, or a
 /// printable reason why it is not available.
-pub fn build_dap_example() -> Result<PathBuf, String> {
+pub fn build_example(ex: Example) -> Result<PathBuf, String> {
     let root = repo_root();
-    let log_path = log_dir().join("dap-echo-build.log");
+    let log_path = log_dir().join(format!("dap-{}-build.log", ex.name));
     let log = File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
     let log_err = log.try_clone().map_err(|e| e.to_string())?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!(
-        "building dap echo example: cargo build --release -p dap-reactor --example echo (in {})",
+        "building dap {} example: cargo build --release -p {} --example {} (in {})",
+        ex.name,
+        ex.package,
+        ex.name,
         root.display()
     );
     let mut child = Command::new(cargo)
-        .args(["build", "--release", "-p", "dap-reactor", "--example", "echo"])
+        .args(["build", "--release", "-p", ex.package, "--example", ex.name])
         .current_dir(&root)
         // The binary must land in <repo>/target, whatever the caller's environment says.
         .env_remove("CARGO_TARGET_DIR")
@@ -101,7 +118,7 @@ pub fn build_dap_example() -> Result<PathBuf, String> {
             log_path.display()
         ));
     }
-    let bin = root.join("target/release/examples/echo");
+    let bin = root.join("target/release/examples").join(ex.name);
     if bin.is_file() {
         Ok(bin)
     } else {
@@ -119,6 +136,8 @@ pub struct ServerProc {
     pub pid: u32,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Its stdout and stderr.
+    pub log: PathBuf,
 }
 
 impl Drop for ServerProc {
@@ -139,8 +158,8 @@ fn free_port() -> io::Result<u16> {
 ///
 /// `dap_bin` is the dap echo example (required for [`Kind::Dap`]).
 pub fn start(kind: Kind, dap_bin: Option<&Path>) -> io::Result<ServerProc> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let mut cmd = match kind {
+    let addr = loopback_addr()?;
+    let cmd = match kind {
         Kind::Dap => {
             let bin = dap_bin.ok_or_else(|| {
                 io::Error::new(io::ErrorKind::NotFound, "dap echo example not built")
@@ -160,23 +179,70 @@ pub fn start(kind: Kind, dap_bin: Option<&Path>) -> io::Result<ServerProc> {
             c
         }
     };
-    let log = File::create(log_dir().join(format!("server-{}.log", kind.name())))?;
+    start_command(kind.name(), cmd, addr, Placement::Pinned)
+}
+
+/// A fresh loopback address (port free a moment ago) for a server to listen on.
+pub fn loopback_addr() -> io::Result<SocketAddr> {
+    Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
+}
+
+/// Which CPUs a server process may run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Only [`SERVER_CPU`] (one-worker comparisons).
+    Pinned,
+    /// Both benchmark CPUs, [`SERVER_CPU`] and [`CLIENT_CPU`] (multi-worker comparisons).
+    Both,
+}
+
+impl Placement {
+    /// The CPUs, as a list for `sched_setaffinity`.
+    pub fn cpus(self) -> &'static [usize] {
+        match self {
+            Placement::Pinned => &[SERVER_CPU],
+            Placement::Both => &[SERVER_CPU, CLIENT_CPU],
+        }
+    }
+
+    /// The CPUs as the kernel prints `Cpus_allowed_list` (and `taskset -c` takes them).
+    pub fn cpu_list(self) -> String {
+        let v: Vec<String> = self.cpus().iter().map(usize::to_string).collect();
+        if v.len() == 2 && SERVER_CPU + 1 == CLIENT_CPU {
+            format!("{SERVER_CPU}-{CLIENT_CPU}")
+        } else {
+            v.join(",")
+        }
+    }
+}
+
+/// Spawns `cmd` (a server named `name` that will listen on `addr`) on the CPUs of
+/// `placement`, its output going to `bench/target/bench-logs/server-NAME.log`, and waits
+/// until it accepts connections.
+pub fn start_command(
+    name: &'static str,
+    mut cmd: Command,
+    addr: SocketAddr,
+    placement: Placement,
+) -> io::Result<ServerProc> {
+    let log_path = log_dir().join(format!("server-{name}.log"));
+    let log = File::create(&log_path)?;
     cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-    let child = spawn_pinned(&mut cmd)?;
+    let child = spawn_on(&mut cmd, placement)?;
     let pid = child.id();
-    let mut server = ServerProc { child, name: kind.name(), pid, addr };
+    let mut server = ServerProc { child, name, pid, addr, log: log_path };
     wait_ready(&mut server)?;
     Ok(server)
 }
 
-/// Spawns `cmd` so that it starts life pinned to [`SERVER_CPU`]: the calling thread pins
-/// itself there, forks (the child inherits the mask before it runs a single instruction of
-/// the server, so even a framework that reads its allowed CPUs at start-up sees only CPU 0),
-/// then pins itself back to [`CLIENT_CPU`].
-fn spawn_pinned(cmd: &mut Command) -> io::Result<Child> {
+/// Spawns `cmd` so that it starts life restricted to the CPUs of `placement`: the calling
+/// thread pins itself there, forks (the child inherits the mask before it runs a single
+/// instruction of the server, so even a framework that reads its allowed CPUs at start-up sees
+/// only those), then pins itself back to [`CLIENT_CPU`].
+fn spawn_on(cmd: &mut Command, placement: Placement) -> io::Result<Child> {
     let pin = procstat::can_pin_two_cpus();
     if pin {
-        procstat::pin_current_thread(SERVER_CPU)?;
+        procstat::pin_current_thread_cpus(placement.cpus())?;
     }
     let child = cmd.spawn();
     if pin {
@@ -190,10 +256,13 @@ fn wait_ready(s: &mut ServerProc) -> io::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Some(st) = s.child.try_wait()? {
+            let text = fs::read_to_string(&s.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
             return Err(io::Error::other(format!(
-                "{} server exited before accepting ({st}); see {}",
+                "{} server exited before accepting ({st}); {}: {tail}",
                 s.name,
-                log_dir().join(format!("server-{}.log", s.name)).display()
+                s.log.display()
             )));
         }
         if TcpStream::connect_timeout(&s.addr, Duration::from_millis(200)).is_ok() {
