@@ -13,5 +13,5 @@ mod status;
 pub use chunked::{ChunkedDecoder, ChunkedError};
 pub use date::{DateCache, http_date};
 pub use request::{BodyFraming, HttpLimits, ParseError, Request, RequestHead, parse_request_head};
-pub use response::Response;
+pub use response::{Headers, Response};
 pub use status::reason;

@@ -1,6 +1,12 @@
 //! Responses: what handlers return, and how a head is written on the wire.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
+
+/// Response header fields: names usually `&'static str`, values usually static or shared
+/// bytes, so that building a typical response allocates nothing but the list.
+pub type Headers = Vec<(Cow<'static, str>, Bytes)>;
 
 /// A whole response: status, headers and body. The server adds `Date`, `Content-Length` and
 /// `Connection` itself; do not set them (they would be sent twice).
@@ -9,7 +15,7 @@ pub struct Response {
     /// The status code.
     pub status: u16,
     /// Header fields in order.
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Headers,
     /// The body (left out for `HEAD` requests and for 1xx, 204 and 304 answers).
     pub body: Bytes,
 }
@@ -28,7 +34,7 @@ impl Response {
     }
 
     /// Adds a header field.
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+    pub fn header(mut self, name: impl Into<Cow<'static, str>>, value: impl Into<Bytes>) -> Self {
         self.headers.push((name.into(), value.into()));
         self
     }
@@ -61,7 +67,7 @@ pub(crate) enum BodyLen {
 pub(crate) fn write_head(
     out: &mut Vec<u8>,
     status: u16,
-    headers: &[(String, Vec<u8>)],
+    headers: &[(Cow<'static, str>, Bytes)],
     len: BodyLen,
     date: &str,
     close: bool,
@@ -77,8 +83,7 @@ pub(crate) fn write_head(
     for (name, value) in headers {
         // Names and values were chosen by the application; CR or LF in them would split the
         // response (header injection), so such fields are left out.
-        if is_token(name.as_bytes()) && !value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)
-        {
+        if is_token(name.as_bytes()) && !value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(value);
@@ -105,13 +110,16 @@ pub(crate) fn write_head(
 }
 
 fn is_token(s: &[u8]) -> bool {
-    !s.is_empty()
-        && s.iter().all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.iter().all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn push_status(out: &mut Vec<u8>, status: u16) {
     let s = status.clamp(100, 999);
-    out.extend_from_slice(&[b'0' + (s / 100) as u8, b'0' + (s / 10 % 10) as u8, b'0' + (s % 10) as u8]);
+    out.extend_from_slice(&[
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]);
 }
 
 pub(crate) fn push_u64(out: &mut Vec<u8>, mut n: u64) {
@@ -152,7 +160,7 @@ mod tests {
     #[test]
     fn heads_are_well_formed() {
         let mut out = Vec::new();
-        let headers = vec![("X-A".to_string(), b"1".to_vec())];
+        let headers: Headers = vec![("X-A".into(), Bytes::from_static(b"1"))];
         write_head(&mut out, 200, &headers, BodyLen::Known(13), "D", false, false);
         assert_eq!(out, b"HTTP/1.1 200 OK\r\nDate: D\r\nX-A: 1\r\nContent-Length: 13\r\n\r\n");
         out.clear();
@@ -166,9 +174,9 @@ mod tests {
     #[test]
     fn injected_headers_are_left_out() {
         let mut out = Vec::new();
-        let headers = vec![
-            ("X-Bad".to_string(), b"a\r\nSet-Cookie: x".to_vec()),
-            ("Bad Name".to_string(), b"v".to_vec()),
+        let headers: Headers = vec![
+            ("X-Bad".into(), Bytes::from_static(b"a\r\nSet-Cookie: x")),
+            ("Bad Name".into(), Bytes::from_static(b"v")),
         ];
         write_head(&mut out, 200, &headers, BodyLen::None, "D", false, false);
         assert_eq!(out, b"HTTP/1.1 200 OK\r\nDate: D\r\n\r\n");

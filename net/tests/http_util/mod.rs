@@ -84,7 +84,11 @@ struct Chunks {
 
 impl ProcHandler for Chunks {
     fn request_done(&mut self, ex: &mut Exchange<'_, '_>) {
-        ex.start(200, vec![("Content-Type".into(), b"text/plain".to_vec())], None);
+        ex.start(
+            200,
+            vec![("Content-Type".into(), bytes::Bytes::from_static(b"text/plain"))],
+            None,
+        );
     }
 
     fn data_write(&mut self, ex: &mut Exchange<'_, '_>) -> BodyFlow {

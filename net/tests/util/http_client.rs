@@ -388,8 +388,8 @@ impl HttpsServer {
         });
         http.add_inline("/echo", RouteLimits::default(), |req| {
             dap_net::http::Response::new(200)
-                .header("X-Method", req.method())
-                .header("X-Host", req.header("host").unwrap_or_default())
+                .header("X-Method", req.method().to_string())
+                .header("X-Host", req.header("host").unwrap_or_default().to_vec())
                 .body(req.body.clone())
         });
         let server_config =

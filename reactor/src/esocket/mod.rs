@@ -2,8 +2,8 @@
 
 mod handle;
 mod handler;
-mod layer;
 pub(crate) mod io;
+mod layer;
 
 use std::io::{Error, ErrorKind, Result};
 use std::marker::PhantomData;
@@ -15,8 +15,8 @@ use bytes::Bytes;
 pub use handle::{EsocketHandle, ExecFn, PostError};
 pub(crate) use handler::Factory;
 pub use handler::{Handler, HandlerFactory, PeerAddr};
-pub use layer::Layer;
 pub(crate) use io::Body;
+pub use layer::Layer;
 
 use crate::buffer::{InBuf, OutBuf};
 use crate::slots::SlotId;

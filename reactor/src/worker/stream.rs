@@ -6,9 +6,9 @@ use std::panic::{self, AssertUnwindSafe};
 
 use super::{TimerWhat, WorkerCtx};
 use crate::error::ReactorError;
-use crate::timer::TimerKey;
 use crate::esocket::io::StreamIo;
 use crate::esocket::{Body, EsState, Esocket, EsocketKind, Handler};
+use crate::timer::TimerKey;
 
 /// Datagrams read from one UDP esocket per turn before others get a go.
 const UDP_BUDGET: usize = 64;

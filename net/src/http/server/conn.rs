@@ -21,7 +21,7 @@ use super::exchange::{BodyFlow, Exchange, HttpError, ProcHandler};
 use super::route::RouteKind;
 use super::stats::Counter;
 use super::{Shared, status_error_counter};
-use crate::http::response::{BodyLen, push_chunk_header, status_has_body, write_head};
+use crate::http::response::{BodyLen, Headers, push_chunk_header, status_has_body, write_head};
 use crate::http::{
     BodyFraming, ChunkedDecoder, DateCache, Request, RequestHead, Response, parse_request_head,
 };
@@ -59,7 +59,7 @@ enum BodyState {
 /// A response a handler asked for, written once its callback returns.
 pub(crate) enum Pending {
     Whole(Response),
-    Start { status: u16, headers: Vec<(String, Vec<u8>)>, len: Option<u64> },
+    Start { status: u16, headers: Headers, len: Option<u64> },
     Upgrade(Response, Box<dyn Handler>),
 }
 
@@ -547,7 +547,11 @@ impl HttpConn {
                     match cur.stream {
                         Some((BodyLen::Chunked, _)) => self.put(es, b"0\r\n\r\n"),
                         Some((BodyLen::Known(n), written)) if written != n => {
-                            tracing::warn!(declared = n, written, "streamed body short of its length");
+                            tracing::warn!(
+                                declared = n,
+                                written,
+                                "streamed body short of its length"
+                            );
                             close = true;
                         }
                         Some((BodyLen::None, _)) => close = true,
@@ -625,7 +629,7 @@ impl HttpConn {
         &mut self,
         es: &mut Esocket<'_>,
         status: u16,
-        headers: &[(String, Vec<u8>)],
+        headers: &Headers,
         len: BodyLen,
         close: bool,
     ) {
@@ -707,7 +711,7 @@ impl HttpConn {
         es: &mut Esocket<'_>,
         status: u16,
         close: bool,
-        header: Option<(&str, String)>,
+        header: Option<(&'static str, String)>,
     ) {
         let mut resp = error_response(status);
         if let Some((n, v)) = header {

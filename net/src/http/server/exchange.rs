@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use dap_reactor::{Esocket, EsocketHandle, Handler, PostError};
 
 use super::conn::{HttpConn, Pending};
-use crate::http::{RequestHead, Response};
+use crate::http::{Headers, RequestHead, Response};
 
 /// Why a request ended without a response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -62,7 +62,7 @@ pub trait ProcHandler: 'static {
 
     /// The response head is about to be written: last chance to change its status or
     /// headers.
-    fn headers_write(&mut self, status: &mut u16, headers: &mut Vec<(String, Vec<u8>)>) {
+    fn headers_write(&mut self, status: &mut u16, headers: &mut Headers) {
         let _ = (status, headers);
     }
 
@@ -121,7 +121,7 @@ impl<'b> Exchange<'_, 'b> {
     /// Answers with a head now and a body written through
     /// [`ProcHandler::data_write`]: `len` is the body length, or `None` for a chunked body
     /// (close-delimited for HTTP/1.0 clients).
-    pub fn start(&mut self, status: u16, headers: Vec<(String, Vec<u8>)>, len: Option<u64>) {
+    pub fn start(&mut self, status: u16, headers: Headers, len: Option<u64>) {
         self.conn.set_pending(Pending::Start { status, headers, len });
     }
 
