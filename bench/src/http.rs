@@ -537,6 +537,11 @@ fn start_and_probe(
         }
     };
     cmd.args(["--addr", &addr.to_string(), "--threads", &sc.threads.to_string()]);
+    // Where the server shares its CPUs with wrk (w2), dap's workers must not be pinned
+    // either: hyper's threads are not, and a pinned worker cannot move away from wrk.
+    if who == Contender::Dap && sc.placement == Placement::Both {
+        cmd.arg("--no-pin");
+    }
     if let Some((certs, _)) = &suite.tls {
         cmd.arg("--cert").arg(&certs.cert).arg("--key").arg(&certs.key);
     }

@@ -4,7 +4,7 @@
 //! cargo run --release -p dap-net --example hello -- --addr 127.0.0.1:8080 --threads 2
 //! ```
 //!
-//! `--threads 0` (the default) runs one pinned worker per CPU; `--cert FILE --key FILE`
+//! `--threads 0` (the default) runs one pinned worker per CPU (`--no-pin`: unpinned); `--cert FILE --key FILE`
 //! (PEM) serve HTTPS instead. Ctrl-C stops it.
 
 use std::net::SocketAddr;
@@ -18,6 +18,7 @@ use dap_reactor::Reactor;
 fn main() {
     let mut addr: SocketAddr = "127.0.0.1:8080".parse().expect("valid default");
     let mut threads = 0usize;
+    let mut pin = true;
     let mut cert: Option<std::path::PathBuf> = None;
     let mut key: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
@@ -28,6 +29,7 @@ fn main() {
             "--threads" => {
                 threads = value().parse().unwrap_or_else(|e| usage(&format!("--threads: {e}")))
             }
+            "--no-pin" => pin = false,
             "--cert" => cert = Some(value().into()),
             "--key" => key = Some(value().into()),
             "-h" | "--help" => usage(""),
@@ -37,7 +39,7 @@ fn main() {
     if let Err(e) = dap_reactor::raise_fd_limit() {
         eprintln!("hello: could not raise the open-file limit: {e}");
     }
-    let reactor = Reactor::builder().threads(threads).start().unwrap_or_else(|e| {
+    let reactor = Reactor::builder().threads(threads).pin(pin).start().unwrap_or_else(|e| {
         eprintln!("hello: cannot start the reactor: {e}");
         std::process::exit(1);
     });
@@ -80,7 +82,7 @@ fn usage(err: &str) -> ! {
     if !err.is_empty() {
         eprintln!("hello: {err}");
     }
-    eprintln!("usage: hello [--addr IP:PORT] [--threads N] [--cert PEM --key PEM]");
+    eprintln!("usage: hello [--addr IP:PORT] [--threads N] [--no-pin] [--cert PEM --key PEM]");
     std::process::exit(if err.is_empty() { 0 } else { 2 });
 }
 
