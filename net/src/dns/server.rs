@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use dap_reactor::{Esocket, EsocketHandle, Handler, Reactor, Worker};
-use socket2::{Domain, Protocol, Socket, Type};
 
 use super::StartError;
 use super::answer::{self, Outcome, ReplyKind};
@@ -274,15 +273,5 @@ impl DnsServer {
 
 /// A non-blocking UDP socket bound to `addr`; with `reuse_port`, more can bind the same port.
 fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-    }
-    if addr.is_ipv6() {
-        // [::] should not also take IPv4 (dual-stack behaviour varies by sysctl).
-        socket.set_only_v6(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
+    crate::server::bind_udp_socket(addr, reuse_port)
 }

@@ -315,17 +315,20 @@ fn validate(
 
 /// Content-Length: 1*DIGIT, no sign, no overflow.
 fn parse_length(v: &[u8]) -> Result<u64, ParseError> {
-    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
-        return Err(ParseError::BadRequest("malformed Content-Length"));
-    }
-    v.iter().try_fold(0u64, |acc, &d| {
-        acc.checked_mul(10)
-            .and_then(|a| a.checked_add(u64::from(d - b'0')))
-            .ok_or(ParseError::BadRequest("Content-Length overflows"))
-    })
+    content_length(v).ok_or(ParseError::BadRequest("malformed Content-Length"))
 }
 
-fn trim(v: &[u8]) -> &[u8] {
+/// A Content-Length value (1*DIGIT: no sign, no spaces inside, no overflow), shared by the
+/// request and response parsers so both read lengths the same way.
+pub(crate) fn content_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |acc, &d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
+/// Strips optional whitespace (SP / HTAB) around a field value.
+pub(crate) fn trim(v: &[u8]) -> &[u8] {
     let start = v.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(v.len());
     let end = v.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(start, |e| e + 1);
     &v[start..end]

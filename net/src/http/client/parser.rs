@@ -9,6 +9,7 @@ use bytes::Bytes;
 use super::config::ClientConfig;
 use super::request::Method;
 use super::response::Response;
+use crate::http::request::trim;
 use crate::http::{ChunkedDecoder, ChunkedError};
 
 /// Most body bytes reserved up front for a declared `Content-Length`: the declaration is the
@@ -387,19 +388,8 @@ fn framing(head: &Head, head_request: bool) -> Result<Framing, ResponseParseErro
 
 /// Content-Length: 1*DIGIT, no sign, no overflow.
 fn parse_length(v: &[u8]) -> Result<u64, ResponseParseError> {
-    const BAD: ResponseParseError = ResponseParseError::Malformed("malformed Content-Length");
-    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
-        return Err(BAD);
-    }
-    v.iter().try_fold(0u64, |acc, &d| {
-        acc.checked_mul(10).and_then(|a| a.checked_add(u64::from(d - b'0'))).ok_or(BAD)
-    })
-}
-
-fn trim(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(v.len());
-    let end = v.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(start, |e| e + 1);
-    &v[start..end]
+    crate::http::request::content_length(v)
+        .ok_or(ResponseParseError::Malformed("malformed Content-Length"))
 }
 
 #[cfg(test)]
