@@ -317,7 +317,8 @@ fn an_idle_kept_alive_connection_is_closed_quietly() {
     let srv = short_server();
     let (resp, mut r) = exchange(srv.addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(resp.status, 200);
-    assert!(r.closed(), "closed after the keep-alive timeout, with no response");
+    assert!(r.closed_by_server(), "closed after the keep-alive timeout, with no response");
+    assert_eq!(srv.stats().responses[1], 1, "no answer but the first");
 }
 
 #[test]

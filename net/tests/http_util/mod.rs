@@ -292,6 +292,11 @@ impl Reader {
     /// reset. (A server that lingers after an error waits for exactly this.)
     pub fn closed(&mut self) -> bool {
         let _ = self.s.shutdown(std::net::Shutdown::Write);
+        self.closed_by_server()
+    }
+
+    /// Waits, our side still open, for the server to close on its own.
+    pub fn closed_by_server(&mut self) -> bool {
         let deadline = Instant::now() + TIMEOUT;
         while Instant::now() < deadline {
             match self.fill() {
