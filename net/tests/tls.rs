@@ -5,7 +5,6 @@ mod http_util;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use dap_net::http::Response;
@@ -13,41 +12,9 @@ use dap_net::http::server::{HttpConfig, HttpServer, RouteLimits};
 use dap_net::server::Server;
 use dap_net::tls::{self, Trust};
 use dap_reactor::{Esocket, Handler, PeerAddr, Reactor};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 
-/// A fresh self-signed certificate for localhost / 127.0.0.1, written as PEM files.
-struct Cert {
-    dir: PathBuf,
-    der: CertificateDer<'static>,
-}
-
-impl Cert {
-    fn new() -> Cert {
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-            .expect("certificate");
-        let n = std::sync::atomic::AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "dap-tls-{}-{}-{}",
-            std::process::id(),
-            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
-        std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
-        Cert { dir, der: ck.cert.der().clone() }
-    }
-
-    fn server_config(&self) -> Arc<rustls::ServerConfig> {
-        tls::server_config(&self.dir.join("cert.pem"), &self.dir.join("key.pem")).unwrap()
-    }
-}
-
-impl Drop for Cert {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use http_util::cert::Cert;
 
 struct Https {
     addr: std::net::SocketAddr,

@@ -1,6 +1,8 @@
 //! Helpers for the HTTP server tests: servers with test routes, a raw client, bounded waits.
 #![allow(dead_code)]
 
+pub mod cert;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;

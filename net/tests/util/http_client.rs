@@ -10,7 +10,6 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -21,7 +20,6 @@ use dap_net::http::client::{self, ClientConfig, ClientError, Request, Response};
 use dap_net::http::server::{HttpConfig, HttpServer, RouteLimits, RunningHttp};
 use dap_net::tls::{self, Trust};
 use dap_reactor::{Reactor, Worker};
-use rustls::pki_types::CertificateDer;
 
 /// The bound on every wait. Generous: the machines are shared and have 2 cores.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -315,30 +313,11 @@ impl Drop for Unanswered {
     }
 }
 
-/// A fresh self-signed certificate for `localhost` and `127.0.0.1`, written as PEM files to
-/// a directory of its own that is removed on drop.
-pub struct Cert {
-    dir: PathBuf,
-    pub der: CertificateDer<'static>,
-}
+#[path = "../http_util/cert.rs"]
+mod cert;
+pub use cert::Cert;
 
 impl Cert {
-    #[track_caller]
-    pub fn new() -> Cert {
-        static SEQ: AtomicUsize = AtomicUsize::new(0);
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-            .expect("certificate");
-        let dir = std::env::temp_dir().join(format!(
-            "dap-http-client-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        std::fs::write(dir.join("cert.pem"), ck.cert.pem()).expect("write cert");
-        std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).expect("write key");
-        Cert { dir, der: ck.cert.der().clone() }
-    }
-
     /// A client config (test timeouts) that trusts exactly this certificate.
     pub fn pinned(&self) -> ClientConfig {
         let mut c = config();
@@ -360,12 +339,6 @@ impl Cert {
         let mut c = config();
         c.tls = Some(Arc::new(tls));
         c
-    }
-}
-
-impl Drop for Cert {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -392,9 +365,7 @@ impl HttpsServer {
                 .header("X-Host", req.header("host").unwrap_or_default().to_vec())
                 .body(req.body.clone())
         });
-        let server_config =
-            tls::server_config(&cert.dir.join("cert.pem"), &cert.dir.join("key.pem"))
-                .expect("server config");
+        let server_config = cert.server_config();
         http.tls(server_config);
         let running = http
             .start(&reactor, dap_net::server::Server::builder().tcp("127.0.0.1:0".parse().unwrap()))

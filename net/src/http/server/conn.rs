@@ -13,7 +13,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use dap_proc::Flip;
 use dap_reactor::{Esocket, Handler};
 
@@ -81,6 +81,27 @@ struct Current {
     /// A streaming body: how it is framed, and bytes written so far.
     stream: Option<(BodyLen, u64)>,
     answered: bool,
+}
+
+impl Current {
+    /// A request with no route, body or handler yet; one that closes unless told otherwise.
+    fn bare(seq: u64) -> Self {
+        Current {
+            seq,
+            head: None,
+            route: usize::MAX,
+            body: BodyState::Done,
+            max_body: 0,
+            body_buf: Vec::new(),
+            handler: None,
+            is_head: false,
+            keep_alive: false,
+            http10: false,
+            pending: None,
+            stream: None,
+            answered: false,
+        }
+    }
 }
 
 /// The esocket handler of one HTTP connection.
@@ -209,19 +230,11 @@ impl HttpConn {
             sh.config.max_requests_per_connection.is_some_and(|m| self.served + 1 >= m);
         let body = head.body;
         let mut cur = Current {
-            seq: self.seq,
-            route: usize::MAX,
-            body: BodyState::Done,
             max_body: sh.config.limits.max_body,
-            body_buf: Vec::new(),
-            handler: None,
             is_head: head.method == "HEAD",
             keep_alive: head.keep_alive && !limit_reached,
             http10: head.minor_version == 0,
-            pending: None,
-            stream: None,
-            answered: false,
-            head: None,
+            ..Current::bare(self.seq)
         };
         let Some(route_ix) = sh.router.find(head.path()) else {
             cur.head = Some(head);
@@ -271,8 +284,7 @@ impl HttpConn {
                 // and the client may still be sending it: linger so it reads the answer.
                 if body != BodyFraming::None {
                     self.cur.as_mut().expect("pending").keep_alive = false;
-                    self.linger_left = Some(self.sh.config.lingering_bytes);
-                    self.deadline(es, Some(self.sh.config.lingering_close));
+                    self.arm_linger(es);
                 }
                 self.emit(es);
                 return;
@@ -393,7 +405,6 @@ impl HttpConn {
                     if resp.is_none() {
                         self.count(Counter::HandlerPanics);
                     }
-                    self.cur.as_mut().expect("current").head = Some(req.head);
                     let resp = resp.unwrap_or_else(|| error_response(500));
                     self.set_pending(Pending::Whole(resp));
                     self.emit(es);
@@ -690,10 +701,15 @@ impl HttpConn {
     /// while, so that the answer is read rather than lost to a reset.
     fn linger(&mut self, es: &mut Esocket<'_>) {
         if self.linger_left.is_none() {
-            self.linger_left = Some(self.sh.config.lingering_bytes);
-            self.deadline(es, Some(self.sh.config.lingering_close));
+            self.arm_linger(es);
         }
         self.discard(es);
+    }
+
+    /// Decides to linger when this connection closes: its input may still be arriving.
+    fn arm_linger(&mut self, es: &mut Esocket<'_>) {
+        self.linger_left = Some(self.sh.config.lingering_bytes);
+        self.deadline(es, Some(self.sh.config.lingering_close));
     }
 
     fn discard(&mut self, es: &mut Esocket<'_>) {
@@ -719,8 +735,7 @@ impl HttpConn {
         }
         if close {
             // The body, if any, is not read: linger so the client sees this answer.
-            self.linger_left = Some(self.sh.config.lingering_bytes);
-            self.deadline(es, Some(self.sh.config.lingering_close));
+            self.arm_linger(es);
         }
         let close = close || self.cur.as_ref().is_none_or(|c| !c.keep_alive);
         if let Some(c) = self.cur.as_mut() {
@@ -735,25 +750,10 @@ impl HttpConn {
             self.count(Counter::BadRequests);
         }
         // What follows a refused head cannot be parsed; the client may still be sending it.
-        self.linger_left = Some(self.sh.config.lingering_bytes);
-        self.deadline(es, Some(self.sh.config.lingering_close));
+        self.arm_linger(es);
         self.fail_request(HttpError::BadBody(status));
         if self.cur.is_none() {
-            self.cur = Some(Current {
-                seq: self.seq,
-                head: None,
-                route: usize::MAX,
-                body: BodyState::Done,
-                max_body: 0,
-                body_buf: Vec::new(),
-                handler: None,
-                is_head: false,
-                keep_alive: false,
-                http10: false,
-                pending: None,
-                stream: None,
-                answered: true,
-            });
+            self.cur = Some(Current { answered: true, ..Current::bare(self.seq) });
         }
         self.write_response(es, error_response(status), true);
     }
@@ -814,24 +814,14 @@ impl HttpConn {
     /// Moves held output into `buf_out` as room appears.
     fn flush_held(&mut self, es: &mut Esocket<'_>) {
         while let Some(front) = self.out.pop_front() {
-            match es.write_bytes(front) {
-                Ok(()) => {}
-                Err(rest) => {
-                    if es.out_room() > 0 && !es.is_closing() {
-                        // Larger than the whole cap: send a part that fits.
-                        let room = es.out_room().min(rest.len());
-                        let mut rest = rest;
-                        let part = rest.split_to(room);
-                        if es.write_bytes(part).is_ok() {
-                            self.out.push_front(rest);
-                            return;
-                        }
-                        self.out.push_front(rest);
-                        return;
-                    }
-                    self.out.push_front(rest);
-                    return;
+            if let Err(mut rest) = es.write_bytes(front) {
+                // It does not fit whole (it may be larger than the cap): send what fits.
+                let room = es.out_room().min(rest.len());
+                if room > 0 && !es.is_closing() && es.write_bytes(rest.slice(..room)).is_ok() {
+                    rest.advance(room);
                 }
+                self.out.push_front(rest);
+                return;
             }
         }
         // Drained: the phase's own deadline applies again.
