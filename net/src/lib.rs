@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dns;
+pub mod enc;
 pub mod http;
 pub mod server;
 pub mod tls;

@@ -1,0 +1,244 @@
+//! The AEAD ciphers and the HKDF key schedule every encrypted part of dap shares.
+//!
+//! Keys are always one per direction, so a nonce need only be unique within one direction
+//! under one key: dap builds it from a 4-byte prefix (the purpose, see [`Nonce`]) and a 64-bit
+//! counter that the sender never repeats. Exact layouts are in `docs/PROTOCOL.md`.
+
+use ring::aead;
+use ring::hkdf;
+
+/// Length of every AEAD key and of every secret dap derives (bytes).
+pub const KEY_LEN: usize = 32;
+/// Length of the authentication tag appended to every ciphertext (bytes).
+pub const TAG_LEN: usize = 16;
+/// Length of a nonce (bytes).
+pub const NONCE_LEN: usize = 12;
+
+/// The negotiable AEAD ciphers. The discriminant is the wire code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum CipherSuite {
+    /// ChaCha20-Poly1305 (RFC 8439), the default: fast without AES hardware.
+    ChaCha20Poly1305 = 1,
+    /// AES-256-GCM, for machines with AES-NI and CLMUL.
+    Aes256Gcm = 2,
+}
+
+impl CipherSuite {
+    /// Every suite, in the server's order of preference.
+    pub const ALL: [CipherSuite; 2] = [CipherSuite::ChaCha20Poly1305, CipherSuite::Aes256Gcm];
+
+    /// The wire code.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The suite with wire code `code`, if there is one.
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(CipherSuite::ChaCha20Poly1305),
+            2 => Some(CipherSuite::Aes256Gcm),
+            _ => None,
+        }
+    }
+
+    /// The name used in configuration files and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            CipherSuite::ChaCha20Poly1305 => "chacha20-poly1305",
+            CipherSuite::Aes256Gcm => "aes-256-gcm",
+        }
+    }
+
+    /// The suite named `name` (as in [`name`](Self::name)), if there is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        CipherSuite::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    fn algorithm(self) -> &'static aead::Algorithm {
+        match self {
+            CipherSuite::ChaCha20Poly1305 => &aead::CHACHA20_POLY1305,
+            CipherSuite::Aes256Gcm => &aead::AES_256_GCM,
+        }
+    }
+}
+
+/// A nonce: a 4-byte purpose prefix and a 64-bit big-endian counter.
+///
+/// Under one key, the sender must never use one (prefix, counter) pair twice; every user of
+/// [`AeadKey`] in dap keeps a counter that only grows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Nonce(pub [u8; NONCE_LEN]);
+
+impl Nonce {
+    /// The nonce `prefix || counter` (big-endian).
+    pub fn new(prefix: [u8; 4], counter: u64) -> Self {
+        let mut n = [0u8; NONCE_LEN];
+        n[..4].copy_from_slice(&prefix);
+        n[4..].copy_from_slice(&counter.to_be_bytes());
+        Nonce(n)
+    }
+}
+
+/// Authentication failed: the ciphertext, its tag, the nonce or the associated data is not
+/// what the sender sealed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("authentication failed")]
+pub struct OpenError;
+
+/// One direction's AEAD key.
+pub struct AeadKey {
+    key: aead::LessSafeKey,
+    suite: CipherSuite,
+}
+
+impl std::fmt::Debug for AeadKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key bytes.
+        f.debug_struct("AeadKey").field("suite", &self.suite).finish_non_exhaustive()
+    }
+}
+
+impl AeadKey {
+    /// A key for `suite` from 32 secret bytes.
+    pub fn new(suite: CipherSuite, secret: &[u8; KEY_LEN]) -> Self {
+        let unbound = aead::UnboundKey::new(suite.algorithm(), secret)
+            .expect("both suites take 32-byte keys");
+        AeadKey { key: aead::LessSafeKey::new(unbound), suite }
+    }
+
+    /// The cipher.
+    pub fn suite(&self) -> CipherSuite {
+        self.suite
+    }
+
+    /// Encrypts `buf` in place and appends the [`TAG_LEN`]-byte tag.
+    pub fn seal(&self, nonce: Nonce, aad: &[u8], buf: &mut Vec<u8>) {
+        let tag = self.seal_detached(nonce, aad, buf);
+        buf.extend_from_slice(&tag);
+    }
+
+    /// Encrypts `buf` in place and returns the tag, for callers that place it themselves.
+    pub fn seal_detached(&self, nonce: Nonce, aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                aead::Nonce::assume_unique_for_key(nonce.0),
+                aead::Aad::from(aad),
+                buf,
+            )
+            .expect("dap never seals more than the AEAD's limit in one message");
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    /// Decrypts `buf` (ciphertext followed by its tag) in place and returns the plaintext,
+    /// a prefix of `buf`.
+    ///
+    /// # Errors
+    /// [`OpenError`] when authentication fails; `buf` then holds nothing useful.
+    pub fn open<'a>(
+        &self,
+        nonce: Nonce,
+        aad: &[u8],
+        buf: &'a mut [u8],
+    ) -> Result<&'a mut [u8], OpenError> {
+        self.key
+            .open_in_place(aead::Nonce::assume_unique_for_key(nonce.0), aead::Aad::from(aad), buf)
+            .map_err(|_| OpenError)
+    }
+}
+
+/// HKDF-SHA256 (RFC 5869): extract with `salt` from `ikm`, then expand `info` to 32 bytes.
+///
+/// Every `info` dap uses is an ASCII label that starts `dap v1 ` and names its purpose and
+/// direction, so no two keys can ever coincide (the labels are listed in `docs/PROTOCOL.md`).
+pub fn hkdf_sha256(salt: &[u8], ikm: &[u8], info: &[u8]) -> [u8; KEY_LEN] {
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(ikm);
+    hkdf_expand(&prk, info)
+}
+
+/// HKDF-Extract with SHA-256: the pseudo-random key that [`hkdf_expand`] expands.
+pub fn hkdf_extract(salt: &[u8], ikm: &[u8]) -> hkdf::Prk {
+    hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(ikm)
+}
+
+/// HKDF-Expand with SHA-256 to 32 bytes.
+pub fn hkdf_expand(prk: &hkdf::Prk, info: &[u8]) -> [u8; KEY_LEN] {
+    struct Len32;
+    impl hkdf::KeyType for Len32 {
+        fn len(&self) -> usize {
+            KEY_LEN
+        }
+    }
+    let mut out = [0u8; KEY_LEN];
+    prk.expand(&[info], Len32)
+        .and_then(|okm| okm.fill(&mut out))
+        .expect("32 bytes is within HKDF-SHA256's output limit");
+    out
+}
+
+/// Fills `buf` from the operating system's CSPRNG.
+///
+/// # Panics
+/// If the operating system has no working random source (nothing secure can run then).
+pub fn random_bytes(buf: &mut [u8]) {
+    use ring::rand::SecureRandom;
+    ring::rand::SystemRandom::new().fill(buf).expect("the OS random source failed");
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_then_open_round_trips_for_both_suites() {
+        for suite in CipherSuite::ALL {
+            let key = AeadKey::new(suite, &[7u8; KEY_LEN]);
+            let mut buf = b"hello".to_vec();
+            key.seal(Nonce::new(*b"test", 1), b"aad", &mut buf);
+            assert_eq!(buf.len(), 5 + TAG_LEN);
+            let plain = key.open(Nonce::new(*b"test", 1), b"aad", &mut buf).unwrap();
+            assert_eq!(plain, b"hello");
+        }
+    }
+
+    #[test]
+    fn a_wrong_nonce_aad_or_bit_fails_to_open() {
+        let key = AeadKey::new(CipherSuite::ChaCha20Poly1305, &[7u8; KEY_LEN]);
+        let mut sealed = b"hello".to_vec();
+        key.seal(Nonce::new(*b"test", 1), b"aad", &mut sealed);
+        let mut b = sealed.clone();
+        assert_eq!(key.open(Nonce::new(*b"test", 2), b"aad", &mut b), Err(OpenError));
+        let mut b = sealed.clone();
+        assert_eq!(key.open(Nonce::new(*b"test", 1), b"aaX", &mut b), Err(OpenError));
+        let mut b = sealed.clone();
+        b[0] ^= 1;
+        assert_eq!(key.open(Nonce::new(*b"test", 1), b"aad", &mut b), Err(OpenError));
+    }
+
+    #[test]
+    fn hkdf_matches_rfc5869_case_1_prefix() {
+        // RFC 5869 A.1 (first 32 bytes of the 42-byte OKM).
+        let ikm = [0x0bu8; 22];
+        let salt: Vec<u8> = (0u8..=0x0c).collect();
+        let info: Vec<u8> = (0xf0u8..=0xf9).collect();
+        let okm = hkdf_sha256(&salt, &ikm, &info);
+        let want = "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf";
+        let got: String = okm.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn ct_eq_compares() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"ab"));
+    }
+}
