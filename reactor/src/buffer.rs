@@ -93,6 +93,10 @@ impl InBuf {
         &self.data[self.start..self.end]
     }
 
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.data[self.start..self.end]
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.end - self.start
     }

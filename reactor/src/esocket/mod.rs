@@ -217,6 +217,12 @@ impl<'a> Esocket<'a> {
         self.st.buf_in.as_slice()
     }
 
+    /// Bytes received and not consumed yet, writable: for decoders that decrypt or unmask in
+    /// place instead of copying out first.
+    pub fn buf_in_mut(&mut self) -> &mut [u8] {
+        self.st.buf_in.as_mut_slice()
+    }
+
     /// Drops the first `n` bytes of `buf_in` (DAP's `shrink_buf_in`). If reading had paused
     /// because `buf_in` was full, it resumes.
     pub fn consume(&mut self, n: usize) {

@@ -1,0 +1,400 @@
+//! The session core: channels, fragmentation and reassembly, and flow control, sans-IO.
+//!
+//! A [`Mux`] knows nothing about the transport that carries it. The transport feeds it the
+//! decrypted payloads it receives ([`Mux::handle_payload`]), asks it for the next payload to
+//! send ([`Mux::poll_payload`]), and calls [`Mux::notify_writable`] once it has sent what it
+//! could; the ordered HTTP transport wraps payloads in stream packets, the UDP engine will
+//! carry the same payloads in its own packets. The order: after input, and whenever woken,
+//! loop `poll_payload` → send until it returns `false` or the transport is full, then
+//! `notify_writable`, then poll again if [`Mux::wants_send`].
+//!
+//! Flow control (credits count data-frame payload bytes):
+//! - each channel starts with `channel_window` bytes of credit per direction; the receiver
+//!   grants more as its handler takes messages, in batches of at least a quarter window;
+//!   a channel that is not reading grants nothing, so its peer's writes block while the
+//!   bytes already in flight wait in a buffer no larger than the window;
+//! - the connection starts with `conn_window` bytes, granted back as frames are processed:
+//!   it bounds what is in flight over the transport as a whole;
+//! - a message may be larger than the window: the bytes of an unfinished message are granted
+//!   as they arrive while the channel reads, and its reassembly is capped by `max_message`.
+//!
+//! Receiving more than was granted, a message over the limit, a frame for a channel the
+//! session does not have, or frames of a message out of order is a protocol violation:
+//! [`Mux::handle_payload`] returns a [`MuxError`] and the transport closes the stream.
+
+mod chan;
+
+use std::sync::Arc;
+
+pub(crate) use chan::ChanState;
+
+use crate::channel::{Channel, ChannelProcs, SessionInfo};
+use crate::codec::DecodeError;
+use crate::codec::frame::{self, CONNECTION, Frame};
+use crate::transport::Wake;
+
+/// The limits of one session's multiplexing; both ends use the same values (the server
+/// sends them in the stream_ctl answer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MuxConfig {
+    /// The largest message, in bytes (16 MiB).
+    pub max_message: usize,
+    /// Credit each channel starts with, per direction (256 KiB).
+    pub channel_window: u32,
+    /// Credit the connection starts with, per direction (1 MiB).
+    pub conn_window: u32,
+    /// Bound of each channel's send queue and of its handle queue (256 KiB).
+    pub send_queue: usize,
+    /// The largest data-frame payload (16 KiB): smaller frames interleave channels more
+    /// finely.
+    pub max_frame: usize,
+}
+
+impl Default for MuxConfig {
+    fn default() -> Self {
+        MuxConfig {
+            max_message: 16 << 20,
+            channel_window: 256 << 10,
+            conn_window: 1 << 20,
+            send_queue: 256 << 10,
+            max_frame: 16 << 10,
+        }
+    }
+}
+
+/// A protocol violation by the peer; the stream must close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MuxError {
+    /// A frame that could not be decoded.
+    #[error("bad frame: {0}")]
+    Decode(#[from] DecodeError),
+    /// A frame for a channel this session does not have.
+    #[error("unknown channel {0:#04x}")]
+    UnknownChannel(u8),
+    /// The peer sent more than it was granted.
+    #[error("flow control violated on channel {0:#04x}")]
+    FlowControl(u8),
+    /// A message whose total is over the limit.
+    #[error("message of {total} bytes on channel {chan:#04x} is over the limit")]
+    MessageTooLarge {
+        /// The channel.
+        chan: u8,
+        /// The announced total.
+        total: u64,
+    },
+    /// Frames of a message out of order, or lengths that disagree with the total.
+    #[error("fragments out of order on channel {0:#04x}")]
+    Fragment(u8),
+}
+
+/// Counts of what one mux saw, for the transport's stats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MuxCounters {
+    /// Messages delivered to handlers.
+    pub messages_in: u64,
+    /// Messages sent completely.
+    pub messages_out: u64,
+    /// Data bytes received.
+    pub bytes_in: u64,
+    /// Data bytes sent.
+    pub bytes_out: u64,
+}
+
+/// One session's channels and flow control.
+pub struct Mux {
+    chans: Vec<ChanState>,
+    /// Channel id → index in `chans` + 1 (0: none).
+    index: [u8; 128],
+    config: MuxConfig,
+    session: SessionInfo,
+    conn_send_credit: u64,
+    conn_recv_allowed: u64,
+    conn_to_grant: u64,
+    /// Round-robin position for fairness between channels.
+    rr: usize,
+    started: bool,
+    closed: bool,
+    counters: MuxCounters,
+}
+
+impl std::fmt::Debug for Mux {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: String = self.chans.iter().map(|c| c.id as char).collect();
+        f.debug_struct("Mux").field("channels", &ids).field("closed", &self.closed).finish()
+    }
+}
+
+impl Mux {
+    /// A mux with a handler from `procs` for each id in `channels`. Unknown or repeated
+    /// ids are skipped (stream_ctl refuses them before a session exists).
+    pub fn new(
+        channels: &[u8],
+        procs: &ChannelProcs,
+        session: SessionInfo,
+        config: MuxConfig,
+    ) -> Self {
+        let mut chans = Vec::with_capacity(channels.len());
+        let mut index = [0u8; 128];
+        for &id in channels {
+            let Some(factory) = procs.get(id) else { continue };
+            if index[id as usize] != 0 {
+                continue;
+            }
+            chans.push(ChanState::new(id, factory(&session), &config));
+            index[id as usize] = chans.len() as u8;
+        }
+        Mux {
+            chans,
+            index,
+            conn_send_credit: config.conn_window as u64,
+            conn_recv_allowed: config.conn_window as u64,
+            conn_to_grant: 0,
+            config,
+            session,
+            rr: 0,
+            started: false,
+            closed: false,
+            counters: MuxCounters::default(),
+        }
+    }
+
+    /// The session.
+    pub fn session(&self) -> &SessionInfo {
+        &self.session
+    }
+
+    /// The channel ids, in the order asked for.
+    pub fn channel_ids(&self) -> Vec<u8> {
+        self.chans.iter().map(|c| c.id).collect()
+    }
+
+    /// A handle to channel `id`.
+    pub fn handle(&self, id: u8) -> Option<crate::channel::ChannelHandle> {
+        self.find(id).map(|i| crate::channel::ChannelHandle::new(self.chans[i].shared.clone()))
+    }
+
+    /// What has been counted so far.
+    pub fn counters(&self) -> MuxCounters {
+        self.counters
+    }
+
+    fn find(&self, id: u8) -> Option<usize> {
+        match self.index.get(id as usize) {
+            Some(&i) if i != 0 => Some(i as usize - 1),
+            _ => None,
+        }
+    }
+
+    /// The stream is up: sets the waker for handle writes and calls every `on_new`.
+    pub fn start(&mut self, waker: Arc<dyn Wake>) {
+        self.started = true;
+        for i in 0..self.chans.len() {
+            self.chans[i].shared.set_waker(waker.clone());
+            self.call(i, |h, ch| h.on_new(ch));
+        }
+    }
+
+    fn call(
+        &mut self,
+        i: usize,
+        f: impl FnOnce(&mut dyn crate::channel::ChannelHandler, &mut Channel<'_>),
+    ) {
+        let st = &mut self.chans[i];
+        let Some(mut h) = st.handler.take() else { return };
+        let mut ch = Channel { st, max_message: self.config.max_message, session: &self.session };
+        f(h.as_mut(), &mut ch);
+        self.chans[i].handler = Some(h);
+    }
+
+    /// Processes one received payload (a sequence of frames), delivering whole messages
+    /// to their handlers.
+    ///
+    /// # Errors
+    /// A protocol violation; the stream must close.
+    pub fn handle_payload(&mut self, mut buf: &[u8]) -> Result<(), MuxError> {
+        while !buf.is_empty() {
+            let (f, n) = frame::decode(buf)?;
+            buf = &buf[n..];
+            match f {
+                Frame::Credit { chan: CONNECTION, bytes } => {
+                    self.conn_send_credit = self.conn_send_credit.saturating_add(bytes as u64);
+                }
+                Frame::Credit { chan, bytes } => {
+                    let i = self.find(chan).ok_or(MuxError::UnknownChannel(chan))?;
+                    let c = &mut self.chans[i];
+                    c.send_credit = c.send_credit.saturating_add(bytes as u64);
+                }
+                Frame::Data { chan, ty, first, more, payload } => {
+                    let i = self.find(chan).ok_or(MuxError::UnknownChannel(chan))?;
+                    let n = payload.len() as u64;
+                    if n > self.conn_recv_allowed {
+                        return Err(MuxError::FlowControl(CONNECTION));
+                    }
+                    self.conn_recv_allowed -= n;
+                    self.conn_to_grant += n;
+                    self.counters.bytes_in += n;
+                    self.chans[i].receive(ty, first, more, payload, self.config.max_message)?;
+                }
+            }
+        }
+        self.deliver();
+        Ok(())
+    }
+
+    /// Hands waiting messages to handlers of channels that are reading.
+    fn deliver(&mut self) {
+        for i in 0..self.chans.len() {
+            while self.chans[i].reading {
+                let Some(msg) = self.chans[i].take_message() else { break };
+                self.counters.messages_in += 1;
+                self.call(i, |h, ch| h.packet_in(ch, msg));
+            }
+        }
+    }
+
+    /// Whether [`poll_payload`](Self::poll_payload) has something to send.
+    pub fn wants_send(&self) -> bool {
+        if self.closed {
+            return false;
+        }
+        let grant = self.conn_to_grant >= self.conn_threshold();
+        grant
+            || self.chans.iter().any(|c| {
+                c.grant_due(self.config.channel_window)
+                    || (!c.outq.is_empty()
+                        && (c.send_credit > 0 || c.next_is_empty())
+                        && self.conn_send_credit > 0)
+                    || c.shared.has_queued()
+            })
+    }
+
+    fn conn_threshold(&self) -> u64 {
+        (self.config.conn_window as u64 / 4).max(1)
+    }
+
+    /// Appends to `out` the next payload to send, at most `max` bytes (the transport's
+    /// room for one packet); returns whether anything was appended.
+    pub fn poll_payload(&mut self, out: &mut Vec<u8>, max: usize) -> bool {
+        if self.closed {
+            return false;
+        }
+        let start = out.len();
+        let limit = start + max;
+        for c in &mut self.chans {
+            c.pull_handle_writes(self.config.send_queue);
+        }
+        // Credit first: it unblocks the peer.
+        if self.conn_to_grant >= self.conn_threshold() && out.len() + frame::CREDIT_LEN <= limit {
+            let g = self.conn_to_grant.min(u32::MAX as u64);
+            frame::put_credit(out, CONNECTION, g as u32);
+            self.conn_to_grant -= g;
+            self.conn_recv_allowed += g;
+        }
+        for c in &mut self.chans {
+            if c.grant_due(self.config.channel_window) && out.len() + frame::CREDIT_LEN <= limit {
+                c.put_grant(out);
+            }
+        }
+        // Then data, one frame per channel per round, so channels share the connection.
+        let n = self.chans.len();
+        loop {
+            let mut progress = false;
+            for k in 0..n {
+                let i = (self.rr + k) % n;
+                let room = limit.saturating_sub(out.len());
+                let c = &mut self.chans[i];
+                if let Some(sent) =
+                    c.put_frame(out, room, self.config.max_frame, self.conn_send_credit)
+                {
+                    self.conn_send_credit -= sent.bytes as u64;
+                    self.counters.bytes_out += sent.bytes as u64;
+                    if sent.message_done {
+                        self.counters.messages_out += 1;
+                    }
+                    progress = true;
+                }
+            }
+            self.rr = (self.rr + 1) % n.max(1);
+            if !progress {
+                break;
+            }
+        }
+        out.len() > start
+    }
+
+    /// Calls `packet_out` on channels that have room again (after a refused write, or
+    /// while they asked for it with `set_ready_to_write`). Call after sending.
+    pub fn notify_writable(&mut self) {
+        if self.closed {
+            return;
+        }
+        for i in 0..self.chans.len() {
+            if self.chans[i].writable_due(self.config.send_queue) {
+                self.chans[i].blocked = false;
+                self.call(i, |h, ch| h.packet_out(ch));
+            }
+        }
+        // A handler may have resumed reading inside packet_out.
+        self.deliver();
+    }
+
+    /// Runs `f` on channel `id` as if in a callback (for timers and application code on
+    /// the session's worker). Returns `None` when the session has no such channel.
+    pub fn with_channel<R>(&mut self, id: u8, f: impl FnOnce(&mut Channel<'_>) -> R) -> Option<R> {
+        if self.closed {
+            return None;
+        }
+        let i = self.find(id)?;
+        let st = &mut self.chans[i];
+        let mut ch = Channel { st, max_message: self.config.max_message, session: &self.session };
+        let r = f(&mut ch);
+        self.deliver();
+        Some(r)
+    }
+
+    /// Bytes waiting to be sent on all channels (queues, not counting handle queues).
+    pub fn queued(&self) -> usize {
+        self.chans.iter().map(|c| c.out_bytes).sum()
+    }
+
+    /// Ends the session: handles refuse writes, every handler gets `on_delete`. Idempotent.
+    pub fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        for c in &mut self.chans {
+            c.shared.close();
+            c.outq.clear();
+            c.out_bytes = 0;
+            if let Some(mut h) = c.handler.take() {
+                h.on_delete(c.id);
+            }
+        }
+    }
+
+    /// Whether [`start`](Self::start) ran.
+    pub fn is_started(&self) -> bool {
+        self.started
+    }
+
+    /// Whether [`close`](Self::close) ran.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Bytes a data frame adds to its payload; transports size packets with it.
+    pub fn frame_overhead() -> usize {
+        frame::data_overhead(true)
+    }
+}
+
+impl Drop for Mux {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,232 @@
+//! Two muxes wired back to back, no transport: flow control, fairness, reassembly and the
+//! protocol violations.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::*;
+use crate::channel::{ChannelHandler, Message, WriteError};
+use crate::codec::frame::{put_credit, put_data_header};
+
+struct NoWake;
+impl Wake for NoWake {
+    fn wake(&self) {}
+}
+
+type Log = Arc<Mutex<Vec<(u8, Message)>>>;
+
+/// Records what arrives; pauses reading when `paused` holds its id.
+struct Collect {
+    log: Log,
+    paused: Arc<Mutex<Vec<u8>>>,
+}
+
+impl ChannelHandler for Collect {
+    fn on_new(&mut self, ch: &mut Channel<'_>) {
+        if self.paused.lock().contains(&ch.id()) {
+            ch.set_ready_to_read(false);
+        }
+    }
+    fn packet_in(&mut self, ch: &mut Channel<'_>, msg: Message) {
+        self.log.lock().push((ch.id(), msg));
+    }
+}
+
+fn procs(ids: &[u8], log: &Log, paused: &Arc<Mutex<Vec<u8>>>) -> ChannelProcs {
+    let mut p = ChannelProcs::new();
+    for &id in ids {
+        let (log, paused) = (log.clone(), paused.clone());
+        p.ch_proc_add(id, move |_| Box::new(Collect { log: log.clone(), paused: paused.clone() }))
+            .unwrap();
+    }
+    p
+}
+
+fn info() -> SessionInfo {
+    SessionInfo { session_id: [0; 16], client: None }
+}
+
+struct Pair {
+    a: Mux,
+    b: Mux,
+    b_log: Log,
+    b_paused: Arc<Mutex<Vec<u8>>>,
+}
+
+fn pair(ids: &[u8], config: MuxConfig) -> Pair {
+    let a_log = Log::default();
+    let b_log = Log::default();
+    let b_paused = Arc::new(Mutex::new(Vec::new()));
+    let mut a = Mux::new(ids, &procs(ids, &a_log, &Default::default()), info(), config);
+    let mut b = Mux::new(ids, &procs(ids, &b_log, &b_paused), info(), config);
+    a.start(Arc::new(NoWake));
+    b.start(Arc::new(NoWake));
+    Pair { a, b, b_log, b_paused }
+}
+
+/// Moves payloads both ways until neither side has anything to send; returns the payloads
+/// a sent.
+fn drive(p: &mut Pair) -> usize {
+    let mut sent = 0;
+    for _ in 0..100_000 {
+        let mut progress = false;
+        let mut buf = Vec::new();
+        while p.a.poll_payload(&mut buf, 32 << 10) {
+            p.b.handle_payload(&buf).unwrap();
+            buf.clear();
+            progress = true;
+            sent += 1;
+        }
+        while p.b.poll_payload(&mut buf, 32 << 10) {
+            p.a.handle_payload(&buf).unwrap();
+            buf.clear();
+            progress = true;
+        }
+        p.a.notify_writable();
+        p.b.notify_writable();
+        if !progress && !p.a.wants_send() && !p.b.wants_send() {
+            return sent;
+        }
+    }
+    panic!("the muxes never settled");
+}
+
+fn write(m: &mut Mux, id: u8, ty: u8, data: Vec<u8>) -> Result<(), WriteError> {
+    m.with_channel(id, |ch| ch.write(ty, data)).expect("channel exists")
+}
+
+#[test]
+fn messages_of_every_size_cross_intact_on_several_channels() {
+    let mut p =
+        pair(b"ABC", MuxConfig { channel_window: 4096, conn_window: 8192, ..MuxConfig::default() });
+    let sizes = [0usize, 1, 100, 4095, 4096, 4097, 100_000, 1 << 20];
+    let mut want = Vec::new();
+    for (i, &n) in sizes.iter().enumerate() {
+        for &id in b"ABC" {
+            let data: Vec<u8> = (0..n).map(|k| (k * 7 + i + id as usize) as u8).collect();
+            // One message always fits into an empty queue; drain between writes.
+            while write(&mut p.a, id, i as u8, data.clone()) == Err(WriteError::WouldBlock) {
+                drive(&mut p);
+            }
+            want.push((id, Message { ty: i as u8, data }));
+        }
+    }
+    drive(&mut p);
+    let mut got = p.b_log.lock().clone();
+    got.sort_by_key(|(id, m)| (*id, m.ty));
+    want.sort_by_key(|(id, m)| (*id, m.ty));
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "messages differ");
+}
+
+#[test]
+fn a_paused_channel_blocks_its_sender_and_others_keep_flowing() {
+    let config = MuxConfig {
+        channel_window: 8192,
+        conn_window: 1 << 20,
+        send_queue: 16384,
+        ..MuxConfig::default()
+    };
+    let mut p = pair(b"SF", config);
+    p.b_paused.lock().push(b'S');
+    // Restart b's handlers' view: pause S on b directly.
+    p.b.with_channel(b'S', |ch| ch.set_ready_to_read(false));
+    let mut s_blocked = false;
+    for i in 0..200u32 {
+        if write(&mut p.a, b'S', 1, vec![1; 1000]).is_err() {
+            s_blocked = true;
+        }
+        write(&mut p.a, b'F', 2, i.to_be_bytes().to_vec()).unwrap();
+        drive(&mut p);
+    }
+    assert!(s_blocked, "the slow channel's sender never saw back-pressure");
+    let log = p.b_log.lock().clone();
+    let fast: Vec<_> = log.iter().filter(|(id, _)| *id == b'F').collect();
+    assert_eq!(fast.len(), 200, "the fast channel stalled");
+    assert!(log.iter().all(|(id, _)| *id == b'F'));
+    // What waits on the receiver is bounded by the window.
+    let held: usize = p.b.chans[p.b.find(b'S').unwrap()].inbox.iter().map(|m| m.data.len()).sum();
+    assert!(held <= 8192, "{held} bytes held for a paused channel");
+    // Resume: everything queued arrives, in order.
+    p.b.with_channel(b'S', |ch| ch.set_ready_to_read(true));
+    drive(&mut p);
+    let slow = p.b_log.lock().iter().filter(|(id, _)| *id == b'S').count();
+    assert!(slow > 0);
+}
+
+fn violation(payload: Vec<u8>, config: MuxConfig) -> MuxError {
+    let mut p = pair(b"E", config);
+    p.b.handle_payload(&payload).unwrap_err()
+}
+
+#[test]
+fn protocol_violations_are_refused() {
+    let c = MuxConfig {
+        channel_window: 1000,
+        conn_window: 5000,
+        max_message: 10_000,
+        ..MuxConfig::default()
+    };
+    let mut f = Vec::new();
+    put_data_header(&mut f, b'X', 0, Some(1), false, 1);
+    f.push(0);
+    assert_eq!(violation(f, c), MuxError::UnknownChannel(b'X'));
+
+    let mut f = Vec::new();
+    put_data_header(&mut f, b'E', 0, Some(20_000), true, 10);
+    f.extend_from_slice(&[0; 10]);
+    assert_eq!(violation(f, c), MuxError::MessageTooLarge { chan: b'E', total: 20_000 });
+
+    let mut f = Vec::new();
+    put_data_header(&mut f, b'E', 0, Some(2000), true, 1001);
+    f.extend_from_slice(&[0; 1001]);
+    assert_eq!(violation(f, c), MuxError::FlowControl(b'E'));
+
+    let mut f = Vec::new();
+    put_data_header(&mut f, b'E', 0, None, false, 1);
+    f.push(0);
+    assert_eq!(violation(f, c), MuxError::Fragment(b'E'));
+
+    let mut f = Vec::new();
+    put_data_header(&mut f, b'E', 0, Some(5), false, 4);
+    f.extend_from_slice(&[0; 4]);
+    assert_eq!(violation(f, c), MuxError::Fragment(b'E'));
+
+    let mut f = Vec::new();
+    put_credit(&mut f, b'Q', 5);
+    assert_eq!(violation(f, c), MuxError::UnknownChannel(b'Q'));
+}
+
+#[test]
+fn writes_past_the_queue_bound_would_block_and_packet_out_follows() {
+    struct Producer {
+        outs: Arc<Mutex<u32>>,
+    }
+    impl ChannelHandler for Producer {
+        fn packet_in(&mut self, _: &mut Channel<'_>, _: Message) {}
+        fn packet_out(&mut self, _: &mut Channel<'_>) {
+            *self.outs.lock() += 1;
+        }
+    }
+    let outs = Arc::new(Mutex::new(0));
+    let o = outs.clone();
+    let mut procs = ChannelProcs::new();
+    procs.ch_proc_add(b'P', move |_| Box::new(Producer { outs: o.clone() })).unwrap();
+    let config = MuxConfig { send_queue: 1000, ..MuxConfig::default() };
+    let mut m = Mux::new(b"P", &procs, info(), config);
+    m.start(Arc::new(NoWake));
+    assert_eq!(
+        write(&mut m, b'P', 0, vec![0; 5000]),
+        Ok(()),
+        "an empty queue takes one big message"
+    );
+    assert_eq!(write(&mut m, b'P', 0, vec![0; 1]), Err(WriteError::WouldBlock));
+    assert_eq!(write(&mut m, b'P', 0, vec![0; 20 << 20]), Err(WriteError::TooLarge));
+    let mut buf = Vec::new();
+    while m.poll_payload(&mut buf, 1 << 16) {
+        buf.clear();
+    }
+    m.notify_writable();
+    assert_eq!(*outs.lock(), 1);
+}

@@ -1,0 +1,154 @@
+//! Sessions: what stream_ctl creates and a stream attaches to.
+//!
+//! stream_ctl (over enc_http) creates a session: a 128-bit id from the CSPRNG, the cipher,
+//! 32 bytes of key material and the channels. The [`SessionTable`] holds it until a stream
+//! attaches (once) or the connect timeout passes; it is bounded, and refuses new sessions
+//! when full rather than dropping sessions a client is about to connect.
+
+pub mod ctl;
+mod table;
+
+use std::time::Duration;
+
+use dap_net::enc::cipher::{AeadKey, CipherSuite, KEY_LEN, hkdf_sha256};
+
+pub use table::{AttachError, SessionTable, TableFull};
+
+use crate::codec::packet::{Direction, Opener, Sealer};
+use crate::mux::MuxConfig;
+
+/// Bytes of a session id.
+pub const SESSION_ID_LEN: usize = 16;
+
+/// HKDF label of the client→server stream key.
+pub const LABEL_C2S: &[u8] = b"dap v1 stream c2s";
+/// HKDF label of the server→client stream key.
+pub const LABEL_S2C: &[u8] = b"dap v1 stream s2c";
+
+/// The transports a session can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TransportKind {
+    /// An upgraded HTTP/1.1 connection (`GET /stream/...`).
+    Http = 1,
+    /// The UDP transport engine.
+    Udp = 2,
+}
+
+impl TransportKind {
+    /// The kind with wire code `code`.
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(TransportKind::Http),
+            2 => Some(TransportKind::Udp),
+            _ => None,
+        }
+    }
+}
+
+/// Limits of one session, chosen by the server and sent in the stream_ctl answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Multiplexing limits (message size, windows, frame size).
+    pub mux: MuxConfig,
+    /// The largest stream-packet payload (bytes, without header and tag).
+    pub max_payload: usize,
+    /// Send a keepalive after this long without receiving anything.
+    pub keepalive: Duration,
+    /// Close after this long without receiving anything.
+    pub idle_timeout: Duration,
+    /// A session whose stream has not attached by then expires.
+    pub connect_timeout: Duration,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            mux: MuxConfig::default(),
+            max_payload: 32 << 10,
+            keepalive: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything both ends know about a session once stream_ctl has answered.
+#[derive(Clone)]
+pub struct SessionParams {
+    /// The session id.
+    pub id: [u8; SESSION_ID_LEN],
+    /// The cipher of stream packets.
+    pub suite: CipherSuite,
+    /// Key material: the stream keys are derived from it.
+    pub secret: [u8; KEY_LEN],
+    /// The channels, in the order asked for.
+    pub channels: Vec<u8>,
+    /// The transport.
+    pub transport: TransportKind,
+    /// The limits.
+    pub limits: SessionLimits,
+    /// The server's UDP port for this session (0 when UDP is off).
+    pub udp_port: u16,
+    /// The client's authenticated key, if it presented a certificate (server side).
+    pub client: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for SessionParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("SessionParams")
+            .field("id", &hex(&self.id))
+            .field("suite", &self.suite)
+            .field("channels", &String::from_utf8_lossy(&self.channels))
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Lowercase hex, for ids in logs and URLs.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses lowercase or uppercase hex into exactly `N` bytes.
+pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let s = s.as_bytes();
+    if s.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, pair) in s.chunks_exact(2).enumerate() {
+        let d = |c: u8| (c as char).to_digit(16);
+        out[i] = (d(pair[0])? * 16 + d(pair[1])?) as u8;
+    }
+    Some(out)
+}
+
+impl SessionParams {
+    /// The two stream keys: `(client→server, server→client)`.
+    pub fn keys(&self) -> ([u8; KEY_LEN], [u8; KEY_LEN]) {
+        (
+            hkdf_sha256(&self.id, &self.secret, LABEL_C2S),
+            hkdf_sha256(&self.id, &self.secret, LABEL_S2C),
+        )
+    }
+
+    /// The packet sealer and opener of one end.
+    pub fn packet_keys(&self, server: bool) -> (Sealer, Opener) {
+        let (c2s, s2c) = self.keys();
+        let c2s_key = AeadKey::new(self.suite, &c2s);
+        let s2c_key = AeadKey::new(self.suite, &s2c);
+        if server {
+            (
+                Sealer::new(s2c_key, Direction::ServerToClient),
+                Opener::new(c2s_key, Direction::ClientToServer),
+            )
+        } else {
+            (
+                Sealer::new(c2s_key, Direction::ClientToServer),
+                Opener::new(s2c_key, Direction::ServerToClient),
+            )
+        }
+    }
+}

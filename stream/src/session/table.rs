@@ -1,0 +1,187 @@
+//! The server's table of sessions: created by stream_ctl, attached once by a stream.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use super::{SESSION_ID_LEN, SessionParams};
+
+type Id = [u8; SESSION_ID_LEN];
+
+enum Entry {
+    /// Waiting for its stream until `expires`.
+    Pending { params: Box<SessionParams>, expires: Instant },
+    /// A stream carries it; removed when the stream ends.
+    Attached,
+}
+
+/// The table is at its bound and no pending session has expired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the session table is full")]
+pub struct TableFull;
+
+/// Why a stream could not attach to a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttachError {
+    /// No such session, or it expired before the stream came.
+    #[error("unknown or expired session")]
+    Unknown,
+    /// A stream is attached to it already: a session attaches once.
+    #[error("session attached already")]
+    AlreadyAttached,
+}
+
+/// Sessions by id: bounded, with pending sessions expiring at their connect deadline.
+pub struct SessionTable {
+    inner: Mutex<Inner>,
+    max: usize,
+}
+
+struct Inner {
+    map: HashMap<Id, Entry>,
+    /// Pending sessions that expired and were removed since the last call to
+    /// [`SessionTable::take_expired`].
+    expired: u64,
+}
+
+impl std::fmt::Debug for SessionTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionTable").field("len", &self.len()).field("max", &self.max).finish()
+    }
+}
+
+impl SessionTable {
+    /// A table holding at most `max` sessions (pending and attached).
+    pub fn new(max: usize) -> Self {
+        SessionTable { inner: Mutex::new(Inner { map: HashMap::new(), expired: 0 }), max }
+    }
+
+    /// Sessions held now.
+    pub fn len(&self) -> usize {
+        self.inner.lock().map.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds a pending session that expires at `expires`.
+    ///
+    /// # Errors
+    /// [`TableFull`] when the table is at its bound after dropping expired sessions.
+    pub fn insert(
+        &self,
+        params: SessionParams,
+        now: Instant,
+        expires: Instant,
+    ) -> Result<(), TableFull> {
+        let mut g = self.inner.lock();
+        if g.map.len() >= self.max {
+            Self::purge_locked(&mut g, now);
+            if g.map.len() >= self.max {
+                return Err(TableFull);
+            }
+        }
+        g.map.insert(params.id, Entry::Pending { params: Box::new(params), expires });
+        Ok(())
+    }
+
+    /// Attaches a stream to session `id`: returns its parameters, and the session stays in
+    /// the table, attached, until [`detach`](Self::detach).
+    ///
+    /// # Errors
+    /// [`AttachError`].
+    pub fn attach(&self, id: &Id, now: Instant) -> Result<SessionParams, AttachError> {
+        let mut g = self.inner.lock();
+        let entry = g.map.get_mut(id).ok_or(AttachError::Unknown)?;
+        match entry {
+            Entry::Attached => Err(AttachError::AlreadyAttached),
+            Entry::Pending { expires, .. } if *expires <= now => {
+                g.map.remove(id);
+                g.expired += 1;
+                Err(AttachError::Unknown)
+            }
+            Entry::Pending { .. } => {
+                let Entry::Pending { params, .. } = std::mem::replace(entry, Entry::Attached)
+                else {
+                    unreachable!("matched Pending")
+                };
+                Ok(*params)
+            }
+        }
+    }
+
+    /// The stream of session `id` ended: forget the session.
+    pub fn detach(&self, id: &Id) {
+        self.inner.lock().map.remove(id);
+    }
+
+    /// Drops pending sessions past their deadline.
+    pub fn purge(&self, now: Instant) {
+        Self::purge_locked(&mut self.inner.lock(), now);
+    }
+
+    fn purge_locked(g: &mut Inner, now: Instant) {
+        let before = g.map.len();
+        g.map.retain(|_, e| !matches!(e, Entry::Pending { expires, .. } if *expires <= now));
+        g.expired += (before - g.map.len()) as u64;
+    }
+
+    /// How many pending sessions expired since the last call.
+    pub fn take_expired(&self) -> u64 {
+        std::mem::take(&mut self.inner.lock().expired)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use dap_net::enc::cipher::CipherSuite;
+
+    use super::*;
+    use crate::session::{SessionLimits, TransportKind};
+
+    fn params(id: u8) -> SessionParams {
+        SessionParams {
+            id: [id; 16],
+            suite: CipherSuite::ChaCha20Poly1305,
+            secret: [0; 32],
+            channels: b"E".to_vec(),
+            transport: TransportKind::Http,
+            limits: SessionLimits::default(),
+            udp_port: 0,
+            client: None,
+        }
+    }
+
+    #[test]
+    fn a_session_attaches_once() {
+        let t = SessionTable::new(4);
+        let now = Instant::now();
+        t.insert(params(1), now, now + Duration::from_secs(1)).unwrap();
+        assert!(t.attach(&[1; 16], now).is_ok());
+        assert_eq!(t.attach(&[1; 16], now).unwrap_err(), AttachError::AlreadyAttached);
+        t.detach(&[1; 16]);
+        assert_eq!(t.attach(&[1; 16], now).unwrap_err(), AttachError::Unknown);
+    }
+
+    #[test]
+    fn pending_sessions_expire_and_free_room() {
+        let t = SessionTable::new(2);
+        let now = Instant::now();
+        let soon = now + Duration::from_secs(1);
+        t.insert(params(1), now, soon).unwrap();
+        t.insert(params(2), now, soon).unwrap();
+        assert_eq!(t.insert(params(3), now, soon), Err(TableFull));
+        let later = soon + Duration::from_millis(1);
+        assert_eq!(t.attach(&[1; 16], later).unwrap_err(), AttachError::Unknown);
+        t.insert(params(3), later, later + Duration::from_secs(1)).unwrap();
+        t.purge(later);
+        assert_eq!(t.take_expired(), 2);
+        assert_eq!(t.len(), 1);
+    }
+}

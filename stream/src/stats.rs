@@ -1,0 +1,93 @@
+//! Stream counters, shared by every session of one server (or client).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// Live counters (relaxed atomics; each is exact, a snapshot is not one instant).
+        #[derive(Debug, Default)]
+        pub struct StreamStats {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        /// A copy of [`StreamStats`].
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct StreamStatsSnapshot {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl StreamStats {
+            /// Reads every counter.
+            pub fn snapshot(&self) -> StreamStatsSnapshot {
+                StreamStatsSnapshot { $($name: self.$name.load(Relaxed),)* }
+            }
+        }
+
+        impl StreamStatsSnapshot {
+            /// `(name, value)` for every counter, for metrics exporters.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Sessions created by stream_ctl.
+    sessions_created,
+    /// stream_ctl requests refused (bad request, unknown channel, table full).
+    ctl_refused,
+    /// Sessions whose stream attached.
+    sessions_attached,
+    /// Sessions that expired before their stream attached.
+    sessions_expired,
+    /// Attach attempts for an unknown or expired session id.
+    attach_unknown,
+    /// Attach attempts for a session that is attached already.
+    attach_twice,
+    /// Streams open now.
+    streams_open,
+    /// Streams that ended, for any reason.
+    streams_closed,
+    /// Stream packets received.
+    packets_in,
+    /// Stream packets sent.
+    packets_out,
+    /// Bytes received (whole packets).
+    bytes_in,
+    /// Bytes sent (whole packets).
+    bytes_out,
+    /// Packets whose tag did not verify (altered in flight, or not from the peer).
+    auth_failures,
+    /// Packets whose sequence number was not the next (lost, replayed or reordered).
+    sequence_errors,
+    /// Packets or frames that could not be decoded.
+    decode_errors,
+    /// Frames for a channel the session does not have.
+    unknown_channel,
+    /// Messages over the size limit.
+    oversize_messages,
+    /// Other protocol violations (flow control, fragment order).
+    protocol_errors,
+    /// Keepalives sent on idle streams.
+    keepalives_sent,
+    /// Streams closed because nothing arrived within the idle timeout.
+    idle_timeouts,
+    /// Wake-ups for handle writes that could not be posted to the worker (inbox full);
+    /// the data goes out on the stream's next event.
+    wake_failed,
+}
+
+impl StreamStats {
+    pub(crate) fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn dec(c: &AtomicU64) {
+        c.fetch_sub(1, Relaxed);
+    }
+}

@@ -1,0 +1,462 @@
+//! The stream over HTTP: `GET /stream/<channels>?session_id=<hex>` with `Upgrade`, answered
+//! `101 Switching Protocols`; then the TCP connection carries stream packets both ways.
+//!
+//! [`StreamConn`] is the reactor handler of such a connection on either end: it decodes and
+//! opens packets from `buf_in`, feeds their payloads to the session's [`Mux`], and seals what
+//! the mux has to send into `buf_out`, as room allows (so a slow peer pushes back on the
+//! channels instead of filling memory). Keepalives go out after `keepalive` without input;
+//! after `idle_timeout` the stream closes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use dap_reactor::{Esocket, EsocketHandle, Handler};
+
+use super::{CloseCode, StreamError, Wake};
+use crate::codec::packet::{self, Header, OpenError, Opener, PacketType, Sealer};
+use crate::mux::{Mux, MuxError};
+use crate::session::SessionParams;
+use crate::stats::StreamStats;
+
+/// The `Upgrade` token of the stream protocol.
+pub const UPGRADE_TOKEN: &str = "dap-stream/1";
+/// The path prefix of stream requests.
+pub const STREAM_PATH: &str = "/stream/";
+/// The longest response head a client reads before giving up on the upgrade.
+const MAX_RESPONSE_HEAD: usize = 8 << 10;
+
+/// Events a stream reports to its owner (the client's state machine, tests).
+#[derive(Debug)]
+pub enum StreamEvent {
+    /// The stream is up (client: the server answered 101).
+    Connected(EsocketHandle),
+    /// The stream ended; last event.
+    Closed(StreamError),
+}
+
+/// Receives a stream's events, on its worker.
+pub type EventSink = Box<dyn FnMut(StreamEvent) + Send>;
+
+/// What one received packet led to.
+enum Outcome {
+    Ok,
+    PeerClosed(StreamError),
+    Violation(MuxError),
+}
+
+enum State {
+    /// Client: the upgrade request is sent when the connection is up; then the answer is
+    /// awaited.
+    Upgrading { request: Vec<u8> },
+    /// Packets flow.
+    Open,
+    /// Done: nothing more is read or sent.
+    Closed,
+}
+
+/// One stream connection, on either end.
+pub struct StreamConn {
+    server: bool,
+    state: State,
+    mux: Mux,
+    sealer: Sealer,
+    opener: Opener,
+    params: SessionParams,
+    stats: Arc<StreamStats>,
+    last_rx: Instant,
+    pinged: bool,
+    alive_owed: bool,
+    /// Why the stream ended, once it has.
+    end: Option<StreamError>,
+    events: Option<EventSink>,
+    /// Server: called once when the stream ends (frees the session).
+    on_end: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl std::fmt::Debug for StreamConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamConn")
+            .field("server", &self.server)
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
+}
+
+struct EsWaker(EsocketHandle, Arc<StreamStats>);
+
+impl Wake for EsWaker {
+    fn wake(&self) {
+        let r = self.0.exec(|es| {
+            es.with_handler::<StreamConn, _>(|c, es| c.flush(es));
+        });
+        if r.is_err() {
+            StreamStats::inc(&self.1.wake_failed);
+        }
+    }
+}
+
+impl StreamConn {
+    /// The server end of an attached session (installed by the `/stream/` route after its
+    /// `101`). `on_end` runs once when the stream ends.
+    pub fn server(
+        params: SessionParams,
+        mux: Mux,
+        stats: Arc<StreamStats>,
+        on_end: Box<dyn FnOnce() + Send>,
+    ) -> Self {
+        Self::new(true, State::Open, params, mux, stats, None, Some(on_end))
+    }
+
+    /// The client end: sends the upgrade request for `params` (to `host`) once connected,
+    /// then carries `mux`. `events` hears `Connected` and `Closed`.
+    pub fn client(
+        params: SessionParams,
+        host: &str,
+        mux: Mux,
+        stats: Arc<StreamStats>,
+        events: EventSink,
+    ) -> Self {
+        let request = upgrade_request(&params, host).into_bytes();
+        Self::new(false, State::Upgrading { request }, params, mux, stats, Some(events), None)
+    }
+
+    fn new(
+        server: bool,
+        state: State,
+        params: SessionParams,
+        mux: Mux,
+        stats: Arc<StreamStats>,
+        events: Option<EventSink>,
+        on_end: Option<Box<dyn FnOnce() + Send>>,
+    ) -> Self {
+        let (sealer, opener) = params.packet_keys(server);
+        StreamConn {
+            server,
+            state,
+            mux,
+            sealer,
+            opener,
+            params,
+            stats,
+            last_rx: Instant::now(),
+            pinged: false,
+            alive_owed: false,
+            end: None,
+            events,
+            on_end,
+        }
+    }
+
+    /// The session's mux, for code running on the stream's worker.
+    pub fn mux(&mut self) -> &mut Mux {
+        &mut self.mux
+    }
+
+    fn open(&mut self, es: &mut Esocket<'_>) {
+        self.state = State::Open;
+        self.last_rx = es.worker().now();
+        StreamStats::inc(&self.stats.streams_open);
+        let waker = Arc::new(EsWaker(es.handle(), self.stats.clone()));
+        self.mux.start(waker);
+        let _ = es.set_deadline(Some(self.params.limits.keepalive));
+        if let Some(ev) = self.events.as_mut() {
+            ev(StreamEvent::Connected(es.handle()));
+        }
+    }
+
+    /// Sends a close packet with `code` and closes gracefully, recording why.
+    fn fail(&mut self, es: &mut Esocket<'_>, code: CloseCode, reason: &str, err: StreamError) {
+        if matches!(self.state, State::Closed) {
+            return;
+        }
+        if matches!(self.state, State::Open) {
+            let mut out = Vec::with_capacity(packet::OVERHEAD + 2 + reason.len());
+            let start = Sealer::begin(&mut out);
+            packet::close_payload(&mut out, code as u16, reason);
+            self.sealer.seal(PacketType::Close, &mut out, start);
+            self.send(es, out);
+        }
+        tracing::debug!(session = %crate::session::hex(&self.params.id[..4]), %err, "stream closing");
+        self.end.get_or_insert(err);
+        self.state = State::Closed;
+        self.mux.close();
+        es.close();
+    }
+
+    /// Closes the stream from our side (a close packet with code `Normal`).
+    pub fn close(&mut self, es: &mut Esocket<'_>) {
+        self.fail(es, CloseCode::Normal, "", StreamError::LocalClose);
+    }
+
+    fn send(&mut self, es: &mut Esocket<'_>, packet: Vec<u8>) {
+        let len = packet.len() as u64;
+        // Packets are only built when `out_room` allows, except close and alive packets,
+        // which are tiny; if even those do not fit the connection is beyond saving.
+        if es.write_bytes(Bytes::from(packet)).is_err() {
+            es.close_now();
+            return;
+        }
+        StreamStats::inc(&self.stats.packets_out);
+        StreamStats::add(&self.stats.bytes_out, len);
+    }
+
+    fn control_packet(&mut self, es: &mut Esocket<'_>, ty: PacketType) {
+        let mut out = Vec::with_capacity(packet::OVERHEAD);
+        let start = Sealer::begin(&mut out);
+        self.sealer.seal(ty, &mut out, start);
+        self.send(es, out);
+    }
+
+    /// Reads every whole packet in `buf_in`.
+    fn read_packets(&mut self, es: &mut Esocket<'_>) {
+        let max = self.params.limits.max_payload;
+        let mut got = false;
+        while matches!(self.state, State::Open) {
+            let buf = es.buf_in_mut();
+            let hdr: Header = match packet::parse_header(buf, max) {
+                Ok(Some(h)) if buf.len() >= h.packet_len() => h,
+                Ok(_) => break,
+                Err(e) => {
+                    StreamStats::inc(&self.stats.decode_errors);
+                    let err = StreamError::Protocol(e.to_string());
+                    return self.fail(es, CloseCode::Protocol, "bad packet", err);
+                }
+            };
+            let outcome = match self.opener.open(&hdr, buf) {
+                Ok(plain) => match hdr.ty {
+                    PacketType::Data => match self.mux.handle_payload(plain) {
+                        Ok(()) => Outcome::Ok,
+                        Err(e) => Outcome::Violation(e),
+                    },
+                    PacketType::Keepalive => {
+                        self.alive_owed = true;
+                        Outcome::Ok
+                    }
+                    PacketType::Alive => Outcome::Ok,
+                    PacketType::Close => {
+                        let (code, reason) = packet::parse_close(plain)
+                            .unwrap_or((CloseCode::Protocol as u16, String::new()));
+                        Outcome::PeerClosed(StreamError::PeerClosed {
+                            code: CloseCode::from_u16(code),
+                            reason,
+                        })
+                    }
+                },
+                Err(OpenError::Auth) => {
+                    StreamStats::inc(&self.stats.auth_failures);
+                    let err = StreamError::Auth;
+                    return self.fail(es, CloseCode::Protocol, "authentication failed", err);
+                }
+                Err(e @ OpenError::Sequence { .. }) => {
+                    StreamStats::inc(&self.stats.sequence_errors);
+                    let err = StreamError::Sequence(e.to_string());
+                    return self.fail(es, CloseCode::Protocol, "bad sequence", err);
+                }
+            };
+            es.consume(hdr.packet_len());
+            got = true;
+            StreamStats::inc(&self.stats.packets_in);
+            StreamStats::add(&self.stats.bytes_in, hdr.packet_len() as u64);
+            match outcome {
+                Outcome::Ok => {}
+                Outcome::PeerClosed(err) => {
+                    // Nothing is sent after a close packet, by either side.
+                    self.end.get_or_insert(err);
+                    self.state = State::Closed;
+                    self.mux.close();
+                    es.close();
+                    return;
+                }
+                Outcome::Violation(e) => {
+                    let c = match e {
+                        MuxError::UnknownChannel(_) => &self.stats.unknown_channel,
+                        MuxError::MessageTooLarge { .. } => &self.stats.oversize_messages,
+                        MuxError::Decode(_) => &self.stats.decode_errors,
+                        _ => &self.stats.protocol_errors,
+                    };
+                    StreamStats::inc(c);
+                    let err = StreamError::Protocol(e.to_string());
+                    return self.fail(es, CloseCode::Protocol, "protocol violation", err);
+                }
+            }
+        }
+        if got {
+            self.last_rx = es.worker().now();
+            self.pinged = false;
+            let _ = es.set_deadline(Some(self.params.limits.keepalive));
+        }
+    }
+
+    /// Seals and queues what the mux has to send, while `buf_out` has room.
+    pub(crate) fn flush(&mut self, es: &mut Esocket<'_>) {
+        if !matches!(self.state, State::Open) {
+            return;
+        }
+        if self.alive_owed {
+            self.alive_owed = false;
+            self.control_packet(es, PacketType::Alive);
+        }
+        let max = self.params.limits.max_payload;
+        // A packet is built only when a useful one fits; a full buf_out calls on_write
+        // when it drains, and we continue from there.
+        let min_room = packet::OVERHEAD + Mux::frame_overhead() + 1024.min(max);
+        for _ in 0..64 {
+            let room = es.out_room();
+            if room < min_room {
+                es.set_writable(true);
+                return;
+            }
+            let cap = (room - packet::OVERHEAD).min(max);
+            let want = (self.mux.queued() + 64).min(cap);
+            let mut out = Vec::with_capacity(packet::OVERHEAD + want);
+            let start = Sealer::begin(&mut out);
+            if !self.mux.poll_payload(&mut out, cap) {
+                self.mux.notify_writable();
+                if !self.mux.wants_send() {
+                    return;
+                }
+                continue;
+            }
+            self.sealer.seal(PacketType::Data, &mut out, start);
+            self.send(es, out);
+        }
+        // Many packets in one go: let other esockets run, continue on the write callback.
+        es.set_writable(true);
+    }
+
+    fn finish(&mut self) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end();
+        }
+        let err = self.end.take().unwrap_or(StreamError::Io("connection closed".into()));
+        if let Some(mut ev) = self.events.take() {
+            ev(StreamEvent::Closed(err));
+        }
+    }
+}
+
+impl Handler for StreamConn {
+    fn on_new(&mut self, es: &mut Esocket<'_>) {
+        if self.server {
+            self.open(es);
+            // Bytes that followed the upgrade request are already in buf_in.
+            self.read_packets(es);
+            self.flush(es);
+        }
+    }
+
+    fn on_connected(&mut self, es: &mut Esocket<'_>) {
+        if let State::Upgrading { request } = &self.state {
+            let req = Bytes::from(request.clone());
+            if es.write_bytes(req).is_err() {
+                es.close_now();
+            }
+            let _ = es.set_deadline(Some(self.params.limits.connect_timeout));
+        }
+    }
+
+    fn on_read(&mut self, es: &mut Esocket<'_>) {
+        if let State::Upgrading { .. } = self.state {
+            match parse_upgrade_response(es.buf_in()) {
+                Ok(None) if es.buf_in().len() < MAX_RESPONSE_HEAD => return,
+                Ok(None) => {
+                    self.end = Some(StreamError::Protocol("response head too long".into()));
+                    self.state = State::Closed;
+                    es.close_now();
+                    return;
+                }
+                Ok(Some(n)) => {
+                    es.consume(n);
+                    self.open(es);
+                }
+                Err(status) => {
+                    self.end = Some(StreamError::UpgradeRefused(status));
+                    self.state = State::Closed;
+                    es.close_now();
+                    return;
+                }
+            }
+        }
+        self.read_packets(es);
+        self.flush(es);
+    }
+
+    fn on_write(&mut self, es: &mut Esocket<'_>) -> bool {
+        self.flush(es);
+        false
+    }
+
+    fn on_timeout(&mut self, es: &mut Esocket<'_>) -> bool {
+        let limits = self.params.limits;
+        match self.state {
+            State::Upgrading { .. } => {
+                self.end = Some(StreamError::Io("upgrade timed out".into()));
+                self.state = State::Closed;
+                es.close_now();
+                true
+            }
+            State::Closed => false,
+            State::Open => {
+                let idle = es.worker().now().saturating_duration_since(self.last_rx);
+                if idle >= limits.idle_timeout {
+                    StreamStats::inc(&self.stats.idle_timeouts);
+                    self.fail(es, CloseCode::IdleTimeout, "idle timeout", StreamError::IdleTimeout);
+                    return true;
+                }
+                if !self.pinged && idle >= limits.keepalive {
+                    self.pinged = true;
+                    StreamStats::inc(&self.stats.keepalives_sent);
+                    self.control_packet(es, PacketType::Keepalive);
+                }
+                let next =
+                    if self.pinged { limits.idle_timeout - idle } else { limits.keepalive - idle };
+                let _ = es.set_deadline(Some(next));
+                true
+            }
+        }
+    }
+
+    fn on_error(&mut self, _es: &mut Esocket<'_>, err: &std::io::Error) {
+        self.end.get_or_insert(StreamError::Io(err.to_string()));
+    }
+
+    fn on_delete(&mut self, _es: &mut Esocket<'_>) {
+        // A client that never got its 101 was never counted open.
+        if self.mux.is_started() {
+            StreamStats::dec(&self.stats.streams_open);
+        }
+        StreamStats::inc(&self.stats.streams_closed);
+        self.state = State::Closed;
+        self.mux.close();
+        self.finish();
+    }
+}
+
+/// The upgrade request a client sends for `params`.
+pub fn upgrade_request(params: &SessionParams, host: &str) -> String {
+    let channels: String = params.channels.iter().map(|&c| c as char).collect();
+    format!(
+        "GET {STREAM_PATH}{channels}?session_id={} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: {UPGRADE_TOKEN}\r\n\r\n",
+        crate::session::hex(&params.id),
+    )
+}
+
+/// Parses the server's answer to the upgrade: `Ok(Some(head length))` on `101` with our
+/// upgrade token, `Ok(None)` until the head is complete, `Err(status)` otherwise.
+fn parse_upgrade_response(buf: &[u8]) -> Result<Option<usize>, u16> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => {
+            let code = resp.code.unwrap_or(0);
+            let upgrade = resp.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("upgrade")
+                    && h.value.eq_ignore_ascii_case(UPGRADE_TOKEN.as_bytes())
+            });
+            if code == 101 && upgrade { Ok(Some(n)) } else { Err(code.max(1)) }
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err(0),
+    }
+}
