@@ -14,6 +14,7 @@ use bytes::Bytes;
 use dap_reactor::{Esocket, EsocketHandle, Handler};
 
 use super::{CloseCode, StreamError, Wake};
+use crate::channel::ChannelHandle;
 use crate::codec::packet::{self, Header, OpenError, Opener, PacketType, Sealer};
 use crate::mux::{Mux, MuxError};
 use crate::session::SessionParams;
@@ -30,7 +31,12 @@ const MAX_RESPONSE_HEAD: usize = 8 << 10;
 #[derive(Debug)]
 pub enum StreamEvent {
     /// The stream is up (client: the server answered 101).
-    Connected(EsocketHandle),
+    Connected {
+        /// The connection's esocket.
+        esocket: EsocketHandle,
+        /// A handle per channel, in the session's order.
+        channels: Vec<ChannelHandle>,
+    },
     /// The stream ended; last event.
     Closed(StreamError),
 }
@@ -161,7 +167,9 @@ impl StreamConn {
         self.mux.start(waker);
         let _ = es.set_deadline(Some(self.params.limits.keepalive));
         if let Some(ev) = self.events.as_mut() {
-            ev(StreamEvent::Connected(es.handle()));
+            let channels =
+                self.mux.channel_ids().into_iter().filter_map(|id| self.mux.handle(id)).collect();
+            ev(StreamEvent::Connected { esocket: es.handle(), channels });
         }
     }
 

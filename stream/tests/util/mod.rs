@@ -1,0 +1,153 @@
+//! Helpers for the stream tests: a server with stream routes, a client that records what
+//! arrives, bounded waits.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, unbounded};
+use dap_net::enc::cipher::CipherSuite;
+use dap_net::http::server::{HttpConfig, HttpServer, RunningHttp};
+use dap_net::server::Server;
+use dap_proc::ProcPool;
+use dap_reactor::{EsocketHandle, Reactor};
+use dap_stream::session::ctl::{CtlRequest, decode_answer};
+use dap_stream::session::{SessionParams, TransportKind};
+use dap_stream::transport::StreamError;
+use dap_stream::transport::http::StreamEvent;
+use dap_stream::{
+    Channel, ChannelHandle, ChannelHandler, ChannelProcs, Message, MuxConfig, StreamConfig,
+    StreamServer, StreamStats,
+};
+
+/// Every wait in these tests ends within this.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub stream: StreamServer,
+    pub http: RunningHttp,
+    pub pool: ProcPool,
+    pub reactor: Reactor,
+}
+
+/// A server offering echo on every id in `ids`.
+pub fn echo_server(ids: &[u8], config: StreamConfig) -> TestServer {
+    let mut procs = ChannelProcs::new();
+    for &id in ids {
+        procs.ch_proc_add(id, |_| Box::new(dap_stream::echo::Echo::default())).unwrap();
+    }
+    server(procs, config)
+}
+
+pub fn server(procs: ChannelProcs, config: StreamConfig) -> TestServer {
+    let reactor = Reactor::builder().threads(2).pin(false).start().expect("reactor");
+    let pool = ProcPool::builder().pin(false).start_for(&reactor).expect("pool");
+    let stream = StreamServer::new(procs, config);
+    let mut http = HttpServer::new(HttpConfig::default());
+    stream.install_stream_route(&mut http);
+    let http = http
+        .start(&reactor, Server::builder().tcp("127.0.0.1:0".parse().unwrap()))
+        .expect("http server");
+    let addr = http.server().tcp_addrs()[0];
+    TestServer { addr, stream, http, pool, reactor }
+}
+
+impl TestServer {
+    /// A session created the way stream_ctl creates one (without the enc_http wrapping).
+    pub fn session(&self, channels: &[u8], suite: Option<CipherSuite>) -> SessionParams {
+        let req = CtlRequest { channels: channels.to_vec(), suite, transport: TransportKind::Http };
+        let answer =
+            self.stream.stream_ctl(&req.encode(), None, Instant::now()).expect("stream_ctl");
+        decode_answer(&answer, MuxConfig::default()).expect("answer")
+    }
+}
+
+/// Forwards every message to a channel.
+struct Record(Sender<(u8, Message)>);
+
+impl ChannelHandler for Record {
+    fn packet_in(&mut self, ch: &mut Channel<'_>, msg: Message) {
+        let _ = self.0.send((ch.id(), msg));
+    }
+}
+
+pub struct TestClient {
+    pub esocket: EsocketHandle,
+    pub channels: Vec<ChannelHandle>,
+    pub messages: Receiver<(u8, Message)>,
+    pub events: Receiver<StreamEvent>,
+    pub stats: Arc<StreamStats>,
+}
+
+impl TestClient {
+    pub fn channel(&self, id: u8) -> &ChannelHandle {
+        self.channels.iter().find(|h| h.id() == id).expect("channel")
+    }
+
+    /// Waits for the stream to end and returns why.
+    #[track_caller]
+    pub fn closed(&self) -> StreamError {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            match self.events.recv_deadline(deadline).expect("stream did not close in time") {
+                StreamEvent::Closed(e) => return e,
+                StreamEvent::Connected { .. } => {}
+            }
+        }
+    }
+}
+
+/// Connects a client that records what arrives, on `reactor`'s first worker.
+#[track_caller]
+pub fn connect(reactor: &Reactor, addr: SocketAddr, params: SessionParams) -> TestClient {
+    try_connect(reactor, addr, params).expect("connect")
+}
+
+pub fn try_connect(
+    reactor: &Reactor,
+    addr: SocketAddr,
+    params: SessionParams,
+) -> Result<TestClient, StreamError> {
+    let (mtx, messages) = unbounded();
+    let mut procs = ChannelProcs::new();
+    for &id in &params.channels {
+        let tx = mtx.clone();
+        procs.ch_proc_add(id, move |_| Box::new(Record(tx.clone()))).unwrap();
+    }
+    let (etx, events) = unbounded();
+    let stats = Arc::new(StreamStats::default());
+    dap_stream::client::connect(
+        reactor.worker(0).expect("worker 0"),
+        addr,
+        params,
+        Arc::new(procs),
+        stats.clone(),
+        Duration::from_secs(10),
+        Box::new(move |ev| {
+            let _ = etx.send(ev);
+        }),
+    )
+    .expect("post connect");
+    match events.recv_timeout(TIMEOUT).expect("no stream event in time") {
+        StreamEvent::Connected { esocket, channels } => {
+            Ok(TestClient { esocket, channels, messages, events, stats })
+        }
+        StreamEvent::Closed(e) => Err(e),
+    }
+}
+
+/// Waits until `f` holds, polling; panics after [`TIMEOUT`].
+#[track_caller]
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn sha256(data: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, data).as_ref().to_vec()
+}
