@@ -2,6 +2,8 @@
 //! arrives, bounded waits.
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,10 +66,16 @@ impl TestServer {
     }
 }
 
-/// Forwards every message to a channel.
-struct Record(Sender<(u8, Message)>);
+/// Forwards every message to a channel; starts paused when asked to.
+struct Record(Sender<(u8, Message)>, bool);
 
 impl ChannelHandler for Record {
+    fn on_new(&mut self, ch: &mut Channel<'_>) {
+        if self.1 {
+            ch.set_ready_to_read(false);
+        }
+    }
+
     fn packet_in(&mut self, ch: &mut Channel<'_>, msg: Message) {
         let _ = self.0.send((ch.id(), msg));
     }
@@ -110,11 +118,22 @@ pub fn try_connect(
     addr: SocketAddr,
     params: SessionParams,
 ) -> Result<TestClient, StreamError> {
+    connect_paused(reactor, addr, params, b"")
+}
+
+/// As [`try_connect`], with the channels in `paused` not reading.
+pub fn connect_paused(
+    reactor: &Reactor,
+    addr: SocketAddr,
+    params: SessionParams,
+    paused: &[u8],
+) -> Result<TestClient, StreamError> {
     let (mtx, messages) = unbounded();
     let mut procs = ChannelProcs::new();
     for &id in &params.channels {
         let tx = mtx.clone();
-        procs.ch_proc_add(id, move |_| Box::new(Record(tx.clone()))).unwrap();
+        let pause = paused.contains(&id);
+        procs.ch_proc_add(id, move |_| Box::new(Record(tx.clone(), pause))).unwrap();
     }
     let (etx, events) = unbounded();
     let stats = Arc::new(StreamStats::default());
