@@ -3,6 +3,8 @@
 
 pub mod frame;
 pub mod packet;
+#[cfg(test)]
+mod vectors;
 
 /// Why bytes from the peer could not be decoded. Every variant is fatal for the stream that
 /// carried them (the peer is broken or hostile).
