@@ -53,6 +53,19 @@ fn pipelined_requests_are_answered_in_order() {
 }
 
 #[test]
+fn simple_prefix_routes_serve_every_path_below_them() {
+    let srv = server();
+    let (resp, _) = exchange(srv.addr, b"GET /tree/a/b?x HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!((resp.status, resp.body.as_slice()), (200, &b"/tree/a/b"[..]));
+    let (resp, _) = exchange(srv.addr, b"GET /tree/ HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!((resp.status, resp.body.as_slice()), (200, &b"/tree/"[..]));
+    let (resp, _) = exchange(srv.addr, b"GET /tree HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(resp.status, 404);
+    let (resp, _) = exchange(srv.addr, b"DELETE /tree/a HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(resp.status, 405);
+}
+
+#[test]
 fn head_has_the_length_but_no_body() {
     let srv = server();
     let mut r = Reader::new(connect(srv.addr));

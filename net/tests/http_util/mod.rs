@@ -70,6 +70,10 @@ pub fn server_with(config: HttpConfig, with_pool: bool) -> TestServer {
     http.add_inline("/big", RouteLimits::default(), |_| {
         Response::new(200).body(vec![b'x'; 1 << 20])
     });
+    // A whole-request handler for a tree of paths: answers with the path it was given.
+    http.add_simple_prefix("/tree/", RouteLimits::default(), |req| {
+        Response::text(200, req.path().to_string())
+    });
     http.add_proc("/stream/", |_| Box::new(Chunks { left: 5 }));
     http.add_proc("/upgrade", |_| Box::new(Upgrader));
     http.add_proc("/later", |_| Box::new(Later));

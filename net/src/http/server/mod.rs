@@ -9,7 +9,8 @@
 //! - [`HttpServer::add_simple`]: a whole-request function run on a proc thread (start a
 //!   [`ProcPool`](dap_proc::ProcPool) for the reactor), its response written back on the
 //!   connection's own worker. [`HttpServer::add_inline`] runs the same kind of function on
-//!   the worker itself, for answers that need no blocking work. Matched by exact path.
+//!   the worker itself, for answers that need no blocking work. Matched by exact path;
+//!   [`HttpServer::add_simple_prefix`] matches a prefix instead.
 //!
 //! What the server does for every route: keep-alive and pipelining (responses in request
 //! order), chunked bodies both ways, `Expect: 100-continue`, `HEAD`, a cached `Date`, the
@@ -121,6 +122,21 @@ impl HttpServer {
     ) -> &mut Self {
         let kind = RouteKind::Simple { f: Arc::new(handler), inline: false };
         self.router.add_exact(path, Route { kind, limits });
+        self
+    }
+
+    /// Routes every path starting with `prefix` to `handler`, run on a proc thread like
+    /// [`add_simple`](Self::add_simple): for whole-request handlers that serve a tree of
+    /// paths (enc routes, whose sealed sub-path follows the prefix). Prefix routes of both
+    /// kinds share one table: the longest matching prefix wins, exact routes win over it.
+    pub fn add_simple_prefix(
+        &mut self,
+        prefix: &str,
+        limits: RouteLimits,
+        handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
+    ) -> &mut Self {
+        let kind = RouteKind::Simple { f: Arc::new(handler), inline: false };
+        self.router.add_prefix(prefix, Route { kind, limits });
         self
     }
 
