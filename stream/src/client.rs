@@ -1,25 +1,93 @@
-//! The client side of a stream: connect to a server and attach a session that stream_ctl
-//! created. The full client state machine (retries, stages) is in dap-client; this is the
-//! step it drives.
+//! The client side of a session: stream_ctl over enc_http, then the stream. The full client
+//! state machine (stages, retries) is in dap-client; these are the steps it drives.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dap_net::enc::client::{EncCall, RequestError, request_blocking};
+use dap_net::enc::{CipherSuite, EncSession};
+use dap_net::http::client::{ClientConfig, Method};
 use dap_reactor::{PostError, Worker};
 
 use crate::channel::{ChannelProcs, SessionInfo};
-use crate::mux::Mux;
-use crate::session::SessionParams;
+use crate::codec::{DecodeError, packet};
+use crate::mux::{Mux, MuxConfig};
+use crate::server::STREAM_CTL_PATH;
+use crate::session::ctl::{CtlRequest, decode_answer};
+use crate::session::{SessionParams, TransportKind};
 use crate::stats::StreamStats;
 use crate::transport::StreamError;
 use crate::transport::http::{EventSink, StreamConn, StreamEvent};
 
+/// Why stream_ctl did not give a session.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CtlError {
+    /// The enc_http call failed (connection, unknown key, replay, ...).
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The server refused the request (400 malformed, 404 unknown channel, 406 cipher or
+    /// transport not offered, 503 full).
+    #[error("stream_ctl refused with {status}: {reason}")]
+    Refused {
+        /// The status.
+        status: u16,
+        /// The server's reason.
+        reason: String,
+    },
+    /// The answer did not decode.
+    #[error("bad stream_ctl answer: {0}")]
+    BadAnswer(#[from] DecodeError),
+}
+
+/// The sealed request body of stream_ctl for `req` (for callers that do their own HTTP).
+pub fn ctl_call<'a>(body: &'a [u8]) -> EncCall<'a> {
+    EncCall::new(Method::Post, STREAM_CTL_PATH, "").body(body)
+}
+
+/// Reads a stream_ctl answer (status and opened body) into the session's parameters;
+/// `local` gives the limits the server does not send.
+///
+/// # Errors
+/// [`CtlError::Refused`] for a status other than 200, `BadAnswer` for a body that does not
+/// decode.
+pub fn read_ctl_answer(
+    status: u16,
+    body: &[u8],
+    local: MuxConfig,
+) -> Result<SessionParams, CtlError> {
+    if status != 200 {
+        let reason = String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned();
+        return Err(CtlError::Refused { status, reason });
+    }
+    Ok(decode_answer(body, local)?)
+}
+
+/// Asks the server at `base_url` for a session, over enc_http with `enc`, waiting for the
+/// answer (not on a worker thread of `worker`'s reactor).
+///
+/// # Errors
+/// [`CtlError`].
+pub fn stream_ctl_blocking(
+    worker: &Worker,
+    base_url: &str,
+    enc: &EncSession,
+    channels: &[u8],
+    suite: Option<CipherSuite>,
+    local: MuxConfig,
+    http: &ClientConfig,
+) -> Result<SessionParams, CtlError> {
+    let req = CtlRequest { channels: channels.to_vec(), suite, transport: TransportKind::Http };
+    let body = req.encode();
+    let resp = request_blocking(worker, base_url, enc, &ctl_call(&body), http)?;
+    read_ctl_answer(resp.status, &resp.body, local)
+}
+
 /// Connects to `addr` on `worker` and attaches the session `params` over HTTP, with a
-/// handler from `procs` per channel. `events` hears [`StreamEvent::Connected`] (then
-/// [`Mux`] handles are reachable through the esocket) and, last,
-/// [`StreamEvent::Closed`]. `timeout` bounds the TCP connect and, separately, the wait
-/// for the `101`.
+/// handler from `procs` per channel. `events` hears [`StreamEvent::Connected`] (with a
+/// handle per channel) and, last, [`StreamEvent::Closed`]. `timeout` bounds the TCP
+/// connect and, separately, the wait for the `101`.
 ///
 /// # Errors
 /// The worker's inbox is full or it has stopped.
@@ -30,29 +98,37 @@ pub fn connect(
     procs: Arc<ChannelProcs>,
     stats: Arc<StreamStats>,
     timeout: Duration,
-    mut events: EventSink,
+    events: EventSink,
 ) -> Result<(), PostError> {
     worker.exec(move |ctx| {
+        // The sink moves into the connection; if connecting fails at once, it comes back
+        // through this slot to report it.
+        let slot = Arc::new(parking_lot::Mutex::new(Some(events)));
+        let back = slot.clone();
+        let fail = move |e: String| {
+            if let Some(mut f) = slot.lock().take() {
+                f(StreamEvent::Closed(StreamError::Io(e)));
+            }
+        };
+        let buf_in = ctx.limits().buf_in_cap;
+        if params.limits.max_payload + packet::OVERHEAD > buf_in {
+            return fail(format!(
+                "the server's max_payload {} does not fit buf_in_cap {buf_in}",
+                params.limits.max_payload
+            ));
+        }
         let info = SessionInfo { session_id: params.id, client: None };
         let mux = Mux::new(&params.channels, &procs, info, params.limits.mux);
         let mut params = params;
         params.limits.connect_timeout = timeout;
-        let host = addr.to_string();
-        // The sink moves into the connection; if connecting fails at once, it comes back
-        // through this slot to report it.
-        let slot = Arc::new(parking_lot::Mutex::new(None::<EventSink>));
-        let back = slot.clone();
         let sink: EventSink = Box::new(move |ev| {
             if let Some(f) = back.lock().as_mut() {
                 f(ev);
             }
         });
-        *slot.lock() = Some(std::mem::replace(&mut events, Box::new(|_| {})));
-        let conn = StreamConn::client(params, &host, mux, stats, sink);
-        if let Err(e) = ctx.connect_tcp_timeout(addr, timeout, Box::new(conn))
-            && let Some(mut f) = slot.lock().take()
-        {
-            f(StreamEvent::Closed(StreamError::Io(e.to_string())));
+        let conn = StreamConn::client(params, &addr.to_string(), mux, stats, sink);
+        if let Err(e) = ctx.connect_tcp_timeout(addr, timeout, Box::new(conn)) {
+            fail(e.to_string());
         }
     })
 }

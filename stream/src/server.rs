@@ -3,11 +3,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use dap_net::enc::EncServer;
 use dap_net::enc::cipher::{CipherSuite, KEY_LEN, random_bytes};
 use dap_net::http::Response;
-use dap_net::http::server::{Exchange, HttpServer, ProcHandler};
+use dap_net::http::server::{Exchange, HttpServer, ProcHandler, RouteLimits};
 
 use crate::channel::{ChannelProcs, SessionInfo};
+use crate::codec::packet;
 use crate::mux::Mux;
 use crate::session::ctl::{CtlRequest, encode_answer};
 use crate::session::{
@@ -196,6 +198,20 @@ impl StreamServer {
         http.add_proc(STREAM_PATH, move |_| Box::new(Attach { server: server.clone() }));
     }
 
+    /// Adds `/stream_ctl` (behind enc_http) and `/stream/` to `http`.
+    pub fn install(&self, http: &mut HttpServer, enc: &EncServer) {
+        let server = self.clone();
+        // A sealed request is at most 4 + 32 channel bytes plus the tag.
+        let limits = RouteLimits::methods(&["POST"]).max_body(1024);
+        enc.add_route(http, STREAM_CTL_PATH, limits, move |req| {
+            match server.stream_ctl(&req.body, req.client, Instant::now()) {
+                Ok(answer) => Response::new(200).body(answer),
+                Err(e) => Response::text(e.status(), e.to_string()),
+            }
+        });
+        self.install_stream_route(http);
+    }
+
     /// Attaches a stream request; the error is the status to answer.
     fn attach(&self, ex: &Exchange<'_, '_>) -> Result<SessionParams, (u16, &'static str)> {
         let head = ex.request();
@@ -251,6 +267,16 @@ impl ProcHandler for Attach {
             Err((status, why)) => return ex.respond(Response::text(status, why)),
         };
         let inner = &self.server.inner;
+        let buf_in = ex.esocket().worker().limits().buf_in_cap;
+        if params.limits.max_payload + packet::OVERHEAD > buf_in {
+            tracing::error!(
+                max_payload = params.limits.max_payload,
+                buf_in,
+                "stream max_payload does not fit the reactor's buf_in_cap; raise buf_in_cap"
+            );
+            inner.table.detach(&params.id);
+            return ex.respond(Response::text(500, "server misconfigured"));
+        }
         let info = SessionInfo { session_id: params.id, client: params.client };
         let mux = Mux::new(&params.channels, &inner.procs, info, params.limits.mux);
         let server = self.server.clone();

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use dap_net::enc::cipher::CipherSuite;
+use dap_net::enc::client::handshake_blocking;
+use dap_net::enc::{ClientCert, EncConfig, EncServer, EncSession, NodeKey};
+use dap_net::http::client::ClientConfig;
 use dap_net::http::server::{HttpConfig, HttpServer, RunningHttp};
 use dap_net::server::Server;
 use dap_proc::ProcPool;
@@ -29,6 +32,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 pub struct TestServer {
     pub addr: SocketAddr,
     pub stream: StreamServer,
+    pub enc: EncServer,
     pub http: RunningHttp,
     pub pool: ProcPool,
     pub reactor: Reactor,
@@ -44,19 +48,77 @@ pub fn echo_server(ids: &[u8], config: StreamConfig) -> TestServer {
 }
 
 pub fn server(procs: ChannelProcs, config: StreamConfig) -> TestServer {
+    server_with_enc(procs, config, EncConfig::default())
+}
+
+/// A server with `/enc_init`, `/stream_ctl` and `/stream/`.
+pub fn server_with_enc(procs: ChannelProcs, config: StreamConfig, enc: EncConfig) -> TestServer {
     let reactor = Reactor::builder().threads(2).pin(false).start().expect("reactor");
     let pool = ProcPool::builder().pin(false).start_for(&reactor).expect("pool");
     let stream = StreamServer::new(procs, config);
+    let enc = EncServer::new(NodeKey::generate(), enc);
     let mut http = HttpServer::new(HttpConfig::default());
-    stream.install_stream_route(&mut http);
+    enc.install(&mut http);
+    stream.install(&mut http, &enc);
     let http = http
         .start(&reactor, Server::builder().tcp("127.0.0.1:0".parse().unwrap()))
         .expect("http server");
     let addr = http.server().tcp_addrs()[0];
-    TestServer { addr, stream, http, pool, reactor }
+    TestServer { addr, stream, enc, http, pool, reactor }
 }
 
 impl TestServer {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The whole client path: enc_init (pinning the node key), stream_ctl over enc_http,
+    /// then the stream, from `client`'s first worker.
+    pub fn open(
+        &self,
+        client: &Reactor,
+        channels: &[u8],
+        suite: Option<CipherSuite>,
+        cert: Option<&ClientCert>,
+    ) -> Result<TestClient, String> {
+        let w = client.worker(0).expect("worker");
+        let http = ClientConfig::default();
+        let suites = suite.map_or(CipherSuite::ALL.to_vec(), |s| vec![s]);
+        let enc = handshake_blocking(
+            w,
+            &self.base_url(),
+            &suites,
+            cert,
+            Some(self.enc.node_public_key()),
+            &http,
+        )
+        .map_err(|e| format!("handshake: {e}"))?;
+        let params = self.ctl(client, &enc, channels, suite)?;
+        try_connect(client, self.addr, params).map_err(|e| format!("stream: {e}"))
+    }
+
+    /// stream_ctl over enc_http with `enc`.
+    pub fn ctl(
+        &self,
+        client: &Reactor,
+        enc: &EncSession,
+        channels: &[u8],
+        suite: Option<CipherSuite>,
+    ) -> Result<SessionParams, String> {
+        let w = client.worker(0).expect("worker");
+        let local = MuxConfig::default();
+        dap_stream::client::stream_ctl_blocking(
+            w,
+            &self.base_url(),
+            enc,
+            channels,
+            suite,
+            local,
+            &ClientConfig::default(),
+        )
+        .map_err(|e| format!("stream_ctl: {e}"))
+    }
+
     /// A session created the way stream_ctl creates one (without the enc_http wrapping).
     pub fn session(&self, channels: &[u8], suite: Option<CipherSuite>) -> SessionParams {
         let req = CtlRequest { channels: channels.to_vec(), suite, transport: TransportKind::Http };
@@ -165,6 +227,11 @@ pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// A reactor for clients, apart from the server's.
+pub fn client_reactor() -> Reactor {
+    Reactor::builder().threads(1).pin(false).start().expect("client reactor")
 }
 
 pub fn sha256(data: &[u8]) -> Vec<u8> {
