@@ -1,0 +1,76 @@
+//! Feeds arbitrary bytes to the stream decoders. The first byte picks the target:
+//! 0, a received DATA payload into a live mux of channels `E` and `F` (frame decoder,
+//! reassembly, flow control), then whatever the mux has to send back; 1, the stream packet
+//! header parser and opener (nothing may open without the key); 2, the stream_ctl request
+//! and answer decoders (a decoded request re-encodes to the same bytes). Nothing may panic.
+#![no_main]
+
+use std::sync::Arc;
+
+use dap_net::enc::cipher::{AeadKey, CipherSuite};
+use dap_stream::codec::packet::{self, Direction, Opener};
+use dap_stream::session::ctl::{CtlRequest, decode_answer};
+use dap_stream::transport::Wake;
+use dap_stream::{Channel, ChannelHandler, ChannelProcs, Message, Mux, MuxConfig, SessionInfo};
+use libfuzzer_sys::fuzz_target;
+
+struct NoWake;
+impl Wake for NoWake {
+    fn wake(&self) {}
+}
+
+/// Echoes, so the send path runs too.
+struct Echo;
+impl ChannelHandler for Echo {
+    fn packet_in(&mut self, ch: &mut Channel<'_>, msg: Message) {
+        let _ = ch.write(msg.ty, msg.data);
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&which, body)) = data.split_first() else { return };
+    match which % 3 {
+        0 => {
+            let mut procs = ChannelProcs::new();
+            for id in [b'E', b'F'] {
+                procs.ch_proc_add(id, |_| Box::new(Echo)).unwrap();
+            }
+            let config = MuxConfig {
+                max_message: 1 << 16,
+                channel_window: 4096,
+                conn_window: 8192,
+                ..MuxConfig::default()
+            };
+            let info = SessionInfo { session_id: [0; 16], client: None };
+            let mut mux = Mux::new(b"EF", &procs, info, config);
+            mux.start(Arc::new(NoWake));
+            // Split the input into payloads at 0xff bytes, so several packets reach it.
+            for payload in body.split(|&b| b == 0xff) {
+                if mux.handle_payload(payload).is_err() {
+                    break;
+                }
+                let mut out = Vec::new();
+                while mux.poll_payload(&mut out, 1 << 14) {
+                    out.clear();
+                }
+                mux.notify_writable();
+            }
+        }
+        1 => {
+            let key = AeadKey::new(CipherSuite::ChaCha20Poly1305, &[3; 32]);
+            let mut opener = Opener::new(key, Direction::ClientToServer);
+            let mut buf = body.to_vec();
+            if let Ok(Some(hdr)) = packet::parse_header(&buf, 1 << 16)
+                && buf.len() >= hdr.packet_len()
+            {
+                assert!(opener.open(&hdr, &mut buf).is_err(), "forged packet opened");
+            }
+        }
+        _ => {
+            if let Ok(req) = CtlRequest::decode(body) {
+                assert_eq!(req.encode(), body);
+            }
+            let _ = decode_answer(body, MuxConfig::default());
+        }
+    }
+});
