@@ -75,7 +75,7 @@ fn a_wrong_key_id_gets_401() {
         &ClientConfig::default(),
     )
     .unwrap();
-    let err = srv.ctl(&client, &enc, b"E", None).err().expect("refused");
+    let err = srv.ctl(&client, &enc, b"E", None).expect_err("refused");
     assert!(err.contains("401"), "{err}");
     assert_eq!(srv.stream.stats().sessions_created, 0);
     // Other clients are served meanwhile.
@@ -101,7 +101,7 @@ fn an_expired_key_gets_401() {
     .unwrap();
     let made = Instant::now();
     wait_until("the key's idle TTL passed", || made.elapsed() > Duration::from_millis(600));
-    let err = srv.ctl(&client, &enc, b"E", None).err().expect("refused");
+    let err = srv.ctl(&client, &enc, b"E", None).expect_err("refused");
     assert!(err.contains("401"), "{err}");
     // A fresh key works.
     let c = srv.open(&client, b"E", None, None).unwrap();

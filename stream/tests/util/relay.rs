@@ -58,8 +58,7 @@ fn damage(mut from: TcpStream, mut to: TcpStream, fault: Fault) {
         return;
     }
     let mut n = 0;
-    loop {
-        let Some(hdr) = read_exact(&mut from, 16) else { break };
+    while let Some(hdr) = read_exact(&mut from, 16) {
         let len = u32::from_be_bytes(hdr[4..8].try_into().unwrap()) as usize;
         let Some(body) = read_exact(&mut from, len) else { break };
         let mut packet = hdr;
