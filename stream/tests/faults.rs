@@ -25,7 +25,11 @@ fn healthy(srv: &TestServer) {
 }
 
 fn with_fault(fault: Fault) -> (TestServer, StreamError) {
-    let srv = echo_server(b"E", StreamConfig::default());
+    // A short keepalive: after a dropped packet, the client's next packet (a keepalive, as
+    // it waits for an echo that cannot come) shows the gap.
+    let limits =
+        SessionLimits { keepalive: Duration::from_millis(200), ..SessionLimits::default() };
+    let srv = echo_server(b"E", StreamConfig { limits, ..StreamConfig::default() });
     // Another session, open throughout, must not notice.
     let bystander = connect(&srv.reactor, srv.addr, srv.session(b"E", None));
     let addr = relay(srv.addr, fault);
