@@ -73,6 +73,8 @@ pub struct StreamConn {
     last_rx: Instant,
     pinged: bool,
     alive_owed: bool,
+    /// A keepalive is due but `buf_out` had no room.
+    keepalive_owed: bool,
     /// Why the stream ended, once it has.
     end: Option<StreamError>,
     events: Option<EventSink>,
@@ -148,6 +150,7 @@ impl StreamConn {
             last_rx: Instant::now(),
             pinged: false,
             alive_owed: false,
+            keepalive_owed: false,
             end: None,
             events,
             on_end,
@@ -178,7 +181,9 @@ impl StreamConn {
         if matches!(self.state, State::Closed) {
             return;
         }
-        if matches!(self.state, State::Open) {
+        // Without room for the close packet the peer learns from the connection's end.
+        let room = packet::OVERHEAD + 2 + packet::MAX_REASON;
+        if matches!(self.state, State::Open) && es.out_room() >= room {
             let mut out = Vec::with_capacity(packet::OVERHEAD + 2 + reason.len());
             let start = Sealer::begin(&mut out);
             packet::close_payload(&mut out, code as u16, reason);
@@ -199,8 +204,8 @@ impl StreamConn {
 
     fn send(&mut self, es: &mut Esocket<'_>, packet: Vec<u8>) {
         let len = packet.len() as u64;
-        // Packets are only built when `out_room` allows, except close and alive packets,
-        // which are tiny; if even those do not fit the connection is beyond saving.
+        // Every caller checked `out_room` before sealing, so this fits; if it does not, the
+        // esocket is closing and nothing more can be sent anyway.
         if es.write_bytes(Bytes::from(packet)).is_err() {
             es.close_now();
             return;
@@ -209,11 +214,18 @@ impl StreamConn {
         StreamStats::add(&self.stats.bytes_out, len);
     }
 
-    fn control_packet(&mut self, es: &mut Esocket<'_>, ty: PacketType) {
+    /// Sends an empty packet of type `ty` if `buf_out` has room; returns whether it did
+    /// (no sequence number is taken otherwise).
+    fn control_packet(&mut self, es: &mut Esocket<'_>, ty: PacketType) -> bool {
+        if es.out_room() < packet::OVERHEAD {
+            es.set_writable(true);
+            return false;
+        }
         let mut out = Vec::with_capacity(packet::OVERHEAD);
         let start = Sealer::begin(&mut out);
         self.sealer.seal(ty, &mut out, start);
         self.send(es, out);
+        true
     }
 
     /// Reads every whole packet in `buf_in`.
@@ -302,8 +314,10 @@ impl StreamConn {
             return;
         }
         if self.alive_owed {
-            self.alive_owed = false;
-            self.control_packet(es, PacketType::Alive);
+            self.alive_owed = !self.control_packet(es, PacketType::Alive);
+        }
+        if self.keepalive_owed {
+            self.keepalive_owed = !self.control_packet(es, PacketType::Keepalive);
         }
         let max = self.params.limits.max_payload;
         // A packet is built only when a useful one fits; a full buf_out calls on_write
@@ -415,7 +429,8 @@ impl Handler for StreamConn {
                 if !self.pinged && idle >= limits.keepalive {
                     self.pinged = true;
                     StreamStats::inc(&self.stats.keepalives_sent);
-                    self.control_packet(es, PacketType::Keepalive);
+                    // With output full, it goes when the output drains.
+                    self.keepalive_owed = !self.control_packet(es, PacketType::Keepalive);
                 }
                 let next =
                     if self.pinged { limits.idle_timeout - idle } else { limits.keepalive - idle };
