@@ -157,9 +157,25 @@ impl StreamConn {
         }
     }
 
-    /// The session's mux, for code running on the stream's worker.
+    /// The session's mux, for code running on the stream's worker. What is written
+    /// through it goes out on the stream's next flush; prefer
+    /// [`with_channel`](Self::with_channel), which flushes.
     pub fn mux(&mut self) -> &mut Mux {
         &mut self.mux
+    }
+
+    /// Runs `f` on channel `id` as if in one of its callbacks, then sends what it wrote.
+    /// For application code on the stream's worker (an `exec` closure, a timer) that
+    /// reaches the connection with `Esocket::with_handler::<StreamConn, _>`.
+    pub fn with_channel<R>(
+        &mut self,
+        es: &mut Esocket<'_>,
+        id: u8,
+        f: impl FnOnce(&mut crate::Channel<'_>) -> R,
+    ) -> Option<R> {
+        let r = self.mux.with_channel(id, f);
+        self.flush(es);
+        r
     }
 
     fn open(&mut self, es: &mut Esocket<'_>) {
