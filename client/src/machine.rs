@@ -1,0 +1,264 @@
+//! The stage machine, sans-IO: it decides which step to run next, when to retry and what to
+//! tear down; a driver runs the steps (HTTP requests, the stream's connection) and reports
+//! back. Time is passed in, so tests drive it with a virtual clock.
+//!
+//! Calling order for a driver:
+//! 1. [`Machine::go_stage`] when the application asks for a stage;
+//! 2. [`Machine::poll_action`] until `None`, running each action ([`Action::Run`] starts a
+//!    stage's step; [`Action::TearDown`] releases what the stages above a stage hold);
+//! 3. [`Machine::step_done`] or [`Machine::step_failed`] when a step ends, and
+//!    [`Machine::stream_lost`] when a stream that was up breaks; then back to 2;
+//! 4. [`Machine::poll_timeout`] for when to call [`Machine::handle_timeout`] (retries);
+//! 5. [`Machine::poll_event`] for what to tell the application.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::{ClientError, Stage, Status};
+
+/// When and how often to try again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Tries of one stage before giving up on it (or waiting the long delay). Default 3.
+    pub max_tries: u32,
+    /// Wait before a retry. Default 500 ms.
+    pub short_delay: Duration,
+    /// Wait after `max_tries` failed, when `always_reconnect` is on. Default 10 s.
+    pub long_delay: Duration,
+    /// Never give up on retryable errors: after `max_tries`, wait `long_delay` and start
+    /// over; a stream that breaks is reconnected. Default off.
+    pub always_reconnect: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_tries: 3,
+            short_delay: Duration::from_millis(500),
+            long_delay: Duration::from_secs(10),
+            always_reconnect: false,
+        }
+    }
+}
+
+/// What the driver must do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Start this stage's step; report its end with `step_done` or `step_failed`.
+    Run(Stage),
+    /// Release what every stage above `to` holds (close the stream, forget the session or
+    /// the key). The machine is at `to` afterwards.
+    TearDown {
+        /// The highest stage whose state is kept.
+        to: Stage,
+    },
+}
+
+/// What the application hears.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A stage's status changed.
+    Stage {
+        /// The stage.
+        stage: Stage,
+        /// Its new status.
+        status: Status,
+    },
+    /// The target stage was reached (the `go_stage` callback's success).
+    Reached(Stage),
+    /// The target was given up on (the `go_stage` callback's failure).
+    Failed(ClientError),
+}
+
+/// The client's stages and retries.
+#[derive(Debug)]
+pub struct Machine {
+    stage: Stage,
+    status: Status,
+    target: Stage,
+    policy: RetryPolicy,
+    /// Failed tries since the last success.
+    tries: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<ClientError>,
+    actions: VecDeque<Action>,
+    events: VecDeque<Event>,
+}
+
+impl Machine {
+    /// A machine at `Begin`, going nowhere.
+    pub fn new(policy: RetryPolicy) -> Self {
+        Machine {
+            stage: Stage::Begin,
+            status: Status::None,
+            target: Stage::Begin,
+            policy,
+            tries: 0,
+            retry_at: None,
+            last_error: None,
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The stage the client is at (or working on).
+    pub fn stage(&self) -> Stage {
+        self.stage
+    }
+
+    /// Its status.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// The stage asked for.
+    pub fn target(&self) -> Stage {
+        self.target
+    }
+
+    /// The last failure, if any.
+    pub fn last_error(&self) -> Option<&ClientError> {
+        self.last_error.as_ref()
+    }
+
+    /// The retry policy.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    /// Whether the client is streaming (the target reached at `StreamStreaming`).
+    pub fn is_streaming(&self) -> bool {
+        self.stage == Stage::StreamStreaming && self.status == Status::Complete
+    }
+
+    fn set(&mut self, stage: Stage, status: Status) {
+        self.stage = stage;
+        self.status = status;
+        self.events.push_back(Event::Stage { stage, status });
+    }
+
+    /// Goes to `target`: from a completed stage a higher target continues; a lower one
+    /// tears down to it; the same one is reached at once.
+    pub fn go_stage(&mut self, now: Instant, target: Stage) {
+        self.target = target;
+        self.tries = 0;
+        self.retry_at = None;
+        if target < self.stage {
+            self.actions.push_back(Action::TearDown { to: target });
+            self.set(target, Status::Complete);
+            self.events.push_back(Event::Reached(target));
+            return;
+        }
+        if self.status == Status::InProgress {
+            // The step running continues toward the new target.
+            return;
+        }
+        self.advance(now);
+    }
+
+    /// Moves on from a finished (or idle) stage toward the target.
+    fn advance(&mut self, _now: Instant) {
+        let finished = matches!(self.status, Status::Done | Status::Complete)
+            || (self.stage == Stage::Begin && self.status != Status::InProgress);
+        if self.stage == self.target && finished {
+            if self.status != Status::Complete {
+                self.set(self.stage, Status::Complete);
+            }
+            self.events.push_back(Event::Reached(self.target));
+            return;
+        }
+        // After an error the stage itself runs again; after a success, the next one.
+        let stage = if finished { self.stage.next().unwrap_or(self.stage) } else { self.stage };
+        self.set(stage, Status::InProgress);
+        self.actions.push_back(Action::Run(stage));
+    }
+
+    /// The step of `stage` finished.
+    pub fn step_done(&mut self, now: Instant, stage: Stage) {
+        if stage != self.stage || self.status != Status::InProgress {
+            // A late report for a step that was torn down; ignore it.
+            return;
+        }
+        self.tries = 0;
+        self.last_error = None;
+        self.set(stage, Status::Done);
+        self.advance(now);
+    }
+
+    /// The step of the current stage failed with `err`.
+    pub fn step_failed(&mut self, now: Instant, err: ClientError) {
+        if self.status != Status::InProgress {
+            return;
+        }
+        self.fail(now, err);
+    }
+
+    /// A stream that was up broke.
+    pub fn stream_lost(&mut self, now: Instant, err: ClientError) {
+        if self.stage < Stage::StreamSession {
+            return;
+        }
+        self.fail(now, err);
+    }
+
+    fn fail(&mut self, now: Instant, err: ClientError) {
+        let failed_at = self.stage;
+        self.set(failed_at, Status::Error);
+        // Drop what the failed attempt built; the retry starts below it.
+        let restart = err.restart_from().min(failed_at);
+        let keep = restart.prev().unwrap_or(Stage::Begin);
+        self.actions.push_back(Action::TearDown { to: keep });
+        self.stage = restart;
+        self.tries += 1;
+        let retry = err.is_retryable();
+        self.last_error = Some(err.clone());
+        if retry && self.tries < self.policy.max_tries {
+            self.retry_at = Some(now + self.policy.short_delay);
+        } else if retry && self.policy.always_reconnect {
+            self.tries = 0;
+            self.retry_at = Some(now + self.policy.long_delay);
+        } else {
+            self.retry_at = None;
+            self.target = self.stage;
+            self.events.push_back(Event::Failed(err));
+        }
+    }
+
+    /// Stops trying: tears everything down and reports `Aborted` if a target was pending.
+    pub fn abort(&mut self) {
+        let pending = self.stage != self.target || self.status != Status::Complete;
+        if pending {
+            self.events.push_back(Event::Failed(ClientError::Aborted(self.stage)));
+        }
+        self.retry_at = None;
+        self.target = Stage::Begin;
+        self.actions.push_back(Action::TearDown { to: Stage::Begin });
+        self.set(Stage::Begin, Status::None);
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.retry_at
+    }
+
+    /// Runs a retry that is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.retry_at.is_some_and(|t| t <= now) {
+            self.retry_at = None;
+            self.advance(now);
+        }
+    }
+
+    /// The next action for the driver.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests;
