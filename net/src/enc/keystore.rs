@@ -11,14 +11,15 @@
 //! # Bound and eviction
 //!
 //! The store holds at most [`KeyStoreConfig::max_keys`] keys, divided exactly among the
-//! shards. Inserting into a full shard first drops every expired key of that shard; if
-//! none had expired, it drops the key of that shard that has been idle longest (the least
-//! recently used). So a flood of handshakes can push out idle keys but never makes the
-//! store grow, and a key in active use is the last to go. LRU is per shard, hence
-//! approximate across the store (ids are random, so each shard holds a random sample of
-//! the keys). Both kinds of removal are counted ([`KeyStoreStats`]). Finding the victim
-//! scans the shard — O(max_keys / shards) — which only full stores pay, and which is small
-//! next to the handshake that causes it.
+//! shards. Inserting into a full shard makes room in the way of a CLOCK (second-chance)
+//! cache: each shard keeps its keys in a queue by when they were last queued, and takes keys
+//! from the front — an expired one is dropped (counted as expired); one used since it was
+//! queued goes to the back with a second chance; the first that is neither is evicted (the
+//! least recently used, approximately). So a flood of handshakes can push out idle keys but
+//! never makes the store grow, and a key in active use is the last to go. The victim is
+//! found in amortised O(1): a full store pays no scan per handshake. LRU is per shard,
+//! hence approximate across the store (ids are random, so each shard holds a random sample
+//! of the keys). Both kinds of removal are counted ([`KeyStoreStats`]).
 //!
 //! # Expiry
 //!
@@ -28,7 +29,7 @@
 //! them (which reports [`LookupError::Expired`] once; afterwards the key is unknown), by
 //! eviction, or by [`KeyStore::sweep`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -154,11 +155,17 @@ struct Slot {
     material: Arc<KeyMaterial>,
     created: Instant,
     last_used: Instant,
+    /// When the key last went to the back of its shard's queue.
+    queued_at: Instant,
     window: ReplayWindow,
 }
 
 struct Shard {
     map: HashMap<KeyId, Slot>,
+    /// Key ids by when they were queued, oldest first. Ids of keys removed some other way
+    /// stay until they reach the front or the queue is compacted (it never holds more than
+    /// twice `cap` ids).
+    queue: VecDeque<KeyId>,
     cap: usize,
 }
 
@@ -190,7 +197,7 @@ impl KeyStore {
             .map(|i| {
                 // Divide exactly: the first `max % n` shards take one more.
                 let cap = max / n + usize::from(i < max % n);
-                Mutex::new(Shard { map: HashMap::new(), cap })
+                Mutex::new(Shard { map: HashMap::new(), queue: VecDeque::new(), cap })
             })
             .collect();
         KeyStore {
@@ -219,28 +226,50 @@ impl KeyStore {
     /// Adds a key made at `now`, evicting as the [module docs](self) say if the store is
     /// full. An existing key with the same id (a 2^-128 chance for CSPRNG ids) is replaced.
     pub fn insert(&self, id: KeyId, material: KeyMaterial, now: Instant) {
-        let mut shard = self.shard(&id).lock();
+        let mut guard = self.shard(&id).lock();
+        let shard = &mut *guard;
         if !shard.map.contains_key(&id) && shard.map.len() >= shard.cap {
-            let before = shard.map.len();
-            shard.map.retain(|_, slot| !self.is_expired(slot, now));
-            let dropped = before - shard.map.len();
-            self.expired.fetch_add(dropped as u64, Ordering::Relaxed);
-            if dropped == 0 {
-                let oldest = shard.map.iter().min_by_key(|(_, s)| s.last_used).map(|(id, _)| *id);
-                if let Some(victim) = oldest {
-                    shard.map.remove(&victim);
-                    self.evicted.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            self.make_room(shard, now);
         }
         let slot = Slot {
             material: Arc::new(material),
             created: now,
             last_used: now,
+            queued_at: now,
             window: ReplayWindow::new(),
         };
-        shard.map.insert(id, slot);
+        if shard.map.insert(id, slot).is_none() {
+            shard.queue.push_back(id);
+        }
+        if shard.queue.len() > 2 * shard.cap.max(1) {
+            let Shard { map, queue, .. } = shard;
+            queue.retain(|id| map.contains_key(id));
+        }
         self.inserted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Frees one place in a full shard (see the module docs): expired keys at the front go
+    /// first, keys used since they were queued get a second chance, the first other key is
+    /// evicted. Every key is re-queued at most once per call, so this ends.
+    fn make_room(&self, shard: &mut Shard, now: Instant) {
+        let mut second_chances = shard.map.len();
+        while let Some(id) = shard.queue.pop_front() {
+            let Some(slot) = shard.map.get_mut(&id) else { continue };
+            if self.is_expired(slot, now) {
+                shard.map.remove(&id);
+                self.expired.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            if slot.last_used > slot.queued_at && second_chances > 0 {
+                second_chances -= 1;
+                slot.queued_at = now;
+                shard.queue.push_back(id);
+                continue;
+            }
+            shard.map.remove(&id);
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
     }
 
     /// Runs `f` on a live key's slot; removes the key if it has expired.
@@ -453,12 +482,14 @@ mod tests {
         assert_eq!(s.info(&ids[1], t0 + Duration::from_secs(6)), Err(LookupError::Unknown));
         assert!(s.info(&ids[0], t0 + Duration::from_secs(6)).is_ok());
         assert_eq!(s.stats().evicted, 1);
-        // Much later every key of the shard has expired: one insert drops them all, evicts
-        // nothing.
+        // Much later every key of the shard has expired: an insert drops an expired key and
+        // evicts nothing; the others go on lookup or sweep.
         let late = t0 + Duration::from_secs(30);
         s.insert(ids[5], material(), late);
         let st = s.stats();
-        assert_eq!((st.live, st.evicted, st.expired, st.inserted), (1, 1, 4, 6));
+        assert_eq!((st.live, st.evicted, st.expired, st.inserted), (4, 1, 1, 6));
+        assert_eq!(s.sweep(late), 3);
+        assert_eq!(s.len(), 1);
     }
 
     #[test]
