@@ -3,7 +3,9 @@
 //! Every comparison subcommand prints a readable table and, as its last line, `RESULT`
 //! followed by `key=value` pairs. Every run is bounded in time.
 
+mod bulk;
 mod certs;
+mod dapclient;
 mod echo;
 mod http;
 mod loadgen;
@@ -15,6 +17,8 @@ mod serve_hyper;
 mod serve_mio;
 mod serve_tokio;
 mod servers;
+mod setup;
+mod tls;
 mod wrk;
 
 use std::net::SocketAddr;
@@ -24,7 +28,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "dap-bench", about = "Benchmarks dap against tokio, hyper and a raw mio loop")]
+#[command(
+    name = "dap-bench",
+    about = "Benchmarks dap against tokio, hyper, rustls and a raw mio loop"
+)]
 struct Cli {
     /// Use this dap echo binary instead of building `<repo>/target/release/examples/echo`.
     #[arg(long, global = true, hide = true)]
@@ -32,6 +39,10 @@ struct Cli {
     /// Use this dap hello binary instead of building `<repo>/target/release/examples/hello`.
     #[arg(long, global = true, hide = true)]
     dap_hello_bin: Option<PathBuf>,
+    /// Use this stream_server binary instead of building
+    /// `<repo>/target/release/examples/stream_server`.
+    #[arg(long, global = true, hide = true)]
+    dap_stream_bin: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -71,7 +82,8 @@ enum Cmd {
     },
     /// Echo throughput, latency and CPU per message: dap vs tokio vs mio.
     Echo(echo::EchoArgs),
-    /// Resident memory per idle connection of the dap echo example.
+    /// Resident memory per idle connection of the dap echo example, and per idle stream
+    /// session (4 channels) of the stream_server example.
     Memory(memory::MemoryArgs),
     /// Load only: one scenario against a running echo server (for profiling).
     #[command(hide = true)]
@@ -96,7 +108,13 @@ enum Cmd {
     Http(http::HttpArgs),
     /// HTTPS keep-alive requests per second with wrk: dap-net's hello vs hyper + tokio-rustls.
     Https(http::HttpArgs),
-    /// Runs every comparison in turn (echo, memory, proc, http, https).
+    /// Encrypted bulk transfer on one channel: dap's stream vs rustls TLS 1.3 over TCP
+    /// (ChaCha20-Poly1305 and AES-256-GCM).
+    Stream(bulk::StreamArgs),
+    /// Session set-ups per second (enc_init + stream_ctl + stream connect) vs full rustls
+    /// TLS 1.3 handshakes per second, fresh connections.
+    Setup(setup::SetupArgs),
+    /// Runs every comparison in turn (echo, memory, proc, http, https, stream, setup).
     All(AllArgs),
 }
 
@@ -119,6 +137,9 @@ struct AllArgs {
     /// memory: idle connections to open.
     #[arg(long, default_value_t = 9000)]
     conns: usize,
+    /// memory: idle stream sessions to open.
+    #[arg(long, default_value_t = 4000)]
+    sessions: usize,
     /// proc: jobs per producer per round.
     #[arg(long, default_value_t = 500_000)]
     jobs: usize,
@@ -131,6 +152,9 @@ struct AllArgs {
     /// http, https: warm-up wrk run before each measured one, in seconds.
     #[arg(long, default_value_t = 1.0)]
     http_warmup: f64,
+    /// stream, setup: measured window per run, in seconds (their warm-up is `--warmup`).
+    #[arg(long, default_value_t = 5.0)]
+    stream_secs: f64,
 }
 
 /// Where a dap example (echo or hello) comes from.
@@ -187,14 +211,21 @@ fn main() -> ExitCode {
             serve_hyper::run(addr, threads, cert.zip(key))
         }
         Cmd::Echo(a) => echo::run(&a, DapSource::from_arg(cli.dap_bin)).map(drop),
-        Cmd::Memory(a) => memory::run(&a, DapSource::from_arg(cli.dap_bin)).map(drop),
+        Cmd::Memory(a) => memory::run(
+            &a,
+            DapSource::from_arg(cli.dap_bin),
+            DapSource::from_arg(cli.dap_stream_bin),
+        )
+        .map(drop),
         Cmd::Load { addr, pid, scenario, secs } => run_load(addr, pid, &scenario, secs),
         Cmd::Proc(a) => proc::run(&a)
             .map(|pairs| report::print_result_line(&pairs))
             .map_err(std::io::Error::other),
         Cmd::Http(a) => http::run_http(&a, DapSource::from_arg(cli.dap_hello_bin)).map(drop),
         Cmd::Https(a) => http::run_https(&a, DapSource::from_arg(cli.dap_hello_bin)).map(drop),
-        Cmd::All(a) => run_all(&a, cli.dap_bin, cli.dap_hello_bin),
+        Cmd::Stream(a) => bulk::run(&a).map(drop),
+        Cmd::Setup(a) => setup::run(&a).map(drop),
+        Cmd::All(a) => run_all(&a, cli.dap_bin, cli.dap_hello_bin, cli.dap_stream_bin),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -206,11 +237,13 @@ fn main() -> ExitCode {
 }
 
 /// `all`: each comparison prints its own table and `RESULT`; the last line merges them all
-/// (http's and https's keys prefixed `http_` and `https_`).
+/// (http's, https's, stream's and setup's keys prefixed `http_`, `https_`, `stream_` and
+/// `setup_`).
 fn run_all(
     a: &AllArgs,
     dap_bin: Option<PathBuf>,
     dap_hello_bin: Option<PathBuf>,
+    dap_stream_bin: Option<PathBuf>,
 ) -> std::io::Result<()> {
     let e = &echo::EchoArgs {
         secs: a.secs,
@@ -218,19 +251,39 @@ fn run_all(
         warmup: a.warmup,
         retry_noisy: a.retry_noisy,
     };
-    let m = &memory::MemoryArgs { conns: a.conns, server: servers::Kind::Dap };
+    let m =
+        &memory::MemoryArgs { conns: a.conns, server: servers::Kind::Dap, sessions: a.sessions };
+    let st = &bulk::StreamArgs {
+        secs: a.stream_secs,
+        rounds: a.rounds,
+        warmup: a.warmup,
+        msg: 64 * 1024,
+        only: None,
+    };
+    let su = &setup::SetupArgs {
+        secs: a.stream_secs,
+        rounds: a.rounds,
+        warmup: a.warmup,
+        conns: 32,
+        cert: tls::CertKind::Ed25519,
+        channels: "E".to_string(),
+        only: None,
+    };
     let p = &proc::ProcArgs { jobs: a.jobs, rounds: a.rounds, flips: a.flips };
     let h = &http::HttpArgs { secs: a.http_secs, rounds: a.rounds, warmup: a.http_warmup };
     // Build (or check) each example once; the comparisons then use the same binaries.
     let dap = resolve_dap(DapSource::from_arg(dap_bin));
     let hello = resolve_example(DapSource::from_arg(dap_hello_bin), servers::HELLO);
+    let stream_server =
+        resolve_example(DapSource::from_arg(dap_stream_bin), servers::STREAM_SERVER);
     let mut pairs = echo::run(e, DapSource::Resolved(dap.clone()))?;
     println!();
-    match memory::run(m, DapSource::Resolved(dap)) {
+    match memory::run(m, DapSource::Resolved(dap), DapSource::Resolved(stream_server)) {
         Ok(p) => pairs.extend(p),
         Err(err) => {
             println!("memory: FAILED: {err}");
             pairs.push(("idle_conn_kib".to_string(), "nan".to_string()));
+            pairs.push(("idle_session_kib".to_string(), "nan".to_string()));
         }
     }
     println!();
@@ -252,6 +305,23 @@ fn run_all(
         Err(err) => {
             println!("https: FAILED: {err}");
             pairs.push(("https_ratio".to_string(), "NA".to_string()));
+        }
+    }
+    println!();
+    match bulk::run(st) {
+        Ok(p) => pairs.extend(p.into_iter().map(|(k, v)| (format!("stream_{k}"), v))),
+        Err(err) => {
+            println!("stream: FAILED: {err}");
+            pairs.push(("stream_ratio_chacha".to_string(), "nan".to_string()));
+            pairs.push(("stream_ratio_aes".to_string(), "nan".to_string()));
+        }
+    }
+    println!();
+    match setup::run(su) {
+        Ok(p) => pairs.extend(p.into_iter().map(|(k, v)| (format!("setup_{k}"), v))),
+        Err(err) => {
+            println!("setup: FAILED: {err}");
+            pairs.push(("setup_ratio".to_string(), "nan".to_string()));
         }
     }
     report::print_result_line(&pairs);

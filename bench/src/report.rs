@@ -90,6 +90,11 @@ pub fn fmt_ratio(x: f64) -> String {
     if x.is_finite() { format!("{x:.3}") } else { "nan".to_string() }
 }
 
+/// Formats a figure with `prec` decimals (`nan` when unknown, as [`fmt_ratio`]).
+pub fn fmt_num(x: f64, prec: usize) -> String {
+    if x.is_finite() { format!("{x:.prec$}") } else { "nan".to_string() }
+}
+
 /// Prints `RESULT k=v k=v ...`.
 pub fn print_result_line(pairs: &[(String, String)]) {
     let body: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -69,6 +69,9 @@ pub struct Example {
 pub const ECHO: Example = Example { package: "dap-reactor", name: "echo" };
 /// `dap-net`'s hello HTTP server (`http`, `https`).
 pub const HELLO: Example = Example { package: "dap-net", name: "hello" };
+/// `dap-stream`'s stream server: enc_init, stream_ctl, `/stream/`, echo channels `E A B C`
+/// and a sink `S` (`memory`'s idle sessions).
+pub const STREAM_SERVER: Example = Example { package: "dap-stream", name: "stream_server" };
 
 /// Builds `<repo>/target/release/examples/NAME` with cargo and returns its path, or a
 /// printable reason why it is not available.

@@ -1,0 +1,452 @@
+//! A blocking dap stream client over a plain `std::net::TcpStream`, built from the library's
+//! sans-IO pieces, for `setup` and `memory`.
+//!
+//! [`open_session`] does the three steps of a session set-up on ONE keep-alive connection:
+//! `POST /enc_init` (X25519 + the node's Ed25519 signature, checked against the pinned node
+//! key), `POST /stream_ctl` sealed with the new enc key, and `GET /stream/<channels>` with
+//! `Upgrade: dap-stream/1`, answered `101`. [`StreamClient`] then carries the session's
+//! [`Mux`] over the same socket (sealing and opening stream packets itself).
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dap_net::enc::{CipherSuite, EncInit, EncSession, SealedRequest};
+use dap_stream::codec::packet::{self, PacketType, Sealer};
+use dap_stream::session::SessionParams;
+use dap_stream::session::TransportKind;
+use dap_stream::session::ctl::CtlRequest;
+use dap_stream::transport::Wake;
+use dap_stream::{Channel, ChannelHandler, ChannelProcs, Message, Mux, MuxConfig, SessionInfo};
+
+/// Bound of every blocking read and write.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest response head or body read.
+const MAX_RESPONSE: usize = 64 << 10;
+
+/// One HTTP/1.1 keep-alive connection with its read buffer.
+pub struct HttpConn {
+    /// The socket.
+    pub tcp: TcpStream,
+    /// Bytes read and not consumed yet.
+    pub buf: Vec<u8>,
+}
+
+/// A response: status, the `Upgrade` header's value, and the body (`Content-Length` framed).
+pub struct Resp {
+    /// The status.
+    pub status: u16,
+    /// Whether it carried an `Enc-Error` header (an enc refusal).
+    pub enc_error: Option<String>,
+    /// The `Upgrade` header.
+    pub upgrade: Option<String>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl HttpConn {
+    /// Connects (bounded, from a fresh loopback source address: see [`connect_fresh`]), with
+    /// `TCP_NODELAY` and bounded reads and writes.
+    pub fn connect(addr: SocketAddr) -> io::Result<HttpConn> {
+        let tcp = connect_fresh(addr)?;
+        tcp.set_nodelay(true)?;
+        tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+        tcp.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(HttpConn { tcp, buf: Vec::with_capacity(4096) })
+    }
+
+    /// Sends one request (head and body in one write) and reads its response. A `101` ends
+    /// at its head: what follows belongs to the upgraded protocol and stays in `buf`.
+    pub fn exchange(&mut self, request: &[u8]) -> io::Result<Resp> {
+        self.tcp.write_all(request)?;
+        loop {
+            if let Some((resp, used)) = parse_response(&self.buf).map_err(bad)? {
+                self.buf.drain(..used);
+                return Ok(resp);
+            }
+            self.fill()?;
+        }
+    }
+
+    /// Reads once more into `buf`; EOF is an error.
+    fn fill(&mut self) -> io::Result<()> {
+        if self.buf.len() > MAX_RESPONSE + 4096 {
+            return Err(bad("response too long".to_string()));
+        }
+        let mut chunk = [0u8; 16 << 10];
+        let n = self.tcp.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed"));
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+}
+
+/// Source addresses [`connect_fresh`] cycles through: 127.0.0.2 to 127.0.0.251.
+const SOURCES: u32 = 250;
+static NEXT_SOURCE: AtomicU32 = AtomicU32::new(0);
+
+/// Connects to `addr` (bounded) from the next of [`SOURCES`] loopback addresses, the port
+/// chosen at `connect` (`IP_BIND_ADDRESS_NO_PORT`).
+///
+/// The set-up benchmark opens a connection per set-up, ~100,000 a minute, and closes each
+/// from the client side (a normal FIN), which leaves it in `TIME_WAIT` for 60 s. From one
+/// source address those would fill the ~28,000 ephemeral ports, and `connect` gets slower the
+/// fuller they are, more so for whoever runs later; spread over 250 source addresses they
+/// never matter.
+pub fn connect_fresh(addr: SocketAddr) -> io::Result<TcpStream> {
+    let sock = fresh_socket(addr)?;
+    sock.connect_timeout(&addr.into(), IO_TIMEOUT)?;
+    Ok(sock.into())
+}
+
+/// As [`connect_fresh`], non-blocking: the connect is under way when this returns.
+pub fn connect_fresh_nonblocking(addr: SocketAddr) -> io::Result<TcpStream> {
+    let sock = fresh_socket(addr)?;
+    sock.set_nonblocking(true)?;
+    sock.set_tcp_nodelay(true)?;
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(sock.into())
+}
+
+/// A TCP socket bound to the next source address (port left to `connect`).
+fn fresh_socket(addr: SocketAddr) -> io::Result<socket2::Socket> {
+    use std::os::fd::AsRawFd;
+    let n = NEXT_SOURCE.fetch_add(1, Ordering::Relaxed) % SOURCES;
+    let src = SocketAddr::from(([127, 0, 0, 2 + n as u8], 0));
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    let one: libc::c_int = 1;
+    // SAFETY: the fd is a valid, open socket owned by `sock`; the option value points to a
+    // live `c_int` and its exact size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if addr.ip().is_loopback() {
+        sock.bind(&src.into())?;
+    }
+    Ok(sock)
+}
+
+/// Parses one whole response at the start of `buf`: `Ok(None)` until it is all there;
+/// otherwise the response and the bytes it took. A `101` ends at its head.
+pub fn parse_response(buf: &[u8]) -> Result<Option<(Resp, usize)>, String> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        if buf.len() > MAX_RESPONSE {
+            return Err("response head too long".to_string());
+        }
+        return Ok(None);
+    };
+    let head_len = end + 4;
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let status: u16 = head
+        .split_ascii_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line in {head:?}"))?;
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let len = if status == 101 {
+        0
+    } else {
+        header("content-length")
+            .ok_or_else(|| format!("no Content-Length in {head:?}"))?
+            .parse::<usize>()
+            .map_err(|e| format!("bad Content-Length: {e}"))?
+    };
+    if len > MAX_RESPONSE {
+        return Err(format!("response body of {len} bytes"));
+    }
+    if buf.len() < head_len + len {
+        return Ok(None);
+    }
+    let resp = Resp {
+        status,
+        enc_error: header("enc-error"),
+        upgrade: header("upgrade"),
+        body: buf[head_len..head_len + len].to_vec(),
+    };
+    Ok(Some((resp, head_len + len)))
+}
+
+fn bad(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// A `POST` request with a body and extra headers.
+pub fn post(target: &str, host: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut req = format!(
+        "POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(k);
+        req.push_str(": ");
+        req.push_str(v);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    let mut out = req.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// A session set-up, sans-IO: the requests to send, in order, and what to make of each
+/// answer. Used by [`open_session`] (blocking) and by `setup`'s epoll load generator.
+pub struct DapSetup {
+    host: String,
+    node_key: [u8; 32],
+    channels: Vec<u8>,
+    suite: Option<CipherSuite>,
+    step: Step,
+}
+
+enum Step {
+    /// `POST /enc_init` sent.
+    Init(EncInit),
+    /// `POST /stream_ctl` sent.
+    Ctl(Box<(EncSession, SealedRequest)>),
+    /// `GET /stream/…` sent.
+    Upgrade(SessionParams),
+    /// `101` received.
+    Done(SessionParams),
+    /// Failed.
+    Broken,
+}
+
+impl DapSetup {
+    /// Starts a set-up with the server at `addr`: enc_init (pinning `node_key`), then
+    /// stream_ctl for `channels` (cipher `suite`, or the server's choice), then the upgrade.
+    /// Returns the state and the first request to send.
+    pub fn start(
+        addr: SocketAddr,
+        node_key: [u8; 32],
+        channels: &[u8],
+        suite: Option<CipherSuite>,
+    ) -> (DapSetup, Vec<u8>) {
+        let host = addr.to_string();
+        let (init, body) = EncInit::start(&CipherSuite::ALL, None);
+        let req = post("/enc_init", &host, &[], &body);
+        let s =
+            DapSetup { host, node_key, channels: channels.to_vec(), suite, step: Step::Init(init) };
+        (s, req)
+    }
+
+    /// Takes the answer to the last request: the next request to send, or `None` when the
+    /// stream is up (`101`).
+    ///
+    /// # Errors
+    /// A refusal or an answer that does not check out; the set-up is over.
+    pub fn on_response(&mut self, r: Resp) -> Result<Option<Vec<u8>>, String> {
+        match std::mem::replace(&mut self.step, Step::Broken) {
+            Step::Init(init) => {
+                if r.status != 200 {
+                    return Err(format!("enc_init: status {} ({:?})", r.status, r.enc_error));
+                }
+                let enc = init
+                    .finish(&r.body, Some(self.node_key))
+                    .map_err(|e| format!("enc_init: {e}"))?;
+                let ctl = CtlRequest {
+                    channels: self.channels.clone(),
+                    suite: self.suite,
+                    transport: TransportKind::Http,
+                };
+                let sealed = enc
+                    .seal_request("POST", "", None, &ctl.encode())
+                    .map_err(|e| format!("seal: {e}"))?;
+                let headers: Vec<(&str, &str)> =
+                    sealed.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let req = post(&sealed.target("/stream_ctl"), &self.host, &headers, &sealed.body);
+                self.step = Step::Ctl(Box::new((enc, sealed)));
+                Ok(Some(req))
+            }
+            Step::Ctl(ctl) => {
+                let (enc, sealed) = *ctl;
+                if let Some(reason) = r.enc_error {
+                    return Err(format!("stream_ctl: enc refusal {} {reason}", r.status));
+                }
+                let answer = enc
+                    .open_response(&sealed, r.status, &r.body)
+                    .map_err(|e| format!("stream_ctl answer: {e}"))?;
+                let params =
+                    dap_stream::client::read_ctl_answer(r.status, &answer, MuxConfig::default())
+                        .map_err(|e| format!("stream_ctl: {e}"))?;
+                let req = dap_stream::transport::http::upgrade_request(&params, &self.host);
+                self.step = Step::Upgrade(params);
+                Ok(Some(req.into_bytes()))
+            }
+            Step::Upgrade(params) => {
+                let token = dap_stream::transport::http::UPGRADE_TOKEN;
+                if r.status != 101 || !r.upgrade.is_some_and(|u| u.eq_ignore_ascii_case(token)) {
+                    return Err(format!("upgrade: status {}", r.status));
+                }
+                self.step = Step::Done(params);
+                Ok(None)
+            }
+            Step::Done(_) | Step::Broken => Err("set-up already over".to_string()),
+        }
+    }
+
+    /// The session, once the stream is up.
+    pub fn params(self) -> Option<SessionParams> {
+        match self.step {
+            Step::Done(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// A full session set-up on a fresh blocking connection to `addr` (see [`DapSetup`]).
+/// Returns the connection (its `buf` holds any stream bytes that followed the `101`) and the
+/// session.
+pub fn open_session(
+    addr: SocketAddr,
+    node_key: [u8; 32],
+    channels: &[u8],
+    suite: Option<CipherSuite>,
+) -> Result<(HttpConn, SessionParams), String> {
+    let mut conn = HttpConn::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    let (mut setup, mut req) = DapSetup::start(addr, node_key, channels, suite);
+    loop {
+        let r = conn.exchange(&req).map_err(|e| format!("exchange: {e}"))?;
+        match setup.on_response(r)? {
+            Some(next) => req = next,
+            None => break,
+        }
+    }
+    let params = setup.params().ok_or("no session")?;
+    Ok((conn, params))
+}
+
+/// Wakes nobody: the blocking client polls its mux itself after every write.
+struct NoWake;
+
+impl Wake for NoWake {
+    fn wake(&self) {}
+}
+
+/// Counts the messages that arrive, on every channel.
+struct Count(Arc<AtomicUsize>);
+
+impl ChannelHandler for Count {
+    fn packet_in(&mut self, _: &mut Channel<'_>, _: Message) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The client end of an attached session, over its blocking socket.
+pub struct StreamClient {
+    conn: HttpConn,
+    mux: Mux,
+    sealer: Sealer,
+    opener: packet::Opener,
+    max_payload: usize,
+    received: Arc<AtomicUsize>,
+}
+
+impl StreamClient {
+    /// Carries `params` over `conn` (as [`open_session`] left it).
+    pub fn new(conn: HttpConn, params: &SessionParams) -> StreamClient {
+        let received = Arc::new(AtomicUsize::new(0));
+        let mut procs = ChannelProcs::new();
+        for &id in &params.channels {
+            let r = received.clone();
+            procs.ch_proc_add(id, move |_| Box::new(Count(r.clone()))).expect("valid channel id");
+        }
+        let info = SessionInfo { session_id: params.id, client: None };
+        let mut mux = Mux::new(&params.channels, &procs, info, params.limits.mux);
+        mux.start(Arc::new(NoWake));
+        let (sealer, opener) = params.packet_keys(false);
+        StreamClient { conn, mux, sealer, opener, max_payload: params.limits.max_payload, received }
+    }
+
+    /// Sends `data` on every channel of the session and waits (bounded) until all the echoes
+    /// are back.
+    pub fn echo_each(&mut self, ids: &[u8], data: &Bytes) -> Result<(), String> {
+        let want = self.received.load(Ordering::Relaxed) + ids.len();
+        for &id in ids {
+            match self.mux.with_channel(id, |ch| ch.write(1, data.clone())) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return Err(format!("write on {:?}: {e}", id as char)),
+                None => return Err(format!("no channel {:?}", id as char)),
+            }
+        }
+        self.flush()?;
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while self.received.load(Ordering::Relaxed) < want {
+            if Instant::now() >= deadline {
+                return Err("echo timed out".to_string());
+            }
+            self.read_packets()?;
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Seals and sends everything the mux has to send.
+    fn flush(&mut self) -> Result<(), String> {
+        loop {
+            let mut out = Vec::with_capacity(1024);
+            let start = Sealer::begin(&mut out);
+            if !self.mux.poll_payload(&mut out, self.max_payload) {
+                break;
+            }
+            self.sealer.seal(PacketType::Data, &mut out, start);
+            self.conn.tcp.write_all(&out).map_err(|e| format!("write: {e}"))?;
+        }
+        self.mux.notify_writable();
+        Ok(())
+    }
+
+    /// Reads once (unless whole packets are already buffered) and handles every whole
+    /// packet.
+    fn read_packets(&mut self) -> Result<(), String> {
+        let whole = |buf: &[u8], max| matches!(packet::parse_header(buf, max), Ok(Some(h)) if buf.len() >= h.packet_len());
+        if !whole(&self.conn.buf, self.max_payload) {
+            self.conn.fill().map_err(|e| format!("read: {e}"))?;
+        }
+        loop {
+            let buf = &mut self.conn.buf;
+            let hdr = match packet::parse_header(buf, self.max_payload) {
+                Ok(Some(h)) if buf.len() >= h.packet_len() => h,
+                Ok(_) => return Ok(()),
+                Err(e) => return Err(format!("bad packet: {e}")),
+            };
+            let plain = self.opener.open(&hdr, buf).map_err(|e| format!("open: {e}"))?;
+            match hdr.ty {
+                PacketType::Data => {
+                    self.mux.handle_payload(plain).map_err(|e| format!("mux: {e}"))?
+                }
+                PacketType::Keepalive => {
+                    let mut out = Vec::with_capacity(packet::OVERHEAD);
+                    let start = Sealer::begin(&mut out);
+                    self.sealer.seal(PacketType::Alive, &mut out, start);
+                    self.conn.tcp.write_all(&out).map_err(|e| format!("write: {e}"))?;
+                }
+                PacketType::Alive => {}
+                PacketType::Close => return Err("the server closed the stream".to_string()),
+            }
+            self.conn.buf.drain(..hdr.packet_len());
+        }
+    }
+}
