@@ -11,15 +11,14 @@
 //! # Bound and eviction
 //!
 //! The store holds at most [`KeyStoreConfig::max_keys`] keys, divided exactly among the
-//! shards. Inserting into a full shard makes room in the way of a CLOCK (second-chance)
-//! cache: each shard keeps its keys in a queue by when they were last queued, and takes keys
-//! from the front — an expired one is dropped (counted as expired); one used since it was
-//! queued goes to the back with a second chance; the first that is neither is evicted (the
-//! least recently used, approximately). So a flood of handshakes can push out idle keys but
-//! never makes the store grow, and a key in active use is the last to go. The victim is
-//! found in amortised O(1): a full store pays no scan per handshake. LRU is per shard,
-//! hence approximate across the store (ids are random, so each shard holds a random sample
-//! of the keys). Both kinds of removal are counted ([`KeyStoreStats`]).
+//! shards. Each shard keeps its keys in a queue by last use (a key goes to the back when it
+//! is made and each time a request authenticates with it; its older place goes stale and
+//! is skipped). Inserting into a full shard removes the key at the front: the least
+//! recently used (counted as expired if its idle TTL or age had passed, else as evicted). So a flood of handshakes can push out idle keys but never makes the
+//! store grow, and a key in active use is the last to go. The victim is found in amortised
+//! O(1): a full store pays no scan per handshake. LRU is per shard, hence approximate
+//! across the store (ids are random, so each shard holds a random sample of the keys).
+//! Both kinds of removal are counted ([`KeyStoreStats`]).
 //!
 //! # Expiry
 //!
@@ -155,17 +154,19 @@ struct Slot {
     material: Arc<KeyMaterial>,
     created: Instant,
     last_used: Instant,
-    /// When the key last went to the back of its shard's queue.
-    queued_at: Instant,
+    /// Which of the key's places in its shard's queue is current: each use queues it again
+    /// at the back with a new stamp, and places with an older stamp are stale.
+    stamp: u32,
     window: ReplayWindow,
 }
 
 struct Shard {
     map: HashMap<KeyId, Slot>,
-    /// Key ids by when they were queued, oldest first. Ids of keys removed some other way
-    /// stay until they reach the front or the queue is compacted (it never holds more than
-    /// twice `cap` ids).
-    queue: VecDeque<KeyId>,
+    /// Keys by last use (or insertion), least recent first, with the stamp of that use.
+    /// Stale places (an older stamp, or a key removed some other way) are skipped when they
+    /// reach the front, and dropped when the queue is compacted; it holds at most twice
+    /// `cap` places plus one.
+    queue: VecDeque<(KeyId, u32)>,
     cap: usize,
 }
 
@@ -235,39 +236,37 @@ impl KeyStore {
             material: Arc::new(material),
             created: now,
             last_used: now,
-            queued_at: now,
+            stamp: 0,
             window: ReplayWindow::new(),
         };
-        if shard.map.insert(id, slot).is_none() {
-            shard.queue.push_back(id);
-        }
-        if shard.queue.len() > 2 * shard.cap.max(1) {
-            let Shard { map, queue, .. } = shard;
-            queue.retain(|id| map.contains_key(id));
-        }
+        // A replaced key's old places go stale with its stamp.
+        let stamp = shard.map.get(&id).map_or(0, |old| old.stamp.wrapping_add(1));
+        shard.map.insert(id, Slot { stamp, ..slot });
+        shard.queue.push_back((id, stamp));
+        Self::compact(shard);
         self.inserted.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Frees one place in a full shard (see the module docs): expired keys at the front go
-    /// first, keys used since they were queued get a second chance, the first other key is
-    /// evicted. Every key is re-queued at most once per call, so this ends.
+    /// Drops stale places once they outnumber the live ones: O(1) amortised per push.
+    fn compact(shard: &mut Shard) {
+        if shard.queue.len() > 2 * shard.cap.max(1) {
+            let Shard { map, queue, .. } = shard;
+            queue.retain(|(id, stamp)| map.get(id).is_some_and(|s| s.stamp == *stamp));
+        }
+    }
+
+    /// Frees one place in a full shard: the key at the front of the queue (skipping stale
+    /// places) is the least recently used; it goes, counted as expired if it had expired,
+    /// else as evicted.
     fn make_room(&self, shard: &mut Shard, now: Instant) {
-        let mut second_chances = shard.map.len();
-        while let Some(id) = shard.queue.pop_front() {
-            let Some(slot) = shard.map.get_mut(&id) else { continue };
-            if self.is_expired(slot, now) {
-                shard.map.remove(&id);
-                self.expired.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            if slot.last_used > slot.queued_at && second_chances > 0 {
-                second_chances -= 1;
-                slot.queued_at = now;
-                shard.queue.push_back(id);
+        while let Some((id, stamp)) = shard.queue.pop_front() {
+            let Some(slot) = shard.map.get(&id) else { continue };
+            if slot.stamp != stamp {
                 continue;
             }
+            let counter = if self.is_expired(slot, now) { &self.expired } else { &self.evicted };
             shard.map.remove(&id);
-            self.evicted.fetch_add(1, Ordering::Relaxed);
+            counter.fetch_add(1, Ordering::Relaxed);
             return;
         }
     }
@@ -313,11 +312,22 @@ impl KeyStore {
     /// # Errors
     /// [`UseError`]: unknown, expired, or the counter was used meanwhile.
     pub fn commit(&self, id: &KeyId, counter: u64, now: Instant) -> Result<(), UseError> {
-        self.with_slot(id, now, |slot| {
-            slot.window.accept(counter).map_err(UseError::Replay)?;
-            slot.last_used = slot.last_used.max(now);
-            Ok(())
-        })?
+        let mut guard = self.shard(id).lock();
+        let shard = &mut *guard;
+        let slot = shard.map.get_mut(id).ok_or(UseError::Unknown)?;
+        if self.is_expired(slot, now) {
+            shard.map.remove(id);
+            self.expired.fetch_add(1, Ordering::Relaxed);
+            return Err(UseError::Expired);
+        }
+        slot.window.accept(counter).map_err(UseError::Replay)?;
+        slot.last_used = slot.last_used.max(now);
+        // Most recently used now: to the back of the queue (its older place goes stale).
+        slot.stamp = slot.stamp.wrapping_add(1);
+        let stamp = slot.stamp;
+        shard.queue.push_back((*id, stamp));
+        Self::compact(shard);
+        Ok(())
     }
 
     /// What is known about key `id`, for other layers (e.g. the client identity behind a
