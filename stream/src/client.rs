@@ -41,7 +41,8 @@ pub enum CtlError {
     BadAnswer(#[from] DecodeError),
 }
 
-/// The sealed request body of stream_ctl for `req` (for callers that do their own HTTP).
+/// The enc_http call that carries a stream_ctl request `body` (an encoded
+/// [`CtlRequest`]), for callers that do their own HTTP.
 pub fn ctl_call<'a>(body: &'a [u8]) -> EncCall<'a> {
     EncCall::new(Method::Post, STREAM_CTL_PATH, "").body(body)
 }
