@@ -60,17 +60,19 @@ impl ChanShared {
         let _ = self.waker.set(waker);
     }
 
-    /// Moves queued messages out while `take` says there is room; wakes blocked writers.
-    pub(crate) fn drain(&self, mut take: impl FnMut(u8, Bytes) -> bool) {
+    /// Hands queued messages to `take` while `fits(len)` says there is room for the next;
+    /// wakes blocked writers.
+    pub(crate) fn drain(
+        &self,
+        mut fits: impl FnMut(usize) -> bool,
+        mut take: impl FnMut(u8, Bytes),
+    ) {
         let mut q = self.queue.lock();
         let mut moved = false;
-        while let Some((ty, data)) = q.items.pop_front() {
-            let len = data.len();
-            if !take(ty, data.clone()) {
-                q.items.push_front((ty, data));
-                break;
-            }
-            q.bytes -= len;
+        while q.items.front().is_some_and(|(_, data)| fits(data.len())) {
+            let (ty, data) = q.items.pop_front().expect("front was Some");
+            q.bytes -= data.len();
+            take(ty, data);
             moved = true;
         }
         if moved {

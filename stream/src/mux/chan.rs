@@ -107,15 +107,21 @@ impl ChanState {
 
     /// Moves messages written through handles into the send queue while it has room.
     pub(crate) fn pull_handle_writes(&mut self, bound: usize) {
-        let (outq, out_bytes) = (&mut self.outq, &mut self.out_bytes);
-        self.shared.drain(|ty, data| {
-            if !outq.is_empty() && *out_bytes + data.len() > bound {
-                return false;
-            }
-            *out_bytes += data.len();
-            outq.push_back(OutMsg { ty, data, off: 0 });
-            true
-        });
+        // One message is always taken into an empty queue, as with local writes.
+        let was_empty = self.outq.is_empty();
+        let queued = self.out_bytes;
+        let taken = std::cell::Cell::new(0usize);
+        let outq = &mut self.outq;
+        let first = std::cell::Cell::new(was_empty);
+        self.shared.drain(
+            |len| first.get() || queued + taken.get() + len <= bound,
+            |ty, data| {
+                first.set(false);
+                taken.set(taken.get() + data.len());
+                outq.push_back(OutMsg { ty, data, off: 0 });
+            },
+        );
+        self.out_bytes += taken.get();
     }
 
     /// Whether the next message to send is empty (it needs no credit).
