@@ -97,15 +97,14 @@ impl ClientError {
         )
     }
 
-    /// The stage a retry starts from: a key the server forgot needs a new handshake; a lost
-    /// stream needs a new session; the rest retries its own stage.
+    /// The stage a retry starts from: a key the server forgot needs a new handshake; a
+    /// stream that failed or was lost needs a new session; the rest retries its own stage.
     pub fn restart_from(&self) -> Stage {
         match self {
             ClientError::KeyExpired(_) => Stage::EncInit,
-            ClientError::StreamLost(_)
-            | ClientError::StreamResponse(_)
-            | ClientError::ConnectRefused { stage: Stage::StreamSession }
-            | ClientError::Timeout { stage: Stage::StreamSession } => Stage::StreamCtl,
+            // A session id attaches once: whatever broke at or after the stream's start
+            // needs a new one.
+            e if e.stage() >= Stage::StreamSession => Stage::StreamCtl,
             e => e.stage().max(Stage::EncInit),
         }
     }

@@ -1,16 +1,47 @@
-//! dap-client: the client connection state machine.
+//! dap-client: a connection to a dap node through a state machine, usable from any thread.
 //!
 //! A client goes through stages `Begin → EncInit → StreamCtl → StreamSession →
-//! StreamConnected → StreamStreaming` ([`Stage`]), each with a [`Status`]. The deciding
-//! part, [`Machine`], is sans-IO: it says which step to run, when to retry (a short delay,
-//! then a long one with `always_reconnect`) and what to tear down, and is tested with a
-//! virtual clock. The driver that runs the steps on the reactor builds on it.
+//! StreamConnected → StreamStreaming` ([`Stage`]), each with a [`Status`]:
+//!
+//! - **EncInit**: `POST /enc_init` — an X25519 key agreed with the node, whose Ed25519
+//!   signature is checked against the pinned node key; an optional client certificate;
+//! - **StreamCtl**: `POST /stream_ctl` over enc_http — a session for the chosen channels;
+//! - **StreamSession → StreamConnected**: the stream's connection, upgraded (`101`);
+//! - **StreamStreaming**: channels are live; writes queued before streaming
+//!   (connect-on-demand) drain in order.
+//!
+//! The deciding part, [`Machine`], is sans-IO: it says which step to run, when to retry (a
+//! short delay, then a long one with `always_reconnect`) and what to tear down, and is
+//! tested with a virtual clock. [`Client`] drives it on a reactor worker with non-blocking
+//! requests; its methods can be called from any thread, and its callbacks run on its
+//! worker. Failures are [`ClientError`]s that name the stage they belong to.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use dap_client::{Client, ClientConfig, Stage, Uplink};
+//!
+//! let reactor = dap_reactor::Reactor::builder().threads(1).start()?;
+//! let cfg = ClientConfig::new(Uplink::parse("127.0.0.1:8079")?);
+//! let client = Client::new(&reactor.workers()[0], cfg, Default::default())?;
+//! client.on_status(|stage, status| println!("{stage}: {status:?}"));
+//! match client.go_stage_blocking(Stage::StreamStreaming, Duration::from_secs(10)) {
+//!     Ok(_) => println!("streaming"),
+//!     Err(e) => eprintln!("failed at {}: {e}", e.stage()),
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![forbid(unsafe_code)]
 
+mod client;
+mod config;
 mod error;
 pub mod machine;
 mod stage;
 
+pub use client::{Client, MessageFn, StageCallback, StatusFn, WriteError};
+pub use config::{ClientConfig, Transport, Uplink};
 pub use error::ClientError;
 pub use machine::{Action, Event, Machine, RetryPolicy};
 pub use stage::{Stage, Status};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use dap_net::enc::client::{EncCall, RequestError, request_blocking};
 use dap_net::enc::{CipherSuite, EncSession};
 use dap_net::http::client::{ClientConfig, Method};
-use dap_reactor::{PostError, Worker};
+use dap_reactor::{EsocketHandle, PostError, Worker, WorkerCtx};
 
 use crate::channel::{ChannelProcs, SessionInfo};
 use crate::codec::{DecodeError, packet};
@@ -86,12 +86,10 @@ pub fn stream_ctl_blocking(
 }
 
 /// Connects to `addr` on `worker` and attaches the session `params` over HTTP, with a
-/// handler from `procs` per channel. `events` hears [`StreamEvent::Connected`] (with a
-/// handle per channel) and, last, [`StreamEvent::Closed`]. `timeout` bounds the TCP
-/// connect and, separately, the wait for the `101`.
+/// handler from `procs` per channel: [`connect_on`] from any thread.
 ///
 /// # Errors
-/// The worker's inbox is full or it has stopped.
+/// The worker's inbox is full or it has stopped; `events` is dropped unheard.
 pub fn connect(
     worker: &Worker,
     addr: SocketAddr,
@@ -102,34 +100,58 @@ pub fn connect(
     events: EventSink,
 ) -> Result<(), PostError> {
     worker.exec(move |ctx| {
-        // The sink moves into the connection; if connecting fails at once, it comes back
-        // through this slot to report it.
-        let slot = Arc::new(parking_lot::Mutex::new(Some(events)));
-        let back = slot.clone();
-        let fail = move |e: String| {
-            if let Some(mut f) = slot.lock().take() {
-                f(StreamEvent::Closed(StreamError::Io(e)));
-            }
-        };
-        let buf_in = ctx.limits().buf_in_cap;
-        if params.limits.max_payload + packet::OVERHEAD > buf_in {
-            return fail(format!(
-                "the server's max_payload {} does not fit buf_in_cap {buf_in}",
-                params.limits.max_payload
-            ));
-        }
-        let info = SessionInfo { session_id: params.id, client: None };
-        let mux = Mux::new(&params.channels, &procs, info, params.limits.mux);
-        let mut params = params;
-        params.limits.connect_timeout = timeout;
-        let sink: EventSink = Box::new(move |ev| {
-            if let Some(f) = back.lock().as_mut() {
-                f(ev);
-            }
-        });
-        let conn = StreamConn::client(params, &addr.to_string(), mux, stats, sink);
-        if let Err(e) = ctx.connect_tcp_timeout(addr, timeout, Box::new(conn)) {
-            fail(e.to_string());
-        }
+        connect_on(ctx, addr, params, &procs, stats, timeout, events);
     })
+}
+
+/// Connects to `addr` from this worker and attaches the session `params` over HTTP, with a
+/// handler from `procs` per channel. `events` hears [`StreamEvent::Connected`] (with a
+/// handle per channel) and, last, [`StreamEvent::Closed`] — also when connecting fails at
+/// once. `timeout` bounds the TCP connect and, separately, the wait for the `101`.
+///
+/// Returns the connection's esocket, or `None` when it failed at once (and `Closed` was
+/// already reported).
+pub fn connect_on(
+    ctx: &mut WorkerCtx,
+    addr: SocketAddr,
+    params: SessionParams,
+    procs: &ChannelProcs,
+    stats: Arc<StreamStats>,
+    timeout: Duration,
+    events: EventSink,
+) -> Option<EsocketHandle> {
+    // The sink moves into the connection; if connecting fails at once, it comes back
+    // through this slot to report it.
+    let slot = Arc::new(parking_lot::Mutex::new(Some(events)));
+    let back = slot.clone();
+    let fail = move |e: String| {
+        if let Some(mut f) = slot.lock().take() {
+            f(StreamEvent::Closed(StreamError::Io(e)));
+        }
+    };
+    let buf_in = ctx.limits().buf_in_cap;
+    if params.limits.max_payload + packet::OVERHEAD > buf_in {
+        fail(format!(
+            "the server's max_payload {} does not fit buf_in_cap {buf_in}",
+            params.limits.max_payload
+        ));
+        return None;
+    }
+    let info = SessionInfo { session_id: params.id, client: None };
+    let mux = Mux::new(&params.channels, procs, info, params.limits.mux);
+    let mut params = params;
+    params.limits.connect_timeout = timeout;
+    let sink: EventSink = Box::new(move |ev| {
+        if let Some(f) = back.lock().as_mut() {
+            f(ev);
+        }
+    });
+    let conn = StreamConn::client(params, &addr.to_string(), mux, stats, sink);
+    match ctx.connect_tcp_timeout(addr, timeout, Box::new(conn)) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            fail(e.to_string());
+            None
+        }
+    }
 }

@@ -1,0 +1,714 @@
+//! [`Client`]: the [`Machine`] driven on a reactor worker — enc_init and stream_ctl as
+//! non-blocking HTTP requests, then the stream — with writes from any thread.
+//!
+//! Everything the client owns lives on one worker: its requests, its stream, its retry
+//! timer, and the callbacks it makes. Other threads talk to it through its inputs: a
+//! command is queued and the worker is woken (an eventfd), so no method blocks on the
+//! worker and none can be lost to a full inbox.
+
+mod errors;
+mod outbox;
+mod steps;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dap_net::dns::{Resolver, ResolverConfig};
+use dap_net::enc::{ClientCert, EncSession};
+use dap_reactor::{EsocketHandle, EventSender, Worker, WorkerCtx};
+use dap_stream::session::SessionParams;
+use dap_stream::transport::StreamError;
+use dap_stream::{ChannelHandle, ChannelProcs, StreamStats, StreamStatsSnapshot};
+use parking_lot::Mutex;
+
+pub use outbox::{MessageFn, WriteError};
+
+use crate::config::{ClientConfig, Uplink};
+use crate::machine::{Action, Event};
+use crate::{ClientError, Machine, Stage, Status};
+use outbox::Outbox;
+
+/// Hears whether a [`Client::go_stage`] target was reached.
+pub type StageCallback = Box<dyn FnOnce(Result<Stage, ClientError>) + Send>;
+/// Hears every stage change.
+pub type StatusFn = Box<dyn FnMut(Stage, Status) + Send>;
+
+/// What a finished step leaves behind.
+pub(crate) enum StepOut {
+    /// A key with the node at this address.
+    Enc(Arc<EncSession>, SocketAddr),
+    /// A session.
+    Session(Box<SessionParams>),
+}
+
+/// What the driver hears.
+pub(crate) enum Input {
+    Go(Stage, Option<StageCallback>),
+    Abort,
+    Close,
+    Timer,
+    Done { attempt: u64, stage: Stage, out: StepOut },
+    Failed { attempt: u64, err: ClientError },
+    StreamUp { attempt: u64, esocket: EsocketHandle, channels: Vec<ChannelHandle> },
+    StreamClosed { attempt: u64, err: StreamError },
+}
+
+/// A step to start, with what it needs, taken out of the core so that starting it runs
+/// without the core's lock.
+pub(crate) enum Work {
+    EncInit {
+        attempt: u64,
+        cfg: Box<ClientConfig>,
+    },
+    StreamCtl {
+        attempt: u64,
+        cfg: Box<ClientConfig>,
+        enc: Arc<EncSession>,
+        addr: SocketAddr,
+    },
+    StreamSession {
+        attempt: u64,
+        cfg: Box<ClientConfig>,
+        params: Box<SessionParams>,
+        addr: SocketAddr,
+    },
+}
+
+/// The state on the worker.
+struct Core {
+    machine: Machine,
+    cfg: ClientConfig,
+    /// Bumped by every tear-down: results of steps started before it are ignored.
+    attempt: u64,
+    inputs: VecDeque<Input>,
+    /// A drive loop is running (inputs arriving meanwhile are picked up by it).
+    driving: bool,
+    addr: Option<SocketAddr>,
+    enc: Option<Arc<EncSession>>,
+    params: Option<Box<SessionParams>>,
+    stream: Option<EsocketHandle>,
+    channels: Vec<ChannelHandle>,
+    timer: Option<(Instant, EsocketHandle)>,
+    wake: Option<(EsocketHandle, EventSender)>,
+    waiters: Vec<StageCallback>,
+    on_status: Option<StatusFn>,
+    closed: bool,
+}
+
+/// What a drive turn tells the application, outside the lock.
+enum Notice {
+    Status(Stage, Status),
+    Reached(Stage),
+    Failed(ClientError),
+}
+
+pub(crate) struct Inner {
+    worker: Worker,
+    core: Mutex<Core>,
+    out: Arc<Mutex<Outbox>>,
+    stats: Arc<StreamStats>,
+    procs: ChannelProcs,
+    sink: Arc<Mutex<Option<MessageFn>>>,
+    resolver: Mutex<Option<Resolver>>,
+}
+
+/// A connection to a node through the stages `Begin → … → StreamStreaming`, on one reactor
+/// worker.
+///
+/// `Send + Sync`: share it (`Arc<Client>`) and call it from any thread. Callbacks — the
+/// [`go_stage`](Self::go_stage) callback, [`on_status`](Self::on_status), the message
+/// callback and channel handlers — run on the client's worker; keep them short.
+///
+/// Dropping the client tears it down (the stream closes, queued writes are dropped).
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use dap_client::{Client, ClientConfig, Stage, Uplink};
+///
+/// let reactor = dap_reactor::Reactor::builder().threads(1).start()?;
+/// let cfg = ClientConfig::new(Uplink::parse("127.0.0.1:8079")?).channels(b"E");
+/// let client = Client::new(&reactor.workers()[0], cfg, Default::default())?;
+/// client.on_message(|ch, msg| println!("{}: {:?}", ch as char, msg.data));
+/// client.go_stage_blocking(Stage::StreamStreaming, Duration::from_secs(10))?;
+/// client.write(b'E', 0, &b"hello"[..]).map_err(|e| e.to_string())?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = self.inner.core.lock();
+        f.debug_struct("Client")
+            .field("uplink", &c.cfg.uplink)
+            .field("stage", &c.machine.stage())
+            .field("status", &c.machine.status())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long [`Client::new`] waits for the worker to set the client up.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Client {
+    /// A client on `worker`, at `Begin`. `procs` holds the application's handlers for
+    /// channels it wants to handle itself; the others deliver to
+    /// [`on_message`](Self::on_message). Call from outside `worker`'s reactor (it waits for
+    /// the worker); on a worker, use [`new_on`](Self::new_on).
+    ///
+    /// # Errors
+    /// [`ClientError::Io`] when the worker does not set the client up (stopped, full) or
+    /// the uplink is a name and no resolver could start.
+    pub fn new(
+        worker: &Worker,
+        config: ClientConfig,
+        procs: ChannelProcs,
+    ) -> Result<Client, ClientError> {
+        let resolver = resolver_for(worker, &config.uplink)?;
+        let inner = Inner::new(worker.clone(), config, procs, resolver);
+        let (tx, rx) = mpsc::sync_channel(1);
+        let setup = inner.clone();
+        let io = |reason: String| ClientError::Io { stage: Stage::Begin, reason };
+        worker
+            .exec_timeout(
+                move |ctx| {
+                    let _ = tx.send(setup.install_wake(ctx));
+                },
+                SETUP_TIMEOUT,
+            )
+            .map_err(|e| io(e.to_string()))?;
+        match rx.recv_timeout(SETUP_TIMEOUT) {
+            Ok(Ok(())) => Ok(Client { inner }),
+            Ok(Err(e)) => Err(io(e.to_string())),
+            Err(_) => Err(io("the worker did not set the client up".into())),
+        }
+    }
+
+    /// [`new`](Self::new) on the client's own worker. A host-name uplink needs a resolver
+    /// here: pass one with [`set_resolver`](Self::set_resolver).
+    ///
+    /// # Errors
+    /// [`ClientError::Io`] when the wake-up event cannot be added.
+    pub fn new_on(
+        ctx: &mut WorkerCtx,
+        config: ClientConfig,
+        procs: ChannelProcs,
+    ) -> Result<Client, ClientError> {
+        let inner = Inner::new(ctx.worker(), config, procs, None);
+        inner
+            .install_wake(ctx)
+            .map_err(|e| ClientError::Io { stage: Stage::Begin, reason: e.to_string() })?;
+        Ok(Client { inner })
+    }
+
+    /// Goes to `target`: from a completed stage a higher target continues; a lower one
+    /// tears down to it. `callback` runs on the client's worker once the target is reached
+    /// or given up on (after the retry policy's tries). A later `go_stage` before that
+    /// re-aims the client; every callback still waiting hears the outcome of the latest
+    /// target.
+    pub fn go_stage(
+        &self,
+        target: Stage,
+        callback: impl FnOnce(Result<Stage, ClientError>) + Send + 'static,
+    ) {
+        self.inner.input(Input::Go(target, Some(Box::new(callback))));
+    }
+
+    /// [`go_stage`](Self::go_stage), waiting up to `timeout` for the outcome. Not on the
+    /// client's worker thread.
+    ///
+    /// # Errors
+    /// The outcome's error; [`ClientError::Timeout`] at the current stage when `timeout`
+    /// passes first (the client keeps trying).
+    pub fn go_stage_blocking(
+        &self,
+        target: Stage,
+        timeout: Duration,
+    ) -> Result<Stage, ClientError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.go_stage(target, move |r| {
+            let _ = tx.send(r);
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(r) => r,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                Err(ClientError::Timeout { stage: self.stage().0 })
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(ClientError::Aborted(self.stage().0)),
+        }
+    }
+
+    /// Stops trying and tears everything down; a pending target fails with `Aborted`.
+    pub fn abort(&self) {
+        self.inner.input(Input::Abort);
+    }
+
+    /// The stage and its status.
+    pub fn stage(&self) -> (Stage, Status) {
+        let c = self.inner.core.lock();
+        (c.machine.stage(), c.machine.status())
+    }
+
+    /// Whether channels are live.
+    pub fn is_streaming(&self) -> bool {
+        self.inner.core.lock().machine.is_streaming()
+    }
+
+    /// The last failure, if the client has not succeeded since.
+    pub fn last_error(&self) -> Option<ClientError> {
+        self.inner.core.lock().machine.last_error().cloned()
+    }
+
+    /// Points the client at another node (host name or address, IPv4 or IPv6), from the
+    /// next EncInit on. A host name starts a DNS resolver (the system's servers) unless
+    /// one was set; call this off the client's worker then.
+    ///
+    /// # Errors
+    /// [`ClientError::WrongAddress`]; [`ClientError::Io`] when a resolver cannot start.
+    pub fn set_uplink(&self, host: &str, port: u16) -> Result<(), ClientError> {
+        let uplink = Uplink::new(host, port)?;
+        if self.inner.resolver.lock().is_none()
+            && let Some(r) = resolver_for(&self.inner.worker, &uplink)?
+        {
+            *self.inner.resolver.lock() = Some(r);
+        }
+        self.inner.core.lock().cfg.uplink = uplink;
+        Ok(())
+    }
+
+    /// The DNS resolver for host-name uplinks.
+    pub fn set_resolver(&self, resolver: Resolver) {
+        *self.inner.resolver.lock() = Some(resolver);
+    }
+
+    /// The client certificate for the next enc_init (`None`: none).
+    pub fn set_auth_cert(&self, cert: Option<Arc<ClientCert>>) {
+        self.inner.core.lock().cfg.auth_cert = cert;
+    }
+
+    /// Pins the node key for the next enc_init (`None`: trust any).
+    pub fn set_node_key(&self, key: Option<[u8; 32]>) {
+        self.inner.core.lock().cfg.node_key = key;
+    }
+
+    /// The channels of the next session. Writes to channels no longer active fail with
+    /// [`WriteError::NotActive`]; messages queued for them are dropped. To apply it to a
+    /// live client, go to `StreamCtl`'s predecessor and back up.
+    pub fn set_active_channels(&self, channels: &[u8]) {
+        let mut c = self.inner.core.lock();
+        c.cfg.channels = channels.to_vec();
+        self.inner.out.lock().set_channels(channels);
+    }
+
+    /// Turns connect-on-demand on or off.
+    pub fn set_connect_on_demand(&self, on: bool) {
+        self.inner.core.lock().cfg.connect_on_demand = on;
+    }
+
+    /// Calls `f` with every stage change, on the client's worker.
+    pub fn on_status(&self, f: impl FnMut(Stage, Status) + Send + 'static) {
+        self.inner.core.lock().on_status = Some(Box::new(f));
+    }
+
+    /// Calls `f` with each whole message of a channel that has no handler in the client's
+    /// [`ChannelProcs`], on the client's worker. Do not call client methods that take this
+    /// callback from inside it.
+    pub fn on_message(&self, f: impl FnMut(u8, dap_stream::Message) + Send + 'static) {
+        *self.inner.sink.lock() = Some(Box::new(f));
+    }
+
+    /// Writes a message of type `ty` to channel `ch`, from any thread, without waiting.
+    /// Streaming, it goes into the stream's channel queue. Before streaming, with
+    /// connect-on-demand on, it is queued (bounded) and the client heads for streaming if
+    /// it was not already; the queue drains, in order, once the stream is up.
+    ///
+    /// Taken is not delivered: a stream that breaks loses what it had queued. Applications
+    /// that need delivery acknowledge at their own level.
+    ///
+    /// # Errors
+    /// [`WriteError`]; `Full` is back-pressure, retry later.
+    pub fn write(&self, ch: u8, ty: u8, data: impl Into<Bytes>) -> Result<(), WriteError> {
+        let (on_demand, stage, heading) = {
+            let c = self.inner.core.lock();
+            let m = &c.machine;
+            let heading = m.target() == Stage::StreamStreaming;
+            (c.cfg.connect_on_demand, m.stage(), heading)
+        };
+        self.inner.out.lock().write(ch, ty, data.into(), on_demand, stage)?;
+        if on_demand && !heading {
+            self.inner.input(Input::Go(Stage::StreamStreaming, None));
+        }
+        Ok(())
+    }
+
+    /// Messages queued for a stream that is not up yet.
+    pub fn queued(&self) -> usize {
+        self.inner.out.lock().queued()
+    }
+
+    /// The stream's counters (all the client's streams so far).
+    pub fn stream_stats(&self) -> StreamStatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// The worker the client lives on.
+    pub fn worker(&self) -> &Worker {
+        &self.inner.worker
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.inner.input(Input::Close);
+    }
+}
+
+/// A resolver when `uplink` is a name other than `localhost`.
+fn resolver_for(worker: &Worker, uplink: &Uplink) -> Result<Option<Resolver>, ClientError> {
+    let Uplink::Host(name, _) = uplink else { return Ok(None) };
+    if name == "localhost" {
+        return Ok(None);
+    }
+    let io = |reason: String| ClientError::Io { stage: Stage::Begin, reason };
+    let cfg = ResolverConfig::system().map_err(|e| io(format!("no DNS configuration: {e}")))?;
+    Resolver::start(worker, cfg).map(Some).map_err(|e| io(format!("DNS resolver: {e}")))
+}
+
+impl Inner {
+    fn new(
+        worker: Worker,
+        cfg: ClientConfig,
+        procs: ChannelProcs,
+        resolver: Option<Resolver>,
+    ) -> Arc<Inner> {
+        let out =
+            Outbox::new(&cfg.channels, cfg.queue_bytes, cfg.queue_messages, cfg.mux.max_message);
+        let core = Core {
+            machine: Machine::new(cfg.retry),
+            cfg,
+            attempt: 0,
+            inputs: VecDeque::new(),
+            driving: false,
+            addr: None,
+            enc: None,
+            params: None,
+            stream: None,
+            channels: Vec::new(),
+            timer: None,
+            wake: None,
+            waiters: Vec::new(),
+            on_status: None,
+            closed: false,
+        };
+        Arc::new(Inner {
+            worker,
+            core: Mutex::new(core),
+            out: Arc::new(Mutex::new(out)),
+            stats: Arc::new(StreamStats::default()),
+            procs,
+            sink: Arc::new(Mutex::new(None)),
+            resolver: Mutex::new(resolver),
+        })
+    }
+
+    /// Adds the eventfd that wakes the driver from other threads.
+    fn install_wake(self: &Arc<Self>, ctx: &mut WorkerCtx) -> std::io::Result<()> {
+        let me = Arc::downgrade(self);
+        let (h, tx) = ctx.add_event(move |es, _| {
+            if let Some(me) = me.upgrade() {
+                me.drive(es.worker());
+            }
+        })?;
+        self.core.lock().wake = Some((h, tx));
+        Ok(())
+    }
+
+    /// Queues an input from any thread and wakes the worker.
+    pub(crate) fn input(&self, input: Input) {
+        let mut c = self.core.lock();
+        c.inputs.push_back(input);
+        if !c.driving
+            && let Some((_, tx)) = &c.wake
+            && let Err(e) = tx.signal(1)
+        {
+            // An eventfd add fails only at u64::MAX - 1 pending; the input waits for
+            // the next wake-up either way.
+            tracing::warn!(%e, "client wake-up failed");
+        }
+    }
+
+    /// Queues an input on the worker and runs the driver now.
+    pub(crate) fn input_on(self: &Arc<Self>, ctx: &mut WorkerCtx, input: Input) {
+        self.core.lock().inputs.push_back(input);
+        self.drive(ctx);
+    }
+
+    /// Runs the machine until it has nothing left to do: applies inputs, starts steps,
+    /// arms the retry timer, and tells the application. Re-entrant calls (a step that
+    /// reports at once) queue their input for the running loop.
+    fn drive(self: &Arc<Self>, ctx: &mut WorkerCtx) {
+        {
+            let mut c = self.core.lock();
+            if c.driving {
+                return;
+            }
+            c.driving = true;
+        }
+        loop {
+            let now = ctx.now();
+            let mut c = self.core.lock();
+            while let Some(i) = c.inputs.pop_front() {
+                c.apply(now, i, &self.out);
+            }
+            let work = c.plan(now, &self.out);
+            let notices = c.notices();
+            let timer = c.timer_change(now);
+            if work.is_empty() && notices.is_empty() && timer.is_none() && c.inputs.is_empty() {
+                c.driving = false;
+                if c.closed {
+                    c.release();
+                }
+                return;
+            }
+            let mut on_status = c.on_status.take();
+            let waiters = if notices.iter().any(|n| !matches!(n, Notice::Status(..))) {
+                std::mem::take(&mut c.waiters)
+            } else {
+                Vec::new()
+            };
+            drop(c);
+            if let Some(t) = timer {
+                self.arm_timer(ctx, t);
+            }
+            for w in work {
+                self.start(ctx, w);
+            }
+            self.tell(notices, waiters, &mut on_status);
+            let mut c = self.core.lock();
+            if c.on_status.is_none() {
+                c.on_status = on_status;
+            }
+        }
+    }
+
+    fn tell(
+        &self,
+        notices: Vec<Notice>,
+        mut waiters: Vec<StageCallback>,
+        on_status: &mut Option<StatusFn>,
+    ) {
+        for n in notices {
+            match n {
+                Notice::Status(stage, status) => {
+                    tracing::debug!(%stage, ?status, "client stage");
+                    if let Some(f) = on_status.as_mut() {
+                        f(stage, status);
+                    }
+                }
+                Notice::Reached(stage) => {
+                    for w in waiters.drain(..) {
+                        w(Ok(stage));
+                    }
+                }
+                Notice::Failed(err) => {
+                    tracing::debug!(%err, "client gave up");
+                    for w in waiters.drain(..) {
+                        w(Err(err.clone()));
+                    }
+                }
+            }
+        }
+        // Waiters that heard nothing (a target changed mid-way) go back in line.
+        if !waiters.is_empty() {
+            self.core.lock().waiters.extend(waiters);
+        }
+    }
+
+    /// Replaces the retry timer: `Some(deadline)` arms one, `None` inside means disarm.
+    fn arm_timer(self: &Arc<Self>, ctx: &mut WorkerCtx, change: Option<Instant>) {
+        let old = self.core.lock().timer.take();
+        if let Some((_, h)) = old {
+            let _ = h.close();
+        }
+        let Some(at) = change else { return };
+        let me = Arc::downgrade(self);
+        let delay = at.saturating_duration_since(ctx.now());
+        match ctx.add_oneshot(delay, move |es| {
+            if let Some(me) = me.upgrade() {
+                me.input_on(es.worker(), Input::Timer);
+            }
+        }) {
+            Ok(h) => self.core.lock().timer = Some((at, h)),
+            Err(e) => {
+                // No timer slot: give up now rather than wait for a retry that never comes.
+                tracing::warn!(%e, "client retry timer could not be armed");
+                self.core.lock().machine.abort();
+            }
+        }
+    }
+}
+
+impl Core {
+    fn apply(&mut self, now: Instant, input: Input, out: &Mutex<Outbox>) {
+        match input {
+            Input::Go(target, waiter) => {
+                if self.closed {
+                    if let Some(w) = waiter {
+                        self.waiters.push(w);
+                    }
+                    return;
+                }
+                if let Some(w) = waiter {
+                    self.waiters.push(w);
+                }
+                self.machine.go_stage(now, target);
+            }
+            Input::Abort => {
+                self.machine.abort();
+                out.lock().clear();
+            }
+            Input::Close => {
+                self.closed = true;
+                self.machine.abort();
+                out.lock().clear();
+            }
+            Input::Timer => {
+                self.timer = None;
+                self.machine.handle_timeout(now);
+            }
+            Input::Done { attempt, stage, out: result } if attempt == self.attempt => {
+                match result {
+                    StepOut::Enc(enc, addr) => {
+                        self.enc = Some(enc);
+                        self.addr = Some(addr);
+                    }
+                    StepOut::Session(p) => self.params = Some(p),
+                }
+                self.machine.step_done(now, stage);
+            }
+            Input::Failed { attempt, err } if attempt == self.attempt => {
+                self.machine.step_failed(now, err)
+            }
+            Input::StreamUp { attempt, esocket, channels } if attempt == self.attempt => {
+                self.stream = Some(esocket);
+                self.channels = channels;
+                self.machine.step_done(now, Stage::StreamSession);
+            }
+            Input::StreamClosed { attempt, err } if attempt == self.attempt => {
+                self.stream = None;
+                self.channels.clear();
+                let setting_up = self.machine.stage() == Stage::StreamSession
+                    && self.machine.status() == Status::InProgress;
+                let e = errors::stream(&err, !setting_up);
+                if setting_up {
+                    self.machine.step_failed(now, e);
+                } else {
+                    self.machine.stream_lost(now, e);
+                }
+            }
+            Input::StreamUp { esocket, .. } => {
+                // A stream of a torn-down attempt came up late: close it.
+                let _ = esocket.close();
+            }
+            // Results of torn-down attempts.
+            Input::Done { .. } | Input::Failed { .. } | Input::StreamClosed { .. } => {}
+        }
+    }
+
+    /// Turns the machine's actions into steps to start, tearing down as told.
+    fn plan(&mut self, now: Instant, out: &Mutex<Outbox>) -> Vec<Work> {
+        let mut work = Vec::new();
+        while let Some(a) = self.machine.poll_action() {
+            match a {
+                Action::TearDown { to } => self.tear_down(to, out),
+                Action::Run(stage) => {
+                    let attempt = self.attempt;
+                    let cfg = Box::new(self.cfg.clone());
+                    match (stage, &self.enc, self.addr, &self.params) {
+                        (Stage::Begin, ..) => self.machine.step_done(now, stage),
+                        (Stage::EncInit, ..) => work.push(Work::EncInit { attempt, cfg }),
+                        (Stage::StreamCtl, Some(enc), Some(addr), _) => {
+                            work.push(Work::StreamCtl { attempt, cfg, enc: enc.clone(), addr });
+                        }
+                        (Stage::StreamSession, _, Some(addr), Some(p)) => {
+                            work.push(Work::StreamSession {
+                                attempt,
+                                cfg,
+                                params: p.clone(),
+                                addr,
+                            });
+                        }
+                        // Attached by the 101 itself; channels open with it.
+                        (Stage::StreamConnected | Stage::StreamStreaming, ..)
+                            if self.stream.is_some() =>
+                        {
+                            self.machine.step_done(now, stage);
+                        }
+                        // What the stage needs is gone (a tear-down raced it).
+                        (stage, ..) => {
+                            self.machine.step_failed(now, ClientError::WrongStage(stage));
+                        }
+                    }
+                }
+            }
+        }
+        work
+    }
+
+    fn tear_down(&mut self, to: Stage, out: &Mutex<Outbox>) {
+        self.attempt += 1;
+        if to < Stage::StreamSession {
+            if let Some(h) = self.stream.take() {
+                let _ = h.close();
+            }
+            self.channels.clear();
+            out.lock().unlive();
+        }
+        if to < Stage::StreamCtl {
+            self.params = None;
+        }
+        if to < Stage::EncInit {
+            self.enc = None;
+            self.addr = None;
+        }
+    }
+
+    fn notices(&mut self) -> Vec<Notice> {
+        let mut v = Vec::new();
+        while let Some(e) = self.machine.poll_event() {
+            v.push(match e {
+                Event::Stage { stage, status } => Notice::Status(stage, status),
+                Event::Reached(s) => Notice::Reached(s),
+                Event::Failed(e) => Notice::Failed(e),
+            });
+        }
+        v
+    }
+
+    /// `Some(new)` when the retry timer must change.
+    fn timer_change(&self, _now: Instant) -> Option<Option<Instant>> {
+        let want = if self.closed { None } else { self.machine.poll_timeout() };
+        let have = self.timer.as_ref().map(|(t, _)| *t);
+        (want != have).then_some(want)
+    }
+
+    /// The client is gone: close what it still holds on the worker.
+    fn release(&mut self) {
+        if let Some((_, h)) = self.timer.take() {
+            let _ = h.close();
+        }
+        if let Some((h, _)) = self.wake.take() {
+            let _ = h.close();
+        }
+        if let Some(h) = self.stream.take() {
+            let _ = h.close();
+        }
+    }
+}

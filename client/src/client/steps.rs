@@ -1,0 +1,207 @@
+//! The steps: each starts on the client's worker without blocking and reports its end as an
+//! [`Input`] tagged with the attempt's generation.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use dap_net::dns::LookupKind;
+use dap_net::enc::client::{
+    HandshakeError, RequestError, call_request, finish_init, init_request, read_response,
+};
+use dap_net::enc::{CipherSuite, EncSession};
+use dap_net::http::client::fetch;
+use dap_reactor::WorkerCtx;
+use dap_stream::client::{CtlError, connect_on, ctl_call, read_ctl_answer};
+use dap_stream::session::ctl::CtlRequest;
+use dap_stream::session::{SessionParams, TransportKind};
+use dap_stream::transport::http::{EventSink, StreamEvent};
+use dap_stream::{ChannelHandler, ChannelProcs, SessionInfo};
+
+use super::outbox::LaneHandler;
+use super::{Inner, Input, StepOut, Work, errors};
+use crate::config::{ClientConfig, Transport, Uplink};
+use crate::{ClientError, Stage};
+
+/// `http://addr` for a request URL (IPv6 in brackets).
+fn base_url(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+impl Inner {
+    /// Starts `work`.
+    pub(super) fn start(self: &Arc<Self>, ctx: &mut WorkerCtx, work: Work) {
+        match work {
+            Work::EncInit { attempt, cfg } => self.enc_init(ctx, attempt, cfg),
+            Work::StreamCtl { attempt, cfg, enc, addr } => {
+                self.stream_ctl(ctx, attempt, &cfg, enc, addr)
+            }
+            Work::StreamSession { attempt, cfg, params, addr } => {
+                self.stream_session(ctx, attempt, &cfg, *params, addr);
+            }
+        }
+    }
+
+    fn fail(self: &Arc<Self>, ctx: &mut WorkerCtx, attempt: u64, err: ClientError) {
+        self.input_on(ctx, Input::Failed { attempt, err });
+    }
+
+    /// Resolves the uplink (a name through DNS, on every EncInit), then runs enc_init.
+    fn enc_init(self: &Arc<Self>, ctx: &mut WorkerCtx, attempt: u64, cfg: Box<ClientConfig>) {
+        let (name, port) = match &cfg.uplink {
+            Uplink::Addr(addr) => return self.enc_fetch(ctx, attempt, &cfg, *addr),
+            Uplink::Host(name, port) if name == "localhost" => {
+                let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), *port);
+                return self.enc_fetch(ctx, attempt, &cfg, addr);
+            }
+            Uplink::Host(name, port) => (name.clone(), *port),
+        };
+        let Some(resolver) = self.resolver.lock().clone() else {
+            let why = format!("{name}: no DNS resolver (Client::set_resolver)");
+            return self.fail(ctx, attempt, ClientError::WrongAddress(why));
+        };
+        let me = self.clone();
+        let lookup_name = name.clone();
+        let done = move |result: Result<dap_net::dns::Lookup, dap_net::dns::ResolveError>| {
+            let me2 = me.clone();
+            let run = move |ctx: &mut WorkerCtx| match result {
+                Ok(l) if !l.addrs.is_empty() => {
+                    me2.enc_fetch(ctx, attempt, &cfg, SocketAddr::new(l.addrs[0], port));
+                }
+                Ok(_) => {
+                    let why = format!("{lookup_name}: no addresses");
+                    me2.fail(ctx, attempt, ClientError::WrongAddress(why));
+                }
+                Err(e) => {
+                    let reason = format!("resolving {lookup_name}: {e}");
+                    me2.fail(ctx, attempt, ClientError::Io { stage: Stage::EncInit, reason });
+                }
+            };
+            // The lookup finished on the resolver's worker; continue on ours. If ours has
+            // stopped, so has the client.
+            let _ = me.worker.exec(run);
+        };
+        if let Err(e) = resolver.lookup(&name, LookupKind::Both, done) {
+            let reason = format!("resolving {name}: {e}");
+            self.fail(ctx, attempt, ClientError::Io { stage: Stage::EncInit, reason });
+        }
+    }
+
+    fn enc_fetch(
+        self: &Arc<Self>,
+        ctx: &mut WorkerCtx,
+        attempt: u64,
+        cfg: &ClientConfig,
+        addr: SocketAddr,
+    ) {
+        let (init, req) = match init_request(&base_url(addr), &cfg.suites, cfg.auth_cert.as_deref())
+        {
+            Ok(x) => x,
+            Err(e) => return self.fail(ctx, attempt, errors::http(Stage::EncInit, &e)),
+        };
+        let me = self.clone();
+        let pinned = cfg.node_key;
+        fetch(ctx, req, &cfg.http, move |ctx, result| {
+            let session = result
+                .map_err(HandshakeError::from)
+                .and_then(|resp| finish_init(init, &resp, pinned));
+            let input = match session {
+                Ok(s) => Input::Done {
+                    attempt,
+                    stage: Stage::EncInit,
+                    out: StepOut::Enc(Arc::new(s), addr),
+                },
+                Err(e) => Input::Failed { attempt, err: errors::handshake(&e) },
+            };
+            me.input_on(ctx, input);
+        });
+    }
+
+    fn stream_ctl(
+        self: &Arc<Self>,
+        ctx: &mut WorkerCtx,
+        attempt: u64,
+        cfg: &ClientConfig,
+        enc: Arc<EncSession>,
+        addr: SocketAddr,
+    ) {
+        let transport = match cfg.transport {
+            Transport::Http => TransportKind::Http,
+        };
+        // One suite offered is a requirement; several leave the choice to the node.
+        let suite = match cfg.suites.as_slice() {
+            [one] => Some(*one),
+            _ => None::<CipherSuite>,
+        };
+        let body = CtlRequest { channels: cfg.channels.clone(), suite, transport }.encode();
+        let (req, sealed) = match call_request(&base_url(addr), &enc, &ctl_call(&body)) {
+            Ok(x) => x,
+            Err(e) => return self.fail(ctx, attempt, errors::ctl(&CtlError::Request(e))),
+        };
+        let me = self.clone();
+        let mux = cfg.mux;
+        fetch(ctx, req, &cfg.http, move |ctx, result| {
+            let params = result
+                .map_err(RequestError::from)
+                .and_then(|resp| read_response(&enc, &sealed, resp))
+                .map_err(CtlError::from)
+                .and_then(|r| read_ctl_answer(r.status, &r.body, mux));
+            let input = match params {
+                Ok(p) => Input::Done {
+                    attempt,
+                    stage: Stage::StreamCtl,
+                    out: StepOut::Session(Box::new(p)),
+                },
+                Err(e) => Input::Failed { attempt, err: errors::ctl(&e) },
+            };
+            me.input_on(ctx, input);
+        });
+    }
+
+    fn stream_session(
+        self: &Arc<Self>,
+        ctx: &mut WorkerCtx,
+        attempt: u64,
+        cfg: &ClientConfig,
+        params: SessionParams,
+        addr: SocketAddr,
+    ) {
+        let procs = self.lane_procs(attempt, &params.channels);
+        let me = self.clone();
+        let sink: EventSink = Box::new(move |ev| {
+            let input = match ev {
+                StreamEvent::Connected { esocket, channels } => {
+                    Input::StreamUp { attempt, esocket, channels }
+                }
+                StreamEvent::Closed(err) => Input::StreamClosed { attempt, err },
+            };
+            // Called on the worker, inside the stream's own callbacks: queue and wake.
+            me.input(input);
+        });
+        let stats = self.stats.clone();
+        let _ = connect_on(ctx, addr, params, &procs, stats, cfg.http.connect_timeout, sink);
+    }
+
+    /// The stream's channel handlers: each drains its lane of queued writes and hands what
+    /// arrives to the application's handler for the channel, or to the message callback.
+    fn lane_procs(&self, serial: u64, channels: &[u8]) -> ChannelProcs {
+        let mut procs = ChannelProcs::new();
+        for &id in channels {
+            let user = self.procs.get(id).cloned();
+            let out = self.out.clone();
+            let sink = self.sink.clone();
+            let factory = move |info: &SessionInfo| -> Box<dyn ChannelHandler> {
+                Box::new(LaneHandler {
+                    serial,
+                    out: out.clone(),
+                    inner: user.as_ref().map(|f| f(info)),
+                    sink: sink.clone(),
+                })
+            };
+            // Ids came back from the node's own answer, already checked to be valid.
+            if procs.ch_proc_add(id, factory).is_err() {
+                tracing::warn!(id, "invalid channel id in a session");
+            }
+        }
+        procs
+    }
+}
