@@ -27,6 +27,7 @@ pub mod client;
 pub mod codec;
 pub mod echo;
 pub mod mux;
+pub mod pubsub;
 pub mod server;
 pub mod session;
 pub mod stats;

@@ -1,7 +1,13 @@
-//! The server side: stream_ctl, the session table, and the `/stream/` upgrade route.
+//! The server side: stream_ctl, the session table, the `/stream/` upgrade route, and the
+//! drain that ends every stream when the server shuts down.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use dap_reactor::{Esocket, EsocketHandle, ExecFn, PostError};
+use parking_lot::{Condvar, Mutex};
 
 use dap_net::enc::EncServer;
 use dap_net::enc::cipher::{CipherSuite, KEY_LEN, random_bytes};
@@ -61,6 +67,9 @@ pub enum CtlError {
     /// The session table is full (503).
     #[error("too many sessions")]
     Full,
+    /// The server is shutting down (503).
+    #[error("the server is shutting down")]
+    Draining,
 }
 
 impl CtlError {
@@ -70,7 +79,7 @@ impl CtlError {
             CtlError::BadRequest(_) => 400,
             CtlError::UnknownChannel(_) => 404,
             CtlError::NotOffered => 406,
-            CtlError::Full => 503,
+            CtlError::Full | CtlError::Draining => 503,
         }
     }
 }
@@ -80,6 +89,59 @@ struct Inner {
     table: SessionTable,
     stats: Arc<StreamStats>,
     config: StreamConfig,
+    drain: DrainState,
+}
+
+/// The server's side of a drain, shared with its streams.
+#[derive(Default)]
+struct DrainState {
+    /// Streams take no more messages (set first, before any stream is told to go away).
+    intake_stopped: Arc<AtomicBool>,
+    /// Streams go away (set once every stream has seen `intake_stopped`).
+    going_away: AtomicBool,
+    /// Open streams by session id. Bounded by the session table: a stream opens only for a
+    /// session the table holds, and leaves here when it ends.
+    live: Mutex<HashMap<[u8; SESSION_ID_LEN], EsocketHandle>>,
+    /// Signalled when a stream leaves `live`.
+    left: Condvar,
+}
+
+/// What [`StreamServer::drain`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DrainReport {
+    /// Streams open when the drain began.
+    pub streams: usize,
+    /// Streams still open when the timeout passed (closed later by the reactor's stop,
+    /// without a CLOSE packet).
+    pub left_open: usize,
+}
+
+/// Sends one unit on its channel when dropped: whether the closure holding it ran or was
+/// dropped unrun (its esocket gone), the waiter hears of it.
+struct Ack(std::sync::mpsc::Sender<()>);
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+/// Posts `f` to `h`'s worker, retrying while the worker's inbox is full, until `deadline`.
+/// Returns whether it was posted (a closure for an esocket that is gone counts as posted:
+/// it is dropped there).
+fn post_until(h: EsocketHandle, f: ExecFn, deadline: Instant) -> bool {
+    let mut f = f;
+    loop {
+        match h.try_exec(f) {
+            Ok(()) => return true,
+            Err((PostError::Full, back)) if Instant::now() < deadline => {
+                f = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) => return false,
+        }
+    }
 }
 
 /// A stream server: channels, sessions and counters; cheap to clone, `Send + Sync`.
@@ -108,6 +170,7 @@ impl StreamServer {
             procs,
             stats: Arc::new(StreamStats::default()),
             config,
+            drain: DrainState::default(),
         };
         StreamServer { inner: Arc::new(inner) }
     }
@@ -121,6 +184,82 @@ impl StreamServer {
     /// The session table.
     pub fn table(&self) -> &SessionTable {
         &self.inner.table
+    }
+
+    /// Streams open now.
+    pub fn live_streams(&self) -> usize {
+        self.inner.drain.live.lock().len()
+    }
+
+    /// Streams open now on each worker, indexed by worker (`workers` entries; streams on a
+    /// worker at or past `workers` are not counted).
+    pub fn live_streams_by_worker(&self, workers: usize) -> Vec<u64> {
+        let mut out = vec![0u64; workers];
+        for h in self.inner.drain.live.lock().values() {
+            if let Some(n) = out.get_mut(h.worker_index()) {
+                *n += 1;
+            }
+        }
+        out
+    }
+
+    /// Whether a drain has begun.
+    pub fn is_draining(&self) -> bool {
+        self.inner.drain.intake_stopped.load(Ordering::SeqCst)
+    }
+
+    /// Ends every stream for a shutdown, waiting up to `timeout`. Call it from a thread
+    /// that is not one of the reactor's workers (it blocks).
+    ///
+    /// 1. New sessions are refused (stream_ctl and attach answer 503) and every stream
+    ///    stops taking messages from its peer (credit still counts, so output can go on).
+    ///    The drain waits until each stream's worker has seen this, so that no handler is
+    ///    still acting on an earlier message anywhere: after this point no channel writes
+    ///    anything new through another session's handle (a pub/sub publish, say).
+    /// 2. Every stream [goes away](StreamConn::go_away): it sends what its channels have
+    ///    queued, then a CLOSE with code `GoingAway`, and closes.
+    /// 3. The drain waits until every stream has ended, or `timeout` passes.
+    ///
+    /// Calling it again repeats the steps for whatever is still open.
+    pub fn drain(&self, timeout: Duration) -> DrainReport {
+        let deadline = Instant::now() + timeout;
+        let d = &self.inner.drain;
+        d.intake_stopped.store(true, Ordering::SeqCst);
+        let live: Vec<EsocketHandle> = d.live.lock().values().copied().collect();
+        let report = DrainReport { streams: live.len(), left_open: 0 };
+        tracing::info!(streams = live.len(), "stream drain: intake stopped");
+        // Step 1's barrier: a closure on each stream's worker runs after whatever that
+        // worker was doing when intake stopped.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut posted = 0usize;
+        for &h in &live {
+            let ack = Ack(tx.clone());
+            if post_until(h, Box::new(move |_: &mut Esocket<'_>| drop(ack)), deadline) {
+                posted += 1;
+            }
+        }
+        drop(tx);
+        for _ in 0..posted {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if rx.recv_timeout(left).is_err() {
+                break;
+            }
+        }
+        d.going_away.store(true, Ordering::SeqCst);
+        // Streams that open from here on go away by themselves (see `on_open`).
+        let live: Vec<EsocketHandle> = d.live.lock().values().copied().collect();
+        for h in live {
+            let go = |es: &mut Esocket<'_>| {
+                crate::transport::http::with_stream_conn(es, |c, es| c.go_away(es));
+            };
+            post_until(h, Box::new(go), deadline);
+        }
+        let mut g = d.live.lock();
+        while !g.is_empty() && !d.left.wait_until(&mut g, deadline).timed_out() {}
+        let left_open = g.len();
+        drop(g);
+        tracing::info!(left_open, "stream drain: done");
+        DrainReport { left_open, ..report }
     }
 
     fn sync_expired(&self) {
@@ -141,7 +280,11 @@ impl StreamServer {
         client: Option<[u8; 32]>,
         now: Instant,
     ) -> Result<Vec<u8>, CtlError> {
-        let r = self.create(body, client, now);
+        let r = if self.is_draining() {
+            Err(CtlError::Draining)
+        } else {
+            self.create(body, client, now)
+        };
         self.sync_expired();
         match &r {
             Ok(_) => StreamStats::inc(&self.inner.stats.sessions_created),
@@ -225,6 +368,9 @@ impl StreamServer {
         if !upgrade {
             return Err((426, "upgrade to dap-stream/1 required"));
         }
+        if self.is_draining() {
+            return Err((503, "the server is shutting down"));
+        }
         let channels = head.path().strip_prefix(STREAM_PATH).unwrap_or("");
         let id = head
             .query()
@@ -281,8 +427,23 @@ impl ProcHandler for Attach {
         let mux = Mux::new(&params.channels, &inner.procs, info, params.limits.mux);
         let server = self.server.clone();
         let id = params.id;
-        let on_end = Box::new(move || server.inner.table.detach(&id));
-        let conn = StreamConn::server(params, mux, inner.stats.clone(), on_end);
+        let on_end = Box::new(move || {
+            let d = &server.inner.drain;
+            if d.live.lock().remove(&id).is_some() {
+                d.left.notify_all();
+            }
+            server.inner.table.detach(&id);
+        });
+        let server = self.server.clone();
+        let on_open = Box::new(move |h: EsocketHandle| {
+            // Registered before `going_away` is read: a drain either finds this stream in
+            // `live` or this stream finds `going_away` set.
+            let d = &server.inner.drain;
+            d.live.lock().insert(id, h);
+            d.going_away.load(Ordering::SeqCst)
+        });
+        let conn = StreamConn::server(params, mux, inner.stats.clone(), on_end)
+            .with_drain(inner.drain.intake_stopped.clone(), on_open);
         let resp =
             Response::new(101).header("Connection", "Upgrade").header("Upgrade", UPGRADE_TOKEN);
         ex.upgrade(resp, Box::new(conn));

@@ -6,8 +6,18 @@
 //! the mux has to send into `buf_out`, as room allows (so a slow peer pushes back on the
 //! channels instead of filling memory). Keepalives go out after `keepalive` without input;
 //! after `idle_timeout` the stream closes.
+//!
+//! # Drain
+//!
+//! A server stream can be tied to its server's drain ([`StreamConn::with_drain`]). Once the
+//! server stops intake, the stream keeps reading packets but takes only the credit frames
+//! out of them: no new message reaches a handler, while the peer's credit still lets queued
+//! output go out. [`StreamConn::go_away`] then sends everything its channels have queued
+//! (their handle queues included), seals a CLOSE with code `GoingAway`, and closes
+//! gracefully.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -15,6 +25,8 @@ use dap_reactor::{Esocket, EsocketHandle, Handler};
 
 use super::{CloseCode, StreamError, Wake};
 use crate::channel::ChannelHandle;
+use crate::codec::DecodeError;
+use crate::codec::frame::{self, Frame};
 use crate::codec::packet::{self, Header, OpenError, Opener, PacketType, Sealer};
 use crate::mux::{Mux, MuxError};
 use crate::session::SessionParams;
@@ -43,6 +55,13 @@ pub enum StreamEvent {
 
 /// Receives a stream's events, on its worker.
 pub type EventSink = Box<dyn FnMut(StreamEvent) + Send>;
+
+/// Called once when a server stream opens, with its esocket; returns whether the server is
+/// going away already (the stream then drains at once).
+pub type OnOpen = Box<dyn FnOnce(EsocketHandle) -> bool + Send>;
+
+/// The close reason sent with `GoingAway`.
+const GOING_AWAY_REASON: &str = "server shutting down";
 
 /// What one received packet led to.
 enum Outcome {
@@ -80,6 +99,12 @@ pub struct StreamConn {
     events: Option<EventSink>,
     /// Server: called once when the stream ends (frees the session).
     on_end: Option<Box<dyn FnOnce() + Send>>,
+    /// Server: set when the server stops taking messages (shared by its streams).
+    intake_stopped: Option<Arc<AtomicBool>>,
+    /// Server: called once when the stream opens.
+    on_open: Option<OnOpen>,
+    /// Closing with `GoingAway` once everything queued is sent.
+    going_away: bool,
 }
 
 impl std::fmt::Debug for StreamConn {
@@ -93,10 +118,26 @@ impl std::fmt::Debug for StreamConn {
 
 struct EsWaker(EsocketHandle, Arc<StreamStats>);
 
+/// Runs `f` with the stream connection of esocket `es`: a client's (the esocket's own
+/// handler) or a server's (inside the HTTP connection it was upgraded from). `None` when
+/// `es` carries no stream, or its handler is running a callback higher up the stack.
+pub fn with_stream_conn<R>(
+    es: &mut Esocket<'_>,
+    f: impl FnOnce(&mut StreamConn, &mut Esocket<'_>) -> R,
+) -> Option<R> {
+    let mut f = Some(f);
+    let direct = es.with_handler::<StreamConn, _>(|c, es| f.take().map(|f| f(c, es)));
+    match (direct, f) {
+        (Some(r), _) => r,
+        (None, Some(f)) => dap_net::http::server::with_upgraded::<StreamConn, _>(es, f),
+        (None, None) => None,
+    }
+}
+
 impl Wake for EsWaker {
     fn wake(&self) {
         let r = self.0.exec(|es| {
-            es.with_handler::<StreamConn, _>(|c, es| c.flush(es));
+            with_stream_conn(es, |c, es| c.flush(es));
         });
         if r.is_err() {
             StreamStats::inc(&self.1.wake_failed);
@@ -154,7 +195,36 @@ impl StreamConn {
             end: None,
             events,
             on_end,
+            intake_stopped: None,
+            on_open: None,
+            going_away: false,
         }
+    }
+
+    /// Server: ties this stream to its server's drain. While `intake_stopped` is set, the
+    /// stream takes only credit frames from what it receives (no message reaches a
+    /// handler); `on_open` runs once when the stream opens and returns whether the server
+    /// is going away already, in which case the stream [goes away](Self::go_away) at once.
+    pub fn with_drain(mut self, intake_stopped: Arc<AtomicBool>, on_open: OnOpen) -> Self {
+        self.intake_stopped = Some(intake_stopped);
+        self.on_open = Some(on_open);
+        self
+    }
+
+    /// Ends the stream because the server is shutting down: stops taking messages, sends
+    /// what its channels have queued (as the peer grants credit), then a CLOSE with code
+    /// `GoingAway`, and closes gracefully. Idempotent. A peer that grants no credit keeps
+    /// the stream open until the server's grace period ends.
+    pub fn go_away(&mut self, es: &mut Esocket<'_>) {
+        if !matches!(self.state, State::Open) {
+            return;
+        }
+        self.going_away = true;
+        self.flush(es);
+    }
+
+    fn intake_open(&self) -> bool {
+        !self.going_away && self.intake_stopped.as_ref().is_none_or(|f| !f.load(Ordering::SeqCst))
     }
 
     /// The session's mux, for code running on the stream's worker. What is written
@@ -166,7 +236,7 @@ impl StreamConn {
 
     /// Runs `f` on channel `id` as if in one of its callbacks, then sends what it wrote.
     /// For application code on the stream's worker (an `exec` closure, a timer) that
-    /// reaches the connection with `Esocket::with_handler::<StreamConn, _>`.
+    /// reaches the connection with [`with_stream_conn`].
     pub fn with_channel<R>(
         &mut self,
         es: &mut Esocket<'_>,
@@ -189,6 +259,11 @@ impl StreamConn {
             let channels =
                 self.mux.channel_ids().into_iter().filter_map(|id| self.mux.handle(id)).collect();
             ev(StreamEvent::Connected { esocket: es.handle(), channels });
+        }
+        if let Some(on_open) = self.on_open.take()
+            && on_open(es.handle())
+        {
+            self.going_away = true;
         }
     }
 
@@ -261,9 +336,19 @@ impl StreamConn {
             };
             let outcome = match self.opener.open(&hdr, buf) {
                 Ok(plain) => match hdr.ty {
-                    PacketType::Data => match self.mux.handle_payload(plain) {
-                        Ok(()) => Outcome::Ok,
-                        Err(e) => Outcome::Violation(e),
+                    PacketType::Data if self.intake_open() => {
+                        match self.mux.handle_payload(plain) {
+                            Ok(()) => Outcome::Ok,
+                            Err(e) => Outcome::Violation(e),
+                        }
+                    }
+                    // Draining: the peer's credit still counts, its messages no longer do.
+                    PacketType::Data => match credit_frames(plain) {
+                        Ok(credits) => match self.mux.handle_payload(&credits) {
+                            Ok(()) => Outcome::Ok,
+                            Err(e) => Outcome::Violation(e),
+                        },
+                        Err(e) => Outcome::Violation(MuxError::Decode(e)),
                     },
                     PacketType::Keepalive => {
                         self.alive_owed = true;
@@ -324,8 +409,27 @@ impl StreamConn {
         }
     }
 
-    /// Seals and queues what the mux has to send, while `buf_out` has room.
+    /// Seals and queues what the mux has to send, while `buf_out` has room; going away,
+    /// closes once nothing is left.
     pub(crate) fn flush(&mut self, es: &mut Esocket<'_>) {
+        self.flush_data(es);
+        if self.going_away && matches!(self.state, State::Open) && self.mux_idle() {
+            if es.out_room() >= packet::OVERHEAD + 2 + packet::MAX_REASON {
+                let err = StreamError::LocalClose;
+                self.fail(es, CloseCode::GoingAway, GOING_AWAY_REASON, err);
+            } else {
+                es.set_writable(true);
+            }
+        }
+    }
+
+    /// Whether the mux has nothing left to send: no queued message, nothing in a handle
+    /// queue, no credit owed.
+    fn mux_idle(&self) -> bool {
+        self.mux.queued() == 0 && !self.mux.wants_send()
+    }
+
+    fn flush_data(&mut self, es: &mut Esocket<'_>) {
         if !matches!(self.state, State::Open) {
             return;
         }
@@ -470,6 +574,19 @@ impl Handler for StreamConn {
         self.mux.close();
         self.finish();
     }
+}
+
+/// The credit frames of a DATA payload, re-encoded; data frames are left out.
+fn credit_frames(mut buf: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        let (f, n) = frame::decode(buf)?;
+        buf = &buf[n..];
+        if let Frame::Credit { chan, bytes } = f {
+            frame::put_credit(&mut out, chan, bytes);
+        }
+    }
+    Ok(out)
 }
 
 /// The upgrade request a client sends for `params`.

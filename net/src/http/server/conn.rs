@@ -140,6 +140,13 @@ impl HttpConn {
         }
     }
 
+    /// The handler the connection was upgraded to, if it is an `H`.
+    pub(crate) fn upgraded_as<H: Handler>(&mut self) -> Option<&mut H> {
+        let h = self.upgraded.as_mut()?;
+        let any: &mut dyn std::any::Any = &mut **h;
+        any.downcast_mut::<H>()
+    }
+
     pub(crate) fn head(&self) -> Option<&RequestHead> {
         self.cur.as_ref().and_then(|c| c.head.as_ref())
     }

@@ -190,6 +190,19 @@ impl HttpServer {
     }
 }
 
+/// Runs `f` with the handler an HTTP server connection was upgraded to
+/// ([`Exchange::upgrade`]), if `es` is such a connection and that handler is an `H`. The
+/// upgraded handler sits inside the server's connection handler, so
+/// [`Esocket::with_handler`](dap_reactor::Esocket::with_handler) does not reach it: code
+/// that gets to an upgraded connection through its esocket handle (a waker, an `exec`
+/// closure) uses this instead.
+pub fn with_upgraded<H: Handler, R>(
+    es: &mut dap_reactor::Esocket<'_>,
+    f: impl FnOnce(&mut H, &mut dap_reactor::Esocket<'_>) -> R,
+) -> Option<R> {
+    es.with_handler::<conn::HttpConn, _>(|c, es| c.upgraded_as::<H>().map(|h| f(h, es))).flatten()
+}
+
 /// A started HTTP server. Dropping it closes the listeners; open connections finish their
 /// requests.
 #[derive(Debug)]
