@@ -1,0 +1,189 @@
+//! `dap-cli`: talk to a dap node from the command line.
+//!
+//! ```text
+//! dap-cli ping                         reach streaming; print each stage's time
+//! dap-cli echo hello                   through the echo channel 'E'
+//! dap-cli send --channel E < file      stdin to a channel; what arrives to stdout
+//! dap-cli sub news                     print what is published to a topic (channel 'P')
+//! dap-cli pub news "it works"          publish, and wait for the node's acknowledgement
+//! dap-cli bench --bytes 64M --conns 8  echo throughput and set-up latency
+//! ```
+//!
+//! Errors name the stage that failed and why; the exit status is then 1 (2 for usage).
+
+mod bench;
+mod commands;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use dap_client::{ClientConfig, ClientError, RetryPolicy, Uplink};
+use dap_net::enc::keys::public_key_from_base64;
+use dap_net::enc::{ClientCert, NodeKey};
+
+/// Talk to a dap node: reach streaming, echo, send, publish/subscribe, benchmark.
+#[derive(Debug, Parser)]
+#[command(name = "dap-cli", version)]
+struct Cli {
+    /// The node, HOST:PORT (an IPv4 or IPv6 address, or a host name).
+    #[arg(long, global = true, default_value = "127.0.0.1:8079")]
+    uplink: String,
+    /// The node's public key to pin: base64url, a file holding it, or the node's key file
+    /// (PEM). Without it any node key is accepted.
+    #[arg(long, global = true, value_name = "FILE|KEY")]
+    node_key: Option<String>,
+    /// A client certificate (PEM, from `dapd keygen --client`) for nodes that require one.
+    #[arg(long, global = true, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// Seconds to wait for each connect and for each answer.
+    #[arg(long, global = true, default_value_t = 10.0)]
+    timeout: f64,
+    /// Tries per stage before giving up.
+    #[arg(long, global = true, default_value_t = 3)]
+    tries: u32,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Reach streaming and print how long each stage took.
+    Ping,
+    /// Send TEXT through the echo channel and print what comes back.
+    Echo {
+        /// The text.
+        text: String,
+    },
+    /// Send standard input to a channel (one message per line, or per chunk with --raw);
+    /// write what arrives to standard output.
+    Send {
+        /// The channel id (one printable ASCII character).
+        #[arg(long, short, default_value = "E")]
+        channel: char,
+        /// Send stdin in chunks of up to 64 KiB instead of lines.
+        #[arg(long)]
+        raw: bool,
+        /// After stdin ends, wait this many seconds for more to arrive.
+        #[arg(long, default_value_t = 1.0)]
+        linger: f64,
+    },
+    /// Subscribe to TOPIC on channel 'P' and print each message as it arrives.
+    Sub {
+        /// The topic.
+        topic: String,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Publish TEXT to TOPIC on channel 'P' and wait for the node's acknowledgement.
+    Pub {
+        /// The topic.
+        topic: String,
+        /// The message.
+        text: String,
+    },
+    /// Echo throughput and set-up latency over K connections.
+    Bench(bench::Args),
+}
+
+/// A failure to report: the text, and whether it was the caller's fault (exit 2).
+#[derive(Debug)]
+pub(crate) struct Fail {
+    pub(crate) text: String,
+    pub(crate) usage: bool,
+}
+
+impl From<ClientError> for Fail {
+    fn from(e: ClientError) -> Self {
+        let (stage, text) = (e.stage().name(), e.to_string());
+        // Most errors already begin with their stage's name.
+        let text = if text.starts_with(stage) {
+            format!("failed at {text}")
+        } else {
+            format!("failed at {stage}: {text}")
+        };
+        Fail { text, usage: false }
+    }
+}
+
+pub(crate) fn fail(text: impl Into<String>) -> Fail {
+    Fail { text: text.into(), usage: false }
+}
+
+fn usage(text: impl Into<String>) -> Fail {
+    Fail { text: text.into(), usage: true }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("dap-cli: {}", f.text);
+            ExitCode::from(if f.usage { 2 } else { 1 })
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Fail> {
+    let cfg = client_config(&cli)?;
+    let timeout = Duration::from_secs_f64(cli.timeout);
+    match cli.command {
+        Command::Ping => commands::ping(cfg, timeout),
+        Command::Echo { text } => commands::echo(cfg, timeout, &text),
+        Command::Send { channel, raw, linger } => {
+            let ch = channel_id(channel)?;
+            commands::send(cfg, timeout, ch, raw, Duration::from_secs_f64(linger.max(0.0)))
+        }
+        Command::Sub { topic, count } => commands::sub(cfg, timeout, &topic, count),
+        Command::Pub { topic, text } => commands::publish(cfg, timeout, &topic, &text),
+        Command::Bench(args) => bench::run(cfg, timeout, &args),
+    }
+}
+
+fn channel_id(c: char) -> Result<u8, Fail> {
+    u8::try_from(c)
+        .ok()
+        .filter(|b| (0x21..=0x7e).contains(b))
+        .ok_or_else(|| usage(format!("channel {c:?} is not one printable ASCII character")))
+}
+
+fn client_config(cli: &Cli) -> Result<ClientConfig, Fail> {
+    if !(cli.timeout.is_finite() && cli.timeout > 0.0) {
+        return Err(usage("--timeout must be a positive number of seconds"));
+    }
+    let uplink = Uplink::parse(&cli.uplink).map_err(|e| usage(e.to_string()))?;
+    let timeout = Duration::from_secs_f64(cli.timeout);
+    let mut cfg = ClientConfig::new(uplink)
+        .timeouts(timeout, timeout)
+        .retry(RetryPolicy { max_tries: cli.tries.max(1), ..RetryPolicy::default() });
+    if let Some(k) = &cli.node_key {
+        cfg = cfg.node_key(node_key(k)?);
+    }
+    if let Some(path) = &cli.cert {
+        let cert =
+            ClientCert::load(path).map_err(|e| usage(format!("--cert {}: {e}", path.display())))?;
+        cfg = cfg.auth_cert(Arc::new(cert));
+    }
+    Ok(cfg)
+}
+
+/// A node key from base64url, a file holding it, or the node's own key file.
+fn node_key(arg: &str) -> Result<[u8; 32], Fail> {
+    let path = Path::new(arg);
+    if path.is_file() {
+        if let Ok(key) = NodeKey::load(path) {
+            return Ok(key.public_key());
+        }
+        let text =
+            std::fs::read_to_string(path).map_err(|e| usage(format!("--node-key {arg}: {e}")))?;
+        return public_key_from_base64(text.trim()).ok_or_else(|| {
+            usage(format!("--node-key {arg}: neither a key file nor a base64 key"))
+        });
+    }
+    public_key_from_base64(arg.trim())
+        .ok_or_else(|| usage(format!("--node-key {arg:?}: not a file, nor a base64url key")))
+}
