@@ -272,3 +272,26 @@ fn a_thousand_clients_on_two_workers_stream_and_echo() {
         seen[i] = true;
     }
 }
+
+#[test]
+fn a_key_the_node_forgot_is_replaced_by_a_new_handshake() {
+    let mut enc = EncConfig::default();
+    enc.store.idle_ttl = Duration::from_millis(200);
+    let node = Node::start(enc);
+    let reactor = client_reactor(1);
+    let (c, rx) = client(&reactor, 0, config(node.addr, node.key));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    c.on_status(move |stage, status| s.lock().push((stage, status)));
+    c.go_stage_blocking(Stage::EncInit, TIMEOUT).unwrap();
+    let made = Instant::now();
+    wait_until("the key's idle TTL passed", || made.elapsed() > Duration::from_millis(400));
+    // stream_ctl is refused (401 expired key); the client runs enc_init again by itself.
+    c.go_stage_blocking(Stage::StreamStreaming, TIMEOUT).unwrap();
+    let seen = seen.lock().clone();
+    assert!(seen.contains(&(Stage::StreamCtl, Status::Error)), "{seen:?}");
+    let inits = seen.iter().filter(|s| **s == (Stage::EncInit, Status::Done)).count();
+    assert_eq!(inits, 2, "{seen:?}");
+    c.write(b'E', 0, &b"renewed"[..]).unwrap();
+    assert_eq!(recv(&rx), (b'E', b"renewed".to_vec()));
+}
