@@ -295,3 +295,21 @@ fn a_key_the_node_forgot_is_replaced_by_a_new_handshake() {
     c.write(b'E', 0, &b"renewed"[..]).unwrap();
     assert_eq!(recv(&rx), (b'E', b"renewed".to_vec()));
 }
+
+#[test]
+fn dropped_clients_release_everything_they_held_on_the_worker() {
+    let node = Node::start(EncConfig::default());
+    let reactor = client_reactor(1);
+    let w = &reactor.workers()[0];
+    let live = || w.stats().esockets.iter().sum::<u64>();
+    let before = live();
+    for i in 0..50 {
+        let (c, _rx) = client(&reactor, 0, config(node.addr, node.key));
+        if i % 2 == 0 {
+            c.go_stage_blocking(Stage::StreamStreaming, TIMEOUT).unwrap();
+        }
+    }
+    // Idle ones, streaming ones: each wake-up event, timer and stream is gone.
+    wait_until("every client's esockets closed", || live() == before);
+    wait_until("every session released", || node.stream.table().is_empty());
+}

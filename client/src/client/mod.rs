@@ -353,6 +353,12 @@ impl Client {
         self.inner.out.lock().queued()
     }
 
+    /// Queued messages dropped so far: by [`abort`](Self::abort), or with a channel that
+    /// [`set_active_channels`](Self::set_active_channels) removed.
+    pub fn dropped(&self) -> u64 {
+        self.inner.out.lock().dropped
+    }
+
     /// The stream's counters (all the client's streams so far).
     pub fn stream_stats(&self) -> StreamStatsSnapshot {
         self.inner.stats.snapshot()
@@ -420,12 +426,11 @@ impl Inner {
 
     /// Adds the eventfd that wakes the driver from other threads.
     fn install_wake(self: &Arc<Self>, ctx: &mut WorkerCtx) -> std::io::Result<()> {
-        let me = Arc::downgrade(self);
-        let (h, tx) = ctx.add_event(move |es, _| {
-            if let Some(me) = me.upgrade() {
-                me.drive(es.worker());
-            }
-        })?;
+        // Strong: the client's last input (`Close`, from its drop) must still find it. The
+        // closure lives in the worker's table, not in `Inner`, so this is no cycle; the
+        // esocket closes on `Close` (or with the worker).
+        let me = self.clone();
+        let (h, tx) = ctx.add_event(move |es, _| me.drive(es.worker()))?;
         self.core.lock().wake = Some((h, tx));
         Ok(())
     }
