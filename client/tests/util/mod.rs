@@ -19,7 +19,8 @@ use dap_stream::{ChannelProcs, StreamConfig, StreamServer};
 /// Every wait in these tests ends within this.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A node: `/enc_init`, `/stream_ctl`, `/stream/` with echo on `E` and `F`.
+/// A node: `/enc_init`, `/stream_ctl`, `/stream/` with echo on `E` and `F`, and
+/// publish/subscribe on `P`.
 pub struct Node {
     pub addr: SocketAddr,
     pub key: [u8; 32],
@@ -43,6 +44,8 @@ impl Node {
         let mut procs = ChannelProcs::new();
         dap_stream::echo::register(&mut procs);
         procs.ch_proc_add(b'F', |_| Box::new(dap_stream::echo::Echo::default())).unwrap();
+        let broker = dap_stream::pubsub::Broker::new(Default::default());
+        dap_stream::pubsub::register(&mut procs, broker);
         let stream = StreamServer::new(procs, StreamConfig::default());
         let enc = EncServer::new(key, enc);
         let mut http = HttpServer::new(HttpConfig::default());

@@ -1,0 +1,116 @@
+//! dap-cli against a real node: what it prints, and its exit status.
+
+mod util;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dap_net::enc::EncConfig;
+use dap_net::enc::keys::public_key_to_base64;
+use util::{Node, TIMEOUT, free_port};
+
+fn cli(node: Option<&Node>) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dap-cli"));
+    c.stdin(Stdio::null()).args(["--timeout", "10"]);
+    if let Some(n) = node {
+        c.args(["--uplink", &n.addr.to_string(), "--node-key", &public_key_to_base64(&n.key)]);
+    }
+    c
+}
+
+#[track_caller]
+fn run(mut c: Command) -> (i32, String, String) {
+    let out = c.output().expect("dap-cli runs");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn ping_prints_every_stage_and_echo_comes_back() {
+    let node = Node::start(EncConfig::default());
+    let mut c = cli(Some(&node));
+    c.arg("ping");
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    for stage in [
+        "enc_init",
+        "stream_ctl",
+        "stream_session",
+        "stream_connected",
+        "stream_streaming",
+        "total",
+    ] {
+        assert!(out.lines().any(|l| l.starts_with(stage) && l.ends_with(" ms")), "{stage}: {out}");
+    }
+    let mut c = cli(Some(&node));
+    c.args(["echo", "hello dap"]);
+    assert_eq!(run(c), (0, "hello dap\n".into(), String::new()));
+}
+
+#[test]
+fn send_carries_stdin_and_prints_what_arrives() {
+    let node = Node::start(EncConfig::default());
+    let mut c = cli(Some(&node));
+    c.args(["send", "--channel", "F", "--linger", "0.5"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"one\ntwo\nthree\n").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\nthree\n");
+}
+
+#[test]
+fn pub_reaches_a_subscriber() {
+    let node = Node::start(EncConfig::default());
+    let mut s = cli(Some(&node));
+    s.args(["sub", "news", "--count", "1"]).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut sub = s.spawn().unwrap();
+    // The subscriber says so on stderr once the node confirmed it.
+    let mut err = BufReader::new(sub.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("subscribed to news"), "{line}");
+    let mut p = cli(Some(&node));
+    p.args(["pub", "news", "it works"]);
+    let (code, out, err) = run(p);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "delivered to 1 subscriber(s)\n");
+    let deadline = Instant::now() + TIMEOUT;
+    let out = loop {
+        if let Some(_status) = sub.try_wait().unwrap() {
+            break sub.wait_with_output().unwrap();
+        }
+        assert!(Instant::now() < deadline, "the subscriber did not finish");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "it works\n");
+}
+
+#[test]
+fn failures_name_the_stage_and_exit_non_zero() {
+    let mut c = cli(None);
+    c.args(["--uplink", &free_port().to_string(), "--tries", "1", "ping"]);
+    let (code, _, err) = run(c);
+    assert_eq!(code, 1);
+    assert!(err.contains("failed at enc_init") && err.contains("connection refused"), "{err}");
+
+    let node = Node::start(EncConfig::default());
+    let mut c = cli(None);
+    let other = public_key_to_base64(&dap_net::enc::NodeKey::generate().public_key());
+    c.args(["--uplink", &node.addr.to_string(), "--node-key", &other, "echo", "x"]);
+    let (code, _, err) = run(c);
+    assert_eq!(code, 1);
+    assert!(err.contains("failed at enc_init") && err.contains("wrong node key"), "{err}");
+
+    let mut c = cli(None);
+    c.args(["--uplink", "no-port", "ping"]);
+    let (code, _, err) = run(c);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no port"), "{err}");
+}
