@@ -99,9 +99,9 @@ struct DrainState {
     intake_stopped: Arc<AtomicBool>,
     /// Streams go away (set once every stream has seen `intake_stopped`).
     going_away: AtomicBool,
-    /// Open streams by session id. Bounded by the session table: a stream opens only for a
-    /// session the table holds, and leaves here when it ends.
-    live: Mutex<HashMap<[u8; SESSION_ID_LEN], EsocketHandle>>,
+    /// Open streams by session id, with their channel count. Bounded by the session table:
+    /// a stream opens only for a session the table holds, and leaves here when it ends.
+    live: Mutex<HashMap<[u8; SESSION_ID_LEN], (EsocketHandle, usize)>>,
     /// Signalled when a stream leaves `live`.
     left: Condvar,
 }
@@ -191,11 +191,16 @@ impl StreamServer {
         self.inner.drain.live.lock().len()
     }
 
+    /// Channels of the streams open now.
+    pub fn live_channels(&self) -> usize {
+        self.inner.drain.live.lock().values().map(|v| v.1).sum()
+    }
+
     /// Streams open now on each worker, indexed by worker (`workers` entries; streams on a
     /// worker at or past `workers` are not counted).
     pub fn live_streams_by_worker(&self, workers: usize) -> Vec<u64> {
         let mut out = vec![0u64; workers];
-        for h in self.inner.drain.live.lock().values() {
+        for (h, _) in self.inner.drain.live.lock().values() {
             if let Some(n) = out.get_mut(h.worker_index()) {
                 *n += 1;
             }
@@ -225,7 +230,7 @@ impl StreamServer {
         let deadline = Instant::now() + timeout;
         let d = &self.inner.drain;
         d.intake_stopped.store(true, Ordering::SeqCst);
-        let live: Vec<EsocketHandle> = d.live.lock().values().copied().collect();
+        let live: Vec<EsocketHandle> = d.live.lock().values().map(|v| v.0).collect();
         let report = DrainReport { streams: live.len(), left_open: 0 };
         tracing::info!(streams = live.len(), "stream drain: intake stopped");
         // Step 1's barrier: a closure on each stream's worker runs after whatever that
@@ -247,7 +252,7 @@ impl StreamServer {
         }
         d.going_away.store(true, Ordering::SeqCst);
         // Streams that open from here on go away by themselves (see `on_open`).
-        let live: Vec<EsocketHandle> = d.live.lock().values().copied().collect();
+        let live: Vec<EsocketHandle> = d.live.lock().values().map(|v| v.0).collect();
         for h in live {
             let go = |es: &mut Esocket<'_>| {
                 crate::transport::http::with_stream_conn(es, |c, es| c.go_away(es));
@@ -435,11 +440,12 @@ impl ProcHandler for Attach {
             server.inner.table.detach(&id);
         });
         let server = self.server.clone();
+        let channels = params.channels.len();
         let on_open = Box::new(move |h: EsocketHandle| {
             // Registered before `going_away` is read: a drain either finds this stream in
             // `live` or this stream finds `going_away` set.
             let d = &server.inner.drain;
-            d.live.lock().insert(id, h);
+            d.live.lock().insert(id, (h, channels));
             d.going_away.load(Ordering::SeqCst)
         });
         let conn = StreamConn::server(params, mux, inner.stats.clone(), on_end)

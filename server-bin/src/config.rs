@@ -1,0 +1,702 @@
+//! dapd's configuration: a TOML file of sections, every key optional (a missing key takes
+//! the value of the embedded default, [`DEFAULT_CONFIG`]), unknown keys refused.
+//!
+//! [`Config::from_toml`] parses and then [validates](Config::validate) every value, so that
+//! a bad file fails at start with an error that names the key, never later.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The embedded default configuration: `config/dapd.toml`, byte for byte.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/dapd.toml");
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not fit the schema (an unknown key, a value of
+    /// the wrong type); the text gives the line and the key.
+    #[error("{0}")]
+    Parse(String),
+    /// A value is out of range or inconsistent with another.
+    #[error("{key}: {problem}")]
+    Invalid {
+        /// The key, as `section.key`.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: &str, problem: impl Into<String>) -> Self {
+        ConfigError::Invalid { key: key.to_string(), problem: problem.into() }
+    }
+
+    /// The key at fault, for [`Invalid`](Self::Invalid).
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct Config {
+    /// `[listen]`: the plain HTTP listener.
+    pub listen: ListenConfig,
+    /// `[reactor]`: workers.
+    pub reactor: ReactorConfig,
+    /// `[http]`: HTTP limits and timeouts.
+    pub http: HttpSection,
+    /// `[enc]`: the handshake and enc_http.
+    pub enc: EncSection,
+    /// `[stream]`: sessions and streams.
+    pub stream: StreamSection,
+    /// `[proc]`: the proc pool.
+    pub proc: ProcSection,
+    /// `[pubsub]`: channel `'P'`.
+    pub pubsub: PubSubSection,
+    /// `[tls]`: an optional HTTPS listener.
+    pub tls: TlsSection,
+    /// `[dns]`: an optional authoritative DNS server.
+    pub dns: DnsSection,
+    /// `[shutdown]`: the drain on SIGINT/SIGTERM.
+    pub shutdown: ShutdownSection,
+    /// `[log]`: logging.
+    pub log: LogSection,
+}
+
+/// `[listen]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// The address (port 0 picks a free one).
+    pub addr: SocketAddr,
+    /// The listen backlog.
+    pub backlog: u32,
+    /// CIDR blocks admitted (empty: everyone not denied).
+    pub allow: Vec<String>,
+    /// CIDR blocks refused.
+    pub deny: Vec<String>,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8079)),
+            backlog: 1024,
+            allow: Vec::new(),
+            deny: Vec::new(),
+        }
+    }
+}
+
+/// How TCP listeners are spread over the workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListenerModeSetting {
+    /// One `SO_REUSEPORT` listener per worker.
+    #[default]
+    PerWorker,
+    /// One listener handing connections to the least-loaded worker.
+    Single,
+}
+
+/// `[reactor]`, as `dap_reactor::ReactorBuilder` takes it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReactorConfig {
+    /// Workers (0: one per CPU).
+    pub threads: usize,
+    /// Pin workers (and proc threads) to CPUs.
+    pub pin: bool,
+    /// Close connections idle this long (0: never).
+    pub idle_timeout_ms: u64,
+    /// Outgoing connect timeout.
+    pub connect_timeout_ms: u64,
+    /// How long a graceful close may spend flushing.
+    pub close_linger_ms: u64,
+    /// Listener spreading.
+    pub listener_mode: ListenerModeSetting,
+    /// `[reactor.limits]`.
+    pub limits: LimitsSection,
+}
+
+impl Default for ReactorConfig {
+    fn default() -> Self {
+        ReactorConfig {
+            threads: 0,
+            pin: true,
+            idle_timeout_ms: 300_000,
+            connect_timeout_ms: 10_000,
+            close_linger_ms: 5_000,
+            listener_mode: ListenerModeSetting::PerWorker,
+            limits: LimitsSection::default(),
+        }
+    }
+}
+
+/// `[reactor.limits]`: `dap_reactor::Limits`, per worker.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(missing_docs)] // Each key is `dap_reactor::Limits`' field of the same name.
+pub struct LimitsSection {
+    pub max_esockets: usize,
+    pub buf_in_cap: usize,
+    pub buf_out_cap: usize,
+    pub buf_out_low_water: usize,
+    pub handle_write_slack: usize,
+    pub inbox_capacity: usize,
+    pub pool_buffers: usize,
+    pub udp_out_queue: usize,
+    pub max_timers: usize,
+    pub events_per_turn: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let d = dap_reactor::Limits::default();
+        LimitsSection {
+            max_esockets: d.max_esockets,
+            buf_in_cap: d.buf_in_cap,
+            buf_out_cap: d.buf_out_cap,
+            buf_out_low_water: d.buf_out_low_water,
+            handle_write_slack: d.handle_write_slack,
+            inbox_capacity: d.inbox_capacity,
+            pool_buffers: d.pool_buffers,
+            udp_out_queue: d.udp_out_queue,
+            max_timers: d.max_timers,
+            events_per_turn: d.events_per_turn,
+        }
+    }
+}
+
+/// `[http]`: `dap_net::http::server::HttpConfig`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(missing_docs)] // Each key is HttpConfig's (or HttpLimits') field of the same name.
+pub struct HttpSection {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_url: usize,
+    pub max_body: u64,
+    pub header_timeout_ms: u64,
+    pub body_timeout_ms: u64,
+    pub keep_alive_timeout_ms: u64,
+    pub write_timeout_ms: u64,
+    pub lingering_close_ms: u64,
+    pub lingering_bytes: usize,
+    /// 0: no limit.
+    pub max_requests_per_connection: u64,
+    /// Empty: no `Server` header.
+    pub server_name: String,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            max_header_bytes: 16 << 10,
+            max_headers: 64,
+            max_url: 8 << 10,
+            max_body: 1 << 20,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 60_000,
+            keep_alive_timeout_ms: 5_000,
+            write_timeout_ms: 30_000,
+            lingering_close_ms: 2_000,
+            lingering_bytes: 1 << 20,
+            max_requests_per_connection: 0,
+            server_name: "dap".into(),
+        }
+    }
+}
+
+/// Whether `/enc_init` wants a client certificate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthSetting {
+    /// Certificates are not used.
+    #[default]
+    None,
+    /// A certificate may be sent, and is verified if it is.
+    Optional,
+    /// A certificate on the allow list is required.
+    Required,
+}
+
+/// `[enc]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncSection {
+    /// The node key's PEM file; empty: a fresh key each start (logged as a warning).
+    pub node_key: String,
+    /// Keys held at once.
+    pub max_keys: usize,
+    /// A key unused this long expires.
+    pub key_idle_ttl_s: u64,
+    /// A key older than this expires.
+    pub key_max_age_s: u64,
+    /// Client certificates.
+    pub client_auth: ClientAuthSetting,
+    /// The allow list file (for `required`).
+    pub allow_list: String,
+    /// Most keys read from the allow list.
+    pub max_allow_list: usize,
+    /// The largest `/enc_init` body.
+    pub max_init_body: u64,
+    /// Run handshakes on the worker instead of a proc thread (faster on few cores).
+    pub handshake_on_worker: bool,
+}
+
+impl Default for EncSection {
+    fn default() -> Self {
+        EncSection {
+            node_key: String::new(),
+            max_keys: 10_000,
+            key_idle_ttl_s: 600,
+            key_max_age_s: 86_400,
+            client_auth: ClientAuthSetting::None,
+            allow_list: String::new(),
+            max_allow_list: 100_000,
+            max_init_body: 4096,
+            handshake_on_worker: true,
+        }
+    }
+}
+
+/// `[stream]`: session limits (`dap_stream::session::SessionLimits`) and the table bound.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(missing_docs)] // Each key is the SessionLimits / MuxConfig field of the same name.
+pub struct StreamSection {
+    /// Sessions held at once, pending and attached.
+    pub max_sessions: usize,
+    pub max_message: usize,
+    pub channel_window: u32,
+    pub conn_window: u32,
+    pub send_queue: usize,
+    pub max_frame: usize,
+    pub max_payload: usize,
+    pub keepalive_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for StreamSection {
+    fn default() -> Self {
+        StreamSection {
+            max_sessions: 65_536,
+            max_message: 16 << 20,
+            channel_window: 256 << 10,
+            conn_window: 1 << 20,
+            send_queue: 256 << 10,
+            max_frame: 16 << 10,
+            max_payload: 32 << 10,
+            keepalive_ms: 15_000,
+            idle_timeout_ms: 60_000,
+            connect_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// `[proc]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcSection {
+    /// Threads (0: one per worker, paired with it).
+    pub threads: usize,
+    /// Jobs one thread may hold waiting per priority.
+    pub queue_capacity: usize,
+    /// How much waiting lifts a job by one priority.
+    pub aging_ms: u64,
+}
+
+impl Default for ProcSection {
+    fn default() -> Self {
+        ProcSection { threads: 0, queue_capacity: 8192, aging_ms: 10 }
+    }
+}
+
+/// `[pubsub]`: `dap_stream::pubsub::BrokerConfig`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(missing_docs)] // Each key is BrokerConfig's field of the same name.
+pub struct PubSubSection {
+    pub max_topics: usize,
+    pub max_subscribers_per_topic: usize,
+    pub max_subscriptions_per_session: usize,
+    pub max_topic_len: usize,
+}
+
+impl Default for PubSubSection {
+    fn default() -> Self {
+        PubSubSection {
+            max_topics: 10_000,
+            max_subscribers_per_topic: 10_000,
+            max_subscriptions_per_session: 256,
+            max_topic_len: 255,
+        }
+    }
+}
+
+/// `[tls]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// Serve HTTPS too.
+    pub enabled: bool,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// PEM certificate chain.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            enabled: false,
+            addr: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            cert: String::new(),
+            key: String::new(),
+        }
+    }
+}
+
+/// One zone record of `[dns]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsRecord {
+    /// The owner name (inside the zone).
+    pub name: String,
+    /// `A`, `AAAA`, `TXT` or `CNAME`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The address, text or target.
+    pub value: String,
+    /// Seconds.
+    #[serde(default = "default_ttl")]
+    pub ttl: u32,
+}
+
+fn default_ttl() -> u32 {
+    300
+}
+
+/// `[dns]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSection {
+    /// Serve DNS.
+    pub enabled: bool,
+    /// UDP address.
+    pub addr: SocketAddr,
+    /// The zone's origin.
+    pub origin: String,
+    /// Records the zone may hold.
+    pub max_records: usize,
+    /// Largest reply to EDNS queries.
+    pub max_payload: u16,
+    /// The zone's records.
+    pub records: Vec<DnsRecord>,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        DnsSection {
+            enabled: false,
+            addr: SocketAddr::from(([127, 0, 0, 1], 8053)),
+            origin: "dapd.test".into(),
+            max_records: 65_536,
+            max_payload: 1232,
+            records: Vec::new(),
+        }
+    }
+}
+
+/// `[shutdown]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSection {
+    /// How long a drain may take before what is left is closed.
+    pub grace_ms: u64,
+}
+
+impl Default for ShutdownSection {
+    fn default() -> Self {
+        ShutdownSection { grace_ms: 10_000 }
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// The filter when `RUST_LOG` is not set (`info`, `dap_stream=debug,info`, ...).
+    pub level: String,
+    /// Line format.
+    pub format: LogFormat,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+/// Checks `lo <= v <= hi`.
+fn range<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    v: T,
+    lo: T,
+    hi: T,
+) -> Result<(), ConfigError> {
+    if v < lo || v > hi {
+        return Err(ConfigError::invalid(key, format!("must be between {lo} and {hi} (is {v})")));
+    }
+    Ok(())
+}
+
+const MS_HOUR: u64 = 3_600_000;
+const MS_DAY: u64 = 24 * MS_HOUR;
+
+impl Config {
+    /// The embedded default ([`DEFAULT_CONFIG`]).
+    pub fn embedded() -> Self {
+        // The embedded file is tested to parse and validate; this cannot fail in a build
+        // whose tests pass, and the code defaults are the same values.
+        Config::from_toml(DEFAULT_CONFIG).unwrap_or_default()
+    }
+
+    /// Parses and validates a configuration.
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] naming the line and key, or [`ConfigError::Invalid`].
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a file.
+    ///
+    /// # Errors
+    /// As [`from_toml`](Self::from_toml), and [`ConfigError::Read`].
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse(m) => ConfigError::Parse(format!("{}: {m}", path.display())),
+            e => e,
+        })
+    }
+
+    /// Checks every value's range and the values that depend on each other.
+    ///
+    /// # Errors
+    /// The first [`ConfigError::Invalid`], naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.listen;
+        range("listen.backlog", l.backlog, 1, 65_535)?;
+        for (key, blocks) in [("listen.allow", &l.allow), ("listen.deny", &l.deny)] {
+            range(key, blocks.len(), 0, 10_000)?;
+            for b in blocks {
+                b.parse::<dap_net::server::Cidr>().map_err(|e| {
+                    ConfigError::invalid(key, format!("{b:?} is not a CIDR block ({e})"))
+                })?;
+            }
+        }
+        let r = &self.reactor;
+        range("reactor.threads", r.threads, 0, 1024)?;
+        range("reactor.idle_timeout_ms", r.idle_timeout_ms, 0, 30 * MS_DAY)?;
+        range("reactor.connect_timeout_ms", r.connect_timeout_ms, 1, MS_HOUR)?;
+        range("reactor.close_linger_ms", r.close_linger_ms, 0, MS_HOUR)?;
+        let m = &r.limits;
+        range("reactor.limits.max_esockets", m.max_esockets, 16, 1 << 24)?;
+        range("reactor.limits.buf_in_cap", m.buf_in_cap, 4096, 1 << 30)?;
+        range("reactor.limits.buf_out_cap", m.buf_out_cap, 4096, 1 << 30)?;
+        range("reactor.limits.buf_out_low_water", m.buf_out_low_water, 0, m.buf_out_cap)?;
+        range("reactor.limits.handle_write_slack", m.handle_write_slack, 0, 1 << 30)?;
+        range("reactor.limits.inbox_capacity", m.inbox_capacity, 16, 1 << 24)?;
+        range("reactor.limits.pool_buffers", m.pool_buffers, 0, 1 << 16)?;
+        range("reactor.limits.udp_out_queue", m.udp_out_queue, 1, 1 << 20)?;
+        range("reactor.limits.max_timers", m.max_timers, 16, 1 << 24)?;
+        range("reactor.limits.events_per_turn", m.events_per_turn, 1, 1 << 20)?;
+        let h = &self.http;
+        range("http.max_header_bytes", h.max_header_bytes, 256, 1 << 20)?;
+        range("http.max_headers", h.max_headers, 1, 1024)?;
+        range("http.max_url", h.max_url, 16, 1 << 20)?;
+        range("http.max_body", h.max_body, 1024, 1 << 32)?;
+        range("http.header_timeout_ms", h.header_timeout_ms, 1, MS_HOUR)?;
+        range("http.body_timeout_ms", h.body_timeout_ms, 1, MS_HOUR)?;
+        range("http.keep_alive_timeout_ms", h.keep_alive_timeout_ms, 1, MS_HOUR)?;
+        range("http.write_timeout_ms", h.write_timeout_ms, 1, MS_HOUR)?;
+        range("http.lingering_close_ms", h.lingering_close_ms, 0, 60_000)?;
+        range("http.lingering_bytes", h.lingering_bytes, 0, 1 << 30)?;
+        range("http.server_name", h.server_name.len(), 0, 256)?;
+        if !h.server_name.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+            return Err(ConfigError::invalid("http.server_name", "must be printable ASCII"));
+        }
+        let e = &self.enc;
+        range("enc.max_keys", e.max_keys, 1, 1 << 24)?;
+        range("enc.key_idle_ttl_s", e.key_idle_ttl_s, 1, 30 * 86_400)?;
+        range("enc.key_max_age_s", e.key_max_age_s, 1, 365 * 86_400)?;
+        range("enc.max_allow_list", e.max_allow_list, 1, 1 << 24)?;
+        range("enc.max_init_body", e.max_init_body, 256, 1 << 20)?;
+        if e.client_auth == ClientAuthSetting::Required && e.allow_list.is_empty() {
+            return Err(ConfigError::invalid(
+                "enc.allow_list",
+                "must name a file when enc.client_auth = \"required\"",
+            ));
+        }
+        let s = &self.stream;
+        range("stream.max_sessions", s.max_sessions, 1, 1 << 24)?;
+        range("stream.max_message", s.max_message, 1, 16 << 20)?;
+        range("stream.channel_window", s.channel_window, 1024, 1 << 30)?;
+        range("stream.conn_window", s.conn_window, 1024, 1 << 30)?;
+        range("stream.send_queue", s.send_queue, 1024, 1 << 30)?;
+        let overhead = dap_stream::codec::packet::OVERHEAD;
+        let max_payload = m.buf_in_cap.saturating_sub(overhead);
+        if s.max_payload > max_payload {
+            return Err(ConfigError::invalid(
+                "stream.max_payload",
+                format!(
+                    "must be at most reactor.limits.buf_in_cap - {overhead} = {max_payload} \
+                     (is {}); raise buf_in_cap or lower max_payload",
+                    s.max_payload
+                ),
+            ));
+        }
+        range("stream.max_payload", s.max_payload, 2048, 16 << 20)?;
+        range("stream.max_frame", s.max_frame, 1, s.max_payload)?;
+        range("stream.keepalive_ms", s.keepalive_ms, 100, MS_DAY)?;
+        range("stream.idle_timeout_ms", s.idle_timeout_ms, s.keepalive_ms + 1, 7 * MS_DAY)?;
+        range("stream.connect_timeout_ms", s.connect_timeout_ms, 100, MS_HOUR)?;
+        let p = &self.proc;
+        range("proc.threads", p.threads, 0, 1024)?;
+        range("proc.queue_capacity", p.queue_capacity, 1, 1 << 24)?;
+        range("proc.aging_ms", p.aging_ms, 1, 60_000)?;
+        let ps = &self.pubsub;
+        range("pubsub.max_topics", ps.max_topics, 1, 1 << 24)?;
+        range("pubsub.max_subscribers_per_topic", ps.max_subscribers_per_topic, 1, 1 << 20)?;
+        range(
+            "pubsub.max_subscriptions_per_session",
+            ps.max_subscriptions_per_session,
+            1,
+            1 << 16,
+        )?;
+        range("pubsub.max_topic_len", ps.max_topic_len, 1, dap_stream::pubsub::MAX_TOPIC_LEN)?;
+        if self.tls.enabled {
+            for (key, v) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
+                if v.is_empty() {
+                    return Err(ConfigError::invalid(key, "must name a PEM file when tls.enabled"));
+                }
+            }
+        }
+        let d = &self.dns;
+        range("dns.max_records", d.max_records, 1, 1 << 24)?;
+        range("dns.records", d.records.len(), 0, d.max_records)?;
+        range("dns.max_payload", d.max_payload, 512, 65_535)?;
+        if d.enabled {
+            dap_net::dns::Zone::new(&d.origin)
+                .map_err(|e| ConfigError::invalid("dns.origin", e.to_string()))?;
+        }
+        for (i, rec) in d.records.iter().enumerate() {
+            let kind = rec.kind.to_ascii_uppercase();
+            let ok = match kind.as_str() {
+                "A" => rec.value.parse::<std::net::Ipv4Addr>().is_ok(),
+                "AAAA" => rec.value.parse::<std::net::Ipv6Addr>().is_ok(),
+                "TXT" | "CNAME" => true,
+                _ => {
+                    let key = format!("dns.records[{i}].type");
+                    return Err(ConfigError::invalid(&key, "must be A, AAAA, TXT or CNAME"));
+                }
+            };
+            if !ok {
+                let key = format!("dns.records[{i}].value");
+                return Err(ConfigError::invalid(&key, format!("not an address for {kind}")));
+            }
+        }
+        range("shutdown.grace_ms", self.shutdown.grace_ms, 0, MS_HOUR)?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
+        Ok(())
+    }
+
+    /// The drain's grace period.
+    pub fn grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown.grace_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_parses_and_equals_the_code_defaults() {
+        let parsed = Config::from_toml(DEFAULT_CONFIG).expect("embedded default");
+        assert_eq!(parsed, Config::default());
+        assert_eq!(parsed.listen.addr, "127.0.0.1:8079".parse().unwrap());
+        assert_eq!(parsed.reactor.threads, 0);
+        assert!(parsed.enc.handshake_on_worker);
+    }
+
+    #[test]
+    fn an_empty_file_is_the_default() {
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::from_toml("[stream]\nmax_mesage = 5\n").unwrap_err().to_string();
+        assert!(e.contains("max_mesage"), "{e}");
+        let e = Config::from_toml("[nosuch]\n").unwrap_err().to_string();
+        assert!(e.contains("nosuch"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = Config::from_toml("[stream]\nmax_message = 0\n").unwrap_err();
+        assert_eq!(e.key(), Some("stream.max_message"));
+        assert!(e.to_string().starts_with("stream.max_message: must be between 1 and 16777216"));
+        let e = Config::from_toml("[listen]\nallow = [\"10.0.0.0/33\"]\n").unwrap_err();
+        assert_eq!(e.key(), Some("listen.allow"));
+        let e = Config::from_toml("[stream]\nmax_payload = 70000\n").unwrap_err();
+        assert_eq!(e.key(), Some("stream.max_payload"));
+        let e = Config::from_toml("[enc]\nclient_auth = \"required\"\n").unwrap_err();
+        assert_eq!(e.key(), Some("enc.allow_list"));
+        let e = Config::from_toml("[log]\nlevel = \"=[\"\n").unwrap_err();
+        assert_eq!(e.key(), Some("log.level"));
+        let e = Config::from_toml("[listen]\naddr = \"nowhere\"\n").unwrap_err().to_string();
+        assert!(e.contains("addr"), "{e}");
+    }
+}

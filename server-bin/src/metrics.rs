@@ -1,0 +1,372 @@
+//! `GET /metrics`: every counter the daemon's parts keep, in the Prometheus text exposition
+//! format 0.0.4.
+//!
+//! The numbers already live in the parts' own counters (worker stats, proc stats, HTTP,
+//! enc, stream and pub/sub snapshots), so this module only formats snapshots; a metrics
+//! crate would want its own registered counters and double the bookkeeping. Names start
+//! with `dap_`; counters end in `_total`; per-worker and per-thread values carry a
+//! `worker` or `thread` label, errors a `kind` label.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::OnceLock;
+
+use dap_net::dns::DnsServer;
+use dap_net::enc::EncServer;
+use dap_net::http::server::HttpStats;
+use dap_proc::{Priority, ProcThread};
+use dap_reactor::{EsocketKind, Worker};
+use dap_stream::StreamServer;
+use dap_stream::pubsub::{Broker, PubSubStatsSnapshot};
+
+/// The content type of the exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Where the numbers come from.
+pub struct Sources {
+    /// The reactor's workers.
+    pub workers: Vec<Worker>,
+    /// The proc threads.
+    pub procs: Vec<ProcThread>,
+    /// The stream server.
+    pub stream: StreamServer,
+    /// The enc server.
+    pub enc: EncServer,
+    /// The pub/sub broker.
+    pub broker: Arc<Broker>,
+    /// HTTP counters per listener (`plain`, `tls`), set once the listeners are up.
+    pub http: OnceLock<Vec<(&'static str, Arc<HttpStats>)>>,
+    /// The DNS server, when there is one.
+    pub dns: OnceLock<Arc<DnsServer>>,
+    /// Whether the daemon is draining.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources").field("workers", &self.workers.len()).finish_non_exhaustive()
+    }
+}
+
+/// Writes families: `# HELP`, `# TYPE`, then samples.
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Into<f64>) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                // Label values here are ours (numbers and fixed words): nothing to escape.
+                let _ = write!(self.0, "{k}=\"{v}\"");
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {}", value.into());
+    }
+
+    /// A family with one unlabelled sample.
+    fn one(&mut self, name: &str, kind: &str, help: &str, value: u64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value as f64);
+    }
+
+    /// A family with one sample per `(label value, value)` under label `label`.
+    fn by(&mut self, name: &str, kind: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+        self.family(name, kind, help);
+        for (l, v) in values {
+            self.sample(name, &[(label, l)], *v as f64);
+        }
+    }
+}
+
+/// Renders every family.
+pub fn render(src: &Sources) -> String {
+    let mut o = Out(String::with_capacity(8 << 10));
+    let draining = src.draining.load(std::sync::atomic::Ordering::Relaxed);
+    o.one("dap_up", "gauge", "1 while the daemon runs.", 1);
+    o.one("dap_draining", "gauge", "1 while the daemon drains for shutdown.", draining as u64);
+    workers(&mut o, src);
+    procs(&mut o, src);
+    if let Some(http) = src.http.get() {
+        http_families(&mut o, http);
+    }
+    enc(&mut o, &src.enc);
+    stream(&mut o, src);
+    pubsub(&mut o, &src.broker.stats());
+    if let Some(dns) = src.dns.get() {
+        let s = dns.stats();
+        o.one("dap_dns_queries_total", "counter", "DNS datagrams received.", s.received);
+        o.by(
+            "dap_dns_replies_total",
+            "counter",
+            "DNS replies sent, by outcome.",
+            "kind",
+            &[
+                ("answer", s.answers),
+                ("nodata", s.nodata),
+                ("nxdomain", s.nxdomain),
+                ("refused", s.refused),
+                ("formerr", s.formerr),
+                ("notimp", s.notimp),
+                ("badvers", s.badvers),
+                ("truncated", s.truncated),
+            ],
+        );
+        o.by(
+            "dap_dns_errors_total",
+            "counter",
+            "DNS datagrams dropped or replies not sent.",
+            "kind",
+            &[("dropped", s.dropped), ("send_failed", s.send_failed)],
+        );
+    }
+    o.0
+}
+
+fn workers(o: &mut Out, src: &Sources) {
+    let stats: Vec<_> = src.workers.iter().map(Worker::stats).collect();
+    let names: Vec<String> = stats.iter().map(|s| s.worker.to_string()).collect();
+    let mut per =
+        |name: &str, kind: &str, help: &str, f: &dyn Fn(&dap_reactor::WorkerStats) -> f64| {
+            o.family(name, kind, help);
+            for (s, w) in stats.iter().zip(&names) {
+                o.sample(name, &[("worker", w)], f(s));
+            }
+        };
+    per("dap_connections", "gauge", "Open TCP and Unix connections, per worker.", &|s| {
+        (s.esockets_of(EsocketKind::Tcp) + s.esockets_of(EsocketKind::Unix)) as f64
+    });
+    per("dap_esockets", "gauge", "Live esockets of every kind, per worker.", &|s| {
+        s.esockets_total() as f64
+    });
+    per("dap_connections_accepted_total", "counter", "Connections accepted, per worker.", &|s| {
+        s.accepted as f64
+    });
+    per("dap_worker_bytes_in_total", "counter", "Bytes read, per worker.", &|s| s.bytes_in as f64);
+    per("dap_worker_bytes_out_total", "counter", "Bytes written, per worker.", &|s| {
+        s.bytes_out as f64
+    });
+    per("dap_worker_loop_turns_total", "counter", "Event loop turns, per worker.", &|s| {
+        s.loop_turns as f64
+    });
+    per("dap_worker_busy_seconds_total", "counter", "Time spent working, per worker.", &|s| {
+        s.busy_ns as f64 / 1e9
+    });
+    per("dap_worker_inbox_depth", "gauge", "Messages waiting in the worker's inbox.", &|s| {
+        s.inbox_depth as f64
+    });
+    o.family("dap_worker_errors_total", "counter", "Esockets closed or messages dropped, by kind.");
+    for (s, w) in stats.iter().zip(&names) {
+        for (kind, v) in [
+            ("idle_closed", s.idle_closed),
+            ("overflow_closed", s.overflow_closed),
+            ("accept_dropped", s.accept_dropped),
+            ("dropped_dead", s.dropped_dead),
+        ] {
+            o.sample("dap_worker_errors_total", &[("worker", w), ("kind", kind)], v as f64);
+        }
+    }
+}
+
+fn procs(o: &mut Out, src: &Sources) {
+    let stats: Vec<_> = src.procs.iter().map(ProcThread::stats).collect();
+    let names: Vec<String> = stats.iter().map(|s| s.thread.to_string()).collect();
+    o.family(
+        "dap_proc_queue_depth",
+        "gauge",
+        "Jobs queued or running, per proc thread and priority.",
+    );
+    for (s, t) in stats.iter().zip(&names) {
+        for p in Priority::ALL {
+            let label = format!("{p:?}").to_ascii_lowercase();
+            let v = s.depth[p.index()] as f64;
+            o.sample("dap_proc_queue_depth", &[("thread", t), ("priority", &label)], v);
+        }
+    }
+    o.family("dap_proc_jobs_total", "counter", "Job runs, per proc thread.");
+    for (s, t) in stats.iter().zip(&names) {
+        o.sample("dap_proc_jobs_total", &[("thread", t)], s.jobs_run as f64);
+    }
+    o.family("dap_proc_errors_total", "counter", "Jobs that panicked or were cancelled.");
+    for (s, t) in stats.iter().zip(&names) {
+        o.sample("dap_proc_errors_total", &[("thread", t), ("kind", "panic")], s.panics as f64);
+        o.sample(
+            "dap_proc_errors_total",
+            &[("thread", t), ("kind", "cancelled")],
+            s.cancelled as f64,
+        );
+    }
+}
+
+fn http_families(o: &mut Out, http: &[(&'static str, Arc<HttpStats>)]) {
+    let snaps: Vec<_> = http.iter().map(|(l, s)| (*l, s.snapshot())).collect();
+    o.family("dap_http_requests_total", "counter", "HTTP requests, per listener.");
+    for (l, s) in &snaps {
+        o.sample("dap_http_requests_total", &[("listener", l)], s.requests as f64);
+    }
+    o.family("dap_http_responses_total", "counter", "HTTP responses, by status class.");
+    for (l, s) in &snaps {
+        for (class, v) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().zip(s.responses) {
+            o.sample("dap_http_responses_total", &[("listener", l), ("class", class)], v as f64);
+        }
+    }
+    o.family("dap_http_upgrades_total", "counter", "Connections upgraded to streams.");
+    for (l, s) in &snaps {
+        o.sample("dap_http_upgrades_total", &[("listener", l)], s.upgrades as f64);
+    }
+    o.family("dap_http_errors_total", "counter", "HTTP faults, by kind.");
+    for (l, s) in &snaps {
+        for (kind, v) in [
+            ("bad_request", s.bad_requests),
+            ("timeout", s.timeouts),
+            ("overloaded", s.overloaded),
+            ("handler_panic", s.handler_panics),
+            ("closed_early", s.closed_early),
+        ] {
+            o.sample("dap_http_errors_total", &[("listener", l), ("kind", kind)], v as f64);
+        }
+    }
+}
+
+fn enc(o: &mut Out, enc: &EncServer) {
+    let s = enc.stats();
+    o.by(
+        "dap_enc_handshakes_total",
+        "counter",
+        "enc_init handshakes, by result.",
+        "result",
+        &[("ok", s.handshakes_ok), ("refused", s.handshakes_failed)],
+    );
+    o.one("dap_enc_requests_total", "counter", "enc_http requests answered.", s.requests_ok);
+    o.by(
+        "dap_enc_errors_total",
+        "counter",
+        "enc refusals, by kind.",
+        "kind",
+        &[
+            ("forbidden", s.handshakes_forbidden),
+            ("unknown_key", s.unknown_key),
+            ("expired_key", s.expired_key),
+            ("malformed", s.malformed),
+            ("auth", s.auth_failures),
+            ("replay", s.replays),
+            ("handler_failure", s.handler_failures),
+        ],
+    );
+    o.one("dap_enc_keys", "gauge", "Keys in the key store.", s.keys_live as u64);
+    o.by(
+        "dap_enc_keys_removed_total",
+        "counter",
+        "Keys removed from the store, by reason.",
+        "reason",
+        &[("evicted", s.keys_evicted), ("expired", s.keys_expired)],
+    );
+}
+
+fn stream(o: &mut Out, src: &Sources) {
+    let s = src.stream.stats();
+    o.by(
+        "dap_stream_sessions_total",
+        "counter",
+        "Stream sessions, by event.",
+        "event",
+        &[
+            ("created", s.sessions_created),
+            ("attached", s.sessions_attached),
+            ("expired", s.sessions_expired),
+        ],
+    );
+    o.one(
+        "dap_stream_sessions_active",
+        "gauge",
+        "Sessions held, pending and attached.",
+        src.stream.table().len() as u64,
+    );
+    let per_worker = src.stream.live_streams_by_worker(src.workers.len());
+    o.family("dap_stream_streams_open", "gauge", "Open streams, per worker.");
+    for (w, n) in per_worker.iter().enumerate() {
+        o.sample("dap_stream_streams_open", &[("worker", &w.to_string())], *n as f64);
+    }
+    o.one("dap_stream_streams_closed_total", "counter", "Streams that ended.", s.streams_closed);
+    o.one(
+        "dap_stream_channels_open",
+        "gauge",
+        "Channels of the open streams.",
+        src.stream.live_channels() as u64,
+    );
+    o.by(
+        "dap_stream_packets_total",
+        "counter",
+        "Stream packets, by direction.",
+        "direction",
+        &[("in", s.packets_in), ("out", s.packets_out)],
+    );
+    o.by(
+        "dap_stream_bytes_total",
+        "counter",
+        "Stream bytes (whole packets), by direction.",
+        "direction",
+        &[("in", s.bytes_in), ("out", s.bytes_out)],
+    );
+    o.one("dap_stream_keepalives_sent_total", "counter", "Keepalives sent.", s.keepalives_sent);
+    o.by(
+        "dap_stream_errors_total",
+        "counter",
+        "Stream faults, by kind.",
+        "kind",
+        &[
+            ("auth", s.auth_failures),
+            ("sequence", s.sequence_errors),
+            ("decode", s.decode_errors),
+            ("unknown_channel", s.unknown_channel),
+            ("oversize", s.oversize_messages),
+            ("protocol", s.protocol_errors),
+            ("idle_timeout", s.idle_timeouts),
+            ("ctl_refused", s.ctl_refused),
+            ("attach_unknown", s.attach_unknown),
+            ("attach_twice", s.attach_twice),
+            ("wake_failed", s.wake_failed),
+        ],
+    );
+}
+
+fn pubsub(o: &mut Out, s: &PubSubStatsSnapshot) {
+    o.one("dap_pubsub_topics", "gauge", "Topics with subscribers.", s.topics);
+    o.one("dap_pubsub_subscriptions", "gauge", "Subscriptions.", s.subscriptions);
+    o.one("dap_pubsub_published_total", "counter", "Messages published.", s.published);
+    o.one(
+        "dap_pubsub_delivered_total",
+        "counter",
+        "Message copies queued to subscribers.",
+        s.delivered,
+    );
+    o.one("dap_pubsub_subscribes_total", "counter", "Subscriptions made.", s.subscribes);
+    o.one("dap_pubsub_unsubscribes_total", "counter", "Subscriptions ended.", s.unsubscribes);
+    o.one(
+        "dap_pubsub_slow_dropped_total",
+        "counter",
+        "Subscribers dropped from a topic because their queue was full.",
+        s.slow_dropped,
+    );
+    let refused: Vec<(&str, u64)> = PubSubStatsSnapshot::REFUSAL_CODES
+        .iter()
+        .zip(s.refused)
+        .map(|(c, v)| (c.name(), v))
+        .collect();
+    o.by(
+        "dap_pubsub_errors_total",
+        "counter",
+        "Pub/sub requests refused, by kind.",
+        "kind",
+        &refused,
+    );
+}
