@@ -1,0 +1,101 @@
+//! The configuration: the embedded default, errors that name the key, and the binary's
+//! behaviour with a bad file.
+
+use std::process::Command;
+
+use dap_server::{Config, DEFAULT_CONFIG};
+
+const DAPD: &str = env!("CARGO_BIN_EXE_dapd");
+
+/// A file of its own in the temporary directory.
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("dapd-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn the_embedded_default_is_config_dapd_toml_and_parses() {
+    let file = include_str!("../../config/dapd.toml");
+    assert_eq!(DEFAULT_CONFIG, file);
+    let c = Config::from_toml(file).unwrap();
+    assert_eq!(c, Config::default());
+    assert_eq!(c.listen.addr.to_string(), "127.0.0.1:8079");
+    assert_eq!(c.reactor.threads, 0);
+}
+
+#[test]
+fn the_example_config_parses() {
+    let example = include_str!("../../config/dapd.example.toml");
+    Config::from_toml(example).unwrap();
+}
+
+#[test]
+fn an_unknown_key_is_named() {
+    let e = Config::from_toml("[pubsub]\nmax_topicz = 1\n").unwrap_err().to_string();
+    assert!(e.contains("max_topicz"), "{e}");
+    assert!(e.contains("line 2"), "{e}");
+}
+
+#[test]
+fn a_bad_value_is_named() {
+    let e = Config::from_toml("[stream]\nmax_message = 99999999\n").unwrap_err();
+    assert_eq!(e.to_string(), "stream.max_message: must be between 1 and 16777216 (is 99999999)");
+    let e = Config::from_toml("[reactor.limits]\nbuf_out_low_water = 999999999\n").unwrap_err();
+    assert_eq!(e.key(), Some("reactor.limits.buf_out_low_water"));
+    let e =
+        Config::from_toml("[dns]\nrecords = [{ name = \"a\", type = \"MX\", value = \"x\" }]\n")
+            .unwrap_err();
+    assert_eq!(e.key(), Some("dns.records[0].type"));
+}
+
+#[test]
+fn print_default_config_prints_a_config_that_parses() {
+    let out = Command::new(DAPD).arg("--print-default-config").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text, DEFAULT_CONFIG);
+    Config::from_toml(&text).unwrap();
+}
+
+#[test]
+fn the_binary_exits_non_zero_naming_the_bad_key() {
+    let path =
+        temp_file("bad.toml", "[listen]\naddr = \"127.0.0.1:0\"\n[pubsub]\nmax_topic_len = 300\n");
+    let out = Command::new(DAPD).arg("--config").arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pubsub.max_topic_len"), "{err}");
+    let path = temp_file("unknown.toml", "[listen]\nport = 1\n");
+    let out = Command::new(DAPD).arg("--config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("port"));
+    let out = Command::new(DAPD).arg("--config").arg("/nonexistent/dapd.toml").output().unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn keygen_writes_a_node_key_dapd_can_load() {
+    let dir = std::env::temp_dir().join(format!("dapd-keygen-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("node.key");
+    let out = Command::new(DAPD).args(["keygen", "--node"]).arg(&key).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let public = String::from_utf8(out.stdout).unwrap();
+    let public = dap_net::enc::keys::public_key_from_base64(public.trim()).expect("a public key");
+    assert_eq!(dap_net::enc::NodeKey::load(&key).unwrap().public_key(), public);
+    // Never overwritten.
+    let again = Command::new(DAPD).args(["keygen", "--node"]).arg(&key).output().unwrap();
+    assert!(!again.status.success());
+    let mut c = Config::embedded();
+    c.listen.addr = "127.0.0.1:0".parse().unwrap();
+    c.reactor.threads = 1;
+    c.reactor.pin = false;
+    c.enc.node_key = key.display().to_string();
+    let d = dap_server::Daemon::start(c).unwrap();
+    assert_eq!(d.node_public_key(), public);
+    d.drain_and_stop(std::time::Duration::from_secs(5));
+}

@@ -1,0 +1,153 @@
+//! `/health` and `/metrics`: the metrics parse as Prometheus text (checked by a strict
+//! parser here) and show the traffic that went through.
+
+mod util;
+
+use std::collections::{HashMap, HashSet};
+
+use dap_stream::pubsub::{PubSubMsg, Topic};
+use util::*;
+
+/// One sample: labels and value.
+type Sample = (Vec<(String, String)>, f64);
+
+fn valid_name(n: &str) -> bool {
+    let mut c = n.chars();
+    c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || f == ':')
+        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == ':')
+}
+
+fn valid_label(n: &str) -> bool {
+    let mut c = n.chars();
+    c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+}
+
+/// Parses the text exposition format 0.0.4 strictly: every family has HELP then TYPE
+/// before its samples, samples of a family are contiguous, names and labels are valid,
+/// values are floats, no family appears twice. Returns the samples by family name.
+fn parse(text: &str) -> Result<HashMap<String, Vec<Sample>>, String> {
+    let mut families: HashMap<String, Vec<Sample>> = HashMap::new();
+    let mut done = HashSet::new();
+    let mut help: Option<String> = None;
+    let mut current: Option<(String, String)> = None;
+    for (i, line) in text.lines().enumerate() {
+        let err = |why: &str| Err(format!("line {}: {why}: {line:?}", i + 1));
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, doc) = rest.split_once(' ').unwrap_or((rest, ""));
+            if !valid_name(name) || doc.is_empty() || done.contains(name) {
+                return err("bad HELP");
+            }
+            if let Some((prev, _)) = current.take() {
+                done.insert(prev);
+            }
+            help = Some(name.to_string());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').ok_or("TYPE without a kind")?;
+            if help.as_deref() != Some(name) {
+                return err("TYPE not right after its HELP");
+            }
+            if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                return err("unknown type");
+            }
+            help = None;
+            families.insert(name.to_string(), Vec::new());
+            current = Some((name.to_string(), kind.to_string()));
+        } else if line.starts_with('#') || line.is_empty() {
+            return err("unexpected comment or blank line");
+        } else {
+            let Some((family, kind)) = &current else { return err("sample before TYPE") };
+            let (series, value) = line.rsplit_once(' ').ok_or("no value")?;
+            let value: f64 = value.parse().map_err(|_| format!("line {}: bad value", i + 1))?;
+            let (name, labels) = match series.split_once('{') {
+                Some((n, l)) => {
+                    let l = l.strip_suffix('}').ok_or("unclosed labels")?;
+                    let mut out = Vec::new();
+                    for pair in l.split(',') {
+                        let (k, v) = pair.split_once('=').ok_or("label without =")?;
+                        let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"'));
+                        let Some(v) = v else { return err("unquoted label value") };
+                        if !valid_label(k) || v.contains(['"', '\\', '\n']) {
+                            return err("bad label");
+                        }
+                        out.push((k.to_string(), v.to_string()));
+                    }
+                    (n, out)
+                }
+                None => (series, Vec::new()),
+            };
+            if name != family || !valid_name(name) {
+                return err("sample outside its family");
+            }
+            if kind == "counter" && !(value >= 0.0) {
+                return err("negative counter");
+            }
+            families.get_mut(family).expect("inserted at TYPE").push((labels, value));
+        }
+    }
+    if help.is_some() {
+        return Err("HELP without TYPE at the end".into());
+    }
+    Ok(families)
+}
+
+fn value(f: &HashMap<String, Vec<Sample>>, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let samples = f.get(name).unwrap_or_else(|| panic!("family {name} missing"));
+    samples
+        .iter()
+        .filter(|(l, _)| labels.iter().all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v)))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[test]
+fn health_is_ok_while_serving() {
+    let d = daemon(config(1));
+    let (status, body) = http_get(d.local_addr(), "/health");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    d.drain_and_stop(TIMEOUT);
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_count_the_traffic() {
+    let d = daemon(config(2));
+    let client = client_reactor();
+    let e = open(&client, d.local_addr(), d.node_public_key(), b"EP").unwrap();
+    for i in 0..10u8 {
+        e.channel(b'E').write(1, vec![i; 100]).unwrap();
+        assert_eq!(e.next().data, vec![i; 100]);
+    }
+    let topic = Topic::new("m").unwrap();
+    e.subscribe(&topic);
+    e.send(&PubSubMsg::Publish { seq: 1, topic: topic.clone(), payload: b"x".to_vec() }).unwrap();
+    let _message_and_ack = (e.next(), e.next());
+    let (_, missing) = http_get(d.local_addr(), "/nope");
+    assert!(!missing.is_empty());
+
+    let (status, text) = http_get(d.local_addr(), "/metrics");
+    assert_eq!(status, 200);
+    let f = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(value(&f, "dap_up", &[]), 1.0);
+    assert_eq!(f["dap_connections"].len(), 2, "one sample per worker");
+    assert!(value(&f, "dap_connections", &[]) >= 2.0, "the stream and this request");
+    assert!(value(&f, "dap_connections_accepted_total", &[]) >= 4.0);
+    assert_eq!(value(&f, "dap_stream_sessions_total", &[("event", "created")]), 1.0);
+    assert_eq!(value(&f, "dap_stream_sessions_total", &[("event", "attached")]), 1.0);
+    assert_eq!(value(&f, "dap_stream_streams_open", &[]), 1.0);
+    assert_eq!(value(&f, "dap_stream_channels_open", &[]), 2.0);
+    assert!(value(&f, "dap_stream_bytes_total", &[("direction", "in")]) > 1000.0);
+    assert!(value(&f, "dap_stream_bytes_total", &[("direction", "out")]) > 1000.0);
+    assert_eq!(value(&f, "dap_stream_errors_total", &[("kind", "auth")]), 0.0);
+    assert_eq!(value(&f, "dap_enc_handshakes_total", &[("result", "ok")]), 1.0);
+    assert_eq!(value(&f, "dap_enc_keys", &[]), 1.0);
+    assert!(value(&f, "dap_http_requests_total", &[("listener", "plain")]) >= 3.0);
+    assert!(value(&f, "dap_http_responses_total", &[("class", "4xx")]) >= 1.0);
+    assert_eq!(value(&f, "dap_http_upgrades_total", &[]), 1.0);
+    assert_eq!(value(&f, "dap_pubsub_published_total", &[]), 1.0);
+    assert_eq!(value(&f, "dap_pubsub_delivered_total", &[]), 1.0);
+    assert_eq!(value(&f, "dap_pubsub_topics", &[]), 1.0);
+    assert_eq!(f["dap_proc_queue_depth"].len(), 2 * 5, "per thread and priority");
+    assert!(f.contains_key("dap_pubsub_errors_total"));
+    assert!(f.contains_key("dap_worker_errors_total"));
+    d.drain_and_stop(TIMEOUT);
+}

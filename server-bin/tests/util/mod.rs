@@ -1,0 +1,184 @@
+//! Helpers for the dapd tests: a daemon in-process on an ephemeral port, clients through
+//! the stream-level API (enc_init, stream_ctl, the stream), pub/sub helpers, bounded waits.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, unbounded};
+use dap_net::enc::cipher::CipherSuite;
+use dap_net::enc::client::handshake_blocking;
+use dap_net::http::client::ClientConfig;
+use dap_reactor::Reactor;
+use dap_server::{Config, Daemon};
+use dap_stream::pubsub::{PubSubMsg, Topic};
+use dap_stream::transport::StreamError;
+use dap_stream::transport::http::StreamEvent;
+use dap_stream::{
+    Channel, ChannelHandle, ChannelHandler, ChannelProcs, Message, MuxConfig, StreamStats,
+};
+
+/// Every wait in these tests ends within this.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The embedded default on 127.0.0.1:0 with `threads` unpinned workers.
+pub fn config(threads: usize) -> Config {
+    let mut c = Config::embedded();
+    c.listen.addr = "127.0.0.1:0".parse().unwrap();
+    c.reactor.threads = threads;
+    c.reactor.pin = false;
+    c.shutdown.grace_ms = 5_000;
+    c
+}
+
+/// A daemon in this process.
+pub fn daemon(config: Config) -> Daemon {
+    Daemon::start(config).expect("dapd starts")
+}
+
+/// A reactor for clients, apart from the daemon's.
+pub fn client_reactor() -> Reactor {
+    Reactor::builder().threads(1).pin(false).start().expect("client reactor")
+}
+
+/// Forwards every message to a channel.
+struct Record(Sender<Message>);
+
+impl ChannelHandler for Record {
+    fn packet_in(&mut self, _: &mut Channel<'_>, msg: Message) {
+        let _ = self.0.send(msg);
+    }
+}
+
+/// One session, as a test sees it.
+pub struct TestClient {
+    pub channels: Vec<ChannelHandle>,
+    pub messages: Receiver<Message>,
+    pub events: Receiver<StreamEvent>,
+}
+
+impl TestClient {
+    pub fn channel(&self, id: u8) -> &ChannelHandle {
+        self.channels.iter().find(|h| h.id() == id).expect("channel")
+    }
+
+    /// Waits for the stream to end and returns why.
+    #[track_caller]
+    pub fn closed(&self) -> StreamError {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            match self.events.recv_deadline(deadline).expect("stream did not close in time") {
+                StreamEvent::Closed(e) => return e,
+                StreamEvent::Connected { .. } => {}
+            }
+        }
+    }
+
+    /// The next message, within [`TIMEOUT`].
+    #[track_caller]
+    pub fn next(&self) -> Message {
+        self.messages.recv_timeout(TIMEOUT).expect("a message in time")
+    }
+
+    /// Sends a pub/sub message on `'P'`, waiting for room.
+    pub fn send(&self, m: &PubSubMsg) -> Result<(), dap_stream::HandleWriteError> {
+        self.channel(b'P').write_timeout(m.ty(), m.encode(), TIMEOUT)
+    }
+
+    /// Subscribes to `topic` and waits for SUBSCRIBED.
+    #[track_caller]
+    pub fn subscribe(&self, topic: &Topic) {
+        self.send(&PubSubMsg::Subscribe { topic: topic.clone() }).unwrap();
+        let m = self.next();
+        assert_eq!(
+            PubSubMsg::decode(m.ty, &m.data),
+            Ok(PubSubMsg::Subscribed { topic: topic.clone() })
+        );
+    }
+}
+
+/// enc_init (pinning `node`), stream_ctl over enc_http, then the stream, from `client`'s
+/// first worker.
+pub fn open(
+    client: &Reactor,
+    addr: SocketAddr,
+    node: [u8; 32],
+    channels: &[u8],
+) -> Result<TestClient, String> {
+    let w = client.worker(0).expect("worker");
+    let base = format!("http://{addr}");
+    let http = ClientConfig::default();
+    let enc = handshake_blocking(w, &base, &CipherSuite::ALL, None, Some(node), &http)
+        .map_err(|e| format!("handshake: {e}"))?;
+    let params = dap_stream::client::stream_ctl_blocking(
+        w,
+        &base,
+        &enc,
+        channels,
+        None,
+        MuxConfig::default(),
+        &http,
+    )
+    .map_err(|e| format!("stream_ctl: {e}"))?;
+    let (mtx, messages) = unbounded();
+    let mut procs = ChannelProcs::new();
+    for &id in channels {
+        let tx = mtx.clone();
+        procs.ch_proc_add(id, move |_| Box::new(Record(tx.clone()))).unwrap();
+    }
+    let (etx, events) = unbounded();
+    dap_stream::client::connect(
+        w,
+        addr,
+        params,
+        Arc::new(procs),
+        Arc::new(StreamStats::default()),
+        Duration::from_secs(10),
+        Box::new(move |ev| {
+            let _ = etx.send(ev);
+        }),
+    )
+    .map_err(|e| format!("connect: {e}"))?;
+    match events.recv_timeout(TIMEOUT).map_err(|_| "no stream event in time".to_string())? {
+        StreamEvent::Connected { channels, .. } => Ok(TestClient { channels, messages, events }),
+        StreamEvent::Closed(e) => Err(format!("stream: {e}")),
+    }
+}
+
+/// A plain `GET` with `Connection: close`: the status and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read the response");
+    let text = String::from_utf8(raw).expect("UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a whole head");
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status");
+    (status, body.to_string())
+}
+
+/// Waits until `f` holds, polling; panics after [`TIMEOUT`].
+#[track_caller]
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A published payload: publisher id, then its sequence number.
+pub fn payload(publisher: u8, seq: u64) -> Vec<u8> {
+    let mut p = vec![publisher];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p
+}
+
+/// Reads a payload made by [`payload`].
+pub fn read_payload(p: &[u8]) -> (u8, u64) {
+    assert_eq!(p.len(), 9, "payload length");
+    (p[0], u64::from_be_bytes(p[1..9].try_into().unwrap()))
+}
