@@ -79,7 +79,7 @@ fn parse(text: &str) -> Result<HashMap<String, Vec<Sample>>, String> {
             if name != family || !valid_name(name) {
                 return err("sample outside its family");
             }
-            if kind == "counter" && !(value >= 0.0) {
+            if kind == "counter" && (value.is_nan() || value < 0.0) {
                 return err("negative counter");
             }
             families.get_mut(family).expect("inserted at TYPE").push((labels, value));

@@ -22,7 +22,7 @@ fn every_subscriber_on_every_worker_gets_every_message_once_in_order() {
     let client = client_reactor();
     let topic = Topic::new("news/all").unwrap();
     let mut subs = Vec::new();
-    while subs.len() < SUBSCRIBERS || d.stream().live_streams_by_worker(2).iter().any(|&n| n == 0) {
+    while subs.len() < SUBSCRIBERS || d.stream().live_streams_by_worker(2).contains(&0) {
         assert!(subs.len() < 32, "sessions never landed on both workers");
         let s = open(&client, d.local_addr(), d.node_public_key(), b"P").unwrap();
         s.subscribe(&topic);

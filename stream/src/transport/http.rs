@@ -63,6 +63,12 @@ pub type OnOpen = Box<dyn FnOnce(EsocketHandle) -> bool + Send>;
 /// The close reason sent with `GoingAway`.
 const GOING_AWAY_REASON: &str = "server shutting down";
 
+/// After a CLOSE `GoingAway`, how long the server keeps reading (and discarding) what the
+/// peer still sends, until the peer closes its end. Closing at once with unread input would
+/// make the kernel answer with a reset, which can destroy the CLOSE packet (and data before
+/// it) in the peer's receive buffer before the peer has read them.
+const GOING_AWAY_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What one received packet led to.
 enum Outcome {
     Ok,
@@ -105,6 +111,8 @@ pub struct StreamConn {
     on_open: Option<OnOpen>,
     /// Closing with `GoingAway` once everything queued is sent.
     going_away: bool,
+    /// The CLOSE `GoingAway` is sent: input is discarded until the peer closes.
+    lingering: bool,
 }
 
 impl std::fmt::Debug for StreamConn {
@@ -198,6 +206,7 @@ impl StreamConn {
             intake_stopped: None,
             on_open: None,
             going_away: false,
+            lingering: false,
         }
     }
 
@@ -415,11 +424,29 @@ impl StreamConn {
         self.flush_data(es);
         if self.going_away && matches!(self.state, State::Open) && self.mux_idle() {
             if es.out_room() >= packet::OVERHEAD + 2 + packet::MAX_REASON {
-                let err = StreamError::LocalClose;
-                self.fail(es, CloseCode::GoingAway, GOING_AWAY_REASON, err);
+                self.close_going_away(es);
             } else {
                 es.set_writable(true);
             }
+        }
+    }
+
+    /// Sends the CLOSE `GoingAway` and lingers: the connection stays open, discarding
+    /// input, until the peer closes it or [`GOING_AWAY_LINGER`] passes.
+    fn close_going_away(&mut self, es: &mut Esocket<'_>) {
+        let mut out = Vec::with_capacity(packet::OVERHEAD + 2 + GOING_AWAY_REASON.len());
+        let start = Sealer::begin(&mut out);
+        packet::close_payload(&mut out, CloseCode::GoingAway as u16, GOING_AWAY_REASON);
+        self.sealer.seal(PacketType::Close, &mut out, start);
+        self.send(es, out);
+        self.end.get_or_insert(StreamError::LocalClose);
+        self.state = State::Closed;
+        self.mux.close();
+        self.lingering = true;
+        let n = es.buf_in().len();
+        es.consume(n);
+        if es.set_deadline(Some(GOING_AWAY_LINGER)).is_err() {
+            es.close();
         }
     }
 
@@ -499,6 +526,11 @@ impl Handler for StreamConn {
     }
 
     fn on_read(&mut self, es: &mut Esocket<'_>) {
+        if self.lingering {
+            let n = es.buf_in().len();
+            es.consume(n);
+            return;
+        }
         if let State::Upgrading { .. } = self.state {
             match parse_upgrade_response(es.buf_in()) {
                 Ok(None) if es.buf_in().len() < MAX_RESPONSE_HEAD => return,

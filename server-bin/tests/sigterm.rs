@@ -1,0 +1,199 @@
+//! SIGTERM to the real `dapd` binary during traffic: it exits 0 within its grace period,
+//! every client gets a CLOSE `GoingAway`, every acknowledged publish reached every
+//! subscriber, and echoes are a gapless prefix of what was sent.
+
+mod util;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dap_stream::HandleWriteError;
+use dap_stream::pubsub::{PubSubMsg, Topic};
+use dap_stream::transport::{CloseCode, StreamError};
+use util::*;
+
+const DAPD: &str = env!("CARGO_BIN_EXE_dapd");
+
+/// Kills the child if the test fails before it exits.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts dapd with a config on port 0; returns it, its address and its node key.
+fn spawn_dapd() -> (Guard, SocketAddr, [u8; 32]) {
+    let dir = std::env::temp_dir().join(format!("dapd-sigterm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dapd.toml");
+    let text = "[listen]\naddr = \"127.0.0.1:0\"\n[reactor]\nthreads = 2\npin = false\n\
+                [shutdown]\ngrace_ms = 10000\n[log]\nlevel = \"warn\"\n";
+    std::fs::write(&path, text).unwrap();
+    let mut child = Command::new(DAPD)
+        .arg("--config")
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn dapd");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let guard = Guard(child);
+    let deadline = Instant::now() + TIMEOUT;
+    let (mut addr, mut key) = (None, None);
+    while addr.is_none() || key.is_none() {
+        let line = rx.recv_deadline(deadline).expect("dapd announces itself in time");
+        if let Some(a) = line.strip_prefix("dapd: listening on ") {
+            addr = Some(a.parse().expect("an address"));
+        } else if let Some(k) = line.strip_prefix("dapd: node key ") {
+            key = dap_net::enc::keys::public_key_from_base64(k);
+        }
+    }
+    (guard, addr.unwrap(), key.unwrap())
+}
+
+fn going_away(e: &StreamError) -> bool {
+    matches!(e, StreamError::PeerClosed { code: CloseCode::GoingAway, .. })
+}
+
+#[test]
+fn sigterm_during_traffic_drains_and_exits_zero() {
+    let (mut dapd, addr, node) = spawn_dapd();
+    let client = client_reactor();
+    let topic = Topic::new("live").unwrap();
+    let subs: Vec<TestClient> = (0..4).map(|_| open(&client, addr, node, b"P").unwrap()).collect();
+    for s in &subs {
+        s.subscribe(&topic);
+    }
+    let pubs: Vec<TestClient> = (0..2).map(|_| open(&client, addr, node, b"P").unwrap()).collect();
+    let echo = open(&client, addr, node, b"E").unwrap();
+    let acks_seen = AtomicU64::new(0);
+
+    let (acked, echo_sent, exit) = std::thread::scope(|s| {
+        // Publishers: publish until the stream closes; collect what was acknowledged.
+        let publishers: Vec<_> = pubs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let topic = topic.clone();
+                let acks_seen = &acks_seen;
+                s.spawn(move || {
+                    let reader = s.spawn(move || {
+                        let mut acked = Vec::new();
+                        let deadline = Instant::now() + TIMEOUT;
+                        while Instant::now() < deadline {
+                            let m = match p.messages.recv_timeout(Duration::from_millis(20)) {
+                                Ok(m) => m,
+                                // Closed is reported after the last message was delivered.
+                                Err(_) if !p.events.is_empty() => break,
+                                Err(_) => continue,
+                            };
+                            if let Ok(PubSubMsg::Ack { seq, dropped: 0, .. }) =
+                                PubSubMsg::decode(m.ty, &m.data)
+                            {
+                                acked.push(seq);
+                                acks_seen.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        acked
+                    });
+                    for seq in 1..=200_000u64 {
+                        let payload = payload(i as u8, seq);
+                        let m = PubSubMsg::Publish { seq, topic: topic.clone(), payload };
+                        match p.send(&m) {
+                            Ok(()) => {}
+                            Err(HandleWriteError::Closed(_)) => break,
+                            Err(e) => panic!("publish: {e}"),
+                        }
+                    }
+                    reader.join().unwrap()
+                })
+            })
+            .collect();
+        // Echo: send numbered messages until the stream closes.
+        let echo_sender = s.spawn(|| {
+            let mut sent = 0u32;
+            while sent < 1_000_000 {
+                match echo.channel(b'E').write_timeout(1, sent.to_be_bytes().to_vec(), TIMEOUT) {
+                    Ok(()) => sent += 1,
+                    Err(HandleWriteError::Closed(_)) => break,
+                    Err(e) => panic!("echo: {e}"),
+                }
+            }
+            sent
+        });
+        // SIGTERM mid-traffic.
+        wait_until("some acknowledgements", || acks_seen.load(Ordering::Relaxed) >= 200);
+        let pid = dapd.0.id().to_string();
+        let killed = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        assert!(killed.success());
+        let deadline = Instant::now() + TIMEOUT;
+        let exit = loop {
+            if let Some(status) = dapd.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "dapd did not exit in time");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let acked: Vec<Vec<u64>> = publishers.into_iter().map(|h| h.join().unwrap()).collect();
+        (acked, echo_sender.join().unwrap(), exit)
+    });
+    assert!(exit.success(), "dapd exited with {exit:?}");
+
+    for p in &pubs {
+        let e = p.closed();
+        assert!(going_away(&e), "publisher: {e:?}");
+    }
+    for (i, a) in acked.iter().enumerate() {
+        assert!(!a.is_empty(), "publisher {i} got acknowledgements");
+        let expected: Vec<u64> = (1..=a.len() as u64).collect();
+        assert_eq!(a, &expected, "publisher {i}: acknowledgements in order");
+    }
+    for (k, s) in subs.iter().enumerate() {
+        let e = s.closed();
+        assert!(going_away(&e), "subscriber {k}: {e:?}");
+        let mut got: HashMap<u8, Vec<u64>> = HashMap::new();
+        for m in s.messages.try_iter() {
+            if let Ok(PubSubMsg::Message { payload, .. }) = PubSubMsg::decode(m.ty, &m.data) {
+                let (p, seq) = read_payload(&payload);
+                got.entry(p).or_default().push(seq);
+            }
+        }
+        for (i, a) in acked.iter().enumerate() {
+            let seqs = got.remove(&(i as u8)).unwrap_or_default();
+            let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+            assert_eq!(seqs, expected, "subscriber {k}, publisher {i}: in order, exactly once");
+            assert!(
+                seqs.len() >= a.len(),
+                "subscriber {k} lost acknowledged messages of publisher {i}: got {}, acked {}",
+                seqs.len(),
+                a.len()
+            );
+        }
+    }
+    let e = echo.closed();
+    assert!(going_away(&e), "echo: {e:?}");
+    let back: Vec<u32> = echo
+        .messages
+        .try_iter()
+        .map(|m| u32::from_be_bytes(m.data.try_into().expect("4 bytes")))
+        .collect();
+    let expected: Vec<u32> = (0..back.len() as u32).collect();
+    assert_eq!(back, expected, "echoes are a gapless prefix");
+    assert!(back.len() as u32 <= echo_sent);
+}
