@@ -118,7 +118,9 @@ pub struct ClientConfig {
     /// bounds the stream's connect, and again its upgrade.
     pub http: HttpConfig,
     /// Writes made before streaming are queued and the client goes to streaming on its own
-    /// (DAP's connect-on-demand). Off, such writes fail with [`ClientError::WrongStage`].
+    /// (DAP's connect-on-demand). Off, such writes fail with
+    /// [`WriteError::WrongStage`](crate::WriteError::WrongStage) (unless earlier queued
+    /// messages still wait: a write never overtakes them).
     pub connect_on_demand: bool,
     /// Most bytes queued per channel before streaming (1 MiB).
     pub queue_bytes: usize,

@@ -26,7 +26,8 @@ pub struct RetryPolicy {
     /// Wait after `max_tries` failed, when `always_reconnect` is on. Default 10 s.
     pub long_delay: Duration,
     /// Never give up on retryable errors: after `max_tries`, wait `long_delay` and start
-    /// over; a stream that breaks is reconnected. Default off.
+    /// over. Default off. (A stream that breaks is reconnected either way, with the same
+    /// tries; this decides what happens once they run out.)
     pub always_reconnect: bool,
 }
 
@@ -77,8 +78,11 @@ pub struct Machine {
     status: Status,
     target: Stage,
     policy: RetryPolicy,
-    /// Failed tries since the last success.
+    /// Failed tries since the stage that failed was last passed.
     tries: u32,
+    /// The stage whose failures `tries` counts: a retry that restarts below it (a new
+    /// session after a refused upgrade) passes lower stages without resetting the count.
+    failed_at: Option<Stage>,
     retry_at: Option<Instant>,
     last_error: Option<ClientError>,
     actions: VecDeque<Action>,
@@ -94,6 +98,7 @@ impl Machine {
             target: Stage::Begin,
             policy,
             tries: 0,
+            failed_at: None,
             retry_at: None,
             last_error: None,
             actions: VecDeque::new(),
@@ -142,6 +147,7 @@ impl Machine {
     pub fn go_stage(&mut self, now: Instant, target: Stage) {
         self.target = target;
         self.tries = 0;
+        self.failed_at = None;
         self.retry_at = None;
         if target < self.stage {
             self.actions.push_back(Action::TearDown { to: target });
@@ -179,8 +185,11 @@ impl Machine {
             // A late report for a step that was torn down; ignore it.
             return;
         }
-        self.tries = 0;
-        self.last_error = None;
+        if self.failed_at.is_none_or(|f| stage >= f) {
+            self.tries = 0;
+            self.failed_at = None;
+            self.last_error = None;
+        }
         self.set(stage, Status::Done);
         self.advance(now);
     }
@@ -209,6 +218,7 @@ impl Machine {
         let keep = restart.prev().unwrap_or(Stage::Begin);
         self.actions.push_back(Action::TearDown { to: keep });
         self.stage = restart;
+        self.failed_at = Some(self.failed_at.map_or(failed_at, |f| f.max(failed_at)));
         self.tries += 1;
         let retry = err.is_retryable();
         self.last_error = Some(err.clone());

@@ -313,3 +313,38 @@ fn dropped_clients_release_everything_they_held_on_the_worker() {
     wait_until("every client's esockets closed", || live() == before);
     wait_until("every session released", || node.stream.table().is_empty());
 }
+
+#[test]
+fn each_go_stage_callback_hears_its_own_target() {
+    let node = Node::start(EncConfig::default());
+    let reactor = client_reactor(1);
+    let (c, _rx) = client(&reactor, 0, config(node.addr, node.key));
+    for _ in 0..20 {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        // Both usually reach the worker in one batch: the first is decided at once, the
+        // second only after the climb.
+        c.go_stage(Stage::Begin, move |r| {
+            let _ = tx.send(r);
+        });
+        assert_eq!(
+            c.go_stage_blocking(Stage::StreamStreaming, TIMEOUT),
+            Ok(Stage::StreamStreaming)
+        );
+        assert_eq!(rx.recv_timeout(TIMEOUT).unwrap(), Ok(Stage::Begin));
+    }
+}
+
+#[test]
+fn a_stream_kept_by_a_lower_target_is_still_watched() {
+    let node = Node::start(EncConfig::default());
+    let reactor = client_reactor(1);
+    let (c, _rx) = client(&reactor, 0, config(node.addr, node.key));
+    c.go_stage_blocking(Stage::StreamStreaming, TIMEOUT).unwrap();
+    // Down to StreamConnected: the stream stays.
+    assert_eq!(c.go_stage_blocking(Stage::StreamConnected, TIMEOUT), Ok(Stage::StreamConnected));
+    assert_eq!(node.stream.live_streams(), 1);
+    // The node goes away: the client must notice the stream it kept.
+    node.stream.drain(Duration::from_secs(5));
+    wait_until("the client noticed the lost stream", || c.last_error().is_some());
+    assert_ne!(c.stage(), (Stage::StreamConnected, Status::Complete));
+}

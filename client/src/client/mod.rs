@@ -50,11 +50,33 @@ pub(crate) enum Input {
     Go(Stage, Option<StageCallback>),
     Abort,
     Close,
-    Timer,
-    Done { attempt: u64, stage: Stage, out: StepOut },
-    Failed { attempt: u64, err: ClientError },
-    StreamUp { attempt: u64, esocket: EsocketHandle, channels: Vec<ChannelHandle> },
-    StreamClosed { attempt: u64, err: StreamError },
+    /// The retry timer armed for this deadline fired.
+    Timer(Instant),
+    /// The uplink's name resolved (or not) for EncInit attempt `attempt`.
+    Resolved {
+        attempt: u64,
+        result: Result<SocketAddr, ClientError>,
+    },
+    Done {
+        attempt: u64,
+        stage: Stage,
+        out: StepOut,
+    },
+    Failed {
+        attempt: u64,
+        err: ClientError,
+    },
+    /// Stream events carry the stream's serial, which changes only when a stream is closed
+    /// (a tear-down that keeps the stream keeps hearing it).
+    StreamUp {
+        serial: u64,
+        esocket: EsocketHandle,
+        channels: Vec<ChannelHandle>,
+    },
+    StreamClosed {
+        serial: u64,
+        err: StreamError,
+    },
 }
 
 /// A step to start, with what it needs, taken out of the core so that starting it runs
@@ -64,6 +86,11 @@ pub(crate) enum Work {
         attempt: u64,
         cfg: Box<ClientConfig>,
     },
+    EncFetch {
+        attempt: u64,
+        cfg: Box<ClientConfig>,
+        addr: SocketAddr,
+    },
     StreamCtl {
         attempt: u64,
         cfg: Box<ClientConfig>,
@@ -71,7 +98,7 @@ pub(crate) enum Work {
         addr: SocketAddr,
     },
     StreamSession {
-        attempt: u64,
+        serial: u64,
         cfg: Box<ClientConfig>,
         params: Box<SessionParams>,
         addr: SocketAddr,
@@ -84,6 +111,13 @@ struct Core {
     cfg: ClientConfig,
     /// Bumped by every tear-down: results of steps started before it are ignored.
     attempt: u64,
+    /// Bumped when the stream is closed (or a new one is started): events of older
+    /// streams are ignored.
+    stream_serial: u64,
+    /// Steps to start once the lock is released.
+    work: Vec<Work>,
+    /// Esockets to close from the worker once the lock is released.
+    to_close: Vec<EsocketHandle>,
     inputs: VecDeque<Input>,
     /// A drive loop is running (inputs arriving meanwhile are picked up by it).
     driving: bool,
@@ -99,11 +133,11 @@ struct Core {
     closed: bool,
 }
 
-/// What a drive turn tells the application, outside the lock.
-enum Notice {
+/// What a drive turn tells the application, outside the lock. A target's outcome goes to
+/// the callbacks waiting at the moment it was decided.
+enum Told {
     Status(Stage, Status),
-    Reached(Stage),
-    Failed(ClientError),
+    Outcome(Result<Stage, ClientError>, Vec<StageCallback>),
 }
 
 pub(crate) struct Inner {
@@ -179,7 +213,15 @@ impl Client {
         worker
             .exec_timeout(
                 move |ctx| {
-                    let _ = tx.send(setup.install_wake(ctx));
+                    let made = setup.install_wake(ctx);
+                    if made.is_ok() && tx.send(Ok(())).is_err() {
+                        // `new` gave up waiting and returned an error: nobody will ever
+                        // close this client, so undo the set-up now.
+                        let wake = setup.core.lock().wake.take();
+                        close_all(ctx, wake.into_iter().map(|(h, _)| h).collect());
+                    } else if let Err(e) = made {
+                        let _ = tx.send(Err(e));
+                    }
                 },
                 SETUP_TIMEOUT,
             )
@@ -400,6 +442,9 @@ impl Inner {
             machine: Machine::new(cfg.retry),
             cfg,
             attempt: 0,
+            stream_serial: 0,
+            work: Vec::new(),
+            to_close: Vec::new(),
             inputs: VecDeque::new(),
             driving: false,
             addr: None,
@@ -469,33 +514,37 @@ impl Inner {
         loop {
             let now = ctx.now();
             let mut c = self.core.lock();
+            let mut told = Vec::new();
             while let Some(i) = c.inputs.pop_front() {
                 c.apply(now, i, &self.out);
+                c.plan(now, &self.out);
+                c.collect(&mut told);
             }
-            let work = c.plan(now, &self.out);
-            let notices = c.notices();
-            let timer = c.timer_change(now);
-            if work.is_empty() && notices.is_empty() && timer.is_none() && c.inputs.is_empty() {
+            c.plan(now, &self.out);
+            c.collect(&mut told);
+            let work = std::mem::take(&mut c.work);
+            let mut to_close = std::mem::take(&mut c.to_close);
+            let timer = c.timer_change();
+            let idle = work.is_empty() && told.is_empty() && timer.is_none();
+            if idle && to_close.is_empty() && c.inputs.is_empty() {
                 c.driving = false;
                 if c.closed {
-                    c.release();
+                    to_close.extend(c.release());
+                    drop(c);
+                    close_all(ctx, to_close);
                 }
                 return;
             }
             let mut on_status = c.on_status.take();
-            let waiters = if notices.iter().any(|n| !matches!(n, Notice::Status(..))) {
-                std::mem::take(&mut c.waiters)
-            } else {
-                Vec::new()
-            };
             drop(c);
+            close_all(ctx, to_close);
             if let Some(t) = timer {
                 self.arm_timer(ctx, t);
             }
             for w in work {
                 self.start(ctx, w);
             }
-            self.tell(notices, waiters, &mut on_status);
+            tell(told, &mut on_status);
             let mut c = self.core.lock();
             if c.on_status.is_none() {
                 c.on_status = on_status;
@@ -503,58 +552,71 @@ impl Inner {
         }
     }
 
-    fn tell(
-        &self,
-        notices: Vec<Notice>,
-        mut waiters: Vec<StageCallback>,
-        on_status: &mut Option<StatusFn>,
-    ) {
-        for n in notices {
-            match n {
-                Notice::Status(stage, status) => {
-                    tracing::debug!(%stage, ?status, "client stage");
-                    if let Some(f) = on_status.as_mut() {
-                        f(stage, status);
-                    }
-                }
-                Notice::Reached(stage) => {
-                    for w in waiters.drain(..) {
-                        w(Ok(stage));
-                    }
-                }
-                Notice::Failed(err) => {
-                    tracing::debug!(%err, "client gave up");
-                    for w in waiters.drain(..) {
-                        w(Err(err.clone()));
-                    }
-                }
-            }
-        }
-        // Waiters that heard nothing (a target changed mid-way) go back in line.
-        if !waiters.is_empty() {
-            self.core.lock().waiters.extend(waiters);
-        }
-    }
-
     /// Replaces the retry timer: `Some(deadline)` arms one, `None` inside means disarm.
     fn arm_timer(self: &Arc<Self>, ctx: &mut WorkerCtx, change: Option<Instant>) {
         let old = self.core.lock().timer.take();
         if let Some((_, h)) = old {
-            let _ = h.close();
+            close_all(ctx, vec![h]);
         }
         let Some(at) = change else { return };
         let me = Arc::downgrade(self);
         let delay = at.saturating_duration_since(ctx.now());
         match ctx.add_oneshot(delay, move |es| {
             if let Some(me) = me.upgrade() {
-                me.input_on(es.worker(), Input::Timer);
+                me.input_on(es.worker(), Input::Timer(at));
             }
         }) {
             Ok(h) => self.core.lock().timer = Some((at, h)),
             Err(e) => {
-                // No timer slot: give up now rather than wait for a retry that never comes.
-                tracing::warn!(%e, "client retry timer could not be armed");
+                // No timer slot on the worker: the retry cannot be scheduled, so the
+                // target ends now (as `Aborted`) rather than wait for a retry that never
+                // comes.
+                tracing::error!(%e, "client retry timer could not be armed; giving up");
                 self.core.lock().machine.abort();
+            }
+        }
+    }
+}
+
+/// Closes esockets from their own worker (no inbox message to lose); one that is running
+/// a callback right now (the wake-up event, during its own callback) is closed by message.
+fn close_all(ctx: &mut WorkerCtx, handles: Vec<EsocketHandle>) {
+    for h in handles {
+        if ctx.with_esocket(h, |es| es.close()).is_none() {
+            let _ = h.close();
+        }
+    }
+}
+
+/// Runs the application's callbacks; a panic in one is logged and does not stop the
+/// client.
+fn tell(told: Vec<Told>, on_status: &mut Option<StatusFn>) {
+    let guard = |what: &str, f: &mut dyn FnMut()| {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+            tracing::error!("a client {what} callback panicked");
+        }
+    };
+    for t in told {
+        match t {
+            Told::Status(stage, status) => {
+                tracing::debug!(%stage, ?status, "client stage");
+                if let Some(f) = on_status.as_mut() {
+                    guard("status", &mut || f(stage, status));
+                }
+            }
+            Told::Outcome(result, waiters) => {
+                if let Err(e) = &result {
+                    tracing::debug!(%e, "client target given up");
+                }
+                for w in waiters {
+                    let mut w = Some(w);
+                    let r = result.clone();
+                    guard("go_stage", &mut || {
+                        if let Some(w) = w.take() {
+                            w(r.clone());
+                        }
+                    });
+                }
             }
         }
     }
@@ -564,16 +626,12 @@ impl Core {
     fn apply(&mut self, now: Instant, input: Input, out: &Mutex<Outbox>) {
         match input {
             Input::Go(target, waiter) => {
-                if self.closed {
-                    if let Some(w) = waiter {
-                        self.waiters.push(w);
-                    }
-                    return;
-                }
                 if let Some(w) = waiter {
                     self.waiters.push(w);
                 }
-                self.machine.go_stage(now, target);
+                if !self.closed {
+                    self.machine.go_stage(now, target);
+                }
             }
             Input::Abort => {
                 self.machine.abort();
@@ -584,10 +642,20 @@ impl Core {
                 self.machine.abort();
                 out.lock().clear();
             }
-            Input::Timer => {
-                self.timer = None;
-                self.machine.handle_timeout(now);
+            Input::Timer(at) => {
+                // A timer replaced after it fired, before its input ran, is not this one.
+                if self.timer.as_ref().is_some_and(|(t, _)| *t == at) {
+                    self.timer = None;
+                    self.machine.handle_timeout(now);
+                }
             }
+            Input::Resolved { attempt, result } if attempt == self.attempt => match result {
+                Ok(addr) => {
+                    let cfg = Box::new(self.cfg.clone());
+                    self.work.push(Work::EncFetch { attempt, cfg, addr });
+                }
+                Err(err) => self.machine.step_failed(now, err),
+            },
             Input::Done { attempt, stage, out: result } if attempt == self.attempt => {
                 match result {
                     StepOut::Enc(enc, addr) => {
@@ -599,16 +667,18 @@ impl Core {
                 self.machine.step_done(now, stage);
             }
             Input::Failed { attempt, err } if attempt == self.attempt => {
-                self.machine.step_failed(now, err)
+                self.machine.step_failed(now, err);
             }
-            Input::StreamUp { attempt, esocket, channels } if attempt == self.attempt => {
+            Input::StreamUp { serial, esocket, channels } if serial == self.stream_serial => {
                 self.stream = Some(esocket);
                 self.channels = channels;
                 self.machine.step_done(now, Stage::StreamSession);
             }
-            Input::StreamClosed { attempt, err } if attempt == self.attempt => {
+            Input::StreamClosed { serial, err } if serial == self.stream_serial => {
                 self.stream = None;
                 self.channels.clear();
+                self.stream_serial += 1;
+                out.lock().unlive();
                 let setting_up = self.machine.stage() == Stage::StreamSession
                     && self.machine.status() == Status::InProgress;
                 let e = errors::stream(&err, !setting_up);
@@ -620,16 +690,18 @@ impl Core {
             }
             Input::StreamUp { esocket, .. } => {
                 // A stream of a torn-down attempt came up late: close it.
-                let _ = esocket.close();
+                self.to_close.push(esocket);
             }
             // Results of torn-down attempts.
-            Input::Done { .. } | Input::Failed { .. } | Input::StreamClosed { .. } => {}
+            Input::Resolved { .. }
+            | Input::Done { .. }
+            | Input::Failed { .. }
+            | Input::StreamClosed { .. } => {}
         }
     }
 
     /// Turns the machine's actions into steps to start, tearing down as told.
-    fn plan(&mut self, now: Instant, out: &Mutex<Outbox>) -> Vec<Work> {
-        let mut work = Vec::new();
+    fn plan(&mut self, now: Instant, out: &Mutex<Outbox>) {
         while let Some(a) = self.machine.poll_action() {
             match a {
                 Action::TearDown { to } => self.tear_down(to, out),
@@ -638,17 +710,18 @@ impl Core {
                     let cfg = Box::new(self.cfg.clone());
                     match (stage, &self.enc, self.addr, &self.params) {
                         (Stage::Begin, ..) => self.machine.step_done(now, stage),
-                        (Stage::EncInit, ..) => work.push(Work::EncInit { attempt, cfg }),
+                        (Stage::EncInit, ..) => self.work.push(Work::EncInit { attempt, cfg }),
                         (Stage::StreamCtl, Some(enc), Some(addr), _) => {
-                            work.push(Work::StreamCtl { attempt, cfg, enc: enc.clone(), addr });
+                            let enc = enc.clone();
+                            self.work.push(Work::StreamCtl { attempt, cfg, enc, addr });
                         }
                         (Stage::StreamSession, _, Some(addr), Some(p)) => {
-                            work.push(Work::StreamSession {
-                                attempt,
-                                cfg,
-                                params: p.clone(),
-                                addr,
-                            });
+                            // A new stream: events of any earlier one are stale from here.
+                            self.stream_serial += 1;
+                            let serial = self.stream_serial;
+                            out.lock().expect_stream(serial);
+                            let params = p.clone();
+                            self.work.push(Work::StreamSession { serial, cfg, params, addr });
                         }
                         // Attached by the 101 itself; channels open with it.
                         (Stage::StreamConnected | Stage::StreamStreaming, ..)
@@ -664,15 +737,16 @@ impl Core {
                 }
             }
         }
-        work
     }
 
     fn tear_down(&mut self, to: Stage, out: &Mutex<Outbox>) {
         self.attempt += 1;
         if to < Stage::StreamSession {
+            // The stream, also one still connecting: its events are stale from here.
             if let Some(h) = self.stream.take() {
-                let _ = h.close();
+                self.to_close.push(h);
             }
+            self.stream_serial += 1;
             self.channels.clear();
             out.lock().unlive();
         }
@@ -685,35 +759,30 @@ impl Core {
         }
     }
 
-    fn notices(&mut self) -> Vec<Notice> {
-        let mut v = Vec::new();
+    /// Moves the machine's events into `told`; an outcome takes the callbacks waiting now.
+    fn collect(&mut self, told: &mut Vec<Told>) {
         while let Some(e) = self.machine.poll_event() {
-            v.push(match e {
-                Event::Stage { stage, status } => Notice::Status(stage, status),
-                Event::Reached(s) => Notice::Reached(s),
-                Event::Failed(e) => Notice::Failed(e),
+            told.push(match e {
+                Event::Stage { stage, status } => Told::Status(stage, status),
+                Event::Reached(s) => Told::Outcome(Ok(s), std::mem::take(&mut self.waiters)),
+                Event::Failed(e) => Told::Outcome(Err(e), std::mem::take(&mut self.waiters)),
             });
         }
-        v
     }
 
     /// `Some(new)` when the retry timer must change.
-    fn timer_change(&self, _now: Instant) -> Option<Option<Instant>> {
+    fn timer_change(&self) -> Option<Option<Instant>> {
         let want = if self.closed { None } else { self.machine.poll_timeout() };
         let have = self.timer.as_ref().map(|(t, _)| *t);
         (want != have).then_some(want)
     }
 
-    /// The client is gone: close what it still holds on the worker.
-    fn release(&mut self) {
-        if let Some((_, h)) = self.timer.take() {
-            let _ = h.close();
-        }
-        if let Some((h, _)) = self.wake.take() {
-            let _ = h.close();
-        }
-        if let Some(h) = self.stream.take() {
-            let _ = h.close();
-        }
+    /// The client is gone: what it still holds on the worker, to close.
+    fn release(&mut self) -> Vec<EsocketHandle> {
+        let mut v = Vec::new();
+        v.extend(self.timer.take().map(|(_, h)| h));
+        v.extend(self.wake.take().map(|(h, _)| h));
+        v.extend(self.stream.take());
+        v
     }
 }

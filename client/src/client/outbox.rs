@@ -6,13 +6,15 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use dap_stream::{Channel, ChannelHandle, ChannelHandler, HandleWriteError, Message};
+use dap_stream::{
+    Channel, ChannelHandle, ChannelHandler, HandleWriteError, Message, WriteError as WriteError2,
+};
 use parking_lot::Mutex;
 
 use crate::Stage;
 
-/// Why [`Client::write`](crate::Client::write) did not take a message. The message comes
-/// back where it can be retried.
+/// Why [`Client::write`](crate::Client::write) did not take a message. `Full` and
+/// `TooLarge` hand the message back, for a retry.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WriteError {
@@ -52,8 +54,10 @@ pub(crate) struct Outbox {
     max_bytes: usize,
     max_messages: usize,
     max_message: usize,
-    /// Messages dropped with a queue the client gave up on.
+    /// Messages dropped: with a queue the client gave up on, or refused by the stream.
     pub(crate) dropped: u64,
+    /// The stream whose channels may take the queues (the one being set up or live).
+    serial: Option<u64>,
 }
 
 impl Outbox {
@@ -63,7 +67,14 @@ impl Outbox {
         max_messages: usize,
         max_message: usize,
     ) -> Self {
-        let mut o = Outbox { lanes: Vec::new(), max_bytes, max_messages, max_message, dropped: 0 };
+        let mut o = Outbox {
+            lanes: Vec::new(),
+            max_bytes,
+            max_messages,
+            max_message,
+            dropped: 0,
+            serial: None,
+        };
         o.set_channels(channels);
         o
     }
@@ -130,11 +141,28 @@ impl Outbox {
         }
     }
 
-    /// Forgets every live handle (the stream is being torn down).
+    /// Forgets every live handle (the stream is being torn down): no stream takes the
+    /// queues until [`expect_stream`](Self::expect_stream).
     pub(crate) fn unlive(&mut self) {
+        self.serial = None;
         for l in &mut self.lanes {
             l.live = None;
         }
+    }
+
+    /// Stream `serial` is being set up: its channels, and no other stream's, take the
+    /// queues.
+    pub(crate) fn expect_stream(&mut self, serial: u64) {
+        self.unlive();
+        self.serial = Some(serial);
+    }
+
+    /// The lane of channel `id` for stream `serial`, if that stream is the expected one.
+    fn lane_of(&mut self, serial: u64, id: u8) -> Option<&mut Lane> {
+        if self.serial != Some(serial) {
+            return None;
+        }
+        self.lane(id)
     }
 
     /// Drops every queued message (the client gave up); returns how many.
@@ -179,20 +207,24 @@ fn queue(
 }
 
 /// Moves queued messages into the channel while it takes them; `packet_out` brings the
-/// rest.
-fn drain(lane: &mut Lane, ch: &mut Channel<'_>) {
+/// rest. Returns how many the stream refused (a message over the session's limit, which
+/// the node sets and may set lower than ours); they are dropped and counted.
+fn drain(lane: &mut Lane, ch: &mut Channel<'_>) -> u64 {
+    let mut refused = 0;
     while let Some(len) = lane.pending.front().map(|(_, d)| d.len()) {
         if !ch.can_write(len) {
-            return;
+            break;
         }
         let (ty, data) = lane.pending.pop_front().expect("front was Some");
         lane.bytes -= data.len();
-        if ch.write(ty, data).is_err() {
-            // Checked to fit and under the limit: only a closing session refuses; the
-            // rest waits for the next stream.
-            return;
+        match ch.write(ty, data) {
+            Ok(()) => {}
+            Err(WriteError2::TooLarge) => refused += 1,
+            // The session is closing: the rest waits for the next stream.
+            Err(_) => break,
         }
     }
+    refused
 }
 
 /// Receives whole messages of channels that have no handler of their own.
@@ -207,15 +239,24 @@ pub(crate) struct LaneHandler {
     pub(crate) sink: Arc<Mutex<Option<MessageFn>>>,
 }
 
+impl LaneHandler {
+    fn drain(&self, ch: &mut Channel<'_>, go_live: bool) {
+        let mut out = self.out.lock();
+        let Some(lane) = out.lane_of(self.serial, ch.id()) else { return };
+        if go_live {
+            lane.live = Some((self.serial, ch.handle()));
+        }
+        let refused = drain(lane, ch);
+        if refused > 0 {
+            tracing::warn!(refused, channel = %(ch.id() as char), "queued messages over the node's size limit dropped");
+            out.dropped += refused;
+        }
+    }
+}
+
 impl ChannelHandler for LaneHandler {
     fn on_new(&mut self, ch: &mut Channel<'_>) {
-        {
-            let mut out = self.out.lock();
-            if let Some(lane) = out.lane(ch.id()) {
-                lane.live = Some((self.serial, ch.handle()));
-                drain(lane, ch);
-            }
-        }
+        self.drain(ch, true);
         if let Some(h) = &mut self.inner {
             h.on_new(ch);
         }
@@ -233,9 +274,7 @@ impl ChannelHandler for LaneHandler {
     }
 
     fn packet_out(&mut self, ch: &mut Channel<'_>) {
-        if let Some(lane) = self.out.lock().lane(ch.id()) {
-            drain(lane, ch);
-        }
+        self.drain(ch, false);
         if let Some(h) = &mut self.inner {
             h.packet_out(ch);
         }

@@ -31,12 +31,13 @@ impl Inner {
     /// Starts `work`.
     pub(super) fn start(self: &Arc<Self>, ctx: &mut WorkerCtx, work: Work) {
         match work {
-            Work::EncInit { attempt, cfg } => self.enc_init(ctx, attempt, cfg),
+            Work::EncInit { attempt, cfg } => self.enc_init(ctx, attempt, &cfg),
+            Work::EncFetch { attempt, cfg, addr } => self.enc_fetch(ctx, attempt, &cfg, addr),
             Work::StreamCtl { attempt, cfg, enc, addr } => {
-                self.stream_ctl(ctx, attempt, &cfg, enc, addr)
+                self.stream_ctl(ctx, attempt, &cfg, enc, addr);
             }
-            Work::StreamSession { attempt, cfg, params, addr } => {
-                self.stream_session(ctx, attempt, &cfg, *params, addr);
+            Work::StreamSession { serial, cfg, params, addr } => {
+                self.stream_session(ctx, serial, &cfg, *params, addr);
             }
         }
     }
@@ -46,12 +47,12 @@ impl Inner {
     }
 
     /// Resolves the uplink (a name through DNS, on every EncInit), then runs enc_init.
-    fn enc_init(self: &Arc<Self>, ctx: &mut WorkerCtx, attempt: u64, cfg: Box<ClientConfig>) {
+    fn enc_init(self: &Arc<Self>, ctx: &mut WorkerCtx, attempt: u64, cfg: &ClientConfig) {
         let (name, port) = match &cfg.uplink {
-            Uplink::Addr(addr) => return self.enc_fetch(ctx, attempt, &cfg, *addr),
+            Uplink::Addr(addr) => return self.enc_fetch(ctx, attempt, cfg, *addr),
             Uplink::Host(name, port) if name == "localhost" => {
                 let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), *port);
-                return self.enc_fetch(ctx, attempt, &cfg, addr);
+                return self.enc_fetch(ctx, attempt, cfg, addr);
             }
             Uplink::Host(name, port) => (name.clone(), *port),
         };
@@ -61,24 +62,20 @@ impl Inner {
         };
         let me = self.clone();
         let lookup_name = name.clone();
+        // The lookup ends on the resolver's worker; its result comes back as an input,
+        // which cannot be lost to a full inbox.
         let done = move |result: Result<dap_net::dns::Lookup, dap_net::dns::ResolveError>| {
-            let me2 = me.clone();
-            let run = move |ctx: &mut WorkerCtx| match result {
-                Ok(l) if !l.addrs.is_empty() => {
-                    me2.enc_fetch(ctx, attempt, &cfg, SocketAddr::new(l.addrs[0], port));
-                }
-                Ok(_) => {
-                    let why = format!("{lookup_name}: no addresses");
-                    me2.fail(ctx, attempt, ClientError::WrongAddress(why));
-                }
+            let result = match result {
+                Ok(l) => match l.addrs.first() {
+                    Some(ip) => Ok(SocketAddr::new(*ip, port)),
+                    None => Err(ClientError::WrongAddress(format!("{lookup_name}: no addresses"))),
+                },
                 Err(e) => {
                     let reason = format!("resolving {lookup_name}: {e}");
-                    me2.fail(ctx, attempt, ClientError::Io { stage: Stage::EncInit, reason });
+                    Err(ClientError::Io { stage: Stage::EncInit, reason })
                 }
             };
-            // The lookup finished on the resolver's worker; continue on ours. If ours has
-            // stopped, so has the client.
-            let _ = me.worker.exec(run);
+            me.input(Input::Resolved { attempt, result });
         };
         if let Err(e) = resolver.lookup(&name, LookupKind::Both, done) {
             let reason = format!("resolving {name}: {e}");
@@ -160,25 +157,45 @@ impl Inner {
     fn stream_session(
         self: &Arc<Self>,
         ctx: &mut WorkerCtx,
-        attempt: u64,
+        serial: u64,
         cfg: &ClientConfig,
         params: SessionParams,
         addr: SocketAddr,
     ) {
-        let procs = self.lane_procs(attempt, &params.channels);
+        let procs = self.lane_procs(serial, &params.channels);
         let me = self.clone();
         let sink: EventSink = Box::new(move |ev| {
+            // Called on the worker, inside the stream's own callbacks: queue and wake.
             let input = match ev {
                 StreamEvent::Connected { esocket, channels } => {
-                    Input::StreamUp { attempt, esocket, channels }
+                    let stale = {
+                        let c = me.core.lock();
+                        c.closed || c.stream_serial != serial
+                    };
+                    if stale {
+                        // Nobody will hear this stream (the client is gone or moved on).
+                        let _ = esocket.close();
+                        return;
+                    }
+                    Input::StreamUp { serial, esocket, channels }
                 }
-                StreamEvent::Closed(err) => Input::StreamClosed { attempt, err },
+                StreamEvent::Closed(err) => Input::StreamClosed { serial, err },
             };
-            // Called on the worker, inside the stream's own callbacks: queue and wake.
             me.input(input);
         });
         let stats = self.stats.clone();
-        let _ = connect_on(ctx, addr, params, &procs, stats, cfg.http.connect_timeout, sink);
+        let timeout = cfg.http.connect_timeout;
+        if let Some(h) = connect_on(ctx, addr, params, &procs, stats, timeout, sink) {
+            // Held from now on, so a tear-down or a drop closes it even mid-connect.
+            let mut c = self.core.lock();
+            if !c.closed && c.stream_serial == serial {
+                c.stream = Some(h);
+            } else {
+                c.to_close.push(h);
+                drop(c);
+                self.drive(ctx);
+            }
+        }
     }
 
     /// The stream's channel handlers: each drains its lane of queued writes and hands what

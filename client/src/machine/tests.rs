@@ -160,3 +160,34 @@ fn abort_tears_down_and_reports() {
     assert_eq!(m.stage(), Stage::Begin);
     assert!(events(&mut m).contains(&Event::Failed(ClientError::Aborted(Stage::EncInit))));
 }
+
+#[test]
+fn a_stage_that_keeps_failing_gives_up_even_when_the_stages_below_it_succeed() {
+    // A refused upgrade restarts from StreamCtl, which succeeds every time: the count of
+    // failed upgrades must still reach max_tries.
+    let mut m = Machine::new(RetryPolicy::default());
+    let mut now = t0();
+    m.go_stage(now, Stage::StreamStreaming);
+    let refuse = |s: Stage| {
+        if s == Stage::StreamSession {
+            Err(ClientError::StreamResponse("upgrade answered with 403".into()))
+        } else {
+            Ok(())
+        }
+    };
+    let mut upgrades = 0;
+    for _ in 0..10 {
+        let log = drive(&mut m, now, refuse);
+        upgrades += log.iter().filter(|a| **a == Action::Run(Stage::StreamSession)).count();
+        match m.poll_timeout() {
+            Some(t) => {
+                now = t;
+                m.handle_timeout(now);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(upgrades, 3);
+    assert!(matches!(events(&mut m).last(), Some(Event::Failed(ClientError::StreamResponse(_)))));
+    assert_eq!(m.poll_timeout(), None);
+}
