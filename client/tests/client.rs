@@ -348,3 +348,51 @@ fn a_stream_kept_by_a_lower_target_is_still_watched() {
     wait_until("the client noticed the lost stream", || c.last_error().is_some());
     assert_ne!(c.stage(), (Stage::StreamConnected, Status::Complete));
 }
+
+#[test]
+fn an_ipv6_uplink_streams() {
+    let node = Node::start_at(
+        "[::1]:0".parse().unwrap(),
+        EncConfig::default(),
+        NodeKey::generate(),
+        false,
+    );
+    let reactor = client_reactor(1);
+    let (c, rx) = client(&reactor, 0, config(node.addr, node.key));
+    c.set_uplink("::1", node.addr.port()).unwrap();
+    c.go_stage_blocking(Stage::StreamStreaming, TIMEOUT).unwrap();
+    c.write(b'E', 0, &b"v6"[..]).unwrap();
+    assert_eq!(recv(&rx), (b'E', b"v6".to_vec()));
+}
+
+#[test]
+fn a_host_name_uplink_is_resolved_through_dns_at_each_enc_init() {
+    use dap_net::dns::{DnsServer, Resolver, ResolverConfig, ServerConfig, SharedZone, Zone};
+    let node = Node::start(EncConfig::default());
+    let reactor = client_reactor(1);
+    let mut zone = Zone::new("test").unwrap();
+    zone.add_a("node.test", std::net::Ipv4Addr::LOCALHOST, 60).unwrap();
+    let dns = DnsServer::start_on(
+        &reactor.workers()[0],
+        "127.0.0.1:0".parse().unwrap(),
+        SharedZone::new(zone),
+        ServerConfig::default(),
+    )
+    .unwrap();
+    let resolver =
+        Resolver::start(&reactor.workers()[0], ResolverConfig::new(vec![dns.local_addr()]))
+            .unwrap();
+    let (c, rx) = client(&reactor, 0, config(free_port(), node.key));
+    c.set_resolver(resolver);
+    c.set_uplink("node.test", node.addr.port()).unwrap();
+    c.go_stage_blocking(Stage::StreamStreaming, TIMEOUT).unwrap();
+    c.write(b'E', 0, &b"by name"[..]).unwrap();
+    assert_eq!(recv(&rx), (b'E', b"by name".to_vec()));
+    // A name that does not exist fails at enc_init, naming the name.
+    c.set_uplink("nowhere.test", node.addr.port()).unwrap();
+    c.go_stage_blocking(Stage::Begin, TIMEOUT).unwrap();
+    let err = c.go_stage_blocking(Stage::StreamStreaming, TIMEOUT).unwrap_err();
+    assert_eq!(err.stage(), Stage::EncInit);
+    assert!(err.to_string().contains("nowhere.test"), "{err}");
+    assert!(c.set_uplink("bad name!", 1).is_err());
+}
