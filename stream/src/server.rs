@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use dap_reactor::{Esocket, EsocketHandle, ExecFn, PostError};
+use dap_reactor::{Esocket, EsocketHandle};
 use parking_lot::{Condvar, Mutex};
 
 use dap_net::enc::EncServer;
@@ -127,21 +127,15 @@ impl Drop for Ack {
     }
 }
 
-/// Posts `f` to `h`'s worker, retrying while the worker's inbox is full, until `deadline`.
-/// Returns whether it was posted (a closure for an esocket that is gone counts as posted:
-/// it is dropped there).
-fn post_until(h: EsocketHandle, f: ExecFn, deadline: Instant) -> bool {
-    let mut f = f;
-    loop {
-        match h.try_exec(f) {
-            Ok(()) => return true,
-            Err((PostError::Full, back)) if Instant::now() < deadline => {
-                f = back;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(_) => return false,
-        }
-    }
+/// Posts `f` to `h`'s worker, waiting for room in a full inbox until `deadline`. Returns
+/// whether it was posted (a closure for an esocket that is gone counts as posted: it is
+/// dropped there).
+fn post_until(
+    h: EsocketHandle,
+    f: impl FnOnce(&mut Esocket<'_>) + Send + 'static,
+    deadline: Instant,
+) -> bool {
+    h.exec_timeout(f, deadline.saturating_duration_since(Instant::now())).is_ok()
 }
 
 /// A stream server: channels, sessions and counters; cheap to clone, `Send + Sync`.
@@ -239,7 +233,7 @@ impl StreamServer {
         let mut posted = 0usize;
         for &h in &live {
             let ack = Ack(tx.clone());
-            if post_until(h, Box::new(move |_: &mut Esocket<'_>| drop(ack)), deadline) {
+            if post_until(h, move |_: &mut Esocket<'_>| drop(ack), deadline) {
                 posted += 1;
             }
         }
@@ -257,7 +251,7 @@ impl StreamServer {
             let go = |es: &mut Esocket<'_>| {
                 crate::transport::http::with_stream_conn(es, |c, es| c.go_away(es));
             };
-            post_until(h, Box::new(go), deadline);
+            post_until(h, go, deadline);
         }
         let mut g = d.live.lock();
         while !g.is_empty() && !d.left.wait_until(&mut g, deadline).timed_out() {}

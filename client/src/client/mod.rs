@@ -22,7 +22,7 @@ use dap_net::enc::{ClientCert, EncSession};
 use dap_reactor::{EsocketHandle, EventSender, Worker, WorkerCtx};
 use dap_stream::session::SessionParams;
 use dap_stream::transport::StreamError;
-use dap_stream::{ChannelHandle, ChannelProcs, StreamStats, StreamStatsSnapshot};
+use dap_stream::{ChannelProcs, StreamStats, StreamStatsSnapshot};
 use parking_lot::Mutex;
 
 pub use outbox::{MessageFn, WriteError};
@@ -71,7 +71,6 @@ pub(crate) enum Input {
     StreamUp {
         serial: u64,
         esocket: EsocketHandle,
-        channels: Vec<ChannelHandle>,
     },
     StreamClosed {
         serial: u64,
@@ -125,7 +124,6 @@ struct Core {
     enc: Option<Arc<EncSession>>,
     params: Option<Box<SessionParams>>,
     stream: Option<EsocketHandle>,
-    channels: Vec<ChannelHandle>,
     timer: Option<(Instant, EsocketHandle)>,
     wake: Option<(EsocketHandle, EventSender)>,
     waiters: Vec<StageCallback>,
@@ -451,7 +449,6 @@ impl Inner {
             enc: None,
             params: None,
             stream: None,
-            channels: Vec::new(),
             timer: None,
             wake: None,
             waiters: Vec::new(),
@@ -669,14 +666,12 @@ impl Core {
             Input::Failed { attempt, err } if attempt == self.attempt => {
                 self.machine.step_failed(now, err);
             }
-            Input::StreamUp { serial, esocket, channels } if serial == self.stream_serial => {
+            Input::StreamUp { serial, esocket } if serial == self.stream_serial => {
                 self.stream = Some(esocket);
-                self.channels = channels;
                 self.machine.step_done(now, Stage::StreamSession);
             }
             Input::StreamClosed { serial, err } if serial == self.stream_serial => {
                 self.stream = None;
-                self.channels.clear();
                 self.stream_serial += 1;
                 out.lock().unlive();
                 let setting_up = self.machine.stage() == Stage::StreamSession
@@ -747,7 +742,6 @@ impl Core {
                 self.to_close.push(h);
             }
             self.stream_serial += 1;
-            self.channels.clear();
             out.lock().unlive();
         }
         if to < Stage::StreamCtl {

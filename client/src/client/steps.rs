@@ -167,7 +167,8 @@ impl Inner {
         let sink: EventSink = Box::new(move |ev| {
             // Called on the worker, inside the stream's own callbacks: queue and wake.
             let input = match ev {
-                StreamEvent::Connected { esocket, channels } => {
+                // The channel handles are not needed: the lanes take theirs in `on_new`.
+                StreamEvent::Connected { esocket, .. } => {
                     let stale = {
                         let c = me.core.lock();
                         c.closed || c.stream_serial != serial
@@ -177,7 +178,7 @@ impl Inner {
                         let _ = esocket.close();
                         return;
                     }
-                    Input::StreamUp { serial, esocket, channels }
+                    Input::StreamUp { serial, esocket }
                 }
                 StreamEvent::Closed(err) => Input::StreamClosed { serial, err },
             };

@@ -137,6 +137,18 @@ impl EsocketHandle {
         }
     }
 
+    /// Like [`exec`](Self::exec), but waits up to `timeout` for room in a full inbox.
+    ///
+    /// # Errors
+    /// As [`write`](Self::write), once the timeout has passed; `f` is dropped unrun.
+    pub fn exec_timeout(
+        &self,
+        f: impl FnOnce(&mut Esocket<'_>) + Send + 'static,
+        timeout: Duration,
+    ) -> Result<(), PostError> {
+        self.slot.post_timeout(self.epoch, Msg::Exec(self.id, Box::new(f)), timeout)
+    }
+
     /// Runs `f` with `&mut` access to the esocket on its worker. Dropped (and counted) if the
     /// esocket is gone by then.
     ///
