@@ -4,9 +4,12 @@
 //! Every run gets a freshly spawned server, checked with one real request (status 200, body
 //! `Hello, World!`; over TLS for `https`, trusting exactly the generated certificate), then a
 //! warm-up wrk run and the measured one against the same server, which is then killed and
-//! reaped. Within a round, each scenario runs against both contenders back to back; their order
-//! alternates across rounds (A B, B A, A B ...); each ratio is the median over rounds of the
-//! per-round ratio. A wrk run that reports socket errors or non-2xx/3xx responses is printed
+//! reaped. Within a round, each scenario runs against every contender back to back; their
+//! order rotates across rounds (A B C, B C A, C A B ...); each ratio is the median over rounds
+//! of the per-round ratio. `http` has a third contender, `raw` (`serve-raw-http`), the limit:
+//! a mio loop that counts request heads and sends a canned answer. Its rate shows where wrk
+//! itself, not the server, caps a scenario (`raw_vs_hyper` near 1: no server can be much
+//! faster than hyper there with this load generator). A wrk run that reports socket errors or non-2xx/3xx responses is printed
 //! as such and left out of medians and ratios.
 //!
 //! Scenarios of `http`: `w1` one worker each, server pinned to CPU 0 and wrk to CPU 1 (the
@@ -51,11 +54,14 @@ const HELLO: &[u8] = b"Hello, World!";
 /// How long the pre-run request may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The two contenders.
+/// The contenders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Contender {
     Dap,
     Hyper,
+    /// `serve-raw-http`, the limit: what wrk reaches against a server that costs almost
+    /// nothing (plain HTTP only).
+    Raw,
 }
 
 impl Contender {
@@ -63,12 +69,15 @@ impl Contender {
         match self {
             Contender::Dap => "dap",
             Contender::Hyper => "hyper",
+            Contender::Raw => "raw",
         }
     }
 }
 
-/// Round 0's order; round r rotates it left by r.
-const ORDER: [Contender; 2] = [Contender::Dap, Contender::Hyper];
+/// Round 0's order of `http`; round r rotates it left by r.
+const HTTP_ORDER: [Contender; 3] = [Contender::Dap, Contender::Hyper, Contender::Raw];
+/// Round 0's order of `https` (the raw limit speaks no TLS).
+const HTTPS_ORDER: [Contender; 2] = [Contender::Dap, Contender::Hyper];
 
 /// One load shape.
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +107,8 @@ const HTTPS_SCENARIOS: [Scenario; 1] =
 struct Suite {
     name: &'static str,
     scenarios: &'static [Scenario],
+    /// The contenders, in round 0's order.
+    order: &'static [Contender],
     /// PEM files and the probe's client config, for `https`.
     tls: Option<(Certs, Arc<rustls::ClientConfig>)>,
 }
@@ -143,7 +154,7 @@ fn cell(x: f64, prec: usize) -> String {
 
 /// `dap-bench http`: prints the tables and the `RESULT` line; returns its pairs.
 pub fn run_http(args: &HttpArgs, dap: DapSource) -> io::Result<Vec<(String, String)>> {
-    let suite = Suite { name: "http", scenarios: &HTTP_SCENARIOS, tls: None };
+    let suite = Suite { name: "http", scenarios: &HTTP_SCENARIOS, order: &HTTP_ORDER, tls: None };
     run_suite(&suite, args, dap)
 }
 
@@ -151,7 +162,12 @@ pub fn run_http(args: &HttpArgs, dap: DapSource) -> io::Result<Vec<(String, Stri
 pub fn run_https(args: &HttpArgs, dap: DapSource) -> io::Result<Vec<(String, String)>> {
     let certs = certs::generate()?;
     let client = probe_client_config(&certs.cert_der)?;
-    let suite = Suite { name: "https", scenarios: &HTTPS_SCENARIOS, tls: Some((certs, client)) };
+    let suite = Suite {
+        name: "https",
+        scenarios: &HTTPS_SCENARIOS,
+        order: &HTTPS_ORDER,
+        tls: Some((certs, client)),
+    };
     run_suite(&suite, args, dap)
 }
 
@@ -229,6 +245,11 @@ fn run_suite(suite: &Suite, args: &HttpArgs, dap: DapSource) -> io::Result<Vec<(
     println!(
         "   hyper: dap-bench serve-hyper --addr 127.0.0.1:PORT --threads N{tls_args}   (N=1: current_thread runtime; N>1: multi_thread with N workers)"
     );
+    if suite.order.contains(&Contender::Raw) {
+        println!(
+            "   raw:   dap-bench serve-raw-http --addr 127.0.0.1:PORT --threads N   (the limit: counts request heads, sends a canned answer; no parsing)"
+        );
+    }
     println!(
         "   every run spawns a fresh server, checks one GET / answers 200 \"Hello, World!\", warms up, measures, kills it\n   \
          columns: rps = wrk Requests/sec; p50/p99 = wrk latency percentiles; srv us/req = server CPU time per request; \
@@ -256,8 +277,9 @@ fn run_suite(suite: &Suite, args: &HttpArgs, dap: DapSource) -> io::Result<Vec<(
     let mut tls_seen: Vec<(String, u64)> = Vec::new();
     print_run_header();
     for round in 0..rounds {
-        let order: Vec<Contender> = (0..ORDER.len())
-            .map(|i| ORDER[(i + round) % ORDER.len()])
+        let all = suite.order;
+        let order: Vec<Contender> = (0..all.len())
+            .map(|i| all[(i + round) % all.len()])
             .filter(|c| *c != Contender::Dap || dap.is_some())
             .collect();
         let names: Vec<&str> = order.iter().map(|c| c.name()).collect();
@@ -342,7 +364,7 @@ fn run_suite(suite: &Suite, args: &HttpArgs, dap: DapSource) -> io::Result<Vec<(
         runs.iter().filter(|r| r.scen == si && r.who == who && r.counted()).collect()
     };
     for (si, sc) in suite.scenarios.iter().enumerate() {
-        for who in ORDER {
+        for &who in suite.order {
             let rs = counted(si, who);
             if rs.is_empty() {
                 continue;
@@ -422,6 +444,31 @@ fn run_suite(suite: &Suite, args: &HttpArgs, dap: DapSource) -> io::Result<Vec<(
             na(cpu_ratio, 3)
         );
         let p = sc.prefix;
+        if suite.order.contains(&Contender::Raw) {
+            // The limit: how far above hyper a server that costs almost nothing gets with
+            // this load generator, and how close dap comes to it.
+            let per_round = |a: Contender, b: Contender| {
+                let v: Vec<f64> = (0..rounds)
+                    .filter_map(|round| {
+                        Some(find(round, si, a)?.wrk.rps / find(round, si, b)?.wrk.rps)
+                    })
+                    .collect();
+                median(&v)
+            };
+            let raw_vs_hyper = per_round(Contender::Raw, Contender::Hyper);
+            let ours_vs_raw = per_round(Contender::Dap, Contender::Raw);
+            println!(
+                "{:<5} {:<5} raw rps {} (the limit); raw/hyper {}; dap/raw {}",
+                sc.name,
+                "med",
+                na(med_rps(Contender::Raw), 0),
+                na(raw_vs_hyper, 3),
+                na(ours_vs_raw, 3)
+            );
+            extra.push((format!("{p}raw_rps"), na(med_rps(Contender::Raw), 0)));
+            extra.push((format!("{p}raw_vs_hyper"), na(raw_vs_hyper, 3)));
+            extra.push((format!("{p}ours_vs_raw"), na(ours_vs_raw, 3)));
+        }
         if dap.is_some() {
             pairs.push((format!("{p}ours_rps"), na(d_rps, 0)));
         }
@@ -533,6 +580,11 @@ fn start_and_probe(
         Contender::Hyper => {
             let mut c = Command::new(std::env::current_exe()?);
             c.arg("serve-hyper");
+            c
+        }
+        Contender::Raw => {
+            let mut c = Command::new(std::env::current_exe()?);
+            c.arg("serve-raw-http");
             c
         }
     };

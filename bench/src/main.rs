@@ -15,6 +15,7 @@ mod procstat;
 mod report;
 mod serve_hyper;
 mod serve_mio;
+mod serve_raw_http;
 mod serve_tokio;
 mod servers;
 mod setup;
@@ -57,6 +58,17 @@ enum Cmd {
     },
     /// Raw mio echo server, one event loop per thread (the limit; started by `echo`).
     ServeMio {
+        /// Address to listen on (every loop binds it with SO_REUSEPORT).
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Event-loop threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+    /// The cheapest HTTP responder a mio loop can be: counts request heads, sends a canned
+    /// answer (the limit of `http`; started by it).
+    #[command(hide = true)]
+    ServeRawHttp {
         /// Address to listen on (every loop binds it with SO_REUSEPORT).
         #[arg(long)]
         addr: SocketAddr,
@@ -207,6 +219,7 @@ fn main() -> ExitCode {
     let res = match cli.cmd {
         Cmd::ServeTokio { addr } => serve_tokio::run(addr),
         Cmd::ServeMio { addr, threads } => serve_mio::run(addr, threads),
+        Cmd::ServeRawHttp { addr, threads } => serve_raw_http::run(addr, threads),
         Cmd::ServeHyper { addr, threads, cert, key } => {
             serve_hyper::run(addr, threads, cert.zip(key))
         }

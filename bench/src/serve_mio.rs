@@ -47,7 +47,8 @@ pub fn run(addr: SocketAddr, threads: usize) -> io::Result<()> {
     res
 }
 
-fn reuseport_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+/// A non-blocking `SO_REUSEPORT` listener on `addr` (shared with `serve-raw-http`).
+pub(crate) fn reuseport_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;
@@ -182,14 +183,24 @@ impl Conn {
 }
 
 /// Connection slots with a free list; the slot index is the mio token.
-#[derive(Default)]
-struct Slab {
-    slots: Vec<Option<Conn>>,
+pub(crate) struct Slab<T> {
+    pub(crate) slots: Vec<Option<T>>,
     free: Vec<usize>,
 }
 
-impl Slab {
-    fn insert(&mut self, c: Conn) -> usize {
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Slab { slots: Vec::new(), free: Vec::new() }
+    }
+}
+
+impl<T> Slab<T> {
+    /// The index the next `insert` will use.
+    pub(crate) fn next_index(&self) -> usize {
+        self.free.last().copied().unwrap_or(self.slots.len())
+    }
+
+    pub(crate) fn insert(&mut self, c: T) -> usize {
         match self.free.pop() {
             Some(i) => {
                 self.slots[i] = Some(c);
@@ -202,7 +213,7 @@ impl Slab {
         }
     }
 
-    fn remove(&mut self, i: usize) -> Option<Conn> {
+    pub(crate) fn remove(&mut self, i: usize) -> Option<T> {
         let c = self.slots.get_mut(i)?.take();
         if c.is_some() {
             self.free.push(i);
@@ -216,7 +227,7 @@ fn event_loop(mut listener: TcpListener) -> io::Result<()> {
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; READ_BUF];
-    let mut conns = Slab::default();
+    let mut conns: Slab<Conn> = Slab::default();
     loop {
         if let Err(e) = poll.poll(&mut events, None) {
             if e.kind() == io::ErrorKind::Interrupted {
@@ -241,12 +252,12 @@ fn event_loop(mut listener: TcpListener) -> io::Result<()> {
     }
 }
 
-fn accept_all(listener: &TcpListener, registry: &Registry, conns: &mut Slab) {
+fn accept_all(listener: &TcpListener, registry: &Registry, conns: &mut Slab<Conn>) {
     loop {
         match listener.accept() {
             Ok((mut stream, _)) => {
                 let _ = stream.set_nodelay(true);
-                let idx = conns.free.last().copied().unwrap_or(conns.slots.len());
+                let idx = conns.next_index();
                 if registry.register(&mut stream, Token(idx), Interest::READABLE).is_err() {
                     continue;
                 }

@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(Some((head, used))) => {
             assert!(used <= data.len());
             assert!(used <= limits.max_header_bytes);
-            assert!(head.target.len() <= limits.max_url);
+            assert!(head.target().len() <= limits.max_url);
             if let BodyFraming::Length(n) = head.body {
                 assert!(n > 0 && n <= limits.max_body);
             }

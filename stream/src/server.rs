@@ -357,7 +357,7 @@ impl StreamServer {
     /// Attaches a stream request; the error is the status to answer.
     fn attach(&self, ex: &Exchange<'_, '_>) -> Result<SessionParams, (u16, &'static str)> {
         let head = ex.request();
-        if head.method != "GET" {
+        if head.method() != "GET" {
             return Err((405, "GET only"));
         }
         let upgrade = head.header("upgrade").is_some_and(|v| {

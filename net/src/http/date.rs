@@ -1,6 +1,6 @@
 //! The `Date` header: IMF-fixdate, formatted at most once per second.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Formats a time as an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`, RFC 9110 §5.6.7).
 /// Times before 1970 format as the epoch.
@@ -43,6 +43,8 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 pub struct DateCache {
     second: u64,
     value: String,
+    /// Until when (monotonic) `value` is still the current second, for [`DateCache::get_at`].
+    fresh_until: Option<Instant>,
 }
 
 impl DateCache {
@@ -54,6 +56,22 @@ impl DateCache {
             self.value = http_date(now);
         }
         &self.value
+    }
+
+    /// The `Date` value at `now`, a monotonic time the caller already has (a reactor worker's
+    /// turn time): the wall clock is read only when `now` may have crossed into the next
+    /// second, so a busy server reads it about once a second instead of once per response.
+    /// A `now` older than the real time by a turn's length makes the value late by as much.
+    pub fn get_at(&mut self, now: Instant) -> &str {
+        if self.fresh_until.is_some_and(|until| now < until) && !self.value.is_empty() {
+            return &self.value;
+        }
+        let wall = SystemTime::now();
+        let into_second = wall.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).subsec_nanos();
+        // The wall clock was read after `now`: the second ends no earlier than this.
+        self.fresh_until =
+            now.checked_add(Duration::from_nanos(1_000_000_000 - u64::from(into_second)));
+        self.get(wall)
     }
 }
 
@@ -77,5 +95,23 @@ mod tests {
         let first = cache.get(t).to_owned();
         assert_eq!(cache.get(t + Duration::from_millis(999)), first);
         assert_ne!(cache.get(t + Duration::from_secs(1)), first);
+    }
+
+    #[test]
+    fn cache_at_a_monotonic_time_reads_the_clock_again_after_a_second() {
+        let mut cache = DateCache::default();
+        let t0 = Instant::now();
+        let first = cache.get_at(t0).to_owned();
+        assert_eq!(first.len(), "Sun, 06 Nov 1994 08:49:37 GMT".len());
+        let until = cache.fresh_until.expect("set by get_at");
+        assert!(until > t0 && until <= t0 + Duration::from_secs(1));
+        // Within the second: the cached text, even one from another second (the wall clock
+        // is not read).
+        cache.value = "cached".into();
+        cache.second = 0;
+        assert_eq!(cache.get_at(t0), "cached");
+        // Past it: the wall clock is read again, and the text follows it.
+        assert_ne!(cache.get_at(until), "cached");
+        assert!(cache.fresh_until.expect("set again") > until);
     }
 }

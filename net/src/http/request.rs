@@ -2,6 +2,7 @@
 //! every request this accepts has exactly one interpretation (no request smuggling).
 
 use std::fmt;
+use std::mem::MaybeUninit;
 
 /// Limits applied while reading a request head and its body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,16 +85,19 @@ pub enum BodyFraming {
 }
 
 /// A parsed, validated request head (owned, so the input buffer can be consumed).
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// It holds one copy of the head's bytes and the positions of the method, target and header
+/// fields in it: two allocations per request, however many headers it has.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RequestHead {
-    /// The method token, e.g. `GET`.
-    pub method: String,
-    /// The request-target as sent (origin-form path and query, usually).
-    pub target: String,
+    /// The head as received, request line to blank line.
+    raw: Box<[u8]>,
+    method: Span,
+    target: Span,
+    /// Name and value of each header field, in order.
+    fields: Vec<(Span, Span)>,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
-    /// Header fields in order; names as sent (compare case-insensitively).
-    pub headers: Vec<(String, Vec<u8>)>,
     /// How the body is delimited.
     pub body: BodyFraming,
     /// Whether the connection may carry another request after this one.
@@ -104,20 +108,79 @@ pub struct RequestHead {
     pub upgrade: bool,
 }
 
+/// A byte range of [`RequestHead::raw`]; heads are far smaller than 4 GiB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    /// Where `part`, a slice of `base`, lies in it (empty if it is not inside it).
+    fn of(base: &[u8], part: &[u8]) -> Span {
+        let start = (part.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
+        match start.checked_add(part.len()) {
+            Some(end) if end <= base.len() && end <= u32::MAX as usize => {
+                Span { start: start as u32, end: end as u32 }
+            }
+            _ => Span { start: 0, end: 0 },
+        }
+    }
+}
+
 impl RequestHead {
+    fn bytes(&self, span: Span) -> &[u8] {
+        self.raw.get(span.start as usize..span.end as usize).unwrap_or_default()
+    }
+
+    /// Text the parser checked to be a token or a request-target (visible ASCII).
+    fn text(&self, span: Span) -> &str {
+        std::str::from_utf8(self.bytes(span)).unwrap_or_default()
+    }
+
+    /// The method token, e.g. `GET`.
+    pub fn method(&self) -> &str {
+        self.text(self.method)
+    }
+
+    /// The request-target as sent (origin-form path and query, usually).
+    pub fn target(&self) -> &str {
+        self.text(self.target)
+    }
+
+    /// Header fields in order: names as sent (compare case-insensitively) and raw values.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.fields.iter().map(|&(n, v)| (self.text(n), self.bytes(v)))
+    }
+
     /// The first value of a header, by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+        self.headers().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
     }
 
     /// The path part of the target (before `?`).
     pub fn path(&self) -> &str {
-        self.target.split_once('?').map_or(self.target.as_str(), |(p, _)| p)
+        let t = self.target();
+        t.split_once('?').map_or(t, |(p, _)| p)
     }
 
     /// The query part of the target (after `?`), if any.
     pub fn query(&self) -> Option<&str> {
-        self.target.split_once('?').map(|(_, q)| q)
+        self.target().split_once('?').map(|(_, q)| q)
+    }
+}
+
+impl fmt::Debug for RequestHead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Header values are left out: they may carry credentials.
+        f.debug_struct("RequestHead")
+            .field("method", &self.method())
+            .field("target", &self.target())
+            .field("minor_version", &self.minor_version)
+            .field("headers", &self.headers().map(|(n, _)| n).collect::<Vec<_>>())
+            .field("body", &self.body)
+            .field("keep_alive", &self.keep_alive)
+            .finish_non_exhaustive()
     }
 }
 
@@ -132,17 +195,19 @@ pub fn parse_request_head(
     buf: &[u8],
     limits: &HttpLimits,
 ) -> Result<Option<(RequestHead, usize)>, ParseError> {
-    // Stack storage for a typical head; the limit itself may be larger.
-    let mut small = [httparse::EMPTY_HEADER; 64];
+    // Stack storage for a typical head, left uninitialised (httparse writes before it
+    // reads); the limit itself may be larger.
+    let mut small = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 64];
     let mut large;
-    let headers: &mut [httparse::Header<'_>] = if limits.max_headers <= small.len() {
+    let headers: &mut [MaybeUninit<httparse::Header<'_>>] = if limits.max_headers <= small.len() {
         &mut small[..limits.max_headers]
     } else {
-        large = vec![httparse::EMPTY_HEADER; limits.max_headers];
+        large = Vec::with_capacity(limits.max_headers);
+        large.resize_with(limits.max_headers, MaybeUninit::uninit);
         &mut large
     };
-    let mut req = httparse::Request::new(headers);
-    let status = req.parse(buf);
+    let mut req = httparse::Request::new(&mut []);
+    let status = req.parse_with_uninit_headers(buf, headers);
     // The request-target can be judged before the head is complete: a client sending a huge
     // URL slowly gets 414, not 431.
     if let Some(path) = req.path {
@@ -188,7 +253,7 @@ pub fn parse_request_head(
     if target.is_empty() {
         return Err(ParseError::BadRequest("empty request-target"));
     }
-    let head = validate(method, target, minor_version, req.headers, limits)?;
+    let head = validate(&buf[..len], method, target, minor_version, req.headers, limits)?;
     Ok(Some((head, len)))
 }
 
@@ -210,6 +275,7 @@ fn has_http_version_token(buf: &[u8]) -> bool {
 }
 
 fn validate(
+    raw: &[u8],
     method: &str,
     target: &str,
     minor_version: u8,
@@ -297,15 +363,16 @@ fn validate(
         (false, Some(n)) => BodyFraming::Length(n),
     };
     let keep_alive = if minor_version == 0 { keep_alive_token && !close } else { !close };
-    let mut owned = Vec::with_capacity(headers.len());
-    for h in headers {
-        owned.push((h.name.to_owned(), h.value.to_vec()));
-    }
+    let fields = headers
+        .iter()
+        .map(|h| (Span::of(raw, h.name.as_bytes()), Span::of(raw, h.value)))
+        .collect();
     Ok(RequestHead {
-        method: method.to_owned(),
-        target: target.to_owned(),
+        raw: raw.into(),
+        method: Span::of(raw, method.as_bytes()),
+        target: Span::of(raw, target.as_bytes()),
+        fields,
         minor_version,
-        headers: owned,
         body,
         keep_alive,
         expect_continue,
@@ -355,7 +422,7 @@ mod tests {
         let raw = "GET /a/b?x=1 HTTP/1.1\r\nHost: h\r\n\r\nrest";
         let (head, len) = parse(raw).unwrap().unwrap();
         assert_eq!(len, raw.len() - 4);
-        assert_eq!(head.method, "GET");
+        assert_eq!(head.method(), "GET");
         assert_eq!(head.path(), "/a/b");
         assert_eq!(head.query(), Some("x=1"));
         assert_eq!(head.body, BodyFraming::None);
@@ -454,7 +521,7 @@ pub struct Request {
 impl Request {
     /// The method token.
     pub fn method(&self) -> &str {
-        &self.head.method
+        self.head.method()
     }
 
     /// The path part of the target.

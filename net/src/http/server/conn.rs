@@ -11,7 +11,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use dap_proc::Flip;
@@ -238,7 +238,7 @@ impl HttpConn {
         let body = head.body;
         let mut cur = Current {
             max_body: sh.config.limits.max_body,
-            is_head: head.method == "HEAD",
+            is_head: head.method() == "HEAD",
             keep_alive: head.keep_alive && !limit_reached,
             http10: head.minor_version == 0,
             ..Current::bare(self.seq)
@@ -251,7 +251,7 @@ impl HttpConn {
         };
         let route = sh.router.get(route_ix);
         cur.route = route_ix;
-        if !route.limits.allows(&head.method) {
+        if !route.limits.allows(head.method()) {
             let allow = route.limits.methods.join(", ");
             cur.head = Some(head);
             self.cur = Some(cur);
@@ -264,7 +264,7 @@ impl HttpConn {
         let needs_length = route.limits.length_required
             && match body {
                 BodyFraming::Chunked => true,
-                BodyFraming::None => matches!(head.method.as_str(), "POST" | "PUT" | "PATCH"),
+                BodyFraming::None => matches!(head.method(), "POST" | "PUT" | "PATCH"),
                 BodyFraming::Length(_) => false,
             };
         let expect_continue = head.expect_continue;
@@ -656,7 +656,8 @@ impl HttpConn {
         buf.clear();
         DATE.with(|d| {
             let mut d = d.borrow_mut();
-            write_head(&mut buf, status, headers, len, d.get(SystemTime::now()), close, keep_10);
+            let date = d.get_at(es.worker().now());
+            write_head(&mut buf, status, headers, len, date, close, keep_10);
         });
         if let Some(name) = &self.sh.config.server_name {
             // Placed before the blank line: overwrite the final CRLF.
