@@ -1,10 +1,13 @@
 //! `dap-bench echo`: dap's echo example against tokio and a raw mio loop, in one run.
 //!
 //! Every server runs with one worker, pinned to CPU 0; the load generator runs here, pinned to
-//! CPU 1. Each run (one scenario against one server) gets a freshly spawned server, killed and
-//! reaped right after it. Within a round, each scenario runs against every contender back to
-//! back; the contenders' order rotates across rounds (A B C, B C A, C A B); each ratio is the
-//! median over rounds of the per-round ratio, so slow drift of the shared machine cancels out.
+//! CPU 1. In each round, each scenario gets freshly spawned servers, one per contender, all
+//! started and warmed up before measuring and killed and reaped after it. The measured time is
+//! cut into short slices (`--slice`, 0.5 s) in which the contenders take turns, the order
+//! rotating slice by slice (A B C, B C A, C A B, ...): drift of the shared machine over seconds
+//! then hits every contender alike, where back-to-back runs of several seconds each let it
+//! decide the ratio. A contender's figures in a round are the sums over its slices; each ratio
+//! is the median over rounds of the per-round ratio.
 
 use std::time::Duration;
 
@@ -16,47 +19,24 @@ use crate::{DapSource, procstat, resolve_dap};
 /// Options of the `echo` subcommand.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EchoArgs {
-    /// Measured window per scenario, in seconds.
+    /// Measured time per scenario and contender in each round, in seconds (the sum of its
+    /// slices).
     #[arg(long, default_value_t = 5.0)]
     pub secs: f64,
+    /// Length of one measured slice, in seconds: within a round the contenders take turns
+    /// slice by slice, so that drift of the shared machine hits them alike.
+    #[arg(long, default_value_t = 0.5)]
+    pub slice: f64,
     /// Rounds; contenders are interleaved across rounds and ratios are medians over rounds.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// Warm-up before each measured window, in seconds.
+    /// Warm-up of each contender before a scenario's slices, in seconds.
     #[arg(long, default_value_t = 1.0)]
     pub warmup: f64,
-    /// Repeat a run up to this many times while other processes disturb it (flagged `!`),
-    /// keeping the least disturbed attempt. Each retry costs one more warm-up and window.
+    /// Measure a slice again, up to this many times, while other processes disturb it (more
+    /// than the `!` threshold); the disturbed attempt is dropped.
     #[arg(long, default_value_t = 0)]
     pub retry_noisy: usize,
-}
-
-/// Runs `sc` against `server`, repeating disturbed runs up to `retries` times; returns the
-/// least disturbed attempt.
-fn measure(
-    server: &servers::ServerProc,
-    sc: &loadgen::Scenario,
-    warm: Duration,
-    window: Duration,
-    retries: usize,
-) -> std::io::Result<Measurement> {
-    let mut best = loadgen::run(server.addr, server.pid, sc, warm, window)?;
-    for _ in 0..retries {
-        if !report::is_noisy(&best) {
-            break;
-        }
-        println!(
-            "      ({} on {}: other processes took {:.0}% of a CPU; retrying)",
-            sc.name,
-            server.name,
-            best.other_cpu_pct()
-        );
-        let m = loadgen::run(server.addr, server.pid, sc, warm, window)?;
-        if m.other_cpu_pct() < best.other_cpu_pct() {
-            best = m;
-        }
-    }
-    Ok(best)
 }
 
 /// Order of the contenders in round 0; round r rotates it left by r.
@@ -75,7 +55,9 @@ pub fn run(args: &EchoArgs, dap: DapSource) -> std::io::Result<Vec<(String, Stri
     let warmup = args.warmup.clamp(0.0, 60.0);
     let rounds = args.rounds.clamp(1, 50);
     let retries = args.retry_noisy.min(5);
-    let window = Duration::from_secs_f64(secs);
+    let slice_secs = args.slice.clamp(0.05, secs);
+    let slices = (secs / slice_secs).round().max(1.0) as usize;
+    let slice = Duration::from_secs_f64(secs / slices as f64);
     let warm = Duration::from_secs_f64(warmup);
 
     let dap = resolve_dap(dap);
@@ -88,9 +70,10 @@ pub fn run(args: &EchoArgs, dap: DapSource) -> std::io::Result<Vec<(String, Stri
         );
     }
     println!(
-        "== echo: servers on CPU {}, load generator on CPU {}; warm-up {warmup} s, window {secs} s, {rounds} round(s)",
+        "== echo: servers on CPU {}, load generator on CPU {}; warm-up {warmup} s, then {secs} s per contender in {slices} alternating slices of {:.2} s, {rounds} round(s)",
         servers::SERVER_CPU,
-        servers::CLIENT_CPU
+        servers::CLIENT_CPU,
+        slice.as_secs_f64()
     );
     for sc in &SCENARIOS {
         println!(
@@ -100,8 +83,8 @@ pub fn run(args: &EchoArgs, dap: DapSource) -> std::io::Result<Vec<(String, Stri
     }
 
     println!(
-        "   every run spawns a fresh server (checked to be pinned) and kills it afterwards\n   \
-         columns: msgs/s, MB/s (payload echoed) and p50/p99 round trip per message in the window; \
+        "   every round and scenario spawns fresh servers (checked to be pinned) and kills them afterwards\n   \
+         columns: msgs/s, MB/s (payload echoed) and p50/p99 round trip per message over the contender's slices; \
          srv/cli ns/msg: CPU time per message of the server process / load generator; \
          srv/cli/oth %: CPU use in % of one CPU, oth = anything else on CPUs {}-{} (! above {}%)",
         servers::SERVER_CPU,
@@ -118,9 +101,10 @@ pub fn run(args: &EchoArgs, dap: DapSource) -> std::io::Result<Vec<(String, Stri
         let names: Vec<&str> = order.iter().map(|k| k.name()).collect();
         println!("-- round {} order: {}", round + 1, names.join(" "));
         for (si, sc) in SCENARIOS.iter().enumerate() {
+            // Fresh servers for the scenario, all started before any is loaded: idle ones
+            // cost nothing, and no state carries over between scenarios.
+            let mut live: Vec<(Kind, servers::ServerProc, loadgen::Session)> = Vec::new();
             for &kind in &order {
-                // A fresh server per run: no state carries over between scenarios, and the
-                // contenders of one scenario run back to back, so drift hits them alike.
                 let server = match servers::start(kind, dap.as_deref()) {
                     Ok(s) => s,
                     Err(e) => {
@@ -132,16 +116,60 @@ pub fn run(args: &EchoArgs, dap: DapSource) -> std::io::Result<Vec<(String, Stri
                 if pinned && cpus != servers::SERVER_CPU.to_string() {
                     println!("WARNING: {} pid {} runs on CPUs {cpus}", server.name, server.pid);
                 }
-                match measure(&server, sc, warm, window, retries) {
-                    Ok(m) => {
-                        report::print_run_row(round + 1, sc.name, kind.name(), &m);
-                        runs.push(Run { round, scen: si, kind, m });
-                    }
+                let opened = loadgen::Session::open(server.addr, server.pid, sc)
+                    .and_then(|mut ses| ses.warm_up(warm).map(|()| ses));
+                match opened {
+                    Ok(ses) => live.push((kind, server, ses)),
                     Err(e) => {
                         report::print_run_error(round + 1, sc.name, kind.name(), &e.to_string())
                     }
                 }
+            }
+            // The measured slices: contenders take turns, the order rotating slice by slice.
+            let mut failed = vec![false; live.len()];
+            for k in 0..slices {
+                for j in 0..live.len() {
+                    let i = (j + k) % live.len();
+                    if failed[i] {
+                        continue;
+                    }
+                    let (kind, _, ses) = &mut live[i];
+                    let mut tries = 0;
+                    loop {
+                        match ses.measure(slice) {
+                            Ok(sl)
+                                if report::NOISY_OTHER_PCT < sl.other_cpu_pct()
+                                    && tries < retries =>
+                            {
+                                ses.discard(&sl);
+                                tries += 1;
+                            }
+                            Ok(sl) => {
+                                ses.keep(&sl);
+                                break;
+                            }
+                            Err(e) => {
+                                report::print_run_error(
+                                    round + 1,
+                                    sc.name,
+                                    kind.name(),
+                                    &e.to_string(),
+                                );
+                                failed[i] = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            for (i, (kind, server, ses)) in live.into_iter().enumerate() {
                 drop(server);
+                if failed[i] {
+                    continue;
+                }
+                let m = ses.finish();
+                report::print_run_row(round + 1, sc.name, kind.name(), &m);
+                runs.push(Run { round, scen: si, kind, m });
             }
         }
     }

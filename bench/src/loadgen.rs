@@ -8,9 +8,10 @@
 //! each message's round-trip time. Reads use the short-read trick (a read shorter than the
 //! buffer drained the socket), so a round trip costs the client one read and one write.
 //!
-//! The run is a warm-up followed by a measured window; both are bounded in time, and the
-//! poll timeout never exceeds [`TICK`], so the loop always ends on time even if the server
-//! stops answering.
+//! A [`Session`] holds the connections to one server: a warm-up, then measured slices (one
+//! window for `load`; many short ones alternating between contenders for `echo`). Every
+//! slice is bounded in time, and the poll timeout never exceeds [`TICK`], so the loop always
+//! ends on time even if the server stops answering.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -145,8 +146,9 @@ impl Conn {
 
 /// Where the loop records completed messages.
 struct Sink {
-    /// In the measured window: record latencies (messages are counted in warm-up too).
-    measuring: bool,
+    /// While measuring: the slice's start. Latencies are recorded for messages sent since
+    /// then (messages are counted in warm-up too).
+    record_after: Option<Instant>,
     msgs: u64,
     lat_ns: Vec<u32>,
 }
@@ -178,7 +180,7 @@ fn on_event(
                     while c.rx_partial >= msg {
                         c.rx_partial -= msg;
                         let sent = c.sent_at.pop_front().unwrap_or(now);
-                        if sink.measuring {
+                        if sink.record_after.is_some_and(|t0| sent >= t0) {
                             let ns = now.duration_since(sent).as_nanos();
                             sink.lat_ns.push(u32::try_from(ns).unwrap_or(u32::MAX));
                         }
@@ -228,80 +230,191 @@ pub fn run(
     warmup: Duration,
     window: Duration,
 ) -> io::Result<Measurement> {
-    let mut poll = Poll::new()?;
-    let mut conns = connect_all(&poll, addr, sc)?;
-    let pattern = vec![0xA5u8; sc.msg_size * sc.depth];
-    let mut buf = vec![0u8; READ_BUF];
-    let mut events = Events::with_capacity(1024);
-    let mut sink = Sink { measuring: false, msgs: 0, lat_ns: Vec::new() };
+    let mut s = Session::open(addr, server_pid, sc)?;
+    s.warm_up(warmup)?;
+    let slice = s.measure(window)?;
+    s.keep(&slice);
+    Ok(s.finish())
+}
 
-    let start = Instant::now();
-    for c in &mut conns {
-        for _ in 0..sc.depth {
-            c.sent_at.push_back(start);
+/// One measured slice of a [`Session`].
+#[derive(Debug, Clone)]
+pub struct Slice {
+    /// Messages completed in the slice.
+    pub msgs: u64,
+    /// Its length.
+    pub wall: Duration,
+    /// Server process CPU time in it.
+    pub server_cpu: Duration,
+    /// Load generator CPU time in it.
+    pub client_cpu: Duration,
+    /// Busy time of the benchmark CPUs not accounted to the server or the load generator.
+    pub other_cpu: Duration,
+    /// Length of the latency log before the slice.
+    lat_len: usize,
+}
+
+impl Slice {
+    /// Foreign CPU use on the benchmark CPUs over the slice, in percent of one CPU.
+    pub fn other_cpu_pct(&self) -> f64 {
+        100.0 * self.other_cpu.as_secs_f64() / self.wall.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The load generator's connections to one server, kept open across measured slices.
+///
+/// `echo` opens one session per contender and measures them in short alternating slices
+/// (A B C, B C A, ...), so that slow drift of the shared machine hits all contenders alike.
+/// Between slices a session's connections sit idle; their in-flight messages complete in
+/// the kernel's buffers and are read at the start of the session's next slice, where they
+/// count as completed messages (at most `conns x depth` of them, a negligible share of a
+/// slice) but give no latency sample (their wait includes the pause).
+pub struct Session {
+    poll: Poll,
+    conns: Vec<Conn>,
+    pattern: Vec<u8>,
+    buf: Vec<u8>,
+    events: Events,
+    sink: Sink,
+    server_pid: u32,
+    msg_size: usize,
+    /// Measured so far: messages, wall time, server / client / other CPU.
+    msgs: u64,
+    wall: Duration,
+    server_cpu: Duration,
+    client_cpu: Duration,
+    other_cpu: Duration,
+    /// Completed messages per second of the last warm-up, to size the latency log.
+    warm_rate: f64,
+}
+
+impl Session {
+    /// Connects `sc.conns` connections and puts `sc.depth` messages in flight on each.
+    pub fn open(addr: SocketAddr, server_pid: u32, sc: &Scenario) -> io::Result<Session> {
+        let poll = Poll::new()?;
+        let mut conns = connect_all(&poll, addr, sc)?;
+        let pattern = vec![0xA5u8; sc.msg_size * sc.depth];
+        let now = Instant::now();
+        for c in &mut conns {
+            for _ in 0..sc.depth {
+                c.sent_at.push_back(now);
+            }
+            c.to_send = sc.msg_size * sc.depth;
+            c.flush(&pattern)?;
         }
-        c.to_send = sc.msg_size * sc.depth;
-        c.flush(&pattern)?;
+        Ok(Session {
+            poll,
+            conns,
+            pattern,
+            buf: vec![0u8; READ_BUF],
+            events: Events::with_capacity(1024),
+            sink: Sink { record_after: None, msgs: 0, lat_ns: Vec::new() },
+            server_pid,
+            msg_size: sc.msg_size,
+            msgs: 0,
+            wall: Duration::ZERO,
+            server_cpu: Duration::ZERO,
+            client_cpu: Duration::ZERO,
+            other_cpu: Duration::ZERO,
+            warm_rate: 0.0,
+        })
     }
 
-    let warm_end = start + warmup;
-    // (start instant, server CPU, client CPU, CPUs busy) once the measured window is open.
-    let mut opened: Option<(Instant, Duration, Duration, Duration)> = None;
-    let end = loop {
-        let now = Instant::now();
-        let deadline = match opened {
-            Some((t0, ..)) if now >= t0 + window => break now,
-            Some((t0, ..)) => t0 + window,
-            None if now >= warm_end => {
-                // Open the window. Size the latency log from the warm-up rate so that it
-                // does not reallocate while measuring.
-                let rate = sink.msgs as f64 / now.duration_since(start).as_secs_f64();
-                let expect = (rate * window.as_secs_f64() * 1.5) as usize;
-                sink.lat_ns.reserve(expect.clamp(1 << 16, 1 << 26));
-                sink.measuring = true;
-                sink.msgs = 0;
-                let busy = procstat::cpus_busy_time(&BENCH_CPUS)?;
-                let srv = procstat::process_cpu_time(server_pid)?;
-                let cli = procstat::thread_cpu_time();
-                opened = Some((Instant::now(), srv, cli, busy));
-                continue;
-            }
-            None => warm_end,
-        };
-        let timeout = deadline.saturating_duration_since(now).min(TICK);
-        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+    /// Drives the connections for `d` without measuring.
+    pub fn warm_up(&mut self, d: Duration) -> io::Result<()> {
+        self.sink.record_after = None;
+        self.sink.msgs = 0;
+        let t0 = Instant::now();
+        self.drive(t0 + d)?;
+        let took = t0.elapsed().as_secs_f64();
+        if took > 0.0 {
+            self.warm_rate = self.sink.msgs as f64 / took;
         }
-        for ev in events.iter() {
-            let c = &mut conns[ev.token().0];
-            on_event(c, &mut buf, &pattern, sc.msg_size, &mut sink)?;
-        }
-    };
-    let srv_end = procstat::process_cpu_time(server_pid)?;
-    let cli_end = procstat::thread_cpu_time();
-    let busy_end = procstat::cpus_busy_time(&BENCH_CPUS)?;
-    let (t0, srv0, cli0, busy0) = opened.expect("the loop only ends once the window is open");
-    let server_cpu = srv_end.saturating_sub(srv0);
-    let client_cpu = cli_end.saturating_sub(cli0);
-    drop(conns);
+        Ok(())
+    }
 
-    let (p50, p99) = percentiles(&mut sink.lat_ns);
-    Ok(Measurement {
-        msgs: sink.msgs,
-        wall: end.duration_since(t0),
-        p50,
-        p99,
-        server_cpu,
-        client_cpu,
-        other_cpu: busy_end
-            .saturating_sub(busy0)
-            .saturating_sub(server_cpu)
-            .saturating_sub(client_cpu),
-        msg_size: sc.msg_size,
-    })
+    /// Drives the connections for a measured slice of `d`; [`Session::keep`] adds it to the
+    /// totals, [`Session::discard`] drops it (with its latency samples).
+    pub fn measure(&mut self, d: Duration) -> io::Result<Slice> {
+        if self.sink.lat_ns.capacity() == 0 {
+            // Size the latency log from the warm-up rate so that it rarely reallocates.
+            let expect = (self.warm_rate * d.as_secs_f64() * 1.5) as usize;
+            self.sink.lat_ns.reserve(expect.clamp(1 << 16, 1 << 26));
+        }
+        let lat_len = self.sink.lat_ns.len();
+        self.sink.msgs = 0;
+        let busy0 = procstat::cpus_busy_time(&BENCH_CPUS)?;
+        let srv0 = procstat::process_cpu_time(self.server_pid)?;
+        let cli0 = procstat::thread_cpu_time();
+        let t0 = Instant::now();
+        self.sink.record_after = Some(t0);
+        let driven = self.drive(t0 + d);
+        self.sink.record_after = None;
+        driven?;
+        let t1 = Instant::now();
+        let server_cpu = procstat::process_cpu_time(self.server_pid)?.saturating_sub(srv0);
+        let client_cpu = procstat::thread_cpu_time().saturating_sub(cli0);
+        let busy = procstat::cpus_busy_time(&BENCH_CPUS)?.saturating_sub(busy0);
+        Ok(Slice {
+            msgs: self.sink.msgs,
+            wall: t1.duration_since(t0),
+            server_cpu,
+            client_cpu,
+            other_cpu: busy.saturating_sub(server_cpu).saturating_sub(client_cpu),
+            lat_len,
+        })
+    }
+
+    /// Adds a measured slice to the totals.
+    pub fn keep(&mut self, s: &Slice) {
+        self.msgs += s.msgs;
+        self.wall += s.wall;
+        self.server_cpu += s.server_cpu;
+        self.client_cpu += s.client_cpu;
+        self.other_cpu += s.other_cpu;
+    }
+
+    /// Drops the last measured slice, latency samples included.
+    pub fn discard(&mut self, s: &Slice) {
+        self.sink.lat_ns.truncate(s.lat_len);
+    }
+
+    /// Polls and serves the connections until `end` (the poll timeout never exceeds
+    /// [`TICK`], so this returns on time even if the server stops answering).
+    fn drive(&mut self, end: Instant) -> io::Result<()> {
+        loop {
+            let now = Instant::now();
+            if now >= end {
+                return Ok(());
+            }
+            let timeout = end.saturating_duration_since(now).min(TICK);
+            if let Err(e) = self.poll.poll(&mut self.events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for ev in self.events.iter() {
+                let c = &mut self.conns[ev.token().0];
+                on_event(c, &mut self.buf, &self.pattern, self.msg_size, &mut self.sink)?;
+            }
+        }
+    }
+
+    /// The totals of every measured slice.
+    pub fn finish(mut self) -> Measurement {
+        let (p50, p99) = percentiles(&mut self.sink.lat_ns);
+        Measurement {
+            msgs: self.msgs,
+            wall: self.wall,
+            p50,
+            p99,
+            server_cpu: self.server_cpu,
+            client_cpu: self.client_cpu,
+            other_cpu: self.other_cpu,
+            msg_size: self.msg_size,
+        }
+    }
 }
 
 /// p50 and p99 of the recorded round-trip times (zero when nothing was recorded).

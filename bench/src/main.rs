@@ -260,6 +260,7 @@ fn run_all(
 ) -> std::io::Result<()> {
     let e = &echo::EchoArgs {
         secs: a.secs,
+        slice: 0.5,
         rounds: a.rounds,
         warmup: a.warmup,
         retry_noisy: a.retry_noisy,
