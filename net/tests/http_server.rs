@@ -4,6 +4,7 @@
 mod http_util;
 
 use std::io::Write;
+use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
 use http_util::{Reader, assert_serving, connect, exchange, server, short_server};
@@ -139,6 +140,46 @@ fn a_response_larger_than_the_output_buffer_arrives_whole() {
     r.send(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(r.response(false).body.len(), 1 << 20);
     assert_eq!(r.response(false).body, b"Hello, World!");
+}
+
+/// A client that half-closes (`shutdown(SHUT_WR)`) after its requests still reads every
+/// answer, including one that a proc thread gives only after the end of the client's stream
+/// has reached the server; then the server closes.
+#[test]
+fn a_half_closed_client_still_gets_every_answer() {
+    let srv = server();
+    let mut s = connect(srv.addr);
+    s.write_all(
+        b"GET /pq?1 HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /gate HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /q?3 HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut r = Reader::new(s);
+    assert_eq!(r.response(false).body, b"1");
+    // The gate holds the second answer: the connection stays open for it meanwhile (a
+    // server that closed on the client's FIN would show end of stream here).
+    assert!(
+        r.quiet_for(Duration::from_millis(300)),
+        "the server answered past the gate or closed with an answer owed"
+    );
+    srv.open_gate();
+    assert_eq!(r.response(false).body, b"opened");
+    assert_eq!(r.response(false).body, b"3");
+    assert!(r.closed_by_server(), "the server closes once everything is answered");
+}
+
+/// A request cut short by the client's end of stream is dropped and the connection closed.
+#[test]
+fn a_head_cut_short_by_the_end_of_stream_is_closed() {
+    let srv = server();
+    let mut s = connect(srv.addr);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHo").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut r = Reader::new(s);
+    assert_eq!(r.response(false).body, b"Hello, World!");
+    assert!(r.closed_by_server());
 }
 
 #[test]

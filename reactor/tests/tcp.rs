@@ -212,6 +212,39 @@ fn peer_half_close_flushes_the_reply_then_closes() {
     util::shutdown(reactor);
 }
 
+/// A handler that overrides `on_read_closed` keeps a half-closed connection open: it still
+/// writes after the peer's FIN (here: a summary of everything read), then closes.
+#[test]
+fn a_handler_can_answer_after_the_peers_half_close() {
+    #[derive(Default)]
+    struct Summary {
+        got: usize,
+    }
+    impl dap_reactor::Handler for Summary {
+        fn on_read(&mut self, es: &mut dap_reactor::Esocket<'_>) {
+            let n = es.buf_in().len();
+            self.got += n;
+            es.consume(n);
+        }
+        fn on_read_closed(&mut self, es: &mut dap_reactor::Esocket<'_>) {
+            assert!(es.peer_closed() && !es.is_closing());
+            es.write(format!("read {} bytes", self.got).as_bytes()).unwrap();
+            es.close();
+        }
+    }
+    let reactor = util::reactor(1);
+    let listening = reactor
+        .listen_tcp("127.0.0.1:0".parse().unwrap(), |_: &dap_reactor::PeerAddr| {
+            Some(Box::new(Summary::default()) as Box<dyn dap_reactor::Handler>)
+        })
+        .unwrap();
+    let mut client = util::connect(listening.local_addr().unwrap());
+    util::write_all(&mut client, &[7u8; 5000]);
+    client.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(util::read_to_eof(&mut client), b"read 5000 bytes");
+    util::shutdown(reactor);
+}
+
 /// Data and the peer's FIN that arrive together (one readiness event) must both be seen:
 /// the handler gets the bytes, then the esocket closes. The worker is held busy while the
 /// client writes and closes, so both are waiting when it next polls.

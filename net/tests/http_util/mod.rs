@@ -5,7 +5,7 @@ pub mod cert;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use dap_net::http::Response;
@@ -25,11 +25,34 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub pool: Option<ProcPool>,
     pub reactor: Reactor,
+    /// Holds the answers of `/gate` (on a proc thread) until [`TestServer::open_gate`].
+    gate: Arc<Gate>,
 }
 
 impl TestServer {
     pub fn stats(&self) -> dap_net::http::server::HttpStatsSnapshot {
         self.http.stats()
+    }
+
+    /// Lets every `/gate` request (waiting or future) be answered.
+    pub fn open_gate(&self) {
+        *self.gate.open.lock().unwrap() = true;
+        self.gate.cv.notify_all();
+    }
+}
+
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Gate {
+    /// Waits (at most [`TIMEOUT`]) for the gate to open; whether it did.
+    fn pass(&self) -> bool {
+        let open = self.open.lock().unwrap();
+        let (open, _) = self.cv.wait_timeout_while(open, TIMEOUT, |o| !*o).unwrap();
+        *open
     }
 }
 
@@ -67,6 +90,11 @@ pub fn server_with(config: HttpConfig, with_pool: bool) -> TestServer {
         Response::text(200, req.body.len().to_string())
     });
     http.add_simple("/panic", RouteLimits::default(), |_| panic!("a handler panics on purpose"));
+    let gate = Arc::new(Gate::default());
+    let g = gate.clone();
+    http.add_simple("/gate", RouteLimits::default(), move |_| {
+        if g.pass() { Response::text(200, "opened") } else { Response::text(504, "gate shut") }
+    });
     http.add_inline("/big", RouteLimits::default(), |_| {
         Response::new(200).body(vec![b'x'; 1 << 20])
     });
@@ -80,7 +108,7 @@ pub fn server_with(config: HttpConfig, with_pool: bool) -> TestServer {
     let http =
         http.start(&reactor, Server::builder().tcp("127.0.0.1:0".parse().unwrap())).expect("start");
     let addr = http.server().tcp_addrs()[0];
-    TestServer { http, addr, pool, reactor }
+    TestServer { http, addr, pool, reactor, gate }
 }
 
 /// Streams `left` chunks of "chunk\n", one per `data_write`.
@@ -292,6 +320,18 @@ impl Reader {
             assert!(self.fill().expect("read") > 0, "closed early");
         }
         self.pending.drain(..n).collect()
+    }
+
+    /// True if nothing arrives (no byte, no end of stream) for `d`. A bound on how long to
+    /// look, not a synchronisation: it can only miss a fault that shows later.
+    pub fn quiet_for(&mut self, d: Duration) -> bool {
+        if !self.pending.is_empty() {
+            return false;
+        }
+        self.s.set_read_timeout(Some(d)).unwrap();
+        let got = self.fill();
+        self.s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        matches!(got, Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut)
     }
 
     /// Ends our side, then waits for the server to close; true on an orderly close or

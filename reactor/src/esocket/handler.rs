@@ -36,6 +36,18 @@ pub trait Handler: Any {
         let _ = es;
     }
 
+    /// The peer finished its side of a stream (a read returned end of file; through a layer,
+    /// its orderly end), after every byte it sent went to [`on_read`](Self::on_read). The
+    /// esocket can still write.
+    ///
+    /// The default closes gracefully (queued output is flushed first). A handler that still
+    /// owes the peer an answer (a request handed to a proc thread, say) keeps the esocket
+    /// open by not closing here, and closes once it has answered: the peer may have only
+    /// half-closed (`shutdown(SHUT_WR)`) and be waiting to read. Reading is over either way.
+    fn on_read_closed(&mut self, es: &mut Esocket<'_>) {
+        es.close();
+    }
+
     /// A datagram arrived on a UDP esocket.
     fn on_datagram(&mut self, es: &mut Esocket<'_>, data: &[u8], from: SocketAddr) {
         let _ = (es, data, from);

@@ -421,7 +421,8 @@ impl<'a> Esocket<'a> {
         self.st.close_now = true;
     }
 
-    /// True once `close` or `close_now` was called, or the peer finished its side.
+    /// True once `close` or `close_now` was called (the default
+    /// [`Handler::on_read_closed`] calls `close` when the peer finishes its side).
     pub fn is_closing(&self) -> bool {
         self.st.closing || self.st.close_now
     }

@@ -86,7 +86,7 @@ impl WorkerCtx {
             Some((Ok(0), _)) => {
                 st.eof = true;
                 st.read_ready = false;
-                st.closing = true;
+                self.call(st, |h, es| h.on_read_closed(es));
             }
             Some((Ok(n), room)) => {
                 self.stats.bytes_in += n as u64;
@@ -156,7 +156,7 @@ impl WorkerCtx {
                 Some((Ok(0), _)) => {
                     st.plain_pending = false;
                     st.eof = true;
-                    st.closing = true;
+                    self.call(st, |h, es| h.on_read_closed(es));
                 }
                 Some((Ok(n), room)) => {
                     if n < room {

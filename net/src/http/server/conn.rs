@@ -121,6 +121,9 @@ pub(crate) struct HttpConn {
     /// Closing after an error: input is read and discarded until the peer closes, the
     /// lingering time passes, or this many more bytes have been thrown away.
     linger_left: Option<usize>,
+    /// The peer finished sending (it may have only half-closed): the requests already read
+    /// are answered, then the connection closes.
+    peer_done: bool,
 }
 
 impl HttpConn {
@@ -137,6 +140,7 @@ impl HttpConn {
             served: 0,
             upgraded: None,
             linger_left: None,
+            peer_done: false,
         }
     }
 
@@ -183,8 +187,22 @@ impl HttpConn {
         }
     }
 
-    /// Parses and serves requests while input, output room and the phase allow.
+    /// Parses and serves requests while input, output room and the phase allow; once the
+    /// peer has finished sending and nothing more is owed to it, closes.
     fn process(&mut self, es: &mut Esocket<'_>) {
+        self.serve_input(es);
+        if self.peer_done && self.upgraded.is_none() && !es.is_closing() {
+            let settled =
+                self.out.is_empty() && !matches!(self.phase, Phase::Handling | Phase::Streaming);
+            // With nothing being answered, what is left of the input is a head or a body
+            // cut short by the end of the stream: it never completes.
+            if settled {
+                es.close();
+            }
+        }
+    }
+
+    fn serve_input(&mut self, es: &mut Esocket<'_>) {
         loop {
             if self.upgraded.is_some() || !self.out.is_empty() || es.is_closing() {
                 return;
@@ -882,6 +900,17 @@ impl Handler for HttpConn {
         if self.phase == Phase::Closing && self.linger_left.is_some() {
             return self.discard(es);
         }
+        self.process(es);
+    }
+
+    fn on_read_closed(&mut self, es: &mut Esocket<'_>) {
+        if let Some(h) = self.upgraded.as_mut() {
+            return h.on_read_closed(es);
+        }
+        // A client may half-close after its last request and still read the answers: the
+        // requests already read are served (even those waiting on a proc thread), then the
+        // connection closes.
+        self.peer_done = true;
         self.process(es);
     }
 
