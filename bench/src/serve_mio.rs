@@ -27,6 +27,17 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 
 /// Runs `threads` event loops on `addr` until the process is killed.
 pub fn run(addr: SocketAddr, threads: usize) -> io::Result<()> {
+    run_loops(addr, threads, "mio-loop", event_loop)
+}
+
+/// Binds `threads` `SO_REUSEPORT` listeners on `addr`, then runs `event_loop` on each, one
+/// thread per listener (this thread runs the first); shared with `serve-raw-http`.
+pub(crate) fn run_loops(
+    addr: SocketAddr,
+    threads: usize,
+    name: &str,
+    event_loop: fn(TcpListener) -> io::Result<()>,
+) -> io::Result<()> {
     let _ = crate::procstat::raise_nofile_limit();
     let threads = threads.max(1);
     // Bind every listener before serving so the port is fully set up when connects succeed.
@@ -36,7 +47,7 @@ pub fn run(addr: SocketAddr, threads: usize) -> io::Result<()> {
     let mut handles = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let h = std::thread::Builder::new()
-            .name(format!("mio-loop-{}", i + 1))
+            .name(format!("{name}-{}", i + 1))
             .spawn(move || event_loop(l))?;
         handles.push(h);
     }
@@ -47,8 +58,8 @@ pub fn run(addr: SocketAddr, threads: usize) -> io::Result<()> {
     res
 }
 
-/// A non-blocking `SO_REUSEPORT` listener on `addr` (shared with `serve-raw-http`).
-pub(crate) fn reuseport_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+/// A non-blocking `SO_REUSEPORT` listener on `addr`.
+fn reuseport_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;
@@ -253,6 +264,26 @@ fn event_loop(mut listener: TcpListener) -> io::Result<()> {
 }
 
 fn accept_all(listener: &TcpListener, registry: &Registry, conns: &mut Slab<Conn>) {
+    accept_into(listener, registry, conns, "serve-mio", |stream| Conn {
+        stream,
+        pending: Vec::new(),
+        sent: 0,
+        want_write: false,
+        read_paused: false,
+        rdhup: false,
+        eof: false,
+    });
+}
+
+/// Accepts every waiting connection (`TCP_NODELAY`, registered readable under its slot's
+/// token) into `conns`, built by `make`; shared with `serve-raw-http`.
+pub(crate) fn accept_into<T>(
+    listener: &TcpListener,
+    registry: &Registry,
+    conns: &mut Slab<T>,
+    who: &str,
+    make: impl Fn(TcpStream) -> T,
+) {
     loop {
         match listener.accept() {
             Ok((mut stream, _)) => {
@@ -261,15 +292,7 @@ fn accept_all(listener: &TcpListener, registry: &Registry, conns: &mut Slab<Conn
                 if registry.register(&mut stream, Token(idx), Interest::READABLE).is_err() {
                     continue;
                 }
-                let got = conns.insert(Conn {
-                    stream,
-                    pending: Vec::new(),
-                    sent: 0,
-                    want_write: false,
-                    read_paused: false,
-                    rdhup: false,
-                    eof: false,
-                });
+                let got = conns.insert(make(stream));
                 debug_assert_eq!(got, idx);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -277,7 +300,7 @@ fn accept_all(listener: &TcpListener, registry: &Registry, conns: &mut Slab<Conn
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
             Err(e) => {
                 // EMFILE and friends: report and wait for the next edge rather than spin.
-                eprintln!("serve-mio: accept: {e}");
+                eprintln!("{who}: accept: {e}");
                 return;
             }
         }

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant, SystemTime};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token};
 
-use crate::serve_mio::{Slab, reuseport_listener};
+use dap_net::http::http_date;
+
+use crate::serve_mio::{Slab, accept_into, run_loops};
 
 const LISTENER: Token = Token(usize::MAX);
 const READ_BUF: usize = 64 * 1024;
@@ -29,23 +31,7 @@ const BODY: &[u8] = b"Hello, World!";
 
 /// Runs `threads` event loops on `addr` until the process is killed.
 pub fn run(addr: SocketAddr, threads: usize) -> io::Result<()> {
-    let _ = crate::procstat::raise_nofile_limit();
-    let threads = threads.max(1);
-    let mut listeners =
-        (0..threads).map(|_| reuseport_listener(addr)).collect::<io::Result<Vec<_>>>()?;
-    let first = listeners.remove(0);
-    let mut handles = Vec::new();
-    for (i, l) in listeners.into_iter().enumerate() {
-        let h = std::thread::Builder::new()
-            .name(format!("raw-http-{}", i + 1))
-            .spawn(move || event_loop(l))?;
-        handles.push(h);
-    }
-    let res = event_loop(first);
-    for h in handles {
-        let _ = h.join();
-    }
-    res
+    run_loops(addr, threads, "raw-http", event_loop)
 }
 
 /// The canned answer, its `date` refreshed at most once a second.
@@ -62,13 +48,11 @@ impl Answer {
     }
 
     fn build(&mut self) {
-        let secs =
-            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         self.bytes.clear();
         self.bytes.extend_from_slice(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 13\r\ndate: ",
         );
-        self.bytes.extend_from_slice(imf_fixdate(secs).as_bytes());
+        self.bytes.extend_from_slice(http_date(SystemTime::now()).as_bytes());
         self.bytes.extend_from_slice(b"\r\n\r\n");
         self.bytes.extend_from_slice(BODY);
         self.at = Instant::now();
@@ -79,35 +63,6 @@ impl Answer {
             self.build();
         }
     }
-}
-
-/// RFC 9110 IMF-fixdate of a Unix time.
-fn imf_fixdate(secs: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] =
-        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
-        DAYS[(days % 7) as usize],
-        day,
-        MONTHS[(month - 1) as usize],
-        year,
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 struct Conn {
@@ -252,43 +207,19 @@ fn event_loop(mut listener: TcpListener) -> io::Result<()> {
 }
 
 fn accept_all(listener: &TcpListener, registry: &Registry, conns: &mut Slab<Conn>) {
-    loop {
-        match listener.accept() {
-            Ok((mut stream, _)) => {
-                let _ = stream.set_nodelay(true);
-                let idx = conns.next_index();
-                if registry.register(&mut stream, Token(idx), Interest::READABLE).is_err() {
-                    continue;
-                }
-                conns.insert(Conn {
-                    stream,
-                    partial: Vec::new(),
-                    out: Vec::new(),
-                    sent: 0,
-                    want_write: false,
-                    eof: false,
-                });
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
-            Err(e) => {
-                eprintln!("serve-raw-http: accept: {e}");
-                return;
-            }
-        }
-    }
+    accept_into(listener, registry, conns, "serve-raw-http", |stream| Conn {
+        stream,
+        partial: Vec::new(),
+        out: Vec::new(),
+        sent: 0,
+        want_write: false,
+        eof: false,
+    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn date_is_imf_fixdate() {
-        assert_eq!(imf_fixdate(0), "Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(imf_fixdate(1_795_000_000), "Wed, 18 Nov 2026 11:06:40 GMT");
-    }
 
     #[test]
     fn heads_are_counted_across_reads() {
