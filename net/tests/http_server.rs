@@ -7,7 +7,8 @@ use std::io::Write;
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
-use http_util::{Reader, assert_serving, connect, exchange, server, short_server};
+use dap_net::http::server::HttpConfig;
+use http_util::{Reader, assert_serving, connect, exchange, server, server_with, short_server};
 
 #[test]
 fn keep_alive_serves_several_requests_on_one_connection() {
@@ -142,12 +143,14 @@ fn a_response_larger_than_the_output_buffer_arrives_whole() {
     assert_eq!(r.response(false).body, b"Hello, World!");
 }
 
-/// A client that half-closes (`shutdown(SHUT_WR)`) after its requests still reads every
-/// answer, including one that a proc thread gives only after the end of the client's stream
-/// has reached the server; then the server closes.
+/// With `half_close`, a client that half-closes (`shutdown(SHUT_WR)`) after its requests
+/// still reads every answer, including one that a proc thread gives only after the end of the
+/// client's stream has reached the server; then the server closes.
 #[test]
 fn a_half_closed_client_still_gets_every_answer() {
-    let srv = server();
+    let mut config = HttpConfig::default();
+    config.half_close = true;
+    let srv = server_with(config, true);
     let mut s = connect(srv.addr);
     s.write_all(
         b"GET /pq?1 HTTP/1.1\r\nHost: t\r\n\r\n\
@@ -168,6 +171,20 @@ fn a_half_closed_client_still_gets_every_answer() {
     assert_eq!(r.response(false).body, b"opened");
     assert_eq!(r.response(false).body, b"3");
     assert!(r.closed_by_server(), "the server closes once everything is answered");
+}
+
+/// By default the end of the client's stream means it has gone: the request waiting on a
+/// proc thread is abandoned (counted as closed early) and the connection closes at once.
+#[test]
+fn by_default_the_end_of_stream_abandons_requests_in_flight() {
+    let srv = server();
+    let mut s = connect(srv.addr);
+    s.write_all(b"GET /gate HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut r = Reader::new(s);
+    assert!(r.closed_by_server(), "the server keeps a departed client's connection");
+    http_util::wait_until("the abandoned request counted", || srv.stats().closed_early >= 1);
+    srv.open_gate();
 }
 
 /// A request cut short by the client's end of stream is dropped and the connection closed.

@@ -37,6 +37,13 @@ pub struct HttpConfig {
     pub server_name: Option<String>,
     /// The proc-thread priority of simple handlers. Default normal.
     pub proc_priority: Priority,
+    /// Whether a client may half-close: after the end of its stream (`shutdown(SHUT_WR)`),
+    /// the requests already read are still answered, even those waiting on a proc thread
+    /// or a `Responder`, and then the connection closes. Off (the default, as in hyper),
+    /// the end of the stream means the client has gone: requests in flight are abandoned
+    /// (their handlers hear [`HttpError::Closed`](super::HttpError)) and the connection
+    /// closes at once, so a long-poll does not hold a departed client's connection.
+    pub half_close: bool,
 }
 
 impl Default for HttpConfig {
@@ -52,6 +59,7 @@ impl Default for HttpConfig {
             max_requests_per_connection: None,
             server_name: Some("dap".to_string()),
             proc_priority: Priority::Normal,
+            half_close: false,
         }
     }
 }

@@ -907,9 +907,15 @@ impl Handler for HttpConn {
         if let Some(h) = self.upgraded.as_mut() {
             return h.on_read_closed(es);
         }
-        // A client may half-close after its last request and still read the answers: the
-        // requests already read are served (even those waiting on a proc thread), then the
-        // connection closes.
+        if !self.sh.config.half_close {
+            // The client has gone: what is in flight is abandoned (`on_delete` tells its
+            // handler), what is queued is still flushed.
+            es.close();
+            return;
+        }
+        // The client may have half-closed after its last request and still read the
+        // answers: the requests already read are served (even those waiting on a proc
+        // thread), then the connection closes.
         self.peer_done = true;
         self.process(es);
     }
