@@ -42,6 +42,9 @@ pub struct WorkerStats {
     pub accept_dropped: u64,
     /// Timers fired.
     pub timers_fired: u64,
+    /// Callbacks, closures and start hooks that panicked (each caught; a callback's esocket
+    /// was closed with [`ReactorError::HandlerPanicked`](crate::ReactorError::HandlerPanicked)).
+    pub handler_panics: u64,
 }
 
 impl WorkerStats {
@@ -107,4 +110,5 @@ cell!(
     overflow_closed,
     accept_dropped,
     timers_fired,
+    handler_panics,
 );

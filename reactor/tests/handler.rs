@@ -2,10 +2,10 @@
 
 mod util;
 
-use std::io::Write;
+use std::io::{self, Write};
 
-use dap_reactor::{Esocket, EsocketKind, Handler, PeerAddr};
-use util::{Ev, Mode};
+use dap_reactor::{Esocket, EsocketKind, Handler, PeerAddr, ReactorError};
+use util::{Ev, Mode, Recorder};
 
 /// Echoes, but panics when it reads "panic".
 struct Fragile;
@@ -43,6 +43,57 @@ fn a_panicking_handler_closes_only_its_connection() {
     let mut newcomer = util::connect(addr);
     util::round_trip(&mut newcomer, b"new");
     util::shutdown(reactor);
+}
+
+/// Records its callbacks; panics when it reads "panic", and in `on_error` too if told to.
+struct FragileRecorder {
+    inner: Recorder,
+    panic_in_on_error: bool,
+}
+
+impl Handler for FragileRecorder {
+    fn on_read(&mut self, es: &mut Esocket<'_>) {
+        assert!(es.buf_in() != b"panic", "the handler panics on purpose");
+        self.inner.on_read(es);
+    }
+
+    fn on_error(&mut self, es: &mut Esocket<'_>, err: &io::Error) {
+        self.inner.on_error(es, err);
+        assert!(!self.panic_in_on_error, "on_error panics on purpose");
+    }
+
+    fn on_delete(&mut self, es: &mut Esocket<'_>) {
+        self.inner.on_delete(es);
+    }
+}
+
+#[test]
+fn a_handler_that_panicked_still_hears_on_error_and_on_delete() {
+    for panic_in_on_error in [false, true] {
+        let reactor = util::reactor(1);
+        let worker = reactor.worker(0).unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let listening = reactor
+            .listen_tcp("127.0.0.1:0".parse().unwrap(), move |_: &PeerAddr| {
+                let inner = Recorder::with(tx.clone(), Mode::Consume);
+                Some(Box::new(FragileRecorder { inner, panic_in_on_error }) as Box<dyn Handler>)
+            })
+            .unwrap();
+        let mut client = util::connect(listening.local_addr().unwrap());
+        let events = util::Events { rx };
+        client.write_all(b"fine").unwrap();
+        assert_eq!(events.read_bytes(4), b"fine");
+        client.write_all(b"panic").unwrap();
+        // `deleted` fails on a second `on_error`: the panic in it is not reported to itself.
+        let error = events.deleted();
+        assert_eq!(error.map(|(_, re)| re), Some(Some(ReactorError::HandlerPanicked)));
+        util::assert_closed(&mut client, true);
+        let panics = if panic_in_on_error { 2 } else { 1 };
+        util::wait_stats(worker, "both panics to be counted", |s| {
+            s.handler_panics == panics && s.esockets_of(EsocketKind::Tcp) == 0
+        });
+        util::shutdown(reactor);
+    }
 }
 
 #[test]

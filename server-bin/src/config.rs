@@ -206,6 +206,9 @@ pub struct HttpSection {
     pub max_requests_per_connection: u64,
     /// Empty: no `Server` header.
     pub server_name: String,
+    /// Answer the requests already read after the client's end of stream (`shutdown(SHUT_WR)`)
+    /// instead of abandoning them.
+    pub half_close: bool,
 }
 
 impl Default for HttpSection {
@@ -223,6 +226,7 @@ impl Default for HttpSection {
             lingering_bytes: 1 << 20,
             max_requests_per_connection: 0,
             server_name: "dap".into(),
+            half_close: false,
         }
     }
 }

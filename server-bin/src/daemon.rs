@@ -179,6 +179,31 @@ fn node_key(c: &Config) -> Result<NodeKey, StartError> {
         .map_err(|e| setting("enc.node_key", format!("{}: {e}", c.enc.node_key)))
 }
 
+/// Removes expired keys now and then (every quarter of the idle TTL, between 1 s and 1 min),
+/// so that a node whose clients went away returns their memory. Lookups remove an expired
+/// key too, and the store's bound holds without this.
+fn sweep_keys(reactor: &Reactor, enc: &EncServer) {
+    let ttl = enc.config().store.idle_ttl;
+    let period = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let enc = enc.clone();
+    let Some(worker) = reactor.worker(0) else { return };
+    let posted = worker.exec(move |ctx| {
+        let timer = ctx.add_timer(period, move |_| {
+            let removed = enc.store().sweep(Instant::now());
+            if removed > 0 {
+                tracing::debug!(removed, "expired keys swept");
+            }
+            true
+        });
+        if let Err(e) = timer {
+            tracing::warn!(error = %e, "no key sweep timer: expired keys go only when used or evicted");
+        }
+    });
+    if let Err(e) = posted {
+        tracing::warn!(error = %e, "no key sweep timer: expired keys go only when used or evicted");
+    }
+}
+
 fn enc_config(c: &Config) -> Result<EncConfig, StartError> {
     let e = &c.enc;
     let mut config = EncConfig::default();
@@ -234,6 +259,7 @@ fn http_config(c: &Config) -> HttpConfig {
     config.max_requests_per_connection =
         (h.max_requests_per_connection > 0).then_some(h.max_requests_per_connection);
     config.server_name = (!h.server_name.is_empty()).then(|| h.server_name.clone());
+    config.half_close = h.half_close;
     config
 }
 
@@ -334,6 +360,7 @@ impl Daemon {
         dap_stream::echo::register(&mut procs);
         pubsub::register(&mut procs, broker.clone());
         let enc = EncServer::new(node, enc_config);
+        sweep_keys(&reactor, &enc);
         let stream = StreamServer::new(procs, stream_config(&config));
         let draining = Arc::new(AtomicBool::new(false));
         let sources = Arc::new(Sources {
@@ -491,5 +518,26 @@ impl Daemon {
             "stopped"
         );
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_keys_reach_the_http_config() {
+        let c = Config::from_toml(
+            "[http]\nhalf_close = true\nmax_requests_per_connection = 7\nserver_name = \"\"\n",
+        )
+        .unwrap();
+        let h = http_config(&c);
+        assert!(h.half_close);
+        assert_eq!(h.max_requests_per_connection, Some(7));
+        assert_eq!(h.server_name, None);
+        let d = http_config(&Config::default());
+        assert!(!d.half_close);
+        assert_eq!(d.max_requests_per_connection, None);
+        assert_eq!(d.server_name.as_deref(), Some("dap"));
     }
 }

@@ -171,6 +171,7 @@ fn workers(o: &mut Out, src: &Sources) {
             ("overflow_closed", s.overflow_closed),
             ("accept_dropped", s.accept_dropped),
             ("dropped_dead", s.dropped_dead),
+            ("handler_panic", s.handler_panics),
         ] {
             o.sample("dap_worker_errors_total", &[("worker", w), ("kind", kind)], v as f64);
         }

@@ -5,6 +5,9 @@ mod util;
 
 use std::collections::{HashMap, HashSet};
 
+use dap_net::enc::cipher::CipherSuite;
+use dap_net::enc::client::handshake_blocking;
+use dap_net::http::client::ClientConfig;
 use dap_stream::pubsub::{PubSubMsg, Topic};
 use util::*;
 
@@ -149,5 +152,30 @@ fn metrics_parse_as_prometheus_text_and_count_the_traffic() {
     assert_eq!(f["dap_proc_queue_depth"].len(), 2 * 5, "per thread and priority");
     assert!(f.contains_key("dap_pubsub_errors_total"));
     assert!(f.contains_key("dap_worker_errors_total"));
+    d.drain_and_stop(TIMEOUT);
+}
+
+#[test]
+fn idle_keys_are_swept_without_any_traffic() {
+    let mut c = config(1);
+    c.enc.key_idle_ttl_s = 1;
+    let d = daemon(c);
+    let client = client_reactor();
+    let w = client.worker(0).unwrap();
+    let base = format!("http://{}", d.local_addr());
+    for _ in 0..3 {
+        let node = Some(d.node_public_key());
+        handshake_blocking(w, &base, &CipherSuite::ALL, None, node, &ClientConfig::default())
+            .unwrap();
+    }
+    // Nothing uses the keys again, so only the sweep can remove them.
+    let metrics = || {
+        let (_, text) = http_get(d.local_addr(), "/metrics");
+        parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    };
+    wait_until("the idle keys to be swept", || value(&metrics(), "dap_enc_keys", &[]) == 0.0);
+    let f = metrics();
+    assert_eq!(value(&f, "dap_enc_keys_removed_total", &[("reason", "expired")]), 3.0);
+    assert_eq!(value(&f, "dap_enc_keys_removed_total", &[("reason", "evicted")]), 0.0);
     d.drain_and_stop(TIMEOUT);
 }

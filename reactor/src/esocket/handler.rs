@@ -16,7 +16,12 @@ use super::Esocket;
 /// so several writes in one callback leave in one (vectored) system call.
 ///
 /// A callback that panics is caught; its esocket is closed and the panic is logged and
-/// counted, and the worker carries on with its other esockets.
+/// counted, and the worker carries on with its other esockets. The handler gets no further
+/// callbacks except the last two: `on_error` with [`ReactorError::HandlerPanicked`], then
+/// `on_delete`, so that what it registered elsewhere can still be released (its own state is
+/// whatever the panic left).
+///
+/// [`ReactorError::HandlerPanicked`]: crate::ReactorError::HandlerPanicked
 pub trait Handler: Any {
     /// The esocket was added to its worker (accepted, adopted, created, or connect started).
     fn on_new(&mut self, es: &mut Esocket<'_>) {

@@ -72,6 +72,9 @@ pub(crate) struct EsState {
     pub(crate) kind: EsocketKind,
     pub(crate) body: Body,
     pub(crate) handler: Option<Box<dyn Handler>>,
+    /// The handler, set aside after one of its callbacks panicked: it gets no more callbacks
+    /// except `on_error` and `on_delete` when the esocket is removed.
+    pub(crate) poisoned: Option<Box<dyn Handler>>,
     pub(crate) buf_in: InBuf,
     pub(crate) buf_out: OutBuf,
     pub(crate) want_read: bool,
@@ -121,6 +124,7 @@ impl EsState {
             kind,
             body,
             handler: None,
+            poisoned: None,
             buf_in: InBuf::default(),
             buf_out: OutBuf::default(),
             want_read: true,
@@ -153,6 +157,13 @@ impl EsState {
             self.failure = Some(err);
         }
         self.close_now = true;
+    }
+
+    /// Puts back a handler set aside after a panic, for its last calls.
+    pub(crate) fn revive_handler(&mut self) {
+        if self.handler.is_none() {
+            self.handler = self.poisoned.take();
+        }
     }
 
     /// True when this esocket should be removed at the end of the dispatch.
@@ -404,10 +415,13 @@ impl<'a> Esocket<'a> {
     ) -> Option<R> {
         let mut h = self.st.handler.take()?;
         let any: &mut dyn std::any::Any = &mut *h;
-        let r = any.downcast_mut::<H>().map(|h| f(h, &mut Esocket::new(self.st, self.w)));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            any.downcast_mut::<H>().map(|h| f(h, &mut Esocket::new(self.st, self.w)))
+        }));
         // A callback inside `f` may not install another handler, so this slot is still empty.
+        // It is refilled even if `f` panicked, so the handler hears how its esocket ends.
         self.st.handler = Some(h);
-        r
+        r.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 
     /// Closes gracefully: reading stops, queued output is flushed (up to the reactor's close

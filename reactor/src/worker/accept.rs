@@ -100,7 +100,7 @@ impl WorkerCtx {
             Ok(Some(handler)) => handler,
             Ok(None) => return,
             Err(_) => {
-                self.handler_panics += 1;
+                self.stats.handler_panics += 1;
                 tracing::error!(
                     worker = self.index(),
                     "handler factory panicked; connection closed"

@@ -137,7 +137,6 @@ pub struct WorkerCtx {
     pub(crate) next_sweep_ns: u64,
     pub(crate) stopping: Option<Instant>,
     pub(crate) stats: WorkerStats,
-    pub(crate) handler_panics: u64,
     _not_send: PhantomData<*mut ()>,
 }
 
@@ -173,7 +172,6 @@ impl WorkerCtx {
             next_sweep_ns: 0,
             stopping: None,
             stats: WorkerStats { worker: shared.index, ..WorkerStats::default() },
-            handler_panics: 0,
             shared,
             peers,
             cfg,

@@ -48,7 +48,7 @@ impl WorkerCtx {
         if let Some(hook) = on_start
             && panic::catch_unwind(AssertUnwindSafe(|| hook(&mut self))).is_err()
         {
-            self.handler_panics += 1;
+            self.stats.handler_panics += 1;
             tracing::error!(worker = self.index(), "worker start hook panicked");
         }
         let mut inbox_more = false;
@@ -179,7 +179,7 @@ impl WorkerCtx {
             }),
             Msg::Run(f) => {
                 if panic::catch_unwind(AssertUnwindSafe(|| f(self))).is_err() {
-                    self.handler_panics += 1;
+                    self.stats.handler_panics += 1;
                     tracing::error!(worker = self.index(), "worker closure panicked");
                 }
             }
@@ -355,11 +355,14 @@ impl WorkerCtx {
         self.slots.put_back(id, st);
     }
 
-    /// Removes an esocket: `on_error` (if it failed), `on_delete`, then the fd closes.
+    /// Removes an esocket: `on_error` (if it failed), `on_delete`, then the fd closes. A
+    /// handler whose callback panicked still gets both (even if `on_error` panics too).
     pub(crate) fn destroy(&mut self, mut st: Box<EsState>) {
         if let Some(err) = st.failure.take() {
+            st.revive_handler();
             self.call(&mut st, |h, es| h.on_error(es, &err));
         }
+        st.revive_handler();
         self.call(&mut st, |h, es| h.on_delete(es));
         if let Some(key) = st.timer.take() {
             self.timers.remove(key);

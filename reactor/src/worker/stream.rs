@@ -32,6 +32,11 @@ impl WorkerCtx {
                 r
             }
             Err(_) => {
+                // Set aside, not dropped: it still hears `on_error` and `on_delete`, so that
+                // what it registered elsewhere can be released.
+                if st.poisoned.is_none() {
+                    st.poisoned = Some(h);
+                }
                 self.note_panic(st);
                 R::default()
             }
@@ -39,7 +44,7 @@ impl WorkerCtx {
     }
 
     pub(crate) fn note_panic(&mut self, st: &mut EsState) {
-        self.handler_panics += 1;
+        self.stats.handler_panics += 1;
         tracing::error!(worker = self.index(), kind = ?st.kind, "esocket callback panicked; closing it");
         st.fail(ReactorError::HandlerPanicked.into());
     }
