@@ -92,11 +92,13 @@ fn publish_and_subscribe_through_clients_on_different_workers() {
         let msg =
             PubSubMsg::Publish { seq, topic: topic.clone(), payload: seq.to_le_bytes().to_vec() };
         let mut data = bytes::Bytes::from(msg.encode());
-        // `Full` hands the message back for the retry.
+        // `Full` hands the message back for the retry, until the deadline.
+        let deadline = Instant::now() + TIMEOUT;
         loop {
             match publisher.write(PUBSUB, msg.ty(), data) {
                 Ok(()) => break,
                 Err(dap_client::WriteError::Full(back)) => {
+                    assert!(Instant::now() < deadline, "publish {seq} stayed refused as Full");
                     data = back;
                     std::thread::sleep(Duration::from_millis(1));
                 }
