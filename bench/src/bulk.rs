@@ -61,6 +61,10 @@ pub struct StreamArgs {
     /// Application message (write) size in bytes, the same for both contenders.
     #[arg(long, default_value_t = 64 * 1024)]
     pub msg: usize,
+    /// Also run dap with a key update every N packets (both ends) as a third contender,
+    /// `dap-rekey`, and report its throughput against dap's default (`rekey_ratio_*`).
+    #[arg(long)]
+    pub rekey_packets: Option<u64>,
     /// Run only this contender and cipher, e.g. `dap-chacha` or `rustls-aes` (for profiling).
     #[arg(long, hide = true)]
     pub only: Option<String>,
@@ -75,6 +79,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 enum Who {
     Dap,
     Rustls,
+    /// dap with `--rekey-packets`.
+    DapRekey,
 }
 
 impl Who {
@@ -82,6 +88,7 @@ impl Who {
         match self {
             Who::Dap => "dap",
             Who::Rustls => "rustls",
+            Who::DapRekey => "dap-rekey",
         }
     }
 }
@@ -186,14 +193,24 @@ fn pattern(n: usize) -> Vec<u8> {
 }
 
 /// One dap run: fresh server and client reactors.
-fn run_dap(cipher: Cipher, msg: usize, warmup: f64, secs: f64) -> io::Result<Window> {
+fn run_dap(
+    cipher: Cipher,
+    msg: usize,
+    warmup: f64,
+    secs: f64,
+    rekey: Option<u64>,
+) -> io::Result<Window> {
     let received = Arc::new(AtomicU64::new(0));
     let reactor = one_worker_reactor(SERVER_CPU, "bench-srv")?;
     let _pool = dap_proc::ProcPool::builder().start_for(&reactor)?;
     let mut procs = ChannelProcs::new();
     let r = received.clone();
     procs.ch_proc_add(b'S', move |_| Box::new(Sink(r.clone()))).expect("valid id");
-    let stream = StreamServer::new(procs, StreamConfig::default());
+    let mut config = StreamConfig::default();
+    if let Some(n) = rekey {
+        config.limits.rekey_packets = n;
+    }
+    let stream = StreamServer::new(procs, config);
     let mut http = HttpServer::new(HttpConfig::default());
     stream.install_stream_route(&mut http);
     let running =
@@ -207,8 +224,11 @@ fn run_dap(cipher: Cipher, msg: usize, warmup: f64, secs: f64) -> io::Result<Win
     let answer = stream
         .stream_ctl(&req.encode(), None, Instant::now())
         .map_err(|e| io::Error::other(format!("stream_ctl: {e}")))?;
-    let params = decode_answer(&answer, MuxConfig::default())
+    let mut params = decode_answer(&answer, MuxConfig::default())
         .map_err(|e| io::Error::other(format!("stream_ctl answer: {e}")))?;
+    if let Some(n) = rekey {
+        params.limits.rekey_packets = n;
+    }
 
     let client = one_worker_reactor(CLIENT_CPU, "bench-cli")?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -242,6 +262,9 @@ fn run_dap(cipher: Cipher, msg: usize, warmup: f64, secs: f64) -> io::Result<Win
     let snap = stream.stats();
     drop(running);
     reactor.shutdown(STOP_TIMEOUT);
+    if rekey.is_some() && snap.key_updates_received == 0 {
+        return Err(io::Error::other("no key update happened"));
+    }
     let w = res?;
     if snap.auth_failures + snap.sequence_errors + snap.protocol_errors > 0 {
         return Err(io::Error::other(format!("stream errors: {snap:?}")));
@@ -397,15 +420,22 @@ pub fn run(args: &StreamArgs) -> io::Result<Vec<(String, String)>> {
     let mut runs: Vec<(usize, Cipher, Who, Window)> = Vec::new();
     for round in 0..rounds {
         for cipher in Cipher::ALL {
-            let order =
-                if round % 2 == 0 { [Who::Dap, Who::Rustls] } else { [Who::Rustls, Who::Dap] };
+            let mut order = if round % 2 == 0 {
+                vec![Who::Dap, Who::Rustls]
+            } else {
+                vec![Who::Rustls, Who::Dap]
+            };
+            if args.rekey_packets.is_some() {
+                order.insert(round % 3, Who::DapRekey);
+            }
             for who in order {
                 let me = format!("{}-{}", who.name(), cipher.name());
                 if args.only.as_ref().is_some_and(|o| *o != me) {
                     continue;
                 }
                 let res = match who {
-                    Who::Dap => run_dap(cipher, msg, warmup, secs),
+                    Who::Dap => run_dap(cipher, msg, warmup, secs, None),
+                    Who::DapRekey => run_dap(cipher, msg, warmup, secs, args.rekey_packets),
                     Who::Rustls => run_rustls(cipher, &cert, msg, warmup, secs),
                 };
                 match res {
@@ -431,8 +461,9 @@ pub fn run(args: &StreamArgs) -> io::Result<Vec<(String, String)>> {
     let mut pairs = Vec::new();
     let mut ratio_pairs = Vec::new();
     let mut rustls_pairs = Vec::new();
+    let mut extra_pairs = Vec::new();
     for cipher in Cipher::ALL {
-        for who in [Who::Dap, Who::Rustls] {
+        for who in [Who::Dap, Who::Rustls, Who::DapRekey] {
             let ws = get(cipher, who);
             if ws.is_empty() {
                 continue;
@@ -465,6 +496,18 @@ pub fn run(args: &StreamArgs) -> io::Result<Vec<(String, String)>> {
                 Some((d.us_per_mb(0) + d.us_per_mb(1)) / (t.us_per_mb(0) + t.us_per_mb(1)))
             })
             .collect();
+        let rx_cpu_ratio: Vec<f64> = (0..rounds)
+            .filter_map(|r| {
+                let find = |who| runs.iter().find(|x| x.0 == r && x.1 == cipher && x.2 == who);
+                Some(find(Who::Dap)?.3.us_per_mb(0) / find(Who::Rustls)?.3.us_per_mb(0))
+            })
+            .collect();
+        let rekey_ratio: Vec<f64> = (0..rounds)
+            .filter_map(|r| {
+                let find = |who| runs.iter().find(|x| x.0 == r && x.1 == cipher && x.2 == who);
+                Some(find(Who::DapRekey)?.3.mb_per_s() / find(Who::Dap)?.3.mb_per_s())
+            })
+            .collect();
         let rounds_txt: Vec<String> = per_round.iter().map(|x| format!("{x:.3}")).collect();
         println!(
             "{}: dap/rustls throughput ratio {} (rounds: {}); CPU per MB dap/rustls {}",
@@ -473,11 +516,33 @@ pub fn run(args: &StreamArgs) -> io::Result<Vec<(String, String)>> {
             rounds_txt.join(", "),
             fmt_ratio(median(&cpu_ratio)),
         );
+        println!(
+            "{}: receiving side CPU per MB dap/rustls {}",
+            cipher.name(),
+            fmt_ratio(median(&rx_cpu_ratio))
+        );
+        if args.rekey_packets.is_some() {
+            let txt: Vec<String> = rekey_ratio.iter().map(|x| format!("{x:.3}")).collect();
+            println!(
+                "{}: dap with key updates / dap throughput {} (rounds: {})",
+                cipher.name(),
+                fmt_ratio(median(&rekey_ratio)),
+                txt.join(", ")
+            );
+        }
         let mbs = |who| median(&get(cipher, who).iter().map(|w| w.mb_per_s()).collect::<Vec<_>>());
         pairs.push((format!("{}_mbs", cipher.name()), fmt_num(mbs(Who::Dap), 1)));
         rustls_pairs.push((format!("rustls_{}_mbs", cipher.name()), fmt_num(mbs(Who::Rustls), 1)));
         ratio_pairs.push((format!("ratio_{}", cipher.name()), fmt_ratio(median(&per_round))));
         ratio_pairs.push((format!("cpu_ratio_{}", cipher.name()), fmt_ratio(median(&cpu_ratio))));
+        extra_pairs
+            .push((format!("rx_cpu_ratio_{}", cipher.name()), fmt_ratio(median(&rx_cpu_ratio))));
+        if args.rekey_packets.is_some() {
+            extra_pairs
+                .push((format!("rekey_{}_mbs", cipher.name()), fmt_num(mbs(Who::DapRekey), 1)));
+            extra_pairs
+                .push((format!("rekey_ratio_{}", cipher.name()), fmt_ratio(median(&rekey_ratio))));
+        }
     }
     // chacha_mbs aes_mbs rustls_chacha_mbs rustls_aes_mbs ratio_chacha ratio_aes, then extras.
     pairs.extend(rustls_pairs);
@@ -485,6 +550,7 @@ pub fn run(args: &StreamArgs) -> io::Result<Vec<(String, String)>> {
         ratio_pairs.into_iter().partition(|(k, _)| k.starts_with("ratio_"));
     pairs.extend(ratios);
     pairs.extend(cpu);
+    pairs.extend(extra_pairs);
     let noisy = runs.iter().filter(|r| r.3.other_pct() > NOISY_OTHER_PCT).count();
     pairs.push(("noisy_runs".to_string(), noisy.to_string()));
     print_result_line(&pairs);

@@ -4,7 +4,7 @@
 //! [`open_session`] does the three steps of a session set-up on ONE keep-alive connection:
 //! `POST /enc_init` (X25519 + the node's Ed25519 signature, checked against the pinned node
 //! key), `POST /stream_ctl` sealed with the new enc key, and `GET /stream/<channels>` with
-//! `Upgrade: dap-stream/1`, answered `101`. [`StreamClient`] then carries the session's
+//! `Upgrade: dap-stream/2`, answered `101`. [`StreamClient`] then carries the session's
 //! [`Mux`] over the same socket (sealing and opening stream packets itself).
 
 use std::io::{self, Read, Write};

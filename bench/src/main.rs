@@ -272,6 +272,7 @@ fn run_all(
         rounds: a.rounds,
         warmup: a.warmup,
         msg: 64 * 1024,
+        rekey_packets: None,
         only: None,
     };
     let su = &setup::SetupArgs {

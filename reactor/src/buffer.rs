@@ -238,6 +238,39 @@ impl OutBuf {
         take
     }
 
+    /// Lets `build` append at most about `max` bytes in place at the tail: into the last
+    /// pool chunk when it has `max` bytes of room, else into a fresh pool chunk (or, for
+    /// `max` over the pool's chunk size, a vector of its own). Returns `build`'s result and
+    /// the bytes it appended. `build` must only append: what it is given may already hold
+    /// queued output. The caller checks the cap.
+    pub(crate) fn push_with<R>(
+        &mut self,
+        pool: &mut BufPool,
+        max: usize,
+        build: impl FnOnce(&mut Vec<u8>) -> R,
+    ) -> (R, usize) {
+        let fits =
+            matches!(self.chunks.back(), Some(Chunk::Owned(v)) if v.capacity() - v.len() >= max);
+        let fresh = !fits;
+        if fresh {
+            let v = if max <= pool.chunk_size() { pool.get() } else { Vec::with_capacity(max) };
+            self.chunks.push_back(Chunk::Owned(v));
+        }
+        let Some(Chunk::Owned(v)) = self.chunks.back_mut() else { unreachable!("pushed above") };
+        let before = v.len();
+        let r = build(v);
+        assert!(v.len() >= before, "push_with: the builder removed queued output");
+        let added = v.len() - before;
+        self.len += added;
+        if fresh
+            && added == 0
+            && let Some(Chunk::Owned(v)) = self.chunks.pop_back()
+        {
+            pool.put(v);
+        }
+        (r, added)
+    }
+
     /// Queues an input buffer's storage without copying: `buf[start..end]` goes out.
     /// The caller checks the cap.
     pub(crate) fn push_moved(
@@ -387,6 +420,32 @@ mod tests {
             buf.read_from(&mut pool, 16, |_| Err(io::ErrorKind::WouldBlock.into())).unwrap();
         assert!(res.is_err());
         assert_eq!(buf.as_slice(), b"hi");
+    }
+
+    #[test]
+    fn outbuf_builds_in_place_in_pool_chunks() {
+        let mut pool = BufPool::new(16, 4);
+        let mut out = OutBuf::default();
+        let (r, n) = out.push_with(&mut pool, 10, |v| {
+            v.extend_from_slice(b"0123456789");
+            7
+        });
+        assert_eq!((r, n, out.len()), (7, 10, 10));
+        // 6 bytes of room left in that chunk: a 6-byte build shares it, a 7-byte one does not.
+        out.push_with(&mut pool, 6, |v| v.extend_from_slice(b"abcdef"));
+        out.push_with(&mut pool, 7, |v| v.extend_from_slice(b"ABCDEFG"));
+        assert_eq!(out.chunks.len(), 2);
+        // An empty build leaves no empty chunk behind.
+        out.push_with(&mut pool, 16, |_| ());
+        assert_eq!(out.chunks.len(), 2);
+        let mut sink = Vec::new();
+        let (res, _) = out.write_to(&mut pool, |iov| {
+            iov.iter().for_each(|s| sink.extend_from_slice(s));
+            Ok(iov.iter().map(|s| s.len()).sum())
+        });
+        res.unwrap();
+        assert_eq!(sink, b"0123456789abcdefABCDEFG");
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -297,6 +297,9 @@ pub struct StreamSection {
     pub send_queue: usize,
     pub max_frame: usize,
     pub max_payload: usize,
+    pub max_channel_window: u32,
+    pub max_conn_window: u32,
+    pub rekey_packets: u64,
     pub keepalive_ms: u64,
     pub idle_timeout_ms: u64,
     pub connect_timeout_ms: u64,
@@ -311,7 +314,10 @@ impl Default for StreamSection {
             conn_window: 1 << 20,
             send_queue: 256 << 10,
             max_frame: 16 << 10,
-            max_payload: 32 << 10,
+            max_payload: dap_stream::session::DEFAULT_MAX_PAYLOAD,
+            max_channel_window: 16 << 20,
+            max_conn_window: 64 << 20,
+            rekey_packets: dap_stream::session::DEFAULT_REKEY_PACKETS,
             keepalive_ms: 15_000,
             idle_timeout_ms: 60_000,
             connect_timeout_ms: 30_000,
@@ -587,6 +593,9 @@ impl Config {
         range("stream.channel_window", s.channel_window, 1024, 1 << 30)?;
         range("stream.conn_window", s.conn_window, 1024, 1 << 30)?;
         range("stream.send_queue", s.send_queue, 1024, 1 << 30)?;
+        range("stream.max_channel_window", s.max_channel_window, s.channel_window, 1 << 30)?;
+        range("stream.max_conn_window", s.max_conn_window, s.conn_window, 1 << 30)?;
+        range("stream.rekey_packets", s.rekey_packets, 1, 1 << 40)?;
         let overhead = dap_stream::codec::packet::OVERHEAD;
         let max_payload = m.buf_in_cap.saturating_sub(overhead);
         if s.max_payload > max_payload {

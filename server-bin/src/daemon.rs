@@ -234,11 +234,14 @@ fn stream_config(c: &Config) -> StreamConfig {
             conn_window: s.conn_window,
             send_queue: s.send_queue,
             max_frame: s.max_frame,
+            max_channel_window: s.max_channel_window,
+            max_conn_window: s.max_conn_window,
         },
         max_payload: s.max_payload,
         keepalive: ms(s.keepalive_ms),
         idle_timeout: ms(s.idle_timeout_ms),
         connect_timeout: ms(s.connect_timeout_ms),
+        rekey_packets: s.rekey_packets,
     };
     StreamConfig { limits, max_sessions: s.max_sessions, ..StreamConfig::default() }
 }

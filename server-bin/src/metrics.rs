@@ -320,6 +320,19 @@ fn stream(o: &mut Out, src: &Sources) {
     );
     o.one("dap_stream_keepalives_sent_total", "counter", "Keepalives sent.", s.keepalives_sent);
     o.by(
+        "dap_stream_key_updates_total",
+        "counter",
+        "Key updates of stream packets, by direction (out: ours, in: the peer's).",
+        "direction",
+        &[("in", s.key_updates_received), ("out", s.key_updates_sent)],
+    );
+    o.one(
+        "dap_stream_window_growths_total",
+        "counter",
+        "Receive windows grown because the sender was blocked while the reader kept up.",
+        s.window_growths,
+    );
+    o.by(
         "dap_stream_errors_total",
         "counter",
         "Stream faults, by kind.",
@@ -336,6 +349,7 @@ fn stream(o: &mut Out, src: &Sources) {
             ("attach_unknown", s.attach_unknown),
             ("attach_twice", s.attach_twice),
             ("wake_failed", s.wake_failed),
+            ("key_exhausted", s.key_exhausted),
         ],
     );
 }

@@ -365,7 +365,7 @@ impl StreamServer {
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(UPGRADE_TOKEN.as_bytes()))
         });
         if !upgrade {
-            return Err((426, "upgrade to dap-stream/1 required"));
+            return Err((426, "upgrade to dap-stream/2 required"));
         }
         if self.is_draining() {
             return Err((503, "the server is shutting down"));

@@ -76,6 +76,15 @@ counters! {
     /// Wake-ups for handle writes that could not be posted to the worker (inbox full);
     /// the data goes out on the stream's next event.
     wake_failed,
+    /// Key updates: our sealer moved to its next key.
+    key_updates_sent,
+    /// Key updates: the peer moved to its next key and we followed.
+    key_updates_received,
+    /// Streams closed because the peer passed the AEAD's limit without a key update.
+    key_exhausted,
+    /// Receive windows (a channel's or a connection's) that grew because the sender was
+    /// blocked on credit while the reader kept up.
+    window_growths,
 }
 
 impl StreamStats {

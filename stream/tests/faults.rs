@@ -240,3 +240,49 @@ fn a_close_packet_from_the_peer_ends_the_stream_cleanly() {
     let st = srv.stream.stats();
     assert_eq!((st.streams_open, st.protocol_errors, st.decode_errors), (0, 0, 0));
 }
+
+#[test]
+fn a_packet_sealed_under_a_retired_key_closes_the_stream() {
+    let srv = echo_server(b"E", StreamConfig::default());
+    let params = srv.session(b"E", None);
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.write_all(upgrade_request(&params, "test").as_bytes()).unwrap();
+    // A sender that updates its key every 2 packets, and a copy that never does.
+    let mut p2 = params.clone();
+    p2.limits.rekey_packets = 2;
+    let (mut new, _) = p2.packet_keys(false);
+    let (mut old, _) = params.packet_keys(false);
+    let mut frame = Vec::new();
+    put_data_header(&mut frame, b'E', 0, Some(1), false, 1);
+    frame.push(b'x');
+    // Packets 0 and 1 under generation 0, packet 2 under generation 1: echoed.
+    for _ in 0..3 {
+        send_frames(&mut s, &mut new, &frame);
+    }
+    // The lagging copy catches up to sequence 3, still under generation 0.
+    for _ in 0..3 {
+        let mut out = Vec::new();
+        let start = Sealer::begin(&mut out);
+        old.seal(PacketType::Keepalive, &mut out, start);
+    }
+    send_frames(&mut s, &mut old, &frame);
+    until_closed(&mut s);
+    wait_until("authentication failure counted", || srv.stream.stats().auth_failures == 1);
+    let st = srv.stream.stats();
+    assert_eq!(st.key_updates_received, 1, "the server followed the real update");
+    healthy(&srv);
+}
+
+#[test]
+fn a_version_1_client_is_refused_at_the_upgrade() {
+    let srv = echo_server(b"E", StreamConfig::default());
+    let params = srv.session(b"E", None);
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let req = upgrade_request(&params, "test").replace("dap-stream/2", "dap-stream/1");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 426");
+}

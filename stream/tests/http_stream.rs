@@ -22,10 +22,18 @@ fn pattern(id: u8, i: usize, n: usize) -> Vec<u8> {
         .collect()
 }
 
-fn eight_channels_both_ways(suite: CipherSuite) {
+/// Key updates every `rekey` packets on both ends (`None`: the default interval).
+fn eight_channels_both_ways(suite: CipherSuite, rekey: Option<u64>) {
     let ids = b"ABCDEFGH";
-    let srv = echo_server(ids, StreamConfig::default());
-    let params = srv.session(ids, Some(suite));
+    let mut config = StreamConfig::default();
+    if let Some(n) = rekey {
+        config.limits.rekey_packets = n;
+    }
+    let srv = echo_server(ids, config);
+    let mut params = srv.session(ids, Some(suite));
+    if let Some(n) = rekey {
+        params.limits.rekey_packets = n;
+    }
     let client = connect(&srv.reactor, srv.addr, params);
     // One writer thread per channel, all at once.
     let mut sent: HashMap<u8, Vec<Vec<u8>>> = HashMap::new();
@@ -66,16 +74,32 @@ fn eight_channels_both_ways(suite: CipherSuite) {
     assert_eq!(digest(&sent), digest(&got), "SHA-256 of all sent equals all received");
     let s = srv.stream.stats();
     assert_eq!((s.sessions_attached, s.auth_failures, s.sequence_errors), (1, 0, 0));
+    if rekey.is_some() {
+        let c = client.stats.snapshot();
+        // Each end moved to a new key at least 100 times, and followed the other's moves.
+        for (who, sent, received) in [
+            ("server", s.key_updates_sent, s.key_updates_received),
+            ("client", c.key_updates_sent, c.key_updates_received),
+        ] {
+            assert!(sent >= 100 && received >= 100, "{who}: {sent} sent, {received} received");
+        }
+    }
 }
 
 #[test]
 fn eight_channels_echo_every_size_chacha() {
-    eight_channels_both_ways(CipherSuite::ChaCha20Poly1305);
+    eight_channels_both_ways(CipherSuite::ChaCha20Poly1305, None);
 }
 
 #[test]
 fn eight_channels_echo_every_size_aes() {
-    eight_channels_both_ways(CipherSuite::Aes256Gcm);
+    eight_channels_both_ways(CipherSuite::Aes256Gcm, None);
+}
+
+#[test]
+fn eight_channels_echo_every_size_with_a_key_update_every_8_packets() {
+    eight_channels_both_ways(CipherSuite::Aes256Gcm, Some(8));
+    eight_channels_both_ways(CipherSuite::ChaCha20Poly1305, Some(8));
 }
 
 #[test]

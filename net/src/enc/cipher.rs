@@ -179,6 +179,12 @@ pub fn hkdf_expand(prk: &hkdf::Prk, info: &[u8]) -> [u8; KEY_LEN] {
     out
 }
 
+/// HKDF-Expand with SHA-256 to 32 bytes, with `secret` (itself the output of HKDF, so
+/// uniformly random) taken as the pseudo-random key: the step of a key-update chain.
+pub fn hkdf_expand_secret(secret: &[u8; KEY_LEN], info: &[u8]) -> [u8; KEY_LEN] {
+    hkdf_expand(&hkdf::Prk::new_less_safe(hkdf::HKDF_SHA256, secret), info)
+}
+
 /// Fills `buf` from the operating system's CSPRNG.
 ///
 /// # Panics

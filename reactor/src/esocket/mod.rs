@@ -317,6 +317,31 @@ impl<'a> Esocket<'a> {
         Ok(())
     }
 
+    /// Builds output in place: `build` appends at most `max` bytes to the vector it is
+    /// given, which may already hold queued output (it must only append). The storage is
+    /// a pool buffer when `max` fits one, so a handler that frames or seals its own records
+    /// (the dap stream) allocates nothing and copies nothing per record in steady state.
+    /// Returns `build`'s result.
+    ///
+    /// # Errors
+    /// `WouldBlock` when `max` bytes would not fit under the cap (then `on_write` fires at
+    /// the low-water mark); otherwise as [`write`](Self::write).
+    pub fn write_with<R>(
+        &mut self,
+        max: usize,
+        build: impl FnOnce(&mut Vec<u8>) -> R,
+    ) -> Result<R> {
+        self.check_writable()?;
+        let cap = self.w.limits().buf_out_cap;
+        if self.st.buf_out.len() + max > cap {
+            self.st.out_blocked = true;
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        let (r, added) = self.st.buf_out.push_with(&mut self.w.pool, max, build);
+        self.st.out_pending |= added > 0;
+        Ok(r)
+    }
+
     fn check_writable(&self) -> Result<()> {
         if !self.st.kind.is_stream() || self.st.kind == EsocketKind::Pipe {
             return Err(Error::new(ErrorKind::Unsupported, "this esocket kind has no output"));

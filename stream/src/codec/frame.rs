@@ -11,7 +11,9 @@
 //! A message is one or more data frames of one channel: the first has `FIRST` and carries
 //! the message's total length (checked against the receiver's limit before any byte is
 //! kept), every one but the last has `MORE`. Frames of different channels interleave freely;
-//! frames of one channel's message arrive in order. `CTRL` frames carry flow-control credit.
+//! frames of one channel's message arrive in order. `CTRL` frames carry flow control: CREDIT
+//! (an absolute limit, so a repeated frame grants nothing twice) and BLOCKED (the sender
+//! waits on credit at that limit, which lets the receiver grow its window).
 
 use super::DecodeError;
 
@@ -35,10 +37,18 @@ pub const CONNECTION: u8 = 0;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Control {
-    /// Payload: u32 big-endian, more bytes the receiver of this frame may send on the channel
-    /// (or, on channel 0, on the whole connection).
+    /// Payload: u64 big-endian, the absolute limit: the receiver of this frame may send
+    /// data-frame payload bytes on the channel (or, on channel 0, on the whole connection)
+    /// until its running total since the stream began reaches this value. Only an increase
+    /// counts, so a repeated or late frame changes nothing.
     Credit = 1,
+    /// Payload: u64 big-endian, the limit at which the sender of this frame has data waiting
+    /// and no credit: the receiver may grow its window.
+    Blocked = 2,
 }
+
+/// Bytes of a control frame's payload.
+pub const CONTROL_PAYLOAD_LEN: usize = 8;
 
 /// Whether `id` may name a channel: a printable ASCII byte other than space.
 pub fn valid_channel_id(id: u8) -> bool {
@@ -66,8 +76,16 @@ pub enum Frame<'a> {
     Credit {
         /// The channel, or 0.
         chan: u8,
-        /// Additional bytes the peer may send.
-        bytes: u32,
+        /// The absolute limit of data bytes the receiver of the frame may have sent.
+        limit: u64,
+    },
+    /// The peer has data waiting for credit on a channel (or, on [`CONNECTION`], on the
+    /// connection) and has used everything up to `limit`.
+    Blocked {
+        /// The channel, or 0.
+        chan: u8,
+        /// The limit the peer is blocked at.
+        limit: u64,
     },
 }
 
@@ -91,15 +109,20 @@ pub fn decode(buf: &[u8]) -> Result<(Frame<'_>, usize), DecodeError> {
         if chan != CONNECTION && !valid_channel_id(chan) {
             return Err(DecodeError::Malformed("bad channel id"));
         }
-        if ty != Control::Credit as u8 {
+        if ty != Control::Credit as u8 && ty != Control::Blocked as u8 {
             return Err(DecodeError::Malformed("unknown control kind"));
         }
-        if len != 4 {
-            return Err(DecodeError::Malformed("credit frame length"));
+        if len != CONTROL_PAYLOAD_LEN {
+            return Err(DecodeError::Malformed("control frame length"));
         }
-        let p = buf.get(HEADER_LEN..HEADER_LEN + 4).ok_or(DecodeError::Truncated)?;
-        let bytes = u32::from_be_bytes([p[0], p[1], p[2], p[3]]);
-        return Ok((Frame::Credit { chan, bytes }, HEADER_LEN + 4));
+        let p = buf.get(HEADER_LEN..CONTROL_LEN).ok_or(DecodeError::Truncated)?;
+        let limit = u64::from_be_bytes(p.try_into().expect("8 bytes"));
+        let frame = if ty == Control::Credit as u8 {
+            Frame::Credit { chan, limit }
+        } else {
+            Frame::Blocked { chan, limit }
+        };
+        return Ok((frame, CONTROL_LEN));
     }
     if !valid_channel_id(chan) {
         return Err(DecodeError::Malformed("bad channel id"));
@@ -142,13 +165,24 @@ pub fn put_data_header(
     }
 }
 
-/// Bytes of an encoded credit frame.
-pub const CREDIT_LEN: usize = HEADER_LEN + 4;
+/// Bytes of an encoded control frame (CREDIT or BLOCKED).
+pub const CONTROL_LEN: usize = HEADER_LEN + CONTROL_PAYLOAD_LEN;
 
-/// Appends a credit frame.
-pub fn put_credit(out: &mut Vec<u8>, chan: u8, bytes: u32) {
-    out.extend_from_slice(&[chan, Control::Credit as u8, FLAG_CTRL, 0, 0, 0, 0, 4]);
-    out.extend_from_slice(&bytes.to_be_bytes());
+fn put_control(out: &mut Vec<u8>, kind: Control, chan: u8, limit: u64) {
+    out.extend_from_slice(&[chan, kind as u8, FLAG_CTRL, 0, 0, 0, 0, CONTROL_PAYLOAD_LEN as u8]);
+    out.extend_from_slice(&limit.to_be_bytes());
+}
+
+/// Appends a CREDIT frame: the peer may send up to `limit` data bytes in total on `chan`
+/// (0: the connection).
+pub fn put_credit(out: &mut Vec<u8>, chan: u8, limit: u64) {
+    put_control(out, Control::Credit, chan, limit);
+}
+
+/// Appends a BLOCKED frame: we have data for `chan` (0: the connection) and no credit past
+/// `limit`.
+pub fn put_blocked(out: &mut Vec<u8>, chan: u8, limit: u64) {
+    put_control(out, Control::Blocked, chan, limit);
 }
 
 #[cfg(test)]
@@ -163,6 +197,7 @@ mod tests {
         put_data_header(&mut out, b'E', 7, None, false, 2);
         out.extend_from_slice(b"de");
         put_credit(&mut out, 0, 65536);
+        put_blocked(&mut out, b'E', 1 << 40);
         let (f, n) = decode(&out).unwrap();
         assert_eq!(
             f,
@@ -171,8 +206,10 @@ mod tests {
         let (f2, n2) = decode(&out[n..]).unwrap();
         assert_eq!(f2, Frame::Data { chan: b'E', ty: 7, first: None, more: false, payload: b"de" });
         let (f3, n3) = decode(&out[n + n2..]).unwrap();
-        assert_eq!(f3, Frame::Credit { chan: 0, bytes: 65536 });
-        assert_eq!(n + n2 + n3, out.len());
+        assert_eq!(f3, Frame::Credit { chan: 0, limit: 65536 });
+        let (f4, n4) = decode(&out[n + n2 + n3..]).unwrap();
+        assert_eq!(f4, Frame::Blocked { chan: b'E', limit: 1 << 40 });
+        assert_eq!(n + n2 + n3 + n4, out.len());
     }
 
     #[test]
@@ -185,7 +222,10 @@ mod tests {
         assert!(decode(&[b' ', 0, 0, 0, 0, 0, 0, 0]).is_err());
         assert!(decode(&[b'E', 0, 0x40, 0, 0, 0, 0, 0]).is_err());
         assert_eq!(decode(&[b'E', 0, 0, 0, 0, 0, 0, 9, 1]), Err(DecodeError::Truncated));
-        assert!(decode(&[b'E', 9, FLAG_CTRL, 0, 0, 0, 0, 4, 0, 0, 0, 1]).is_err());
+        assert!(decode(&[b'E', 9, FLAG_CTRL, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 1]).is_err());
+        // Version 1's 4-byte credit is refused.
+        assert!(decode(&[b'E', 1, FLAG_CTRL, 0, 0, 0, 0, 4, 0, 0, 0, 1]).is_err());
+        assert_eq!(decode(&[b'E', 2, FLAG_CTRL, 0, 0, 0, 0, 8, 0]), Err(DecodeError::Truncated));
         assert!(decode(&[0, 0, 0, 0, 0, 0, 0, 0]).is_err());
     }
 }

@@ -4,18 +4,25 @@
 //! ```text
 //! 0     2       3      4                 8                                16
 //! +-----+-------+------+-----------------+--------------------------------+
-//! | "DS"| ver=1 | type | length (u32 BE) | sequence number (u64 BE)       |
+//! | "DS"| ver=2 |K|type| length (u32 BE) | sequence number (u64 BE)       |
 //! +-----+-------+------+-----------------+--------------------------------+
 //! | AEAD ciphertext of the payload, then the 16-byte tag (length bytes)   |
 //! ```
 //!
-//! Each direction has its own key and its own sequence, starting at 0 and rising by one per
-//! packet of any type. The nonce is `"ds" 0 dir || seq` and the associated data the 16-byte
-//! header, so a packet can be neither moved, replayed, reordered nor altered unseen; the
-//! receiver accepts only the next sequence number, so a gap, a replay or a reordering is
+//! Each direction has its own key chain and its own sequence, starting at 0 and rising by
+//! one per packet of any type. The nonce is `"ds" 0 dir || seq` and the associated data the
+//! 16-byte header, so a packet can be neither moved, replayed, reordered nor altered unseen;
+//! the receiver accepts only the next sequence number, so a gap, a replay or a reordering is
 //! caught before decryption.
+//!
+//! **Key updates.** The high bit `K` of the type byte is the key phase. A sender moves to
+//! the next key of its direction's chain ([`KeyChain`]) after
+//! [`SessionLimits::rekey_packets`](crate::session::SessionLimits::rekey_packets) packets
+//! (never later than half the AEAD's confidentiality limit) and flips `K`; the receiver,
+//! seeing `K` flip, derives the same next key and opens the packet with it. The transport
+//! is ordered, so the old key is dropped at once: nothing can arrive under it any more.
 
-use dap_net::enc::cipher::{AeadKey, Nonce, TAG_LEN};
+use dap_net::enc::cipher::{AeadKey, CipherSuite, KEY_LEN, Nonce, TAG_LEN, hkdf_expand_secret};
 
 use super::DecodeError;
 
@@ -26,9 +33,20 @@ pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
 /// The magic bytes.
 pub const MAGIC: [u8; 2] = *b"DS";
 /// The protocol version this build speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
+/// The key-phase bit of the type byte.
+pub const KEY_PHASE: u8 = 0x80;
 /// The longest close reason sent (bytes of UTF-8).
 pub const MAX_REASON: usize = 123;
+
+/// HKDF-Expand info of a packet key from its direction's secret.
+pub const LABEL_KEY: &[u8] = b"dap v2 stream key";
+/// HKDF-Expand info of a direction's next secret from its current one.
+pub const LABEL_KEY_UPDATE: &[u8] = b"dap v2 stream key update";
+
+/// Packets one AES-256-GCM key may seal when no packet is longer than 2^16 bytes
+/// (RFC 9001 §6.6); longer packets scale it down (see [`confidentiality_limit`]).
+pub const AES_GCM_PACKET_LIMIT: u64 = 1 << 23;
 
 /// Packet types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +89,8 @@ pub enum Direction {
 pub struct Header {
     /// The type.
     pub ty: PacketType,
+    /// The key phase bit.
+    pub key_phase: bool,
     /// Bytes after the header: ciphertext and tag.
     pub len: usize,
     /// The sequence number.
@@ -95,6 +115,9 @@ pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, De
         if !buf.is_empty() && buf[0] != MAGIC[0] || buf.len() > 1 && buf[1] != MAGIC[1] {
             return Err(DecodeError::BadMagic);
         }
+        if buf.len() > 2 && buf[2] != VERSION {
+            return Err(DecodeError::BadVersion(buf[2]));
+        }
         return Ok(None);
     }
     if buf[..2] != MAGIC {
@@ -103,17 +126,99 @@ pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, De
     if buf[2] != VERSION {
         return Err(DecodeError::BadVersion(buf[2]));
     }
-    let ty = PacketType::from_u8(buf[3]).ok_or(DecodeError::BadType(buf[3]))?;
+    let ty = PacketType::from_u8(buf[3] & !KEY_PHASE).ok_or(DecodeError::BadType(buf[3]))?;
     let len = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
     if len < TAG_LEN || len - TAG_LEN > max_payload {
         return Err(DecodeError::TooLong(len as u64));
     }
     let seq = u64::from_be_bytes(buf[8..16].try_into().expect("8 bytes"));
-    Ok(Some(Header { ty, len, seq }))
+    Ok(Some(Header { ty, key_phase: buf[3] & KEY_PHASE != 0, len, seq }))
 }
 
 fn nonce(dir: Direction, seq: u64) -> Nonce {
     Nonce::new([b'd', b's', 0, dir as u8], seq)
+}
+
+/// The most packets one key of `suite` may seal or open when packets carry at most
+/// `max_payload` bytes: RFC 9001 §6.6's confidentiality limit. AES-256-GCM: 2^23 packets of
+/// up to 2^16 bytes, proportionally fewer for longer packets (the bound is on AES blocks).
+/// ChaCha20-Poly1305's exceeds 2^62 and does not bind.
+pub fn confidentiality_limit(suite: CipherSuite, max_payload: usize) -> u64 {
+    match suite {
+        CipherSuite::Aes256Gcm => {
+            let packet = (max_payload + OVERHEAD) as u64;
+            if packet <= 1 << 16 {
+                AES_GCM_PACKET_LIMIT
+            } else {
+                (AES_GCM_PACKET_LIMIT << 16) / packet
+            }
+        }
+        CipherSuite::ChaCha20Poly1305 => 1 << 62,
+    }
+}
+
+/// The packets a sender seals under one key before it updates: `wanted`, but never more
+/// than half the confidentiality limit, and at least 1.
+pub fn update_interval(suite: CipherSuite, max_payload: usize, wanted: u64) -> u64 {
+    wanted.clamp(1, (confidentiality_limit(suite, max_payload) / 2).max(1))
+}
+
+/// One direction's chain of secrets: `secret_0` comes from the session (§5 of the spec),
+/// `secret_{n+1} = HKDF-Expand(secret_n, "dap v2 stream key update")`, and the AEAD key of
+/// generation `n` is `HKDF-Expand(secret_n, "dap v2 stream key")`.
+pub struct KeyChain {
+    suite: CipherSuite,
+    secret: [u8; KEY_LEN],
+    generation: u64,
+}
+
+impl std::fmt::Debug for KeyChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("KeyChain")
+            .field("suite", &self.suite)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyChain {
+    /// A chain starting at `secret_0`.
+    pub fn new(suite: CipherSuite, secret0: [u8; KEY_LEN]) -> Self {
+        KeyChain { suite, secret: secret0, generation: 0 }
+    }
+
+    /// The cipher.
+    pub fn suite(&self) -> CipherSuite {
+        self.suite
+    }
+
+    /// The current generation (0 for the session's first key).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The raw key bytes of the current generation (tests and vectors).
+    pub fn key_bytes(&self) -> [u8; KEY_LEN] {
+        hkdf_expand_secret(&self.secret, LABEL_KEY)
+    }
+
+    /// The AEAD key of the current generation.
+    pub fn key(&self) -> AeadKey {
+        AeadKey::new(self.suite, &self.key_bytes())
+    }
+
+    /// Moves to the next generation; the current secret is overwritten.
+    pub fn advance(&mut self) {
+        self.secret = hkdf_expand_secret(&self.secret, LABEL_KEY_UPDATE);
+        self.generation += 1;
+    }
+
+    /// The current secret (tests and vectors).
+    #[cfg(test)]
+    pub(crate) fn secret(&self) -> [u8; KEY_LEN] {
+        self.secret
+    }
 }
 
 /// Why a received packet was refused. Each is fatal for the stream.
@@ -131,25 +236,40 @@ pub enum OpenError {
     /// The tag did not verify: the packet was altered or is not from the peer.
     #[error("authentication failed")]
     Auth,
+    /// The peer sent more packets under one key than the AEAD's confidentiality limit
+    /// allows, without a key update.
+    #[error("the peer did not update its key within the AEAD limit ({0} packets)")]
+    KeyExhausted(u64),
 }
 
-/// Seals outgoing packets of one direction.
+/// Seals outgoing packets of one direction, updating the key every `update_after` packets.
 #[derive(Debug)]
 pub struct Sealer {
+    chain: KeyChain,
     key: AeadKey,
     dir: Direction,
     seq: u64,
+    phase: bool,
+    /// Packets sealed under `key`.
+    under_key: u64,
+    update_after: u64,
 }
 
 impl Sealer {
-    /// A sealer starting at sequence 0.
-    pub fn new(key: AeadKey, dir: Direction) -> Self {
-        Sealer { key, dir, seq: 0 }
+    /// A sealer starting at sequence 0 with the chain's current key, moving to the next one
+    /// after every `update_after` packets (see [`update_interval`]).
+    pub fn new(chain: KeyChain, dir: Direction, update_after: u64) -> Self {
+        Sealer { key: chain.key(), chain, dir, seq: 0, phase: false, under_key: 0, update_after }
     }
 
     /// The next sequence number.
     pub fn next_seq(&self) -> u64 {
         self.seq
+    }
+
+    /// Key updates done so far.
+    pub fn updates(&self) -> u64 {
+        self.chain.generation()
     }
 
     /// Starts a packet in `out`: reserves the header. Append the payload, then call
@@ -161,8 +281,16 @@ impl Sealer {
     }
 
     /// Seals the packet begun at `start` (everything after its header is the payload) and
-    /// takes the next sequence number.
+    /// takes the next sequence number, first moving to the next key when this one has sealed
+    /// its share.
     pub fn seal(&mut self, ty: PacketType, out: &mut Vec<u8>, start: usize) {
+        if self.under_key >= self.update_after {
+            self.chain.advance();
+            self.key = self.chain.key();
+            self.phase = !self.phase;
+            self.under_key = 0;
+        }
+        self.under_key += 1;
         let len = out.len() - start - HEADER_LEN + TAG_LEN;
         let seq = self.seq;
         // u64 sequence numbers do not run out: 2^64 packets outlast any connection.
@@ -170,7 +298,7 @@ impl Sealer {
         let hdr = &mut out[start..start + HEADER_LEN];
         hdr[..2].copy_from_slice(&MAGIC);
         hdr[2] = VERSION;
-        hdr[3] = ty as u8;
+        hdr[3] = ty as u8 | if self.phase { KEY_PHASE } else { 0 };
         hdr[4..8].copy_from_slice(&(len as u32).to_be_bytes());
         hdr[8..16].copy_from_slice(&seq.to_be_bytes());
         let mut aad = [0u8; HEADER_LEN];
@@ -181,18 +309,24 @@ impl Sealer {
     }
 }
 
-/// Opens incoming packets of one direction, in order.
+/// Opens incoming packets of one direction, in order, following the peer's key updates.
 #[derive(Debug)]
 pub struct Opener {
+    chain: KeyChain,
     key: AeadKey,
     dir: Direction,
     next: u64,
+    phase: bool,
+    /// Packets opened under `key`.
+    under_key: u64,
+    limit: u64,
 }
 
 impl Opener {
-    /// An opener expecting sequence 0.
-    pub fn new(key: AeadKey, dir: Direction) -> Self {
-        Opener { key, dir, next: 0 }
+    /// An opener expecting sequence 0 under the chain's current key; a peer that sends more
+    /// than `limit` packets under one key (see [`confidentiality_limit`]) is refused.
+    pub fn new(chain: KeyChain, dir: Direction, limit: u64) -> Self {
+        Opener { key: chain.key(), chain, dir, next: 0, phase: false, under_key: 0, limit }
     }
 
     /// The sequence number expected next.
@@ -200,8 +334,14 @@ impl Opener {
         self.next
     }
 
+    /// The peer's key updates followed so far.
+    pub fn updates(&self) -> u64 {
+        self.chain.generation()
+    }
+
     /// Checks and decrypts one whole packet (`packet` starts with the header `hdr` was
-    /// parsed from); returns the payload, decrypted in place.
+    /// parsed from); returns the payload, decrypted in place. A flipped key phase moves to
+    /// the next key first; the move sticks only if the packet authenticates.
     ///
     /// # Errors
     /// [`OpenError`]; the stream must then be closed.
@@ -214,8 +354,26 @@ impl Opener {
             return Err(OpenError::Sequence { expected: self.next, got: hdr.seq });
         }
         let (head, body) = packet[..hdr.packet_len()].split_at_mut(HEADER_LEN);
+        if hdr.key_phase != self.phase {
+            let mut chain = KeyChain::new(self.chain.suite, self.chain.secret);
+            chain.generation = self.chain.generation;
+            chain.advance();
+            let key = chain.key();
+            let plain =
+                key.open(nonce(self.dir, hdr.seq), head, body).map_err(|_| OpenError::Auth)?;
+            self.chain = chain;
+            self.key = key;
+            self.phase = hdr.key_phase;
+            self.under_key = 1;
+            self.next += 1;
+            return Ok(plain);
+        }
+        if self.under_key >= self.limit {
+            return Err(OpenError::KeyExhausted(self.limit));
+        }
         let plain =
             self.key.open(nonce(self.dir, hdr.seq), head, body).map_err(|_| OpenError::Auth)?;
+        self.under_key += 1;
         self.next += 1;
         Ok(plain)
     }
@@ -250,13 +408,15 @@ mod tests {
     use super::*;
     use dap_net::enc::cipher::CipherSuite;
 
-    fn pair() -> (Sealer, Opener) {
-        let k = [9u8; 32];
-        let s =
-            Sealer::new(AeadKey::new(CipherSuite::ChaCha20Poly1305, &k), Direction::ClientToServer);
-        let o =
-            Opener::new(AeadKey::new(CipherSuite::ChaCha20Poly1305, &k), Direction::ClientToServer);
+    fn pair_every(update_after: u64) -> (Sealer, Opener) {
+        let chain = || KeyChain::new(CipherSuite::ChaCha20Poly1305, [9u8; 32]);
+        let s = Sealer::new(chain(), Direction::ClientToServer, update_after);
+        let o = Opener::new(chain(), Direction::ClientToServer, 1 << 62);
         (s, o)
+    }
+
+    fn pair() -> (Sealer, Opener) {
+        pair_every(1 << 20)
     }
 
     fn packet(s: &mut Sealer, payload: &[u8]) -> Vec<u8> {
@@ -301,14 +461,78 @@ mod tests {
         assert_eq!(parse_header(b"DS", 100), Ok(None));
         let mut h = [0u8; 16];
         h[..2].copy_from_slice(b"DS");
-        h[2] = 2;
-        assert_eq!(parse_header(&h, 100), Err(DecodeError::BadVersion(2)));
         h[2] = 1;
+        assert_eq!(parse_header(&h, 100), Err(DecodeError::BadVersion(1)));
+        assert_eq!(parse_header(&h[..3], 100), Err(DecodeError::BadVersion(1)));
+        h[2] = 2;
         h[3] = 9;
         assert_eq!(parse_header(&h, 100), Err(DecodeError::BadType(9)));
-        h[3] = 1;
+        h[3] = 1 | KEY_PHASE;
         h[4..8].copy_from_slice(&1000u32.to_be_bytes());
         assert_eq!(parse_header(&h, 100), Err(DecodeError::TooLong(1000)));
+    }
+
+    #[test]
+    fn keys_update_every_n_packets_and_the_receiver_follows() {
+        let (mut s, mut o) = pair_every(3);
+        for i in 0..20u8 {
+            let mut p = packet(&mut s, &[i; 40]);
+            let h = parse_header(&p, 1 << 16).unwrap().unwrap();
+            assert_eq!(h.key_phase, (i / 3) % 2 == 1, "packet {i}");
+            assert_eq!(o.open(&h, &mut p).unwrap(), &[i; 40]);
+        }
+        assert_eq!((s.updates(), o.updates()), (6, 6));
+    }
+
+    #[test]
+    fn a_packet_under_a_retired_key_is_refused() {
+        let (mut s, mut o) = pair_every(2);
+        // A second sealer that lags one generation behind: its packets are sealed under the
+        // key `s` has retired.
+        let (mut old, _) = pair_every(1 << 20);
+        for _ in 0..2 {
+            let mut p = packet(&mut s, b"x");
+            let _ = packet(&mut old, b"x");
+            let h = parse_header(&p, 1 << 16).unwrap().unwrap();
+            o.open(&h, &mut p).unwrap();
+        }
+        let mut p = packet(&mut s, b"x");
+        let h = parse_header(&p, 1 << 16).unwrap().unwrap();
+        o.open(&h, &mut p).unwrap();
+        assert_eq!(o.updates(), 1);
+        // Sequence 3 under generation 0 with the old phase bit: read as a further update,
+        // which it is not, so it fails authentication.
+        let _ = packet(&mut old, b"x");
+        let mut stale = packet(&mut old, b"y");
+        let h = parse_header(&stale, 1 << 16).unwrap().unwrap();
+        assert_eq!(h.seq, 3);
+        assert!(!h.key_phase);
+        assert_eq!(o.open(&h, &mut stale), Err(OpenError::Auth));
+        assert_eq!(o.updates(), 1, "a failed update does not stick");
+    }
+
+    #[test]
+    fn a_peer_that_never_updates_hits_the_limit() {
+        let chain = || KeyChain::new(CipherSuite::ChaCha20Poly1305, [9u8; 32]);
+        let mut s = Sealer::new(chain(), Direction::ClientToServer, 1 << 20);
+        let mut o = Opener::new(chain(), Direction::ClientToServer, 4);
+        for _ in 0..4 {
+            let mut p = packet(&mut s, b"x");
+            let h = parse_header(&p, 1 << 16).unwrap().unwrap();
+            o.open(&h, &mut p).unwrap();
+        }
+        let mut p = packet(&mut s, b"x");
+        let h = parse_header(&p, 1 << 16).unwrap().unwrap();
+        assert_eq!(o.open(&h, &mut p), Err(OpenError::KeyExhausted(4)));
+    }
+
+    #[test]
+    fn limits_follow_rfc_9001() {
+        assert_eq!(confidentiality_limit(CipherSuite::Aes256Gcm, 32 << 10), 1 << 23);
+        assert_eq!(confidentiality_limit(CipherSuite::Aes256Gcm, (1 << 17) - OVERHEAD), 1 << 22);
+        assert!(confidentiality_limit(CipherSuite::ChaCha20Poly1305, 16 << 20) >= 1 << 62);
+        assert_eq!(update_interval(CipherSuite::Aes256Gcm, 32 << 10, u64::MAX), 1 << 22);
+        assert_eq!(update_interval(CipherSuite::Aes256Gcm, 32 << 10, 0), 1);
     }
 
     #[test]

@@ -1,10 +1,11 @@
-//! The test vectors published in `docs/PROTOCOL.md` §9: the stream key schedule and one
-//! packet of each type. If one of these fails, the spec and the code disagree.
+//! The test vectors published in `docs/PROTOCOL.md` §9: the stream key schedule, its key
+//! update, and one packet of each type. If one of these fails, the spec and the code
+//! disagree.
 
 use dap_net::enc::cipher::CipherSuite;
 
-use super::frame::{put_credit, put_data_header};
-use super::packet::{self, PacketType, Sealer};
+use super::frame::{put_blocked, put_credit, put_data_header};
+use super::packet::{self, KeyChain, PacketType, Sealer};
 use crate::session::{SessionLimits, SessionParams, TransportKind, hex};
 
 fn params(suite: CipherSuite) -> SessionParams {
@@ -14,13 +15,15 @@ fn params(suite: CipherSuite) -> SessionParams {
         secret: core::array::from_fn(|i| 0x20 + i as u8),
         channels: b"E".to_vec(),
         transport: TransportKind::Http,
-        limits: SessionLimits::default(),
+        // The vector's sender updates its key after every 2 packets.
+        limits: SessionLimits { rekey_packets: 2, ..SessionLimits::default() },
         udp_port: 0,
         client: None,
     }
 }
 
-/// The four packets of the vector, client to server, sequence 0 to 3.
+/// The four packets of the vector, client to server, sequence 0 to 3 (0 and 1 under key
+/// generation 0, 2 and 3 under generation 1).
 fn packets(suite: CipherSuite) -> Vec<String> {
     let (mut sealer, _) = params(suite).packet_keys(false);
     let mut out = Vec::new();
@@ -35,6 +38,7 @@ fn packets(suite: CipherSuite) -> Vec<String> {
     put_data_header(&mut data, b'E', 1, Some(5), false, 5);
     data.extend_from_slice(b"hello");
     put_credit(&mut data, 0, 65536);
+    put_blocked(&mut data, b'E', 262144);
     one(PacketType::Data, &data);
     one(PacketType::Keepalive, &[]);
     one(PacketType::Alive, &[]);
@@ -44,33 +48,46 @@ fn packets(suite: CipherSuite) -> Vec<String> {
     out
 }
 
-const C2S: &str = "78c69b2ee0c0e154c77898ff203709849312e4edc792067fdc6f5869dc5639ad";
-const S2C: &str = "6df7be72c1e9fc9367a643cf691011c18054a371e7546702bfca6b10b3223170";
+const C2S_SECRET_0: &str = "6f37679d131fa54da850c0e3b7e6912de68fac699b3e50da27d54da8face78df";
+const S2C_SECRET_0: &str = "5a3cda37417191d6f5bb956c4cb2e6f6eca89d1ebc3e64fc95ed551716df0227";
+const C2S_KEY_0: &str = "53acc28493226ccd12a72119a989e0abd825ae8fdda141abe9cf3e03f7f5ce60";
+const C2S_SECRET_1: &str = "d21e37ba9b47ed044c3a45596a7531ac6e176e7747bccaab03fd4f063433c063";
+const C2S_KEY_1: &str = "019d1072b0ae5d26bf04bf1aac2066fe7698f22e970dbcbec08db48de018fb26";
 
 const CHACHA: [&str; 4] = [
-    "445301010000002d00000000000000007b875d691c3ba0b5d3a8c8b07d08ded92c01dfed747087a1435a3c5c1065b19664f27b1d25b1d1066ad6cde481",
-    "445301020000001000000000000000019a55e6476a526717c93b2114178fe4b8",
-    "4453010300000010000000000000000279fb406e3a52c9fb10c6db9d1d1f8f51",
-    "44530104000000150000000000000003cfa1e8dc054cfeef2cbf2222b948cfd5966069ab0e",
+    "4453020100000041000000000000000062b16e726874080f886d9b672a1d9e96b70ef9ed8251a807682bb95fc7a6f13af9166fcaf5466806cc55b71ff6e369d4162cb2626706e6ebc7b6d59c296f0b1c2c",
+    "445302020000001000000000000000015b39926a9afc611ac2eb2db5b70724d1",
+    "4453028300000010000000000000000270746a8e02e26b59adcabb420046f08f",
+    "44530284000000150000000000000003c134fe4993e38d40bef0bcebe03552c32b935f3c03",
 ];
 
 const AES: [&str; 4] = [
-    "445301010000002d00000000000000007a4f3813315282c2fc2d1a52a42c874b0029e2f6e20047ff435204ad59a5cb5f6a31187cdd59a4731699151c26",
-    "445301020000001000000000000000018e1f6034e25ec7ae100c74f4d7cc1ce9",
-    "445301030000001000000000000000021c9d91fc860c3e9dc307e45ae4ee89ac",
-    "44530104000000150000000000000003167f83f203f74910a42e3f43d6eb1d70fcc2078cee",
+    "44530201000000410000000000000000e8cbcf41b1fb2b5e400be424b9dc2d747f04fd4007dc5b98dab3b0e80b3976a08eede53c889bb73a4d1c678633ab433e1fbb6e6172ec805a9134c2fea4594beaa9",
+    "4453020200000010000000000000000176379cdf44da95aabf46bff781ec475c",
+    "4453028300000010000000000000000260d7a7ca2f644b6a4bf8478f6dd22956",
+    "445302840000001500000000000000031cc382f49e6866f33eeaf57b79649b80f40936fb3c",
 ];
+
+fn chain() -> KeyChain {
+    let (c2s, _) = params(CipherSuite::ChaCha20Poly1305).keys();
+    KeyChain::new(CipherSuite::ChaCha20Poly1305, c2s)
+}
 
 #[test]
 fn stream_keys_match_the_spec() {
     let (c2s, s2c) = params(CipherSuite::ChaCha20Poly1305).keys();
-    assert_eq!((hex(&c2s).as_str(), hex(&s2c).as_str()), (C2S, S2C));
+    let mut ch = chain();
+    let key0 = ch.key_bytes();
+    ch.advance();
+    let got = [hex(&c2s), hex(&s2c), hex(&key0), hex(&ch.secret()), hex(&ch.key_bytes())];
+    assert_eq!(got, [C2S_SECRET_0, S2C_SECRET_0, C2S_KEY_0, C2S_SECRET_1, C2S_KEY_1]);
 }
 
 #[test]
 fn packets_match_the_spec() {
-    assert_eq!(packets(CipherSuite::ChaCha20Poly1305), CHACHA);
-    assert_eq!(packets(CipherSuite::Aes256Gcm), AES);
+    let got = [packets(CipherSuite::ChaCha20Poly1305), packets(CipherSuite::Aes256Gcm)];
+    assert_eq!(got[0], CHACHA);
+    assert_eq!(got[1], AES);
 }
 
 #[test]
@@ -84,5 +101,6 @@ fn the_spec_packets_open_on_the_server() {
             let hdr = packet::parse_header(&bytes, 1 << 16).unwrap().unwrap();
             opener.open(&hdr, &mut bytes).expect("opens");
         }
+        assert_eq!(opener.updates(), 1);
     }
 }

@@ -1,5 +1,12 @@
 //! One channel's state inside a [`Mux`](super::Mux): its send queue and credit, its
 //! reassembly and receive window.
+//!
+//! Credit is absolute (QUIC's MAX_STREAM_DATA): each direction counts the data bytes sent
+//! since the stream began, and a CREDIT frame raises the limit that count may reach. The
+//! receiver's window (limit minus what its handler has taken) starts at the session's
+//! `channel_window` and doubles, up to `max_channel_window`, each time the sender reports
+//! itself BLOCKED at a limit while this channel is reading: the handler kept up, so the
+//! window, not the reader, held the sender back.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,6 +26,7 @@ pub(crate) struct OutMsg {
 }
 
 /// A message being reassembled.
+#[derive(Debug)]
 struct Partial {
     ty: u8,
     total: usize,
@@ -41,7 +49,12 @@ pub(crate) struct ChanState {
     send_bound: usize,
     /// Unsent bytes in `outq`.
     pub(crate) out_bytes: usize,
-    pub(crate) send_credit: u64,
+    /// Data bytes sent so far.
+    sent_total: u64,
+    /// The peer's limit on `sent_total` (from its CREDIT frames; only increases).
+    send_limit: u64,
+    /// The `send_limit` a BLOCKED frame was last sent for.
+    blocked_reported: Option<u64>,
     pub(crate) ready_to_write: bool,
     /// A write was refused: `packet_out` is owed once there is room.
     pub(crate) blocked: bool,
@@ -49,12 +62,23 @@ pub(crate) struct ChanState {
     partial: Option<Partial>,
     pub(crate) inbox: VecDeque<Message>,
     pub(crate) reading: bool,
-    /// Bytes the peer may still send before more credit.
-    recv_allowed: u64,
-    /// Bytes taken by the handler (or the reassembler) and not yet granted back.
-    to_grant: u64,
-    /// Bytes received while not reading: granted when reading resumes.
+    /// Data bytes received so far.
+    recv_total: u64,
+    /// The limit on `recv_total` last sent to the peer.
+    recv_limit: u64,
+    /// Bytes of `recv_total` the handler (or the reassembler, while reading) has taken:
+    /// the next limit is `taken + window`.
+    taken: u64,
+    /// Bytes received while not reading: taken when reading resumes.
     held: u64,
+    /// The receive window: starts at `channel_window`, grows to `max_window`.
+    window: u64,
+    max_window: u64,
+    /// The window grows at most once per limit sent: BLOCKED frames at or under this
+    /// limit are stale.
+    grown_at: u64,
+    /// Times the window grew (stats).
+    pub(crate) window_growths: u32,
 }
 
 impl ChanState {
@@ -66,16 +90,65 @@ impl ChanState {
             outq: VecDeque::new(),
             out_bytes: 0,
             send_bound: config.send_queue,
-            send_credit: config.channel_window as u64,
+            sent_total: 0,
+            send_limit: config.channel_window as u64,
+            blocked_reported: None,
             ready_to_write: false,
             blocked: false,
             partial: None,
             inbox: VecDeque::new(),
             reading: true,
-            recv_allowed: config.channel_window as u64,
-            to_grant: 0,
+            recv_total: 0,
+            recv_limit: config.channel_window as u64,
+            taken: 0,
             held: 0,
+            window: config.channel_window as u64,
+            max_window: (config.max_channel_window as u64).max(config.channel_window as u64),
+            grown_at: 0,
+            window_growths: 0,
         }
+    }
+
+    /// Bytes the peer lets us send now.
+    pub(crate) fn send_credit(&self) -> u64 {
+        self.send_limit.saturating_sub(self.sent_total)
+    }
+
+    /// A CREDIT frame from the peer: only a higher limit counts.
+    pub(crate) fn on_credit(&mut self, limit: u64) {
+        self.send_limit = self.send_limit.max(limit);
+    }
+
+    /// A BLOCKED frame from the peer at `limit`: grows the window if this channel is
+    /// reading (the handler keeps up, so the window is what holds the sender back) and the
+    /// window has not grown for this limit already. The grant follows in the next payload.
+    pub(crate) fn on_blocked(&mut self, limit: u64) {
+        if !self.reading || self.held > 0 || limit < self.grown_at || self.window >= self.max_window
+        {
+            return;
+        }
+        self.window = (self.window * 2).min(self.max_window);
+        self.grown_at = self.recv_limit.max(limit) + 1;
+        self.window_growths += 1;
+    }
+
+    /// Whether a BLOCKED frame is owed: data waits, channel credit is used up, and the
+    /// peer has not been told at this limit yet.
+    pub(crate) fn blocked_due(&self) -> bool {
+        self.send_credit() == 0
+            && self.outq.front().is_some_and(|m| m.data.len() > m.off)
+            && self.blocked_reported != Some(self.send_limit)
+    }
+
+    pub(crate) fn put_blocked(&mut self, out: &mut Vec<u8>) {
+        frame::put_blocked(out, self.id, self.send_limit);
+        self.blocked_reported = Some(self.send_limit);
+    }
+
+    /// The receive window now (tests).
+    #[cfg(test)]
+    pub(crate) fn window(&self) -> u64 {
+        self.window
     }
 
     pub(crate) fn write(
@@ -137,6 +210,7 @@ impl ChanState {
         max_frame: usize,
         conn_credit: u64,
     ) -> Option<Sent> {
+        let credit = self.send_credit().min(conn_credit) as usize;
         let m = self.outq.front_mut()?;
         let first = m.off == 0;
         let overhead = frame::data_overhead(first);
@@ -144,7 +218,6 @@ impl ChanState {
             return None;
         }
         let left = m.data.len() - m.off;
-        let credit = self.send_credit.min(conn_credit) as usize;
         let n = left.min(credit).min(max_frame).min(room - overhead);
         if n == 0 && left > 0 {
             return None;
@@ -154,7 +227,7 @@ impl ChanState {
         frame::put_data_header(out, self.id, m.ty, total, more, n);
         out.extend_from_slice(&m.data[m.off..m.off + n]);
         m.off += n;
-        self.send_credit -= n as u64;
+        self.sent_total += n as u64;
         self.out_bytes -= n;
         if !more {
             self.outq.pop_front();
@@ -172,12 +245,12 @@ impl ChanState {
         max_message: usize,
     ) -> Result<(), MuxError> {
         let n = payload.len() as u64;
-        if n > self.recv_allowed {
+        if self.recv_total + n > self.recv_limit {
             return Err(MuxError::FlowControl(self.id));
         }
-        self.recv_allowed -= n;
+        self.recv_total += n;
         if self.reading {
-            self.to_grant += n;
+            self.taken += n;
         } else {
             self.held += n;
         }
@@ -194,9 +267,11 @@ impl ChanState {
                     self.inbox.push_back(Message { ty, data: payload.to_vec() });
                     return Ok(());
                 }
-                // Grow as bytes arrive: the announced total is the peer's word, not memory
-                // to hand out up front.
-                let mut buf = Vec::with_capacity(total.min(64 << 10));
+                // Reserve what the peer may send without further credit, at most the
+                // whole message: the announced total alone is the peer's word, not memory
+                // to hand out up front; past the window the buffer grows by doubling.
+                let may_send = (self.recv_limit - self.recv_total + n) as usize;
+                let mut buf = Vec::with_capacity(total.min(may_send.max(self.window as usize)));
                 buf.extend_from_slice(payload);
                 self.partial = Some(Partial { ty, total, buf });
             }
@@ -224,20 +299,20 @@ impl ChanState {
 
     pub(crate) fn set_reading(&mut self, on: bool) {
         if on && !self.reading {
-            self.to_grant += std::mem::take(&mut self.held);
+            self.taken += std::mem::take(&mut self.held);
         }
         self.reading = on;
     }
 
-    pub(crate) fn grant_due(&self, window: u32) -> bool {
-        self.to_grant >= (window as u64 / 4).max(1)
+    /// Whether a CREDIT frame is due: the limit it would send is at least an eighth of the
+    /// window past the last one.
+    pub(crate) fn grant_due(&self) -> bool {
+        self.taken + self.window >= self.recv_limit + (self.window / 8).max(1)
     }
 
     pub(crate) fn put_grant(&mut self, out: &mut Vec<u8>) {
-        let g = self.to_grant.min(u32::MAX as u64);
-        frame::put_credit(out, self.id, g as u32);
-        self.to_grant -= g;
-        self.recv_allowed += g;
+        self.recv_limit = self.taken + self.window;
+        frame::put_credit(out, self.id, self.recv_limit);
     }
 
     /// Whether `packet_out` is owed now.

@@ -8,13 +8,18 @@
 //! loop `poll_payload` → send until it returns `false` or the transport is full, then
 //! `notify_writable`, then poll again if [`Mux::wants_send`].
 //!
-//! Flow control (credits count data-frame payload bytes):
+//! Flow control (credits count data-frame payload bytes; a CREDIT frame carries an absolute
+//! limit on the running total, so a repeated or late frame grants nothing twice):
 //! - each channel starts with `channel_window` bytes of credit per direction; the receiver
-//!   grants more as its handler takes messages, in batches of at least a quarter window;
-//!   a channel that is not reading grants nothing, so its peer's writes block while the
-//!   bytes already in flight wait in a buffer no larger than the window;
+//!   moves the limit to "taken + window" as its handler takes messages, once that moves it by
+//!   at least an eighth of the window; a channel that is not reading grants nothing, so its
+//!   peer's writes block while the bytes already in flight wait in a buffer no larger than
+//!   the window;
 //! - the connection starts with `conn_window` bytes, granted back as frames are processed:
 //!   it bounds what is in flight over the transport as a whole;
+//! - a sender with data and no credit says so once per limit (BLOCKED); a receiver that is
+//!   keeping up doubles that window, up to `max_channel_window` / `max_conn_window`, so
+//!   windows grow to the bandwidth-delay product and no further;
 //! - a message may be larger than the window: the bytes of an unfinished message are granted
 //!   as they arrive while the channel reads, and its reassembly is capped by `max_message`.
 //!
@@ -48,6 +53,10 @@ pub struct MuxConfig {
     /// The largest data-frame payload (16 KiB): smaller frames interleave channels more
     /// finely.
     pub max_frame: usize,
+    /// Local, not sent: the most a channel's receive window grows to (16 MiB).
+    pub max_channel_window: u32,
+    /// Local, not sent: the most the connection's receive window grows to (64 MiB).
+    pub max_conn_window: u32,
 }
 
 impl Default for MuxConfig {
@@ -58,6 +67,8 @@ impl Default for MuxConfig {
             conn_window: 1 << 20,
             send_queue: 256 << 10,
             max_frame: 16 << 10,
+            max_channel_window: 16 << 20,
+            max_conn_window: 64 << 20,
         }
     }
 }
@@ -99,6 +110,59 @@ pub struct MuxCounters {
     pub bytes_in: u64,
     /// Data bytes sent.
     pub bytes_out: u64,
+    /// Times a receive window (a channel's or the connection's) grew.
+    pub window_growths: u64,
+    /// BLOCKED frames sent (we waited on the peer's credit).
+    pub blocked_sent: u64,
+}
+
+/// The connection's flow-control state, both directions (as [`ChanState`] keeps a
+/// channel's).
+#[derive(Debug)]
+struct ConnFlow {
+    sent_total: u64,
+    send_limit: u64,
+    blocked_reported: Option<u64>,
+    recv_total: u64,
+    recv_limit: u64,
+    window: u64,
+    max_window: u64,
+    grown_at: u64,
+}
+
+impl ConnFlow {
+    fn new(config: &MuxConfig) -> Self {
+        let w = config.conn_window as u64;
+        ConnFlow {
+            sent_total: 0,
+            send_limit: w,
+            blocked_reported: None,
+            recv_total: 0,
+            recv_limit: w,
+            window: w,
+            max_window: (config.max_conn_window as u64).max(w),
+            grown_at: 0,
+        }
+    }
+
+    fn send_credit(&self) -> u64 {
+        self.send_limit.saturating_sub(self.sent_total)
+    }
+
+    /// Every byte is taken as soon as its frame is processed, so the next limit is
+    /// `recv_total + window`.
+    fn grant_due(&self) -> bool {
+        self.recv_total + self.window >= self.recv_limit + (self.window / 8).max(1)
+    }
+
+    fn on_blocked(&mut self, limit: u64) -> bool {
+        if limit < self.grown_at || self.window >= self.max_window {
+            return false;
+        }
+        self.window = (self.window * 2).min(self.max_window);
+        self.grown_at = self.recv_limit.max(limit) + 1;
+        true
+    }
 }
 
 /// One session's channels and flow control.
@@ -108,9 +172,7 @@ pub struct Mux {
     index: [u8; 128],
     config: MuxConfig,
     session: SessionInfo,
-    conn_send_credit: u64,
-    conn_recv_allowed: u64,
-    conn_to_grant: u64,
+    conn: ConnFlow,
     /// Round-robin position for fairness between channels.
     rr: usize,
     started: bool,
@@ -147,9 +209,7 @@ impl Mux {
         Mux {
             chans,
             index,
-            conn_send_credit: config.conn_window as u64,
-            conn_recv_allowed: config.conn_window as u64,
-            conn_to_grant: 0,
+            conn: ConnFlow::new(&config),
             config,
             session,
             rr: 0,
@@ -176,7 +236,15 @@ impl Mux {
 
     /// What has been counted so far.
     pub fn counters(&self) -> MuxCounters {
-        self.counters
+        let mut c = self.counters;
+        c.window_growths += self.chans.iter().map(|c| c.window_growths as u64).sum::<u64>();
+        c
+    }
+
+    /// The receive window of channel `id` now, in bytes (tests, diagnostics).
+    #[cfg(test)]
+    pub(crate) fn recv_window(&self, id: u8) -> Option<u64> {
+        self.find(id).map(|i| self.chans[i].window())
     }
 
     fn find(&self, id: u8) -> Option<usize> {
@@ -217,22 +285,29 @@ impl Mux {
             let (f, n) = frame::decode(buf)?;
             buf = &buf[n..];
             match f {
-                Frame::Credit { chan: CONNECTION, bytes } => {
-                    self.conn_send_credit = self.conn_send_credit.saturating_add(bytes as u64);
+                Frame::Credit { chan: CONNECTION, limit } => {
+                    self.conn.send_limit = self.conn.send_limit.max(limit);
                 }
-                Frame::Credit { chan, bytes } => {
+                Frame::Credit { chan, limit } => {
                     let i = self.find(chan).ok_or(MuxError::UnknownChannel(chan))?;
-                    let c = &mut self.chans[i];
-                    c.send_credit = c.send_credit.saturating_add(bytes as u64);
+                    self.chans[i].on_credit(limit);
+                }
+                Frame::Blocked { chan: CONNECTION, limit } => {
+                    if self.conn.on_blocked(limit) {
+                        self.counters.window_growths += 1;
+                    }
+                }
+                Frame::Blocked { chan, limit } => {
+                    let i = self.find(chan).ok_or(MuxError::UnknownChannel(chan))?;
+                    self.chans[i].on_blocked(limit);
                 }
                 Frame::Data { chan, ty, first, more, payload } => {
                     let i = self.find(chan).ok_or(MuxError::UnknownChannel(chan))?;
                     let n = payload.len() as u64;
-                    if n > self.conn_recv_allowed {
+                    if self.conn.recv_total + n > self.conn.recv_limit {
                         return Err(MuxError::FlowControl(CONNECTION));
                     }
-                    self.conn_recv_allowed -= n;
-                    self.conn_to_grant += n;
+                    self.conn.recv_total += n;
                     self.counters.bytes_in += n;
                     self.chans[i].receive(ty, first, more, payload, self.config.max_message)?;
                 }
@@ -258,19 +333,19 @@ impl Mux {
         if self.closed {
             return false;
         }
-        let grant = self.conn_to_grant >= self.conn_threshold();
-        grant
+        let conn_credit = self.conn.send_credit();
+        self.conn.grant_due()
             || self.chans.iter().any(|c| {
-                c.grant_due(self.config.channel_window)
+                c.grant_due()
+                    || c.blocked_due()
                     || (!c.outq.is_empty()
-                        && (c.send_credit > 0 || c.next_is_empty())
-                        && self.conn_send_credit > 0)
+                        && (c.send_credit() > 0 || c.next_is_empty())
+                        && conn_credit > 0)
                     || c.shared.has_queued()
             })
-    }
-
-    fn conn_threshold(&self) -> u64 {
-        (self.config.conn_window as u64 / 4).max(1)
+            || (conn_credit == 0
+                && self.conn.blocked_reported != Some(self.conn.send_limit)
+                && self.chans.iter().any(|c| c.send_credit() > 0 && !c.outq.is_empty()))
     }
 
     /// Appends to `out` the next payload to send, at most `max` bytes (the transport's
@@ -285,14 +360,12 @@ impl Mux {
             c.pull_handle_writes(self.config.send_queue);
         }
         // Credit first: it unblocks the peer.
-        if self.conn_to_grant >= self.conn_threshold() && out.len() + frame::CREDIT_LEN <= limit {
-            let g = self.conn_to_grant.min(u32::MAX as u64);
-            frame::put_credit(out, CONNECTION, g as u32);
-            self.conn_to_grant -= g;
-            self.conn_recv_allowed += g;
+        if self.conn.grant_due() && out.len() + frame::CONTROL_LEN <= limit {
+            self.conn.recv_limit = self.conn.recv_total + self.conn.window;
+            frame::put_credit(out, CONNECTION, self.conn.recv_limit);
         }
         for c in &mut self.chans {
-            if c.grant_due(self.config.channel_window) && out.len() + frame::CREDIT_LEN <= limit {
+            if c.grant_due() && out.len() + frame::CONTROL_LEN <= limit {
                 c.put_grant(out);
             }
         }
@@ -305,9 +378,9 @@ impl Mux {
                 let room = limit.saturating_sub(out.len());
                 let c = &mut self.chans[i];
                 if let Some(sent) =
-                    c.put_frame(out, room, self.config.max_frame, self.conn_send_credit)
+                    c.put_frame(out, room, self.config.max_frame, self.conn.send_credit())
                 {
-                    self.conn_send_credit -= sent.bytes as u64;
+                    self.conn.sent_total += sent.bytes as u64;
                     self.counters.bytes_out += sent.bytes as u64;
                     if sent.message_done {
                         self.counters.messages_out += 1;
@@ -319,6 +392,23 @@ impl Mux {
             if !progress {
                 break;
             }
+        }
+        // Then what holds us back: the peer grows a window it learns is too small.
+        let conn_credit = self.conn.send_credit();
+        for c in &mut self.chans {
+            if c.blocked_due() && out.len() + frame::CONTROL_LEN <= limit {
+                c.put_blocked(out);
+                self.counters.blocked_sent += 1;
+            }
+        }
+        if conn_credit == 0
+            && self.conn.blocked_reported != Some(self.conn.send_limit)
+            && self.chans.iter().any(|c| c.send_credit() > 0 && !c.outq.is_empty())
+            && out.len() + frame::CONTROL_LEN <= limit
+        {
+            frame::put_blocked(out, CONNECTION, self.conn.send_limit);
+            self.conn.blocked_reported = Some(self.conn.send_limit);
+            self.counters.blocked_sent += 1;
         }
         out.len() > start
     }

@@ -7,7 +7,7 @@ use parking_lot::Mutex;
 
 use super::*;
 use crate::channel::{ChannelHandler, Message, WriteError};
-use crate::codec::frame::{put_credit, put_data_header};
+use crate::codec::frame::{self, Frame, put_blocked, put_credit, put_data_header};
 
 struct NoWake;
 impl Wake for NoWake {
@@ -148,6 +148,8 @@ fn a_paused_channel_blocks_its_sender_and_others_keep_flowing() {
     // What waits on the receiver is bounded by the window.
     let held: usize = p.b.chans[p.b.find(b'S').unwrap()].inbox.iter().map(|m| m.data.len()).sum();
     assert!(held <= 8192, "{held} bytes held for a paused channel");
+    // A channel that does not read never grows its window, however blocked its sender.
+    assert_eq!(p.b.recv_window(b'S'), Some(8192));
     // Resume: everything queued arrives, in order.
     p.b.with_channel(b'S', |ch| ch.set_ready_to_read(true));
     drive(&mut p);
@@ -229,4 +231,134 @@ fn writes_past_the_queue_bound_would_block_and_packet_out_follows() {
     }
     m.notify_writable();
     assert_eq!(*outs.lock(), 1);
+}
+
+/// The control frames of a payload.
+fn controls(mut buf: &[u8]) -> Vec<Frame<'_>> {
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        let (f, n) = frame::decode(buf).unwrap();
+        buf = &buf[n..];
+        if !matches!(f, Frame::Data { .. }) {
+            out.push(f);
+        }
+    }
+    out
+}
+
+#[test]
+fn repeated_and_reordered_credit_frames_grant_nothing_twice() {
+    let config = MuxConfig {
+        channel_window: 4096,
+        conn_window: 1 << 20,
+        max_channel_window: 4096,
+        ..MuxConfig::default()
+    };
+    let mut p = pair(b"E", config);
+    let i = p.a.find(b'E').unwrap();
+    // a sends its whole window; b takes it and grants in several CREDIT frames.
+    write(&mut p.a, b'E', 1, vec![7; 4096]).unwrap();
+    let mut buf = Vec::new();
+    assert!(p.a.poll_payload(&mut buf, 1 << 16));
+    p.b.handle_payload(&buf).unwrap();
+    assert_eq!(p.a.chans[i].send_credit(), 0);
+    let mut credits = Vec::new();
+    buf.clear();
+    while p.b.poll_payload(&mut buf, 1 << 16) {
+        credits.push(buf.clone());
+        buf.clear();
+    }
+    assert_eq!(credits.len(), 1);
+    let limit = match controls(&credits[0])[..] {
+        [Frame::Credit { chan: b'E', limit }] => limit,
+        ref other => panic!("{other:?}"),
+    };
+    assert_eq!(limit, 8192);
+    // The same frame three times, and an older, smaller limit after it: still one grant.
+    let mut old = Vec::new();
+    put_credit(&mut old, b'E', 4096);
+    for payload in [&credits[0], &credits[0], &old, &credits[0]] {
+        p.a.handle_payload(payload).unwrap();
+    }
+    assert_eq!(p.a.chans[i].send_credit(), 4096);
+    // And the peer enforces it: sending past the limit is a violation there.
+    write(&mut p.a, b'E', 1, vec![8; 4096]).unwrap();
+    buf.clear();
+    assert!(p.a.poll_payload(&mut buf, 1 << 16));
+    p.b.handle_payload(&buf).unwrap();
+    let mut over = Vec::new();
+    put_data_header(&mut over, b'E', 1, Some(1), false, 1);
+    over.push(0);
+    assert_eq!(p.b.handle_payload(&over), Err(MuxError::FlowControl(b'E')));
+}
+
+#[test]
+fn windows_grow_while_the_sender_is_blocked_and_stop_at_their_maximum() {
+    let config = MuxConfig {
+        channel_window: 4096,
+        conn_window: 4096,
+        max_channel_window: 64 << 10,
+        max_conn_window: 128 << 10,
+        send_queue: 1 << 20,
+        ..MuxConfig::default()
+    };
+    let mut p = pair(b"E", config);
+    let mut blocked_seen = 0;
+    for round in 0..64 {
+        write(&mut p.a, b'E', 1, vec![round as u8; 100_000]).unwrap();
+        // Move one payload at a time so the BLOCKED frames can be watched.
+        for _ in 0..10_000 {
+            let mut buf = Vec::new();
+            let mut progress = false;
+            if p.a.poll_payload(&mut buf, 1 << 16) {
+                blocked_seen +=
+                    controls(&buf).iter().filter(|f| matches!(f, Frame::Blocked { .. })).count();
+                p.b.handle_payload(&buf).unwrap();
+                progress = true;
+            }
+            buf.clear();
+            if p.b.poll_payload(&mut buf, 1 << 16) {
+                p.a.handle_payload(&buf).unwrap();
+                progress = true;
+            }
+            let w = p.b.recv_window(b'E').unwrap();
+            assert!(w <= 64 << 10, "window {w} past its maximum");
+            if !progress {
+                break;
+            }
+        }
+    }
+    assert!(blocked_seen > 0, "the sender never said it was blocked");
+    assert_eq!(p.b.recv_window(b'E'), Some(64 << 10));
+    // The connection grows only as far as the channel needs it to (and never past its own
+    // maximum): four doublings each from 4 KiB to 64 KiB.
+    assert_eq!(p.b.conn.window, 64 << 10);
+    assert_eq!(p.b.counters().window_growths, 8);
+    assert_eq!(p.b_log.lock().len(), 64);
+    // Once the window covers what the sender has, no more BLOCKED frames are needed.
+    let before = p.a.counters().blocked_sent;
+    write(&mut p.a, b'E', 1, vec![1; 10_000]).unwrap();
+    drive(&mut p);
+    assert_eq!(p.a.counters().blocked_sent, before);
+}
+
+#[test]
+fn a_stale_blocked_frame_does_not_grow_the_window_again() {
+    let config =
+        MuxConfig { channel_window: 4096, max_channel_window: 1 << 20, ..MuxConfig::default() };
+    let mut p = pair(b"E", config);
+    let mut f = Vec::new();
+    put_blocked(&mut f, b'E', 4096);
+    p.b.handle_payload(&f).unwrap();
+    assert_eq!(p.b.recv_window(b'E'), Some(8192));
+    // The same report again, or an older one: nothing changes.
+    p.b.handle_payload(&f).unwrap();
+    let mut older = Vec::new();
+    put_blocked(&mut older, b'E', 100);
+    p.b.handle_payload(&older).unwrap();
+    assert_eq!(p.b.recv_window(b'E'), Some(8192));
+    // BLOCKED for a channel the session does not have is a violation, like any frame.
+    let mut bad = Vec::new();
+    put_blocked(&mut bad, b'Q', 1);
+    assert_eq!(p.b.handle_payload(&bad), Err(MuxError::UnknownChannel(b'Q')));
 }

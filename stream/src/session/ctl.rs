@@ -166,6 +166,8 @@ pub fn decode_answer(b: &[u8], local: MuxConfig) -> Result<SessionParams, Decode
         conn_window,
         send_queue: local.send_queue,
         max_frame: local.max_frame,
+        max_channel_window: local.max_channel_window,
+        max_conn_window: local.max_conn_window,
     };
     let ms = |v: u32| Duration::from_millis(v as u64);
     let limits = SessionLimits {
@@ -174,6 +176,7 @@ pub fn decode_answer(b: &[u8], local: MuxConfig) -> Result<SessionParams, Decode
         keepalive: ms(keepalive),
         idle_timeout: ms(idle),
         connect_timeout: ms(connect),
+        rekey_packets: super::DEFAULT_REKEY_PACKETS,
     };
     Ok(SessionParams { id, suite, secret, channels, transport, limits, udp_port, client: None })
 }

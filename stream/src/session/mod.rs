@@ -10,20 +10,28 @@ mod table;
 
 use std::time::Duration;
 
-use dap_net::enc::cipher::{AeadKey, CipherSuite, KEY_LEN, hkdf_sha256};
+use dap_net::enc::cipher::{CipherSuite, KEY_LEN, hkdf_sha256};
 
 pub use table::{AttachError, SessionTable, TableFull};
 
-use crate::codec::packet::{Direction, Opener, Sealer};
+use crate::codec::packet::{self, Direction, KeyChain, Opener, Sealer};
 use crate::mux::MuxConfig;
 
 /// Bytes of a session id.
 pub const SESSION_ID_LEN: usize = 16;
 
-/// HKDF label of the client→server stream key.
-pub const LABEL_C2S: &[u8] = b"dap v1 stream c2s";
-/// HKDF label of the server→client stream key.
-pub const LABEL_S2C: &[u8] = b"dap v1 stream s2c";
+/// HKDF label of the client→server stream secret (generation 0 of its key chain).
+pub const LABEL_C2S: &[u8] = b"dap v2 stream c2s";
+/// HKDF label of the server→client stream secret (generation 0 of its key chain).
+pub const LABEL_S2C: &[u8] = b"dap v2 stream s2c";
+
+/// The largest stream-packet payload by default: 32,736 bytes, so that a whole packet
+/// (payload + 32) is 32 KiB and two of them tile a 64 KiB input buffer exactly.
+pub const DEFAULT_MAX_PAYLOAD: usize = (32 << 10) - packet::OVERHEAD;
+
+/// Packets sealed under one key before the sender moves to the next, by default: 2^20,
+/// an eighth of AES-256-GCM's confidentiality limit (2^23 packets, RFC 9001 §6.6).
+pub const DEFAULT_REKEY_PACKETS: u64 = 1 << 20;
 
 /// The transports a session can use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,16 +67,21 @@ pub struct SessionLimits {
     pub idle_timeout: Duration,
     /// A session whose stream has not attached by then expires.
     pub connect_timeout: Duration,
+    /// Local, not sent: packets this end seals under one key before it updates to the next
+    /// (default [`DEFAULT_REKEY_PACKETS`]; never more than half the cipher's
+    /// confidentiality limit, see [`packet::update_interval`](crate::codec::packet::update_interval)).
+    pub rekey_packets: u64,
 }
 
 impl Default for SessionLimits {
     fn default() -> Self {
         SessionLimits {
             mux: MuxConfig::default(),
-            max_payload: 32 << 10,
+            max_payload: DEFAULT_MAX_PAYLOAD,
             keepalive: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(30),
+            rekey_packets: DEFAULT_REKEY_PACKETS,
         }
     }
 }
@@ -126,7 +139,8 @@ pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
 }
 
 impl SessionParams {
-    /// The two stream keys: `(client→server, server→client)`.
+    /// The two stream secrets, generation 0 of each direction's key chain:
+    /// `(client→server, server→client)`.
     pub fn keys(&self) -> ([u8; KEY_LEN], [u8; KEY_LEN]) {
         (
             hkdf_sha256(&self.id, &self.secret, LABEL_C2S),
@@ -134,20 +148,25 @@ impl SessionParams {
         )
     }
 
-    /// The packet sealer and opener of one end.
+    /// The packet sealer and opener of one end: the sealer updates its key every
+    /// [`SessionLimits::rekey_packets`] packets (clamped to the cipher's limit), the opener
+    /// refuses a peer that passes the confidentiality limit without an update.
     pub fn packet_keys(&self, server: bool) -> (Sealer, Opener) {
         let (c2s, s2c) = self.keys();
-        let c2s_key = AeadKey::new(self.suite, &c2s);
-        let s2c_key = AeadKey::new(self.suite, &s2c);
+        let c2s = KeyChain::new(self.suite, c2s);
+        let s2c = KeyChain::new(self.suite, s2c);
+        let max = self.limits.max_payload;
+        let every = packet::update_interval(self.suite, max, self.limits.rekey_packets);
+        let limit = packet::confidentiality_limit(self.suite, max);
         if server {
             (
-                Sealer::new(s2c_key, Direction::ServerToClient),
-                Opener::new(c2s_key, Direction::ClientToServer),
+                Sealer::new(s2c, Direction::ServerToClient, every),
+                Opener::new(c2s, Direction::ClientToServer, limit),
             )
         } else {
             (
-                Sealer::new(c2s_key, Direction::ClientToServer),
-                Opener::new(s2c_key, Direction::ServerToClient),
+                Sealer::new(c2s, Direction::ClientToServer, every),
+                Opener::new(s2c, Direction::ServerToClient, limit),
             )
         }
     }

@@ -33,7 +33,7 @@ use crate::session::SessionParams;
 use crate::stats::StreamStats;
 
 /// The `Upgrade` token of the stream protocol.
-pub const UPGRADE_TOKEN: &str = "dap-stream/1";
+pub const UPGRADE_TOKEN: &str = "dap-stream/2";
 /// The path prefix of stream requests.
 pub const STREAM_PATH: &str = "/stream/";
 /// The longest response head a client reads before giving up on the upgrade.
@@ -113,6 +113,10 @@ pub struct StreamConn {
     going_away: bool,
     /// The CLOSE `GoingAway` is sent: input is discarded until the peer closes.
     lingering: bool,
+    /// Key updates sent and received, and window growths, already added to `stats`.
+    reported: (u64, u64, u64),
+    /// Output waits for room in `buf_out`: `on_write` must keep firing.
+    write_wanted: bool,
 }
 
 impl std::fmt::Debug for StreamConn {
@@ -207,6 +211,8 @@ impl StreamConn {
             on_open: None,
             going_away: false,
             lingering: false,
+            reported: (0, 0, 0),
+            write_wanted: false,
         }
     }
 
@@ -281,14 +287,12 @@ impl StreamConn {
         if matches!(self.state, State::Closed) {
             return;
         }
+        self.sync_stats();
         // Without room for the close packet the peer learns from the connection's end.
-        let room = packet::OVERHEAD + 2 + packet::MAX_REASON;
-        if matches!(self.state, State::Open) && es.out_room() >= room {
-            let mut out = Vec::with_capacity(packet::OVERHEAD + 2 + reason.len());
-            let start = Sealer::begin(&mut out);
-            packet::close_payload(&mut out, code as u16, reason);
-            self.sealer.seal(PacketType::Close, &mut out, start);
-            self.send(es, out);
+        if matches!(self.state, State::Open) {
+            let _ = self.seal_out(es, PacketType::Close, 2 + packet::MAX_REASON, |out| {
+                packet::close_payload(out, code as u16, reason);
+            });
         }
         tracing::debug!(session = %crate::session::hex(&self.params.id[..4]), %err, "stream closing");
         self.end.get_or_insert(err);
@@ -302,30 +306,64 @@ impl StreamConn {
         self.fail(es, CloseCode::Normal, "", StreamError::LocalClose);
     }
 
-    fn send(&mut self, es: &mut Esocket<'_>, packet: Vec<u8>) {
-        let len = packet.len() as u64;
-        // Every caller checked `out_room` before sealing, so this fits; if it does not, the
-        // esocket is closing and nothing more can be sent anyway.
-        if es.write_bytes(Bytes::from(packet)).is_err() {
-            es.close_now();
-            return;
+    /// Seals one packet of type `ty` straight into `buf_out` (pool storage: no allocation
+    /// and no copy per packet); `payload` appends at most `max` bytes. Returns whether the
+    /// packet went out: without room for `max` bytes nothing is sealed and no sequence
+    /// number is taken.
+    fn seal_out(
+        &mut self,
+        es: &mut Esocket<'_>,
+        ty: PacketType,
+        max: usize,
+        payload: impl FnOnce(&mut Vec<u8>),
+    ) -> bool {
+        let sealer = &mut self.sealer;
+        let built = es.write_with(packet::OVERHEAD + max, |out| {
+            let start = Sealer::begin(out);
+            payload(out);
+            sealer.seal(ty, out, start);
+            out.len() - start
+        });
+        match built {
+            Ok(len) => {
+                self.count_out(len);
+                true
+            }
+            Err(_) => false,
         }
+    }
+
+    /// Asks for `on_write` once output drains (the callback's return value keeps asking).
+    fn want_write(&mut self, es: &mut Esocket<'_>) {
+        self.write_wanted = true;
+        es.set_writable(true);
+    }
+
+    fn count_out(&mut self, len: usize) {
         StreamStats::inc(&self.stats.packets_out);
-        StreamStats::add(&self.stats.bytes_out, len);
+        StreamStats::add(&self.stats.bytes_out, len as u64);
+    }
+
+    /// Adds what changed since the last call to the shared counters: key updates both
+    /// ways, window growths.
+    fn sync_stats(&mut self) {
+        let now =
+            (self.sealer.updates(), self.opener.updates(), self.mux.counters().window_growths);
+        let (s, r, g) = self.reported;
+        StreamStats::add(&self.stats.key_updates_sent, now.0 - s);
+        StreamStats::add(&self.stats.key_updates_received, now.1 - r);
+        StreamStats::add(&self.stats.window_growths, now.2 - g);
+        self.reported = now;
     }
 
     /// Sends an empty packet of type `ty` if `buf_out` has room; returns whether it did
     /// (no sequence number is taken otherwise).
     fn control_packet(&mut self, es: &mut Esocket<'_>, ty: PacketType) -> bool {
-        if es.out_room() < packet::OVERHEAD {
-            es.set_writable(true);
-            return false;
+        let sent = self.seal_out(es, ty, 0, |_| {});
+        if !sent {
+            self.want_write(es);
         }
-        let mut out = Vec::with_capacity(packet::OVERHEAD);
-        let start = Sealer::begin(&mut out);
-        self.sealer.seal(ty, &mut out, start);
-        self.send(es, out);
-        true
+        sent
     }
 
     /// Reads every whole packet in `buf_in`.
@@ -383,6 +421,11 @@ impl StreamConn {
                     let err = StreamError::Sequence(e.to_string());
                     return self.fail(es, CloseCode::Protocol, "bad sequence", err);
                 }
+                Err(e @ OpenError::KeyExhausted(_)) => {
+                    StreamStats::inc(&self.stats.key_exhausted);
+                    let err = StreamError::Protocol(e.to_string());
+                    return self.fail(es, CloseCode::Protocol, "key update overdue", err);
+                }
             };
             es.consume(hdr.packet_len());
             got = true;
@@ -412,6 +455,7 @@ impl StreamConn {
             }
         }
         if got {
+            self.sync_stats();
             self.last_rx = es.worker().now();
             self.pinged = false;
             let _ = es.set_deadline(Some(self.params.limits.keepalive));
@@ -426,7 +470,7 @@ impl StreamConn {
             if es.out_room() >= packet::OVERHEAD + 2 + packet::MAX_REASON {
                 self.close_going_away(es);
             } else {
-                es.set_writable(true);
+                self.want_write(es);
             }
         }
     }
@@ -434,11 +478,9 @@ impl StreamConn {
     /// Sends the CLOSE `GoingAway` and lingers: the connection stays open, discarding
     /// input, until the peer closes it or [`GOING_AWAY_LINGER`] passes.
     fn close_going_away(&mut self, es: &mut Esocket<'_>) {
-        let mut out = Vec::with_capacity(packet::OVERHEAD + 2 + GOING_AWAY_REASON.len());
-        let start = Sealer::begin(&mut out);
-        packet::close_payload(&mut out, CloseCode::GoingAway as u16, GOING_AWAY_REASON);
-        self.sealer.seal(PacketType::Close, &mut out, start);
-        self.send(es, out);
+        self.seal_out(es, PacketType::Close, 2 + packet::MAX_REASON, |out| {
+            packet::close_payload(out, CloseCode::GoingAway as u16, GOING_AWAY_REASON);
+        });
         self.end.get_or_insert(StreamError::LocalClose);
         self.state = State::Closed;
         self.mux.close();
@@ -467,31 +509,48 @@ impl StreamConn {
             self.keepalive_owed = !self.control_packet(es, PacketType::Keepalive);
         }
         let max = self.params.limits.max_payload;
-        // A packet is built only when a useful one fits; a full buf_out calls on_write
-        // when it drains, and we continue from there.
-        let min_room = packet::OVERHEAD + Mux::frame_overhead() + 1024.min(max);
+        let full = packet::OVERHEAD + max;
         for _ in 0..64 {
+            // Packets are full-size while output is backed up, so that they tile the
+            // receiver's input buffer (no bytes slid to its front); a shorter packet goes
+            // only into an empty buffer, when there is no more to say than that.
             let room = es.out_room();
-            if room < min_room {
-                es.set_writable(true);
+            let cap = if room >= full {
+                max
+            } else if es.out_len() == 0 && room > packet::OVERHEAD + Mux::frame_overhead() {
+                room - packet::OVERHEAD
+            } else {
+                self.want_write(es);
                 return;
-            }
-            let cap = (room - packet::OVERHEAD).min(max);
-            let want = (self.mux.queued() + 64).min(cap);
-            let mut out = Vec::with_capacity(packet::OVERHEAD + want);
-            let start = Sealer::begin(&mut out);
-            if !self.mux.poll_payload(&mut out, cap) {
-                self.mux.notify_writable();
-                if !self.mux.wants_send() {
+            };
+            let (mux, sealer) = (&mut self.mux, &mut self.sealer);
+            let built = es.write_with(packet::OVERHEAD + cap, |out| {
+                let start = Sealer::begin(out);
+                if !mux.poll_payload(out, cap) {
+                    out.truncate(start);
+                    return 0;
+                }
+                sealer.seal(PacketType::Data, out, start);
+                out.len() - start
+            });
+            match built {
+                Ok(0) => {
+                    self.mux.notify_writable();
+                    if !self.mux.wants_send() {
+                        self.sync_stats();
+                        return;
+                    }
+                }
+                Ok(len) => self.count_out(len),
+                Err(_) => {
+                    self.want_write(es);
                     return;
                 }
-                continue;
             }
-            self.sealer.seal(PacketType::Data, &mut out, start);
-            self.send(es, out);
         }
+        self.sync_stats();
         // Many packets in one go: let other esockets run, continue on the write callback.
-        es.set_writable(true);
+        self.want_write(es);
     }
 
     fn finish(&mut self) {
@@ -557,8 +616,11 @@ impl Handler for StreamConn {
     }
 
     fn on_write(&mut self, es: &mut Esocket<'_>) -> bool {
+        self.write_wanted = false;
         self.flush(es);
-        false
+        // Still waiting for room (a whole packet did not fit): keep the write interest, or
+        // nothing would call us when the output drains.
+        self.write_wanted
     }
 
     fn on_timeout(&mut self, es: &mut Esocket<'_>) -> bool {
@@ -597,6 +659,7 @@ impl Handler for StreamConn {
     }
 
     fn on_delete(&mut self, _es: &mut Esocket<'_>) {
+        self.sync_stats();
         // A client that never got its 101 was never counted open.
         if self.mux.is_started() {
             StreamStats::dec(&self.stats.streams_open);
@@ -614,8 +677,10 @@ fn credit_frames(mut buf: &[u8]) -> Result<Vec<u8>, DecodeError> {
     while !buf.is_empty() {
         let (f, n) = frame::decode(buf)?;
         buf = &buf[n..];
-        if let Frame::Credit { chan, bytes } = f {
-            frame::put_credit(&mut out, chan, bytes);
+        match f {
+            Frame::Credit { chan, limit } => frame::put_credit(&mut out, chan, limit),
+            Frame::Blocked { chan, limit } => frame::put_blocked(&mut out, chan, limit),
+            Frame::Data { .. } => {}
         }
     }
     Ok(out)
