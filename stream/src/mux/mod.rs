@@ -175,6 +175,8 @@ pub struct Mux {
     conn: ConnFlow,
     /// Round-robin position for fairness between channels.
     rr: usize,
+    /// Whether BLOCKED frames may be sent now (the transport's output is idle).
+    report_blocked: bool,
     started: bool,
     closed: bool,
     counters: MuxCounters,
@@ -213,6 +215,7 @@ impl Mux {
             config,
             session,
             rr: 0,
+            report_blocked: true,
             started: false,
             closed: false,
             counters: MuxCounters::default(),
@@ -328,6 +331,23 @@ impl Mux {
         }
     }
 
+    /// Lets the transport say whether a BLOCKED frame would be true now (on by default).
+    /// A sender whose own output is still backed up is held back by the transport, not
+    /// by the peer's credit, and growing the peer's window would only add to what is
+    /// queued in between; the HTTP transport therefore allows BLOCKED frames only once
+    /// its output has drained.
+    pub fn set_report_blocked(&mut self, on: bool) {
+        self.report_blocked = on;
+    }
+
+    /// Whether there would be something to send with BLOCKED frames allowed.
+    pub fn wants_send_if_idle(&mut self) -> bool {
+        let was = std::mem::replace(&mut self.report_blocked, true);
+        let r = self.wants_send();
+        self.report_blocked = was;
+        r
+    }
+
     /// Whether [`poll_payload`](Self::poll_payload) has something to send.
     pub fn wants_send(&self) -> bool {
         if self.closed {
@@ -337,13 +357,14 @@ impl Mux {
         self.conn.grant_due()
             || self.chans.iter().any(|c| {
                 c.grant_due()
-                    || c.blocked_due()
+                    || (self.report_blocked && c.blocked_due())
                     || (!c.outq.is_empty()
                         && (c.send_credit() > 0 || c.next_is_empty())
                         && conn_credit > 0)
                     || c.shared.has_queued()
             })
-            || (conn_credit == 0
+            || (self.report_blocked
+                && conn_credit == 0
                 && self.conn.blocked_reported != Some(self.conn.send_limit)
                 && self.chans.iter().any(|c| c.send_credit() > 0 && !c.outq.is_empty()))
     }
@@ -394,6 +415,9 @@ impl Mux {
             }
         }
         // Then what holds us back: the peer grows a window it learns is too small.
+        if !self.report_blocked {
+            return out.len() > start;
+        }
         let conn_credit = self.conn.send_credit();
         for c in &mut self.chans {
             if c.blocked_due() && out.len() + frame::CONTROL_LEN <= limit {

@@ -523,6 +523,8 @@ impl StreamConn {
                 self.want_write(es);
                 return;
             };
+            // Credit is what holds us back only once our own output has drained.
+            self.mux.set_report_blocked(es.out_len() == 0);
             let (mux, sealer) = (&mut self.mux, &mut self.sealer);
             let built = es.write_with(packet::OVERHEAD + cap, |out| {
                 let start = Sealer::begin(out);
@@ -621,6 +623,13 @@ impl Handler for StreamConn {
         // Still waiting for room (a whole packet did not fit): keep the write interest, or
         // nothing would call us when the output drains.
         self.write_wanted
+    }
+
+    fn on_write_finished(&mut self, es: &mut Esocket<'_>) {
+        // Output drained: if data waits only for the peer's credit, BLOCKED is now owed.
+        if matches!(self.state, State::Open) && self.mux.wants_send_if_idle() {
+            self.flush(es);
+        }
     }
 
     fn on_timeout(&mut self, es: &mut Esocket<'_>) -> bool {
