@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
-use dap_net::enc::cipher::{AeadKey, CipherSuite};
-use dap_stream::codec::packet::{self, Direction, Opener};
+use dap_net::enc::cipher::CipherSuite;
+use dap_stream::codec::packet::{self, Direction, KeyChain, Opener};
 use dap_stream::session::ctl::{CtlRequest, decode_answer};
 use dap_stream::transport::Wake;
 use dap_stream::{Channel, ChannelHandler, ChannelProcs, Message, Mux, MuxConfig, SessionInfo};
@@ -57,8 +57,8 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         1 => {
-            let key = AeadKey::new(CipherSuite::ChaCha20Poly1305, &[3; 32]);
-            let mut opener = Opener::new(key, Direction::ClientToServer);
+            let chain = KeyChain::new(CipherSuite::ChaCha20Poly1305, [3; 32]);
+            let mut opener = Opener::new(chain, Direction::ClientToServer, 1 << 62);
             let mut buf = body.to_vec();
             if let Ok(Some(hdr)) = packet::parse_header(&buf, 1 << 16)
                 && buf.len() >= hdr.packet_len()
