@@ -24,11 +24,20 @@ pub(crate) struct BufPool {
     filled: Vec<Vec<u8>>,
     /// Vectors with `len == 0`.
     empty: Vec<Vec<u8>>,
+    /// Input vectors larger than `chunk` (esockets with raised caps), all bytes
+    /// initialised; at most `max / 8` of them.
+    large: Vec<Vec<u8>>,
 }
 
 impl BufPool {
     pub(crate) fn new(chunk: usize, max: usize) -> Self {
-        BufPool { chunk: chunk.max(1), max, filled: Vec::new(), empty: Vec::new() }
+        BufPool {
+            chunk: chunk.max(1),
+            max,
+            filled: Vec::new(),
+            empty: Vec::new(),
+            large: Vec::new(),
+        }
     }
 
     pub(crate) fn chunk_size(&self) -> usize {
@@ -56,8 +65,27 @@ impl BufPool {
         buf
     }
 
+    /// An input vector of `size` bytes, all initialised: a pool chunk when `size` is the
+    /// chunk size, else a large vector kept from an earlier esocket of that size, else a
+    /// new one (zeroed once in its life).
+    pub(crate) fn get_filled_sized(&mut self, size: usize) -> Vec<u8> {
+        if size <= self.chunk {
+            return self.get_filled();
+        }
+        if let Some(i) = self.large.iter().position(|v| v.len() == size) {
+            return self.large.swap_remove(i);
+        }
+        vec![0; size]
+    }
+
     /// Returns storage; vectors of another size, or beyond the pool bound, are freed.
     pub(crate) fn put(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() > self.chunk && buf.len() == buf.capacity() {
+            if self.large.len() < (self.max / 8).max(1) {
+                self.large.push(buf);
+            }
+            return;
+        }
         if buf.capacity() != self.chunk || self.filled.len() + self.empty.len() >= self.max {
             return;
         }
@@ -126,7 +154,7 @@ impl InBuf {
         read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
     ) -> Option<(io::Result<usize>, usize)> {
         if self.data.is_empty() {
-            self.data = pool.get_filled();
+            self.data = pool.get_filled_sized(cap);
         }
         let limit = cap.min(self.data.len());
         if self.end >= limit && self.start > 0 {
@@ -147,8 +175,8 @@ impl InBuf {
     }
 
     /// True when no more bytes fit under `cap`, even after compaction.
-    pub(crate) fn is_full(&self, pool_chunk: usize, cap: usize) -> bool {
-        self.len() >= cap.min(pool_chunk)
+    pub(crate) fn is_full(&self, cap: usize) -> bool {
+        self.len() >= cap
     }
 
     /// Takes the storage and the bounds of the unconsumed bytes, leaving the buffer empty
@@ -396,7 +424,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!((res.unwrap(), room), (8, 8));
-        assert!(buf.is_full(16, 8));
+        assert!(buf.is_full(8));
         assert!(buf.read_from(&mut pool, 8, |_| unreachable!()).is_none());
         buf.consume(3);
         let (res, room) = buf.read_from(&mut pool, 8, |b| Ok(b.len())).unwrap();

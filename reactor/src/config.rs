@@ -31,6 +31,10 @@ pub struct Limits {
     pub inbox_capacity: usize,
     /// Free buffers a worker keeps for reuse (each `buf_in_cap` bytes). Default 64.
     pub pool_buffers: usize,
+    /// The most an esocket may raise its own buffer caps to with
+    /// [`Esocket::set_buffer_caps`](crate::Esocket::set_buffer_caps) (bulk transports that
+    /// read and write in large batches). Default 1 MiB.
+    pub buf_cap_max: usize,
     /// Datagrams queued per UDP esocket while the socket is not writable. Default 256.
     pub udp_out_queue: usize,
     /// Pending timers per worker (timer esockets, connect and close deadlines). Default 65,536.
@@ -49,6 +53,7 @@ impl Default for Limits {
             handle_write_slack: 256 * 1024,
             inbox_capacity: 4_096,
             pool_buffers: 64,
+            buf_cap_max: 1 << 20,
             udp_out_queue: 256,
             max_timers: 65_536,
             events_per_turn: 1_024,
@@ -83,6 +88,7 @@ impl Limits {
             ("inbox_capacity", self.inbox_capacity, 1 << 24),
             ("events_per_turn", self.events_per_turn, 1 << 20),
             ("buf_in_cap", self.buf_in_cap, 1 << 30),
+            ("buf_cap_max", self.buf_cap_max, 1 << 30),
         ];
         if let Some((name, _, max)) = allocated.iter().find(|(_, v, max)| v > max) {
             return Err(std::io::Error::new(

@@ -164,6 +164,7 @@ pub struct LimitsSection {
     pub handle_write_slack: usize,
     pub inbox_capacity: usize,
     pub pool_buffers: usize,
+    pub buf_cap_max: usize,
     pub udp_out_queue: usize,
     pub max_timers: usize,
     pub events_per_turn: usize,
@@ -180,6 +181,7 @@ impl Default for LimitsSection {
             handle_write_slack: d.handle_write_slack,
             inbox_capacity: d.inbox_capacity,
             pool_buffers: d.pool_buffers,
+            buf_cap_max: d.buf_cap_max,
             udp_out_queue: d.udp_out_queue,
             max_timers: d.max_timers,
             events_per_turn: d.events_per_turn,
@@ -300,6 +302,8 @@ pub struct StreamSection {
     pub max_channel_window: u32,
     pub max_conn_window: u32,
     pub rekey_packets: u64,
+    pub buf_in: usize,
+    pub buf_out: usize,
     pub keepalive_ms: u64,
     pub idle_timeout_ms: u64,
     pub connect_timeout_ms: u64,
@@ -318,6 +322,8 @@ impl Default for StreamSection {
             max_channel_window: 16 << 20,
             max_conn_window: 64 << 20,
             rekey_packets: dap_stream::session::DEFAULT_REKEY_PACKETS,
+            buf_in: 256 << 10,
+            buf_out: 1 << 20,
             keepalive_ms: 15_000,
             idle_timeout_ms: 60_000,
             connect_timeout_ms: 30_000,
@@ -557,6 +563,7 @@ impl Config {
         range("reactor.limits.handle_write_slack", m.handle_write_slack, 0, 1 << 30)?;
         range("reactor.limits.inbox_capacity", m.inbox_capacity, 16, 1 << 24)?;
         range("reactor.limits.pool_buffers", m.pool_buffers, 0, 1 << 16)?;
+        range("reactor.limits.buf_cap_max", m.buf_cap_max, 1024, 1 << 30)?;
         range("reactor.limits.udp_out_queue", m.udp_out_queue, 1, 1 << 20)?;
         range("reactor.limits.max_timers", m.max_timers, 16, 1 << 24)?;
         range("reactor.limits.events_per_turn", m.events_per_turn, 1, 1 << 20)?;
@@ -596,6 +603,8 @@ impl Config {
         range("stream.max_channel_window", s.max_channel_window, s.channel_window, 1 << 30)?;
         range("stream.max_conn_window", s.max_conn_window, s.conn_window, 1 << 30)?;
         range("stream.rekey_packets", s.rekey_packets, 1, 1 << 40)?;
+        range("stream.buf_in", s.buf_in, 1024, 1 << 30)?;
+        range("stream.buf_out", s.buf_out, 1024, 1 << 30)?;
         let overhead = dap_stream::codec::packet::OVERHEAD;
         let max_payload = m.buf_in_cap.saturating_sub(overhead);
         if s.max_payload > max_payload {

@@ -123,6 +123,7 @@ fn reactor(c: &Config) -> Result<Reactor, StartError> {
     limits.handle_write_slack = l.handle_write_slack;
     limits.inbox_capacity = l.inbox_capacity;
     limits.pool_buffers = l.pool_buffers;
+    limits.buf_cap_max = l.buf_cap_max;
     limits.udp_out_queue = l.udp_out_queue;
     limits.max_timers = l.max_timers;
     limits.events_per_turn = l.events_per_turn;
@@ -242,6 +243,8 @@ fn stream_config(c: &Config) -> StreamConfig {
         idle_timeout: ms(s.idle_timeout_ms),
         connect_timeout: ms(s.connect_timeout_ms),
         rekey_packets: s.rekey_packets,
+        buf_in: s.buf_in,
+        buf_out: s.buf_out,
     };
     StreamConfig { limits, max_sessions: s.max_sessions, ..StreamConfig::default() }
 }

@@ -77,6 +77,8 @@ pub(crate) struct EsState {
     pub(crate) poisoned: Option<Box<dyn Handler>>,
     pub(crate) buf_in: InBuf,
     pub(crate) buf_out: OutBuf,
+    /// This esocket's own `[buf_in_cap, buf_out_cap]`, when raised from the worker's.
+    pub(crate) caps: Option<[u32; 2]>,
     pub(crate) want_read: bool,
     pub(crate) want_write: bool,
     pub(crate) read_ready: bool,
@@ -118,6 +120,21 @@ pub(crate) struct EsState {
 }
 
 impl EsState {
+    /// The input cap of this esocket.
+    pub(crate) fn in_cap(&self, limits: &crate::Limits) -> usize {
+        self.caps.map_or(limits.buf_in_cap, |c| c[0] as usize)
+    }
+
+    /// The output cap of this esocket.
+    pub(crate) fn out_cap(&self, limits: &crate::Limits) -> usize {
+        self.caps.map_or(limits.buf_out_cap, |c| c[1] as usize)
+    }
+
+    /// The output low-water mark: the worker's, or a quarter of a raised cap.
+    pub(crate) fn low_water(&self, limits: &crate::Limits) -> usize {
+        self.caps.map_or(limits.buf_out_low_water, |c| c[1] as usize / 4)
+    }
+
     pub(crate) fn new(id: SlotId, kind: EsocketKind, body: Body, now_ms: u64) -> Self {
         EsState {
             id,
@@ -127,6 +144,7 @@ impl EsState {
             poisoned: None,
             buf_in: InBuf::default(),
             buf_out: OutBuf::default(),
+            caps: None,
             want_read: true,
             want_write: false,
             read_ready: false,
@@ -256,7 +274,7 @@ impl<'a> Esocket<'a> {
         if data.is_empty() {
             return Ok(0);
         }
-        let cap = self.w.limits().buf_out_cap;
+        let cap = self.st.out_cap(self.w.limits());
         let n = self.st.buf_out.push_copy(self.w.pool(), cap, data);
         if n < data.len() {
             self.st.out_blocked = true;
@@ -275,7 +293,7 @@ impl<'a> Esocket<'a> {
     /// As [`write`](Self::write); `WouldBlock` only when `buf_in` is not empty and nothing fit.
     pub fn copy_in_to_out(&mut self) -> Result<usize> {
         self.check_writable()?;
-        let cap = self.w.limits().buf_out_cap;
+        let cap = self.st.out_cap(self.w.limits());
         let pending = self.st.buf_in.len();
         if pending > 0 && pending <= cap && self.st.buf_out.is_empty() {
             // Move the input storage to output whole: no copy, and the pool hands the next
@@ -307,7 +325,7 @@ impl<'a> Esocket<'a> {
         if self.check_writable().is_err() {
             return Err(data);
         }
-        let cap = self.w.limits().buf_out_cap;
+        let cap = self.st.out_cap(self.w.limits());
         if self.st.buf_out.len() + data.len() > cap {
             self.st.out_blocked = true;
             return Err(data);
@@ -332,7 +350,7 @@ impl<'a> Esocket<'a> {
         build: impl FnOnce(&mut Vec<u8>) -> R,
     ) -> Result<R> {
         self.check_writable()?;
-        let cap = self.w.limits().buf_out_cap;
+        let cap = self.st.out_cap(self.w.limits());
         if self.st.buf_out.len() + max > cap {
             self.st.out_blocked = true;
             return Err(ErrorKind::WouldBlock.into());
@@ -359,7 +377,22 @@ impl<'a> Esocket<'a> {
 
     /// Room left in `buf_out` before writes return `WouldBlock`.
     pub fn out_room(&self) -> usize {
-        self.w.limits().buf_out_cap.saturating_sub(self.st.buf_out.len())
+        self.st.out_cap(self.w.limits()).saturating_sub(self.st.buf_out.len())
+    }
+
+    /// Raises (or restores) this esocket's buffer caps: at most `buf_in` bytes of unread
+    /// input and `buf_out` of queued output (write callbacks then fire at a quarter of
+    /// `buf_out`). Each is clamped between the worker's own cap and
+    /// [`Limits::buf_cap_max`](crate::Limits::buf_cap_max). For bulk transports: a larger
+    /// input buffer takes more per `read` and per loop turn, a larger output buffer more per
+    /// `writev`. An idle esocket still holds no buffer memory.
+    pub fn set_buffer_caps(&mut self, buf_in: usize, buf_out: usize) {
+        let l = self.w.limits();
+        let max = l.buf_cap_max.min(u32::MAX as usize);
+        let i = buf_in.clamp(l.buf_in_cap.min(max), max.max(l.buf_in_cap));
+        let o = buf_out.clamp(l.buf_out_cap.min(max), max.max(l.buf_out_cap));
+        self.st.caps =
+            if i == l.buf_in_cap && o == l.buf_out_cap { None } else { Some([i as u32, o as u32]) };
     }
 
     /// Pauses (`false`) or resumes (`true`) reading. While paused, the kernel's receive

@@ -75,7 +75,7 @@ impl WorkerCtx {
     }
 
     fn read_stream(&mut self, st: &mut EsState) {
-        let cap = self.cfg.limits.buf_in_cap;
+        let cap = st.in_cap(&self.cfg.limits);
         let Body::Stream(io) = &mut st.body else { return };
         let outcome = st.buf_in.read_from(&mut self.pool, cap, |buf| {
             loop {
@@ -102,8 +102,7 @@ impl WorkerCtx {
                     st.read_ready = false;
                 }
                 self.call(st, |h, es| h.on_read(es));
-                if st.read_ready && st.want_read && !st.buf_in.is_full(self.pool.chunk_size(), cap)
-                {
+                if st.read_ready && st.want_read && !st.buf_in.is_full(cap) {
                     self.schedule(st);
                 }
             }
@@ -115,7 +114,7 @@ impl WorkerCtx {
 
     /// Reads through a layer: socket → layer → `buf_in`.
     fn read_layered(&mut self, st: &mut EsState) {
-        let cap = self.cfg.limits.buf_in_cap;
+        let cap = st.in_cap(&self.cfg.limits);
         let (Body::Stream(io), Some(layer)) = (&mut st.body, st.layer.as_mut()) else { return };
         if st.read_ready && !st.eof {
             let got = loop {
@@ -184,7 +183,7 @@ impl WorkerCtx {
                 Some((Err(e), _)) => st.fail(e),
             }
         }
-        let full = st.buf_in.is_full(self.pool.chunk_size(), cap);
+        let full = st.buf_in.is_full(cap);
         if st.want_read && !full && ((st.read_ready && !st.eof) || st.plain_pending) {
             self.schedule(st);
         }
@@ -269,7 +268,7 @@ impl WorkerCtx {
     }
 
     fn flush_stream(&mut self, st: &mut EsState) {
-        let low = self.cfg.limits.buf_out_low_water;
+        let low = st.low_water(&self.cfg.limits);
         // Two rounds: flush, let the handler refill once, flush that too. More would let one
         // bulk writer starve the rest of the turn; it is rescheduled instead.
         for _ in 0..2 {
@@ -423,7 +422,7 @@ impl WorkerCtx {
             self.stats.dropped_dead += 1;
             return;
         }
-        let limit = self.cfg.limits.buf_out_cap.saturating_add(self.cfg.limits.handle_write_slack);
+        let limit = st.out_cap(&self.cfg.limits).saturating_add(self.cfg.limits.handle_write_slack);
         if st.buf_out.len().saturating_add(data.len()) > limit {
             self.stats.overflow_closed += 1;
             tracing::warn!(

@@ -176,7 +176,7 @@ pub fn decode_answer(b: &[u8], local: MuxConfig) -> Result<SessionParams, Decode
         keepalive: ms(keepalive),
         idle_timeout: ms(idle),
         connect_timeout: ms(connect),
-        rekey_packets: super::DEFAULT_REKEY_PACKETS,
+        ..SessionLimits::default()
     };
     Ok(SessionParams { id, suite, secret, channels, transport, limits, udp_port, client: None })
 }

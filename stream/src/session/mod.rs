@@ -71,6 +71,12 @@ pub struct SessionLimits {
     /// (default [`DEFAULT_REKEY_PACKETS`]; never more than half the cipher's
     /// confidentiality limit, see [`packet::update_interval`](crate::codec::packet::update_interval)).
     pub rekey_packets: u64,
+    /// Local, not sent: the stream connection's input buffer (256 KiB), raised from the
+    /// reactor's default with `Esocket::set_buffer_caps` (clamped to the reactor's
+    /// `buf_cap_max`): more bytes per read and per loop turn, and whole packets tile it.
+    pub buf_in: usize,
+    /// Local, not sent: the stream connection's output buffer (1 MiB), likewise.
+    pub buf_out: usize,
 }
 
 impl Default for SessionLimits {
@@ -82,6 +88,8 @@ impl Default for SessionLimits {
             idle_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(30),
             rekey_packets: DEFAULT_REKEY_PACKETS,
+            buf_in: 256 << 10,
+            buf_out: 1 << 20,
         }
     }
 }

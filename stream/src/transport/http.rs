@@ -265,6 +265,7 @@ impl StreamConn {
 
     fn open(&mut self, es: &mut Esocket<'_>) {
         self.state = State::Open;
+        es.set_buffer_caps(self.params.limits.buf_in, self.params.limits.buf_out);
         self.last_rx = es.worker().now();
         StreamStats::inc(&self.stats.streams_open);
         let waker = Arc::new(EsWaker(es.handle(), self.stats.clone()));
