@@ -437,6 +437,23 @@ mod tests {
     }
 
     #[test]
+    fn large_input_vectors_are_reused_and_bounded() {
+        let mut pool = BufPool::new(16, 16);
+        let v = pool.get_filled_sized(64);
+        assert_eq!(v.len(), 64);
+        let ptr = v.as_ptr();
+        pool.put(v);
+        let again = pool.get_filled_sized(64);
+        assert_eq!(again.as_ptr(), ptr, "the large vector came back from the pool");
+        // At most max / 8 large vectors are kept.
+        pool.put(again);
+        pool.put(vec![0; 64]);
+        pool.put(vec![0; 64]);
+        assert_eq!(pool.large.len(), 2);
+        assert_eq!(pool.get_filled_sized(8).len(), 16, "small sizes get a pool chunk");
+    }
+
+    #[test]
     fn inbuf_error_leaves_contents() {
         let mut pool = BufPool::new(16, 4);
         let mut buf = InBuf::default();

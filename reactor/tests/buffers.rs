@@ -391,3 +391,31 @@ fn cross_thread_writes_past_the_slack_close_with_output_overflow() {
     util::wait_stats(worker, "overflow_closed", |s| s.overflow_closed == 1);
     util::shutdown(reactor);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Per-esocket caps: raised for bulk transports, within `buf_cap_max`.
+
+#[test]
+fn an_esocket_can_raise_its_own_caps_within_buf_cap_max() {
+    let mut limits = small_buffers();
+    limits.buf_cap_max = 256 * 1024;
+    let reactor = util::builder(1).limits(limits).start().unwrap();
+    // A reader that never consumes: buf_in fills to its cap and reading pauses there.
+    let intake = Arc::new(Mutex::new(Intake::default()));
+    let (mut client, handle) = adopt(&reactor, Box::new(SlowReader(intake.clone())));
+    util::on_esocket(handle, |es| es.set_buffer_caps(32 * 1024, 200 * 1024));
+    assert_eq!(util::on_esocket(handle, |es| es.out_room()), 200 * 1024);
+    client.write_all(&[7u8; 40 * 1024]).unwrap();
+    util::wait_until("buf_in to fill to the raised cap", || {
+        util::on_esocket(handle, |es| es.buf_in().len()) == 32 * 1024
+    });
+    assert_eq!(intake.lock().unwrap().max_in, 32 * 1024, "never past the raised cap");
+    // Clamped: never above buf_cap_max, never below the worker's own caps.
+    util::on_esocket(handle, |es| es.set_buffer_caps(usize::MAX, usize::MAX));
+    assert_eq!(util::on_esocket(handle, |es| es.out_room()), 256 * 1024);
+    util::on_esocket(handle, |es| es.set_buffer_caps(0, 0));
+    assert_eq!(util::on_esocket(handle, |es| es.out_room()), OUT_CAP);
+    // Lowered below what it holds: nothing is lost or read past the cap.
+    assert_eq!(util::on_esocket(handle, |es| es.buf_in().len()), 32 * 1024);
+    util::shutdown(reactor);
+}
