@@ -322,7 +322,7 @@ impl Default for StreamSection {
             max_channel_window: 16 << 20,
             max_conn_window: 64 << 20,
             rekey_packets: dap_stream::session::DEFAULT_REKEY_PACKETS,
-            buf_in: 256 << 10,
+            buf_in: 512 << 10,
             buf_out: 1 << 20,
             keepalive_ms: 15_000,
             idle_timeout_ms: 60_000,

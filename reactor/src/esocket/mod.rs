@@ -375,6 +375,13 @@ impl<'a> Esocket<'a> {
         self.st.buf_out.len()
     }
 
+    /// The most `buf_in` holds before reading pauses (the worker's cap, or this esocket's
+    /// own, see [`set_buffer_caps`](Self::set_buffer_caps)). A `buf_in` shorter than this
+    /// after a read means the read took everything the socket had.
+    pub fn in_cap(&self) -> usize {
+        self.st.in_cap(self.w.limits())
+    }
+
     /// Room left in `buf_out` before writes return `WouldBlock`.
     pub fn out_room(&self) -> usize {
         self.st.out_cap(self.w.limits()).saturating_sub(self.st.buf_out.len())

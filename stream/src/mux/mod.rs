@@ -177,6 +177,9 @@ pub struct Mux {
     rr: usize,
     /// Whether BLOCKED frames may be sent now (the transport's output is idle).
     report_blocked: bool,
+    /// Whether this end keeps up with its input (the transport's last read left nothing
+    /// behind): only then do the peer's BLOCKED frames grow windows.
+    input_drained: bool,
     started: bool,
     closed: bool,
     counters: MuxCounters,
@@ -216,6 +219,7 @@ impl Mux {
             session,
             rr: 0,
             report_blocked: true,
+            input_drained: true,
             started: false,
             closed: false,
             counters: MuxCounters::default(),
@@ -296,13 +300,15 @@ impl Mux {
                     self.chans[i].on_credit(limit);
                 }
                 Frame::Blocked { chan: CONNECTION, limit } => {
-                    if self.conn.on_blocked(limit) {
+                    if self.input_drained && self.conn.on_blocked(limit) {
                         self.counters.window_growths += 1;
                     }
                 }
                 Frame::Blocked { chan, limit } => {
                     let i = self.find(chan).ok_or(MuxError::UnknownChannel(chan))?;
-                    self.chans[i].on_blocked(limit);
+                    if self.input_drained {
+                        self.chans[i].on_blocked(limit);
+                    }
                 }
                 Frame::Data { chan, ty, first, more, payload } => {
                     let i = self.find(chan).ok_or(MuxError::UnknownChannel(chan))?;
@@ -338,6 +344,14 @@ impl Mux {
     /// its output has drained.
     pub fn set_report_blocked(&mut self, on: bool) {
         self.report_blocked = on;
+    }
+
+    /// Lets the transport say whether this end has caught up with its input (on by
+    /// default): its last read took everything there was. A receiver that is behind (its
+    /// input keeps piling up) is the bottleneck itself, so a BLOCKED peer then grows no
+    /// window: more credit would only queue more bytes in the transport's buffers.
+    pub fn set_input_drained(&mut self, drained: bool) {
+        self.input_drained = drained;
     }
 
     /// Whether there would be something to send with BLOCKED frames allowed.

@@ -71,7 +71,7 @@ pub struct SessionLimits {
     /// (default [`DEFAULT_REKEY_PACKETS`]; never more than half the cipher's
     /// confidentiality limit, see [`packet::update_interval`](crate::codec::packet::update_interval)).
     pub rekey_packets: u64,
-    /// Local, not sent: the stream connection's input buffer (256 KiB), raised from the
+    /// Local, not sent: the stream connection's input buffer (512 KiB), raised from the
     /// reactor's default with `Esocket::set_buffer_caps` (clamped to the reactor's
     /// `buf_cap_max`): more bytes per read and per loop turn, and whole packets tile it.
     pub buf_in: usize,
@@ -88,7 +88,7 @@ impl Default for SessionLimits {
             idle_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(30),
             rekey_packets: DEFAULT_REKEY_PACKETS,
-            buf_in: 256 << 10,
+            buf_in: 512 << 10,
             buf_out: 1 << 20,
         }
     }

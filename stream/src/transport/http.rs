@@ -614,6 +614,8 @@ impl Handler for StreamConn {
                 }
             }
         }
+        // A read that did not fill buf_in took all the socket had: we keep up with the peer.
+        self.mux.set_input_drained(es.buf_in().len() < es.in_cap());
         self.read_packets(es);
         self.flush(es);
     }
