@@ -362,3 +362,46 @@ fn a_stale_blocked_frame_does_not_grow_the_window_again() {
     put_blocked(&mut bad, b'Q', 1);
     assert_eq!(p.b.handle_payload(&bad), Err(MuxError::UnknownChannel(b'Q')));
 }
+
+#[test]
+fn a_receiver_that_is_behind_its_input_grows_no_window() {
+    let config = MuxConfig {
+        channel_window: 4096,
+        conn_window: 4096,
+        max_channel_window: 1 << 20,
+        max_conn_window: 1 << 20,
+        ..MuxConfig::default()
+    };
+    let mut p = pair(b"E", config);
+    // The transport says input keeps piling up: the receiver itself is the bottleneck.
+    p.b.set_input_drained(false);
+    let mut f = Vec::new();
+    put_blocked(&mut f, b'E', 4096);
+    put_blocked(&mut f, frame::CONNECTION, 4096);
+    p.b.handle_payload(&f).unwrap();
+    assert_eq!(p.b.recv_window(b'E'), Some(4096));
+    assert_eq!(p.b.conn.window, 4096);
+    // Caught up again: the same report now grows both.
+    p.b.set_input_drained(true);
+    p.b.handle_payload(&f).unwrap();
+    assert_eq!(p.b.recv_window(b'E'), Some(8192));
+    assert_eq!(p.b.conn.window, 8192);
+}
+
+#[test]
+fn a_sender_whose_output_is_backed_up_reports_no_blocked() {
+    let config = MuxConfig { channel_window: 4096, ..MuxConfig::default() };
+    let mut p = pair(b"E", config);
+    write(&mut p.a, b'E', 1, vec![1; 10_000]).unwrap();
+    // The transport's output is still full: what holds the sender back is not credit.
+    p.a.set_report_blocked(false);
+    let mut buf = Vec::new();
+    while p.a.poll_payload(&mut buf, 1 << 16) {}
+    assert!(controls(&buf).is_empty());
+    assert!(!p.a.wants_send());
+    assert!(p.a.wants_send_if_idle(), "a BLOCKED frame is owed once output drains");
+    p.a.set_report_blocked(true);
+    buf.clear();
+    assert!(p.a.poll_payload(&mut buf, 1 << 16));
+    assert_eq!(controls(&buf), [Frame::Blocked { chan: b'E', limit: 4096 }]);
+}
