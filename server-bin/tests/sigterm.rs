@@ -82,7 +82,8 @@ fn sigterm_during_traffic_drains_and_exits_zero() {
     }
     let pubs: Vec<TestClient> = (0..2).map(|_| open(&client, addr, node, b"P").unwrap()).collect();
     let echo = open(&client, addr, node, b"E").unwrap();
-    let acks_seen = AtomicU64::new(0);
+    // Acknowledgements seen per publisher: SIGTERM waits until both are under way.
+    let acks_seen = [AtomicU64::new(0), AtomicU64::new(0)];
 
     let (acked, echo_sent, exit) = std::thread::scope(|s| {
         // Publishers: publish until the stream closes; collect what was acknowledged.
@@ -91,7 +92,7 @@ fn sigterm_during_traffic_drains_and_exits_zero() {
             .enumerate()
             .map(|(i, p)| {
                 let topic = topic.clone();
-                let acks_seen = &acks_seen;
+                let acks_seen = &acks_seen[i];
                 s.spawn(move || {
                     let reader = s.spawn(move || {
                         let mut acked = Vec::new();
@@ -138,7 +139,9 @@ fn sigterm_during_traffic_drains_and_exits_zero() {
             sent
         });
         // SIGTERM mid-traffic.
-        wait_until("some acknowledgements", || acks_seen.load(Ordering::Relaxed) >= 200);
+        wait_until("acknowledgements for every publisher", || {
+            acks_seen.iter().all(|a| a.load(Ordering::Relaxed) >= 100)
+        });
         let pid = dapd.0.id().to_string();
         let killed = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
         assert!(killed.success());
