@@ -32,6 +32,7 @@ pub mod server;
 pub mod session;
 pub mod stats;
 pub mod transport;
+pub mod udp;
 
 pub use channel::{
     Channel, ChannelHandle, ChannelHandler, ChannelProcs, HandleWriteError, Message, SessionInfo,

@@ -2,6 +2,7 @@
 //! channel frames (what a packet's payload is made of). `docs/PROTOCOL.md` §7–§8 is the spec.
 
 pub mod frame;
+pub mod keys;
 pub mod packet;
 #[cfg(test)]
 mod vectors;

@@ -22,7 +22,7 @@
 //! seeing `K` flip, derives the same next key and opens the packet with it. The transport
 //! is ordered, so the old key is dropped at once: nothing can arrive under it any more.
 
-use dap_net::enc::cipher::{AeadKey, CipherSuite, KEY_LEN, Nonce, TAG_LEN, hkdf_expand_secret};
+use dap_net::enc::cipher::{AeadKey, CipherSuite, Nonce, TAG_LEN};
 
 use super::DecodeError;
 
@@ -39,10 +39,7 @@ pub const KEY_PHASE: u8 = 0x80;
 /// The longest close reason sent (bytes of UTF-8).
 pub const MAX_REASON: usize = 123;
 
-/// HKDF-Expand info of a packet key from its direction's secret.
-pub const LABEL_KEY: &[u8] = b"dap v2 stream key";
-/// HKDF-Expand info of a direction's next secret from its current one.
-pub const LABEL_KEY_UPDATE: &[u8] = b"dap v2 stream key update";
+pub use super::keys::{KeyChain, LABEL_KEY, LABEL_KEY_UPDATE};
 
 /// Packets one AES-256-GCM key may seal when no packet is longer than 2^16 bytes
 /// (RFC 9001 §6.6); longer packets scale it down (see [`confidentiality_limit`]).
@@ -161,64 +158,6 @@ pub fn confidentiality_limit(suite: CipherSuite, max_payload: usize) -> u64 {
 /// than half the confidentiality limit, and at least 1.
 pub fn update_interval(suite: CipherSuite, max_payload: usize, wanted: u64) -> u64 {
     wanted.clamp(1, (confidentiality_limit(suite, max_payload) / 2).max(1))
-}
-
-/// One direction's chain of secrets: `secret_0` comes from the session (§5 of the spec),
-/// `secret_{n+1} = HKDF-Expand(secret_n, "dap v2 stream key update")`, and the AEAD key of
-/// generation `n` is `HKDF-Expand(secret_n, "dap v2 stream key")`.
-pub struct KeyChain {
-    suite: CipherSuite,
-    secret: [u8; KEY_LEN],
-    generation: u64,
-}
-
-impl std::fmt::Debug for KeyChain {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the secret.
-        f.debug_struct("KeyChain")
-            .field("suite", &self.suite)
-            .field("generation", &self.generation)
-            .finish_non_exhaustive()
-    }
-}
-
-impl KeyChain {
-    /// A chain starting at `secret_0`.
-    pub fn new(suite: CipherSuite, secret0: [u8; KEY_LEN]) -> Self {
-        KeyChain { suite, secret: secret0, generation: 0 }
-    }
-
-    /// The cipher.
-    pub fn suite(&self) -> CipherSuite {
-        self.suite
-    }
-
-    /// The current generation (0 for the session's first key).
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
-    /// The raw key bytes of the current generation (tests and vectors).
-    pub fn key_bytes(&self) -> [u8; KEY_LEN] {
-        hkdf_expand_secret(&self.secret, LABEL_KEY)
-    }
-
-    /// The AEAD key of the current generation.
-    pub fn key(&self) -> AeadKey {
-        AeadKey::new(self.suite, &self.key_bytes())
-    }
-
-    /// Moves to the next generation; the current secret is overwritten.
-    pub fn advance(&mut self) {
-        self.secret = hkdf_expand_secret(&self.secret, LABEL_KEY_UPDATE);
-        self.generation += 1;
-    }
-
-    /// The current secret (tests and vectors).
-    #[cfg(test)]
-    pub(crate) fn secret(&self) -> [u8; KEY_LEN] {
-        self.secret
-    }
 }
 
 /// Why a received packet was refused. Each is fatal for the stream.
@@ -355,9 +294,7 @@ impl Opener {
         }
         let (head, body) = packet[..hdr.packet_len()].split_at_mut(HEADER_LEN);
         if hdr.key_phase != self.phase {
-            let mut chain = KeyChain::new(self.chain.suite, self.chain.secret);
-            chain.generation = self.chain.generation;
-            chain.advance();
+            let chain = self.chain.next();
             let key = chain.key();
             let plain =
                 key.open(nonce(self.dir, hdr.seq), head, body).map_err(|_| OpenError::Auth)?;

@@ -156,6 +156,13 @@ impl SessionParams {
         )
     }
 
+    /// The two UDP secrets, generation 0 of each direction's UDP key chain (labels of
+    /// their own, so no UDP key is ever a stream key): `(client→server, server→client)`.
+    pub fn udp_secrets(&self) -> ([u8; KEY_LEN], [u8; KEY_LEN]) {
+        use crate::udp::packet::{LABEL_C2S as U_C2S, LABEL_S2C as U_S2C};
+        (hkdf_sha256(&self.id, &self.secret, U_C2S), hkdf_sha256(&self.id, &self.secret, U_S2C))
+    }
+
     /// The packet sealer and opener of one end: the sealer updates its key every
     /// [`SessionLimits::rekey_packets`] packets (clamped to the cipher's limit), the opener
     /// refuses a peer that passes the confidentiality limit without an update.
