@@ -4,12 +4,16 @@
 //! ranges and ack delay, channel data at byte offsets, absolute credit, BLOCKED, PING, path
 //! challenge and response, CLOSE and unreliable DATAGRAMs.
 //!
-//! This module is the codec the UDP engine is built on: no sockets, no clock, no state
-//! beyond one packet. The engine (connections, loss recovery, congestion control) comes
-//! on top of it.
+//! What is here so far are the engine's parts, each sans-IO and tested on its own: the
+//! codec ([`packet`], [`frame`]), RTT estimation ([`rtt`], RFC 9002 §5), congestion control
+//! ([`congestion`]: NewReno and CUBIC behind one trait) and the [`pacer`]. The engine
+//! (connections, loss recovery, paths) is built on top of them.
 
+pub mod congestion;
 pub mod frame;
+pub mod pacer;
 pub mod packet;
+pub mod rtt;
 #[cfg(test)]
 mod vectors;
 

@@ -1,0 +1,186 @@
+//! CUBIC, RFC 9438: after a congestion event the window follows
+//! `W_cubic(t) = C · (t − K)³ + W_max` (in datagrams, `t` in seconds since the event), a
+//! concave climb back to the window where loss happened and a convex probe beyond it; in
+//! its Reno-friendly region (small windows, short RTTs) it grows at least as fast as Reno
+//! would, by `W_est`. Slow start and the minimum window are RFC 9002's.
+
+use std::time::Instant;
+
+use super::{Controller, initial_window, minimum_window};
+use crate::udp::rtt::RttEstimator;
+
+/// CUBIC's settings (RFC 9438 §4).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CubicConfig {
+    /// `C`: how fast the window grows, in datagrams per second³ (0.4).
+    pub c: f64,
+    /// `β_cubic`: the window after a congestion event as a fraction of the one before (0.7).
+    pub beta: f64,
+    /// Fast convergence: a flow that lost at a window below its last `W_max` lowers
+    /// `W_max` further, releasing bandwidth to newer flows (on).
+    pub fast_convergence: bool,
+}
+
+impl Default for CubicConfig {
+    fn default() -> Self {
+        CubicConfig { c: 0.4, beta: 0.7, fast_convergence: true }
+    }
+}
+
+/// The state since the last congestion event.
+#[derive(Clone, Copy, Debug)]
+struct Epoch {
+    start: Instant,
+    /// `W_max` in bytes.
+    w_max: f64,
+    /// `K` in seconds.
+    k: f64,
+    /// The Reno-friendly estimate, in bytes.
+    w_est: f64,
+    /// The window just before the event, in bytes (`cwnd_prior`).
+    prior: f64,
+}
+
+/// A CUBIC controller.
+#[derive(Clone, Debug)]
+pub struct Cubic {
+    config: CubicConfig,
+    mss: u64,
+    window: u64,
+    ssthresh: u64,
+    recovery_start: Option<Instant>,
+    epoch: Option<Epoch>,
+    /// The last `W_max`, for fast convergence.
+    last_w_max: f64,
+}
+
+impl Cubic {
+    /// A controller in slow start with the initial window.
+    pub fn new(config: CubicConfig, mss: u64) -> Self {
+        Cubic {
+            config,
+            mss,
+            window: initial_window(mss),
+            ssthresh: u64::MAX,
+            recovery_start: None,
+            epoch: None,
+            last_w_max: 0.0,
+        }
+    }
+
+    fn in_recovery(&self, sent: Instant) -> bool {
+        self.recovery_start.is_some_and(|r| sent <= r)
+    }
+
+    /// `W_cubic(t)` in bytes.
+    fn w_cubic(&self, e: &Epoch, t: f64) -> f64 {
+        let d = t - e.k;
+        self.config.c * d * d * d * self.mss as f64 + e.w_max
+    }
+
+    /// `W_max` of the current epoch (tests).
+    #[cfg(test)]
+    pub(crate) fn w_max(&self) -> Option<u64> {
+        self.epoch.map(|e| e.w_max as u64)
+    }
+}
+
+impl Controller for Cubic {
+    fn on_ack(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        bytes: u64,
+        app_limited: bool,
+        rtt: &RttEstimator,
+    ) {
+        if app_limited || self.in_recovery(sent) {
+            return;
+        }
+        if self.window < self.ssthresh {
+            self.window += bytes;
+            return;
+        }
+        let cwnd = self.window as f64;
+        let mss = self.mss as f64;
+        // Congestion avoidance without an epoch (slow start ended another way): start one
+        // at the current window.
+        let e = *self.epoch.get_or_insert(Epoch {
+            start: now,
+            w_max: cwnd,
+            k: 0.0,
+            w_est: cwnd,
+            prior: cwnd,
+        });
+        let t = now.saturating_duration_since(e.start).as_secs_f64();
+        // Reno-friendly estimate (§4.3): α_cubic per window of acknowledged bytes, 1 once
+        // W_est has reached the window before the event.
+        let alpha = if e.w_est >= e.prior {
+            1.0
+        } else {
+            3.0 * (1.0 - self.config.beta) / (1.0 + self.config.beta)
+        };
+        let w_est = e.w_est + alpha * mss * bytes as f64 / cwnd;
+        if let Some(ep) = self.epoch.as_mut() {
+            ep.w_est = w_est;
+        }
+        let w_cubic_now = self.w_cubic(&e, t);
+        let target = if w_cubic_now < w_est {
+            // The Reno-friendly region.
+            w_est
+        } else {
+            // §4.4–4.5: aim at W_cubic one RTT ahead, between cwnd and 1.5 · cwnd.
+            self.w_cubic(&e, t + rtt.get().as_secs_f64()).clamp(cwnd, 1.5 * cwnd)
+        };
+        if target > cwnd {
+            let grow = ((target - cwnd) * bytes as f64 / cwnd).max(0.0);
+            self.window = (cwnd + grow) as u64;
+        }
+    }
+
+    fn on_congestion_event(&mut self, now: Instant, sent: Instant, persistent: bool, _: u64) {
+        if !self.in_recovery(sent) {
+            self.recovery_start = Some(now);
+            let cwnd = self.window as f64;
+            let beta = self.config.beta;
+            let w_max = if self.config.fast_convergence && cwnd < self.last_w_max {
+                cwnd * (1.0 + beta) / 2.0
+            } else {
+                cwnd
+            };
+            self.last_w_max = w_max;
+            let reduced = ((cwnd * beta) as u64).max(minimum_window(self.mss));
+            self.window = reduced;
+            self.ssthresh = reduced;
+            let k = ((w_max - reduced as f64) / self.mss as f64 / self.config.c).max(0.0).cbrt();
+            self.epoch = Some(Epoch { start: now, w_max, k, w_est: reduced as f64, prior: cwnd });
+        }
+        if persistent {
+            self.window = minimum_window(self.mss);
+            self.epoch = None;
+        }
+    }
+
+    fn on_mss_update(&mut self, mss: u64) {
+        self.mss = mss;
+        self.window = self.window.max(minimum_window(mss));
+    }
+
+    fn window(&self) -> u64 {
+        self.window
+    }
+
+    fn in_slow_start(&self) -> bool {
+        self.window < self.ssthresh
+    }
+
+    fn name(&self) -> &'static str {
+        "cubic"
+    }
+}
+
+/// How long after a congestion event CUBIC's window is back at `W_max` (tests).
+#[cfg(test)]
+pub(crate) fn time_to_w_max(c: &Cubic) -> Option<std::time::Duration> {
+    c.epoch.map(|e| std::time::Duration::from_secs_f64(e.k))
+}

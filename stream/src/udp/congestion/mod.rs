@@ -1,0 +1,106 @@
+//! Congestion control, sans-IO: a [`Controller`] trait and one file per algorithm,
+//! [`NewReno`] (RFC 9002 §7) and [`Cubic`] (RFC 9438, with its Reno-friendly region). The
+//! engine reports what happens to its packets; the controller answers with a window in
+//! bytes, which bounds the bytes in flight. Windows are in bytes and `mss` is the current
+//! maximum datagram payload the engine sends.
+
+mod cubic;
+mod new_reno;
+
+use std::time::Instant;
+
+pub use cubic::{Cubic, CubicConfig};
+pub use new_reno::{NewReno, NewRenoConfig};
+
+use super::rtt::RttEstimator;
+
+/// What the engine tells a congestion controller, and the window it answers with.
+pub trait Controller: std::fmt::Debug + Send {
+    /// Bytes of a newly acknowledged packet sent at `sent` were acknowledged at `now`.
+    /// `app_limited`: the sender had less to send than the window allowed, so the window
+    /// was not what limited it (and should not grow from this).
+    fn on_ack(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        bytes: u64,
+        app_limited: bool,
+        rtt: &RttEstimator,
+    );
+
+    /// Packets sent at or before `sent` were declared lost at `now` (one call per loss
+    /// event, with the send time of the newest lost packet). `persistent`: the losses span
+    /// more than the persistent-congestion duration (RFC 9002 §7.6).
+    fn on_congestion_event(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        persistent: bool,
+        lost_bytes: u64,
+    );
+
+    /// ECN reported congestion (CE marks grew) for a packet sent at `sent`: a congestion
+    /// event without loss.
+    fn on_ecn_ce(&mut self, now: Instant, sent: Instant) {
+        self.on_congestion_event(now, sent, false, 0);
+    }
+
+    /// The path's datagram size changed (path MTU discovery).
+    fn on_mss_update(&mut self, mss: u64);
+
+    /// The congestion window: the bytes that may be in flight.
+    fn window(&self) -> u64;
+
+    /// Whether the controller is in slow start.
+    fn in_slow_start(&self) -> bool;
+
+    /// The name, for metrics.
+    fn name(&self) -> &'static str;
+}
+
+/// Which controller a connection runs, and its settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ControllerConfig {
+    /// NewReno.
+    NewReno(NewRenoConfig),
+    /// CUBIC (the default).
+    Cubic(CubicConfig),
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig::Cubic(CubicConfig::default())
+    }
+}
+
+impl ControllerConfig {
+    /// A controller for a new connection whose datagrams carry `mss` bytes.
+    pub fn build(&self, mss: u64) -> Box<dyn Controller> {
+        match self {
+            ControllerConfig::NewReno(c) => Box::new(NewReno::new(*c, mss)),
+            ControllerConfig::Cubic(c) => Box::new(Cubic::new(*c, mss)),
+        }
+    }
+
+    /// The controller named `name` (`newreno` or `cubic`) with default settings.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "newreno" => Some(ControllerConfig::NewReno(NewRenoConfig::default())),
+            "cubic" => Some(ControllerConfig::Cubic(CubicConfig::default())),
+            _ => None,
+        }
+    }
+}
+
+/// RFC 9002 §7.2: the initial window, `min(10 · mss, max(14,720, 2 · mss))`.
+pub fn initial_window(mss: u64) -> u64 {
+    (10 * mss).min((2 * mss).max(14_720))
+}
+
+/// RFC 9002 §7.2: the minimum window, `2 · mss`.
+pub fn minimum_window(mss: u64) -> u64 {
+    2 * mss
+}
+
+#[cfg(test)]
+mod tests;

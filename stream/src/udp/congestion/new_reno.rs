@@ -1,0 +1,109 @@
+//! NewReno as RFC 9002 §7 specifies it for QUIC: slow start, congestion avoidance that
+//! adds one datagram per window of acknowledged bytes, one reduction per recovery period,
+//! and the minimum window after persistent congestion.
+
+use std::time::Instant;
+
+use super::{Controller, initial_window, minimum_window};
+use crate::udp::rtt::RttEstimator;
+
+/// NewReno's settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NewRenoConfig {
+    /// The window after a congestion event, as a fraction of the window before it
+    /// (RFC 9002 `kLossReductionFactor`: 0.5).
+    pub loss_reduction_factor: f64,
+}
+
+impl Default for NewRenoConfig {
+    fn default() -> Self {
+        NewRenoConfig { loss_reduction_factor: 0.5 }
+    }
+}
+
+/// A NewReno controller.
+#[derive(Clone, Debug)]
+pub struct NewReno {
+    config: NewRenoConfig,
+    mss: u64,
+    window: u64,
+    ssthresh: u64,
+    /// Packets sent before this were sent before the current recovery period began.
+    recovery_start: Option<Instant>,
+    /// Acknowledged bytes not yet turned into window growth in congestion avoidance.
+    acked: u64,
+}
+
+impl NewReno {
+    /// A controller in slow start with the initial window.
+    pub fn new(config: NewRenoConfig, mss: u64) -> Self {
+        NewReno {
+            config,
+            mss,
+            window: initial_window(mss),
+            ssthresh: u64::MAX,
+            recovery_start: None,
+            acked: 0,
+        }
+    }
+
+    fn in_recovery(&self, sent: Instant) -> bool {
+        self.recovery_start.is_some_and(|r| sent <= r)
+    }
+}
+
+impl Controller for NewReno {
+    fn on_ack(
+        &mut self,
+        _now: Instant,
+        sent: Instant,
+        bytes: u64,
+        app_limited: bool,
+        _: &RttEstimator,
+    ) {
+        if app_limited || self.in_recovery(sent) {
+            return;
+        }
+        if self.window < self.ssthresh {
+            self.window += bytes;
+            return;
+        }
+        // One datagram per window of acknowledged bytes.
+        self.acked += bytes;
+        if self.acked >= self.window {
+            self.acked -= self.window;
+            self.window += self.mss;
+        }
+    }
+
+    fn on_congestion_event(&mut self, now: Instant, sent: Instant, persistent: bool, _: u64) {
+        if !self.in_recovery(sent) {
+            self.recovery_start = Some(now);
+            let reduced = (self.window as f64 * self.config.loss_reduction_factor) as u64;
+            self.window = reduced.max(minimum_window(self.mss));
+            self.ssthresh = self.window;
+            self.acked = 0;
+        }
+        if persistent {
+            self.window = minimum_window(self.mss);
+            self.acked = 0;
+        }
+    }
+
+    fn on_mss_update(&mut self, mss: u64) {
+        self.mss = mss;
+        self.window = self.window.max(minimum_window(mss));
+    }
+
+    fn window(&self) -> u64 {
+        self.window
+    }
+
+    fn in_slow_start(&self) -> bool {
+        self.window < self.ssthresh
+    }
+
+    fn name(&self) -> &'static str {
+        "newreno"
+    }
+}
