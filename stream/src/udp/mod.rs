@@ -5,14 +5,17 @@
 //! challenge and response, CLOSE and unreliable DATAGRAMs.
 //!
 //! What is here so far are the engine's parts, each sans-IO and tested on its own: the
-//! codec ([`packet`], [`frame`]), RTT estimation ([`rtt`], RFC 9002 §5), congestion control
-//! ([`congestion`]: NewReno and CUBIC behind one trait) and the [`pacer`]. The engine
+//! codec ([`packet`], [`frame`]), RTT estimation ([`rtt`], RFC 9002 §5), the receiver's
+//! [`ack`] tracking and schedule, the sender's loss [`recovery`] (RFC 9002 §6), congestion
+//! control ([`congestion`]: NewReno and CUBIC behind one trait) and the [`pacer`]. The engine
 //! (connections, loss recovery, paths) is built on top of them.
 
+pub mod ack;
 pub mod congestion;
 pub mod frame;
 pub mod pacer;
 pub mod packet;
+pub mod recovery;
 pub mod rtt;
 #[cfg(test)]
 mod vectors;
