@@ -6,17 +6,22 @@
 //!
 //! What is here so far are the engine's parts, each sans-IO and tested on its own: the
 //! codec ([`packet`], [`frame`]), RTT estimation ([`rtt`], RFC 9002 §5), the receiver's
-//! [`ack`] tracking and schedule, the sender's loss [`recovery`] (RFC 9002 §6), congestion
+//! [`ack`] tracking and schedule, the sender's loss [`recovery`] (RFC 9002 §6), each
+//! channel's [`send_buf`] (data retransmitted, never packets) and receive-side
+//! [`assemble`]r (in order, exactly once, per channel: no cross-channel head-of-line
+//! blocking), congestion
 //! control ([`congestion`]: NewReno and CUBIC behind one trait) and the [`pacer`]. The engine
 //! (connections, loss recovery, paths) is built on top of them.
 
 pub mod ack;
+pub mod assemble;
 pub mod congestion;
 pub mod frame;
 pub mod pacer;
 pub mod packet;
 pub mod recovery;
 pub mod rtt;
+pub mod send_buf;
 #[cfg(test)]
 mod vectors;
 
