@@ -10,7 +10,8 @@
 //! channel's [`send_buf`] (data retransmitted, never packets) and receive-side
 //! [`assemble`]r (in order, exactly once, per channel: no cross-channel head-of-line
 //! blocking), congestion
-//! control ([`congestion`]: NewReno and CUBIC behind one trait) and the [`pacer`]. The engine
+//! control ([`congestion`]: NewReno and CUBIC behind one trait) and the [`pacer`]; and
+//! [`sim`], a simulated network on a virtual clock to test engines without sockets. The engine
 //! (connections, loss recovery, paths) is built on top of them.
 
 pub mod ack;
@@ -22,6 +23,7 @@ pub mod packet;
 pub mod recovery;
 pub mod rtt;
 pub mod send_buf;
+pub mod sim;
 #[cfg(test)]
 mod vectors;
 
