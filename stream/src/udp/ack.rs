@@ -151,6 +151,12 @@ impl AckTracker {
         frame::ack_len(self.ranges.len().min(max_ranges), self.ecn.is_some())
     }
 
+    /// The most ranges an ACK may carry in `room` bytes (0: not even one fits).
+    pub fn ranges_fitting(&self, room: usize) -> usize {
+        let one = frame::ack_len(1, self.ecn.is_some());
+        if room < one { 0 } else { 1 + (room - one) / 8 }
+    }
+
     /// Appends an ACK of the most recent ranges (at most `max_ranges`, highest first) and
     /// resets the schedule. Returns `false`, appending nothing, when nothing was received.
     pub fn write_ack(&mut self, now: Instant, out: &mut Vec<u8>, max_ranges: usize) -> bool {

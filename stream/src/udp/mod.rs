@@ -17,6 +17,7 @@
 pub mod ack;
 pub mod assemble;
 pub mod congestion;
+pub mod connection;
 pub mod frame;
 pub mod pacer;
 pub mod packet;
@@ -24,6 +25,8 @@ pub mod recovery;
 pub mod rtt;
 pub mod send_buf;
 pub mod sim;
+#[cfg(test)]
+mod tests;
 #[cfg(test)]
 mod vectors;
 

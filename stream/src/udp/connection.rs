@@ -1,0 +1,916 @@
+//! One UDP connection, sans-IO: the session's [`Mux`] carried over packets of §11 with
+//! acknowledgements, loss recovery, congestion control and pacing.
+//!
+//! # Calling order
+//!
+//! The driver owns the socket and the clock. After creating a connection:
+//! 1. feed every datagram for it to [`handle_datagram`](Connection::handle_datagram);
+//! 2. when the time of [`poll_timeout`](Connection::poll_timeout) has come, call
+//!    [`handle_timeout`](Connection::handle_timeout);
+//! 3. after either (and whenever a channel handle wakes the driver), call
+//!    [`poll_transmit`](Connection::poll_transmit) until it returns `None`, sending each
+//!    buffer it fills;
+//! 4. drain [`poll_event`](Connection::poll_event);
+//! 5. re-arm the timer from [`poll_timeout`](Connection::poll_timeout).
+//!
+//! # How the mux rides on packets
+//!
+//! The mux is the same as over TCP: channel handlers see no difference. What it produces
+//! is split per channel: each channel's §8 data frames become that channel's reliable
+//! stream ([`SendBuf`], retransmitted by range), and its CREDIT and BLOCKED frames become
+//! UDP CREDIT and BLOCKED frames (absolute, so the latest value is simply sent again when a
+//! packet carrying one is lost). On the other side each channel's stream is reassembled on
+//! its own ([`Assembler`]) and its §8 frames go to the mux in order, so a lost packet holds
+//! up only the channels whose bytes it carried.
+//!
+//! Not yet here (they come with the next steps of the engine): key updates, path
+//! validation and address changes, path MTU discovery, ECN, unreliable DATAGRAM channels
+//! (a DATAGRAM frame is counted and ignored).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use dap_net::enc::cipher::AeadKey;
+
+use super::ack::{AckTracker, Received};
+use super::assemble::Assembler;
+use super::congestion::{Controller, ControllerConfig};
+use super::frame::{self, Frame, Frames};
+use super::pacer::{Pacer, PacerConfig};
+use super::packet::{self, ConnectionId, Header, LABELS};
+use super::recovery::{Recovery, SentPacket, Timeout};
+use super::rtt::RttEstimator;
+use super::send_buf::SendBuf;
+use crate::codec::frame as mux_frame;
+use crate::codec::keys::KeyChain;
+use crate::codec::packet::Direction;
+use crate::mux::Mux;
+use crate::session::SessionParams;
+use crate::transport::CloseCode;
+
+/// A connection's settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ConnectionConfig {
+    /// The UDP payload of every datagram sent (1,200: the size every path carries).
+    pub max_datagram: usize,
+    /// The longest this end waits before acknowledging (25 ms); also what it tells its own
+    /// loss recovery to expect of the peer.
+    pub max_ack_delay: Duration,
+    /// Close after this long without receiving anything.
+    pub idle_timeout: Duration,
+    /// Send a PING after this long without receiving, while the connection is idle.
+    pub keepalive: Duration,
+    /// The congestion controller.
+    pub controller: ControllerConfig,
+    /// The pacer.
+    pub pacer: PacerConfig,
+    /// Sent packets tracked at once (bounds what is in flight).
+    pub max_tracked_packets: usize,
+    /// ACK ranges remembered.
+    pub max_ack_ranges: usize,
+    /// Bytes one channel's stream may run ahead of what it delivered (out of order).
+    pub max_reorder: u64,
+    /// Bytes held out of order on all channels together.
+    pub max_reorder_total: usize,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            max_datagram: packet::MIN_DATAGRAM,
+            max_ack_delay: Duration::from_millis(25),
+            idle_timeout: Duration::from_secs(60),
+            keepalive: Duration::from_secs(15),
+            controller: ControllerConfig::default(),
+            pacer: PacerConfig::default(),
+            max_tracked_packets: 1 << 16,
+            max_ack_ranges: 256,
+            max_reorder: 32 << 20,
+            max_reorder_total: 64 << 20,
+        }
+    }
+}
+
+/// Which end this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The client: seals client→server.
+    Client,
+    /// The server.
+    Server,
+}
+
+/// A datagram (or a GSO batch of equal-size segments) `poll_transmit` wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to send it.
+    pub destination: SocketAddr,
+    /// Bytes written to the buffer.
+    pub size: usize,
+    /// With several segments: the size of each but the last (for GSO).
+    pub segment_size: Option<usize>,
+}
+
+/// Why a connection ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer sent CLOSE.
+    Peer {
+        /// Its code.
+        code: u16,
+        /// Its reason.
+        reason: String,
+    },
+    /// We closed it (with this code).
+    Local(u16),
+    /// Nothing arrived within the idle timeout.
+    IdleTimeout,
+    /// The peer broke the protocol.
+    Protocol(String),
+}
+
+/// What a connection tells its driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The first authenticated packet from the peer arrived.
+    Connected,
+    /// The connection ended; last event.
+    Closed(CloseReason),
+}
+
+/// Counters of one connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnStats {
+    /// Packets sent.
+    pub packets_out: u64,
+    /// Packets received and processed.
+    pub packets_in: u64,
+    /// Bytes sent (UDP payload).
+    pub bytes_out: u64,
+    /// Bytes received (UDP payload).
+    pub bytes_in: u64,
+    /// Packets declared lost.
+    pub lost: u64,
+    /// Probe timeouts.
+    pub ptos: u64,
+    /// Datagrams dropped: not authentic.
+    pub auth_failed: u64,
+    /// Datagrams dropped: unparsable header or another connection id.
+    pub malformed: u64,
+    /// Datagrams dropped: a packet number seen before.
+    pub duplicates: u64,
+    /// Packets dropped: their data ran too far ahead of what was delivered.
+    pub reorder_drops: u64,
+    /// DATAGRAM frames ignored (no unreliable channels yet).
+    pub datagrams_ignored: u64,
+    /// Bytes of channel data sent again.
+    pub retransmitted: u64,
+}
+
+/// What a packet carried, to know what to do when it is acknowledged or lost.
+#[derive(Clone, Debug)]
+enum Sent {
+    Data { idx: usize, start: u64, end: u64 },
+    Credit(Option<usize>),
+    Blocked(Option<usize>),
+}
+
+/// The latest value of an absolute control frame (CREDIT or BLOCKED) and whether it is
+/// still to be sent.
+#[derive(Clone, Copy, Debug, Default)]
+struct Ctl {
+    latest: Option<u64>,
+    pending: bool,
+}
+
+impl Ctl {
+    fn set(&mut self, v: u64) {
+        self.latest = Some(v);
+        self.pending = true;
+    }
+
+    /// A packet carrying it was lost: send the latest value again.
+    fn lost(&mut self) {
+        self.pending |= self.latest.is_some();
+    }
+}
+
+#[derive(Debug)]
+struct ChanIo {
+    id: u8,
+    send: SendBuf,
+    recv: Assembler,
+    /// Bytes of an incomplete §8 frame.
+    partial: Vec<u8>,
+    credit: Ctl,
+    blocked: Ctl,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Open,
+    /// We closed: CLOSE is sent (once), then nothing until the deadline.
+    Closing {
+        until: Instant,
+        close_sent: bool,
+        code: u16,
+    },
+    /// The peer closed: nothing is sent until the deadline.
+    Draining {
+        until: Instant,
+    },
+    Closed,
+}
+
+/// One UDP connection.
+pub struct Connection {
+    side: Side,
+    cid: ConnectionId,
+    remote: SocketAddr,
+    config: ConnectionConfig,
+    send_key: AeadKey,
+    recv_key: AeadKey,
+    next_pn: u64,
+    mux: Mux,
+    chans: Vec<ChanIo>,
+    index: [u8; 128],
+    conn_credit: Ctl,
+    conn_blocked: Ctl,
+    recovery: Recovery<Vec<Sent>>,
+    acks: AckTracker,
+    rtt: RttEstimator,
+    cc: Box<dyn Controller>,
+    pacer: Pacer,
+    pacing_until: Option<Instant>,
+    probes: u8,
+    last_rx: Instant,
+    connected: bool,
+    state: State,
+    events: VecDeque<Event>,
+    stats: ConnStats,
+    rr: usize,
+    tmp: Vec<u8>,
+    path_responses: VecDeque<[u8; 8]>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("side", &self.side)
+            .field("cid", &self.cid)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// A connection for `params` on connection id `cid` with the peer at `remote`, carrying
+    /// `mux` (already started with its waker).
+    pub fn new(
+        side: Side,
+        params: &SessionParams,
+        cid: ConnectionId,
+        remote: SocketAddr,
+        mux: Mux,
+        config: ConnectionConfig,
+        now: Instant,
+    ) -> Self {
+        let (c2s, s2c) = params.udp_secrets();
+        let c2s = KeyChain::with_labels(LABELS, params.suite, c2s).key();
+        let s2c = KeyChain::with_labels(LABELS, params.suite, s2c).key();
+        let (send_key, recv_key) = match side {
+            Side::Client => (c2s, s2c),
+            Side::Server => (s2c, c2s),
+        };
+        let mut index = [0u8; 128];
+        let chans: Vec<ChanIo> = mux
+            .channel_ids()
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| {
+                index[id as usize] = i as u8 + 1;
+                ChanIo {
+                    id,
+                    send: SendBuf::new(),
+                    recv: Assembler::new(),
+                    partial: Vec::new(),
+                    credit: Ctl::default(),
+                    blocked: Ctl::default(),
+                }
+            })
+            .collect();
+        let mss = config.max_datagram as u64;
+        let cc = config.controller.build(mss);
+        let rtt = RttEstimator::default();
+        let pacer = Pacer::new(config.pacer, now, cc.window(), mss, rtt.get());
+        Connection {
+            side,
+            cid,
+            remote,
+            config,
+            send_key,
+            recv_key,
+            next_pn: 0,
+            mux,
+            chans,
+            index,
+            conn_credit: Ctl::default(),
+            conn_blocked: Ctl::default(),
+            recovery: Recovery::new(config.max_tracked_packets),
+            acks: AckTracker::new(config.max_ack_ranges, config.max_ack_delay),
+            rtt,
+            cc,
+            pacer,
+            pacing_until: None,
+            probes: 0,
+            last_rx: now,
+            connected: false,
+            state: State::Open,
+            events: VecDeque::new(),
+            stats: ConnStats::default(),
+            rr: 0,
+            tmp: Vec::new(),
+            path_responses: VecDeque::new(),
+        }
+    }
+
+    fn dirs(&self) -> (Direction, Direction) {
+        match self.side {
+            Side::Client => (Direction::ClientToServer, Direction::ServerToClient),
+            Side::Server => (Direction::ServerToClient, Direction::ClientToServer),
+        }
+    }
+
+    /// The connection id.
+    pub fn cid(&self) -> ConnectionId {
+        self.cid
+    }
+
+    /// The session's mux (for application code on the driver's thread).
+    pub fn mux(&mut self) -> &mut Mux {
+        &mut self.mux
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> ConnStats {
+        self.stats
+    }
+
+    /// The RTT estimate.
+    pub fn rtt(&self) -> &RttEstimator {
+        &self.rtt
+    }
+
+    /// The congestion window in bytes.
+    pub fn window(&self) -> u64 {
+        self.cc.window()
+    }
+
+    /// Whether the connection has ended (no more events, nothing to send).
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn pto(&self) -> Duration {
+        self.rtt.pto_base() + self.config.max_ack_delay
+    }
+
+    fn end(&mut self, reason: CloseReason) {
+        if self.state != State::Closed {
+            self.state = State::Closed;
+            self.mux.close();
+            self.events.push_back(Event::Closed(reason));
+        }
+    }
+
+    /// Closes the connection: a CLOSE with `code` goes out, then the connection waits three
+    /// PTOs (for the peer's last packets) and ends.
+    pub fn close(&mut self, now: Instant, code: u16) {
+        if self.state == State::Open {
+            self.state = State::Closing { until: now + self.pto() * 3, close_sent: false, code };
+            self.mux.close();
+        }
+    }
+
+    fn violation(&mut self, now: Instant, why: String) {
+        if self.state == State::Open {
+            self.state = State::Closing {
+                until: now + self.pto() * 3,
+                close_sent: false,
+                code: CloseCode::Protocol as u16,
+            };
+            self.mux.close();
+            self.events.push_back(Event::Closed(CloseReason::Protocol(why)));
+        }
+    }
+
+    /// A datagram from `from` arrived at `now`. It is decrypted in place.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &mut [u8]) {
+        let _ = from; // Address changes come with path validation.
+        if matches!(self.state, State::Closed | State::Draining { .. }) {
+            return;
+        }
+        let hdr = match packet::parse_header(datagram) {
+            Ok(h) if h.cid == self.cid => h,
+            _ => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        let len = datagram.len();
+        let (_, recv_dir) = self.dirs();
+        let Some(plain) = packet::open(&self.recv_key, recv_dir, &hdr, datagram) else {
+            self.stats.auth_failed += 1;
+            return;
+        };
+        if self.acks.check(hdr.pn) == Received::Duplicate {
+            self.stats.duplicates += 1;
+            return;
+        }
+        // Decode everything first: a bad frame refuses the whole packet, and data that runs
+        // too far ahead drops it unacknowledged (the peer sends it again later).
+        let mut frames = Vec::new();
+        let mut ahead = 0usize;
+        for f in Frames::new(plain) {
+            match f {
+                Ok(f) => {
+                    if let Frame::ChannelData { chan, offset, data } = f {
+                        let Some(i) = self.find(chan) else {
+                            return self.violation(now, format!("unknown channel {chan:#04x}"));
+                        };
+                        let recv = &self.chans[i].recv;
+                        if offset + data.len() as u64 > recv.delivered() + self.config.max_reorder {
+                            self.stats.reorder_drops += 1;
+                            return;
+                        }
+                        ahead += data.len();
+                    }
+                    frames.push(f);
+                }
+                Err(e) => return self.violation(now, format!("bad frame: {e}")),
+            }
+        }
+        let buffered: usize = self.chans.iter().map(|c| c.recv.buffered()).sum();
+        if buffered + ahead > self.config.max_reorder_total {
+            self.stats.reorder_drops += 1;
+            return;
+        }
+        self.stats.packets_in += 1;
+        self.stats.bytes_in += len as u64;
+        self.last_rx = now;
+        if !self.connected {
+            self.connected = true;
+            self.events.push_back(Event::Connected);
+        }
+        let eliciting = frames.iter().any(|f| f.ack_eliciting());
+        // Owned copies of what borrows the packet: the mux calls below need `self`.
+        let mut pending = Vec::new();
+        for f in frames {
+            match f {
+                Frame::Padding(_) | Frame::Ping | Frame::PathResponse(_) => {}
+                Frame::Ack(a) => {
+                    let ranges: Vec<_> = a.iter().collect();
+                    pending.push(Owned::Ack(ranges, a.delay_us));
+                }
+                Frame::ChannelData { chan, offset, data } => {
+                    pending.push(Owned::Data(chan, offset, data.to_vec()))
+                }
+                Frame::Credit { chan, limit } => pending.push(Owned::Control(true, chan, limit)),
+                Frame::Blocked { chan, limit } => pending.push(Owned::Control(false, chan, limit)),
+                Frame::Datagram { .. } => self.stats.datagrams_ignored += 1,
+                Frame::PathChallenge(d) => self.path_responses.push_back(d),
+                Frame::Close { code, reason } => {
+                    let reason = String::from_utf8_lossy(reason).into_owned();
+                    self.state = State::Draining { until: now + self.pto() * 3 };
+                    self.mux.close();
+                    self.events.push_back(Event::Closed(CloseReason::Peer { code, reason }));
+                    return;
+                }
+            }
+        }
+        self.acks.on_received(now, hdr.pn, eliciting);
+        for p in pending {
+            if self.state != State::Open {
+                return;
+            }
+            match p {
+                Owned::Ack(ranges, delay_us) => self.on_ack(now, ranges, delay_us),
+                Owned::Data(chan, offset, data) => self.on_data(now, chan, offset, &data),
+                Owned::Control(credit, chan, limit) => {
+                    self.tmp.clear();
+                    if credit {
+                        mux_frame::put_credit(&mut self.tmp, chan, limit);
+                    } else {
+                        mux_frame::put_blocked(&mut self.tmp, chan, limit);
+                    }
+                    let frame = std::mem::take(&mut self.tmp);
+                    if let Err(e) = self.mux.handle_payload(&frame) {
+                        self.violation(now, e.to_string());
+                    }
+                    self.tmp = frame;
+                }
+            }
+        }
+    }
+
+    fn find(&self, chan: u8) -> Option<usize> {
+        match self.index.get(chan as usize) {
+            Some(&i) if i != 0 => Some(i as usize - 1),
+            _ => None,
+        }
+    }
+
+    fn on_data(&mut self, now: Instant, chan: u8, offset: u64, data: &[u8]) {
+        let Some(i) = self.find(chan) else { return };
+        let c = &mut self.chans[i];
+        let partial = &mut c.partial;
+        let limit = u64::MAX;
+        if c.recv.insert(offset, data, limit, |b| partial.extend_from_slice(b)).is_err() {
+            return;
+        }
+        // Whole §8 frames go to the mux, in order.
+        let mut at = 0;
+        let mut result = Ok(());
+        while at < c.partial.len() {
+            match mux_frame::decode(&c.partial[at..]) {
+                Ok((_, n)) => {
+                    result = self.mux.handle_payload(&c.partial[at..at + n]);
+                    at += n;
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                Err(crate::codec::DecodeError::Truncated) => break,
+                Err(e) => {
+                    result = Err(e.into());
+                    break;
+                }
+            }
+        }
+        c.partial.drain(..at);
+        if let Err(e) = result {
+            self.violation(now, e.to_string());
+        }
+    }
+
+    fn on_ack(&mut self, now: Instant, ranges: Vec<std::ops::RangeInclusive<u64>>, delay_us: u32) {
+        let delay = Duration::from_micros(delay_us as u64);
+        let out =
+            self.recovery.on_ack(now, ranges, delay, self.config.max_ack_delay, &mut self.rtt);
+        for (_, p) in &out.acked {
+            for s in &p.info {
+                if let Sent::Data { idx, start, end } = s {
+                    self.chans[*idx].send.on_acked(*start..*end);
+                }
+            }
+            if p.in_flight {
+                self.cc.on_ack(now, p.time, p.bytes, false, &self.rtt);
+            }
+        }
+        if !out.lost.is_empty() {
+            self.on_lost(now, out.lost, out.persistent_congestion);
+        }
+        if !out.acked.is_empty() {
+            self.probes = 0;
+        }
+    }
+
+    fn on_lost(&mut self, now: Instant, lost: Vec<(u64, SentPacket<Vec<Sent>>)>, persistent: bool) {
+        let mut newest = None;
+        let mut bytes = 0;
+        for (_, p) in lost {
+            self.stats.lost += 1;
+            if p.in_flight {
+                bytes += p.bytes;
+                newest = newest.max(Some(p.time));
+            }
+            for s in p.info {
+                match s {
+                    Sent::Data { idx, start, end } => self.chans[idx].send.on_lost(start..end),
+                    // Absolute values: send the latest ones again.
+                    Sent::Credit(None) => self.conn_credit.lost(),
+                    Sent::Credit(Some(i)) => self.chans[i].credit.lost(),
+                    Sent::Blocked(None) => self.conn_blocked.lost(),
+                    Sent::Blocked(Some(i)) => self.chans[i].blocked.lost(),
+                }
+            }
+        }
+        if let Some(sent) = newest {
+            self.cc.on_congestion_event(now, sent, persistent, bytes);
+        }
+    }
+
+    /// Moves what the mux has to send into the channels' streams and control state,
+    /// while what waits unsent is less than a congestion window.
+    fn fill_from_mux(&mut self) {
+        let budget = self.cc.window().max(64 << 10);
+        for _ in 0..64 {
+            let unsent: u64 = self.chans.iter().map(|c| c.send.unsent()).sum();
+            if unsent >= budget || !self.mux.wants_send() {
+                break;
+            }
+            self.tmp.clear();
+            if !self.mux.poll_payload(&mut self.tmp, 64 << 10) {
+                self.mux.notify_writable();
+                if !self.mux.wants_send() {
+                    break;
+                }
+                continue;
+            }
+            let payload = std::mem::take(&mut self.tmp);
+            let mut at = 0;
+            while at < payload.len() {
+                let Ok((f, n)) = mux_frame::decode(&payload[at..]) else { break };
+                match f {
+                    mux_frame::Frame::Data { chan, .. } => {
+                        if let Some(i) = self.find(chan) {
+                            self.chans[i].send.write(&payload[at..at + n]);
+                        }
+                    }
+                    mux_frame::Frame::Credit { chan: 0, limit } => self.conn_credit.set(limit),
+                    mux_frame::Frame::Credit { chan, limit } => {
+                        if let Some(i) = self.find(chan) {
+                            self.chans[i].credit.set(limit);
+                        }
+                    }
+                    mux_frame::Frame::Blocked { chan: 0, limit } => self.conn_blocked.set(limit),
+                    mux_frame::Frame::Blocked { chan, limit } => {
+                        if let Some(i) = self.find(chan) {
+                            self.chans[i].blocked.set(limit);
+                        }
+                    }
+                }
+                at += n;
+            }
+            self.tmp = payload;
+        }
+        self.mux.notify_writable();
+    }
+
+    fn has_controls(&self) -> bool {
+        self.conn_credit.pending
+            || self.conn_blocked.pending
+            || self.chans.iter().any(|c| c.credit.pending || c.blocked.pending)
+    }
+
+    fn has_data(&self) -> bool {
+        self.chans.iter().any(|c| c.send.has_data())
+    }
+
+    /// Writes the next datagram (or batch of up to `max_segments` equal-size datagrams,
+    /// for GSO) to send into `buf`, which it clears first; `None` when there is nothing to
+    /// send now (pacing, the congestion window, or nothing to say).
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        max_segments: usize,
+        buf: &mut Vec<u8>,
+    ) -> Option<Transmit> {
+        buf.clear();
+        let size = self.config.max_datagram;
+        match self.state {
+            State::Closed | State::Draining { .. } => return None,
+            State::Closing { close_sent: true, .. } => return None,
+            State::Closing { until, close_sent: false, code } => {
+                let start = packet::begin(buf);
+                frame::put_close(buf, code, "");
+                self.seal(buf, start);
+                self.state = State::Closing { until, close_sent: true, code };
+                return Some(Transmit {
+                    destination: self.remote,
+                    size: buf.len(),
+                    segment_size: None,
+                });
+            }
+            State::Open => {}
+        }
+        self.fill_from_mux();
+        let mut segments = 0;
+        while segments < max_segments.max(1) {
+            let start = buf.len();
+            let built = self.build_packet(now, buf, size);
+            if !built {
+                buf.truncate(start);
+                break;
+            }
+            segments += 1;
+            let len = buf.len() - start;
+            if len < size {
+                // Only the last segment of a batch may be short.
+                break;
+            }
+        }
+        if segments == 0 {
+            return None;
+        }
+        let segment_size = (segments > 1).then_some(size);
+        Some(Transmit { destination: self.remote, size: buf.len(), segment_size })
+    }
+
+    /// Seals the packet begun at `start` with the next packet number.
+    fn seal(&mut self, buf: &mut Vec<u8>, start: usize) -> u64 {
+        let pn = self.next_pn;
+        self.next_pn += 1;
+        let (send_dir, _) = self.dirs();
+        let hdr = Header { cid: self.cid, key_phase: false, pn };
+        packet::seal(&self.send_key, send_dir, &hdr, buf, start);
+        self.stats.packets_out += 1;
+        self.stats.bytes_out += (buf.len() - start) as u64;
+        pn
+    }
+
+    /// Builds one packet of at most `size` bytes at the end of `buf`; returns whether it
+    /// built one.
+    fn build_packet(&mut self, now: Instant, buf: &mut Vec<u8>, size: usize) -> bool {
+        let start = packet::begin(buf);
+        let limit = start + size - dap_net::enc::cipher::TAG_LEN;
+        let mut info = Vec::new();
+        let mut eliciting = false;
+        // An ACK when one is due, or riding along with anything else.
+        let ack_due = self.acks.ack_due(now);
+        let probing = self.probes > 0;
+        let cwnd_room = self.recovery.bytes_in_flight() + size as u64 <= self.cc.window();
+        let want_data = (self.has_data() || self.has_controls() || !self.path_responses.is_empty())
+            && (cwnd_room || probing);
+        // Pacing applies to what counts against the window.
+        let paced = want_data
+            && !probing
+            && self
+                .pacer
+                .delay(now, size as u64, self.cc.window(), size as u64, self.rtt.get())
+                .inspect(|&t| self.pacing_until = Some(t))
+                .is_some();
+        let send_eliciting = (want_data && !paced) || probing;
+        if ack_due || (send_eliciting && self.acks.has_news()) {
+            // As many of the most recent ranges as fit: older ones were acknowledged before.
+            let fit = self.acks.ranges_fitting(limit - buf.len()).min(self.config.max_ack_ranges);
+            if fit > 0 {
+                self.acks.write_ack(now, buf, fit);
+            }
+        }
+        if send_eliciting {
+            self.pacing_until = None;
+            while let Some(d) = self.path_responses.front().copied() {
+                if buf.len() + frame::PATH_LEN > limit {
+                    break;
+                }
+                frame::put_path_response(buf, d);
+                self.path_responses.pop_front();
+                eliciting = true;
+            }
+            self.put_controls(buf, limit, &mut info);
+            self.put_data(buf, limit, &mut info);
+            eliciting |= !info.is_empty();
+            if probing && !eliciting {
+                frame::put_ping(buf);
+                eliciting = true;
+            }
+        }
+        if buf.len() == start + packet::HEADER_LEN {
+            buf.truncate(start);
+            return false;
+        }
+        if eliciting && probing {
+            self.probes -= 1;
+        }
+        let pn = self.seal(buf, start);
+        let bytes = (buf.len() - start) as u64;
+        if eliciting {
+            self.pacer.on_sent(bytes);
+        }
+        let sent =
+            SentPacket { time: now, bytes, ack_eliciting: eliciting, in_flight: eliciting, info };
+        if self.recovery.on_sent(pn, sent).is_err() {
+            // Too much in flight to track: what this packet carried goes out again later.
+            self.stats.lost += 1;
+        }
+        true
+    }
+
+    fn put_controls(&mut self, buf: &mut Vec<u8>, limit: usize, info: &mut Vec<Sent>) {
+        let mut one = |ctl: &mut Ctl, credit: bool, chan: u8, who: Option<usize>| {
+            if ctl.pending && buf.len() + frame::CONTROL_LEN <= limit {
+                let v = ctl.latest.expect("pending has a value");
+                if credit {
+                    frame::put_credit(buf, chan, v);
+                    info.push(Sent::Credit(who));
+                } else {
+                    frame::put_blocked(buf, chan, v);
+                    info.push(Sent::Blocked(who));
+                }
+                ctl.pending = false;
+            }
+        };
+        one(&mut self.conn_credit, true, 0, None);
+        one(&mut self.conn_blocked, false, 0, None);
+        for (i, c) in self.chans.iter_mut().enumerate() {
+            one(&mut c.credit, true, c.id, Some(i));
+            one(&mut c.blocked, false, c.id, Some(i));
+        }
+    }
+
+    fn put_data(&mut self, buf: &mut Vec<u8>, limit: usize, info: &mut Vec<Sent>) {
+        let n = self.chans.len();
+        for k in 0..n {
+            let i = (self.rr + k) % n;
+            let room = limit.saturating_sub(buf.len() + frame::CHANNEL_DATA_OVERHEAD);
+            if room == 0 {
+                break;
+            }
+            let c = &mut self.chans[i];
+            let lost_first = c.send.has_data();
+            if !lost_first {
+                continue;
+            }
+            let unsent_before = c.send.unsent();
+            if let Some((offset, data)) = c.send.next(room, u64::MAX) {
+                let end = offset + data.len() as u64;
+                frame::put_channel_data(buf, c.id, offset, data);
+                if c.send.unsent() == unsent_before {
+                    self.stats.retransmitted += end - offset;
+                }
+                info.push(Sent::Data { idx: i, start: offset, end });
+            }
+        }
+        self.rr = (self.rr + 1) % n.max(1);
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        let mut at = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        match self.state {
+            State::Closed => return None,
+            State::Closing { until, .. } | State::Draining { until } => return Some(until),
+            State::Open => {}
+        }
+        at(self.acks.ack_deadline());
+        at(self.recovery.timer(&self.rtt, self.config.max_ack_delay));
+        at(self.pacing_until);
+        at(Some(self.last_rx + self.config.idle_timeout));
+        if self.recovery.bytes_in_flight() == 0 {
+            at(Some(self.last_rx + self.config.keepalive));
+        }
+        t
+    }
+
+    /// The time of [`poll_timeout`](Self::poll_timeout) has come.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            State::Closed => return,
+            State::Closing { until, .. } | State::Draining { until } => {
+                if now >= until {
+                    let reason = match self.state {
+                        State::Closing { code, .. } => CloseReason::Local(code),
+                        _ => CloseReason::Peer { code: 0, reason: String::new() },
+                    };
+                    // Events for these were pushed when the close began, unless local.
+                    let local = matches!(reason, CloseReason::Local(_));
+                    self.state = State::Closed;
+                    if local && !self.events.iter().any(|e| matches!(e, Event::Closed(_))) {
+                        self.events.push_back(Event::Closed(reason));
+                    }
+                }
+                return;
+            }
+            State::Open => {}
+        }
+        if now >= self.last_rx + self.config.idle_timeout {
+            return self.end(CloseReason::IdleTimeout);
+        }
+        if self.pacing_until.is_some_and(|t| t <= now) {
+            self.pacing_until = None;
+        }
+        if self.recovery.timer(&self.rtt, self.config.max_ack_delay).is_some_and(|t| t <= now) {
+            match self.recovery.on_timeout(now, &self.rtt, self.config.max_ack_delay) {
+                Timeout::Lost { lost, persistent_congestion } => {
+                    self.on_lost(now, lost, persistent_congestion)
+                }
+                Timeout::Probe(n) => {
+                    self.stats.ptos += 1;
+                    self.probes = n;
+                }
+            }
+        }
+        if self.recovery.bytes_in_flight() == 0 && now >= self.last_rx + self.config.keepalive {
+            self.probes = self.probes.max(1);
+        }
+    }
+}
+
+/// A frame copied out of the packet buffer.
+enum Owned {
+    Ack(Vec<std::ops::RangeInclusive<u64>>, u32),
+    Data(u8, u64, Vec<u8>),
+    Control(bool, u8, u64),
+}

@@ -1,0 +1,263 @@
+//! Two connections over the simulated network on a virtual clock, in the spirit of
+//! quinn-proto's `Pair`: every byte of eight channels crosses both ways, through loss,
+//! reordering and duplication, and arrives equal and in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dap_net::enc::cipher::CipherSuite;
+use parking_lot::Mutex;
+
+use super::connection::{Connection, ConnectionConfig, Event, Side};
+use super::packet::ConnectionId;
+use super::sim::{LinkConfig, Network};
+use crate::channel::{Channel, ChannelHandler, ChannelProcs, Message, SessionInfo};
+use crate::mux::{Mux, MuxConfig};
+use crate::session::{SessionLimits, SessionParams, TransportKind};
+use crate::transport::Wake;
+
+struct NoWake;
+impl Wake for NoWake {
+    fn wake(&self) {}
+}
+
+type Log = Arc<Mutex<Vec<Message>>>;
+
+/// Writes its messages in order as the channel takes them, and records what arrives.
+struct Peer {
+    out: Vec<Vec<u8>>,
+    next: usize,
+    log: Log,
+}
+
+impl Peer {
+    fn fill(&mut self, ch: &mut Channel<'_>) {
+        while self.next < self.out.len() && ch.can_write(self.out[self.next].len()) {
+            let data = std::mem::take(&mut self.out[self.next]);
+            if ch.write(self.next as u8, data).is_err() {
+                return;
+            }
+            self.next += 1;
+        }
+    }
+}
+
+impl ChannelHandler for Peer {
+    fn on_new(&mut self, ch: &mut Channel<'_>) {
+        ch.set_ready_to_write(true);
+        self.fill(ch);
+    }
+    fn packet_in(&mut self, _: &mut Channel<'_>, msg: Message) {
+        self.log.lock().push(msg);
+    }
+    fn packet_out(&mut self, ch: &mut Channel<'_>) {
+        self.fill(ch);
+    }
+}
+
+const IDS: &[u8] = b"ABCDEFGH";
+const SIZES: [usize; 7] = [1, 100, 1000, 16_383, 16_384, 65_537, 200_000];
+
+fn pattern(side: u8, id: u8, i: usize, n: usize) -> Vec<u8> {
+    let mut x = (side as u32) << 24 | (id as u32) << 16 | i as u32;
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (x >> 16) as u8
+        })
+        .collect()
+}
+
+fn params() -> SessionParams {
+    SessionParams {
+        id: [1; 16],
+        suite: CipherSuite::ChaCha20Poly1305,
+        secret: [2; 32],
+        channels: IDS.to_vec(),
+        transport: TransportKind::Udp,
+        limits: SessionLimits::default(),
+        udp_port: 0,
+        client: None,
+    }
+}
+
+/// One end: its connection, address and what each channel received.
+struct End {
+    conn: Connection,
+    addr: SocketAddr,
+    logs: Vec<(u8, Log)>,
+    events: Vec<Event>,
+}
+
+fn end(side: Side, cid: ConnectionId, addr: SocketAddr, remote: SocketAddr, now: Instant) -> End {
+    let tag = side as u8;
+    let mut procs = ChannelProcs::new();
+    let mut logs = Vec::new();
+    for &id in IDS {
+        let log = Log::default();
+        logs.push((id, log.clone()));
+        procs
+            .ch_proc_add(id, move |_| {
+                let out = SIZES.iter().enumerate().map(|(i, &n)| pattern(tag, id, i, n)).collect();
+                Box::new(Peer { out, next: 0, log: log.clone() })
+            })
+            .unwrap();
+    }
+    let info = SessionInfo { session_id: [1; 16], client: None };
+    let mut mux = Mux::new(IDS, &procs, info, MuxConfig::default());
+    mux.start(Arc::new(NoWake));
+    let conn = Connection::new(side, &params(), cid, remote, mux, ConnectionConfig::default(), now);
+    End { conn, addr, logs, events: Vec::new() }
+}
+
+struct Pair {
+    start: Instant,
+    now: Instant,
+    net: Network,
+    ends: [End; 2],
+}
+
+impl Pair {
+    fn new(seed: u64, link: LinkConfig) -> Self {
+        let now = Instant::now();
+        let (ca, sa) =
+            (SocketAddr::from(([127, 0, 0, 1], 4000)), SocketAddr::from(([127, 0, 0, 2], 443)));
+        let cid = ConnectionId([0, 1, 2, 3, 4, 5, 6, 7]);
+        let client = end(Side::Client, cid, ca, sa, now);
+        let server = end(Side::Server, cid, sa, ca, now);
+        Pair { start: now, now, net: Network::new(seed, link), ends: [client, server] }
+    }
+
+    fn done(&self) -> bool {
+        self.ends.iter().all(|e| e.logs.iter().all(|(_, l)| l.lock().len() == SIZES.len()))
+    }
+
+    /// Runs until every message arrived both ways, or `limit` of virtual time.
+    fn drive(&mut self, limit: Duration) {
+        let start = self.now;
+        let mut buf = Vec::new();
+        let mut stuck = 0u32;
+        let mut last_now = self.now;
+        while !self.done() {
+            if self.now == last_now {
+                stuck += 1;
+                assert!(
+                    stuck < 100_000,
+                    "no progress at {:?}: timeouts {:?} {:?}, next delivery {:?}",
+                    self.now - start,
+                    self.ends[0].conn.poll_timeout().map(|t| t - start),
+                    self.ends[1].conn.poll_timeout().map(|t| t - start),
+                    self.net.next_delivery().map(|t| t - start)
+                );
+            } else {
+                stuck = 0;
+                last_now = self.now;
+            }
+            assert!(self.now - start < limit, "not done after {limit:?} of virtual time");
+            // Send what each end has.
+            for e in &mut self.ends {
+                while let Some(t) = e.conn.poll_transmit(self.now, 10, &mut buf) {
+                    let seg = t.segment_size.unwrap_or(t.size);
+                    for d in buf[..t.size].chunks(seg) {
+                        self.net.send(self.now, e.addr, t.destination, d);
+                    }
+                }
+                while let Some(ev) = e.conn.poll_event() {
+                    e.events.push(ev);
+                }
+            }
+            // Deliver what is due.
+            let mut delivered = false;
+            while let Some(mut d) = self.net.deliver(self.now) {
+                let e = self.ends.iter_mut().find(|e| e.addr == d.to).expect("an end");
+                e.conn.handle_datagram(self.now, d.from, &mut d.bytes);
+                delivered = true;
+            }
+            if delivered {
+                continue;
+            }
+            // Advance the clock to the next thing that happens.
+            let next = [
+                self.net.next_delivery(),
+                self.ends[0].conn.poll_timeout(),
+                self.ends[1].conn.poll_timeout(),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("something is always pending");
+            self.now = self.now.max(next);
+            for e in &mut self.ends {
+                if e.conn.poll_timeout().is_some_and(|t| t <= self.now) {
+                    e.conn.handle_timeout(self.now);
+                }
+            }
+        }
+    }
+
+    fn check(&self) {
+        for (side, e) in self.ends.iter().enumerate() {
+            let from = 1 - side as u8;
+            for (id, log) in &e.logs {
+                let got = log.lock();
+                for (i, m) in got.iter().enumerate() {
+                    assert_eq!(m.ty as usize, i, "channel {} in order", *id as char);
+                    assert!(
+                        m.data == pattern(from, *id, i, SIZES[i]),
+                        "channel {} message {i}",
+                        *id as char
+                    );
+                }
+            }
+            assert!(!e.events.iter().any(|ev| matches!(ev, Event::Closed(_))), "{:?}", e.events);
+        }
+    }
+}
+
+fn transfer(seed: u64, link: LinkConfig) -> Pair {
+    let mut p = Pair::new(seed, link);
+    p.drive(Duration::from_secs(600));
+    p.check();
+    p
+}
+
+#[test]
+fn eight_channels_cross_both_ways_without_loss() {
+    let p = transfer(1, LinkConfig::default());
+    let s = p.ends[0].conn.stats();
+    assert_eq!(s.lost, 0, "{s:?}");
+}
+
+fn lossy(loss: f64) {
+    {
+        let link = LinkConfig {
+            loss,
+            duplicate: 0.02,
+            jitter: Duration::from_millis(8),
+            ..LinkConfig::default()
+        };
+        let p = transfer(42, link);
+        let s = p.ends[0].conn.stats();
+        assert!(s.lost > 0 && s.retransmitted > 0, "loss {loss}: {s:?}");
+        assert!(p.net.stats().duplicated > 0);
+        let r = p.ends[1].conn.stats();
+        assert!(r.duplicates > 0, "duplicates are recognised and dropped: {r:?}");
+        eprintln!("loss {loss}: {:?} virtual, client {s:?}", p.now - p.start);
+    }
+}
+
+#[test]
+fn eight_channels_cross_both_ways_at_1_percent_loss() {
+    lossy(0.01);
+}
+
+#[test]
+fn eight_channels_cross_both_ways_at_10_percent_loss() {
+    lossy(0.10);
+}
+
+#[test]
+fn eight_channels_cross_both_ways_at_30_percent_loss() {
+    lossy(0.30);
+}
