@@ -20,6 +20,7 @@ mod serve_tokio;
 mod servers;
 mod setup;
 mod tls;
+mod udp_sim;
 mod wrk;
 
 use std::net::SocketAddr;
@@ -123,6 +124,9 @@ enum Cmd {
     /// Encrypted bulk transfer on one channel: dap's stream vs rustls TLS 1.3 over TCP
     /// (ChaCha20-Poly1305 and AES-256-GCM).
     Stream(bulk::StreamArgs),
+    /// The UDP engine's own ceiling: two engines in memory on one thread, one channel,
+    /// encrypted bulk (both ciphers, 1,452- and 8,952-byte datagrams)
+    UdpSim(udp_sim::UdpSimArgs),
     /// Session set-ups per second (enc_init + stream_ctl + stream connect) vs full rustls
     /// TLS 1.3 handshakes per second, fresh connections.
     Setup(setup::SetupArgs),
@@ -237,6 +241,10 @@ fn main() -> ExitCode {
         Cmd::Http(a) => http::run_http(&a, DapSource::from_arg(cli.dap_hello_bin)).map(drop),
         Cmd::Https(a) => http::run_https(&a, DapSource::from_arg(cli.dap_hello_bin)).map(drop),
         Cmd::Stream(a) => bulk::run(&a).map(drop),
+        Cmd::UdpSim(a) => {
+            udp_sim::run_all(&a);
+            Ok(())
+        }
         Cmd::Setup(a) => setup::run(&a).map(drop),
         Cmd::All(a) => run_all(&a, cli.dap_bin, cli.dap_hello_bin, cli.dap_stream_bin),
     };

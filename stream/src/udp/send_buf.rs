@@ -74,8 +74,10 @@ impl RangeSet {
 /// One channel's send buffer.
 #[derive(Clone, Debug, Default)]
 pub struct SendBuf {
-    /// Bytes from offset `base` on.
+    /// `data[head..]` are the bytes from offset `base` on; the acknowledged prefix before
+    /// `head` is dropped once it is more than half of `data` (each byte moves at most once).
     data: Vec<u8>,
+    head: usize,
     base: u64,
     /// The next new byte to send.
     unsent: u64,
@@ -98,12 +100,17 @@ impl SendBuf {
 
     /// The end of the stream written so far.
     pub fn end(&self) -> u64 {
-        self.base + self.data.len() as u64
+        self.base + (self.data.len() - self.head) as u64
     }
 
     /// Bytes held: written and not acknowledged below the first gap.
     pub fn held(&self) -> usize {
-        self.data.len()
+        self.data.len() - self.head
+    }
+
+    fn slice(&self, start: u64, end: u64) -> &[u8] {
+        let at = |o: u64| self.head + (o - self.base) as usize;
+        &self.data[at(start)..at(end)]
     }
 
     /// Bytes never sent.
@@ -118,7 +125,7 @@ impl SendBuf {
 
     /// Whether every byte written has been acknowledged.
     pub fn all_acked(&self) -> bool {
-        self.data.is_empty()
+        self.held() == 0
     }
 
     /// The next bytes to send, at most `max`, lost ones first: their offset and the bytes.
@@ -131,8 +138,7 @@ impl SendBuf {
         if let Some(r) = self.lost.first() {
             let end = r.end.min(r.start + max as u64);
             self.lost.remove(r.start..end);
-            let (a, b) = ((r.start - self.base) as usize, (end - self.base) as usize);
-            return Some((r.start, &self.data[a..b]));
+            return Some((r.start, self.slice(r.start, end)));
         }
         let end = self.end().min(limit).min(self.unsent + max as u64);
         if end <= self.unsent {
@@ -140,8 +146,7 @@ impl SendBuf {
         }
         let start = self.unsent;
         self.unsent = end;
-        let (a, b) = ((start - self.base) as usize, (end - self.base) as usize);
-        Some((start, &self.data[a..b]))
+        Some((start, self.slice(start, end)))
     }
 
     /// The bytes `r` were acknowledged; frees the acknowledged prefix.
@@ -156,9 +161,16 @@ impl SendBuf {
             && first.start <= self.base
         {
             let n = (first.end - self.base) as usize;
-            self.data.drain(..n);
+            self.head += n;
             self.base = first.end;
             self.acked.remove(0..first.end);
+            if self.head == self.data.len() {
+                self.data.clear();
+                self.head = 0;
+            } else if self.head > self.data.len() / 2 {
+                self.data.drain(..self.head);
+                self.head = 0;
+            }
         }
     }
 
