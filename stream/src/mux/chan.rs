@@ -76,7 +76,7 @@ pub(crate) struct ChanState {
     max_window: u64,
     /// The window grows at most once per limit sent: BLOCKED frames at or under this
     /// limit are stale.
-    grown_at: u64,
+    grown_at: Option<u64>,
     /// Times the window grew (stats).
     pub(crate) window_growths: u32,
 }
@@ -104,7 +104,7 @@ impl ChanState {
             held: 0,
             window: config.channel_window as u64,
             max_window: (config.max_channel_window as u64).max(config.channel_window as u64),
-            grown_at: 0,
+            grown_at: None,
             window_growths: 0,
         }
     }
@@ -123,12 +123,15 @@ impl ChanState {
     /// reading (the handler keeps up, so the window is what holds the sender back) and the
     /// window has not grown for this limit already. The grant follows in the next payload.
     pub(crate) fn on_blocked(&mut self, limit: u64) {
-        if !self.reading || self.held > 0 || limit < self.grown_at || self.window >= self.max_window
+        if !self.reading
+            || self.held > 0
+            || self.grown_at.is_some_and(|g| limit <= g)
+            || self.window >= self.max_window
         {
             return;
         }
         self.window = (self.window * 2).min(self.max_window);
-        self.grown_at = self.recv_limit.max(limit) + 1;
+        self.grown_at = Some(self.recv_limit.max(limit));
         self.window_growths += 1;
     }
 

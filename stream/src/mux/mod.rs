@@ -127,7 +127,7 @@ struct ConnFlow {
     recv_limit: u64,
     window: u64,
     max_window: u64,
-    grown_at: u64,
+    grown_at: Option<u64>,
 }
 
 impl ConnFlow {
@@ -141,7 +141,7 @@ impl ConnFlow {
             recv_limit: w,
             window: w,
             max_window: (config.max_conn_window as u64).max(w),
-            grown_at: 0,
+            grown_at: None,
         }
     }
 
@@ -156,11 +156,11 @@ impl ConnFlow {
     }
 
     fn on_blocked(&mut self, limit: u64) -> bool {
-        if limit < self.grown_at || self.window >= self.max_window {
+        if self.grown_at.is_some_and(|g| limit <= g) || self.window >= self.max_window {
             return false;
         }
         self.window = (self.window * 2).min(self.max_window);
-        self.grown_at = self.recv_limit.max(limit) + 1;
+        self.grown_at = Some(self.recv_limit.max(limit));
         true
     }
 }

@@ -357,6 +357,13 @@ fn a_stale_blocked_frame_does_not_grow_the_window_again() {
     put_blocked(&mut older, b'E', 100);
     p.b.handle_payload(&older).unwrap();
     assert_eq!(p.b.recv_window(b'E'), Some(8192));
+    // A limit at the top of the range grows once and overflows nothing.
+    let mut top = Vec::new();
+    put_blocked(&mut top, b'E', u64::MAX);
+    put_blocked(&mut top, frame::CONNECTION, u64::MAX);
+    p.b.handle_payload(&top).unwrap();
+    p.b.handle_payload(&top).unwrap();
+    assert_eq!(p.b.recv_window(b'E'), Some(16384));
     // BLOCKED for a channel the session does not have is a violation, like any frame.
     let mut bad = Vec::new();
     put_blocked(&mut bad, b'Q', 1);

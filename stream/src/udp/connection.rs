@@ -246,6 +246,8 @@ pub struct Connection {
     probes: u8,
     last_rx: Instant,
     connected: bool,
+    /// A `Closed` event was queued (there is only ever one).
+    close_reported: bool,
     state: State,
     events: VecDeque<Event>,
     stats: ConnStats,
@@ -326,6 +328,7 @@ impl Connection {
             probes: 0,
             last_rx: now,
             connected: false,
+            close_reported: false,
             state: State::Open,
             events: VecDeque::new(),
             stats: ConnStats::default(),
@@ -385,6 +388,13 @@ impl Connection {
         if self.state != State::Closed {
             self.state = State::Closed;
             self.mux.close();
+            self.report_closed(reason);
+        }
+    }
+
+    fn report_closed(&mut self, reason: CloseReason) {
+        if !self.close_reported {
+            self.close_reported = true;
             self.events.push_back(Event::Closed(reason));
         }
     }
@@ -406,7 +416,7 @@ impl Connection {
                 code: CloseCode::Protocol as u16,
             };
             self.mux.close();
-            self.events.push_back(Event::Closed(CloseReason::Protocol(why)));
+            self.report_closed(CloseReason::Protocol(why));
         }
     }
 
@@ -489,7 +499,7 @@ impl Connection {
                     let reason = String::from_utf8_lossy(reason).into_owned();
                     self.state = State::Draining { until: now + self.pto() * 3 };
                     self.mux.close();
-                    self.events.push_back(Event::Closed(CloseReason::Peer { code, reason }));
+                    self.report_closed(CloseReason::Peer { code, reason });
                     return;
                 }
             }
@@ -870,16 +880,12 @@ impl Connection {
             State::Closed => return,
             State::Closing { until, .. } | State::Draining { until } => {
                 if now >= until {
-                    let reason = match self.state {
-                        State::Closing { code, .. } => CloseReason::Local(code),
-                        _ => CloseReason::Peer { code: 0, reason: String::new() },
-                    };
-                    // Events for these were pushed when the close began, unless local.
-                    let local = matches!(reason, CloseReason::Local(_));
-                    self.state = State::Closed;
-                    if local && !self.events.iter().any(|e| matches!(e, Event::Closed(_))) {
-                        self.events.push_back(Event::Closed(reason));
+                    // A peer's CLOSE or a violation was reported when it happened; a local
+                    // close is reported now that the closing period is over.
+                    if let State::Closing { code, .. } = self.state {
+                        self.report_closed(CloseReason::Local(code));
                     }
+                    self.state = State::Closed;
                 }
                 return;
             }

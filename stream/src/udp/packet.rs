@@ -31,6 +31,9 @@ pub const MIN_PACKET: usize = OVERHEAD + 1;
 /// Every peer must accept datagrams of this many bytes (UDP payload); path MTU discovery
 /// starts here.
 pub const MIN_DATAGRAM: usize = 1200;
+/// Packet numbers are below 2^62 (a sender that reached it would have to close; none does:
+/// at 10^9 packets a second that takes 146 years).
+pub const MAX_PACKET_NUMBER: u64 = 1 << 62;
 /// The top two bits of the first byte in this version.
 pub const FORM: u8 = 0x40;
 const FORM_MASK: u8 = 0xc0;
@@ -105,6 +108,9 @@ pub fn parse_header(datagram: &[u8]) -> Result<Header, DecodeError> {
     }
     let cid = ConnectionId(datagram[1..1 + CID_LEN].try_into().expect("8 bytes"));
     let pn = u64::from_be_bytes(datagram[1 + CID_LEN..HEADER_LEN].try_into().expect("8 bytes"));
+    if pn >= MAX_PACKET_NUMBER {
+        return Err(DecodeError::Malformed("packet number out of range"));
+    }
     Ok(Header { cid, key_phase: b & KEY_PHASE != 0, pn })
 }
 
@@ -197,5 +203,9 @@ mod tests {
         assert_eq!(parse_header(&[0x80; MIN_PACKET]), Err(DecodeError::BadVersion(2)));
         assert!(parse_header(&[0x41; MIN_PACKET]).is_err());
         assert_eq!(peek_cid(&[0x00; MIN_PACKET]), None);
+        let mut big = [0u8; MIN_PACKET];
+        big[0] = FORM;
+        big[9..17].copy_from_slice(&MAX_PACKET_NUMBER.to_be_bytes());
+        assert_eq!(parse_header(&big), Err(DecodeError::Malformed("packet number out of range")));
     }
 }
