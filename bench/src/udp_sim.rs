@@ -91,7 +91,7 @@ fn conn(side: Side, suite: CipherSuite, datagram: usize, counter: &Arc<AtomicU64
     let config = ConnectionConfig { max_datagram: datagram, ..ConnectionConfig::default() };
     let (here, there) = addrs(side);
     let _ = here;
-    Connection::new(side, &params, ConnectionId([0; 8]), there, mux, config, Instant::now())
+    Connection::new(side, &params, ConnectionId([0; 8]), Some(there), mux, config, Instant::now())
 }
 
 fn addrs(side: Side) -> (SocketAddr, SocketAddr) {

@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
     let peer = SocketAddr::from(([127, 0, 0, 1], 9));
     let t0 = Instant::now();
     let config = ConnectionConfig::default();
-    let mut conn = Connection::new(Side::Server, &params, cid, peer, mux, config, t0);
+    let mut conn = Connection::new(Side::Server, &params, cid, None, mux, config, t0);
     let (c2s, _) = params.udp_secrets();
     let key = KeyChain::with_labels(LABELS, params.suite, c2s).key();
     let mut rest = data;

@@ -227,7 +227,9 @@ enum State {
 pub struct Connection {
     side: Side,
     cid: ConnectionId,
-    remote: SocketAddr,
+    /// Where the peer is: known from the start on a client; on a server, the source of the
+    /// first authentic packet (nothing is sent before it).
+    remote: Option<SocketAddr>,
     config: ConnectionConfig,
     send_key: AeadKey,
     recv_key: AeadKey,
@@ -267,13 +269,14 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// A connection for `params` on connection id `cid` with the peer at `remote`, carrying
-    /// `mux` (already started with its waker).
+    /// A connection for `params` on connection id `cid` with the peer at `remote` (`None`
+    /// on a server that waits for the client's first packet), carrying `mux` (already
+    /// started with its waker).
     pub fn new(
         side: Side,
         params: &SessionParams,
         cid: ConnectionId,
-        remote: SocketAddr,
+        remote: Option<SocketAddr>,
         mux: Mux,
         config: ConnectionConfig,
         now: Instant,
@@ -422,7 +425,6 @@ impl Connection {
 
     /// A datagram from `from` arrived at `now`. It is decrypted in place.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &mut [u8]) {
-        let _ = from; // Address changes come with path validation.
         if matches!(self.state, State::Closed | State::Draining { .. }) {
             return;
         }
@@ -474,6 +476,9 @@ impl Connection {
         self.stats.packets_in += 1;
         self.stats.bytes_in += len as u64;
         self.last_rx = now;
+        // The first authentic packet fixes the peer's address; later changes of address
+        // wait for path validation.
+        self.remote.get_or_insert(from);
         if !self.connected {
             self.connected = true;
             self.events.push_back(Event::Connected);
@@ -684,6 +689,7 @@ impl Connection {
     ) -> Option<Transmit> {
         buf.clear();
         let size = self.config.max_datagram;
+        let destination = self.remote?;
         match self.state {
             State::Closed | State::Draining { .. } => return None,
             State::Closing { close_sent: true, .. } => return None,
@@ -692,11 +698,7 @@ impl Connection {
                 frame::put_close(buf, code, "");
                 self.seal(buf, start);
                 self.state = State::Closing { until, close_sent: true, code };
-                return Some(Transmit {
-                    destination: self.remote,
-                    size: buf.len(),
-                    segment_size: None,
-                });
+                return Some(Transmit { destination, size: buf.len(), segment_size: None });
             }
             State::Open => {}
         }
@@ -720,7 +722,7 @@ impl Connection {
             return None;
         }
         let segment_size = (segments > 1).then_some(size);
-        Some(Transmit { destination: self.remote, size: buf.len(), segment_size })
+        Some(Transmit { destination, size: buf.len(), segment_size })
     }
 
     /// Seals the packet begun at `start` with the next packet number.

@@ -18,6 +18,7 @@ pub mod ack;
 pub mod assemble;
 pub mod congestion;
 pub mod connection;
+pub mod endpoint;
 pub mod frame;
 pub mod pacer;
 pub mod packet;

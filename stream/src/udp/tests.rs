@@ -107,7 +107,8 @@ fn end(side: Side, cid: ConnectionId, addr: SocketAddr, remote: SocketAddr, now:
     let info = SessionInfo { session_id: [1; 16], client: None };
     let mut mux = Mux::new(IDS, &procs, info, MuxConfig::default());
     mux.start(Arc::new(NoWake));
-    let conn = Connection::new(side, &params(), cid, remote, mux, ConnectionConfig::default(), now);
+    let conn =
+        Connection::new(side, &params(), cid, Some(remote), mux, ConnectionConfig::default(), now);
     End { conn, addr, logs, events: Vec::new() }
 }
 
@@ -290,7 +291,7 @@ fn a_lost_packet_holds_up_only_its_own_channel() {
         p.channels = ids.to_vec();
         let mut mux = Mux::new(ids, &procs, info, MuxConfig::default());
         mux.start(Arc::new(NoWake));
-        Connection::new(side, &p, cid, remote, mux, ConnectionConfig::default(), now0)
+        Connection::new(side, &p, cid, Some(remote), mux, ConnectionConfig::default(), now0)
     };
     let mut client_logs = Vec::new();
     let mut server_logs = Vec::new();
@@ -431,7 +432,8 @@ impl Quiet {
                 now,
             )
         };
-        let conns = [make(Side::Client, addrs[1]), make(Side::Server, addrs[0])];
+        // The server learns the client's address from its first packet.
+        let conns = [make(Side::Client, Some(addrs[1])), make(Side::Server, None)];
         Quiet { now, net: Network::new(9, link), conns, addrs, events: [Vec::new(), Vec::new()] }
     }
 

@@ -1,0 +1,399 @@
+//! One worker's UDP connections, sans-IO: routes datagrams by connection id, tells the
+//! driver when a datagram belongs to another worker (the id names it), and drops — never
+//! answers — datagrams for connections it does not have.
+//!
+//! # Calling order
+//!
+//! As for a [`Connection`], across all of them: [`handle_datagram`](Endpoint::handle_datagram)
+//! for each datagram, [`handle_timeout`](Endpoint::handle_timeout) when
+//! [`poll_timeout`](Endpoint::poll_timeout) says, then
+//! [`poll_transmit`](Endpoint::poll_transmit) until `None`, then
+//! [`poll_event`](Endpoint::poll_event) until `None` (closed connections are removed there).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::connection::{Connection, ConnectionConfig, Event, Side, Transmit};
+use super::packet::{self, ConnectionId};
+use crate::mux::Mux;
+use crate::session::SessionParams;
+
+/// An endpoint's settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EndpointConfig {
+    /// This worker's index: byte 0 of the connection ids it hands out.
+    pub worker: u8,
+    /// Connections held at once (65,536).
+    pub max_connections: usize,
+    /// Each connection's settings.
+    pub connection: ConnectionConfig,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        EndpointConfig {
+            worker: 0,
+            max_connections: 1 << 16,
+            connection: ConnectionConfig::default(),
+        }
+    }
+}
+
+/// What became of a datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routed {
+    /// Handed to this connection.
+    Connection(ConnectionId),
+    /// Its connection id names another worker: forward it there.
+    Forward(usize),
+    /// Not a packet of this version, or for no connection here: dropped and counted.
+    Dropped,
+}
+
+/// The endpoint is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the endpoint holds its maximum of connections")]
+pub struct EndpointFull;
+
+/// Counters of an endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Datagrams that cannot be packets of this version.
+    pub not_ours: u64,
+    /// Datagrams for a connection id this endpoint does not have.
+    pub unknown_connection: u64,
+    /// Datagrams whose id names another worker.
+    pub forwarded: u64,
+    /// Connections refused because the endpoint was full.
+    pub refused_full: u64,
+}
+
+/// One worker's connections.
+#[derive(Debug)]
+pub struct Endpoint {
+    config: EndpointConfig,
+    conns: HashMap<ConnectionId, Connection>,
+    /// Round-robin order for transmits.
+    order: Vec<ConnectionId>,
+    rr: usize,
+    stats: EndpointStats,
+}
+
+impl Endpoint {
+    /// An empty endpoint.
+    pub fn new(config: EndpointConfig) -> Self {
+        Endpoint {
+            config,
+            conns: HashMap::new(),
+            order: Vec::new(),
+            rr: 0,
+            stats: EndpointStats::default(),
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> EndpointStats {
+        self.stats
+    }
+
+    /// Connections held.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// A connection.
+    pub fn connection(&mut self, cid: ConnectionId) -> Option<&mut Connection> {
+        self.conns.get_mut(&cid)
+    }
+
+    fn insert(&mut self, conn: Connection) -> Result<ConnectionId, EndpointFull> {
+        if self.conns.len() >= self.config.max_connections {
+            self.stats.refused_full += 1;
+            return Err(EndpointFull);
+        }
+        let cid = conn.cid();
+        self.order.push(cid);
+        self.conns.insert(cid, conn);
+        Ok(cid)
+    }
+
+    /// Server: a session from stream_ctl becomes a connection waiting for the client's
+    /// first packet, under a fresh connection id that names this worker (returned, for the
+    /// stream_ctl answer).
+    ///
+    /// # Errors
+    /// [`EndpointFull`].
+    pub fn accept(
+        &mut self,
+        now: Instant,
+        params: &SessionParams,
+        mux: Mux,
+    ) -> Result<ConnectionId, EndpointFull> {
+        let mut cid = ConnectionId::random(self.config.worker);
+        while self.conns.contains_key(&cid) {
+            cid = ConnectionId::random(self.config.worker);
+        }
+        let conn =
+            Connection::new(Side::Server, params, cid, None, mux, self.config.connection, now);
+        self.insert(conn)
+    }
+
+    /// Client: a connection to `remote` on the id the server chose.
+    ///
+    /// # Errors
+    /// [`EndpointFull`], or the id is in use here already (reported as full).
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        params: &SessionParams,
+        cid: ConnectionId,
+        remote: SocketAddr,
+        mux: Mux,
+    ) -> Result<ConnectionId, EndpointFull> {
+        if self.conns.contains_key(&cid) {
+            return Err(EndpointFull);
+        }
+        let conn = Connection::new(
+            Side::Client,
+            params,
+            cid,
+            Some(remote),
+            mux,
+            self.config.connection,
+            now,
+        );
+        self.insert(conn)
+    }
+
+    /// A datagram arrived from `from` at `now` (decrypted in place if it is handled).
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &mut [u8],
+    ) -> Routed {
+        let Some(cid) = packet::peek_cid(datagram) else {
+            self.stats.not_ours += 1;
+            return Routed::Dropped;
+        };
+        match self.conns.get_mut(&cid) {
+            Some(conn) => {
+                conn.handle_datagram(now, from, datagram);
+                Routed::Connection(cid)
+            }
+            None if cid.worker() != self.config.worker as usize => {
+                self.stats.forwarded += 1;
+                Routed::Forward(cid.worker())
+            }
+            None => {
+                self.stats.unknown_connection += 1;
+                Routed::Dropped
+            }
+        }
+    }
+
+    /// The earliest timeout of any connection.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.conns.values().filter_map(|c| c.poll_timeout()).min()
+    }
+
+    /// Runs the timeouts that are due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for c in self.conns.values_mut() {
+            if c.poll_timeout().is_some_and(|t| t <= now) {
+                c.handle_timeout(now);
+            }
+        }
+    }
+
+    /// The next datagram (or GSO batch) of any connection, taking connections in turn.
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        max_segments: usize,
+        buf: &mut Vec<u8>,
+    ) -> Option<Transmit> {
+        let n = self.order.len();
+        for k in 0..n {
+            let i = (self.rr + k) % n;
+            let cid = self.order[i];
+            if let Some(c) = self.conns.get_mut(&cid)
+                && let Some(t) = c.poll_transmit(now, max_segments, buf)
+            {
+                self.rr = (i + 1) % n;
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    /// The next event of any connection; a closed connection is removed once its last
+    /// event is taken.
+    pub fn poll_event(&mut self) -> Option<(ConnectionId, Event)> {
+        let mut found = None;
+        let mut gone = Vec::new();
+        for (&cid, c) in self.conns.iter_mut() {
+            if let Some(e) = c.poll_event() {
+                found = Some((cid, e));
+                break;
+            }
+            if c.is_closed() {
+                gone.push(cid);
+            }
+        }
+        for cid in gone {
+            self.conns.remove(&cid);
+            self.order.retain(|c| *c != cid);
+        }
+        if self.rr >= self.order.len() {
+            self.rr = 0;
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::channel::{Channel, ChannelHandler, ChannelProcs, Message, SessionInfo};
+    use crate::mux::MuxConfig;
+    use crate::session::{SessionLimits, TransportKind};
+    use crate::transport::Wake;
+    use dap_net::enc::cipher::CipherSuite;
+    use parking_lot::Mutex;
+
+    struct NoWake;
+    impl Wake for NoWake {
+        fn wake(&self) {}
+    }
+
+    struct Echo(Arc<Mutex<Vec<Vec<u8>>>>);
+    impl ChannelHandler for Echo {
+        fn packet_in(&mut self, ch: &mut Channel<'_>, msg: Message) {
+            self.0.lock().push(msg.data.clone());
+            let _ = ch.write(msg.ty, msg.data);
+        }
+    }
+
+    fn params(n: u8) -> SessionParams {
+        SessionParams {
+            id: [n; 16],
+            suite: CipherSuite::Aes256Gcm,
+            secret: [n.wrapping_add(1); 32],
+            channels: b"E".to_vec(),
+            transport: TransportKind::Udp,
+            limits: SessionLimits::default(),
+            udp_port: 0,
+            client: None,
+        }
+    }
+
+    fn mux(log: &Arc<Mutex<Vec<Vec<u8>>>>) -> Mux {
+        let mut procs = ChannelProcs::new();
+        let l = log.clone();
+        procs.ch_proc_add(b'E', move |_| Box::new(Echo(l.clone()))).unwrap();
+        let mut m = Mux::new(
+            b"E",
+            &procs,
+            SessionInfo { session_id: [0; 16], client: None },
+            MuxConfig::default(),
+        );
+        m.start(Arc::new(NoWake));
+        m
+    }
+
+    #[test]
+    fn datagrams_are_routed_forwarded_or_dropped_and_sessions_stay_apart() {
+        let now = Instant::now();
+        let server_addr = SocketAddr::from(([127, 0, 0, 1], 443));
+        let mut server = Endpoint::new(EndpointConfig { worker: 1, ..EndpointConfig::default() });
+        let mut clients = Vec::new();
+        let mut logs = Vec::new();
+        // Three sessions, each its own client endpoint and address.
+        for n in 0..3u8 {
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let cid = server.accept(now, &params(n), mux(&log)).unwrap();
+            assert_eq!(cid.worker(), 1);
+            let mut client = Endpoint::new(EndpointConfig::default());
+            let clog = Arc::new(Mutex::new(Vec::new()));
+            let m = mux(&clog);
+            m.handle(b'E').unwrap().write(1, vec![n; 100 + n as usize]).unwrap();
+            client.connect(now, &params(n), cid, server_addr, m).unwrap();
+            clients.push((client, SocketAddr::from(([127, 0, 0, 2 + n], 5000)), clog));
+            logs.push(log);
+        }
+        // Exchange until every client got its echo back.
+        let mut buf = Vec::new();
+        let mut t = now;
+        for _ in 0..200 {
+            for (client, addr, _) in &mut clients {
+                while let Some(tx) = client.poll_transmit(t, 1, &mut buf) {
+                    let r = server.handle_datagram(t, *addr, &mut buf[..tx.size]);
+                    assert!(matches!(r, Routed::Connection(_)));
+                }
+            }
+            while let Some(tx) = server.poll_transmit(t, 1, &mut buf) {
+                let (client, _, _) = clients
+                    .iter_mut()
+                    .find(|(_, a, _)| *a == tx.destination)
+                    .expect("answers go to the address the session came from");
+                client.handle_datagram(t, server_addr, &mut buf[..tx.size]);
+            }
+            t += Duration::from_millis(30);
+            server.handle_timeout(t);
+            for (c, _, _) in &mut clients {
+                c.handle_timeout(t);
+            }
+            if clients.iter().all(|(_, _, l)| !l.lock().is_empty()) {
+                break;
+            }
+        }
+        for (n, (_, _, clog)) in clients.iter().enumerate() {
+            assert_eq!(logs[n].lock().as_slice(), [vec![n as u8; 100 + n]]);
+            assert_eq!(clog.lock().as_slice(), [vec![n as u8; 100 + n]], "session {n}");
+        }
+        // Another worker's id is forwarded; an unknown one here, or junk, is dropped.
+        let mut other = vec![0x40u8; 40];
+        other[1] = 7;
+        assert_eq!(server.handle_datagram(t, server_addr, &mut other), Routed::Forward(7));
+        let mut unknown = vec![0x40u8; 40];
+        unknown[1] = 1;
+        assert_eq!(server.handle_datagram(t, server_addr, &mut unknown), Routed::Dropped);
+        assert_eq!(server.handle_datagram(t, server_addr, &mut [0u8; 10]), Routed::Dropped);
+        let s = server.stats();
+        assert_eq!((s.forwarded, s.unknown_connection, s.not_ours), (1, 1, 1));
+    }
+
+    #[test]
+    fn the_endpoint_is_bounded_and_closed_connections_leave_it() {
+        let now = Instant::now();
+        let mut ep =
+            Endpoint::new(EndpointConfig { max_connections: 2, ..EndpointConfig::default() });
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let a = ep.accept(now, &params(1), mux(&log)).unwrap();
+        ep.accept(now, &params(2), mux(&log)).unwrap();
+        assert_eq!(ep.accept(now, &params(3), mux(&log)), Err(EndpointFull));
+        assert_eq!(ep.stats().refused_full, 1);
+        // A connection that never hears from its client times out and leaves.
+        let later = now + Duration::from_secs(61);
+        ep.handle_timeout(later);
+        let mut closed = 0;
+        while let Some((_, e)) = ep.poll_event() {
+            assert!(matches!(e, Event::Closed(_)));
+            closed += 1;
+        }
+        while ep.poll_event().is_some() {}
+        assert_eq!(closed, 2);
+        assert!(ep.is_empty());
+        assert!(ep.connection(a).is_none());
+    }
+}
