@@ -31,12 +31,11 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use dap_net::enc::cipher::AeadKey;
-
 use super::ack::{AckTracker, Received};
 use super::assemble::Assembler;
 use super::congestion::{Controller, ControllerConfig};
 use super::frame::{self, Frame, Frames};
+use super::keys::{RecvKeys, SendKeys};
 use super::pacer::{Pacer, PacerConfig};
 use super::packet::{self, ConnectionId, Header, LABELS};
 use super::recovery::{Recovery, SentPacket, Timeout};
@@ -73,6 +72,9 @@ pub struct ConnectionConfig {
     pub max_reorder: u64,
     /// Bytes held out of order on all channels together.
     pub max_reorder_total: usize,
+    /// Packets sealed under one key before moving to the next (2^20; never more than half
+    /// the cipher's confidentiality limit).
+    pub rekey_packets: u64,
 }
 
 impl Default for ConnectionConfig {
@@ -88,6 +90,7 @@ impl Default for ConnectionConfig {
             max_ack_ranges: 256,
             max_reorder: 32 << 20,
             max_reorder_total: 64 << 20,
+            rekey_packets: crate::session::DEFAULT_REKEY_PACKETS,
         }
     }
 }
@@ -231,8 +234,8 @@ pub struct Connection {
     /// first authentic packet (nothing is sent before it).
     remote: Option<SocketAddr>,
     config: ConnectionConfig,
-    send_key: AeadKey,
-    recv_key: AeadKey,
+    send_keys: SendKeys,
+    recv_keys: RecvKeys,
     next_pn: u64,
     mux: Mux,
     chans: Vec<ChanIo>,
@@ -282,12 +285,19 @@ impl Connection {
         now: Instant,
     ) -> Self {
         let (c2s, s2c) = params.udp_secrets();
-        let c2s = KeyChain::with_labels(LABELS, params.suite, c2s).key();
-        let s2c = KeyChain::with_labels(LABELS, params.suite, s2c).key();
-        let (send_key, recv_key) = match side {
+        let c2s = KeyChain::with_labels(LABELS, params.suite, c2s);
+        let s2c = KeyChain::with_labels(LABELS, params.suite, s2c);
+        let (send_chain, recv_chain) = match side {
             Side::Client => (c2s, s2c),
             Side::Server => (s2c, c2s),
         };
+        let every = crate::codec::packet::update_interval(
+            params.suite,
+            config.max_datagram,
+            config.rekey_packets,
+        );
+        let send_keys = SendKeys::new(send_chain, every);
+        let recv_keys = RecvKeys::new(recv_chain);
         let mut index = [0u8; 128];
         let chans: Vec<ChanIo> = mux
             .channel_ids()
@@ -314,8 +324,8 @@ impl Connection {
             cid,
             remote,
             config,
-            send_key,
-            recv_key,
+            send_keys,
+            recv_keys,
             next_pn: 0,
             mux,
             chans,
@@ -366,6 +376,11 @@ impl Connection {
     /// The RTT estimate.
     pub fn rtt(&self) -> &RttEstimator {
         &self.rtt
+    }
+
+    /// Key updates done by this end and followed from the peer.
+    pub fn key_updates(&self) -> (u64, u64) {
+        (self.send_keys.updates(), self.recv_keys.updates())
     }
 
     /// The congestion window in bytes.
@@ -437,7 +452,7 @@ impl Connection {
         };
         let len = datagram.len();
         let (_, recv_dir) = self.dirs();
-        let Some(plain) = packet::open(&self.recv_key, recv_dir, &hdr, datagram) else {
+        let Some(plain) = self.recv_keys.open(recv_dir, &hdr, datagram) else {
             self.stats.auth_failed += 1;
             return;
         };
@@ -578,6 +593,9 @@ impl Connection {
         let delay = Duration::from_micros(delay_us as u64);
         let out =
             self.recovery.on_ack(now, ranges, delay, self.config.max_ack_delay, &mut self.rtt);
+        if let Some((pn, _)) = out.acked.last() {
+            self.send_keys.on_acked(*pn);
+        }
         for (_, p) in &out.acked {
             for s in &p.info {
                 if let Sent::Data { idx, start, end } = s {
@@ -730,8 +748,9 @@ impl Connection {
         let pn = self.next_pn;
         self.next_pn += 1;
         let (send_dir, _) = self.dirs();
-        let hdr = Header { cid: self.cid, key_phase: false, pn };
-        packet::seal(&self.send_key, send_dir, &hdr, buf, start);
+        let (key, key_phase) = self.send_keys.for_packet(pn);
+        let hdr = Header { cid: self.cid, key_phase, pn };
+        packet::seal(key, send_dir, &hdr, buf, start);
         self.stats.packets_out += 1;
         self.stats.bytes_out += (buf.len() - start) as u64;
         pn

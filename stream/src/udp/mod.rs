@@ -20,6 +20,7 @@ pub mod congestion;
 pub mod connection;
 pub mod endpoint;
 pub mod frame;
+pub mod keys;
 pub mod pacer;
 pub mod packet;
 pub mod recovery;

@@ -90,7 +90,14 @@ struct End {
     events: Vec<Event>,
 }
 
-fn end(side: Side, cid: ConnectionId, addr: SocketAddr, remote: SocketAddr, now: Instant) -> End {
+fn end(
+    side: Side,
+    cid: ConnectionId,
+    addr: SocketAddr,
+    remote: SocketAddr,
+    now: Instant,
+    config: ConnectionConfig,
+) -> End {
     let tag = side as u8;
     let mut procs = ChannelProcs::new();
     let mut logs = Vec::new();
@@ -107,8 +114,7 @@ fn end(side: Side, cid: ConnectionId, addr: SocketAddr, remote: SocketAddr, now:
     let info = SessionInfo { session_id: [1; 16], client: None };
     let mut mux = Mux::new(IDS, &procs, info, MuxConfig::default());
     mux.start(Arc::new(NoWake));
-    let conn =
-        Connection::new(side, &params(), cid, Some(remote), mux, ConnectionConfig::default(), now);
+    let conn = Connection::new(side, &params(), cid, Some(remote), mux, config, now);
     End { conn, addr, logs, events: Vec::new() }
 }
 
@@ -121,12 +127,16 @@ struct Pair {
 
 impl Pair {
     fn new(seed: u64, link: LinkConfig) -> Self {
+        Self::with_config(seed, link, ConnectionConfig::default())
+    }
+
+    fn with_config(seed: u64, link: LinkConfig, config: ConnectionConfig) -> Self {
         let now = Instant::now();
         let (ca, sa) =
             (SocketAddr::from(([127, 0, 0, 1], 4000)), SocketAddr::from(([127, 0, 0, 2], 443)));
         let cid = ConnectionId([0, 1, 2, 3, 4, 5, 6, 7]);
-        let client = end(Side::Client, cid, ca, sa, now);
-        let server = end(Side::Server, cid, sa, ca, now);
+        let client = end(Side::Client, cid, ca, sa, now, config);
+        let server = end(Side::Server, cid, sa, ca, now, config);
         Pair { start: now, now, net: Network::new(seed, link), ends: [client, server] }
     }
 
@@ -518,4 +528,22 @@ fn close_reaches_the_peer_and_each_end_reports_it_once() {
     assert_eq!(closed(0), [Event::Closed(CloseReason::Local(0))]);
     assert_eq!(closed(1), [Event::Closed(CloseReason::Peer { code: 0, reason: String::new() })]);
     assert!(q.conns[0].is_closed() && q.conns[1].is_closed());
+}
+
+#[test]
+fn over_a_hundred_key_updates_in_one_lossy_transfer_lose_nothing() {
+    let link = LinkConfig {
+        loss: 0.05,
+        duplicate: 0.02,
+        jitter: Duration::from_millis(8),
+        ..LinkConfig::default()
+    };
+    let config = ConnectionConfig { rekey_packets: 20, ..ConnectionConfig::default() };
+    let mut p = Pair::with_config(11, link, config);
+    p.drive(Duration::from_secs(600));
+    p.check();
+    let (c, s) = (p.ends[0].conn.key_updates(), p.ends[1].conn.key_updates());
+    assert!(c.0 >= 100 && s.0 >= 100, "updates sent: client {c:?}, server {s:?}");
+    // Each end followed every update the other made and that reached it.
+    assert!(c.1 + 1 >= s.0 && s.1 + 1 >= c.0, "client {c:?}, server {s:?}");
 }
