@@ -777,7 +777,9 @@ impl Connection {
                 .delay(now, size as u64, self.cc.window(), size as u64, self.rtt.get())
                 .inspect(|&t| self.pacing_until = Some(t))
                 .is_some();
-        let send_eliciting = (want_data && !paced) || probing;
+        // With every tracking slot taken nothing ack-eliciting goes out: an untracked
+        // packet's data could never be sent again if it were lost.
+        let send_eliciting = ((want_data && !paced) || probing) && !self.recovery.is_full();
         if ack_due || (send_eliciting && self.acks.has_news()) {
             // As many of the most recent ranges as fit: older ones were acknowledged before.
             let fit = self.acks.ranges_fitting(limit - buf.len()).min(self.config.max_ack_ranges);
@@ -817,10 +819,9 @@ impl Connection {
         }
         let sent =
             SentPacket { time: now, bytes, ack_eliciting: eliciting, in_flight: eliciting, info };
-        if self.recovery.on_sent(pn, sent).is_err() {
-            // Too much in flight to track: what this packet carried goes out again later.
-            self.stats.lost += 1;
-        }
+        // Only an ACK-only packet can meet a full record (checked above); it carries nothing
+        // to send again, so it need not be tracked.
+        let _ = self.recovery.on_sent(pn, sent);
         true
     }
 

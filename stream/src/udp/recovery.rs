@@ -116,6 +116,11 @@ impl<F> Recovery<F> {
         self.sent.len()
     }
 
+    /// Whether no more packets can be tracked until ACKs free room.
+    pub fn is_full(&self) -> bool {
+        self.sent.len() >= self.max_tracked
+    }
+
     /// PTOs in a row without an acknowledgement.
     pub fn pto_count(&self) -> u32 {
         self.pto_count

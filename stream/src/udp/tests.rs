@@ -547,3 +547,12 @@ fn over_a_hundred_key_updates_in_one_lossy_transfer_lose_nothing() {
     // Each end followed every update the other made and that reached it.
     assert!(c.1 + 1 >= s.0 && s.1 + 1 >= c.0, "client {c:?}, server {s:?}");
 }
+
+#[test]
+fn a_small_record_of_sent_packets_bounds_what_is_in_flight_and_loses_nothing() {
+    let link = LinkConfig { loss: 0.1, ..LinkConfig::default() };
+    let config = ConnectionConfig { max_tracked_packets: 16, ..ConnectionConfig::default() };
+    let mut p = Pair::with_config(5, link, config);
+    p.drive(Duration::from_secs(1200));
+    p.check();
+}
