@@ -89,6 +89,8 @@ struct Link {
 pub struct Network {
     default: LinkConfig,
     links: HashMap<(SocketAddr, SocketAddr), Link>,
+    /// Bottlenecks shared by every source sending to one destination.
+    shared: HashMap<SocketAddr, Link>,
     in_flight: BinaryHeap<Reverse<(Instant, u64)>>,
     datagrams: HashMap<u64, Datagram>,
     next_id: u64,
@@ -102,6 +104,7 @@ impl Network {
         Network {
             default,
             links: HashMap::new(),
+            shared: HashMap::new(),
             in_flight: BinaryHeap::new(),
             datagrams: HashMap::new(),
             next_id: 0,
@@ -114,6 +117,12 @@ impl Network {
     pub fn set_link(&mut self, from: SocketAddr, to: SocketAddr, config: LinkConfig) {
         let busy_until = self.links.get(&(from, to)).and_then(|l| l.busy_until);
         self.links.insert((from, to), Link { config, busy_until });
+    }
+
+    /// Makes every datagram to `to`, whatever its source, cross one link with `config`
+    /// (one queue, one rate): the shared bottleneck of competing flows.
+    pub fn set_shared_link(&mut self, to: SocketAddr, config: LinkConfig) {
+        self.shared.insert(to, Link { config, busy_until: None });
     }
 
     /// What happened so far.
@@ -139,8 +148,13 @@ impl Network {
     pub fn send(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, bytes: &[u8]) {
         self.stats.sent += 1;
         let default = self.default;
-        let link =
-            *self.links.entry((from, to)).or_insert(Link { config: default, busy_until: None });
+        let shared = self.shared.contains_key(&to);
+        let link = match self.shared.get(&to) {
+            Some(l) => *l,
+            None => {
+                *self.links.entry((from, to)).or_insert(Link { config: default, busy_until: None })
+            }
+        };
         let c = link.config;
         if bytes.len() > c.mtu {
             self.stats.mtu_drops += 1;
@@ -156,7 +170,8 @@ impl Network {
                 return;
             }
             depart = start + Duration::from_secs_f64(bytes.len() as f64 * 8.0 / rate as f64);
-            if let Some(l) = self.links.get_mut(&(from, to)) {
+            let l = if shared { self.shared.get_mut(&to) } else { self.links.get_mut(&(from, to)) };
+            if let Some(l) = l {
                 l.busy_until = Some(depart);
             }
         }

@@ -685,3 +685,115 @@ fn each_controller_fills_a_bottleneck_without_keeping_its_queue_full() {
         assert!(rtt < Duration::from_millis(75), "{name}: mean RTT {rtt:?}");
     }
 }
+
+/// Two CUBIC flows from two clients share one 100 Mbit/s, 40 ms bottleneck with a one-BDP
+/// queue, the second starting 2 s after the first; returns each flow's goodput per second.
+fn shared_bottleneck(controller: super::congestion::ControllerConfig, secs: u64) -> Vec<[u64; 2]> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let t0 = Instant::now();
+    let sa = SocketAddr::from(([127, 0, 0, 2], 443));
+    let cas = [SocketAddr::from(([127, 0, 0, 1], 4000)), SocketAddr::from(([127, 0, 0, 3], 4000))];
+    let rate = 100_000_000u64;
+    let mut net =
+        Network::new(2, LinkConfig { delay: Duration::from_millis(20), ..LinkConfig::default() });
+    net.set_shared_link(
+        sa,
+        LinkConfig {
+            delay: Duration::from_millis(20),
+            rate_bps: Some(rate),
+            queue_bytes: (rate / 8) as usize * 40 / 1000,
+            ..LinkConfig::default()
+        },
+    );
+    let config = ConnectionConfig { controller, ..ConnectionConfig::default() };
+    let counters = [Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))];
+    let make = |side: Side, remote, cid: u8, got: &Arc<AtomicU64>| {
+        let mut procs = ChannelProcs::new();
+        if side == Side::Client {
+            let msg = bytes::Bytes::from(vec![7u8; 64 << 10]);
+            procs.ch_proc_add(b'S', move |_| Box::new(Endless(msg.clone()))).unwrap();
+        } else {
+            let g = got.clone();
+            procs.ch_proc_add(b'S', move |_| Box::new(Count(g.clone()))).unwrap();
+        }
+        let mut p = params();
+        p.channels = b"S".to_vec();
+        let info = SessionInfo { session_id: [1; 16], client: None };
+        let mut mux = Mux::new(b"S", &procs, info, MuxConfig::default());
+        mux.start(Arc::new(NoWake));
+        Connection::new(side, &p, ConnectionId([cid; 8]), Some(remote), mux, config, t0)
+    };
+    // [client 0, server 0, client 1, server 1]
+    let mut conns = [
+        make(Side::Client, sa, 0, &counters[0]),
+        make(Side::Server, cas[0], 0, &counters[0]),
+        make(Side::Client, sa, 1, &counters[1]),
+        make(Side::Server, cas[1], 1, &counters[1]),
+    ];
+    let from = [cas[0], sa, cas[1], sa];
+    let start_second = t0 + Duration::from_secs(2);
+    let mut now = t0;
+    let mut buf = Vec::new();
+    let mut per_second = Vec::new();
+    let mut last = [0u64; 2];
+    let mut next_mark = t0 + Duration::from_secs(1);
+    while now < t0 + Duration::from_secs(secs) {
+        for i in 0..4 {
+            if i >= 2 && now < start_second {
+                continue;
+            }
+            while let Some(t) = conns[i].poll_transmit(now, 1, &mut buf) {
+                net.send(now, from[i], t.destination, &buf[..t.size]);
+            }
+        }
+        while let Some(mut d) = net.deliver(now) {
+            let cid = super::packet::peek_cid(&d.bytes).map_or(0, |c| c.0[0] as usize);
+            let i = 2 * cid + usize::from(d.to == sa);
+            conns[i].handle_datagram(now, d.from, &mut d.bytes);
+        }
+        let mut next = [net.next_delivery(), Some(next_mark)].into_iter().flatten().min().unwrap();
+        for (i, c) in conns.iter().enumerate() {
+            if i >= 2 && now < start_second {
+                next = next.min(start_second);
+                continue;
+            }
+            if let Some(t) = c.poll_timeout() {
+                next = next.min(t);
+            }
+        }
+        now = now.max(next);
+        if now >= next_mark {
+            let g = [counters[0].load(Ordering::Relaxed), counters[1].load(Ordering::Relaxed)];
+            per_second.push([g[0] - last[0], g[1] - last[1]]);
+            last = g;
+            next_mark += Duration::from_secs(1);
+        }
+        for (i, c) in conns.iter_mut().enumerate() {
+            if i >= 2 && now < start_second {
+                continue;
+            }
+            if c.poll_timeout().is_some_and(|t| t <= now) {
+                c.handle_timeout(now);
+            }
+        }
+    }
+    per_second
+}
+
+/// Two flows sharing a bottleneck converge to a fair share: Jain's index at least 0.9
+/// over virtual seconds 10 to 30, for each controller.
+#[test]
+fn two_flows_share_a_bottleneck_fairly() {
+    for name in ["cubic", "newreno"] {
+        let cc = super::congestion::ControllerConfig::from_name(name).unwrap();
+        let per = shared_bottleneck(cc, 30);
+        let (a, b): (u64, u64) = per[10..].iter().fold((0, 0), |(a, b), x| (a + x[0], b + x[1]));
+        let (a, b) = (a as f64, b as f64);
+        let jain = (a + b).powi(2) / (2.0 * (a * a + b * b));
+        eprintln!("{name}: Jain's index {jain:.3} (flows {a} and {b} bytes)");
+        assert!(jain >= 0.9, "{name}: Jain's index {jain:.3}, per second {per:?}");
+        // Together they still fill the link.
+        let util = (a + b) * 8.0 / 20.0 / 100e6;
+        assert!(util >= 0.9, "{name}: utilisation {util:.2}");
+    }
+}
