@@ -38,6 +38,7 @@ use super::frame::{self, Frame, Frames};
 use super::keys::{RecvKeys, SendKeys};
 use super::pacer::{Pacer, PacerConfig};
 use super::packet::{self, ConnectionId, Header, LABELS};
+use super::path::Path;
 use super::recovery::{Recovery, SentPacket, Timeout};
 use super::rtt::RttEstimator;
 use super::send_buf::SendBuf;
@@ -169,6 +170,12 @@ pub struct ConnStats {
     pub datagrams_ignored: u64,
     /// Bytes of channel data sent again.
     pub retransmitted: u64,
+    /// Times sending stopped at the anti-amplification limit.
+    pub amplification_limited: u64,
+    /// Address changes validated and moved to.
+    pub migrations: u64,
+    /// Address changes started (an authentic packet from a new address).
+    pub path_changes: u64,
 }
 
 /// What a packet carried, to know what to do when it is acknowledged or lost.
@@ -230,9 +237,15 @@ enum State {
 pub struct Connection {
     side: Side,
     cid: ConnectionId,
-    /// Where the peer is: known from the start on a client; on a server, the source of the
-    /// first authentic packet (nothing is sent before it).
-    remote: Option<SocketAddr>,
+    /// The path to the peer: known from the start on a client; on a server, the source of
+    /// the first authentic packet (nothing is sent before it), validated by a challenge.
+    path: Option<Path>,
+    /// A new address the peer's authentic packets came from, being validated before the
+    /// connection moves to it.
+    candidate: Option<Path>,
+    /// The largest packet number received (an address change on an older, reordered
+    /// packet is not one).
+    largest_rx: Option<u64>,
     config: ConnectionConfig,
     send_keys: SendKeys,
     recv_keys: RecvKeys,
@@ -322,7 +335,9 @@ impl Connection {
         Connection {
             side,
             cid,
-            remote,
+            path: remote.map(Path::validated),
+            candidate: None,
+            largest_rx: None,
             config,
             send_keys,
             recv_keys,
@@ -491,9 +506,7 @@ impl Connection {
         self.stats.packets_in += 1;
         self.stats.bytes_in += len as u64;
         self.last_rx = now;
-        // The first authentic packet fixes the peer's address; later changes of address
-        // wait for path validation.
-        self.remote.get_or_insert(from);
+        self.on_path(from, hdr.pn, len as u64);
         if !self.connected {
             self.connected = true;
             self.events.push_back(Event::Connected);
@@ -503,7 +516,8 @@ impl Connection {
         let mut pending = Vec::new();
         for f in frames {
             match f {
-                Frame::Padding(_) | Frame::Ping | Frame::PathResponse(_) => {}
+                Frame::Padding(_) | Frame::Ping => {}
+                Frame::PathResponse(d) => self.on_path_response(d),
                 Frame::Ack(a) => {
                     let ranges: Vec<_> = a.iter().collect();
                     pending.push(Owned::Ack(ranges, a.delay_us));
@@ -639,6 +653,80 @@ impl Connection {
         }
     }
 
+    /// Accounts an authentic packet of `len` bytes, number `pn`, from `from`: the first one
+    /// fixes a server's path (to be validated); one from another address, if it is the
+    /// newest packet so far, starts validating that address (NAT rebinding, migration).
+    fn on_path(&mut self, from: SocketAddr, pn: u64, len: u64) {
+        let newest = self.largest_rx.is_none_or(|l| pn > l);
+        self.largest_rx = Some(self.largest_rx.map_or(pn, |l| l.max(pn)));
+        match self.path.as_mut() {
+            None => {
+                let mut p = Path::unvalidated(from);
+                p.on_received(len);
+                self.path = Some(p);
+            }
+            Some(p) if p.addr == from => p.on_received(len),
+            Some(_) if newest => match self.candidate.as_mut() {
+                Some(c) if c.addr == from => c.on_received(len),
+                _ => {
+                    self.stats.path_changes += 1;
+                    let mut c = Path::unvalidated(from);
+                    c.on_received(len);
+                    self.candidate = Some(c);
+                }
+            },
+            Some(_) => {}
+        }
+    }
+
+    fn on_path_response(&mut self, d: [u8; 8]) {
+        if self.path.as_mut().is_some_and(|p| p.on_response(d)) {
+            return;
+        }
+        if let Some(mut c) = self.candidate.take() {
+            if c.on_response(d) {
+                // Moved: the new path's capacity and delay are unknown, so congestion
+                // control and RTT start afresh (RFC 9000 §9.4).
+                let mss = self.config.max_datagram as u64;
+                self.cc = self.config.controller.build(mss);
+                self.rtt = RttEstimator::default();
+                self.path = Some(c);
+                self.stats.migrations += 1;
+            } else {
+                self.candidate = Some(c);
+            }
+        }
+    }
+
+    /// A packet that probes the candidate path: PATH_CHALLENGE (and whatever PATH_RESPONSE
+    /// is owed), within the candidate's amplification budget. Not counted in flight: it
+    /// belongs to no congestion controller yet.
+    fn probe_candidate(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        let pto = self.pto();
+        let c = self.candidate.as_mut()?;
+        if c.abandoned() {
+            self.candidate = None;
+            return None;
+        }
+        let size = packet::OVERHEAD + frame::PATH_LEN * 2;
+        if c.budget() < size as u64 {
+            return None;
+        }
+        let d = c.challenge_due(now, pto)?;
+        let addr = c.addr;
+        let start = packet::begin(buf);
+        frame::put_path_challenge(buf, d);
+        if let Some(r) = self.path_responses.pop_front() {
+            frame::put_path_response(buf, r);
+        }
+        self.seal(buf, start);
+        let len = buf.len() - start;
+        if let Some(c) = self.candidate.as_mut() {
+            c.on_sent(len as u64);
+        }
+        Some(Transmit { destination: addr, size: buf.len(), segment_size: None })
+    }
+
     /// Moves what the mux has to send into the channels' streams and control state,
     /// while what waits unsent is less than a congestion window.
     fn fill_from_mux(&mut self) {
@@ -707,7 +795,7 @@ impl Connection {
     ) -> Option<Transmit> {
         buf.clear();
         let size = self.config.max_datagram;
-        let destination = self.remote?;
+        let destination = self.path.as_ref()?.addr;
         match self.state {
             State::Closed | State::Draining { .. } => return None,
             State::Closing { close_sent: true, .. } => return None,
@@ -720,18 +808,31 @@ impl Connection {
             }
             State::Open => {}
         }
+        if let Some(t) = self.probe_candidate(now, buf) {
+            return Some(t);
+        }
         self.fill_from_mux();
         let mut segments = 0;
         while segments < max_segments.max(1) {
+            // Before validation, at most three times what the address sent us.
+            let budget = self.path.as_ref().map_or(0, |p| p.budget());
+            let room = (size as u64).min(budget) as usize;
+            if room < packet::MIN_PACKET + frame::PATH_LEN + frame::ack_len(1, true) {
+                self.stats.amplification_limited += 1;
+                break;
+            }
             let start = buf.len();
-            let built = self.build_packet(now, buf, size);
+            let built = self.build_packet(now, buf, room);
             if !built {
                 buf.truncate(start);
                 break;
             }
             segments += 1;
             let len = buf.len() - start;
-            if len < size {
+            if let Some(p) = self.path.as_mut() {
+                p.on_sent(len as u64);
+            }
+            if len < size || room < size {
                 // Only the last segment of a batch may be short.
                 break;
             }
@@ -786,6 +887,12 @@ impl Connection {
             if fit > 0 {
                 self.acks.write_ack(now, buf, fit);
             }
+        }
+        // The current path's challenge, while it is not validated.
+        let pto = self.pto();
+        if let Some(d) = self.path.as_mut().and_then(|p| p.challenge_due(now, pto)) {
+            frame::put_path_challenge(buf, d);
+            eliciting = true;
         }
         if send_eliciting {
             self.pacing_until = None;

@@ -23,6 +23,7 @@ pub mod frame;
 pub mod keys;
 pub mod pacer;
 pub mod packet;
+pub mod path;
 pub mod recovery;
 pub mod rtt;
 pub mod send_buf;

@@ -119,6 +119,9 @@ fn end(
 }
 
 struct Pair {
+    /// At this virtual time the client's address changes (NAT rebinding): datagrams to
+    /// the old one go nowhere.
+    rebind: Option<(Duration, SocketAddr)>,
     start: Instant,
     now: Instant,
     net: Network,
@@ -137,7 +140,13 @@ impl Pair {
         let cid = ConnectionId([0, 1, 2, 3, 4, 5, 6, 7]);
         let client = end(Side::Client, cid, ca, sa, now, config);
         let server = end(Side::Server, cid, sa, ca, now, config);
-        Pair { start: now, now, net: Network::new(seed, link), ends: [client, server] }
+        Pair {
+            rebind: None,
+            start: now,
+            now,
+            net: Network::new(seed, link),
+            ends: [client, server],
+        }
     }
 
     fn done(&self) -> bool {
@@ -180,9 +189,17 @@ impl Pair {
             }
             // Deliver what is due.
             let mut delivered = false;
+            if let Some((at, addr)) = self.rebind
+                && self.now - self.start >= at
+            {
+                self.ends[0].addr = addr;
+                self.rebind = None;
+            }
             while let Some(mut d) = self.net.deliver(self.now) {
-                let e = self.ends.iter_mut().find(|e| e.addr == d.to).expect("an end");
-                e.conn.handle_datagram(self.now, d.from, &mut d.bytes);
+                // A datagram to an address no end has any more is lost.
+                if let Some(e) = self.ends.iter_mut().find(|e| e.addr == d.to) {
+                    e.conn.handle_datagram(self.now, d.from, &mut d.bytes);
+                }
                 delivered = true;
             }
             if delivered {
@@ -796,4 +813,86 @@ fn two_flows_share_a_bottleneck_fairly() {
         let util = (a + b) * 8.0 / 20.0 / 100e6;
         assert!(util >= 0.9, "{name}: utilisation {util:.2}");
     }
+}
+
+#[test]
+fn a_nat_rebinding_mid_transfer_is_validated_and_the_transfer_completes() {
+    let mut p = Pair::new(21, LinkConfig { loss: 0.01, ..LinkConfig::default() });
+    p.rebind = Some((Duration::from_millis(300), SocketAddr::from(([127, 0, 0, 9], 5555))));
+    p.drive(Duration::from_secs(600));
+    p.check();
+    let s = p.ends[1].conn.stats();
+    assert_eq!((s.path_changes, s.migrations), (1, 1), "{s:?}");
+}
+
+#[test]
+fn before_validation_a_server_sends_at_most_three_times_what_it_received() {
+    let now = Instant::now();
+    let ca = SocketAddr::from(([127, 0, 0, 1], 4000));
+    let sa = SocketAddr::from(([127, 0, 0, 2], 443));
+    let cid = ConnectionId([6; 8]);
+    let mut client = end(Side::Client, cid, ca, sa, now, ConnectionConfig::default());
+    // A server that has not heard from the client yet; it will, once, and then never again
+    // (the client's address is spoofed by someone who cannot answer the challenge).
+    let mut procs = ChannelProcs::new();
+    for &id in IDS {
+        let out: Vec<Vec<u8>> =
+            SIZES.iter().enumerate().map(|(i, &n)| pattern(1, id, i, n)).collect();
+        let log = Log::default();
+        procs
+            .ch_proc_add(id, move |_| {
+                Box::new(Peer { out: out.clone(), next: 0, log: log.clone() })
+            })
+            .unwrap();
+    }
+    let info = SessionInfo { session_id: [1; 16], client: None };
+    let mut mux = Mux::new(IDS, &procs, info, MuxConfig::default());
+    mux.start(Arc::new(NoWake));
+    let mut server =
+        Connection::new(Side::Server, &params(), cid, None, mux, ConnectionConfig::default(), now);
+    let mut buf = Vec::new();
+    let t = client.conn.poll_transmit(now, 1, &mut buf).expect("a first packet");
+    let received = t.size as u64;
+    server.handle_datagram(now, ca, &mut buf[..t.size]);
+    let mut sent = 0u64;
+    let mut at = now;
+    for _ in 0..1000 {
+        while let Some(t) = server.poll_transmit(at, 10, &mut buf) {
+            assert_eq!(t.destination, ca);
+            sent += t.size as u64;
+        }
+        match server.poll_timeout() {
+            Some(next) if next < now + Duration::from_secs(30) => {
+                at = at.max(next);
+                server.handle_timeout(at);
+            }
+            _ => break,
+        }
+    }
+    assert!(sent > 0, "the server answers");
+    assert!(sent <= 3 * received, "sent {sent} for {received} received");
+    assert!(server.stats().amplification_limited > 0);
+}
+
+#[test]
+fn an_address_change_that_does_not_authenticate_moves_nothing() {
+    let mut p = Pair::new(4, LinkConfig::default());
+    let mut buf = Vec::new();
+    let t = p.ends[0].conn.poll_transmit(p.now, 1, &mut buf).expect("a first packet");
+    let real = buf[..t.size].to_vec();
+    let (ca, now) = (p.ends[0].addr, p.now);
+    let spoofed = SocketAddr::from(([127, 0, 0, 66], 6666));
+    let srv = &mut p.ends[1].conn;
+    srv.handle_datagram(now, ca, &mut real.clone());
+    // A forged packet from elsewhere, and the real one replayed from elsewhere.
+    let mut forged = real.clone();
+    forged[50] ^= 1;
+    srv.handle_datagram(now, spoofed, &mut forged);
+    srv.handle_datagram(now, spoofed, &mut real.clone());
+    let s = srv.stats();
+    assert_eq!((s.path_changes, s.migrations), (0, 0), "{s:?}");
+    assert_eq!((s.auth_failed, s.duplicates), (1, 1), "{s:?}");
+    p.drive(Duration::from_secs(600));
+    p.check();
+    assert_eq!(p.ends[1].conn.stats().migrations, 0);
 }
