@@ -82,6 +82,44 @@ fn params() -> SessionParams {
     }
 }
 
+/// A connection whose session has the channels `ids`; `handler(id)` makes each channel's
+/// handler (a factory, as the server's are).
+fn connection(
+    side: Side,
+    cid: ConnectionId,
+    remote: Option<SocketAddr>,
+    ids: &[u8],
+    handler: impl Fn(u8) -> Box<dyn ChannelHandler> + Send + Sync + Clone + 'static,
+    config: ConnectionConfig,
+    now: Instant,
+) -> Connection {
+    let mut procs = ChannelProcs::new();
+    for &id in ids {
+        let h = handler.clone();
+        procs.ch_proc_add(id, move |_| h(id)).unwrap();
+    }
+    let mut p = params();
+    p.channels = ids.to_vec();
+    let info = SessionInfo { session_id: [1; 16], client: None };
+    let mut mux = Mux::new(ids, &procs, info, MuxConfig::default());
+    mux.start(Arc::new(NoWake));
+    Connection::new(side, &p, cid, remote, mux, config, now)
+}
+
+/// `side`'s eight `Peer` channels: each writes its messages and records what arrives in
+/// its log.
+fn peers(
+    side: u8,
+    logs: &[(u8, Log)],
+) -> impl Fn(u8) -> Box<dyn ChannelHandler> + Send + Sync + Clone + 'static {
+    let logs = logs.to_vec();
+    move |id| {
+        let out = SIZES.iter().enumerate().map(|(i, &n)| pattern(side, id, i, n)).collect();
+        let log = logs.iter().find(|(i, _)| *i == id).map(|(_, l)| l.clone()).unwrap_or_default();
+        Box::new(Peer { out, next: 0, log })
+    }
+}
+
 /// One end: its connection, address and what each channel received.
 struct End {
     conn: Connection,
@@ -98,23 +136,9 @@ fn end(
     now: Instant,
     config: ConnectionConfig,
 ) -> End {
-    let tag = side as u8;
-    let mut procs = ChannelProcs::new();
-    let mut logs = Vec::new();
-    for &id in IDS {
-        let log = Log::default();
-        logs.push((id, log.clone()));
-        procs
-            .ch_proc_add(id, move |_| {
-                let out = SIZES.iter().enumerate().map(|(i, &n)| pattern(tag, id, i, n)).collect();
-                Box::new(Peer { out, next: 0, log: log.clone() })
-            })
-            .unwrap();
-    }
-    let info = SessionInfo { session_id: [1; 16], client: None };
-    let mut mux = Mux::new(IDS, &procs, info, MuxConfig::default());
-    mux.start(Arc::new(NoWake));
-    let conn = Connection::new(side, &params(), cid, Some(remote), mux, config, now);
+    let logs: Vec<(u8, Log)> = IDS.iter().map(|&id| (id, Log::default())).collect();
+    let handlers = peers(side as u8, &logs);
+    let conn = connection(side, cid, Some(remote), IDS, handlers, config, now);
     End { conn, addr, logs, events: Vec::new() }
 }
 
@@ -307,18 +331,12 @@ fn a_lost_packet_holds_up_only_its_own_channel() {
     let cid = ConnectionId([9; 8]);
     let ids = b"AB";
     let make = |side: Side, remote, logs: &mut Vec<Log>| {
-        let mut procs = ChannelProcs::new();
-        for &id in ids {
-            let log = Log::default();
-            logs.push(log.clone());
-            procs.ch_proc_add(id, move |_| Box::new(Sink(log.clone()))).unwrap();
-        }
-        let info = SessionInfo { session_id: [1; 16], client: None };
-        let mut p = params();
-        p.channels = ids.to_vec();
-        let mut mux = Mux::new(ids, &procs, info, MuxConfig::default());
-        mux.start(Arc::new(NoWake));
-        Connection::new(side, &p, cid, Some(remote), mux, ConnectionConfig::default(), now0)
+        logs.extend([Log::default(), Log::default()]);
+        let (a, b) = (logs[0].clone(), logs[1].clone());
+        let sinks = move |id: u8| -> Box<dyn ChannelHandler> {
+            Box::new(Sink(if id == b'A' { a.clone() } else { b.clone() }))
+        };
+        connection(side, cid, Some(remote), ids, sinks, ConnectionConfig::default(), now0)
     };
     let mut client_logs = Vec::new();
     let mut server_logs = Vec::new();
@@ -442,19 +460,13 @@ impl Quiet {
         let addrs =
             [SocketAddr::from(([127, 0, 0, 1], 4000)), SocketAddr::from(([127, 0, 0, 2], 443))];
         let make = |side, remote| {
-            let mut procs = ChannelProcs::new();
-            procs.ch_proc_add(b'Q', |_| Box::new(Sink(Log::default()))).unwrap();
-            let mut p = params();
-            p.channels = b"Q".to_vec();
-            let info = SessionInfo { session_id: [1; 16], client: None };
-            let mut mux = Mux::new(b"Q", &procs, info, MuxConfig::default());
-            mux.start(Arc::new(NoWake));
-            Connection::new(
+            let sink = |_| -> Box<dyn ChannelHandler> { Box::new(Sink(Log::default())) };
+            connection(
                 side,
-                &p,
                 ConnectionId([3; 8]),
                 remote,
-                mux,
+                b"Q",
+                sink,
                 ConnectionConfig::default(),
                 now,
             )
@@ -599,6 +611,27 @@ impl ChannelHandler for Count {
     }
 }
 
+/// One end of a bulk transfer on channel `S`: the client writes 64 KiB messages
+/// endlessly, the server counts what arrives in `got`.
+fn bulk(
+    side: Side,
+    cid: ConnectionId,
+    remote: SocketAddr,
+    got: &Arc<std::sync::atomic::AtomicU64>,
+    config: ConnectionConfig,
+    now: Instant,
+) -> Connection {
+    let msg = bytes::Bytes::from(vec![7u8; 64 << 10]);
+    let got = got.clone();
+    let handler = move |_| -> Box<dyn ChannelHandler> {
+        match side {
+            Side::Client => Box::new(Endless(msg.clone())),
+            Side::Server => Box::new(Count(got.clone())),
+        }
+    };
+    connection(side, cid, Some(remote), b"S", handler, config, now)
+}
+
 /// Bulk one way through a 100 Mbit/s bottleneck with a 40 ms RTT and a one-BDP drop-tail
 /// queue; returns the bytes delivered in each second, and the RTT samples' mean (what the
 /// queue added) over the run.
@@ -623,23 +656,11 @@ fn bottleneck_run(
     net.set_link(ca, sa, link);
     let got = Arc::new(AtomicU64::new(0));
     let config = ConnectionConfig { controller, ..ConnectionConfig::default() };
-    let make = |side: Side, remote| {
-        let mut procs = ChannelProcs::new();
-        if side == Side::Client {
-            let msg = bytes::Bytes::from(vec![7u8; 64 << 10]);
-            procs.ch_proc_add(b'S', move |_| Box::new(Endless(msg.clone()))).unwrap();
-        } else {
-            let g = got.clone();
-            procs.ch_proc_add(b'S', move |_| Box::new(Count(g.clone()))).unwrap();
-        }
-        let mut p = params();
-        p.channels = b"S".to_vec();
-        let info = SessionInfo { session_id: [1; 16], client: None };
-        let mut mux = Mux::new(b"S", &procs, info, MuxConfig::default());
-        mux.start(Arc::new(NoWake));
-        Connection::new(side, &p, ConnectionId([4; 8]), Some(remote), mux, config, t0)
-    };
-    let mut conns = [make(Side::Client, sa), make(Side::Server, ca)];
+    let cid = ConnectionId([4; 8]);
+    let mut conns = [
+        bulk(Side::Client, cid, sa, &got, config, t0),
+        bulk(Side::Server, cid, ca, &got, config, t0),
+    ];
     let addrs = [ca, sa];
     let mut now = t0;
     let mut buf = Vec::new();
@@ -724,22 +745,8 @@ fn shared_bottleneck(controller: super::congestion::ControllerConfig, secs: u64)
     );
     let config = ConnectionConfig { controller, ..ConnectionConfig::default() };
     let counters = [Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))];
-    let make = |side: Side, remote, cid: u8, got: &Arc<AtomicU64>| {
-        let mut procs = ChannelProcs::new();
-        if side == Side::Client {
-            let msg = bytes::Bytes::from(vec![7u8; 64 << 10]);
-            procs.ch_proc_add(b'S', move |_| Box::new(Endless(msg.clone()))).unwrap();
-        } else {
-            let g = got.clone();
-            procs.ch_proc_add(b'S', move |_| Box::new(Count(g.clone()))).unwrap();
-        }
-        let mut p = params();
-        p.channels = b"S".to_vec();
-        let info = SessionInfo { session_id: [1; 16], client: None };
-        let mut mux = Mux::new(b"S", &procs, info, MuxConfig::default());
-        mux.start(Arc::new(NoWake));
-        Connection::new(side, &p, ConnectionId([cid; 8]), Some(remote), mux, config, t0)
-    };
+    let make =
+        |side, remote, cid: u8, got| bulk(side, ConnectionId([cid; 8]), remote, got, config, t0);
     // [client 0, server 0, client 1, server 1]
     let mut conns = [
         make(Side::Client, sa, 0, &counters[0]),
@@ -834,22 +841,9 @@ fn before_validation_a_server_sends_at_most_three_times_what_it_received() {
     let mut client = end(Side::Client, cid, ca, sa, now, ConnectionConfig::default());
     // A server that has not heard from the client yet; it will, once, and then never again
     // (the client's address is spoofed by someone who cannot answer the challenge).
-    let mut procs = ChannelProcs::new();
-    for &id in IDS {
-        let out: Vec<Vec<u8>> =
-            SIZES.iter().enumerate().map(|(i, &n)| pattern(1, id, i, n)).collect();
-        let log = Log::default();
-        procs
-            .ch_proc_add(id, move |_| {
-                Box::new(Peer { out: out.clone(), next: 0, log: log.clone() })
-            })
-            .unwrap();
-    }
-    let info = SessionInfo { session_id: [1; 16], client: None };
-    let mut mux = Mux::new(IDS, &procs, info, MuxConfig::default());
-    mux.start(Arc::new(NoWake));
+    let handlers = peers(1, &[]);
     let mut server =
-        Connection::new(Side::Server, &params(), cid, None, mux, ConnectionConfig::default(), now);
+        connection(Side::Server, cid, None, IDS, handlers, ConnectionConfig::default(), now);
     let mut buf = Vec::new();
     let t = client.conn.poll_transmit(now, 1, &mut buf).expect("a first packet");
     let received = t.size as u64;
