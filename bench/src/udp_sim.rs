@@ -15,6 +15,7 @@ use dap_net::enc::cipher::CipherSuite;
 use dap_stream::session::{SessionLimits, SessionParams, TransportKind};
 use dap_stream::transport::Wake;
 use dap_stream::udp::connection::{Connection, ConnectionConfig, Side};
+use dap_stream::udp::mtu::MtuConfig;
 use dap_stream::udp::packet::ConnectionId;
 use dap_stream::{Channel, ChannelHandler, ChannelProcs, Message, Mux, MuxConfig, SessionInfo};
 
@@ -88,7 +89,7 @@ fn conn(side: Side, suite: CipherSuite, datagram: usize, counter: &Arc<AtomicU64
         MuxConfig::default(),
     );
     mux.start(Arc::new(NoWake));
-    let config = ConnectionConfig { max_datagram: datagram, ..ConnectionConfig::default() };
+    let config = ConnectionConfig { mtu: MtuConfig::fixed(datagram), ..ConnectionConfig::default() };
     let (here, there) = addrs(side);
     let _ = here;
     Connection::new(side, &params, ConnectionId([0; 8]), Some(there), mux, config, Instant::now())

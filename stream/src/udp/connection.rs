@@ -36,6 +36,7 @@ use super::assemble::Assembler;
 use super::congestion::{Controller, ControllerConfig};
 use super::frame::{self, Frame, Frames};
 use super::keys::{RecvKeys, SendKeys};
+use super::mtu::{Mtu, MtuConfig, MtuStats};
 use super::pacer::{Pacer, PacerConfig};
 use super::packet::{self, ConnectionId, Header, LABELS};
 use super::path::Path;
@@ -52,8 +53,9 @@ use crate::transport::CloseCode;
 /// A connection's settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ConnectionConfig {
-    /// The UDP payload of every datagram sent (1,200: the size every path carries).
-    pub max_datagram: usize,
+    /// Datagram sizes: the base every path carries (1,200 bytes of UDP payload), and the
+    /// most path MTU discovery tries.
+    pub mtu: MtuConfig,
     /// The longest this end waits before acknowledging (25 ms); also what it tells its own
     /// loss recovery to expect of the peer.
     pub max_ack_delay: Duration,
@@ -81,7 +83,7 @@ pub struct ConnectionConfig {
 impl Default for ConnectionConfig {
     fn default() -> Self {
         ConnectionConfig {
-            max_datagram: packet::MIN_DATAGRAM,
+            mtu: MtuConfig::default(),
             max_ack_delay: Duration::from_millis(25),
             idle_timeout: Duration::from_secs(60),
             keepalive: Duration::from_secs(15),
@@ -181,9 +183,15 @@ pub struct ConnStats {
 /// What a packet carried, to know what to do when it is acknowledged or lost.
 #[derive(Clone, Debug)]
 enum Sent {
-    Data { idx: usize, start: u64, end: u64 },
+    Data {
+        idx: usize,
+        start: u64,
+        end: u64,
+    },
     Credit(Option<usize>),
     Blocked(Option<usize>),
+    /// A path MTU probe of this size.
+    MtuProbe(usize),
 }
 
 /// The latest value of an absolute control frame (CREDIT or BLOCKED) and whether it is
@@ -260,6 +268,7 @@ pub struct Connection {
     rtt: RttEstimator,
     cc: Box<dyn Controller>,
     pacer: Pacer,
+    mtu: Mtu,
     pacing_until: Option<Instant>,
     probes: u8,
     last_rx: Instant,
@@ -306,7 +315,7 @@ impl Connection {
         };
         let every = crate::codec::packet::update_interval(
             params.suite,
-            config.max_datagram,
+            config.mtu.max.max(config.mtu.base),
             config.rekey_packets,
         );
         let send_keys = SendKeys::new(send_chain, every);
@@ -328,7 +337,8 @@ impl Connection {
                 }
             })
             .collect();
-        let mss = config.max_datagram as u64;
+        let mtu = Mtu::new(config.mtu);
+        let mss = mtu.current() as u64;
         let cc = config.controller.build(mss);
         let rtt = RttEstimator::default();
         let pacer = Pacer::new(config.pacer, now, cc.window(), mss, rtt.get());
@@ -352,6 +362,7 @@ impl Connection {
             rtt,
             cc,
             pacer,
+            mtu,
             pacing_until: None,
             probes: 0,
             last_rx: now,
@@ -396,6 +407,16 @@ impl Connection {
     /// Key updates done by this end and followed from the peer.
     pub fn key_updates(&self) -> (u64, u64) {
         (self.send_keys.updates(), self.recv_keys.updates())
+    }
+
+    /// The datagram size in use (path MTU discovery raises it from the base).
+    pub fn mtu(&self) -> usize {
+        self.mtu.current()
+    }
+
+    /// The counters of path MTU discovery.
+    pub fn mtu_stats(&self) -> MtuStats {
+        self.mtu.stats()
     }
 
     /// The congestion window in bytes.
@@ -610,35 +631,60 @@ impl Connection {
         if let Some((pn, _)) = out.acked.last() {
             self.send_keys.on_acked(*pn);
         }
+        let mut acked_large = false;
         for (_, p) in &out.acked {
+            acked_large |= self.mtu.is_large(p.bytes);
             for s in &p.info {
-                if let Sent::Data { idx, start, end } = s {
-                    self.chans[*idx].send.on_acked(*start..*end);
+                match *s {
+                    Sent::Data { idx, start, end } => self.chans[idx].send.on_acked(start..end),
+                    Sent::MtuProbe(size) => {
+                        if let Some(mss) = self.mtu.on_probe_acked(now, size) {
+                            self.cc.on_mss_update(mss as u64);
+                        }
+                    }
+                    _ => {}
                 }
             }
             if p.in_flight {
                 self.cc.on_ack(now, p.time, p.bytes, false, &self.rtt);
             }
         }
+        if acked_large {
+            self.mtu.on_large_acked();
+        }
         if !out.lost.is_empty() {
-            self.on_lost(now, out.lost, out.persistent_congestion);
+            self.on_lost(now, out.lost, out.persistent_congestion, acked_large);
         }
         if !out.acked.is_empty() {
             self.probes = 0;
         }
     }
 
-    fn on_lost(&mut self, now: Instant, lost: Vec<(u64, SentPacket<Vec<Sent>>)>, persistent: bool) {
+    fn on_lost(
+        &mut self,
+        now: Instant,
+        lost: Vec<(u64, SentPacket<Vec<Sent>>)>,
+        persistent: bool,
+        acked_large: bool,
+    ) {
         let mut newest = None;
         let mut bytes = 0;
+        let mut lost_large = false;
         for (_, p) in lost {
+            // A lost MTU probe says the path is narrower, not that it is congested.
+            if let [Sent::MtuProbe(size)] = p.info[..] {
+                self.mtu.on_probe_lost(now, size);
+                continue;
+            }
             self.stats.lost += 1;
+            lost_large |= self.mtu.is_large(p.bytes);
             if p.in_flight {
                 bytes += p.bytes;
                 newest = newest.max(Some(p.time));
             }
             for s in p.info {
                 match s {
+                    Sent::MtuProbe(_) => {}
                     Sent::Data { idx, start, end } => self.chans[idx].send.on_lost(start..end),
                     // Absolute values: send the latest ones again.
                     Sent::Credit(None) => self.conn_credit.lost(),
@@ -650,6 +696,9 @@ impl Connection {
         }
         if let Some(sent) = newest {
             self.cc.on_congestion_event(now, sent, persistent, bytes);
+        }
+        if let Some(mss) = self.mtu.on_loss_event(lost_large, acked_large) {
+            self.cc.on_mss_update(mss as u64);
         }
     }
 
@@ -687,7 +736,8 @@ impl Connection {
             if c.on_response(d) {
                 // Moved: the new path's capacity and delay are unknown, so congestion
                 // control and RTT start afresh (RFC 9000 §9.4).
-                let mss = self.config.max_datagram as u64;
+                self.mtu = Mtu::new(self.config.mtu);
+                let mss = self.mtu.current() as u64;
                 self.cc = self.config.controller.build(mss);
                 self.rtt = RttEstimator::default();
                 self.path = Some(c);
@@ -794,7 +844,7 @@ impl Connection {
         buf: &mut Vec<u8>,
     ) -> Option<Transmit> {
         buf.clear();
-        let size = self.config.max_datagram;
+        let size = self.mtu.current();
         let destination = self.path.as_ref()?.addr;
         match self.state {
             State::Closed | State::Draining { .. } => return None,
@@ -812,6 +862,9 @@ impl Connection {
             return Some(t);
         }
         self.fill_from_mux();
+        if let Some(t) = self.send_mtu_probe(now, buf) {
+            return Some(t);
+        }
         let mut segments = 0;
         while segments < max_segments.max(1) {
             // Before validation, at most three times what the address sent us.
@@ -932,6 +985,46 @@ impl Connection {
         true
     }
 
+    /// A path MTU probe, when one is due: PING padded to the size tried, alone in its
+    /// datagram, on a validated path, within the congestion window and the pacer.
+    fn send_mtu_probe(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        let size = self.mtu.probe_due(now)?;
+        let path = self.path.as_ref()?;
+        if !path.validated
+            || !self.connected
+            || self.probes > 0
+            || self.recovery.is_full()
+            || self.recovery.bytes_in_flight() + size as u64 > self.cc.window()
+        {
+            return None;
+        }
+        let destination = path.addr;
+        let mss = self.mtu.current() as u64;
+        if let Some(t) = self.pacer.delay(now, size as u64, self.cc.window(), mss, self.rtt.get()) {
+            self.pacing_until = Some(t);
+            return None;
+        }
+        let start = packet::begin(buf);
+        frame::put_ping(buf);
+        buf.resize(start + size - dap_net::enc::cipher::TAG_LEN, 0);
+        let pn = self.seal(buf, start);
+        self.mtu.on_probe_sent(size);
+        self.pacer.on_sent(size as u64);
+        if let Some(p) = self.path.as_mut() {
+            p.on_sent(size as u64);
+        }
+        let info = vec![Sent::MtuProbe(size)];
+        let sent = SentPacket {
+            time: now,
+            bytes: size as u64,
+            ack_eliciting: true,
+            in_flight: true,
+            info,
+        };
+        let _ = self.recovery.on_sent(pn, sent);
+        Some(Transmit { destination, size: buf.len(), segment_size: None })
+    }
+
     fn put_controls(&mut self, buf: &mut Vec<u8>, limit: usize, info: &mut Vec<Sent>) {
         let mut one = |ctl: &mut Ctl, credit: bool, chan: u8, who: Option<usize>| {
             if ctl.pending && buf.len() + frame::CONTROL_LEN <= limit {
@@ -996,6 +1089,7 @@ impl Connection {
         at(self.acks.ack_deadline());
         at(self.recovery.timer(&self.rtt, self.config.max_ack_delay));
         at(self.pacing_until);
+        at(self.mtu.timer());
         at(Some(self.last_rx + self.config.idle_timeout));
         if self.recovery.bytes_in_flight() == 0 {
             at(Some(self.last_rx + self.config.keepalive));
@@ -1026,14 +1120,19 @@ impl Connection {
         if self.pacing_until.is_some_and(|t| t <= now) {
             self.pacing_until = None;
         }
+        // A finished MTU search whose raise timer ran out starts again.
+        let _ = self.mtu.probe_due(now);
         if self.recovery.timer(&self.rtt, self.config.max_ack_delay).is_some_and(|t| t <= now) {
             match self.recovery.on_timeout(now, &self.rtt, self.config.max_ack_delay) {
                 Timeout::Lost { lost, persistent_congestion } => {
-                    self.on_lost(now, lost, persistent_congestion)
+                    self.on_lost(now, lost, persistent_congestion, false)
                 }
                 Timeout::Probe(n) => {
                     self.stats.ptos += 1;
                     self.probes = n;
+                    if let Some(mss) = self.mtu.on_pto(self.recovery.pto_count()) {
+                        self.cc.on_mss_update(mss as u64);
+                    }
                 }
             }
         }

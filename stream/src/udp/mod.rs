@@ -21,6 +21,7 @@ pub mod connection;
 pub mod endpoint;
 pub mod frame;
 pub mod keys;
+pub mod mtu;
 pub mod pacer;
 pub mod packet;
 pub mod path;

@@ -146,6 +146,9 @@ struct Pair {
     /// At this virtual time the client's address changes (NAT rebinding): datagrams to
     /// the old one go nowhere.
     rebind: Option<(Duration, SocketAddr)>,
+    /// At this virtual time both directions between the ends become this link (a route
+    /// change).
+    relink: Option<(Duration, LinkConfig)>,
     start: Instant,
     now: Instant,
     net: Network,
@@ -166,6 +169,7 @@ impl Pair {
         let server = end(Side::Server, cid, sa, ca, now, config);
         Pair {
             rebind: None,
+            relink: None,
             start: now,
             now,
             net: Network::new(seed, link),
@@ -218,6 +222,14 @@ impl Pair {
             {
                 self.ends[0].addr = addr;
                 self.rebind = None;
+            }
+            if let Some((at, link)) = self.relink
+                && self.now - self.start >= at
+            {
+                let (a, b) = (self.ends[0].addr, self.ends[1].addr);
+                self.net.set_link(a, b, link);
+                self.net.set_link(b, a, link);
+                self.relink = None;
             }
             while let Some(mut d) = self.net.deliver(self.now) {
                 // A datagram to an address no end has any more is lost.
@@ -889,4 +901,41 @@ fn an_address_change_that_does_not_authenticate_moves_nothing() {
     p.drive(Duration::from_secs(600));
     p.check();
     assert_eq!(p.ends[1].conn.stats().migrations, 0);
+}
+
+#[test]
+fn path_mtu_discovery_finds_the_path_mtu_and_survives_black_holed_probes() {
+    // The path carries 1,400 bytes; discovery tries up to 1,452, and every probe above
+    // 1,400 vanishes without a trace.
+    let link = LinkConfig { mtu: 1400, loss: 0.01, ..LinkConfig::default() };
+    let mut p = Pair::new(31, link);
+    p.drive(Duration::from_secs(600));
+    p.check();
+    assert!(p.net.stats().mtu_drops > 0, "probes were black-holed");
+    for e in &p.ends {
+        let (mtu, m) = (e.conn.mtu(), e.conn.mtu_stats());
+        assert!((1392..=1400).contains(&mtu), "found {mtu}: {m:?}");
+        assert!(m.probes_lost >= 3, "the maximum was tried: {m:?}");
+        assert_eq!(m.black_holes, 0, "{m:?}");
+    }
+}
+
+#[test]
+fn a_path_that_narrows_mid_transfer_is_a_black_hole_the_connection_climbs_out_of() {
+    // Discovery finds 1,452 on the first route; at 400 ms the route changes to one that
+    // carries 1,280: full-size packets vanish, the size goes back to the base, and a new
+    // search finds the new path's MTU while the transfer completes.
+    let link =
+        LinkConfig { rate_bps: Some(20_000_000), queue_bytes: 100_000, ..LinkConfig::default() };
+    let mut p = Pair::new(32, link);
+    p.relink = Some((Duration::from_millis(400), LinkConfig { mtu: 1280, ..link }));
+    p.drive(Duration::from_secs(600));
+    p.check();
+    eprintln!("done after {:?}", p.now - p.start);
+    let blackholed: u64 = p.ends.iter().map(|e| e.conn.mtu_stats().black_holes).sum();
+    assert!(blackholed >= 1, "{:?}", p.ends.iter().map(|e| e.conn.mtu_stats()).collect::<Vec<_>>());
+    for e in &p.ends {
+        let mtu = e.conn.mtu();
+        assert!((1272..=1280).contains(&mtu), "found {mtu}: {:?}", e.conn.mtu_stats());
+    }
 }
