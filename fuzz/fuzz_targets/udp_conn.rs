@@ -33,6 +33,7 @@ impl ChannelHandler for Echo {
 
 fuzz_target!(|data: &[u8]| {
     let params = SessionParams {
+        unreliable: Vec::new(),
         id: [1; 16],
         suite: CipherSuite::ChaCha20Poly1305,
         secret: [2; 32],

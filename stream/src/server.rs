@@ -319,6 +319,7 @@ impl StreamServer {
         let mut secret = [0u8; KEY_LEN];
         random_bytes(&mut secret);
         let params = SessionParams {
+            unreliable: Vec::new(),
             id,
             suite,
             secret,

@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,19 +40,26 @@ pub(crate) struct ChanShared {
     room: Condvar,
     /// Bound of the handle queue (bytes); one message is always taken when it is empty.
     max_bytes: usize,
-    max_message: usize,
+    /// The largest message (lowered for an unreliable channel).
+    max_message: AtomicUsize,
     /// Tells the transport there is something to send; set when the stream attaches.
     waker: OnceLock<Arc<dyn Wake>>,
 }
 
 impl ChanShared {
+    /// Lowers the largest message a handle may write (an unreliable channel's is one
+    /// datagram's worth).
+    pub(crate) fn set_max_message(&self, max: usize) {
+        self.max_message.store(max, Ordering::Relaxed);
+    }
+
     pub(crate) fn new(id: u8, max_bytes: usize, max_message: usize) -> Arc<Self> {
         Arc::new(ChanShared {
             id,
             queue: Mutex::new(Queue { items: VecDeque::new(), bytes: 0, closed: false }),
             room: Condvar::new(),
             max_bytes,
-            max_message,
+            max_message: AtomicUsize::new(max_message),
             waker: OnceLock::new(),
         })
     }
@@ -144,7 +152,7 @@ impl ChannelHandle {
 
     fn push(&self, ty: u8, data: Bytes, until: Option<Instant>) -> Result<(), HandleWriteError> {
         let s = &self.shared;
-        if data.len() > s.max_message {
+        if data.len() > s.max_message.load(Ordering::Relaxed) {
             return Err(HandleWriteError::TooLarge(data));
         }
         let mut q = s.queue.lock();

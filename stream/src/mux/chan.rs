@@ -37,6 +37,9 @@ struct Partial {
 pub(crate) struct Sent {
     pub(crate) bytes: usize,
     pub(crate) message_done: bool,
+    /// Whether the bytes count against the connection's credit (not on an unreliable
+    /// channel).
+    pub(crate) credited: bool,
 }
 
 pub(crate) struct ChanState {
@@ -79,6 +82,12 @@ pub(crate) struct ChanState {
     grown_at: Option<u64>,
     /// Times the window grew (stats).
     pub(crate) window_growths: u32,
+    /// An unreliable channel's largest message: each message is one data frame, outside
+    /// flow control, carried by a transport that may drop it.
+    pub(crate) unreliable: Option<usize>,
+    /// Unreliable messages dropped on arrival: the handler was not taking them and the
+    /// inbox was full.
+    pub(crate) dropped: u64,
 }
 
 impl ChanState {
@@ -106,11 +115,16 @@ impl ChanState {
             max_window: (config.max_channel_window as u64).max(config.channel_window as u64),
             grown_at: None,
             window_growths: 0,
+            unreliable: None,
+            dropped: 0,
         }
     }
 
     /// Bytes the peer lets us send now.
     pub(crate) fn send_credit(&self) -> u64 {
+        if self.unreliable.is_some() {
+            return u64::MAX;
+        }
         self.send_limit.saturating_sub(self.sent_total)
     }
 
@@ -138,7 +152,8 @@ impl ChanState {
     /// Whether a BLOCKED frame is owed: data waits, channel credit is used up, and the
     /// peer has not been told at this limit yet.
     pub(crate) fn blocked_due(&self) -> bool {
-        self.send_credit() == 0
+        self.unreliable.is_none()
+            && self.send_credit() == 0
             && self.outq.front().is_some_and(|m| m.data.len() > m.off)
             && self.blocked_reported != Some(self.send_limit)
     }
@@ -160,7 +175,7 @@ impl ChanState {
         data: Bytes,
         max_message: usize,
     ) -> Result<(), WriteError> {
-        if data.len() > max_message {
+        if data.len() > self.unreliable.unwrap_or(max_message) {
             return Err(WriteError::TooLarge);
         }
         if !self.can_write(data.len()) {
@@ -217,6 +232,18 @@ impl ChanState {
         let m = self.outq.front_mut()?;
         let first = m.off == 0;
         let overhead = frame::data_overhead(first);
+        if self.unreliable.is_some() {
+            // Whole messages only, outside flow control.
+            let len = m.data.len();
+            if room < overhead + len {
+                return None;
+            }
+            frame::put_data_header(out, self.id, m.ty, Some(len as u32), false, len);
+            out.extend_from_slice(&m.data);
+            self.out_bytes -= len;
+            self.outq.pop_front();
+            return Some(Sent { bytes: len, message_done: true, credited: false });
+        }
         if room <= overhead && !(m.data.is_empty() && room >= overhead) {
             return None;
         }
@@ -235,7 +262,7 @@ impl ChanState {
         if !more {
             self.outq.pop_front();
         }
-        Some(Sent { bytes: n, message_done: !more })
+        Some(Sent { bytes: n, message_done: !more, credited: true })
     }
 
     /// Takes one data frame from the peer.
@@ -247,6 +274,19 @@ impl ChanState {
         payload: &[u8],
         max_message: usize,
     ) -> Result<(), MuxError> {
+        if self.unreliable.is_some() {
+            // One message per frame, outside flow control; a full inbox drops it.
+            if first != Some(payload.len() as u32) || more {
+                return Err(MuxError::Fragment(self.id));
+            }
+            let queued: usize = self.inbox.iter().map(|m| m.data.len()).sum();
+            if queued + payload.len() > self.send_bound {
+                self.dropped += 1;
+                return Ok(());
+            }
+            self.inbox.push_back(Message { ty, data: payload.to_vec() });
+            return Ok(());
+        }
         let n = payload.len() as u64;
         if self.recv_total + n > self.recv_limit {
             return Err(MuxError::FlowControl(self.id));
@@ -310,7 +350,8 @@ impl ChanState {
     /// Whether a CREDIT frame is due: the limit it would send is at least an eighth of the
     /// window past the last one.
     pub(crate) fn grant_due(&self) -> bool {
-        self.taken + self.window >= self.recv_limit + (self.window / 8).max(1)
+        self.unreliable.is_none()
+            && self.taken + self.window >= self.recv_limit + (self.window / 8).max(1)
     }
 
     pub(crate) fn put_grant(&mut self, out: &mut Vec<u8>) {

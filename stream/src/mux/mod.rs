@@ -114,6 +114,9 @@ pub struct MuxCounters {
     pub window_growths: u64,
     /// BLOCKED frames sent (we waited on the peer's credit).
     pub blocked_sent: u64,
+    /// Messages of unreliable channels dropped on arrival (their handler was not taking
+    /// them and the inbox was full).
+    pub unreliable_dropped: u64,
 }
 
 /// The connection's flow-control state, both directions (as [`ChanState`] keeps a
@@ -245,7 +248,26 @@ impl Mux {
     pub fn counters(&self) -> MuxCounters {
         let mut c = self.counters;
         c.window_growths += self.chans.iter().map(|c| c.window_growths as u64).sum::<u64>();
+        c.unreliable_dropped = self.chans.iter().map(|c| c.dropped).sum();
         c
+    }
+
+    /// Makes channel `id` unreliable, for a transport that can carry messages it may drop
+    /// (UDP DATAGRAM frames): each message is one data frame of at most `max_message`
+    /// bytes, outside flow control; what arrives while the handler is not taking messages
+    /// and the inbox is full is dropped and counted. Returns whether the channel exists.
+    /// Over TCP no channel is made unreliable.
+    pub fn set_unreliable(&mut self, id: u8, max_message: usize) -> bool {
+        let Some(i) = self.find(id) else { return false };
+        let max = max_message.min(self.config.max_frame);
+        self.chans[i].unreliable = Some(max);
+        self.chans[i].shared.set_max_message(max);
+        true
+    }
+
+    /// Whether channel `id` is unreliable.
+    pub fn is_unreliable(&self, id: u8) -> bool {
+        self.find(id).is_some_and(|i| self.chans[i].unreliable.is_some())
     }
 
     /// The receive window of channel `id` now, in bytes (tests, diagnostics).
@@ -313,10 +335,12 @@ impl Mux {
                 Frame::Data { chan, ty, first, more, payload } => {
                     let i = self.find(chan).ok_or(MuxError::UnknownChannel(chan))?;
                     let n = payload.len() as u64;
-                    if self.conn.recv_total + n > self.conn.recv_limit {
-                        return Err(MuxError::FlowControl(CONNECTION));
+                    if self.chans[i].unreliable.is_none() {
+                        if self.conn.recv_total + n > self.conn.recv_limit {
+                            return Err(MuxError::FlowControl(CONNECTION));
+                        }
+                        self.conn.recv_total += n;
                     }
-                    self.conn.recv_total += n;
                     self.counters.bytes_in += n;
                     self.chans[i].receive(ty, first, more, payload, self.config.max_message)?;
                 }
@@ -374,13 +398,16 @@ impl Mux {
                     || (self.report_blocked && c.blocked_due())
                     || (!c.outq.is_empty()
                         && (c.send_credit() > 0 || c.next_is_empty())
-                        && conn_credit > 0)
+                        && (conn_credit > 0 || c.unreliable.is_some()))
                     || c.shared.has_queued()
             })
             || (self.report_blocked
                 && conn_credit == 0
                 && self.conn.blocked_reported != Some(self.conn.send_limit)
-                && self.chans.iter().any(|c| c.send_credit() > 0 && !c.outq.is_empty()))
+                && self
+                    .chans
+                    .iter()
+                    .any(|c| c.unreliable.is_none() && c.send_credit() > 0 && !c.outq.is_empty()))
     }
 
     /// Appends to `out` the next payload to send, at most `max` bytes (the transport's
@@ -415,7 +442,9 @@ impl Mux {
                 if let Some(sent) =
                     c.put_frame(out, room, self.config.max_frame, self.conn.send_credit())
                 {
-                    self.conn.sent_total += sent.bytes as u64;
+                    if sent.credited {
+                        self.conn.sent_total += sent.bytes as u64;
+                    }
                     self.counters.bytes_out += sent.bytes as u64;
                     if sent.message_done {
                         self.counters.messages_out += 1;
@@ -441,7 +470,10 @@ impl Mux {
         }
         if conn_credit == 0
             && self.conn.blocked_reported != Some(self.conn.send_limit)
-            && self.chans.iter().any(|c| c.send_credit() > 0 && !c.outq.is_empty())
+            && self
+                .chans
+                .iter()
+                .any(|c| c.unreliable.is_none() && c.send_credit() > 0 && !c.outq.is_empty())
             && out.len() + frame::CONTROL_LEN <= limit
         {
             frame::put_blocked(out, CONNECTION, self.conn.send_limit);

@@ -412,3 +412,52 @@ fn a_sender_whose_output_is_backed_up_reports_no_blocked() {
     assert!(p.a.poll_payload(&mut buf, 1 << 16));
     assert_eq!(controls(&buf), [Frame::Blocked { chan: b'E', limit: 4096 }]);
 }
+
+#[test]
+fn unreliable_channels_skip_flow_control_and_a_paused_reader_drops_and_counts() {
+    let config = MuxConfig {
+        channel_window: 4096,
+        conn_window: 8192,
+        send_queue: 16384,
+        ..MuxConfig::default()
+    };
+    let mut p = pair(b"UR", config);
+    assert!(p.a.set_unreliable(b'U', 1000) && p.b.set_unreliable(b'U', 1000));
+    assert!(!p.a.set_unreliable(b'Z', 1000), "no such channel");
+    assert!(p.a.is_unreliable(b'U') && !p.a.is_unreliable(b'R'));
+    // One message is one frame, at most the channel's limit.
+    assert_eq!(write(&mut p.a, b'U', 1, vec![0; 1001]), Err(WriteError::TooLarge));
+    let h = p.a.handle(b'U').unwrap();
+    assert!(
+        matches!(h.write(1, vec![0u8; 1001]), Err(crate::channel::HandleWriteError::TooLarge(_))),
+        "handles see the limit too"
+    );
+    // Far more than the windows, with no credit ever coming back for it.
+    for i in 0..100u32 {
+        while write(&mut p.a, b'U', 1, i.to_be_bytes().repeat(250)) == Err(WriteError::WouldBlock) {
+            drive(&mut p);
+        }
+    }
+    drive(&mut p);
+    assert_eq!(p.b_log.lock().iter().filter(|(id, _)| *id == b'U').count(), 100);
+    // The reliable channel still has its whole window: U took none of the connection's.
+    write(&mut p.a, b'R', 1, vec![5; 4096]).unwrap();
+    drive(&mut p);
+    assert_eq!(p.b_log.lock().iter().filter(|(id, _)| *id == b'R').count(), 1);
+    // A reader that does not take them: the inbox fills to its bound, the rest is dropped.
+    p.b.with_channel(b'U', |ch| ch.set_ready_to_read(false));
+    for _ in 0..40 {
+        while write(&mut p.a, b'U', 1, vec![1; 1000]) == Err(WriteError::WouldBlock) {
+            drive(&mut p);
+        }
+    }
+    drive(&mut p);
+    assert_eq!(p.b.counters().unreliable_dropped, 40 - 16);
+    p.b.with_channel(b'U', |ch| ch.set_ready_to_read(true));
+    assert_eq!(p.b_log.lock().iter().filter(|(id, _)| *id == b'U').count(), 116);
+    // A fragment on an unreliable channel is a violation.
+    let mut f = Vec::new();
+    put_data_header(&mut f, b'U', 0, Some(10), true, 5);
+    f.extend_from_slice(&[0; 5]);
+    assert_eq!(p.b.handle_payload(&f), Err(MuxError::Fragment(b'U')));
+}

@@ -178,7 +178,17 @@ pub fn decode_answer(b: &[u8], local: MuxConfig) -> Result<SessionParams, Decode
         connect_timeout: ms(connect),
         ..SessionLimits::default()
     };
-    Ok(SessionParams { id, suite, secret, channels, transport, limits, udp_port, client: None })
+    Ok(SessionParams {
+        id,
+        suite,
+        secret,
+        channels,
+        transport,
+        limits,
+        udp_port,
+        client: None,
+        unreliable: Vec::new(),
+    })
 }
 
 #[cfg(test)]
@@ -204,6 +214,7 @@ mod tests {
     #[test]
     fn answer_round_trips() {
         let p = SessionParams {
+            unreliable: Vec::new(),
             id: [3; 16],
             suite: CipherSuite::Aes256Gcm,
             secret: [4; 32],

@@ -113,6 +113,9 @@ pub struct SessionParams {
     pub udp_port: u16,
     /// The client's authenticated key, if it presented a certificate (server side).
     pub client: Option<[u8; 32]>,
+    /// Channels whose messages the UDP transport carries unreliably (DATAGRAM frames: one
+    /// datagram each, never retransmitted, drops counted); empty over TCP.
+    pub unreliable: Vec<u8>,
 }
 
 impl std::fmt::Debug for SessionParams {

@@ -75,6 +75,8 @@ pub struct ConnectionConfig {
     pub max_reorder: u64,
     /// Bytes held out of order on all channels together.
     pub max_reorder_total: usize,
+    /// Bytes of unreliable messages waiting to be sent; past it the oldest are dropped.
+    pub max_datagram_queue: usize,
     /// Packets sealed under one key before moving to the next (2^20; never more than half
     /// the cipher's confidentiality limit).
     pub rekey_packets: u64,
@@ -93,6 +95,7 @@ impl Default for ConnectionConfig {
             max_ack_ranges: 256,
             max_reorder: 32 << 20,
             max_reorder_total: 64 << 20,
+            max_datagram_queue: 256 << 10,
             rekey_packets: crate::session::DEFAULT_REKEY_PACKETS,
         }
     }
@@ -168,8 +171,15 @@ pub struct ConnStats {
     pub duplicates: u64,
     /// Packets dropped: their data ran too far ahead of what was delivered.
     pub reorder_drops: u64,
-    /// DATAGRAM frames ignored (no unreliable channels yet).
-    pub datagrams_ignored: u64,
+    /// Unreliable messages sent in DATAGRAM frames.
+    pub datagrams_sent: u64,
+    /// Unreliable messages received.
+    pub datagrams_received: u64,
+    /// Unreliable messages whose packet was lost (never sent again).
+    pub datagrams_lost: u64,
+    /// Unreliable messages dropped before sending: the oldest, when more waited than
+    /// `max_datagram_queue`.
+    pub datagrams_dropped: u64,
     /// Bytes of channel data sent again.
     pub retransmitted: u64,
     /// Times sending stopped at the anti-amplification limit.
@@ -192,6 +202,8 @@ enum Sent {
     Blocked(Option<usize>),
     /// A path MTU probe of this size.
     MtuProbe(usize),
+    /// An unreliable message (lost, it is only counted).
+    Datagram,
 }
 
 /// The latest value of an absolute control frame (CREDIT or BLOCKED) and whether it is
@@ -281,6 +293,9 @@ pub struct Connection {
     rr: usize,
     tmp: Vec<u8>,
     path_responses: VecDeque<[u8; 8]>,
+    /// Unreliable messages to send: (channel, type, bytes).
+    datagrams: VecDeque<(u8, u8, Vec<u8>)>,
+    datagram_bytes: usize,
 }
 
 impl std::fmt::Debug for Connection {
@@ -295,17 +310,22 @@ impl std::fmt::Debug for Connection {
 
 impl Connection {
     /// A connection for `params` on connection id `cid` with the peer at `remote` (`None`
-    /// on a server that waits for the client's first packet), carrying `mux` (already
-    /// started with its waker).
+    /// on a server that waits for the client's first packet), carrying `mux`. The
+    /// channels of `params.unreliable` are made unreliable here, so start the mux (with
+    /// the driver's waker) after this, through [`mux`](Self::mux): its handlers' `on_new`
+    /// then sees each channel as it will be.
     pub fn new(
         side: Side,
         params: &SessionParams,
         cid: ConnectionId,
         remote: Option<SocketAddr>,
-        mux: Mux,
+        mut mux: Mux,
         config: ConnectionConfig,
         now: Instant,
     ) -> Self {
+        for &id in &params.unreliable {
+            mux.set_unreliable(id, frame::MAX_DATAGRAM_MESSAGE);
+        }
         let (c2s, s2c) = params.udp_secrets();
         let c2s = KeyChain::with_labels(LABELS, params.suite, c2s);
         let s2c = KeyChain::with_labels(LABELS, params.suite, s2c);
@@ -374,6 +394,8 @@ impl Connection {
             rr: 0,
             tmp: Vec::new(),
             path_responses: VecDeque::new(),
+            datagrams: VecDeque::new(),
+            datagram_bytes: 0,
         }
     }
 
@@ -548,7 +570,9 @@ impl Connection {
                 }
                 Frame::Credit { chan, limit } => pending.push(Owned::Control(true, chan, limit)),
                 Frame::Blocked { chan, limit } => pending.push(Owned::Control(false, chan, limit)),
-                Frame::Datagram { .. } => self.stats.datagrams_ignored += 1,
+                Frame::Datagram { chan, ty, data } => {
+                    pending.push(Owned::Datagram(chan, ty, data.to_vec()))
+                }
                 Frame::PathChallenge(d) => self.path_responses.push_back(d),
                 Frame::Close { code, reason } => {
                     let reason = String::from_utf8_lossy(reason).into_owned();
@@ -567,6 +591,7 @@ impl Connection {
             match p {
                 Owned::Ack(ranges, delay_us) => self.on_ack(now, ranges, delay_us),
                 Owned::Data(chan, offset, data) => self.on_data(now, chan, offset, &data),
+                Owned::Datagram(chan, ty, data) => self.on_datagram(now, chan, ty, &data),
                 Owned::Control(credit, chan, limit) => {
                     self.tmp.clear();
                     if credit {
@@ -622,6 +647,29 @@ impl Connection {
         if let Err(e) = result {
             self.violation(now, e.to_string());
         }
+    }
+
+    /// An unreliable message: to the mux as the one-frame message it was.
+    fn on_datagram(&mut self, now: Instant, chan: u8, ty: u8, data: &[u8]) {
+        if !self.mux.is_unreliable(chan) {
+            return self.violation(now, format!("DATAGRAM on channel {chan:#04x}, not unreliable"));
+        }
+        self.stats.datagrams_received += 1;
+        self.tmp.clear();
+        mux_frame::put_data_header(
+            &mut self.tmp,
+            chan,
+            ty,
+            Some(data.len() as u32),
+            false,
+            data.len(),
+        );
+        self.tmp.extend_from_slice(data);
+        let frame = std::mem::take(&mut self.tmp);
+        if let Err(e) = self.mux.handle_payload(&frame) {
+            self.violation(now, e.to_string());
+        }
+        self.tmp = frame;
     }
 
     fn on_ack(&mut self, now: Instant, ranges: Vec<std::ops::RangeInclusive<u64>>, delay_us: u32) {
@@ -685,6 +733,7 @@ impl Connection {
             for s in p.info {
                 match s {
                     Sent::MtuProbe(_) => {}
+                    Sent::Datagram => self.stats.datagrams_lost += 1,
                     Sent::Data { idx, start, end } => self.chans[idx].send.on_lost(start..end),
                     // Absolute values: send the latest ones again.
                     Sent::Credit(None) => self.conn_credit.lost(),
@@ -782,7 +831,8 @@ impl Connection {
     fn fill_from_mux(&mut self) {
         let budget = self.cc.window().max(64 << 10);
         for _ in 0..64 {
-            let unsent: u64 = self.chans.iter().map(|c| c.send.unsent()).sum();
+            let unsent: u64 = self.chans.iter().map(|c| c.send.unsent()).sum::<u64>()
+                + self.datagram_bytes as u64;
             if unsent >= budget || !self.mux.wants_send() {
                 break;
             }
@@ -799,6 +849,17 @@ impl Connection {
             while at < payload.len() {
                 let Ok((f, n)) = mux_frame::decode(&payload[at..]) else { break };
                 match f {
+                    mux_frame::Frame::Data { chan, ty, payload: data, .. }
+                        if self.mux.is_unreliable(chan) =>
+                    {
+                        self.datagram_bytes += data.len();
+                        self.datagrams.push_back((chan, ty, data.to_vec()));
+                        while self.datagram_bytes > self.config.max_datagram_queue {
+                            let Some((_, _, d)) = self.datagrams.pop_front() else { break };
+                            self.datagram_bytes -= d.len();
+                            self.stats.datagrams_dropped += 1;
+                        }
+                    }
                     mux_frame::Frame::Data { chan, .. } => {
                         if let Some(i) = self.find(chan) {
                             self.chans[i].send.write(&payload[at..at + n]);
@@ -831,7 +892,7 @@ impl Connection {
     }
 
     fn has_data(&self) -> bool {
-        self.chans.iter().any(|c| c.send.has_data())
+        !self.datagrams.is_empty() || self.chans.iter().any(|c| c.send.has_data())
     }
 
     /// Writes the next datagram (or batch of up to `max_segments` equal-size datagrams,
@@ -958,6 +1019,7 @@ impl Connection {
                 eliciting = true;
             }
             self.put_controls(buf, limit, &mut info);
+            self.put_datagrams(buf, limit, size, &mut info);
             self.put_data(buf, limit, &mut info);
             eliciting |= !info.is_empty();
             if probing && !eliciting {
@@ -1044,6 +1106,31 @@ impl Connection {
         for (i, c) in self.chans.iter_mut().enumerate() {
             one(&mut c.credit, true, c.id, Some(i));
             one(&mut c.blocked, false, c.id, Some(i));
+        }
+    }
+
+    /// Unreliable messages, oldest first, as many as fit; one too large for any packet of
+    /// `size` bytes is dropped.
+    fn put_datagrams(
+        &mut self,
+        buf: &mut Vec<u8>,
+        limit: usize,
+        size: usize,
+        info: &mut Vec<Sent>,
+    ) {
+        while let Some((chan, ty, data)) = self.datagrams.front() {
+            let need = frame::DATAGRAM_OVERHEAD + data.len();
+            if need > size - packet::OVERHEAD {
+                self.stats.datagrams_dropped += 1;
+            } else if buf.len() + need <= limit {
+                frame::put_datagram(buf, *chan, *ty, data);
+                info.push(Sent::Datagram);
+                self.stats.datagrams_sent += 1;
+            } else {
+                break;
+            }
+            let (_, _, d) = self.datagrams.pop_front().expect("front");
+            self.datagram_bytes -= d.len();
         }
     }
 
@@ -1146,5 +1233,6 @@ impl Connection {
 enum Owned {
     Ack(Vec<std::ops::RangeInclusive<u64>>, u32),
     Data(u8, u64, Vec<u8>),
+    Datagram(u8, u8, Vec<u8>),
     Control(bool, u8, u64),
 }

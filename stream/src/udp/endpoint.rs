@@ -286,6 +286,7 @@ mod tests {
 
     fn params(n: u8) -> SessionParams {
         SessionParams {
+            unreliable: Vec::new(),
             id: [n; 16],
             suite: CipherSuite::Aes256Gcm,
             secret: [n.wrapping_add(1); 32],

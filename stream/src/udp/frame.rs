@@ -56,6 +56,10 @@ pub const CHANNEL_DATA_OVERHEAD: usize = 1 + 1 + 8 + 2;
 pub const DATAGRAM_OVERHEAD: usize = 1 + 1 + 1 + 2;
 /// Bytes of a CREDIT or BLOCKED frame.
 pub const CONTROL_LEN: usize = 1 + 1 + 8;
+/// The largest message of an unreliable channel: one DATAGRAM frame in a datagram of the
+/// base size every path carries (1,200 − 33 − 5).
+pub const MAX_DATAGRAM_MESSAGE: usize =
+    super::packet::MIN_DATAGRAM - super::packet::OVERHEAD - DATAGRAM_OVERHEAD;
 /// Bytes of a PATH_CHALLENGE or PATH_RESPONSE frame.
 pub const PATH_LEN: usize = 1 + 8;
 
