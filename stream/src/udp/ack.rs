@@ -39,6 +39,9 @@ pub struct AckTracker {
     ecn: Option<EcnCounts>,
     /// A new range or packet since the last ACK sent.
     changed: bool,
+    /// Packets below this are no longer reported: the peer acknowledged an ACK that
+    /// covered them (RFC 9000 §13.2.4). They still count as seen.
+    report_floor: u64,
 }
 
 impl AckTracker {
@@ -56,6 +59,7 @@ impl AckTracker {
             max_ack_delay,
             ecn: None,
             changed: false,
+            report_floor: 0,
         }
     }
 
@@ -121,6 +125,11 @@ impl AckTracker {
         }
     }
 
+    /// Acknowledge as soon as anything ack-eliciting waits (a packet marked CE arrived).
+    pub fn ack_now(&mut self) {
+        self.immediate = true;
+    }
+
     /// The ECN counts to report (when the driver reports codepoints).
     pub fn set_ecn(&mut self, ecn: EcnCounts) {
         self.ecn = Some(ecn);
@@ -146,9 +155,25 @@ impl AckTracker {
         self.changed
     }
 
+    /// The peer acknowledged a packet carrying an ACK whose largest was `largest`: it knows
+    /// of everything up to there, which need not be reported again.
+    pub fn on_ack_acked(&mut self, largest: u64) {
+        self.report_floor = self.report_floor.max(largest.saturating_add(1));
+    }
+
+    /// The ranges still to report, highest first, clipped at the report floor.
+    fn reportable(&self) -> impl Iterator<Item = RangeInclusive<u64>> + '_ {
+        let floor = self.report_floor;
+        self.ranges
+            .iter()
+            .rev()
+            .take_while(move |r| *r.end() >= floor)
+            .map(move |r| (*r.start()).max(floor)..=*r.end())
+    }
+
     /// Bytes the ACK frame would take with at most `max_ranges` ranges.
     pub fn ack_len(&self, max_ranges: usize) -> usize {
-        frame::ack_len(self.ranges.len().min(max_ranges), self.ecn.is_some())
+        frame::ack_len(self.reportable().count().min(max_ranges), self.ecn.is_some())
     }
 
     /// The most ranges an ACK may carry in `room` bytes (0: not even one fits).
@@ -157,20 +182,22 @@ impl AckTracker {
         if room < one { 0 } else { 1 + (room - one) / 8 }
     }
 
-    /// Appends an ACK of the most recent ranges (at most `max_ranges`, highest first) and
-    /// resets the schedule. Returns `false`, appending nothing, when nothing was received.
-    pub fn write_ack(&mut self, now: Instant, out: &mut Vec<u8>, max_ranges: usize) -> bool {
-        let ranges: Vec<_> = self.ranges.iter().rev().take(max_ranges.max(1)).cloned().collect();
+    /// Appends an ACK of the most recent ranges (at most `max_ranges`, highest first, none
+    /// the peer is known to have seen acknowledged) and resets the schedule. Returns the
+    /// largest packet number acknowledged, or `None`, appending nothing, when there is
+    /// nothing to report (the schedule is reset all the same: nothing is owed).
+    pub fn write_ack(&mut self, now: Instant, out: &mut Vec<u8>, max_ranges: usize) -> Option<u64> {
+        let ranges: Vec<_> = self.reportable().take(max_ranges.max(1)).collect();
         let delay = self.largest_at.map_or(0, |t| now.saturating_duration_since(t).as_micros());
         let delay = u32::try_from(delay).unwrap_or(u32::MAX);
-        if !frame::put_ack(out, &ranges, delay, self.ecn) {
-            return false;
-        }
         self.eliciting = 0;
         self.immediate = false;
         self.deadline = None;
         self.changed = false;
-        true
+        if !frame::put_ack(out, &ranges, delay, self.ecn) {
+            return None;
+        }
+        ranges.first().map(|r| *r.end())
     }
 
     /// The ranges held, ascending (tests).
@@ -201,7 +228,7 @@ mod tests {
         assert_eq!(a.ranges(), [0..=7]);
         a.on_received(t, 10, false);
         let mut out = Vec::new();
-        assert!(a.write_ack(t, &mut out, 8));
+        assert!(a.write_ack(t, &mut out, 8).is_some());
         let [Ok(Frame::Ack(ack))] = Frames::new(&out).collect::<Vec<_>>()[..] else { panic!() };
         assert_eq!(ack.iter().collect::<Vec<_>>(), [10..=10, 0..=7]);
     }
@@ -216,7 +243,7 @@ mod tests {
         a.on_received(t + MAD / 5, 1, true);
         assert!(a.ack_due(t + MAD / 5), "every second ack-eliciting packet");
         let mut out = Vec::new();
-        assert!(a.write_ack(t + MAD / 5, &mut out, 8));
+        assert!(a.write_ack(t + MAD / 5, &mut out, 8).is_some());
         assert_eq!(a.ack_deadline(), None);
         // ACK-only packets are recorded but owe nothing.
         a.on_received(t + MAD, 2, false);
@@ -254,8 +281,39 @@ mod tests {
         assert_eq!(a.check(3), Received::New);
         assert_eq!(a.check(5), Received::New);
         let mut out = Vec::new();
-        assert!(a.write_ack(t, &mut out, 2));
+        assert!(a.write_ack(t, &mut out, 2).is_some());
         let [Ok(Frame::Ack(ack))] = Frames::new(&out).collect::<Vec<_>>()[..] else { panic!() };
         assert_eq!(ack.iter().collect::<Vec<_>>(), [8..=8, 6..=6]);
+    }
+
+    #[test]
+    fn ranges_the_peer_saw_acknowledged_are_not_reported_again() {
+        let t = Instant::now();
+        let mut a = AckTracker::new(64, MAD);
+        for pn in (0..40).filter(|pn| pn % 4 != 1) {
+            a.on_received(t, pn, true);
+        }
+        let mut out = Vec::new();
+        assert_eq!(a.write_ack(t, &mut out, 64), Some(39));
+        let full = out.len();
+        // The peer acknowledged the packet that carried that ACK: only what came after is
+        // reported from now on, though everything stays seen.
+        a.on_ack_acked(39);
+        a.on_received(t, 41, true);
+        a.on_received(t, 43, true);
+        out.clear();
+        assert_eq!(a.write_ack(t, &mut out, 64), Some(43));
+        assert!(out.len() < full);
+        let Some(Ok(Frame::Ack(ack))) = Frames::new(&out).next() else { panic!("an ACK") };
+        assert_eq!(ack.iter().collect::<Vec<_>>(), vec![43..=43, 41..=41]);
+        assert_eq!(a.check(4), Received::Duplicate);
+        // A late packet below the floor owes nothing to report: the schedule is reset.
+        a.on_ack_acked(43);
+        a.on_received(t, 37, true);
+        a.on_received(t, 33, true);
+        assert!(a.ack_due(t));
+        out.clear();
+        assert_eq!(a.write_ack(t, &mut out, 64), None);
+        assert!(out.is_empty() && !a.ack_due(t + MAD * 2));
     }
 }

@@ -34,7 +34,8 @@ use std::time::{Duration, Instant};
 use super::ack::{AckTracker, Received};
 use super::assemble::Assembler;
 use super::congestion::{Controller, ControllerConfig};
-use super::frame::{self, Frame, Frames};
+use super::ecn::{Ecn, EcnValidator};
+use super::frame::{self, EcnCounts, Frame, Frames};
 use super::keys::{RecvKeys, SendKeys};
 use super::mtu::{Mtu, MtuConfig, MtuStats};
 use super::pacer::{Pacer, PacerConfig};
@@ -77,6 +78,10 @@ pub struct ConnectionConfig {
     pub max_reorder_total: usize,
     /// Bytes of unreliable messages waiting to be sent; past it the oldest are dropped.
     pub max_datagram_queue: usize,
+    /// Mark packets ECN-capable (ECT(0)) and react to CE marks, once the path and the peer
+    /// prove they carry and report them (on; the driver must be able to set and read the
+    /// codepoint).
+    pub ecn: bool,
     /// Packets sealed under one key before moving to the next (2^20; never more than half
     /// the cipher's confidentiality limit).
     pub rekey_packets: u64,
@@ -96,6 +101,7 @@ impl Default for ConnectionConfig {
             max_reorder: 32 << 20,
             max_reorder_total: 64 << 20,
             max_datagram_queue: 256 << 10,
+            ecn: true,
             rekey_packets: crate::session::DEFAULT_REKEY_PACKETS,
         }
     }
@@ -119,6 +125,8 @@ pub struct Transmit {
     pub size: usize,
     /// With several segments: the size of each but the last (for GSO).
     pub segment_size: Option<usize>,
+    /// The ECN codepoint to send it with (`None`: not ECN-capable).
+    pub ecn: Option<Ecn>,
 }
 
 /// Why a connection ended.
@@ -188,6 +196,13 @@ pub struct ConnStats {
     pub migrations: u64,
     /// Address changes started (an authentic packet from a new address).
     pub path_changes: u64,
+    /// Packets received marked CE (the path was congested on the way here).
+    pub ce_received: u64,
+    /// CE marks the peer reported on our packets.
+    pub ce_reported: u64,
+    /// ACKs that reported new CE marks: each a congestion signal with nothing lost (the
+    /// controller reacts at most once per round trip).
+    pub ce_acks: u64,
 }
 
 /// What a packet carried, to know what to do when it is acknowledged or lost.
@@ -204,6 +219,11 @@ enum Sent {
     MtuProbe(usize),
     /// An unreliable message (lost, it is only counted).
     Datagram,
+    /// The packet went out marked ECT(0).
+    Ect,
+    /// The packet carried an ACK up to this packet number: once it is acknowledged, the
+    /// ranges up to there need not be sent again.
+    AckOf(u64),
 }
 
 /// The latest value of an absolute control frame (CREDIT or BLOCKED) and whether it is
@@ -281,6 +301,9 @@ pub struct Connection {
     cc: Box<dyn Controller>,
     pacer: Pacer,
     mtu: Mtu,
+    ecn: EcnValidator,
+    /// The codepoints of the packets received, for ACK_ECN.
+    ecn_rx: EcnCounts,
     pacing_until: Option<Instant>,
     probes: u8,
     last_rx: Instant,
@@ -383,6 +406,8 @@ impl Connection {
             cc,
             pacer,
             mtu,
+            ecn: EcnValidator::new(config.ecn),
+            ecn_rx: EcnCounts::default(),
             pacing_until: None,
             probes: 0,
             last_rx: now,
@@ -496,8 +521,26 @@ impl Connection {
         }
     }
 
-    /// A datagram from `from` arrived at `now`. It is decrypted in place.
+    /// Whether the path was validated as carrying ECN (the peer's counts check out).
+    pub fn ecn_capable(&self) -> bool {
+        self.ecn.capable()
+    }
+
+    /// A datagram from `from` arrived at `now`, its ECN codepoint unknown. It is
+    /// decrypted in place.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &mut [u8]) {
+        self.handle_datagram_ecn(now, from, None, datagram)
+    }
+
+    /// A datagram from `from` arrived at `now` with the ECN codepoint `ecn` (where the
+    /// socket reports it). It is decrypted in place.
+    pub fn handle_datagram_ecn(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        ecn: Option<Ecn>,
+        datagram: &mut [u8],
+    ) {
         if matches!(self.state, State::Closed | State::Draining { .. }) {
             return;
         }
@@ -563,7 +606,7 @@ impl Connection {
                 Frame::PathResponse(d) => self.on_path_response(d),
                 Frame::Ack(a) => {
                     let ranges: Vec<_> = a.iter().collect();
-                    pending.push(Owned::Ack(ranges, a.delay_us));
+                    pending.push(Owned::Ack(ranges, a.delay_us, a.ecn));
                 }
                 Frame::ChannelData { chan, offset, data } => {
                     pending.push(Owned::Data(chan, offset, data.to_vec()))
@@ -584,12 +627,28 @@ impl Connection {
             }
         }
         self.acks.on_received(now, hdr.pn, eliciting);
+        if let Some(e) = ecn {
+            match e {
+                Ecn::NotEct => {}
+                Ecn::Ect0 => self.ecn_rx.ect0 += 1,
+                Ecn::Ect1 => self.ecn_rx.ect1 += 1,
+                Ecn::Ce => {
+                    self.ecn_rx.ce += 1;
+                    self.stats.ce_received += 1;
+                    // The sender should hear of congestion at once (RFC 9000 §13.2.1).
+                    self.acks.ack_now();
+                }
+            }
+            if e != Ecn::NotEct {
+                self.acks.set_ecn(self.ecn_rx);
+            }
+        }
         for p in pending {
             if self.state != State::Open {
                 return;
             }
             match p {
-                Owned::Ack(ranges, delay_us) => self.on_ack(now, ranges, delay_us),
+                Owned::Ack(ranges, delay_us, ecn) => self.on_ack(now, ranges, delay_us, ecn),
                 Owned::Data(chan, offset, data) => self.on_data(now, chan, offset, &data),
                 Owned::Datagram(chan, ty, data) => self.on_datagram(now, chan, ty, &data),
                 Owned::Control(credit, chan, limit) => {
@@ -672,8 +731,15 @@ impl Connection {
         self.tmp = frame;
     }
 
-    fn on_ack(&mut self, now: Instant, ranges: Vec<std::ops::RangeInclusive<u64>>, delay_us: u32) {
+    fn on_ack(
+        &mut self,
+        now: Instant,
+        ranges: Vec<std::ops::RangeInclusive<u64>>,
+        delay_us: u32,
+        ecn: Option<EcnCounts>,
+    ) {
         let delay = Duration::from_micros(delay_us as u64);
+        let largest_before = self.recovery.largest_acked();
         let out =
             self.recovery.on_ack(now, ranges, delay, self.config.max_ack_delay, &mut self.rtt);
         if let Some((pn, _)) = out.acked.last() {
@@ -690,6 +756,7 @@ impl Connection {
                             self.cc.on_mss_update(mss as u64);
                         }
                     }
+                    Sent::AckOf(largest) => self.acks.on_ack_acked(largest),
                     _ => {}
                 }
             }
@@ -699,6 +766,21 @@ impl Connection {
         }
         if acked_large {
             self.mtu.on_large_acked();
+        }
+        // ECN counts, from ACKs that raise the largest acknowledged (an older, reordered
+        // ACK carries older counts).
+        if self.recovery.largest_acked() > largest_before
+            && let Some((_, newest)) = out.acked.last()
+        {
+            let marked =
+                out.acked.iter().filter(|(_, p)| p.info.iter().any(|s| matches!(s, Sent::Ect)));
+            let before = self.ecn.ce_reported();
+            let o = self.ecn.on_ack(marked.count() as u64, ecn);
+            self.stats.ce_reported += self.ecn.ce_reported() - before;
+            if o.congestion {
+                self.stats.ce_acks += 1;
+                self.cc.on_ecn_ce(now, newest.time);
+            }
         }
         if !out.lost.is_empty() {
             self.on_lost(now, out.lost, out.persistent_congestion, acked_large);
@@ -718,9 +800,13 @@ impl Connection {
         let mut newest = None;
         let mut bytes = 0;
         let mut lost_large = false;
+        let mut lost_marked = 0;
         for (_, p) in lost {
+            lost_marked += p.info.iter().any(|s| matches!(s, Sent::Ect)) as u64;
             // A lost MTU probe says the path is narrower, not that it is congested.
-            if let [Sent::MtuProbe(size)] = p.info[..] {
+            if let Some(size) =
+                p.info.iter().find_map(|s| if let Sent::MtuProbe(n) = s { Some(*n) } else { None })
+            {
                 self.mtu.on_probe_lost(now, size);
                 continue;
             }
@@ -732,7 +818,8 @@ impl Connection {
             }
             for s in p.info {
                 match s {
-                    Sent::MtuProbe(_) => {}
+                    // A lost ACK is not sent again: later ACKs cover its ranges.
+                    Sent::MtuProbe(_) | Sent::Ect | Sent::AckOf(_) => {}
                     Sent::Datagram => self.stats.datagrams_lost += 1,
                     Sent::Data { idx, start, end } => self.chans[idx].send.on_lost(start..end),
                     // Absolute values: send the latest ones again.
@@ -749,6 +836,7 @@ impl Connection {
         if let Some(mss) = self.mtu.on_loss_event(lost_large, acked_large) {
             self.cc.on_mss_update(mss as u64);
         }
+        self.ecn.on_lost(lost_marked);
     }
 
     /// Accounts an authentic packet of `len` bytes, number `pn`, from `from`: the first one
@@ -789,6 +877,7 @@ impl Connection {
                 let mss = self.mtu.current() as u64;
                 self.cc = self.config.controller.build(mss);
                 self.rtt = RttEstimator::default();
+                self.ecn = EcnValidator::new(self.config.ecn);
                 self.path = Some(c);
                 self.stats.migrations += 1;
             } else {
@@ -823,7 +912,7 @@ impl Connection {
         if let Some(c) = self.candidate.as_mut() {
             c.on_sent(len as u64);
         }
-        Some(Transmit { destination: addr, size: buf.len(), segment_size: None })
+        Some(Transmit { destination: addr, size: buf.len(), segment_size: None, ecn: None })
     }
 
     /// Moves what the mux has to send into the channels' streams and control state,
@@ -915,7 +1004,12 @@ impl Connection {
                 frame::put_close(buf, code, "");
                 self.seal(buf, start);
                 self.state = State::Closing { until, close_sent: true, code };
-                return Some(Transmit { destination, size: buf.len(), segment_size: None });
+                return Some(Transmit {
+                    destination,
+                    size: buf.len(),
+                    segment_size: None,
+                    ecn: None,
+                });
             }
             State::Open => {}
         }
@@ -955,7 +1049,9 @@ impl Connection {
             return None;
         }
         let segment_size = (segments > 1).then_some(size);
-        Some(Transmit { destination, size: buf.len(), segment_size })
+        let mark = self.ecn.mark();
+        let ecn = (mark != Ecn::NotEct).then_some(mark);
+        Some(Transmit { destination, size: buf.len(), segment_size, ecn })
     }
 
     /// Seals the packet begun at `start` with the next packet number.
@@ -995,11 +1091,12 @@ impl Connection {
         // With every tracking slot taken nothing ack-eliciting goes out: an untracked
         // packet's data could never be sent again if it were lost.
         let send_eliciting = ((want_data && !paced) || probing) && !self.recovery.is_full();
+        let mut ack_of = None;
         if ack_due || (send_eliciting && self.acks.has_news()) {
             // As many of the most recent ranges as fit: older ones were acknowledged before.
             let fit = self.acks.ranges_fitting(limit - buf.len()).min(self.config.max_ack_ranges);
             if fit > 0 {
-                self.acks.write_ack(now, buf, fit);
+                ack_of = self.acks.write_ack(now, buf, fit);
             }
         }
         // The current path's challenge, while it is not validated.
@@ -1033,6 +1130,15 @@ impl Connection {
         }
         if eliciting && probing {
             self.probes -= 1;
+        }
+        // Markers, not contents (the packet's ack-elicitation was settled above).
+        if let Some(largest) = ack_of {
+            info.push(Sent::AckOf(largest));
+        }
+        let mark = self.ecn.mark();
+        self.ecn.on_sent(mark);
+        if mark == Ecn::Ect0 {
+            info.push(Sent::Ect);
         }
         let pn = self.seal(buf, start);
         let bytes = (buf.len() - start) as u64;
@@ -1075,7 +1181,12 @@ impl Connection {
         if let Some(p) = self.path.as_mut() {
             p.on_sent(size as u64);
         }
-        let info = vec![Sent::MtuProbe(size)];
+        let mut info = vec![Sent::MtuProbe(size)];
+        let mark = self.ecn.mark();
+        self.ecn.on_sent(mark);
+        if mark == Ecn::Ect0 {
+            info.push(Sent::Ect);
+        }
         let sent = SentPacket {
             time: now,
             bytes: size as u64,
@@ -1084,7 +1195,8 @@ impl Connection {
             info,
         };
         let _ = self.recovery.on_sent(pn, sent);
-        Some(Transmit { destination, size: buf.len(), segment_size: None })
+        let ecn = (mark != Ecn::NotEct).then_some(mark);
+        Some(Transmit { destination, size: buf.len(), segment_size: None, ecn })
     }
 
     fn put_controls(&mut self, buf: &mut Vec<u8>, limit: usize, info: &mut Vec<Sent>) {
@@ -1231,7 +1343,7 @@ impl Connection {
 
 /// A frame copied out of the packet buffer.
 enum Owned {
-    Ack(Vec<std::ops::RangeInclusive<u64>>, u32),
+    Ack(Vec<std::ops::RangeInclusive<u64>>, u32, Option<EcnCounts>),
     Data(u8, u64, Vec<u8>),
     Datagram(u8, u8, Vec<u8>),
     Control(bool, u8, u64),

@@ -18,6 +18,7 @@ pub mod ack;
 pub mod assemble;
 pub mod congestion;
 pub mod connection;
+pub mod ecn;
 pub mod endpoint;
 pub mod frame;
 pub mod keys;

@@ -13,6 +13,8 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::ecn::Ecn;
+
 /// One direction of a link.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LinkConfig {
@@ -31,6 +33,12 @@ pub struct LinkConfig {
     /// The largest datagram that passes (UDP payload bytes); larger ones are dropped, as a
     /// path with a smaller MTU drops them (the "don't fragment" case).
     pub mtu: usize,
+    /// An ECN-marking bottleneck: an ECN-capable datagram that finds more than this many
+    /// bytes queued is marked CE instead of waiting its turn to be dropped (`None`: no
+    /// marking, drop-tail only).
+    pub ecn_mark_bytes: Option<usize>,
+    /// The path clears the ECN field (a "bleaching" middlebox).
+    pub ecn_bleach: bool,
 }
 
 impl Default for LinkConfig {
@@ -43,6 +51,8 @@ impl Default for LinkConfig {
             rate_bps: None,
             queue_bytes: usize::MAX,
             mtu: 65_527,
+            ecn_mark_bytes: None,
+            ecn_bleach: false,
         }
     }
 }
@@ -58,6 +68,8 @@ pub struct Datagram {
     pub at: Instant,
     /// The UDP payload.
     pub bytes: Vec<u8>,
+    /// Its ECN codepoint on arrival.
+    pub ecn: Ecn,
 }
 
 /// What the network did, for assertions.
@@ -75,6 +87,8 @@ pub struct NetStats {
     pub mtu_drops: u64,
     /// Extra copies made.
     pub duplicated: u64,
+    /// Datagrams marked CE by a bottleneck.
+    pub ce_marked: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -144,8 +158,20 @@ impl Network {
         (x >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    /// Hands a datagram to the network at `now`.
+    /// Hands a datagram to the network at `now`, not ECN-capable.
     pub fn send(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, bytes: &[u8]) {
+        self.send_ecn(now, from, to, Ecn::NotEct, bytes);
+    }
+
+    /// Hands a datagram marked `ecn` to the network at `now`.
+    pub fn send_ecn(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        to: SocketAddr,
+        mut ecn: Ecn,
+        bytes: &[u8],
+    ) {
         self.stats.sent += 1;
         let default = self.default;
         let shared = self.shared.contains_key(&to);
@@ -169,6 +195,12 @@ impl Network {
                 self.stats.queue_drops += 1;
                 return;
             }
+            if c.ecn_mark_bytes.is_some_and(|m| queued > m as f64)
+                && matches!(ecn, Ecn::Ect0 | Ecn::Ect1)
+            {
+                ecn = Ecn::Ce;
+                self.stats.ce_marked += 1;
+            }
             depart = start + Duration::from_secs_f64(bytes.len() as f64 * 8.0 / rate as f64);
             let l = if shared { self.shared.get_mut(&to) } else { self.links.get_mut(&(from, to)) };
             if let Some(l) = l {
@@ -180,6 +212,9 @@ impl Network {
             self.stats.lost += 1;
             return;
         }
+        if c.ecn_bleach {
+            ecn = Ecn::NotEct;
+        }
         let copies = if self.uniform() < c.duplicate { 2 } else { 1 };
         self.stats.duplicated += copies - 1;
         for _ in 0..copies {
@@ -188,7 +223,7 @@ impl Network {
             let id = self.next_id;
             self.next_id += 1;
             self.in_flight.push(Reverse((at, id)));
-            self.datagrams.insert(id, Datagram { from, to, at, bytes: bytes.to_vec() });
+            self.datagrams.insert(id, Datagram { from, to, at, bytes: bytes.to_vec(), ecn });
         }
     }
 

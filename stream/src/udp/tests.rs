@@ -10,6 +10,7 @@ use dap_net::enc::cipher::CipherSuite;
 use parking_lot::Mutex;
 
 use super::connection::{Connection, ConnectionConfig, Event, Side};
+use super::ecn::Ecn;
 use super::frame;
 use super::packet::ConnectionId;
 use super::sim::{LinkConfig, Network};
@@ -236,7 +237,8 @@ impl Pair {
                 while let Some(t) = e.conn.poll_transmit(self.now, 10, &mut buf) {
                     let seg = t.segment_size.unwrap_or(t.size);
                     for d in buf[..t.size].chunks(seg) {
-                        self.net.send(self.now, e.addr, t.destination, d);
+                        let ecn = t.ecn.unwrap_or(Ecn::NotEct);
+                        self.net.send_ecn(self.now, e.addr, t.destination, ecn, d);
                     }
                 }
                 while let Some(ev) = e.conn.poll_event() {
@@ -262,7 +264,7 @@ impl Pair {
             while let Some(mut d) = self.net.deliver(self.now) {
                 // A datagram to an address no end has any more is lost.
                 if let Some(e) = self.ends.iter_mut().find(|e| e.addr == d.to) {
-                    e.conn.handle_datagram(self.now, d.from, &mut d.bytes);
+                    e.conn.handle_datagram_ecn(self.now, d.from, Some(d.ecn), &mut d.bytes);
                 }
                 delivered = true;
             }
@@ -672,13 +674,24 @@ fn bulk(
     connection(side, cid, Some(remote), b"S", handler, config, now)
 }
 
+/// What a [`bottleneck_run`] saw.
+struct Run {
+    /// Bytes delivered in each second.
+    per_second: Vec<u64>,
+    /// The mean of the sender's smoothed RTT sampled each second (what the queue added).
+    mean_rtt: Duration,
+    net: super::sim::NetStats,
+    sender: super::connection::ConnStats,
+    ecn_capable: bool,
+}
+
 /// Bulk one way through a 100 Mbit/s bottleneck with a 40 ms RTT and a one-BDP drop-tail
-/// queue; returns the bytes delivered in each second, and the RTT samples' mean (what the
-/// queue added) over the run.
+/// queue (marking CE past `ecn_mark` bytes queued, if set), over `secs` virtual seconds.
 fn bottleneck_run(
     controller: super::congestion::ControllerConfig,
     secs: u64,
-) -> (Vec<u64>, Duration) {
+    ecn_mark: Option<usize>,
+) -> Run {
     use std::sync::atomic::{AtomicU64, Ordering};
     let t0 = Instant::now();
     let (ca, sa) =
@@ -689,6 +702,7 @@ fn bottleneck_run(
         delay: Duration::from_millis(20),
         rate_bps: Some(rate),
         queue_bytes: bdp,
+        ecn_mark_bytes: ecn_mark,
         ..LinkConfig::default()
     };
     let mut net =
@@ -711,12 +725,13 @@ fn bottleneck_run(
     while now < t0 + Duration::from_secs(secs) {
         for i in 0..2 {
             while let Some(t) = conns[i].poll_transmit(now, 1, &mut buf) {
-                net.send(now, addrs[i], t.destination, &buf[..t.size]);
+                let ecn = t.ecn.unwrap_or(Ecn::NotEct);
+                net.send_ecn(now, addrs[i], t.destination, ecn, &buf[..t.size]);
             }
         }
         while let Some(mut d) = net.deliver(now) {
             let i = if d.to == ca { 0 } else { 1 };
-            conns[i].handle_datagram(now, d.from, &mut d.bytes);
+            conns[i].handle_datagram_ecn(now, d.from, Some(d.ecn), &mut d.bytes);
         }
         let next = [
             net.next_delivery(),
@@ -742,8 +757,14 @@ fn bottleneck_run(
             }
         }
     }
-    let mean = rtts.iter().sum::<Duration>() / rtts.len().max(1) as u32;
-    (per_second, mean)
+    let mean_rtt = rtts.iter().sum::<Duration>() / rtts.len().max(1) as u32;
+    Run {
+        per_second,
+        mean_rtt,
+        net: net.stats(),
+        sender: conns[0].stats(),
+        ecn_capable: conns[0].ecn_capable(),
+    }
 }
 
 /// NewReno and CUBIC each fill a 100 Mbit/s, 40 ms path with a one-BDP buffer within 10
@@ -753,7 +774,7 @@ fn bottleneck_run(
 fn each_controller_fills_a_bottleneck_without_keeping_its_queue_full() {
     for name in ["newreno", "cubic"] {
         let cc = super::congestion::ControllerConfig::from_name(name).unwrap();
-        let (per, rtt) = bottleneck_run(cc, 10);
+        let Run { per_second: per, mean_rtt: rtt, .. } = bottleneck_run(cc, 10, None);
         let util: Vec<f64> = per.iter().map(|b| *b as f64 * 8.0 / 100e6).collect();
         eprintln!("{name}: utilisation per second {util:.2?}, mean RTT {rtt:?}");
         assert!(util[3..].iter().all(|&u| u >= 0.9), "{name}: utilisation per second {util:?}");
@@ -1069,4 +1090,53 @@ fn unreliable_channels_lose_what_the_network_loses_and_nothing_else() {
         assert_eq!(s.datagrams_dropped, 0);
         eprintln!("side {side}: {} of {TOTAL} arrived, {} lost", got.len(), s.datagrams_lost);
     }
+}
+
+/// With a bottleneck that marks CE once 40 % of a BDP is queued, the sender learns of
+/// congestion before its queue overflows: far fewer drops and a shorter queue than the
+/// drop-tail run of the same flow, still filling the link. (CUBIC backs off to 70 %, so
+/// a marking threshold much below 30 % of a BDP would leave the link idle after each
+/// mark: classic ECN wants a queue that covers the back-off.)
+#[test]
+fn ecn_marks_stand_in_for_losses_at_a_marking_bottleneck() {
+    let cc = super::congestion::ControllerConfig::from_name("cubic").unwrap();
+    let bdp = 100_000_000 / 8 * 40 / 1000;
+    let marked = bottleneck_run(cc, 10, Some(bdp * 4 / 10));
+    let tail = bottleneck_run(cc, 10, None);
+    let util =
+        |r: &Run| -> Vec<f64> { r.per_second.iter().map(|b| *b as f64 * 8.0 / 100e6).collect() };
+    eprintln!(
+        "ECN: utilisation {:.2?}, mean RTT {:?}, queue drops {}, CE marked {}, sender {:?}",
+        util(&marked),
+        marked.mean_rtt,
+        marked.net.queue_drops,
+        marked.net.ce_marked,
+        marked.sender
+    );
+    eprintln!(
+        "drop-tail: utilisation {:.2?}, mean RTT {:?}, queue drops {}",
+        util(&tail),
+        tail.mean_rtt,
+        tail.net.queue_drops
+    );
+    assert!(marked.ecn_capable, "the path and the peer pass validation");
+    assert!(marked.sender.ce_reported > 0 && marked.sender.ce_acks > 0);
+    assert!(util(&marked)[3..].iter().all(|&u| u >= 0.9), "{:?}", util(&marked));
+    assert!(marked.net.queue_drops * 2 < tail.net.queue_drops.max(1));
+    assert!(marked.mean_rtt < tail.mean_rtt);
+}
+
+#[test]
+fn a_path_that_bleaches_ecn_fails_validation_and_the_transfer_goes_on() {
+    let mut p = Pair::new(51, LinkConfig { ecn_bleach: true, loss: 0.01, ..LinkConfig::default() });
+    p.drive(Duration::from_secs(600));
+    p.check();
+    for e in &p.ends {
+        assert!(!e.conn.ecn_capable());
+        let s = e.conn.stats();
+        assert_eq!((s.ce_reported, s.ce_acks), (0, 0), "{s:?}");
+    }
+    // Without bleaching, the same transfer validates ECN on both ends.
+    let p = transfer(51, LinkConfig { loss: 0.01, ..LinkConfig::default() });
+    assert!(p.ends.iter().all(|e| e.conn.ecn_capable()));
 }
