@@ -2,10 +2,12 @@
 //! `W_cubic(t) = C · (t − K)³ + W_max` (in datagrams, `t` in seconds since the event), a
 //! concave climb back to the window where loss happened and a convex probe beyond it; in
 //! its Reno-friendly region (small windows, short RTTs) it grows at least as fast as Reno
-//! would, by `W_est`. Slow start and the minimum window are RFC 9002's.
+//! would, by `W_est`. Slow start and the minimum window are RFC 9002's; the initial slow
+//! start is HyStart++'s ([`super::hystart`]) unless the config turns it off.
 
 use std::time::Instant;
 
+use super::hystart::{HyStart, Phase, Step};
 use super::{Controller, initial_window, minimum_window};
 use crate::udp::rtt::RttEstimator;
 
@@ -19,11 +21,14 @@ pub struct CubicConfig {
     /// Fast convergence: a flow that lost at a window below its last `W_max` lowers
     /// `W_max` further, releasing bandwidth to newer flows (on).
     pub fast_convergence: bool,
+    /// Whether the initial slow start uses HyStart++ (RFC 9406) to end before a loss when
+    /// the RTT rises (on).
+    pub hystart: bool,
 }
 
 impl Default for CubicConfig {
     fn default() -> Self {
-        CubicConfig { c: 0.4, beta: 0.7, fast_convergence: true }
+        CubicConfig { c: 0.4, beta: 0.7, fast_convergence: true, hystart: true }
     }
 }
 
@@ -52,6 +57,7 @@ pub struct Cubic {
     epoch: Option<Epoch>,
     /// The last `W_max`, for fast convergence.
     last_w_max: f64,
+    hystart: HyStart,
 }
 
 impl Cubic {
@@ -65,6 +71,7 @@ impl Cubic {
             recovery_start: None,
             epoch: None,
             last_w_max: 0.0,
+            hystart: HyStart::new(),
         }
     }
 
@@ -98,7 +105,15 @@ impl Controller for Cubic {
             return;
         }
         if self.window < self.ssthresh {
-            self.window += bytes;
+            // HyStart++ only in the initial slow start (RFC 9406 §4.3).
+            if !self.config.hystart || self.ssthresh != u64::MAX {
+                self.window += bytes;
+                return;
+            }
+            match self.hystart.on_ack(now, sent, bytes, rtt) {
+                Step::Grow(n) => self.window += n,
+                Step::EnterCongestionAvoidance => self.ssthresh = self.window,
+            }
             return;
         }
         let cwnd = self.window as f64;
@@ -139,6 +154,7 @@ impl Controller for Cubic {
     }
 
     fn on_congestion_event(&mut self, now: Instant, sent: Instant, persistent: bool, _: u64) {
+        self.hystart.on_congestion();
         if !self.in_recovery(sent) {
             self.recovery_start = Some(now);
             let cwnd = self.window as f64;
@@ -172,6 +188,10 @@ impl Controller for Cubic {
 
     fn in_slow_start(&self) -> bool {
         self.window < self.ssthresh
+    }
+
+    fn hystart_phase(&self) -> Option<Phase> {
+        self.config.hystart.then(|| self.hystart.phase())
     }
 
     fn name(&self) -> &'static str {

@@ -3,8 +3,15 @@
 //! engine reports what happens to its packets; the controller answers with a window in
 //! bytes, which bounds the bytes in flight. Windows are in bytes and `mss` is the current
 //! maximum datagram payload the engine sends.
+//!
+//! Both leave their initial slow start with HyStart++ (RFC 9406, [`hystart`]): when the
+//! minimum RTT of a round rises by more than `clamp(min_rtt / 8, 4 ms, 16 ms)` over the
+//! last round's, growth drops to a quarter (conservative slow start) for up to five rounds,
+//! and then congestion avoidance begins without a loss; if the RTT falls back, slow start
+//! resumes. `hystart: false` in either config gives classic slow start to the first loss.
 
 mod cubic;
+pub mod hystart;
 mod new_reno;
 
 use std::time::Instant;
@@ -51,8 +58,13 @@ pub trait Controller: std::fmt::Debug + Send {
     /// The congestion window: the bytes that may be in flight.
     fn window(&self) -> u64;
 
-    /// Whether the controller is in slow start.
+    /// Whether the controller is in slow start (conservative slow start included).
     fn in_slow_start(&self) -> bool;
+
+    /// Where HyStart++ is, for metrics and tests (`None`: the controller does not use it).
+    fn hystart_phase(&self) -> Option<hystart::Phase> {
+        None
+    }
 
     /// The name, for metrics.
     fn name(&self) -> &'static str;

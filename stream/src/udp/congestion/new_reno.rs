@@ -1,9 +1,11 @@
 //! NewReno as RFC 9002 §7 specifies it for QUIC: slow start, congestion avoidance that
 //! adds one datagram per window of acknowledged bytes, one reduction per recovery period,
-//! and the minimum window after persistent congestion.
+//! and the minimum window after persistent congestion. The initial slow start is
+//! HyStart++'s ([`super::hystart`]) unless the config turns it off.
 
 use std::time::Instant;
 
+use super::hystart::{HyStart, Phase, Step};
 use super::{Controller, initial_window, minimum_window};
 use crate::udp::rtt::RttEstimator;
 
@@ -13,11 +15,14 @@ pub struct NewRenoConfig {
     /// The window after a congestion event, as a fraction of the window before it
     /// (RFC 9002 `kLossReductionFactor`: 0.5).
     pub loss_reduction_factor: f64,
+    /// Whether the initial slow start uses HyStart++ (RFC 9406) to end before a loss when
+    /// the RTT rises (on).
+    pub hystart: bool,
 }
 
 impl Default for NewRenoConfig {
     fn default() -> Self {
-        NewRenoConfig { loss_reduction_factor: 0.5 }
+        NewRenoConfig { loss_reduction_factor: 0.5, hystart: true }
     }
 }
 
@@ -32,6 +37,7 @@ pub struct NewReno {
     recovery_start: Option<Instant>,
     /// Acknowledged bytes not yet turned into window growth in congestion avoidance.
     acked: u64,
+    hystart: HyStart,
 }
 
 impl NewReno {
@@ -44,6 +50,7 @@ impl NewReno {
             ssthresh: u64::MAX,
             recovery_start: None,
             acked: 0,
+            hystart: HyStart::new(),
         }
     }
 
@@ -55,17 +62,25 @@ impl NewReno {
 impl Controller for NewReno {
     fn on_ack(
         &mut self,
-        _now: Instant,
+        now: Instant,
         sent: Instant,
         bytes: u64,
         app_limited: bool,
-        _: &RttEstimator,
+        rtt: &RttEstimator,
     ) {
         if app_limited || self.in_recovery(sent) {
             return;
         }
         if self.window < self.ssthresh {
-            self.window += bytes;
+            // HyStart++ only in the initial slow start (RFC 9406 §4.3).
+            if !self.config.hystart || self.ssthresh != u64::MAX {
+                self.window += bytes;
+                return;
+            }
+            match self.hystart.on_ack(now, sent, bytes, rtt) {
+                Step::Grow(n) => self.window += n,
+                Step::EnterCongestionAvoidance => self.ssthresh = self.window,
+            }
             return;
         }
         // One datagram per window of acknowledged bytes.
@@ -77,6 +92,7 @@ impl Controller for NewReno {
     }
 
     fn on_congestion_event(&mut self, now: Instant, sent: Instant, persistent: bool, _: u64) {
+        self.hystart.on_congestion();
         if !self.in_recovery(sent) {
             self.recovery_start = Some(now);
             let reduced = (self.window as f64 * self.config.loss_reduction_factor) as u64;
@@ -101,6 +117,10 @@ impl Controller for NewReno {
 
     fn in_slow_start(&self) -> bool {
         self.window < self.ssthresh
+    }
+
+    fn hystart_phase(&self) -> Option<Phase> {
+        self.config.hystart.then(|| self.hystart.phase())
     }
 
     fn name(&self) -> &'static str {
