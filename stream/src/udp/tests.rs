@@ -121,8 +121,8 @@ fn peers(
 }
 
 /// One end: its connection, address and what each channel received.
-struct End {
-    conn: Connection,
+pub(super) struct End {
+    pub(super) conn: Connection,
     addr: SocketAddr,
     logs: Vec<(u8, Log)>,
     events: Vec<Event>,
@@ -142,14 +142,14 @@ fn end(
     End { conn, addr, logs, events: Vec::new() }
 }
 
-struct Pair {
+pub(super) struct Pair {
     /// At this virtual time the client's address changes (NAT rebinding): datagrams to
     /// the old one go nowhere.
     rebind: Option<(Duration, SocketAddr)>,
-    start: Instant,
-    now: Instant,
+    pub(super) start: Instant,
+    pub(super) now: Instant,
     net: Network,
-    ends: [End; 2],
+    pub(super) ends: [End; 2],
 }
 
 impl Pair {
@@ -157,7 +157,7 @@ impl Pair {
         Self::with_config(seed, link, ConnectionConfig::default())
     }
 
-    fn with_config(seed: u64, link: LinkConfig, config: ConnectionConfig) -> Self {
+    pub(super) fn with_config(seed: u64, link: LinkConfig, config: ConnectionConfig) -> Self {
         let now = Instant::now();
         let (ca, sa) =
             (SocketAddr::from(([127, 0, 0, 1], 4000)), SocketAddr::from(([127, 0, 0, 2], 443)));
@@ -178,7 +178,7 @@ impl Pair {
     }
 
     /// Runs until every message arrived both ways, or `limit` of virtual time.
-    fn drive(&mut self, limit: Duration) {
+    pub(super) fn drive(&mut self, limit: Duration) {
         let start = self.now;
         let mut buf = Vec::new();
         let mut stuck = 0u32;
@@ -248,7 +248,7 @@ impl Pair {
         }
     }
 
-    fn check(&self) {
+    pub(super) fn check(&self) {
         for (side, e) in self.ends.iter().enumerate() {
             let from = 1 - side as u8;
             for (id, log) in &e.logs {

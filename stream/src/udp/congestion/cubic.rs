@@ -58,6 +58,24 @@ pub struct Cubic {
     /// The last `W_max`, for fast convergence.
     last_w_max: f64,
     hystart: HyStart,
+    /// The state just before the most recent reduction, to undo it if it proves spurious.
+    undo: Option<Undo>,
+}
+
+/// CUBIC's state before a congestion event (RFC 9438 §4.9: `cwnd`, `ssthresh`, `W_max`,
+/// `K` and the epoch, here all in [`Epoch`]), and which losses belong to the event.
+#[derive(Clone, Copy, Debug)]
+struct Undo {
+    window: u64,
+    ssthresh: u64,
+    recovery_start: Option<Instant>,
+    epoch: Option<Epoch>,
+    last_w_max: f64,
+    hystart: HyStart,
+    /// The send time of the newest packet whose loss started the event.
+    trigger: Instant,
+    /// When the event began: its losses were all sent before.
+    at: Instant,
 }
 
 impl Cubic {
@@ -72,6 +90,7 @@ impl Cubic {
             epoch: None,
             last_w_max: 0.0,
             hystart: HyStart::new(),
+            undo: None,
         }
     }
 
@@ -154,8 +173,19 @@ impl Controller for Cubic {
     }
 
     fn on_congestion_event(&mut self, now: Instant, sent: Instant, persistent: bool, _: u64) {
+        let before = Undo {
+            window: self.window,
+            ssthresh: self.ssthresh,
+            recovery_start: self.recovery_start,
+            epoch: self.epoch,
+            last_w_max: self.last_w_max,
+            hystart: self.hystart,
+            trigger: sent,
+            at: now,
+        };
         self.hystart.on_congestion();
         if !self.in_recovery(sent) {
+            self.undo = Some(before);
             self.recovery_start = Some(now);
             let cwnd = self.window as f64;
             let beta = self.config.beta;
@@ -172,9 +202,31 @@ impl Controller for Cubic {
             self.epoch = Some(Epoch { start: now, w_max, k, w_est: reduced as f64, prior: cwnd });
         }
         if persistent {
+            // Persistent congestion is a long run of losses: not undone.
+            self.undo = None;
             self.window = minimum_window(self.mss);
             self.epoch = None;
         }
+    }
+
+    /// RFC 9438 §4.9: a congestion event found spurious restores `cwnd`, `ssthresh`,
+    /// `W_max`, `K` and the epoch saved just before it. The spurious loss belongs to the
+    /// most recent event if it was sent no earlier than the packet whose loss started it
+    /// and before it began; an older event's state is gone (one level of undo, as in
+    /// Linux). The epoch's clock is not shifted: the time spent in the undone reduction
+    /// counts as time in the restored epoch, so the cubic curve does not stall.
+    fn on_spurious_congestion(&mut self, _now: Instant, sent: Instant) {
+        let Some(u) = self.undo else { return };
+        if sent < u.trigger || sent > u.at {
+            return;
+        }
+        self.undo = None;
+        self.window = self.window.max(u.window);
+        self.ssthresh = u.ssthresh;
+        self.recovery_start = u.recovery_start;
+        self.epoch = u.epoch;
+        self.last_w_max = u.last_w_max;
+        self.hystart = u.hystart;
     }
 
     fn on_mss_update(&mut self, mss: u64) {

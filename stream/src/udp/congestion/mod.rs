@@ -52,6 +52,17 @@ pub trait Controller: std::fmt::Debug + Send {
         self.on_congestion_event(now, sent, false, 0);
     }
 
+    /// A packet sent at `sent`, declared lost at some earlier point, was acknowledged at
+    /// `now` after all (loss recovery's spurious-loss detection; `sent` is the newest such
+    /// packet an ACK revealed). A controller may undo the reduction of the congestion
+    /// event that loss belonged to (RFC 9438 §4.9); by default it does nothing.
+    ///
+    /// The engine passes `sent` (beyond the `now` an undo needs) because only the send
+    /// time tells to which congestion event a loss belonged.
+    fn on_spurious_congestion(&mut self, now: Instant, sent: Instant) {
+        let _ = (now, sent);
+    }
+
     /// The path's datagram size changed (path MTU discovery).
     fn on_mss_update(&mut self, mss: u64);
 

@@ -38,6 +38,22 @@ pub struct NewReno {
     /// Acknowledged bytes not yet turned into window growth in congestion avoidance.
     acked: u64,
     hystart: HyStart,
+    /// The state just before the most recent reduction, to undo it if it proves spurious.
+    undo: Option<Undo>,
+}
+
+/// NewReno's state before a congestion event, and which losses belong to the event.
+#[derive(Clone, Copy, Debug)]
+struct Undo {
+    window: u64,
+    ssthresh: u64,
+    recovery_start: Option<Instant>,
+    acked: u64,
+    hystart: HyStart,
+    /// The send time of the newest packet whose loss started the event.
+    trigger: Instant,
+    /// When the event began: its losses were all sent before.
+    at: Instant,
 }
 
 impl NewReno {
@@ -51,6 +67,7 @@ impl NewReno {
             recovery_start: None,
             acked: 0,
             hystart: HyStart::new(),
+            undo: None,
         }
     }
 
@@ -92,8 +109,18 @@ impl Controller for NewReno {
     }
 
     fn on_congestion_event(&mut self, now: Instant, sent: Instant, persistent: bool, _: u64) {
+        let before = Undo {
+            window: self.window,
+            ssthresh: self.ssthresh,
+            recovery_start: self.recovery_start,
+            acked: self.acked,
+            hystart: self.hystart,
+            trigger: sent,
+            at: now,
+        };
         self.hystart.on_congestion();
         if !self.in_recovery(sent) {
+            self.undo = Some(before);
             self.recovery_start = Some(now);
             let reduced = (self.window as f64 * self.config.loss_reduction_factor) as u64;
             self.window = reduced.max(minimum_window(self.mss));
@@ -101,9 +128,28 @@ impl Controller for NewReno {
             self.acked = 0;
         }
         if persistent {
+            // Persistent congestion is a long run of losses: not undone.
+            self.undo = None;
             self.window = minimum_window(self.mss);
             self.acked = 0;
         }
+    }
+
+    /// Undoes the most recent reduction if the spurious loss belongs to it: sent no
+    /// earlier than the packet whose loss started it, and before it began. The window,
+    /// ssthresh and recovery period return to what they were, as RFC 9438 §4.9 describes
+    /// for CUBIC (Linux's `tcp_undo_cwnd_reduction` does the same for Reno).
+    fn on_spurious_congestion(&mut self, _now: Instant, sent: Instant) {
+        let Some(u) = self.undo else { return };
+        if sent < u.trigger || sent > u.at {
+            return;
+        }
+        self.undo = None;
+        self.window = self.window.max(u.window);
+        self.ssthresh = u.ssthresh;
+        self.recovery_start = u.recovery_start;
+        self.acked = u.acked;
+        self.hystart = u.hystart;
     }
 
     fn on_mss_update(&mut self, mss: u64) {

@@ -308,3 +308,74 @@ fn hystart_applies_to_the_initial_slow_start_only() {
         assert_eq!(c.hystart_phase(), Some(Phase::Done));
     }
 }
+
+// Undoing a spurious congestion event.
+
+#[test]
+fn new_reno_undoes_a_reduction_whose_loss_proves_spurious() {
+    let t0 = Instant::now();
+    let mut c = NewReno::new(NewRenoConfig::default(), MSS);
+    let now = round(&mut c, t0);
+    let before = c.window();
+    let lost_sent = now - RTT / 2;
+    c.on_congestion_event(now, lost_sent, false, MSS);
+    assert_eq!(c.window(), before / 2);
+    // A spurious loss of a packet older than the one that started the event belongs to
+    // an earlier one: nothing changes.
+    c.on_spurious_congestion(now + MS, lost_sent - MS);
+    assert_eq!(c.window(), before / 2);
+    // The packet whose loss started it arrives after all: window and slow start return.
+    c.on_spurious_congestion(now + 2 * MS, lost_sent);
+    assert_eq!(c.window(), before);
+    assert!(c.in_slow_start());
+    // Acks of packets sent during the undone recovery grow the window again.
+    c.on_ack(now + 3 * MS, now + MS, MSS, false, &rtt());
+    assert_eq!(c.window(), before + MSS);
+    // Only once.
+    c.on_spurious_congestion(now + 4 * MS, lost_sent);
+    assert_eq!(c.window(), before + MSS);
+}
+
+#[test]
+fn cubic_undoes_a_spurious_event_restoring_w_max_k_and_the_epoch() {
+    let t0 = Instant::now();
+    let mut c = Cubic::new(CubicConfig::default(), MSS);
+    let mut now = t0;
+    while c.window() < 100 * MSS {
+        now = round(&mut c, now);
+    }
+    // A real loss: epoch 1.
+    c.on_congestion_event(now, now, false, MSS);
+    let (w_max, k) = (c.w_max(), time_to_w_max(&c));
+    for _ in 0..5 {
+        now = round(&mut c, now + MS);
+    }
+    let window = c.window();
+    assert!(!c.in_slow_start());
+    // A second event, from a loss that proves spurious.
+    let lost_sent = now - RTT / 4;
+    c.on_congestion_event(now, lost_sent, false, MSS);
+    assert_eq!(c.window(), (window as f64 * 0.7) as u64);
+    assert_ne!(c.w_max(), w_max);
+    c.on_spurious_congestion(now + RTT / 2, lost_sent);
+    assert_eq!(c.window(), window);
+    assert_eq!((c.w_max(), time_to_w_max(&c)), (w_max, k));
+    assert!(!c.in_slow_start());
+    // Growth continues on the first epoch's curve.
+    let after = round(&mut c, now + RTT);
+    assert!(c.window() >= window);
+    // A spurious loss from before the restored state is not undone again.
+    c.on_spurious_congestion(after, lost_sent);
+    assert_eq!((c.w_max(), time_to_w_max(&c)), (w_max, k));
+}
+
+#[test]
+fn persistent_congestion_is_not_undone() {
+    let t0 = Instant::now();
+    for mut c in controllers(true) {
+        let now = round(c.as_mut(), t0);
+        c.on_congestion_event(now, now - MS, true, 10 * MSS);
+        c.on_spurious_congestion(now + MS, now - MS);
+        assert_eq!(c.window(), minimum_window(MSS), "{}", c.name());
+    }
+}
