@@ -41,7 +41,7 @@ use super::mtu::{Mtu, MtuConfig, MtuStats};
 use super::pacer::{Pacer, PacerConfig};
 use super::packet::{self, ConnectionId, Header, LABELS};
 use super::path::Path;
-use super::recovery::{Recovery, SentPacket, Timeout};
+use super::recovery::{Recovery, RecoveryConfig, SentPacket, Timeout};
 use super::rtt::RttEstimator;
 use super::send_buf::SendBuf;
 use crate::codec::frame as mux_frame;
@@ -70,6 +70,8 @@ pub struct ConnectionConfig {
     pub pacer: PacerConfig,
     /// Sent packets tracked at once (bounds what is in flight).
     pub max_tracked_packets: usize,
+    /// Loss detection (adaptive reordering thresholds).
+    pub recovery: RecoveryConfig,
     /// ACK ranges remembered.
     pub max_ack_ranges: usize,
     /// Bytes one channel's stream may run ahead of what it delivered (out of order).
@@ -97,6 +99,7 @@ impl Default for ConnectionConfig {
             controller: ControllerConfig::default(),
             pacer: PacerConfig::default(),
             max_tracked_packets: 1 << 16,
+            recovery: RecoveryConfig::default(),
             max_ack_ranges: 256,
             max_reorder: 32 << 20,
             max_reorder_total: 64 << 20,
@@ -169,6 +172,8 @@ pub struct ConnStats {
     pub bytes_in: u64,
     /// Packets declared lost.
     pub lost: u64,
+    /// Packets declared lost and then acknowledged (reordering, not loss).
+    pub spurious_losses: u64,
     /// Probe timeouts.
     pub ptos: u64,
     /// Datagrams dropped: not authentic.
@@ -400,7 +405,7 @@ impl Connection {
             index,
             conn_credit: Ctl::default(),
             conn_blocked: Ctl::default(),
-            recovery: Recovery::new(config.max_tracked_packets),
+            recovery: Recovery::with_config(config.max_tracked_packets, config.recovery),
             acks: AckTracker::new(config.max_ack_ranges, config.max_ack_delay),
             rtt,
             cc,
@@ -742,6 +747,10 @@ impl Connection {
         let largest_before = self.recovery.largest_acked();
         let out =
             self.recovery.on_ack(now, ranges, delay, self.config.max_ack_delay, &mut self.rtt);
+        self.stats.spurious_losses += out.spurious.len() as u64;
+        if let Some(sent) = out.spurious.iter().filter(|s| s.in_flight).map(|s| s.sent).max() {
+            self.cc.on_spurious_congestion(now, sent);
+        }
         if let Some((pn, _)) = out.acked.last() {
             self.send_keys.on_acked(*pn);
         }

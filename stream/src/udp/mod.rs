@@ -27,6 +27,8 @@ pub mod pacer;
 pub mod packet;
 pub mod path;
 pub mod recovery;
+#[cfg(test)]
+mod reorder_tests;
 pub mod rtt;
 pub mod send_buf;
 pub mod sim;

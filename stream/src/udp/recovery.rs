@@ -11,10 +11,18 @@
 //! - Lost ack-eliciting packets that span more than the persistent-congestion duration, with
 //!   nothing acknowledged in between, are persistent congestion (§7.6).
 //!
+//! - Reordering is not loss (§6.1 lets the thresholds adapt): packets declared lost are
+//!   remembered for a while, and one acknowledged after all was a *spurious* loss. It is
+//!   reported ([`AckOutcome::spurious`]) so the congestion controller can undo its
+//!   reduction, counted, and, with [`RecoveryConfig::adaptive_reordering`], raises the
+//!   thresholds to the reordering it revealed, as Linux's RACK and picoquic do (see
+//!   [`Recovery::packet_threshold`] and [`Recovery::time_threshold`] for the rules).
+//!
 //! `F` is whatever the engine needs to know about a packet's contents to retransmit its
 //! data: the engine retransmits data, never packets.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
@@ -22,8 +30,74 @@ use super::rtt::{GRANULARITY, RttEstimator};
 
 /// Packet threshold (RFC 9002 `kPacketThreshold`).
 pub const PACKET_THRESHOLD: u64 = 3;
+/// Time threshold (RFC 9002 `kTimeThreshold`, 9/8), in eighths of an RTT.
+pub const TIME_THRESHOLD_EIGHTHS: u32 = 9;
 /// Persistent congestion threshold (RFC 9002 `kPersistentCongestionThreshold`).
 pub const PERSISTENT_CONGESTION_THRESHOLD: u32 = 3;
+
+/// Loss detection's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecoveryConfig {
+    /// Whether spurious losses raise the packet and time thresholds (on). Off, the
+    /// thresholds stay RFC 9002's; spurious losses are still recognised and reported.
+    pub adaptive_reordering: bool,
+    /// The highest the packet threshold goes (256; never below RFC 9002's 3). High is
+    /// cheap: the time threshold still declares a loss after about an RTT however high
+    /// this is, so it only matters when many packets are sent per RTT, which is exactly
+    /// when jitter reorders many of them (Linux caps its reordering degree at 300,
+    /// `tcp_max_reordering`).
+    pub max_packet_threshold: u64,
+    /// The highest the time threshold goes, in eighths of an RTT (16: 2 RTTs; never below
+    /// RFC 9002's 9).
+    pub max_time_threshold_eighths: u32,
+    /// Packets declared lost that are remembered, to recognise a late acknowledgement
+    /// (the 1,024 most recent).
+    pub lost_memory: usize,
+    /// How long a lost packet is remembered, in RTTs (`max(smoothed, latest)`) after it
+    /// was declared lost (4): an acknowledgement later than that is not reordering.
+    pub lost_memory_rtts: u32,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        RecoveryConfig {
+            adaptive_reordering: true,
+            max_packet_threshold: 256,
+            max_time_threshold_eighths: 16,
+            lost_memory: 1024,
+            lost_memory_rtts: 4,
+        }
+    }
+}
+
+/// A packet declared lost and later acknowledged: the loss was spurious.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpuriousLoss {
+    /// Its packet number.
+    pub pn: u64,
+    /// When it was sent.
+    pub sent: Instant,
+    /// Its size on the wire.
+    pub bytes: u64,
+    /// Whether it counted against the congestion window (its loss was a congestion
+    /// event's).
+    pub in_flight: bool,
+}
+
+/// What is remembered of a packet declared lost.
+#[derive(Clone, Copy, Debug)]
+struct Lost {
+    sent: Instant,
+    bytes: u64,
+    in_flight: bool,
+    /// When it was declared lost.
+    declared: Instant,
+    /// The largest packet number acknowledged then: the reordering distance it was lost
+    /// at is this minus its number.
+    largest_acked: u64,
+    /// Whether the time threshold declared it (else the packet threshold alone did).
+    by_time: bool,
+}
 
 /// One packet sent and not yet acknowledged or lost.
 #[derive(Clone, Debug)]
@@ -56,6 +130,8 @@ pub struct AckOutcome<F> {
     pub rtt_sample: bool,
     /// Whether the lost packets show persistent congestion.
     pub persistent_congestion: bool,
+    /// Packets declared lost earlier that this ACK acknowledged, lowest first.
+    pub spurious: Vec<SpuriousLoss>,
 }
 
 /// What the loss timer did when it fired.
@@ -88,11 +164,26 @@ pub struct Recovery<F> {
     /// When the first RTT sample was taken: only packets sent after it count towards
     /// persistent congestion.
     first_sample: Option<Instant>,
+    config: RecoveryConfig,
+    /// Packets declared lost recently, by number (at most `config.lost_memory`).
+    lost: BTreeMap<u64, Lost>,
+    packet_threshold: u64,
+    /// In eighths of an RTT.
+    time_threshold: u32,
+    /// When a spurious loss last raised the time threshold.
+    time_raised: Option<Instant>,
+    spurious_losses: u64,
 }
 
 impl<F> Recovery<F> {
-    /// Loss recovery tracking at most `max_tracked` packets.
+    /// Loss recovery tracking at most `max_tracked` packets, with the default
+    /// [`RecoveryConfig`].
     pub fn new(max_tracked: usize) -> Self {
+        Self::with_config(max_tracked, RecoveryConfig::default())
+    }
+
+    /// Loss recovery tracking at most `max_tracked` packets.
+    pub fn with_config(max_tracked: usize, config: RecoveryConfig) -> Self {
         Recovery {
             sent: BTreeMap::new(),
             max_tracked: max_tracked.max(1),
@@ -103,7 +194,82 @@ impl<F> Recovery<F> {
             loss_time: None,
             last_ack_eliciting: None,
             first_sample: None,
+            config,
+            lost: BTreeMap::new(),
+            packet_threshold: PACKET_THRESHOLD,
+            time_threshold: TIME_THRESHOLD_EIGHTHS,
+            time_raised: None,
+            spurious_losses: 0,
         }
+    }
+
+    /// The packet threshold: a packet is lost once one sent this many later is
+    /// acknowledged. RFC 9002's 3 until a spurious loss shows reordering deeper than that;
+    /// then (with adaptive reordering) the distance that loss was declared at plus one
+    /// (the largest packet number acknowledged then, minus its own, plus one), so that
+    /// the same reordering no longer declares a loss, up to
+    /// [`RecoveryConfig::max_packet_threshold`]. This is Linux's reordering degree
+    /// (`tp->reordering`, raised on a DSACK to the distance seen) under RFC 9002 §6.1.1's
+    /// permission to adapt; it never goes down, as a reordering path stays one.
+    pub fn packet_threshold(&self) -> u64 {
+        self.packet_threshold
+    }
+
+    /// The time threshold in eighths of an RTT: RFC 9002's 9 (9/8) until the time
+    /// threshold declares a loss that proves spurious; then (with adaptive reordering) one
+    /// eighth more, at most once per smoothed RTT, up to
+    /// [`RecoveryConfig::max_time_threshold_eighths`]. Steps rather than a jump to what the
+    /// late packet needed, and one per round trip, as RACK widens its reordering window
+    /// (RFC 8985 §6.2: `reo_wnd_mult` grows by one per round trip with a DSACK): a burst
+    /// of late acknowledgements from one delay spike raises it once, while lasting
+    /// reordering keeps raising it until it fits. A loss the packet threshold declared
+    /// does not raise it: waiting longer would not have saved that one.
+    pub fn time_threshold(&self) -> u32 {
+        self.time_threshold
+    }
+
+    /// Losses declared and then acknowledged, since the start.
+    pub fn spurious_losses(&self) -> u64 {
+        self.spurious_losses
+    }
+
+    /// Packets declared lost that are still remembered.
+    pub fn remembered_lost(&self) -> usize {
+        self.lost.len()
+    }
+
+    /// The time-threshold loss delay: `time_threshold / 8 · max(smoothed, latest)`, at
+    /// least the granularity (RFC 9002 §6.1.2 with 9/8).
+    fn loss_delay(&self, rtt: &RttEstimator) -> Duration {
+        (rtt.get().max(rtt.latest()) * self.time_threshold / 8).max(GRANULARITY)
+    }
+
+    /// Forgets lost packets declared more than `lost_memory_rtts` RTTs ago. They are
+    /// declared in packet-number order, so the oldest come first.
+    fn forget_lost(&mut self, now: Instant, rtt: &RttEstimator) {
+        let keep = rtt.get().max(rtt.latest()) * self.config.lost_memory_rtts;
+        while let Some(e) = self.lost.first_entry() {
+            if now.saturating_duration_since(e.get().declared) <= keep {
+                break;
+            }
+            e.remove();
+        }
+    }
+
+    /// A remembered lost packet `pn` was acknowledged at `now`: counts it and adapts.
+    fn on_spurious(&mut self, now: Instant, pn: u64, l: Lost, rtt: &RttEstimator) -> SpuriousLoss {
+        self.spurious_losses += 1;
+        if self.config.adaptive_reordering {
+            let cap = self.config.max_packet_threshold.max(PACKET_THRESHOLD);
+            let distance = l.largest_acked.saturating_sub(pn).saturating_add(1);
+            self.packet_threshold = self.packet_threshold.max(distance.min(cap));
+            let cap = self.config.max_time_threshold_eighths.max(TIME_THRESHOLD_EIGHTHS);
+            if l.by_time && self.time_raised.is_none_or(|t| now >= t + rtt.get()) {
+                self.time_threshold = (self.time_threshold + 1).min(cap);
+                self.time_raised = Some(now);
+            }
+        }
+        SpuriousLoss { pn, sent: l.sent, bytes: l.bytes, in_flight: l.in_flight }
     }
 
     /// Bytes in flight (counted against the congestion window).
@@ -174,7 +340,15 @@ impl<F> Recovery<F> {
     ) -> AckOutcome<F> {
         let mut acked = Vec::new();
         let mut largest_new: Option<u64> = None;
+        self.forget_lost(now, rtt);
+        let mut spurious = Vec::new();
         for r in ranges {
+            let late: Vec<u64> = self.lost.range(r.clone()).map(|(&pn, _)| pn).collect();
+            for pn in late {
+                if let Some(l) = self.lost.remove(&pn) {
+                    spurious.push(self.on_spurious(now, pn, l, rtt));
+                }
+            }
             let pns: Vec<u64> = self.sent.range(r).map(|(&pn, _)| pn).collect();
             for pn in pns {
                 let p = self.remove(pn).expect("listed");
@@ -183,6 +357,7 @@ impl<F> Recovery<F> {
             }
         }
         acked.sort_by_key(|(pn, _)| *pn);
+        spurious.sort_by_key(|s| s.pn);
         let mut rtt_sample = false;
         if let Some(l) = largest_new {
             self.largest_acked = self.largest_acked.max(Some(l));
@@ -196,26 +371,60 @@ impl<F> Recovery<F> {
         }
         let lost = if acked.is_empty() { Vec::new() } else { self.detect_lost(now, rtt) };
         let persistent_congestion = self.persistent(&lost, rtt, max_ack_delay);
-        AckOutcome { acked, lost, rtt_sample, persistent_congestion }
+        AckOutcome { acked, lost, rtt_sample, persistent_congestion, spurious }
     }
 
     /// Declares lost what the packet or time threshold says, and sets `loss_time`.
     fn detect_lost(&mut self, now: Instant, rtt: &RttEstimator) -> Vec<(u64, SentPacket<F>)> {
         self.loss_time = None;
         let Some(largest) = self.largest_acked else { return Vec::new() };
-        let delay = rtt.loss_delay();
+        let delay = self.loss_delay(rtt);
         let lost_before = now.checked_sub(delay);
         let mut lost_pns = Vec::new();
         for (&pn, p) in self.sent.range(..largest) {
             let by_time = lost_before.is_some_and(|t| p.time <= t);
-            if by_time || largest >= pn + PACKET_THRESHOLD {
-                lost_pns.push(pn);
+            if by_time || largest >= pn.saturating_add(self.packet_threshold) {
+                lost_pns.push((pn, by_time));
             } else {
                 let at = p.time + delay;
                 self.loss_time = Some(self.loss_time.map_or(at, |l| l.min(at)));
             }
         }
-        lost_pns.into_iter().map(|pn| (pn, self.remove(pn).expect("listed"))).collect()
+        let mut lost = Vec::with_capacity(lost_pns.len());
+        for (pn, by_time) in lost_pns {
+            let p = self.remove(pn).expect("listed");
+            self.remember_lost(pn, &p, now, largest, by_time);
+            lost.push((pn, p));
+        }
+        lost
+    }
+
+    /// Remembers a packet declared lost, dropping the oldest beyond `lost_memory`.
+    fn remember_lost(
+        &mut self,
+        pn: u64,
+        p: &SentPacket<F>,
+        now: Instant,
+        largest_acked: u64,
+        by_time: bool,
+    ) {
+        if self.config.lost_memory == 0 {
+            return;
+        }
+        let l = Lost {
+            sent: p.time,
+            bytes: p.bytes,
+            in_flight: p.in_flight,
+            declared: now,
+            largest_acked,
+            by_time,
+        };
+        if let Entry::Vacant(v) = self.lost.entry(pn) {
+            v.insert(l);
+        }
+        while self.lost.len() > self.config.lost_memory {
+            self.lost.pop_first();
+        }
     }
 
     /// RFC 9002 §7.6: ack-eliciting lost packets, with no packet acknowledged between
@@ -386,6 +595,149 @@ mod tests {
         let out = r.on_ack(t1 + 1700 * MS, [10..=10, 5..=5], Duration::ZERO, MAD, &mut rtt);
         assert_eq!(out.lost.len(), 9);
         assert!(!out.persistent_congestion);
+    }
+
+    fn pns(v: &[(u64, SentPacket<()>)]) -> Vec<u64> {
+        v.iter().map(|p| p.0).collect()
+    }
+
+    #[test]
+    fn a_loss_by_the_packet_threshold_then_acknowledged_is_spurious_and_raises_the_threshold() {
+        for adaptive_reordering in [true, false] {
+            let t = Instant::now();
+            let mut rtt = RttEstimator::default();
+            let config = RecoveryConfig { adaptive_reordering, ..RecoveryConfig::default() };
+            let mut r = Recovery::with_config(1000, config);
+            for pn in 0..5 {
+                r.on_sent(pn, pkt(t + pn as u32 * MS)).unwrap();
+            }
+            // 4 arrives first: 0 and 1 are 3 or more below it, declared lost.
+            let out = r.on_ack(t + 50 * MS, [4..=4], Duration::ZERO, MAD, &mut rtt);
+            assert_eq!(pns(&out.lost), [0, 1]);
+            assert!(out.spurious.is_empty());
+            // Then 0 to 3 arrive: 0 and 1 were reordered, not lost.
+            let out = r.on_ack(t + 52 * MS, [0..=3], Duration::ZERO, MAD, &mut rtt);
+            assert_eq!(pns(&out.acked), [2, 3]);
+            assert_eq!(out.spurious.iter().map(|s| s.pn).collect::<Vec<_>>(), [0, 1]);
+            assert_eq!(out.spurious[1].sent, t + MS);
+            assert_eq!(r.spurious_losses(), 2);
+            assert_eq!(r.remembered_lost(), 0);
+            // 0 was lost 4 below the largest acknowledged: the threshold becomes 5.
+            assert_eq!(r.packet_threshold(), if adaptive_reordering { 5 } else { 3 });
+            // The packet threshold declared them: the time threshold stays RFC 9002's.
+            assert_eq!(r.time_threshold(), TIME_THRESHOLD_EIGHTHS);
+            // The same reordering again: nothing is declared lost (adaptive), 10 and 11
+            // are (fixed).
+            let t1 = t + 60 * MS;
+            for pn in 10..15 {
+                r.on_sent(pn, pkt(t1 + (pn - 10) as u32 * MS)).unwrap();
+            }
+            let out = r.on_ack(t1 + 50 * MS, [14..=14], Duration::ZERO, MAD, &mut rtt);
+            let want: &[u64] = if adaptive_reordering { &[] } else { &[10, 11] };
+            assert_eq!(pns(&out.lost), want);
+        }
+    }
+
+    /// Packet 0 sent at `t`, 1 at `t + 1 ms`; 1 acknowledged 100 ms later, and 0 declared
+    /// lost by the time threshold when the loss timer fires, then acknowledged 5 ms after
+    /// that. Returns when.
+    fn late_by_time(r: &mut Recovery<()>, rtt: &mut RttEstimator, pn: u64, t: Instant) -> Instant {
+        r.on_sent(pn, pkt(t)).unwrap();
+        r.on_sent(pn + 1, pkt(t + MS)).unwrap();
+        r.on_ack(t + 101 * MS, [pn + 1..=pn + 1], Duration::ZERO, MAD, rtt);
+        let at = r.timer(rtt, MAD).unwrap();
+        let Timeout::Lost { lost, .. } = r.on_timeout(at, rtt, MAD) else { panic!("not lost") };
+        assert_eq!(pns(&lost), [pn]);
+        let out = r.on_ack(at + 5 * MS, [pn..=pn], Duration::ZERO, MAD, rtt);
+        assert_eq!(out.spurious.len(), 1);
+        at + 5 * MS
+    }
+
+    #[test]
+    fn the_time_threshold_rises_by_an_eighth_per_round_trip_of_spurious_losses_up_to_its_cap() {
+        let t = Instant::now();
+        let mut rtt = RttEstimator::default();
+        let config = RecoveryConfig { max_time_threshold_eighths: 12, ..RecoveryConfig::default() };
+        let mut r = Recovery::with_config(1000, config);
+        let mut now = t;
+        let mut seen = Vec::new();
+        for i in 0..10 {
+            now = late_by_time(&mut r, &mut rtt, 2 * i, now + MS);
+            seen.push(r.time_threshold());
+        }
+        // One step per loss here: each is more than an RTT after the last.
+        assert_eq!(seen, [10, 11, 12, 12, 12, 12, 12, 12, 12, 12]);
+        // Two spurious losses within one RTT raise it once.
+        let mut r = Recovery::<()>::new(1000);
+        let mut rtt = RttEstimator::default();
+        for pn in 0..3 {
+            r.on_sent(pn, pkt(t + pn as u32 * MS)).unwrap();
+        }
+        r.on_ack(t + 101 * MS, [2..=2], Duration::ZERO, MAD, &mut rtt);
+        let at = r.timer(&rtt, MAD).unwrap();
+        let Timeout::Lost { lost, .. } = r.on_timeout(at + 2 * MS, &rtt, MAD) else { panic!() };
+        assert_eq!(pns(&lost), [0, 1]);
+        r.on_ack(at + 3 * MS, [0..=0], Duration::ZERO, MAD, &mut rtt);
+        r.on_ack(at + 4 * MS, [1..=1], Duration::ZERO, MAD, &mut rtt);
+        assert_eq!((r.spurious_losses(), r.time_threshold()), (2, 10));
+    }
+
+    #[test]
+    fn thresholds_never_exceed_their_caps_nor_go_below_rfc_9002() {
+        let t = Instant::now();
+        // Caps below RFC 9002's values: the thresholds stay at 3 and 9/8.
+        for (max_p, max_t, want_p, want_t) in [(1, 4, 3, 9), (8, 11, 8, 11)] {
+            let config = RecoveryConfig {
+                max_packet_threshold: max_p,
+                max_time_threshold_eighths: max_t,
+                ..RecoveryConfig::default()
+            };
+            let mut r = Recovery::with_config(1000, config);
+            let mut rtt = RttEstimator::default();
+            // Reordering by 50 packets, over and over.
+            let mut now = t;
+            for round in 0..5u64 {
+                let base = 1000 + round * 100;
+                for pn in base..base + 51 {
+                    r.on_sent(pn, pkt(now)).unwrap();
+                }
+                r.on_ack(now + 40 * MS, [base + 50..=base + 50], Duration::ZERO, MAD, &mut rtt);
+                r.on_ack(now + 41 * MS, [base..=base + 49], Duration::ZERO, MAD, &mut rtt);
+                now += 50 * MS;
+            }
+            for i in 0..5 {
+                now = late_by_time(&mut r, &mut rtt, 2000 + 2 * i, now + 200 * MS);
+            }
+            assert!(r.spurious_losses() > 5);
+            assert_eq!((r.packet_threshold(), r.time_threshold()), (want_p, want_t));
+        }
+    }
+
+    #[test]
+    fn the_memory_of_lost_packets_is_bounded_in_number_and_in_time() {
+        let t = Instant::now();
+        let config = RecoveryConfig { lost_memory: 4, ..RecoveryConfig::default() };
+        let mut r = Recovery::with_config(1000, config);
+        let mut rtt = RttEstimator::default();
+        for pn in 0..14 {
+            r.on_sent(pn, pkt(t)).unwrap();
+        }
+        // 0 to 10 declared lost, only the 4 most recent (7 to 10) remembered.
+        let out = r.on_ack(t + 40 * MS, [13..=13], Duration::ZERO, MAD, &mut rtt);
+        assert_eq!(out.lost.len(), 11);
+        assert_eq!(r.remembered_lost(), 4);
+        let out = r.on_ack(t + 41 * MS, [0..=10], Duration::ZERO, MAD, &mut rtt);
+        assert_eq!(out.spurious.iter().map(|s| s.pn).collect::<Vec<_>>(), [7, 8, 9, 10]);
+        // Forgotten after 4 RTTs: an acknowledgement later than that is not counted.
+        let mut r = Recovery::<()>::new(1000);
+        for pn in 0..4 {
+            r.on_sent(pn, pkt(t)).unwrap();
+        }
+        r.on_ack(t + 40 * MS, [3..=3], Duration::ZERO, MAD, &mut rtt);
+        assert_eq!(r.remembered_lost(), 1);
+        let out = r.on_ack(t + 250 * MS, [0..=0], Duration::ZERO, MAD, &mut rtt);
+        assert!(out.spurious.is_empty());
+        assert_eq!((r.remembered_lost(), r.spurious_losses()), (0, 0));
     }
 
     #[test]

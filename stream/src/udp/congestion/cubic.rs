@@ -2,10 +2,12 @@
 //! `W_cubic(t) = C · (t − K)³ + W_max` (in datagrams, `t` in seconds since the event), a
 //! concave climb back to the window where loss happened and a convex probe beyond it; in
 //! its Reno-friendly region (small windows, short RTTs) it grows at least as fast as Reno
-//! would, by `W_est`. Slow start and the minimum window are RFC 9002's.
+//! would, by `W_est`. Slow start and the minimum window are RFC 9002's; the initial slow
+//! start is HyStart++'s ([`super::hystart`]) unless the config turns it off.
 
 use std::time::Instant;
 
+use super::hystart::{HyStart, Phase, Step};
 use super::{Controller, initial_window, minimum_window};
 use crate::udp::rtt::RttEstimator;
 
@@ -19,11 +21,14 @@ pub struct CubicConfig {
     /// Fast convergence: a flow that lost at a window below its last `W_max` lowers
     /// `W_max` further, releasing bandwidth to newer flows (on).
     pub fast_convergence: bool,
+    /// Whether the initial slow start uses HyStart++ (RFC 9406) to end before a loss when
+    /// the RTT rises (on).
+    pub hystart: bool,
 }
 
 impl Default for CubicConfig {
     fn default() -> Self {
-        CubicConfig { c: 0.4, beta: 0.7, fast_convergence: true }
+        CubicConfig { c: 0.4, beta: 0.7, fast_convergence: true, hystart: true }
     }
 }
 
@@ -52,6 +57,25 @@ pub struct Cubic {
     epoch: Option<Epoch>,
     /// The last `W_max`, for fast convergence.
     last_w_max: f64,
+    hystart: HyStart,
+    /// The state just before the most recent reduction, to undo it if it proves spurious.
+    undo: Option<Undo>,
+}
+
+/// CUBIC's state before a congestion event (RFC 9438 §4.9: `cwnd`, `ssthresh`, `W_max`,
+/// `K` and the epoch, here all in [`Epoch`]), and which losses belong to the event.
+#[derive(Clone, Copy, Debug)]
+struct Undo {
+    window: u64,
+    ssthresh: u64,
+    recovery_start: Option<Instant>,
+    epoch: Option<Epoch>,
+    last_w_max: f64,
+    hystart: HyStart,
+    /// The send time of the newest packet whose loss started the event.
+    trigger: Instant,
+    /// When the event began: its losses were all sent before.
+    at: Instant,
 }
 
 impl Cubic {
@@ -65,6 +89,8 @@ impl Cubic {
             recovery_start: None,
             epoch: None,
             last_w_max: 0.0,
+            hystart: HyStart::new(),
+            undo: None,
         }
     }
 
@@ -98,7 +124,15 @@ impl Controller for Cubic {
             return;
         }
         if self.window < self.ssthresh {
-            self.window += bytes;
+            // HyStart++ only in the initial slow start (RFC 9406 §4.3).
+            if !self.config.hystart || self.ssthresh != u64::MAX {
+                self.window += bytes;
+                return;
+            }
+            match self.hystart.on_ack(now, sent, bytes, rtt) {
+                Step::Grow(n) => self.window += n,
+                Step::EnterCongestionAvoidance => self.ssthresh = self.window,
+            }
             return;
         }
         let cwnd = self.window as f64;
@@ -139,7 +173,19 @@ impl Controller for Cubic {
     }
 
     fn on_congestion_event(&mut self, now: Instant, sent: Instant, persistent: bool, _: u64) {
+        let before = Undo {
+            window: self.window,
+            ssthresh: self.ssthresh,
+            recovery_start: self.recovery_start,
+            epoch: self.epoch,
+            last_w_max: self.last_w_max,
+            hystart: self.hystart,
+            trigger: sent,
+            at: now,
+        };
+        self.hystart.on_congestion();
         if !self.in_recovery(sent) {
+            self.undo = Some(before);
             self.recovery_start = Some(now);
             let cwnd = self.window as f64;
             let beta = self.config.beta;
@@ -156,9 +202,38 @@ impl Controller for Cubic {
             self.epoch = Some(Epoch { start: now, w_max, k, w_est: reduced as f64, prior: cwnd });
         }
         if persistent {
+            // Persistent congestion is a long run of losses: not undone.
+            self.undo = None;
             self.window = minimum_window(self.mss);
             self.epoch = None;
         }
+    }
+
+    /// A CE mark is congestion the network saw, never a reordering: the reduction stands
+    /// (and confirms one under way), so nothing is left to undo.
+    fn on_ecn_ce(&mut self, now: Instant, sent: Instant) {
+        self.on_congestion_event(now, sent, false, 0);
+        self.undo = None;
+    }
+
+    /// RFC 9438 §4.9: a congestion event found spurious restores `cwnd`, `ssthresh`,
+    /// `W_max`, `K` and the epoch saved just before it. The spurious loss belongs to the
+    /// most recent event if it was sent no earlier than the packet whose loss started it
+    /// and before it began; an older event's state is gone (one level of undo, as in
+    /// Linux). The epoch's clock is not shifted: the time spent in the undone reduction
+    /// counts as time in the restored epoch, so the cubic curve does not stall.
+    fn on_spurious_congestion(&mut self, _now: Instant, sent: Instant) {
+        let Some(u) = self.undo else { return };
+        if sent < u.trigger || sent > u.at {
+            return;
+        }
+        self.undo = None;
+        self.window = self.window.max(u.window);
+        self.ssthresh = u.ssthresh;
+        self.recovery_start = u.recovery_start;
+        self.epoch = u.epoch;
+        self.last_w_max = u.last_w_max;
+        self.hystart = u.hystart;
     }
 
     fn on_mss_update(&mut self, mss: u64) {
@@ -172,6 +247,10 @@ impl Controller for Cubic {
 
     fn in_slow_start(&self) -> bool {
         self.window < self.ssthresh
+    }
+
+    fn hystart_phase(&self) -> Option<Phase> {
+        self.config.hystart.then(|| self.hystart.phase())
     }
 
     fn name(&self) -> &'static str {

@@ -3,8 +3,15 @@
 //! engine reports what happens to its packets; the controller answers with a window in
 //! bytes, which bounds the bytes in flight. Windows are in bytes and `mss` is the current
 //! maximum datagram payload the engine sends.
+//!
+//! Both leave their initial slow start with HyStart++ (RFC 9406, [`hystart`]): when the
+//! minimum RTT of a round rises by more than `clamp(min_rtt / 8, 4 ms, 16 ms)` over the
+//! last round's, growth drops to a quarter (conservative slow start) for up to five rounds,
+//! and then congestion avoidance begins without a loss; if the RTT falls back, slow start
+//! resumes. `hystart: false` in either config gives classic slow start to the first loss.
 
 mod cubic;
+pub mod hystart;
 mod new_reno;
 
 use std::time::Instant;
@@ -45,14 +52,30 @@ pub trait Controller: std::fmt::Debug + Send {
         self.on_congestion_event(now, sent, false, 0);
     }
 
+    /// A packet sent at `sent`, declared lost at some earlier point, was acknowledged at
+    /// `now` after all (loss recovery's spurious-loss detection; `sent` is the newest such
+    /// packet an ACK revealed). A controller may undo the reduction of the congestion
+    /// event that loss belonged to (RFC 9438 §4.9); by default it does nothing.
+    ///
+    /// The engine passes `sent` (beyond the `now` an undo needs) because only the send
+    /// time tells to which congestion event a loss belonged.
+    fn on_spurious_congestion(&mut self, now: Instant, sent: Instant) {
+        let _ = (now, sent);
+    }
+
     /// The path's datagram size changed (path MTU discovery).
     fn on_mss_update(&mut self, mss: u64);
 
     /// The congestion window: the bytes that may be in flight.
     fn window(&self) -> u64;
 
-    /// Whether the controller is in slow start.
+    /// Whether the controller is in slow start (conservative slow start included).
     fn in_slow_start(&self) -> bool;
+
+    /// Where HyStart++ is, for metrics and tests (`None`: the controller does not use it).
+    fn hystart_phase(&self) -> Option<hystart::Phase> {
+        None
+    }
 
     /// The name, for metrics.
     fn name(&self) -> &'static str;

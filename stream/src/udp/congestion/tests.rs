@@ -157,3 +157,241 @@ fn persistent_congestion_collapses_cubic_too() {
     c.on_mss_update(1452);
     assert_eq!(c.window(), minimum_window(1452));
 }
+
+// HyStart++ (RFC 9406).
+
+use super::hystart::{CSS_ROUNDS, N_RTT_SAMPLE, Phase};
+
+/// One round trip with per-packet RTT samples, as a paced sender sees them: a window's
+/// worth of datagrams sent 1 µs apart from `now`, each acknowledged `round_rtt` after it
+/// was sent (one ACK each, so one sample each); returns the new `now`.
+fn sampled_round(c: &mut dyn Controller, now: Instant, round_rtt: Duration) -> Instant {
+    let mut est = rtt();
+    let mut left = c.window();
+    let mut sent = now;
+    let mut at = now;
+    while left > 0 {
+        let n = left.min(MSS);
+        at = sent + round_rtt;
+        est.update(round_rtt, Duration::ZERO, Duration::from_millis(25));
+        c.on_ack(at, sent, n, false, &est);
+        left -= n;
+        sent += Duration::from_micros(1);
+    }
+    at
+}
+
+/// NewReno and CUBIC, HyStart++ on or off as `hystart` says.
+fn controllers(hystart: bool) -> [Box<dyn Controller>; 2] {
+    [
+        Box::new(NewReno::new(NewRenoConfig { hystart, ..NewRenoConfig::default() }, MSS)),
+        Box::new(Cubic::new(CubicConfig { hystart, ..CubicConfig::default() }, MSS)),
+    ]
+}
+
+const MS: Duration = Duration::from_millis(1);
+
+#[test]
+fn with_a_constant_rtt_hystart_leaves_slow_start_doubling_until_the_loss() {
+    for mut c in controllers(true) {
+        let mut now = Instant::now();
+        for _ in 0..10 {
+            let w = c.window();
+            now = sampled_round(c.as_mut(), now, RTT);
+            assert_eq!(c.window(), 2 * w, "{}", c.name());
+            assert_eq!(c.hystart_phase(), Some(Phase::SlowStart), "{}", c.name());
+        }
+        let w = c.window();
+        c.on_congestion_event(now, now, false, MSS);
+        assert!(c.window() < w && !c.in_slow_start(), "{}", c.name());
+        assert_eq!(c.hystart_phase(), Some(Phase::Done), "{}", c.name());
+    }
+}
+
+/// Four rounds at 40 ms, then 50 ms (a rise of 10 ms, over the 5 ms threshold of
+/// 40 ms / 8): CSS from the fifth round's eighth sample, a quarter of the growth per round
+/// after it, and congestion avoidance when the fifth round in CSS ends; no loss at all.
+#[test]
+fn a_rising_rtt_ends_slow_start_before_any_loss_through_five_rounds_of_css() {
+    for mut c in controllers(true) {
+        let name = c.name();
+        let mut now = Instant::now();
+        for _ in 0..4 {
+            now = sampled_round(c.as_mut(), now, RTT);
+        }
+        let before = c.window();
+        assert_eq!(before, 16 * initial_window(MSS), "{name}");
+        now = sampled_round(c.as_mut(), now, 50 * MS);
+        // Seven datagrams at full growth; from the eighth, whose sample showed the rise, a
+        // quarter.
+        let n = before / MSS;
+        let full = N_RTT_SAMPLE as u64 - 1;
+        let want = before + full * MSS + (n - full) * MSS / 4;
+        assert_eq!(c.window(), want, "{name}");
+        assert!(
+            matches!(c.hystart_phase(), Some(Phase::Css { baseline, rounds: 0 }) if baseline == 50 * MS),
+            "{name}: {:?}",
+            c.hystart_phase()
+        );
+        // Four more rounds in CSS, each growing the window by a quarter.
+        let mut growth = Vec::new();
+        for _ in 1..CSS_ROUNDS {
+            let w = c.window();
+            now = sampled_round(c.as_mut(), now, 50 * MS);
+            growth.push(c.window() as f64 / w as f64);
+            assert!(c.in_slow_start(), "{name}");
+        }
+        eprintln!(
+            "{name}: {want} bytes after the round CSS began in, growth per CSS round {growth:.3?}"
+        );
+        assert!(growth.iter().all(|g| (g - 1.25).abs() < 0.01), "{name}: {growth:?}");
+        // The fifth CSS round ended with the first ACK of the next: congestion avoidance,
+        // ssthresh at the window, without a loss.
+        let w = c.window();
+        sampled_round(c.as_mut(), now, 50 * MS);
+        assert_eq!(c.hystart_phase(), Some(Phase::Done), "{name}");
+        assert!(!c.in_slow_start(), "{name}");
+        assert!(c.window() < w + w / 8, "{name}: congestion avoidance grows slowly");
+        eprintln!("{name}: congestion avoidance from {w} bytes, {} after one round", c.window());
+    }
+}
+
+#[test]
+fn an_rtt_that_falls_back_during_css_resumes_slow_start() {
+    for mut c in controllers(true) {
+        let name = c.name();
+        let mut now = Instant::now();
+        for _ in 0..4 {
+            now = sampled_round(c.as_mut(), now, RTT);
+        }
+        now = sampled_round(c.as_mut(), now, 50 * MS);
+        assert!(matches!(c.hystart_phase(), Some(Phase::Css { .. })), "{name}");
+        now = sampled_round(c.as_mut(), now, 50 * MS);
+        // Back to 40 ms: below the 50 ms baseline once eight samples say so.
+        now = sampled_round(c.as_mut(), now, RTT);
+        assert_eq!(c.hystart_phase(), Some(Phase::SlowStart), "{name}");
+        let w = c.window();
+        sampled_round(c.as_mut(), now, RTT);
+        assert_eq!(c.window(), 2 * w, "{name}: doubling again");
+    }
+}
+
+#[test]
+fn with_hystart_off_a_rising_rtt_changes_nothing() {
+    for mut c in controllers(false) {
+        let mut now = Instant::now();
+        for i in 0..10u32 {
+            let w = c.window();
+            now = sampled_round(c.as_mut(), now, RTT + i * 10 * MS);
+            assert_eq!(c.window(), 2 * w, "{}", c.name());
+        }
+        assert_eq!(c.hystart_phase(), None);
+        assert!(c.in_slow_start());
+    }
+}
+
+#[test]
+fn hystart_applies_to_the_initial_slow_start_only() {
+    for mut c in controllers(true) {
+        let mut now = Instant::now();
+        for _ in 0..3 {
+            now = sampled_round(c.as_mut(), now, RTT);
+        }
+        // Persistent congestion: back to slow start below ssthresh, standard this time.
+        c.on_congestion_event(now, now, true, 10 * MSS);
+        now += RTT;
+        for i in 0..2u32 {
+            let w = c.window();
+            now = sampled_round(c.as_mut(), now + MS, RTT + i * 20 * MS);
+            assert_eq!(c.window(), 2 * w, "{}", c.name());
+        }
+        assert_eq!(c.hystart_phase(), Some(Phase::Done));
+    }
+}
+
+// Undoing a spurious congestion event.
+
+#[test]
+fn new_reno_undoes_a_reduction_whose_loss_proves_spurious() {
+    let t0 = Instant::now();
+    let mut c = NewReno::new(NewRenoConfig::default(), MSS);
+    let now = round(&mut c, t0);
+    let before = c.window();
+    let lost_sent = now - RTT / 2;
+    c.on_congestion_event(now, lost_sent, false, MSS);
+    assert_eq!(c.window(), before / 2);
+    // A spurious loss of a packet older than the one that started the event belongs to
+    // an earlier one: nothing changes.
+    c.on_spurious_congestion(now + MS, lost_sent - MS);
+    assert_eq!(c.window(), before / 2);
+    // The packet whose loss started it arrives after all: window and slow start return.
+    c.on_spurious_congestion(now + 2 * MS, lost_sent);
+    assert_eq!(c.window(), before);
+    assert!(c.in_slow_start());
+    // Acks of packets sent during the undone recovery grow the window again.
+    c.on_ack(now + 3 * MS, now + MS, MSS, false, &rtt());
+    assert_eq!(c.window(), before + MSS);
+    // Only once.
+    c.on_spurious_congestion(now + 4 * MS, lost_sent);
+    assert_eq!(c.window(), before + MSS);
+}
+
+#[test]
+fn cubic_undoes_a_spurious_event_restoring_w_max_k_and_the_epoch() {
+    let t0 = Instant::now();
+    let mut c = Cubic::new(CubicConfig::default(), MSS);
+    let mut now = t0;
+    while c.window() < 100 * MSS {
+        now = round(&mut c, now);
+    }
+    // A real loss: epoch 1.
+    c.on_congestion_event(now, now, false, MSS);
+    let (w_max, k) = (c.w_max(), time_to_w_max(&c));
+    for _ in 0..5 {
+        now = round(&mut c, now + MS);
+    }
+    let window = c.window();
+    assert!(!c.in_slow_start());
+    // A second event, from a loss that proves spurious.
+    let lost_sent = now - RTT / 4;
+    c.on_congestion_event(now, lost_sent, false, MSS);
+    assert_eq!(c.window(), (window as f64 * 0.7) as u64);
+    assert_ne!(c.w_max(), w_max);
+    c.on_spurious_congestion(now + RTT / 2, lost_sent);
+    assert_eq!(c.window(), window);
+    assert_eq!((c.w_max(), time_to_w_max(&c)), (w_max, k));
+    assert!(!c.in_slow_start());
+    // Growth continues on the first epoch's curve.
+    let after = round(&mut c, now + RTT);
+    assert!(c.window() >= window);
+    // A spurious loss from before the restored state is not undone again.
+    c.on_spurious_congestion(after, lost_sent);
+    assert_eq!((c.w_max(), time_to_w_max(&c)), (w_max, k));
+}
+
+#[test]
+fn persistent_congestion_is_not_undone() {
+    let t0 = Instant::now();
+    for mut c in controllers(true) {
+        let now = round(c.as_mut(), t0);
+        c.on_congestion_event(now, now - MS, true, 10 * MSS);
+        c.on_spurious_congestion(now + MS, now - MS);
+        assert_eq!(c.window(), minimum_window(MSS), "{}", c.name());
+    }
+}
+
+#[test]
+fn a_ce_reduction_is_never_undone() {
+    let t = Instant::now();
+    let ms = std::time::Duration::from_millis(1);
+    for name in ["newreno", "cubic"] {
+        let mut cc = ControllerConfig::from_name(name).unwrap().build(1200);
+        let before = cc.window();
+        cc.on_ecn_ce(t + 100 * ms, t + 50 * ms);
+        let reduced = cc.window();
+        assert!(reduced < before, "{name}");
+        // A loss of the same period later found spurious restores nothing.
+        cc.on_spurious_congestion(t + 120 * ms, t + 60 * ms);
+        assert_eq!(cc.window(), reduced, "{name}");
+    }
+}
