@@ -176,6 +176,8 @@ pub struct ConnStats {
     pub spurious_losses: u64,
     /// Probe timeouts.
     pub ptos: u64,
+    /// Persistent congestion (RFC 9002 §7.6): the window collapsed to its minimum.
+    pub persistent_congestion: u64,
     /// Datagrams dropped: not authentic.
     pub auth_failed: u64,
     /// Datagrams dropped: unparsable header or another connection id.
@@ -840,6 +842,7 @@ impl Connection {
             }
         }
         if let Some(sent) = newest {
+            self.stats.persistent_congestion += persistent as u64;
             self.cc.on_congestion_event(now, sent, persistent, bytes);
         }
         if let Some(mss) = self.mtu.on_loss_event(lost_large, acked_large) {

@@ -169,9 +169,9 @@ pub(super) struct Pair {
     /// At this virtual time the client's address changes (NAT rebinding): datagrams to
     /// the old one go nowhere.
     rebind: Option<(Duration, SocketAddr)>,
-    /// At this virtual time both directions between the ends become this link (a route
-    /// change).
-    relink: Option<(Duration, LinkConfig)>,
+    /// At these virtual times (ascending) both directions between the ends become these
+    /// links (a route change, an outage).
+    relink: Vec<(Duration, LinkConfig)>,
     /// When set, what "done" means instead of every `Peer` message having arrived.
     goal: Option<Goal>,
     pub(super) start: Instant,
@@ -194,7 +194,7 @@ impl Pair {
         let server = end(Side::Server, cid, sa, ca, now, config);
         Pair {
             rebind: None,
-            relink: None,
+            relink: Vec::new(),
             goal: None,
             start: now,
             now,
@@ -253,13 +253,13 @@ impl Pair {
                 self.ends[0].addr = addr;
                 self.rebind = None;
             }
-            if let Some((at, link)) = self.relink
+            while let Some(&(at, link)) = self.relink.first()
                 && self.now - self.start >= at
             {
                 let (a, b) = (self.ends[0].addr, self.ends[1].addr);
                 self.net.set_link(a, b, link);
                 self.net.set_link(b, a, link);
-                self.relink = None;
+                self.relink.remove(0);
             }
             while let Some(mut d) = self.net.deliver(self.now) {
                 // A datagram to an address no end has any more is lost.
@@ -276,6 +276,7 @@ impl Pair {
                 self.net.next_delivery(),
                 self.ends[0].conn.poll_timeout(),
                 self.ends[1].conn.poll_timeout(),
+                self.relink.first().map(|(at, _)| self.start + *at),
             ]
             .into_iter()
             .flatten()
@@ -989,7 +990,7 @@ fn a_path_that_narrows_mid_transfer_is_a_black_hole_the_connection_climbs_out_of
     let link =
         LinkConfig { rate_bps: Some(20_000_000), queue_bytes: 100_000, ..LinkConfig::default() };
     let mut p = Pair::new(32, link);
-    p.relink = Some((Duration::from_millis(400), LinkConfig { mtu: 1280, ..link }));
+    p.relink = vec![(Duration::from_millis(400), LinkConfig { mtu: 1280, ..link })];
     p.drive(Duration::from_secs(600));
     p.check();
     eprintln!("done after {:?}", p.now - p.start);
@@ -1150,4 +1151,41 @@ fn a_path_that_bleaches_ecn_fails_validation_and_the_transfer_goes_on() {
     // Without bleaching, the same transfer validates ECN on both ends.
     let p = transfer(51, LinkConfig { loss: 0.01, ..LinkConfig::default() });
     assert!(p.ends.iter().all(|e| e.conn.ecn_capable()));
+}
+
+#[test]
+fn a_tail_loss_is_recovered_by_a_probe_timeout() {
+    // The same transfer twice: the second time the link goes dead just as the last
+    // packets leave, so no later packet can reveal their loss; only a probe timeout can.
+    let link = LinkConfig::default();
+    let clean = transfer(61, link);
+    let end = clean.now - clean.start;
+    let ptos = |p: &Pair| p.ends.iter().map(|e| e.conn.stats().ptos).sum::<u64>();
+    assert_eq!(ptos(&clean), 0);
+    let mut p = Pair::new(61, link);
+    p.relink = vec![
+        (end - Duration::from_millis(15), LinkConfig { loss: 1.0, ..link }),
+        (end + Duration::from_millis(50), link),
+    ];
+    p.drive(Duration::from_secs(600));
+    p.check();
+    assert!(ptos(&p) > 0, "recovered by a PTO");
+    let persistent: u64 = p.ends.iter().map(|e| e.conn.stats().persistent_congestion).sum();
+    assert_eq!(persistent, 0, "a short tail loss is not persistent congestion");
+}
+
+#[test]
+fn an_outage_mid_transfer_is_persistent_congestion_and_the_transfer_survives_it() {
+    let link =
+        LinkConfig { rate_bps: Some(20_000_000), queue_bytes: 100_000, ..LinkConfig::default() };
+    let mut p = Pair::new(62, link);
+    p.relink = vec![
+        (Duration::from_millis(300), LinkConfig { loss: 1.0, ..link }),
+        (Duration::from_millis(2300), link),
+    ];
+    p.drive(Duration::from_secs(600));
+    p.check();
+    let s: Vec<_> = p.ends.iter().map(|e| e.conn.stats()).collect();
+    assert!(s.iter().any(|s| s.persistent_congestion > 0), "{s:?}");
+    assert!(s.iter().all(|s| s.ptos > 0), "{s:?}");
 }
