@@ -473,6 +473,11 @@ impl Connection {
         self.mtu.stats()
     }
 
+    /// Whether congestion control is in slow start.
+    pub fn in_slow_start(&self) -> bool {
+        self.cc.in_slow_start()
+    }
+
     /// The congestion window in bytes.
     pub fn window(&self) -> u64 {
         self.cc.window()
@@ -605,24 +610,11 @@ impl Connection {
             self.events.push_back(Event::Connected);
         }
         let eliciting = frames.iter().any(|f| f.ack_eliciting());
-        // Owned copies of what borrows the packet: the mux calls below need `self`.
-        let mut pending = Vec::new();
-        for f in frames {
-            match f {
-                Frame::Padding(_) | Frame::Ping => {}
+        // Path and close frames first; the rest below, once the packet is recorded as
+        // received. (The frames borrow the datagram, not the connection.)
+        for f in &frames {
+            match *f {
                 Frame::PathResponse(d) => self.on_path_response(d),
-                Frame::Ack(a) => {
-                    let ranges: Vec<_> = a.iter().collect();
-                    pending.push(Owned::Ack(ranges, a.delay_us, a.ecn));
-                }
-                Frame::ChannelData { chan, offset, data } => {
-                    pending.push(Owned::Data(chan, offset, data.to_vec()))
-                }
-                Frame::Credit { chan, limit } => pending.push(Owned::Control(true, chan, limit)),
-                Frame::Blocked { chan, limit } => pending.push(Owned::Control(false, chan, limit)),
-                Frame::Datagram { chan, ty, data } => {
-                    pending.push(Owned::Datagram(chan, ty, data.to_vec()))
-                }
                 Frame::PathChallenge(d) => self.path_responses.push_back(d),
                 Frame::Close { code, reason } => {
                     let reason = String::from_utf8_lossy(reason).into_owned();
@@ -631,6 +623,7 @@ impl Connection {
                     self.report_closed(CloseReason::Peer { code, reason });
                     return;
                 }
+                _ => {}
             }
         }
         self.acks.on_received(now, hdr.pn, eliciting);
@@ -650,29 +643,34 @@ impl Connection {
                 self.acks.set_ecn(self.ecn_rx);
             }
         }
-        for p in pending {
+        for f in frames {
             if self.state != State::Open {
                 return;
             }
-            match p {
-                Owned::Ack(ranges, delay_us, ecn) => self.on_ack(now, ranges, delay_us, ecn),
-                Owned::Data(chan, offset, data) => self.on_data(now, chan, offset, &data),
-                Owned::Datagram(chan, ty, data) => self.on_datagram(now, chan, ty, &data),
-                Owned::Control(credit, chan, limit) => {
-                    self.tmp.clear();
-                    if credit {
-                        mux_frame::put_credit(&mut self.tmp, chan, limit);
-                    } else {
-                        mux_frame::put_blocked(&mut self.tmp, chan, limit);
-                    }
-                    let frame = std::mem::take(&mut self.tmp);
-                    if let Err(e) = self.mux.handle_payload(&frame) {
-                        self.violation(now, e.to_string());
-                    }
-                    self.tmp = frame;
-                }
+            match f {
+                Frame::Ack(a) => self.on_ack(now, a.iter().collect(), a.delay_us, a.ecn),
+                Frame::ChannelData { chan, offset, data } => self.on_data(now, chan, offset, data),
+                Frame::Datagram { chan, ty, data } => self.on_datagram(now, chan, ty, data),
+                Frame::Credit { chan, limit } => self.on_control(now, true, chan, limit),
+                Frame::Blocked { chan, limit } => self.on_control(now, false, chan, limit),
+                _ => {}
             }
         }
+    }
+
+    /// A CREDIT or BLOCKED frame: to the mux as the §8 frame it stands for.
+    fn on_control(&mut self, now: Instant, credit: bool, chan: u8, limit: u64) {
+        self.tmp.clear();
+        if credit {
+            mux_frame::put_credit(&mut self.tmp, chan, limit);
+        } else {
+            mux_frame::put_blocked(&mut self.tmp, chan, limit);
+        }
+        let frame = std::mem::take(&mut self.tmp);
+        if let Err(e) = self.mux.handle_payload(&frame) {
+            self.violation(now, e.to_string());
+        }
+        self.tmp = frame;
     }
 
     fn find(&self, chan: u8) -> Option<usize> {
@@ -1260,19 +1258,19 @@ impl Connection {
 
     fn put_data(&mut self, buf: &mut Vec<u8>, limit: usize, info: &mut Vec<Sent>) {
         let n = self.chans.len();
+        // Channels take turns, starting one further each packet; each fills what room is
+        // left (in several frames where its bytes are not contiguous: lost ranges, or the
+        // wrap of its ring).
         for k in 0..n {
             let i = (self.rr + k) % n;
-            let room = limit.saturating_sub(buf.len() + frame::CHANNEL_DATA_OVERHEAD);
-            if room == 0 {
-                break;
-            }
-            let c = &mut self.chans[i];
-            let lost_first = c.send.has_data();
-            if !lost_first {
-                continue;
-            }
-            let unsent_before = c.send.unsent();
-            if let Some((offset, data)) = c.send.next(room, u64::MAX) {
+            loop {
+                let room = limit.saturating_sub(buf.len() + frame::CHANNEL_DATA_OVERHEAD);
+                let c = &mut self.chans[i];
+                if room == 0 || !c.send.has_data() {
+                    break;
+                }
+                let unsent_before = c.send.unsent();
+                let Some((offset, data)) = c.send.next(room, u64::MAX) else { break };
                 let end = offset + data.len() as u64;
                 frame::put_channel_data(buf, c.id, offset, data);
                 if c.send.unsent() == unsent_before {
@@ -1351,12 +1349,4 @@ impl Connection {
             self.probes = self.probes.max(1);
         }
     }
-}
-
-/// A frame copied out of the packet buffer.
-enum Owned {
-    Ack(Vec<std::ops::RangeInclusive<u64>>, u32, Option<EcnCounts>),
-    Data(u8, u64, Vec<u8>),
-    Datagram(u8, u8, Vec<u8>),
-    Control(bool, u8, u64),
 }

@@ -3,7 +3,7 @@
 //! ranges go out again (in new packets, with new numbers) before new data: the transport
 //! retransmits data, never packets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 
 /// A set of disjoint, non-adjacent byte ranges.
@@ -74,10 +74,9 @@ impl RangeSet {
 /// One channel's send buffer.
 #[derive(Clone, Debug, Default)]
 pub struct SendBuf {
-    /// `data[head..]` are the bytes from offset `base` on; the acknowledged prefix before
-    /// `head` is dropped once it is more than half of `data` (each byte moves at most once).
-    data: Vec<u8>,
-    head: usize,
+    /// The bytes from offset `base` on, in a ring: the acknowledged prefix leaves from the
+    /// front without moving what stays, so each byte is copied once, when written.
+    data: VecDeque<u8>,
     base: u64,
     /// The next new byte to send.
     unsent: u64,
@@ -95,22 +94,32 @@ impl SendBuf {
 
     /// Appends bytes to the stream.
     pub fn write(&mut self, bytes: &[u8]) {
-        self.data.extend_from_slice(bytes);
+        self.data.extend(bytes);
     }
 
     /// The end of the stream written so far.
     pub fn end(&self) -> u64 {
-        self.base + (self.data.len() - self.head) as u64
+        self.base + self.data.len() as u64
     }
 
     /// Bytes held: written and not acknowledged below the first gap.
     pub fn held(&self) -> usize {
-        self.data.len() - self.head
+        self.data.len()
     }
 
+    /// Where the bytes from `start` towards `end` stop being contiguous in the ring.
+    fn contiguous(&self, start: u64, end: u64) -> u64 {
+        let first = self.data.as_slices().0.len() as u64;
+        let wrap = self.base + first;
+        if start < wrap { end.min(wrap) } else { end }
+    }
+
+    /// The bytes from `start` towards `end`, as far as they are contiguous in the ring
+    /// (they stop short of `end` where the ring wraps).
     fn slice(&self, start: u64, end: u64) -> &[u8] {
-        let at = |o: u64| self.head + (o - self.base) as usize;
-        &self.data[at(start)..at(end)]
+        let (a, b) = self.data.as_slices();
+        let (s, e) = ((start - self.base) as usize, (end - self.base) as usize);
+        if s < a.len() { &a[s..e.min(a.len())] } else { &b[s - a.len()..e - a.len()] }
     }
 
     /// Bytes never sent.
@@ -136,7 +145,7 @@ impl SendBuf {
             return None;
         }
         if let Some(r) = self.lost.first() {
-            let end = r.end.min(r.start + max as u64);
+            let end = self.contiguous(r.start, r.end.min(r.start + max as u64));
             self.lost.remove(r.start..end);
             return Some((r.start, self.slice(r.start, end)));
         }
@@ -145,6 +154,7 @@ impl SendBuf {
             return None;
         }
         let start = self.unsent;
+        let end = self.contiguous(start, end);
         self.unsent = end;
         Some((start, self.slice(start, end)))
     }
@@ -161,16 +171,9 @@ impl SendBuf {
             && first.start <= self.base
         {
             let n = (first.end - self.base) as usize;
-            self.head += n;
+            self.data.drain(..n);
             self.base = first.end;
             self.acked.remove(0..first.end);
-            if self.head == self.data.len() {
-                self.data.clear();
-                self.head = 0;
-            } else if self.head > self.data.len() / 2 {
-                self.data.drain(..self.head);
-                self.head = 0;
-            }
         }
     }
 

@@ -4,11 +4,13 @@
 //! bytes, which bounds the bytes in flight. Windows are in bytes and `mss` is the current
 //! maximum datagram payload the engine sends.
 //!
-//! Both leave their initial slow start with HyStart++ (RFC 9406, [`hystart`]): when the
-//! minimum RTT of a round rises by more than `clamp(min_rtt / 8, 4 ms, 16 ms)` over the
-//! last round's, growth drops to a quarter (conservative slow start) for up to five rounds,
-//! and then congestion avoidance begins without a loss; if the RTT falls back, slow start
-//! resumes. `hystart: false` in either config gives classic slow start to the first loss.
+//! Either can leave its initial slow start with HyStart++ (RFC 9406, [`hystart`]), turned
+//! on by `hystart: true` in its config: when the minimum RTT of a round rises by more than
+//! `clamp(min_rtt / 8, 4 ms, 16 ms)` over the last round's, growth drops to a quarter
+//! (conservative slow start) for up to five rounds, and then congestion avoidance begins
+//! without a loss; if the RTT falls back, slow start resumes. It is off by default, for
+//! the fairness it costs a flow joining a busy bottleneck (see `CubicConfig::hystart`):
+//! classic slow start runs to the first loss.
 
 mod cubic;
 pub mod hystart;
