@@ -1,5 +1,6 @@
 //! A server UDP connection fed authentic packets whose frames the fuzzer chooses: the
-//! input is a sequence of `[len u16][pn u16][frames]` records, each sealed with the
+//! input is a sequence of `[ecn:2 len:14][pn u16][frames]` records (the top two bits of
+//! the first field are the datagram's ECN codepoint), each sealed with the
 //! client's real key (so the frames reach the connection's logic: ACKs of anything,
 //! channel data at any offset, credit, close...), interleaved with the connection's own
 //! transmits and timers. Nothing may panic, and what it sends must stay within a datagram.
@@ -15,6 +16,7 @@ use dap_stream::codec::packet::Direction;
 use dap_stream::session::{SessionLimits, SessionParams, TransportKind};
 use dap_stream::transport::Wake;
 use dap_stream::udp::connection::{Connection, ConnectionConfig, Side};
+use dap_stream::udp::ecn::Ecn;
 use dap_stream::udp::packet::{self, ConnectionId, Header, LABELS};
 use dap_stream::{Channel, ChannelHandler, ChannelProcs, Message, Mux, MuxConfig, SessionInfo};
 use libfuzzer_sys::fuzz_target;
@@ -33,7 +35,7 @@ impl ChannelHandler for Echo {
 
 fuzz_target!(|data: &[u8]| {
     let params = SessionParams {
-        unreliable: Vec::new(),
+        unreliable: b"F".to_vec(),
         id: [1; 16],
         suite: CipherSuite::ChaCha20Poly1305,
         secret: [2; 32],
@@ -46,21 +48,23 @@ fuzz_target!(|data: &[u8]| {
     let mut procs = ChannelProcs::new();
     procs.ch_proc_add(b'E', |_| Box::new(Echo)).unwrap();
     procs.ch_proc_add(b'F', |_| Box::new(Echo)).unwrap();
-    let mut mux =
+    let mux =
         Mux::new(b"EF", &procs, SessionInfo { session_id: [1; 16], client: None }, MuxConfig::default());
-    mux.start(Arc::new(NoWake));
     let cid = ConnectionId([0, 1, 2, 3, 4, 5, 6, 7]);
     let peer = SocketAddr::from(([127, 0, 0, 1], 9));
     let t0 = Instant::now();
     let config = ConnectionConfig::default();
     let mut conn = Connection::new(Side::Server, &params, cid, None, mux, config, t0);
+    conn.mux().start(Arc::new(NoWake));
     let (c2s, _) = params.udp_secrets();
     let key = KeyChain::with_labels(LABELS, params.suite, c2s).key();
     let mut rest = data;
     let mut now = t0;
     let mut buf = Vec::new();
     while rest.len() >= 4 {
-        let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+        let first = u16::from_be_bytes([rest[0], rest[1]]);
+        let ecn = Ecn::from_bits((first >> 14) as u8);
+        let len = (first & 0x3fff) as usize;
         let pn = u16::from_be_bytes([rest[2], rest[3]]) as u64;
         rest = &rest[4..];
         let frames = &rest[..len.min(rest.len())];
@@ -73,7 +77,7 @@ fuzz_target!(|data: &[u8]| {
         }
         let hdr = Header { cid, key_phase: false, pn };
         packet::seal(&key, Direction::ClientToServer, &hdr, &mut p, start);
-        conn.handle_datagram(now, peer, &mut p);
+        conn.handle_datagram_ecn(now, peer, Some(ecn), &mut p);
         now += Duration::from_millis(pn % 50);
         if conn.poll_timeout().is_some_and(|t| t <= now) {
             conn.handle_timeout(now);

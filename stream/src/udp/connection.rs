@@ -23,9 +23,22 @@
 //! its own ([`Assembler`]) and its §8 frames go to the mux in order, so a lost packet holds
 //! up only the channels whose bytes it carried.
 //!
-//! Not yet here (they come with the next steps of the engine): key updates, path
-//! validation and address changes, path MTU discovery, ECN, unreliable DATAGRAM channels
-//! (a DATAGRAM frame is counted and ignored).
+//! Channels chosen unreliable (`SessionParams::unreliable`) skip all that: each message
+//! is one DATAGRAM frame, sent once, counted when its packet is lost, outside flow control.
+//!
+//! # What else it does
+//!
+//! - Acknowledgements, loss recovery and RTT as RFC 9002 ([`super::ack`],
+//!   [`super::recovery`], [`super::rtt`]), with spurious losses detected and the
+//!   reordering thresholds adapted to them; congestion control behind a trait
+//!   ([`super::congestion`]) and pacing ([`super::pacer`]).
+//! - Paths ([`super::path`]): anti-amplification before validation, validation of a new
+//!   address before moving to it; path MTU discovery ([`super::mtu`]); ECN
+//!   ([`super::ecn`]), with the codepoints the driver reports through
+//!   [`handle_datagram_ecn`](Connection::handle_datagram_ecn) and sets from
+//!   [`Transmit::ecn`].
+//! - Key updates ([`super::keys`]) within the AEAD limits, keepalives, the idle timeout,
+//!   and CLOSE with a closing or draining period.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -584,6 +597,10 @@ impl Connection {
                         let Some(i) = self.find(chan) else {
                             return self.violation(now, format!("unknown channel {chan:#04x}"));
                         };
+                        if self.mux.is_unreliable(chan) {
+                            let why = format!("CHANNEL_DATA on unreliable channel {chan:#04x}");
+                            return self.violation(now, why);
+                        }
                         let recv = &self.chans[i].recv;
                         if offset + data.len() as u64 > recv.delivered() + self.config.max_reorder {
                             self.stats.reorder_drops += 1;

@@ -139,10 +139,12 @@ impl EcnValidator {
         if c.ect0 < p.ect0 || c.ect1 < p.ect1 || c.ce < p.ce {
             return self.fail();
         }
-        // Nothing was sent ECT(1); and no count can pass what was sent marked.
-        if c.ect1 > 0 || c.ect0 + c.ce > self.sent_marked {
+        // Nothing was sent ECT(1); and no count can pass what was sent marked. (The counts
+        // are the peer's word: any u64, so no sum of them may overflow.)
+        if c.ect1 > 0 || c.ect0.saturating_add(c.ce) > self.sent_marked {
             return self.fail();
         }
+        // Both within `sent_marked` now, so these cannot overflow.
         if (c.ect0 - p.ect0) + (c.ce - p.ce) < newly_marked {
             return self.fail();
         }
@@ -224,6 +226,11 @@ mod tests {
             assert_eq!(v.mark(), Ecn::NotEct);
             assert_eq!(v.on_ack(2, counts(100, 100)), EcnOutcome::default(), "failed stays");
         }
+        // Counts near 2^64 (the peer's word) fail validation, never overflow.
+        let mut v = EcnValidator::new(true);
+        sent(&mut v, 5);
+        let huge = Some(EcnCounts { ect0: u64::MAX - 1, ect1: 0, ce: 3 });
+        assert!(v.on_ack(1, huge).failed);
         // Off from the start: nothing is marked.
         assert_eq!(EcnValidator::new(false).mark(), Ecn::NotEct);
     }

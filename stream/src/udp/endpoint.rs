@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::connection::{Connection, ConnectionConfig, Event, Side, Transmit};
+use super::ecn::Ecn;
 use super::packet::{self, ConnectionId};
 use crate::mux::Mux;
 use crate::session::SessionParams;
@@ -171,11 +172,24 @@ impl Endpoint {
         self.insert(conn)
     }
 
-    /// A datagram arrived from `from` at `now` (decrypted in place if it is handled).
+    /// A datagram arrived from `from` at `now` (decrypted in place if it is handled), its
+    /// ECN codepoint unknown.
     pub fn handle_datagram(
         &mut self,
         now: Instant,
         from: SocketAddr,
+        datagram: &mut [u8],
+    ) -> Routed {
+        self.handle_datagram_ecn(now, from, None, datagram)
+    }
+
+    /// A datagram arrived from `from` at `now` with the ECN codepoint `ecn` (decrypted in
+    /// place if it is handled).
+    pub fn handle_datagram_ecn(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        ecn: Option<Ecn>,
         datagram: &mut [u8],
     ) -> Routed {
         let Some(cid) = packet::peek_cid(datagram) else {
@@ -184,7 +198,7 @@ impl Endpoint {
         };
         match self.conns.get_mut(&cid) {
             Some(conn) => {
-                conn.handle_datagram(now, from, datagram);
+                conn.handle_datagram_ecn(now, from, ecn, datagram);
                 Routed::Connection(cid)
             }
             None if cid.worker() != self.config.worker as usize => {

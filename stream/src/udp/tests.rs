@@ -1189,3 +1189,76 @@ fn an_outage_mid_transfer_is_persistent_congestion_and_the_transfer_survives_it(
     assert!(s.iter().any(|s| s.persistent_congestion > 0), "{s:?}");
     assert!(s.iter().all(|s| s.ptos > 0), "{s:?}");
 }
+
+/// An authentic client→server packet number `pn` carrying `frames`.
+fn client_packet(p: &SessionParams, cid: ConnectionId, pn: u64, frames: &[u8]) -> Vec<u8> {
+    let (c2s, _) = p.udp_secrets();
+    let key = crate::codec::keys::KeyChain::with_labels(super::packet::LABELS, p.suite, c2s).key();
+    let mut out = Vec::new();
+    let start = super::packet::begin(&mut out);
+    out.extend_from_slice(frames);
+    let hdr = super::packet::Header { cid, key_phase: false, pn };
+    super::packet::seal(
+        &key,
+        crate::codec::packet::Direction::ClientToServer,
+        &hdr,
+        &mut out,
+        start,
+    );
+    out
+}
+
+#[test]
+fn datagrams_must_match_how_their_channel_was_chosen() {
+    let now = Instant::now();
+    let cid = ConnectionId([5; 8]);
+    let from = SocketAddr::from(([127, 0, 0, 1], 4000));
+    let got: Log = Log::default();
+    let server = || {
+        let log = got.clone();
+        let handler = move |_| -> Box<dyn ChannelHandler> { Box::new(Sink(log.clone())) };
+        connection_with(
+            Side::Server,
+            cid,
+            None,
+            b"AV",
+            b"V",
+            handler,
+            ConnectionConfig::default(),
+            now,
+        )
+    };
+    let mut p = params();
+    p.channels = b"AV".to_vec();
+    p.unreliable = b"V".to_vec();
+    // A DATAGRAM on the unreliable channel is a message.
+    let mut c = server();
+    let mut f = Vec::new();
+    frame::put_datagram(&mut f, b'V', 9, b"tick");
+    c.handle_datagram(now, from, &mut client_packet(&p, cid, 0, &f));
+    assert_eq!(c.stats().datagrams_received, 1);
+    assert_eq!(got.lock().last().map(|m| (m.ty, m.data.clone())), Some((9, b"tick".to_vec())));
+    // A DATAGRAM on a reliable channel, or channel data on an unreliable one, breaks the
+    // protocol.
+    for f in [
+        {
+            let mut f = Vec::new();
+            frame::put_datagram(&mut f, b'A', 9, b"tick");
+            f
+        },
+        {
+            let mut f = Vec::new();
+            frame::put_channel_data(&mut f, b'V', 0, b"tick");
+            f
+        },
+    ] {
+        let mut c = server();
+        c.handle_datagram(now, from, &mut client_packet(&p, cid, 0, &f));
+        let ev: Vec<Event> = std::iter::from_fn(|| c.poll_event()).collect();
+        assert!(
+            ev.iter()
+                .any(|e| matches!(e, Event::Closed(super::connection::CloseReason::Protocol(_)))),
+            "{ev:?}"
+        );
+    }
+}
