@@ -274,10 +274,14 @@ impl ChanState {
         payload: &[u8],
         max_message: usize,
     ) -> Result<(), MuxError> {
-        if self.unreliable.is_some() {
+        if let Some(max) = self.unreliable {
             // One message per frame, outside flow control; a full inbox drops it.
             if first != Some(payload.len() as u32) || more {
                 return Err(MuxError::Fragment(self.id));
+            }
+            if payload.len() > max {
+                let total = payload.len() as u64;
+                return Err(MuxError::MessageTooLarge { chan: self.id, total });
             }
             let queued: usize = self.inbox.iter().map(|m| m.data.len()).sum();
             if queued + payload.len() > self.send_bound {

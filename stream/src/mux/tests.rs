@@ -455,6 +455,11 @@ fn unreliable_channels_skip_flow_control_and_a_paused_reader_drops_and_counts() 
     assert_eq!(p.b.counters().unreliable_dropped, 40 - 16);
     p.b.with_channel(b'U', |ch| ch.set_ready_to_read(true));
     assert_eq!(p.b_log.lock().iter().filter(|(id, _)| *id == b'U').count(), 116);
+    // A message over the channel's limit is a violation.
+    let mut f = Vec::new();
+    put_data_header(&mut f, b'U', 0, Some(1001), false, 1001);
+    f.extend_from_slice(&[0; 1001]);
+    assert_eq!(p.b.handle_payload(&f), Err(MuxError::MessageTooLarge { chan: b'U', total: 1001 }));
     // A fragment on an unreliable channel is a violation.
     let mut f = Vec::new();
     put_data_header(&mut f, b'U', 0, Some(10), true, 5);

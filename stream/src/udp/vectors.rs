@@ -1,4 +1,4 @@
-//! The test vectors of `docs/PROTOCOL.md` §11.5: the UDP key schedule and two packets,
+//! The test vectors of `docs/PROTOCOL.md` §11.6: the UDP key schedule and two packets,
 //! both ciphers. If one of these fails, the spec and the code disagree.
 
 use dap_net::enc::cipher::CipherSuite;
