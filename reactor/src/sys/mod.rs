@@ -7,6 +7,4 @@
 pub(crate) mod affinity;
 pub(crate) mod eventfd;
 pub(crate) mod rlimit;
-// The worker's UDP esockets use it from the next step on.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod udp;
