@@ -213,9 +213,9 @@ impl<'a> Iterator for DatagramIter<'a> {
     }
 }
 
-/// How a UDP esocket may use the kernel's offloads. Both are on by default and used where the
-/// kernel has them; turning one off makes the socket behave as on a kernel without it (to
-/// compare, or to test the fallback paths).
+/// How a UDP esocket may use the kernel's offloads, and whether it fragments. All are on by
+/// default, offloads where the kernel has them; turning an offload off makes the socket behave
+/// as on a kernel without it (to compare, or to test the fallback paths).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct UdpOptions {
@@ -223,11 +223,16 @@ pub struct UdpOptions {
     pub gso: bool,
     /// Ask the kernel to coalesce received runs of equal-size datagrams (`UDP_GRO`).
     pub gro: bool,
+    /// Never fragment: set DF and ignore the cached path MTU (`IP_PMTUDISC_PROBE`,
+    /// `IPV6_DONTFRAG`), as a transport probing the path MTU itself needs. A datagram larger
+    /// than the interface's MTU then fails with `EMSGSIZE` instead of leaving in fragments;
+    /// protocols that rely on fragmentation (DNS with large EDNS payloads) turn this off.
+    pub dont_fragment: bool,
 }
 
 impl Default for UdpOptions {
     fn default() -> Self {
-        UdpOptions { gso: true, gro: true }
+        UdpOptions { gso: true, gro: true, dont_fragment: true }
     }
 }
 
@@ -241,6 +246,12 @@ impl UdpOptions {
     /// Turns GRO on or off.
     pub fn gro(mut self, on: bool) -> Self {
         self.gro = on;
+        self
+    }
+
+    /// Turns don't-fragment on or off.
+    pub fn dont_fragment(mut self, on: bool) -> Self {
+        self.dont_fragment = on;
         self
     }
 }
@@ -274,7 +285,7 @@ pub struct UdpStats {
     pub recv_ecn: bool,
     /// The kernel reports each datagram's destination address.
     pub recv_dst: bool,
-    /// Don't-fragment (path-MTU probing mode) took.
+    /// Don't-fragment (path-MTU probing mode) was asked for and took.
     pub dont_fragment: bool,
 }
 

@@ -338,27 +338,30 @@ impl UdpIo {
                 }
             }
         };
-        let (mut ecn, mut dst, mut df) = (true, true, true);
+        let (mut ecn, mut dst, mut df) = (true, true, opts.dont_fragment);
         if v4 {
             ecn &= opt(libc::IPPROTO_IP, libc::IP_RECVTOS, 1, "IP_RECVTOS");
             dst &= opt(libc::IPPROTO_IP, libc::IP_PKTINFO, 1, "IP_PKTINFO");
-            df &= opt(
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                libc::IP_PMTUDISC_PROBE,
-                "IP_MTU_DISCOVER",
-            );
+            df = df
+                && opt(
+                    libc::IPPROTO_IP,
+                    libc::IP_MTU_DISCOVER,
+                    libc::IP_PMTUDISC_PROBE,
+                    "IP_MTU_DISCOVER",
+                );
         }
         if v6 {
             ecn &= opt(libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, 1, "IPV6_RECVTCLASS");
             dst &= opt(libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1, "IPV6_RECVPKTINFO");
-            df &= opt(
-                libc::IPPROTO_IPV6,
-                libc::IPV6_MTU_DISCOVER,
-                libc::IPV6_PMTUDISC_PROBE,
-                "IPV6_MTU_DISCOVER",
-            );
-            df &= opt(libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1, "IPV6_DONTFRAG");
+            if df {
+                df &= opt(
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_MTU_DISCOVER,
+                    libc::IPV6_PMTUDISC_PROBE,
+                    "IPV6_MTU_DISCOVER",
+                );
+                df &= opt(libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1, "IPV6_DONTFRAG");
+            }
         }
         let gro = opts.gro && opt(libc::SOL_UDP, libc::UDP_GRO, 1, "UDP_GRO");
         let max_segments = max_segments.clamp(1, MAX_GSO_SEGMENTS);

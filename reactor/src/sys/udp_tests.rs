@@ -139,8 +139,9 @@ fn forced_no_gso_and_forced_no_gro_carry_the_same_datagrams() {
         gso_batch_arrives_whole(ip, UdpOptions::default(), UdpOptions::default().gro(false));
         gso_batch_arrives_whole(ip, off, off);
     }
-    let e = end("127.0.0.1:0", off).unwrap();
-    assert!(!e.io.stats.gso && !e.io.stats.gro);
+    let e = end("127.0.0.1:0", off.dont_fragment(false)).unwrap();
+    assert!(!e.io.stats.gso && !e.io.stats.gro && !e.io.stats.dont_fragment);
+    assert_eq!(e.io.stats.option_failures, 0, "what is not asked for is not a failure");
 }
 
 #[test]
