@@ -35,8 +35,20 @@ pub struct Limits {
     /// [`Esocket::set_buffer_caps`](crate::Esocket::set_buffer_caps) (bulk transports that
     /// read and write in large batches). Default 1 MiB.
     pub buf_cap_max: usize,
-    /// Datagrams queued per UDP esocket while the socket is not writable. Default 256.
+    /// Datagrams queued per UDP esocket while the socket is not writable (a GSO batch counts
+    /// each of its datagrams). A send that finds the queue empty is always taken whole, so a
+    /// batch larger than the bound can still leave. Default 256.
     pub udp_out_queue: usize,
+    /// Messages one `recvmmsg` on a UDP esocket asks for, `1..=64`. Each takes a 64 KiB
+    /// receive slot (room for a kernel-coalesced GRO run), allocated once per worker on its
+    /// first UDP read. Default 8 (512 KiB).
+    pub udp_recv_batch: usize,
+    /// Datagrams read from one UDP esocket per loop turn before the others get a go (a
+    /// coalesced run counts each datagram). Default 64.
+    pub udp_read_budget: usize,
+    /// Segments in one GSO send, `1..=64` (the kernel's limit); larger batches leave in
+    /// several sends, and 1 turns GSO off. Default 64.
+    pub udp_gso_segments: usize,
     /// Pending timers per worker (timer esockets, connect and close deadlines). Default 65,536.
     pub max_timers: usize,
     /// Readiness events taken from the kernel per loop turn. Default 1,024.
@@ -55,6 +67,9 @@ impl Default for Limits {
             pool_buffers: 64,
             buf_cap_max: 1 << 20,
             udp_out_queue: 256,
+            udp_recv_batch: 8,
+            udp_read_budget: 64,
+            udp_gso_segments: 64,
             max_timers: 65_536,
             events_per_turn: 1_024,
         }
@@ -74,6 +89,9 @@ impl Limits {
             ("buf_out_cap", self.buf_out_cap),
             ("inbox_capacity", self.inbox_capacity),
             ("udp_out_queue", self.udp_out_queue),
+            ("udp_recv_batch", self.udp_recv_batch),
+            ("udp_read_budget", self.udp_read_budget),
+            ("udp_gso_segments", self.udp_gso_segments),
             ("max_timers", self.max_timers),
             ("events_per_turn", self.events_per_turn),
         ];
@@ -89,6 +107,8 @@ impl Limits {
             ("events_per_turn", self.events_per_turn, 1 << 20),
             ("buf_in_cap", self.buf_in_cap, 1 << 30),
             ("buf_cap_max", self.buf_cap_max, 1 << 30),
+            ("udp_recv_batch", self.udp_recv_batch, crate::sys::udp::MAX_RECV_BATCH),
+            ("udp_gso_segments", self.udp_gso_segments, crate::sys::udp::MAX_GSO_SEGMENTS),
         ];
         if let Some((name, _, max)) = allocated.iter().find(|(_, v, max)| v > max) {
             return Err(std::io::Error::new(
@@ -166,5 +186,9 @@ mod tests {
         assert!(err.to_string().contains("buf_in_cap"));
         let low = Limits { buf_out_low_water: 2, buf_out_cap: 1, ..Limits::default() };
         assert!(low.validate().is_err());
+        let segments = Limits { udp_gso_segments: 65, ..Limits::default() };
+        assert!(segments.validate().unwrap_err().to_string().contains("udp_gso_segments"));
+        let batch = Limits { udp_recv_batch: 0, ..Limits::default() };
+        assert!(batch.validate().is_err());
     }
 }

@@ -70,6 +70,7 @@ mod slots;
 mod stats;
 mod sys;
 mod timer;
+mod udp;
 mod worker;
 
 pub use config::{Limits, ListenerMode};
@@ -83,6 +84,7 @@ pub use pipe::PipeWriter;
 pub use queue::{QueueSendError, QueueSender};
 pub use reactor::{Listening, Reactor, ReactorBuilder};
 pub use stats::WorkerStats;
+pub use udp::{Datagram, DatagramIter, Datagrams, Ecn, UdpOptions, UdpStats, UdpTransmit};
 pub use worker::{Worker, WorkerCtx};
 
 /// `now + d`, or a point a century away when that overflows (`Duration::MAX` means "no

@@ -26,6 +26,13 @@ pub struct WorkerStats {
     pub bytes_in: u64,
     /// Bytes written.
     pub bytes_out: u64,
+    /// Datagrams received on UDP esockets (a coalesced GRO run counts each datagram).
+    pub datagrams_in: u64,
+    /// Datagrams handed to the kernel by UDP esockets (a GSO send counts each segment).
+    pub datagrams_out: u64,
+    /// UDP esockets whose GSO sends the kernel refused, so they fell back to one message per
+    /// datagram.
+    pub gso_fallbacks: u64,
     /// Nanoseconds spent outside the poller (doing work).
     pub busy_ns: u64,
     /// Messages waiting in the inbox at the last publish.
@@ -102,6 +109,9 @@ cell!(
     events,
     bytes_in,
     bytes_out,
+    datagrams_in,
+    datagrams_out,
+    gso_fallbacks,
     busy_ns,
     inbox_depth,
     dropped_dead,

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::Esocket;
+use crate::udp::Datagrams;
 
 /// Callbacks of a stream, UDP or raw-fd esocket, run on the owning worker (DAP's
 /// `dap_events_socket_callbacks_t`). Every method has a default that does nothing, so a
@@ -53,9 +54,26 @@ pub trait Handler: Any {
         es.close();
     }
 
-    /// A datagram arrived on a UDP esocket.
+    /// A datagram arrived on a UDP esocket (called by the default
+    /// [`on_datagrams`](Self::on_datagrams)).
     fn on_datagram(&mut self, es: &mut Esocket<'_>, data: &[u8], from: SocketAddr) {
         let _ = (es, data, from);
+    }
+
+    /// Datagrams arrived on a UDP esocket: what one batched receive brought in, runs the
+    /// kernel coalesced (GRO) already split, each datagram with its source, ECN codepoint and
+    /// destination address. A handler that sends replies in batches
+    /// ([`Esocket::send_batch`]) implements this one.
+    ///
+    /// The default hands each datagram to [`on_datagram`](Self::on_datagram) in order, and
+    /// stops if the handler closes the esocket. Pausing reading takes effect after the batch.
+    fn on_datagrams(&mut self, es: &mut Esocket<'_>, batch: &Datagrams<'_>) {
+        for d in batch {
+            if es.is_closing() {
+                break;
+            }
+            self.on_datagram(es, d.data, d.from);
+        }
     }
 
     /// The esocket can take more output: write interest is set and `buf_out` is at or below

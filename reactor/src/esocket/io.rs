@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Error, ErrorKind, IoSlice, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
@@ -13,6 +13,30 @@ use mio::{Interest, Registry, Token};
 use super::{EsState, Esocket, Factory};
 use crate::queue::QueueDrain;
 use crate::sys::eventfd::EventFd;
+use crate::sys::udp::UdpIo;
+use crate::udp::{Ecn, UdpStats, UdpTransmit};
+
+/// A transmit the socket could not take yet, with its own copy of the bytes.
+#[derive(Debug)]
+pub(crate) struct QueuedTransmit {
+    to: SocketAddr,
+    data: Bytes,
+    segment_size: Option<usize>,
+    ecn: Ecn,
+    src_ip: Option<IpAddr>,
+}
+
+impl QueuedTransmit {
+    fn transmit(&self) -> UdpTransmit<'_> {
+        UdpTransmit {
+            destination: self.to,
+            contents: &self.data,
+            segment_size: self.segment_size,
+            ecn: self.ecn,
+            src_ip: self.src_ip,
+        }
+    }
+}
 
 /// A byte stream the worker reads and writes.
 #[derive(Debug)]
@@ -75,7 +99,11 @@ pub(crate) enum Body {
     Stream(StreamIo),
     Udp {
         sock: mio::net::UdpSocket,
-        out: VecDeque<(SocketAddr, Bytes)>,
+        /// Offload state and counters.
+        io: UdpIo,
+        out: VecDeque<QueuedTransmit>,
+        /// Datagrams in `out` (a batch counts each), bounded by `Limits::udp_out_queue`.
+        queued: usize,
     },
     Listener {
         io: ListenIo,
@@ -163,6 +191,14 @@ impl Body {
         }
     }
 
+    /// A UDP esocket's counters.
+    pub(crate) fn udp_stats(&self) -> Option<UdpStats> {
+        match self {
+            Body::Udp { io, .. } => Some(io.stats),
+            _ => None,
+        }
+    }
+
     pub(crate) fn as_raw_fd(&self) -> Option<RawFd> {
         Some(match self {
             Body::Stream(StreamIo::Tcp(s)) => s.as_raw_fd(),
@@ -178,28 +214,81 @@ impl Body {
     }
 }
 
-/// Sends or queues one datagram; returns the bytes handed to the kernel now.
+/// Sends or queues a transmit; returns the bytes handed to the kernel now.
+///
+/// Sends at once when nothing is queued and the socket is writable; what the kernel does not
+/// take is queued, as long as the queue is empty or has room for all of it.
 pub(crate) fn udp_send(
     st: &mut EsState,
-    data: &[u8],
-    to: SocketAddr,
+    t: &UdpTransmit<'_>,
     queue_limit: usize,
 ) -> io::Result<usize> {
-    let Body::Udp { sock, out } = &mut st.body else {
+    let Body::Udp { sock, io, out, queued } = &mut st.body else {
         return Err(Error::new(ErrorKind::Unsupported, "send_to needs a UDP esocket"));
     };
+    let mut taken = 0;
     if out.is_empty() && st.write_ready {
-        match sock.send_to(data, to) {
-            Ok(n) => return Ok(n),
+        match io.send(sock.as_raw_fd(), t) {
+            Ok(n) if n == t.contents.len() => return Ok(n),
+            // The socket filled part-way: the rest waits for it to drain.
+            Ok(n) => {
+                taken = n;
+                st.write_ready = false;
+            }
             Err(e) if e.kind() == ErrorKind::WouldBlock => st.write_ready = false,
             Err(e) => return Err(e),
         }
     }
-    if out.len() >= queue_limit {
+    let rest = UdpTransmit { contents: &t.contents[taken..], ..*t };
+    let datagrams = rest.datagrams();
+    if !out.is_empty() && queued.saturating_add(datagrams) > queue_limit {
         return Err(ErrorKind::WouldBlock.into());
     }
-    out.push_back((to, Bytes::copy_from_slice(data)));
-    Ok(0)
+    out.push_back(QueuedTransmit {
+        to: t.destination,
+        data: Bytes::copy_from_slice(rest.contents),
+        segment_size: t.segment_size,
+        ecn: t.ecn,
+        src_ip: t.src_ip,
+    });
+    *queued += datagrams;
+    Ok(taken)
+}
+
+/// Sends queued transmits while the socket takes them; returns the bytes sent. A transmit
+/// the kernel fails (other than `WouldBlock`) is dropped, as a network would drop it.
+pub(crate) fn udp_flush(st: &mut EsState, worker: usize) -> usize {
+    let Body::Udp { sock, io, out, queued } = &mut st.body else { return 0 };
+    let mut sent = 0;
+    while st.write_ready {
+        let Some(q) = out.front_mut() else { break };
+        let before = q.transmit().datagrams();
+        match io.send(sock.as_raw_fd(), &q.transmit()) {
+            Ok(n) if n >= q.data.len() => {
+                sent += n;
+                *queued = queued.saturating_sub(before);
+                out.pop_front();
+            }
+            Ok(n) => {
+                sent += n;
+                q.data = q.data.slice(n..);
+                *queued = queued.saturating_sub(before - q.transmit().datagrams());
+                st.write_ready = false;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => st.write_ready = false,
+            Err(e) => {
+                tracing::debug!(worker, error = %e, to = %q.to, "udp send failed; datagrams dropped");
+                *queued = queued.saturating_sub(before);
+                out.pop_front();
+            }
+        }
+    }
+    sent
+}
+
+/// Whether a UDP esocket has transmits waiting.
+pub(crate) fn udp_queued(st: &EsState) -> bool {
+    matches!(&st.body, Body::Udp { out, .. } if !out.is_empty())
 }
 
 impl io::Read for StreamIo {

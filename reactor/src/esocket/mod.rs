@@ -21,6 +21,7 @@ pub use layer::Layer;
 use crate::buffer::{InBuf, OutBuf};
 use crate::slots::SlotId;
 use crate::timer::TimerKey;
+use crate::udp::{UdpStats, UdpTransmit};
 use crate::worker::WorkerCtx;
 
 /// What an esocket is. Each kind gets the callbacks that make sense for it.
@@ -518,10 +519,33 @@ impl<'a> Esocket<'a> {
     /// `WouldBlock` when the queue is full; `Unsupported` on other kinds; the socket's error
     /// otherwise.
     pub fn send_to(&mut self, data: &[u8], to: SocketAddr) -> Result<usize> {
-        let limit = self.w.limits().udp_out_queue;
-        let sent = io::udp_send(self.st, data, to, limit)?;
-        self.w.count_out(sent);
+        self.send_batch(&UdpTransmit::new(to, data))?;
         Ok(data.len())
+    }
+
+    /// Sends a batch of datagrams (or one) from a UDP esocket: with GSO, one system call for
+    /// up to [`Limits::udp_gso_segments`](crate::Limits) segments; where the kernel refuses
+    /// GSO, one message per datagram (counted in [`UdpStats::gso_fallbacks`]). What the
+    /// socket cannot take now is queued, within
+    /// [`Limits::udp_out_queue`](crate::Limits) datagrams (an empty queue takes any batch
+    /// whole).
+    ///
+    /// # Errors
+    /// `WouldBlock` when the queue has no room for the batch (nothing of it was sent);
+    /// `Unsupported` on other kinds; the socket's error otherwise (`EMSGSIZE` for a datagram
+    /// larger than the path allows: don't-fragment is set).
+    pub fn send_batch(&mut self, transmit: &UdpTransmit<'_>) -> Result<()> {
+        let limit = self.w.limits().udp_out_queue;
+        let before = self.st.body.udp_stats();
+        let sent = io::udp_send(self.st, transmit, limit);
+        self.w.count_udp(before, self.st.body.udp_stats());
+        self.w.count_out(sent?);
+        Ok(())
+    }
+
+    /// A UDP esocket's counters and offload state; `None` on other kinds.
+    pub fn udp_stats(&self) -> Option<UdpStats> {
+        self.st.body.udp_stats()
     }
 
     /// The remote address of a TCP or connected UDP esocket.

@@ -1,4 +1,5 @@
-//! Operating-system helpers that mio does not cover: CPU pinning, eventfd, resource limits.
+//! Operating-system helpers that mio does not cover: CPU pinning, eventfd, resource limits,
+//! batched UDP with offloads.
 //!
 //! Everything here is Linux-first (the reactor is built on epoll); each helper is small,
 //! fallible, and returns `io::Result`.
@@ -6,3 +7,4 @@
 pub(crate) mod affinity;
 pub(crate) mod eventfd;
 pub(crate) mod rlimit;
+pub(crate) mod udp;

@@ -2,7 +2,7 @@
 
 use std::io::{self, Error};
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,8 @@ use crate::event::EventSender;
 use crate::pipe::PipeWriter;
 use crate::queue::{self, QueueSender};
 use crate::sys::eventfd::EventFd;
+use crate::sys::udp::UdpIo;
+use crate::udp::UdpOptions;
 
 impl WorkerCtx {
     /// Inserts, registers and announces (`on_new`) an esocket.
@@ -198,18 +200,35 @@ impl WorkerCtx {
         self.add_listener(io, factory, spread)
     }
 
-    /// Adds a UDP socket; datagrams arrive through [`Handler::on_datagram`].
+    /// Adds a UDP socket; datagrams arrive in batches through [`Handler::on_datagrams`]
+    /// (whose default hands each to [`Handler::on_datagram`]). The socket is set up for ECN,
+    /// destination addresses, don't-fragment, GRO and GSO where the kernel has them.
     ///
     /// # Errors
-    /// As [`adopt_tcp`](Self::adopt_tcp).
+    /// `InvalidInput` when the socket is not IPv4 or IPv6; as [`adopt_tcp`](Self::adopt_tcp).
     pub fn add_udp(
         &mut self,
         socket: std::net::UdpSocket,
         handler: Box<dyn Handler>,
     ) -> io::Result<EsocketHandle> {
+        self.add_udp_with(socket, UdpOptions::default(), handler)
+    }
+
+    /// Adds a UDP socket with offloads turned off as `options` say (to compare, or to test a
+    /// handler on the paths a kernel without them takes).
+    ///
+    /// # Errors
+    /// As [`add_udp`](Self::add_udp).
+    pub fn add_udp_with(
+        &mut self,
+        socket: std::net::UdpSocket,
+        options: UdpOptions,
+        handler: Box<dyn Handler>,
+    ) -> io::Result<EsocketHandle> {
         socket.set_nonblocking(true)?;
+        let io = UdpIo::new(socket.as_fd(), options, self.cfg.limits.udp_gso_segments)?;
         let sock = mio::net::UdpSocket::from_std(socket);
-        let body = Body::Udp { sock, out: Default::default() };
+        let body = Body::Udp { sock, io, out: Default::default(), queued: 0 };
         self.add(EsocketKind::Udp, body, Some(handler), |st| st.write_ready = true)
     }
 

@@ -130,7 +130,8 @@ pub struct WorkerCtx {
     pub(crate) ready: Vec<SlotId>,
     /// Listeners waiting for a free slot.
     pub(crate) paused_listeners: Vec<SlotId>,
-    pub(crate) scratch: Vec<u8>,
+    /// Receive buffers shared by this worker's UDP esockets (taken while one reads).
+    pub(crate) udp_batch: Option<crate::sys::udp::RecvBatch>,
     pub(crate) started: Instant,
     pub(crate) now: Instant,
     pub(crate) now_ns: u64,
@@ -165,7 +166,7 @@ impl WorkerCtx {
             pool: BufPool::new(limits.buf_in_cap, limits.pool_buffers),
             ready: Vec::new(),
             paused_listeners: Vec::new(),
-            scratch: Vec::new(),
+            udp_batch: None,
             started: now,
             now,
             now_ns: 0,
@@ -260,6 +261,19 @@ impl WorkerCtx {
 
     pub(crate) fn count_out(&mut self, n: usize) {
         self.stats.bytes_out += n as u64;
+    }
+
+    /// Adds what a UDP esocket sent, and its GSO fallbacks, between two snapshots of its
+    /// counters to the worker's.
+    pub(crate) fn count_udp(
+        &mut self,
+        before: Option<crate::UdpStats>,
+        after: Option<crate::UdpStats>,
+    ) {
+        if let (Some(b), Some(a)) = (before, after) {
+            self.stats.datagrams_out += a.datagrams_out.saturating_sub(b.datagrams_out);
+            self.stats.gso_fallbacks += a.gso_fallbacks.saturating_sub(b.gso_fallbacks);
+        }
     }
 
     /// Publishes the live connection count (stream esockets), the load figure other threads

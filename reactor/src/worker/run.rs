@@ -156,7 +156,11 @@ impl WorkerCtx {
             Msg::Write(id, data) => self.on_esocket(id, |w, st| w.handle_write(st, data)),
             Msg::SendTo(id, data, to) => self.on_esocket(id, |w, st| {
                 let limit = w.cfg.limits.udp_out_queue;
-                match crate::esocket::io::udp_send(st, &data, to, limit) {
+                let before = st.body.udp_stats();
+                let t = crate::UdpTransmit::new(to, &data);
+                let sent = crate::esocket::io::udp_send(st, &t, limit);
+                w.count_udp(before, st.body.udp_stats());
+                match sent {
                     Ok(n) => w.stats.bytes_out += n as u64,
                     Err(e) => {
                         tracing::debug!(worker = w.index(), error = %e, "datagram from a handle dropped");

@@ -6,14 +6,10 @@ use std::panic::{self, AssertUnwindSafe};
 
 use super::{TimerWhat, WorkerCtx};
 use crate::error::ReactorError;
-use crate::esocket::io::StreamIo;
+use crate::esocket::io::{self, StreamIo};
 use crate::esocket::{Body, EsState, Esocket, EsocketKind, Handler};
+use crate::sys::udp::{RECV_SLOT, RecvBatch};
 use crate::timer::TimerKey;
-
-/// Datagrams read from one UDP esocket per turn before others get a go.
-const UDP_BUDGET: usize = 64;
-/// The largest UDP payload.
-const DATAGRAM_MAX: usize = 65_536;
 
 impl WorkerCtx {
     /// Runs one handler callback, isolating panics: a panicking handler is dropped, its
@@ -349,71 +345,72 @@ impl WorkerCtx {
 
     pub(crate) fn drive_udp(&mut self, st: &mut EsState) {
         if st.want_read && st.read_ready && !st.close_now && !st.closing {
-            let mut scratch = std::mem::take(&mut self.scratch);
-            scratch.resize(DATAGRAM_MAX, 0);
-            let mut count = 0;
-            loop {
-                if count == UDP_BUDGET {
-                    self.schedule(st);
-                    break;
-                }
-                let Body::Udp { sock, .. } = &st.body else { break };
-                match sock.recv_from(&mut scratch) {
-                    Ok((n, from)) => {
-                        count += 1;
-                        self.stats.bytes_in += n as u64;
-                        st.last_active_ms = self.now_ms();
-                        self.call(st, |h, es| h.on_datagram(es, &scratch[..n], from));
-                        if st.close_now || st.closing || !st.want_read {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        st.read_ready = false;
-                        break;
-                    }
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        // Errors on a datagram socket concern one datagram (an ICMP report,
-                        // say); the socket itself is fine, and datagrams may be queued behind
-                        // the error, so keep reading (within the budget).
-                        count += 1;
-                        tracing::debug!(worker = self.index(), error = %e, "udp receive error");
-                    }
-                }
-            }
-            self.scratch = scratch;
+            self.read_udp(st);
         }
         self.flush_udp(st);
-        if st.want_write && st.write_ready && !st.close_now {
-            let queued = matches!(&st.body, Body::Udp { out, .. } if !out.is_empty());
-            if !queued {
-                st.want_write = self.call(st, |h, es| h.on_write(es));
-                self.flush_udp(st);
-                if st.want_write {
-                    self.schedule(st);
-                }
+        if st.want_write && st.write_ready && !st.close_now && !io::udp_queued(st) {
+            st.want_write = self.call(st, |h, es| h.on_write(es));
+            self.flush_udp(st);
+            if st.want_write {
+                self.schedule(st);
             }
         }
     }
 
-    fn flush_udp(&mut self, st: &mut EsState) {
-        let Body::Udp { sock, out } = &mut st.body else { return };
-        while st.write_ready {
-            let Some((to, data)) = out.front() else { break };
-            match sock.send_to(data, *to) {
-                Ok(n) => {
-                    self.stats.bytes_out += n as u64;
-                    out.pop_front();
+    /// Reads batches (`recvmmsg`) and hands each to the handler, up to the read budget.
+    fn read_udp(&mut self, st: &mut EsState) {
+        let budget = self.cfg.limits.udp_read_budget;
+        let slots = self.cfg.limits.udp_recv_batch;
+        let mut batch = self.udp_batch.take().unwrap_or_else(|| RecvBatch::new(slots, RECV_SLOT));
+        let mut count = 0;
+        loop {
+            if count >= budget {
+                self.schedule(st);
+                break;
+            }
+            let Body::Udp { sock, io, .. } = &mut st.body else { break };
+            // A message holds one datagram or more: never ask for more than the budget left.
+            let fd = std::os::fd::AsRawFd::as_raw_fd(sock);
+            match io.recv(fd, &mut batch, budget - count) {
+                Ok(messages) => {
+                    let datagrams = batch.datagrams();
+                    let n = datagrams.len();
+                    // Dropped (truncated) messages count too, so the budget always shrinks.
+                    count += n.max(messages);
+                    if datagrams.is_empty() {
+                        continue;
+                    }
+                    self.stats.datagrams_in += n as u64;
+                    self.stats.bytes_in +=
+                        datagrams.iter().map(|d| d.data.len() as u64).sum::<u64>();
+                    st.last_active_ms = self.now_ms();
+                    self.call(st, |h, es| h.on_datagrams(es, &datagrams));
+                    if st.close_now || st.closing || !st.want_read {
+                        break;
+                    }
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => st.write_ready = false,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    st.read_ready = false;
+                    break;
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
-                    tracing::debug!(worker = self.shared.index, error = %e, to = %to, "udp send failed; datagram dropped");
-                    out.pop_front();
+                    // Errors on a datagram socket concern one datagram (an ICMP report,
+                    // say); the socket itself is fine, and datagrams may be queued behind
+                    // the error, so keep reading (within the budget).
+                    count += 1;
+                    tracing::debug!(worker = self.index(), error = %e, "udp receive error");
                 }
             }
         }
+        self.udp_batch = Some(batch);
+    }
+
+    fn flush_udp(&mut self, st: &mut EsState) {
+        let before = st.body.udp_stats();
+        let sent = io::udp_flush(st, self.shared.index);
+        self.stats.bytes_out += sent as u64;
+        self.count_udp(before, st.body.udp_stats());
     }
 
     /// Applies a write posted through a handle.
