@@ -213,9 +213,10 @@ impl<'a> Iterator for DatagramIter<'a> {
     }
 }
 
-/// How a UDP esocket may use the kernel's offloads, and whether it fragments. All are on by
-/// default, offloads where the kernel has them; turning an offload off makes the socket behave
-/// as on a kernel without it (to compare, or to test the fallback paths).
+/// How a UDP esocket may use the kernel's offloads, and whether it fragments. The offloads
+/// are on by default, where the kernel has them; turning one off makes the socket behave as
+/// on a kernel without it (to compare, or to test the fallback paths). Don't-fragment is off
+/// by default, as on any UDP socket; a transport that probes the path MTU turns it on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct UdpOptions {
@@ -224,15 +225,15 @@ pub struct UdpOptions {
     /// Ask the kernel to coalesce received runs of equal-size datagrams (`UDP_GRO`).
     pub gro: bool,
     /// Never fragment: set DF and ignore the cached path MTU (`IP_PMTUDISC_PROBE`,
-    /// `IPV6_DONTFRAG`), as a transport probing the path MTU itself needs. A datagram larger
-    /// than the interface's MTU then fails with `EMSGSIZE` instead of leaving in fragments;
-    /// protocols that rely on fragmentation (DNS with large EDNS payloads) turn this off.
+    /// `IPV6_DONTFRAG`), as a transport probing the path MTU itself needs (off by default). A
+    /// datagram larger than the interface's MTU then fails with `EMSGSIZE` instead of
+    /// leaving in fragments, which protocols such as DNS with large EDNS payloads rely on.
     pub dont_fragment: bool,
 }
 
 impl Default for UdpOptions {
     fn default() -> Self {
-        UdpOptions { gso: true, gro: true, dont_fragment: true }
+        UdpOptions { gso: true, gro: true, dont_fragment: false }
     }
 }
 
