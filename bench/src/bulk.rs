@@ -220,6 +220,7 @@ fn run_dap(
         channels: b"S".to_vec(),
         suite: Some(cipher.dap()),
         transport: TransportKind::Http,
+        unreliable: Vec::new(),
     };
     let answer = stream
         .stream_ctl(&req.encode(), None, Instant::now())

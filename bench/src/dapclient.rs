@@ -270,6 +270,7 @@ impl DapSetup {
                     channels: self.channels.clone(),
                     suite: self.suite,
                     transport: TransportKind::Http,
+                    unreliable: Vec::new(),
                 };
                 let sealed = enc
                     .seal_request("POST", "", None, &ctl.encode())

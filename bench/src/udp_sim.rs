@@ -63,6 +63,7 @@ impl ChannelHandler for Sink {
 fn conn(side: Side, suite: CipherSuite, datagram: usize, counter: &Arc<AtomicU64>) -> Connection {
     let params = SessionParams {
         unreliable: Vec::new(),
+        udp: None,
         id: [7; 16],
         suite,
         secret: [8; 32],

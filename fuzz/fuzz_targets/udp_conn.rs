@@ -36,6 +36,7 @@ impl ChannelHandler for Echo {
 fuzz_target!(|data: &[u8]| {
     let params = SessionParams {
         unreliable: b"F".to_vec(),
+        udp: None,
         id: [1; 16],
         suite: CipherSuite::ChaCha20Poly1305,
         secret: [2; 32],

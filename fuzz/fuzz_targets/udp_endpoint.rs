@@ -36,6 +36,7 @@ impl ChannelHandler for Echo {
 fn params(n: u8) -> SessionParams {
     SessionParams {
         unreliable: b"F".to_vec(),
+        udp: None,
         id: [n; 16],
         suite: if n % 2 == 0 { CipherSuite::ChaCha20Poly1305 } else { CipherSuite::Aes256Gcm },
         secret: [n.wrapping_add(1); 32],

@@ -79,7 +79,12 @@ pub fn stream_ctl_blocking(
     local: MuxConfig,
     http: &ClientConfig,
 ) -> Result<SessionParams, CtlError> {
-    let req = CtlRequest { channels: channels.to_vec(), suite, transport: TransportKind::Http };
+    let req = CtlRequest {
+        channels: channels.to_vec(),
+        suite,
+        transport: TransportKind::Http,
+        unreliable: Vec::new(),
+    };
     let body = req.encode();
     let resp = request_blocking(worker, base_url, enc, &ctl_call(&body), http)?;
     read_ctl_answer(resp.status, &resp.body, local)

@@ -2,8 +2,9 @@
 //! drain that ends every stream when the server shuts down.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use dap_reactor::{Esocket, EsocketHandle};
@@ -19,10 +20,13 @@ use crate::codec::packet;
 use crate::mux::Mux;
 use crate::session::ctl::{CtlRequest, encode_answer};
 use crate::session::{
-    AttachError, SESSION_ID_LEN, SessionLimits, SessionParams, SessionTable, TransportKind, unhex,
+    AttachError, SESSION_ID_LEN, SessionLimits, SessionParams, SessionTable, TransportKind,
+    UdpRoute, unhex,
 };
 use crate::stats::{StreamStats, StreamStatsSnapshot};
 use crate::transport::http::{STREAM_PATH, StreamConn, UPGRADE_TOKEN};
+use crate::transport::udp::{UdpCounters, UdpShared, UdpWorker};
+use crate::udp::endpoint::EndpointConfig;
 
 /// The path of stream_ctl, an enc_http route.
 pub const STREAM_CTL_PATH: &str = "/stream_ctl";
@@ -36,8 +40,17 @@ pub struct StreamConfig {
     pub max_sessions: usize,
     /// Ciphers offered, in order of preference (both).
     pub suites: Vec<CipherSuite>,
-    /// The UDP port announced to clients (0: UDP off).
+    /// The UDP port announced to clients; 0 announces the port [`StreamServer::serve_udp`]
+    /// bound. UDP is offered once `serve_udp` has run.
     pub udp_port: u16,
+    /// The host announced to clients for UDP (empty: the host they reached stream_ctl
+    /// at); for a server behind NAT, a load balancer or a relay.
+    pub udp_host: String,
+    /// Each worker's UDP endpoint (its `worker` is set per worker; its connections get
+    /// the sessions' idle timeout, keepalive and key-update interval).
+    pub udp: EndpointConfig,
+    /// Datagrams per GSO batch (64 at most).
+    pub udp_gso_segments: usize,
 }
 
 impl Default for StreamConfig {
@@ -47,6 +60,9 @@ impl Default for StreamConfig {
             max_sessions: 65_536,
             suites: CipherSuite::ALL.to_vec(),
             udp_port: 0,
+            udp_host: String::new(),
+            udp: EndpointConfig::default(),
+            udp_gso_segments: 64,
         }
     }
 }
@@ -90,6 +106,8 @@ struct Inner {
     stats: Arc<StreamStats>,
     config: StreamConfig,
     drain: DrainState,
+    /// The UDP transport, once [`StreamServer::serve_udp`] ran.
+    udp: OnceLock<Arc<UdpShared>>,
 }
 
 /// The server's side of a drain, shared with its streams.
@@ -165,6 +183,7 @@ impl StreamServer {
             stats: Arc::new(StreamStats::default()),
             config,
             drain: DrainState::default(),
+            udp: OnceLock::new(),
         };
         StreamServer { inner: Arc::new(inner) }
     }
@@ -311,28 +330,140 @@ impl StreamServer {
             Some(_) => return Err(CtlError::NotOffered),
             None => *cfg.suites.first().ok_or(CtlError::NotOffered)?,
         };
-        if req.transport == TransportKind::Udp && cfg.udp_port == 0 {
+        let udp = self.inner.udp.get();
+        if req.transport == TransportKind::Udp && udp.is_none() {
             return Err(CtlError::NotOffered);
         }
         let mut id = [0u8; SESSION_ID_LEN];
         random_bytes(&mut id);
         let mut secret = [0u8; KEY_LEN];
         random_bytes(&mut secret);
+        let expires = now + cfg.limits.connect_timeout;
+        let (udp_port, route) = match udp {
+            Some(u) if req.transport == TransportKind::Udp => {
+                let cid = u.reserve(id, now, expires, cfg.max_sessions).ok_or(CtlError::Full)?;
+                let port = if cfg.udp_port != 0 { cfg.udp_port } else { u.port };
+                (port, Some(UdpRoute { cid: cid.0, host: cfg.udp_host.clone() }))
+            }
+            Some(u) => (if cfg.udp_port != 0 { cfg.udp_port } else { u.port }, None),
+            None => (0, None),
+        };
         let params = SessionParams {
-            unreliable: Vec::new(),
+            unreliable: req.unreliable,
+            udp: route,
             id,
             suite,
             secret,
             channels: req.channels,
             transport: req.transport,
             limits: cfg.limits,
-            udp_port: cfg.udp_port,
+            udp_port,
             client,
         };
         let answer = encode_answer(&params);
-        let expires = now + cfg.limits.connect_timeout;
         self.inner.table.insert(params, now, expires).map_err(|_| CtlError::Full)?;
         Ok(answer)
+    }
+
+    /// Serves the UDP transport on `addr` (port 0: an ephemeral one): one `SO_REUSEPORT`
+    /// socket per worker of `reactor`, each with its endpoint. Returns the address bound.
+    /// From then on stream_ctl offers transport UDP.
+    ///
+    /// # Errors
+    /// Binding or installing a socket failed (those bound are closed again), or UDP is
+    /// served already.
+    pub fn serve_udp(
+        &self,
+        reactor: &dap_reactor::Reactor,
+        addr: SocketAddr,
+    ) -> std::io::Result<SocketAddr> {
+        if self.inner.udp.get().is_some() {
+            return Err(std::io::Error::other("UDP is served already"));
+        }
+        let cfg = &self.inner.config;
+        let mut bound = addr;
+        let mut handles: Vec<EsocketHandle> = Vec::new();
+        let mut shared: Option<Arc<UdpShared>> = None;
+        let fail = |handles: &Vec<EsocketHandle>, e: std::io::Error| {
+            for h in handles {
+                let _ = h.close();
+            }
+            Err(e)
+        };
+        let mut conn = cfg.udp.connection;
+        conn.idle_timeout = cfg.limits.idle_timeout;
+        conn.keepalive = cfg.limits.keepalive;
+        conn.rekey_packets = cfg.limits.rekey_packets;
+        for (i, worker) in reactor.workers().iter().enumerate() {
+            let socket = match dap_net::server::bind_udp_socket(bound, true) {
+                Ok(s) => s,
+                Err(e) => return fail(&handles, e),
+            };
+            bound = socket.local_addr()?;
+            let sh = shared.get_or_insert_with(|| Arc::new(UdpShared::new(bound.port()))).clone();
+            let config = EndpointConfig { worker: i as u8, connection: conn, ..cfg.udp };
+            let server = self.clone();
+            let gso = cfg.udp_gso_segments;
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let posted = worker.exec(move |w| {
+                let handler = UdpWorker::new(server, sh, config, gso);
+                let opts = dap_reactor::UdpOptions::default().dont_fragment(true);
+                let _ = tx.send(w.add_udp_with(socket, opts, Box::new(handler)));
+            });
+            let added = match posted {
+                Ok(()) => rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| {
+                    Err(std::io::Error::other("worker did not take its socket"))
+                }),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            match added {
+                Ok(h) => handles.push(h),
+                Err(e) => return fail(&handles, e),
+            }
+        }
+        let shared = shared.ok_or_else(|| std::io::Error::other("the reactor has no workers"))?;
+        shared.set_workers(handles);
+        let _ = self.inner.udp.set(shared);
+        Ok(bound)
+    }
+
+    /// The UDP transport's counters (`None` until [`serve_udp`](Self::serve_udp)).
+    pub fn udp_counters(&self) -> Option<&UdpCounters> {
+        self.inner.udp.get().map(|u| &u.counters)
+    }
+
+    /// The channel handlers.
+    pub(crate) fn procs(&self) -> &ChannelProcs {
+        &self.inner.procs
+    }
+
+    /// A UDP session's first datagram arrived: attaches it.
+    pub(crate) fn udp_attach(
+        &self,
+        id: &[u8; SESSION_ID_LEN],
+        now: Instant,
+    ) -> Result<SessionParams, AttachError> {
+        let stats = &self.inner.stats;
+        match self.inner.table.attach(id, now) {
+            Ok(p) if p.transport == TransportKind::Udp => {
+                StreamStats::inc(&stats.sessions_attached);
+                Ok(p)
+            }
+            Ok(_) => {
+                self.inner.table.detach(id);
+                Err(AttachError::Unknown)
+            }
+            Err(e) => {
+                self.sync_expired();
+                StreamStats::inc(&stats.attach_unknown);
+                Err(e)
+            }
+        }
+    }
+
+    /// A UDP session ended.
+    pub(crate) fn udp_detach(&self, id: &[u8; SESSION_ID_LEN]) {
+        self.inner.table.detach(id);
     }
 
     /// Adds the `/stream/` upgrade route to `http`.

@@ -48,6 +48,7 @@ fn a_drain_flushes_echoes_and_sends_going_away() {
         channels: b"E".to_vec(),
         suite: None,
         transport: dap_stream::session::TransportKind::Http,
+        unreliable: Vec::new(),
     };
     let refused = srv.stream.stream_ctl(&req.encode(), None, std::time::Instant::now());
     assert_eq!(refused.unwrap_err().status(), 503);

@@ -129,7 +129,9 @@ impl Inner {
             [one] => Some(*one),
             _ => None::<CipherSuite>,
         };
-        let body = CtlRequest { channels: cfg.channels.clone(), suite, transport }.encode();
+        let body =
+            CtlRequest { channels: cfg.channels.clone(), suite, transport, unreliable: Vec::new() }
+                .encode();
         let (req, sealed) = match call_request(&base_url(addr), &enc, &ctl_call(&body)) {
             Ok(x) => x,
             Err(e) => return self.fail(ctx, attempt, errors::ctl(&CtlError::Request(e))),

@@ -255,10 +255,7 @@ fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 
 /// A non-blocking UDP socket bound to `addr`; with `reuse_port`, one per worker can bind the
 /// same port. IPv6 sockets are IPv6-only (dual-stack behaviour varies by sysctl).
-pub(crate) fn bind_udp_socket(
-    addr: SocketAddr,
-    reuse_port: bool,
-) -> io::Result<std::net::UdpSocket> {
+pub fn bind_udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if reuse_port {

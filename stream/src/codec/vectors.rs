@@ -11,6 +11,7 @@ use crate::session::{SessionLimits, SessionParams, TransportKind, hex};
 fn params(suite: CipherSuite) -> SessionParams {
     SessionParams {
         unreliable: Vec::new(),
+        udp: None,
         id: core::array::from_fn(|i| i as u8),
         suite,
         secret: core::array::from_fn(|i| 0x20 + i as u8),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use dap_net::enc::cipher::{CipherSuite, KEY_LEN};
 
-use super::{SESSION_ID_LEN, SessionLimits, SessionParams, TransportKind};
+use super::{SESSION_ID_LEN, SessionLimits, SessionParams, TransportKind, UdpRoute};
 use crate::codec::DecodeError;
 use crate::codec::frame::valid_channel_id;
 use crate::mux::MuxConfig;
@@ -26,6 +26,8 @@ pub struct CtlRequest {
     pub suite: Option<CipherSuite>,
     /// The transport wanted.
     pub transport: TransportKind,
+    /// Channels to carry unreliably (UDP only; each one of `channels`).
+    pub unreliable: Vec<u8>,
 }
 
 impl CtlRequest {
@@ -38,6 +40,10 @@ impl CtlRequest {
             self.channels.len() as u8,
         ];
         out.extend_from_slice(&self.channels);
+        if self.transport == TransportKind::Udp {
+            out.push(self.unreliable.len() as u8);
+            out.extend_from_slice(&self.unreliable);
+        }
         out
     }
 
@@ -62,12 +68,22 @@ impl CtlRequest {
         if n == 0 || n > MAX_CHANNELS {
             return Err(DecodeError::Malformed("channel count"));
         }
-        if b.len() != 4 + n {
+        if b.len() < 4 + n {
             return Err(DecodeError::Malformed("length"));
         }
-        let channels = b[4..].to_vec();
+        let channels = b[4..4 + n].to_vec();
         check_channels(&channels)?;
-        Ok(CtlRequest { channels, suite, transport })
+        // UDP may add the unreliable channels: a count, then the ids.
+        let rest = &b[4 + n..];
+        let unreliable = match rest.split_first() {
+            None => Vec::new(),
+            Some((&u, ids)) if transport == TransportKind::Udp && ids.len() == u as usize => {
+                check_subset(ids, &channels)?;
+                ids.to_vec()
+            }
+            Some(_) => return Err(DecodeError::Malformed("length")),
+        };
+        Ok(CtlRequest { channels, suite, transport, unreliable })
     }
 }
 
@@ -78,6 +94,16 @@ fn check_channels(ids: &[u8]) -> Result<(), DecodeError> {
         }
         if ids[..i].contains(&c) {
             return Err(DecodeError::Malformed("repeated channel id"));
+        }
+    }
+    Ok(())
+}
+
+/// Unreliable channels: each one of the session's, no repeats.
+fn check_subset(ids: &[u8], channels: &[u8]) -> Result<(), DecodeError> {
+    for (i, c) in ids.iter().enumerate() {
+        if !channels.contains(c) || ids[..i].contains(c) {
+            return Err(DecodeError::Malformed("unreliable channels"));
         }
     }
     Ok(())
@@ -108,8 +134,20 @@ pub fn encode_answer(p: &SessionParams) -> Vec<u8> {
     put_ms(&mut out, l.connect_timeout);
     out.push(p.channels.len() as u8);
     out.extend_from_slice(&p.channels);
+    if p.transport == TransportKind::Udp {
+        let (cid, host) = p.udp.as_ref().map_or(([0; 8], ""), |r| (r.cid, r.host.as_str()));
+        out.extend_from_slice(&cid);
+        out.push(p.unreliable.len() as u8);
+        out.extend_from_slice(&p.unreliable);
+        let host = &host.as_bytes()[..host.len().min(MAX_HOST)];
+        out.push(host.len() as u8);
+        out.extend_from_slice(host);
+    }
     out
 }
+
+/// The longest host a UDP answer names.
+pub const MAX_HOST: usize = 255;
 
 /// The smallest payload and window a client accepts: below them a session cannot work.
 const MIN_PAYLOAD: usize = 1024;
@@ -148,11 +186,19 @@ pub fn decode_answer(b: &[u8], local: MuxConfig) -> Result<SessionParams, Decode
         *v = u32::from_be_bytes(take(4).try_into().expect("4 bytes"));
     }
     let n = take(1)[0] as usize;
-    if n == 0 || n > MAX_CHANNELS || b.len() != ANSWER_FIXED + n {
+    if n == 0 || n > MAX_CHANNELS || b.len() < ANSWER_FIXED + n {
         return Err(DecodeError::Malformed("channel list"));
     }
-    let channels = b[ANSWER_FIXED..].to_vec();
+    let channels = b[ANSWER_FIXED..ANSWER_FIXED + n].to_vec();
     check_channels(&channels)?;
+    let rest = &b[ANSWER_FIXED + n..];
+    let (unreliable, udp) = if transport == TransportKind::Udp {
+        decode_udp_part(rest, &channels)?
+    } else if rest.is_empty() {
+        (Vec::new(), None)
+    } else {
+        return Err(DecodeError::Malformed("channel list"));
+    };
     let [max_payload, max_message, channel_window, conn_window, keepalive, idle, connect] = u32s;
     if (max_payload as usize) < MIN_PAYLOAD
         || channel_window < MIN_WINDOW
@@ -187,8 +233,31 @@ pub fn decode_answer(b: &[u8], local: MuxConfig) -> Result<SessionParams, Decode
         limits,
         udp_port,
         client: None,
-        unreliable: Vec::new(),
+        unreliable,
+        udp,
     })
+}
+
+/// The UDP part of an answer: connection id, unreliable channels, host.
+fn decode_udp_part(b: &[u8], channels: &[u8]) -> Result<(Vec<u8>, Option<UdpRoute>), DecodeError> {
+    let bad = DecodeError::Malformed("UDP part");
+    if b.len() < 8 + 1 {
+        return Err(DecodeError::Truncated);
+    }
+    let cid: [u8; 8] = b[..8].try_into().expect("8 bytes");
+    let u = b[8] as usize;
+    let ids = b.get(9..9 + u).ok_or(DecodeError::Truncated)?;
+    check_subset(ids, channels)?;
+    let h = *b.get(9 + u).ok_or(DecodeError::Truncated)? as usize;
+    let host = b.get(10 + u..).ok_or(DecodeError::Truncated)?;
+    if host.len() != h {
+        return Err(if host.len() < h { DecodeError::Truncated } else { bad });
+    }
+    if !host.iter().all(|c| (0x21..=0x7e).contains(c)) {
+        return Err(bad);
+    }
+    let host = String::from_utf8(host.to_vec()).map_err(|_| bad)?;
+    Ok((ids.to_vec(), Some(UdpRoute { cid, host })))
 }
 
 #[cfg(test)]
@@ -201,8 +270,19 @@ mod tests {
             channels: b"EP".to_vec(),
             suite: Some(CipherSuite::Aes256Gcm),
             transport: TransportKind::Http,
+            unreliable: Vec::new(),
         };
         assert_eq!(CtlRequest::decode(&r.encode()).unwrap(), r);
+        let u =
+            CtlRequest { transport: TransportKind::Udp, unreliable: b"P".to_vec(), ..r.clone() };
+        assert_eq!(CtlRequest::decode(&u.encode()).unwrap(), u);
+        // Without the unreliable part, a UDP request has none; HTTP takes no such part.
+        assert_eq!(CtlRequest::decode(&[1, 0, 2, 1, b'E']).unwrap().unreliable, b"");
+        assert!(CtlRequest::decode(&[1, 0, 1, 1, b'E', 0]).is_err());
+        // Unreliable channels must be the session's, once each, and counted right.
+        assert!(CtlRequest::decode(&[1, 0, 2, 1, b'E', 1, b'X']).is_err());
+        assert!(CtlRequest::decode(&[1, 0, 2, 1, b'E', 2, b'E', b'E']).is_err());
+        assert!(CtlRequest::decode(&[1, 0, 2, 1, b'E', 2, b'E']).is_err());
         assert!(CtlRequest::decode(&[1, 0, 1, 2, b'E', b'E']).is_err());
         assert!(CtlRequest::decode(&[1, 0, 1, 1, b' ']).is_err());
         assert!(CtlRequest::decode(&[1, 9, 1, 1, b'E']).is_err());
@@ -215,6 +295,7 @@ mod tests {
     fn answer_round_trips() {
         let p = SessionParams {
             unreliable: Vec::new(),
+            udp: None,
             id: [3; 16],
             suite: CipherSuite::Aes256Gcm,
             secret: [4; 32],
@@ -234,5 +315,38 @@ mod tests {
         for cut in 0..b.len() {
             assert!(decode_answer(&b[..cut], MuxConfig::default()).is_err());
         }
+    }
+
+    #[test]
+    fn a_udp_answer_carries_the_connection_id_the_unreliable_channels_and_the_host() {
+        let p = SessionParams {
+            unreliable: b"V".to_vec(),
+            udp: Some(UdpRoute { cid: [1, 2, 3, 4, 5, 6, 7, 8], host: "udp.example".into() }),
+            id: [3; 16],
+            suite: CipherSuite::ChaCha20Poly1305,
+            secret: [4; 32],
+            channels: b"EV".to_vec(),
+            transport: TransportKind::Udp,
+            limits: SessionLimits::default(),
+            udp_port: 4433,
+            client: None,
+        };
+        let b = encode_answer(&p);
+        let q = decode_answer(&b, MuxConfig::default()).unwrap();
+        assert_eq!(
+            (q.udp.clone(), q.unreliable.clone(), q.udp_port),
+            (p.udp.clone(), p.unreliable.clone(), 4433)
+        );
+        for cut in 0..b.len() {
+            assert!(decode_answer(&b[..cut], MuxConfig::default()).is_err(), "cut at {cut}");
+        }
+        let mut long = b.clone();
+        long.push(b'x');
+        assert!(decode_answer(&long, MuxConfig::default()).is_err());
+        // A host with a space or a control byte is refused.
+        let mut bad = b.clone();
+        let at = bad.len() - 3;
+        bad[at] = b' ';
+        assert!(decode_answer(&bad, MuxConfig::default()).is_err());
     }
 }

@@ -116,6 +116,18 @@ pub struct SessionParams {
     /// Channels whose messages the UDP transport carries unreliably (DATAGRAM frames: one
     /// datagram each, never retransmitted, drops counted); empty over TCP.
     pub unreliable: Vec<u8>,
+    /// Where a UDP session's datagrams go (transport UDP, from the stream_ctl answer).
+    pub udp: Option<UdpRoute>,
+}
+
+/// The UDP part of a stream_ctl answer (PROTOCOL §5): where the session's datagrams go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UdpRoute {
+    /// The connection id the server chose; byte 0 names its worker (§11.2).
+    pub cid: [u8; 8],
+    /// The host to send to; empty: the host the client reached stream_ctl at. Servers
+    /// behind NAT, a load balancer or a relay announce another.
+    pub host: String,
 }
 
 impl std::fmt::Debug for SessionParams {

@@ -148,6 +148,7 @@ mod tests {
     fn params(id: u8) -> SessionParams {
         SessionParams {
             unreliable: Vec::new(),
+            udp: None,
             id: [id; 16],
             suite: CipherSuite::ChaCha20Poly1305,
             secret: [0; 32],

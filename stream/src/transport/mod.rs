@@ -7,6 +7,7 @@
 //! upgraded TCP connection; the UDP engine carries the same payloads in its own packets.
 
 pub mod http;
+pub mod udp;
 
 /// Tells a transport that a channel has something to send (called from any thread).
 pub trait Wake: Send + Sync + 'static {

@@ -145,6 +145,26 @@ impl Endpoint {
         self.insert(conn)
     }
 
+    /// Server: a session whose connection id was chosen already (at stream_ctl, naming
+    /// this worker) becomes a connection waiting for the client's first packet.
+    ///
+    /// # Errors
+    /// [`EndpointFull`], or the id is in use here already (reported as full).
+    pub fn accept_with_id(
+        &mut self,
+        now: Instant,
+        params: &SessionParams,
+        cid: ConnectionId,
+        mux: Mux,
+    ) -> Result<ConnectionId, EndpointFull> {
+        if self.conns.contains_key(&cid) {
+            return Err(EndpointFull);
+        }
+        let conn =
+            Connection::new(Side::Server, params, cid, None, mux, self.config.connection, now);
+        self.insert(conn)
+    }
+
     /// Client: a connection to `remote` on the id the server chose.
     ///
     /// # Errors
@@ -301,6 +321,7 @@ mod tests {
     fn params(n: u8) -> SessionParams {
         SessionParams {
             unreliable: Vec::new(),
+            udp: None,
             id: [n; 16],
             suite: CipherSuite::Aes256Gcm,
             secret: [n.wrapping_add(1); 32],

@@ -74,6 +74,7 @@ fn pattern(side: u8, id: u8, i: usize, n: usize) -> Vec<u8> {
 fn params() -> SessionParams {
     SessionParams {
         unreliable: Vec::new(),
+        udp: None,
         id: [1; 16],
         suite: CipherSuite::ChaCha20Poly1305,
         secret: [2; 32],

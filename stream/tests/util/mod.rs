@@ -121,7 +121,12 @@ impl TestServer {
 
     /// A session created the way stream_ctl creates one (without the enc_http wrapping).
     pub fn session(&self, channels: &[u8], suite: Option<CipherSuite>) -> SessionParams {
-        let req = CtlRequest { channels: channels.to_vec(), suite, transport: TransportKind::Http };
+        let req = CtlRequest {
+            channels: channels.to_vec(),
+            suite,
+            transport: TransportKind::Http,
+            unreliable: Vec::new(),
+        };
         let answer =
             self.stream.stream_ctl(&req.encode(), None, Instant::now()).expect("stream_ctl");
         decode_answer(&answer, MuxConfig::default()).expect("answer")

@@ -1,0 +1,304 @@
+//! The UDP transport on the reactor: one `SO_REUSEPORT` socket per worker, each worker's
+//! [`Endpoint`] behind it, sessions created by stream_ctl moving onto UDP with their first
+//! authentic datagram.
+//!
+//! - stream_ctl (transport UDP) picks a worker, a connection id that names it, and records
+//!   the id as *pending* for the session; the answer carries the id and the port.
+//! - A worker reads datagrams in batches. One for a connection it holds goes to that
+//!   connection; one whose id names another worker is handed to that worker (the kernel's
+//!   `SO_REUSEPORT` hash chose the socket, not the connection); one for a pending id of its
+//!   own attaches the session (a server connection, its mux started with this socket as
+//!   waker) and is handed to it.
+//! - After every batch, timer and wake-up the worker flushes: each connection's transmits
+//!   leave as GSO batches, events are taken (a closed connection detaches its session), and
+//!   the socket's deadline is set to the endpoint's next timeout (pacing included).
+//! - Writes from any thread through a `ChannelHandle` wake the worker, once per flush.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use dap_reactor::{Datagrams, Esocket, EsocketHandle, Handler, UdpTransmit};
+use parking_lot::Mutex;
+
+use super::Wake;
+use crate::channel::SessionInfo;
+use crate::mux::Mux;
+use crate::server::StreamServer;
+use crate::session::SESSION_ID_LEN;
+use crate::udp::connection::Event;
+use crate::udp::ecn::Ecn;
+use crate::udp::endpoint::{Endpoint, EndpointConfig, Routed};
+use crate::udp::packet::{ConnectionId, peek_cid};
+
+/// Counters of a server's UDP transport, all workers together.
+#[derive(Debug, Default)]
+pub struct UdpCounters {
+    /// Datagrams received.
+    pub datagrams_in: AtomicU64,
+    /// Datagrams sent (segments of GSO batches counted one by one).
+    pub datagrams_out: AtomicU64,
+    /// Datagrams that reached a worker other than their connection's, handed over.
+    pub forwarded: AtomicU64,
+    /// Datagrams that could not be handed over (the other worker's inbox was full).
+    pub forward_failed: AtomicU64,
+    /// Sessions that moved onto UDP (their first datagram arrived).
+    pub attached: AtomicU64,
+    /// Datagrams for a pending id whose session was gone (expired) or could not attach.
+    pub attach_failed: AtomicU64,
+    /// Transmits the socket refused (its queue full): the engine sees them as lost.
+    pub send_failed: AtomicU64,
+    /// Connections that ended.
+    pub closed: AtomicU64,
+}
+
+/// What a server's UDP workers share with its stream_ctl.
+pub(crate) struct UdpShared {
+    /// The port every worker's socket is bound to.
+    pub(crate) port: u16,
+    /// Each worker's socket, by worker index (set once all are bound).
+    workers: OnceLock<Vec<EsocketHandle>>,
+    /// Connection ids handed out by stream_ctl and not yet used: id → (session id, expiry).
+    pending: Mutex<HashMap<ConnectionId, ([u8; SESSION_ID_LEN], Instant)>>,
+    /// Round-robin choice of worker for new sessions.
+    next: AtomicUsize,
+    /// The counters.
+    pub(crate) counters: UdpCounters,
+}
+
+impl std::fmt::Debug for UdpShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdpShared").field("port", &self.port).finish_non_exhaustive()
+    }
+}
+
+impl UdpShared {
+    pub(crate) fn new(port: u16) -> Self {
+        UdpShared {
+            port,
+            workers: OnceLock::new(),
+            pending: Mutex::new(HashMap::new()),
+            next: AtomicUsize::new(0),
+            counters: UdpCounters::default(),
+        }
+    }
+
+    pub(crate) fn set_workers(&self, handles: Vec<EsocketHandle>) {
+        let _ = self.workers.set(handles);
+    }
+
+    /// A fresh connection id for a new session, naming the worker that will own it, kept
+    /// pending until `expires` (at most `max` ids pending: expired ones go first).
+    pub(crate) fn reserve(
+        &self,
+        session: [u8; SESSION_ID_LEN],
+        now: Instant,
+        expires: Instant,
+        max: usize,
+    ) -> Option<ConnectionId> {
+        let n = self.workers.get().map_or(1, |w| w.len().max(1));
+        let worker = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut pending = self.pending.lock();
+        if pending.len() >= max {
+            pending.retain(|_, (_, exp)| *exp > now);
+            if pending.len() >= max {
+                return None;
+            }
+        }
+        let mut cid = ConnectionId::random(worker as u8);
+        while pending.contains_key(&cid) {
+            cid = ConnectionId::random(worker as u8);
+        }
+        pending.insert(cid, (session, expires));
+        Some(cid)
+    }
+
+    /// Takes a pending id: the session it was handed out for.
+    fn take(&self, cid: &ConnectionId) -> Option<[u8; SESSION_ID_LEN]> {
+        self.pending.lock().remove(cid).map(|(id, _)| id)
+    }
+
+    fn is_pending(&self, cid: &ConnectionId) -> bool {
+        self.pending.lock().contains_key(cid)
+    }
+}
+
+/// Wakes a worker's UDP socket to flush, once per flush however many writes call it.
+struct UdpWake {
+    handle: EsocketHandle,
+    armed: Arc<AtomicBool>,
+}
+
+impl Wake for UdpWake {
+    fn wake(&self) {
+        if self.armed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let armed = self.armed.clone();
+        let r = self.handle.exec(move |es| {
+            armed.store(false, Ordering::Release);
+            es.with_handler::<UdpWorker, _>(|w, es| w.flush(es, Instant::now()));
+        });
+        if r.is_err() {
+            self.armed.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// One worker's UDP socket handler: its endpoint and the sessions on it.
+pub(crate) struct UdpWorker {
+    server: StreamServer,
+    shared: Arc<UdpShared>,
+    endpoint: Endpoint,
+    /// Session id of each connection, to detach it when the connection ends.
+    sessions: HashMap<ConnectionId, [u8; SESSION_ID_LEN]>,
+    /// Transmit buffer.
+    buf: Vec<u8>,
+    /// A datagram copied out of the batch, to be opened in place.
+    scratch: Vec<u8>,
+    gso_segments: usize,
+    wake_armed: Arc<AtomicBool>,
+}
+
+impl UdpWorker {
+    pub(crate) fn new(
+        server: StreamServer,
+        shared: Arc<UdpShared>,
+        config: EndpointConfig,
+        gso_segments: usize,
+    ) -> Self {
+        UdpWorker {
+            server,
+            shared,
+            endpoint: Endpoint::new(config),
+            sessions: HashMap::new(),
+            buf: Vec::new(),
+            scratch: Vec::new(),
+            gso_segments: gso_segments.max(1),
+            wake_armed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// One datagram, from this worker's socket or handed over by another worker.
+    fn handle(
+        &mut self,
+        es: &mut Esocket<'_>,
+        now: Instant,
+        from: SocketAddr,
+        ecn: Ecn,
+        data: &[u8],
+    ) {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(data);
+        match self.endpoint.handle_datagram_ecn(now, from, Some(ecn), &mut self.scratch) {
+            Routed::Connection(_) => {}
+            Routed::Forward(w) => self.forward(w, from, ecn, data),
+            Routed::Dropped => {
+                let Some(cid) = peek_cid(data) else { return };
+                if !self.shared.is_pending(&cid) || !self.attach(es, now, cid) {
+                    return;
+                }
+                self.scratch.clear();
+                self.scratch.extend_from_slice(data);
+                self.endpoint.handle_datagram_ecn(now, from, Some(ecn), &mut self.scratch);
+            }
+        }
+    }
+
+    /// Hands a datagram to the worker its connection id names.
+    fn forward(&self, worker: usize, from: SocketAddr, ecn: Ecn, data: &[u8]) {
+        let c = &self.shared.counters;
+        let Some(h) = self.shared.workers.get().and_then(|w| w.get(worker)) else {
+            c.forward_failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let data = data.to_vec();
+        let r = h.exec(move |es| {
+            es.with_handler::<UdpWorker, _>(|w, es| {
+                let now = Instant::now();
+                w.handle(es, now, from, ecn, &data);
+                w.flush(es, now);
+            });
+        });
+        match r {
+            Ok(()) => c.forwarded.fetch_add(1, Ordering::Relaxed),
+            Err(_) => c.forward_failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// The first datagram for a pending id: the session moves onto UDP here.
+    fn attach(&mut self, es: &mut Esocket<'_>, now: Instant, cid: ConnectionId) -> bool {
+        let c = &self.shared.counters;
+        let Some(id) = self.shared.take(&cid) else { return false };
+        let Ok(params) = self.server.udp_attach(&id, now) else {
+            c.attach_failed.fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
+        let info = SessionInfo { session_id: params.id, client: params.client };
+        let mux = Mux::new(&params.channels, self.server.procs(), info, params.limits.mux);
+        if self.endpoint.accept_with_id(now, &params, cid, mux).is_err() {
+            c.attach_failed.fetch_add(1, Ordering::Relaxed);
+            self.server.udp_detach(&id);
+            return false;
+        }
+        let waker = Arc::new(UdpWake { handle: es.handle(), armed: self.wake_armed.clone() });
+        if let Some(conn) = self.endpoint.connection(cid) {
+            conn.mux().start(waker);
+        }
+        self.sessions.insert(cid, id);
+        c.attached.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Sends what every connection has, takes their events, and re-arms the deadline.
+    fn flush(&mut self, es: &mut Esocket<'_>, now: Instant) {
+        let c = &self.shared.counters;
+        while let Some(t) = self.endpoint.poll_transmit(now, self.gso_segments, &mut self.buf) {
+            let mut tx = UdpTransmit::new(t.destination, &self.buf[..t.size]);
+            if let Some(s) = t.segment_size {
+                tx = tx.with_segment_size(s);
+            }
+            if let Some(e) = t.ecn {
+                tx = tx.with_ecn(dap_reactor::Ecn::from_bits(e as u8));
+            }
+            let n = tx.datagrams() as u64;
+            match es.send_batch(&tx) {
+                Ok(()) => c.datagrams_out.fetch_add(n, Ordering::Relaxed),
+                Err(_) => c.send_failed.fetch_add(n, Ordering::Relaxed),
+            };
+        }
+        while let Some((cid, ev)) = self.endpoint.poll_event() {
+            if let Event::Closed(reason) = ev {
+                tracing::debug!(?reason, "udp connection closed");
+                c.closed.fetch_add(1, Ordering::Relaxed);
+                if let Some(id) = self.sessions.remove(&cid) {
+                    self.server.udp_detach(&id);
+                }
+            }
+        }
+        let after = self.endpoint.poll_timeout().map(|t| t.saturating_duration_since(now));
+        let _ = es.set_deadline(after.map(|d| d.max(Duration::from_micros(100))));
+    }
+}
+
+impl Handler for UdpWorker {
+    fn on_datagrams(&mut self, es: &mut Esocket<'_>, batch: &Datagrams<'_>) {
+        let now = Instant::now();
+        let n = batch.iter().count() as u64;
+        self.shared.counters.datagrams_in.fetch_add(n, Ordering::Relaxed);
+        for d in batch {
+            let ecn = Ecn::from_bits(d.ecn.bits());
+            self.handle(es, now, d.from, ecn, d.data);
+        }
+        self.flush(es, now);
+    }
+
+    fn on_timeout(&mut self, es: &mut Esocket<'_>) -> bool {
+        let now = Instant::now();
+        self.endpoint.handle_timeout(now);
+        self.flush(es, now);
+        true
+    }
+}

@@ -1,0 +1,187 @@
+//! Sessions over the UDP transport on real loopback sockets: the server's per-worker
+//! sockets and endpoints (`StreamServer::serve_udp`), and a client made of the engine's
+//! `Connection` driven over a plain std socket.
+
+mod util;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use dap_stream::session::TransportKind;
+use dap_stream::session::ctl::{CtlRequest, decode_answer};
+use dap_stream::transport::Wake;
+use dap_stream::udp::connection::{Connection, ConnectionConfig, Side};
+use dap_stream::udp::packet::ConnectionId;
+use dap_stream::{Channel, ChannelHandler, ChannelProcs, Message, Mux, MuxConfig, SessionInfo};
+use dap_stream::{StreamConfig, StreamServer};
+use parking_lot::Mutex;
+use util::{TIMEOUT, echo_server};
+
+struct NoWake;
+impl Wake for NoWake {
+    fn wake(&self) {}
+}
+
+/// Records what arrives on a channel.
+struct Record(Arc<Mutex<Vec<Message>>>);
+impl ChannelHandler for Record {
+    fn packet_in(&mut self, _: &mut Channel<'_>, msg: Message) {
+        self.0.lock().push(msg);
+    }
+}
+
+/// A client session over UDP: stream_ctl straight on the server (no enc_http: that path
+/// is the HTTP tests'), then the engine over a std socket.
+struct UdpClient {
+    conn: Connection,
+    sock: UdpSocket,
+    got: Arc<Mutex<Vec<Message>>>,
+    buf: Vec<u8>,
+    rx: Vec<u8>,
+}
+
+impl UdpClient {
+    fn open(server: &StreamServer, addr: SocketAddr, unreliable: &[u8]) -> Self {
+        let req = CtlRequest {
+            channels: b"EV".to_vec(),
+            suite: None,
+            transport: TransportKind::Udp,
+            unreliable: unreliable.to_vec(),
+        };
+        let answer = server.stream_ctl(&req.encode(), None, Instant::now()).expect("stream_ctl");
+        let params = decode_answer(&answer, MuxConfig::default()).expect("answer");
+        assert_eq!(params.udp_port, addr.port(), "the port actually bound is announced");
+        let route = params.udp.clone().expect("a UDP answer names a connection id");
+        assert_eq!(route.host, "", "no host announced: the one stream_ctl was reached at");
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let mut procs = ChannelProcs::new();
+        for id in [b'E', b'V'] {
+            let log = got.clone();
+            procs.ch_proc_add(id, move |_| Box::new(Record(log.clone()))).unwrap();
+        }
+        let info = SessionInfo { session_id: params.id, client: None };
+        let mux = Mux::new(&params.channels, &procs, info, params.limits.mux);
+        let config = ConnectionConfig::default();
+        let cid = ConnectionId(route.cid);
+        let mut conn =
+            Connection::new(Side::Client, &params, cid, Some(addr), mux, config, Instant::now());
+        conn.mux().start(Arc::new(NoWake));
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
+        UdpClient { conn, sock, got, buf: Vec::new(), rx: vec![0; 65_536] }
+    }
+
+    /// One turn: send what the connection has, read what came (waiting at most 2 ms),
+    /// run its timers.
+    fn turn(&mut self) {
+        let now = Instant::now();
+        while let Some(t) = self.conn.poll_transmit(now, 16, &mut self.buf) {
+            for d in self.buf[..t.size].chunks(t.segment_size.unwrap_or(t.size)) {
+                self.sock.send_to(d, t.destination).unwrap();
+            }
+        }
+        while let Ok((n, from)) = self.sock.recv_from(&mut self.rx) {
+            self.conn.handle_datagram(Instant::now(), from, &mut self.rx[..n]);
+            self.sock.set_nonblocking(true).unwrap();
+        }
+        self.sock.set_nonblocking(false).unwrap();
+        let now = Instant::now();
+        if self.conn.poll_timeout().is_some_and(|t| t <= now) {
+            self.conn.handle_timeout(now);
+        }
+    }
+
+    fn write(&mut self, ty: u8, data: Vec<u8>) -> bool {
+        self.conn.mux().with_channel(b'E', |ch| ch.write(ty, data).is_ok()).unwrap_or(false)
+    }
+}
+
+/// A pattern that differs per message and per byte.
+fn pattern(i: usize, n: usize) -> Vec<u8> {
+    (0..n).map(|k| (k.wrapping_mul(31) ^ i.wrapping_mul(7)) as u8).collect()
+}
+
+#[test]
+fn a_megabyte_echoes_intact_over_udp() {
+    let srv = echo_server(b"EV", StreamConfig::default());
+    let addr = srv.stream.serve_udp(&srv.reactor, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut c = UdpClient::open(&srv.stream, addr, b"");
+    let want: Vec<Vec<u8>> = (0..16).map(|i| pattern(i, 65_536)).collect();
+    let mut next = 0;
+    let start = Instant::now();
+    while c.got.lock().len() < want.len() {
+        assert!(start.elapsed() < TIMEOUT, "echoed {} of {}", c.got.lock().len(), want.len());
+        while next < want.len() && c.write(next as u8, want[next].clone()) {
+            next += 1;
+        }
+        c.turn();
+    }
+    let got = c.got.lock();
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!((m.ty as usize, m.data.len()), (i, want[i].len()));
+        assert!(m.data == want[i], "message {i} differs");
+    }
+    let u = srv.stream.udp_counters().unwrap();
+    assert_eq!(u.attached.load(Ordering::Relaxed), 1);
+    assert!(u.datagrams_in.load(Ordering::Relaxed) > 16);
+    assert!(c.conn.stats().packets_in > 16);
+}
+
+#[test]
+fn datagrams_on_the_wrong_worker_are_handed_to_the_right_one() {
+    // Two workers share the port; the kernel picks a socket by the client's address, the
+    // server picked the connection's worker at stream_ctl: about half the clients land on
+    // the other worker. Clients come until one has (the chance that 64 in a row do not is
+    // 2^-64), and every one of them is answered.
+    let srv = echo_server(b"EV", StreamConfig::default());
+    let addr = srv.stream.serve_udp(&srv.reactor, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let u = srv.stream.udp_counters().unwrap();
+    let mut clients = 0;
+    while u.forwarded.load(Ordering::Relaxed) == 0 {
+        assert!(clients < 64, "no datagram was ever forwarded");
+        clients += 1;
+        let mut c = UdpClient::open(&srv.stream, addr, b"");
+        let msg = pattern(clients, 3000);
+        assert!(c.write(1, msg.clone()));
+        let start = Instant::now();
+        while c.got.lock().is_empty() {
+            assert!(start.elapsed() < TIMEOUT, "client {clients} got no echo");
+            c.turn();
+        }
+        assert!(c.got.lock()[0].data == msg);
+    }
+    assert_eq!(u.attached.load(Ordering::Relaxed), clients as u64);
+    assert_eq!(u.forward_failed.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn stream_ctl_offers_udp_only_once_it_is_served_and_unknown_ids_are_dropped() {
+    let srv = echo_server(b"EV", StreamConfig::default());
+    let req = CtlRequest {
+        channels: b"E".to_vec(),
+        suite: None,
+        transport: TransportKind::Udp,
+        unreliable: Vec::new(),
+    };
+    let refused = srv.stream.stream_ctl(&req.encode(), None, Instant::now()).unwrap_err();
+    assert_eq!(refused.status(), 406);
+    let addr = srv.stream.serve_udp(&srv.reactor, "127.0.0.1:0".parse().unwrap()).unwrap();
+    assert!(srv.stream.serve_udp(&srv.reactor, "127.0.0.1:0".parse().unwrap()).is_err());
+    // A datagram with a made-up id is dropped, never answered.
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut junk = vec![0x40u8; 100];
+    junk[1..9].copy_from_slice(&[0, 9, 9, 9, 9, 9, 9, 9]);
+    sock.send_to(&junk, addr).unwrap();
+    let mut b = [0u8; 2048];
+    assert!(sock.recv_from(&mut b).is_err(), "nothing answers a stranger");
+    let u = srv.stream.udp_counters().unwrap();
+    let start = Instant::now();
+    while u.datagrams_in.load(Ordering::Relaxed) == 0 {
+        assert!(start.elapsed() < TIMEOUT);
+        std::thread::yield_now();
+    }
+    assert_eq!(u.attached.load(Ordering::Relaxed), 0);
+}
