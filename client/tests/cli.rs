@@ -14,7 +14,9 @@ fn cli(node: Option<&Node>) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_dap-cli"));
     c.stdin(Stdio::null()).args(["--timeout", "10"]);
     if let Some(n) = node {
-        c.args(["--uplink", &n.addr.to_string(), "--node-key", &public_key_to_base64(&n.key)]);
+        // `=`: a key whose base64 starts with '-' must not read as a flag.
+        let key = format!("--node-key={}", public_key_to_base64(&n.key));
+        c.args(["--uplink", &n.addr.to_string(), &key]);
     }
     c
 }
@@ -103,7 +105,8 @@ fn failures_name_the_stage_and_exit_non_zero() {
     let node = Node::start(EncConfig::default());
     let mut c = cli(None);
     let other = public_key_to_base64(&dap_net::enc::NodeKey::generate().public_key());
-    c.args(["--uplink", &node.addr.to_string(), "--node-key", &other, "echo", "x"]);
+    let other = format!("--node-key={other}");
+    c.args(["--uplink", &node.addr.to_string(), &other, "echo", "x"]);
     let (code, _, err) = run(c);
     assert_eq!(code, 1);
     assert!(err.contains("failed at enc_init") && err.contains("wrong node key"), "{err}");

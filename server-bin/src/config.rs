@@ -68,6 +68,8 @@ pub struct Config {
     pub enc: EncSection,
     /// `[stream]`: sessions and streams.
     pub stream: StreamSection,
+    /// `[udp]`: the UDP transport of streams.
+    pub udp: UdpSection,
     /// `[proc]`: the proc pool.
     pub proc: ProcSection,
     /// `[pubsub]`: channel `'P'`.
@@ -328,6 +330,99 @@ impl Default for StreamSection {
             idle_timeout_ms: 60_000,
             connect_timeout_ms: 30_000,
         }
+    }
+}
+
+/// `[udp]`: the UDP transport (sessions' limits are `[stream]`'s).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UdpSection {
+    /// Serve streams over UDP too.
+    pub enabled: bool,
+    /// The address to bind; empty: the address of `[listen]` (same IP and port; port 0
+    /// picks a free one). One socket per worker shares it (`SO_REUSEPORT`).
+    pub addr: String,
+    /// The `host:port` announced to clients in the stream_ctl answer (behind NAT, a load
+    /// balancer or a relay); empty: the port bound, and the host the client reached.
+    pub advertise: String,
+    /// Congestion control: `cubic` or `newreno`.
+    pub controller: String,
+    /// The largest UDP payload path MTU discovery tries (1,200 to 65,527; 1,200 turns it
+    /// off).
+    pub max_udp_payload: usize,
+    /// Connections per worker.
+    pub max_connections: usize,
+    /// Datagrams per GSO batch (1 to 64).
+    pub gso_segments: usize,
+    /// Bytes a channel's data may run ahead of what it delivered, out of order.
+    pub max_reorder: u64,
+    /// Bytes held out of order on a connection.
+    pub max_reorder_total: usize,
+    /// Sent packets tracked per connection.
+    pub max_tracked_packets: usize,
+    /// ACK ranges remembered per connection.
+    pub max_ack_ranges: usize,
+    /// Bytes of unreliable messages waiting to be sent per connection.
+    pub max_datagram_queue: usize,
+    /// Mark packets ECN-capable and react to CE.
+    pub ecn: bool,
+}
+
+impl Default for UdpSection {
+    fn default() -> Self {
+        let c = dap_stream::udp::connection::ConnectionConfig::default();
+        UdpSection {
+            enabled: true,
+            addr: String::new(),
+            advertise: String::new(),
+            controller: "cubic".into(),
+            max_udp_payload: c.mtu.max,
+            max_connections: dap_stream::udp::endpoint::EndpointConfig::default().max_connections,
+            gso_segments: 64,
+            max_reorder: c.max_reorder,
+            max_reorder_total: c.max_reorder_total,
+            max_tracked_packets: c.max_tracked_packets,
+            max_ack_ranges: c.max_ack_ranges,
+            max_datagram_queue: c.max_datagram_queue,
+            ecn: c.ecn,
+        }
+    }
+}
+
+impl UdpSection {
+    /// The address to bind, given the `[listen]` address.
+    ///
+    /// # Errors
+    /// `udp.addr` is not an address.
+    pub fn bind_addr(&self, listen: SocketAddr) -> Result<SocketAddr, ConfigError> {
+        if self.addr.is_empty() {
+            return Ok(listen);
+        }
+        self.addr.parse().map_err(|_| {
+            ConfigError::invalid("udp.addr", format!("{:?} is not ip:port", self.addr))
+        })
+    }
+
+    /// The announced host and port (`None`: announce the port bound, no host).
+    ///
+    /// # Errors
+    /// `udp.advertise` is not `host:port`.
+    pub fn advertised(&self) -> Result<Option<(String, u16)>, ConfigError> {
+        if self.advertise.is_empty() {
+            return Ok(None);
+        }
+        let bad = || ConfigError::invalid("udp.advertise", "must be host:port");
+        let (host, port) = self.advertise.rsplit_once(':').ok_or_else(bad)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if host.is_empty()
+            || host.len() > dap_stream::session::ctl::MAX_HOST
+            || !host.bytes().all(|b| (0x21..=0x7e).contains(&b))
+            || port == 0
+        {
+            return Err(bad());
+        }
+        Ok(Some((host.to_string(), port)))
     }
 }
 
@@ -622,6 +717,20 @@ impl Config {
         range("stream.keepalive_ms", s.keepalive_ms, 100, MS_DAY)?;
         range("stream.idle_timeout_ms", s.idle_timeout_ms, s.keepalive_ms + 1, 7 * MS_DAY)?;
         range("stream.connect_timeout_ms", s.connect_timeout_ms, 100, MS_HOUR)?;
+        let u = &self.udp;
+        u.bind_addr(self.listen.addr)?;
+        u.advertised()?;
+        if dap_stream::udp::congestion::ControllerConfig::from_name(&u.controller).is_none() {
+            return Err(ConfigError::invalid("udp.controller", "must be cubic or newreno"));
+        }
+        range("udp.max_udp_payload", u.max_udp_payload, 1200, 65_527)?;
+        range("udp.max_connections", u.max_connections, 1, 1 << 24)?;
+        range("udp.gso_segments", u.gso_segments, 1, 64)?;
+        range("udp.max_reorder", u.max_reorder, 65_536, 1 << 34)?;
+        range("udp.max_reorder_total", u.max_reorder_total, 65_536, 1 << 34)?;
+        range("udp.max_tracked_packets", u.max_tracked_packets, 64, 1 << 24)?;
+        range("udp.max_ack_ranges", u.max_ack_ranges, 1, 1 << 16)?;
+        range("udp.max_datagram_queue", u.max_datagram_queue, 2048, 1 << 30)?;
         let p = &self.proc;
         range("proc.threads", p.threads, 0, 1024)?;
         range("proc.queue_capacity", p.queue_capacity, 1, 1 << 24)?;

@@ -20,6 +20,8 @@ use dap_proc::ProcPool;
 use dap_reactor::{Limits, ListenerMode, Reactor};
 use dap_stream::pubsub::{self, Broker, BrokerConfig};
 use dap_stream::session::SessionLimits;
+use dap_stream::udp::congestion::ControllerConfig;
+use dap_stream::udp::endpoint::EndpointConfig;
 use dap_stream::{ChannelProcs, MuxConfig, StreamConfig, StreamServer};
 
 use crate::config::{ClientAuthSetting, Config, ConfigError, ListenerModeSetting};
@@ -94,6 +96,7 @@ pub struct Daemon {
     dns: Option<Arc<DnsServer>>,
     local_addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
+    udp_addr: Option<SocketAddr>,
     sources: Arc<Sources>,
     draining: Arc<AtomicBool>,
 }
@@ -246,7 +249,33 @@ fn stream_config(c: &Config) -> StreamConfig {
         buf_in: s.buf_in,
         buf_out: s.buf_out,
     };
-    StreamConfig { limits, max_sessions: s.max_sessions, ..StreamConfig::default() }
+    let u = &c.udp;
+    let (udp_host, udp_port) = u.advertised().ok().flatten().unwrap_or_default();
+    let mut conn = dap_stream::udp::connection::ConnectionConfig::default();
+    if let Some(cc) = ControllerConfig::from_name(&u.controller) {
+        conn.controller = cc;
+    }
+    conn.mtu.max = u.max_udp_payload;
+    conn.max_reorder = u.max_reorder;
+    conn.max_reorder_total = u.max_reorder_total;
+    conn.max_tracked_packets = u.max_tracked_packets;
+    conn.max_ack_ranges = u.max_ack_ranges;
+    conn.max_datagram_queue = u.max_datagram_queue;
+    conn.ecn = u.ecn;
+    let udp = EndpointConfig {
+        max_connections: u.max_connections,
+        connection: conn,
+        ..EndpointConfig::default()
+    };
+    StreamConfig {
+        limits,
+        max_sessions: s.max_sessions,
+        udp_port,
+        udp_host,
+        udp,
+        udp_gso_segments: u.gso_segments,
+        ..StreamConfig::default()
+    }
 }
 
 fn http_config(c: &Config) -> HttpConfig {
@@ -411,6 +440,15 @@ impl Daemon {
         }
         let _ = sources.http.set(http_stats);
 
+        let udp_addr = if config.udp.enabled {
+            let addr = config.udp.bind_addr(local_addr).map_err(|e| setting("udp.addr", e))?;
+            let bound = stream
+                .serve_udp(&reactor, addr)
+                .map_err(|e| setting("udp.addr", format!("{addr}: {e}")))?;
+            Some(bound)
+        } else {
+            None
+        };
         let dns = match zone {
             Some(zone) => {
                 let d = &config.dns;
@@ -426,6 +464,7 @@ impl Daemon {
         tracing::info!(
             addr = %local_addr,
             tls = ?tls_addr,
+            udp = ?udp_addr,
             dns = ?dns.as_ref().map(|d| d.local_addr()),
             workers = reactor.len(),
             node_key = %public_key_to_base64(&enc.node_public_key()),
@@ -442,6 +481,7 @@ impl Daemon {
             dns,
             local_addr,
             tls_addr,
+            udp_addr,
             sources,
             draining,
         })
@@ -455,6 +495,12 @@ impl Daemon {
     /// The TLS listener's address, when TLS is on.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls_addr
+    }
+
+    /// The UDP transport's address, when UDP is on (with port 0 configured, the port
+    /// picked).
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.udp_addr
     }
 
     /// The DNS server's address, when DNS is on.

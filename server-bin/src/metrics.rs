@@ -101,6 +101,7 @@ pub fn render(src: &Sources) -> String {
     }
     enc(&mut o, &src.enc);
     stream(&mut o, src);
+    udp(&mut o, src);
     pubsub(&mut o, &src.broker.stats());
     if let Some(dns) = src.dns.get() {
         let s = dns.stats();
@@ -271,6 +272,53 @@ fn enc(o: &mut Out, enc: &EncServer) {
         "reason",
         &[("evicted", s.keys_evicted), ("expired", s.keys_expired)],
     );
+}
+
+fn udp(o: &mut Out, src: &Sources) {
+    let Some(u) = src.stream.udp_counters() else { return };
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    o.by(
+        "dap_udp_datagrams_total",
+        "counter",
+        "UDP datagrams of stream sessions, by direction.",
+        "direction",
+        &[("in", get(&u.datagrams_in)), ("out", get(&u.datagrams_out))],
+    );
+    o.by(
+        "dap_udp_connections_total",
+        "counter",
+        "UDP connections, by event (attached: a session's first datagram arrived).",
+        "event",
+        &[("attached", get(&u.attached)), ("closed", get(&u.closed))],
+    );
+    o.one(
+        "dap_udp_connections_active",
+        "gauge",
+        "UDP connections open.",
+        get(&u.attached).saturating_sub(get(&u.closed)),
+    );
+    o.one(
+        "dap_udp_forwarded_total",
+        "counter",
+        "Datagrams that reached another worker than their connection's, handed over.",
+        get(&u.forwarded),
+    );
+    o.by(
+        "dap_udp_errors_total",
+        "counter",
+        "UDP datagrams dropped, by kind.",
+        "kind",
+        &[
+            ("forward_failed", get(&u.forward_failed)),
+            ("attach_failed", get(&u.attach_failed)),
+            ("send_failed", get(&u.send_failed)),
+        ],
+    );
+    o.family("dap_udp_gso_fallbacks_total", "counter", "Sockets whose kernel refused GSO.");
+    for (i, w) in src.workers.iter().enumerate() {
+        let n = w.stats().gso_fallbacks as f64;
+        o.sample("dap_udp_gso_fallbacks_total", &[("worker", &i.to_string())], n);
+    }
 }
 
 fn stream(o: &mut Out, src: &Sources) {

@@ -120,8 +120,10 @@ struct DrainState {
     /// Open streams by session id, with their channel count. Bounded by the session table:
     /// a stream opens only for a session the table holds, and leaves here when it ends.
     live: Mutex<HashMap<[u8; SESSION_ID_LEN], (EsocketHandle, usize)>>,
-    /// Signalled when a stream leaves `live`.
+    /// Signalled when a stream leaves `live` (or a UDP connection ends).
     left: Condvar,
+    /// Open UDP connections (they drain through their workers, not `live`).
+    udp_live: std::sync::atomic::AtomicUsize,
 }
 
 /// What [`StreamServer::drain`] did.
@@ -244,7 +246,8 @@ impl StreamServer {
         let d = &self.inner.drain;
         d.intake_stopped.store(true, Ordering::SeqCst);
         let live: Vec<EsocketHandle> = d.live.lock().values().map(|v| v.0).collect();
-        let report = DrainReport { streams: live.len(), left_open: 0 };
+        let udp_live = d.udp_live.load(Ordering::SeqCst);
+        let report = DrainReport { streams: live.len() + udp_live, left_open: 0 };
         tracing::info!(streams = live.len(), "stream drain: intake stopped");
         // Step 1's barrier: a closure on each stream's worker runs after whatever that
         // worker was doing when intake stopped.
@@ -272,9 +275,19 @@ impl StreamServer {
             };
             post_until(h, go, deadline);
         }
+        // UDP connections: each worker tells its own (and refuses new ones: draining).
+        if let Some(u) = self.inner.udp.get() {
+            for &h in u.worker_handles() {
+                let go = |es: &mut Esocket<'_>| {
+                    es.with_handler::<UdpWorker, _>(|w, es| w.go_away(es));
+                };
+                post_until(h, go, deadline);
+            }
+        }
         let mut g = d.live.lock();
-        while !g.is_empty() && !d.left.wait_until(&mut g, deadline).timed_out() {}
-        let left_open = g.len();
+        let busy = |g: &HashMap<_, _>| !g.is_empty() || d.udp_live.load(Ordering::SeqCst) > 0;
+        while busy(&g) && !d.left.wait_until(&mut g, deadline).timed_out() {}
+        let left_open = g.len() + d.udp_live.load(Ordering::SeqCst);
         drop(g);
         tracing::info!(left_open, "stream drain: done");
         DrainReport { left_open, ..report }
@@ -464,6 +477,19 @@ impl StreamServer {
     /// A UDP session ended.
     pub(crate) fn udp_detach(&self, id: &[u8; SESSION_ID_LEN]) {
         self.inner.table.detach(id);
+    }
+
+    /// A UDP connection opened.
+    pub(crate) fn udp_opened(&self) {
+        self.inner.drain.udp_live.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A UDP connection ended.
+    pub(crate) fn udp_closed(&self) {
+        let d = &self.inner.drain;
+        let _g = d.live.lock();
+        d.udp_live.fetch_sub(1, Ordering::SeqCst);
+        d.left.notify_all();
     }
 
     /// Adds the `/stream/` upgrade route to `http`.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use dap_stream::session::TransportKind;
 use dap_stream::session::ctl::{CtlRequest, decode_answer};
 use dap_stream::transport::Wake;
-use dap_stream::udp::connection::{Connection, ConnectionConfig, Side};
+use dap_stream::udp::connection::{CloseReason, Connection, ConnectionConfig, Event, Side};
 use dap_stream::udp::packet::ConnectionId;
 use dap_stream::{Channel, ChannelHandler, ChannelProcs, Message, Mux, MuxConfig, SessionInfo};
 use dap_stream::{StreamConfig, StreamServer};
@@ -40,6 +40,7 @@ struct UdpClient {
     got: Arc<Mutex<Vec<Message>>>,
     buf: Vec<u8>,
     rx: Vec<u8>,
+    events: Vec<Event>,
 }
 
 impl UdpClient {
@@ -70,7 +71,7 @@ impl UdpClient {
         conn.mux().start(Arc::new(NoWake));
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
-        UdpClient { conn, sock, got, buf: Vec::new(), rx: vec![0; 65_536] }
+        UdpClient { conn, sock, got, buf: Vec::new(), rx: vec![0; 65_536], events: Vec::new() }
     }
 
     /// One turn: send what the connection has, read what came (waiting at most 2 ms),
@@ -90,6 +91,9 @@ impl UdpClient {
         let now = Instant::now();
         if self.conn.poll_timeout().is_some_and(|t| t <= now) {
             self.conn.handle_timeout(now);
+        }
+        while let Some(e) = self.conn.poll_event() {
+            self.events.push(e);
         }
     }
 
@@ -184,4 +188,51 @@ fn stream_ctl_offers_udp_only_once_it_is_served_and_unknown_ids_are_dropped() {
         std::thread::yield_now();
     }
     assert_eq!(u.attached.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_drain_sends_every_echo_it_owes_then_close_going_away() {
+    let srv = echo_server(b"EV", StreamConfig::default());
+    let addr = srv.stream.serve_udp(&srv.reactor, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut c = UdpClient::open(&srv.stream, addr, b"");
+    let want: Vec<Vec<u8>> = (0..8).map(|i| pattern(i, 30_000)).collect();
+    for (i, m) in want.iter().enumerate() {
+        assert!(c.write(i as u8, m.clone()));
+    }
+    // Once the first echo is back, the server drains while traffic is in flight.
+    let start = Instant::now();
+    while c.got.lock().is_empty() {
+        assert!(start.elapsed() < TIMEOUT);
+        c.turn();
+    }
+    let stream = srv.stream.clone();
+    let drain = std::thread::spawn(move || stream.drain(Duration::from_secs(20)));
+    while !c.events.iter().any(|e| matches!(e, Event::Closed(_))) {
+        assert!(start.elapsed() < TIMEOUT, "no CLOSE: {:?}", c.events);
+        c.turn();
+    }
+    let report = drain.join().unwrap();
+    assert_eq!(report.left_open, 0, "{report:?}");
+    assert!(
+        c.events.iter().any(|e| matches!(e, Event::Closed(CloseReason::Peer { code: 3, .. }))),
+        "{:?}",
+        c.events
+    );
+    // What came back is whole, in order: the messages the server took, every one echoed.
+    let got = c.got.lock();
+    assert!(!got.is_empty());
+    for (i, m) in got.iter().enumerate() {
+        assert!(m.ty as usize == i && m.data == want[i], "echo {i}");
+    }
+    // A new UDP session is refused while draining.
+    let req = CtlRequest {
+        channels: b"E".to_vec(),
+        suite: None,
+        transport: TransportKind::Udp,
+        unreliable: Vec::new(),
+    };
+    assert_eq!(
+        srv.stream.stream_ctl(&req.encode(), None, Instant::now()).unwrap_err().status(),
+        503
+    );
 }

@@ -89,6 +89,11 @@ impl UdpShared {
         let _ = self.workers.set(handles);
     }
 
+    /// Each worker's socket.
+    pub(crate) fn worker_handles(&self) -> &[EsocketHandle] {
+        self.workers.get().map_or(&[], |w| w.as_slice())
+    }
+
     /// A fresh connection id for a new session, naming the worker that will own it, kept
     /// pending until `expires` (at most `max` ids pending: expired ones go first).
     pub(crate) fn reserve(
@@ -232,6 +237,11 @@ impl UdpWorker {
     fn attach(&mut self, es: &mut Esocket<'_>, now: Instant, cid: ConnectionId) -> bool {
         let c = &self.shared.counters;
         let Some(id) = self.shared.take(&cid) else { return false };
+        if self.server.is_draining() {
+            c.attach_failed.fetch_add(1, Ordering::Relaxed);
+            self.server.udp_detach(&id);
+            return false;
+        }
         let Ok(params) = self.server.udp_attach(&id, now) else {
             c.attach_failed.fetch_add(1, Ordering::Relaxed);
             return false;
@@ -248,8 +258,16 @@ impl UdpWorker {
             conn.mux().start(waker);
         }
         self.sessions.insert(cid, id);
+        self.server.udp_opened();
         c.attached.fetch_add(1, Ordering::Relaxed);
         true
+    }
+
+    /// The server is shutting down: every connection sends what it holds, then CLOSE
+    /// going-away.
+    pub(crate) fn go_away(&mut self, es: &mut Esocket<'_>) {
+        self.endpoint.go_away_all(crate::transport::CloseCode::GoingAway as u16);
+        self.flush(es, Instant::now());
     }
 
     /// Sends what every connection has, takes their events, and re-arms the deadline.
@@ -275,6 +293,7 @@ impl UdpWorker {
                 c.closed.fetch_add(1, Ordering::Relaxed);
                 if let Some(id) = self.sessions.remove(&cid) {
                     self.server.udp_detach(&id);
+                    self.server.udp_closed();
                 }
             }
         }

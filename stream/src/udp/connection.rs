@@ -335,6 +335,9 @@ pub struct Connection {
     stats: ConnStats,
     rr: usize,
     tmp: Vec<u8>,
+    /// Going away: no more channel data is taken; CLOSE (this code) goes out once
+    /// everything sent is acknowledged.
+    going_away: Option<u16>,
     path_responses: VecDeque<[u8; 8]>,
     /// Unreliable messages to send: (channel, type, bytes).
     datagrams: VecDeque<(u8, u8, Vec<u8>)>,
@@ -438,6 +441,7 @@ impl Connection {
             stats: ConnStats::default(),
             rr: 0,
             tmp: Vec::new(),
+            going_away: None,
             path_responses: VecDeque::new(),
             datagrams: VecDeque::new(),
             datagram_bytes: 0,
@@ -523,6 +527,25 @@ impl Connection {
             self.close_reported = true;
             self.events.push_back(Event::Closed(reason));
         }
+    }
+
+    /// Goes away gracefully (a server shutting down): from now on no channel data is taken
+    /// from the peer (packets carrying some are not acknowledged), what this end has to
+    /// send still goes, and once all of it is acknowledged a CLOSE with `code` follows.
+    /// Idempotent.
+    pub fn go_away(&mut self, code: u16) {
+        if self.state == State::Open && self.going_away.is_none() {
+            self.going_away = Some(code);
+        }
+    }
+
+    /// Everything the mux had to send was sent and acknowledged.
+    fn flushed(&self) -> bool {
+        self.mux.queued() == 0
+            && !self.mux.wants_send()
+            && self.datagrams.is_empty()
+            && !self.has_controls()
+            && self.chans.iter().all(|c| c.send.all_acked())
     }
 
     /// Closes the connection: a CLOSE with `code` goes out, then the connection waits three
@@ -627,6 +650,13 @@ impl Connection {
             self.events.push_back(Event::Connected);
         }
         let eliciting = frames.iter().any(|f| f.ack_eliciting());
+        // Going away, a packet with data is not taken: it is not acknowledged (so the
+        // peer never counts its data as delivered), its data is not delivered, but its
+        // other frames (ACKs, credit) still count.
+        let refused = self.going_away.is_some()
+            && frames
+                .iter()
+                .any(|f| matches!(f, Frame::ChannelData { .. } | Frame::Datagram { .. }));
         // Path and close frames first; the rest below, once the packet is recorded as
         // received. (The frames borrow the datagram, not the connection.)
         for f in &frames {
@@ -643,7 +673,9 @@ impl Connection {
                 _ => {}
             }
         }
-        self.acks.on_received(now, hdr.pn, eliciting);
+        if !refused {
+            self.acks.on_received(now, hdr.pn, eliciting);
+        }
         if let Some(e) = ecn {
             match e {
                 Ecn::NotEct => {}
@@ -666,6 +698,7 @@ impl Connection {
             }
             match f {
                 Frame::Ack(a) => self.on_ack(now, a.iter().collect(), a.delay_us, a.ecn),
+                Frame::ChannelData { .. } | Frame::Datagram { .. } if refused => {}
                 Frame::ChannelData { chan, offset, data } => self.on_data(now, chan, offset, data),
                 Frame::Datagram { chan, ty, data } => self.on_datagram(now, chan, ty, data),
                 Frame::Credit { chan, limit } => self.on_control(now, true, chan, limit),
@@ -1039,6 +1072,12 @@ impl Connection {
                 });
             }
             State::Open => {}
+        }
+        if let Some(code) = self.going_away
+            && self.flushed()
+        {
+            self.close(now, code);
+            return self.poll_transmit(now, max_segments, buf);
         }
         if let Some(t) = self.probe_candidate(now, buf) {
             return Some(t);

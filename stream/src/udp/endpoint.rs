@@ -232,6 +232,13 @@ impl Endpoint {
         }
     }
 
+    /// Every connection goes away gracefully with `code` ([`Connection::go_away`]).
+    pub fn go_away_all(&mut self, code: u16) {
+        for c in self.conns.values_mut() {
+            c.go_away(code);
+        }
+    }
+
     /// The earliest timeout of any connection.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.conns.values().filter_map(|c| c.poll_timeout()).min()

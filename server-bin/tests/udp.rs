@@ -1,0 +1,128 @@
+//! dapd's `[udp]` section: on by default (bound beside the HTTP listener), the port bound
+//! and the `advertise` setting in the stream_ctl answer, echo over UDP, the `/metrics`
+//! families, and `enabled = false`.
+
+mod util;
+
+use std::net::UdpSocket;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dap_stream::session::TransportKind;
+use dap_stream::session::ctl::{CtlRequest, decode_answer};
+use dap_stream::transport::Wake;
+use dap_stream::udp::connection::{Connection, ConnectionConfig, Side};
+use dap_stream::udp::packet::ConnectionId;
+use dap_stream::{Channel, ChannelHandler, ChannelProcs, Message, Mux, MuxConfig, SessionInfo};
+use parking_lot::Mutex;
+use util::*;
+
+struct NoWake;
+impl Wake for NoWake {
+    fn wake(&self) {}
+}
+
+struct Record(Arc<Mutex<Vec<Message>>>);
+impl ChannelHandler for Record {
+    fn packet_in(&mut self, _: &mut Channel<'_>, msg: Message) {
+        self.0.lock().push(msg);
+    }
+}
+
+fn udp_ctl(d: &dap_server::Daemon) -> dap_stream::session::SessionParams {
+    let req = CtlRequest {
+        channels: b"E".to_vec(),
+        suite: None,
+        transport: TransportKind::Udp,
+        unreliable: Vec::new(),
+    };
+    let answer = d.stream().stream_ctl(&req.encode(), None, Instant::now()).expect("stream_ctl");
+    decode_answer(&answer, MuxConfig::default()).expect("answer")
+}
+
+#[test]
+fn dapd_echoes_over_udp_by_default_and_counts_it() {
+    let d = daemon(config(2));
+    let addr = d.udp_addr().expect("UDP is on by default");
+    assert_eq!(addr.ip(), d.local_addr().ip(), "beside the HTTP listener");
+    let params = udp_ctl(&d);
+    assert_eq!(params.udp_port, addr.port());
+    let route = params.udp.clone().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let mut procs = ChannelProcs::new();
+    let log = got.clone();
+    procs.ch_proc_add(b'E', move |_| Box::new(Record(log.clone()))).unwrap();
+    let info = SessionInfo { session_id: params.id, client: None };
+    let mux = Mux::new(&params.channels, &procs, info, params.limits.mux);
+    let now = Instant::now();
+    let cid = ConnectionId(route.cid);
+    let config = ConnectionConfig::default();
+    let mut conn = Connection::new(Side::Client, &params, cid, Some(addr), mux, config, now);
+    conn.mux().start(Arc::new(NoWake));
+    let msg = vec![0x5a; 100_000];
+    conn.mux().with_channel(b'E', |ch| ch.write(1, msg.clone()).unwrap()).unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
+    let (mut buf, mut rx) = (Vec::new(), vec![0u8; 65_536]);
+    while got.lock().is_empty() {
+        assert!(now.elapsed() < TIMEOUT, "no echo");
+        let t = Instant::now();
+        while let Some(x) = conn.poll_transmit(t, 16, &mut buf) {
+            for seg in buf[..x.size].chunks(x.segment_size.unwrap_or(x.size)) {
+                sock.send_to(seg, x.destination).unwrap();
+            }
+        }
+        if let Ok((n, from)) = sock.recv_from(&mut rx) {
+            conn.handle_datagram(Instant::now(), from, &mut rx[..n]);
+        }
+        let t = Instant::now();
+        if conn.poll_timeout().is_some_and(|x| x <= t) {
+            conn.handle_timeout(t);
+        }
+    }
+    assert!(got.lock()[0].data == msg);
+    let (status, body) = http_get(d.local_addr(), "/metrics");
+    assert_eq!(status, 200);
+    assert!(body.contains("dap_udp_connections_total{event=\"attached\"} 1"), "{body}");
+    assert!(body.contains("dap_udp_datagrams_total{direction=\"in\"}"), "{body}");
+    d.drain_and_stop(Duration::from_secs(5));
+}
+
+#[test]
+fn advertise_reaches_the_client_and_udp_can_be_off() {
+    let mut c = config(1);
+    c.udp.advertise = "relay.example:4433".into();
+    let d = daemon(c);
+    let params = udp_ctl(&d);
+    assert_eq!(params.udp_port, 4433);
+    assert_eq!(params.udp.unwrap().host, "relay.example");
+    d.drain_and_stop(Duration::from_secs(5));
+
+    let mut c = config(1);
+    c.udp.enabled = false;
+    let d = daemon(c);
+    assert_eq!(d.udp_addr(), None);
+    let req = CtlRequest {
+        channels: b"E".to_vec(),
+        suite: None,
+        transport: TransportKind::Udp,
+        unreliable: Vec::new(),
+    };
+    let refused = d.stream().stream_ctl(&req.encode(), None, Instant::now()).unwrap_err();
+    assert_eq!(refused.status(), 406);
+    d.drain_and_stop(Duration::from_secs(5));
+}
+
+#[test]
+fn bad_udp_settings_name_their_key() {
+    for (toml, key) in [
+        ("[udp]\naddr = \"nowhere\"\n", "udp.addr"),
+        ("[udp]\nadvertise = \"no-port\"\n", "udp.advertise"),
+        ("[udp]\ncontroller = \"bbr\"\n", "udp.controller"),
+        ("[udp]\nmax_udp_payload = 100\n", "udp.max_udp_payload"),
+        ("[udp]\ngso_segments = 65\n", "udp.gso_segments"),
+    ] {
+        let e = dap_server::Config::from_toml(toml).unwrap_err();
+        assert_eq!(e.key(), Some(key), "{toml}");
+    }
+}
