@@ -92,6 +92,10 @@ pub enum Transport {
     /// An upgraded HTTP/1.1 connection (`GET /stream/…` → `101`).
     #[default]
     Http,
+    /// The UDP transport (PROTOCOL §11): the session's datagrams go to the node's UDP port
+    /// from the client's own socket; the stream is up at the node's first authenticated
+    /// answer.
+    Udp,
 }
 
 /// A client's settings. [`Default`] gives a client of `127.0.0.1:8079` with channel `'E'`.
@@ -170,6 +174,12 @@ impl ClientConfig {
     /// Sets the client certificate.
     pub fn auth_cert(mut self, cert: Arc<ClientCert>) -> Self {
         self.auth_cert = Some(cert);
+        self
+    }
+
+    /// Sets the transport.
+    pub fn transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
         self
     }
 

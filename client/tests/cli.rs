@@ -117,3 +117,21 @@ fn failures_name_the_stage_and_exit_non_zero() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no port"), "{err}");
 }
+
+#[test]
+fn ping_and_echo_work_over_udp() {
+    let node = Node::start(EncConfig::default());
+    let mut c = cli(Some(&node));
+    c.args(["--transport", "udp", "echo", "over udp"]);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("over udp"), "{out}");
+    let attached =
+        node.stream.udp_counters().unwrap().attached.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(attached, 1, "the session went over UDP");
+    let mut c = cli(Some(&node));
+    c.args(["--transport", "carrier-pigeon", "ping"]);
+    let (code, _, err) = run(c);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--transport"), "{err}");
+}

@@ -160,3 +160,81 @@ pub fn connect_on(
         }
     }
 }
+
+/// Starts a session's UDP connection on `ctx`'s worker: a socket on an ephemeral port of
+/// `server`'s family, the engine's client connection to `server` (the session's UDP port,
+/// at the host of its answer), its first datagram at once. `events` hears `Connected` at
+/// the first authentic answer and `Closed` once; with no answer within `timeout`, the
+/// session ends (`Io`). Returns the socket's handle, or `None` after reporting `Closed`.
+pub fn udp_connect_on(
+    ctx: &mut WorkerCtx,
+    server: SocketAddr,
+    params: SessionParams,
+    procs: &ChannelProcs,
+    stats: Arc<StreamStats>,
+    timeout: Duration,
+    mut events: EventSink,
+) -> Option<EsocketHandle> {
+    use crate::udp::connection::{Connection, Side};
+    let Some(route) = params.udp.clone() else {
+        events(StreamEvent::Closed(StreamError::Protocol(
+            "a UDP answer without a connection id".into(),
+        )));
+        return None;
+    };
+    let bind: SocketAddr = if server.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = match std::net::UdpSocket::bind(bind) {
+        Ok(s) => s,
+        Err(e) => {
+            events(StreamEvent::Closed(StreamError::Io(e.to_string())));
+            return None;
+        }
+    };
+    let info = SessionInfo { session_id: params.id, client: None };
+    let mux = Mux::new(&params.channels, procs, info, params.limits.mux);
+    let mut config = crate::udp::connection::ConnectionConfig::default();
+    config.idle_timeout = params.limits.idle_timeout;
+    config.keepalive = params.limits.keepalive;
+    config.rekey_packets = params.limits.rekey_packets;
+    let cid = crate::udp::packet::ConnectionId(route.cid);
+    let now = std::time::Instant::now();
+    let conn = Connection::new(Side::Client, &params, cid, Some(server), mux, config, now);
+    // The sink comes back if the socket cannot be added.
+    let slot = Arc::new(parking_lot::Mutex::new(Some(events)));
+    let back = slot.clone();
+    let sink: EventSink = Box::new(move |ev| {
+        if let Some(f) = back.lock().as_mut() {
+            f(ev);
+        }
+    });
+    let handler = crate::transport::udp::UdpClientConn::new(conn, sink, stats, timeout);
+    let opts = dap_reactor::UdpOptions::default().dont_fragment(true);
+    match ctx.add_udp_with(socket, opts, Box::new(handler)) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            if let Some(mut f) = slot.lock().take() {
+                f(StreamEvent::Closed(StreamError::Io(e.to_string())));
+            }
+            None
+        }
+    }
+}
+
+/// Where a UDP session's datagrams go: the session's UDP port at the host its answer
+/// names, or, when it names none, at the host stream_ctl was reached at (`ctl`).
+///
+/// # Errors
+/// The answer names a host that is not an IP address (names are not resolved here).
+pub fn udp_server_addr(params: &SessionParams, ctl: SocketAddr) -> Result<SocketAddr, String> {
+    let host = params.udp.as_ref().map_or("", |r| r.host.as_str());
+    let ip = if host.is_empty() {
+        ctl.ip()
+    } else {
+        host.parse().map_err(|_| format!("UDP host {host:?} is not an IP address"))?
+    };
+    Ok(SocketAddr::new(ip, params.udp_port))
+}

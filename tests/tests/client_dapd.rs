@@ -221,3 +221,36 @@ fn a_thousand_clients_on_two_workers_stream_and_echo_at_once() {
     drop(clients);
     d.drain_and_stop(Duration::from_secs(5));
 }
+
+#[test]
+fn the_client_streams_over_udp_against_dapd_and_echoes_every_size() {
+    let d = dapd(2);
+    let r = reactor(1);
+    let cfg = config(&d, b"E").transport(dap_client::Transport::Udp);
+    let (c, rx) = client(&r, 0, cfg);
+    assert_eq!(c.go_stage_blocking(Stage::StreamStreaming, TIMEOUT), Ok(Stage::StreamStreaming));
+    let sizes = [1usize, 100, 1_162, 1_163, 16_384, 65_536, 200_000, 1 << 20];
+    for (i, &n) in sizes.iter().enumerate() {
+        let data: Vec<u8> = (0..n).map(|k| (k * 13 + i) as u8).collect();
+        let mut pending = bytes::Bytes::from(data.clone());
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            match c.write(b'E', i as u8, pending) {
+                Ok(()) => break,
+                Err(dap_client::WriteError::Full(back)) => {
+                    assert!(Instant::now() < deadline, "write {i} stayed Full");
+                    pending = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let (ch, ty, got) = rx.recv_timeout(TIMEOUT).unwrap();
+        assert_eq!((ch, ty as usize, got.len()), (b'E', i, n));
+        assert!(got == data, "echo of {n} bytes differs");
+    }
+    let u = d.stream().udp_counters().unwrap();
+    assert_eq!(u.attached.load(Ordering::Relaxed), 1, "the session went over UDP");
+    drop(c);
+    d.drain_and_stop(Duration::from_secs(5));
+}

@@ -11,7 +11,9 @@ use dap_net::enc::client::{
 use dap_net::enc::{CipherSuite, EncSession};
 use dap_net::http::client::fetch;
 use dap_reactor::WorkerCtx;
-use dap_stream::client::{CtlError, connect_on, ctl_call, read_ctl_answer};
+use dap_stream::client::{
+    CtlError, connect_on, ctl_call, read_ctl_answer, udp_connect_on, udp_server_addr,
+};
 use dap_stream::session::ctl::CtlRequest;
 use dap_stream::session::{SessionParams, TransportKind};
 use dap_stream::transport::http::{EventSink, StreamEvent};
@@ -123,6 +125,7 @@ impl Inner {
     ) {
         let transport = match cfg.transport {
             Transport::Http => TransportKind::Http,
+            Transport::Udp => TransportKind::Udp,
         };
         // One suite offered is a requirement; several leave the choice to the node.
         let suite = match cfg.suites.as_slice() {
@@ -188,7 +191,19 @@ impl Inner {
         });
         let stats = self.stats.clone();
         let timeout = cfg.http.connect_timeout;
-        if let Some(h) = connect_on(ctx, addr, params, &procs, stats, timeout, sink) {
+        let started = if params.transport == TransportKind::Udp {
+            match udp_server_addr(&params, addr) {
+                Ok(server) => udp_connect_on(ctx, server, params, &procs, stats, timeout, sink),
+                Err(why) => {
+                    let mut sink = sink;
+                    sink(StreamEvent::Closed(dap_stream::transport::StreamError::Io(why)));
+                    None
+                }
+            }
+        } else {
+            connect_on(ctx, addr, params, &procs, stats, timeout, sink)
+        };
+        if let Some(h) = started {
             // Held from now on, so a tear-down or a drop closes it even mid-connect.
             let mut c = self.core.lock();
             if !c.closed && c.stream_serial == serial {

@@ -61,6 +61,8 @@ impl Node {
         }
         let http = http.start(&reactor, Server::builder().tcp(addr)).expect("http server");
         let addr = http.server().tcp_addrs()[0];
+        // Streams over UDP too, on a port of their own (announced in stream_ctl answers).
+        stream.serve_udp(&reactor, "127.0.0.1:0".parse().unwrap()).expect("udp");
         Node { addr, key: enc.node_public_key(), stream, http, pool, reactor }
     }
 

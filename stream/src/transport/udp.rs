@@ -321,3 +321,178 @@ impl Handler for UdpWorker {
         true
     }
 }
+
+/// A client session over UDP: its own socket (an ephemeral port), its [`Connection`], and
+/// the stream events a client machine expects.
+///
+/// [`Connection`]: crate::udp::connection::Connection
+pub(crate) struct UdpClientConn {
+    conn: crate::udp::connection::Connection,
+    events: super::http::EventSink,
+    stats: Arc<crate::stats::StreamStats>,
+    /// Until the first authentic answer: when to give up.
+    connect_by: Option<Instant>,
+    connected: bool,
+    closed: bool,
+    buf: Vec<u8>,
+    scratch: Vec<u8>,
+    gso_segments: usize,
+    wake_armed: Arc<AtomicBool>,
+}
+
+impl UdpClientConn {
+    pub(crate) fn new(
+        conn: crate::udp::connection::Connection,
+        events: super::http::EventSink,
+        stats: Arc<crate::stats::StreamStats>,
+        connect_timeout: Duration,
+    ) -> Self {
+        UdpClientConn {
+            conn,
+            events,
+            stats,
+            connect_by: Some(Instant::now() + connect_timeout),
+            connected: false,
+            closed: false,
+            buf: Vec::new(),
+            scratch: Vec::new(),
+            gso_segments: 64,
+            wake_armed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn end(&mut self, es: &mut Esocket<'_>, err: super::StreamError) {
+        if !self.closed {
+            self.closed = true;
+            if self.connected {
+                crate::stats::StreamStats::dec(&self.stats.streams_open);
+            }
+            crate::stats::StreamStats::inc(&self.stats.streams_closed);
+            (self.events)(super::http::StreamEvent::Closed(err));
+        }
+        es.close();
+    }
+
+    fn flush(&mut self, es: &mut Esocket<'_>, now: Instant) {
+        if self.closed {
+            return;
+        }
+        while let Some(t) = self.conn.poll_transmit(now, self.gso_segments, &mut self.buf) {
+            let mut tx = UdpTransmit::new(t.destination, &self.buf[..t.size]);
+            if let Some(s) = t.segment_size {
+                tx = tx.with_segment_size(s);
+            }
+            if let Some(e) = t.ecn {
+                tx = tx.with_ecn(dap_reactor::Ecn::from_bits(e as u8));
+            }
+            let _ = es.send_batch(&tx);
+        }
+        while let Some(ev) = self.conn.poll_event() {
+            match ev {
+                Event::Connected => {
+                    self.connected = true;
+                    self.connect_by = None;
+                    crate::stats::StreamStats::inc(&self.stats.streams_open);
+                    let channels = self
+                        .conn
+                        .mux()
+                        .channel_ids()
+                        .into_iter()
+                        .filter_map(|id| self.conn.mux().handle(id))
+                        .collect();
+                    (self.events)(super::http::StreamEvent::Connected {
+                        esocket: es.handle(),
+                        channels,
+                    });
+                }
+                Event::Closed(reason) => {
+                    use crate::udp::connection::CloseReason;
+                    let err = match reason {
+                        CloseReason::Peer { code, reason } => super::StreamError::PeerClosed {
+                            code: super::CloseCode::from_u16(code),
+                            reason,
+                        },
+                        CloseReason::Local(_) => super::StreamError::LocalClose,
+                        CloseReason::IdleTimeout => super::StreamError::IdleTimeout,
+                        CloseReason::Protocol(why) => super::StreamError::Protocol(why),
+                    };
+                    return self.end(es, err);
+                }
+            }
+        }
+        if self.connect_by.is_some_and(|t| now >= t) {
+            let err = super::StreamError::Io("no authenticated answer over UDP".into());
+            return self.end(es, err);
+        }
+        let next = [self.conn.poll_timeout(), self.connect_by].into_iter().flatten().min();
+        let after = next.map(|t| t.saturating_duration_since(now));
+        let _ = es.set_deadline(after.map(|d| d.max(Duration::from_micros(100))));
+    }
+}
+
+/// Wakes a client's UDP socket to flush.
+struct ClientWake {
+    handle: EsocketHandle,
+    armed: Arc<AtomicBool>,
+}
+
+impl Wake for ClientWake {
+    fn wake(&self) {
+        if self.armed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let armed = self.armed.clone();
+        let r = self.handle.exec(move |es| {
+            armed.store(false, Ordering::Release);
+            es.with_handler::<UdpClientConn, _>(|c, es| c.flush(es, Instant::now()));
+        });
+        if r.is_err() {
+            self.armed.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl Handler for UdpClientConn {
+    fn on_new(&mut self, es: &mut Esocket<'_>) {
+        let waker = Arc::new(ClientWake { handle: es.handle(), armed: self.wake_armed.clone() });
+        self.conn.mux().start(waker);
+        self.flush(es, Instant::now());
+    }
+
+    fn on_datagrams(&mut self, es: &mut Esocket<'_>, batch: &Datagrams<'_>) {
+        let now = Instant::now();
+        for d in batch {
+            self.scratch.clear();
+            self.scratch.extend_from_slice(d.data);
+            let ecn = Some(Ecn::from_bits(d.ecn.bits()));
+            self.conn.handle_datagram_ecn(now, d.from, ecn, &mut self.scratch);
+        }
+        self.flush(es, now);
+    }
+
+    fn on_timeout(&mut self, es: &mut Esocket<'_>) -> bool {
+        let now = Instant::now();
+        self.conn.handle_timeout(now);
+        self.flush(es, now);
+        true
+    }
+
+    fn on_delete(&mut self, es: &mut Esocket<'_>) {
+        // Closed from here (the client tore the session down): tell the server, best
+        // effort, then report.
+        if !self.closed {
+            let now = Instant::now();
+            self.conn.close(now, super::CloseCode::Normal as u16);
+            if let Some(t) = self.conn.poll_transmit(now, 1, &mut self.buf) {
+                let _ = es.send_batch(&UdpTransmit::new(t.destination, &self.buf[..t.size]));
+            }
+            self.closed = true;
+            if self.connected {
+                crate::stats::StreamStats::dec(&self.stats.streams_open);
+            }
+            crate::stats::StreamStats::inc(&self.stats.streams_closed);
+            (self.events)(super::http::StreamEvent::Closed(super::StreamError::LocalClose));
+        }
+        self.conn.mux().close();
+    }
+}

@@ -432,7 +432,9 @@ impl Connection {
             ecn: EcnValidator::new(config.ecn),
             ecn_rx: EcnCounts::default(),
             pacing_until: None,
-            probes: 0,
+            // A client speaks first, with data if it has any, else a PING: the server
+            // learns its address (and the session attaches) from that packet.
+            probes: u8::from(side == Side::Client),
             last_rx: now,
             connected: false,
             close_reported: false,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use dap_client::{ClientConfig, ClientError, RetryPolicy, Uplink};
+use dap_client::{ClientConfig, ClientError, RetryPolicy, Transport, Uplink};
 use dap_net::enc::keys::public_key_from_base64;
 use dap_net::enc::{ClientCert, NodeKey};
 
@@ -44,6 +44,9 @@ struct Cli {
     /// Tries per stage before giving up.
     #[arg(long, global = true, default_value_t = 3)]
     tries: u32,
+    /// How the stream is carried: `http` (an upgraded HTTP connection) or `udp`.
+    #[arg(long, global = true, default_value = "http")]
+    transport: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -163,6 +166,11 @@ fn client_config(cli: &Cli) -> Result<ClientConfig, Fail> {
     if let Some(k) = &cli.node_key {
         cfg = cfg.node_key(node_key(k)?);
     }
+    cfg = cfg.transport(match cli.transport.as_str() {
+        "http" => Transport::Http,
+        "udp" => Transport::Udp,
+        other => return Err(usage(format!("--transport {other:?}: http or udp"))),
+    });
     if let Some(path) = &cli.cert {
         let cert =
             ClientCert::load(path).map_err(|e| usage(format!("--cert {}: {e}", path.display())))?;
