@@ -196,10 +196,12 @@ pub fn udp_connect_on(
     };
     let info = SessionInfo { session_id: params.id, client: None };
     let mux = Mux::new(&params.channels, procs, info, params.limits.mux);
-    let mut config = crate::udp::connection::ConnectionConfig::default();
-    config.idle_timeout = params.limits.idle_timeout;
-    config.keepalive = params.limits.keepalive;
-    config.rekey_packets = params.limits.rekey_packets;
+    let config = crate::udp::connection::ConnectionConfig {
+        idle_timeout: params.limits.idle_timeout,
+        keepalive: params.limits.keepalive,
+        rekey_packets: params.limits.rekey_packets,
+        ..Default::default()
+    };
     let cid = crate::udp::packet::ConnectionId(route.cid);
     let now = std::time::Instant::now();
     let conn = Connection::new(Side::Client, &params, cid, Some(server), mux, config, now);
