@@ -17,6 +17,7 @@ use dap_stream::udp::packet::ConnectionId;
 use dap_stream::{Channel, ChannelHandler, ChannelProcs, Message, Mux, MuxConfig, SessionInfo};
 use dap_stream::{StreamConfig, StreamServer};
 use parking_lot::Mutex;
+use util::udp_relay::{Impair, UdpRelay};
 use util::{TIMEOUT, echo_server};
 
 struct NoWake;
@@ -45,6 +46,16 @@ struct UdpClient {
 
 impl UdpClient {
     fn open(server: &StreamServer, addr: SocketAddr, unreliable: &[u8]) -> Self {
+        Self::open_via(server, addr, addr, unreliable)
+    }
+
+    /// As [`open`](Self::open), sending to `via` (a relay in front of `addr`).
+    fn open_via(
+        server: &StreamServer,
+        addr: SocketAddr,
+        via: SocketAddr,
+        unreliable: &[u8],
+    ) -> Self {
         let req = CtlRequest {
             channels: b"EV".to_vec(),
             suite: None,
@@ -67,7 +78,7 @@ impl UdpClient {
         let config = ConnectionConfig::default();
         let cid = ConnectionId(route.cid);
         let mut conn =
-            Connection::new(Side::Client, &params, cid, Some(addr), mux, config, Instant::now());
+            Connection::new(Side::Client, &params, cid, Some(via), mux, config, Instant::now());
         conn.mux().start(Arc::new(NoWake));
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
@@ -235,4 +246,47 @@ fn a_drain_sends_every_echo_it_owes_then_close_going_away() {
         srv.stream.stream_ctl(&req.encode(), None, Instant::now()).unwrap_err().status(),
         503
     );
+}
+
+#[test]
+fn twenty_mebibytes_cross_a_lossy_relay_and_survive_a_nat_rebinding() {
+    // 10 % loss, 2 % duplication and 5 % reordering each way; halfway through, the relay's
+    // server-facing port changes, as a NAT's mapping does.
+    let srv = echo_server(b"EV", StreamConfig::default());
+    let addr = srv.stream.serve_udp(&srv.reactor, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let imp = Impair { loss: 0.10, duplicate: 0.02, reorder: 0.05 };
+    let relay = UdpRelay::start(addr, imp, imp, 7);
+    let mut c = UdpClient::open_via(&srv.stream, addr, relay.addr, b"");
+    const N: usize = 320; // 320 x 64 KiB = 20 MiB
+    let mut next = 0;
+    let mut rebound = false;
+    let start = Instant::now();
+    let limit = Duration::from_secs(300);
+    while c.got.lock().len() < N {
+        let got = c.got.lock().len();
+        assert!(start.elapsed() < limit, "echoed {got} of {N}: {:?}", c.conn.stats());
+        if !rebound && got >= N / 2 {
+            relay.rebind();
+            rebound = true;
+        }
+        while next < N && c.write(next as u8, pattern(next, 65_536)) {
+            next += 1;
+        }
+        c.turn();
+    }
+    for (i, m) in c.got.lock().iter().enumerate() {
+        assert!(m.ty == i as u8 && m.data == pattern(i, 65_536), "message {i} differs");
+    }
+    let u = srv.stream.udp_counters().unwrap();
+    assert_eq!(u.migrations.load(Ordering::Relaxed), 1, "the new path was validated and used");
+    let lost = relay.stats.lost.load(Ordering::Relaxed);
+    eprintln!(
+        "20 MiB echoed in {:?}; relay lost {lost}, reordered {}, duplicated {}, stale {}; client {:?}",
+        start.elapsed(),
+        relay.stats.reordered.load(Ordering::Relaxed),
+        relay.stats.duplicated.load(Ordering::Relaxed),
+        relay.stats.stale.load(Ordering::Relaxed),
+        c.conn.stats()
+    );
+    assert!(lost > 100);
 }

@@ -52,6 +52,8 @@ pub struct UdpCounters {
     pub send_failed: AtomicU64,
     /// Connections that ended.
     pub closed: AtomicU64,
+    /// Connections that moved to a new, validated client address (NAT rebinding).
+    pub migrations: AtomicU64,
 }
 
 /// What a server's UDP workers share with its stream_ctl.
@@ -288,6 +290,10 @@ impl UdpWorker {
             };
         }
         while let Some((cid, ev)) = self.endpoint.poll_event() {
+            if let Event::Migrated(to) = ev {
+                tracing::debug!(%to, "udp connection moved to a new address");
+                c.migrations.fetch_add(1, Ordering::Relaxed);
+            }
             if let Event::Closed(reason) = ev {
                 tracing::debug!(?reason, "udp connection closed");
                 c.closed.fetch_add(1, Ordering::Relaxed);
@@ -405,6 +411,7 @@ impl UdpClientConn {
                         channels,
                     });
                 }
+                Event::Migrated(_) => {}
                 Event::Closed(reason) => {
                     use crate::udp::connection::CloseReason;
                     let err = match reason {

@@ -168,6 +168,9 @@ pub enum CloseReason {
 pub enum Event {
     /// The first authenticated packet from the peer arrived.
     Connected,
+    /// The peer's new address was validated and the connection moved there (NAT
+    /// rebinding, migration).
+    Migrated(SocketAddr),
     /// The connection ended; last event.
     Closed(CloseReason),
 }
@@ -942,6 +945,8 @@ impl Connection {
                 self.ecn = EcnValidator::new(self.config.ecn);
                 self.path = Some(c);
                 self.stats.migrations += 1;
+                let to = self.path.as_ref().map(|p| p.addr);
+                self.events.extend(to.map(Event::Migrated));
             } else {
                 self.candidate = Some(c);
             }

@@ -905,6 +905,8 @@ fn a_nat_rebinding_mid_transfer_is_validated_and_the_transfer_completes() {
     p.check();
     let s = p.ends[1].conn.stats();
     assert_eq!((s.path_changes, s.migrations), (1, 1), "{s:?}");
+    let moved = SocketAddr::from(([127, 0, 0, 9], 5555));
+    assert!(p.ends[1].events.contains(&Event::Migrated(moved)), "{:?}", p.ends[1].events);
 }
 
 #[test]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod relay;
+pub mod udp_relay;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
