@@ -96,6 +96,11 @@ pub enum Transport {
     /// from the client's own socket; the stream is up at the node's first authenticated
     /// answer.
     Udp,
+    /// UDP when it works, else HTTP, as browsers do with QUIC: UDP is asked for first; a
+    /// node that does not offer it (406), or no authenticated UDP answer within
+    /// [`ClientConfig::udp_fallback`], falls back to HTTP, and the client keeps to HTTP for
+    /// this uplink for [`ClientConfig::udp_retry_after`] before trying UDP again.
+    Auto,
 }
 
 /// A client's settings. [`Default`] gives a client of `127.0.0.1:8079` with channel `'E'`.
@@ -132,6 +137,11 @@ pub struct ClientConfig {
     pub queue_messages: usize,
     /// This end's channel limits (message size, windows, queues).
     pub mux: MuxConfig,
+    /// With [`Transport::Auto`]: how long to wait for the node's first authenticated UDP
+    /// answer before falling back to HTTP (1 s).
+    pub udp_fallback: Duration,
+    /// With [`Transport::Auto`]: after a fallback, how long to keep to HTTP (5 minutes).
+    pub udp_retry_after: Duration,
 }
 
 impl Default for ClientConfig {
@@ -149,6 +159,8 @@ impl Default for ClientConfig {
             queue_bytes: 1 << 20,
             queue_messages: 1024,
             mux: MuxConfig::default(),
+            udp_fallback: Duration::from_secs(1),
+            udp_retry_after: Duration::from_secs(300),
         }
     }
 }

@@ -129,6 +129,17 @@ fn ping_and_echo_work_over_udp() {
     let attached =
         node.stream.udp_counters().unwrap().attached.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(attached, 1, "the session went over UDP");
+    // The default, auto, settles on UDP where the node serves it, and ping says so.
+    let mut c = cli(Some(&node));
+    c.arg("ping");
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    let line = out.lines().find(|l| l.starts_with("transport")).unwrap_or_default();
+    assert!(line.ends_with("udp"), "{out}");
+    let mut c = cli(Some(&node));
+    c.args(["--transport", "http", "ping"]);
+    let (_, out, _) = run(c);
+    assert!(out.lines().any(|l| l.starts_with("transport") && l.ends_with("http")), "{out}");
     let mut c = cli(Some(&node));
     c.args(["--transport", "carrier-pigeon", "ping"]);
     let (code, _, err) = run(c);

@@ -254,3 +254,48 @@ fn the_client_streams_over_udp_against_dapd_and_echoes_every_size() {
     drop(c);
     d.drain_and_stop(Duration::from_secs(5));
 }
+
+/// dapd with `edit` applied to the embedded config (ephemeral port, 1 worker).
+fn dapd_with(edit: impl FnOnce(&mut Config)) -> Daemon {
+    let mut cfg = Config::embedded();
+    cfg.listen.addr = "127.0.0.1:0".parse().unwrap();
+    cfg.reactor.threads = 1;
+    cfg.reactor.pin = false;
+    cfg.proc.threads = 1;
+    edit(&mut cfg);
+    Daemon::start(cfg).expect("dapd starts")
+}
+
+#[track_caller]
+fn auto_reaches(d: &Daemon, r: &Reactor, want: dap_client::Transport, bound: Duration) {
+    let mut cfg = config(d, b"E").transport(dap_client::Transport::Auto);
+    cfg.udp_fallback = Duration::from_millis(300);
+    let (c, rx) = client(r, 0, cfg);
+    let start = Instant::now();
+    assert_eq!(c.go_stage_blocking(Stage::StreamStreaming, TIMEOUT), Ok(Stage::StreamStreaming));
+    assert!(start.elapsed() < bound, "{:?}", start.elapsed());
+    assert_eq!(c.transport(), Some(want));
+    c.write(b'E', 1, &b"auto"[..]).unwrap();
+    assert_eq!(rx.recv_timeout(TIMEOUT).unwrap(), (b'E', 1, b"auto".to_vec()));
+}
+
+#[test]
+fn auto_uses_udp_where_it_works_and_falls_back_to_http_where_it_does_not() {
+    let r = reactor(1);
+    // UDP served: UDP.
+    let d = dapd_with(|_| {});
+    auto_reaches(&d, &r, dap_client::Transport::Udp, TIMEOUT);
+    d.drain_and_stop(Duration::from_secs(5));
+    // UDP off: the node refuses transport UDP (406) and the client asks again for HTTP.
+    let d = dapd_with(|c| c.udp.enabled = false);
+    auto_reaches(&d, &r, dap_client::Transport::Http, TIMEOUT);
+    d.drain_and_stop(Duration::from_secs(5));
+    // UDP announced where nothing answers (a black-holed port): no authenticated answer
+    // within the 300 ms fallback, then HTTP.
+    let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = hole.local_addr().unwrap().port();
+    let d = dapd_with(|c| c.udp.advertise = format!("127.0.0.1:{port}"));
+    auto_reaches(&d, &r, dap_client::Transport::Http, Duration::from_secs(10));
+    drop(hole);
+    d.drain_and_stop(Duration::from_secs(5));
+}

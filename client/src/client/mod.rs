@@ -129,6 +129,8 @@ struct Core {
     waiters: Vec<StageCallback>,
     on_status: Option<StatusFn>,
     closed: bool,
+    /// With `Transport::Auto`: UDP failed at this uplink; HTTP until then.
+    udp_down_until: Option<Instant>,
 }
 
 /// What a drive turn tells the application, outside the lock. A target's outcome goes to
@@ -296,6 +298,16 @@ impl Client {
         (c.machine.stage(), c.machine.status())
     }
 
+    /// The transport of the current session (`None` before stream_ctl answered): with
+    /// [`Transport::Auto`](crate::Transport::Auto), the one it settled on.
+    pub fn transport(&self) -> Option<crate::Transport> {
+        let c = self.inner.core.lock();
+        c.params.as_ref().map(|p| match p.transport {
+            dap_stream::session::TransportKind::Udp => crate::Transport::Udp,
+            _ => crate::Transport::Http,
+        })
+    }
+
     /// Whether channels are live.
     pub fn is_streaming(&self) -> bool {
         self.inner.core.lock().machine.is_streaming()
@@ -445,6 +457,7 @@ impl Inner {
             to_close: Vec::new(),
             inputs: VecDeque::new(),
             driving: false,
+            udp_down_until: None,
             addr: None,
             enc: None,
             params: None,

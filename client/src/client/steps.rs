@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use dap_net::dns::LookupKind;
 use dap_net::enc::client::{
@@ -126,6 +127,8 @@ impl Inner {
         let transport = match cfg.transport {
             Transport::Http => TransportKind::Http,
             Transport::Udp => TransportKind::Udp,
+            Transport::Auto if self.udp_down() => TransportKind::Http,
+            Transport::Auto => TransportKind::Udp,
         };
         // One suite offered is a requirement; several leave the choice to the node.
         let suite = match cfg.suites.as_slice() {
@@ -141,12 +144,20 @@ impl Inner {
         };
         let me = self.clone();
         let mux = cfg.mux;
+        let auto = (cfg.transport == Transport::Auto).then(|| (cfg.clone(), enc.clone()));
         fetch(ctx, req, &cfg.http, move |ctx, result| {
             let params = result
                 .map_err(RequestError::from)
                 .and_then(|resp| read_response(&enc, &sealed, resp))
                 .map_err(CtlError::from)
                 .and_then(|r| read_ctl_answer(r.status, &r.body, mux));
+            // Auto, and the node offers no UDP: ask again for HTTP at once.
+            if let (Some((cfg, enc)), Err(CtlError::Refused { status: 406, .. })) = (&auto, &params)
+                && transport == TransportKind::Udp
+            {
+                me.set_udp_down(cfg.udp_retry_after);
+                return me.stream_ctl(ctx, attempt, cfg, enc.clone(), addr);
+            }
             let input = match params {
                 Ok(p) => Input::Done {
                     attempt,
@@ -169,7 +180,16 @@ impl Inner {
     ) {
         let procs = self.lane_procs(serial, &params.channels);
         let me = self.clone();
+        // Auto over UDP: a session that never gets its first answer means UDP does not get
+        // through here; the retry goes over HTTP.
+        let auto_udp = (cfg.transport == Transport::Auto && params.transport == TransportKind::Udp)
+            .then_some(cfg.udp_retry_after);
+        let mut up = false;
         let sink: EventSink = Box::new(move |ev| {
+            if let (StreamEvent::Closed(_), Some(after), false) = (&ev, auto_udp, up) {
+                me.set_udp_down(after);
+            }
+            up |= matches!(ev, StreamEvent::Connected { .. });
             // Called on the worker, inside the stream's own callbacks: queue and wake.
             let input = match ev {
                 // The channel handles are not needed: the lanes take theirs in `on_new`.
@@ -190,7 +210,10 @@ impl Inner {
             me.input(input);
         });
         let stats = self.stats.clone();
-        let timeout = cfg.http.connect_timeout;
+        let timeout = match auto_udp {
+            Some(_) => cfg.udp_fallback,
+            None => cfg.http.connect_timeout,
+        };
         let started = if params.transport == TransportKind::Udp {
             match udp_server_addr(&params, addr) {
                 Ok(server) => udp_connect_on(ctx, server, params, &procs, stats, timeout, sink),
@@ -238,5 +261,16 @@ impl Inner {
             }
         }
         procs
+    }
+
+    /// With `Transport::Auto`: whether UDP failed here recently.
+    fn udp_down(&self) -> bool {
+        self.core.lock().udp_down_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// With `Transport::Auto`: UDP failed here; HTTP for `after`.
+    fn set_udp_down(&self, after: Duration) {
+        tracing::info!(?after, "UDP did not get through; falling back to HTTP");
+        self.core.lock().udp_down_until = Some(Instant::now() + after);
     }
 }

@@ -121,6 +121,11 @@ pub(crate) fn ping(cfg: ClientConfig, timeout: Duration) -> Result<(), Fail> {
     }
     result?;
     let _ = writeln!(out, "{:<18}{:>9.3} ms", "total", total.as_secs_f64() * 1e3);
+    let transport = match s.client.transport() {
+        Some(dap_client::Transport::Udp) => "udp",
+        _ => "http",
+    };
+    let _ = writeln!(out, "{:<18}{transport:>12}", "transport");
     Ok(())
 }
 

@@ -44,8 +44,9 @@ struct Cli {
     /// Tries per stage before giving up.
     #[arg(long, global = true, default_value_t = 3)]
     tries: u32,
-    /// How the stream is carried: `http` (an upgraded HTTP connection) or `udp`.
-    #[arg(long, global = true, default_value = "http")]
+    /// How the stream is carried: `auto` (UDP, falling back to HTTP when UDP does not get
+    /// through), `udp` or `http` (an upgraded HTTP connection).
+    #[arg(long, global = true, default_value = "auto")]
     transport: String,
     #[command(subcommand)]
     command: Command,
@@ -169,7 +170,8 @@ fn client_config(cli: &Cli) -> Result<ClientConfig, Fail> {
     cfg = cfg.transport(match cli.transport.as_str() {
         "http" => Transport::Http,
         "udp" => Transport::Udp,
-        other => return Err(usage(format!("--transport {other:?}: http or udp"))),
+        "auto" => Transport::Auto,
+        other => return Err(usage(format!("--transport {other:?}: auto, udp or http"))),
     });
     if let Some(path) = &cli.cert {
         let cert =
