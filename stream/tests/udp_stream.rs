@@ -25,11 +25,13 @@ impl Wake for NoWake {
     fn wake(&self) {}
 }
 
-/// Records what arrives on a channel.
-struct Record(Arc<Mutex<Vec<Message>>>);
+/// Records what arrives on a channel (and, beside it, the channel of each message).
+struct Record(Arc<Mutex<Vec<Message>>>, Arc<Mutex<Vec<u8>>>);
 impl ChannelHandler for Record {
-    fn packet_in(&mut self, _: &mut Channel<'_>, msg: Message) {
-        self.0.lock().push(msg);
+    fn packet_in(&mut self, ch: &mut Channel<'_>, msg: Message) {
+        let mut log = self.0.lock();
+        self.1.lock().push(ch.id());
+        log.push(msg);
     }
 }
 
@@ -39,6 +41,7 @@ struct UdpClient {
     conn: Connection,
     sock: UdpSocket,
     got: Arc<Mutex<Vec<Message>>>,
+    chans: Arc<Mutex<Vec<u8>>>,
     buf: Vec<u8>,
     rx: Vec<u8>,
     events: Vec<Event>,
@@ -46,18 +49,28 @@ struct UdpClient {
 
 impl UdpClient {
     fn open(server: &StreamServer, addr: SocketAddr, unreliable: &[u8]) -> Self {
-        Self::open_via(server, addr, addr, unreliable)
+        Self::open_with(server, addr, addr, b"EV", unreliable)
     }
 
-    /// As [`open`](Self::open), sending to `via` (a relay in front of `addr`).
     fn open_via(
         server: &StreamServer,
         addr: SocketAddr,
         via: SocketAddr,
         unreliable: &[u8],
     ) -> Self {
+        Self::open_with(server, addr, via, b"EV", unreliable)
+    }
+
+    /// A session on `channels`, sending to `via` (`addr` itself, or a relay in front of it).
+    fn open_with(
+        server: &StreamServer,
+        addr: SocketAddr,
+        via: SocketAddr,
+        channels: &[u8],
+        unreliable: &[u8],
+    ) -> Self {
         let req = CtlRequest {
-            channels: b"EV".to_vec(),
+            channels: channels.to_vec(),
             suite: None,
             transport: TransportKind::Udp,
             unreliable: unreliable.to_vec(),
@@ -68,10 +81,11 @@ impl UdpClient {
         let route = params.udp.clone().expect("a UDP answer names a connection id");
         assert_eq!(route.host, "", "no host announced: the one stream_ctl was reached at");
         let got = Arc::new(Mutex::new(Vec::new()));
+        let chans = Arc::new(Mutex::new(Vec::new()));
         let mut procs = ChannelProcs::new();
-        for id in [b'E', b'V'] {
-            let log = got.clone();
-            procs.ch_proc_add(id, move |_| Box::new(Record(log.clone()))).unwrap();
+        for &id in channels {
+            let (log, ids) = (got.clone(), chans.clone());
+            procs.ch_proc_add(id, move |_| Box::new(Record(log.clone(), ids.clone()))).unwrap();
         }
         let info = SessionInfo { session_id: params.id, client: None };
         let mux = Mux::new(&params.channels, &procs, info, params.limits.mux);
@@ -82,7 +96,15 @@ impl UdpClient {
         conn.mux().start(Arc::new(NoWake));
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
-        UdpClient { conn, sock, got, buf: Vec::new(), rx: vec![0; 65_536], events: Vec::new() }
+        UdpClient {
+            conn,
+            sock,
+            got,
+            chans,
+            buf: Vec::new(),
+            rx: vec![0; 65_536],
+            events: Vec::new(),
+        }
     }
 
     /// One turn: send what the connection has, read what came (waiting at most 2 ms),
@@ -109,7 +131,11 @@ impl UdpClient {
     }
 
     fn write(&mut self, ty: u8, data: Vec<u8>) -> bool {
-        self.conn.mux().with_channel(b'E', |ch| ch.write(ty, data).is_ok()).unwrap_or(false)
+        self.write_on(b'E', ty, data)
+    }
+
+    fn write_on(&mut self, chan: u8, ty: u8, data: Vec<u8>) -> bool {
+        self.conn.mux().with_channel(chan, |ch| ch.write(ty, data).is_ok()).unwrap_or(false)
     }
 }
 
@@ -289,4 +315,124 @@ fn twenty_mebibytes_cross_a_lossy_relay_and_survive_a_nat_rebinding() {
         c.conn.stats()
     );
     assert!(lost > 100);
+}
+
+/// Like `Record`, with the channel: what arrived, by channel.
+struct RecordOn(u8, Arc<Mutex<Vec<(u8, Message)>>>);
+impl ChannelHandler for RecordOn {
+    fn packet_in(&mut self, _: &mut Channel<'_>, msg: Message) {
+        self.1.lock().push((self.0, msg));
+    }
+}
+
+#[test]
+fn eight_channels_echo_every_size_up_to_four_mebibytes() {
+    const IDS: &[u8] = b"ABCDEFGH";
+    let srv = echo_server(IDS, StreamConfig::default());
+    let addr = srv.stream.serve_udp(&srv.reactor, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut c = UdpClient::open_with(&srv.stream, addr, addr, IDS, b"");
+    // Messages per channel, each channel its own sizes; channel A also carries 4 MiB.
+    let sizes = |id: u8| -> Vec<usize> {
+        let mut v = vec![1, 100, 1_163, 16_384, 65_537, 300_000];
+        if id == b'A' {
+            v.push(4 << 20);
+        }
+        v
+    };
+    let data = |id: u8, i: usize, n: usize| pattern(i * 131 + id as usize, n);
+    let total: usize = IDS.iter().map(|&id| sizes(id).len()).sum();
+    let mut next: Vec<usize> = vec![0; IDS.len()];
+    let start = Instant::now();
+    while c.got.lock().len() < total {
+        assert!(start.elapsed() < Duration::from_secs(120), "{} of {total}", c.got.lock().len());
+        for (k, &id) in IDS.iter().enumerate() {
+            let s = sizes(id);
+            while next[k] < s.len() && c.write_on(id, next[k] as u8, data(id, next[k], s[next[k]]))
+            {
+                next[k] += 1;
+            }
+        }
+        c.turn();
+    }
+    // Each channel's echoes, in its order, equal to what it sent.
+    let (got, chans) = (c.got.lock(), c.chans.lock());
+    for &id in IDS {
+        let s = sizes(id);
+        let mine: Vec<&Message> =
+            got.iter().zip(chans.iter()).filter(|(_, c)| **c == id).map(|(m, _)| m).collect();
+        assert_eq!(mine.len(), s.len(), "channel {}", id as char);
+        for (i, m) in mine.iter().enumerate() {
+            assert!(m.ty as usize == i && m.data == data(id, i, s[i]), "{} {i}", id as char);
+        }
+    }
+}
+
+#[test]
+fn a_thousand_udp_clients_on_two_workers_each_echo() {
+    use dap_stream::udp::endpoint::{Endpoint, EndpointConfig};
+    let srv = echo_server(b"E", StreamConfig::default());
+    let addr = srv.stream.serve_udp(&srv.reactor, "127.0.0.1:0".parse().unwrap()).unwrap();
+    // A thousand client connections in one endpoint behind one socket: connection ids,
+    // not addresses, tell them apart.
+    let mut ep =
+        Endpoint::new(EndpointConfig { max_connections: 2000, ..EndpointConfig::default() });
+    let got: Arc<Mutex<Vec<(u8, Message)>>> = Arc::default();
+    let mut cids = Vec::new();
+    const N: usize = 1000;
+    for i in 0..N {
+        let req = CtlRequest {
+            channels: b"E".to_vec(),
+            suite: None,
+            transport: TransportKind::Udp,
+            unreliable: Vec::new(),
+        };
+        let answer = srv.stream.stream_ctl(&req.encode(), None, Instant::now()).unwrap();
+        let params = decode_answer(&answer, MuxConfig::default()).unwrap();
+        let mut procs = ChannelProcs::new();
+        let log = got.clone();
+        procs.ch_proc_add(b'E', move |_| Box::new(RecordOn(b'E', log.clone()))).unwrap();
+        let info = SessionInfo { session_id: params.id, client: None };
+        let mux = Mux::new(&params.channels, &procs, info, params.limits.mux);
+        let cid = ConnectionId(params.udp.clone().unwrap().cid);
+        let cid = ep.connect(Instant::now(), &params, cid, addr, mux).unwrap();
+        let conn = ep.connection(cid).unwrap();
+        conn.mux().start(Arc::new(NoWake));
+        let msg = (i as u32).to_be_bytes().to_vec();
+        conn.mux().with_channel(b'E', |ch| ch.write(1, msg).unwrap()).unwrap();
+        cids.push(cid);
+    }
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
+    let (mut buf, mut rx) = (Vec::new(), vec![0u8; 65_536]);
+    let start = Instant::now();
+    while got.lock().len() < N {
+        assert!(start.elapsed() < Duration::from_secs(120), "{} of {N} echoed", got.lock().len());
+        let now = Instant::now();
+        while let Some(t) = ep.poll_transmit(now, 16, &mut buf) {
+            for d in buf[..t.size].chunks(t.segment_size.unwrap_or(t.size)) {
+                // A full socket buffer drops it, as a network would: the engine resends.
+                let _ = sock.send_to(d, t.destination);
+            }
+        }
+        while let Ok((n, from)) = sock.recv_from(&mut rx) {
+            ep.handle_datagram(Instant::now(), from, &mut rx[..n]);
+            sock.set_nonblocking(true).unwrap();
+        }
+        sock.set_nonblocking(false).unwrap();
+        let now = Instant::now();
+        if ep.poll_timeout().is_some_and(|t| t <= now) {
+            ep.handle_timeout(now);
+        }
+        while ep.poll_event().is_some() {}
+    }
+    let mut seen: Vec<u32> = got
+        .lock()
+        .iter()
+        .map(|(_, m)| u32::from_be_bytes(m.data[..4].try_into().unwrap()))
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..N as u32).collect::<Vec<_>>(), "each client got its own echo, once");
+    let u = srv.stream.udp_counters().unwrap();
+    assert_eq!(u.attached.load(Ordering::Relaxed), N as u64);
+    assert!(u.forwarded.load(Ordering::Relaxed) > 0, "both workers served");
 }
