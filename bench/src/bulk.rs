@@ -108,14 +108,14 @@ pub struct Window {
 }
 
 impl Window {
-    fn mb_per_s(&self) -> f64 {
+    pub(crate) fn mb_per_s(&self) -> f64 {
         self.count as f64 / self.wall.as_secs_f64() / 1e6
     }
-    fn pct(&self, d: Duration) -> f64 {
+    pub(crate) fn pct(&self, d: Duration) -> f64 {
         100.0 * d.as_secs_f64() / self.wall.as_secs_f64()
     }
     /// Busy CPU time per MB moved on CPU `i`, in microseconds.
-    fn us_per_mb(&self, i: usize) -> f64 {
+    pub(crate) fn us_per_mb(&self, i: usize) -> f64 {
         self.busy[i].as_secs_f64() * 1e6 / (self.count as f64 / 1e6)
     }
     /// Busy time on CPUs 0-1 that this process does not account for (other processes).
@@ -190,6 +190,11 @@ impl ChannelHandler for Source {
 
 fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+/// `dap-bench stream`'s dap run with its defaults (for `dap-bench udp`'s HTTP column).
+pub(crate) fn run_dap_http(cipher: Cipher, msg: usize, warmup: f64, secs: f64) -> io::Result<Window> {
+    run_dap(cipher, msg, warmup, secs, None)
 }
 
 /// One dap run: fresh server and client reactors.

@@ -20,6 +20,7 @@ mod serve_tokio;
 mod servers;
 mod setup;
 mod tls;
+mod udp;
 mod udp_sim;
 mod wrk;
 
@@ -127,6 +128,9 @@ enum Cmd {
     /// The UDP engine's own ceiling: two engines in memory on one thread, one channel,
     /// encrypted bulk (both ciphers, 1,452- and 8,952-byte datagrams)
     UdpSim(udp_sim::UdpSimArgs),
+    /// Encrypted bulk over loopback UDP: dap's UDP transport vs quinn 0.11 (and dap's HTTP
+    /// stream in the same run), both ciphers, 1,452-byte datagrams
+    Udp(udp::UdpArgs),
     /// Session set-ups per second (enc_init + stream_ctl + stream connect) vs full rustls
     /// TLS 1.3 handshakes per second, fresh connections.
     Setup(setup::SetupArgs),
@@ -241,6 +245,7 @@ fn main() -> ExitCode {
         Cmd::Http(a) => http::run_http(&a, DapSource::from_arg(cli.dap_hello_bin)).map(drop),
         Cmd::Https(a) => http::run_https(&a, DapSource::from_arg(cli.dap_hello_bin)).map(drop),
         Cmd::Stream(a) => bulk::run(&a).map(drop),
+        Cmd::Udp(a) => udp::run(&a).map(drop),
         Cmd::UdpSim(a) => {
             udp_sim::run_all(&a);
             Ok(())

@@ -1,0 +1,353 @@
+//! `dap-bench udp`: one connection, one channel (one unidirectional stream for quinn),
+//! encrypted bulk over loopback UDP, dap's UDP transport against quinn 0.11 (rustls, ring),
+//! for AES-256-GCM and ChaCha20-Poly1305 at 1,452-byte datagrams; and, in the same run,
+//! dap's own stream over HTTP for the `udp / http` ratio.
+//!
+//! - **dap**: a `StreamServer` serving UDP (`serve_udp`, one socket on one reactor worker
+//!   pinned to CPU 0) whose channel `S` is a sink counting message bytes; the session comes
+//!   from `StreamServer::stream_ctl` in process (transport UDP, the cipher under test).
+//!   The client is `dap_stream::client::udp_connect_on` on a reactor worker pinned to
+//!   CPU 1, writing `--msg`-byte messages on `S` while the channel takes them. Datagrams
+//!   are 1,452 bytes at both ends (path MTU discovery finds that first).
+//! - **quinn**: a server endpoint in a current-thread tokio runtime on a thread pinned to
+//!   CPU 0 accepts one connection and one unidirectional stream and reads chunks, counting
+//!   bytes; the client, the same way on CPU 1, writes `--msg`-byte buffers in a loop. TLS
+//!   1.3 with the one suite under test (AES-128-GCM only for QUIC's Initial packets, as
+//!   QUIC requires), X25519, MTU fixed at 1,452 (no discovery), quinn's other defaults.
+//! - **dap-http**: `dap-bench stream`'s dap run, for the ratio of UDP to HTTP.
+//!
+//! The window, CPU accounting and the order of contenders follow `dap-bench stream`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dap_stream::session::TransportKind;
+use dap_stream::session::ctl::{CtlRequest, decode_answer};
+use dap_stream::transport::http::StreamEvent;
+use dap_stream::udp::mtu::MtuConfig;
+use dap_stream::{
+    Channel, ChannelHandler, ChannelProcs, Message, MuxConfig, StreamConfig, StreamServer,
+    StreamStats,
+};
+
+use crate::bulk::{Window, measure, one_worker_reactor};
+use crate::procstat;
+use crate::report::{NOISY_OTHER_PCT, fmt_num, fmt_ratio, median, print_result_line};
+use crate::servers::{CLIENT_CPU, SERVER_CPU};
+use crate::tls::{self, Cert, CertKind, Cipher};
+
+/// Options of `dap-bench udp`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UdpArgs {
+    /// Measured window per run, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub secs: f64,
+    /// Rounds; contenders alternate across rounds and ratios are medians over rounds.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Warm-up after the connection is up, before the window, in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Application message (write) size in bytes, the same for every contender.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub msg: usize,
+}
+
+const DATAGRAM: usize = 1452;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Sink(Arc<AtomicU64>);
+impl ChannelHandler for Sink {
+    fn packet_in(&mut self, _: &mut Channel<'_>, msg: Message) {
+        self.0.fetch_add(msg.data.len() as u64, Ordering::Relaxed);
+    }
+}
+
+struct Source {
+    msg: Bytes,
+    stop: Arc<AtomicBool>,
+}
+impl Source {
+    fn fill(&mut self, ch: &mut Channel<'_>) {
+        while !self.stop.load(Ordering::Relaxed) && ch.can_write(self.msg.len()) {
+            if ch.write(0, self.msg.clone()).is_err() {
+                return;
+            }
+        }
+    }
+}
+impl ChannelHandler for Source {
+    fn on_new(&mut self, ch: &mut Channel<'_>) {
+        ch.set_ready_to_write(true);
+        self.fill(ch);
+    }
+    fn packet_in(&mut self, _: &mut Channel<'_>, _: Message) {}
+    fn packet_out(&mut self, ch: &mut Channel<'_>) {
+        self.fill(ch);
+    }
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+/// One dap-over-UDP run.
+fn run_dap(cipher: Cipher, msg: usize, warmup: f64, secs: f64) -> io::Result<Window> {
+    let received = Arc::new(AtomicU64::new(0));
+    let reactor = one_worker_reactor(SERVER_CPU, "bench-srv")?;
+    let _pool = dap_proc::ProcPool::builder().start_for(&reactor)?;
+    let mut procs = ChannelProcs::new();
+    let r = received.clone();
+    procs.ch_proc_add(b'S', move |_| Box::new(Sink(r.clone()))).expect("valid id");
+    let mut config = StreamConfig::default();
+    config.udp.connection.mtu = MtuConfig::fixed(DATAGRAM);
+    let stream = StreamServer::new(procs, config);
+    let addr = stream.serve_udp(&reactor, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let req = CtlRequest {
+        channels: b"S".to_vec(),
+        suite: Some(cipher.dap()),
+        transport: TransportKind::Udp,
+        unreliable: Vec::new(),
+    };
+    let answer = stream
+        .stream_ctl(&req.encode(), None, Instant::now())
+        .map_err(|e| io::Error::other(format!("stream_ctl: {e}")))?;
+    let params = decode_answer(&answer, MuxConfig::default())
+        .map_err(|e| io::Error::other(format!("stream_ctl answer: {e}")))?;
+
+    let client = one_worker_reactor(CLIENT_CPU, "bench-cli")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut cprocs = ChannelProcs::new();
+    let (data, st) = (Bytes::from(pattern(msg)), stop.clone());
+    cprocs
+        .ch_proc_add(b'S', move |_| Box::new(Source { msg: data.clone(), stop: st.clone() }))
+        .expect("valid id");
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let worker = client.worker(0).expect("one worker");
+    worker
+        .exec(move |ctx| {
+            let sink: dap_stream::transport::http::EventSink = Box::new(move |ev| {
+                let _ = tx.send(ev);
+            });
+            let stats = Arc::new(StreamStats::default());
+            let _ = dap_stream::client::udp_connect_on(
+                ctx,
+                addr,
+                params,
+                &cprocs,
+                stats,
+                CONNECT_TIMEOUT,
+                sink,
+            );
+        })
+        .map_err(|e| io::Error::other(format!("client worker: {e:?}")))?;
+    let esocket = match rx.recv_timeout(CONNECT_TIMEOUT + Duration::from_secs(1)) {
+        Ok(StreamEvent::Connected { esocket, .. }) => esocket,
+        Ok(StreamEvent::Closed(e)) => return Err(io::Error::other(format!("udp: {e}"))),
+        Err(_) => return Err(io::Error::other("udp session not up in time")),
+    };
+    let res = measure(&received, warmup, secs);
+    stop.store(true, Ordering::Relaxed);
+    let _ = esocket.close();
+    client.shutdown(STOP_TIMEOUT);
+    reactor.shutdown(STOP_TIMEOUT);
+    res
+}
+
+/// The transport settings both quinn ends use: MTU fixed at the datagram size.
+fn quinn_transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.initial_mtu(DATAGRAM as u16);
+    t.min_mtu(DATAGRAM as u16);
+    t.mtu_discovery_config(None);
+    Arc::new(t)
+}
+
+/// QUIC's Initial packets are always AES-128-GCM; the suite under test protects the rest.
+fn initial_suite() -> io::Result<rustls::quic::Suite> {
+    rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
+        .tls13()
+        .and_then(|s| s.quic_suite())
+        .ok_or_else(|| io::Error::other("no QUIC initial suite"))
+}
+
+const ALPN: &[u8] = b"dap-bench";
+
+/// One quinn run: server and client threads, each a current-thread runtime.
+fn run_quinn(cipher: Cipher, cert: &Cert, msg: usize, warmup: f64, secs: f64) -> io::Result<Window> {
+    let mut server_tls = (*tls::server_config(cipher, cert)?).clone();
+    server_tls.alpn_protocols = vec![ALPN.to_vec()];
+    server_tls.max_early_data_size = 0;
+    let mut client_tls = (*tls::client_config(cipher, cert)?).clone();
+    client_tls.alpn_protocols = vec![ALPN.to_vec()];
+    let server_crypto =
+        quinn::crypto::rustls::QuicServerConfig::with_initial(Arc::new(server_tls), initial_suite()?)
+            .map_err(io::Error::other)?;
+    let client_crypto =
+        quinn::crypto::rustls::QuicClientConfig::with_initial(Arc::new(client_tls), initial_suite()?)
+            .map_err(io::Error::other)?;
+    let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server_cfg.transport_config(quinn_transport());
+    let mut client_cfg = quinn::ClientConfig::new(Arc::new(client_crypto));
+    client_cfg.transport_config(quinn_transport());
+
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let pin = procstat::can_pin_two_cpus();
+    let (addr_tx, addr_rx) = crossbeam_channel::bounded(1);
+    let (rcv, stp) = (received.clone(), stop.clone());
+    let server = std::thread::spawn(move || -> io::Result<()> {
+        if pin {
+            procstat::pin_current_thread(SERVER_CPU)?;
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async move {
+            let ep = quinn::Endpoint::server(server_cfg, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            let _ = addr_tx.send(ep.local_addr()?);
+            let incoming = ep.accept().await.ok_or_else(|| io::Error::other("no connection"))?;
+            let conn = incoming.await.map_err(io::Error::other)?;
+            let mut recv = conn.accept_uni().await.map_err(io::Error::other)?;
+            while !stp.load(Ordering::Relaxed) {
+                match recv.read_chunk(usize::MAX, true).await {
+                    Ok(Some(c)) => {
+                        rcv.fetch_add(c.bytes.len() as u64, Ordering::Relaxed);
+                    }
+                    _ => break,
+                }
+            }
+            conn.close(0u32.into(), b"done");
+            Ok(())
+        })
+    });
+    let addr = addr_rx
+        .recv_timeout(CONNECT_TIMEOUT)
+        .map_err(|_| io::Error::other("quinn server did not start"))?;
+    let stp = stop.clone();
+    let client = std::thread::spawn(move || -> io::Result<()> {
+        if pin {
+            procstat::pin_current_thread(CLIENT_CPU)?;
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async move {
+            let mut ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            ep.set_default_client_config(client_cfg);
+            let conn = ep
+                .connect(addr, "127.0.0.1")
+                .map_err(io::Error::other)?
+                .await
+                .map_err(io::Error::other)?;
+            let mut send = conn.open_uni().await.map_err(io::Error::other)?;
+            let data = Bytes::from(pattern(msg));
+            while !stp.load(Ordering::Relaxed) {
+                if send.write_chunk(data.clone()).await.is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    });
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    while received.load(Ordering::Relaxed) == 0 {
+        if Instant::now() >= deadline || server.is_finished() || client.is_finished() {
+            stop.store(true, Ordering::Relaxed);
+            return Err(io::Error::other("quinn transfer did not start"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let res = measure(&received, warmup, secs);
+    stop.store(true, Ordering::Relaxed);
+    let _ = client.join();
+    let _ = server.join();
+    res
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Dap,
+    Quinn,
+    DapHttp,
+}
+
+impl Who {
+    fn name(self) -> &'static str {
+        match self {
+            Who::Dap => "dap-udp",
+            Who::Quinn => "quinn",
+            Who::DapHttp => "dap-http",
+        }
+    }
+}
+
+fn print_row(round: usize, cipher: Cipher, who: Who, w: &Window) {
+    let flag = if w.other_pct() > NOISY_OTHER_PCT { " !" } else { "" };
+    println!(
+        "{:<5} {:<6} {:<8} {:>9.1} {:>7.1} {:>7.1} {:>10.0} {:>10.0} {:>6.1}{flag}",
+        round,
+        cipher.name(),
+        who.name(),
+        w.mb_per_s(),
+        w.pct(w.busy[0]),
+        w.pct(w.busy[1]),
+        w.us_per_mb(0),
+        w.us_per_mb(1),
+        w.other_pct(),
+    );
+}
+
+/// `dap-bench udp`: prints the table and the `RESULT` line; returns its pairs.
+pub fn run(args: &UdpArgs) -> io::Result<Vec<(String, String)>> {
+    let secs = args.secs.clamp(0.2, 600.0);
+    let warmup = args.warmup.clamp(0.0, 60.0);
+    let rounds = args.rounds.clamp(1, 50);
+    let msg = args.msg.clamp(1, 16 << 20);
+    let cert = Cert::generate(CertKind::Ed25519)?;
+    println!(
+        "== udp: bulk over loopback UDP, {DATAGRAM}-byte datagrams, {msg}-byte writes, {secs} s x {rounds} round(s) (pinned: {})",
+        procstat::can_pin_two_cpus()
+    );
+    println!(
+        "{:<5} {:<6} {:<8} {:>9} {:>7} {:>7} {:>10} {:>10} {:>6}",
+        "round", "cipher", "who", "MB/s", "srv %", "cli %", "srv us/MB", "cli us/MB", "oth %"
+    );
+    let mut pairs = Vec::new();
+    for cipher in [Cipher::Aes, Cipher::ChaCha] {
+        let (mut dap, mut quinn, mut http) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ratio, mut vs_http) = (Vec::new(), Vec::new());
+        for round in 1..=rounds {
+            let order = if round % 2 == 1 {
+                [Who::Dap, Who::Quinn, Who::DapHttp]
+            } else {
+                [Who::Quinn, Who::DapHttp, Who::Dap]
+            };
+            let mut got = [None, None, None];
+            for who in order {
+                let w = match who {
+                    Who::Dap => run_dap(cipher, msg, warmup, secs)?,
+                    Who::Quinn => run_quinn(cipher, &cert, msg, warmup, secs)?,
+                    Who::DapHttp => crate::bulk::run_dap_http(cipher, msg, warmup, secs)?,
+                };
+                print_row(round, cipher, who, &w);
+                got[who as usize] = Some(w.mb_per_s());
+            }
+            let [Some(d), Some(q), Some(h)] = got else { unreachable!("all three ran") };
+            dap.push(d);
+            quinn.push(q);
+            http.push(h);
+            ratio.push(d / q);
+            vs_http.push(d / h);
+        }
+        let name = cipher.name();
+        pairs.push((format!("udp_{name}_mbs"), fmt_num(median(&dap), 1)));
+        pairs.push((format!("quinn_{name}_mbs"), fmt_num(median(&quinn), 1)));
+        pairs.push((format!("http_{name}_mbs"), fmt_num(median(&http), 1)));
+        pairs.push((format!("ratio_{name}"), fmt_ratio(median(&ratio))));
+        pairs.push((format!("udp_vs_http_{name}"), fmt_ratio(median(&vs_http))));
+    }
+    print_result_line(&pairs);
+    Ok(pairs)
+}
