@@ -55,6 +55,9 @@ pub struct UdpArgs {
     /// Application message (write) size in bytes, the same for every contender.
     #[arg(long, default_value_t = 64 * 1024)]
     pub msg: usize,
+    /// Run only this contender, e.g. `dap-udp` (for profiling).
+    #[arg(long, hide = true)]
+    pub only: Option<String>,
 }
 
 const DATAGRAM: usize = 1452;
@@ -326,6 +329,10 @@ pub fn run(args: &UdpArgs) -> io::Result<Vec<(String, String)>> {
             };
             let mut got = [None, None, None];
             for who in order {
+                if args.only.as_deref().is_some_and(|o| o != who.name()) {
+                    got[who as usize] = Some(f64::NAN);
+                    continue;
+                }
                 let w = match who {
                     Who::Dap => run_dap(cipher, msg, warmup, secs)?,
                     Who::Quinn => run_quinn(cipher, &cert, msg, warmup, secs)?,

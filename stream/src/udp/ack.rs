@@ -69,7 +69,13 @@ impl AckTracker {
     }
 
     fn seen(&self, pn: u64) -> bool {
-        pn < self.floor || self.ranges.iter().rev().any(|r| r.contains(&pn))
+        if pn < self.floor {
+            return true;
+        }
+        // The ranges are ascending and disjoint: the first that ends at or after `pn` is
+        // the only one that can hold it.
+        let i = self.ranges.partition_point(|r| *r.end() < pn);
+        self.ranges.get(i).is_some_and(|r| r.contains(&pn))
     }
 
     /// Checks packet number `pn` of a packet that authenticated, before its frames are

@@ -123,6 +123,9 @@ impl Default for ConnectionConfig {
     }
 }
 
+/// Packet records kept for reuse.
+const INFO_POOL: usize = 4096;
+
 /// Which end this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -229,7 +232,7 @@ pub struct ConnStats {
 }
 
 /// What a packet carried, to know what to do when it is acknowledged or lost.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 enum Sent {
     Data {
         idx: usize,
@@ -342,6 +345,10 @@ pub struct Connection {
     /// everything sent is acknowledged.
     going_away: Option<u16>,
     path_responses: VecDeque<[u8; 8]>,
+    /// Records of acknowledged or lost packets, kept for new packets.
+    info_pool: Vec<Vec<Sent>>,
+    /// The ranges of the ACK being processed (kept for the next).
+    ack_ranges: Vec<std::ops::RangeInclusive<u64>>,
     /// Unreliable messages to send: (channel, type, bytes).
     datagrams: VecDeque<(u8, u8, Vec<u8>)>,
     datagram_bytes: usize,
@@ -450,6 +457,8 @@ impl Connection {
             path_responses: VecDeque::new(),
             datagrams: VecDeque::new(),
             datagram_bytes: 0,
+            info_pool: Vec::new(),
+            ack_ranges: Vec::new(),
         }
     }
 
@@ -702,7 +711,13 @@ impl Connection {
                 return;
             }
             match f {
-                Frame::Ack(a) => self.on_ack(now, a.iter().collect(), a.delay_us, a.ecn),
+                Frame::Ack(a) => {
+                    let mut ranges = std::mem::take(&mut self.ack_ranges);
+                    ranges.clear();
+                    ranges.extend(a.iter());
+                    self.on_ack(now, &ranges, a.delay_us, a.ecn);
+                    self.ack_ranges = ranges;
+                }
                 Frame::ChannelData { .. } | Frame::Datagram { .. } if refused => {}
                 Frame::ChannelData { chan, offset, data } => self.on_data(now, chan, offset, data),
                 Frame::Datagram { chan, ty, data } => self.on_datagram(now, chan, ty, data),
@@ -794,14 +809,19 @@ impl Connection {
     fn on_ack(
         &mut self,
         now: Instant,
-        ranges: Vec<std::ops::RangeInclusive<u64>>,
+        ranges: &[std::ops::RangeInclusive<u64>],
         delay_us: u32,
         ecn: Option<EcnCounts>,
     ) {
         let delay = Duration::from_micros(delay_us as u64);
         let largest_before = self.recovery.largest_acked();
-        let out =
-            self.recovery.on_ack(now, ranges, delay, self.config.max_ack_delay, &mut self.rtt);
+        let out = self.recovery.on_ack(
+            now,
+            ranges.iter().cloned(),
+            delay,
+            self.config.max_ack_delay,
+            &mut self.rtt,
+        );
         self.stats.spurious_losses += out.spurious.len() as u64;
         if let Some(sent) = out.spurious.iter().filter(|s| s.in_flight).map(|s| s.sent).max() {
             self.cc.on_spurious_congestion(now, sent);
@@ -852,6 +872,17 @@ impl Connection {
         if !out.acked.is_empty() {
             self.probes = 0;
         }
+        for (_, p) in out.acked {
+            self.recycle(p.info);
+        }
+    }
+
+    /// Keeps a packet's record for the next packet (no allocation per packet).
+    fn recycle(&mut self, mut info: Vec<Sent>) {
+        if self.info_pool.len() < INFO_POOL {
+            info.clear();
+            self.info_pool.push(info);
+        }
     }
 
     fn on_lost(
@@ -880,7 +911,7 @@ impl Connection {
                 bytes += p.bytes;
                 newest = newest.max(Some(p.time));
             }
-            for s in p.info {
+            for s in p.info.iter().copied() {
                 match s {
                     // A lost ACK is not sent again: later ACKs cover its ranges.
                     Sent::MtuProbe(_) | Sent::Ect | Sent::AckOf(_) => {}
@@ -893,6 +924,7 @@ impl Connection {
                     Sent::Blocked(Some(i)) => self.chans[i].blocked.lost(),
                 }
             }
+            self.recycle(p.info);
         }
         if let Some(sent) = newest {
             self.stats.persistent_congestion += persistent as u64;
@@ -1145,7 +1177,7 @@ impl Connection {
     fn build_packet(&mut self, now: Instant, buf: &mut Vec<u8>, size: usize) -> bool {
         let start = packet::begin(buf);
         let limit = start + size - dap_net::enc::cipher::TAG_LEN;
-        let mut info = Vec::new();
+        let mut info = self.info_pool.pop().unwrap_or_default();
         let mut eliciting = false;
         // An ACK when one is due, or riding along with anything else.
         let ack_due = self.acks.ack_due(now);
