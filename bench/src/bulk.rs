@@ -153,7 +153,7 @@ pub fn one_worker_reactor(cpu: usize, name: &str) -> io::Result<Reactor> {
 }
 
 /// The server's sink: counts the bytes of every message.
-struct Sink(Arc<AtomicU64>);
+pub(crate) struct Sink(pub(crate) Arc<AtomicU64>);
 
 impl ChannelHandler for Sink {
     fn packet_in(&mut self, _: &mut Channel<'_>, msg: Message) {
@@ -162,9 +162,9 @@ impl ChannelHandler for Sink {
 }
 
 /// The client's source: writes `msg` while the channel takes it, until `stop`.
-struct Source {
-    msg: Bytes,
-    stop: Arc<AtomicBool>,
+pub(crate) struct Source {
+    pub(crate) msg: Bytes,
+    pub(crate) stop: Arc<AtomicBool>,
 }
 
 impl Source {
@@ -188,7 +188,7 @@ impl ChannelHandler for Source {
     }
 }
 
-fn pattern(n: usize) -> Vec<u8> {
+pub(crate) fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 31 % 251) as u8).collect()
 }
 

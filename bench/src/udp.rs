@@ -29,12 +29,9 @@ use dap_stream::session::TransportKind;
 use dap_stream::session::ctl::{CtlRequest, decode_answer};
 use dap_stream::transport::http::StreamEvent;
 use dap_stream::udp::mtu::MtuConfig;
-use dap_stream::{
-    Channel, ChannelHandler, ChannelProcs, Message, MuxConfig, StreamConfig, StreamServer,
-    StreamStats,
-};
+use dap_stream::{ChannelProcs, MuxConfig, StreamConfig, StreamServer, StreamStats};
 
-use crate::bulk::{Window, measure, one_worker_reactor};
+use crate::bulk::{Sink, Source, Window, measure, one_worker_reactor, pattern};
 use crate::procstat;
 use crate::report::{NOISY_OTHER_PCT, fmt_num, fmt_ratio, median, print_result_line};
 use crate::servers::{CLIENT_CPU, SERVER_CPU};
@@ -63,41 +60,6 @@ pub struct UdpArgs {
 const DATAGRAM: usize = 1452;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
-
-struct Sink(Arc<AtomicU64>);
-impl ChannelHandler for Sink {
-    fn packet_in(&mut self, _: &mut Channel<'_>, msg: Message) {
-        self.0.fetch_add(msg.data.len() as u64, Ordering::Relaxed);
-    }
-}
-
-struct Source {
-    msg: Bytes,
-    stop: Arc<AtomicBool>,
-}
-impl Source {
-    fn fill(&mut self, ch: &mut Channel<'_>) {
-        while !self.stop.load(Ordering::Relaxed) && ch.can_write(self.msg.len()) {
-            if ch.write(0, self.msg.clone()).is_err() {
-                return;
-            }
-        }
-    }
-}
-impl ChannelHandler for Source {
-    fn on_new(&mut self, ch: &mut Channel<'_>) {
-        ch.set_ready_to_write(true);
-        self.fill(ch);
-    }
-    fn packet_in(&mut self, _: &mut Channel<'_>, _: Message) {}
-    fn packet_out(&mut self, ch: &mut Channel<'_>) {
-        self.fill(ch);
-    }
-}
-
-fn pattern(n: usize) -> Vec<u8> {
-    (0..n).map(|i| (i * 31 % 251) as u8).collect()
-}
 
 /// One dap-over-UDP run.
 fn run_dap(cipher: Cipher, msg: usize, warmup: f64, secs: f64) -> io::Result<Window> {

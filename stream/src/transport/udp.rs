@@ -132,13 +132,26 @@ impl UdpShared {
     }
 }
 
-/// Wakes a worker's UDP socket to flush, once per flush however many writes call it.
-struct UdpWake {
-    handle: EsocketHandle,
-    armed: Arc<AtomicBool>,
+/// A UDP socket's handler that sends what its connections have.
+trait Flush: Handler + 'static {
+    fn flush(&mut self, es: &mut Esocket<'_>, now: Instant);
 }
 
-impl Wake for UdpWake {
+/// Wakes a UDP socket to flush (after writes through channel handles), once per flush
+/// however many writes call it.
+struct FlushWake<H> {
+    handle: EsocketHandle,
+    armed: Arc<AtomicBool>,
+    _handler: std::marker::PhantomData<fn() -> H>,
+}
+
+impl<H> FlushWake<H> {
+    fn new(handle: EsocketHandle, armed: Arc<AtomicBool>) -> Arc<Self> {
+        Arc::new(FlushWake { handle, armed, _handler: std::marker::PhantomData })
+    }
+}
+
+impl<H: Flush> Wake for FlushWake<H> {
     fn wake(&self) {
         if self.armed.swap(true, Ordering::AcqRel) {
             return;
@@ -146,12 +159,24 @@ impl Wake for UdpWake {
         let armed = self.armed.clone();
         let r = self.handle.exec(move |es| {
             armed.store(false, Ordering::Release);
-            es.with_handler::<UdpWorker, _>(|w, es| w.flush(es, Instant::now()));
+            es.with_handler::<H, _>(|h, es| h.flush(es, Instant::now()));
         });
         if r.is_err() {
             self.armed.store(false, Ordering::Release);
         }
     }
+}
+
+/// Sends a transmit the engine wrote into `buf` (a GSO batch when it has segments).
+fn send(es: &mut Esocket<'_>, t: &crate::udp::connection::Transmit, buf: &[u8]) -> bool {
+    let mut tx = UdpTransmit::new(t.destination, &buf[..t.size]);
+    if let Some(s) = t.segment_size {
+        tx = tx.with_segment_size(s);
+    }
+    if let Some(e) = t.ecn {
+        tx = tx.with_ecn(dap_reactor::Ecn::from_bits(e as u8));
+    }
+    es.send_batch(&tx).is_ok()
 }
 
 /// One worker's UDP socket handler: its endpoint and the sessions on it.
@@ -255,7 +280,7 @@ impl UdpWorker {
             self.server.udp_detach(&id);
             return false;
         }
-        let waker = Arc::new(UdpWake { handle: es.handle(), armed: self.wake_armed.clone() });
+        let waker = FlushWake::<UdpWorker>::new(es.handle(), self.wake_armed.clone());
         if let Some(conn) = self.endpoint.connection(cid) {
             conn.mux().start(waker);
         }
@@ -271,23 +296,16 @@ impl UdpWorker {
         self.endpoint.go_away_all(crate::transport::CloseCode::GoingAway as u16);
         self.flush(es, Instant::now());
     }
+}
 
+impl Flush for UdpWorker {
     /// Sends what every connection has, takes their events, and re-arms the deadline.
     fn flush(&mut self, es: &mut Esocket<'_>, now: Instant) {
         let c = &self.shared.counters;
         while let Some(t) = self.endpoint.poll_transmit(now, self.gso_segments, &mut self.buf) {
-            let mut tx = UdpTransmit::new(t.destination, &self.buf[..t.size]);
-            if let Some(s) = t.segment_size {
-                tx = tx.with_segment_size(s);
-            }
-            if let Some(e) = t.ecn {
-                tx = tx.with_ecn(dap_reactor::Ecn::from_bits(e as u8));
-            }
-            let n = tx.datagrams() as u64;
-            match es.send_batch(&tx) {
-                Ok(()) => c.datagrams_out.fetch_add(n, Ordering::Relaxed),
-                Err(_) => c.send_failed.fetch_add(n, Ordering::Relaxed),
-            };
+            let n = t.segment_size.map_or(1, |s| t.size.div_ceil(s)) as u64;
+            let counter = if send(es, &t, &self.buf) { &c.datagrams_out } else { &c.send_failed };
+            counter.fetch_add(n, Ordering::Relaxed);
         }
         while let Some((cid, ev)) = self.endpoint.poll_event() {
             if let Event::Migrated(to) = ev {
@@ -378,20 +396,15 @@ impl UdpClientConn {
         }
         es.close();
     }
+}
 
+impl Flush for UdpClientConn {
     fn flush(&mut self, es: &mut Esocket<'_>, now: Instant) {
         if self.closed {
             return;
         }
         while let Some(t) = self.conn.poll_transmit(now, self.gso_segments, &mut self.buf) {
-            let mut tx = UdpTransmit::new(t.destination, &self.buf[..t.size]);
-            if let Some(s) = t.segment_size {
-                tx = tx.with_segment_size(s);
-            }
-            if let Some(e) = t.ecn {
-                tx = tx.with_ecn(dap_reactor::Ecn::from_bits(e as u8));
-            }
-            let _ = es.send_batch(&tx);
+            send(es, &t, &self.buf);
         }
         while let Some(ev) = self.conn.poll_event() {
             match ev {
@@ -437,31 +450,9 @@ impl UdpClientConn {
     }
 }
 
-/// Wakes a client's UDP socket to flush.
-struct ClientWake {
-    handle: EsocketHandle,
-    armed: Arc<AtomicBool>,
-}
-
-impl Wake for ClientWake {
-    fn wake(&self) {
-        if self.armed.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let armed = self.armed.clone();
-        let r = self.handle.exec(move |es| {
-            armed.store(false, Ordering::Release);
-            es.with_handler::<UdpClientConn, _>(|c, es| c.flush(es, Instant::now()));
-        });
-        if r.is_err() {
-            self.armed.store(false, Ordering::Release);
-        }
-    }
-}
-
 impl Handler for UdpClientConn {
     fn on_new(&mut self, es: &mut Esocket<'_>) {
-        let waker = Arc::new(ClientWake { handle: es.handle(), armed: self.wake_armed.clone() });
+        let waker = FlushWake::<UdpClientConn>::new(es.handle(), self.wake_armed.clone());
         self.conn.mux().start(waker);
         self.flush(es, Instant::now());
     }
