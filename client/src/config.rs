@@ -117,6 +117,10 @@ pub struct ClientConfig {
     pub auth_cert: Option<Arc<ClientCert>>,
     /// The channels asked for in stream_ctl (printable ASCII ids).
     pub channels: Vec<u8>,
+    /// Channels (among `channels`) to carry unreliably over UDP: each message one datagram
+    /// of at most 1,162 bytes, never retransmitted (PROTOCOL §11.4.5). Over HTTP they are
+    /// reliable like the others.
+    pub unreliable: Vec<u8>,
     /// Ciphers offered, in order of preference.
     pub suites: Vec<CipherSuite>,
     /// The transport.
@@ -151,6 +155,7 @@ impl Default for ClientConfig {
             node_key: None,
             auth_cert: None,
             channels: vec![b'E'],
+            unreliable: Vec::new(),
             suites: CipherSuite::ALL.to_vec(),
             transport: Transport::Http,
             retry: RetryPolicy::default(),

@@ -299,3 +299,20 @@ fn auto_uses_udp_where_it_works_and_falls_back_to_http_where_it_does_not() {
     drop(hole);
     d.drain_and_stop(Duration::from_secs(5));
 }
+
+#[test]
+fn an_unreliable_channel_over_udp_carries_messages_as_datagrams() {
+    let d = dapd(1);
+    let r = reactor(1);
+    let mut cfg = config(&d, b"E").transport(dap_client::Transport::Udp);
+    cfg.unreliable = b"E".to_vec();
+    let (c, rx) = client(&r, 0, cfg);
+    assert_eq!(c.go_stage_blocking(Stage::StreamStreaming, TIMEOUT), Ok(Stage::StreamStreaming));
+    // Small messages one at a time (each a datagram; loopback loses none of so few).
+    for i in 0..50u8 {
+        c.write(b'E', i, vec![i; 500]).unwrap();
+        assert_eq!(rx.recv_timeout(TIMEOUT).unwrap(), (b'E', i, vec![i; 500]));
+    }
+    drop(c);
+    d.drain_and_stop(Duration::from_secs(5));
+}

@@ -130,14 +130,15 @@ impl Inner {
             Transport::Auto if self.udp_down() => TransportKind::Http,
             Transport::Auto => TransportKind::Udp,
         };
+        let unreliable =
+            if transport == TransportKind::Udp { cfg.unreliable.clone() } else { Vec::new() };
         // One suite offered is a requirement; several leave the choice to the node.
         let suite = match cfg.suites.as_slice() {
             [one] => Some(*one),
             _ => None::<CipherSuite>,
         };
         let body =
-            CtlRequest { channels: cfg.channels.clone(), suite, transport, unreliable: Vec::new() }
-                .encode();
+            CtlRequest { channels: cfg.channels.clone(), suite, transport, unreliable }.encode();
         let (req, sealed) = match call_request(&base_url(addr), &enc, &ctl_call(&body)) {
             Ok(x) => x,
             Err(e) => return self.fail(ctx, attempt, errors::ctl(&CtlError::Request(e))),
