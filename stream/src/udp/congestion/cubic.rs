@@ -214,10 +214,7 @@ impl Controller for Cubic {
         }
     }
 
-    /// A CE mark is congestion the network saw, never a reordering: the reduction stands
-    /// (and confirms one under way), so nothing is left to undo.
-    fn on_ecn_ce(&mut self, now: Instant, sent: Instant) {
-        self.on_congestion_event(now, sent, false, 0);
+    fn forget_undo(&mut self) {
         self.undo = None;
     }
 

@@ -49,10 +49,15 @@ pub trait Controller: std::fmt::Debug + Send {
     );
 
     /// ECN reported congestion (CE marks grew) for a packet sent at `sent`: a congestion
-    /// event without loss.
+    /// event without loss. A CE mark is congestion the network saw, never a reordering:
+    /// the reduction stands (and confirms one under way), so nothing is left to undo.
     fn on_ecn_ce(&mut self, now: Instant, sent: Instant) {
         self.on_congestion_event(now, sent, false, 0);
+        self.forget_undo();
     }
+
+    /// Drops the state saved to undo the last reduction (it is known to be real).
+    fn forget_undo(&mut self) {}
 
     /// A packet sent at `sent`, declared lost at some earlier point, was acknowledged at
     /// `now` after all (loss recovery's spurious-loss detection; `sent` is the newest such
