@@ -380,13 +380,14 @@ fn run_rustls(
 
 /// One row of the table; `!` marks a run where other processes (or softirq work done in
 /// kernel threads) took more than [`NOISY_OTHER_PCT`] of the two CPUs.
-fn print_row(round: &str, cipher: Cipher, who: Who, w: &Window) {
+/// `who` is padded to `width` (the table's column).
+pub(crate) fn print_row(round: &str, cipher: Cipher, who: &str, width: usize, w: &Window) {
     let flag = if w.other_pct() > NOISY_OTHER_PCT { " !" } else { "" };
     println!(
-        "{:<5} {:<6} {:<6} {:>9.1} {:>7.1} {:>7.1} {:>10.0} {:>10.0} {:>6.1}{flag}",
+        "{:<5} {:<6} {:<width$} {:>9.1} {:>7.1} {:>7.1} {:>10.0} {:>10.0} {:>6.1}{flag}",
         round,
         cipher.name(),
-        who.name(),
+        who,
         w.mb_per_s(),
         w.pct(w.busy[0]),
         w.pct(w.busy[1]),
@@ -446,7 +447,7 @@ pub fn run(args: &StreamArgs) -> io::Result<Vec<(String, String)>> {
                 };
                 match res {
                     Ok(w) => {
-                        print_row(&(round + 1).to_string(), cipher, who, &w);
+                        print_row(&(round + 1).to_string(), cipher, who.name(), 6, &w);
                         runs.push((round, cipher, who, w));
                     }
                     Err(e) => println!(

@@ -31,9 +31,9 @@ use dap_stream::transport::http::StreamEvent;
 use dap_stream::udp::mtu::MtuConfig;
 use dap_stream::{ChannelProcs, MuxConfig, StreamConfig, StreamServer, StreamStats};
 
-use crate::bulk::{Sink, Source, Window, measure, one_worker_reactor, pattern};
+use crate::bulk::{Sink, Source, Window, measure, one_worker_reactor, pattern, print_row};
 use crate::procstat;
-use crate::report::{NOISY_OTHER_PCT, fmt_num, fmt_ratio, median, print_result_line};
+use crate::report::{fmt_num, fmt_ratio, median, print_result_line};
 use crate::servers::{CLIENT_CPU, SERVER_CPU};
 use crate::tls::{self, Cert, CertKind, Cipher};
 
@@ -248,22 +248,6 @@ impl Who {
     }
 }
 
-fn print_row(round: usize, cipher: Cipher, who: Who, w: &Window) {
-    let flag = if w.other_pct() > NOISY_OTHER_PCT { " !" } else { "" };
-    println!(
-        "{:<5} {:<6} {:<8} {:>9.1} {:>7.1} {:>7.1} {:>10.0} {:>10.0} {:>6.1}{flag}",
-        round,
-        cipher.name(),
-        who.name(),
-        w.mb_per_s(),
-        w.pct(w.busy[0]),
-        w.pct(w.busy[1]),
-        w.us_per_mb(0),
-        w.us_per_mb(1),
-        w.other_pct(),
-    );
-}
-
 /// `dap-bench udp`: prints the table and the `RESULT` line; returns its pairs.
 pub fn run(args: &UdpArgs) -> io::Result<Vec<(String, String)>> {
     let secs = args.secs.clamp(0.2, 600.0);
@@ -300,7 +284,7 @@ pub fn run(args: &UdpArgs) -> io::Result<Vec<(String, String)>> {
                     Who::Quinn => run_quinn(cipher, &cert, msg, warmup, secs)?,
                     Who::DapHttp => crate::bulk::run_dap_http(cipher, msg, warmup, secs)?,
                 };
-                print_row(round, cipher, who, &w);
+                print_row(&round.to_string(), cipher, who.name(), 8, &w);
                 got[who as usize] = Some(w.mb_per_s());
             }
             let [Some(d), Some(q), Some(h)] = got else { unreachable!("all three ran") };

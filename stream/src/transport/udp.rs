@@ -329,12 +329,13 @@ impl Flush for UdpWorker {
 impl Handler for UdpWorker {
     fn on_datagrams(&mut self, es: &mut Esocket<'_>, batch: &Datagrams<'_>) {
         let now = Instant::now();
-        let n = batch.iter().count() as u64;
-        self.shared.counters.datagrams_in.fetch_add(n, Ordering::Relaxed);
+        let mut n = 0;
         for d in batch {
+            n += 1;
             let ecn = Ecn::from_bits(d.ecn.bits());
             self.handle(es, now, d.from, ecn, d.data);
         }
+        self.shared.counters.datagrams_in.fetch_add(n, Ordering::Relaxed);
         self.flush(es, now);
     }
 
