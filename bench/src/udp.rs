@@ -55,6 +55,9 @@ pub struct UdpArgs {
     /// Run only this contender, e.g. `dap-udp` (for profiling).
     #[arg(long, hide = true)]
     pub only: Option<String>,
+    /// Run only this cipher, `aes` or `chacha` (for profiling).
+    #[arg(long, hide = true)]
+    pub cipher: Option<String>,
 }
 
 const DATAGRAM: usize = 1452;
@@ -265,6 +268,9 @@ pub fn run(args: &UdpArgs) -> io::Result<Vec<(String, String)>> {
     );
     let mut pairs = Vec::new();
     for cipher in [Cipher::Aes, Cipher::ChaCha] {
+        if args.cipher.as_deref().is_some_and(|c| c != cipher.name()) {
+            continue;
+        }
         let (mut dap, mut quinn, mut http) = (Vec::new(), Vec::new(), Vec::new());
         let (mut ratio, mut vs_http) = (Vec::new(), Vec::new());
         for round in 1..=rounds {

@@ -145,6 +145,33 @@ pub fn data_overhead(first: bool) -> usize {
     HEADER_LEN + if first { TOTAL_LEN } else { 0 }
 }
 
+/// The longest data frame header (a first frame's, with the message total).
+pub const MAX_DATA_HEADER: usize = HEADER_LEN + TOTAL_LEN;
+
+/// Encodes a data frame's header into `out`; returns the bytes used.
+pub fn data_header(
+    out: &mut [u8; MAX_DATA_HEADER],
+    chan: u8,
+    ty: u8,
+    first: Option<u32>,
+    more: bool,
+    len: usize,
+) -> &[u8] {
+    let mut flags = if more { FLAG_MORE } else { 0 };
+    if first.is_some() {
+        flags |= FLAG_FIRST;
+    }
+    out[..4].copy_from_slice(&[chan, ty, flags, 0]);
+    out[4..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+    match first {
+        Some(total) => {
+            out[HEADER_LEN..].copy_from_slice(&total.to_be_bytes());
+            &out[..]
+        }
+        None => &out[..HEADER_LEN],
+    }
+}
+
 /// Appends a data frame's header (the payload follows, appended by the caller).
 pub fn put_data_header(
     out: &mut Vec<u8>,
@@ -154,15 +181,8 @@ pub fn put_data_header(
     more: bool,
     len: usize,
 ) {
-    let mut flags = if more { FLAG_MORE } else { 0 };
-    if first.is_some() {
-        flags |= FLAG_FIRST;
-    }
-    out.extend_from_slice(&[chan, ty, flags, 0]);
-    out.extend_from_slice(&(len as u32).to_be_bytes());
-    if let Some(total) = first {
-        out.extend_from_slice(&total.to_be_bytes());
-    }
+    let mut h = [0u8; MAX_DATA_HEADER];
+    out.extend_from_slice(data_header(&mut h, chan, ty, first, more, len));
 }
 
 /// Bytes of an encoded control frame (CREDIT or BLOCKED).

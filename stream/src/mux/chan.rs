@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{MuxConfig, MuxError};
+use super::{DataFrame, FrameSink, MuxConfig, MuxError};
 use crate::channel::{ChanShared, ChannelHandler, Message, WriteError};
 use crate::codec::frame;
 
@@ -158,8 +158,8 @@ impl ChanState {
             && self.blocked_reported != Some(self.send_limit)
     }
 
-    pub(crate) fn put_blocked(&mut self, out: &mut Vec<u8>) {
-        frame::put_blocked(out, self.id, self.send_limit);
+    pub(crate) fn put_blocked(&mut self, out: &mut impl FrameSink) {
+        out.blocked(self.id, self.send_limit);
         self.blocked_reported = Some(self.send_limit);
     }
 
@@ -220,10 +220,10 @@ impl ChanState {
         self.outq.front().is_some_and(|m| m.data.is_empty())
     }
 
-    /// Appends one data frame of the head message if credit and `room` allow.
+    /// Puts one data frame of the head message if credit and `room` allow.
     pub(crate) fn put_frame(
         &mut self,
-        out: &mut Vec<u8>,
+        out: &mut impl FrameSink,
         room: usize,
         max_frame: usize,
         conn_credit: u64,
@@ -232,14 +232,22 @@ impl ChanState {
         let m = self.outq.front_mut()?;
         let first = m.off == 0;
         let overhead = frame::data_overhead(first);
+        let mut header = [0u8; frame::MAX_DATA_HEADER];
         if self.unreliable.is_some() {
             // Whole messages only, outside flow control.
             let len = m.data.len();
             if room < overhead + len {
                 return None;
             }
-            frame::put_data_header(out, self.id, m.ty, Some(len as u32), false, len);
-            out.extend_from_slice(&m.data);
+            let h = frame::data_header(&mut header, self.id, m.ty, Some(len as u32), false, len);
+            out.data(DataFrame {
+                chan: self.id,
+                ty: m.ty,
+                unreliable: true,
+                header: h,
+                message: &m.data,
+                range: 0..len,
+            });
             self.out_bytes -= len;
             self.outq.pop_front();
             return Some(Sent { bytes: len, message_done: true, credited: false });
@@ -254,8 +262,15 @@ impl ChanState {
         }
         let more = n < left;
         let total = first.then_some(m.data.len() as u32);
-        frame::put_data_header(out, self.id, m.ty, total, more, n);
-        out.extend_from_slice(&m.data[m.off..m.off + n]);
+        let h = frame::data_header(&mut header, self.id, m.ty, total, more, n);
+        out.data(DataFrame {
+            chan: self.id,
+            ty: m.ty,
+            unreliable: false,
+            header: h,
+            message: &m.data,
+            range: m.off..m.off + n,
+        });
         m.off += n;
         self.sent_total += n as u64;
         self.out_bytes -= n;
@@ -358,9 +373,9 @@ impl ChanState {
             && self.taken + self.window >= self.recv_limit + (self.window / 8).max(1)
     }
 
-    pub(crate) fn put_grant(&mut self, out: &mut Vec<u8>) {
+    pub(crate) fn put_grant(&mut self, out: &mut impl FrameSink) {
         self.recv_limit = self.taken + self.window;
-        frame::put_credit(out, self.id, self.recv_limit);
+        out.credit(self.id, self.recv_limit);
     }
 
     /// Whether `packet_out` is owed now.

@@ -38,6 +38,66 @@ use crate::codec::DecodeError;
 use crate::codec::frame::{self, CONNECTION, Frame};
 use crate::transport::Wake;
 
+/// One data frame as [`Mux::poll_frames`] hands it over: its encoded header and the slice
+/// `range` of the message it carries, uncopied.
+#[derive(Debug)]
+pub struct DataFrame<'a> {
+    /// The channel.
+    pub chan: u8,
+    /// The application's message type.
+    pub ty: u8,
+    /// Whether the channel is unreliable (the frame carries a whole message).
+    pub unreliable: bool,
+    /// The frame's header, as [`frame::put_data_header`] encodes it.
+    pub header: &'a [u8],
+    /// The whole message.
+    pub message: &'a bytes::Bytes,
+    /// The bytes of the message this frame carries.
+    pub range: std::ops::Range<usize>,
+}
+
+impl DataFrame<'_> {
+    /// The bytes the frame takes encoded.
+    pub fn encoded_len(&self) -> usize {
+        self.header.len() + self.range.len()
+    }
+}
+
+/// Where the mux puts the frames it sends. A `Vec<u8>` takes them encoded (the payload of
+/// the HTTP transport); the UDP engine takes control frames as values and data frames as
+/// slices of the messages, which saves copying every byte into a payload first.
+pub trait FrameSink {
+    /// Bytes taken so far, counted as encoded frames; the mux keeps what it adds within
+    /// the `max` it was given.
+    fn len(&self) -> usize;
+    /// Whether nothing was taken yet.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// A CREDIT frame for `chan` (0: the connection).
+    fn credit(&mut self, chan: u8, limit: u64);
+    /// A BLOCKED frame for `chan` (0: the connection).
+    fn blocked(&mut self, chan: u8, limit: u64);
+    /// A data frame.
+    fn data(&mut self, frame: DataFrame<'_>);
+}
+
+impl FrameSink for Vec<u8> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+    fn credit(&mut self, chan: u8, limit: u64) {
+        frame::put_credit(self, chan, limit);
+    }
+    fn blocked(&mut self, chan: u8, limit: u64) {
+        frame::put_blocked(self, chan, limit);
+    }
+    fn data(&mut self, f: DataFrame<'_>) {
+        self.extend_from_slice(f.header);
+        self.extend_from_slice(&f.message[f.range]);
+    }
+}
+
 /// The limits of one session's multiplexing; both ends use the same values (the server
 /// sends them in the stream_ctl answer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -413,6 +473,12 @@ impl Mux {
     /// Appends to `out` the next payload to send, at most `max` bytes (the transport's
     /// room for one packet); returns whether anything was appended.
     pub fn poll_payload(&mut self, out: &mut Vec<u8>, max: usize) -> bool {
+        self.poll_frames(out, max)
+    }
+
+    /// [`poll_payload`](Self::poll_payload) into any [`FrameSink`]: the frames of the next
+    /// payload, at most `max` bytes of them encoded.
+    pub fn poll_frames(&mut self, out: &mut impl FrameSink, max: usize) -> bool {
         if self.closed {
             return false;
         }
@@ -424,7 +490,7 @@ impl Mux {
         // Credit first: it unblocks the peer.
         if self.conn.grant_due() && out.len() + frame::CONTROL_LEN <= limit {
             self.conn.recv_limit = self.conn.recv_total + self.conn.window;
-            frame::put_credit(out, CONNECTION, self.conn.recv_limit);
+            out.credit(CONNECTION, self.conn.recv_limit);
         }
         for c in &mut self.chans {
             if c.grant_due() && out.len() + frame::CONTROL_LEN <= limit {
@@ -476,7 +542,7 @@ impl Mux {
                 .any(|c| c.unreliable.is_none() && c.send_credit() > 0 && !c.outq.is_empty())
             && out.len() + frame::CONTROL_LEN <= limit
         {
-            frame::put_blocked(out, CONNECTION, self.conn.send_limit);
+            out.blocked(CONNECTION, self.conn.send_limit);
             self.conn.blocked_reported = Some(self.conn.send_limit);
             self.counters.blocked_sent += 1;
         }

@@ -60,9 +60,10 @@ use super::send_buf::SendBuf;
 use crate::codec::frame as mux_frame;
 use crate::codec::keys::KeyChain;
 use crate::codec::packet::Direction;
-use crate::mux::Mux;
+use crate::mux::{DataFrame, FrameSink, Mux};
 use crate::session::SessionParams;
 use crate::transport::CloseCode;
+use bytes::Bytes;
 
 /// A connection's settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -350,8 +351,79 @@ pub struct Connection {
     /// The ranges of the ACK being processed (kept for the next).
     ack_ranges: Vec<std::ops::RangeInclusive<u64>>,
     /// Unreliable messages to send: (channel, type, bytes).
-    datagrams: VecDeque<(u8, u8, Vec<u8>)>,
+    datagrams: VecDeque<(u8, u8, Bytes)>,
     datagram_bytes: usize,
+}
+
+/// Takes the mux's frames apart for the UDP engine ([`Connection::fill_from_mux`]): data
+/// frames of reliable channels join their channel's stream (the message bytes uncopied),
+/// unreliable ones queue as DATAGRAM frames, and CREDIT and BLOCKED become the engine's
+/// own control frames.
+struct MuxOut<'a> {
+    taken: usize,
+    chans: &'a mut [ChanIo],
+    index: &'a [u8],
+    conn_credit: &'a mut Ctl,
+    conn_blocked: &'a mut Ctl,
+    datagrams: &'a mut VecDeque<(u8, u8, Bytes)>,
+    datagram_bytes: &'a mut usize,
+    max_datagram_queue: usize,
+    datagrams_dropped: &'a mut u64,
+}
+
+impl MuxOut<'_> {
+    fn chan(&mut self, id: u8) -> Option<&mut ChanIo> {
+        match self.index.get(id as usize) {
+            Some(&i) if i != 0 => self.chans.get_mut(i as usize - 1),
+            _ => None,
+        }
+    }
+}
+
+impl FrameSink for MuxOut<'_> {
+    fn len(&self) -> usize {
+        self.taken
+    }
+
+    fn credit(&mut self, chan: u8, limit: u64) {
+        self.taken += mux_frame::CONTROL_LEN;
+        match chan {
+            0 => self.conn_credit.set(limit),
+            _ => {
+                if let Some(c) = self.chan(chan) {
+                    c.credit.set(limit);
+                }
+            }
+        }
+    }
+
+    fn blocked(&mut self, chan: u8, limit: u64) {
+        self.taken += mux_frame::CONTROL_LEN;
+        match chan {
+            0 => self.conn_blocked.set(limit),
+            _ => {
+                if let Some(c) = self.chan(chan) {
+                    c.blocked.set(limit);
+                }
+            }
+        }
+    }
+
+    fn data(&mut self, f: DataFrame<'_>) {
+        self.taken += f.encoded_len();
+        if f.unreliable {
+            *self.datagram_bytes += f.range.len();
+            self.datagrams.push_back((f.chan, f.ty, f.message.slice(f.range)));
+            while *self.datagram_bytes > self.max_datagram_queue {
+                let Some((_, _, d)) = self.datagrams.pop_front() else { break };
+                *self.datagram_bytes -= d.len();
+                *self.datagrams_dropped += 1;
+            }
+        } else if let Some(c) = self.chan(f.chan) {
+            c.send.write(f.header);
+            c.send.write_bytes(f.message.slice(f.range));
+        }
+    }
 }
 
 impl std::fmt::Debug for Connection {
@@ -1024,51 +1096,23 @@ impl Connection {
             if unsent >= budget || !self.mux.wants_send() {
                 break;
             }
-            self.tmp.clear();
-            if !self.mux.poll_payload(&mut self.tmp, 64 << 10) {
+            let mut out = MuxOut {
+                taken: 0,
+                chans: &mut self.chans,
+                index: &self.index,
+                conn_credit: &mut self.conn_credit,
+                conn_blocked: &mut self.conn_blocked,
+                datagrams: &mut self.datagrams,
+                datagram_bytes: &mut self.datagram_bytes,
+                max_datagram_queue: self.config.max_datagram_queue,
+                datagrams_dropped: &mut self.stats.datagrams_dropped,
+            };
+            if !self.mux.poll_frames(&mut out, 64 << 10) {
                 self.mux.notify_writable();
                 if !self.mux.wants_send() {
                     break;
                 }
-                continue;
             }
-            let payload = std::mem::take(&mut self.tmp);
-            let mut at = 0;
-            while at < payload.len() {
-                let Ok((f, n)) = mux_frame::decode(&payload[at..]) else { break };
-                match f {
-                    mux_frame::Frame::Data { chan, ty, payload: data, .. }
-                        if self.mux.is_unreliable(chan) =>
-                    {
-                        self.datagram_bytes += data.len();
-                        self.datagrams.push_back((chan, ty, data.to_vec()));
-                        while self.datagram_bytes > self.config.max_datagram_queue {
-                            let Some((_, _, d)) = self.datagrams.pop_front() else { break };
-                            self.datagram_bytes -= d.len();
-                            self.stats.datagrams_dropped += 1;
-                        }
-                    }
-                    mux_frame::Frame::Data { chan, .. } => {
-                        if let Some(i) = self.find(chan) {
-                            self.chans[i].send.write(&payload[at..at + n]);
-                        }
-                    }
-                    mux_frame::Frame::Credit { chan: 0, limit } => self.conn_credit.set(limit),
-                    mux_frame::Frame::Credit { chan, limit } => {
-                        if let Some(i) = self.find(chan) {
-                            self.chans[i].credit.set(limit);
-                        }
-                    }
-                    mux_frame::Frame::Blocked { chan: 0, limit } => self.conn_blocked.set(limit),
-                    mux_frame::Frame::Blocked { chan, limit } => {
-                        if let Some(i) = self.find(chan) {
-                            self.chans[i].blocked.set(limit);
-                        }
-                    }
-                }
-                at += n;
-            }
-            self.tmp = payload;
         }
         self.mux.notify_writable();
     }
@@ -1365,9 +1409,10 @@ impl Connection {
                     break;
                 }
                 let unsent_before = c.send.unsent();
-                let Some((offset, data)) = c.send.next(room, u64::MAX) else { break };
-                let end = offset + data.len() as u64;
-                frame::put_channel_data(buf, c.id, offset, data);
+                let Some(r) = c.send.take(room, u64::MAX) else { break };
+                let (offset, end) = (r.start, r.end);
+                frame::put_channel_data_header(buf, c.id, offset, (end - offset) as usize);
+                c.send.copy_to(r, buf);
                 if c.send.unsent() == unsent_before {
                     self.stats.retransmitted += end - offset;
                 }

@@ -377,11 +377,19 @@ pub fn put_ack(
 
 /// Appends a CHANNEL_DATA frame (`data` at most 65,535 bytes).
 pub fn put_channel_data(out: &mut Vec<u8>, chan: u8, offset: u64, data: &[u8]) {
-    debug_assert!(data.len() <= u16::MAX as usize);
-    out.extend_from_slice(&[ty::CHANNEL_DATA, chan]);
-    out.extend_from_slice(&offset.to_be_bytes());
-    out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    put_channel_data_header(out, chan, offset, data.len());
     out.extend_from_slice(data);
+}
+
+/// Appends a CHANNEL_DATA frame's header; its `len` bytes follow, appended by the caller.
+pub fn put_channel_data_header(out: &mut Vec<u8>, chan: u8, offset: u64, len: usize) {
+    debug_assert!(len <= u16::MAX as usize);
+    let mut h = [0u8; CHANNEL_DATA_OVERHEAD];
+    h[0] = ty::CHANNEL_DATA;
+    h[1] = chan;
+    h[2..10].copy_from_slice(&offset.to_be_bytes());
+    h[10..].copy_from_slice(&(len as u16).to_be_bytes());
+    out.extend_from_slice(&h);
 }
 
 /// Appends a CREDIT frame.

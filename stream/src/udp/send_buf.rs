@@ -4,6 +4,8 @@
 //! retransmits data, never packets.
 
 use std::collections::{BTreeMap, VecDeque};
+
+use bytes::{Bytes, BytesMut};
 use std::ops::Range;
 
 /// A set of disjoint, non-adjacent byte ranges.
@@ -72,12 +74,20 @@ impl RangeSet {
 }
 
 /// One channel's send buffer.
+///
+/// The bytes are held as chunks: slices of the application's messages, taken without
+/// copying, and frame headers gathered in a small staging buffer. Each byte is copied once
+/// on its way out, into the packet that carries it (and again into each retransmission).
 #[derive(Clone, Debug, Default)]
 pub struct SendBuf {
-    /// The bytes from offset `base` on, in a ring: the acknowledged prefix leaves from the
-    /// front without moving what stays, so each byte is copied once, when written.
-    data: VecDeque<u8>,
+    /// The bytes from offset `base` on, in order, each chunk with its stream offset. The
+    /// first chunk may start before `base` (its acknowledged head is kept until all of it
+    /// is acknowledged).
+    chunks: VecDeque<(u64, Bytes)>,
+    /// Where small writes are gathered; each write leaves it as a chunk of its own buffer.
+    staged: BytesMut,
     base: u64,
+    end: u64,
     /// The next new byte to send.
     unsent: u64,
     /// Acknowledged ranges above `base` (everything below `base` is acknowledged).
@@ -86,50 +96,59 @@ pub struct SendBuf {
     lost: RangeSet,
 }
 
+/// Bytes the staging buffer for small writes grows by.
+const STAGING: usize = 4096;
+
 impl SendBuf {
     /// An empty buffer at offset 0.
     pub fn new() -> Self {
         SendBuf::default()
     }
 
-    /// Appends bytes to the stream.
+    /// Appends bytes to the stream, copying them (for small pieces such as frame headers).
     pub fn write(&mut self, bytes: &[u8]) {
-        self.data.extend(bytes);
+        if bytes.is_empty() {
+            return;
+        }
+        if self.staged.capacity() < bytes.len() {
+            self.staged.reserve(bytes.len().max(STAGING));
+        }
+        self.staged.extend_from_slice(bytes);
+        let chunk = self.staged.split().freeze();
+        self.push(chunk);
+    }
+
+    /// Appends bytes to the stream without copying them.
+    pub fn write_bytes(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.push(bytes);
+        }
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        let len = chunk.len() as u64;
+        self.chunks.push_back((self.end, chunk));
+        self.end += len;
     }
 
     /// The end of the stream written so far.
     pub fn end(&self) -> u64 {
-        self.base + self.data.len() as u64
+        self.end
     }
 
     /// Bytes held: written and not acknowledged below the first gap.
     pub fn held(&self) -> usize {
-        self.data.len()
-    }
-
-    /// Where the bytes from `start` towards `end` stop being contiguous in the ring.
-    fn contiguous(&self, start: u64, end: u64) -> u64 {
-        let first = self.data.as_slices().0.len() as u64;
-        let wrap = self.base + first;
-        if start < wrap { end.min(wrap) } else { end }
-    }
-
-    /// The bytes from `start` towards `end`, as far as they are contiguous in the ring
-    /// (they stop short of `end` where the ring wraps).
-    fn slice(&self, start: u64, end: u64) -> &[u8] {
-        let (a, b) = self.data.as_slices();
-        let (s, e) = ((start - self.base) as usize, (end - self.base) as usize);
-        if s < a.len() { &a[s..e.min(a.len())] } else { &b[s - a.len()..e - a.len()] }
+        (self.end - self.base) as usize
     }
 
     /// Bytes never sent.
     pub fn unsent(&self) -> u64 {
-        self.end() - self.unsent
+        self.end - self.unsent
     }
 
     /// Whether anything waits to be sent (lost or new).
     pub fn has_data(&self) -> bool {
-        !self.lost.is_empty() || self.unsent < self.end()
+        !self.lost.is_empty() || self.unsent < self.end
     }
 
     /// Whether every byte written has been acknowledged.
@@ -137,43 +156,66 @@ impl SendBuf {
         self.held() == 0
     }
 
-    /// The next bytes to send, at most `max`, lost ones first: their offset and the bytes.
-    /// `limit` is the peer's credit (an absolute offset) for new bytes; lost bytes were
-    /// within it when first sent.
-    pub fn next(&mut self, max: usize, limit: u64) -> Option<(u64, &[u8])> {
+    /// Takes the next range to send, at most `max` bytes, lost bytes first. `limit` is the
+    /// peer's credit (an absolute offset) for new bytes; lost bytes were within it when
+    /// first sent. Copy its bytes out with [`copy_to`](Self::copy_to).
+    pub fn take(&mut self, max: usize, limit: u64) -> Option<Range<u64>> {
         if max == 0 {
             return None;
         }
         if let Some(r) = self.lost.first() {
-            let end = self.contiguous(r.start, r.end.min(r.start + max as u64));
-            self.lost.remove(r.start..end);
-            return Some((r.start, self.slice(r.start, end)));
+            let r = r.start..r.end.min(r.start + max as u64);
+            self.lost.remove(r.clone());
+            return Some(r);
         }
-        let end = self.end().min(limit).min(self.unsent + max as u64);
+        let end = self.end.min(limit).min(self.unsent + max as u64);
         if end <= self.unsent {
             return None;
         }
-        let start = self.unsent;
-        let end = self.contiguous(start, end);
+        let r = self.unsent..end;
         self.unsent = end;
-        Some((start, self.slice(start, end)))
+        Some(r)
+    }
+
+    /// Appends the bytes of `r` (within what is held) to `out`.
+    pub fn copy_to(&self, r: Range<u64>, out: &mut Vec<u8>) {
+        debug_assert!(r.start >= self.base && r.end <= self.end);
+        let mut i = self.chunks.partition_point(|(s, b)| s + b.len() as u64 <= r.start);
+        let mut at = r.start;
+        while at < r.end {
+            let Some((s, b)) = self.chunks.get(i) else { break };
+            let from = (at - s) as usize;
+            let to = ((r.end - s) as usize).min(b.len());
+            out.extend_from_slice(&b[from..to]);
+            at = s + to as u64;
+            i += 1;
+        }
     }
 
     /// The bytes `r` were acknowledged; frees the acknowledged prefix.
     pub fn on_acked(&mut self, r: Range<u64>) {
-        let r = r.start.max(self.base)..r.end.min(self.end());
+        let r = r.start.max(self.base)..r.end.min(self.end);
         if r.is_empty() {
             return;
         }
-        self.acked.insert(r.clone());
-        self.lost.remove(r);
-        if let Some(first) = self.acked.first()
-            && first.start <= self.base
+        if r.start == self.base && self.acked.is_empty() {
+            // In order, the common case: the prefix moves without touching the sets.
+            self.lost.remove(r.clone());
+            self.base = r.end;
+        } else {
+            self.acked.insert(r.clone());
+            self.lost.remove(r);
+            if let Some(first) = self.acked.first()
+                && first.start <= self.base
+            {
+                self.base = first.end;
+                self.acked.remove(0..first.end);
+            }
+        }
+        while let Some((s, b)) = self.chunks.front()
+            && s + b.len() as u64 <= self.base
         {
-            let n = (first.end - self.base) as usize;
-            self.data.drain(..n);
-            self.base = first.end;
-            self.acked.remove(0..first.end);
+            self.chunks.pop_front();
         }
     }
 
@@ -182,6 +224,10 @@ impl SendBuf {
     pub fn on_lost(&mut self, r: Range<u64>) {
         let r = r.start.max(self.base)..r.end.min(self.unsent);
         if r.is_empty() {
+            return;
+        }
+        if self.acked.is_empty() {
+            self.lost.insert(r);
             return;
         }
         let mut missing = RangeSet::default();
@@ -219,33 +265,37 @@ mod tests {
     fn lost_bytes_go_out_again_first_and_acks_free_the_prefix() {
         let mut b = SendBuf::new();
         b.write(&[7; 100]);
-        let (o1, d1) = b.next(40, u64::MAX).unwrap();
-        assert_eq!((o1, d1.len()), (0, 40));
-        let (o2, _) = b.next(40, u64::MAX).unwrap();
-        assert_eq!(o2, 40);
+        assert_eq!(b.take(40, u64::MAX), Some(0..40));
+        assert_eq!(b.take(40, u64::MAX), Some(40..80));
         b.on_acked(40..80);
         assert_eq!(b.held(), 100, "the prefix 0..40 is not acknowledged yet");
         b.on_lost(0..40);
-        let (o3, d3) = b.next(25, u64::MAX).unwrap();
-        assert_eq!((o3, d3.len()), (0, 25), "lost bytes first");
-        let (o4, d4) = b.next(100, u64::MAX).unwrap();
-        assert_eq!((o4, d4.len()), (25, 15));
+        assert_eq!(b.take(25, u64::MAX), Some(0..25), "lost bytes first");
+        assert_eq!(b.take(100, u64::MAX), Some(25..40));
         b.on_acked(0..40);
         assert_eq!(b.held(), 20);
         // Credit bounds new bytes.
-        assert_eq!(b.next(100, 90).map(|(o, d)| (o, d.len())), Some((80, 10)));
-        assert!(b.next(100, 90).is_none());
+        assert_eq!(b.take(100, 90), Some(80..90));
+        assert!(b.take(100, 90).is_none());
         // A loss of bytes acknowledged meanwhile sends nothing again.
         b.on_lost(80..90);
         b.on_acked(80..90);
-        assert!(b.next(100, 90).is_none());
+        assert!(b.take(100, 90).is_none());
     }
 
     #[test]
     fn a_lossy_schedule_delivers_the_stream_exactly() {
         let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
         let mut b = SendBuf::new();
-        b.write(&data);
+        // Written as the mux writes: small copied headers between uncopied slices.
+        let data = Bytes::from(data);
+        let mut at = 0;
+        while at < data.len() {
+            let n = (at % 3001 + 1).min(data.len() - at);
+            b.write(&data[at..at + n.min(7)]);
+            b.write_bytes(data.slice(at + n.min(7)..at + n));
+            at += n;
+        }
         let mut a = Assembler::new();
         let mut out = Vec::new();
         let mut x = 7u64;
@@ -254,8 +304,11 @@ mod tests {
             rounds += 1;
             assert!(rounds < 10_000);
             let mut sent = Vec::new();
-            while let Some((o, d)) = b.next(1000, u64::MAX) {
-                sent.push((o, d.to_vec()));
+            while let Some(r) = b.take(1000, u64::MAX) {
+                let mut d = Vec::new();
+                b.copy_to(r.clone(), &mut d);
+                assert_eq!(d.len() as u64, r.end - r.start);
+                sent.push((r.start, d));
             }
             for (o, d) in sent {
                 x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
