@@ -84,7 +84,10 @@ pub use pipe::PipeWriter;
 pub use queue::{QueueSendError, QueueSender};
 pub use reactor::{Listening, Reactor, ReactorBuilder};
 pub use stats::WorkerStats;
-pub use udp::{Datagram, DatagramIter, Datagrams, Ecn, UdpOptions, UdpStats, UdpTransmit};
+pub use udp::{
+    Datagram, DatagramIter, DatagramIterMut, DatagramMut, Datagrams, Ecn, UdpOptions, UdpStats,
+    UdpTransmit,
+};
 pub use worker::{Worker, WorkerCtx};
 
 /// `now + d`, or a point a century away when that overflows (`Duration::MAX` means "no

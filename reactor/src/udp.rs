@@ -125,14 +125,28 @@ pub struct Datagram<'a> {
     pub dst: Option<IpAddr>,
 }
 
+/// One received datagram, writable in place (see [`Datagrams::iter_mut`]).
+#[derive(Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DatagramMut<'a> {
+    /// Its payload, in the receive buffer: a transport may decrypt it where it lies.
+    pub data: &'a mut [u8],
+    /// Who sent it. On an IPv6 socket, IPv4 peers appear as IPv4-mapped addresses.
+    pub from: SocketAddr,
+    /// The ECN codepoint it arrived with ([`Ecn::NotEct`] when the kernel did not say).
+    pub ecn: Ecn,
+    /// The local IP it was sent to, when the kernel reports it.
+    pub dst: Option<IpAddr>,
+}
+
 /// The datagrams one batched receive brought in, kernel-coalesced (GRO) runs already split:
-/// iterate it for one [`Datagram`] per datagram the peers sent, in arrival order.
-#[derive(Clone, Copy)]
+/// iterate it for one [`Datagram`] per datagram the peers sent, in arrival order, or with
+/// [`iter_mut`](Self::iter_mut) to work on them in the receive buffer (decrypt in place).
 pub struct Datagrams<'a> {
     /// The receive buffers, `slot_size` bytes per message slot.
-    pub(crate) bufs: &'a [u8],
+    pub(crate) bufs: &'a mut [u8],
     pub(crate) slot_size: usize,
-    /// One entry per message kept (dropped messages have none).
+    /// One entry per message kept (dropped messages have none), slots in ascending order.
     pub(crate) meta: &'a [RecvMeta],
 }
 
@@ -145,10 +159,28 @@ impl std::fmt::Debug for Datagrams<'_> {
     }
 }
 
-impl<'a> Datagrams<'a> {
+impl Datagrams<'_> {
     /// The datagrams, one by one.
-    pub fn iter(&self) -> DatagramIter<'a> {
-        DatagramIter { batch: *self, msg: 0, offset: 0 }
+    pub fn iter(&self) -> DatagramIter<'_> {
+        DatagramIter {
+            bufs: self.bufs,
+            slot_size: self.slot_size,
+            meta: self.meta,
+            msg: 0,
+            offset: 0,
+        }
+    }
+
+    /// The datagrams, one by one, each writable where it lies in the receive buffer.
+    pub fn iter_mut(&mut self) -> DatagramIterMut<'_> {
+        DatagramIterMut {
+            rest: &mut self.bufs[..],
+            rest_at: 0,
+            slot_size: self.slot_size,
+            meta: self.meta,
+            msg: 0,
+            cur: None,
+        }
     }
 
     /// How many datagrams the batch holds (after splitting coalesced runs).
@@ -165,16 +197,9 @@ impl<'a> Datagrams<'a> {
     pub fn messages(&self) -> usize {
         self.meta.len()
     }
-
-    /// The payload of message `i`, whole.
-    fn message(&self, i: usize) -> &'a [u8] {
-        let m = &self.meta[i];
-        let start = m.slot * self.slot_size;
-        &self.bufs[start..start + m.len]
-    }
 }
 
-impl<'a> IntoIterator for &Datagrams<'a> {
+impl<'a> IntoIterator for &'a Datagrams<'_> {
     type Item = Datagram<'a>;
     type IntoIter = DatagramIter<'a>;
 
@@ -183,10 +208,21 @@ impl<'a> IntoIterator for &Datagrams<'a> {
     }
 }
 
+impl<'a> IntoIterator for &'a mut Datagrams<'_> {
+    type Item = DatagramMut<'a>;
+    type IntoIter = DatagramIterMut<'a>;
+
+    fn into_iter(self) -> DatagramIterMut<'a> {
+        self.iter_mut()
+    }
+}
+
 /// Iterates over a [`Datagrams`] batch, one datagram at a time.
 #[derive(Clone, Debug)]
 pub struct DatagramIter<'a> {
-    batch: Datagrams<'a>,
+    bufs: &'a [u8],
+    slot_size: usize,
+    meta: &'a [RecvMeta],
     /// The message being split.
     msg: usize,
     /// Where in it the next datagram starts.
@@ -197,8 +233,9 @@ impl<'a> Iterator for DatagramIter<'a> {
     type Item = Datagram<'a>;
 
     fn next(&mut self) -> Option<Datagram<'a>> {
-        let meta = self.batch.meta.get(self.msg)?;
-        let payload = self.batch.message(self.msg);
+        let meta = self.meta.get(self.msg)?;
+        let start = meta.slot * self.slot_size;
+        let payload = self.bufs.get(start..start + meta.len)?;
         // A zero stride only comes with an empty message: one empty datagram.
         let stride = meta.stride.max(1);
         let end = payload.len().min(self.offset + stride);
@@ -210,6 +247,48 @@ impl<'a> Iterator for DatagramIter<'a> {
             self.offset = end;
         }
         Some(Datagram { data, from: meta.from, ecn: meta.ecn, dst: meta.dst })
+    }
+}
+
+/// Iterates over a [`Datagrams`] batch, one writable datagram at a time.
+#[derive(Debug)]
+pub struct DatagramIterMut<'a> {
+    /// The receive buffers after the message being split, starting at offset `rest_at`.
+    rest: &'a mut [u8],
+    rest_at: usize,
+    slot_size: usize,
+    meta: &'a [RecvMeta],
+    /// The next message.
+    msg: usize,
+    /// What is left of the message being split, and its metadata.
+    cur: Option<(&'a mut [u8], RecvMeta)>,
+}
+
+impl<'a> Iterator for DatagramIterMut<'a> {
+    type Item = DatagramMut<'a>;
+
+    fn next(&mut self) -> Option<DatagramMut<'a>> {
+        let (cur, meta) = match self.cur.take() {
+            Some(c) => c,
+            None => {
+                let meta = *self.meta.get(self.msg)?;
+                self.msg += 1;
+                // Slots ascend, so each message lies after the previous one.
+                let skip = (meta.slot * self.slot_size).checked_sub(self.rest_at)?;
+                let rest = std::mem::take(&mut self.rest);
+                let (_, rest) = rest.split_at_mut_checked(skip)?;
+                let (msg, rest) = rest.split_at_mut_checked(meta.len)?;
+                self.rest = rest;
+                self.rest_at = meta.slot * self.slot_size + meta.len;
+                (msg, meta)
+            }
+        };
+        // A zero stride only comes with an empty message: one empty datagram.
+        let (data, left) = cur.split_at_mut(meta.stride.max(1).min(cur.len()));
+        if !left.is_empty() {
+            self.cur = Some((left, meta));
+        }
+        Some(DatagramMut { data, from: meta.from, ecn: meta.ecn, dst: meta.dst })
     }
 }
 
@@ -324,19 +403,25 @@ mod tests {
             RecvMeta { slot: 1, len: 0, stride: 0, from, ecn: Ecn::NotEct, dst: None },
             RecvMeta { slot: 2, len: 3, stride: 3, from, ecn: Ecn::Ect0, dst: None },
         ];
-        let batch = Datagrams { bufs: &bufs, slot_size: 16, meta: &meta };
+        let mut batch = Datagrams { bufs: &mut bufs, slot_size: 16, meta: &meta };
+        let want = [
+            (b"aaaa".to_vec(), Ecn::Ce),
+            (b"bbbb".to_vec(), Ecn::Ce),
+            (b"cc".to_vec(), Ecn::Ce),
+            (vec![], Ecn::NotEct),
+            (b"xyz".to_vec(), Ecn::Ect0),
+        ];
         let got: Vec<_> = batch.iter().map(|d| (d.data.to_vec(), d.ecn)).collect();
-        assert_eq!(
-            got,
-            [
-                (b"aaaa".to_vec(), Ecn::Ce),
-                (b"bbbb".to_vec(), Ecn::Ce),
-                (b"cc".to_vec(), Ecn::Ce),
-                (vec![], Ecn::NotEct),
-                (b"xyz".to_vec(), Ecn::Ect0),
-            ]
-        );
+        assert_eq!(got, want);
+        let got: Vec<_> = batch.iter_mut().map(|d| (d.data.to_vec(), d.ecn)).collect();
+        assert_eq!(got, want, "the writable view splits the same way");
         assert_eq!(batch.len(), 5);
         assert_eq!(batch.messages(), 3);
+        // Writes land where the datagrams lie.
+        for d in batch.iter_mut() {
+            d.data.make_ascii_uppercase();
+        }
+        assert_eq!(&bufs[..10], b"AAAABBBBCC");
+        assert_eq!(&bufs[32..35], b"XYZ");
     }
 }

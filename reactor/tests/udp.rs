@@ -124,9 +124,9 @@ impl GsoEcho {
 }
 
 impl Handler for GsoEcho {
-    fn on_datagrams(&mut self, es: &mut Esocket<'_>, batch: &Datagrams<'_>) {
+    fn on_datagrams(&mut self, es: &mut Esocket<'_>, batch: &mut Datagrams<'_>) {
         let (mut run, mut to, mut size) = (Vec::new(), None, 0);
-        for d in batch {
+        for d in batch.iter() {
             let continues = to == Some(d.from) && d.data.len() <= size && run.len() % size == 0;
             if !continues {
                 Self::send(es, &run, to, size);

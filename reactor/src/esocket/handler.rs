@@ -63,12 +63,13 @@ pub trait Handler: Any {
     /// Datagrams arrived on a UDP esocket: what one batched receive brought in, runs the
     /// kernel coalesced (GRO) already split, each datagram with its source, ECN codepoint and
     /// destination address. A handler that sends replies in batches
-    /// ([`Esocket::send_batch`]) implements this one.
+    /// ([`Esocket::send_batch`]) implements this one; the batch is writable
+    /// ([`Datagrams::iter_mut`]) for a transport that decrypts in place.
     ///
     /// The default hands each datagram to [`on_datagram`](Self::on_datagram) in order, and
     /// stops if the handler closes the esocket. Pausing reading takes effect after the batch.
-    fn on_datagrams(&mut self, es: &mut Esocket<'_>, batch: &Datagrams<'_>) {
-        for d in batch {
+    fn on_datagrams(&mut self, es: &mut Esocket<'_>, batch: &mut Datagrams<'_>) {
+        for d in batch.iter() {
             if es.is_closing() {
                 break;
             }

@@ -188,8 +188,8 @@ impl RecvBatch {
     }
 
     /// What the last receive kept.
-    pub(crate) fn datagrams(&self) -> Datagrams<'_> {
-        Datagrams { bufs: &self.bufs, slot_size: self.slot_size, meta: &self.meta }
+    pub(crate) fn datagrams(&mut self) -> Datagrams<'_> {
+        Datagrams { bufs: &mut self.bufs, slot_size: self.slot_size, meta: &self.meta }
     }
 }
 

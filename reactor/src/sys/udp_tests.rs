@@ -62,14 +62,22 @@ impl End {
         while got.len() < want {
             let fd = self.sock.as_raw_fd();
             self.io.recv(fd, &mut self.batch, MAX_RECV_BATCH).expect("datagrams in time");
-            let batch = self.batch.datagrams();
+            let mut batch = self.batch.datagrams();
             self.messages += batch.messages();
+            let before = got.len();
             got.extend(batch.iter().map(|d| Got {
                 data: d.data.to_vec(),
                 from: d.from,
                 ecn: d.ecn,
                 dst: d.dst,
             }));
+            // The writable view splits the batch the same way.
+            let mut n = 0;
+            for (d, g) in batch.iter_mut().zip(&got[before..]) {
+                assert_eq!((&*d.data, d.from, d.ecn, d.dst), (&g.data[..], g.from, g.ecn, g.dst));
+                n += 1;
+            }
+            assert_eq!(n, got.len() - before, "iter_mut yields every datagram");
         }
         assert_eq!(got.len(), want, "no more datagrams than sent");
         got

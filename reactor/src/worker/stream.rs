@@ -373,7 +373,7 @@ impl WorkerCtx {
             let fd = std::os::fd::AsRawFd::as_raw_fd(sock);
             match io.recv(fd, &mut batch, budget - count) {
                 Ok(messages) => {
-                    let datagrams = batch.datagrams();
+                    let mut datagrams = batch.datagrams();
                     let n = datagrams.len();
                     // Dropped (truncated) messages count too, so the budget always shrinks.
                     count += n.max(messages);
@@ -384,7 +384,7 @@ impl WorkerCtx {
                     self.stats.bytes_in +=
                         datagrams.iter().map(|d| d.data.len() as u64).sum::<u64>();
                     st.last_active_ms = self.now_ms();
-                    self.call(st, |h, es| h.on_datagrams(es, &datagrams));
+                    self.call(st, |h, es| h.on_datagrams(es, &mut datagrams));
                     if st.close_now || st.closing || !st.want_read {
                         break;
                     }

@@ -189,7 +189,6 @@ pub(crate) struct UdpWorker {
     /// Transmit buffer.
     buf: Vec<u8>,
     /// A datagram copied out of the batch, to be opened in place.
-    scratch: Vec<u8>,
     gso_segments: usize,
     wake_armed: Arc<AtomicBool>,
 }
@@ -207,24 +206,25 @@ impl UdpWorker {
             endpoint: Endpoint::new(config),
             sessions: HashMap::new(),
             buf: Vec::new(),
-            scratch: Vec::new(),
             gso_segments: gso_segments.max(1),
             wake_armed: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// One datagram, from this worker's socket or handed over by another worker.
+    ///
+    /// The engine decrypts in place, and leaves the datagram as it was unless it routed it to
+    /// a connection: a datagram forwarded, or retried once its connection is attached, is
+    /// still the one that arrived.
     fn handle(
         &mut self,
         es: &mut Esocket<'_>,
         now: Instant,
         from: SocketAddr,
         ecn: Ecn,
-        data: &[u8],
+        data: &mut [u8],
     ) {
-        self.scratch.clear();
-        self.scratch.extend_from_slice(data);
-        match self.endpoint.handle_datagram_ecn(now, from, Some(ecn), &mut self.scratch) {
+        match self.endpoint.handle_datagram_ecn(now, from, Some(ecn), data) {
             Routed::Connection(_) => {}
             Routed::Forward(w) => self.forward(w, from, ecn, data),
             Routed::Dropped => {
@@ -232,9 +232,7 @@ impl UdpWorker {
                 if !self.shared.is_pending(&cid) || !self.attach(es, now, cid) {
                     return;
                 }
-                self.scratch.clear();
-                self.scratch.extend_from_slice(data);
-                self.endpoint.handle_datagram_ecn(now, from, Some(ecn), &mut self.scratch);
+                self.endpoint.handle_datagram_ecn(now, from, Some(ecn), data);
             }
         }
     }
@@ -246,11 +244,11 @@ impl UdpWorker {
             c.forward_failed.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let data = data.to_vec();
+        let mut data = data.to_vec();
         let r = h.exec(move |es| {
             es.with_handler::<UdpWorker, _>(|w, es| {
                 let now = Instant::now();
-                w.handle(es, now, from, ecn, &data);
+                w.handle(es, now, from, ecn, &mut data);
                 w.flush(es, now);
             });
         });
@@ -327,10 +325,10 @@ impl Flush for UdpWorker {
 }
 
 impl Handler for UdpWorker {
-    fn on_datagrams(&mut self, es: &mut Esocket<'_>, batch: &Datagrams<'_>) {
+    fn on_datagrams(&mut self, es: &mut Esocket<'_>, batch: &mut Datagrams<'_>) {
         let now = Instant::now();
         let mut n = 0;
-        for d in batch {
+        for d in batch.iter_mut() {
             n += 1;
             let ecn = Ecn::from_bits(d.ecn.bits());
             self.handle(es, now, d.from, ecn, d.data);
@@ -360,7 +358,6 @@ pub(crate) struct UdpClientConn {
     connected: bool,
     closed: bool,
     buf: Vec<u8>,
-    scratch: Vec<u8>,
     gso_segments: usize,
     wake_armed: Arc<AtomicBool>,
 }
@@ -380,7 +377,6 @@ impl UdpClientConn {
             connected: false,
             closed: false,
             buf: Vec::new(),
-            scratch: Vec::new(),
             gso_segments: 64,
             wake_armed: Arc::new(AtomicBool::new(false)),
         }
@@ -458,13 +454,11 @@ impl Handler for UdpClientConn {
         self.flush(es, Instant::now());
     }
 
-    fn on_datagrams(&mut self, es: &mut Esocket<'_>, batch: &Datagrams<'_>) {
+    fn on_datagrams(&mut self, es: &mut Esocket<'_>, batch: &mut Datagrams<'_>) {
         let now = Instant::now();
-        for d in batch {
-            self.scratch.clear();
-            self.scratch.extend_from_slice(d.data);
+        for d in batch.iter_mut() {
             let ecn = Some(Ecn::from_bits(d.ecn.bits()));
-            self.conn.handle_datagram_ecn(now, d.from, ecn, &mut self.scratch);
+            self.conn.handle_datagram_ecn(now, d.from, ecn, d.data);
         }
         self.flush(es, now);
     }

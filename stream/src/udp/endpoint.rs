@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use super::connection::{Connection, ConnectionConfig, Event, Side, Transmit};
 use super::ecn::Ecn;
-use super::packet::{self, ConnectionId};
+use super::packet::{self, CidHash, ConnectionId};
 use crate::mux::Mux;
 use crate::session::SessionParams;
 
@@ -74,7 +74,7 @@ pub struct EndpointStats {
 #[derive(Debug)]
 pub struct Endpoint {
     config: EndpointConfig,
-    conns: HashMap<ConnectionId, Connection>,
+    conns: HashMap<ConnectionId, Connection, CidHash>,
     /// Round-robin order for transmits.
     order: Vec<ConnectionId>,
     rr: usize,
@@ -86,7 +86,7 @@ impl Endpoint {
     pub fn new(config: EndpointConfig) -> Self {
         Endpoint {
             config,
-            conns: HashMap::new(),
+            conns: HashMap::default(),
             order: Vec::new(),
             rr: 0,
             stats: EndpointStats::default(),
@@ -203,8 +203,9 @@ impl Endpoint {
         self.handle_datagram_ecn(now, from, None, datagram)
     }
 
-    /// A datagram arrived from `from` at `now` with the ECN codepoint `ecn` (decrypted in
-    /// place if it is handled).
+    /// A datagram arrived from `from` at `now` with the ECN codepoint `ecn`. It is
+    /// decrypted in place if a connection takes it ([`Routed::Connection`]); otherwise it is
+    /// left as it arrived, to forward or to try again.
     pub fn handle_datagram_ecn(
         &mut self,
         now: Instant,

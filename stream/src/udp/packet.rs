@@ -52,8 +52,42 @@ pub const LABELS: KeyLabels =
 /// A connection id: chosen by the server, it names the worker that owns the connection in
 /// its first byte, so a datagram that lands on another worker can be forwarded; the other
 /// seven bytes come from the CSPRNG.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionId(pub [u8; CID_LEN]);
+
+impl std::hash::Hash for ConnectionId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(u64::from_be_bytes(self.0));
+    }
+}
+
+/// Hashes [`ConnectionId`]s for the tables that route every datagram. The ids in those
+/// tables come from the CSPRNG, so a peer cannot make them collide, and a keyed hash
+/// (SipHash) would buy nothing for its cost per datagram: the id's bits are mixed with one
+/// multiplication.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CidHasher(u64);
+
+impl std::hash::Hasher for CidHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 ^= v;
+    }
+
+    fn finish(&self) -> u64 {
+        // Fibonacci hashing: each output bit depends on the input bits at and below it, and
+        // the low input bits are the id's random bytes (the worker byte is the top one).
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+}
+
+/// The hasher state of tables keyed by [`ConnectionId`].
+pub type CidHash = std::hash::BuildHasherDefault<CidHasher>;
 
 impl ConnectionId {
     /// A fresh id for a connection owned by worker `worker`.
