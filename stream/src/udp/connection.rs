@@ -350,6 +350,8 @@ pub struct Connection {
     info_pool: Vec<Vec<Sent>>,
     /// The ranges of the ACK being processed (kept for the next).
     ack_ranges: Vec<std::ops::RangeInclusive<u64>>,
+    /// The (sent, bytes) of the in-flight packets an ACK acknowledged (kept for the next).
+    acked_packets: Vec<(Instant, u64)>,
     /// Unreliable messages to send: (channel, type, bytes).
     datagrams: VecDeque<(u8, u8, Bytes)>,
     datagram_bytes: usize,
@@ -531,6 +533,7 @@ impl Connection {
             datagram_bytes: 0,
             info_pool: Vec::new(),
             ack_ranges: Vec::new(),
+            acked_packets: Vec::new(),
         }
     }
 
@@ -917,9 +920,11 @@ impl Connection {
                 }
             }
             if p.in_flight {
-                self.cc.on_ack(now, p.time, p.bytes, false, &self.rtt);
+                self.acked_packets.push((p.time, p.bytes));
             }
         }
+        self.cc.on_ack_packets(now, &self.acked_packets, false, &self.rtt);
+        self.acked_packets.clear();
         if acked_large {
             self.mtu.on_large_acked();
         }

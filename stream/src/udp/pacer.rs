@@ -69,7 +69,10 @@ impl Pacer {
         mss: u64,
         rtt: Duration,
     ) -> Option<Instant> {
-        self.refill(now, window, mss, rtt);
+        // Within one batch `now` does not move: nothing to add since the last call.
+        if now != self.last || self.tokens < bytes {
+            self.refill(now, window, mss, rtt);
+        }
         if self.tokens >= bytes {
             return None;
         }

@@ -21,8 +21,8 @@
 //! `F` is whatever the engine needs to know about a packet's contents to retransmit its
 //! data: the engine retransmits data, never packets.
 
-use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
@@ -149,10 +149,94 @@ pub enum Timeout<F> {
     Probe(u8),
 }
 
+/// Sent packets by number, oldest first. Packet numbers only rise, so they sit in a deque
+/// in order: a number is found by binary search, a range is visited in one pass, and an
+/// acknowledged or lost packet leaves a hole that is dropped once it reaches the front. No
+/// tree node per packet, as a `BTreeMap` would take.
+#[derive(Debug)]
+struct SentMap<F> {
+    slots: VecDeque<(u64, Option<SentPacket<F>>)>,
+    /// Slots holding a packet.
+    live: usize,
+}
+
+impl<F> SentMap<F> {
+    fn new() -> Self {
+        SentMap { slots: VecDeque::new(), live: 0 }
+    }
+
+    /// Packets held.
+    fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Slots, holes included: what the map costs in memory.
+    fn span(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Adds packet `pn`, above every number held; returns whether it was added.
+    fn insert(&mut self, pn: u64, p: SentPacket<F>) -> bool {
+        if self.slots.back().is_some_and(|(last, _)| *last >= pn) {
+            return false;
+        }
+        self.slots.push_back((pn, Some(p)));
+        self.live += 1;
+        true
+    }
+
+    /// The index of the first slot numbered `pn` or above.
+    fn index(&self, pn: u64) -> usize {
+        self.slots.partition_point(|(n, _)| *n < pn)
+    }
+
+    fn remove(&mut self, pn: u64) -> Option<SentPacket<F>> {
+        let i = self.index(pn);
+        let (n, slot) = self.slots.get_mut(i)?;
+        if *n != pn {
+            return None;
+        }
+        let p = slot.take()?;
+        self.live -= 1;
+        self.trim();
+        Some(p)
+    }
+
+    /// Takes every packet numbered in `r`, lowest first.
+    fn take_range(&mut self, r: RangeInclusive<u64>, mut f: impl FnMut(u64, SentPacket<F>)) {
+        let mut i = self.index(*r.start());
+        while let Some((n, slot)) = self.slots.get_mut(i)
+            && *n <= *r.end()
+        {
+            if let Some(p) = slot.take() {
+                self.live -= 1;
+                f(*n, p);
+            }
+            i += 1;
+        }
+        self.trim();
+    }
+
+    /// The packets numbered below `pn`, lowest first.
+    fn below(&self, pn: u64) -> impl Iterator<Item = (u64, &SentPacket<F>)> {
+        self.slots
+            .iter()
+            .take_while(move |(n, _)| *n < pn)
+            .filter_map(|(n, p)| p.as_ref().map(|p| (*n, p)))
+    }
+
+    /// Drops the holes at the front.
+    fn trim(&mut self) {
+        while matches!(self.slots.front(), Some((_, None))) {
+            self.slots.pop_front();
+        }
+    }
+}
+
 /// The sender's loss recovery.
 #[derive(Debug)]
 pub struct Recovery<F> {
-    sent: BTreeMap<u64, SentPacket<F>>,
+    sent: SentMap<F>,
     max_tracked: usize,
     largest_acked: Option<u64>,
     bytes_in_flight: u64,
@@ -185,7 +269,7 @@ impl<F> Recovery<F> {
     /// Loss recovery tracking at most `max_tracked` packets.
     pub fn with_config(max_tracked: usize, config: RecoveryConfig) -> Self {
         Recovery {
-            sent: BTreeMap::new(),
+            sent: SentMap::new(),
             max_tracked: max_tracked.max(1),
             largest_acked: None,
             bytes_in_flight: 0,
@@ -282,9 +366,11 @@ impl<F> Recovery<F> {
         self.sent.len()
     }
 
-    /// Whether no more packets can be tracked until ACKs free room.
+    /// Whether no more packets can be tracked until ACKs free room: `max_tracked` are
+    /// outstanding, or the record spans twice that many packet numbers (acknowledged ones
+    /// behind an old outstanding packet still take room until it is acknowledged or lost).
     pub fn is_full(&self) -> bool {
-        self.sent.len() >= self.max_tracked
+        self.sent.len() >= self.max_tracked || self.sent.span() >= 2 * self.max_tracked
     }
 
     /// PTOs in a row without an acknowledgement.
@@ -302,29 +388,40 @@ impl<F> Recovery<F> {
     /// # Errors
     /// [`TrackFull`] when `max_tracked` packets are outstanding.
     pub fn on_sent(&mut self, pn: u64, packet: SentPacket<F>) -> Result<(), TrackFull> {
-        if self.sent.len() >= self.max_tracked {
+        if self.is_full() {
             return Err(TrackFull);
         }
-        if packet.in_flight {
-            self.bytes_in_flight += packet.bytes;
+        let (in_flight, bytes, eliciting, time) =
+            (packet.in_flight, packet.bytes, packet.ack_eliciting, packet.time);
+        let added = self.sent.insert(pn, packet);
+        debug_assert!(added, "packet numbers must rise");
+        if !added {
+            return Err(TrackFull);
         }
-        if packet.ack_eliciting {
+        if in_flight {
+            self.bytes_in_flight += bytes;
+        }
+        if eliciting {
             self.ack_eliciting_in_flight += 1;
-            self.last_ack_eliciting = Some(packet.time);
+            self.last_ack_eliciting = Some(time);
         }
-        self.sent.insert(pn, packet);
         Ok(())
     }
 
     fn remove(&mut self, pn: u64) -> Option<SentPacket<F>> {
-        let p = self.sent.remove(&pn)?;
+        let p = self.sent.remove(pn)?;
+        self.forget(&p);
+        Some(p)
+    }
+
+    /// Takes a packet that left the record out of the counts.
+    fn forget(&mut self, p: &SentPacket<F>) {
         if p.in_flight {
             self.bytes_in_flight -= p.bytes;
         }
         if p.ack_eliciting {
             self.ack_eliciting_in_flight -= 1;
         }
-        Some(p)
     }
 
     /// Processes an ACK received at `now`: `ranges` highest first (as the frame lists
@@ -349,12 +446,15 @@ impl<F> Recovery<F> {
                     spurious.push(self.on_spurious(now, pn, l, rtt));
                 }
             }
-            let pns: Vec<u64> = self.sent.range(r).map(|(&pn, _)| pn).collect();
-            for pn in pns {
-                let p = self.remove(pn).expect("listed");
+            let (mut in_flight, mut eliciting) = (0, 0);
+            self.sent.take_range(r, |pn, p| {
+                in_flight += if p.in_flight { p.bytes } else { 0 };
+                eliciting += usize::from(p.ack_eliciting);
                 largest_new = largest_new.max(Some(pn));
                 acked.push((pn, p));
-            }
+            });
+            self.bytes_in_flight -= in_flight;
+            self.ack_eliciting_in_flight -= eliciting;
         }
         acked.sort_by_key(|(pn, _)| *pn);
         spurious.sort_by_key(|s| s.pn);
@@ -381,7 +481,7 @@ impl<F> Recovery<F> {
         let delay = self.loss_delay(rtt);
         let lost_before = now.checked_sub(delay);
         let mut lost_pns = Vec::new();
-        for (&pn, p) in self.sent.range(..largest) {
+        for (pn, p) in self.sent.below(largest) {
             let by_time = lost_before.is_some_and(|t| p.time <= t);
             if by_time || largest >= pn.saturating_add(self.packet_threshold) {
                 lost_pns.push((pn, by_time));
@@ -499,6 +599,34 @@ mod tests {
 
     fn pkt(time: Instant) -> SentPacket<()> {
         SentPacket { time, bytes: 1200, ack_eliciting: true, in_flight: true, info: () }
+    }
+
+    #[test]
+    fn the_sent_record_keeps_holes_until_they_reach_the_front() {
+        let t = Instant::now();
+        let mut rtt = RttEstimator::default();
+        let mut r: Recovery<()> = Recovery::new(4);
+        for pn in [1, 2, 3, 5] {
+            r.on_sent(pn, pkt(t)).unwrap();
+        }
+        assert!(r.is_full());
+        assert_eq!(r.on_sent(6, pkt(t)), Err(TrackFull));
+        // 1 stays out (not yet past the packet threshold): 2 and 3 leave holes behind it.
+        let out = r.on_ack(t + MS, [3..=3, 2..=2], Duration::ZERO, MAD, &mut rtt);
+        assert_eq!(out.acked.iter().map(|(pn, _)| *pn).collect::<Vec<_>>(), [2, 3]);
+        assert!(out.lost.is_empty());
+        assert_eq!((r.tracked(), r.bytes_in_flight()), (2, 2400));
+        r.on_sent(7, pkt(t)).unwrap();
+        r.on_sent(8, pkt(t)).unwrap();
+        assert!(r.is_full());
+        // A range over numbers never tracked (4, 6) and holes takes just the packets.
+        let out = r.on_ack(t + 2 * MS, [1..=7], Duration::ZERO, MAD, &mut rtt);
+        assert_eq!(out.acked.iter().map(|(pn, _)| *pn).collect::<Vec<_>>(), [1, 5, 7]);
+        assert_eq!((r.tracked(), r.bytes_in_flight()), (1, 1200));
+        assert!(!r.is_full(), "the holes went with the front");
+        // A number that does not rise is refused, never misfiled.
+        #[cfg(not(debug_assertions))]
+        assert_eq!(r.on_sent(8, pkt(t)), Err(TrackFull));
     }
 
     fn sample(r: &mut Recovery<()>, rtt: &mut RttEstimator, t: Instant) {

@@ -86,6 +86,11 @@ pub struct SendBuf {
     chunks: VecDeque<(u64, Bytes)>,
     /// Where small writes are gathered; each write leaves it as a chunk of its own buffer.
     staged: BytesMut,
+    /// Chunks dropped from the front so far, and the absolute index of the chunk the last
+    /// copy ended in: sends go forward through the chunks, so the next copy starts there
+    /// or just after, without a search.
+    dropped: usize,
+    cursor: usize,
     base: u64,
     end: u64,
     /// The next new byte to send.
@@ -178,9 +183,9 @@ impl SendBuf {
     }
 
     /// Appends the bytes of `r` (within what is held) to `out`.
-    pub fn copy_to(&self, r: Range<u64>, out: &mut Vec<u8>) {
+    pub fn copy_to(&mut self, r: Range<u64>, out: &mut Vec<u8>) {
         debug_assert!(r.start >= self.base && r.end <= self.end);
-        let mut i = self.chunks.partition_point(|(s, b)| s + b.len() as u64 <= r.start);
+        let mut i = self.find(r.start);
         let mut at = r.start;
         while at < r.end {
             let Some((s, b)) = self.chunks.get(i) else { break };
@@ -188,8 +193,25 @@ impl SendBuf {
             let to = ((r.end - s) as usize).min(b.len());
             out.extend_from_slice(&b[from..to]);
             at = s + to as u64;
+            self.cursor = self.dropped + i;
             i += 1;
         }
+    }
+
+    /// The index of the chunk holding `offset`: the cursor's chunk or the next, else found
+    /// by binary search (a retransmission).
+    fn find(&self, offset: u64) -> usize {
+        let holds = |i: usize| {
+            self.chunks.get(i).is_some_and(|(s, b)| *s <= offset && offset < s + b.len() as u64)
+        };
+        let hint = self.cursor.saturating_sub(self.dropped);
+        if holds(hint) {
+            return hint;
+        }
+        if holds(hint + 1) {
+            return hint + 1;
+        }
+        self.chunks.partition_point(|(s, b)| s + b.len() as u64 <= offset)
     }
 
     /// The bytes `r` were acknowledged; frees the acknowledged prefix.
@@ -216,6 +238,7 @@ impl SendBuf {
             && s + b.len() as u64 <= self.base
         {
             self.chunks.pop_front();
+            self.dropped += 1;
         }
     }
 

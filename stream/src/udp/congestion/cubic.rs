@@ -177,6 +177,32 @@ impl Controller for Cubic {
         }
     }
 
+    /// RFC 9438 grows the window per ACK by the bytes it acknowledges (§4.2's `segments
+    /// acked`): one step for all of them, rather than one per packet. HyStart++ still sees
+    /// each packet, as it samples their RTTs.
+    fn on_ack_packets(
+        &mut self,
+        now: Instant,
+        packets: &[(Instant, u64)],
+        app_limited: bool,
+        rtt: &RttEstimator,
+    ) {
+        if self.config.hystart && self.ssthresh == u64::MAX && self.window < self.ssthresh {
+            for &(sent, bytes) in packets {
+                self.on_ack(now, sent, bytes, app_limited, rtt);
+            }
+            return;
+        }
+        // Send times rise with packet numbers: the packets sent before recovery began (which
+        // do not grow the window) come first.
+        let bytes: u64 = packets.iter().filter(|(s, _)| !self.in_recovery(*s)).map(|p| p.1).sum();
+        if let Some(&(newest, _)) = packets.last()
+            && bytes > 0
+        {
+            self.on_ack(now, newest, bytes, app_limited, rtt);
+        }
+    }
+
     fn on_congestion_event(&mut self, now: Instant, sent: Instant, persistent: bool, _: u64) {
         let before = Undo {
             window: self.window,

@@ -37,6 +37,21 @@ pub trait Controller: std::fmt::Debug + Send {
         rtt: &RttEstimator,
     );
 
+    /// The packets one ACK newly acknowledged, oldest first, as (sent, bytes). The default
+    /// hands each to [`on_ack`](Self::on_ack); a controller whose growth is defined per
+    /// ACK rather than per packet takes them at once.
+    fn on_ack_packets(
+        &mut self,
+        now: Instant,
+        packets: &[(Instant, u64)],
+        app_limited: bool,
+        rtt: &RttEstimator,
+    ) {
+        for &(sent, bytes) in packets {
+            self.on_ack(now, sent, bytes, app_limited, rtt);
+        }
+    }
+
     /// Packets sent at or before `sent` were declared lost at `now` (one call per loss
     /// event, with the send time of the newest lost packet). `persistent`: the losses span
     /// more than the persistent-congestion duration (RFC 9002 §7.6).
