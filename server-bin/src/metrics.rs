@@ -319,6 +319,98 @@ fn udp(o: &mut Out, src: &Sources) {
         let n = w.stats().gso_fallbacks as f64;
         o.sample("dap_udp_gso_fallbacks_total", &[("worker", &i.to_string())], n);
     }
+    if let Some(c) = src.stream.udp_conn_stats() {
+        udp_connections(o, &c);
+    }
+}
+
+/// What the UDP connections did, as the workers last published it (once a second).
+fn udp_connections(o: &mut Out, c: &dap_stream::transport::udp::UdpConnStats) {
+    let t = &c.totals;
+    o.by(
+        "dap_udp_packets_total",
+        "counter",
+        "UDP transport packets, by direction (each worker publishes once a second).",
+        "direction",
+        &[("in", t.packets_in), ("out", t.packets_out)],
+    );
+    o.by(
+        "dap_udp_bytes_total",
+        "counter",
+        "UDP payload bytes of the transport's packets, by direction.",
+        "direction",
+        &[("in", t.bytes_in), ("out", t.bytes_out)],
+    );
+    o.by(
+        "dap_udp_lost_packets_total",
+        "counter",
+        "Packets declared lost (spurious: later acknowledged after all, reordering).",
+        "kind",
+        &[("lost", t.lost), ("spurious", t.spurious_losses)],
+    );
+    o.one(
+        "dap_udp_retransmitted_bytes_total",
+        "counter",
+        "Channel data bytes sent again after a loss.",
+        t.retransmitted,
+    );
+    o.by(
+        "dap_udp_congestion_events_total",
+        "counter",
+        "Probe timeouts, persistent congestion, and ACKs reporting new ECN CE marks.",
+        "kind",
+        &[("pto", t.ptos), ("persistent", t.persistent_congestion), ("ecn_ce", t.ce_acks)],
+    );
+    o.by(
+        "dap_udp_path_validations_total",
+        "counter",
+        "Peer address changes: started (an authentic packet from a new address), validated \
+         (the connection moved there).",
+        "result",
+        &[("started", t.path_changes), ("validated", t.migrations)],
+    );
+    o.by(
+        "dap_udp_key_updates_total",
+        "counter",
+        "Packet key updates, by the end that made them.",
+        "by",
+        &[("local", t.key_updates_sent), ("peer", t.key_updates_received)],
+    );
+    o.by(
+        "dap_udp_dropped_packets_total",
+        "counter",
+        "Packets dropped by connections, by reason.",
+        "reason",
+        &[
+            ("auth", t.auth_failed),
+            ("malformed", t.malformed),
+            ("duplicate", t.duplicates),
+            ("reorder", t.reorder_drops),
+        ],
+    );
+    o.one(
+        "dap_udp_cwnd_bytes",
+        "gauge",
+        "Congestion windows of the open UDP connections, summed.",
+        c.cwnd_bytes,
+    );
+    let name = "dap_udp_rtt_seconds";
+    o.family(
+        name,
+        "histogram",
+        "Smoothed RTT of each open UDP connection, observed once a second.",
+    );
+    let bucket = format!("{name}_bucket");
+    let mut cumulative = 0;
+    for (i, n) in c.rtt_buckets.iter().enumerate() {
+        cumulative += n;
+        let le = dap_stream::transport::udp::RTT_BUCKETS
+            .get(i)
+            .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
+        o.sample(&bucket, &[("le", &le)], cumulative as f64);
+    }
+    o.sample(&format!("{name}_sum"), &[], c.rtt_sum_seconds);
+    o.sample(&format!("{name}_count"), &[], c.rtt_count as f64);
 }
 
 fn stream(o: &mut Out, src: &Sources) {

@@ -85,7 +85,36 @@ fn dapd_echoes_over_udp_by_default_and_counts_it() {
     assert_eq!(status, 200);
     assert!(body.contains("dap_udp_connections_total{event=\"attached\"} 1"), "{body}");
     assert!(body.contains("dap_udp_datagrams_total{direction=\"in\"}"), "{body}");
+    // The connections' own statistics, published by the worker once a second.
+    let mut body = String::new();
+    wait_until("the UDP connection statistics are published", || {
+        body = http_get(d.local_addr(), "/metrics").1;
+        metric(&body, "dap_udp_rtt_seconds_count") >= 1.0
+    });
+    assert!(metric(&body, "dap_udp_bytes_total{direction=\"in\"}") >= 100_000.0, "{body}");
+    assert!(metric(&body, "dap_udp_packets_total{direction=\"out\"}") >= 1.0, "{body}");
+    assert!(metric(&body, "dap_udp_cwnd_bytes") > 0.0, "{body}");
+    assert_eq!(
+        metric(&body, "dap_udp_rtt_seconds_bucket{le=\"+Inf\"}"),
+        metric(&body, "dap_udp_rtt_seconds_count")
+    );
+    for family in [
+        "dap_udp_lost_packets_total{kind=\"lost\"}",
+        "dap_udp_retransmitted_bytes_total",
+        "dap_udp_congestion_events_total{kind=\"pto\"}",
+        "dap_udp_path_validations_total{result=\"validated\"}",
+        "dap_udp_key_updates_total{by=\"local\"}",
+    ] {
+        assert!(body.contains(family), "{family} missing: {body}");
+    }
     d.drain_and_stop(Duration::from_secs(5));
+}
+
+/// The value of the sample `name` (with its labels) in a /metrics body (NaN if absent).
+fn metric(body: &str, name: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 #[test]

@@ -445,6 +445,12 @@ impl StreamServer {
         self.inner.udp.get().map(|u| &u.counters)
     }
 
+    /// What the UDP connections did, all workers together, as each worker last published
+    /// it (once a second; `None` until [`serve_udp`](Self::serve_udp)).
+    pub fn udp_conn_stats(&self) -> Option<crate::transport::udp::UdpConnStats> {
+        self.inner.udp.get().map(|u| u.conn_stats())
+    }
+
     /// The channel handlers.
     pub(crate) fn procs(&self) -> &ChannelProcs {
         &self.inner.procs

@@ -28,7 +28,7 @@ use crate::channel::SessionInfo;
 use crate::mux::Mux;
 use crate::server::StreamServer;
 use crate::session::SESSION_ID_LEN;
-use crate::udp::connection::Event;
+use crate::udp::connection::{ConnStats, Event};
 use crate::udp::ecn::Ecn;
 use crate::udp::endpoint::{Endpoint, EndpointConfig, Routed};
 use crate::udp::packet::{ConnectionId, peek_cid};
@@ -56,6 +56,56 @@ pub struct UdpCounters {
     pub migrations: AtomicU64,
 }
 
+/// Bounds of the RTT histogram's buckets, in seconds (Prometheus `le`).
+pub const RTT_BUCKETS: [f64; 12] =
+    [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0];
+
+/// How often each worker publishes its connections' statistics ([`UdpConnStats`]).
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// What a server's UDP connections did, all workers together, as last published: each
+/// worker publishes once per [`PUBLISH_EVERY`] while it has connections (and once more
+/// after its last one closed), so the figures are at most that old.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UdpConnStats {
+    /// The counters of every connection, open or closed, summed: packets and bytes,
+    /// losses, retransmissions, PTOs, key updates, path changes and validations.
+    pub totals: ConnStats,
+    /// Connections open.
+    pub open: u64,
+    /// The congestion windows of the open connections, summed, in bytes.
+    pub cwnd_bytes: u64,
+    /// Smoothed RTTs of the open connections, each observed once per publication: the
+    /// count in each bucket of [`RTT_BUCKETS`] (not cumulative), then above the last.
+    pub rtt_buckets: [u64; RTT_BUCKETS.len() + 1],
+    /// The observed RTTs summed, in seconds.
+    pub rtt_sum_seconds: f64,
+    /// RTTs observed.
+    pub rtt_count: u64,
+}
+
+impl UdpConnStats {
+    fn add(&mut self, o: &UdpConnStats) {
+        self.totals.add(&o.totals);
+        self.open += o.open;
+        self.cwnd_bytes += o.cwnd_bytes;
+        for (a, b) in self.rtt_buckets.iter_mut().zip(o.rtt_buckets) {
+            *a += b;
+        }
+        self.rtt_sum_seconds += o.rtt_sum_seconds;
+        self.rtt_count += o.rtt_count;
+    }
+
+    /// Observes one RTT.
+    fn observe_rtt(&mut self, rtt: Duration) {
+        let s = rtt.as_secs_f64();
+        let i = RTT_BUCKETS.iter().position(|&b| s <= b).unwrap_or(RTT_BUCKETS.len());
+        self.rtt_buckets[i] += 1;
+        self.rtt_sum_seconds += s;
+        self.rtt_count += 1;
+    }
+}
+
 /// What a server's UDP workers share with its stream_ctl.
 pub(crate) struct UdpShared {
     /// The port every worker's socket is bound to.
@@ -68,6 +118,8 @@ pub(crate) struct UdpShared {
     next: AtomicUsize,
     /// The counters.
     pub(crate) counters: UdpCounters,
+    /// Each worker's last published connection statistics, by worker index.
+    published: Mutex<Vec<UdpConnStats>>,
 }
 
 impl std::fmt::Debug for UdpShared {
@@ -84,7 +136,25 @@ impl UdpShared {
             pending: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
             counters: UdpCounters::default(),
+            published: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Every worker's connection statistics, summed.
+    pub(crate) fn conn_stats(&self) -> UdpConnStats {
+        let mut t = UdpConnStats::default();
+        for w in self.published.lock().iter() {
+            t.add(w);
+        }
+        t
+    }
+
+    fn publish(&self, worker: usize, stats: UdpConnStats) {
+        let mut p = self.published.lock();
+        if p.len() <= worker {
+            p.resize(worker + 1, UdpConnStats::default());
+        }
+        p[worker] = stats;
     }
 
     pub(crate) fn set_workers(&self, handles: Vec<EsocketHandle>) {
@@ -188,9 +258,15 @@ pub(crate) struct UdpWorker {
     sessions: HashMap<ConnectionId, [u8; SESSION_ID_LEN]>,
     /// Transmit buffer.
     buf: Vec<u8>,
-    /// A datagram copied out of the batch, to be opened in place.
     gso_segments: usize,
     wake_armed: Arc<AtomicBool>,
+    /// This worker's index, and its RTT observations so far (they accumulate).
+    worker: usize,
+    rtt_seen: UdpConnStats,
+    /// When the statistics are next published, and whether something changed with no
+    /// connection left to show it (the last one closed).
+    next_publish: Instant,
+    publish_owed: bool,
 }
 
 impl UdpWorker {
@@ -203,12 +279,37 @@ impl UdpWorker {
         UdpWorker {
             server,
             shared,
+            worker: config.worker as usize,
             endpoint: Endpoint::new(config),
             sessions: HashMap::new(),
             buf: Vec::new(),
             gso_segments: gso_segments.max(1),
             wake_armed: Arc::new(AtomicBool::new(false)),
+            rtt_seen: UdpConnStats::default(),
+            next_publish: Instant::now() + PUBLISH_EVERY,
+            publish_owed: false,
         }
+    }
+
+    /// Publishes this worker's connection statistics ([`UdpShared::conn_stats`]).
+    fn publish(&mut self, now: Instant) {
+        let mut s = UdpConnStats { totals: self.endpoint.totals(), ..UdpConnStats::default() };
+        for c in self.endpoint.connections() {
+            if c.is_closed() {
+                continue;
+            }
+            s.open += 1;
+            s.cwnd_bytes += c.window();
+            if c.rtt().has_sample() {
+                self.rtt_seen.observe_rtt(c.rtt().get());
+            }
+        }
+        s.rtt_buckets = self.rtt_seen.rtt_buckets;
+        s.rtt_sum_seconds = self.rtt_seen.rtt_sum_seconds;
+        s.rtt_count = self.rtt_seen.rtt_count;
+        self.shared.publish(self.worker, s);
+        self.next_publish = now + PUBLISH_EVERY;
+        self.publish_owed = false;
     }
 
     /// One datagram, from this worker's socket or handed over by another worker.
@@ -313,13 +414,21 @@ impl Flush for UdpWorker {
             if let Event::Closed(reason) = ev {
                 tracing::debug!(?reason, "udp connection closed");
                 c.closed.fetch_add(1, Ordering::Relaxed);
+                self.publish_owed = true;
                 if let Some(id) = self.sessions.remove(&cid) {
                     self.server.udp_detach(&id);
                     self.server.udp_closed();
                 }
             }
         }
-        let after = self.endpoint.poll_timeout().map(|t| t.saturating_duration_since(now));
+        if now >= self.next_publish && (self.publish_owed || !self.endpoint.is_empty()) {
+            self.publish(now);
+        }
+        let mut next = self.endpoint.poll_timeout();
+        if self.publish_owed || !self.endpoint.is_empty() {
+            next = Some(next.map_or(self.next_publish, |t| t.min(self.next_publish)));
+        }
+        let after = next.map(|t| t.saturating_duration_since(now));
         let _ = es.set_deadline(after.map(|d| d.max(Duration::from_micros(100))));
     }
 }

@@ -230,6 +230,41 @@ pub struct ConnStats {
     /// ACKs that reported new CE marks: each a congestion signal with nothing lost (the
     /// controller reacts at most once per round trip).
     pub ce_acks: u64,
+    /// Key updates this end made.
+    pub key_updates_sent: u64,
+    /// Key updates of the peer's followed.
+    pub key_updates_received: u64,
+}
+
+impl ConnStats {
+    /// Adds another connection's counters to these (totals over connections).
+    pub fn add(&mut self, o: &ConnStats) {
+        self.packets_out += o.packets_out;
+        self.packets_in += o.packets_in;
+        self.bytes_out += o.bytes_out;
+        self.bytes_in += o.bytes_in;
+        self.lost += o.lost;
+        self.spurious_losses += o.spurious_losses;
+        self.ptos += o.ptos;
+        self.persistent_congestion += o.persistent_congestion;
+        self.auth_failed += o.auth_failed;
+        self.malformed += o.malformed;
+        self.duplicates += o.duplicates;
+        self.reorder_drops += o.reorder_drops;
+        self.datagrams_sent += o.datagrams_sent;
+        self.datagrams_received += o.datagrams_received;
+        self.datagrams_lost += o.datagrams_lost;
+        self.datagrams_dropped += o.datagrams_dropped;
+        self.retransmitted += o.retransmitted;
+        self.amplification_limited += o.amplification_limited;
+        self.migrations += o.migrations;
+        self.path_changes += o.path_changes;
+        self.ce_received += o.ce_received;
+        self.ce_reported += o.ce_reported;
+        self.ce_acks += o.ce_acks;
+        self.key_updates_sent += o.key_updates_sent;
+        self.key_updates_received += o.key_updates_received;
+    }
 }
 
 /// What a packet carried, to know what to do when it is acknowledged or lost.
@@ -556,7 +591,11 @@ impl Connection {
 
     /// The counters.
     pub fn stats(&self) -> ConnStats {
-        self.stats
+        ConnStats {
+            key_updates_sent: self.send_keys.updates(),
+            key_updates_received: self.recv_keys.updates(),
+            ..self.stats
+        }
     }
 
     /// The RTT estimate.

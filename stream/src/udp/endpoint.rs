@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::connection::{Connection, ConnectionConfig, Event, Side, Transmit};
+use super::connection::{ConnStats, Connection, ConnectionConfig, Event, Side, Transmit};
 use super::ecn::Ecn;
 use super::packet::{self, CidHash, ConnectionId};
 use crate::mux::Mux;
@@ -79,6 +79,8 @@ pub struct Endpoint {
     order: Vec<ConnectionId>,
     rr: usize,
     stats: EndpointStats,
+    /// The counters of the connections removed, summed.
+    retired: ConnStats,
 }
 
 impl Endpoint {
@@ -90,12 +92,28 @@ impl Endpoint {
             order: Vec::new(),
             rr: 0,
             stats: EndpointStats::default(),
+            retired: ConnStats::default(),
         }
     }
 
     /// The counters.
     pub fn stats(&self) -> EndpointStats {
         self.stats
+    }
+
+    /// The counters of every connection this endpoint has held, summed: those removed and
+    /// those open.
+    pub fn totals(&self) -> ConnStats {
+        let mut t = self.retired;
+        for c in self.conns.values() {
+            t.add(&c.stats());
+        }
+        t
+    }
+
+    /// The connections held, in no particular order.
+    pub fn connections(&self) -> impl Iterator<Item = &Connection> {
+        self.conns.values()
     }
 
     /// Connections held.
@@ -290,7 +308,9 @@ impl Endpoint {
             }
         }
         for cid in gone {
-            self.conns.remove(&cid);
+            if let Some(c) = self.conns.remove(&cid) {
+                self.retired.add(&c.stats());
+            }
             self.order.retain(|c| *c != cid);
         }
         if self.rr >= self.order.len() {
