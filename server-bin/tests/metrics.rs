@@ -79,7 +79,13 @@ fn parse(text: &str) -> Result<HashMap<String, Vec<Sample>>, String> {
                 }
                 None => (series, Vec::new()),
             };
-            if name != family || !valid_name(name) {
+            // A histogram's samples are its _bucket (with `le`), _sum and _count series.
+            let of_family = name == family
+                || (kind == "histogram"
+                    && ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|x| name.strip_suffix(x) == Some(family.as_str())));
+            if !of_family || !valid_name(name) {
                 return err("sample outside its family");
             }
             if kind == "counter" && (value.is_nan() || value < 0.0) {

@@ -237,6 +237,43 @@ impl<H: Flush> Wake for FlushWake<H> {
     }
 }
 
+/// Wakes a server connection's worker to flush, naming the connection so that the worker
+/// looks at it ([`Endpoint::touch`]) without walking the others. Each connection is on the
+/// worker's list at most once; the worker is woken once per flush however many wake.
+struct ConnWake {
+    cid: ConnectionId,
+    /// On the worker's woken list.
+    queued: Arc<AtomicBool>,
+    worker: Arc<WorkerWake>,
+}
+
+/// A worker's side of [`ConnWake`]: the connections woken since its last flush.
+struct WorkerWake {
+    armed: Arc<AtomicBool>,
+    handle: EsocketHandle,
+    woken: Mutex<Vec<(ConnectionId, Arc<AtomicBool>)>>,
+}
+
+impl Wake for ConnWake {
+    fn wake(&self) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            self.worker.woken.lock().push((self.cid, self.queued.clone()));
+        }
+        let w = &self.worker;
+        if w.armed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let armed = w.armed.clone();
+        let r = w.handle.exec(move |es| {
+            armed.store(false, Ordering::Release);
+            es.with_handler::<UdpWorker, _>(|h, es| h.flush(es, Instant::now()));
+        });
+        if r.is_err() {
+            w.armed.store(false, Ordering::Release);
+        }
+    }
+}
+
 /// Sends a transmit the engine wrote into `buf` (a GSO batch when it has segments).
 fn send(es: &mut Esocket<'_>, t: &crate::udp::connection::Transmit, buf: &[u8]) -> bool {
     let mut tx = UdpTransmit::new(t.destination, &buf[..t.size]);
@@ -259,7 +296,10 @@ pub(crate) struct UdpWorker {
     /// Transmit buffer.
     buf: Vec<u8>,
     gso_segments: usize,
-    wake_armed: Arc<AtomicBool>,
+    /// How the connections' muxes wake this worker (made with the first connection).
+    wake: Option<Arc<WorkerWake>>,
+    /// The woken list taken at a flush (kept for its capacity).
+    woken: Vec<(ConnectionId, Arc<AtomicBool>)>,
     /// This worker's index, and its RTT observations so far (they accumulate).
     worker: usize,
     rtt_seen: UdpConnStats,
@@ -284,7 +324,8 @@ impl UdpWorker {
             sessions: HashMap::new(),
             buf: Vec::new(),
             gso_segments: gso_segments.max(1),
-            wake_armed: Arc::new(AtomicBool::new(false)),
+            wake: None,
+            woken: Vec::new(),
             rtt_seen: UdpConnStats::default(),
             next_publish: Instant::now() + PUBLISH_EVERY,
             publish_owed: false,
@@ -379,7 +420,17 @@ impl UdpWorker {
             self.server.udp_detach(&id);
             return false;
         }
-        let waker = FlushWake::<UdpWorker>::new(es.handle(), self.wake_armed.clone());
+        let worker = self
+            .wake
+            .get_or_insert_with(|| {
+                Arc::new(WorkerWake {
+                    armed: Arc::new(AtomicBool::new(false)),
+                    handle: es.handle(),
+                    woken: Mutex::new(Vec::new()),
+                })
+            })
+            .clone();
+        let waker = Arc::new(ConnWake { cid, queued: Arc::new(AtomicBool::new(false)), worker });
         if let Some(conn) = self.endpoint.connection(cid) {
             conn.mux().start(waker);
         }
@@ -400,6 +451,13 @@ impl UdpWorker {
 impl Flush for UdpWorker {
     /// Sends what every connection has, takes their events, and re-arms the deadline.
     fn flush(&mut self, es: &mut Esocket<'_>, now: Instant) {
+        if let Some(w) = &self.wake {
+            std::mem::swap(&mut *w.woken.lock(), &mut self.woken);
+            for (cid, queued) in self.woken.drain(..) {
+                queued.store(false, Ordering::Release);
+                self.endpoint.touch(cid);
+            }
+        }
         let c = &self.shared.counters;
         while let Some(t) = self.endpoint.poll_transmit(now, self.gso_segments, &mut self.buf) {
             let n = t.segment_size.map_or(1, |s| t.size.div_ceil(s)) as u64;

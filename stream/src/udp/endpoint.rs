@@ -9,8 +9,20 @@
 //! [`poll_timeout`](Endpoint::poll_timeout) says, then
 //! [`poll_transmit`](Endpoint::poll_transmit) until `None`, then
 //! [`poll_event`](Endpoint::poll_event) until `None` (closed connections are removed there).
+//! After changing a connection from outside (through [`connection`](Endpoint::connection),
+//! or when its mux's waker fired: [`touch`](Endpoint::touch)), poll again.
+//!
+//! # Cost per call
+//!
+//! Nothing here walks every connection: a worker may hold tens of thousands and most are
+//! idle at any moment. A connection something happened to (a datagram, a timer, a touch)
+//! joins the *active* list, which `poll_transmit` works through in turn until each has
+//! nothing to send; one with events joins the *event* list `poll_event` works through; and
+//! each connection's next timeout sits in a heap, so `poll_timeout` is the heap's top and
+//! `handle_timeout` visits only the connections that are due.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -70,14 +82,29 @@ pub struct EndpointStats {
     pub refused_full: u64,
 }
 
+/// A connection and where it stands in the endpoint's lists.
+#[derive(Debug)]
+struct Slot {
+    conn: Connection,
+    /// In `active`.
+    active: bool,
+    /// In `eventful`.
+    eventful: bool,
+    /// The timeout last put in the heap for it (heap entries that differ are stale).
+    deadline: Option<Instant>,
+}
+
 /// One worker's connections.
 #[derive(Debug)]
 pub struct Endpoint {
     config: EndpointConfig,
-    conns: HashMap<ConnectionId, Connection, CidHash>,
-    /// Round-robin order for transmits.
-    order: Vec<ConnectionId>,
-    rr: usize,
+    conns: HashMap<ConnectionId, Slot, CidHash>,
+    /// Connections that may have something to send, in turn.
+    active: VecDeque<ConnectionId>,
+    /// Connections that may have events, or are closed and to be removed.
+    eventful: VecDeque<ConnectionId>,
+    /// Each connection's next timeout (with stale entries, skipped when met).
+    timers: BinaryHeap<Reverse<(Instant, ConnectionId)>>,
     stats: EndpointStats,
     /// The counters of the connections removed, summed.
     retired: ConnStats,
@@ -89,8 +116,9 @@ impl Endpoint {
         Endpoint {
             config,
             conns: HashMap::default(),
-            order: Vec::new(),
-            rr: 0,
+            active: VecDeque::new(),
+            eventful: VecDeque::new(),
+            timers: BinaryHeap::new(),
             stats: EndpointStats::default(),
             retired: ConnStats::default(),
         }
@@ -105,15 +133,15 @@ impl Endpoint {
     /// those open.
     pub fn totals(&self) -> ConnStats {
         let mut t = self.retired;
-        for c in self.conns.values() {
-            t.add(&c.stats());
+        for s in self.conns.values() {
+            t.add(&s.conn.stats());
         }
         t
     }
 
     /// The connections held, in no particular order.
     pub fn connections(&self) -> impl Iterator<Item = &Connection> {
-        self.conns.values()
+        self.conns.values().map(|s| &s.conn)
     }
 
     /// Connections held.
@@ -126,9 +154,27 @@ impl Endpoint {
         self.conns.is_empty()
     }
 
-    /// A connection.
+    /// A connection, to act on from outside: it is [touched](Self::touch), so the next
+    /// polls see what changed.
     pub fn connection(&mut self, cid: ConnectionId) -> Option<&mut Connection> {
-        self.conns.get_mut(&cid)
+        self.touch(cid);
+        self.conns.get_mut(&cid).map(|s| &mut s.conn)
+    }
+
+    /// Something may have changed for connection `cid` outside the endpoint's calls (its
+    /// mux was written to from another thread, say): the next
+    /// [`poll_transmit`](Self::poll_transmit) and [`poll_event`](Self::poll_event) look at
+    /// it.
+    pub fn touch(&mut self, cid: ConnectionId) {
+        let Some(s) = self.conns.get_mut(&cid) else { return };
+        if !s.active {
+            s.active = true;
+            self.active.push_back(cid);
+        }
+        if !s.eventful {
+            s.eventful = true;
+            self.eventful.push_back(cid);
+        }
     }
 
     fn insert(&mut self, conn: Connection) -> Result<ConnectionId, EndpointFull> {
@@ -137,11 +183,10 @@ impl Endpoint {
             return Err(EndpointFull);
         }
         let cid = conn.cid();
-        self.order.push(cid);
-        self.conns.insert(cid, conn);
+        self.conns.insert(cid, Slot { conn, active: false, eventful: false, deadline: None });
+        self.touch(cid);
         Ok(cid)
     }
-
     /// Server: a session from stream_ctl becomes a connection waiting for the client's
     /// first packet, under a fresh connection id that names this worker (returned, for the
     /// stream_ctl answer).
@@ -236,8 +281,9 @@ impl Endpoint {
             return Routed::Dropped;
         };
         match self.conns.get_mut(&cid) {
-            Some(conn) => {
-                conn.handle_datagram_ecn(now, from, ecn, datagram);
+            Some(s) => {
+                s.conn.handle_datagram_ecn(now, from, ecn, datagram);
+                self.touch(cid);
                 Routed::Connection(cid)
             }
             None if cid.worker() != self.config.worker as usize => {
@@ -253,70 +299,140 @@ impl Endpoint {
 
     /// Every connection goes away gracefully with `code` ([`Connection::go_away`]).
     pub fn go_away_all(&mut self, code: u16) {
-        for c in self.conns.values_mut() {
-            c.go_away(code);
+        let cids: Vec<ConnectionId> = self.conns.keys().copied().collect();
+        for cid in cids {
+            if let Some(s) = self.conns.get_mut(&cid) {
+                s.conn.go_away(code);
+            }
+            self.touch(cid);
         }
     }
 
+    /// Puts connection `cid`'s next timeout in the heap if it changed.
+    fn schedule(&mut self, cid: ConnectionId) {
+        let Some(s) = self.conns.get_mut(&cid) else { return };
+        let d = s.conn.poll_timeout();
+        if d == s.deadline {
+            return;
+        }
+        s.deadline = d;
+        if let Some(d) = d {
+            self.timers.push(Reverse((d, cid)));
+        }
+        // Stale entries leave when they come due; past this many, rebuild the heap.
+        if self.timers.len() > 2 * self.conns.len() + 1024 {
+            self.timers = self
+                .conns
+                .iter()
+                .filter_map(|(&cid, s)| s.deadline.map(|d| Reverse((d, cid))))
+                .collect();
+        }
+    }
+
+    /// Whether a heap entry is the connection's current timeout.
+    fn is_current(&self, at: Instant, cid: ConnectionId) -> bool {
+        self.conns.get(&cid).is_some_and(|s| s.deadline == Some(at))
+    }
+
     /// The earliest timeout of any connection.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.conns.values().filter_map(|c| c.poll_timeout()).min()
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.settle();
+        while let Some(&Reverse((at, cid))) = self.timers.peek() {
+            if self.is_current(at, cid) {
+                return Some(at);
+            }
+            self.timers.pop();
+        }
+        None
+    }
+
+    /// Connections acted on since they last left the active list may have new timeouts:
+    /// puts them in the heap.
+    fn settle(&mut self) {
+        for i in 0..self.active.len() {
+            let cid = self.active[i];
+            self.schedule(cid);
+        }
     }
 
     /// Runs the timeouts that are due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for c in self.conns.values_mut() {
-            if c.poll_timeout().is_some_and(|t| t <= now) {
-                c.handle_timeout(now);
+        self.settle();
+        while let Some(&Reverse((at, cid))) = self.timers.peek() {
+            if at > now {
+                break;
             }
+            self.timers.pop();
+            if !self.is_current(at, cid) {
+                continue;
+            }
+            if let Some(s) = self.conns.get_mut(&cid) {
+                s.deadline = None;
+                s.conn.handle_timeout(now);
+            }
+            // Its next timeout is taken once it has sent (a timer such as a due ACK may
+            // stay due until then): visited once here, whatever it says.
+            self.touch(cid);
         }
     }
 
-    /// The next datagram (or GSO batch) of any connection, taking connections in turn.
+    /// The next datagram (or GSO batch) of any connection, taking the active connections
+    /// in turn; each leaves the active list once it has nothing more to send.
     pub fn poll_transmit(
         &mut self,
         now: Instant,
         max_segments: usize,
         buf: &mut Vec<u8>,
     ) -> Option<Transmit> {
-        let n = self.order.len();
-        for k in 0..n {
-            let i = (self.rr + k) % n;
-            let cid = self.order[i];
-            if let Some(c) = self.conns.get_mut(&cid)
-                && let Some(t) = c.poll_transmit(now, max_segments, buf)
-            {
-                self.rr = (i + 1) % n;
+        while let Some(&cid) = self.active.front() {
+            let Some(s) = self.conns.get_mut(&cid) else {
+                self.active.pop_front();
+                continue;
+            };
+            if let Some(t) = s.conn.poll_transmit(now, max_segments, buf) {
+                // Its turn is over: the others go next.
+                self.active.rotate_left(1);
+                self.touch_events(cid);
                 return Some(t);
             }
+            s.active = false;
+            self.active.pop_front();
+            self.touch_events(cid);
+            self.schedule(cid);
         }
         None
+    }
+
+    /// Puts `cid` on the event list.
+    fn touch_events(&mut self, cid: ConnectionId) {
+        if let Some(s) = self.conns.get_mut(&cid)
+            && !s.eventful
+        {
+            s.eventful = true;
+            self.eventful.push_back(cid);
+        }
     }
 
     /// The next event of any connection; a closed connection is removed once its last
     /// event is taken.
     pub fn poll_event(&mut self) -> Option<(ConnectionId, Event)> {
-        let mut found = None;
-        let mut gone = Vec::new();
-        for (&cid, c) in self.conns.iter_mut() {
-            if let Some(e) = c.poll_event() {
-                found = Some((cid, e));
-                break;
+        while let Some(&cid) = self.eventful.front() {
+            let Some(s) = self.conns.get_mut(&cid) else {
+                self.eventful.pop_front();
+                continue;
+            };
+            if let Some(e) = s.conn.poll_event() {
+                return Some((cid, e));
             }
-            if c.is_closed() {
-                gone.push(cid);
+            self.eventful.pop_front();
+            s.eventful = false;
+            if s.conn.is_closed()
+                && let Some(s) = self.conns.remove(&cid)
+            {
+                self.retired.add(&s.conn.stats());
             }
         }
-        for cid in gone {
-            if let Some(c) = self.conns.remove(&cid) {
-                self.retired.add(&c.stats());
-            }
-            self.order.retain(|c| *c != cid);
-        }
-        if self.rr >= self.order.len() {
-            self.rr = 0;
-        }
-        found
+        None
     }
 }
 

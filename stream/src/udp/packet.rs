@@ -52,7 +52,7 @@ pub const LABELS: KeyLabels =
 /// A connection id: chosen by the server, it names the worker that owns the connection in
 /// its first byte, so a datagram that lands on another worker can be forwarded; the other
 /// seven bytes come from the CSPRNG.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ConnectionId(pub [u8; CID_LEN]);
 
 impl std::hash::Hash for ConnectionId {
