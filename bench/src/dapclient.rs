@@ -1,11 +1,15 @@
 //! A blocking dap stream client over a plain `std::net::TcpStream`, built from the library's
-//! sans-IO pieces, for `setup` and `memory`.
+//! sans-IO pieces, for `setup`, `udp` (its set-ups) and `memory`.
 //!
 //! [`open_session`] does the three steps of a session set-up on ONE keep-alive connection:
 //! `POST /enc_init` (X25519 + the node's Ed25519 signature, checked against the pinned node
 //! key), `POST /stream_ctl` sealed with the new enc key, and `GET /stream/<channels>` with
 //! `Upgrade: dap-stream/2`, answered `101`. [`StreamClient`] then carries the session's
 //! [`Mux`] over the same socket (sealing and opening stream packets itself).
+//!
+//! [`DapSetup`] is those steps without I/O; [`DapExchange`] drives it over a non-blocking
+//! socket, for the load generators. With transport UDP the set-up ends at the stream_ctl
+//! answer: the session then moves onto UDP, which is the caller's part.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -212,12 +216,14 @@ pub fn post(target: &str, host: &str, headers: &[(&str, &str)], body: &[u8]) -> 
 }
 
 /// A session set-up, sans-IO: the requests to send, in order, and what to make of each
-/// answer. Used by [`open_session`] (blocking) and by `setup`'s epoll load generator.
+/// answer. Used by [`open_session`] (blocking) and, through [`DapExchange`], by the epoll
+/// load generators of `setup` and `udp`.
 pub struct DapSetup {
     host: String,
     node_key: [u8; 32],
     channels: Vec<u8>,
     suite: Option<CipherSuite>,
+    transport: TransportKind,
     step: Step,
 }
 
@@ -228,7 +234,7 @@ enum Step {
     Ctl(Box<(EncSession, SealedRequest)>),
     /// `GET /stream/…` sent.
     Upgrade(SessionParams),
-    /// `101` received.
+    /// `101` received (HTTP), or the stream_ctl answer (UDP).
     Done(SessionParams),
     /// Failed.
     Broken,
@@ -236,24 +242,31 @@ enum Step {
 
 impl DapSetup {
     /// Starts a set-up with the server at `addr`: enc_init (pinning `node_key`), then
-    /// stream_ctl for `channels` (cipher `suite`, or the server's choice), then the upgrade.
-    /// Returns the state and the first request to send.
+    /// stream_ctl for `channels` (cipher `suite`, or the server's choice) over `transport`,
+    /// then, for HTTP, the upgrade. Returns the state and the first request to send.
     pub fn start(
         addr: SocketAddr,
         node_key: [u8; 32],
         channels: &[u8],
         suite: Option<CipherSuite>,
+        transport: TransportKind,
     ) -> (DapSetup, Vec<u8>) {
         let host = addr.to_string();
         let (init, body) = EncInit::start(&CipherSuite::ALL, None);
         let req = post("/enc_init", &host, &[], &body);
-        let s =
-            DapSetup { host, node_key, channels: channels.to_vec(), suite, step: Step::Init(init) };
+        let s = DapSetup {
+            host,
+            node_key,
+            channels: channels.to_vec(),
+            suite,
+            transport,
+            step: Step::Init(init),
+        };
         (s, req)
     }
 
     /// Takes the answer to the last request: the next request to send, or `None` when the
-    /// stream is up (`101`).
+    /// stream is up (HTTP: `101`) or the session is granted (UDP: the stream_ctl answer).
     ///
     /// # Errors
     /// A refusal or an answer that does not check out; the set-up is over.
@@ -269,7 +282,7 @@ impl DapSetup {
                 let ctl = CtlRequest {
                     channels: self.channels.clone(),
                     suite: self.suite,
-                    transport: TransportKind::Http,
+                    transport: self.transport,
                     unreliable: Vec::new(),
                 };
                 let sealed = enc
@@ -292,6 +305,13 @@ impl DapSetup {
                 let params =
                     dap_stream::client::read_ctl_answer(r.status, &answer, MuxConfig::default())
                         .map_err(|e| format!("stream_ctl: {e}"))?;
+                if self.transport == TransportKind::Udp {
+                    if params.udp.is_none() {
+                        return Err("stream_ctl: a UDP answer without a connection id".into());
+                    }
+                    self.step = Step::Done(params);
+                    return Ok(None);
+                }
                 let req = dap_stream::transport::http::upgrade_request(&params, &self.host);
                 self.step = Step::Upgrade(params);
                 Ok(Some(req.into_bytes()))
@@ -308,12 +328,82 @@ impl DapSetup {
         }
     }
 
-    /// The session, once the stream is up.
-    pub fn params(self) -> Option<SessionParams> {
-        match self.step {
+    /// The session, once the stream is up (taken: a second call gives `None`).
+    pub fn take_params(&mut self) -> Option<SessionParams> {
+        match std::mem::replace(&mut self.step, Step::Broken) {
             Step::Done(p) => Some(p),
             _ => None,
         }
+    }
+}
+
+/// A [`DapSetup`] driven over a non-blocking socket: each request written as the socket
+/// takes it, each answer read as it arrives, never waiting.
+pub struct DapExchange {
+    setup: DapSetup,
+    /// The request being written, and how much of it went.
+    out: Vec<u8>,
+    off: usize,
+    /// Answer bytes read and not parsed yet.
+    buf: Vec<u8>,
+}
+
+impl DapExchange {
+    /// Starts a set-up (see [`DapSetup::start`]); nothing is written before
+    /// [`advance`](Self::advance).
+    pub fn start(
+        addr: SocketAddr,
+        node_key: [u8; 32],
+        channels: &[u8],
+        suite: Option<CipherSuite>,
+        transport: TransportKind,
+    ) -> DapExchange {
+        let (setup, out) = DapSetup::start(addr, node_key, channels, suite, transport);
+        DapExchange { setup, out, off: 0, buf: Vec::with_capacity(1024) }
+    }
+
+    /// Goes as far as `sock` allows without blocking: `Ok(true)` once the set-up's last
+    /// answer is in (a connect still under way reads as `WouldBlock`).
+    ///
+    /// # Errors
+    /// The socket failed or closed, or an answer did not check out.
+    pub fn advance(&mut self, sock: &mut (impl Read + Write)) -> Result<bool, String> {
+        let would_block = |e: &io::Error| {
+            matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected)
+        };
+        loop {
+            while self.off < self.out.len() {
+                match sock.write(&self.out[self.off..]) {
+                    Ok(n) => self.off += n,
+                    Err(e) if would_block(&e) => return Ok(false),
+                    Err(e) => return Err(format!("write: {e}")),
+                }
+            }
+            if let Some((resp, used)) = parse_response(&self.buf)? {
+                self.buf.drain(..used);
+                match self.setup.on_response(resp)? {
+                    Some(next) => {
+                        self.out = next;
+                        self.off = 0;
+                    }
+                    None => return Ok(true),
+                }
+                continue;
+            }
+            let mut chunk = [0u8; 4096];
+            match sock.read(&mut chunk) {
+                Ok(0) => return Err("the server closed the connection".to_string()),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if would_block(&e) => return Ok(false),
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+    }
+
+    /// The session, once [`advance`](Self::advance) said the set-up is complete (taken: a
+    /// second call gives `None`).
+    pub fn take_params(&mut self) -> Option<SessionParams> {
+        self.setup.take_params()
     }
 }
 
@@ -327,7 +417,8 @@ pub fn open_session(
     suite: Option<CipherSuite>,
 ) -> Result<(HttpConn, SessionParams), String> {
     let mut conn = HttpConn::connect(addr).map_err(|e| format!("connect: {e}"))?;
-    let (mut setup, mut req) = DapSetup::start(addr, node_key, channels, suite);
+    let (mut setup, mut req) =
+        DapSetup::start(addr, node_key, channels, suite, TransportKind::Http);
     loop {
         let r = conn.exchange(&req).map_err(|e| format!("exchange: {e}"))?;
         match setup.on_response(r)? {
@@ -335,7 +426,7 @@ pub fn open_session(
             None => break,
         }
     }
-    let params = setup.params().ok_or("no session")?;
+    let params = setup.take_params().ok_or("no session")?;
     Ok((conn, params))
 }
 

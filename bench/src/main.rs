@@ -12,6 +12,7 @@ mod loadgen;
 mod memory;
 mod proc;
 mod procstat;
+mod relay;
 mod report;
 mod serve_hyper;
 mod serve_mio;
@@ -21,6 +22,8 @@ mod servers;
 mod setup;
 mod tls;
 mod udp;
+mod udp_loss;
+mod udp_setup;
 mod udp_sim;
 mod wrk;
 
@@ -129,8 +132,12 @@ enum Cmd {
     /// encrypted bulk (both ciphers, 1,452- and 8,952-byte datagrams)
     UdpSim(udp_sim::UdpSimArgs),
     /// Encrypted bulk over loopback UDP: dap's UDP transport vs quinn 0.11 (and dap's HTTP
-    /// stream in the same run), both ciphers, 1,452-byte datagrams
+    /// stream in the same run), both ciphers, 1,452-byte datagrams; then full set-ups per
+    /// second over UDP (enc_init + stream_ctl + first datagram's echo) vs quinn's handshakes
     Udp(udp::UdpArgs),
+    /// Bulk throughput through a lossy relay (0, 1, 5, 10 % of datagrams dropped each way):
+    /// dap's UDP transport vs quinn 0.11, AES-256-GCM, 1,452-byte datagrams
+    UdpLoss(udp_loss::UdpLossArgs),
     /// Session set-ups per second (enc_init + stream_ctl + stream connect) vs full rustls
     /// TLS 1.3 handshakes per second, fresh connections.
     Setup(setup::SetupArgs),
@@ -246,6 +253,7 @@ fn main() -> ExitCode {
         Cmd::Https(a) => http::run_https(&a, DapSource::from_arg(cli.dap_hello_bin)).map(drop),
         Cmd::Stream(a) => bulk::run(&a).map(drop),
         Cmd::Udp(a) => udp::run(&a).map(drop),
+        Cmd::UdpLoss(a) => udp_loss::run(&a).map(drop),
         Cmd::UdpSim(a) => {
             udp_sim::run_all(&a);
             Ok(())

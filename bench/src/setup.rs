@@ -18,7 +18,8 @@
 //! `--conns` set-ups in flight, each on its own fresh non-blocking TCP connection
 //! (`TCP_NODELAY`, from one of 250 loopback source addresses so that `TIME_WAIT` never fills
 //! the ephemeral ports); a finished set-up's connection is closed (FIN) and replaced at once.
-//! It drives the same sans-IO client pieces a real client uses. dap ([`DapSetup`]):
+//! It drives the same sans-IO client pieces a real client uses. dap ([`DapSetup`], through
+//! [`DapExchange`]):
 //! `POST /enc_init` (X25519; the node's signature verified against the pinned node key),
 //! `POST /stream_ctl` sealed under the new key (ChaCha20-Poly1305, channels `--channels`),
 //! `GET /stream/…` with `Upgrade`, `101` read — three requests on one keep-alive connection.
@@ -31,7 +32,6 @@
 //! faster of dap's two modes (by median set-ups per second).
 
 use std::io;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,10 +40,14 @@ use std::time::{Duration, Instant};
 use dap_net::enc::{CipherSuite, EncConfig, EncServer, NodeKey};
 use dap_net::http::server::{HttpConfig, HttpServer};
 use dap_net::server::Server;
+use dap_stream::session::TransportKind;
 use dap_stream::{ChannelProcs, StreamConfig, StreamServer};
+use mio::{Events, Interest, Poll, Registry, Token};
 
 use crate::bulk::{Window, measure, one_worker_reactor};
-use crate::dapclient::{self, DapSetup};
+#[cfg(doc)]
+use crate::dapclient::DapSetup;
+use crate::dapclient::{self, DapExchange};
 use crate::procstat;
 use crate::report::{NOISY_OTHER_PCT, fmt_num, fmt_ratio, median, print_result_line};
 use crate::servers::{CLIENT_CPU, SERVER_CPU};
@@ -100,18 +104,59 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Set-ups completed by the clients, failures, and the first failure's text.
 #[derive(Default)]
-struct Counts {
-    done: AtomicU64,
-    failed: AtomicU64,
-    first_error: Mutex<Option<String>>,
+pub(crate) struct Counts {
+    pub(crate) done: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) first_error: Mutex<Option<String>>,
 }
 
 impl Counts {
-    fn fail(&self, e: String) {
+    pub(crate) fn fail(&self, e: String) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         let mut f = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
         f.get_or_insert(e);
     }
+
+    /// Failures so far and the first one's text.
+    pub(crate) fn failures(&self) -> (u64, Option<String>) {
+        let first = self.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        (self.failed.load(Ordering::Relaxed), first)
+    }
+}
+
+/// One set-up under way in [`load`]'s epoll loop, on its own fresh connection(s).
+///
+/// [`load`] calls [`advance`](Self::advance) on every readiness event of the attempt's
+/// token and whenever its [`deadline`](Self::deadline) has come, until it says the set-up
+/// is complete or failed; then it [`close`](Self::close)s it and opens the next.
+pub(crate) trait Attempt: Sized {
+    /// What every attempt of a run shares (server address, keys, configs).
+    type Proto: Send + 'static;
+
+    /// Starts a set-up, its sockets registered with `registry` under `token`.
+    fn open(proto: &Self::Proto, registry: &Registry, token: Token) -> io::Result<Self>;
+
+    /// Goes as far as the sockets allow without blocking: `Ok(true)` once the set-up is
+    /// complete, `Err` once it failed.
+    fn advance(
+        &mut self,
+        proto: &Self::Proto,
+        registry: &Registry,
+        token: Token,
+        now: Instant,
+    ) -> Result<bool, String>;
+
+    /// When [`advance`](Self::advance) must run again without a readiness event (a timer of
+    /// a sans-IO engine); `None`: only on events.
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// When the set-up began.
+    fn started(&self) -> Instant;
+
+    /// Ends it: deregisters and closes its sockets.
+    fn close(self, registry: &Registry);
 }
 
 /// What the load generator sets up.
@@ -124,7 +169,7 @@ enum Proto {
 }
 
 enum State {
-    Dap { setup: Box<DapSetup>, out: Vec<u8>, off: usize, buf: Vec<u8> },
+    Dap(Box<DapExchange>),
     Tls(Box<rustls::ClientConnection>),
 }
 
@@ -136,62 +181,51 @@ struct Conn {
 }
 
 /// A set-up still under way after this long is counted failed and replaced.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn would_block(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected)
 }
 
-impl Conn {
+impl Attempt for Conn {
+    type Proto = (Proto, SocketAddr);
+
     /// Starts a set-up on a fresh non-blocking connection.
-    fn open(proto: &Proto, addr: SocketAddr) -> io::Result<Conn> {
-        let sock = mio::net::TcpStream::from_std(dapclient::connect_fresh_nonblocking(addr)?);
+    fn open(proto: &Self::Proto, registry: &Registry, token: Token) -> io::Result<Conn> {
+        let (proto, addr) = (&proto.0, proto.1);
+        let mut sock = mio::net::TcpStream::from_std(dapclient::connect_fresh_nonblocking(addr)?);
         let state = match proto {
             Proto::Dap { node, channels } => {
                 let suite = Some(CipherSuite::ChaCha20Poly1305);
-                let (setup, out) = DapSetup::start(addr, *node, channels, suite);
-                State::Dap { setup: Box::new(setup), out, off: 0, buf: Vec::with_capacity(1024) }
+                State::Dap(Box::new(DapExchange::start(
+                    addr,
+                    *node,
+                    channels,
+                    suite,
+                    TransportKind::Http,
+                )))
             }
             Proto::Tls(cfg) => State::Tls(Box::new(
                 rustls::ClientConnection::new(cfg.clone(), tls::server_name())
                     .map_err(io::Error::other)?,
             )),
         };
+        registry.register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)?;
         Ok(Conn { sock, state, started: Instant::now() })
     }
 
-    /// Goes as far as the socket allows without blocking; `Ok(true)` once the set-up is
-    /// complete (dap: `101` read; TLS: handshake done and the client's Finished written).
-    fn advance(&mut self) -> Result<bool, String> {
+    /// `Ok(true)` once the set-up is complete (dap: `101` read; TLS: handshake done and the
+    /// client's Finished written).
+    fn advance(
+        &mut self,
+        _: &Self::Proto,
+        _: &Registry,
+        _: Token,
+        _: Instant,
+    ) -> Result<bool, String> {
         let Conn { sock, state, .. } = self;
         match state {
-            State::Dap { setup, out, off, buf } => loop {
-                while *off < out.len() {
-                    match sock.write(&out[*off..]) {
-                        Ok(n) => *off += n,
-                        Err(e) if would_block(&e) => return Ok(false),
-                        Err(e) => return Err(format!("write: {e}")),
-                    }
-                }
-                if let Some((resp, used)) = dapclient::parse_response(buf)? {
-                    buf.drain(..used);
-                    match setup.on_response(resp)? {
-                        Some(next) => {
-                            *out = next;
-                            *off = 0;
-                        }
-                        None => return Ok(true),
-                    }
-                    continue;
-                }
-                let mut chunk = [0u8; 4096];
-                match sock.read(&mut chunk) {
-                    Ok(0) => return Err("the server closed the connection".to_string()),
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    Err(e) if would_block(&e) => return Ok(false),
-                    Err(e) => return Err(format!("read: {e}")),
-                }
-            },
+            State::Dap(ex) => ex.advance(sock),
             State::Tls(conn) => loop {
                 while conn.wants_write() {
                     match conn.write_tls(sock) {
@@ -214,65 +248,80 @@ impl Conn {
             },
         }
     }
+
+    fn started(&self) -> Instant {
+        self.started
+    }
+
+    fn close(mut self, registry: &Registry) {
+        let _ = registry.deregister(&mut self.sock);
+    }
 }
 
 /// The load generator: one thread, one mio (epoll) loop, `conns` set-ups in flight, each on
 /// its own fresh connection; a finished (or failed) one is closed and replaced at once.
-fn load(
-    proto: Proto,
-    addr: SocketAddr,
+pub(crate) fn load<A: Attempt>(
+    proto: &A::Proto,
     conns: usize,
     counts: &Counts,
     stop: &AtomicBool,
 ) -> io::Result<()> {
-    use mio::{Events, Interest, Poll, Token};
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(1024);
-    let mut slots: Vec<Option<Conn>> = (0..conns).map(|_| None).collect();
-    let fill = |i: usize, slots: &mut Vec<Option<Conn>>, poll: &Poll| match Conn::open(&proto, addr)
-    {
-        Ok(mut c) => {
-            match poll.registry().register(
-                &mut c.sock,
-                Token(i),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                Ok(()) => slots[i] = Some(c),
-                Err(e) => counts.fail(format!("register: {e}")),
-            }
-        }
+    let mut slots: Vec<Option<A>> = (0..conns).map(|_| None).collect();
+    let fill = |i: usize, slots: &mut Vec<Option<A>>, poll: &Poll| match A::open(
+        proto,
+        poll.registry(),
+        Token(i),
+    ) {
+        Ok(a) => slots[i] = Some(a),
         Err(e) => counts.fail(format!("connect: {e}")),
+    };
+    // Advances slot `i`; a set-up that ended is closed and replaced.
+    let step = |i: usize, now: Instant, slots: &mut Vec<Option<A>>, poll: &Poll| {
+        let Some(a) = slots[i].as_mut() else { return };
+        match a.advance(proto, poll.registry(), Token(i), now) {
+            Ok(false) => return,
+            Ok(true) => {
+                counts.done.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => counts.fail(e),
+        }
+        if let Some(a) = slots[i].take() {
+            a.close(poll.registry());
+        }
+        fill(i, slots, poll);
     };
     for i in 0..conns {
         fill(i, &mut slots, &poll);
     }
     let mut last_scan = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        poll.poll(&mut events, Some(Duration::from_millis(10)))?;
+        // Wake for the earliest engine timer, and at least every 10 ms to see `stop`.
+        let now = Instant::now();
+        let next = slots.iter().flatten().filter_map(A::deadline).min();
+        let wait = next.map_or(Duration::from_millis(10), |t| {
+            t.saturating_duration_since(now).min(Duration::from_millis(10))
+        });
+        poll.poll(&mut events, Some(wait))?;
+        let now = Instant::now();
         for ev in events.iter() {
-            let i = ev.token().0;
-            let Some(c) = slots[i].as_mut() else { continue };
-            match c.advance() {
-                Ok(false) => continue,
-                Ok(true) => {
-                    counts.done.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => counts.fail(e),
+            step(ev.token().0, now, &mut slots, &poll);
+        }
+        for i in 0..conns {
+            if slots[i].as_ref().and_then(A::deadline).is_some_and(|t| t <= now) {
+                step(i, now, &mut slots, &poll);
             }
-            if let Some(mut c) = slots[i].take() {
-                let _ = poll.registry().deregister(&mut c.sock);
-            }
-            fill(i, &mut slots, &poll);
         }
         // Twice a second: fail set-ups that hang, refill slots whose connect failed (a
         // broken server thus costs a retry per slot per half second, not a busy loop).
         if last_scan.elapsed() >= Duration::from_millis(500) {
             last_scan = Instant::now();
             for i in 0..conns {
-                if slots[i].as_ref().is_some_and(|c| c.started.elapsed() > SETUP_TIMEOUT) {
+                if slots[i].as_ref().is_some_and(|a| a.started().elapsed() > SETUP_TIMEOUT) {
                     counts.fail("set-up timed out".to_string());
-                    if let Some(mut c) = slots[i].take() {
-                        let _ = poll.registry().deregister(&mut c.sock);
+                    if let Some(a) = slots[i].take() {
+                        a.close(poll.registry());
                     }
                 }
                 if slots[i].is_none() {
@@ -281,13 +330,16 @@ fn load(
             }
         }
     }
+    for a in slots.into_iter().flatten() {
+        a.close(poll.registry());
+    }
     Ok(())
 }
 
-/// Runs the load generator on CPU 1 against `addr`, measures, stops it.
-fn drive(
-    proto: Proto,
-    addr: SocketAddr,
+/// Runs the load generator on CPU 1 with `proto`, measures, stops it: the window, the
+/// failed set-ups and the first failure's text.
+pub(crate) fn drive<A: Attempt>(
+    proto: A::Proto,
     conns: usize,
     warmup: f64,
     secs: f64,
@@ -300,14 +352,13 @@ fn drive(
         if pin {
             procstat::pin_current_thread(CLIENT_CPU)?;
         }
-        load(proto, addr, conns, &c, &st)
+        load::<A>(&proto, conns, &c, &st)
     });
     let res = measure(&counts.done, warmup, secs);
     stop.store(true, Ordering::Relaxed);
     // The loop checks `stop` at least every 10 ms.
     let lg = thread.join().map_err(|_| io::Error::other("load generator panicked"))?;
-    let failed = counts.failed.load(Ordering::Relaxed);
-    let first = counts.first_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let (failed, first) = counts.failures();
     lg?;
     Ok((res?, failed, first))
 }
@@ -339,7 +390,7 @@ fn run_dap(
     let addr = running.server().tcp_addrs()[0];
     let proto =
         Proto::Dap { node: enc.node_public_key(), channels: args.channels.as_bytes().to_vec() };
-    let res = drive(proto, addr, args.conns, warmup, secs);
+    let res = drive::<Conn>((proto, addr), args.conns, warmup, secs);
     let st = stream.stats();
     let es = enc.stats();
     drop(running);
@@ -354,7 +405,12 @@ fn run_dap(
 
 /// Server-side counters, for the log only (not printed in the table).
 fn log_server_stats(s: &str) {
-    let path = crate::servers::log_dir().join("setup-server-stats.log");
+    log_line("setup-server-stats.log", s);
+}
+
+/// Appends a line to `file` in the bench log directory (best effort).
+pub(crate) fn log_line(file: &str, s: &str) {
+    let path = crate::servers::log_dir().join(file);
     let line = format!("{s}\n");
     let _ = std::fs::OpenOptions::new()
         .create(true)
@@ -403,7 +459,7 @@ fn run_rustls(
             }
         })
     });
-    let res = drive(Proto::Tls(client_cfg), addr, args.conns, warmup, secs);
+    let res = drive::<Conn>((Proto::Tls(client_cfg), addr), args.conns, warmup, secs);
     stop.store(true, Ordering::Relaxed);
     // Wake the accept loop so that it sees `stop`.
     let _ = TcpStream::connect_timeout(&addr, STOP_TIMEOUT);
@@ -414,13 +470,15 @@ fn run_rustls(
     Ok(out)
 }
 
-fn print_row(round: &str, who: Who, w: &Window, failed: u64) {
+/// One row of a set-ups table (`setup`'s, `udp`'s): set-ups per second, the busy time of
+/// CPU 0 and CPU 1 in % and per set-up, others' share, failures.
+pub(crate) fn print_row(round: &str, who: &str, w: &Window, failed: u64) {
     let n = w.count as f64;
     let flag = if w.other_pct() > NOISY_OTHER_PCT { " !" } else { "" };
     println!(
         "{:<5} {:<10} {:>11.0} {:>7.1} {:>7.1} {:>11.1} {:>11.1} {:>6.1} {:>7}{flag}",
         round,
-        who.name(),
+        who,
         n / w.wall.as_secs_f64(),
         100.0 * w.busy[0].as_secs_f64() / w.wall.as_secs_f64(),
         100.0 * w.busy[1].as_secs_f64() / w.wall.as_secs_f64(),
@@ -484,7 +542,7 @@ pub fn run(args: &SetupArgs) -> io::Result<Vec<(String, String)>> {
             };
             match res {
                 Ok((w, failed, first)) => {
-                    print_row(&(round + 1).to_string(), who, &w, failed);
+                    print_row(&(round + 1).to_string(), who.name(), &w, failed);
                     if let Some(e) = first {
                         println!("      first failure: {e}");
                     }

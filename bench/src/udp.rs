@@ -17,6 +17,14 @@
 //! - **dap-http**: `dap-bench stream`'s dap run, for the ratio of UDP to HTTP.
 //!
 //! The window, CPU accounting and the order of contenders follow `dap-bench stream`.
+//!
+//! Then, in the same invocation, set-ups per second: dap's full set-up (enc_init,
+//! stream_ctl for transport UDP, the first datagram's echo) against quinn's full handshake
+//! and a 1-byte echo, fresh connections, `--setup-conns` (8) in flight; see
+//! [`crate::udp_setup`]. `--no-bulk` and `--no-setups` (hidden) run one part only.
+//!
+//! [`run_dap`] and [`run_quinn`] also serve `dap-bench udp-loss`, which puts a lossy relay
+//! between the two ends.
 
 use std::io;
 use std::net::SocketAddr;
@@ -33,9 +41,11 @@ use dap_stream::{ChannelProcs, MuxConfig, StreamConfig, StreamServer, StreamStat
 
 use crate::bulk::{Sink, Source, Window, measure, one_worker_reactor, pattern, print_row};
 use crate::procstat;
+use crate::relay::{Loss, Relay, RelayStats, join_bounded};
 use crate::report::{fmt_num, fmt_ratio, median, print_result_line};
 use crate::servers::{CLIENT_CPU, SERVER_CPU};
 use crate::tls::{self, Cert, CertKind, Cipher};
+use crate::udp_setup;
 
 /// Options of `dap-bench udp`.
 #[derive(Debug, Clone, clap::Args)]
@@ -58,14 +68,54 @@ pub struct UdpArgs {
     /// Run only this cipher, `aes` or `chacha` (for profiling).
     #[arg(long, hide = true)]
     pub cipher: Option<String>,
+    /// Set-ups the load generator keeps in flight, each on its own fresh connection.
+    #[arg(long, default_value_t = 8)]
+    pub setup_conns: usize,
+    /// dap's set-ups: run `/enc_init` on the reactor worker instead of the proc thread.
+    #[arg(long, hide = true)]
+    pub setup_enc_on_worker: bool,
+    /// Skip the bulk transfers (only the set-ups; for profiling).
+    #[arg(long, hide = true)]
+    pub no_bulk: bool,
+    /// Skip the set-ups (only the bulk transfers; for profiling).
+    #[arg(long, hide = true)]
+    pub no_setups: bool,
 }
 
 const DATAGRAM: usize = 1452;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One dap-over-UDP run.
-fn run_dap(cipher: Cipher, msg: usize, warmup: f64, secs: f64) -> io::Result<Window> {
+/// One bulk run's window, and what the relay did when it went through one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BulkRun {
+    /// The measured window (its count in bytes received).
+    pub(crate) window: Window,
+    /// The relay's counters, over the whole run.
+    pub(crate) relay: Option<RelayStats>,
+}
+
+/// A relay in front of `server` when `loss` asks for one, and the address the client is to
+/// send to.
+fn route(server: SocketAddr, loss: Option<Loss>) -> io::Result<(Option<Relay>, SocketAddr)> {
+    match loss {
+        Some(l) => {
+            let r = Relay::start(server, l)?;
+            let a = r.addr();
+            Ok((Some(r), a))
+        }
+        None => Ok((None, server)),
+    }
+}
+
+/// One dap-over-UDP run, directly or (with `loss`) through a lossy relay.
+pub(crate) fn run_dap(
+    cipher: Cipher,
+    msg: usize,
+    warmup: f64,
+    secs: f64,
+    loss: Option<Loss>,
+) -> io::Result<BulkRun> {
     let received = Arc::new(AtomicU64::new(0));
     let reactor = one_worker_reactor(SERVER_CPU, "bench-srv")?;
     let _pool = dap_proc::ProcPool::builder().start_for(&reactor)?;
@@ -75,7 +125,8 @@ fn run_dap(cipher: Cipher, msg: usize, warmup: f64, secs: f64) -> io::Result<Win
     let mut config = StreamConfig::default();
     config.udp.connection.mtu = MtuConfig::fixed(DATAGRAM);
     let stream = StreamServer::new(procs, config);
-    let addr = stream.serve_udp(&reactor, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let server_addr = stream.serve_udp(&reactor, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let (relay, addr) = route(server_addr, loss)?;
     let req = CtlRequest {
         channels: b"S".to_vec(),
         suite: Some(cipher.dap()),
@@ -124,7 +175,8 @@ fn run_dap(cipher: Cipher, msg: usize, warmup: f64, secs: f64) -> io::Result<Win
     let _ = esocket.close();
     client.shutdown(STOP_TIMEOUT);
     reactor.shutdown(STOP_TIMEOUT);
-    res
+    let relay = relay.map(Relay::stop);
+    Ok(BulkRun { window: res?, relay })
 }
 
 /// The transport settings both quinn ends use: MTU fixed at the datagram size.
@@ -146,29 +198,59 @@ fn initial_suite() -> io::Result<rustls::quic::Suite> {
 
 const ALPN: &[u8] = b"dap-bench";
 
-/// One quinn run: server and client threads, each a current-thread runtime.
-fn run_quinn(cipher: Cipher, cert: &Cert, msg: usize, warmup: f64, secs: f64) -> io::Result<Window> {
+/// quinn's server and client configs: TLS 1.3 with `cipher` only (AES-128-GCM for the
+/// Initial packets), X25519, `cert`, ALPN `dap-bench`, no 0-RTT, no resumption, and the
+/// given transport settings (`None`: quinn's defaults).
+pub(crate) fn quinn_configs(
+    cipher: Cipher,
+    cert: &Cert,
+    transport: Option<Arc<quinn::TransportConfig>>,
+) -> io::Result<(quinn::ServerConfig, quinn::ClientConfig)> {
     let mut server_tls = (*tls::server_config(cipher, cert)?).clone();
     server_tls.alpn_protocols = vec![ALPN.to_vec()];
     server_tls.max_early_data_size = 0;
     let mut client_tls = (*tls::client_config(cipher, cert)?).clone();
     client_tls.alpn_protocols = vec![ALPN.to_vec()];
-    let server_crypto =
-        quinn::crypto::rustls::QuicServerConfig::with_initial(Arc::new(server_tls), initial_suite()?)
-            .map_err(io::Error::other)?;
-    let client_crypto =
-        quinn::crypto::rustls::QuicClientConfig::with_initial(Arc::new(client_tls), initial_suite()?)
-            .map_err(io::Error::other)?;
+    let server_crypto = quinn::crypto::rustls::QuicServerConfig::with_initial(
+        Arc::new(server_tls),
+        initial_suite()?,
+    )
+    .map_err(io::Error::other)?;
+    let client_crypto = quinn::crypto::rustls::QuicClientConfig::with_initial(
+        Arc::new(client_tls),
+        initial_suite()?,
+    )
+    .map_err(io::Error::other)?;
     let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-    server_cfg.transport_config(quinn_transport());
     let mut client_cfg = quinn::ClientConfig::new(Arc::new(client_crypto));
-    client_cfg.transport_config(quinn_transport());
+    if let Some(t) = transport {
+        server_cfg.transport_config(t.clone());
+        client_cfg.transport_config(t);
+    }
+    Ok((server_cfg, client_cfg))
+}
+
+/// One quinn run: server and client threads, each a current-thread runtime; directly or
+/// (with `loss`) through a lossy relay.
+pub(crate) fn run_quinn(
+    cipher: Cipher,
+    cert: &Cert,
+    msg: usize,
+    warmup: f64,
+    secs: f64,
+    loss: Option<Loss>,
+) -> io::Result<BulkRun> {
+    let (server_cfg, client_cfg) = quinn_configs(cipher, cert, Some(quinn_transport()))?;
 
     let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let pin = procstat::can_pin_two_cpus();
     let (addr_tx, addr_rx) = crossbeam_channel::bounded(1);
-    let (rcv, stp) = (received.clone(), stop.clone());
+    // Both ends' connections, for the harness to close them from here once the run is over:
+    // a local close ends both loops at once, whatever they wait for, and no end waits for
+    // its idle timeout if the peer's CONNECTION_CLOSE is lost.
+    let (conn_tx, conn_rx) = crossbeam_channel::unbounded::<quinn::Connection>();
+    let (rcv, stp, ctx) = (received.clone(), stop.clone(), conn_tx.clone());
     let server = std::thread::spawn(move || -> io::Result<()> {
         if pin {
             procstat::pin_current_thread(SERVER_CPU)?;
@@ -179,6 +261,7 @@ fn run_quinn(cipher: Cipher, cert: &Cert, msg: usize, warmup: f64, secs: f64) ->
             let _ = addr_tx.send(ep.local_addr()?);
             let incoming = ep.accept().await.ok_or_else(|| io::Error::other("no connection"))?;
             let conn = incoming.await.map_err(io::Error::other)?;
+            let _ = ctx.send(conn.clone());
             let mut recv = conn.accept_uni().await.map_err(io::Error::other)?;
             while !stp.load(Ordering::Relaxed) {
                 match recv.read_chunk(usize::MAX, true).await {
@@ -192,9 +275,10 @@ fn run_quinn(cipher: Cipher, cert: &Cert, msg: usize, warmup: f64, secs: f64) ->
             Ok(())
         })
     });
-    let addr = addr_rx
+    let server_addr = addr_rx
         .recv_timeout(CONNECT_TIMEOUT)
         .map_err(|_| io::Error::other("quinn server did not start"))?;
+    let (relay, addr) = route(server_addr, loss)?;
     let stp = stop.clone();
     let client = std::thread::spawn(move || -> io::Result<()> {
         if pin {
@@ -209,6 +293,7 @@ fn run_quinn(cipher: Cipher, cert: &Cert, msg: usize, warmup: f64, secs: f64) ->
                 .map_err(io::Error::other)?
                 .await
                 .map_err(io::Error::other)?;
+            let _ = conn_tx.send(conn.clone());
             let mut send = conn.open_uni().await.map_err(io::Error::other)?;
             let data = Bytes::from(pattern(msg));
             while !stp.load(Ordering::Relaxed) {
@@ -219,19 +304,29 @@ fn run_quinn(cipher: Cipher, cert: &Cert, msg: usize, warmup: f64, secs: f64) ->
             Ok(())
         })
     });
+    let close_all = || {
+        stop.store(true, Ordering::Relaxed);
+        for c in conn_rx.try_iter() {
+            c.close(0u32.into(), b"done");
+        }
+    };
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     while received.load(Ordering::Relaxed) == 0 {
         if Instant::now() >= deadline || server.is_finished() || client.is_finished() {
-            stop.store(true, Ordering::Relaxed);
+            close_all();
             return Err(io::Error::other("quinn transfer did not start"));
         }
         std::thread::sleep(Duration::from_millis(1));
     }
     let res = measure(&received, warmup, secs);
-    stop.store(true, Ordering::Relaxed);
-    let _ = client.join();
-    let _ = server.join();
-    res
+    close_all();
+    let c = join_bounded(client, STOP_TIMEOUT);
+    let s = join_bounded(server, STOP_TIMEOUT);
+    let relay = relay.map(Relay::stop);
+    if let Err(e) = c.and(s) {
+        println!("      quinn: {e}");
+    }
+    Ok(BulkRun { window: res?, relay })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,6 +353,26 @@ pub fn run(args: &UdpArgs) -> io::Result<Vec<(String, String)>> {
     let rounds = args.rounds.clamp(1, 50);
     let msg = args.msg.clamp(1, 16 << 20);
     let cert = Cert::generate(CertKind::Ed25519)?;
+    let mut pairs = Vec::new();
+    if !args.no_bulk {
+        pairs.extend(run_bulk(args, &cert, msg, warmup, secs, rounds)?);
+    }
+    if !args.no_setups {
+        pairs.extend(run_setups(args, &cert, warmup, secs, rounds));
+    }
+    print_result_line(&pairs);
+    Ok(pairs)
+}
+
+/// The bulk part of `dap-bench udp`: its table; returns its `RESULT` pairs.
+fn run_bulk(
+    args: &UdpArgs,
+    cert: &Cert,
+    msg: usize,
+    warmup: f64,
+    secs: f64,
+    rounds: usize,
+) -> io::Result<Vec<(String, String)>> {
     println!(
         "== udp: bulk over loopback UDP, {DATAGRAM}-byte datagrams, {msg}-byte writes, {secs} s x {rounds} round(s) (pinned: {})",
         procstat::can_pin_two_cpus()
@@ -286,8 +401,8 @@ pub fn run(args: &UdpArgs) -> io::Result<Vec<(String, String)>> {
                     continue;
                 }
                 let w = match who {
-                    Who::Dap => run_dap(cipher, msg, warmup, secs)?,
-                    Who::Quinn => run_quinn(cipher, &cert, msg, warmup, secs)?,
+                    Who::Dap => run_dap(cipher, msg, warmup, secs, None)?.window,
+                    Who::Quinn => run_quinn(cipher, cert, msg, warmup, secs, None)?.window,
                     Who::DapHttp => crate::bulk::run_dap_http(cipher, msg, warmup, secs)?,
                 };
                 print_row(&round.to_string(), cipher, who.name(), 8, &w);
@@ -307,6 +422,78 @@ pub fn run(args: &UdpArgs) -> io::Result<Vec<(String, String)>> {
         pairs.push((format!("ratio_{name}"), fmt_ratio(median(&ratio))));
         pairs.push((format!("udp_vs_http_{name}"), fmt_ratio(median(&vs_http))));
     }
-    print_result_line(&pairs);
     Ok(pairs)
+}
+
+/// The set-ups part of `dap-bench udp` (see [`crate::udp_setup`]): its table; returns its
+/// `RESULT` pairs. A run that fails is reported in the table and counts as missing.
+fn run_setups(
+    args: &UdpArgs,
+    cert: &Cert,
+    warmup: f64,
+    secs: f64,
+    rounds: usize,
+) -> Vec<(String, String)> {
+    let conns = args.setup_conns.clamp(1, 1024);
+    let log = crate::servers::log_dir().join("udp-setup-server-stats.log");
+    let _ = std::fs::remove_file(log);
+    println!(
+        "== udp set-ups: full set-ups per second on fresh connections, {conns} in flight, {secs} s x {rounds} round(s), server on CPU {SERVER_CPU}, load generator on CPU {CLIENT_CPU} (pinned: {})",
+        procstat::can_pin_two_cpus()
+    );
+    println!(
+        "   dap-udp: POST /enc_init + POST /stream_ctl (UDP, channel E, AES-256-GCM) on a fresh TCP connection, then a fresh UDP socket: first datagram with a 1-byte message on E, its echo back; enc_init on the {}",
+        if args.setup_enc_on_worker { "worker" } else { "proc thread" }
+    );
+    println!(
+        "   quinn: full QUIC handshake (rustls, ring, TLS 1.3, AES-256-GCM, X25519, Ed25519 certificate, no resumption, no 0-RTT), then 1 byte each way on a bidirectional stream"
+    );
+    println!(
+        "{:<5} {:<10} {:>11} {:>7} {:>7} {:>11} {:>11} {:>6} {:>7}",
+        "round", "who", "setups/s", "cpu0 %", "cpu1 %", "c0 us/set", "c1 us/set", "oth %", "fail"
+    );
+    let (mut dap, mut quinn, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    let mut failed = [0u64; 2];
+    for round in 1..=rounds {
+        let order = if round % 2 == 1 { [Who::Dap, Who::Quinn] } else { [Who::Quinn, Who::Dap] };
+        let mut got = [f64::NAN; 2];
+        for who in order {
+            if args.only.as_deref().is_some_and(|o| o != who.name()) {
+                continue;
+            }
+            let res = match who {
+                Who::Dap => udp_setup::run_dap(conns, args.setup_enc_on_worker, warmup, secs),
+                _ => udp_setup::run_quinn(cert, conns, warmup, secs),
+            };
+            match res {
+                Ok((w, f, first)) => {
+                    crate::setup::print_row(&round.to_string(), who.name(), &w, f);
+                    if let Some(e) = first {
+                        println!("      first failure: {e}");
+                    }
+                    failed[who as usize] += f;
+                    got[who as usize] = w.count as f64 / w.wall.as_secs_f64();
+                }
+                Err(e) => println!("{round:<5} {:<10} FAILED: {e}", who.name()),
+            }
+        }
+        dap.push(got[0]);
+        quinn.push(got[1]);
+        ratio.push(got[0] / got[1]);
+    }
+    let rounds_txt: Vec<String> = ratio.iter().map(|x| fmt_ratio(*x)).collect();
+    println!(
+        "set-ups: dap-udp {} /s, quinn {} /s (medians); dap-udp/quinn ratio {} (rounds: {})",
+        fmt_num(median(&dap), 0),
+        fmt_num(median(&quinn), 0),
+        fmt_ratio(median(&ratio)),
+        rounds_txt.join(", ")
+    );
+    vec![
+        ("setups_per_s".to_string(), fmt_num(median(&dap), 0)),
+        ("quinn_handshakes_per_s".to_string(), fmt_num(median(&quinn), 0)),
+        ("setup_ratio".to_string(), fmt_ratio(median(&ratio))),
+        ("setup_failed".to_string(), failed[0].to_string()),
+        ("quinn_setup_failed".to_string(), failed[1].to_string()),
+    ]
 }
