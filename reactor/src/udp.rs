@@ -261,7 +261,7 @@ pub struct DatagramIterMut<'a> {
     /// The next message.
     msg: usize,
     /// What is left of the message being split, and its metadata.
-    cur: Option<(&'a mut [u8], RecvMeta)>,
+    cur: Option<(&'a mut [u8], &'a RecvMeta)>,
 }
 
 impl<'a> Iterator for DatagramIterMut<'a> {
@@ -271,7 +271,7 @@ impl<'a> Iterator for DatagramIterMut<'a> {
         let (cur, meta) = match self.cur.take() {
             Some(c) => c,
             None => {
-                let meta = *self.meta.get(self.msg)?;
+                let meta = self.meta.get(self.msg)?;
                 self.msg += 1;
                 // Slots ascend, so each message lies after the previous one.
                 let skip = (meta.slot * self.slot_size).checked_sub(self.rest_at)?;

@@ -72,6 +72,10 @@ impl AckTracker {
         if pn < self.floor {
             return true;
         }
+        // In order, the common case: above everything seen.
+        if self.ranges.back().is_none_or(|r| *r.end() < pn) {
+            return false;
+        }
         // The ranges are ascending and disjoint: the first that ends at or after `pn` is
         // the only one that can hold it.
         let i = self.ranges.partition_point(|r| *r.end() < pn);
@@ -111,6 +115,13 @@ impl AckTracker {
     }
 
     fn insert(&mut self, pn: u64) {
+        // In order, the common case: the next number extends the highest range.
+        if let Some(last) = self.ranges.back_mut()
+            && *last.end() + 1 == pn
+        {
+            *last = *last.start()..=pn;
+            return;
+        }
         // Find the first range that ends at or after pn - 1.
         let i = self.ranges.partition_point(|r| *r.end() + 1 < pn);
         if i < self.ranges.len() && *self.ranges[i].start() <= pn + 1 {
