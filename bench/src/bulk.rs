@@ -256,10 +256,14 @@ fn run_dap(
         }),
     )
     .map_err(|e| io::Error::other(format!("connect: {e:?}")))?;
-    let esocket = match rx.recv_timeout(CONNECT_TIMEOUT + Duration::from_secs(1)) {
-        Ok(StreamEvent::Connected { esocket, .. }) => esocket,
-        Ok(StreamEvent::Closed(e)) => return Err(io::Error::other(format!("stream: {e}"))),
-        Err(_) => return Err(io::Error::other("stream not up in time")),
+    let deadline = Instant::now() + CONNECT_TIMEOUT + Duration::from_secs(1);
+    let esocket = loop {
+        match rx.recv_deadline(deadline) {
+            Ok(StreamEvent::Opened { .. }) => {}
+            Ok(StreamEvent::Connected { esocket, .. }) => break esocket,
+            Ok(StreamEvent::Closed(e)) => return Err(io::Error::other(format!("stream: {e}"))),
+            Err(_) => return Err(io::Error::other("stream not up in time")),
+        }
     };
     let res = measure(&received, warmup, secs);
     stop.store(true, Ordering::Relaxed);

@@ -163,8 +163,9 @@ pub fn connect_on(
 
 /// Starts a session's UDP connection on `ctx`'s worker: a socket on an ephemeral port of
 /// `server`'s family, the engine's client connection to `server` (the session's UDP port,
-/// at the host of its answer), its first datagram at once. `events` hears `Connected` at
-/// the first authentic answer and `Closed` once; with no answer within `timeout`, the
+/// at the host of its answer), its first datagram at once. `events` hears `Opened` when
+/// the first datagram has left, `Connected` at the first authentic answer, and `Closed`
+/// once; with no answer within `timeout`, the
 /// session ends (`Io`). Returns the socket's handle, or `None` after reporting `Closed`.
 pub fn udp_connect_on(
     ctx: &mut WorkerCtx,

@@ -2,8 +2,8 @@
 //! publish/subscribe through the client, a restart under an always-reconnecting client,
 //! and 1,000 clients at once.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
@@ -313,6 +313,37 @@ fn an_unreliable_channel_over_udp_carries_messages_as_datagrams() {
         c.write(b'E', i, vec![i; 500]).unwrap();
         assert_eq!(rx.recv_timeout(TIMEOUT).unwrap(), (b'E', i, vec![i; 500]));
     }
+    drop(c);
+    d.drain_and_stop(Duration::from_secs(5));
+}
+
+/// Over UDP, StreamSession completes once the first datagram has left, and StreamConnected
+/// only with the first authenticated answer: against a node that announces a UDP address
+/// where nothing answers, the session stage is reached (the datagram arrives there) and the
+/// connected stage fails within the connect timeout.
+#[test]
+fn over_udp_the_session_stage_is_the_first_datagram_and_connected_is_the_answer() {
+    let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    hole.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let port = hole.local_addr().unwrap().port();
+    let d = dapd_with(|c| c.udp.advertise = format!("127.0.0.1:{port}"));
+    let r = reactor(1);
+    let mut cfg = config(&d, b"E").transport(dap_client::Transport::Udp);
+    cfg.http.connect_timeout = Duration::from_millis(300);
+    cfg.retry.max_tries = 1;
+    let (c, _rx) = client(&r, 0, cfg);
+    let statuses = Arc::new(Mutex::new(Vec::new()));
+    let log = statuses.clone();
+    c.on_status(move |stage, status| log.lock().unwrap().push((stage, status)));
+    assert_eq!(c.go_stage_blocking(Stage::StreamSession, TIMEOUT), Ok(Stage::StreamSession));
+    let mut buf = [0u8; 2048];
+    let (n, _) = hole.recv_from(&mut buf).expect("the first datagram reached the announced port");
+    assert!(n > 0);
+    let err = c.go_stage_blocking(Stage::StreamConnected, TIMEOUT).unwrap_err();
+    assert_eq!(err.stage(), Stage::StreamConnected, "{err:?}");
+    let seen = statuses.lock().unwrap().clone();
+    assert!(seen.contains(&(Stage::StreamSession, Status::Complete)), "{seen:?}");
+    assert!(!seen.contains(&(Stage::StreamConnected, Status::Done)), "{seen:?}");
     drop(c);
     d.drain_and_stop(Duration::from_secs(5));
 }

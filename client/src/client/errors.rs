@@ -66,8 +66,9 @@ pub(crate) fn ctl(e: &CtlError) -> ClientError {
     }
 }
 
-/// A stream that ended while it was being set up (`up == false`) or after.
-pub(crate) fn stream(e: &StreamError, up: bool) -> ClientError {
+/// A stream that ended while it was being set up (`up == false`, at `stage`: StreamSession,
+/// or StreamConnected over UDP while the first answer is awaited) or after.
+pub(crate) fn stream(e: &StreamError, up: bool, stage: Stage) -> ClientError {
     if up {
         return ClientError::StreamLost(e.to_string());
     }
@@ -75,10 +76,8 @@ pub(crate) fn stream(e: &StreamError, up: bool) -> ClientError {
         StreamError::UpgradeRefused(status) => {
             ClientError::StreamResponse(format!("upgrade answered with {status}"))
         }
-        StreamError::IdleTimeout => ClientError::Timeout { stage: Stage::StreamSession },
-        StreamError::Io(reason) => {
-            ClientError::Io { stage: Stage::StreamSession, reason: reason.clone() }
-        }
+        StreamError::IdleTimeout => ClientError::Timeout { stage },
+        StreamError::Io(reason) => ClientError::Io { stage, reason: reason.clone() },
         e => ClientError::StreamResponse(e.to_string()),
     }
 }

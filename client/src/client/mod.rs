@@ -68,6 +68,12 @@ pub(crate) enum Input {
     },
     /// Stream events carry the stream's serial, which changes only when a stream is closed
     /// (a tear-down that keeps the stream keeps hearing it).
+    /// The stream's first bytes left (UDP: its first datagram); the answer is awaited.
+    StreamOpened {
+        serial: u64,
+        esocket: EsocketHandle,
+    },
+    /// The stream is up: its first authenticated answer arrived.
     StreamUp {
         serial: u64,
         esocket: EsocketHandle,
@@ -124,6 +130,8 @@ struct Core {
     enc: Option<Arc<EncSession>>,
     params: Option<Box<SessionParams>>,
     stream: Option<EsocketHandle>,
+    /// The stream's first authenticated answer arrived (StreamConnected).
+    stream_up: bool,
     timer: Option<(Instant, EsocketHandle)>,
     wake: Option<(EsocketHandle, EventSender)>,
     waiters: Vec<StageCallback>,
@@ -462,6 +470,7 @@ impl Inner {
             enc: None,
             params: None,
             stream: None,
+            stream_up: false,
             timer: None,
             wake: None,
             waiters: Vec::new(),
@@ -679,24 +688,44 @@ impl Core {
             Input::Failed { attempt, err } if attempt == self.attempt => {
                 self.machine.step_failed(now, err);
             }
+            Input::StreamOpened { serial, esocket } if serial == self.stream_serial => {
+                // StreamSession is done once the first datagram left; StreamConnected waits
+                // for the answer.
+                self.stream = Some(esocket);
+                if self.machine.stage() == Stage::StreamSession
+                    && self.machine.status() == Status::InProgress
+                {
+                    self.machine.step_done(now, Stage::StreamSession);
+                }
+            }
             Input::StreamUp { serial, esocket } if serial == self.stream_serial => {
                 self.stream = Some(esocket);
-                self.machine.step_done(now, Stage::StreamSession);
+                self.stream_up = true;
+                let stage = self.machine.stage();
+                if matches!(stage, Stage::StreamSession | Stage::StreamConnected)
+                    && self.machine.status() == Status::InProgress
+                {
+                    // StreamSession (HTTP: the 101 is the first answer) or StreamConnected
+                    // (UDP); the plan completes StreamConnected after StreamSession.
+                    self.machine.step_done(now, stage);
+                }
             }
             Input::StreamClosed { serial, err } if serial == self.stream_serial => {
                 self.stream = None;
+                self.stream_up = false;
                 self.stream_serial += 1;
                 out.lock().unlive();
-                let setting_up = self.machine.stage() == Stage::StreamSession
-                    && self.machine.status() == Status::InProgress;
-                let e = errors::stream(&err, !setting_up);
+                let setting_up =
+                    matches!(self.machine.stage(), Stage::StreamSession | Stage::StreamConnected)
+                        && self.machine.status() == Status::InProgress;
+                let e = errors::stream(&err, !setting_up, self.machine.stage());
                 if setting_up {
                     self.machine.step_failed(now, e);
                 } else {
                     self.machine.stream_lost(now, e);
                 }
             }
-            Input::StreamUp { esocket, .. } => {
+            Input::StreamOpened { esocket, .. } | Input::StreamUp { esocket, .. } => {
                 // A stream of a torn-down attempt came up late: close it.
                 self.to_close.push(esocket);
             }
@@ -726,17 +755,19 @@ impl Core {
                         (Stage::StreamSession, _, Some(addr), Some(p)) => {
                             // A new stream: events of any earlier one are stale from here.
                             self.stream_serial += 1;
+                            self.stream_up = false;
                             let serial = self.stream_serial;
                             out.lock().expect_stream(serial);
                             let params = p.clone();
                             self.work.push(Work::StreamSession { serial, cfg, params, addr });
                         }
-                        // Attached by the 101 itself; channels open with it.
-                        (Stage::StreamConnected | Stage::StreamStreaming, ..)
-                            if self.stream.is_some() =>
-                        {
+                        // Attached by the first answer (the 101, or the first authenticated
+                        // datagram); channels open with it.
+                        (Stage::StreamConnected | Stage::StreamStreaming, ..) if self.stream_up => {
                             self.machine.step_done(now, stage);
                         }
+                        // UDP: the first datagram left; the answer completes the stage.
+                        (Stage::StreamConnected, ..) if self.stream.is_some() => {}
                         // What the stage needs is gone (a tear-down raced it).
                         (stage, ..) => {
                             self.machine.step_failed(now, ClientError::WrongStage(stage));
@@ -754,6 +785,7 @@ impl Core {
             if let Some(h) = self.stream.take() {
                 self.to_close.push(h);
             }
+            self.stream_up = false;
             self.stream_serial += 1;
             out.lock().unlive();
         }

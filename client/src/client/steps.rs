@@ -191,10 +191,11 @@ impl Inner {
                 me.set_udp_down(after);
             }
             up |= matches!(ev, StreamEvent::Connected { .. });
+            let opened = matches!(ev, StreamEvent::Opened { .. });
             // Called on the worker, inside the stream's own callbacks: queue and wake.
             let input = match ev {
                 // The channel handles are not needed: the lanes take theirs in `on_new`.
-                StreamEvent::Connected { esocket, .. } => {
+                StreamEvent::Opened { esocket } | StreamEvent::Connected { esocket, .. } => {
                     let stale = {
                         let c = me.core.lock();
                         c.closed || c.stream_serial != serial
@@ -204,7 +205,11 @@ impl Inner {
                         let _ = esocket.close();
                         return;
                     }
-                    Input::StreamUp { serial, esocket }
+                    if opened {
+                        Input::StreamOpened { serial, esocket }
+                    } else {
+                        Input::StreamUp { serial, esocket }
+                    }
                 }
                 StreamEvent::Closed(err) => Input::StreamClosed { serial, err },
             };

@@ -71,7 +71,7 @@ impl TestClient {
         loop {
             match self.events.recv_deadline(deadline).expect("stream did not close in time") {
                 StreamEvent::Closed(e) => return e,
-                StreamEvent::Connected { .. } => {}
+                StreamEvent::Opened { .. } | StreamEvent::Connected { .. } => {}
             }
         }
     }
@@ -141,9 +141,14 @@ pub fn open(
         }),
     )
     .map_err(|e| format!("connect: {e}"))?;
-    match events.recv_timeout(TIMEOUT).map_err(|_| "no stream event in time".to_string())? {
-        StreamEvent::Connected { channels, .. } => Ok(TestClient { channels, messages, events }),
-        StreamEvent::Closed(e) => Err(format!("stream: {e}")),
+    loop {
+        match events.recv_timeout(TIMEOUT).map_err(|_| "no stream event in time".to_string())? {
+            StreamEvent::Opened { .. } => {}
+            StreamEvent::Connected { channels, .. } => {
+                return Ok(TestClient { channels, messages, events });
+            }
+            StreamEvent::Closed(e) => return Err(format!("stream: {e}")),
+        }
     }
 }
 

@@ -42,7 +42,16 @@ const MAX_RESPONSE_HEAD: usize = 8 << 10;
 /// Events a stream reports to its owner (the client's state machine, tests).
 #[derive(Debug)]
 pub enum StreamEvent {
-    /// The stream is up (client: the server answered 101).
+    /// The session's transport is open and its first bytes are on their way: over UDP, the
+    /// client's first datagram left (it may carry data already); `Connected` follows with
+    /// the first authenticated answer. The HTTP transport reports `Connected` alone (the
+    /// `101` is its first answer).
+    Opened {
+        /// The connection's esocket.
+        esocket: EsocketHandle,
+    },
+    /// The stream is up (client: the server answered 101, or the first authenticated
+    /// datagram arrived over UDP).
     Connected {
         /// The connection's esocket.
         esocket: EsocketHandle,

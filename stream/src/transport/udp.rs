@@ -523,6 +523,8 @@ pub(crate) struct UdpClientConn {
     /// Until the first authentic answer: when to give up.
     connect_by: Option<Instant>,
     connected: bool,
+    /// The first datagram left (`StreamEvent::Opened` reported).
+    opened: bool,
     closed: bool,
     buf: Vec<u8>,
     gso_segments: usize,
@@ -542,6 +544,7 @@ impl UdpClientConn {
             stats,
             connect_by: Some(Instant::now() + connect_timeout),
             connected: false,
+            opened: false,
             closed: false,
             buf: Vec::new(),
             gso_segments: 64,
@@ -568,7 +571,11 @@ impl Flush for UdpClientConn {
             return;
         }
         while let Some(t) = self.conn.poll_transmit(now, self.gso_segments, &mut self.buf) {
-            send(es, &t, &self.buf);
+            let sent = send(es, &t, &self.buf);
+            if sent && !self.opened {
+                self.opened = true;
+                (self.events)(super::http::StreamEvent::Opened { esocket: es.handle() });
+            }
         }
         while let Some(ev) = self.conn.poll_event() {
             match ev {

@@ -169,7 +169,7 @@ impl TestClient {
         loop {
             match self.events.recv_deadline(deadline).expect("stream did not close in time") {
                 StreamEvent::Closed(e) => return e,
-                StreamEvent::Connected { .. } => {}
+                StreamEvent::Opened { .. } | StreamEvent::Connected { .. } => {}
             }
         }
     }
@@ -217,11 +217,14 @@ pub fn connect_paused(
         }),
     )
     .expect("post connect");
-    match events.recv_timeout(TIMEOUT).expect("no stream event in time") {
-        StreamEvent::Connected { esocket, channels } => {
-            Ok(TestClient { esocket, channels, messages, events, stats })
+    loop {
+        match events.recv_timeout(TIMEOUT).expect("no stream event in time") {
+            StreamEvent::Opened { .. } => {}
+            StreamEvent::Connected { esocket, channels } => {
+                return Ok(TestClient { esocket, channels, messages, events, stats });
+            }
+            StreamEvent::Closed(e) => return Err(e),
         }
-        StreamEvent::Closed(e) => Err(e),
     }
 }
 
