@@ -354,6 +354,9 @@ pub struct UdpSection {
     pub max_connections: usize,
     /// Datagrams per GSO batch (1 to 64).
     pub gso_segments: usize,
+    /// Send batches with `UDP_SEGMENT` (GSO); off, batches go out with `sendmmsg`, as on a
+    /// kernel without GSO (the path taken anyway when the kernel refuses it).
+    pub gso: bool,
     /// Bytes a channel's data may run ahead of what it delivered, out of order.
     pub max_reorder: u64,
     /// Bytes held out of order on a connection.
@@ -379,6 +382,7 @@ impl Default for UdpSection {
             max_udp_payload: c.mtu.max,
             max_connections: dap_stream::udp::endpoint::EndpointConfig::default().max_connections,
             gso_segments: 64,
+            gso: true,
             max_reorder: c.max_reorder,
             max_reorder_total: c.max_reorder_total,
             max_tracked_packets: c.max_tracked_packets,

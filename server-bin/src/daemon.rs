@@ -274,6 +274,7 @@ fn stream_config(c: &Config) -> StreamConfig {
         udp_host,
         udp,
         udp_gso_segments: u.gso_segments,
+        udp_gso: u.gso,
         ..StreamConfig::default()
     }
 }

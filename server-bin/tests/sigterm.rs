@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use dap_stream::HandleWriteError;
 use dap_stream::pubsub::{PubSubMsg, Topic};
+use dap_stream::session::TransportKind;
 use dap_stream::transport::{CloseCode, StreamError};
 use util::*;
 
@@ -28,13 +29,16 @@ impl Drop for Guard {
     }
 }
 
-/// Starts dapd with a config on port 0; returns it, its address and its node key.
-fn spawn_dapd() -> (Guard, SocketAddr, [u8; 32]) {
-    let dir = std::env::temp_dir().join(format!("dapd-sigterm-{}", std::process::id()));
+/// Starts dapd with a config on port 0 (plus `extra`, TOML sections); returns it, its
+/// address and its node key.
+fn spawn_dapd(name: &str, extra: &str) -> (Guard, SocketAddr, [u8; 32]) {
+    let dir = std::env::temp_dir().join(format!("dapd-sigterm-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("dapd.toml");
-    let text = "[listen]\naddr = \"127.0.0.1:0\"\n[reactor]\nthreads = 2\npin = false\n\
-                [shutdown]\ngrace_ms = 10000\n[log]\nlevel = \"warn\"\n";
+    let text = format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n[reactor]\nthreads = 2\npin = false\n\
+         [shutdown]\ngrace_ms = 10000\n[log]\nlevel = \"warn\"\n{extra}"
+    );
     std::fs::write(&path, text).unwrap();
     let mut child = Command::new(DAPD)
         .arg("--config")
@@ -73,15 +77,28 @@ fn going_away(e: &StreamError) -> bool {
 
 #[test]
 fn sigterm_during_traffic_drains_and_exits_zero() {
-    let (mut dapd, addr, node) = spawn_dapd();
+    sigterm_during_traffic(TransportKind::Http, "http", "");
+}
+
+/// The same over UDP, with dapd's GSO off: its batches go out on the fallback path
+/// (`sendmmsg`), which carries the traffic and the CLOSE frames.
+#[test]
+fn sigterm_during_udp_traffic_drains_and_exits_zero_on_the_gso_fallback_path() {
+    sigterm_during_traffic(TransportKind::Udp, "udp", "[udp]\ngso = false\n");
+}
+
+/// SIGTERM while publishers, subscribers and an echo client stream over `transport`.
+fn sigterm_during_traffic(transport: TransportKind, name: &str, extra: &str) {
+    let (mut dapd, addr, node) = spawn_dapd(name, extra);
     let client = client_reactor();
+    let open = |channels: &[u8]| open_over(&client, addr, node, channels, transport).unwrap();
     let topic = Topic::new("live").unwrap();
-    let subs: Vec<TestClient> = (0..4).map(|_| open(&client, addr, node, b"P").unwrap()).collect();
+    let subs: Vec<TestClient> = (0..4).map(|_| open(b"P")).collect();
     for s in &subs {
         s.subscribe(&topic);
     }
-    let pubs: Vec<TestClient> = (0..2).map(|_| open(&client, addr, node, b"P").unwrap()).collect();
-    let echo = open(&client, addr, node, b"E").unwrap();
+    let pubs: Vec<TestClient> = (0..2).map(|_| open(b"P")).collect();
+    let echo = open(b"E");
     // Acknowledgements seen per publisher: SIGTERM waits until both are under way.
     let acks_seen = [AtomicU64::new(0), AtomicU64::new(0)];
 

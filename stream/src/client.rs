@@ -85,6 +85,22 @@ pub fn stream_ctl_blocking(
         transport: TransportKind::Http,
         unreliable: Vec::new(),
     };
+    stream_ctl_request_blocking(worker, base_url, enc, &req, local, http)
+}
+
+/// [`stream_ctl_blocking`] with the whole request: any transport (UDP, with unreliable
+/// channels) or suite.
+///
+/// # Errors
+/// As [`stream_ctl_blocking`].
+pub fn stream_ctl_request_blocking(
+    worker: &Worker,
+    base_url: &str,
+    enc: &EncSession,
+    req: &CtlRequest,
+    local: MuxConfig,
+    http: &ClientConfig,
+) -> Result<SessionParams, CtlError> {
     let body = req.encode();
     let resp = request_blocking(worker, base_url, enc, &ctl_call(&body), http)?;
     read_ctl_answer(resp.status, &resp.body, local)

@@ -51,6 +51,9 @@ pub struct StreamConfig {
     pub udp: EndpointConfig,
     /// Datagrams per GSO batch (64 at most).
     pub udp_gso_segments: usize,
+    /// Send batches with GSO where the kernel has it (on); off, with `sendmmsg` (the
+    /// fallback path, as on a kernel without GSO).
+    pub udp_gso: bool,
 }
 
 impl Default for StreamConfig {
@@ -63,6 +66,7 @@ impl Default for StreamConfig {
             udp_host: String::new(),
             udp: EndpointConfig::default(),
             udp_gso_segments: 64,
+            udp_gso: true,
         }
     }
 }
@@ -417,10 +421,11 @@ impl StreamServer {
             let config = EndpointConfig { worker: i as u8, connection: conn, ..cfg.udp };
             let server = self.clone();
             let gso = cfg.udp_gso_segments;
+            let gso_on = cfg.udp_gso;
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
             let posted = worker.exec(move |w| {
                 let handler = UdpWorker::new(server, sh, config, gso);
-                let opts = dap_reactor::UdpOptions::default().dont_fragment(true);
+                let opts = dap_reactor::UdpOptions::default().dont_fragment(true).gso(gso_on);
                 let _ = tx.send(w.add_udp_with(socket, opts, Box::new(handler)));
             });
             let added = match posted {

@@ -14,6 +14,8 @@ use dap_net::http::client::ClientConfig;
 use dap_reactor::Reactor;
 use dap_server::{Config, Daemon};
 use dap_stream::pubsub::{PubSubMsg, Topic};
+use dap_stream::session::TransportKind;
+use dap_stream::session::ctl::CtlRequest;
 use dap_stream::transport::StreamError;
 use dap_stream::transport::http::StreamEvent;
 use dap_stream::{
@@ -107,17 +109,29 @@ pub fn open(
     node: [u8; 32],
     channels: &[u8],
 ) -> Result<TestClient, String> {
+    open_over(client, addr, node, channels, TransportKind::Http)
+}
+
+/// [`open`] over `transport` (UDP: the session's connection on a socket of its own).
+pub fn open_over(
+    client: &Reactor,
+    addr: SocketAddr,
+    node: [u8; 32],
+    channels: &[u8],
+    transport: TransportKind,
+) -> Result<TestClient, String> {
     let w = client.worker(0).expect("worker");
     let base = format!("http://{addr}");
     let http = ClientConfig::default();
     let enc = handshake_blocking(w, &base, &CipherSuite::ALL, None, Some(node), &http)
         .map_err(|e| format!("handshake: {e}"))?;
-    let params = dap_stream::client::stream_ctl_blocking(
+    let req =
+        CtlRequest { channels: channels.to_vec(), suite: None, transport, unreliable: Vec::new() };
+    let params = dap_stream::client::stream_ctl_request_blocking(
         w,
         &base,
         &enc,
-        channels,
-        None,
+        &req,
         MuxConfig::default(),
         &http,
     )
@@ -129,18 +143,36 @@ pub fn open(
         procs.ch_proc_add(id, move |_| Box::new(Record(tx.clone()))).unwrap();
     }
     let (etx, events) = unbounded();
-    dap_stream::client::connect(
-        w,
-        addr,
-        params,
-        Arc::new(procs),
-        Arc::new(StreamStats::default()),
-        Duration::from_secs(10),
-        Box::new(move |ev| {
-            let _ = etx.send(ev);
-        }),
-    )
-    .map_err(|e| format!("connect: {e}"))?;
+    let sink: dap_stream::transport::http::EventSink = Box::new(move |ev| {
+        let _ = etx.send(ev);
+    });
+    let stats = Arc::new(StreamStats::default());
+    if transport == TransportKind::Udp {
+        let server = dap_stream::client::udp_server_addr(&params, addr)?;
+        w.exec(move |ctx| {
+            let _ = dap_stream::client::udp_connect_on(
+                ctx,
+                server,
+                params,
+                &procs,
+                stats,
+                Duration::from_secs(10),
+                sink,
+            );
+        })
+        .map_err(|e| format!("udp connect: {e:?}"))?;
+    } else {
+        dap_stream::client::connect(
+            w,
+            addr,
+            params,
+            Arc::new(procs),
+            stats,
+            Duration::from_secs(10),
+            sink,
+        )
+        .map_err(|e| format!("connect: {e}"))?;
+    }
     loop {
         match events.recv_timeout(TIMEOUT).map_err(|_| "no stream event in time".to_string())? {
             StreamEvent::Opened { .. } => {}
