@@ -146,6 +146,24 @@ pub fn measure(counter: &AtomicU64, warmup: f64, secs: f64) -> io::Result<Window
     })
 }
 
+/// Waits (at most `within`) for a client stream's `Connected`, past `Opened`; `what` names
+/// it in errors.
+pub fn wait_connected(
+    rx: &crossbeam_channel::Receiver<StreamEvent>,
+    within: Duration,
+    what: &str,
+) -> io::Result<dap_reactor::EsocketHandle> {
+    let deadline = Instant::now() + within;
+    loop {
+        match rx.recv_deadline(deadline) {
+            Ok(StreamEvent::Opened { .. }) => {}
+            Ok(StreamEvent::Connected { esocket, .. }) => return Ok(esocket),
+            Ok(StreamEvent::Closed(e)) => return Err(io::Error::other(format!("{what}: {e}"))),
+            Err(_) => return Err(io::Error::other(format!("{what} not up in time"))),
+        }
+    }
+}
+
 /// A reactor with one worker on `cpu` (unpinned when the two CPUs are not available).
 pub fn one_worker_reactor(cpu: usize, name: &str) -> io::Result<Reactor> {
     let b = Reactor::builder().threads(1).name(name);
@@ -256,15 +274,7 @@ fn run_dap(
         }),
     )
     .map_err(|e| io::Error::other(format!("connect: {e:?}")))?;
-    let deadline = Instant::now() + CONNECT_TIMEOUT + Duration::from_secs(1);
-    let esocket = loop {
-        match rx.recv_deadline(deadline) {
-            Ok(StreamEvent::Opened { .. }) => {}
-            Ok(StreamEvent::Connected { esocket, .. }) => break esocket,
-            Ok(StreamEvent::Closed(e)) => return Err(io::Error::other(format!("stream: {e}"))),
-            Err(_) => return Err(io::Error::other("stream not up in time")),
-        }
-    };
+    let esocket = wait_connected(&rx, CONNECT_TIMEOUT + Duration::from_secs(1), "stream")?;
     let res = measure(&received, warmup, secs);
     stop.store(true, Ordering::Relaxed);
     let _ = esocket.close();

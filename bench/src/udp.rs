@@ -35,7 +35,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dap_stream::session::TransportKind;
 use dap_stream::session::ctl::{CtlRequest, decode_answer};
-use dap_stream::transport::http::StreamEvent;
 use dap_stream::udp::mtu::MtuConfig;
 use dap_stream::{ChannelProcs, MuxConfig, StreamConfig, StreamServer, StreamStats};
 
@@ -165,15 +164,8 @@ pub(crate) fn run_dap(
             );
         })
         .map_err(|e| io::Error::other(format!("client worker: {e:?}")))?;
-    let deadline = Instant::now() + CONNECT_TIMEOUT + Duration::from_secs(1);
-    let esocket = loop {
-        match rx.recv_deadline(deadline) {
-            Ok(StreamEvent::Opened { .. }) => {}
-            Ok(StreamEvent::Connected { esocket, .. }) => break esocket,
-            Ok(StreamEvent::Closed(e)) => return Err(io::Error::other(format!("udp: {e}"))),
-            Err(_) => return Err(io::Error::other("udp session not up in time")),
-        }
-    };
+    let esocket =
+        crate::bulk::wait_connected(&rx, CONNECT_TIMEOUT + Duration::from_secs(1), "udp session")?;
     let res = measure(&received, warmup, secs);
     stop.store(true, Ordering::Relaxed);
     let _ = esocket.close();

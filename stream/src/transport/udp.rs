@@ -247,10 +247,10 @@ struct ConnWake {
     worker: Arc<WorkerWake>,
 }
 
-/// A worker's side of [`ConnWake`]: the connections woken since its last flush.
+/// A worker's side of [`ConnWake`]: the connections woken since its last flush, and the
+/// one flush posted for them.
 struct WorkerWake {
-    armed: Arc<AtomicBool>,
-    handle: EsocketHandle,
+    flush: Arc<FlushWake<UdpWorker>>,
     woken: Mutex<Vec<(ConnectionId, Arc<AtomicBool>)>>,
 }
 
@@ -259,18 +259,7 @@ impl Wake for ConnWake {
         if !self.queued.swap(true, Ordering::AcqRel) {
             self.worker.woken.lock().push((self.cid, self.queued.clone()));
         }
-        let w = &self.worker;
-        if w.armed.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let armed = w.armed.clone();
-        let r = w.handle.exec(move |es| {
-            armed.store(false, Ordering::Release);
-            es.with_handler::<UdpWorker, _>(|h, es| h.flush(es, Instant::now()));
-        });
-        if r.is_err() {
-            w.armed.store(false, Ordering::Release);
-        }
+        self.worker.flush.wake();
     }
 }
 
@@ -424,8 +413,7 @@ impl UdpWorker {
             .wake
             .get_or_insert_with(|| {
                 Arc::new(WorkerWake {
-                    armed: Arc::new(AtomicBool::new(false)),
-                    handle: es.handle(),
+                    flush: FlushWake::new(es.handle(), Arc::new(AtomicBool::new(false))),
                     woken: Mutex::new(Vec::new()),
                 })
             })

@@ -188,10 +188,7 @@ impl Controller for Cubic {
         rtt: &RttEstimator,
     ) {
         if self.config.hystart && self.ssthresh == u64::MAX && self.window < self.ssthresh {
-            for &(sent, bytes) in packets {
-                self.on_ack(now, sent, bytes, app_limited, rtt);
-            }
-            return;
+            return super::ack_each(self, now, packets, app_limited, rtt);
         }
         // Send times rise with packet numbers: the packets sent before recovery began (which
         // do not grow the window) come first.

@@ -23,6 +23,20 @@ pub use new_reno::{NewReno, NewRenoConfig};
 
 use super::rtt::RttEstimator;
 
+/// [`Controller::on_ack`] for each packet one ACK acknowledged (the default of
+/// [`Controller::on_ack_packets`]).
+pub fn ack_each<C: Controller + ?Sized>(
+    c: &mut C,
+    now: Instant,
+    packets: &[(Instant, u64)],
+    app_limited: bool,
+    rtt: &RttEstimator,
+) {
+    for &(sent, bytes) in packets {
+        c.on_ack(now, sent, bytes, app_limited, rtt);
+    }
+}
+
 /// What the engine tells a congestion controller, and the window it answers with.
 pub trait Controller: std::fmt::Debug + Send {
     /// Bytes of a newly acknowledged packet sent at `sent` were acknowledged at `now`.
@@ -47,9 +61,7 @@ pub trait Controller: std::fmt::Debug + Send {
         app_limited: bool,
         rtt: &RttEstimator,
     ) {
-        for &(sent, bytes) in packets {
-            self.on_ack(now, sent, bytes, app_limited, rtt);
-        }
+        ack_each(self, now, packets, app_limited, rtt);
     }
 
     /// Packets sent at or before `sent` were declared lost at `now` (one call per loss
