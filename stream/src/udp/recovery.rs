@@ -560,7 +560,8 @@ impl<F> Recovery<F> {
     }
 
     /// When the loss timer fires: the time threshold of the oldest unacknowledged packet,
-    /// else the PTO of the last ack-eliciting packet, `(pto_base + max_ack_delay) · 2^pto_count`.
+    /// else the PTO of the last ack-eliciting packet, `(pto_base + max_ack_delay) · 2^pto_count`
+    /// (`max_ack_delay` only while a single ack-eliciting packet is in flight).
     pub fn timer(&self, rtt: &RttEstimator, max_ack_delay: Duration) -> Option<Instant> {
         if self.loss_time.is_some() {
             return self.loss_time;
@@ -568,7 +569,12 @@ impl<F> Recovery<F> {
         if self.ack_eliciting_in_flight == 0 {
             return None;
         }
-        let pto = (rtt.pto_base() + max_ack_delay) * 2u32.saturating_pow(self.pto_count.min(16));
+        // The peer acknowledges at once after two ack-eliciting packets (PROTOCOL §11.4.1),
+        // so its ACK delay is only waited for when one alone is in flight (as RACK-TLP adds
+        // the delayed-ACK timer only for a flight of one, RFC 8985 §7.2). Without this, a
+        // lost tail on a short path waits out 25 ms per probe for an ACK that is not delayed.
+        let delay = if self.ack_eliciting_in_flight >= 2 { Duration::ZERO } else { max_ack_delay };
+        let pto = (rtt.pto_base() + delay) * 2u32.saturating_pow(self.pto_count.min(16));
         self.last_ack_eliciting.map(|t| t + pto)
     }
 
@@ -599,6 +605,19 @@ mod tests {
 
     fn pkt(time: Instant) -> SentPacket<()> {
         SentPacket { time, bytes: 1200, ack_eliciting: true, in_flight: true, info: () }
+    }
+
+    #[test]
+    fn the_probe_timeout_waits_for_the_peers_ack_delay_only_for_a_flight_of_one() {
+        let t = Instant::now();
+        let rtt = RttEstimator::default();
+        let mut r: Recovery<()> = Recovery::new(16);
+        r.on_sent(1, pkt(t)).unwrap();
+        let one = r.timer(&rtt, MAD).unwrap() - t;
+        assert_eq!(one, rtt.pto_base() + MAD, "one in flight: the peer may delay its ACK");
+        r.on_sent(2, pkt(t)).unwrap();
+        let two = r.timer(&rtt, MAD).unwrap() - t;
+        assert_eq!(two, rtt.pto_base(), "two in flight: the peer acknowledges at once");
     }
 
     #[test]
