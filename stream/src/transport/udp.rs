@@ -270,7 +270,7 @@ fn send(es: &mut Esocket<'_>, t: &crate::udp::connection::Transmit, buf: &[u8]) 
         tx = tx.with_segment_size(s);
     }
     if let Some(e) = t.ecn {
-        tx = tx.with_ecn(dap_reactor::Ecn::from_bits(e as u8));
+        tx = tx.with_ecn(e);
     }
     es.send_batch(&tx).is_ok()
 }
@@ -485,8 +485,7 @@ impl Handler for UdpWorker {
         let mut n = 0;
         for d in batch.iter_mut() {
             n += 1;
-            let ecn = Ecn::from_bits(d.ecn.bits());
-            self.handle(es, now, d.from, ecn, d.data);
+            self.handle(es, now, d.from, d.ecn, d.data);
         }
         self.shared.counters.datagrams_in.fetch_add(n, Ordering::Relaxed);
         self.flush(es, now);
@@ -619,8 +618,7 @@ impl Handler for UdpClientConn {
     fn on_datagrams(&mut self, es: &mut Esocket<'_>, batch: &mut Datagrams<'_>) {
         let now = Instant::now();
         for d in batch.iter_mut() {
-            let ecn = Some(Ecn::from_bits(d.ecn.bits()));
-            self.conn.handle_datagram_ecn(now, d.from, ecn, d.data);
+            self.conn.handle_datagram_ecn(now, d.from, Some(d.ecn), d.data);
         }
         self.flush(es, now);
     }

@@ -18,31 +18,9 @@
 
 use super::frame::EcnCounts;
 
-/// The ECN field of an IP header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Ecn {
-    /// Not ECN-capable (`00`).
-    NotEct = 0b00,
-    /// ECN-capable, ECT(1) (`01`).
-    Ect1 = 0b01,
-    /// ECN-capable, ECT(0) (`10`).
-    Ect0 = 0b10,
-    /// Congestion experienced (`11`).
-    Ce = 0b11,
-}
-
-impl Ecn {
-    /// The codepoint of the two low bits of an IP TOS / traffic class byte.
-    pub fn from_bits(bits: u8) -> Self {
-        match bits & 0b11 {
-            0b00 => Ecn::NotEct,
-            0b01 => Ecn::Ect1,
-            0b10 => Ecn::Ect0,
-            _ => Ecn::Ce,
-        }
-    }
-}
+/// The ECN field of an IP header: the reactor's codepoint, which its UDP sockets report
+/// and set, so the driver hands it through as it is.
+pub use dap_reactor::Ecn;
 
 /// Marked packets that must all be lost, while testing, before the path is taken as one
 /// that drops them.
