@@ -1,10 +1,11 @@
-//! The AEAD ciphers and the HKDF key schedule every encrypted part of dap shares.
+//! The AEAD ciphers (AWS-LC's, through aws-lc-rs) and the HKDF key schedule (ring's) every
+//! encrypted part of dap shares.
 //!
 //! Keys are always one per direction, so a nonce need only be unique within one direction
 //! under one key: dap builds it from a 4-byte prefix (the purpose, see [`Nonce`]) and a 64-bit
 //! counter that the sender never repeats. Exact layouts are in `docs/PROTOCOL.md`.
 
-use ring::aead;
+use aws_lc_rs::aead;
 use ring::hkdf;
 
 /// Length of every AEAD key and of every secret dap derives (bytes).
@@ -68,15 +69,28 @@ impl CipherSuite {
 /// Under one key, the sender must never use one (prefix, counter) pair twice; every user of
 /// [`AeadKey`] in dap keeps a counter that only grows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Nonce(pub [u8; NONCE_LEN]);
+pub struct Nonce {
+    // Kept as its two parts and laid out only inside the AEAD call: a 12-byte array built
+    // by the caller in pieces and loaded whole by the callee stalls store-to-load
+    // forwarding on every packet.
+    prefix: [u8; 4],
+    counter: u64,
+}
 
 impl Nonce {
     /// The nonce `prefix || counter` (big-endian).
+    #[inline]
     pub fn new(prefix: [u8; 4], counter: u64) -> Self {
+        Nonce { prefix, counter }
+    }
+
+    /// The 12 bytes, as on the wire (`docs/PROTOCOL.md`).
+    #[inline]
+    pub fn bytes(self) -> [u8; NONCE_LEN] {
         let mut n = [0u8; NONCE_LEN];
-        n[..4].copy_from_slice(&prefix);
-        n[4..].copy_from_slice(&counter.to_be_bytes());
-        Nonce(n)
+        n[..4].copy_from_slice(&self.prefix);
+        n[4..].copy_from_slice(&self.counter.to_be_bytes());
+        n
     }
 }
 
@@ -119,11 +133,12 @@ impl AeadKey {
     }
 
     /// Encrypts `buf` in place and returns the tag, for callers that place it themselves.
+    #[inline]
     pub fn seal_detached(&self, nonce: Nonce, aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
         let tag = self
             .key
             .seal_in_place_separate_tag(
-                aead::Nonce::assume_unique_for_key(nonce.0),
+                aead::Nonce::assume_unique_for_key(nonce.bytes()),
                 aead::Aad::from(aad),
                 buf,
             )
@@ -138,6 +153,7 @@ impl AeadKey {
     ///
     /// # Errors
     /// [`OpenError`] when authentication fails; `buf` then holds nothing useful.
+    #[inline]
     pub fn open<'a>(
         &self,
         nonce: Nonce,
@@ -145,7 +161,11 @@ impl AeadKey {
         buf: &'a mut [u8],
     ) -> Result<&'a mut [u8], OpenError> {
         self.key
-            .open_in_place(aead::Nonce::assume_unique_for_key(nonce.0), aead::Aad::from(aad), buf)
+            .open_in_place(
+                aead::Nonce::assume_unique_for_key(nonce.bytes()),
+                aead::Aad::from(aad),
+                buf,
+            )
             .map_err(|_| OpenError)
     }
 }

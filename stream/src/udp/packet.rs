@@ -163,14 +163,11 @@ pub fn begin(out: &mut Vec<u8>) -> usize {
 /// Seals the packet begun at `start` (everything after its header is the frames): writes
 /// the header, encrypts in place and appends the tag.
 pub fn seal(key: &AeadKey, dir: Direction, hdr: &Header, out: &mut Vec<u8>, start: usize) {
-    // Built on the stack and copied in once (reading it back from the buffer right after
-    // writing it in pieces stalls the store-to-load forwarding).
-    let mut aad = [0u8; HEADER_LEN];
-    aad[0] = FORM | if hdr.key_phase { KEY_PHASE } else { 0 };
-    aad[1..1 + CID_LEN].copy_from_slice(&hdr.cid.0);
-    aad[1 + CID_LEN..].copy_from_slice(&hdr.pn.to_be_bytes());
-    out[start..start + HEADER_LEN].copy_from_slice(&aad);
-    let tag = key.seal_detached(nonce(dir, hdr.pn), &aad, &mut out[start + HEADER_LEN..]);
+    let (head, body) = out[start..].split_at_mut(HEADER_LEN);
+    head[0] = FORM | if hdr.key_phase { KEY_PHASE } else { 0 };
+    head[1..1 + CID_LEN].copy_from_slice(&hdr.cid.0);
+    head[1 + CID_LEN..].copy_from_slice(&hdr.pn.to_be_bytes());
+    let tag = key.seal_detached(nonce(dir, hdr.pn), head, body);
     out.extend_from_slice(&tag);
 }
 
