@@ -1,4 +1,4 @@
-//! dap-server: the library half of the `dapd` daemon.
+//! dap-server: the node, the framework's entry point, and the `dapd` daemon built on it.
 //!
 //! dapd serves, on one HTTP/1.1 listener (and optionally a TLS one):
 //! `POST /enc_init` (the handshake), `POST /stream_ctl` (enc_http; creates a session),
@@ -9,27 +9,32 @@
 //! ([`DEFAULT_CONFIG`], the repository's `config/dapd.toml`) listens on 127.0.0.1:8079 with
 //! one worker per CPU.
 //!
-//! [`Daemon`] runs it in-process (tests use port 0), [`Daemon::drain_and_stop`] shuts it
-//! down gracefully; the `dapd` binary adds the command line, logging and signals.
+//! [`Node`] is all of that as a library: [`Node::builder`] (or [`Node::from_config`]) adds
+//! the application's own channels beside or instead of the built-in ones, starts
+//! everything, and [`Node::shutdown`] drains it. [`cli::run`] is dapd's whole command line
+//! for a daemon of your own; dapd's `main` is that one call with the built-in channels.
 //!
-//! ```no_run
+//! ```
 //! use std::time::Duration;
-//! use dap_server::{Config, Daemon};
+//! use dap_server::Node;
 //!
-//! let mut config = Config::embedded();
-//! config.listen.addr = "127.0.0.1:0".parse()?;
-//! let daemon = Daemon::start(config)?;
-//! println!("listening on {}", daemon.local_addr());
-//! daemon.drain_and_stop(Duration::from_secs(5));
+//! let node = Node::builder()
+//!     .http("127.0.0.1:0".parse()?)
+//!     .threads(1)
+//!     .builtin_channels()
+//!     .start()?;
+//! println!("listening on {}", node.local_addr());
+//! node.shutdown(Duration::from_secs(5));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod config;
-pub mod daemon;
 pub mod logging;
 pub mod metrics;
+pub mod node;
 pub mod signals;
 
 pub use config::{Config, ConfigError, DEFAULT_CONFIG, LogFormat};
-pub use daemon::{Daemon, DrainReport, StartError};
+pub use node::{DrainReport, Node, NodeBuilder, NodeStats, StartError};

@@ -16,8 +16,8 @@ use dap_net::enc::EncServer;
 use dap_net::http::server::HttpStats;
 use dap_proc::{Priority, ProcThread};
 use dap_reactor::{EsocketKind, Worker};
-use dap_stream::StreamServer;
 use dap_stream::pubsub::{Broker, PubSubStatsSnapshot};
+use dap_stream::{ChannelStatsSnapshot, StreamServer};
 
 /// The content type of the exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -32,8 +32,8 @@ pub struct Sources {
     pub stream: StreamServer,
     /// The enc server.
     pub enc: EncServer,
-    /// The pub/sub broker.
-    pub broker: Arc<Broker>,
+    /// The pub/sub broker, when the built-in channels are on.
+    pub broker: Option<Arc<Broker>>,
     /// HTTP counters per listener (`plain`, `tls`), set once the listeners are up.
     pub http: OnceLock<Vec<(&'static str, Arc<HttpStats>)>>,
     /// The DNS server, when there is one.
@@ -65,7 +65,8 @@ impl Out {
                 if i > 0 {
                     self.0.push(',');
                 }
-                // Label values here are ours (numbers and fixed words): nothing to escape.
+                // Label values here are ours (numbers, fixed words, and channel ids escaped by
+                // `channel_label`).
                 let _ = write!(self.0, "{k}=\"{v}\"");
             }
             self.0.push('}');
@@ -101,8 +102,11 @@ pub fn render(src: &Sources) -> String {
     }
     enc(&mut o, &src.enc);
     stream(&mut o, src);
+    channels(&mut o, src);
     udp(&mut o, src);
-    pubsub(&mut o, &src.broker.stats());
+    if let Some(broker) = &src.broker {
+        pubsub(&mut o, &broker.stats());
+    }
     if let Some(dns) = src.dns.get() {
         let s = dns.stats();
         o.one("dap_dns_queries_total", "counter", "DNS datagrams received.", s.received);
@@ -131,6 +135,56 @@ pub fn render(src: &Sources) -> String {
         );
     }
     o.0
+}
+
+/// A channel id as a label value: the printable ASCII character, `"` and `\` escaped.
+fn channel_label(id: u8) -> String {
+    match id {
+        b'"' => "\\\"".to_string(),
+        b'\\' => "\\\\".to_string(),
+        _ => char::from(id).to_string(),
+    }
+}
+
+/// Per channel id (built-in and the application's own), over every session.
+fn channels(o: &mut Out, src: &Sources) {
+    let stats = src.stream.procs().stats();
+    let labels: Vec<String> = stats.iter().map(|(id, _)| channel_label(*id)).collect();
+    let each = |o: &mut Out, name: &str, f: &dyn Fn(&ChannelStatsSnapshot) -> u64| {
+        for ((_, s), l) in stats.iter().zip(&labels) {
+            o.sample(name, &[("channel", l)], f(s) as f64);
+        }
+    };
+    o.family("dap_channel_sessions_total", "counter", "Sessions that opened the channel.");
+    each(o, "dap_channel_sessions_total", &|s| s.sessions);
+    o.family("dap_channel_open", "gauge", "Sessions that have the channel open now.");
+    each(o, "dap_channel_open", &|s| s.open);
+    o.family("dap_channel_messages_total", "counter", "Whole messages, by channel and direction.");
+    for ((_, s), l) in stats.iter().zip(&labels) {
+        o.sample(
+            "dap_channel_messages_total",
+            &[("channel", l), ("direction", "in")],
+            s.messages_in as f64,
+        );
+        o.sample(
+            "dap_channel_messages_total",
+            &[("channel", l), ("direction", "out")],
+            s.messages_out as f64,
+        );
+    }
+    o.family("dap_channel_bytes_total", "counter", "Message bytes, by channel and direction.");
+    for ((_, s), l) in stats.iter().zip(&labels) {
+        o.sample(
+            "dap_channel_bytes_total",
+            &[("channel", l), ("direction", "in")],
+            s.bytes_in as f64,
+        );
+        o.sample(
+            "dap_channel_bytes_total",
+            &[("channel", l), ("direction", "out")],
+            s.bytes_out as f64,
+        );
+    }
 }
 
 fn workers(o: &mut Out, src: &Sources) {

@@ -95,7 +95,7 @@ fn keygen_writes_a_node_key_dapd_can_load() {
     c.reactor.threads = 1;
     c.reactor.pin = false;
     c.enc.node_key = key.display().to_string();
-    let d = dap_server::Daemon::start(c).unwrap();
+    let d = dap_server::Node::from_config(c).builtin_channels().start().unwrap();
     assert_eq!(d.node_public_key(), public);
-    d.drain_and_stop(std::time::Duration::from_secs(5));
+    d.shutdown(std::time::Duration::from_secs(5));
 }

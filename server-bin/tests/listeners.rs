@@ -57,6 +57,6 @@ fn https_serves_health_and_dns_serves_the_configured_zone() {
     assert_eq!(found.addrs, vec![std::net::IpAddr::from([127, 0, 0, 9])]);
     assert!(resolver.resolve(&format!("missing.{origin}"), LookupKind::A).is_err());
 
-    d.drain_and_stop(std::time::Duration::from_secs(5));
+    d.shutdown(std::time::Duration::from_secs(5));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -114,7 +114,7 @@ fn health_is_ok_while_serving() {
     let d = daemon(config(1));
     let (status, body) = http_get(d.local_addr(), "/health");
     assert_eq!((status, body.as_str()), (200, "ok\n"));
-    d.drain_and_stop(TIMEOUT);
+    d.shutdown(TIMEOUT);
 }
 
 #[test]
@@ -158,7 +158,51 @@ fn metrics_parse_as_prometheus_text_and_count_the_traffic() {
     assert_eq!(f["dap_proc_queue_depth"].len(), 2 * 5, "per thread and priority");
     assert!(f.contains_key("dap_pubsub_errors_total"));
     assert!(f.contains_key("dap_worker_errors_total"));
-    d.drain_and_stop(TIMEOUT);
+    d.shutdown(TIMEOUT);
+}
+
+/// Answers every message in upper case.
+struct Shout;
+
+impl dap_stream::ChannelHandler for Shout {
+    fn packet_in(&mut self, ch: &mut dap_stream::Channel<'_>, msg: dap_stream::Message) {
+        let _ = ch.write(msg.ty, msg.data.to_ascii_uppercase());
+    }
+}
+
+#[test]
+fn an_application_channel_is_counted_by_its_id() {
+    let d = dap_server::Node::from_config(config(1))
+        .channel(b'U', |_| Shout)
+        .builtin_channels()
+        .start()
+        .expect("the node starts");
+    let client = client_reactor();
+    let c = open(&client, d.local_addr(), d.node_public_key(), b"UE").unwrap();
+    for i in 0..3u8 {
+        c.channel(b'U').write(7, vec![b'a' + i; 10]).unwrap();
+        assert_eq!(c.next().data, vec![b'A' + i; 10]);
+    }
+    let f = parse(&http_get(d.local_addr(), "/metrics").1).unwrap();
+    let u = [("channel", "U")];
+    assert_eq!(value(&f, "dap_channel_sessions_total", &u), 1.0);
+    assert_eq!(value(&f, "dap_channel_open", &u), 1.0);
+    assert_eq!(
+        value(&f, "dap_channel_messages_total", &[("channel", "U"), ("direction", "in")]),
+        3.0
+    );
+    assert_eq!(
+        value(&f, "dap_channel_bytes_total", &[("channel", "U"), ("direction", "out")]),
+        30.0
+    );
+    // 'E' was opened and not used; 'P' is registered and not opened.
+    assert_eq!(value(&f, "dap_channel_open", &[("channel", "E")]), 1.0);
+    assert_eq!(value(&f, "dap_channel_messages_total", &[("channel", "E")]), 0.0);
+    assert_eq!(value(&f, "dap_channel_sessions_total", &[("channel", "P")]), 0.0);
+    let stats = d.stats();
+    let (_, u) = stats.channels.iter().find(|(id, _)| *id == b'U').expect("'U' in stats");
+    assert_eq!((u.messages_in, u.messages_out, u.bytes_in), (3, 3, 30));
+    d.shutdown(TIMEOUT);
 }
 
 #[test]
@@ -183,5 +227,5 @@ fn idle_keys_are_swept_without_any_traffic() {
     let f = metrics();
     assert_eq!(value(&f, "dap_enc_keys_removed_total", &[("reason", "expired")]), 3.0);
     assert_eq!(value(&f, "dap_enc_keys_removed_total", &[("reason", "evicted")]), 0.0);
-    d.drain_and_stop(TIMEOUT);
+    d.shutdown(TIMEOUT);
 }

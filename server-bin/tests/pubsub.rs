@@ -29,7 +29,7 @@ fn every_subscriber_on_every_worker_gets_every_message_once_in_order() {
         subs.push(s);
     }
     assert!(d.stream().live_streams_by_worker(2).iter().all(|&n| n > 0));
-    assert_eq!(d.broker().stats().subscriptions, subs.len() as u64);
+    assert_eq!(d.broker().expect("built-in channels").stats().subscriptions, subs.len() as u64);
 
     let pubs: Vec<_> = (0..PUBLISHERS)
         .map(|_| open(&client, d.local_addr(), d.node_public_key(), b"P").unwrap())
@@ -75,11 +75,11 @@ fn every_subscriber_on_every_worker_gets_every_message_once_in_order() {
         assert!(next.values().all(|&n| n == MESSAGES + 1));
         assert!(s.messages.try_recv().is_err(), "subscriber {k}: nothing more (no duplicate)");
     }
-    let st = d.broker().stats();
+    let st = d.broker().expect("built-in channels").stats();
     assert_eq!(st.published, PUBLISHERS as u64 * MESSAGES);
     assert_eq!(st.delivered, st.published * subs.len() as u64);
     assert_eq!(st.slow_dropped, 0);
-    d.drain_and_stop(TIMEOUT);
+    d.shutdown(TIMEOUT);
 }
 
 #[test]
@@ -119,11 +119,13 @@ fn refusals_are_answered_and_counted() {
         PubSubMsg::decode(m.ty, &m.data),
         Ok(PubSubMsg::Error { code: ErrorCode::Malformed, .. })
     ));
-    let st = d.broker().stats();
+    let st = d.broker().expect("built-in channels").stats();
     assert_eq!(st.refused, [2, 1, 0, 0, 1]);
     // The session's end unsubscribes it.
     drop(s);
     drop(client);
-    wait_until("subscriptions removed", || d.broker().stats().subscriptions == 0);
-    d.drain_and_stop(TIMEOUT);
+    wait_until("subscriptions removed", || {
+        d.broker().expect("built-in channels").stats().subscriptions == 0
+    });
+    d.shutdown(TIMEOUT);
 }

@@ -29,7 +29,7 @@ impl ChannelHandler for Record {
     }
 }
 
-fn udp_ctl(d: &dap_server::Daemon) -> dap_stream::session::SessionParams {
+fn udp_ctl(d: &dap_server::Node) -> dap_stream::session::SessionParams {
     let req = CtlRequest {
         channels: b"E".to_vec(),
         suite: None,
@@ -107,7 +107,7 @@ fn dapd_echoes_over_udp_by_default_and_counts_it() {
     ] {
         assert!(body.contains(family), "{family} missing: {body}");
     }
-    d.drain_and_stop(Duration::from_secs(5));
+    d.shutdown(Duration::from_secs(5));
 }
 
 /// The value of the sample `name` (with its labels) in a /metrics body (NaN if absent).
@@ -125,7 +125,7 @@ fn advertise_reaches_the_client_and_udp_can_be_off() {
     let params = udp_ctl(&d);
     assert_eq!(params.udp_port, 4433);
     assert_eq!(params.udp.unwrap().host, "relay.example");
-    d.drain_and_stop(Duration::from_secs(5));
+    d.shutdown(Duration::from_secs(5));
 
     let mut c = config(1);
     c.udp.enabled = false;
@@ -139,7 +139,7 @@ fn advertise_reaches_the_client_and_udp_can_be_off() {
     };
     let refused = d.stream().stream_ctl(&req.encode(), None, Instant::now()).unwrap_err();
     assert_eq!(refused.status(), 406);
-    d.drain_and_stop(Duration::from_secs(5));
+    d.shutdown(Duration::from_secs(5));
 }
 
 #[test]

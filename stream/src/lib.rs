@@ -35,8 +35,8 @@ pub mod transport;
 pub mod udp;
 
 pub use channel::{
-    Channel, ChannelHandle, ChannelHandler, ChannelProcs, HandleWriteError, Message, SessionInfo,
-    WriteError,
+    Channel, ChannelHandle, ChannelHandler, ChannelProcs, ChannelStats, ChannelStatsSnapshot,
+    HandleWriteError, Message, SessionInfo, WriteError,
 };
 pub use mux::{Mux, MuxConfig, MuxError};
 pub use server::{StreamConfig, StreamServer};

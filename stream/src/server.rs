@@ -457,7 +457,8 @@ impl StreamServer {
     }
 
     /// The channel handlers.
-    pub(crate) fn procs(&self) -> &ChannelProcs {
+    /// The channel registry (its ids and per-channel counters: [`ChannelProcs::stats`]).
+    pub fn procs(&self) -> &ChannelProcs {
         &self.inner.procs
     }
 

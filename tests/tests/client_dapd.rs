@@ -9,26 +9,26 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use dap_client::{Client, ClientConfig, RetryPolicy, Stage, Status, Uplink};
 use dap_reactor::Reactor;
-use dap_server::{Config, Daemon};
+use dap_server::{Config, Node};
 use dap_stream::pubsub::{PUBSUB, PubSubMsg, Topic};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// dapd on an ephemeral loopback port with `threads` unpinned workers.
-fn dapd(threads: usize) -> Daemon {
+fn dapd(threads: usize) -> Node {
     let mut cfg = Config::embedded();
     cfg.listen.addr = "127.0.0.1:0".parse().unwrap();
     cfg.reactor.threads = threads;
     cfg.reactor.pin = false;
     cfg.proc.threads = 1;
-    Daemon::start(cfg).expect("dapd starts")
+    Node::from_config(cfg).builtin_channels().start().expect("dapd starts")
 }
 
 fn reactor(threads: usize) -> Reactor {
     Reactor::builder().threads(threads).pin(false).start().unwrap()
 }
 
-fn config(d: &Daemon, channels: &[u8]) -> ClientConfig {
+fn config(d: &Node, channels: &[u8]) -> ClientConfig {
     let retry = RetryPolicy { short_delay: Duration::from_millis(50), ..RetryPolicy::default() };
     ClientConfig::new(Uplink::Addr(d.local_addr()))
         .node_key(d.node_public_key())
@@ -67,7 +67,7 @@ fn the_client_reaches_streaming_against_dapd_and_echoes() {
         assert_eq!(rx.recv_timeout(TIMEOUT).unwrap(), (b'E', 3, i.to_le_bytes().to_vec()));
     }
     drop(c);
-    d.drain_and_stop(Duration::from_secs(5));
+    d.shutdown(Duration::from_secs(5));
 }
 
 #[test]
@@ -140,7 +140,7 @@ fn dapd_restarted_under_an_always_reconnecting_client_is_streamed_to_again() {
     cfg.reactor.pin = false;
     cfg.proc.threads = 1;
     cfg.enc.node_key = key.to_string_lossy().into_owned();
-    let d = Daemon::start(cfg.clone()).unwrap();
+    let d = Node::from_config(cfg.clone()).builtin_channels().start().unwrap();
     let addr = d.local_addr();
     let r = reactor(1);
     let long_delay = Duration::from_secs(1);
@@ -160,13 +160,13 @@ fn dapd_restarted_under_an_always_reconnecting_client_is_streamed_to_again() {
         }
     });
     c.go_stage_blocking(Stage::StreamStreaming, TIMEOUT).unwrap();
-    d.drain_and_stop(Duration::from_secs(5));
+    d.shutdown(Duration::from_secs(5));
     wait_until("the client noticed", || !c.is_streaming());
     wait_until("the short retries ran out", || {
         matches!(c.last_error(), Some(dap_client::ClientError::ConnectRefused { .. }))
     });
     cfg.listen.addr = addr;
-    let d = Daemon::start(cfg).unwrap();
+    let d = Node::from_config(cfg).builtin_channels().start().unwrap();
     let restarted = Instant::now();
     wait_until("streaming again", || streaming.load(Ordering::SeqCst) == 2);
     // The bound is generous (load); the property is that the client came back by itself.
@@ -174,7 +174,7 @@ fn dapd_restarted_under_an_always_reconnecting_client_is_streamed_to_again() {
     c.write(b'E', 0, &b"back"[..]).unwrap();
     assert_eq!(rx.recv_timeout(TIMEOUT).unwrap(), (b'E', 0, b"back".to_vec()));
     drop(c);
-    d.drain_and_stop(Duration::from_secs(5));
+    d.shutdown(Duration::from_secs(5));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -219,7 +219,7 @@ fn a_thousand_clients_on_two_workers_stream_and_echo_at_once() {
         assert!(!std::mem::replace(&mut seen[i], true), "client {i} echoed twice");
     }
     drop(clients);
-    d.drain_and_stop(Duration::from_secs(5));
+    d.shutdown(Duration::from_secs(5));
 }
 
 #[test]
@@ -252,22 +252,22 @@ fn the_client_streams_over_udp_against_dapd_and_echoes_every_size() {
     let u = d.stream().udp_counters().unwrap();
     assert_eq!(u.attached.load(Ordering::Relaxed), 1, "the session went over UDP");
     drop(c);
-    d.drain_and_stop(Duration::from_secs(5));
+    d.shutdown(Duration::from_secs(5));
 }
 
 /// dapd with `edit` applied to the embedded config (ephemeral port, 1 worker).
-fn dapd_with(edit: impl FnOnce(&mut Config)) -> Daemon {
+fn dapd_with(edit: impl FnOnce(&mut Config)) -> Node {
     let mut cfg = Config::embedded();
     cfg.listen.addr = "127.0.0.1:0".parse().unwrap();
     cfg.reactor.threads = 1;
     cfg.reactor.pin = false;
     cfg.proc.threads = 1;
     edit(&mut cfg);
-    Daemon::start(cfg).expect("dapd starts")
+    Node::from_config(cfg).builtin_channels().start().expect("dapd starts")
 }
 
 #[track_caller]
-fn auto_reaches(d: &Daemon, r: &Reactor, want: dap_client::Transport, bound: Duration) {
+fn auto_reaches(d: &Node, r: &Reactor, want: dap_client::Transport, bound: Duration) {
     let mut cfg = config(d, b"E").transport(dap_client::Transport::Auto);
     cfg.udp_fallback = Duration::from_millis(300);
     let (c, rx) = client(r, 0, cfg);
@@ -285,11 +285,11 @@ fn auto_uses_udp_where_it_works_and_falls_back_to_http_where_it_does_not() {
     // UDP served: UDP.
     let d = dapd_with(|_| {});
     auto_reaches(&d, &r, dap_client::Transport::Udp, TIMEOUT);
-    d.drain_and_stop(Duration::from_secs(5));
+    d.shutdown(Duration::from_secs(5));
     // UDP off: the node refuses transport UDP (406) and the client asks again for HTTP.
     let d = dapd_with(|c| c.udp.enabled = false);
     auto_reaches(&d, &r, dap_client::Transport::Http, TIMEOUT);
-    d.drain_and_stop(Duration::from_secs(5));
+    d.shutdown(Duration::from_secs(5));
     // UDP announced where nothing answers (a black-holed port): no authenticated answer
     // within the 300 ms fallback, then HTTP.
     let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -297,7 +297,7 @@ fn auto_uses_udp_where_it_works_and_falls_back_to_http_where_it_does_not() {
     let d = dapd_with(|c| c.udp.advertise = format!("127.0.0.1:{port}"));
     auto_reaches(&d, &r, dap_client::Transport::Http, Duration::from_secs(10));
     drop(hole);
-    d.drain_and_stop(Duration::from_secs(5));
+    d.shutdown(Duration::from_secs(5));
 }
 
 #[test]
@@ -314,7 +314,7 @@ fn an_unreliable_channel_over_udp_carries_messages_as_datagrams() {
         assert_eq!(rx.recv_timeout(TIMEOUT).unwrap(), (b'E', i, vec![i; 500]));
     }
     drop(c);
-    d.drain_and_stop(Duration::from_secs(5));
+    d.shutdown(Duration::from_secs(5));
 }
 
 /// Over UDP, StreamSession completes once the first datagram has left, and StreamConnected
@@ -345,5 +345,5 @@ fn over_udp_the_session_stage_is_the_first_datagram_and_connected_is_the_answer(
     assert!(seen.contains(&(Stage::StreamSession, Status::Complete)), "{seen:?}");
     assert!(!seen.contains(&(Stage::StreamConnected, Status::Done)), "{seen:?}");
     drop(c);
-    d.drain_and_stop(Duration::from_secs(5));
+    d.shutdown(Duration::from_secs(5));
 }

@@ -8,7 +8,7 @@ mod udp_mio;
 
 use std::time::Duration;
 
-use dap_server::{Config, Daemon};
+use dap_server::{Config, Node};
 use dap_stream::udp::connection::CloseReason;
 
 /// Every wait of the run ends within this.
@@ -17,13 +17,13 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// dapd on ephemeral loopback ports (HTTP, and UDP beside it, on by default) with two
 /// unpinned workers, so that the session's connection id may name the worker the kernel did
 /// not pick and datagrams are handed over.
-fn dapd() -> Daemon {
+fn dapd() -> Node {
     let mut cfg = Config::embedded();
     cfg.listen.addr = "127.0.0.1:0".parse().unwrap();
     cfg.reactor.threads = 2;
     cfg.reactor.pin = false;
     cfg.proc.threads = 1;
-    Daemon::start(cfg).expect("dapd starts")
+    Node::from_config(cfg).builtin_channels().start().expect("dapd starts")
 }
 
 #[test]
@@ -47,7 +47,7 @@ fn a_plain_mio_loop_echoes_every_size_through_dapd_over_udp() {
     assert!(report.stats.packets_in > 0);
     let counted = d.metrics();
     assert!(counted.contains("dap_udp_connections_total{event=\"attached\"} 1"), "{counted}");
-    d.drain_and_stop(Duration::from_secs(5));
+    d.shutdown(Duration::from_secs(5));
 }
 
 #[test]
@@ -63,5 +63,5 @@ fn a_wrong_node_key_is_refused_before_any_udp() {
         Err(udp_mio::Error::Handshake(_)) => {}
         other => panic!("{other:?}"),
     }
-    d.drain_and_stop(Duration::from_secs(5));
+    d.shutdown(Duration::from_secs(5));
 }

@@ -12,7 +12,7 @@ use dap_net::enc::cipher::CipherSuite;
 use dap_net::enc::client::handshake_blocking;
 use dap_net::http::client::ClientConfig;
 use dap_reactor::Reactor;
-use dap_server::{Config, Daemon};
+use dap_server::{Config, Node};
 use dap_stream::pubsub::{PubSubMsg, Topic};
 use dap_stream::session::TransportKind;
 use dap_stream::session::ctl::CtlRequest;
@@ -36,8 +36,8 @@ pub fn config(threads: usize) -> Config {
 }
 
 /// A daemon in this process.
-pub fn daemon(config: Config) -> Daemon {
-    Daemon::start(config).expect("dapd starts")
+pub fn daemon(config: Config) -> Node {
+    Node::from_config(config).builtin_channels().start().expect("dapd starts")
 }
 
 /// A reactor for clients, apart from the daemon's.

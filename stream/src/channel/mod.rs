@@ -19,6 +19,7 @@ mod handle;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use bytes::Bytes;
 
@@ -88,16 +89,99 @@ pub struct SessionInfo {
     pub client: Option<[u8; 32]>,
 }
 
+/// One channel id's counters, over every session of the server (or client) that registered
+/// it: relaxed atomics, each exact, a snapshot not one instant.
+#[derive(Debug, Default)]
+pub struct ChannelStats {
+    sessions: AtomicU64,
+    open: AtomicU64,
+    messages_in: AtomicU64,
+    messages_out: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+/// A copy of one channel id's counters ([`ChannelProcs::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChannelStatsSnapshot {
+    /// Sessions that opened the channel.
+    pub sessions: u64,
+    /// Sessions that have it open now.
+    pub open: u64,
+    /// Whole messages handed to handlers.
+    pub messages_in: u64,
+    /// Whole messages sent.
+    pub messages_out: u64,
+    /// Message bytes received.
+    pub bytes_in: u64,
+    /// Message bytes sent.
+    pub bytes_out: u64,
+}
+
+impl ChannelStats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> ChannelStatsSnapshot {
+        ChannelStatsSnapshot {
+            sessions: self.sessions.load(Relaxed),
+            open: self.open.load(Relaxed),
+            messages_in: self.messages_in.load(Relaxed),
+            messages_out: self.messages_out.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+        }
+    }
+
+    pub(crate) fn received(&self, bytes: u64) {
+        self.bytes_in.fetch_add(bytes, Relaxed);
+    }
+
+    pub(crate) fn delivered(&self) {
+        self.messages_in.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn sent(&self, bytes: u64, message_done: bool) {
+        self.bytes_out.fetch_add(bytes, Relaxed);
+        if message_done {
+            self.messages_out.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// A session's hold on a channel id's counters: counted open while it lives.
+#[derive(Debug)]
+pub(crate) struct ChannelUse(Arc<ChannelStats>);
+
+impl ChannelUse {
+    pub(crate) fn new(stats: Arc<ChannelStats>) -> Self {
+        stats.sessions.fetch_add(1, Relaxed);
+        stats.open.fetch_add(1, Relaxed);
+        ChannelUse(stats)
+    }
+}
+
+impl std::ops::Deref for ChannelUse {
+    type Target = ChannelStats;
+    fn deref(&self) -> &ChannelStats {
+        &self.0
+    }
+}
+
+impl Drop for ChannelUse {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+    }
+}
+
 /// The channel registry: DAP's `dap_stream_ch_proc_add`.
 #[derive(Clone, Default)]
 pub struct ChannelProcs {
-    procs: HashMap<u8, ChannelFactory>,
+    procs: HashMap<u8, (ChannelFactory, Arc<ChannelStats>)>,
 }
 
 impl std::fmt::Debug for ChannelProcs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut ids: Vec<char> = self.procs.keys().map(|&b| b as char).collect();
-        ids.sort_unstable();
+        let ids: Vec<char> = self.ids().into_iter().map(char::from).collect();
         f.debug_struct("ChannelProcs").field("ids", &ids).finish()
     }
 }
@@ -113,7 +197,8 @@ impl ChannelProcs {
         ChannelProcs::default()
     }
 
-    /// Registers (or replaces) the handler factory of channel `id`.
+    /// Registers (or replaces) the handler factory of channel `id` (a replaced one keeps
+    /// its counters).
     ///
     /// # Errors
     /// `id` is not printable ASCII (`0x21..=0x7e`).
@@ -125,7 +210,8 @@ impl ChannelProcs {
         if !valid_channel_id(id) {
             return Err(BadChannelId(id));
         }
-        self.procs.insert(id, Arc::new(factory));
+        let stats = self.procs.remove(&id).map(|(_, s)| s).unwrap_or_default();
+        self.procs.insert(id, (Arc::new(factory), stats));
         Ok(self)
     }
 
@@ -136,7 +222,24 @@ impl ChannelProcs {
 
     /// The factory of channel `id`.
     pub fn get(&self, id: u8) -> Option<&ChannelFactory> {
-        self.procs.get(&id)
+        self.procs.get(&id).map(|(f, _)| f)
+    }
+
+    /// The registered ids, ascending.
+    pub fn ids(&self) -> Vec<u8> {
+        let mut ids: Vec<u8> = self.procs.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Every registered channel's counters, by id ascending.
+    pub fn stats(&self) -> Vec<(u8, ChannelStatsSnapshot)> {
+        self.ids().into_iter().map(|id| (id, self.procs[&id].1.snapshot())).collect()
+    }
+
+    /// The factory and the counters of channel `id`.
+    pub(crate) fn entry(&self, id: u8) -> Option<(&ChannelFactory, &Arc<ChannelStats>)> {
+        self.procs.get(&id).map(|(f, s)| (f, s))
     }
 }
 

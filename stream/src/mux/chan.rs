@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{DataFrame, FrameSink, MuxConfig, MuxError};
-use crate::channel::{ChanShared, ChannelHandler, Message, WriteError};
+use crate::channel::{ChanShared, ChannelHandler, ChannelUse, Message, WriteError};
 use crate::codec::frame;
 
 /// A message being sent.
@@ -45,6 +45,8 @@ pub(crate) struct Sent {
 pub(crate) struct ChanState {
     pub(crate) id: u8,
     pub(crate) handler: Option<Box<dyn ChannelHandler>>,
+    /// The id's counters, over all sessions (none in unit tests that build states bare).
+    pub(crate) stats: Option<ChannelUse>,
     pub(crate) shared: Arc<ChanShared>,
     // Sending.
     pub(crate) outq: VecDeque<OutMsg>,
@@ -95,6 +97,7 @@ impl ChanState {
         ChanState {
             id,
             handler: Some(handler),
+            stats: None,
             shared: ChanShared::new(id, config.send_queue, config.max_message),
             outq: VecDeque::new(),
             out_bytes: 0,

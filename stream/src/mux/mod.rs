@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 pub(crate) use chan::ChanState;
 
-use crate::channel::{Channel, ChannelProcs, SessionInfo};
+use crate::channel::{Channel, ChannelProcs, ChannelUse, SessionInfo};
 use crate::codec::DecodeError;
 use crate::codec::frame::{self, CONNECTION, Frame};
 use crate::transport::Wake;
@@ -267,11 +267,13 @@ impl Mux {
         let mut chans = Vec::with_capacity(channels.len());
         let mut index = [0u8; 128];
         for &id in channels {
-            let Some(factory) = procs.get(id) else { continue };
+            let Some((factory, stats)) = procs.entry(id) else { continue };
             if index[id as usize] != 0 {
                 continue;
             }
-            chans.push(ChanState::new(id, factory(&session), &config));
+            let mut st = ChanState::new(id, factory(&session), &config);
+            st.stats = Some(ChannelUse::new(stats.clone()));
+            chans.push(st);
             index[id as usize] = chans.len() as u8;
         }
         Mux {
@@ -402,6 +404,9 @@ impl Mux {
                         self.conn.recv_total += n;
                     }
                     self.counters.bytes_in += n;
+                    if let Some(s) = &self.chans[i].stats {
+                        s.received(n);
+                    }
                     self.chans[i].receive(ty, first, more, payload, self.config.max_message)?;
                 }
             }
@@ -416,6 +421,9 @@ impl Mux {
             while self.chans[i].reading {
                 let Some(msg) = self.chans[i].take_message() else { break };
                 self.counters.messages_in += 1;
+                if let Some(s) = &self.chans[i].stats {
+                    s.delivered();
+                }
                 self.call(i, |h, ch| h.packet_in(ch, msg));
             }
         }
@@ -514,6 +522,9 @@ impl Mux {
                     self.counters.bytes_out += sent.bytes as u64;
                     if sent.message_done {
                         self.counters.messages_out += 1;
+                    }
+                    if let Some(s) = &c.stats {
+                        s.sent(sent.bytes as u64, sent.message_done);
                     }
                     progress = true;
                 }

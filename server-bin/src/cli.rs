@@ -1,0 +1,179 @@
+//! The command line of a dap daemon: dapd's, and that of any daemon built on [`Node`].
+//!
+//! ```text
+//! NAME [--config FILE] [--log-format text|json]
+//! NAME --print-default-config
+//! NAME keygen --node FILE | --client FILE
+//! ```
+//!
+//! [`run`] parses it, loads the configuration (the file, or the embedded default), starts
+//! logging, hands [`Node::from_config`]'s builder to the application to add its channels,
+//! starts the node, prints one status line per listener on stdout (`NAME: listening on
+//! ADDR`, `NAME: udp listening on ADDR`, ...), and drains on SIGINT or SIGTERM within
+//! `[shutdown] grace_ms`. A whole daemon with its own channel:
+//!
+//! ```no_run
+//! use dap_stream::{Channel, ChannelHandler, Message};
+//!
+//! struct Shout;
+//! impl ChannelHandler for Shout {
+//!     fn packet_in(&mut self, ch: &mut Channel<'_>, msg: Message) {
+//!         let _ = ch.write(msg.ty, msg.data.to_ascii_uppercase());
+//!     }
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     dap_server::cli::run(|node| node.channel(b'S', |_session| Shout).builtin_channels())
+//! }
+//! ```
+//!
+//! Exit status: 0 after a drain on SIGINT/SIGTERM; 2 for a bad command line or
+//! configuration (the message names the key); 1 when the node cannot start.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use dap_net::enc::keys::public_key_to_base64;
+use dap_net::enc::{ClientCert, NodeKey};
+
+use crate::signals::{self, ShutdownSignals};
+use crate::{Config, DEFAULT_CONFIG, LogFormat, Node, NodeBuilder, logging};
+
+/// A dap node: enc handshake, encrypted streams over HTTP and UDP with its channels, health
+/// and Prometheus metrics.
+#[derive(Debug, Parser)]
+#[command(name = "dapd", version)]
+struct Cli {
+    /// The configuration file (TOML); without it, the embedded default.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log line format (overrides `[log] format`).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Print the embedded default configuration and exit.
+    #[arg(long)]
+    print_default_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a new Ed25519 key (PEM, mode 0600, never overwritten) and print its public key.
+    Keygen(Keygen),
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct Keygen {
+    /// A node key, for `[enc] node_key`.
+    #[arg(long, value_name = "FILE")]
+    node: Option<PathBuf>,
+    /// A client certificate key (its public key goes on a server's allow list).
+    #[arg(long, value_name = "FILE")]
+    client: Option<PathBuf>,
+}
+
+fn keygen(name: &str, k: Keygen) -> ExitCode {
+    let (path, public, saved) = match (k.node, k.client) {
+        (Some(path), _) => {
+            let key = NodeKey::generate();
+            let saved = key.save(&path);
+            (path, key.public_key(), saved)
+        }
+        (None, Some(path)) => {
+            let key = ClientCert::generate();
+            let saved = key.save(&path);
+            (path, key.public_key(), saved)
+        }
+        (None, None) => return ExitCode::from(2),
+    };
+    match saved {
+        Ok(()) => {
+            println!("{}", public_key_to_base64(&public));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{name}: {}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a daemon: the command line, the configuration, logging, `configure` on
+/// [`Node::from_config`]'s builder (add the channels there), the node, and the drain on
+/// SIGINT/SIGTERM. Returns the exit status for `main` to return.
+pub fn run(configure: impl FnOnce(NodeBuilder) -> NodeBuilder) -> ExitCode {
+    let name = std::env::args_os()
+        .next()
+        .and_then(|a| Path::new(&a).file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "dapd".into());
+    // Once per process: the usage text names the program as it was called.
+    let leaked: &'static str = Box::leak(name.clone().into_boxed_str());
+    let matches = Cli::command().name(leaked).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    if cli.print_default_config {
+        print!("{DEFAULT_CONFIG}");
+        return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Keygen(k)) = cli.command {
+        return keygen(&name, k);
+    }
+    let config = match &cli.config {
+        Some(path) => Config::load(path),
+        None => Config::from_toml(DEFAULT_CONFIG),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{name}: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(&config.log.level, cli.log_format.unwrap_or(config.log.format));
+    // Before the node is announced: a signal sent at once must drain, not kill.
+    let mut sigs = match ShutdownSignals::register() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{name}: cannot catch SIGINT/SIGTERM: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let grace = config.grace();
+    let node = match configure(Node::from_config(config)).start() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Status lines on stdout, one per listener, for scripts and tests to read.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{name}: listening on {}", node.local_addr());
+    if let Some(a) = node.udp_addr() {
+        let _ = writeln!(out, "{name}: udp listening on {a}");
+    }
+    if let Some(a) = node.tls_addr() {
+        let _ = writeln!(out, "{name}: tls listening on {a}");
+    }
+    if let Some(a) = node.dns_addr() {
+        let _ = writeln!(out, "{name}: dns listening on {a}");
+    }
+    let _ = writeln!(out, "{name}: node key {}", public_key_to_base64(&node.node_public_key()));
+    let _ = out.flush();
+    drop(out);
+    let sig = sigs.wait();
+    tracing::info!(signal = signals::name(sig), "shutting down");
+    let report = node.shutdown(grace);
+    println!(
+        "{name}: stopped ({} stream(s) drained, {} left open)",
+        report.streams - report.left_open,
+        report.left_open
+    );
+    ExitCode::SUCCESS
+}
