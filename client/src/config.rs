@@ -131,7 +131,7 @@ pub struct ClientConfig {
     /// bounds the stream's connect, and again its upgrade.
     pub http: HttpConfig,
     /// Writes made before streaming are queued and the client goes to streaming on its own
-    /// (DAP's connect-on-demand). Off, such writes fail with
+    /// (DAP's connect-on-demand; on by default). Off, such writes fail with
     /// [`WriteError::WrongStage`](crate::WriteError::WrongStage) (unless earlier queued
     /// messages still wait: a write never overtakes them).
     pub connect_on_demand: bool,
@@ -160,7 +160,7 @@ impl Default for ClientConfig {
             transport: Transport::Http,
             retry: RetryPolicy::default(),
             http: HttpConfig::default(),
-            connect_on_demand: false,
+            connect_on_demand: true,
             queue_bytes: 1 << 20,
             queue_messages: 1024,
             mux: MuxConfig::default(),

@@ -10,8 +10,9 @@
 //! - **StreamStreaming**: channels are live; writes queued before streaming
 //!   (connect-on-demand) drain in order.
 //!
-//! The deciding part, [`Machine`], is sans-IO: it says which step to run, when to retry (a
-//! short delay, then a long one with `always_reconnect`) and what to tear down, and is
+//! The deciding part, [`Machine`], is sans-IO: it says which step to run, when to retry
+//! (exponential back-off with jitter, 0.5 s doubling to 30 s, without limit unless
+//! [`RetryPolicy::max_tries`] says so) and what to tear down, and is
 //! tested with a virtual clock. [`Client`] drives it on a reactor worker with non-blocking
 //! requests; its methods can be called from any thread, and its callbacks run on its
 //! worker. Failures are [`ClientError`]s that name the stage they belong to.
@@ -25,7 +26,7 @@
 //! let reactor = dap_reactor::Reactor::builder().threads(1).start()?;
 //! let cfg = ClientConfig::new(Uplink::parse("127.0.0.1:8079")?);
 //! let client = Client::new(&reactor.workers()[0], cfg, Default::default())?;
-//! client.on_status(|stage, status| println!("{stage}: {status:?}"));
+//! client.on_status(|stage, status, why| println!("{stage}: {status:?} {why:?}"));
 //! match client.go_stage_blocking(Stage::StreamStreaming, Duration::from_secs(10)) {
 //!     Ok(_) => println!("streaming"),
 //!     Err(e) => eprintln!("failed at {}: {e}", e.stage()),
@@ -40,7 +41,7 @@ mod error;
 pub mod machine;
 mod stage;
 
-pub use client::{Client, MessageFn, StageCallback, StatusFn, WriteError};
+pub use client::{Client, ClientBuilder, MessageFn, StageCallback, StatusFn, WriteError};
 pub use config::{ClientConfig, Transport, Uplink};
 pub use error::ClientError;
 pub use machine::{Action, Event, Machine, RetryPolicy};

@@ -16,29 +16,61 @@ use std::time::{Duration, Instant};
 
 use crate::{ClientError, Stage, Status};
 
-/// When and how often to try again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// When and how often to try again: exponential back-off with jitter, and by default no
+/// limit, as a long-lived client wants (it climbs back after any outage on its own).
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RetryPolicy {
-    /// Tries of one stage before giving up on it (or waiting the long delay). Default 3.
-    pub max_tries: u32,
-    /// Wait before a retry. Default 500 ms.
-    pub short_delay: Duration,
-    /// Wait after `max_tries` failed, when `always_reconnect` is on. Default 10 s.
-    pub long_delay: Duration,
-    /// Never give up on retryable errors: after `max_tries`, wait `long_delay` and start
-    /// over. Default off. (A stream that breaks is reconnected either way, with the same
-    /// tries; this decides what happens once they run out.)
-    pub always_reconnect: bool,
+    /// Failed tries of one stage before the target is given up on (`Event::Failed`, the
+    /// `go_stage` callback's error). `None`, the default: never give up on a retryable
+    /// error. Configuration faults (a wrong node key, a refused certificate) are never
+    /// retried.
+    pub max_tries: Option<u32>,
+    /// The wait before the first retry (500 ms). Each further failed try in a row doubles
+    /// it; a stage passed starts over.
+    pub initial_delay: Duration,
+    /// The most a wait grows to (30 s).
+    pub max_delay: Duration,
+    /// The share of each wait drawn at random, 0 to 1 (0.5: between half the wait and all
+    /// of it), so that clients cut off together do not all come back at the same instant.
+    pub jitter: f64,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            max_tries: 3,
-            short_delay: Duration::from_millis(500),
-            long_delay: Duration::from_secs(10),
-            always_reconnect: false,
+            max_tries: None,
+            initial_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+            jitter: 0.5,
         }
+    }
+}
+
+impl RetryPolicy {
+    /// The default policy giving up after `tries` failed tries of a stage.
+    pub fn max_tries(tries: u32) -> Self {
+        RetryPolicy { max_tries: Some(tries.max(1)), ..RetryPolicy::default() }
+    }
+
+    /// Sets the first wait and the most a wait grows to.
+    pub fn delays(mut self, initial: Duration, max: Duration) -> Self {
+        self.initial_delay = initial;
+        self.max_delay = max.max(initial);
+        self
+    }
+
+    /// Sets the jitter (clamped to 0..=1).
+    pub fn jitter(mut self, jitter: f64) -> Self {
+        self.jitter = if jitter.is_nan() { 0.0 } else { jitter.clamp(0.0, 1.0) };
+        self
+    }
+
+    /// The wait after the `tries`-th failed try in a row (1 = the first), before jitter.
+    pub fn backoff(&self, tries: u32) -> Duration {
+        let doublings = tries.saturating_sub(1).min(31);
+        self.initial_delay
+            .saturating_mul(1u32 << doublings)
+            .min(self.max_delay.max(self.initial_delay))
     }
 }
 
@@ -64,6 +96,8 @@ pub enum Event {
         stage: Stage,
         /// Its new status.
         status: Status,
+        /// With [`Status::Error`]: why (a retry follows unless the target is given up on).
+        reason: Option<ClientError>,
     },
     /// The target stage was reached (the `go_stage` callback's success).
     Reached(Stage),
@@ -87,12 +121,22 @@ pub struct Machine {
     last_error: Option<ClientError>,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
+    /// The jitter's generator (xorshift64*, seeded from the OS's CSPRNG or by a test).
+    rng: u64,
 }
 
 impl Machine {
     /// A machine at `Begin`, going nowhere.
     pub fn new(policy: RetryPolicy) -> Self {
+        let mut seed = [0u8; 8];
+        dap_net::enc::cipher::random_bytes(&mut seed);
+        Machine::with_seed(policy, u64::from_le_bytes(seed))
+    }
+
+    /// [`new`](Self::new) with the jitter drawn from `seed` (tests, simulations).
+    pub fn with_seed(policy: RetryPolicy, seed: u64) -> Self {
         Machine {
+            rng: seed | 1,
             stage: Stage::Begin,
             status: Status::None,
             target: Stage::Begin,
@@ -139,7 +183,22 @@ impl Machine {
     fn set(&mut self, stage: Stage, status: Status) {
         self.stage = stage;
         self.status = status;
-        self.events.push_back(Event::Stage { stage, status });
+        self.events.push_back(Event::Stage { stage, status, reason: None });
+    }
+
+    /// A uniform draw in [0, 1).
+    fn uniform(&mut self) -> f64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// The wait before the next try: the back-off of `tries`, less its jittered share.
+    fn retry_delay(&mut self) -> Duration {
+        let d = self.policy.backoff(self.tries);
+        let jitter = self.policy.jitter.clamp(0.0, 1.0);
+        d.mul_f64(1.0 - jitter * self.uniform())
     }
 
     /// Goes to `target`: from a completed stage a higher target continues; a lower one
@@ -212,7 +271,12 @@ impl Machine {
 
     fn fail(&mut self, now: Instant, err: ClientError) {
         let failed_at = self.stage;
-        self.set(failed_at, Status::Error);
+        self.status = Status::Error;
+        self.events.push_back(Event::Stage {
+            stage: failed_at,
+            status: Status::Error,
+            reason: Some(err.clone()),
+        });
         // Drop what the failed attempt built; the retry starts below it.
         let restart = err.restart_from().min(failed_at);
         let keep = restart.prev().unwrap_or(Stage::Begin);
@@ -222,11 +286,16 @@ impl Machine {
         self.tries += 1;
         let retry = err.is_retryable();
         self.last_error = Some(err.clone());
-        if retry && self.tries < self.policy.max_tries {
-            self.retry_at = Some(now + self.policy.short_delay);
-        } else if retry && self.policy.always_reconnect {
-            self.tries = 0;
-            self.retry_at = Some(now + self.policy.long_delay);
+        if retry && self.policy.max_tries.is_none_or(|max| self.tries < max) {
+            let delay = self.retry_delay();
+            tracing::info!(
+                stage = %failed_at,
+                error = %err,
+                try_ = self.tries,
+                retry_in_ms = delay.as_millis() as u64,
+                "client step failed; retrying"
+            );
+            self.retry_at = Some(now + delay);
         } else {
             self.retry_at = None;
             self.target = self.stage;

@@ -25,7 +25,7 @@ fn reaches_streaming_through_every_stage_and_echoes() {
     let (c, rx) = client(&reactor, 0, config(node.addr, node.key));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
-    c.on_status(move |stage, status| s.lock().push((stage, status)));
+    c.on_status(move |stage, status, _| s.lock().push((stage, status)));
     assert_eq!(
         c.go_stage_blocking(Stage::StreamStreaming, TIMEOUT).unwrap(),
         Stage::StreamStreaming
@@ -86,8 +86,7 @@ fn a_wrong_node_key_fails_at_once_without_retries() {
     let reactor = client_reactor(1);
     let impostor = NodeKey::generate().public_key();
     let mut cfg = config(node.addr, impostor);
-    cfg.retry.max_tries = 50;
-    cfg.retry.short_delay = Duration::from_secs(60);
+    cfg.retry = RetryPolicy::default().delays(Duration::from_secs(60), Duration::from_secs(60));
     let (c, _rx) = client(&reactor, 0, cfg);
     // Not retryable: the answer comes long before a single retry delay.
     assert_eq!(c.go_stage_blocking(Stage::StreamStreaming, TIMEOUT), Err(ClientError::WrongKey));
@@ -192,16 +191,12 @@ fn always_reconnect_streams_again_after_the_node_restarts() {
     let reactor = client_reactor(1);
     let long_delay = Duration::from_millis(800);
     let mut cfg = config(addr, node.key);
-    cfg.retry = RetryPolicy {
-        max_tries: 2,
-        short_delay: Duration::from_millis(50),
-        long_delay,
-        always_reconnect: true,
-    };
+    // The default policy (no limit), its waits capped for the test.
+    cfg.retry = RetryPolicy::default().delays(Duration::from_millis(50), long_delay);
     let (c, rx) = client(&reactor, 0, cfg);
     let streaming = Arc::new(AtomicUsize::new(0));
     let s = streaming.clone();
-    c.on_status(move |stage, status| {
+    c.on_status(move |stage, status, _| {
         if stage == Stage::StreamStreaming && status == Status::Complete {
             s.fetch_add(1, Ordering::SeqCst);
         }
@@ -209,8 +204,8 @@ fn always_reconnect_streams_again_after_the_node_restarts() {
     c.go_stage_blocking(Stage::StreamStreaming, TIMEOUT).unwrap();
     node.stop();
     wait_until("the client noticed", || !c.is_streaming());
-    // Down long enough for the short retries to run out.
-    wait_until("the client gave up its short retries", || {
+    // Down long enough for a few refused reconnects.
+    wait_until("the reconnects are refused", || {
         c.last_error().is_some_and(|e| matches!(e, ClientError::ConnectRefused { .. }))
     });
     let node = Node::start_at(addr, EncConfig::default(), NodeKey::from_pem(&seed).unwrap(), false);
@@ -237,7 +232,7 @@ fn a_thousand_clients_on_two_workers_stream_and_echo() {
     let mut clients = Vec::with_capacity(N);
     for i in 0..N {
         let mut cfg = config(node.addr, node.key);
-        cfg.retry.max_tries = 5;
+        cfg.retry.max_tries = Some(5);
         cfg.connect_on_demand = true;
         let c =
             dap_client::Client::new(&reactor.workers()[i % 2], cfg, Default::default()).unwrap();
@@ -282,7 +277,7 @@ fn a_key_the_node_forgot_is_replaced_by_a_new_handshake() {
     let (c, rx) = client(&reactor, 0, config(node.addr, node.key));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
-    c.on_status(move |stage, status| s.lock().push((stage, status)));
+    c.on_status(move |stage, status, _| s.lock().push((stage, status)));
     c.go_stage_blocking(Stage::EncInit, TIMEOUT).unwrap();
     let made = Instant::now();
     wait_until("the key's idle TTL passed", || made.elapsed() > Duration::from_millis(400));

@@ -769,7 +769,7 @@ impl ChannelHandler for PubSubChannel {
         }
     }
 
-    fn on_delete(&mut self, _id: u8) {
+    fn on_delete(&mut self, _id: u8, _session: &crate::channel::SessionInfo) {
         if let Some(sub) = self.sub.take() {
             for topic in self.topics.drain() {
                 self.broker.unsubscribe(&topic, sub.id);

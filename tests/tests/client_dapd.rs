@@ -29,7 +29,8 @@ fn reactor(threads: usize) -> Reactor {
 }
 
 fn config(d: &Node, channels: &[u8]) -> ClientConfig {
-    let retry = RetryPolicy { short_delay: Duration::from_millis(50), ..RetryPolicy::default() };
+    let quick = Duration::from_millis(50);
+    let retry = RetryPolicy::max_tries(3).delays(quick, quick);
     ClientConfig::new(Uplink::Addr(d.local_addr()))
         .node_key(d.node_public_key())
         .channels(channels)
@@ -145,16 +146,12 @@ fn dapd_restarted_under_an_always_reconnecting_client_is_streamed_to_again() {
     let r = reactor(1);
     let long_delay = Duration::from_secs(1);
     let mut ccfg = config(&d, b"E");
-    ccfg.retry = RetryPolicy {
-        max_tries: 2,
-        short_delay: Duration::from_millis(50),
-        long_delay,
-        always_reconnect: true,
-    };
+    // The default policy (no limit), its waits capped at 1 s for the test.
+    ccfg.retry = RetryPolicy::default().delays(Duration::from_millis(50), long_delay);
     let (c, rx) = client(&r, 0, ccfg);
     let streaming = Arc::new(AtomicUsize::new(0));
     let s = streaming.clone();
-    c.on_status(move |stage, status| {
+    c.on_status(move |stage, status, _| {
         if (stage, status) == (Stage::StreamStreaming, Status::Complete) {
             s.fetch_add(1, Ordering::SeqCst);
         }
@@ -162,7 +159,7 @@ fn dapd_restarted_under_an_always_reconnecting_client_is_streamed_to_again() {
     c.go_stage_blocking(Stage::StreamStreaming, TIMEOUT).unwrap();
     d.shutdown(Duration::from_secs(5));
     wait_until("the client noticed", || !c.is_streaming());
-    wait_until("the short retries ran out", || {
+    wait_until("the reconnects are refused", || {
         matches!(c.last_error(), Some(dap_client::ClientError::ConnectRefused { .. }))
     });
     cfg.listen.addr = addr;
@@ -191,7 +188,7 @@ fn a_thousand_clients_on_two_workers_stream_and_echo_at_once() {
     let clients: Vec<Client> = (0..N)
         .map(|i| {
             let mut cfg = config(&d, b"E");
-            cfg.retry.max_tries = 5;
+            cfg.retry.max_tries = Some(5);
             let c = Client::new(&r.workers()[i % 2], cfg, Default::default()).unwrap();
             let tx = tx.clone();
             c.on_message(move |_, m| {
@@ -330,11 +327,11 @@ fn over_udp_the_session_stage_is_the_first_datagram_and_connected_is_the_answer(
     let r = reactor(1);
     let mut cfg = config(&d, b"E").transport(dap_client::Transport::Udp);
     cfg.http.connect_timeout = Duration::from_millis(300);
-    cfg.retry.max_tries = 1;
+    cfg.retry.max_tries = Some(1);
     let (c, _rx) = client(&r, 0, cfg);
     let statuses = Arc::new(Mutex::new(Vec::new()));
     let log = statuses.clone();
-    c.on_status(move |stage, status| log.lock().unwrap().push((stage, status)));
+    c.on_status(move |stage, status, _| log.lock().unwrap().push((stage, status)));
     assert_eq!(c.go_stage_blocking(Stage::StreamSession, TIMEOUT), Ok(Stage::StreamSession));
     let mut buf = [0u8; 2048];
     let (n, _) = hole.recv_from(&mut buf).expect("the first datagram reached the announced port");

@@ -27,15 +27,17 @@ use parking_lot::Mutex;
 
 pub use outbox::{MessageFn, WriteError};
 
-use crate::config::{ClientConfig, Uplink};
+use crate::config::{ClientConfig, Transport, Uplink};
+use crate::machine::RetryPolicy;
 use crate::machine::{Action, Event};
 use crate::{ClientError, Machine, Stage, Status};
 use outbox::Outbox;
 
 /// Hears whether a [`Client::go_stage`] target was reached.
 pub type StageCallback = Box<dyn FnOnce(Result<Stage, ClientError>) + Send>;
-/// Hears every stage change.
-pub type StatusFn = Box<dyn FnMut(Stage, Status) + Send>;
+/// Hears every stage change; with [`Status::Error`], why (a retry follows unless the
+/// target is given up on).
+pub type StatusFn = Box<dyn FnMut(Stage, Status, Option<&ClientError>) + Send>;
 
 /// What a finished step leaves behind.
 pub(crate) enum StepOut {
@@ -144,7 +146,7 @@ struct Core {
 /// What a drive turn tells the application, outside the lock. A target's outcome goes to
 /// the callbacks waiting at the moment it was decided.
 enum Told {
-    Status(Stage, Status),
+    Status(Stage, Status, Option<ClientError>),
     Outcome(Result<Stage, ClientError>, Vec<StageCallback>),
 }
 
@@ -183,6 +185,9 @@ pub(crate) struct Inner {
 /// ```
 pub struct Client {
     inner: Arc<Inner>,
+    /// The reactor [`ClientBuilder::start`] made when it was given none; stopped after
+    /// the client closes.
+    own: Option<dap_reactor::Reactor>,
 }
 
 impl std::fmt::Debug for Client {
@@ -235,7 +240,7 @@ impl Client {
             )
             .map_err(|e| io(e.to_string()))?;
         match rx.recv_timeout(SETUP_TIMEOUT) {
-            Ok(Ok(())) => Ok(Client { inner }),
+            Ok(Ok(())) => Ok(Client { inner, own: None }),
             Ok(Err(e)) => Err(io(e.to_string())),
             Err(_) => Err(io("the worker did not set the client up".into())),
         }
@@ -255,7 +260,7 @@ impl Client {
         inner
             .install_wake(ctx)
             .map_err(|e| ClientError::Io { stage: Stage::Begin, reason: e.to_string() })?;
-        Ok(Client { inner })
+        Ok(Client { inner, own: None })
     }
 
     /// Goes to `target`: from a completed stage a higher target continues; a lower one
@@ -372,8 +377,10 @@ impl Client {
         self.inner.core.lock().cfg.connect_on_demand = on;
     }
 
-    /// Calls `f` with every stage change, on the client's worker.
-    pub fn on_status(&self, f: impl FnMut(Stage, Status) + Send + 'static) {
+    /// Calls `f` with every stage change, on the client's worker. With [`Status::Error`]
+    /// the third argument says why: a client that reconnects (after a lost stream, or a
+    /// step that failed) is heard here with its reason, then again as it climbs back.
+    pub fn on_status(&self, f: impl FnMut(Stage, Status, Option<&ClientError>) + Send + 'static) {
         self.inner.core.lock().on_status = Some(Box::new(f));
     }
 
@@ -433,6 +440,197 @@ impl Client {
 impl Drop for Client {
     fn drop(&mut self) {
         self.inner.input(Input::Close);
+        if let Some(r) = self.own.take() {
+            // The close is queued ahead of the stop: the worker closes the stream (a CLOSE
+            // packet) before it stops.
+            r.shutdown(Duration::from_secs(1));
+        }
+    }
+}
+
+impl Client {
+    /// A builder for a client of `uplink` with the defaults of a long-lived client:
+    /// reconnect without limit (back-off 0.5 s doubling to 30 s, with jitter),
+    /// connect-on-demand on, its own worker thread unless given one.
+    ///
+    /// ```no_run
+    /// use dap_client::{Client, Transport, Uplink};
+    ///
+    /// let client = Client::builder(Uplink::parse("127.0.0.1:8079")?)
+    ///     .channels(b"E")
+    ///     .transport(Transport::Auto)
+    ///     .on_message(|ch, msg| println!("{}: {:?}", ch as char, msg.data))
+    ///     .on_status(|stage, status, why| eprintln!("{stage} {status:?} {why:?}"))
+    ///     .start()?;
+    /// // Queued until the stream is up, then sent in order.
+    /// client.write(b'E', 0, &b"hello"[..]).map_err(|e| e.to_string())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn builder(uplink: Uplink) -> ClientBuilder {
+        ClientBuilder {
+            config: ClientConfig { connect_on_demand: true, ..ClientConfig::new(uplink) },
+            worker: None,
+            procs: ChannelProcs::new(),
+            on_message: None,
+            on_status: None,
+            connect: true,
+            bad: None,
+        }
+    }
+}
+
+/// Builds a [`Client`] ([`Client::builder`]).
+#[must_use = "a builder does nothing until start()"]
+pub struct ClientBuilder {
+    config: ClientConfig,
+    worker: Option<Worker>,
+    procs: ChannelProcs,
+    on_message: Option<MessageFn>,
+    on_status: Option<StatusFn>,
+    connect: bool,
+    /// The first channel registration that failed, reported by `start`.
+    bad: Option<String>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("config", &self.config)
+            .field("own_worker", &self.worker.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientBuilder {
+    /// The channels asked for (printable ASCII ids).
+    pub fn channels(mut self, channels: &[u8]) -> Self {
+        self.config.channels = channels.to_vec();
+        self
+    }
+
+    /// The transport (`Http` by default; `Auto` tries UDP first).
+    pub fn transport(mut self, transport: Transport) -> Self {
+        self.config.transport = transport;
+        self
+    }
+
+    /// Pins the node key.
+    pub fn node_key(mut self, key: [u8; 32]) -> Self {
+        self.config.node_key = Some(key);
+        self
+    }
+
+    /// The client certificate for nodes that require one.
+    pub fn auth_cert(mut self, cert: Arc<ClientCert>) -> Self {
+        self.config.auth_cert = Some(cert);
+        self
+    }
+
+    /// The retry policy (by default: without limit, 0.5 s doubling to 30 s, jitter 0.5).
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.config.retry = retry;
+        self
+    }
+
+    /// Gives up a target after `tries` failed tries of a stage (by default, never).
+    pub fn max_tries(mut self, tries: u32) -> Self {
+        self.config.retry.max_tries = Some(tries.max(1));
+        self
+    }
+
+    /// Connect-on-demand (on by default): writes before streaming are queued (bounded by
+    /// `queue_bytes` and `queue_messages`) and sent in order once the stream is up.
+    pub fn connect_on_demand(mut self, on: bool) -> Self {
+        self.config.connect_on_demand = on;
+        self
+    }
+
+    /// Changes any other setting of the [`ClientConfig`].
+    pub fn configure(mut self, f: impl FnOnce(&mut ClientConfig)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    /// Runs the client on `worker` (of a reactor the application owns) instead of a
+    /// worker thread of its own.
+    pub fn worker(mut self, worker: &Worker) -> Self {
+        self.worker = Some(worker.clone());
+        self
+    }
+
+    /// A handler of the application's for channel `id`, on the client's worker, instead
+    /// of [`on_message`](Self::on_message).
+    pub fn channel<H, F>(mut self, id: u8, factory: F) -> Self
+    where
+        H: dap_stream::ChannelHandler,
+        F: Fn(&dap_stream::SessionInfo) -> H + Send + Sync + 'static,
+    {
+        if let Err(e) = self.procs.ch_proc_add(id, move |s| Box::new(factory(s)) as Box<_>) {
+            self.bad.get_or_insert(e.to_string());
+        }
+        self
+    }
+
+    /// Hears each whole message of a channel without a handler.
+    pub fn on_message(mut self, f: impl FnMut(u8, dap_stream::Message) + Send + 'static) -> Self {
+        self.on_message = Some(Box::new(f));
+        self
+    }
+
+    /// Hears every stage change, with the reason of each failure ([`Client::on_status`]).
+    pub fn on_status(
+        mut self,
+        f: impl FnMut(Stage, Status, Option<&ClientError>) + Send + 'static,
+    ) -> Self {
+        self.on_status = Some(Box::new(f));
+        self
+    }
+
+    /// Whether [`start`](Self::start) heads for streaming at once (on by default); off,
+    /// the client waits at `Begin` for [`Client::go_stage`] or, with connect-on-demand,
+    /// the first write.
+    pub fn connect_now(mut self, on: bool) -> Self {
+        self.connect = on;
+        self
+    }
+
+    /// Starts the client (and its worker thread, when it was given none) and, unless
+    /// [`connect_now`](Self::connect_now) is off, heads for streaming.
+    ///
+    /// # Errors
+    /// [`ClientError::Io`] at `Begin` for a channel id that cannot be one, or when the
+    /// worker cannot start or set the client up.
+    pub fn start(self) -> Result<Client, ClientError> {
+        let ClientBuilder { config, worker, procs, on_message, on_status, connect, bad } = self;
+        let io = |reason: String| ClientError::Io { stage: Stage::Begin, reason };
+        if let Some(bad) = bad {
+            return Err(io(bad));
+        }
+        let (worker, own) = match worker {
+            Some(w) => (w, None),
+            None => {
+                let r = dap_reactor::Reactor::builder()
+                    .threads(1)
+                    .pin(false)
+                    .name("dap-client")
+                    .start()
+                    .map_err(|e| io(format!("client worker: {e}")))?;
+                let w = r.worker(0).ok_or_else(|| io("client worker: none started".into()))?;
+                (w.clone(), Some(r))
+            }
+        };
+        let mut client = Client::new(&worker, config, procs)?;
+        client.own = own;
+        if let Some(f) = on_message {
+            *client.inner.sink.lock() = Some(f);
+        }
+        if let Some(f) = on_status {
+            client.inner.core.lock().on_status = Some(f);
+        }
+        if connect {
+            client.inner.input(Input::Go(Stage::StreamStreaming, None));
+        }
+        Ok(client)
     }
 }
 
@@ -617,10 +815,10 @@ fn tell(told: Vec<Told>, on_status: &mut Option<StatusFn>) {
     };
     for t in told {
         match t {
-            Told::Status(stage, status) => {
-                tracing::debug!(%stage, ?status, "client stage");
+            Told::Status(stage, status, reason) => {
+                tracing::debug!(%stage, ?status, reason = ?reason.as_ref().map(|e| e.to_string()), "client stage");
                 if let Some(f) = on_status.as_mut() {
-                    guard("status", &mut || f(stage, status));
+                    guard("status", &mut || f(stage, status, reason.as_ref()));
                 }
             }
             Told::Outcome(result, waiters) => {
@@ -802,7 +1000,7 @@ impl Core {
     fn collect(&mut self, told: &mut Vec<Told>) {
         while let Some(e) = self.machine.poll_event() {
             told.push(match e {
-                Event::Stage { stage, status } => Told::Status(stage, status),
+                Event::Stage { stage, status, reason } => Told::Status(stage, status, reason),
                 Event::Reached(s) => Told::Outcome(Ok(s), std::mem::take(&mut self.waiters)),
                 Event::Failed(e) => Told::Outcome(Err(e), std::mem::take(&mut self.waiters)),
             });

@@ -280,10 +280,10 @@ impl ChannelHandler for LaneHandler {
         }
     }
 
-    fn on_delete(&mut self, id: u8) {
+    fn on_delete(&mut self, id: u8, session: &dap_stream::SessionInfo) {
         self.out.lock().stream_ended(self.serial);
         if let Some(h) = &mut self.inner {
-            h.on_delete(id);
+            h.on_delete(id, session);
         }
     }
 }

@@ -58,41 +58,60 @@ fn a_higher_target_continues_and_a_lower_one_tears_down() {
 }
 
 #[test]
-fn retries_wait_the_short_delay_then_give_up() {
-    let policy = RetryPolicy { max_tries: 3, ..RetryPolicy::default() };
+fn retries_back_off_doubling_then_give_up_after_max_tries() {
+    let policy = RetryPolicy { jitter: 0.0, ..RetryPolicy::max_tries(4) };
     let mut m = Machine::new(policy);
     let mut now = t0();
     m.go_stage(now, Stage::StreamStreaming);
     let refused = || ClientError::ConnectRefused { stage: Stage::EncInit };
     drive(&mut m, now, |_| Err(refused()));
-    for _ in 0..2 {
+    for i in 0..3u32 {
         let due = m.poll_timeout().expect("a retry is scheduled");
-        assert_eq!(due - now, policy.short_delay);
+        assert_eq!(due - now, policy.initial_delay * (1 << i), "try {}", i + 1);
         // Nothing happens before the delay.
-        m.handle_timeout(now + policy.short_delay / 2);
+        m.handle_timeout(now + (due - now) / 2);
         assert!(m.poll_action().is_none());
         now = due;
         m.handle_timeout(now);
         drive(&mut m, now, |_| Err(refused()));
     }
     assert_eq!(m.poll_timeout(), None);
-    assert!(events(&mut m).contains(&Event::Failed(refused())));
+    let evs = events(&mut m);
+    assert!(evs.contains(&Event::Failed(refused())));
+    // Every failure was told with its reason.
+    let reasons = evs
+        .iter()
+        .filter(|e| matches!(e, Event::Stage { status: Status::Error, reason: Some(_), .. }))
+        .count();
+    assert_eq!(reasons, 4);
 }
 
 #[test]
-fn always_reconnect_waits_the_long_delay_and_starts_over() {
-    let policy = RetryPolicy { max_tries: 2, always_reconnect: true, ..RetryPolicy::default() };
-    let mut m = Machine::new(policy);
+fn by_default_a_client_never_gives_up_and_the_wait_stops_growing_at_max_delay() {
+    let policy = RetryPolicy::default();
+    assert_eq!(policy.max_tries, None);
+    let mut m = Machine::with_seed(policy, 7);
     let mut now = t0();
     m.go_stage(now, Stage::StreamStreaming);
     let down = |s| Err(ClientError::ConnectRefused { stage: s });
     drive(&mut m, now, down);
+    let mut waits = Vec::new();
+    for _ in 0..40 {
+        let due = m.poll_timeout().expect("always another try");
+        waits.push(due - now);
+        now = due;
+        m.handle_timeout(now);
+        drive(&mut m, now, down);
+    }
+    for (i, w) in waits.iter().enumerate() {
+        let full = policy.backoff(i as u32 + 1);
+        // Jitter 0.5: between half the back-off and all of it.
+        assert!(*w <= full && *w >= full / 2, "wait {i}: {w:?} against {full:?}");
+    }
+    assert_eq!(policy.backoff(40), policy.max_delay);
+    assert!(waits[39] <= policy.max_delay);
+    // The node comes back: the next try streams, and nothing was given up.
     now = m.poll_timeout().unwrap();
-    m.handle_timeout(now);
-    drive(&mut m, now, down);
-    let due = m.poll_timeout().expect("reconnect scheduled");
-    assert_eq!(due - now, policy.long_delay);
-    now = due;
     m.handle_timeout(now);
     drive(&mut m, now, |_| Ok(()));
     assert!(m.is_streaming());
@@ -100,8 +119,22 @@ fn always_reconnect_waits_the_long_delay_and_starts_over() {
 }
 
 #[test]
+fn jitter_spreads_clients_cut_off_together() {
+    let policy = RetryPolicy::default();
+    let first_wait = |seed| {
+        let mut m = Machine::with_seed(policy, seed);
+        let now = t0();
+        m.go_stage(now, Stage::StreamStreaming);
+        drive(&mut m, now, |s| Err(ClientError::ConnectRefused { stage: s }));
+        m.poll_timeout().unwrap() - now
+    };
+    let waits: std::collections::HashSet<_> = (1..=20).map(first_wait).collect();
+    assert!(waits.len() > 10, "20 clients drew {} distinct waits", waits.len());
+}
+
+#[test]
 fn a_lost_stream_reconnects_from_stream_ctl_keeping_the_key() {
-    let policy = RetryPolicy { always_reconnect: true, ..RetryPolicy::default() };
+    let policy = RetryPolicy::default();
     let mut m = Machine::new(policy);
     let now = t0();
     m.go_stage(now, Stage::StreamStreaming);
@@ -138,7 +171,7 @@ fn an_expired_key_restarts_from_enc_init() {
 
 #[test]
 fn configuration_faults_are_not_retried() {
-    let policy = RetryPolicy { always_reconnect: true, ..RetryPolicy::default() };
+    let policy = RetryPolicy::default();
     let mut m = Machine::new(policy);
     let now = t0();
     m.go_stage(now, Stage::StreamStreaming);
@@ -165,7 +198,7 @@ fn abort_tears_down_and_reports() {
 fn a_stage_that_keeps_failing_gives_up_even_when_the_stages_below_it_succeed() {
     // A refused upgrade restarts from StreamCtl, which succeeds every time: the count of
     // failed upgrades must still reach max_tries.
-    let mut m = Machine::new(RetryPolicy::default());
+    let mut m = Machine::new(RetryPolicy::max_tries(3));
     let mut now = t0();
     m.go_stage(now, Stage::StreamStreaming);
     let refuse = |s: Stage| {

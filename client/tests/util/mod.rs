@@ -83,16 +83,14 @@ pub fn client_reactor(threads: usize) -> Reactor {
 
 /// A client config for `addr` pinning `key`, quick to give up.
 pub fn config(addr: SocketAddr, key: [u8; 32]) -> ClientConfig {
-    let retry = RetryPolicy {
-        max_tries: 2,
-        short_delay: Duration::from_millis(50),
-        long_delay: Duration::from_millis(500),
-        always_reconnect: false,
-    };
+    let retry =
+        RetryPolicy::max_tries(2).delays(Duration::from_millis(50), Duration::from_millis(50));
     ClientConfig::new(Uplink::Addr(addr))
         .node_key(key)
         .channels(b"EF")
         .retry(retry)
+        // These tests ask for their stages; the ones about connect-on-demand turn it on.
+        .connect_on_demand(false)
         .timeouts(Duration::from_secs(5), Duration::from_secs(10))
 }
 

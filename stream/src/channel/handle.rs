@@ -133,6 +133,37 @@ impl ChannelHandle {
     /// [`HandleWriteError::Full`] when the queue is at its bound (one message is always
     /// taken into an empty queue), `Closed` after the session ended, `TooLarge` over the
     /// message limit. The message is handed back.
+    ///
+    /// # Broadcasting, and `Full`
+    /// A handler that fans one message out to many sessions (a chat room, a topic) must
+    /// not wait on one slow reader: `Full` means that reader's queue is at its bound
+    /// because it does not read as fast as the others write. Decide per reader, never by
+    /// blocking the loop: drop the message for that reader and count it (what the
+    /// built-in `'P'` does, `dap_pubsub_slow_dropped_total`), or, when a gap is not acceptable,
+    /// tell it and let it go (close its session, and it reconnects and resynchronises).
+    /// [`write_timeout`](Self::write_timeout) is for a single writer that can afford to
+    /// wait, off the reactor's threads. `Closed` means the session ended: forget the
+    /// handle (its [`ChannelHandler::on_delete`](crate::ChannelHandler::on_delete) says
+    /// so too).
+    ///
+    /// ```
+    /// use dap_stream::{ChannelHandle, HandleWriteError};
+    ///
+    /// /// Sends `line` to every member; returns how many were dropped for slow readers,
+    /// /// and forgets members whose session ended.
+    /// fn broadcast(members: &mut Vec<ChannelHandle>, line: bytes::Bytes) -> usize {
+    ///     let mut dropped = 0;
+    ///     members.retain(|m| match m.write(0, line.clone()) {
+    ///         Ok(()) => true,
+    ///         Err(HandleWriteError::Full(_)) => {
+    ///             dropped += 1; // this reader misses the line; the others do not wait
+    ///             true
+    ///         }
+    ///         Err(_) => false, // closed (or over the limit: never for a chat line)
+    ///     });
+    ///     dropped
+    /// }
+    /// ```
     pub fn write(&self, ty: u8, data: impl Into<Bytes>) -> Result<(), HandleWriteError> {
         self.push(ty, data.into(), None)
     }

@@ -71,9 +71,11 @@ pub trait ChannelHandler: 'static {
     }
 
     /// The session ended; nothing more can be written. Messages still queued are dropped
-    /// with it.
-    fn on_delete(&mut self, id: u8) {
-        let _ = id;
+    /// with it. `session` says which one ended (the same as [`Channel::session`] in the
+    /// other callbacks), for handlers that keep per-session state elsewhere (a room's
+    /// member list, a subscription table).
+    fn on_delete(&mut self, id: u8, session: &SessionInfo) {
+        let _ = (id, session);
     }
 }
 

@@ -606,7 +606,7 @@ impl Mux {
             c.outq.clear();
             c.out_bytes = 0;
             if let Some(mut h) = c.handler.take() {
-                h.on_delete(c.id);
+                h.on_delete(c.id, &self.session);
             }
         }
     }

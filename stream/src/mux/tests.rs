@@ -466,3 +466,27 @@ fn unreliable_channels_skip_flow_control_and_a_paused_reader_drops_and_counts() 
     f.extend_from_slice(&[0; 5]);
     assert_eq!(p.b.handle_payload(&f), Err(MuxError::Fragment(b'U')));
 }
+
+#[test]
+fn on_delete_names_the_session_that_ended_and_the_counters_follow_the_channel() {
+    type Ended = Arc<Mutex<Vec<(u8, [u8; 16])>>>;
+    struct Gone(Ended);
+    impl ChannelHandler for Gone {
+        fn packet_in(&mut self, _: &mut Channel<'_>, _: Message) {}
+        fn on_delete(&mut self, id: u8, session: &SessionInfo) {
+            self.0.lock().push((id, session.session_id));
+        }
+    }
+    let gone = Arc::new(Mutex::new(Vec::new()));
+    let mut procs = ChannelProcs::new();
+    let g = gone.clone();
+    procs.ch_proc_add(b'C', move |_| Box::new(Gone(g.clone()))).unwrap();
+    let session = SessionInfo { session_id: [9; 16], client: None };
+    let mut m = Mux::new(b"C", &procs, session, MuxConfig::default());
+    let open = |p: &ChannelProcs| p.stats()[0].1.open;
+    assert_eq!((procs.stats()[0].1.sessions, open(&procs)), (1, 1));
+    m.close();
+    assert_eq!(*gone.lock(), vec![(b'C', [9; 16])]);
+    drop(m);
+    assert_eq!((procs.stats()[0].1.sessions, open(&procs)), (1, 0));
+}

@@ -99,7 +99,7 @@ pub(crate) fn ping(cfg: ClientConfig, timeout: Duration) -> Result<(), Fail> {
     let s = Session::open(cfg, b"E")?;
     let marks = Arc::new(Mutex::new(Vec::new()));
     let m = marks.clone();
-    s.client.on_status(move |stage, status| m.lock().push((stage, status, Instant::now())));
+    s.client.on_status(move |stage, status, _| m.lock().push((stage, status, Instant::now())));
     let start = Instant::now();
     let result = s.stream(timeout);
     let total = start.elapsed();

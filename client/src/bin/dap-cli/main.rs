@@ -163,7 +163,7 @@ fn client_config(cli: &Cli) -> Result<ClientConfig, Fail> {
     let timeout = Duration::from_secs_f64(cli.timeout);
     let mut cfg = ClientConfig::new(uplink)
         .timeouts(timeout, timeout)
-        .retry(RetryPolicy { max_tries: cli.tries.max(1), ..RetryPolicy::default() });
+        .retry(RetryPolicy::max_tries(cli.tries));
     if let Some(k) = &cli.node_key {
         cfg = cfg.node_key(node_key(k)?);
     }
