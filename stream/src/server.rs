@@ -254,13 +254,31 @@ impl StreamServer {
         let report = DrainReport { streams: live.len() + udp_live, left_open: 0 };
         tracing::info!(streams = live.len(), "stream drain: intake stopped");
         // Step 1's barrier: a closure on each stream's worker runs after whatever that
-        // worker was doing when intake stopped.
+        // worker was doing when intake stopped, and stops the stream's mux from handing
+        // on messages it already holds (a paused channel's inbox): from the barrier on, no
+        // peer message reaches a handler, so none can reach a session going away.
         let (tx, rx) = std::sync::mpsc::channel();
         let mut posted = 0usize;
         for &h in &live {
             let ack = Ack(tx.clone());
-            if post_until(h, move |_: &mut Esocket<'_>| drop(ack), deadline) {
+            let stop = move |es: &mut Esocket<'_>| {
+                crate::transport::http::with_stream_conn(es, |c, _| c.mux().stop_intake());
+                drop(ack);
+            };
+            if post_until(h, stop, deadline) {
                 posted += 1;
+            }
+        }
+        if let Some(u) = self.inner.udp.get() {
+            for &h in u.worker_handles() {
+                let ack = Ack(tx.clone());
+                let stop = move |es: &mut Esocket<'_>| {
+                    es.with_handler::<UdpWorker, _>(|w, _| w.stop_intake());
+                    drop(ack);
+                };
+                if post_until(h, stop, deadline) {
+                    posted += 1;
+                }
             }
         }
         drop(tx);

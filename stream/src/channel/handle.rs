@@ -92,6 +92,16 @@ impl ChanShared {
         !self.queue.lock().items.is_empty()
     }
 
+    /// The session is going away: refuse further writes, keep what is queued (it is still
+    /// sent). A writer that got `Ok` has its message sent; one that comes after hears
+    /// `Closed`. Returns whether anything is queued.
+    pub(crate) fn seal(&self) -> bool {
+        let mut q = self.queue.lock();
+        q.closed = true;
+        self.room.notify_all();
+        !q.items.is_empty()
+    }
+
     /// The session ended: refuse further writes and free what waits.
     pub(crate) fn close(&self) {
         let mut q = self.queue.lock();

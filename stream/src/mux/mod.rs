@@ -245,6 +245,10 @@ pub struct Mux {
     input_drained: bool,
     started: bool,
     closed: bool,
+    /// Handles refuse writes; what they queued before still goes ([`Mux::seal_inputs`]).
+    inputs_sealed: bool,
+    /// No message is handed to a handler any more ([`Mux::stop_intake`]).
+    intake_stopped: bool,
     counters: MuxCounters,
 }
 
@@ -287,6 +291,8 @@ impl Mux {
             input_drained: true,
             started: false,
             closed: false,
+            inputs_sealed: false,
+            intake_stopped: false,
             counters: MuxCounters::default(),
         }
     }
@@ -415,8 +421,19 @@ impl Mux {
         Ok(())
     }
 
+    /// The server is draining: no message is handed to a handler from now on, including
+    /// those already received and waiting for their channel to read (they were never
+    /// acknowledged by the application, and a handler acting on one now could reach
+    /// sessions that are already going away). Idempotent.
+    pub fn stop_intake(&mut self) {
+        self.intake_stopped = true;
+    }
+
     /// Hands waiting messages to handlers of channels that are reading.
     fn deliver(&mut self) {
+        if self.intake_stopped {
+            return;
+        }
         for i in 0..self.chans.len() {
             while self.chans[i].reading {
                 let Some(msg) = self.chans[i].take_message() else { break };
@@ -593,6 +610,23 @@ impl Mux {
     /// Bytes waiting to be sent on all channels (queues, not counting handle queues).
     pub fn queued(&self) -> usize {
         self.chans.iter().map(|c| c.out_bytes).sum()
+    }
+
+    /// For a graceful end: handles refuse writes from now on (`Closed`), while what they
+    /// queued before stays queued and is still sent. A transport going away calls this once
+    /// everything is sent, then waits for the mux to be idle again before its CLOSE: a
+    /// message another thread queued between "idle" and the CLOSE is then sent, not lost
+    /// after its writer was told `Ok`. Idempotent.
+    pub fn seal_inputs(&mut self) {
+        self.inputs_sealed = true;
+        for c in &self.chans {
+            c.shared.seal();
+        }
+    }
+
+    /// Whether [`seal_inputs`](Self::seal_inputs) ran.
+    pub fn inputs_sealed(&self) -> bool {
+        self.inputs_sealed
     }
 
     /// Ends the session: handles refuse writes, every handler gets `on_delete`. Idempotent.

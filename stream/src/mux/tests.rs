@@ -490,3 +490,32 @@ fn on_delete_names_the_session_that_ended_and_the_counters_follow_the_channel() 
     drop(m);
     assert_eq!((procs.stats()[0].1.sessions, open(&procs)), (1, 0));
 }
+
+#[test]
+fn sealed_inputs_refuse_new_writes_and_still_send_what_was_queued() {
+    let mut p = pair(b"A", MuxConfig::default());
+    let h = p.a.handle(b'A').unwrap();
+    h.write(1, &b"before"[..]).unwrap();
+    // Going away: the transport seals before its CLOSE.
+    p.a.seal_inputs();
+    assert!(p.a.inputs_sealed());
+    assert!(matches!(h.write(1, &b"after"[..]), Err(crate::HandleWriteError::Closed(_))));
+    assert!(p.a.wants_send(), "what was accepted before the seal still goes");
+    drive(&mut p);
+    let got: Vec<Vec<u8>> = p.b_log.lock().iter().map(|(_, m)| m.data.clone()).collect();
+    assert_eq!(got, vec![b"before".to_vec()]);
+}
+
+#[test]
+fn after_stop_intake_nothing_held_reaches_a_handler() {
+    let mut p = pair(b"A", MuxConfig::default());
+    p.b_paused.lock().push(b'A');
+    p.b.with_channel(b'A', |ch| ch.set_ready_to_read(false)).unwrap();
+    write(&mut p.a, b'A', 1, b"held".to_vec()).unwrap();
+    drive(&mut p);
+    assert!(p.b_log.lock().is_empty(), "paused: the message waits in the inbox");
+    p.b.stop_intake();
+    p.b.with_channel(b'A', |ch| ch.set_ready_to_read(true)).unwrap();
+    drive(&mut p);
+    assert!(p.b_log.lock().is_empty(), "draining: the held message is not handed on");
+}

@@ -69,7 +69,7 @@ pub struct SessionLimits {
     pub connect_timeout: Duration,
     /// Local, not sent: packets this end seals under one key before it updates to the next
     /// (default [`DEFAULT_REKEY_PACKETS`]; never more than half the cipher's
-    /// confidentiality limit, see [`packet::update_interval`](crate::codec::packet::update_interval)).
+    /// confidentiality limit, see [`packet::update_interval`]).
     pub rekey_packets: u64,
     /// Local, not sent: the stream connection's input buffer (512 KiB), raised from the
     /// reactor's default with `Esocket::set_buffer_caps` (clamped to the reactor's

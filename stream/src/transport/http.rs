@@ -11,10 +11,11 @@
 //!
 //! A server stream can be tied to its server's drain ([`StreamConn::with_drain`]). Once the
 //! server stops intake, the stream keeps reading packets but takes only the credit frames
-//! out of them: no new message reaches a handler, while the peer's credit still lets queued
-//! output go out. [`StreamConn::go_away`] then sends everything its channels have queued
-//! (their handle queues included), seals a CLOSE with code `GoingAway`, and closes
-//! gracefully.
+//! out of them, and the mux hands on nothing it already holds ([`Mux::stop_intake`]): no
+//! message reaches a handler, while the peer's credit still lets queued output go out.
+//! [`StreamConn::go_away`] then sends everything its channels have queued (their handle
+//! queues included), refuses new handle writes ([`Mux::seal_inputs`]), sends what was
+//! written before that, seals a CLOSE with code `GoingAway`, and closes gracefully.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -244,6 +245,7 @@ impl StreamConn {
             return;
         }
         self.going_away = true;
+        self.mux.stop_intake();
         self.flush(es);
     }
 
@@ -380,6 +382,9 @@ impl StreamConn {
     fn read_packets(&mut self, es: &mut Esocket<'_>) {
         let max = self.params.limits.max_payload;
         let mut got = false;
+        if !self.intake_open() {
+            self.mux.stop_intake();
+        }
         while matches!(self.state, State::Open) {
             let buf = es.buf_in_mut();
             let hdr: Header = match packet::parse_header(buf, max) {
@@ -477,6 +482,15 @@ impl StreamConn {
     pub(crate) fn flush(&mut self, es: &mut Esocket<'_>) {
         self.flush_data(es);
         if self.going_away && matches!(self.state, State::Open) && self.mux_idle() {
+            // Refuse new writes, then send what was written before the seal (accepted with
+            // `Ok`) before the CLOSE.
+            if !self.mux.inputs_sealed() {
+                self.mux.seal_inputs();
+                self.flush_data(es);
+                if !self.mux_idle() {
+                    return;
+                }
+            }
             if es.out_room() >= packet::OVERHEAD + 2 + packet::MAX_REASON {
                 self.close_going_away(es);
             } else {

@@ -428,6 +428,12 @@ impl UdpWorker {
         true
     }
 
+    /// The server's drain, step 1: no connection takes channel data or hands a message
+    /// to a handler any more.
+    pub(crate) fn stop_intake(&mut self) {
+        self.endpoint.stop_intake_all();
+    }
+
     /// The server is shutting down: every connection sends what it holds, then CLOSE
     /// going-away.
     pub(crate) fn go_away(&mut self, es: &mut Esocket<'_>) {

@@ -380,6 +380,8 @@ pub struct Connection {
     /// Going away: no more channel data is taken; CLOSE (this code) goes out once
     /// everything sent is acknowledged.
     going_away: Option<u16>,
+    /// No channel data is taken, no message handed on ([`Connection::stop_intake`]).
+    intake_stopped: bool,
     path_responses: VecDeque<[u8; 8]>,
     /// Records of acknowledged or lost packets, kept for new packets.
     info_pool: Vec<Vec<Sent>>,
@@ -563,6 +565,7 @@ impl Connection {
             rr: 0,
             tmp: Vec::new(),
             going_away: None,
+            intake_stopped: false,
             path_responses: VecDeque::new(),
             datagrams: VecDeque::new(),
             datagram_bytes: 0,
@@ -657,6 +660,15 @@ impl Connection {
         }
     }
 
+    /// Stops taking channel data from the peer (packets carrying some are not
+    /// acknowledged) and handing messages to handlers, without going away yet: the first
+    /// step of a server's drain, so that no message reaches a handler while other sessions
+    /// go away. Idempotent.
+    pub fn stop_intake(&mut self) {
+        self.intake_stopped = true;
+        self.mux.stop_intake();
+    }
+
     /// Goes away gracefully (a server shutting down): from now on no channel data is taken
     /// from the peer (packets carrying some are not acknowledged), what this end has to
     /// send still goes, and once all of it is acknowledged a CLOSE with `code` follows.
@@ -664,6 +676,7 @@ impl Connection {
     pub fn go_away(&mut self, code: u16) {
         if self.state == State::Open && self.going_away.is_none() {
             self.going_away = Some(code);
+            self.stop_intake();
         }
     }
 
@@ -781,7 +794,7 @@ impl Connection {
         // Going away, a packet with data is not taken: it is not acknowledged (so the
         // peer never counts its data as delivered), its data is not delivered, but its
         // other frames (ACKs, credit) still count.
-        let refused = self.going_away.is_some()
+        let refused = self.intake_stopped
             && frames
                 .iter()
                 .any(|f| matches!(f, Frame::ChannelData { .. } | Frame::Datagram { .. }));
@@ -1203,8 +1216,15 @@ impl Connection {
         if let Some(code) = self.going_away
             && self.flushed()
         {
-            self.close(now, code);
-            return self.poll_transmit(now, max_segments, buf);
+            // Everything sent and acknowledged: refuse new writes, and close once what was
+            // written meanwhile (accepted before the seal) is sent and acknowledged too.
+            if !self.mux.inputs_sealed() {
+                self.mux.seal_inputs();
+            }
+            if self.flushed() {
+                self.close(now, code);
+                return self.poll_transmit(now, max_segments, buf);
+            }
         }
         if let Some(t) = self.probe_candidate(now, buf) {
             return Some(t);

@@ -298,6 +298,15 @@ impl Endpoint {
     }
 
     /// Every connection goes away gracefully with `code` ([`Connection::go_away`]).
+    /// Every connection stops taking channel data and handing messages to handlers
+    /// ([`Connection::stop_intake`]), as a server's drain begins.
+    pub fn stop_intake_all(&mut self) {
+        for s in self.conns.values_mut() {
+            s.conn.stop_intake();
+        }
+    }
+
+    /// Every connection goes away gracefully ([`Connection::go_away`]).
     pub fn go_away_all(&mut self, code: u16) {
         let cids: Vec<ConnectionId> = self.conns.keys().copied().collect();
         for cid in cids {
