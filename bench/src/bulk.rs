@@ -211,7 +211,12 @@ pub(crate) fn pattern(n: usize) -> Vec<u8> {
 }
 
 /// `dap-bench stream`'s dap run with its defaults (for `dap-bench udp`'s HTTP column).
-pub(crate) fn run_dap_http(cipher: Cipher, msg: usize, warmup: f64, secs: f64) -> io::Result<Window> {
+pub(crate) fn run_dap_http(
+    cipher: Cipher,
+    msg: usize,
+    warmup: f64,
+    secs: f64,
+) -> io::Result<Window> {
     run_dap(cipher, msg, warmup, secs, None)
 }
 

@@ -91,7 +91,8 @@ fn conn(side: Side, suite: CipherSuite, datagram: usize, counter: &Arc<AtomicU64
         MuxConfig::default(),
     );
     mux.start(Arc::new(NoWake));
-    let config = ConnectionConfig { mtu: MtuConfig::fixed(datagram), ..ConnectionConfig::default() };
+    let config =
+        ConnectionConfig { mtu: MtuConfig::fixed(datagram), ..ConnectionConfig::default() };
     let (here, there) = addrs(side);
     let _ = here;
     Connection::new(side, &params, ConnectionId([0; 8]), Some(there), mux, config, Instant::now())

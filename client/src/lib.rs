@@ -19,6 +19,50 @@
 //!
 //! # Examples
 //!
+//! A client that stays connected: [`Client::builder`] gives it a worker thread of its
+//! own, reconnects without limit (back-off 0.5 s doubling to 30 s, with jitter), and
+//! queues writes made while it is not streaming (connect-on-demand). Here against a node
+//! on this machine with the echo channel `'E'` (the hidden lines start one):
+//!
+//! ```
+//! # use dap_net::enc::{EncConfig, EncServer, NodeKey};
+//! # use dap_net::http::server::{HttpConfig, HttpServer};
+//! # use dap_net::server::Server;
+//! # use dap_stream::{ChannelProcs, StreamConfig, StreamServer};
+//! # let reactor = dap_reactor::Reactor::builder().threads(1).pin(false).start()?;
+//! # let _pool = dap_proc::ProcPool::builder().pin(false).start_for(&reactor)?;
+//! # let mut procs = ChannelProcs::new();
+//! # dap_stream::echo::register(&mut procs);
+//! # let stream = StreamServer::new(procs, StreamConfig::default());
+//! # let enc = EncServer::new(NodeKey::generate(), EncConfig::default());
+//! # let mut http = HttpServer::new(HttpConfig::default());
+//! # enc.install(&mut http);
+//! # stream.install(&mut http, &enc);
+//! # let http = http.start(&reactor, Server::builder().tcp("127.0.0.1:0".parse()?))?;
+//! # let (node_addr, node_key) = (http.server().tcp_addrs()[0], enc.node_public_key());
+//! use std::sync::mpsc;
+//! use std::time::Duration;
+//! use dap_client::{Client, Transport, Uplink};
+//!
+//! let (tx, rx) = mpsc::channel();
+//! let client = Client::builder(Uplink::Addr(node_addr))
+//!     .node_key(node_key) // pinned: only this node will do
+//!     .channels(b"E")
+//!     .transport(Transport::Auto) // UDP when it answers, else HTTP
+//!     .on_message(move |_channel, msg| tx.send(msg.data).unwrap())
+//!     .on_status(|stage, status, why| {
+//!         if let Some(why) = why {
+//!             eprintln!("{stage}: {status:?} ({why}), trying again");
+//!         }
+//!     })
+//!     .start()?;
+//! client.write(b'E', 0, &b"hello"[..])?; // queued until the stream is up
+//! assert_eq!(rx.recv_timeout(Duration::from_secs(30))?, &b"hello"[..]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The stages one by one, on a worker of the application's reactor:
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use dap_client::{Client, ClientConfig, Stage, Uplink};

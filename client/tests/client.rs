@@ -262,7 +262,7 @@ fn a_thousand_clients_on_two_workers_stream_and_echo() {
     let mut seen = vec![false; N];
     for _ in 0..N {
         let (i, ch, data) = rx.recv_deadline(deadline).expect("every echo in time");
-        assert_eq!((ch, data), (b'E', format!("client {i}").into_bytes()));
+        assert_eq!((ch, data.to_vec()), (b'E', format!("client {i}").into_bytes()));
         assert!(!seen[i], "client {i} echoed twice");
         seen[i] = true;
     }

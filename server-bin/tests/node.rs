@@ -123,7 +123,7 @@ fn an_application_channel_over_udp_answers() {
     )
     .unwrap();
     c.channel(b'S').write(1, b"hello".to_vec()).unwrap();
-    assert_eq!(c.next().data, b"HELLO");
+    assert_eq!(c.next().data, &b"HELLO"[..]);
     node.shutdown(Duration::from_secs(5));
 }
 

@@ -211,7 +211,7 @@ fn sigterm_during_traffic(transport: TransportKind, name: &str, extra: &str) {
     let back: Vec<u32> = echo
         .messages
         .try_iter()
-        .map(|m| u32::from_be_bytes(m.data.try_into().expect("4 bytes")))
+        .map(|m| u32::from_be_bytes(m.data[..].try_into().expect("4 bytes")))
         .collect();
     let expected: Vec<u32> = (0..back.len() as u32).collect();
     assert_eq!(back, expected, "echoes are a gapless prefix");

@@ -7,7 +7,10 @@
 //!
 //! `--node-key FILE` loads the node's Ed25519 key (PEM, as `keygen` writes it); without it a
 //! fresh key is made. The node's public key is printed, for clients to pin. `--no-pin` runs
-//! unpinned workers. Ctrl-C stops it.
+//! unpinned workers. Ctrl-C drains the streams and stops it.
+//!
+//! This example wires the pieces by hand; `dap_server::Node` (crate `dap-server`) does the
+//! same, plus UDP, `/health`, `/metrics` and the drain, from one builder.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -82,7 +85,9 @@ fn main() {
         public_key_to_base64(&enc.node_public_key()),
     );
     wait_for_signal();
-    eprintln!("stream_server: stopping; {:?}", stream.stats());
+    // The streams first: each sends what it has queued and a CLOSE going-away.
+    let drained = stream.drain(Duration::from_secs(5));
+    eprintln!("stream_server: stopping; {drained:?}; {:?}", stream.stats());
     drop(running);
     reactor.shutdown(Duration::from_secs(2));
 }

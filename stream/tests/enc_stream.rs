@@ -34,7 +34,7 @@ fn roundtrip(c: &TestClient, id: u8, data: &[u8]) -> Vec<u8> {
     c.channel(id).write(1, data.to_vec()).unwrap();
     let (got, m) = c.messages.recv_timeout(TIMEOUT).expect("answer in time");
     assert_eq!(got, id);
-    m.data
+    m.data.to_vec()
 }
 
 #[test]

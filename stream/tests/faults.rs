@@ -21,7 +21,7 @@ fn healthy(srv: &TestServer) {
     let c = connect(&srv.reactor, srv.addr, srv.session(b"E", None));
     c.channel(b'E').write(7, &b"ok?"[..]).unwrap();
     let (_, m) = c.messages.recv_timeout(TIMEOUT).expect("echo on a healthy session");
-    assert_eq!(m.data, b"ok?");
+    assert_eq!(m.data, &b"ok?"[..]);
 }
 
 fn with_fault(fault: Fault) -> (TestServer, StreamError) {
@@ -58,7 +58,7 @@ fn with_fault(fault: Fault) -> (TestServer, StreamError) {
     }
     let why = why.unwrap_or_else(|| c.closed());
     bystander.channel(b'E').write(1, &b"fine"[..]).unwrap();
-    assert_eq!(bystander.messages.recv_timeout(TIMEOUT).unwrap().1.data, b"fine");
+    assert_eq!(bystander.messages.recv_timeout(TIMEOUT).unwrap().1.data, &b"fine"[..]);
     healthy(&srv);
     (srv, why)
 }
@@ -180,7 +180,7 @@ fn a_slow_reader_on_one_channel_does_not_stall_the_others_and_memory_stays_bound
                 // Meanwhile the other channel flows.
                 c.channel(b'F').write(2, &b"ping"[..]).unwrap();
                 let (id, m) = c.messages.recv_timeout(TIMEOUT).expect("fast channel answers");
-                assert_eq!((id, m.data.as_slice()), (b'F', &b"ping"[..]));
+                assert_eq!((id, &m.data[..]), (b'F', &b"ping"[..]));
             }
             Err(e) => panic!("{e:?}"),
         }
@@ -209,7 +209,7 @@ fn an_idle_peer_gets_keepalives_then_is_closed() {
     wait_until("several keepalives", || srv.stream.stats().keepalives_sent >= 5);
     assert_eq!(srv.stream.stats().idle_timeouts, 1, "the answering client was kept");
     live.channel(b'E').write(1, &b"alive"[..]).unwrap();
-    assert_eq!(live.messages.recv_timeout(TIMEOUT).unwrap().1.data, b"alive");
+    assert_eq!(live.messages.recv_timeout(TIMEOUT).unwrap().1.data, &b"alive"[..]);
 }
 
 #[test]

@@ -41,7 +41,7 @@ fn client(r: &Reactor, w: usize, cfg: ClientConfig) -> (Client, Receiver<(u8, u8
     let c = Client::new(&r.workers()[w], cfg, Default::default()).unwrap();
     let (tx, rx) = crossbeam_channel::unbounded();
     c.on_message(move |ch, m| {
-        let _ = tx.send((ch, m.ty, m.data));
+        let _ = tx.send((ch, m.ty, m.data.to_vec()));
     });
     (c, rx)
 }

@@ -103,7 +103,7 @@ pub fn client(
     let c = Client::new(&reactor.workers()[w], cfg, ChannelProcs::new()).expect("client");
     let (tx, rx) = crossbeam_channel::unbounded();
     c.on_message(move |ch, m| {
-        let _ = tx.send((ch, m.data));
+        let _ = tx.send((ch, m.data.to_vec()));
     });
     (Arc::new(c), rx)
 }

@@ -34,8 +34,9 @@ use crate::mux::ChanState;
 pub struct Message {
     /// The application's message type (DAP's packet type byte).
     pub ty: u8,
-    /// The bytes.
-    pub data: Vec<u8>,
+    /// The bytes: a [`Bytes`] that owns the reassembled message (no copy to keep it,
+    /// clone it or hand it to [`Channel::write`] or a [`ChannelHandle`]).
+    pub data: Bytes,
 }
 
 /// Why a local write was refused.

@@ -306,7 +306,7 @@ impl ChanState {
                 self.dropped += 1;
                 return Ok(());
             }
-            self.inbox.push_back(Message { ty, data: payload.to_vec() });
+            self.inbox.push_back(Message { ty, data: Bytes::copy_from_slice(payload) });
             return Ok(());
         }
         let n = payload.len() as u64;
@@ -329,7 +329,7 @@ impl ChanState {
                     return Err(MuxError::Fragment(self.id));
                 }
                 if !more {
-                    self.inbox.push_back(Message { ty, data: payload.to_vec() });
+                    self.inbox.push_back(Message { ty, data: Bytes::copy_from_slice(payload) });
                     return Ok(());
                 }
                 // Reserve what the peer may send without further credit, at most the
@@ -350,7 +350,7 @@ impl ChanState {
                         return Err(MuxError::Fragment(self.id));
                     }
                     let p = self.partial.take().expect("matched Some");
-                    self.inbox.push_back(Message { ty: p.ty, data: p.buf });
+                    self.inbox.push_back(Message { ty: p.ty, data: p.buf.into() });
                 }
             }
             _ => return Err(MuxError::Fragment(self.id)),

@@ -109,7 +109,7 @@ fn messages_of_every_size_cross_intact_on_several_channels() {
             while write(&mut p.a, id, i as u8, data.clone()) == Err(WriteError::WouldBlock) {
                 drive(&mut p);
             }
-            want.push((id, Message { ty: i as u8, data }));
+            want.push((id, Message { ty: i as u8, data: data.into() }));
         }
     }
     drive(&mut p);
@@ -502,7 +502,7 @@ fn sealed_inputs_refuse_new_writes_and_still_send_what_was_queued() {
     assert!(matches!(h.write(1, &b"after"[..]), Err(crate::HandleWriteError::Closed(_))));
     assert!(p.a.wants_send(), "what was accepted before the seal still goes");
     drive(&mut p);
-    let got: Vec<Vec<u8>> = p.b_log.lock().iter().map(|(_, m)| m.data.clone()).collect();
+    let got: Vec<Vec<u8>> = p.b_log.lock().iter().map(|(_, m)| m.data.to_vec()).collect();
     assert_eq!(got, vec![b"before".to_vec()]);
 }
 

@@ -466,7 +466,7 @@ mod tests {
     struct Echo(Arc<Mutex<Vec<Vec<u8>>>>);
     impl ChannelHandler for Echo {
         fn packet_in(&mut self, ch: &mut Channel<'_>, msg: Message) {
-            self.0.lock().push(msg.data.clone());
+            self.0.lock().push(msg.data.to_vec());
             let _ = ch.write(msg.ty, msg.data);
         }
     }

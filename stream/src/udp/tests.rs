@@ -1240,7 +1240,7 @@ fn datagrams_must_match_how_their_channel_was_chosen() {
     frame::put_datagram(&mut f, b'V', 9, b"tick");
     c.handle_datagram(now, from, &mut client_packet(&p, cid, 0, &f));
     assert_eq!(c.stats().datagrams_received, 1);
-    assert_eq!(got.lock().last().map(|m| (m.ty, m.data.clone())), Some((9, b"tick".to_vec())));
+    assert_eq!(got.lock().last().map(|m| (m.ty, m.data.to_vec())), Some((9, b"tick".to_vec())));
     // A DATAGRAM on a reliable channel, or channel data on an unreliable one, breaks the
     // protocol.
     for f in [
