@@ -28,7 +28,8 @@
 //! ```
 //!
 //! Exit status: 0 after a drain on SIGINT/SIGTERM; 2 for a bad command line or
-//! configuration (the message names the key); 1 when the node cannot start.
+//! configuration, including a file it names that cannot be used (the message names the
+//! key); 1 when the node cannot start for another reason (a port in use, no threads).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -149,7 +150,7 @@ pub fn run(configure: impl FnOnce(NodeBuilder) -> NodeBuilder) -> ExitCode {
         Ok(n) => n,
         Err(e) => {
             eprintln!("{name}: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(if e.is_config() { 2 } else { 1 });
         }
     };
     // Status lines on stdout, one per listener, for scripts and tests to read.

@@ -600,6 +600,31 @@ fn range<T: PartialOrd + std::fmt::Display>(
     Ok(())
 }
 
+/// `[log] level`: a filter as `RUST_LOG` takes it, where a bare word must be a level.
+/// (The filter syntax would take `verbose` as a target name and log nothing else.)
+fn check_log_level(level: &str) -> Result<(), ConfigError> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for d in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let (target, lvl) = match d.split_once('=') {
+            Some((t, l)) => (Some(t), l),
+            None => (None, d),
+        };
+        let is_level = LEVELS.contains(&lvl.to_ascii_lowercase().as_str());
+        if !is_level && (target.is_some() || !d.contains(['[', ':'])) {
+            return Err(ConfigError::invalid(
+                "log.level",
+                format!(
+                    "{d:?}: not a level (want trace, debug, info, warn, error or off, \
+                     or target=level)"
+                ),
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(drop)
+        .map_err(|e| ConfigError::invalid("log.level", e.to_string()))
+}
+
 const MS_HOUR: u64 = 3_600_000;
 const MS_DAY: u64 = 24 * MS_HOUR;
 
@@ -628,10 +653,12 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Config::from_toml(&text).map_err(|e| match e {
+        let mut config = Config::from_toml(&text).map_err(|e| match e {
             ConfigError::Parse(m) => ConfigError::Parse(format!("{}: {m}", path.display())),
             e => e,
-        })
+        })?;
+        config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        Ok(config)
     }
 
     /// Checks every value's range and the values that depend on each other.
@@ -781,9 +808,24 @@ impl Config {
             }
         }
         range("shutdown.grace_ms", self.shutdown.grace_ms, 0, MS_HOUR)?;
-        tracing_subscriber::EnvFilter::try_new(&self.log.level)
-            .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
+        check_log_level(&self.log.level)?;
         Ok(())
+    }
+
+    /// Makes the file paths of the configuration (node key, allow list, TLS certificate
+    /// and key) that are relative relative to `dir`, the configuration file's directory,
+    /// as nginx does: the daemon's working directory does not change what a file means.
+    pub fn resolve_paths(&mut self, dir: &Path) {
+        for p in [
+            &mut self.enc.node_key,
+            &mut self.enc.allow_list,
+            &mut self.tls.cert,
+            &mut self.tls.key,
+        ] {
+            if !p.is_empty() && Path::new(p.as_str()).is_relative() {
+                *p = dir.join(p.as_str()).to_string_lossy().into_owned();
+            }
+        }
     }
 
     /// The drain's grace period.
@@ -831,6 +873,13 @@ mod tests {
         assert_eq!(e.key(), Some("enc.allow_list"));
         let e = Config::from_toml("[log]\nlevel = \"=[\"\n").unwrap_err();
         assert_eq!(e.key(), Some("log.level"));
+        for bad in ["verbose", "dap_stream=loud", "info,chatty"] {
+            let e = Config::from_toml(&format!("[log]\nlevel = \"{bad}\"\n")).unwrap_err();
+            assert_eq!(e.key(), Some("log.level"), "{bad}");
+        }
+        for good in ["info", "WARN", "dap_stream=debug,info", "off", "dap_net::http=trace"] {
+            Config::from_toml(&format!("[log]\nlevel = \"{good}\"\n")).expect(good);
+        }
         let e = Config::from_toml("[listen]\naddr = \"nowhere\"\n").unwrap_err().to_string();
         assert!(e.contains("addr"), "{e}");
     }

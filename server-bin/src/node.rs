@@ -95,6 +95,21 @@ pub enum StartError {
     },
 }
 
+impl StartError {
+    /// Whether the configuration (a key, a file it names, the channels asked for) is at
+    /// fault, rather than the machine (threads, a listener): dapd exits with status 2 for
+    /// these, which a service manager should not retry.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            StartError::Config(_)
+                | StartError::Setting { .. }
+                | StartError::Channel { .. }
+                | StartError::Missing { .. }
+        )
+    }
+}
+
 /// `'C'` for a printable id, `0x07` otherwise.
 fn channel_name(id: u8) -> String {
     if id.is_ascii_graphic() { format!("'{}'", char::from(id)) } else { format!("{id:#04x}") }

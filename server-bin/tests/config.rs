@@ -73,7 +73,56 @@ fn the_binary_exits_non_zero_naming_the_bad_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("port"));
     let out = Command::new(DAPD).arg("--config").arg("/nonexistent/dapd.toml").output().unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// Every configuration error exits with 2 (a service manager's `RestartPreventExitStatus`),
+/// files named by the configuration included; relative paths are the config file's.
+#[test]
+fn every_configuration_error_exits_2_and_paths_are_relative_to_the_file() {
+    let dir = std::env::temp_dir().join(format!("dapd-exit2-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        ("a missing node key", "[enc]\nnode_key = \"missing.key\"\n", "enc.node_key"),
+        ("a log level that is none", "[log]\nlevel = \"verbose\"\n", "log.level"),
+        (
+            "a missing certificate",
+            "[tls]\nenabled = true\naddr = \"127.0.0.1:0\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+            "tls.",
+        ),
+    ];
+    for (what, body, key) in cases {
+        let path = dir.join("dapd.toml");
+        std::fs::write(&path, format!("[listen]\naddr = \"127.0.0.1:0\"\n{body}")).unwrap();
+        let out = Command::new(DAPD).arg("--config").arg(&path).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {err}");
+        assert!(err.contains(key), "{what}: {err}");
+    }
+    // A relative key path is found next to the file, whatever the working directory.
+    let key = dir.join("node.key");
+    let made = Command::new(DAPD).args(["keygen", "--node"]).arg(&key).output().unwrap();
+    assert!(made.status.success());
+    let public = String::from_utf8(made.stdout).unwrap();
+    let mut c = dap_server::Config::load(&{
+        let path = dir.join("rel.toml");
+        std::fs::write(&path, "[enc]\nnode_key = \"node.key\"\n").unwrap();
+        path
+    })
+    .unwrap();
+    assert_eq!(std::path::Path::new(&c.enc.node_key), key);
+    c.resolve_paths(std::path::Path::new("/elsewhere"));
+    assert_eq!(std::path::Path::new(&c.enc.node_key), key, "absolute paths stay");
+    assert_eq!(
+        dap_net::enc::keys::public_key_to_base64(
+            &dap_net::enc::NodeKey::load(std::path::Path::new(&c.enc.node_key))
+                .unwrap()
+                .public_key()
+        ),
+        public.trim()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -10,15 +10,18 @@
 //!
 //! # Bound and eviction
 //!
-//! The store holds at most [`KeyStoreConfig::max_keys`] keys, divided exactly among the
-//! shards. Each shard keeps its keys in a queue by last use (a key goes to the back when it
-//! is made and each time a request authenticates with it; its older place goes stale and
-//! is skipped). Inserting into a full shard removes the key at the front: the least
-//! recently used (counted as expired if its idle TTL or age had passed, else as evicted). So a flood of handshakes can push out idle keys but never makes the
-//! store grow, and a key in active use is the last to go. The victim is found in amortised
-//! O(1): a full store pays no scan per handshake. LRU is per shard, hence approximate
-//! across the store (ids are random, so each shard holds a random sample of the keys).
-//! Both kinds of removal are counted ([`KeyStoreStats`]).
+//! The store holds at most [`KeyStoreConfig::max_keys`] keys in all. Each shard keeps its
+//! keys in a queue by last use (a key goes to the back when it is made and each time a
+//! request authenticates with it; its older place goes stale and is skipped), so the front
+//! of each queue is that shard's least recently used key. Inserting into a full store
+//! first removes expired keys (a sweep, at most once a second while the store stays full;
+//! idle-expired keys are also the ones at the fronts), then, if it is still full, the key
+//! unused the longest across the whole store: the oldest of the shards' fronts. That is
+//! the order `docs/PROTOCOL.md` §4.8 states. A flood of handshakes can push out idle keys
+//! but never makes the store grow, and a key in active use is the last to go. Inserts take
+//! one store-wide lock (a handshake costs far more than the few shard locks it takes);
+//! lookups take only their shard's. Both kinds of removal are counted
+//! ([`KeyStoreStats`]).
 //!
 //! # Expiry
 //!
@@ -31,7 +34,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -42,6 +45,10 @@ use super::keys::PUBLIC_KEY_LEN;
 use super::replay::{ReplayError, ReplayWindow};
 
 const MAX_SHARDS: usize = 16;
+
+/// While the store stays full, how often an insert sweeps it for expired keys before it
+/// evicts one that is still valid.
+const SWEEP_WHEN_FULL: Duration = Duration::from_secs(1);
 
 /// The store's bound and key lifetimes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -165,9 +172,8 @@ struct Shard {
     /// Keys by last use (or insertion), least recent first, with the stamp of that use.
     /// Stale places (an older stamp, or a key removed some other way) are skipped when they
     /// reach the front, and dropped when the queue is compacted; it holds at most twice
-    /// `cap` places plus one.
+    /// the live keys' places plus 16.
     queue: VecDeque<(KeyId, u32)>,
-    cap: usize,
 }
 
 /// The server's keys: see the [module docs](self). `Send + Sync`; share it by reference or
@@ -175,6 +181,10 @@ struct Shard {
 pub struct KeyStore {
     shards: Box<[Mutex<Shard>]>,
     config: KeyStoreConfig,
+    /// Keys held, in all shards.
+    count: AtomicUsize,
+    /// Serialises inserts (and so evictions); holds when a full store was last swept.
+    inserting: Mutex<Option<Instant>>,
     inserted: AtomicU64,
     expired: AtomicU64,
     evicted: AtomicU64,
@@ -195,15 +205,13 @@ impl KeyStore {
         let max = config.max_keys.max(1);
         let n = max.min(MAX_SHARDS);
         let shards = (0..n)
-            .map(|i| {
-                // Divide exactly: the first `max % n` shards take one more.
-                let cap = max / n + usize::from(i < max % n);
-                Mutex::new(Shard { map: HashMap::new(), queue: VecDeque::new(), cap })
-            })
+            .map(|_| Mutex::new(Shard { map: HashMap::new(), queue: VecDeque::new() }))
             .collect();
         KeyStore {
             shards,
             config: KeyStoreConfig { max_keys: max, ..config },
+            count: AtomicUsize::new(0),
+            inserting: Mutex::new(None),
             inserted: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
@@ -227,11 +235,21 @@ impl KeyStore {
     /// Adds a key made at `now`, evicting as the [module docs](self) say if the store is
     /// full. An existing key with the same id (a 2^-128 chance for CSPRNG ids) is replaced.
     pub fn insert(&self, id: KeyId, material: KeyMaterial, now: Instant) {
+        let mut last_sweep = self.inserting.lock();
+        let present = self.shard(&id).lock().map.contains_key(&id);
+        if !present && self.count.load(Ordering::SeqCst) >= self.config.max_keys {
+            if last_sweep.is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_WHEN_FULL) {
+                *last_sweep = Some(now);
+                self.sweep(now);
+            }
+            while self.count.load(Ordering::SeqCst) >= self.config.max_keys {
+                if !self.evict_oldest(now) {
+                    break;
+                }
+            }
+        }
         let mut guard = self.shard(&id).lock();
         let shard = &mut *guard;
-        if !shard.map.contains_key(&id) && shard.map.len() >= shard.cap {
-            self.make_room(shard, now);
-        }
         let slot = Slot {
             material: Arc::new(material),
             created: now,
@@ -241,7 +259,9 @@ impl KeyStore {
         };
         // A replaced key's old places go stale with its stamp.
         let stamp = shard.map.get(&id).map_or(0, |old| old.stamp.wrapping_add(1));
-        shard.map.insert(id, Slot { stamp, ..slot });
+        if shard.map.insert(id, Slot { stamp, ..slot }).is_none() {
+            self.count.fetch_add(1, Ordering::SeqCst);
+        }
         shard.queue.push_back((id, stamp));
         Self::compact(shard);
         self.inserted.fetch_add(1, Ordering::Relaxed);
@@ -249,26 +269,55 @@ impl KeyStore {
 
     /// Drops stale places once they outnumber the live ones: O(1) amortised per push.
     fn compact(shard: &mut Shard) {
-        if shard.queue.len() > 2 * shard.cap.max(1) {
+        if shard.queue.len() > 2 * shard.map.len() + 16 {
             let Shard { map, queue, .. } = shard;
             queue.retain(|(id, stamp)| map.get(id).is_some_and(|s| s.stamp == *stamp));
         }
     }
 
-    /// Frees one place in a full shard: the key at the front of the queue (skipping stale
-    /// places) is the least recently used; it goes, counted as expired if it had expired,
-    /// else as evicted.
-    fn make_room(&self, shard: &mut Shard, now: Instant) {
-        while let Some((id, stamp)) = shard.queue.pop_front() {
-            let Some(slot) = shard.map.get(&id) else { continue };
-            if slot.stamp != stamp {
-                continue;
+    /// Drops the stale places at the front of `shard`'s queue; returns the live key
+    /// there (the shard's least recently used) with its stamp and last use.
+    fn front(shard: &mut Shard) -> Option<(KeyId, u32, Instant)> {
+        while let Some(&(id, stamp)) = shard.queue.front() {
+            match shard.map.get(&id) {
+                Some(slot) if slot.stamp == stamp => return Some((id, stamp, slot.last_used)),
+                _ => {
+                    shard.queue.pop_front();
+                }
             }
-            let counter = if self.is_expired(slot, now) { &self.expired } else { &self.evicted };
-            shard.map.remove(&id);
-            counter.fetch_add(1, Ordering::Relaxed);
-            return;
         }
+        None
+    }
+
+    /// Removes the key unused the longest in the whole store (the oldest of the shards'
+    /// fronts), counted as expired if it had expired, else as evicted. False when the
+    /// store is empty.
+    fn evict_oldest(&self, now: Instant) -> bool {
+        // A request may use the chosen key between the look and the removal: then look
+        // again (it went to its queue's back). Bounded; then take the front as it is.
+        for attempt in 0..4 {
+            let oldest = self
+                .shards
+                .iter()
+                .enumerate()
+                .filter_map(|(i, sh)| Self::front(&mut sh.lock()).map(|f| (i, f)))
+                .min_by_key(|(_, (_, _, used))| *used);
+            let Some((i, (id, stamp, _))) = oldest else { return false };
+            let mut shard = self.shards[i].lock();
+            let current = Self::front(&mut shard);
+            if current.is_some_and(|(cid, cstamp, _)| cid == id && cstamp == stamp) || attempt == 3
+            {
+                let Some((id, _, _)) = current else { continue };
+                shard.queue.pop_front();
+                let slot = shard.map.remove(&id).expect("the front is live");
+                self.count.fetch_sub(1, Ordering::SeqCst);
+                let counter =
+                    if self.is_expired(&slot, now) { &self.expired } else { &self.evicted };
+                counter.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+        }
+        false
     }
 
     /// Runs `f` on a live key's slot; removes the key if it has expired.
@@ -282,6 +331,7 @@ impl KeyStore {
         let slot = shard.map.get_mut(id).ok_or(LookupError::Unknown)?;
         if self.is_expired(slot, now) {
             shard.map.remove(id);
+            self.count.fetch_sub(1, Ordering::SeqCst);
             self.expired.fetch_add(1, Ordering::Relaxed);
             return Err(LookupError::Expired);
         }
@@ -317,6 +367,7 @@ impl KeyStore {
         let slot = shard.map.get_mut(id).ok_or(UseError::Unknown)?;
         if self.is_expired(slot, now) {
             shard.map.remove(id);
+            self.count.fetch_sub(1, Ordering::SeqCst);
             self.expired.fetch_add(1, Ordering::Relaxed);
             return Err(UseError::Expired);
         }
@@ -355,7 +406,11 @@ impl KeyStore {
 
     /// Forgets key `id`; true if it was there.
     pub fn remove(&self, id: &KeyId) -> bool {
-        self.shard(id).lock().map.remove(id).is_some()
+        let removed = self.shard(id).lock().map.remove(id).is_some();
+        if removed {
+            self.count.fetch_sub(1, Ordering::SeqCst);
+        }
+        removed
     }
 
     /// Removes every expired key; returns how many. Call it now and then (e.g. from a
@@ -366,7 +421,9 @@ impl KeyStore {
             let mut shard = shard.lock();
             let before = shard.map.len();
             shard.map.retain(|_, slot| !self.is_expired(slot, now));
-            total += before - shard.map.len();
+            let gone = before - shard.map.len();
+            self.count.fetch_sub(gone, Ordering::SeqCst);
+            total += gone;
         }
         self.expired.fetch_add(total as u64, Ordering::Relaxed);
         total
@@ -374,7 +431,7 @@ impl KeyStore {
 
     /// Keys held now.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map.len()).sum()
+        self.count.load(Ordering::SeqCst)
     }
 
     /// True when no key is held.
@@ -475,14 +532,9 @@ mod tests {
     #[test]
     fn the_bound_holds_expired_go_first_then_the_least_recently_used() {
         let t0 = Instant::now();
-        // One shard (max_keys < 16 gives one key per shard; use 1 shard's worth per test).
-        let s = store(3);
-        assert_eq!(s.shards.len(), 3);
-        let s = KeyStore::new(KeyStoreConfig { max_keys: 64, ..s.config().clone() });
-        assert_eq!(s.shards.len(), 16);
-        assert_eq!(s.shards.iter().map(|sh| sh.lock().cap).sum::<usize>(), 64);
-        // Fill shard 0 (ids whose first byte is a multiple of 16): 4 slots.
-        let ids: Vec<KeyId> = (0..6).map(|i| id(i * 16)).collect();
+        let s = KeyStore::new(KeyStoreConfig { max_keys: 4, ..store(4).config().clone() });
+        // Ids in different shards and in the same one: the bound is the store's.
+        let ids: Vec<KeyId> = [0u16, 1, 16, 2, 3, 32].into_iter().map(id).collect();
         for (i, k) in ids[..4].iter().enumerate() {
             s.insert(*k, material(), t0 + Duration::from_secs(i as u64));
         }
@@ -490,16 +542,48 @@ mod tests {
         s.commit(&ids[0], 0, t0 + Duration::from_secs(5)).unwrap();
         s.insert(ids[4], material(), t0 + Duration::from_secs(6));
         assert_eq!(s.info(&ids[1], t0 + Duration::from_secs(6)), Err(LookupError::Unknown));
-        assert!(s.info(&ids[0], t0 + Duration::from_secs(6)).is_ok());
+        for k in [0, 2, 3, 4] {
+            assert!(s.info(&ids[k], t0 + Duration::from_secs(6)).is_ok(), "key {k}");
+        }
         assert_eq!(s.stats().evicted, 1);
-        // Much later every key of the shard has expired: an insert drops an expired key and
-        // evicts nothing; the others go on lookup or sweep.
+        // Much later every key has expired: the insert sweeps them (expired, none evicted).
         let late = t0 + Duration::from_secs(30);
         s.insert(ids[5], material(), late);
         let st = s.stats();
-        assert_eq!((st.live, st.evicted, st.expired, st.inserted), (4, 1, 1, 6));
-        assert_eq!(s.sweep(late), 3);
-        assert_eq!(s.len(), 1);
+        assert_eq!((st.live, st.evicted, st.expired, st.inserted), (1, 1, 4, 6));
+    }
+
+    /// PROTOCOL §4.8: the key unused the longest goes first, across the whole store, and
+    /// every place of `max_keys` is used.
+    #[test]
+    fn eviction_keeps_the_most_recently_made_keys_in_order() {
+        for max in [3usize, 8, 20] {
+            let t0 = Instant::now();
+            let s = KeyStore::new(KeyStoreConfig { max_keys: max, ..store(max).config().clone() });
+            let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+            let ids: Vec<KeyId> = (0..max + 5)
+                .map(|_| {
+                    let mut k = [0u8; 16];
+                    for b in &mut k {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        *b = rng as u8;
+                    }
+                    KeyId(k)
+                })
+                .collect();
+            for (i, k) in ids.iter().enumerate() {
+                s.insert(*k, material(), t0 + Duration::from_millis(100 * i as u64));
+                assert_eq!(s.len(), (i + 1).min(max), "max {max}: every place is used");
+            }
+            let now = t0 + Duration::from_millis(100 * ids.len() as u64);
+            let kept: Vec<usize> =
+                (0..ids.len()).filter(|&i| s.info(&ids[i], now).is_ok()).collect();
+            let want: Vec<usize> = (ids.len() - max..ids.len()).collect();
+            assert_eq!(kept, want, "max {max}: the newest keys stay");
+            assert_eq!(s.stats().evicted, 5);
+        }
     }
 
     #[test]
