@@ -152,6 +152,7 @@ pub(crate) struct Config {
     pub(crate) nodelay: bool,
     pub(crate) backlog: i32,
     pub(crate) listener_mode: ListenerMode,
+    pub(crate) share_port: bool,
     pub(crate) name: String,
 }
 
@@ -168,6 +169,7 @@ impl Default for Config {
             nodelay: true,
             backlog: 1024,
             listener_mode: ListenerMode::PerWorker,
+            share_port: false,
             name: "dap-worker".to_owned(),
         }
     }

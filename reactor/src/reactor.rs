@@ -95,6 +95,17 @@ impl ReactorBuilder {
         self
     }
 
+    /// Whether a TCP port may be shared with other processes (default off). In
+    /// [`ListenerMode::PerWorker`] the workers' listeners share the port through
+    /// `SO_REUSEPORT`, which would also let another process (a second copy of the same
+    /// daemon) bind it and take part of the connections. Off, a port another process
+    /// listens on is refused with `AddrInUse`, as with a single listener; on, for a
+    /// deliberate hand-over (a new version started beside the old one).
+    pub fn share_port(mut self, on: bool) -> Self {
+        self.cfg.share_port = on;
+        self
+    }
+
     /// Thread name prefix (default `dap-worker`).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.cfg.name = name.into();
@@ -262,6 +273,9 @@ impl Reactor {
         let mut listeners = Vec::new();
         let mut mode = self.cfg.listener_mode;
         if mode == ListenerMode::PerWorker && n > 1 {
+            if addr.port() != 0 && !self.cfg.share_port {
+                port_free(addr)?;
+            }
             match bind_tcp(addr, true, self.cfg.backlog) {
                 Ok(first) => {
                     let bound = first.local_addr()?;
@@ -425,6 +439,24 @@ impl Listening {
             let _ = h.close();
         }
     }
+}
+
+/// Whether no other socket listens on `addr`: a bind without `SO_REUSEPORT` fails when
+/// one does, with or without it (the probe is closed at once; the port stays free for the
+/// `SO_REUSEPORT` group that follows).
+fn port_free(addr: SocketAddr) -> io::Result<()> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into()).map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            io::Error::new(io::ErrorKind::AddrInUse, format!("{addr}: address in use"))
+        } else {
+            e
+        }
+    })
 }
 
 fn bind_tcp(addr: SocketAddr, reuse_port: bool, backlog: i32) -> io::Result<std::net::TcpListener> {

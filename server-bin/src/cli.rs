@@ -39,7 +39,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use dap_net::enc::keys::public_key_to_base64;
 use dap_net::enc::{ClientCert, NodeKey};
 
-use crate::signals::{self, ShutdownSignals};
+use crate::signals::{self, ShutdownSignals, Signal};
 use crate::{Config, DEFAULT_CONFIG, LogFormat, Node, NodeBuilder, logging};
 
 /// A dap node: enc handshake, encrypted streams over HTTP and UDP with its channels, health
@@ -100,6 +100,40 @@ fn keygen(name: &str, k: Keygen) -> ExitCode {
             eprintln!("{name}: {}: {e}", path.display());
             ExitCode::FAILURE
         }
+    }
+}
+
+/// SIGHUP: reads the configuration file again and applies what can change; says what it
+/// did, and what it refused and why, in the log. Without a file (the embedded default)
+/// there is nothing to reload.
+fn reload(node: &mut Node, path: Option<&Path>) {
+    let Some(path) = path else {
+        tracing::warn!("SIGHUP: no --config file (the embedded default): nothing to reload");
+        return;
+    };
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: configuration refused; nothing changed");
+            return;
+        }
+    };
+    match node.reload(&new) {
+        Ok(report) => {
+            let mut applied: Vec<&str> = report.applied.clone();
+            if report.applied.contains(&"log.level")
+                && let Err(e) = logging::set_level(&new.log.level)
+            {
+                applied.retain(|k| *k != "log.level");
+                tracing::warn!(error = %e, "SIGHUP: log.level not applied");
+            }
+            tracing::info!(
+                applied = %applied.join(","),
+                need_restart = %report.need_restart.join(","),
+                "SIGHUP: configuration reloaded"
+            );
+        }
+        Err(e) => tracing::error!(error = %e, "SIGHUP: configuration refused; nothing changed"),
     }
 }
 
@@ -168,8 +202,27 @@ pub fn run(configure: impl FnOnce(NodeBuilder) -> NodeBuilder) -> ExitCode {
     let _ = writeln!(out, "{name}: node key {}", public_key_to_base64(&node.node_public_key()));
     let _ = out.flush();
     drop(out);
-    let sig = sigs.wait();
-    tracing::info!(signal = signals::name(sig), "shutting down");
+    let mut node = node;
+    let sig = loop {
+        match sigs.next_signal() {
+            Signal::Shutdown(sig) => break sig,
+            Signal::Reload => reload(&mut node, cli.config.as_deref()),
+        }
+    };
+    tracing::info!(
+        signal = signals::name(sig),
+        grace_ms = grace.as_millis() as u64,
+        "shutting down"
+    );
+    // A second SIGINT or SIGTERM during the drain stops at once (as nginx's fast stop).
+    std::thread::spawn(move || {
+        let sig = sigs.wait();
+        tracing::warn!(
+            signal = signals::name(sig),
+            "second signal: exiting without finishing the drain"
+        );
+        std::process::exit(130);
+    });
     let report = node.shutdown(grace);
     println!(
         "{name}: stopped ({} stream(s) drained, {} left open)",

@@ -96,6 +96,10 @@ pub struct ListenConfig {
     pub allow: Vec<String>,
     /// CIDR blocks refused.
     pub deny: Vec<String>,
+    /// Let another process listen on the same ports (TCP and UDP, `SO_REUSEPORT`), for a
+    /// deliberate hand-over. Off (the default), a port another process holds is refused at
+    /// start with "address in use".
+    pub share_port: bool,
 }
 
 impl Default for ListenConfig {
@@ -105,6 +109,7 @@ impl Default for ListenConfig {
             backlog: 1024,
             allow: Vec::new(),
             deny: Vec::new(),
+            share_port: false,
         }
     }
 }

@@ -37,4 +37,4 @@ pub mod node;
 pub mod signals;
 
 pub use config::{Config, ConfigError, DEFAULT_CONFIG, LogFormat};
-pub use node::{DrainReport, Node, NodeBuilder, NodeStats, StartError};
+pub use node::{DrainReport, Node, NodeBuilder, NodeStats, ReloadReport, StartError};

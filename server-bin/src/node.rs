@@ -131,6 +131,16 @@ pub struct DrainReport {
     pub took: Duration,
 }
 
+/// What [`Node::reload`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReloadReport {
+    /// Settings that changed and are in force now.
+    pub applied: Vec<&'static str>,
+    /// Sections that changed but take effect only at the next start.
+    pub need_restart: Vec<&'static str>,
+}
+
 /// A node's counters ([`Node::stats`]); `/metrics` has these and more.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -206,6 +216,7 @@ fn reactor(c: &Config) -> Result<Reactor, StartError> {
         .close_linger(ms(r.close_linger_ms))
         .backlog(c.listen.backlog.min(i32::MAX as u32) as i32)
         .listener_mode(mode)
+        .share_port(c.listen.share_port)
         .name("dapd-worker")
         .start()
         .map_err(|source| StartError::Threads { what: "reactor", source })
@@ -338,6 +349,7 @@ fn stream_config(c: &Config) -> StreamConfig {
         udp,
         udp_gso_segments: u.gso_segments,
         udp_gso: u.gso,
+        udp_share_port: c.listen.share_port,
         ..StreamConfig::default()
     }
 }
@@ -573,6 +585,7 @@ keys! {
     listen_backlog = "listen.backlog" => listen.backlog: u32;
     listen_allow = "listen.allow" => listen.allow: Vec<String>;
     listen_deny = "listen.deny" => listen.deny: Vec<String>;
+    listen_share_port = "listen.share_port" => listen.share_port: bool;
     reactor_threads = "reactor.threads" => reactor.threads: usize;
     reactor_pin = "reactor.pin" => reactor.pin: bool;
     reactor_idle_timeout_ms = "reactor.idle_timeout_ms" => reactor.idle_timeout_ms: u64;
@@ -814,15 +827,16 @@ impl NodeBuilder {
         }
         let _ = sources.http.set(http_stats);
 
-        let udp_addr = if config.udp.enabled {
-            let addr = config.udp.bind_addr(local_addr).map_err(|e| setting("udp.addr", e))?;
-            let bound = stream
-                .serve_udp(&reactor, addr)
-                .map_err(|e| setting("udp.addr", format!("{addr}: {e}")))?;
-            Some(bound)
-        } else {
-            None
-        };
+        let udp_addr =
+            if config.udp.enabled {
+                let addr = config.udp.bind_addr(local_addr).map_err(|e| setting("udp.addr", e))?;
+                let bound = stream
+                    .serve_udp(&reactor, addr)
+                    .map_err(|source| StartError::Listen { key: "udp.addr", addr, source })?;
+                Some(bound)
+            } else {
+                None
+            };
         let dns = match zone {
             Some(zone) => {
                 let d = &config.dns;
@@ -920,6 +934,53 @@ impl Node {
     /// The configuration it runs with (the builder's, or the file's).
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Applies what of `new` can change while the node runs, without dropping a
+    /// connection: `[listen] allow` and `deny` (for connections from now on, on every
+    /// listener). Returns what changed and was applied, and what changed but needs a
+    /// restart; `[log] level` is the caller's (it owns the logger: [`crate::logging`]).
+    /// The node keeps its configuration as it was for what was not applied.
+    ///
+    /// # Errors
+    /// `new` is invalid, or an access list entry is not a CIDR block: nothing is applied.
+    pub fn reload(&mut self, new: &Config) -> Result<ReloadReport, StartError> {
+        new.validate()?;
+        let acl = access_list(new)?;
+        let old = self.config.clone();
+        let mut report = ReloadReport::default();
+        if (&old.listen.allow, &old.listen.deny) != (&new.listen.allow, &new.listen.deny) {
+            self.plain.set_access_list(acl.clone());
+            if let Some(t) = &self.tls {
+                t.set_access_list(acl);
+            }
+            self.config.listen.allow = new.listen.allow.clone();
+            self.config.listen.deny = new.listen.deny.clone();
+            report.applied.push("listen.allow/deny");
+        }
+        if old.log.level != new.log.level {
+            self.config.log.level = new.log.level.clone();
+            report.applied.push("log.level");
+        }
+        let mut listen = new.listen.clone();
+        listen.allow = old.listen.allow.clone();
+        listen.deny = old.listen.deny.clone();
+        let sections: [(&'static str, bool); 12] = [
+            ("listen", listen != old.listen),
+            ("reactor", new.reactor != old.reactor),
+            ("http", new.http != old.http),
+            ("enc", new.enc != old.enc),
+            ("stream", new.stream != old.stream),
+            ("udp", new.udp != old.udp),
+            ("proc", new.proc != old.proc),
+            ("pubsub", new.pubsub != old.pubsub),
+            ("tls", new.tls != old.tls),
+            ("dns", new.dns != old.dns),
+            ("shutdown", new.shutdown != old.shutdown),
+            ("log.format", new.log.format != old.log.format),
+        ];
+        report.need_restart = sections.iter().filter(|(_, c)| *c).map(|(n, _)| *n).collect();
+        Ok(report)
     }
 
     /// Its counters now.

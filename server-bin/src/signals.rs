@@ -1,10 +1,21 @@
-//! SIGINT and SIGTERM, caught so that dapd drains instead of dying.
+//! SIGINT, SIGTERM and SIGHUP, caught so that dapd drains instead of dying, and reloads
+//! instead of hanging up.
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-/// SIGINT and SIGTERM, registered: from [`register`](Self::register) on, neither kills the
-/// process; [`wait`](Self::wait) returns when one arrives.
+/// What a caught signal asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGINT or SIGTERM (its number): drain and stop. A second one during the drain
+    /// stops at once.
+    Shutdown(i32),
+    /// SIGHUP: read the configuration again and apply what can change.
+    Reload,
+}
+
+/// SIGINT, SIGTERM and SIGHUP, registered: from [`register`](Self::register) on, none of
+/// them kills the process; [`wait`](Self::wait) returns each as it arrives.
 pub struct ShutdownSignals(Signals);
 
 impl std::fmt::Debug for ShutdownSignals {
@@ -14,30 +25,42 @@ impl std::fmt::Debug for ShutdownSignals {
 }
 
 impl ShutdownSignals {
-    /// Catches SIGINT and SIGTERM. Register before announcing the daemon, so that a signal
-    /// sent as soon as it is announced starts a drain.
+    /// Catches SIGINT, SIGTERM and SIGHUP. Register before announcing the daemon, so that
+    /// a signal sent as soon as it is announced is handled, not fatal.
     ///
     /// # Errors
     /// The handlers could not be installed.
     pub fn register() -> std::io::Result<Self> {
-        Signals::new([SIGINT, SIGTERM]).map(ShutdownSignals)
+        Signals::new([SIGINT, SIGTERM, SIGHUP]).map(ShutdownSignals)
     }
 
-    /// Blocks until SIGINT or SIGTERM arrives; returns its number.
+    /// Blocks until a signal arrives.
+    pub fn next_signal(&mut self) -> Signal {
+        loop {
+            match self.0.forever().next() {
+                Some(SIGHUP) => return Signal::Reload,
+                Some(sig) => return Signal::Shutdown(sig),
+                None => {}
+            }
+        }
+    }
+
+    /// Blocks until SIGINT or SIGTERM arrives (SIGHUP is ignored here); returns its number.
     pub fn wait(&mut self) -> i32 {
         loop {
-            if let Some(sig) = self.0.forever().next() {
+            if let Signal::Shutdown(sig) = self.next_signal() {
                 return sig;
             }
         }
     }
 }
 
-/// The name of a shutdown signal, for logs.
+/// The name of a signal, for logs.
 pub fn name(sig: i32) -> &'static str {
     match sig {
         SIGINT => "SIGINT",
         SIGTERM => "SIGTERM",
+        SIGHUP => "SIGHUP",
         _ => "signal",
     }
 }

@@ -148,3 +148,52 @@ fn keygen_writes_a_node_key_dapd_can_load() {
     assert_eq!(d.node_public_key(), public);
     d.shutdown(std::time::Duration::from_secs(5));
 }
+
+/// The shipped systemd unit: no filter that kills dapd at start, a file limit that covers
+/// its own, and a node key the dynamic user can read.
+#[test]
+fn the_systemd_unit_does_not_kill_dapd_and_matches_its_limits() {
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/dapd.service"))
+            .unwrap();
+    let lines: Vec<(&str, &str)> = unit
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && l.contains('='))
+        .filter_map(|l| l.split_once('='))
+        .collect();
+    let values = |key: &str| -> Vec<&str> {
+        lines.iter().filter(|(k, _)| *k == key).map(|(_, v)| *v).collect()
+    };
+    let filters = values("SystemCallFilter");
+    if filters.iter().any(|f| f.starts_with('~')) {
+        assert!(!values("SystemCallErrorNumber").is_empty(), "a deny filter without an errno");
+    }
+    for f in &filters {
+        if let Some(denied) = f.strip_prefix('~') {
+            for group in ["@resources", "sched_setaffinity", "setrlimit", "prlimit64"] {
+                assert!(!denied.split_whitespace().any(|g| g == group), "{group} denied");
+            }
+        }
+    }
+    let nofile: u64 = values("LimitNOFILE")[0].parse().unwrap();
+    let c = dap_server::Config::embedded();
+    assert!(nofile >= c.reactor.limits.max_esockets as u64 * 2, "LimitNOFILE {nofile}");
+    if values("DynamicUser") == ["yes"] {
+        let cred = values("LoadCredential");
+        assert!(cred.iter().any(|v| v.starts_with("node.key:")), "no key for the dynamic user");
+        assert!(unit.contains("/run/credentials/dapd.service/node.key"));
+    }
+    assert!(values("ExecReload").iter().any(|v| v.contains("-HUP")));
+    assert_eq!(values("RestartPreventExitStatus"), ["2"]);
+    // systemd's own check, where it is installed (the binary path is this build's).
+    let dir = std::env::temp_dir().join(format!("dapd-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("dapd.service");
+    std::fs::write(&copy, unit.replace("/usr/local/bin/dapd", DAPD)).unwrap();
+    if let Ok(out) = Command::new("systemd-analyze").arg("verify").arg(&copy).output() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !err.contains("dapd.service:"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -54,6 +54,9 @@ pub struct StreamConfig {
     /// Send batches with GSO where the kernel has it (on); off, with `sendmmsg` (the
     /// fallback path, as on a kernel without GSO).
     pub udp_gso: bool,
+    /// Let other processes bind the UDP port too (`SO_REUSEPORT` across processes; off: a
+    /// port another process holds is refused with `AddrInUse`).
+    pub udp_share_port: bool,
 }
 
 impl Default for StreamConfig {
@@ -67,6 +70,7 @@ impl Default for StreamConfig {
             udp: EndpointConfig::default(),
             udp_gso_segments: 64,
             udp_gso: true,
+            udp_share_port: false,
         }
     }
 }
@@ -416,6 +420,9 @@ impl StreamServer {
             return Err(std::io::Error::other("UDP is served already"));
         }
         let cfg = &self.inner.config;
+        if !cfg.udp_share_port {
+            dap_net::server::udp_port_free(addr)?;
+        }
         let mut bound = addr;
         let mut handles: Vec<EsocketHandle> = Vec::new();
         let mut shared: Option<Arc<UdpShared>> = None;

@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use parking_lot::RwLock;
+
 use dap_reactor::{Esocket, EsocketHandle, Handler, HandlerFactory, Listening, PeerAddr, Reactor};
 
 pub use acl::{AccessList, Cidr, CidrError};
@@ -103,9 +105,11 @@ impl ServerBuilder {
     /// The first bind or install error; listeners already started are closed again.
     pub fn start(self, reactor: &Reactor, factory: impl HandlerFactory) -> io::Result<Server> {
         let stats = Arc::new(ServerStats::default());
+        let acl: SharedAcl = Arc::new(RwLock::new(self.acl.clone()));
         let guarded: Arc<Guarded<_>> =
-            Arc::new(Guarded { acl: self.acl.clone(), stats: stats.clone(), inner: factory });
-        let mut server = Server { stats, tcp: Vec::new(), unix: Vec::new(), udp: Vec::new() };
+            Arc::new(Guarded { acl: acl.clone(), stats: stats.clone(), inner: factory });
+        let mut server =
+            Server { stats, acl: acl.clone(), tcp: Vec::new(), unix: Vec::new(), udp: Vec::new() };
         let result = (|| {
             for addr in &self.tcp {
                 let g = guarded.clone();
@@ -118,7 +122,7 @@ impl ServerBuilder {
                 server.unix.push((l, path.clone()));
             }
             for (addr, factory) in &self.udp {
-                let sockets = bind_udp(reactor, *addr, factory, &self.acl, &server.stats)?;
+                let sockets = bind_udp(reactor, *addr, factory, &acl, &server.stats)?;
                 server.udp.push(sockets);
             }
             Ok(())
@@ -133,9 +137,12 @@ impl ServerBuilder {
     }
 }
 
+/// The access list, shared by a server's listeners and replaceable while they run.
+type SharedAcl = Arc<RwLock<AccessList>>;
+
 /// The user's factory behind the access list.
 struct Guarded<F> {
-    acl: AccessList,
+    acl: SharedAcl,
     stats: Arc<ServerStats>,
     inner: F,
 }
@@ -143,7 +150,7 @@ struct Guarded<F> {
 impl<F: HandlerFactory> Guarded<F> {
     fn new_handler(&self, peer: &PeerAddr) -> Option<Box<dyn Handler>> {
         if let PeerAddr::Inet(addr) = peer
-            && !self.acl.admits(addr.ip())
+            && !self.acl.read().admits(addr.ip())
         {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%addr, "connection refused by the access list");
@@ -164,7 +171,7 @@ impl<F: HandlerFactory> Guarded<F> {
 
 /// A UDP handler behind the access list.
 struct GuardedUdp {
-    acl: AccessList,
+    acl: SharedAcl,
     stats: Arc<ServerStats>,
     inner: Box<dyn Handler>,
 }
@@ -175,7 +182,7 @@ impl Handler for GuardedUdp {
     }
 
     fn on_datagram(&mut self, es: &mut Esocket<'_>, data: &[u8], from: SocketAddr) {
-        if !self.acl.admits(from.ip()) {
+        if !self.acl.read().admits(from.ip()) {
             self.stats.datagrams_refused.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -206,7 +213,7 @@ fn bind_udp(
     reactor: &Reactor,
     addr: SocketAddr,
     factory: &UdpFactory,
-    acl: &AccessList,
+    acl: &SharedAcl,
     stats: &Arc<ServerStats>,
 ) -> io::Result<Vec<(EsocketHandle, SocketAddr)>> {
     let mut bound = addr;
@@ -253,8 +260,30 @@ fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     bind_udp_socket(addr, true)
 }
 
+/// Whether no other socket is bound to UDP `addr` (a bind without `SO_REUSEPORT` fails if
+/// one is, with or without it); the probe is closed at once. For a group of `SO_REUSEPORT`
+/// sockets that must not share the port with another process.
+///
+/// # Errors
+/// `AddrInUse` naming the address, or another bind error.
+pub fn udp_port_free(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    bind_udp_socket(addr, false).map(drop).map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            io::Error::new(io::ErrorKind::AddrInUse, format!("{addr}: address in use"))
+        } else {
+            e
+        }
+    })
+}
+
 /// A non-blocking UDP socket bound to `addr`; with `reuse_port`, one per worker can bind the
 /// same port. IPv6 sockets are IPv6-only (dual-stack behaviour varies by sysctl).
+///
+/// # Errors
+/// Creating, configuring or binding the socket failed.
 pub fn bind_udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -295,6 +324,7 @@ pub fn bind_udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::ne
 #[derive(Debug)]
 pub struct Server {
     stats: Arc<ServerStats>,
+    acl: SharedAcl,
     tcp: Vec<Listening>,
     unix: Vec<(Listening, PathBuf)>,
     udp: Vec<Vec<(EsocketHandle, SocketAddr)>>,
@@ -304,6 +334,17 @@ impl Server {
     /// Collects the addresses to listen on.
     pub fn builder() -> ServerBuilder {
         ServerBuilder::default()
+    }
+
+    /// Replaces the access list of every listener, for connections and datagrams from now
+    /// on (connections already accepted stay): a configuration reload.
+    pub fn set_access_list(&self, acl: AccessList) {
+        *self.acl.write() = acl;
+    }
+
+    /// The access list in force.
+    pub fn access_list(&self) -> AccessList {
+        self.acl.read().clone()
     }
 
     /// The bound TCP addresses, in the order given.
