@@ -80,6 +80,8 @@ pub struct Config {
     pub dns: DnsSection,
     /// `[shutdown]`: the drain on SIGINT/SIGTERM.
     pub shutdown: ShutdownSection,
+    /// `[admin]`: the admin listener.
+    pub admin: AdminSection,
     /// `[log]`: logging.
     pub log: LogSection,
 }
@@ -557,11 +559,33 @@ impl Default for DnsSection {
 pub struct ShutdownSection {
     /// How long a drain may take before what is left is closed.
     pub grace_ms: u64,
+    /// At the start of a drain, how long `/health` answers 503 while the listeners still
+    /// accept, so that load balancers stop sending new clients first (part of the grace
+    /// period; 0: the listeners close at once).
+    pub drain_notice_ms: u64,
 }
 
 impl Default for ShutdownSection {
     fn default() -> Self {
-        ShutdownSection { grace_ms: 10_000 }
+        ShutdownSection { grace_ms: 10_000, drain_notice_ms: 0 }
+    }
+}
+
+/// `[admin]`: a listener of its own for `/metrics` and `/health`, so that the data port can
+/// face the internet while the metrics stay private.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// On: `/metrics` moves to the admin listener (`/health` stays on the data port too,
+    /// for load balancers).
+    pub enabled: bool,
+    /// Its address (port 0 picks one).
+    pub addr: SocketAddr,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection { enabled: false, addr: SocketAddr::from(([127, 0, 0, 1], 8078)) }
     }
 }
 
@@ -813,6 +837,12 @@ impl Config {
             }
         }
         range("shutdown.grace_ms", self.shutdown.grace_ms, 0, MS_HOUR)?;
+        range(
+            "shutdown.drain_notice_ms",
+            self.shutdown.drain_notice_ms,
+            0,
+            self.shutdown.grace_ms,
+        )?;
         check_log_level(&self.log.level)?;
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! ```text
 //! dapd [--config FILE] [--log-format text|json]
 //! dapd --print-default-config
+//! dapd --check-config [--config FILE]
 //! dapd keygen --node FILE | --client FILE
 //! ```
 

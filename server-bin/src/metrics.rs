@@ -94,6 +94,9 @@ pub fn render(src: &Sources) -> String {
     let mut o = Out(String::with_capacity(8 << 10));
     let draining = src.draining.load(std::sync::atomic::Ordering::Relaxed);
     o.one("dap_up", "gauge", "1 while the daemon runs.", 1);
+    o.family("dap_build_info", "gauge", "The build: always 1, the version as a label.");
+    o.sample("dap_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+    process(&mut o);
     o.one("dap_draining", "gauge", "1 while the daemon drains for shutdown.", draining as u64);
     workers(&mut o, src);
     procs(&mut o, src);
@@ -135,6 +138,56 @@ pub fn render(src: &Sources) -> String {
         );
     }
     o.0
+}
+
+/// The process families every Prometheus exporter has, from `/proc/self` (Linux; a
+/// family whose source cannot be read is left out).
+fn process(o: &mut Out) {
+    // Kernel clock ticks: USER_HZ, 100 on every Linux ABI that dap runs on.
+    const TICKS: f64 = 100.0;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok();
+    // Fields after the command name (which may hold spaces, so split after its ')').
+    let fields: Vec<&str> = stat
+        .as_deref()
+        .and_then(|s| s.rsplit_once(')'))
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+    if let (Some(utime), Some(stime)) = (field(14), field(15)) {
+        o.family("process_cpu_seconds_total", "counter", "User and system CPU time, seconds.");
+        o.sample("process_cpu_seconds_total", &[], (utime + stime) / TICKS);
+    }
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines().find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok()))
+    });
+    if let (Some(boot), Some(start)) = (boot, field(22)) {
+        o.family("process_start_time_seconds", "gauge", "Start time, seconds since the epoch.");
+        o.sample("process_start_time_seconds", &[], boot + start / TICKS);
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |key: &str| {
+        status.lines().find_map(|l| {
+            l.strip_prefix(key)?.trim().strip_suffix("kB")?.trim().parse::<f64>().ok()
+        })
+    };
+    if let Some(rss) = kib("VmRSS:") {
+        o.family("process_resident_memory_bytes", "gauge", "Resident memory, bytes.");
+        o.sample("process_resident_memory_bytes", &[], rss * 1024.0);
+    }
+    if let Some(vsz) = kib("VmSize:") {
+        o.family("process_virtual_memory_bytes", "gauge", "Virtual memory, bytes.");
+        o.sample("process_virtual_memory_bytes", &[], vsz * 1024.0);
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        o.one("process_open_fds", "gauge", "Open file descriptors.", dir.count() as u64);
+    }
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let max = limits.lines().find_map(|l| {
+        l.strip_prefix("Max open files")?.split_whitespace().next()?.parse::<u64>().ok()
+    });
+    if let Some(max) = max {
+        o.one("process_max_fds", "gauge", "The open file descriptor limit.", max);
+    }
 }
 
 /// A channel id as a label value: the printable ASCII character, `"` and `\` escaped.

@@ -165,6 +165,7 @@ pub struct Node {
     broker: Option<Arc<Broker>>,
     plain: Server,
     tls: Option<Server>,
+    admin: Option<Server>,
     dns: Option<Arc<DnsServer>>,
     local_addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
@@ -411,6 +412,25 @@ fn zone(c: &Config) -> Result<Zone, StartError> {
 }
 
 type Factory = Arc<dyn Fn(&SessionInfo) -> Box<dyn ChannelHandler> + Send + Sync>;
+
+type Parts = (EncConfig, AccessList, Option<Arc<dap_net::tls::ServerConfig>>, Option<Zone>);
+
+/// What `start` reads from files and lists before any thread starts (and `check` too).
+fn checked_parts(config: &Config) -> Result<Parts, StartError> {
+    let enc_config = enc_config(config)?;
+    let acl = access_list(config)?;
+    let tls_config = if config.tls.enabled {
+        let t = &config.tls;
+        Some(
+            dap_net::tls::server_config(Path::new(&t.cert), Path::new(&t.key))
+                .map_err(|e| setting("tls.cert", e))?,
+        )
+    } else {
+        None
+    };
+    let zone = if config.dns.enabled { Some(zone(config)?) } else { None };
+    Ok((enc_config, acl, tls_config, zone))
+}
 
 /// Builds a [`Node`]: every key of dapd's configuration file has its method here (named
 /// `<section>_<key>`, with short names for the common ones: [`http`](Self::http),
@@ -672,6 +692,9 @@ keys! {
     dns_max_payload = "dns.max_payload" => dns.max_payload: u16;
     dns_records = "dns.records" => dns.records: Vec<DnsRecord>;
     shutdown_grace_ms = "shutdown.grace_ms" => shutdown.grace_ms: u64;
+    shutdown_drain_notice_ms = "shutdown.drain_notice_ms" => shutdown.drain_notice_ms: u64;
+    admin_enabled = "admin.enabled" => admin.enabled: bool;
+    admin_addr = "admin.addr" => admin.addr: SocketAddr;
     log_level = "log.level" => log.level: impl Into<String>;
     log_format = "log.format" => log.format: LogFormat;
 }
@@ -724,16 +747,27 @@ fn procs_names(procs: &ChannelProcs) -> String {
     procs.ids().into_iter().map(char::from).map(String::from).collect::<Vec<_>>().join(",")
 }
 
-/// The routes every listener serves.
+/// The routes every data listener serves; `/metrics` too unless an admin listener has it.
 fn routes(
     http: &mut HttpServer,
     enc: &EncServer,
     stream: &StreamServer,
     sources: &Arc<Sources>,
     draining: &Arc<AtomicBool>,
+    metrics: bool,
 ) {
     enc.install(http);
     stream.install(http, enc);
+    admin_routes(http, sources, draining, metrics);
+}
+
+/// `/health`, and `/metrics` when `metrics`.
+fn admin_routes(
+    http: &mut HttpServer,
+    sources: &Arc<Sources>,
+    draining: &Arc<AtomicBool>,
+    metrics: bool,
+) {
     let d = draining.clone();
     http.add_inline(HEALTH_PATH, RouteLimits::methods(&["GET", "HEAD"]), move |_| {
         if d.load(Ordering::Relaxed) {
@@ -742,6 +776,9 @@ fn routes(
             Response::text(200, "ok\n")
         }
     });
+    if !metrics {
+        return;
+    }
     let s = sources.clone();
     http.add_inline(METRICS_PATH, RouteLimits::methods(&["GET", "HEAD"]), move |_| {
         Response::new(200).header("Content-Type", metrics::CONTENT_TYPE).body(metrics::render(&s))
@@ -749,6 +786,22 @@ fn routes(
 }
 
 impl NodeBuilder {
+    /// Checks everything [`start`](Self::start) would, without starting anything: the
+    /// values, the channels, and the files the configuration names (node key, allow list,
+    /// TLS certificate and key, DNS records). `dapd --check-config`.
+    ///
+    /// # Errors
+    /// The [`StartError`] `start` would fail with (never a listener's: nothing is bound).
+    pub fn check(self) -> Result<(), StartError> {
+        let NodeBuilder { config, node_key: given_key, channels, builtins } = self;
+        config.validate()?;
+        channel_procs(&config, channels, builtins)?;
+        if given_key.is_none() && !config.enc.node_key.is_empty() {
+            node_key(&config)?;
+        }
+        checked_parts(&config).map(drop)
+    }
+
     /// Starts everything the configuration asks for, with the channels given, and returns
     /// once every listener is bound.
     ///
@@ -766,18 +819,7 @@ impl NodeBuilder {
             Some(key) => key,
             None => node_key(&config)?,
         };
-        let enc_config = enc_config(&config)?;
-        let acl = access_list(&config)?;
-        let tls_config = if config.tls.enabled {
-            let t = &config.tls;
-            Some(
-                dap_net::tls::server_config(Path::new(&t.cert), Path::new(&t.key))
-                    .map_err(|e| setting("tls.cert", e))?,
-            )
-        } else {
-            None
-        };
-        let zone = if config.dns.enabled { Some(zone(&config)?) } else { None };
+        let (enc_config, acl, tls_config, zone) = checked_parts(&config)?;
 
         let reactor = reactor(&config)?;
         let pool = proc_pool(&config, &reactor)?;
@@ -797,7 +839,8 @@ impl NodeBuilder {
         });
 
         let mut http = HttpServer::new(http_config(&config));
-        routes(&mut http, &enc, &stream, &sources, &draining);
+        let data_metrics = !config.admin.enabled;
+        routes(&mut http, &enc, &stream, &sources, &draining, data_metrics);
         let (factory, plain_stats) = http.into_factory(reactor.len());
         let addr = config.listen.addr;
         let plain = Server::builder()
@@ -813,7 +856,7 @@ impl NodeBuilder {
         if let Some(tls_config) = tls_config {
             let mut https = HttpServer::new(http_config(&config));
             https.tls(tls_config);
-            routes(&mut https, &enc, &stream, &sources, &draining);
+            routes(&mut https, &enc, &stream, &sources, &draining, data_metrics);
             let (factory, stats) = https.into_factory(reactor.len());
             let addr = config.tls.addr;
             let server = Server::builder()
@@ -824,6 +867,19 @@ impl NodeBuilder {
             tls_addr = server.tcp_addrs().first().copied();
             tls = Some(server);
             http_stats.push(("tls", stats));
+        }
+        let mut admin = None;
+        if config.admin.enabled {
+            let mut http = HttpServer::new(http_config(&config));
+            admin_routes(&mut http, &sources, &draining, true);
+            let (factory, stats) = http.into_factory(reactor.len());
+            let addr = config.admin.addr;
+            let server = Server::builder()
+                .tcp(addr)
+                .start(&reactor, factory)
+                .map_err(|source| StartError::Listen { key: "admin.addr", addr, source })?;
+            admin = Some(server);
+            http_stats.push(("admin", stats));
         }
         let _ = sources.http.set(http_stats);
 
@@ -867,6 +923,7 @@ impl NodeBuilder {
             broker,
             plain,
             tls,
+            admin,
             dns,
             local_addr,
             tls_addr,
@@ -904,6 +961,11 @@ impl Node {
     /// picked).
     pub fn udp_addr(&self) -> Option<SocketAddr> {
         self.udp_addr
+    }
+
+    /// The admin listener's address (`/metrics`, `/health`), when `[admin]` is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.tcp_addrs().first().copied())
     }
 
     /// The DNS server's address, when DNS is on.
@@ -965,7 +1027,7 @@ impl Node {
         let mut listen = new.listen.clone();
         listen.allow = old.listen.allow.clone();
         listen.deny = old.listen.deny.clone();
-        let sections: [(&'static str, bool); 12] = [
+        let sections: [(&'static str, bool); 13] = [
             ("listen", listen != old.listen),
             ("reactor", new.reactor != old.reactor),
             ("http", new.http != old.http),
@@ -977,6 +1039,7 @@ impl Node {
             ("tls", new.tls != old.tls),
             ("dns", new.dns != old.dns),
             ("shutdown", new.shutdown != old.shutdown),
+            ("admin", new.admin != old.admin),
             ("log.format", new.log.format != old.log.format),
         ];
         report.need_restart = sections.iter().filter(|(_, c)| *c).map(|(n, _)| *n).collect();
@@ -1012,7 +1075,17 @@ impl Node {
         let start = Instant::now();
         self.draining.store(true, Ordering::SeqCst);
         tracing::info!(grace_ms = grace.as_millis() as u64, "draining");
+        // `[shutdown] drain_notice_ms`: /health says 503 while the listeners still accept,
+        // so that load balancers take this node out before it stops accepting.
+        let notice = Duration::from_millis(self.config.shutdown.drain_notice_ms).min(grace);
+        if !notice.is_zero() {
+            tracing::info!(notice_ms = notice.as_millis() as u64, "draining: /health answers 503");
+            std::thread::sleep(notice);
+        }
         self.plain.close();
+        if let Some(a) = self.admin.as_mut() {
+            a.close();
+        }
         if let Some(t) = self.tls.as_mut() {
             t.close();
         }

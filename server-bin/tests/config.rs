@@ -197,3 +197,19 @@ fn the_systemd_unit_does_not_kill_dapd_and_matches_its_limits() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `dapd --check-config`, as `nginx -t`: 0 for a good file, 2 naming the key for a bad one
+/// (a file it names included), and nothing is bound either way.
+#[test]
+fn check_config_validates_and_exits() {
+    let good = temp_file("check-good.toml", "[listen]\naddr = \"127.0.0.1:1\"\n");
+    let out = Command::new(DAPD).arg("--check-config").arg("--config").arg(&good).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration ok"));
+    let bad = temp_file("check-bad.toml", "[enc]\nnode_key = \"/nonexistent/node.key\"\n");
+    let out = Command::new(DAPD).arg("--check-config").arg("--config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("enc.node_key"));
+    let out = Command::new(DAPD).arg("--check-config").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "the embedded default is good");
+}

@@ -137,6 +137,14 @@ fn metrics_parse_as_prometheus_text_and_count_the_traffic() {
     assert_eq!(status, 200);
     let f = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert_eq!(value(&f, "dap_up", &[]), 1.0);
+    assert_eq!(value(&f, "dap_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), 1.0);
+    assert!(value(&f, "process_cpu_seconds_total", &[]) > 0.0);
+    assert!(value(&f, "process_resident_memory_bytes", &[]) > 1e6);
+    assert!(value(&f, "process_open_fds", &[]) >= 3.0);
+    assert!(value(&f, "process_max_fds", &[]) >= value(&f, "process_open_fds", &[]));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let started = value(&f, "process_start_time_seconds", &[]);
+    assert!(started > 1e9 && started <= now.as_secs_f64() + 1.0, "{started}");
     assert_eq!(f["dap_connections"].len(), 2, "one sample per worker");
     assert!(value(&f, "dap_connections", &[]) >= 2.0, "the stream and this request");
     assert!(value(&f, "dap_connections_accepted_total", &[]) >= 4.0);
@@ -228,4 +236,36 @@ fn idle_keys_are_swept_without_any_traffic() {
     assert_eq!(value(&f, "dap_enc_keys_removed_total", &[("reason", "expired")]), 3.0);
     assert_eq!(value(&f, "dap_enc_keys_removed_total", &[("reason", "evicted")]), 0.0);
     d.shutdown(TIMEOUT);
+}
+
+#[test]
+fn an_admin_listener_takes_metrics_off_the_data_port() {
+    let mut c = config(1);
+    c.admin.enabled = true;
+    c.admin.addr = "127.0.0.1:0".parse().unwrap();
+    let d = daemon(c);
+    let admin = d.admin_addr().expect("the admin listener");
+    assert_ne!(admin, d.local_addr());
+    let (status, text) = http_get(admin, "/metrics");
+    assert_eq!(status, 200);
+    let f = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(value(&f, "dap_up", &[]), 1.0);
+    assert_eq!(http_get(d.local_addr(), "/metrics").0, 404, "not on the data port");
+    assert_eq!(http_get(d.local_addr(), "/health").0, 200);
+    assert_eq!(http_get(admin, "/health").0, 200);
+    d.shutdown(TIMEOUT);
+}
+
+#[test]
+fn a_drain_notice_answers_503_while_the_listener_still_accepts() {
+    let mut c = config(1);
+    c.shutdown.drain_notice_ms = 3_000;
+    let d = daemon(c);
+    let addr = d.local_addr();
+    assert_eq!(http_get(addr, "/health").0, 200);
+    let stopping = std::thread::spawn(move || d.shutdown(TIMEOUT));
+    // The probe sees the drain on a connection the listener still accepts.
+    wait_until("/health says 503", || http_get(addr, "/health").0 == 503);
+    stopping.join().unwrap();
+    assert!(std::net::TcpStream::connect(addr).is_err(), "the listener closed after the notice");
 }

@@ -17,7 +17,11 @@ use std::sync::Arc;
 use dap_reactor::{Esocket, Layer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConnection};
+
+/// rustls's server configuration, as [`server_config`] makes it and
+/// `HttpServer::tls` takes it.
+pub use rustls::ServerConfig;
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
