@@ -222,13 +222,19 @@ pub fn run(configure: impl FnOnce(NodeBuilder) -> NodeBuilder) -> ExitCode {
     let _ = writeln!(out, "{name}: node key {}", public_key_to_base64(&node.node_public_key()));
     let _ = out.flush();
     drop(out);
+    signals::notify("READY=1");
     let mut node = node;
     let sig = loop {
         match sigs.next_signal() {
             Signal::Shutdown(sig) => break sig,
-            Signal::Reload => reload(&mut node, cli.config.as_deref()),
+            Signal::Reload => {
+                signals::notify("RELOADING=1");
+                reload(&mut node, cli.config.as_deref());
+                signals::notify("READY=1");
+            }
         }
     };
+    signals::notify("STOPPING=1");
     tracing::info!(
         signal = signals::name(sig),
         grace_ms = grace.as_millis() as u64,

@@ -64,3 +64,26 @@ pub fn name(sig: i32) -> &'static str {
         _ => "signal",
     }
 }
+
+/// Tells systemd (a `Type=notify` unit) how the daemon stands: `READY=1` once it serves,
+/// `STOPPING=1` when the drain begins, `RELOADING=1`/`READY=1` around a reload. Does
+/// nothing when `NOTIFY_SOCKET` is not set (not run by systemd); a failure is logged, not
+/// fatal.
+pub fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let sent = (|| -> std::io::Result<()> {
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = path.as_encoded_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt as _;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            socket.send_to_addr(state.as_bytes(), &addr)?;
+        } else {
+            socket.send_to(state.as_bytes(), &path)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, state, "could not notify systemd");
+    }
+}

@@ -35,8 +35,17 @@ fn config(name: &str, body: &str) -> PathBuf {
 
 /// Starts dapd and waits for its "listening on" line.
 fn start(path: &PathBuf) -> (Guard, SocketAddr, crossbeam_channel::Receiver<String>) {
+    start_env(path, &[])
+}
+
+/// [`start`] with environment variables.
+fn start_env(
+    path: &PathBuf,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (Guard, SocketAddr, crossbeam_channel::Receiver<String>) {
     let mut child = Guard(
         Command::new(DAPD)
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(path)
             .stdout(Stdio::piped())
@@ -234,4 +243,32 @@ fn a_second_sigint_during_the_drain_exits_at_once() {
     let _ = release.send(());
     assert_eq!(status.code(), Some(130), "forced, not a finished drain");
     line_with(&lines, "second signal");
+}
+
+#[test]
+fn under_systemd_dapd_says_ready_and_stopping() {
+    let dir = std::env::temp_dir().join(format!("dapd-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock_path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&sock_path);
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let path = config("notify", "[listen]\naddr = \"127.0.0.1:0\"\n");
+    let (mut dapd, _, _lines) = start_env(&path, &[("NOTIFY_SOCKET", sock_path.as_os_str())]);
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 in time");
+    assert_eq!(&buf[..n], b"READY=1");
+    signal(&dapd, "-TERM");
+    let n = sock.recv(&mut buf).expect("STOPPING=1 in time");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(s) = dapd.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "dapd did not stop in time");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
 }
