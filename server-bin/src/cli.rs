@@ -127,7 +127,7 @@ fn reload(node: &mut Node, path: Option<&Path>) {
         Ok(report) => {
             let mut applied: Vec<&str> = report.applied.clone();
             if report.applied.contains(&"log.level")
-                && let Err(e) = logging::set_level(&new.log.level)
+                && let Err(e) = logging::set_level(&new.log.filter())
             {
                 applied.retain(|k| *k != "log.level");
                 tracing::warn!(error = %e, "SIGHUP: log.level not applied");
@@ -187,7 +187,8 @@ pub fn run(configure: impl FnOnce(NodeBuilder) -> NodeBuilder) -> ExitCode {
             }
         };
     }
-    logging::init(&config.log.level, cli.log_format.unwrap_or(config.log.format));
+    let format = cli.log_format.unwrap_or(config.log.format);
+    logging::init(&config.log.filter(), format);
     // Before the node is announced: a signal sent at once must drain, not kill.
     let mut sigs = match ShutdownSignals::register() {
         Ok(s) => s,
@@ -204,22 +205,37 @@ pub fn run(configure: impl FnOnce(NodeBuilder) -> NodeBuilder) -> ExitCode {
             return ExitCode::from(if e.is_config() { 2 } else { 1 });
         }
     };
-    // Status lines on stdout, one per listener, for scripts and tests to read.
+    // Status lines on stdout, one per listener, for scripts and tests to read: text
+    // (`NAME: listening on ADDR`) or, with JSON logs, one JSON object each.
+    let json = format == LogFormat::Json;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{name}: listening on {}", node.local_addr());
+    let mut line = |what: &str, value: String| {
+        let _ = if json {
+            writeln!(
+                out,
+                "{{\"program\":{},\"event\":{},\"value\":{}}}",
+                quote(&name),
+                quote(what),
+                quote(&value)
+            )
+        } else {
+            writeln!(out, "{name}: {what} {value}")
+        };
+    };
+    line("listening on", node.local_addr().to_string());
     if let Some(a) = node.udp_addr() {
-        let _ = writeln!(out, "{name}: udp listening on {a}");
+        line("udp listening on", a.to_string());
     }
     if let Some(a) = node.tls_addr() {
-        let _ = writeln!(out, "{name}: tls listening on {a}");
+        line("tls listening on", a.to_string());
     }
     if let Some(a) = node.admin_addr() {
-        let _ = writeln!(out, "{name}: admin listening on {a}");
+        line("admin listening on", a.to_string());
     }
     if let Some(a) = node.dns_addr() {
-        let _ = writeln!(out, "{name}: dns listening on {a}");
+        line("dns listening on", a.to_string());
     }
-    let _ = writeln!(out, "{name}: node key {}", public_key_to_base64(&node.node_public_key()));
+    line("node key", public_key_to_base64(&node.node_public_key()));
     let _ = out.flush();
     drop(out);
     signals::notify("READY=1");
@@ -250,10 +266,31 @@ pub fn run(configure: impl FnOnce(NodeBuilder) -> NodeBuilder) -> ExitCode {
         std::process::exit(130);
     });
     let report = node.shutdown(grace);
-    println!(
-        "{name}: stopped ({} stream(s) drained, {} left open)",
-        report.streams - report.left_open,
-        report.left_open
-    );
+    let drained = report.streams - report.left_open;
+    if json {
+        println!(
+            "{{\"program\":{},\"event\":\"stopped\",\"drained\":{drained},\"left_open\":{}}}",
+            quote(&name),
+            report.left_open
+        );
+    } else {
+        println!("{name}: stopped ({drained} stream(s) drained, {} left open)", report.left_open);
+    }
     ExitCode::SUCCESS
+}
+
+/// `s` as a JSON string.
+fn quote(s: &str) -> String {
+    let mut q = String::with_capacity(s.len() + 2);
+    q.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => q.push_str("\\\""),
+            '\\' => q.push_str("\\\\"),
+            c if (c as u32) < 0x20 => q.push_str(&format!("\\u{:04x}", c as u32)),
+            c => q.push(c),
+        }
+    }
+    q.push('"');
+    q
 }

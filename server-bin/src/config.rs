@@ -608,11 +608,21 @@ pub struct LogSection {
     pub level: String,
     /// Line format.
     pub format: LogFormat,
+    /// The access log (target `dap::access`, at info): one line per HTTP request and one
+    /// per stream session when it ends.
+    pub access: bool,
 }
 
 impl Default for LogSection {
     fn default() -> Self {
-        LogSection { level: "info".into(), format: LogFormat::Text }
+        LogSection { level: "info".into(), format: LogFormat::Text, access: true }
+    }
+}
+
+impl LogSection {
+    /// The filter to install: `level`, with the access log off when `access` is.
+    pub fn filter(&self) -> String {
+        if self.access { self.level.clone() } else { format!("{},dap::access=off", self.level) }
     }
 }
 

@@ -697,6 +697,7 @@ keys! {
     admin_addr = "admin.addr" => admin.addr: SocketAddr;
     log_level = "log.level" => log.level: impl Into<String>;
     log_format = "log.format" => log.format: LogFormat;
+    log_access = "log.access" => log.access: bool;
 }
 
 /// The registry: the built-in channels when asked for, then the application's, each id
@@ -907,9 +908,9 @@ impl NodeBuilder {
         };
         tracing::info!(
             addr = %local_addr,
-            tls = ?tls_addr,
-            udp = ?udp_addr,
-            dns = ?dns.as_ref().map(|d| d.local_addr()),
+            tls = %tls_addr.map_or_else(|| "-".into(), |a| a.to_string()),
+            udp = %udp_addr.map_or_else(|| "-".into(), |a| a.to_string()),
+            dns = %dns.as_ref().map_or_else(|| "-".into(), |d| d.local_addr().to_string()),
             workers = reactor.len(),
             node_key = %public_key_to_base64(&enc.node_public_key()),
             channels = %procs_names(stream.procs()),
@@ -1020,8 +1021,9 @@ impl Node {
             self.config.listen.deny = new.listen.deny.clone();
             report.applied.push("listen.allow/deny");
         }
-        if old.log.level != new.log.level {
+        if (&old.log.level, old.log.access) != (&new.log.level, new.log.access) {
             self.config.log.level = new.log.level.clone();
+            self.config.log.access = new.log.access;
             report.applied.push("log.level");
         }
         let mut listen = new.listen.clone();

@@ -272,3 +272,79 @@ fn under_systemd_dapd_says_ready_and_stopping() {
     assert_eq!(status.code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn json_mode_prints_every_line_as_json_with_an_access_log() {
+    let path = config("json", "[listen]\naddr = \"127.0.0.1:0\"\n[log]\nlevel = \"info\"\n");
+    let mut child = Guard(
+        Command::new(DAPD)
+            .args(["--log-format", "json", "--config"])
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = crossbeam_channel::unbounded();
+    for out in [
+        Box::new(child.0.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.0.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    drop(tx);
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    let (addr, key) = loop {
+        let line = rx.recv_deadline(deadline).expect("the status lines in time");
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        lines.push(line);
+        if v["event"] == "node key" {
+            let addr = lines
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| v["event"] == "listening on")
+                .map(|v| v["value"].as_str().unwrap().parse::<SocketAddr>().unwrap())
+                .expect("the listening line");
+            let key = v["value"].as_str().unwrap().to_string();
+            break (addr, key);
+        }
+    };
+    assert!(health_answers(addr));
+    let key = dap_net::enc::keys::public_key_from_base64(&key).unwrap();
+    let client = util::client_reactor();
+    let s = util::open(&client, addr, key, b"E").unwrap();
+    s.channel(b'E').write(1, &b"hi"[..]).unwrap();
+    assert_eq!(s.next().data, &b"hi"[..]);
+    signal(&child, "-TERM");
+    let _ = s.closed();
+    while let Ok(line) = rx.recv_deadline(Instant::now() + TIMEOUT) {
+        lines.push(line);
+    }
+    let values: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for l in &lines {
+        assert!(!l.contains("Some(") && !l.contains(": None"), "a Debug-formatted field: {l}");
+    }
+    let access = |msg: &'static str| {
+        values.iter().filter(move |v| v["target"] == "dap::access" && v["fields"]["message"] == msg)
+    };
+    let health = access("request")
+        .find(|v| v["fields"]["path"] == "/health")
+        .expect("an access line for /health");
+    assert_eq!(health["fields"]["status"], 200);
+    assert_eq!(health["fields"]["method"], "GET");
+    let session = access("session ended").next().expect("an access line for the session");
+    assert_eq!(session["fields"]["transport"], "http");
+    assert_eq!(session["fields"]["channels"], "E");
+    assert!(session["fields"]["bytes_in"].as_u64().unwrap() >= 2);
+    assert!(values.iter().any(|v| v["event"] == "stopped"), "the stopped line");
+}

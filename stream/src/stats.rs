@@ -100,3 +100,34 @@ impl StreamStats {
         c.fetch_sub(1, Relaxed);
     }
 }
+
+/// One line (target `dap::access`) when a server session's stream ends: a short prefix of
+/// the session id (never the whole: it authorises the attach), the transport, the
+/// channels, the message bytes each way, how long it lasted, and why it ended.
+pub(crate) fn log_session_end(
+    id: &[u8],
+    transport: &str,
+    channels: &[u8],
+    counters: &crate::mux::MuxCounters,
+    lasted: std::time::Duration,
+    reason: &dyn std::fmt::Display,
+) {
+    if !tracing::enabled!(target: "dap::access", tracing::Level::INFO) {
+        return;
+    }
+    let prefix: String = id.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let channels: String = channels.iter().map(|&c| char::from(c)).collect();
+    tracing::info!(
+        target: "dap::access",
+        session = %prefix,
+        transport,
+        channels = %channels,
+        bytes_in = counters.bytes_in,
+        bytes_out = counters.bytes_out,
+        messages_in = counters.messages_in,
+        messages_out = counters.messages_out,
+        duration_ms = lasted.as_millis() as u64,
+        reason = %reason,
+        "session ended"
+    );
+}

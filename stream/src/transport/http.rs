@@ -112,6 +112,8 @@ pub struct StreamConn {
     keepalive_owed: bool,
     /// Why the stream ended, once it has.
     end: Option<StreamError>,
+    /// Server: when the stream opened, for the session's access-log line.
+    opened_at: Option<std::time::Instant>,
     events: Option<EventSink>,
     /// Server: called once when the stream ends (frees the session).
     on_end: Option<Box<dyn FnOnce() + Send>>,
@@ -215,6 +217,7 @@ impl StreamConn {
             alive_owed: false,
             keepalive_owed: false,
             end: None,
+            opened_at: None,
             events,
             on_end,
             intake_stopped: None,
@@ -276,6 +279,7 @@ impl StreamConn {
 
     fn open(&mut self, es: &mut Esocket<'_>) {
         self.state = State::Open;
+        self.opened_at = Some(std::time::Instant::now());
         es.set_buffer_caps(self.params.limits.buf_in, self.params.limits.buf_out);
         self.last_rx = es.worker().now();
         StreamStats::inc(&self.stats.streams_open);
@@ -584,6 +588,13 @@ impl StreamConn {
             on_end();
         }
         let err = self.end.take().unwrap_or(StreamError::Io("connection closed".into()));
+        if self.server
+            && let Some(opened) = self.opened_at.take()
+        {
+            let p = &self.params;
+            let c = self.mux.counters();
+            crate::stats::log_session_end(&p.id, "http", &p.channels, &c, opened.elapsed(), &err);
+        }
         if let Some(mut ev) = self.events.take() {
             ev(StreamEvent::Closed(err));
         }

@@ -281,7 +281,8 @@ pub(crate) struct UdpWorker {
     shared: Arc<UdpShared>,
     endpoint: Endpoint,
     /// Session id of each connection, to detach it when the connection ends.
-    sessions: HashMap<ConnectionId, [u8; SESSION_ID_LEN]>,
+    /// The session of each connection, with when it attached (for its access-log line).
+    sessions: HashMap<ConnectionId, ([u8; SESSION_ID_LEN], Instant)>,
     /// Transmit buffer.
     buf: Vec<u8>,
     gso_segments: usize,
@@ -422,7 +423,7 @@ impl UdpWorker {
         if let Some(conn) = self.endpoint.connection(cid) {
             conn.mux().start(waker);
         }
-        self.sessions.insert(cid, id);
+        self.sessions.insert(cid, (id, Instant::now()));
         self.server.udp_opened();
         c.attached.fetch_add(1, Ordering::Relaxed);
         true
@@ -467,7 +468,15 @@ impl Flush for UdpWorker {
                 tracing::debug!(?reason, "udp connection closed");
                 c.closed.fetch_add(1, Ordering::Relaxed);
                 self.publish_owed = true;
-                if let Some(id) = self.sessions.remove(&cid) {
+                if let Some((id, opened)) = self.sessions.remove(&cid) {
+                    if let Some(conn) = self.endpoint.connection(cid) {
+                        let m = conn.mux();
+                        let (channels, counters) = (m.channel_ids(), m.counters());
+                        let lasted = opened.elapsed();
+                        crate::stats::log_session_end(
+                            &id, "udp", &channels, &counters, lasted, &reason,
+                        );
+                    }
                     self.server.udp_detach(&id);
                     self.server.udp_closed();
                 }

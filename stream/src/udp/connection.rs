@@ -167,6 +167,19 @@ pub enum CloseReason {
     Protocol(String),
 }
 
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::Peer { code, reason } => {
+                write!(f, "closed by the peer ({code}: {reason:?})")
+            }
+            CloseReason::Local(code) => write!(f, "closed here ({code})"),
+            CloseReason::IdleTimeout => f.write_str("idle timeout"),
+            CloseReason::Protocol(why) => write!(f, "protocol violation: {why}"),
+        }
+    }
+}
+
 /// What a connection tells its driver.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {

@@ -124,6 +124,45 @@ pub(crate) struct HttpConn {
     /// The peer finished sending (it may have only half-closed): the requests already read
     /// are answered, then the connection closes.
     peer_done: bool,
+    /// The request being answered, for its access-log line.
+    access: Option<Access>,
+}
+
+/// One request's access-log line (target `dap::access`), written when its answer is done.
+struct Access {
+    method: String,
+    /// The path without its query (which may carry a session id), at most 200 bytes.
+    path: String,
+    started: std::time::Instant,
+    status: u16,
+    bytes: u64,
+}
+
+impl Access {
+    fn new(method: &str, path: &str) -> Self {
+        let path = path.split('?').next().unwrap_or("");
+        let cut = (0..=path.len().min(200)).rev().find(|&i| path.is_char_boundary(i)).unwrap_or(0);
+        Access {
+            method: method.chars().take(16).collect(),
+            path: path[..cut].to_string(),
+            started: std::time::Instant::now(),
+            status: 0,
+            bytes: 0,
+        }
+    }
+
+    fn log(self, peer: Option<SocketAddr>) {
+        tracing::info!(
+            target: "dap::access",
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            bytes = self.bytes,
+            duration_us = self.started.elapsed().as_micros() as u64,
+            peer = %peer.map_or_else(|| "-".to_string(), |p| p.to_string()),
+            "request"
+        );
+    }
 }
 
 impl HttpConn {
@@ -141,6 +180,7 @@ impl HttpConn {
             upgraded: None,
             linger_left: None,
             peer_done: false,
+            access: None,
         }
     }
 
@@ -250,6 +290,9 @@ impl HttpConn {
     fn start(&mut self, es: &mut Esocket<'_>, head: RequestHead) {
         self.count(Counter::Requests);
         self.seq += 1;
+        if tracing::enabled!(target: "dap::access", tracing::Level::INFO) {
+            self.access = Some(Access::new(head.method(), head.path()));
+        }
         let sh = self.sh.clone();
         let limit_reached =
             sh.config.max_requests_per_connection.is_some_and(|m| self.served + 1 >= m);
@@ -554,6 +597,9 @@ impl HttpConn {
                     self.put_bytes(es, resp.body);
                 }
                 self.count(Counter::Upgrades);
+                if let Some(a) = self.access.take() {
+                    a.log(self.peer);
+                }
                 self.cur = None;
                 self.phase = Phase::Closing;
                 self.deadline(es, None);
@@ -684,6 +730,9 @@ impl HttpConn {
             buf.extend_from_slice(name.as_bytes());
             buf.extend_from_slice(b"\r\n\r\n");
         }
+        if let Some(a) = self.access.as_mut() {
+            a.status = status;
+        }
         self.put(es, &buf);
         self.head_buf = buf;
         self.sh.stats.status(self.worker, status);
@@ -702,6 +751,9 @@ impl HttpConn {
 
     fn finish_request(&mut self, es: &mut Esocket<'_>, close: bool) {
         self.served += 1;
+        if let Some(a) = self.access.take() {
+            a.log(self.peer);
+        }
         // Closing with a body unread: the client may still be sending it.
         let unread = self.phase == Phase::Body;
         self.cur = None;
@@ -772,6 +824,9 @@ impl HttpConn {
 
     /// Refuses malformed input: answer, then close (the stream cannot be trusted any more).
     fn refuse(&mut self, es: &mut Esocket<'_>, status: u16) {
+        if self.access.is_none() && tracing::enabled!(target: "dap::access", tracing::Level::INFO) {
+            self.access = Some(Access::new("-", "-"));
+        }
         if status_error_counter(status) {
             self.count(Counter::BadRequests);
         }
@@ -798,6 +853,9 @@ impl HttpConn {
     /// Queues output: straight into `buf_out` when it fits, else held here (bounded: no new
     /// request starts while anything is held).
     fn put(&mut self, es: &mut Esocket<'_>, data: &[u8]) {
+        if let Some(a) = self.access.as_mut() {
+            a.bytes += data.len() as u64;
+        }
         if self.out.is_empty() && es.out_room() >= data.len() {
             if es.write(data).is_ok() {
                 return;
@@ -810,6 +868,9 @@ impl HttpConn {
     }
 
     fn put_bytes(&mut self, es: &mut Esocket<'_>, data: Bytes) {
+        if let Some(a) = self.access.as_mut() {
+            a.bytes += data.len() as u64;
+        }
         if self.out.is_empty() {
             if data.len() <= COPY_MAX && es.out_room() >= data.len() {
                 if es.write(&data).is_ok() {
