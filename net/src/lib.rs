@@ -22,6 +22,7 @@
 
 pub mod dns;
 pub mod enc;
+pub mod histogram;
 pub mod http;
 pub mod server;
 pub mod tls;

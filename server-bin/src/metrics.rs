@@ -105,6 +105,18 @@ pub fn render(src: &Sources) -> String {
     }
     enc(&mut o, &src.enc);
     stream(&mut o, src);
+    histogram(
+        &mut o,
+        "dap_enc_init_seconds",
+        "Time to answer /enc_init (the handshake's work on its thread).",
+        &src.enc.init_latency(),
+    );
+    histogram(
+        &mut o,
+        "dap_stream_setup_seconds",
+        "Time from a session's stream_ctl to its stream attaching, over HTTP and UDP.",
+        &src.stream.setup_latency(),
+    );
     channels(&mut o, src);
     udp(&mut o, src);
     if let Some(broker) = &src.broker {
@@ -190,6 +202,18 @@ fn process(o: &mut Out) {
     }
 }
 
+/// A histogram family from a snapshot.
+fn histogram(o: &mut Out, name: &str, help: &str, h: &dap_net::histogram::HistogramSnapshot) {
+    o.family(name, "histogram", help);
+    let bucket = format!("{name}_bucket");
+    for (le, n) in &h.buckets {
+        let le = if le.is_infinite() { "+Inf".to_string() } else { le.to_string() };
+        o.sample(&bucket, &[("le", &le)], *n as f64);
+    }
+    o.sample(&format!("{name}_sum"), &[], h.sum_seconds);
+    o.sample(&format!("{name}_count"), &[], h.count as f64);
+}
+
 /// A channel id as a label value: the printable ASCII character, `"` and `\` escaped.
 fn channel_label(id: u8) -> String {
     match id {
@@ -259,8 +283,10 @@ fn workers(o: &mut Out, src: &Sources) {
     per("dap_connections_accepted_total", "counter", "Connections accepted, per worker.", &|s| {
         s.accepted as f64
     });
-    per("dap_worker_bytes_in_total", "counter", "Bytes read, per worker.", &|s| s.bytes_in as f64);
-    per("dap_worker_bytes_out_total", "counter", "Bytes written, per worker.", &|s| {
+    per("dap_worker_received_bytes_total", "counter", "Bytes read, per worker.", &|s| {
+        s.bytes_in as f64
+    });
+    per("dap_worker_sent_bytes_total", "counter", "Bytes written, per worker.", &|s| {
         s.bytes_out as f64
     });
     per("dap_worker_loop_turns_total", "counter", "Event loop turns, per worker.", &|s| {

@@ -91,6 +91,11 @@ fn parse(text: &str) -> Result<HashMap<String, Vec<Sample>>, String> {
             if kind == "counter" && (value.is_nan() || value < 0.0) {
                 return err("negative counter");
             }
+            let mut labels = labels;
+            if name != family {
+                // A histogram's series, told apart by a pseudo-label.
+                labels.push(("__series".to_string(), name[family.len() + 1..].to_string()));
+            }
             families.get_mut(family).expect("inserted at TYPE").push((labels, value));
         }
     }
@@ -156,6 +161,11 @@ fn metrics_parse_as_prometheus_text_and_count_the_traffic() {
     assert!(value(&f, "dap_stream_bytes_total", &[("direction", "out")]) > 1000.0);
     assert_eq!(value(&f, "dap_stream_errors_total", &[("kind", "auth")]), 0.0);
     assert_eq!(value(&f, "dap_enc_handshakes_total", &[("result", "ok")]), 1.0);
+    let init = "dap_enc_init_seconds";
+    assert_eq!(value(&f, init, &[("__series", "count")]), 1.0);
+    assert_eq!(value(&f, init, &[("__series", "bucket"), ("le", "+Inf")]), 1.0);
+    assert!(value(&f, init, &[("__series", "sum")]) > 0.0);
+    assert_eq!(value(&f, "dap_stream_setup_seconds", &[("__series", "count")]), 1.0);
     assert_eq!(value(&f, "dap_enc_keys", &[]), 1.0);
     assert!(value(&f, "dap_http_requests_total", &[("listener", "plain")]) >= 3.0);
     assert!(value(&f, "dap_http_responses_total", &[("class", "4xx")]) >= 1.0);

@@ -116,6 +116,8 @@ struct Inner {
     drain: DrainState,
     /// The UDP transport, once [`StreamServer::serve_udp`] ran.
     udp: OnceLock<Arc<UdpShared>>,
+    /// How long sessions waited from stream_ctl until their stream attached.
+    setup_latency: dap_net::histogram::LatencyHistogram,
 }
 
 /// The server's side of a drain, shared with its streams.
@@ -194,6 +196,7 @@ impl StreamServer {
             config,
             drain: DrainState::default(),
             udp: OnceLock::new(),
+            setup_latency: Default::default(),
         };
         StreamServer { inner: Arc::new(inner) }
     }
@@ -481,7 +484,12 @@ impl StreamServer {
         self.inner.udp.get().map(|u| u.conn_stats())
     }
 
-    /// The channel handlers.
+    /// How long sessions took from stream_ctl to their stream attaching (the client's
+    /// set-up as the server sees it, over HTTP and UDP).
+    pub fn setup_latency(&self) -> dap_net::histogram::HistogramSnapshot {
+        self.inner.setup_latency.snapshot()
+    }
+
     /// The channel registry (its ids and per-channel counters: [`ChannelProcs::stats`]).
     pub fn procs(&self) -> &ChannelProcs {
         &self.inner.procs
@@ -494,9 +502,10 @@ impl StreamServer {
         now: Instant,
     ) -> Result<SessionParams, AttachError> {
         let stats = &self.inner.stats;
-        match self.inner.table.attach(id, now) {
-            Ok(p) if p.transport == TransportKind::Udp => {
+        match self.inner.table.attach_timed(id, now) {
+            Ok((p, waited)) if p.transport == TransportKind::Udp => {
                 StreamStats::inc(&stats.sessions_attached);
+                self.inner.setup_latency.observe(waited);
                 Ok(p)
             }
             Ok(_) => {
@@ -572,7 +581,7 @@ impl StreamServer {
             .and_then(unhex::<SESSION_ID_LEN>)
             .ok_or((400, "session_id missing or malformed"))?;
         let stats = &self.inner.stats;
-        let params = match self.inner.table.attach(&id, Instant::now()) {
+        let (params, waited) = match self.inner.table.attach_timed(&id, Instant::now()) {
             Ok(p) => p,
             Err(AttachError::Unknown) => {
                 self.sync_expired();
@@ -591,6 +600,7 @@ impl StreamServer {
             return Err((400, "channels or transport differ from stream_ctl"));
         }
         StreamStats::inc(&stats.sessions_attached);
+        self.inner.setup_latency.observe(waited);
         Ok(params)
     }
 }

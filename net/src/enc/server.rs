@@ -179,6 +179,18 @@ impl EncServer {
     /// stored), or a [`Refusal`]. What the `/enc_init` route runs; public for servers on
     /// other transports.
     pub fn serve_init(&self, body: &[u8], now: Instant) -> Response {
+        let began = Instant::now();
+        let resp = self.answer_init(body, now);
+        self.inner.stats.init_latency.observe(began.elapsed());
+        resp
+    }
+
+    /// How long answering `/enc_init` has taken (each one's handshake work).
+    pub fn init_latency(&self) -> crate::histogram::HistogramSnapshot {
+        self.inner.stats.init_latency.snapshot()
+    }
+
+    fn answer_init(&self, body: &[u8], now: Instant) -> Response {
         let inner = &self.inner;
         let params = AcceptParams {
             node: &inner.node,

@@ -19,6 +19,8 @@ pub(crate) struct EncStats {
     auth_failures: AtomicU64,
     replays: AtomicU64,
     handler_failures: AtomicU64,
+    /// How long answering `/enc_init` took (the handshake's work, on its thread).
+    pub(crate) init_latency: crate::histogram::LatencyHistogram,
 }
 
 fn bump(c: &AtomicU64) {

@@ -11,7 +11,7 @@ type Id = [u8; SESSION_ID_LEN];
 
 enum Entry {
     /// Waiting for its stream until `expires`.
-    Pending { params: Box<SessionParams>, expires: Instant },
+    Pending { params: Box<SessionParams>, created: Instant, expires: Instant },
     /// A stream carries it; removed when the stream ends.
     Attached,
 }
@@ -85,7 +85,7 @@ impl SessionTable {
                 return Err(TableFull);
             }
         }
-        g.map.insert(params.id, Entry::Pending { params: Box::new(params), expires });
+        g.map.insert(params.id, Entry::Pending { params: Box::new(params), created: now, expires });
         Ok(())
     }
 
@@ -95,6 +95,18 @@ impl SessionTable {
     /// # Errors
     /// [`AttachError`].
     pub fn attach(&self, id: &Id, now: Instant) -> Result<SessionParams, AttachError> {
+        self.attach_timed(id, now).map(|(p, _)| p)
+    }
+
+    /// [`attach`](Self::attach), with how long the session waited since stream_ctl made it.
+    ///
+    /// # Errors
+    /// [`AttachError`].
+    pub fn attach_timed(
+        &self,
+        id: &Id,
+        now: Instant,
+    ) -> Result<(SessionParams, std::time::Duration), AttachError> {
         let mut g = self.inner.lock();
         let entry = g.map.get_mut(id).ok_or(AttachError::Unknown)?;
         match entry {
@@ -105,11 +117,12 @@ impl SessionTable {
                 Err(AttachError::Unknown)
             }
             Entry::Pending { .. } => {
-                let Entry::Pending { params, .. } = std::mem::replace(entry, Entry::Attached)
+                let Entry::Pending { params, created, .. } =
+                    std::mem::replace(entry, Entry::Attached)
                 else {
                     unreachable!("matched Pending")
                 };
-                Ok(*params)
+                Ok((*params, now.saturating_duration_since(created)))
             }
         }
     }
