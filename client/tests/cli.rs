@@ -146,3 +146,17 @@ fn ping_and_echo_work_over_udp() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--transport"), "{err}");
 }
+
+#[test]
+fn completions_and_the_man_page_come_from_the_command_line_definition() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dap-cli"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--transport"));
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_dap-cli")).arg("man").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(".TH dap-cli 1"));
+}

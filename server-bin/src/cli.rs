@@ -69,6 +69,13 @@ struct Cli {
 enum Command {
     /// Write a new Ed25519 key (PEM, mode 0600, never overwritten) and print its public key.
     Keygen(Keygen),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `NAME man > NAME.1`.
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -161,8 +168,24 @@ pub fn run(configure: impl FnOnce(NodeBuilder) -> NodeBuilder) -> ExitCode {
         print!("{DEFAULT_CONFIG}");
         return ExitCode::SUCCESS;
     }
-    if let Some(Command::Keygen(k)) = cli.command {
-        return keygen(&name, k);
+    match cli.command {
+        Some(Command::Keygen(k)) => return keygen(&name, k),
+        Some(Command::Completions { shell }) => {
+            let mut cmd = Cli::command().name(leaked);
+            clap_complete::generate(shell, &mut cmd, leaked, &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Man) => {
+            let cmd = Cli::command().name(leaked);
+            return match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{name}: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
     }
     let config = match &cli.config {
         Some(path) => Config::load(path),

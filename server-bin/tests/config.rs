@@ -213,3 +213,16 @@ fn check_config_validates_and_exits() {
     let out = Command::new(DAPD).arg("--check-config").output().unwrap();
     assert_eq!(out.status.code(), Some(0), "the embedded default is good");
 }
+
+#[test]
+fn completions_and_the_man_page_come_from_the_command_line_definition() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(DAPD).args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("check-config"), "{shell}");
+    }
+    let out = Command::new(DAPD).arg("man").output().unwrap();
+    assert!(out.status.success());
+    let man = String::from_utf8_lossy(&out.stdout);
+    assert!(man.contains(".TH dapd 1") && man.contains("check\\-config"), "{man}");
+}

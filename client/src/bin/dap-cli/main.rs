@@ -56,6 +56,13 @@ struct Cli {
 enum Command {
     /// Reach streaming and print how long each stage took.
     Ping,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `dap-cli man > dap-cli.1`.
+    Man,
     /// Send TEXT through the echo channel and print what comes back.
     Echo {
         /// The text.
@@ -133,6 +140,20 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), Fail> {
+    match cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "dap-cli", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            return clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .map_err(|e| Fail { text: e.to_string(), usage: false });
+        }
+        _ => {}
+    }
     let cfg = client_config(&cli)?;
     let timeout = Duration::from_secs_f64(cli.timeout);
     match cli.command {
@@ -145,6 +166,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
         Command::Sub { topic, count } => commands::sub(cfg, timeout, &topic, count),
         Command::Pub { topic, text } => commands::publish(cfg, timeout, &topic, &text),
         Command::Bench(args) => bench::run(cfg, timeout, &args),
+        Command::Completions { .. } | Command::Man => Ok(()),
     }
 }
 
