@@ -97,10 +97,12 @@ fn pub_reaches_a_subscriber() {
 #[test]
 fn failures_name_the_stage_and_exit_non_zero() {
     let mut c = cli(None);
-    c.args(["--uplink", &free_port().to_string(), "--tries", "1", "ping"]);
+    let dead = free_port().to_string();
+    c.args(["--uplink", &dead, "--tries", "1", "ping"]);
     let (code, _, err) = run(c);
-    assert_eq!(code, 1);
+    assert_eq!(code, 3, "could not reach the node: {err}");
     assert!(err.contains("failed at enc_init") && err.contains("connection refused"), "{err}");
+    assert!(err.contains(&dead), "the error names host:port: {err}");
 
     let node = Node::start(EncConfig::default());
     let mut c = cli(None);
@@ -108,8 +110,15 @@ fn failures_name_the_stage_and_exit_non_zero() {
     let other = format!("--node-key={other}");
     c.args(["--uplink", &node.addr.to_string(), &other, "echo", "x"]);
     let (code, _, err) = run(c);
-    assert_eq!(code, 1);
+    assert_eq!(code, 5, "refused: {err}");
     assert!(err.contains("failed at enc_init") && err.contains("wrong node key"), "{err}");
+
+    // The uplink from the environment, and an overall time limit.
+    let mut c = cli(None);
+    c.env("DAP_UPLINK", node.addr.to_string()).args(["--max-time", "0.001", "sub", "t"]);
+    let (code, _, err) = run(c);
+    assert_eq!(code, 4, "--max-time: {err}");
+    assert!(err.contains(&node.addr.to_string()) && err.contains("max-time"), "{err}");
 
     let mut c = cli(None);
     c.args(["--uplink", "no-port", "ping"]);

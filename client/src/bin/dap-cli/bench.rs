@@ -102,7 +102,7 @@ pub(crate) fn run(cfg: ClientConfig, timeout: Duration, a: &Args) -> Result<(), 
         match done_rx.recv_timeout(setup_bound) {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e.into()),
-            Err(_) => return Err(fail("connections did not reach streaming in time")),
+            Err(_) => return Err(crate::timed_out("connections did not reach streaming in time")),
         }
     }
     let setup_all = start.elapsed();
@@ -133,7 +133,7 @@ pub(crate) fn run(cfg: ClientConfig, timeout: Duration, a: &Args) -> Result<(), 
             break;
         }
         if Instant::now() > give_up {
-            return Err(fail("--max-seconds passed before the transfer finished"));
+            return Err(crate::timed_out("--max-seconds passed before the transfer finished"));
         }
         if all.iter().any(|c| !c.client.is_streaming()) {
             let c = all.iter().find(|c| !c.client.is_streaming()).expect("found above");

@@ -73,7 +73,7 @@ impl Session {
                         return Err(self.explain("the stream ended".into()));
                     }
                     if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Err(fail(format!("no answer within {timeout:?}")));
+                        return Err(crate::timed_out(format!("no answer within {timeout:?}")));
                     }
                 }
             }
@@ -220,7 +220,8 @@ fn request(s: &Session, msg: &PubSubMsg, timeout: Duration) -> Result<(), Fail> 
 /// The next `'P'` message.
 fn next(s: &Session, timeout: Duration) -> Result<PubSubMsg, Fail> {
     let (_, m) = s.recv(timeout)?;
-    PubSubMsg::decode(m.ty, &m.data).map_err(|e| fail(format!("a bad message from the node: {e}")))
+    PubSubMsg::decode(m.ty, &m.data)
+        .map_err(|e| crate::protocol(format!("a bad message from the node: {e}")))
 }
 
 pub(crate) fn sub(
@@ -249,7 +250,7 @@ pub(crate) fn sub(
                 let _ = out.flush();
             }
             PubSubMsg::Error { code, .. } => {
-                return Err(fail(format!("the node refused: {}", code.name())));
+                return Err(crate::refused(format!("the node refused: {}", code.name())));
             }
             _ => {}
         }
@@ -274,7 +275,7 @@ pub(crate) fn publish(
                 return Ok(());
             }
             PubSubMsg::Error { code, .. } => {
-                return Err(fail(format!("the node refused: {}", code.name())));
+                return Err(crate::refused(format!("the node refused: {}", code.name())));
             }
             _ => {}
         }

@@ -26,28 +26,41 @@ use dap_net::enc::{ClientCert, NodeKey};
 
 /// Talk to a dap node: reach streaming, echo, send, publish/subscribe, benchmark.
 #[derive(Debug, Parser)]
-#[command(name = "dap-cli", version)]
+#[command(
+    name = "dap-cli",
+    version,
+    after_help = "Exit status: 0 done; 1 another failure; 2 a bad command line or local file; \
+                  3 the node could not be reached; 4 a time limit passed (--timeout, \
+                  --max-time); 5 the node refused (key, certificate, session, channel); \
+                  6 the node's answer broke the protocol or the stream broke."
+)]
 struct Cli {
     /// The node, HOST:PORT (an IPv4 or IPv6 address, or a host name).
-    #[arg(long, global = true, default_value = "127.0.0.1:8079")]
+    #[arg(long, global = true, env = "DAP_UPLINK", default_value = "127.0.0.1:8079")]
     uplink: String,
     /// The node's public key to pin: base64url, a file holding it, or the node's key file
     /// (PEM). Without it any node key is accepted.
-    #[arg(long, global = true, value_name = "FILE|KEY")]
+    #[arg(long, global = true, env = "DAP_NODE_KEY", value_name = "FILE|KEY")]
     node_key: Option<String>,
     /// A client certificate (PEM, from `dapd keygen --client`) for nodes that require one.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, env = "DAP_CERT", value_name = "FILE")]
     cert: Option<PathBuf>,
     /// Seconds to wait for each connect and for each answer.
-    #[arg(long, global = true, default_value_t = 10.0)]
+    #[arg(long, global = true, env = "DAP_TIMEOUT", default_value_t = 10.0)]
     timeout: f64,
+    /// Seconds the whole command may take; past it, exit 4.
+    #[arg(long, global = true, env = "DAP_MAX_TIME", value_name = "SECONDS")]
+    max_time: Option<f64>,
     /// Tries per stage before giving up.
     #[arg(long, global = true, default_value_t = 3)]
     tries: u32,
     /// How the stream is carried: `auto` (UDP, falling back to HTTP when UDP does not get
     /// through), `udp` or `http` (an upgraded HTTP connection).
-    #[arg(long, global = true, default_value = "auto")]
+    #[arg(long, global = true, env = "DAP_TRANSPORT", default_value = "auto")]
     transport: String,
+    /// Log what the client does on stderr (-v: debug, -vv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -100,11 +113,21 @@ enum Command {
     Bench(bench::Args),
 }
 
-/// A failure to report: the text, and whether it was the caller's fault (exit 2).
+/// Exit statuses (listed in `--help`).
+pub(crate) mod exit {
+    pub(crate) const OTHER: u8 = 1;
+    pub(crate) const USAGE: u8 = 2;
+    pub(crate) const CONNECT: u8 = 3;
+    pub(crate) const TIMEOUT: u8 = 4;
+    pub(crate) const REFUSED: u8 = 5;
+    pub(crate) const PROTOCOL: u8 = 6;
+}
+
+/// A failure to report: the text, and its exit status.
 #[derive(Debug)]
 pub(crate) struct Fail {
     pub(crate) text: String,
-    pub(crate) usage: bool,
+    pub(crate) code: u8,
 }
 
 impl From<ClientError> for Fail {
@@ -116,25 +139,80 @@ impl From<ClientError> for Fail {
         } else {
             format!("failed at {stage}: {text}")
         };
-        Fail { text, usage: false }
+        let code = match e {
+            ClientError::ConnectRefused { .. } | ClientError::Io { .. } => exit::CONNECT,
+            ClientError::Timeout { .. } => exit::TIMEOUT,
+            ClientError::NoKey(_)
+            | ClientError::WrongKey
+            | ClientError::Auth { .. }
+            | ClientError::StreamCtl(_)
+            | ClientError::KeyExpired(_) => exit::REFUSED,
+            ClientError::StreamCtlBadResponse(_)
+            | ClientError::StreamResponse(_)
+            | ClientError::StreamLost(_) => exit::PROTOCOL,
+            ClientError::WrongAddress(_) => exit::USAGE,
+            _ => exit::OTHER,
+        };
+        Fail { text, code }
     }
 }
 
 pub(crate) fn fail(text: impl Into<String>) -> Fail {
-    Fail { text: text.into(), usage: false }
+    Fail { text: text.into(), code: exit::OTHER }
+}
+
+/// A time limit passed.
+pub(crate) fn timed_out(text: impl Into<String>) -> Fail {
+    Fail { text: text.into(), code: exit::TIMEOUT }
+}
+
+/// The node said no.
+pub(crate) fn refused(text: impl Into<String>) -> Fail {
+    Fail { text: text.into(), code: exit::REFUSED }
+}
+
+/// The node's answer made no sense.
+pub(crate) fn protocol(text: impl Into<String>) -> Fail {
+    Fail { text: text.into(), code: exit::PROTOCOL }
 }
 
 fn usage(text: impl Into<String>) -> Fail {
-    Fail { text: text.into(), usage: true }
+    Fail { text: text.into(), code: exit::USAGE }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.verbose > 0 {
+        let level = if cli.verbose > 1 { "trace" } else { "debug" };
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    let uplink = cli.uplink.clone();
+    if let Some(max) = cli.max_time {
+        if !(max.is_finite() && max > 0.0) {
+            eprintln!("dap-cli: --max-time must be a positive number of seconds");
+            return ExitCode::from(exit::USAGE);
+        }
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs_f64(max));
+            eprintln!("dap-cli: {uplink}: --max-time {max} s passed");
+            std::process::exit(exit::TIMEOUT.into());
+        });
+    }
+    let uplink = cli.uplink.clone();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
+        Err(f) if f.code == exit::USAGE => {
             eprintln!("dap-cli: {}", f.text);
-            ExitCode::from(if f.usage { 2 } else { 1 })
+            ExitCode::from(f.code)
+        }
+        Err(f) => {
+            eprintln!("dap-cli: {uplink}: {}", f.text);
+            ExitCode::from(f.code)
         }
     }
 }
@@ -150,7 +228,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
             let cmd = <Cli as clap::CommandFactory>::command();
             return clap_mangen::Man::new(cmd)
                 .render(&mut std::io::stdout())
-                .map_err(|e| Fail { text: e.to_string(), usage: false });
+                .map_err(|e| fail(e.to_string()));
         }
         _ => {}
     }
