@@ -28,9 +28,9 @@ pub enum WriteError {
     /// later.
     #[error("the channel's queue is full")]
     Full(Bytes),
-    /// Over the session's message size limit.
-    #[error("message over the size limit")]
-    TooLarge(Bytes),
+    /// Over the session's message size limit: the message, and the limit in bytes.
+    #[error("a message of {len} bytes is over the limit of {limit} bytes", len = .0.len(), limit = .1)]
+    TooLarge(Bytes, usize),
     /// The stream refused it for another reason.
     #[error(transparent)]
     Stream(HandleWriteError),
@@ -109,7 +109,8 @@ impl Outbox {
     ) -> Result<(), WriteError> {
         let (max_bytes, max_messages) = (self.max_bytes, self.max_messages);
         if data.len() > self.max_message {
-            return Err(WriteError::TooLarge(data));
+            let limit = self.max_message;
+            return Err(WriteError::TooLarge(data, limit));
         }
         let lane = self.lane(id).ok_or(WriteError::NotActive(id as char))?;
         if lane.pending.is_empty()
@@ -118,7 +119,9 @@ impl Outbox {
             match h.write(ty, data) {
                 Ok(()) => return Ok(()),
                 Err(HandleWriteError::Full(d)) => return Err(WriteError::Full(d)),
-                Err(HandleWriteError::TooLarge(d)) => return Err(WriteError::TooLarge(d)),
+                Err(HandleWriteError::TooLarge(d)) => {
+                    return Err(WriteError::TooLarge(d, h.max_message()));
+                }
                 // The stream ended under us: queue it for the next one, if allowed.
                 Err(HandleWriteError::Closed(d)) => {
                     lane.live = None;
@@ -317,10 +320,9 @@ mod tests {
             o.write(b'P', 1, Bytes::from_static(b"4"), true, st),
             Err(WriteError::Full(_))
         ));
-        assert!(matches!(
-            o.write(b'P', 1, Bytes::from(vec![0; 101]), true, st),
-            Err(WriteError::TooLarge(_))
-        ));
+        let too_large = o.write(b'P', 1, Bytes::from(vec![0; 101]), true, st).unwrap_err();
+        assert!(matches!(too_large, WriteError::TooLarge(_, 100)));
+        assert_eq!(too_large.to_string(), "a message of 101 bytes is over the limit of 100 bytes");
         assert_eq!(o.queued(), 4);
         o.set_channels(b"P");
         assert_eq!(o.queued(), 3);

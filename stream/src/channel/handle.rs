@@ -137,6 +137,12 @@ impl ChannelHandle {
         self.shared.id
     }
 
+    /// The largest message this channel takes, in bytes (the session's limit; an
+    /// unreliable channel's is one datagram's worth).
+    pub fn max_message(&self) -> usize {
+        self.shared.max_message.load(Ordering::Relaxed)
+    }
+
     /// Queues a message without waiting.
     ///
     /// # Errors
