@@ -169,3 +169,32 @@ fn completions_and_the_man_page_come_from_the_command_line_definition() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(".TH dap-cli 1"));
 }
+
+#[test]
+fn bench_interrupted_prints_the_result_so_far() {
+    let node = Node::start(EncConfig::default());
+    let mut c = cli(Some(&node));
+    c.args(["--transport", "http", "bench", "--conns", "1", "--bytes", "64G"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    util::wait_until("the transfer is under way", || node.stream.stats().bytes_in > (1 << 20));
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + TIMEOUT;
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "bench did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let result = stdout.lines().find(|l| l.starts_with("RESULT")).expect("a RESULT line");
+    assert!(result.ends_with("partial=1"), "{result}");
+    let bytes: u64 = result
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("bytes="))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(bytes > 0 && bytes < 64 << 30, "{bytes}");
+}

@@ -115,7 +115,17 @@ pub(crate) fn run(cfg: ClientConfig, timeout: Duration, a: &Args) -> Result<(), 
     let progress = std::io::stderr().is_terminal();
     let t0 = Instant::now();
     let mut last_draw = t0;
+    // Ctrl-C (or SIGTERM) ends the transfer early: the result so far is still printed.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, stop.clone());
+    }
+    let mut interrupted = false;
     loop {
+        if stop.load(Ordering::Relaxed) {
+            interrupted = true;
+            break;
+        }
         let mut finished = true;
         for c in &mut all {
             let echoed = c.echoed.load(Ordering::Relaxed);
@@ -147,9 +157,17 @@ pub(crate) fn run(cfg: ClientConfig, timeout: Duration, a: &Args) -> Result<(), 
         }
     }
     let secs = t0.elapsed().as_secs_f64();
+    let total = if interrupted {
+        all.iter().map(|c| c.echoed.load(Ordering::Relaxed)).sum()
+    } else {
+        total
+    };
     if progress {
         draw(total, total, t0.elapsed());
         eprintln!();
+    }
+    if interrupted {
+        eprintln!("dap-cli: interrupted: the figures below cover the transfer so far");
     }
     let mbs = total as f64 / secs / 1e6;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -163,10 +181,11 @@ pub(crate) fn run(cfg: ClientConfig, timeout: Duration, a: &Args) -> Result<(), 
     println!("all streaming in   {:.3} ms", ms(setup_all));
     println!("throughput         {mbs:.1} MB/s ({:.3} s)", secs);
     println!(
-        "RESULT conns={conns} bytes={total} msg_size={msg_size} setup_p50_ms={:.3} setup_p99_ms={:.3} setup_all_ms={:.3} mbs={mbs:.1}",
+        "RESULT conns={conns} bytes={total} msg_size={msg_size} setup_p50_ms={:.3} setup_p99_ms={:.3} setup_all_ms={:.3} mbs={mbs:.1}{}",
         ms(pct(0.5)),
         ms(pct(0.99)),
-        ms(setup_all)
+        ms(setup_all),
+        if interrupted { " partial=1" } else { "" }
     );
     let _ = std::io::stdout().flush();
     Ok(())
