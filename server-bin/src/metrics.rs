@@ -236,32 +236,21 @@ fn channels(o: &mut Out, src: &Sources) {
     each(o, "dap_channel_sessions_total", &|s| s.sessions);
     o.family("dap_channel_open", "gauge", "Sessions that have the channel open now.");
     each(o, "dap_channel_open", &|s| s.open);
-    o.family("dap_channel_messages_total", "counter", "Whole messages, by channel and direction.");
-    for ((_, s), l) in stats.iter().zip(&labels) {
-        o.sample(
-            "dap_channel_messages_total",
-            &[("channel", l), ("direction", "in")],
-            s.messages_in as f64,
-        );
-        o.sample(
-            "dap_channel_messages_total",
-            &[("channel", l), ("direction", "out")],
-            s.messages_out as f64,
-        );
-    }
-    o.family("dap_channel_bytes_total", "counter", "Message bytes, by channel and direction.");
-    for ((_, s), l) in stats.iter().zip(&labels) {
-        o.sample(
-            "dap_channel_bytes_total",
-            &[("channel", l), ("direction", "in")],
-            s.bytes_in as f64,
-        );
-        o.sample(
-            "dap_channel_bytes_total",
-            &[("channel", l), ("direction", "out")],
-            s.bytes_out as f64,
-        );
-    }
+    let both =
+        |o: &mut Out, name: &str, help: &str, f: &dyn Fn(&ChannelStatsSnapshot) -> (u64, u64)| {
+            o.family(name, "counter", help);
+            for ((_, s), l) in stats.iter().zip(&labels) {
+                let (i, out) = f(s);
+                o.sample(name, &[("channel", l), ("direction", "in")], i as f64);
+                o.sample(name, &[("channel", l), ("direction", "out")], out as f64);
+            }
+        };
+    both(o, "dap_channel_messages_total", "Whole messages, by channel and direction.", &|s| {
+        (s.messages_in, s.messages_out)
+    });
+    both(o, "dap_channel_bytes_total", "Message bytes, by channel and direction.", &|s| {
+        (s.bytes_in, s.bytes_out)
+    });
 }
 
 fn workers(o: &mut Out, src: &Sources) {

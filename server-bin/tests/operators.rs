@@ -6,22 +6,12 @@ mod util;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use util::TIMEOUT;
+use util::{Guard, TIMEOUT};
 
 const DAPD: &str = env!("CARGO_BIN_EXE_dapd");
-
-/// Kills the child if the test ends before it exits.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn config(name: &str, body: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("dapd-ops-{name}-{}", std::process::id()));
@@ -43,16 +33,23 @@ fn start_env(
     path: &PathBuf,
     env: &[(&str, &std::ffi::OsStr)],
 ) -> (Guard, SocketAddr, crossbeam_channel::Receiver<String>) {
-    let mut child = Guard(
-        Command::new(DAPD)
-            .envs(env.iter().copied())
-            .arg("--config")
-            .arg(path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn dapd"),
-    );
+    let mut cmd = Command::new(DAPD);
+    cmd.envs(env.iter().copied()).arg("--config").arg(path);
+    let (child, rx) = spawn_lines(cmd);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let line = rx.recv_deadline(deadline).expect("dapd announces itself in time");
+        if let Some(a) = line.strip_prefix("dapd: listening on ") {
+            return (child, a.parse().unwrap(), rx);
+        }
+    }
+}
+
+/// Spawns `cmd` with its stdout and stderr read line by line into one channel (which
+/// ends when both do).
+fn spawn_lines(mut cmd: Command) -> (Guard, crossbeam_channel::Receiver<String>) {
+    let mut child =
+        Guard(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn dapd"));
     let (tx, rx) = crossbeam_channel::unbounded();
     for out in [
         Box::new(child.0.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
@@ -60,20 +57,25 @@ fn start_env(
     ] {
         let tx = tx.clone();
         std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {
                     break;
                 }
             }
         });
     }
+    (child, rx)
+}
+
+/// Waits (bounded) for dapd to exit.
+fn exit_status(dapd: &mut Guard) -> std::process::ExitStatus {
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        let line = rx.recv_deadline(deadline).expect("dapd announces itself in time");
-        if let Some(a) = line.strip_prefix("dapd: listening on ") {
-            return (child, a.parse().unwrap(), rx);
+        if let Some(s) = dapd.0.try_wait().unwrap() {
+            return s;
         }
+        assert!(Instant::now() < deadline, "dapd did not exit in time");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -195,14 +197,7 @@ fn sighup_reloads_what_can_change_and_the_process_lives() {
     let line = line_with(&lines, "SIGHUP: configuration refused");
     assert!(line.contains("listen.backlog"), "{line}");
     signal(&dapd, "-TERM");
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(s) = dapd.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "dapd did not stop in time");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = exit_status(&mut dapd);
     assert_eq!(status.code(), Some(0));
 }
 
@@ -232,14 +227,7 @@ fn a_second_sigint_during_the_drain_exits_at_once() {
     signal(&dapd, "-INT");
     line_with(&lines, "shutting down");
     signal(&dapd, "-INT");
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(s) = dapd.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "dapd did not exit");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = exit_status(&mut dapd);
     let _ = release.send(());
     assert_eq!(status.code(), Some(130), "forced, not a finished drain");
     line_with(&lines, "second signal");
@@ -261,14 +249,7 @@ fn under_systemd_dapd_says_ready_and_stopping() {
     signal(&dapd, "-TERM");
     let n = sock.recv(&mut buf).expect("STOPPING=1 in time");
     assert_eq!(&buf[..n], b"STOPPING=1");
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(s) = dapd.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "dapd did not stop in time");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = exit_status(&mut dapd);
     assert_eq!(status.code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -276,28 +257,9 @@ fn under_systemd_dapd_says_ready_and_stopping() {
 #[test]
 fn json_mode_prints_every_line_as_json_with_an_access_log() {
     let path = config("json", "[listen]\naddr = \"127.0.0.1:0\"\n[log]\nlevel = \"info\"\n");
-    let mut child = Guard(
-        Command::new(DAPD)
-            .args(["--log-format", "json", "--config"])
-            .arg(&path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let (tx, rx) = crossbeam_channel::unbounded();
-    for out in [
-        Box::new(child.0.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.0.stderr.take().unwrap()),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-    }
-    drop(tx);
+    let mut cmd = Command::new(DAPD);
+    cmd.args(["--log-format", "json", "--config"]).arg(&path);
+    let (child, rx) = spawn_lines(cmd);
     let mut lines = Vec::new();
     let deadline = Instant::now() + TIMEOUT;
     let (addr, key) = loop {

@@ -7,7 +7,7 @@ mod util;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -18,16 +18,6 @@ use dap_stream::transport::{CloseCode, StreamError};
 use util::*;
 
 const DAPD: &str = env!("CARGO_BIN_EXE_dapd");
-
-/// Kills the child if the test fails before it exits.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Starts dapd with a config on port 0 (plus `extra`, TOML sections); returns it, its
 /// address and its node key.

@@ -219,3 +219,13 @@ pub fn read_payload(p: &[u8]) -> (u8, u64) {
     assert_eq!(p.len(), 9, "payload length");
     (p[0], u64::from_be_bytes(p[1..9].try_into().unwrap()))
 }
+
+/// Kills a child process if the test ends before it exits.
+pub struct Guard(pub std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
