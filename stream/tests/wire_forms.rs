@@ -347,3 +347,19 @@ fn a_credit_frame_of_the_wrong_length_is_fatal() {
     // Version 1's 4-byte limit, on the connection.
     refused_as_malformed(&[0, 1, 0x80, 0, 0, 0, 0, 4, 0, 1, 0, 0]);
 }
+
+#[test]
+fn echo_returns_every_message_with_its_type_and_bytes_in_order() {
+    let srv = echo_server(b"E", StreamConfig::default());
+    let c = connect(&srv.reactor, srv.addr, srv.session(b"E", None));
+    let big: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+    let sent: Vec<(u8, Vec<u8>)> =
+        vec![(0, Vec::new()), (255, b"x".to_vec()), (7, big), (1, b"last".to_vec())];
+    for (ty, data) in &sent {
+        c.channel(b'E').write(*ty, data.clone()).unwrap();
+    }
+    for (ty, data) in &sent {
+        let (id, m) = c.messages.recv_timeout(TIMEOUT).expect("an echo");
+        assert_eq!((id, m.ty, &m.data[..]), (b'E', *ty, &data[..]));
+    }
+}
