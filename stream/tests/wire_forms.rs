@@ -356,7 +356,7 @@ fn echo_returns_every_message_with_its_type_and_bytes_in_order() {
     let sent: Vec<(u8, Vec<u8>)> =
         vec![(0, Vec::new()), (255, b"x".to_vec()), (7, big), (1, b"last".to_vec())];
     for (ty, data) in &sent {
-        c.channel(b'E').write(*ty, data.clone()).unwrap();
+        c.channel(b'E').write_timeout(*ty, data.clone(), TIMEOUT).unwrap();
     }
     for (ty, data) in &sent {
         let (id, m) = c.messages.recv_timeout(TIMEOUT).expect("an echo");
