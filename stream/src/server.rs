@@ -21,7 +21,7 @@ use crate::mux::Mux;
 use crate::session::ctl::{CtlRequest, encode_answer};
 use crate::session::{
     AttachError, SESSION_ID_LEN, SessionLimits, SessionParams, SessionTable, TransportKind,
-    UdpRoute, unhex,
+    UdpRoute, unhex, url_names_channels,
 };
 use crate::stats::{StreamStats, StreamStatsSnapshot};
 use crate::transport::http::{STREAM_PATH, StreamConn, UPGRADE_TOKEN};
@@ -593,7 +593,9 @@ impl StreamServer {
                 return Err((409, "session attached already"));
             }
         };
-        if params.channels != channels.as_bytes() || params.transport != TransportKind::Http {
+        if !url_names_channels(channels, &params.channels)
+            || params.transport != TransportKind::Http
+        {
             // The session is spent either way: a client that lies about its channels does
             // not get a second try with the same id.
             self.inner.table.detach(&id);

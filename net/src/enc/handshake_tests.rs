@@ -170,6 +170,24 @@ fn the_server_picks_its_own_preference() {
 }
 
 #[test]
+fn undefined_suite_codes_are_ignored_and_alone_get_400() {
+    let node = node();
+    let auth = ClientAuth::None;
+    // `01 01 01 <ephemeral> ...`: one suite offered, at offset 2.
+    let (_, mut request) = EncInit::start(&[CipherSuite::ChaCha20Poly1305], None);
+    assert_eq!(request[..3], [1, 1, 1]);
+    let mut both = request.clone();
+    both[1] = 2;
+    both.insert(2, 0x07);
+    let a = accept(&both, &params(&node, &auth)).unwrap();
+    assert_eq!(a.material.suite, CipherSuite::ChaCha20Poly1305);
+    request[2] = 0x07;
+    let err = accept(&request, &params(&node, &auth)).unwrap_err();
+    assert_eq!(err, AcceptError::NoCommonSuite);
+    assert_eq!((err.refusal().status(), err.refusal().reason()), (400, "no-common-suite"));
+}
+
+#[test]
 fn a_tampered_or_foreign_response_is_refused() {
     let node = node();
     let auth = ClientAuth::None;

@@ -161,6 +161,53 @@ pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
+/// Whether a channel id goes into the `/stream/<channels>` URL as itself: an RFC 3986
+/// `pchar` other than `%` (unreserved, sub-delims, `:` and `@`).
+fn url_safe(id: u8) -> bool {
+    id.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&id)
+}
+
+/// Writes channel ids for the `/stream/<channels>` URL (`docs/PROTOCOL.md` §6): an id that
+/// is an RFC 3986 `pchar` other than `%` as itself, any other as `%XX` (uppercase hex).
+pub fn channels_to_url(ids: &[u8]) -> String {
+    let mut out = String::with_capacity(ids.len() * 3);
+    for &id in ids {
+        if url_safe(id) {
+            out.push(id as char);
+        } else {
+            out.push_str(&format!("%{id:02X}"));
+        }
+    }
+    out
+}
+
+/// Decodes every `%XX` (hex digits of either case) of a URL segment; `None` when a `%` is
+/// not followed by two hex digits.
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let s = s.as_bytes();
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            let d = |c: u8| (c as char).to_digit(16);
+            out.push((d(hex[0])? * 16 + d(hex[1])?) as u8);
+            i += 3;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// Whether the `<channels>` segment of a `/stream/` URL names exactly `ids`, in order:
+/// once every `%XX` in it is decoded, or byte for byte as written (clients that write ids
+/// raw, as earlier versions of the spec said).
+pub fn url_names_channels(segment: &str, ids: &[u8]) -> bool {
+    segment.as_bytes() == ids || percent_decode(segment).is_some_and(|d| d == ids)
+}
+
 impl SessionParams {
     /// The two stream secrets, generation 0 of each direction's key chain:
     /// `(client→server, server→client)`.
@@ -199,5 +246,43 @@ impl SessionParams {
                 Opener::new(s2c, Direction::ServerToClient, limit),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_ids_in_the_url_are_percent_encoded_and_decoded() {
+        // Every id a session may have round-trips, one at a time and all together.
+        let all: Vec<u8> = (0x21..=0x7e).collect();
+        for ids in all.chunks(1).chain([&all[..]]) {
+            let url = channels_to_url(ids);
+            assert!(!url.contains(['/', '?', '#']), "{url}");
+            assert!(url_names_channels(&url, ids), "{url}");
+        }
+        assert_eq!(channels_to_url(b"E/?#%a"), "E%2F%3F%23%25a");
+        // Lowercase hex is accepted; ids written raw are accepted too.
+        assert!(url_names_channels("%2f%3F", b"/?"));
+        assert!(url_names_channels("E/%", b"E/%"));
+        assert!(url_names_channels("%41", b"%41"));
+        assert!(url_names_channels("%41", b"A"));
+        // Anything else names other channels.
+        assert!(!url_names_channels("%4", b"A"));
+        assert!(!url_names_channels("%zz", b"%"));
+        assert!(!url_names_channels("EF", b"FE"));
+        assert!(!url_names_channels("", b"E"));
+    }
+
+    #[test]
+    fn session_ids_parse_in_either_case() {
+        let id: [u8; 2] = [0xab, 0x0f];
+        assert_eq!(hex(&id), "ab0f");
+        assert_eq!(unhex::<2>("ab0f"), Some(id));
+        assert_eq!(unhex::<2>("AB0F"), Some(id));
+        assert_eq!(unhex::<2>("ab0"), None);
+        assert_eq!(unhex::<2>("ab0g"), None);
+        assert_eq!(unhex::<2>("+b0f"), None);
     }
 }

@@ -732,9 +732,10 @@ fn credit_frames(mut buf: &[u8]) -> Result<Vec<u8>, DecodeError> {
     Ok(out)
 }
 
-/// The upgrade request a client sends for `params`.
+/// The upgrade request a client sends for `params`: the channel ids percent-encoded where
+/// a URL needs it, the session id in lowercase hex.
 pub fn upgrade_request(params: &SessionParams, host: &str) -> String {
-    let channels: String = params.channels.iter().map(|&c| c as char).collect();
+    let channels = crate::session::channels_to_url(&params.channels);
     format!(
         "GET {STREAM_PATH}{channels}?session_id={} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: {UPGRADE_TOKEN}\r\n\r\n",
         crate::session::hex(&params.id),
