@@ -146,6 +146,10 @@ pub struct ClientConfig {
     pub udp_fallback: Duration,
     /// With [`Transport::Auto`]: after a fallback, how long to keep to HTTP (5 minutes).
     pub udp_retry_after: Duration,
+    /// The uplink is the node's HTTPS listener: enc_init, stream_ctl and the HTTP stream
+    /// run over TLS, trusting what `http.tls` says (the system's roots when unset), with
+    /// the certificate checked against the uplink's host. The UDP transport is unchanged.
+    pub https: bool,
 }
 
 impl Default for ClientConfig {
@@ -166,6 +170,7 @@ impl Default for ClientConfig {
             mux: MuxConfig::default(),
             udp_fallback: Duration::from_secs(1),
             udp_retry_after: Duration::from_secs(300),
+            https: false,
         }
     }
 }

@@ -198,3 +198,31 @@ fn bench_interrupted_prints_the_result_so_far() {
         .unwrap();
     assert!(bytes > 0 && bytes < 64 << 30, "{bytes}");
 }
+
+#[test]
+fn an_https_uplink_reaches_the_tls_listener() {
+    let mut node = Node::start(EncConfig::default());
+    let dir = std::env::temp_dir().join(format!("dap-cli-https-{}", std::process::id()));
+    let (tls, cert) = node.serve_tls(&dir);
+    let key = format!("--node-key={}", public_key_to_base64(&node.key));
+    let uplink = format!("https://127.0.0.1:{}", tls.port());
+    let echo = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dap-cli"));
+        c.stdin(Stdio::null()).args(["--timeout", "10", "--tries", "1", "--transport", "http"]);
+        c.args(["--uplink", &uplink, &key]).args(extra).args(["echo", "over tls"]);
+        run(c)
+    };
+    // The node's self-signed certificate given as the root to trust.
+    let (code, out, err) = echo(&["--cacert", cert.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("over tls"), "{out}");
+    // Any certificate, on request.
+    let (code, out, err) = echo(&["--insecure"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("over tls"), "{out}");
+    // The system's roots do not know it: refused, with the address named.
+    let (code, _, err) = echo(&[]);
+    assert_ne!(code, 0);
+    assert!(err.contains(&format!("127.0.0.1:{}", tls.port())), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

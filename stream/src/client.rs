@@ -141,6 +141,22 @@ pub fn connect_on(
     timeout: Duration,
     events: EventSink,
 ) -> Option<EsocketHandle> {
+    connect_on_tls(ctx, addr, params, procs, stats, timeout, events, None)
+}
+
+/// [`connect_on`], over TLS when `tls` gives a client configuration and the server name
+/// to check (the node's HTTPS listener).
+#[allow(clippy::too_many_arguments)]
+pub fn connect_on_tls(
+    ctx: &mut WorkerCtx,
+    addr: SocketAddr,
+    params: SessionParams,
+    procs: &ChannelProcs,
+    stats: Arc<StreamStats>,
+    timeout: Duration,
+    events: EventSink,
+    tls: Option<(Arc<dap_net::tls::ClientConfig>, String)>,
+) -> Option<EsocketHandle> {
     // The sink moves into the connection; if connecting fails at once, it comes back
     // through this slot to report it.
     let slot = Arc::new(parking_lot::Mutex::new(Some(events)));
@@ -167,7 +183,17 @@ pub fn connect_on(
             f(ev);
         }
     });
-    let conn = StreamConn::client(params, &addr.to_string(), mux, stats, sink);
+    let host = match &tls {
+        Some((_, name)) if name.parse::<std::net::Ipv6Addr>().is_ok() => {
+            format!("[{name}]:{}", addr.port())
+        }
+        Some((_, name)) => format!("{name}:{}", addr.port()),
+        None => addr.to_string(),
+    };
+    let mut conn = StreamConn::client(params, &host, mux, stats, sink);
+    if let Some((config, name)) = tls {
+        conn = conn.with_tls(config, name);
+    }
     match ctx.connect_tcp_timeout(addr, timeout, Box::new(conn)) {
         Ok(h) => Some(h),
         Err(e) => {

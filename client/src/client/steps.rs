@@ -13,7 +13,8 @@ use dap_net::enc::{CipherSuite, EncSession};
 use dap_net::http::client::fetch;
 use dap_reactor::WorkerCtx;
 use dap_stream::client::{
-    CtlError, connect_on, ctl_call, read_ctl_answer, udp_connect_on, udp_server_addr,
+    CtlError, connect_on, connect_on_tls, ctl_call, read_ctl_answer, udp_connect_on,
+    udp_server_addr,
 };
 use dap_stream::session::ctl::CtlRequest;
 use dap_stream::session::{SessionParams, TransportKind};
@@ -25,9 +26,33 @@ use super::{Inner, Input, StepOut, Work, errors};
 use crate::config::{ClientConfig, Transport, Uplink};
 use crate::{ClientError, Stage};
 
-/// `http://addr` for a request URL (IPv6 in brackets).
-fn base_url(addr: SocketAddr) -> String {
-    format!("http://{addr}")
+/// The base of a request URL: `http://addr`, or for an `https` uplink `https://HOST:PORT`
+/// with the uplink's host name (what the certificate is checked against; the request is
+/// sent to `addr`, see [`to_addr`]).
+fn base_url(cfg: &ClientConfig, addr: SocketAddr) -> String {
+    if !cfg.https {
+        return format!("http://{addr}");
+    }
+    match &cfg.uplink {
+        Uplink::Host(name, port) => format!("https://{name}:{port}"),
+        Uplink::Addr(_) => format!("https://{addr}"),
+    }
+}
+
+/// The name the server's certificate is checked against on an `https` uplink.
+fn tls_name(cfg: &ClientConfig, addr: SocketAddr) -> String {
+    match &cfg.uplink {
+        Uplink::Host(name, _) => name.clone(),
+        Uplink::Addr(_) => addr.ip().to_string(),
+    }
+}
+
+/// Sends a request built on [`base_url`] to the address already resolved.
+fn to_addr(
+    req: dap_net::http::client::Request,
+    addr: SocketAddr,
+) -> dap_net::http::client::Request {
+    req.resolve_to(addr.ip())
 }
 
 impl Inner {
@@ -93,9 +118,9 @@ impl Inner {
         cfg: &ClientConfig,
         addr: SocketAddr,
     ) {
-        let (init, req) = match init_request(&base_url(addr), &cfg.suites, cfg.auth_cert.as_deref())
-        {
-            Ok(x) => x,
+        let url = base_url(cfg, addr);
+        let (init, req) = match init_request(&url, &cfg.suites, cfg.auth_cert.as_deref()) {
+            Ok((init, req)) => (init, to_addr(req, addr)),
             Err(e) => return self.fail(ctx, attempt, errors::http(Stage::EncInit, &e)),
         };
         let me = self.clone();
@@ -139,8 +164,8 @@ impl Inner {
         };
         let body =
             CtlRequest { channels: cfg.channels.clone(), suite, transport, unreliable }.encode();
-        let (req, sealed) = match call_request(&base_url(addr), &enc, &ctl_call(&body)) {
-            Ok(x) => x,
+        let (req, sealed) = match call_request(&base_url(cfg, addr), &enc, &ctl_call(&body)) {
+            Ok((req, sealed)) => (to_addr(req, addr), sealed),
             Err(e) => return self.fail(ctx, attempt, errors::ctl(&CtlError::Request(e))),
         };
         let me = self.clone();
@@ -229,6 +254,17 @@ impl Inner {
                     None
                 }
             }
+        } else if cfg.https {
+            let tls = match cfg.http.tls_config() {
+                Ok(c) => Some((c, tls_name(cfg, addr))),
+                Err(e) => {
+                    let mut sink = sink;
+                    let why = format!("tls: {e}");
+                    sink(StreamEvent::Closed(dap_stream::transport::StreamError::Io(why)));
+                    return;
+                }
+            };
+            connect_on_tls(ctx, addr, params, &procs, stats, timeout, sink, tls)
         } else {
             connect_on(ctx, addr, params, &procs, stats, timeout, sink)
         };

@@ -25,7 +25,10 @@ pub struct Node {
     pub addr: SocketAddr,
     pub key: [u8; 32],
     pub stream: StreamServer,
+    pub enc: EncServer,
     pub http: RunningHttp,
+    /// The HTTPS listener, once [`Node::serve_tls`] ran.
+    pub https: Option<RunningHttp>,
     pub pool: ProcPool,
     pub reactor: Reactor,
 }
@@ -63,12 +66,36 @@ impl Node {
         let addr = http.server().tcp_addrs()[0];
         // Streams over UDP too, on a port of their own (announced in stream_ctl answers).
         stream.serve_udp(&reactor, "127.0.0.1:0".parse().unwrap()).expect("udp");
-        Node { addr, key: enc.node_public_key(), stream, http, pool, reactor }
+        Node { addr, key: enc.node_public_key(), stream, enc, http, https: None, pool, reactor }
+    }
+
+    /// Serves the node's routes over TLS too, on another ephemeral port, with a fresh
+    /// self-signed certificate for `localhost` and 127.0.0.1; returns the address and the
+    /// certificate's PEM file.
+    pub fn serve_tls(&mut self, dir: &std::path::Path) -> (SocketAddr, std::path::PathBuf) {
+        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        let ck = rcgen::generate_simple_self_signed(names).expect("a certificate");
+        std::fs::create_dir_all(dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        let config = dap_net::tls::server_config(&cert, &key).expect("TLS config");
+        let mut https = HttpServer::new(HttpConfig::default());
+        https.tls(config);
+        self.enc.install(&mut https);
+        self.stream.install(&mut https, &self.enc);
+        let running = https
+            .start(&self.reactor, Server::builder().tcp("127.0.0.1:0".parse().unwrap()))
+            .expect("https server");
+        let addr = running.server().tcp_addrs()[0];
+        self.https = Some(running);
+        (addr, cert)
     }
 
     /// Stops the node: listeners and connections close.
     pub fn stop(self) {
-        let Node { http, reactor, pool, .. } = self;
+        let Node { http, https, reactor, pool, .. } = self;
+        drop(https);
         drop(http);
         reactor.shutdown(Duration::from_secs(1));
         pool.stop_cancel();

@@ -17,8 +17,10 @@ use std::sync::Arc;
 use dap_reactor::{Esocket, Layer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, Connection, ServerConnection};
+use rustls::{ClientConnection, Connection, ServerConnection};
 
+/// rustls's client configuration, as [`client_config`] makes it.
+pub use rustls::ClientConfig;
 /// rustls's server configuration, as [`server_config`] makes it and
 /// `HttpServer::tls` takes it.
 pub use rustls::ServerConfig;
@@ -88,6 +90,12 @@ pub enum Trust {
     /// Exactly this certificate (compared byte for byte, in constant time), whatever its
     /// issuer or names: for nodes that publish their own self-signed certificate.
     Pinned(CertificateDer<'static>),
+    /// Certificates that chain to these roots (a private CA's bundle; names checked), or
+    /// that are one of them (a self-signed certificate given as its own root).
+    Roots(Vec<CertificateDer<'static>>),
+    /// Any certificate: the connection is encrypted but the server is not authenticated.
+    /// For tests and first contact only (`dap-cli --insecure`).
+    AnyCertificate,
 }
 
 /// A client configuration, TLS 1.2 and 1.3, ALPN `http/1.1`.
@@ -115,6 +123,44 @@ pub fn client_config(trust: Trust) -> Result<Arc<ClientConfig>, TlsError> {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(pinned::PinnedVerifier::new(
                 cert,
+                provider(),
+            )))
+            .with_no_client_auth(),
+        Trust::Roots(certs) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in &certs {
+                // A self-signed leaf may not make a valid anchor; it still pins below.
+                let _ = roots.add(cert.clone());
+            }
+            let webpki = if roots.is_empty() {
+                None
+            } else {
+                rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider(),
+                )
+                .build()
+                .ok()
+            };
+            let check = match webpki {
+                Some(w) => pinned::Check::Roots(w, certs),
+                None => match certs.into_iter().next() {
+                    Some(cert) => pinned::Check::Pinned(cert),
+                    None => return Err(TlsError::NoRoots("no certificate given".into())),
+                },
+            };
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(pinned::PinnedVerifier::with(
+                    check,
+                    provider(),
+                )))
+                .with_no_client_auth()
+        }
+        Trust::AnyCertificate => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(pinned::PinnedVerifier::with(
+                pinned::Check::Any,
                 provider(),
             )))
             .with_no_client_auth(),

@@ -7,17 +7,34 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, Error, SignatureScheme};
 
-/// Accepts the pinned certificate and nothing else; handshake signatures are still checked
-/// against its key, so holding the certificate without the key gets an attacker nowhere.
+/// What the server's certificate is checked against.
+#[derive(Debug)]
+pub(super) enum Check {
+    /// Exactly this certificate.
+    Pinned(CertificateDer<'static>),
+    /// A chain to one of these roots (with the name checked), or, for a self-signed
+    /// certificate given as its own "root", that very certificate.
+    Roots(Arc<rustls::client::WebPkiServerVerifier>, Vec<CertificateDer<'static>>),
+    /// Anything (`--insecure`): encrypted, not authenticated.
+    Any,
+}
+
+/// Accepts the server certificate as [`Check`] says; handshake signatures are still
+/// checked against its key, so holding a certificate without the key gets an attacker
+/// nowhere.
 #[derive(Debug)]
 pub(super) struct PinnedVerifier {
-    cert: CertificateDer<'static>,
+    check: Check,
     provider: Arc<CryptoProvider>,
 }
 
 impl PinnedVerifier {
     pub(super) fn new(cert: CertificateDer<'static>, provider: Arc<CryptoProvider>) -> Self {
-        PinnedVerifier { cert, provider }
+        PinnedVerifier { check: Check::Pinned(cert), provider }
+    }
+
+    pub(super) fn with(check: Check, provider: Arc<CryptoProvider>) -> Self {
+        PinnedVerifier { check, provider }
     }
 }
 
@@ -30,15 +47,33 @@ impl ServerCertVerifier for PinnedVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        if same(end_entity.as_ref(), self.cert.as_ref()) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer))
+        let unknown = || Err(Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer));
+        match &self.check {
+            Check::Pinned(cert) if same(end_entity.as_ref(), cert.as_ref()) => {
+                Ok(ServerCertVerified::assertion())
+            }
+            Check::Pinned(_) => unknown(),
+            Check::Roots(webpki, given) => {
+                match webpki.verify_server_cert(
+                    end_entity,
+                    intermediates,
+                    server_name,
+                    ocsp_response,
+                    now,
+                ) {
+                    Ok(v) => Ok(v),
+                    Err(_) if given.iter().any(|c| same(end_entity.as_ref(), c.as_ref())) => {
+                        Ok(ServerCertVerified::assertion())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Check::Any => Ok(ServerCertVerified::assertion()),
         }
     }
 

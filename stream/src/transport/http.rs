@@ -114,6 +114,8 @@ pub struct StreamConn {
     end: Option<StreamError>,
     /// Server: when the stream opened, for the session's access-log line.
     opened_at: Option<std::time::Instant>,
+    /// Client: TLS to the server (an `https` uplink), with the name to check.
+    tls: Option<(Arc<dap_net::tls::ClientConfig>, String)>,
     events: Option<EventSink>,
     /// Server: called once when the stream ends (frees the session).
     on_end: Option<Box<dyn FnOnce() + Send>>,
@@ -194,6 +196,17 @@ impl StreamConn {
         Self::new(false, State::Upgrading { request }, params, mux, stats, Some(events), None)
     }
 
+    /// Client: runs the stream over TLS (the server's HTTPS listener), checking the
+    /// server's certificate against `server_name` as `config` says.
+    pub fn with_tls(
+        mut self,
+        config: Arc<dap_net::tls::ClientConfig>,
+        server_name: impl Into<String>,
+    ) -> Self {
+        self.tls = Some((config, server_name.into()));
+        self
+    }
+
     fn new(
         server: bool,
         state: State,
@@ -218,6 +231,7 @@ impl StreamConn {
             keepalive_owed: false,
             end: None,
             opened_at: None,
+            tls: None,
             events,
             on_end,
             intake_stopped: None,
@@ -608,6 +622,11 @@ impl Handler for StreamConn {
             // Bytes that followed the upgrade request are already in buf_in.
             self.read_packets(es);
             self.flush(es);
+        } else if let Some((config, name)) = &self.tls
+            && let Err(e) = dap_net::tls::connect(es, config, name)
+        {
+            self.end.get_or_insert(StreamError::Io(format!("tls: {e}")));
+            es.close();
         }
     }
 

@@ -35,9 +35,19 @@ use dap_net::enc::{ClientCert, NodeKey};
                   6 the node's answer broke the protocol or the stream broke."
 )]
 struct Cli {
-    /// The node, HOST:PORT (an IPv4 or IPv6 address, or a host name).
+    /// The node, HOST:PORT (an IPv4 or IPv6 address, or a host name); `https://HOST:PORT`
+    /// for its TLS listener (the certificate checked against HOST: see --cacert,
+    /// --insecure).
     #[arg(long, global = true, env = "DAP_UPLINK", default_value = "127.0.0.1:8079")]
     uplink: String,
+    /// With an https:// uplink: trust certificates that chain to these (PEM: a private
+    /// CA, or the node's own self-signed certificate) instead of the system's roots.
+    #[arg(long, global = true, env = "DAP_CACERT", value_name = "FILE")]
+    cacert: Option<PathBuf>,
+    /// With an https:// uplink: accept any certificate (encrypted, not authenticated;
+    /// pin the node key with --node-key to authenticate the node itself).
+    #[arg(long, global = true)]
+    insecure: bool,
     /// The node's public key to pin: base64url, a file holding it, or the node's key file
     /// (PEM). Without it any node key is accepted.
     #[arg(long, global = true, env = "DAP_NODE_KEY", value_name = "FILE|KEY")]
@@ -259,11 +269,33 @@ fn client_config(cli: &Cli) -> Result<ClientConfig, Fail> {
     if !(cli.timeout.is_finite() && cli.timeout > 0.0) {
         return Err(usage("--timeout must be a positive number of seconds"));
     }
-    let uplink = Uplink::parse(&cli.uplink).map_err(|e| usage(e.to_string()))?;
+    let (https, rest) = match cli.uplink.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, cli.uplink.strip_prefix("http://").unwrap_or(&cli.uplink)),
+    };
+    let uplink = Uplink::parse(rest.trim_end_matches('/')).map_err(|e| usage(e.to_string()))?;
     let timeout = Duration::from_secs_f64(cli.timeout);
     let mut cfg = ClientConfig::new(uplink)
         .timeouts(timeout, timeout)
         .retry(RetryPolicy::max_tries(cli.tries));
+    if (cli.cacert.is_some() || cli.insecure) && !https {
+        return Err(usage("--cacert and --insecure go with an https:// uplink"));
+    }
+    cfg.https = https;
+    let trust = match (&cli.cacert, cli.insecure) {
+        (Some(_), true) => return Err(usage("--cacert or --insecure, not both")),
+        (Some(path), false) => {
+            let certs = dap_net::tls::load_certs(path)
+                .map_err(|e| usage(format!("--cacert {}: {e}", path.display())))?;
+            Some(dap_net::tls::Trust::Roots(certs))
+        }
+        (None, true) => Some(dap_net::tls::Trust::AnyCertificate),
+        (None, false) => None,
+    };
+    if let Some(trust) = trust {
+        cfg.http.tls =
+            Some(dap_net::tls::client_config(trust).map_err(|e| usage(format!("tls: {e}")))?);
+    }
     if let Some(k) = &cli.node_key {
         cfg = cfg.node_key(node_key(k)?);
     }

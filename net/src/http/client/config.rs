@@ -80,7 +80,7 @@ impl Default for ClientConfig {
 impl ClientConfig {
     /// The TLS configuration an `https` request uses: [`tls`](Self::tls), else the system
     /// roots.
-    pub(crate) fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    pub fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, ClientError> {
         match &self.tls {
             Some(config) => Ok(config.clone()),
             None => system_roots(),
