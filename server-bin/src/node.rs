@@ -165,6 +165,8 @@ pub struct Node {
     broker: Option<Arc<Broker>>,
     plain: Server,
     tls: Option<Server>,
+    /// Replaces the TLS listener's certificate on a reload.
+    tls_reloader: Option<dap_net::tls::CertReloader>,
     admin: Option<Server>,
     dns: Option<Arc<DnsServer>>,
     local_addr: SocketAddr,
@@ -413,7 +415,8 @@ fn zone(c: &Config) -> Result<Zone, StartError> {
 
 type Factory = Arc<dyn Fn(&SessionInfo) -> Box<dyn ChannelHandler> + Send + Sync>;
 
-type Parts = (EncConfig, AccessList, Option<Arc<dap_net::tls::ServerConfig>>, Option<Zone>);
+type TlsParts = (Arc<dap_net::tls::ServerConfig>, dap_net::tls::CertReloader);
+type Parts = (EncConfig, AccessList, Option<TlsParts>, Option<Zone>);
 
 /// What `start` reads from files and lists before any thread starts (and `check` too).
 fn checked_parts(config: &Config) -> Result<Parts, StartError> {
@@ -422,7 +425,7 @@ fn checked_parts(config: &Config) -> Result<Parts, StartError> {
     let tls_config = if config.tls.enabled {
         let t = &config.tls;
         Some(
-            dap_net::tls::server_config(Path::new(&t.cert), Path::new(&t.key))
+            dap_net::tls::server_config_reloadable(Path::new(&t.cert), Path::new(&t.key))
                 .map_err(|e| setting("tls.cert", e))?,
         )
     } else {
@@ -854,7 +857,9 @@ impl NodeBuilder {
 
         let mut tls = None;
         let mut tls_addr = None;
-        if let Some(tls_config) = tls_config {
+        let mut tls_reloader = None;
+        if let Some((tls_config, reloader)) = tls_config {
+            tls_reloader = Some(reloader);
             let mut https = HttpServer::new(http_config(&config));
             https.tls(tls_config);
             routes(&mut https, &enc, &stream, &sources, &draining, data_metrics);
@@ -924,6 +929,7 @@ impl NodeBuilder {
             broker,
             plain,
             tls,
+            tls_reloader,
             admin,
             dns,
             local_addr,
@@ -1001,17 +1007,41 @@ impl Node {
 
     /// Applies what of `new` can change while the node runs, without dropping a
     /// connection: `[listen] allow` and `deny` (for connections from now on, on every
-    /// listener). Returns what changed and was applied, and what changed but needs a
-    /// restart; `[log] level` is the caller's (it owns the logger: [`crate::logging`]).
-    /// The node keeps its configuration as it was for what was not applied.
+    /// listener), the client allow list (`[enc] client_auth`, `allow_list`: for handshakes
+    /// from now on), and the TLS certificate and key (read again even when their paths did
+    /// not change: a renewed certificate; new handshakes use it). Returns what was applied,
+    /// and what changed but needs a restart; `[log] level` is the caller's (it owns the
+    /// logger: [`crate::logging`]). The node keeps its configuration as it was for what
+    /// was not applied.
     ///
     /// # Errors
-    /// `new` is invalid, or an access list entry is not a CIDR block: nothing is applied.
+    /// `new` is invalid, an access list entry is not a CIDR block, the allow list or the
+    /// certificate cannot be read: nothing is applied.
     pub fn reload(&mut self, new: &Config) -> Result<ReloadReport, StartError> {
         new.validate()?;
         let acl = access_list(new)?;
+        let enc_new = enc_config(new)?;
+        let tls_on = self.tls_reloader.is_some() && new.tls.enabled;
         let old = self.config.clone();
         let mut report = ReloadReport::default();
+        // First, as it can still fail (a certificate that does not match its key): then
+        // nothing at all is applied.
+        if let Some(r) = self.tls_reloader.as_ref().filter(|_| tls_on) {
+            r.reload(Path::new(&new.tls.cert), Path::new(&new.tls.key))
+                .map_err(|e| setting("tls.cert", e))?;
+            self.config.tls.cert = new.tls.cert.clone();
+            self.config.tls.key = new.tls.key.clone();
+            report.applied.push("tls.cert/key");
+        }
+        let auth_keys =
+            |c: &Config| (c.enc.client_auth, c.enc.allow_list.clone(), c.enc.max_allow_list);
+        if auth_keys(&old) != auth_keys(new) || new.enc.client_auth == ClientAuthSetting::Required {
+            self.enc.set_client_auth(enc_new.client_auth);
+            self.config.enc.client_auth = new.enc.client_auth;
+            self.config.enc.allow_list = new.enc.allow_list.clone();
+            self.config.enc.max_allow_list = new.enc.max_allow_list;
+            report.applied.push("enc.client_auth/allow_list");
+        }
         if (&old.listen.allow, &old.listen.deny) != (&new.listen.allow, &new.listen.deny) {
             self.plain.set_access_list(acl.clone());
             if let Some(t) = &self.tls {
@@ -1033,12 +1063,23 @@ impl Node {
             ("listen", listen != old.listen),
             ("reactor", new.reactor != old.reactor),
             ("http", new.http != old.http),
-            ("enc", new.enc != old.enc),
+            ("enc", {
+                let mut e = new.enc.clone();
+                (e.client_auth, e.allow_list, e.max_allow_list) =
+                    (old.enc.client_auth, old.enc.allow_list.clone(), old.enc.max_allow_list);
+                e != old.enc
+            }),
             ("stream", new.stream != old.stream),
             ("udp", new.udp != old.udp),
             ("proc", new.proc != old.proc),
             ("pubsub", new.pubsub != old.pubsub),
-            ("tls", new.tls != old.tls),
+            ("tls", {
+                let mut t = new.tls.clone();
+                if tls_on {
+                    (t.cert, t.key) = (old.tls.cert.clone(), old.tls.key.clone());
+                }
+                t != old.tls
+            }),
             ("dns", new.dns != old.dns),
             ("shutdown", new.shutdown != old.shutdown),
             ("admin", new.admin != old.admin),

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::config::EncConfig;
+use super::config::{ClientAuth, EncConfig};
 use super::enc_http::{self, KEY_ID_HEADER, SEQ_HEADER};
 use super::handshake::{self, AcceptParams};
 use super::key_id::KeyId;
@@ -70,6 +70,9 @@ impl fmt::Debug for EncRequest {
 struct Inner {
     node: NodeKey,
     config: EncConfig,
+    /// Who may run `/enc_init`: starts as `config.client_auth`, replaceable while serving
+    /// ([`EncServer::set_client_auth`]).
+    client_auth: parking_lot::RwLock<Arc<ClientAuth>>,
     store: KeyStore,
     stats: EncStats,
 }
@@ -138,7 +141,20 @@ impl EncServer {
     /// A server signing with `node`.
     pub fn new(node: NodeKey, config: EncConfig) -> Self {
         let store = KeyStore::new(config.store.clone());
-        EncServer { inner: Arc::new(Inner { node, config, store, stats: EncStats::default() }) }
+        let client_auth = parking_lot::RwLock::new(Arc::new(config.client_auth.clone()));
+        let inner = Inner { node, config, client_auth, store, stats: EncStats::default() };
+        EncServer { inner: Arc::new(inner) }
+    }
+
+    /// Replaces who may run `/enc_init` from the next handshake on (a configuration
+    /// reload: a new client allow list). Keys already made stay valid until they expire.
+    pub fn set_client_auth(&self, auth: ClientAuth) {
+        *self.inner.client_auth.write() = Arc::new(auth);
+    }
+
+    /// Who may run `/enc_init` now.
+    pub fn client_auth(&self) -> Arc<ClientAuth> {
+        self.inner.client_auth.read().clone()
     }
 
     /// The node public key clients pin.
@@ -195,7 +211,7 @@ impl EncServer {
         let params = AcceptParams {
             node: &inner.node,
             suites: &inner.config.suites,
-            client_auth: &inner.config.client_auth,
+            client_auth: &self.client_auth(),
             key_ttl_secs: u32::try_from(inner.config.store.idle_ttl.as_secs()).unwrap_or(u32::MAX),
         };
         match handshake::accept(body, &params) {

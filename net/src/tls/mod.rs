@@ -71,15 +71,69 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 /// # Errors
 /// Unreadable files, or a key rustls refuses.
 pub fn server_config(cert_pem: &Path, key_pem: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let certs = load_certs(cert_pem)?;
-    let key = PrivateKeyDer::from_pem_file(key_pem)
-        .map_err(|e| TlsError::Pem { path: key_pem.display().to_string(), why: e.to_string() })?;
+    server_config_reloadable(cert_pem, key_pem).map(|(config, _)| config)
+}
+
+/// [`server_config`], with a handle that replaces the certificate and key while the
+/// configuration serves: new handshakes use the new pair, connections already up keep
+/// theirs (a reload on SIGHUP).
+///
+/// # Errors
+/// As [`server_config`].
+pub fn server_config_reloadable(
+    cert_pem: &Path,
+    key_pem: &Path,
+) -> Result<(Arc<ServerConfig>, CertReloader), TlsError> {
+    let reloader = CertReloader(Arc::new(CertSlot(parking_lot::RwLock::new(certified_key(
+        cert_pem, key_pem,
+    )?))));
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_cert_resolver(reloader.0.clone());
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), reloader))
+}
+
+/// Reads a certificate chain and its key into what rustls serves; checks that they match.
+fn certified_key(
+    cert_pem: &Path,
+    key_pem: &Path,
+) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    let certs = load_certs(cert_pem)?;
+    let key = PrivateKeyDer::from_pem_file(key_pem)
+        .map_err(|e| TlsError::Pem { path: key_pem.display().to_string(), why: e.to_string() })?;
+    let key = rustls::sign::CertifiedKey::from_der(certs, key, &provider())?;
+    Ok(Arc::new(key))
+}
+
+/// The certificate a reloadable server configuration serves.
+#[derive(Debug)]
+struct CertSlot(parking_lot::RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl rustls::server::ResolvesServerCert for CertSlot {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.read().clone())
+    }
+}
+
+/// Replaces the certificate of a configuration made by [`server_config_reloadable`].
+#[derive(Clone, Debug)]
+pub struct CertReloader(Arc<CertSlot>);
+
+impl CertReloader {
+    /// Reads the pair again and serves it from the next handshake on.
+    ///
+    /// # Errors
+    /// As [`server_config`]; the pair in service is then kept.
+    pub fn reload(&self, cert_pem: &Path, key_pem: &Path) -> Result<(), TlsError> {
+        let key = certified_key(cert_pem, key_pem)?;
+        *self.0.0.write() = key;
+        Ok(())
+    }
 }
 
 /// Which servers a client trusts.
