@@ -169,10 +169,13 @@ fn sigterm_during_traffic(transport: TransportKind, name: &str, extra: &str) {
         let e = p.closed();
         assert!(going_away(&e), "publisher: {e:?}");
     }
+    // `acked` holds the publishes acknowledged as delivered to every subscriber
+    // (`dropped: 0`). Under load a slow subscriber's queue may fill and a publish be
+    // dropped for it (acknowledged with `dropped: 1`, so not in `acked`): acknowledgements
+    // are in order, not necessarily contiguous.
     for (i, a) in acked.iter().enumerate() {
         assert!(!a.is_empty(), "publisher {i} got acknowledgements");
-        let expected: Vec<u64> = (1..=a.len() as u64).collect();
-        assert_eq!(a, &expected, "publisher {i}: acknowledgements in order");
+        assert!(a.windows(2).all(|w| w[0] < w[1]), "publisher {i}: acknowledgements in order");
     }
     for (k, s) in subs.iter().enumerate() {
         let e = s.closed();
@@ -186,13 +189,15 @@ fn sigterm_during_traffic(transport: TransportKind, name: &str, extra: &str) {
         }
         for (i, a) in acked.iter().enumerate() {
             let seqs = got.remove(&(i as u8)).unwrap_or_default();
-            let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
-            assert_eq!(seqs, expected, "subscriber {k}, publisher {i}: in order, exactly once");
+            let in_order = seqs.windows(2).all(|w| w[0] < w[1]);
+            assert!(in_order, "subscriber {k}, publisher {i}: in order, exactly once");
+            let have: std::collections::HashSet<u64> = seqs.iter().copied().collect();
+            let lost: Vec<u64> = a.iter().copied().filter(|s| !have.contains(s)).collect();
             assert!(
-                seqs.len() >= a.len(),
-                "subscriber {k} lost acknowledged messages of publisher {i}: got {}, acked {}",
-                seqs.len(),
-                a.len()
+                lost.is_empty(),
+                "subscriber {k} lost {} acknowledged messages of publisher {i}, first {:?}",
+                lost.len(),
+                lost.first()
             );
         }
     }
