@@ -191,13 +191,27 @@ pub fn run(configure: impl FnOnce(NodeBuilder) -> NodeBuilder) -> ExitCode {
         Some(path) => Config::load(path),
         None => Config::from_toml(DEFAULT_CONFIG),
     };
+    // Errors before the logger is up: text, or JSON objects when JSON was asked for.
+    let json_flag = cli.log_format == Some(LogFormat::Json);
+    let error = |json: bool, what: &str| {
+        if json {
+            eprintln!(
+                "{{\"program\":{},\"level\":\"ERROR\",\"error\":{}}}",
+                quote(&name),
+                quote(what)
+            );
+        } else {
+            eprintln!("{name}: {what}");
+        }
+    };
     let config = match config {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{name}: configuration error: {e}");
+            error(json_flag, &format!("configuration error: {e}"));
             return ExitCode::from(2);
         }
     };
+    let json = format_is_json(cli.log_format, config.log.format);
     if cli.check_config {
         return match configure(Node::from_config(config)).check() {
             Ok(()) => {
@@ -205,7 +219,7 @@ pub fn run(configure: impl FnOnce(NodeBuilder) -> NodeBuilder) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("{name}: {e}");
+                error(json, &e.to_string());
                 ExitCode::from(if e.is_config() { 2 } else { 1 })
             }
         };
@@ -216,7 +230,7 @@ pub fn run(configure: impl FnOnce(NodeBuilder) -> NodeBuilder) -> ExitCode {
     let mut sigs = match ShutdownSignals::register() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("{name}: cannot catch SIGINT/SIGTERM: {e}");
+            error(json, &format!("cannot catch SIGINT/SIGTERM: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -224,13 +238,12 @@ pub fn run(configure: impl FnOnce(NodeBuilder) -> NodeBuilder) -> ExitCode {
     let node = match configure(Node::from_config(config)).start() {
         Ok(n) => n,
         Err(e) => {
-            eprintln!("{name}: {e}");
+            error(json, &e.to_string());
             return ExitCode::from(if e.is_config() { 2 } else { 1 });
         }
     };
     // Status lines on stdout, one per listener, for scripts and tests to read: text
     // (`NAME: listening on ADDR`) or, with JSON logs, one JSON object each.
-    let json = format == LogFormat::Json;
     let mut out = std::io::stdout().lock();
     let mut line = |what: &str, value: String| {
         let _ = if json {
@@ -300,6 +313,11 @@ pub fn run(configure: impl FnOnce(NodeBuilder) -> NodeBuilder) -> ExitCode {
         println!("{name}: stopped ({drained} stream(s) drained, {} left open)", report.left_open);
     }
     ExitCode::SUCCESS
+}
+
+/// Whether lines are JSON: the flag, else the file's `[log] format`.
+fn format_is_json(flag: Option<LogFormat>, file: LogFormat) -> bool {
+    flag.unwrap_or(file) == LogFormat::Json
 }
 
 /// `s` as a JSON string.

@@ -310,3 +310,16 @@ fn json_mode_prints_every_line_as_json_with_an_access_log() {
     assert!(session["fields"]["bytes_in"].as_u64().unwrap() >= 2);
     assert!(values.iter().any(|v| v["event"] == "stopped"), "the stopped line");
 }
+
+#[test]
+fn json_mode_reports_a_bad_configuration_as_json_too() {
+    let out = Command::new(DAPD)
+        .args(["--log-format", "json", "--config", "/nonexistent/dapd.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let v: serde_json::Value =
+        serde_json::from_str(err.trim()).unwrap_or_else(|e| panic!("{e}: {err}"));
+    assert!(v["error"].as_str().unwrap().contains("/nonexistent/dapd.toml"), "{v}");
+}
