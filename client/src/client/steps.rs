@@ -312,7 +312,10 @@ impl Inner {
 
     /// With `Transport::Auto`: UDP failed here; HTTP for `after`.
     fn set_udp_down(&self, after: Duration) {
-        tracing::info!(?after, "UDP did not get through; falling back to HTTP");
+        tracing::info!(
+            after_ms = after.as_millis() as u64,
+            "UDP did not get through; falling back to HTTP"
+        );
         self.core.lock().udp_down_until = Some(Instant::now() + after);
     }
 }

@@ -41,7 +41,7 @@ impl WorkerCtx {
 
     pub(crate) fn note_panic(&mut self, st: &mut EsState) {
         self.stats.handler_panics += 1;
-        tracing::error!(worker = self.index(), kind = ?st.kind, "esocket callback panicked; closing it");
+        tracing::error!(worker = self.index(), kind = %format!("{:?}", st.kind).to_lowercase(), "esocket callback panicked; closing it");
         st.fail(ReactorError::HandlerPanicked.into());
     }
 
