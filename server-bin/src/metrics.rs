@@ -204,14 +204,27 @@ fn process(o: &mut Out) {
 
 /// A histogram family from a snapshot.
 fn histogram(o: &mut Out, name: &str, help: &str, h: &dap_net::histogram::HistogramSnapshot) {
+    histogram_of(o, name, help, h.buckets.iter().copied(), h.sum_seconds, h.count);
+}
+
+/// A histogram family from cumulative `(upper bound, count)` buckets (the last bound
+/// infinite), their sum and count.
+fn histogram_of(
+    o: &mut Out,
+    name: &str,
+    help: &str,
+    buckets: impl Iterator<Item = (f64, u64)>,
+    sum: f64,
+    count: u64,
+) {
     o.family(name, "histogram", help);
     let bucket = format!("{name}_bucket");
-    for (le, n) in &h.buckets {
+    for (le, n) in buckets {
         let le = if le.is_infinite() { "+Inf".to_string() } else { le.to_string() };
-        o.sample(&bucket, &[("le", &le)], *n as f64);
+        o.sample(&bucket, &[("le", &le)], n as f64);
     }
-    o.sample(&format!("{name}_sum"), &[], h.sum_seconds);
-    o.sample(&format!("{name}_count"), &[], h.count as f64);
+    o.sample(&format!("{name}_sum"), &[], sum);
+    o.sample(&format!("{name}_count"), &[], count as f64);
 }
 
 /// A channel id as a label value: the printable ASCII character, `"` and `\` escaped.
@@ -516,23 +529,19 @@ fn udp_connections(o: &mut Out, c: &dap_stream::transport::udp::UdpConnStats) {
         "Congestion windows of the open UDP connections, summed.",
         c.cwnd_bytes,
     );
-    let name = "dap_udp_rtt_seconds";
-    o.family(
-        name,
-        "histogram",
+    let bounds = dap_stream::transport::udp::RTT_BUCKETS.into_iter().chain([f64::INFINITY]);
+    let cumulative = c.rtt_buckets.iter().scan(0, |sum, n| {
+        *sum += n;
+        Some(*sum)
+    });
+    histogram_of(
+        o,
+        "dap_udp_rtt_seconds",
         "Smoothed RTT of each open UDP connection, observed once a second.",
+        bounds.zip(cumulative),
+        c.rtt_sum_seconds,
+        c.rtt_count,
     );
-    let bucket = format!("{name}_bucket");
-    let mut cumulative = 0;
-    for (i, n) in c.rtt_buckets.iter().enumerate() {
-        cumulative += n;
-        let le = dap_stream::transport::udp::RTT_BUCKETS
-            .get(i)
-            .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
-        o.sample(&bucket, &[("le", &le)], cumulative as f64);
-    }
-    o.sample(&format!("{name}_sum"), &[], c.rtt_sum_seconds);
-    o.sample(&format!("{name}_count"), &[], c.rtt_count as f64);
 }
 
 fn stream(o: &mut Out, src: &Sources) {
