@@ -8,6 +8,7 @@
 //! The modules:
 //!
 //! * [`server`]: listeners spread over the workers, with allow and deny lists.
+//! * [`limit`]: rates and counts per source address block (handshakes, connections).
 //! * [`http`]: the sans-IO HTTP/1.1 pieces (request heads with RFC 9112 framing rules,
 //!   chunked decoding, `Date`), the [server](http::server) (streaming handlers on the
 //!   worker, whole-request "simple" handlers on proc threads) and the
@@ -24,5 +25,6 @@ pub mod dns;
 pub mod enc;
 pub mod histogram;
 pub mod http;
+pub mod limit;
 pub mod server;
 pub mod tls;

@@ -63,6 +63,7 @@ mod config;
 mod error;
 mod esocket;
 mod event;
+mod log_throttle;
 mod pipe;
 mod queue;
 mod reactor;
@@ -80,6 +81,7 @@ pub use esocket::{
     PostError,
 };
 pub use event::EventSender;
+pub use log_throttle::LogThrottle;
 pub use pipe::PipeWriter;
 pub use queue::{QueueSendError, QueueSender};
 pub use reactor::{Listening, Reactor, ReactorBuilder};

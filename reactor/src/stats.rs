@@ -47,6 +47,9 @@ pub struct WorkerStats {
     pub overflow_closed: u64,
     /// Accepted sockets closed at once because no worker had room.
     pub accept_dropped: u64,
+    /// `accept` calls that failed for want of descriptors or memory (the connection stays
+    /// in the backlog; the listener rests 100 ms).
+    pub accept_failed: u64,
     /// Timers fired.
     pub timers_fired: u64,
     /// Callbacks, closures and start hooks that panicked (each caught; a callback's esocket
@@ -119,6 +122,7 @@ cell!(
     idle_closed,
     overflow_closed,
     accept_dropped,
+    accept_failed,
     timers_fired,
     handler_panics,
 );

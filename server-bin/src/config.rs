@@ -102,6 +102,15 @@ pub struct ListenConfig {
     /// deliberate hand-over. Off (the default), a port another process holds is refused at
     /// start with "address in use".
     pub share_port: bool,
+    /// Connections held at once on the HTTP and TLS listeners together; 0: no bound but
+    /// the reactor's `max_esockets`.
+    pub max_connections: usize,
+    /// Connections held at once from one source block; 0: no bound.
+    pub max_connections_per_source: usize,
+    /// The width of a source block for IPv4 (per-source limits and handshake rates).
+    pub source_prefix_v4: u8,
+    /// The width of a source block for IPv6.
+    pub source_prefix_v6: u8,
 }
 
 impl Default for ListenConfig {
@@ -112,6 +121,10 @@ impl Default for ListenConfig {
             allow: Vec::new(),
             deny: Vec::new(),
             share_port: false,
+            max_connections: 16_384,
+            max_connections_per_source: 512,
+            source_prefix_v4: 32,
+            source_prefix_v6: 64,
         }
     }
 }
@@ -277,6 +290,14 @@ pub struct EncSection {
     pub max_init_body: u64,
     /// Run handshakes on the worker instead of a proc thread (faster on few cores).
     pub handshake_on_worker: bool,
+    /// A key no request has used expires this long after its handshake.
+    pub key_unused_ttl_s: u64,
+    /// Handshakes per second from one source block, on average; 0: no limit.
+    pub handshake_rate: u32,
+    /// Handshakes one source block may make at once.
+    pub handshake_burst: u32,
+    /// Source blocks the handshake rate tracks at once.
+    pub handshake_sources: usize,
 }
 
 impl Default for EncSection {
@@ -291,6 +312,10 @@ impl Default for EncSection {
             max_allow_list: 100_000,
             max_init_body: 4096,
             handshake_on_worker: true,
+            key_unused_ttl_s: 30,
+            handshake_rate: 100,
+            handshake_burst: 500,
+            handshake_sources: 65_536,
         }
     }
 }
@@ -707,6 +732,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.listen;
         range("listen.backlog", l.backlog, 1, 65_535)?;
+        range("listen.max_connections", l.max_connections, 0, 1 << 24)?;
+        range("listen.max_connections_per_source", l.max_connections_per_source, 0, 1 << 24)?;
+        range("listen.source_prefix_v4", l.source_prefix_v4, 1, 32)?;
+        range("listen.source_prefix_v6", l.source_prefix_v6, 1, 128)?;
         for (key, blocks) in [("listen.allow", &l.allow), ("listen.deny", &l.deny)] {
             range(key, blocks.len(), 0, 10_000)?;
             for b in blocks {
@@ -753,6 +782,10 @@ impl Config {
         range("enc.key_max_age_s", e.key_max_age_s, 1, 365 * 86_400)?;
         range("enc.max_allow_list", e.max_allow_list, 1, 1 << 24)?;
         range("enc.max_init_body", e.max_init_body, 256, 1 << 20)?;
+        range("enc.key_unused_ttl_s", e.key_unused_ttl_s, 1, 30 * 86_400)?;
+        range("enc.handshake_rate", e.handshake_rate, 0, 1_000_000)?;
+        range("enc.handshake_burst", e.handshake_burst, 1, 1_000_000)?;
+        range("enc.handshake_sources", e.handshake_sources, 1, 1 << 24)?;
         if e.client_auth == ClientAuthSetting::Required && e.allow_list.is_empty() {
             return Err(ConfigError::invalid(
                 "enc.allow_list",

@@ -14,6 +14,8 @@ use std::sync::OnceLock;
 use dap_net::dns::DnsServer;
 use dap_net::enc::EncServer;
 use dap_net::http::server::HttpStats;
+use dap_net::limit::ConnLimiter;
+use dap_net::server::ServerStats;
 use dap_proc::{Priority, ProcThread};
 use dap_reactor::{EsocketKind, Worker};
 use dap_stream::pubsub::{Broker, PubSubStatsSnapshot};
@@ -21,6 +23,9 @@ use dap_stream::{ChannelStatsSnapshot, StreamServer};
 
 /// The content type of the exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Listener counters by name (`plain`, `tls`), and the connection limits they share.
+pub type Listeners = (Vec<(&'static str, Arc<ServerStats>)>, Arc<ConnLimiter>);
 
 /// Where the numbers come from.
 pub struct Sources {
@@ -38,6 +43,9 @@ pub struct Sources {
     pub http: OnceLock<Vec<(&'static str, Arc<HttpStats>)>>,
     /// The DNS server, when there is one.
     pub dns: OnceLock<Arc<DnsServer>>,
+    /// Listener counters (`plain`, `tls`) and the connection limits they share, set once
+    /// the listeners are up.
+    pub listeners: OnceLock<Listeners>,
     /// Whether the daemon is draining.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -100,6 +108,9 @@ pub fn render(src: &Sources) -> String {
     o.one("dap_draining", "gauge", "1 while the daemon drains for shutdown.", draining as u64);
     workers(&mut o, src);
     procs(&mut o, src);
+    if let Some((listeners, limiter)) = src.listeners.get() {
+        connections(&mut o, listeners, limiter);
+    }
     if let Some(http) = src.http.get() {
         http_families(&mut o, http);
     }
@@ -306,6 +317,7 @@ fn workers(o: &mut Out, src: &Sources) {
             ("idle_closed", s.idle_closed),
             ("overflow_closed", s.overflow_closed),
             ("accept_dropped", s.accept_dropped),
+            ("accept_failed", s.accept_failed),
             ("dropped_dead", s.dropped_dead),
             ("handler_panic", s.handler_panics),
         ] {
@@ -374,6 +386,41 @@ fn http_families(o: &mut Out, http: &[(&'static str, Arc<HttpStats>)]) {
     }
 }
 
+fn connections(o: &mut Out, listeners: &[(&str, Arc<ServerStats>)], limiter: &ConnLimiter) {
+    use std::sync::atomic::Ordering::Relaxed;
+    o.one(
+        "dap_connections",
+        "gauge",
+        "Connections held on the HTTP and TLS listeners (what listen.max_connections bounds).",
+        limiter.held() as u64,
+    );
+    o.family(
+        "dap_connections_refused_total",
+        "counter",
+        "Connections closed at accept, by listener and reason (access list, total limit, \
+         per-source limit).",
+    );
+    for (l, s) in listeners {
+        for (reason, v) in
+            [("access_list", s.refused.load(Relaxed)), ("limit", s.limited.load(Relaxed))]
+        {
+            o.sample(
+                "dap_connections_refused_total",
+                &[("listener", l), ("reason", reason)],
+                v as f64,
+            );
+        }
+    }
+    let (total, per_source) = limiter.refused();
+    o.by(
+        "dap_connection_limit_refusals_total",
+        "counter",
+        "Connections refused at a limit, by which (both listeners together).",
+        "limit",
+        &[("total", total), ("per_source", per_source)],
+    );
+}
+
 fn enc(o: &mut Out, enc: &EncServer) {
     let s = enc.stats();
     o.by(
@@ -391,6 +438,8 @@ fn enc(o: &mut Out, enc: &EncServer) {
         "kind",
         &[
             ("forbidden", s.handshakes_forbidden),
+            ("rate_limited", s.handshakes_rate_limited),
+            ("busy", s.handshakes_busy),
             ("unknown_key", s.unknown_key),
             ("expired_key", s.expired_key),
             ("malformed", s.malformed),
@@ -400,6 +449,12 @@ fn enc(o: &mut Out, enc: &EncServer) {
         ],
     );
     o.one("dap_enc_keys", "gauge", "Keys in the key store.", s.keys_live as u64);
+    o.one(
+        "dap_enc_keys_used",
+        "gauge",
+        "Keys in the key store that a request has used (never evicted for new keys).",
+        s.keys_used as u64,
+    );
     o.by(
         "dap_enc_keys_removed_total",
         "counter",

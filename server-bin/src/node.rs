@@ -21,6 +21,7 @@ use dap_net::enc::keys::{PUBLIC_KEY_LEN, public_key_to_base64};
 use dap_net::enc::{ClientAuth, EncConfig, EncServer, NodeKey};
 use dap_net::http::Response;
 use dap_net::http::server::{HttpConfig, HttpServer, RouteLimits};
+use dap_net::limit::{ConnLimiter, ConnLimits, RateLimit, SourcePrefixes};
 use dap_net::server::{AccessList, Server};
 use dap_proc::ProcPool;
 use dap_reactor::{Limits, ListenerMode, Reactor};
@@ -285,12 +286,32 @@ fn sweep_keys(reactor: &Reactor, enc: &EncServer) {
     }
 }
 
+/// What one client is, for per-source limits: `[listen] source_prefix_v4/v6`.
+fn source_prefixes(c: &Config) -> SourcePrefixes {
+    SourcePrefixes { v4: c.listen.source_prefix_v4, v6: c.listen.source_prefix_v6 }
+}
+
+/// `[listen] max_connections` and `max_connections_per_source`, for the HTTP and TLS
+/// listeners together (the admin listener is not limited: operators must get in).
+fn conn_limits(c: &Config) -> ConnLimits {
+    let mut l = ConnLimits::default();
+    l.max_total = c.listen.max_connections;
+    l.per_source = c.listen.max_connections_per_source;
+    l.prefixes = source_prefixes(c);
+    l
+}
+
 fn enc_config(c: &Config) -> Result<EncConfig, StartError> {
     let e = &c.enc;
     let mut config = EncConfig::default();
     config.store.max_keys = e.max_keys;
     config.store.idle_ttl = Duration::from_secs(e.key_idle_ttl_s);
     config.store.max_age = Duration::from_secs(e.key_max_age_s);
+    config.store.unused_ttl = Duration::from_secs(e.key_unused_ttl_s);
+    let mut rate = RateLimit::new(e.handshake_rate, e.handshake_burst);
+    rate.max_sources = e.handshake_sources;
+    rate.prefixes = source_prefixes(c);
+    config.handshake_rate = rate;
     config.max_init_body = e.max_init_body;
     config.handshake_on_worker = e.handshake_on_worker;
     config.client_auth = match e.client_auth {
@@ -609,6 +630,11 @@ keys! {
     listen_allow = "listen.allow" => listen.allow: Vec<String>;
     listen_deny = "listen.deny" => listen.deny: Vec<String>;
     listen_share_port = "listen.share_port" => listen.share_port: bool;
+    listen_max_connections = "listen.max_connections" => listen.max_connections: usize;
+    listen_max_connections_per_source =
+        "listen.max_connections_per_source" => listen.max_connections_per_source: usize;
+    listen_source_prefix_v4 = "listen.source_prefix_v4" => listen.source_prefix_v4: u8;
+    listen_source_prefix_v6 = "listen.source_prefix_v6" => listen.source_prefix_v6: u8;
     reactor_threads = "reactor.threads" => reactor.threads: usize;
     reactor_pin = "reactor.pin" => reactor.pin: bool;
     reactor_idle_timeout_ms = "reactor.idle_timeout_ms" => reactor.idle_timeout_ms: u64;
@@ -648,6 +674,10 @@ keys! {
     enc_max_allow_list = "enc.max_allow_list" => enc.max_allow_list: usize;
     enc_max_init_body = "enc.max_init_body" => enc.max_init_body: u64;
     enc_handshake_on_worker = "enc.handshake_on_worker" => enc.handshake_on_worker: bool;
+    enc_key_unused_ttl_s = "enc.key_unused_ttl_s" => enc.key_unused_ttl_s: u64;
+    enc_handshake_rate = "enc.handshake_rate" => enc.handshake_rate: u32;
+    enc_handshake_burst = "enc.handshake_burst" => enc.handshake_burst: u32;
+    enc_handshake_sources = "enc.handshake_sources" => enc.handshake_sources: usize;
     stream_max_sessions = "stream.max_sessions" => stream.max_sessions: usize;
     stream_max_message = "stream.max_message" => stream.max_message: usize;
     stream_channel_window = "stream.channel_window" => stream.channel_window: u32;
@@ -839,6 +869,7 @@ impl NodeBuilder {
             broker: broker.clone(),
             http: OnceLock::new(),
             dns: OnceLock::new(),
+            listeners: OnceLock::new(),
             draining: draining.clone(),
         });
 
@@ -847,9 +878,11 @@ impl NodeBuilder {
         routes(&mut http, &enc, &stream, &sources, &draining, data_metrics);
         let (factory, plain_stats) = http.into_factory(reactor.len());
         let addr = config.listen.addr;
+        let conn_limiter = ConnLimiter::new(conn_limits(&config));
         let plain = Server::builder()
             .tcp(addr)
             .access_list(acl.clone())
+            .conn_limits(conn_limiter.clone())
             .start(&reactor, factory)
             .map_err(|source| StartError::Listen { key: "listen.addr", addr, source })?;
         let local_addr = plain.tcp_addrs().first().copied().unwrap_or(addr);
@@ -868,6 +901,7 @@ impl NodeBuilder {
             let server = Server::builder()
                 .tcp(addr)
                 .access_list(acl)
+                .conn_limits(conn_limiter.clone())
                 .start(&reactor, factory)
                 .map_err(|source| StartError::Listen { key: "tls.addr", addr, source })?;
             tls_addr = server.tcp_addrs().first().copied();
@@ -888,6 +922,11 @@ impl NodeBuilder {
             http_stats.push(("admin", stats));
         }
         let _ = sources.http.set(http_stats);
+        let mut listener_stats = vec![("plain", plain.shared_stats())];
+        if let Some(t) = &tls {
+            listener_stats.push(("tls", t.shared_stats()));
+        }
+        let _ = sources.listeners.set((listener_stats, conn_limiter));
 
         let udp_addr =
             if config.udp.enabled {

@@ -4,6 +4,7 @@ use super::allow_list::AllowList;
 use super::cipher::CipherSuite;
 use super::keys::PUBLIC_KEY_LEN;
 use super::keystore::KeyStoreConfig;
+use crate::limit::RateLimit;
 
 /// Whether `/enc_init` wants a client certificate.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -51,6 +52,10 @@ pub struct EncConfig {
     /// costs two X25519 and one or two Ed25519 operations (about 0.1–0.2 ms), so the
     /// default (`false`) keeps that off the event loop.
     pub handshake_on_worker: bool,
+    /// Handshakes per source address block (`docs/PROTOCOL.md` §3.7): beyond it, `429
+    /// rate-limited` with `Retry-After`. Default 100 per second with bursts of 500 per /32
+    /// or /64; [`RateLimit::off`] for none.
+    pub handshake_rate: RateLimit,
 }
 
 impl Default for EncConfig {
@@ -61,6 +66,7 @@ impl Default for EncConfig {
             client_auth: ClientAuth::None,
             max_init_body: 4096,
             handshake_on_worker: false,
+            handshake_rate: RateLimit::new(100, 500),
         }
     }
 }

@@ -10,26 +10,36 @@
 //!
 //! # Bound and eviction
 //!
-//! The store holds at most [`KeyStoreConfig::max_keys`] keys in all. Each shard keeps its
-//! keys in a queue by last use (a key goes to the back when it is made and each time a
-//! request authenticates with it; its older place goes stale and is skipped), so the front
-//! of each queue is that shard's least recently used key. Inserting into a full store
-//! first removes expired keys (a sweep, at most once a second while the store stays full;
-//! idle-expired keys are also the ones at the fronts), then, if it is still full, the key
-//! unused the longest across the whole store: the oldest of the shards' fronts. That is
-//! the order `docs/PROTOCOL.md` §4.8 states. A flood of handshakes can push out idle keys
-//! but never makes the store grow, and a key in active use is the last to go. Inserts take
-//! one store-wide lock (a handshake costs far more than the few shard locks it takes);
-//! lookups take only their shard's. Both kinds of removal are counted
+//! The store holds at most [`KeyStoreConfig::max_keys`] keys in all, of two kinds: keys
+//! *never used* since their handshake, and keys an authenticated request has used. An
+//! anonymous flood of handshakes makes only the first kind, so the two are kept apart and
+//! the flood can only ever push out its own kind:
+//!
+//! * Each shard keeps two queues, one per kind, in order of last use (a key goes to the
+//!   back of the never-used queue when it is made, and to the back of the used queue each
+//!   time a request authenticates with it; its older place goes stale and is skipped), so
+//!   each queue's front is that shard's least recently used key of its kind.
+//! * Inserting into a full store first removes expired keys (a sweep, at most once a second
+//!   while the store stays full), then, if it is still full, the never-used key made the
+//!   longest ago across the whole store (the oldest of the shards' never-used fronts).
+//! * A used key is never evicted to make room: when every key held is a used one that has
+//!   not expired, the insert is refused ([`StoreFull`]) and the handshake answers
+//!   `503 busy` (`docs/PROTOCOL.md` §3.7 and §4.8).
+//!
+//! So a key in use survives any number of handshakes, and the store never grows. Inserts
+//! take one store-wide lock (a handshake costs far more than the few shard locks it takes);
+//! lookups take only their shard's. Every removal and refusal is counted
 //! ([`KeyStoreStats`]).
 //!
 //! # Expiry
 //!
-//! A key expires when it has not been used for [`KeyStoreConfig::idle_ttl`] (only an
-//! authenticated request counts as a use) or when it is older than
-//! [`KeyStoreConfig::max_age`]. Expired keys are removed lazily — by a lookup that finds
-//! them (which reports [`LookupError::Expired`] once; afterwards the key is unknown), by
-//! eviction, or by [`KeyStore::sweep`].
+//! A used key expires when it has not been used for [`KeyStoreConfig::idle_ttl`] (only an
+//! authenticated request counts as a use); a key never used expires
+//! [`KeyStoreConfig::unused_ttl`] after its handshake (short: a client uses its key at
+//! once); any key expires when it is older than [`KeyStoreConfig::max_age`]. Expired keys
+//! are removed lazily — by a lookup that finds them (which reports
+//! [`LookupError::Expired`] once; afterwards the key is unknown), by eviction, or by
+//! [`KeyStore::sweep`].
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -61,6 +71,9 @@ pub struct KeyStoreConfig {
     /// A key older than this expires, however busy (default 24 h), so that no key
     /// protects an unbounded amount of traffic.
     pub max_age: Duration,
+    /// A key no request has used expires this long after its handshake (default 30 s,
+    /// never longer than `idle_ttl`), so that keys an anonymous flood makes go quickly.
+    pub unused_ttl: Duration,
 }
 
 impl Default for KeyStoreConfig {
@@ -69,6 +82,7 @@ impl Default for KeyStoreConfig {
             max_keys: 10_000,
             idle_ttl: Duration::from_secs(600),
             max_age: Duration::from_secs(24 * 3600),
+            unused_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -143,37 +157,77 @@ impl From<LookupError> for UseError {
     }
 }
 
+/// Why [`KeyStore::insert`] did not store a key: every key held is a used one that has not
+/// expired, and used keys are never evicted to make room for new ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the key store is full of keys in use")]
+pub struct StoreFull;
+
 /// The store's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct KeyStoreStats {
     /// Keys held now (expired ones not yet removed included).
     pub live: usize,
+    /// Of those, keys a request has used.
+    pub used: usize,
     /// Keys ever inserted.
     pub inserted: u64,
     /// Keys removed because they expired (by lookup, eviction or sweep).
     pub expired: u64,
-    /// Keys still valid that were evicted to make room (least recently used).
+    /// Never-used keys still valid that were evicted to make room (the oldest first).
     pub evicted: u64,
+    /// Inserts refused because the store was full of used keys ([`StoreFull`]).
+    pub refused: u64,
 }
 
 struct Slot {
     material: Arc<KeyMaterial>,
     created: Instant,
     last_used: Instant,
-    /// Which of the key's places in its shard's queue is current: each use queues it again
+    /// Which of the key's places in its shard's queues is current: each use queues it again
     /// at the back with a new stamp, and places with an older stamp are stale.
     stamp: u32,
+    /// A request has used it (it moved from the never-used queue to the used one).
+    used: bool,
     window: ReplayWindow,
+}
+
+/// Which of a shard's queues.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Unused,
+    Used,
 }
 
 struct Shard {
     map: HashMap<KeyId, Slot>,
-    /// Keys by last use (or insertion), least recent first, with the stamp of that use.
-    /// Stale places (an older stamp, or a key removed some other way) are skipped when they
-    /// reach the front, and dropped when the queue is compacted; it holds at most twice
-    /// the live keys' places plus 16.
-    queue: VecDeque<(KeyId, u32)>,
+    /// Never-used keys by insertion, oldest first, with their stamp.
+    unused: VecDeque<(KeyId, u32)>,
+    /// Used keys by last use, least recent first, with the stamp of that use.
+    ///
+    /// In both queues, stale places (an older stamp, or a key removed some other way) are
+    /// skipped when they reach the front, and dropped when the queue is compacted; the two
+    /// hold at most twice the live keys' places plus 16 each.
+    used: VecDeque<(KeyId, u32)>,
+    /// Used keys in `map`.
+    used_count: usize,
+}
+
+impl Shard {
+    fn queue(&mut self, kind: Kind) -> &mut VecDeque<(KeyId, u32)> {
+        match kind {
+            Kind::Unused => &mut self.unused,
+            Kind::Used => &mut self.used,
+        }
+    }
+
+    /// Removes `id`, keeping `used_count` true.
+    fn take(&mut self, id: &KeyId) -> Option<Slot> {
+        let slot = self.map.remove(id)?;
+        self.used_count -= usize::from(slot.used);
+        Some(slot)
+    }
 }
 
 /// The server's keys: see the [module docs](self). `Send + Sync`; share it by reference or
@@ -188,6 +242,7 @@ pub struct KeyStore {
     inserted: AtomicU64,
     expired: AtomicU64,
     evicted: AtomicU64,
+    refused: AtomicU64,
 }
 
 impl fmt::Debug for KeyStore {
@@ -205,16 +260,25 @@ impl KeyStore {
         let max = config.max_keys.max(1);
         let n = max.min(MAX_SHARDS);
         let shards = (0..n)
-            .map(|_| Mutex::new(Shard { map: HashMap::new(), queue: VecDeque::new() }))
+            .map(|_| {
+                Mutex::new(Shard {
+                    map: HashMap::new(),
+                    unused: VecDeque::new(),
+                    used: VecDeque::new(),
+                    used_count: 0,
+                })
+            })
             .collect();
+        let unused_ttl = config.unused_ttl.min(config.idle_ttl);
         KeyStore {
             shards,
-            config: KeyStoreConfig { max_keys: max, ..config },
+            config: KeyStoreConfig { max_keys: max, unused_ttl, ..config },
             count: AtomicUsize::new(0),
             inserting: Mutex::new(None),
             inserted: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         }
     }
 
@@ -228,13 +292,19 @@ impl KeyStore {
     }
 
     fn is_expired(&self, slot: &Slot, now: Instant) -> bool {
-        now.saturating_duration_since(slot.last_used) > self.config.idle_ttl
+        let idle = if slot.used { self.config.idle_ttl } else { self.config.unused_ttl };
+        now.saturating_duration_since(slot.last_used) > idle
             || now.saturating_duration_since(slot.created) > self.config.max_age
     }
 
-    /// Adds a key made at `now`, evicting as the [module docs](self) say if the store is
-    /// full. An existing key with the same id (a 2^-128 chance for CSPRNG ids) is replaced.
-    pub fn insert(&self, id: KeyId, material: KeyMaterial, now: Instant) {
+    /// Adds a key made at `now`, never used yet; if the store is full, first removes
+    /// expired keys, then the oldest never-used key, as the [module docs](self) say. An
+    /// existing key with the same id (a 2^-128 chance for CSPRNG ids) is replaced.
+    ///
+    /// # Errors
+    /// [`StoreFull`] when every key held is a used key that has not expired: nothing was
+    /// stored, nothing was evicted (counted in [`KeyStoreStats::refused`]).
+    pub fn insert(&self, id: KeyId, material: KeyMaterial, now: Instant) -> Result<(), StoreFull> {
         let mut last_sweep = self.inserting.lock();
         let present = self.shard(&id).lock().map.contains_key(&id);
         if !present && self.count.load(Ordering::SeqCst) >= self.config.max_keys {
@@ -243,76 +313,96 @@ impl KeyStore {
                 self.sweep(now);
             }
             while self.count.load(Ordering::SeqCst) >= self.config.max_keys {
-                if !self.evict_oldest(now) {
-                    break;
+                // The oldest never-used key, else a used key that has expired since the
+                // last sweep (the least recently used one is the first to expire).
+                if !self.evict_oldest(Kind::Unused, now, false)
+                    && !self.evict_oldest(Kind::Used, now, true)
+                {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    return Err(StoreFull);
                 }
             }
         }
         let mut guard = self.shard(&id).lock();
         let shard = &mut *guard;
+        // A replaced key's old places go stale with its stamp.
+        let stamp = shard.take(&id).map_or(0, |old| {
+            self.count.fetch_sub(1, Ordering::SeqCst);
+            old.stamp.wrapping_add(1)
+        });
         let slot = Slot {
             material: Arc::new(material),
             created: now,
             last_used: now,
-            stamp: 0,
+            stamp,
+            used: false,
             window: ReplayWindow::new(),
         };
-        // A replaced key's old places go stale with its stamp.
-        let stamp = shard.map.get(&id).map_or(0, |old| old.stamp.wrapping_add(1));
-        if shard.map.insert(id, Slot { stamp, ..slot }).is_none() {
-            self.count.fetch_add(1, Ordering::SeqCst);
-        }
-        shard.queue.push_back((id, stamp));
-        Self::compact(shard);
+        shard.map.insert(id, slot);
+        self.count.fetch_add(1, Ordering::SeqCst);
+        shard.unused.push_back((id, stamp));
+        Self::compact(shard, Kind::Unused);
         self.inserted.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether `(id, stamp)` is the current place of a live key of `kind`.
+    fn is_current(map: &HashMap<KeyId, Slot>, id: &KeyId, stamp: u32, kind: Kind) -> bool {
+        map.get(id).is_some_and(|s| s.stamp == stamp && s.used == (kind == Kind::Used))
     }
 
     /// Drops stale places once they outnumber the live ones: O(1) amortised per push.
-    fn compact(shard: &mut Shard) {
-        if shard.queue.len() > 2 * shard.map.len() + 16 {
-            let Shard { map, queue, .. } = shard;
-            queue.retain(|(id, stamp)| map.get(id).is_some_and(|s| s.stamp == *stamp));
+    fn compact(shard: &mut Shard, kind: Kind) {
+        let live = match kind {
+            Kind::Used => shard.used_count,
+            Kind::Unused => shard.map.len() - shard.used_count,
+        };
+        if shard.queue(kind).len() > 2 * live + 16 {
+            let Shard { map, unused, used, .. } = shard;
+            let queue = if kind == Kind::Used { used } else { unused };
+            queue.retain(|(id, stamp)| Self::is_current(map, id, *stamp, kind));
         }
     }
 
-    /// Drops the stale places at the front of `shard`'s queue; returns the live key
-    /// there (the shard's least recently used) with its stamp and last use.
-    fn front(shard: &mut Shard) -> Option<(KeyId, u32, Instant)> {
-        while let Some(&(id, stamp)) = shard.queue.front() {
-            match shard.map.get(&id) {
-                Some(slot) if slot.stamp == stamp => return Some((id, stamp, slot.last_used)),
-                _ => {
-                    shard.queue.pop_front();
-                }
+    /// Drops the stale places at the front of `shard`'s `kind` queue; returns the live key
+    /// there (the shard's least recently used of that kind) with its stamp and last use.
+    fn front(shard: &mut Shard, kind: Kind) -> Option<(KeyId, u32, Instant)> {
+        while let Some(&(id, stamp)) = shard.queue(kind).front() {
+            if Self::is_current(&shard.map, &id, stamp, kind) {
+                return Some((id, stamp, shard.map[&id].last_used));
             }
+            shard.queue(kind).pop_front();
         }
         None
     }
 
-    /// Removes the key unused the longest in the whole store (the oldest of the shards'
-    /// fronts), counted as expired if it had expired, else as evicted. False when the
-    /// store is empty.
-    fn evict_oldest(&self, now: Instant) -> bool {
+    /// Removes the `kind` key unused the longest in the whole store (the oldest of the
+    /// shards' fronts), counted as expired if it had expired, else as evicted; with
+    /// `only_expired`, only if it has expired. False when there is none to remove.
+    fn evict_oldest(&self, kind: Kind, now: Instant, only_expired: bool) -> bool {
         // A request may use the chosen key between the look and the removal: then look
-        // again (it went to its queue's back). Bounded; then take the front as it is.
+        // again (it went to another place). Bounded; then take the front as it is.
         for attempt in 0..4 {
             let oldest = self
                 .shards
                 .iter()
                 .enumerate()
-                .filter_map(|(i, sh)| Self::front(&mut sh.lock()).map(|f| (i, f)))
+                .filter_map(|(i, sh)| Self::front(&mut sh.lock(), kind).map(|f| (i, f)))
                 .min_by_key(|(_, (_, _, used))| *used);
             let Some((i, (id, stamp, _))) = oldest else { return false };
             let mut shard = self.shards[i].lock();
-            let current = Self::front(&mut shard);
+            let current = Self::front(&mut shard, kind);
             if current.is_some_and(|(cid, cstamp, _)| cid == id && cstamp == stamp) || attempt == 3
             {
                 let Some((id, _, _)) = current else { continue };
-                shard.queue.pop_front();
-                let slot = shard.map.remove(&id).expect("the front is live");
+                let expired = self.is_expired(&shard.map[&id], now);
+                if only_expired && !expired {
+                    return false;
+                }
+                shard.queue(kind).pop_front();
+                shard.take(&id);
                 self.count.fetch_sub(1, Ordering::SeqCst);
-                let counter =
-                    if self.is_expired(&slot, now) { &self.expired } else { &self.evicted };
+                let counter = if expired { &self.expired } else { &self.evicted };
                 counter.fetch_add(1, Ordering::Relaxed);
                 return true;
             }
@@ -330,7 +420,7 @@ impl KeyStore {
         let mut shard = self.shard(id).lock();
         let slot = shard.map.get_mut(id).ok_or(LookupError::Unknown)?;
         if self.is_expired(slot, now) {
-            shard.map.remove(id);
+            shard.take(id);
             self.count.fetch_sub(1, Ordering::SeqCst);
             self.expired.fetch_add(1, Ordering::Relaxed);
             return Err(LookupError::Expired);
@@ -366,18 +456,25 @@ impl KeyStore {
         let shard = &mut *guard;
         let slot = shard.map.get_mut(id).ok_or(UseError::Unknown)?;
         if self.is_expired(slot, now) {
-            shard.map.remove(id);
+            shard.take(id);
             self.count.fetch_sub(1, Ordering::SeqCst);
             self.expired.fetch_add(1, Ordering::Relaxed);
             return Err(UseError::Expired);
         }
         slot.window.accept(counter).map_err(UseError::Replay)?;
         slot.last_used = slot.last_used.max(now);
-        // Most recently used now: to the back of the queue (its older place goes stale).
+        let first_use = !slot.used;
+        slot.used = true;
+        // Most recently used now: to the back of the used queue (its older place, in
+        // either queue, goes stale).
         slot.stamp = slot.stamp.wrapping_add(1);
         let stamp = slot.stamp;
-        shard.queue.push_back((*id, stamp));
-        Self::compact(shard);
+        shard.used_count += usize::from(first_use);
+        shard.used.push_back((*id, stamp));
+        Self::compact(shard, Kind::Used);
+        if first_use {
+            Self::compact(shard, Kind::Unused);
+        }
         Ok(())
     }
 
@@ -406,7 +503,7 @@ impl KeyStore {
 
     /// Forgets key `id`; true if it was there.
     pub fn remove(&self, id: &KeyId) -> bool {
-        let removed = self.shard(id).lock().map.remove(id).is_some();
+        let removed = self.shard(id).lock().take(id).is_some();
         if removed {
             self.count.fetch_sub(1, Ordering::SeqCst);
         }
@@ -418,9 +515,16 @@ impl KeyStore {
     pub fn sweep(&self, now: Instant) -> usize {
         let mut total = 0;
         for shard in self.shards.iter() {
-            let mut shard = shard.lock();
+            let mut guard = shard.lock();
+            let shard = &mut *guard;
             let before = shard.map.len();
-            shard.map.retain(|_, slot| !self.is_expired(slot, now));
+            let mut used_gone = 0;
+            shard.map.retain(|_, slot| {
+                let keep = !self.is_expired(slot, now);
+                used_gone += usize::from(!keep && slot.used);
+                keep
+            });
+            shard.used_count -= used_gone;
             let gone = before - shard.map.len();
             self.count.fetch_sub(gone, Ordering::SeqCst);
             total += gone;
@@ -443,9 +547,11 @@ impl KeyStore {
     pub fn stats(&self) -> KeyStoreStats {
         KeyStoreStats {
             live: self.len(),
+            used: self.shards.iter().map(|s| s.lock().used_count).sum(),
             inserted: self.inserted.load(Ordering::Relaxed),
             expired: self.expired.load(Ordering::Relaxed),
             evicted: self.evicted.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
         }
     }
 }
@@ -475,6 +581,7 @@ mod tests {
             max_keys,
             idle_ttl: Duration::from_secs(10),
             max_age: Duration::from_secs(100),
+            unused_ttl: Duration::from_secs(10),
         })
     }
 
@@ -482,7 +589,7 @@ mod tests {
     fn lookup_use_and_replay() {
         let t0 = Instant::now();
         let s = store(10);
-        s.insert(id(1), material(), t0);
+        s.insert(id(1), material(), t0).unwrap();
         assert_eq!(s.begin(&id(2), 0, t0).unwrap_err(), UseError::Unknown);
         let m = s.begin(&id(1), 0, t0).unwrap();
         assert_eq!(m.client, Some([9; 32]));
@@ -500,8 +607,8 @@ mod tests {
     fn idle_ttl_and_max_age_on_a_virtual_clock() {
         let t0 = Instant::now();
         let s = store(10);
-        s.insert(id(1), material(), t0);
-        s.insert(id(2), material(), t0);
+        s.insert(id(1), material(), t0).unwrap();
+        s.insert(id(2), material(), t0).unwrap();
         // Key 1 stays busy: a use every 9 s keeps it alive past the idle TTL...
         let mut t = t0;
         for c in 0..10 {
@@ -516,7 +623,7 @@ mod tests {
         assert!(s.info(&id(1), t + Duration::from_secs(10)).is_ok());
         assert_eq!(s.info(&id(1), t + Duration::from_secs(11)), Err(LookupError::Expired));
         // However busy, a key dies at max_age.
-        s.insert(id(3), material(), t0);
+        s.insert(id(3), material(), t0).unwrap();
         let mut t = t0;
         for c in 0..12 {
             t += Duration::from_secs(9);
@@ -536,11 +643,11 @@ mod tests {
         // Ids in different shards and in the same one: the bound is the store's.
         let ids: Vec<KeyId> = [0u16, 1, 16, 2, 3, 32].into_iter().map(id).collect();
         for (i, k) in ids[..4].iter().enumerate() {
-            s.insert(*k, material(), t0 + Duration::from_secs(i as u64));
+            s.insert(*k, material(), t0 + Duration::from_secs(i as u64)).unwrap();
         }
         // Key 0 is used late: key 1 is now the least recently used.
         s.commit(&ids[0], 0, t0 + Duration::from_secs(5)).unwrap();
-        s.insert(ids[4], material(), t0 + Duration::from_secs(6));
+        s.insert(ids[4], material(), t0 + Duration::from_secs(6)).unwrap();
         assert_eq!(s.info(&ids[1], t0 + Duration::from_secs(6)), Err(LookupError::Unknown));
         for k in [0, 2, 3, 4] {
             assert!(s.info(&ids[k], t0 + Duration::from_secs(6)).is_ok(), "key {k}");
@@ -548,7 +655,7 @@ mod tests {
         assert_eq!(s.stats().evicted, 1);
         // Much later every key has expired: the insert sweeps them (expired, none evicted).
         let late = t0 + Duration::from_secs(30);
-        s.insert(ids[5], material(), late);
+        s.insert(ids[5], material(), late).unwrap();
         let st = s.stats();
         assert_eq!((st.live, st.evicted, st.expired, st.inserted), (1, 1, 4, 6));
     }
@@ -574,7 +681,7 @@ mod tests {
                 })
                 .collect();
             for (i, k) in ids.iter().enumerate() {
-                s.insert(*k, material(), t0 + Duration::from_millis(100 * i as u64));
+                s.insert(*k, material(), t0 + Duration::from_millis(100 * i as u64)).unwrap();
                 assert_eq!(s.len(), (i + 1).min(max), "max {max}: every place is used");
             }
             let now = t0 + Duration::from_millis(100 * ids.len() as u64);
@@ -593,12 +700,89 @@ mod tests {
         for i in 0..5000u32 {
             let mut k = [0u8; 16];
             k[..4].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_le_bytes());
-            s.insert(KeyId(k), material(), t0);
+            s.insert(KeyId(k), material(), t0).unwrap();
             assert!(s.len() <= 100);
         }
         assert_eq!(s.len(), 100);
         assert_eq!(s.stats().evicted, 4900);
         assert_eq!(s.sweep(t0 + Duration::from_secs(11)), 100);
         assert!(s.is_empty());
+    }
+
+    /// A key a request has used survives any flood of handshakes: only never-used keys are
+    /// evicted, and a store full of used keys refuses new ones instead.
+    #[test]
+    fn used_keys_are_never_evicted_and_a_full_store_of_them_refuses() {
+        let t0 = Instant::now();
+        let s = KeyStore::new(KeyStoreConfig {
+            max_keys: 4,
+            unused_ttl: Duration::from_secs(2),
+            ..store(4).config().clone()
+        });
+        for k in 0..4 {
+            s.insert(id(k), material(), t0).unwrap();
+        }
+        s.commit(&id(0), 0, t0).unwrap();
+        s.commit(&id(1), 0, t0).unwrap();
+        // The flood: 20,000 handshakes, newer than every key held.
+        for n in 0..20_000u32 {
+            let mut k = [0xffu8; 16];
+            k[..4].copy_from_slice(&n.wrapping_mul(2_654_435_761).to_le_bytes());
+            let t = t0 + Duration::from_millis(1 + u64::from(n) / 100);
+            s.insert(KeyId(k), material(), t).unwrap();
+            assert_eq!(s.len(), 4);
+        }
+        let t = t0 + Duration::from_secs(1);
+        for k in [0, 1] {
+            assert!(s.begin(&id(k), 1, t).is_ok(), "used key {k} survives the flood");
+        }
+        for k in [2, 3] {
+            assert_eq!(s.info(&id(k), t), Err(LookupError::Unknown), "never-used key {k} went");
+        }
+        let st = s.stats();
+        assert_eq!((st.used, st.evicted, st.refused), (2, 20_000, 0));
+        // Fill the store with used keys: the next handshake is refused, nothing evicted.
+        let newest: Vec<KeyId> = (10..12).map(id).collect();
+        for k in &newest {
+            s.insert(*k, material(), t).unwrap();
+            s.commit(k, 0, t).unwrap();
+        }
+        assert_eq!(s.stats().used, 4);
+        assert_eq!(s.insert(id(99), material(), t), Err(StoreFull));
+        assert_eq!(s.insert(id(98), material(), t + Duration::from_secs(5)), Err(StoreFull));
+        let st = s.stats();
+        assert_eq!((st.live, st.refused), (4, 2));
+        for k in [id(0), id(1), newest[0], newest[1]] {
+            assert!(s.info(&k, t + Duration::from_secs(5)).is_ok());
+        }
+        // Once used keys expire (idle TTL 10 s), new keys have room again.
+        s.insert(id(97), material(), t + Duration::from_secs(11)).unwrap();
+        assert!(s.stats().expired >= 1);
+    }
+
+    /// A never-used key lives `unused_ttl`; a first use moves it to the idle TTL.
+    #[test]
+    fn a_never_used_key_expires_after_the_unused_ttl() {
+        let t0 = Instant::now();
+        let s = KeyStore::new(KeyStoreConfig {
+            unused_ttl: Duration::from_secs(2),
+            ..store(10).config().clone()
+        });
+        s.insert(id(1), material(), t0).unwrap();
+        s.insert(id(2), material(), t0).unwrap();
+        s.commit(&id(1), 0, t0 + Duration::from_secs(1)).unwrap();
+        let t = t0 + Duration::from_secs(3);
+        assert_eq!(s.info(&id(2), t), Err(LookupError::Expired));
+        assert!(s.info(&id(1), t).is_ok());
+        assert!(s.info(&id(1), t0 + Duration::from_secs(11)).is_ok());
+        assert_eq!(s.info(&id(1), t0 + Duration::from_secs(12)), Err(LookupError::Expired));
+        // The unused TTL is never longer than the idle TTL.
+        let long = KeyStore::new(KeyStoreConfig {
+            unused_ttl: Duration::from_secs(1000),
+            ..store(10).config().clone()
+        });
+        assert_eq!(long.config().unused_ttl, Duration::from_secs(10));
+        let st = s.stats();
+        assert_eq!((st.live, st.used), (0, 0));
     }
 }

@@ -49,11 +49,17 @@ pub enum Refusal {
     AuthRequired,
     /// `/enc_init`: the client certificate is not on the server's allow list. 403.
     NotAllowed,
+    /// `/enc_init`: too many handshakes from the client's address block; the response's
+    /// `Retry-After` says when the next one may succeed. 429.
+    RateLimited,
+    /// `/enc_init`: the key store is full of keys in use, and those are never evicted for
+    /// new ones; `Retry-After` suggests when to try again. 503.
+    Busy,
 }
 
 impl Refusal {
     /// Every refusal.
-    pub const ALL: [Refusal; 16] = [
+    pub const ALL: [Refusal; 18] = [
         Refusal::UnknownKey,
         Refusal::ExpiredKey,
         Refusal::Malformed,
@@ -70,6 +76,8 @@ impl Refusal {
         Refusal::BadKey,
         Refusal::AuthRequired,
         Refusal::NotAllowed,
+        Refusal::RateLimited,
+        Refusal::Busy,
     ];
 
     /// The HTTP status.
@@ -78,7 +86,9 @@ impl Refusal {
             Refusal::UnknownKey | Refusal::ExpiredKey => 401,
             Refusal::AuthRequired | Refusal::NotAllowed => 403,
             Refusal::Method => 405,
+            Refusal::RateLimited => 429,
             Refusal::Internal => 500,
+            Refusal::Busy => 503,
             _ => 400,
         }
     }
@@ -102,6 +112,8 @@ impl Refusal {
             Refusal::BadKey => "bad-key",
             Refusal::AuthRequired => "auth-required",
             Refusal::NotAllowed => "not-allowed",
+            Refusal::RateLimited => "rate-limited",
+            Refusal::Busy => "busy",
         }
     }
 
@@ -113,6 +125,12 @@ impl Refusal {
     /// True for the refusals after which a client should run `/enc_init` again.
     pub fn needs_new_key(self) -> bool {
         matches!(self, Refusal::UnknownKey | Refusal::ExpiredKey)
+    }
+
+    /// True for the refusals that say "not now" rather than "no": the same request may
+    /// succeed later, after the response's `Retry-After`.
+    pub fn is_transient(self) -> bool {
+        matches!(self, Refusal::RateLimited | Refusal::Busy)
     }
 }
 

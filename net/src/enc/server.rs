@@ -5,7 +5,7 @@
 //! outcomes onto responses.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +22,11 @@ use super::refusal::{ENC_ERROR_HEADER, Refusal};
 use super::stats::{EncStats, EncStatsSnapshot};
 use crate::http::server::{HttpServer, RouteLimits};
 use crate::http::{Request, Response};
+use crate::limit::RateLimiter;
+
+/// The `Retry-After` of a `503 busy` handshake: a slot frees when a key in use expires,
+/// which may be at any moment.
+const BUSY_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The path of the handshake.
 pub const ENC_INIT_PATH: &str = "/enc_init";
@@ -74,6 +79,8 @@ struct Inner {
     /// ([`EncServer::set_client_auth`]).
     client_auth: parking_lot::RwLock<Arc<ClientAuth>>,
     store: KeyStore,
+    /// Handshakes per source block.
+    rate: RateLimiter,
     stats: EncStats,
 }
 
@@ -122,9 +129,18 @@ const _: fn() = || {
 };
 
 fn refuse(r: Refusal) -> Response {
+    refuse_after(r, None)
+}
+
+/// A refusal, with `Retry-After` in whole seconds (at least 1) when `retry` is given.
+fn refuse_after(r: Refusal, retry: Option<std::time::Duration>) -> Response {
     let mut resp = Response::text(r.status(), format!("{r}\n"))
         .header(ENC_ERROR_HEADER, r.reason())
         .header("Cache-Control", "no-store");
+    if let Some(after) = retry {
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        resp = resp.header("Retry-After", secs.max(1).to_string());
+    }
     if r.status() == 401 {
         // RFC 9110 §11.6.1: a 401 names its scheme; ours is "run /enc_init".
         resp = resp.header("WWW-Authenticate", "DapEnc");
@@ -142,7 +158,8 @@ impl EncServer {
     pub fn new(node: NodeKey, config: EncConfig) -> Self {
         let store = KeyStore::new(config.store.clone());
         let client_auth = parking_lot::RwLock::new(Arc::new(config.client_auth.clone()));
-        let inner = Inner { node, config, client_auth, store, stats: EncStats::default() };
+        let rate = RateLimiter::new(config.handshake_rate.clone());
+        let inner = Inner { node, config, client_auth, store, rate, stats: EncStats::default() };
         EncServer { inner: Arc::new(inner) }
     }
 
@@ -183,7 +200,8 @@ impl EncServer {
     pub fn install(&self, http: &mut HttpServer) {
         let limits = RouteLimits::methods(&["POST"]).max_body(self.inner.config.max_init_body);
         let me = self.clone();
-        let f = move |req: &Request| me.serve_init(&req.body, Instant::now());
+        let f =
+            move |req: &Request| me.serve_init(&req.body, req.peer.map(|p| p.ip()), Instant::now());
         if self.inner.config.handshake_on_worker {
             http.add_inline(ENC_INIT_PATH, limits, f);
         } else {
@@ -191,10 +209,18 @@ impl EncServer {
         }
     }
 
-    /// Answers one `/enc_init` body at `now`: `200` with the response body (and the key
-    /// stored), or a [`Refusal`]. What the `/enc_init` route runs; public for servers on
-    /// other transports.
-    pub fn serve_init(&self, body: &[u8], now: Instant) -> Response {
+    /// Answers one `/enc_init` body from `peer` at `now`: `200` with the response body
+    /// (and the key stored), or a [`Refusal`] — `429 rate-limited` when `peer`'s address
+    /// block is over [`EncConfig::handshake_rate`] (checked first, before any handshake
+    /// work), `503 busy` when the key store is full of keys in use. What the `/enc_init`
+    /// route runs; public for servers on other transports.
+    pub fn serve_init(&self, body: &[u8], peer: Option<IpAddr>, now: Instant) -> Response {
+        if let Some(ip) = peer
+            && let Err(r) = self.inner.rate.check(ip, now)
+        {
+            self.inner.stats.handshake_refused(Refusal::RateLimited);
+            return refuse_after(Refusal::RateLimited, Some(r.retry_after));
+        }
         let began = Instant::now();
         let resp = self.answer_init(body, now);
         self.inner.stats.init_latency.observe(began.elapsed());
@@ -216,7 +242,11 @@ impl EncServer {
         };
         match handshake::accept(body, &params) {
             Ok(accepted) => {
-                inner.store.insert(accepted.key_id, accepted.material, now);
+                if inner.store.insert(accepted.key_id, accepted.material, now).is_err() {
+                    // Every key held is in use: refuse rather than evict one (§4.8).
+                    inner.stats.handshake_refused(Refusal::Busy);
+                    return refuse_after(Refusal::Busy, Some(BUSY_RETRY_AFTER));
+                }
                 inner.stats.handshake_ok();
                 Response::new(200)
                     .header("Content-Type", "application/octet-stream")

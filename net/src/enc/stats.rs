@@ -12,6 +12,8 @@ pub(crate) struct EncStats {
     handshakes_ok: AtomicU64,
     handshakes_failed: AtomicU64,
     handshakes_forbidden: AtomicU64,
+    handshakes_rate_limited: AtomicU64,
+    handshakes_busy: AtomicU64,
     requests_ok: AtomicU64,
     unknown_key: AtomicU64,
     expired_key: AtomicU64,
@@ -34,8 +36,11 @@ impl EncStats {
 
     pub(crate) fn handshake_refused(&self, r: Refusal) {
         bump(&self.handshakes_failed);
-        if r.status() == 403 {
-            bump(&self.handshakes_forbidden);
+        match r {
+            Refusal::AuthRequired | Refusal::NotAllowed => bump(&self.handshakes_forbidden),
+            Refusal::RateLimited => bump(&self.handshakes_rate_limited),
+            Refusal::Busy => bump(&self.handshakes_busy),
+            _ => {}
         }
     }
 
@@ -60,6 +65,8 @@ impl EncStats {
             handshakes_ok: get(&self.handshakes_ok),
             handshakes_failed: get(&self.handshakes_failed),
             handshakes_forbidden: get(&self.handshakes_forbidden),
+            handshakes_rate_limited: get(&self.handshakes_rate_limited),
+            handshakes_busy: get(&self.handshakes_busy),
             requests_ok: get(&self.requests_ok),
             unknown_key: get(&self.unknown_key),
             expired_key: get(&self.expired_key),
@@ -68,6 +75,7 @@ impl EncStats {
             replays: get(&self.replays),
             handler_failures: get(&self.handler_failures),
             keys_live: store.live,
+            keys_used: store.used,
             keys_evicted: store.evicted,
             keys_expired: store.expired,
         }
@@ -80,10 +88,14 @@ impl EncStats {
 pub struct EncStatsSnapshot {
     /// Handshakes answered `200`.
     pub handshakes_ok: u64,
-    /// Handshakes refused (400 and 403).
+    /// Handshakes refused (400, 403, 429 and 503).
     pub handshakes_failed: u64,
     /// Of those, refused for the client certificate policy (403).
     pub handshakes_forbidden: u64,
+    /// Of those, refused because the source block was over its rate (429 `rate-limited`).
+    pub handshakes_rate_limited: u64,
+    /// Of those, refused because the key store was full of keys in use (503 `busy`).
+    pub handshakes_busy: u64,
     /// enc_http requests answered by their handler (with a sealed body).
     pub requests_ok: u64,
     /// enc_http requests naming a key the server does not have (401 `unknown-key`).
@@ -100,7 +112,9 @@ pub struct EncStatsSnapshot {
     pub handler_failures: u64,
     /// Keys in the store now.
     pub keys_live: usize,
-    /// Valid keys evicted to make room.
+    /// Of those, keys a request has used (never evicted to make room).
+    pub keys_used: usize,
+    /// Valid never-used keys evicted to make room.
     pub keys_evicted: u64,
     /// Keys removed after expiring.
     pub keys_expired: u64,

@@ -16,7 +16,12 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 
-use dap_reactor::{Esocket, EsocketHandle, Handler, HandlerFactory, Listening, PeerAddr, Reactor};
+use dap_reactor::{
+    Datagrams, Esocket, EsocketHandle, Handler, HandlerFactory, Listening, LogThrottle, PeerAddr,
+    Reactor,
+};
+
+use crate::limit::{ConnLimiter, ConnPermit, ConnRefused};
 
 pub use acl::{AccessList, Cidr, CidrError};
 
@@ -32,6 +37,9 @@ pub struct ServerStats {
     pub refused: AtomicU64,
     /// Connections the handler factory declined.
     pub declined: AtomicU64,
+    /// Connections closed at once because a connection limit was reached (in all, or for
+    /// their source block; see [`ServerBuilder::conn_limits`]).
+    pub limited: AtomicU64,
     /// Datagrams dropped because their source is not admitted.
     pub datagrams_refused: AtomicU64,
 }
@@ -40,6 +48,7 @@ pub struct ServerStats {
 #[derive(Default)]
 pub struct ServerBuilder {
     acl: AccessList,
+    limiter: Option<Arc<ConnLimiter>>,
     tcp: Vec<SocketAddr>,
     unix: Vec<PathBuf>,
     udp: Vec<(SocketAddr, UdpFactory)>,
@@ -98,6 +107,16 @@ impl ServerBuilder {
         self
     }
 
+    /// Bounds the stream connections held at once, in all and per source block, with
+    /// `limiter` (which several servers may share, so that the bound is theirs together).
+    /// A connection past a bound is accepted and closed at once, before it gets a handler
+    /// or any buffer, and counted ([`ServerStats::limited`]); connections already held
+    /// are not affected. Datagrams are not connections and are not counted.
+    pub fn conn_limits(mut self, limiter: Arc<ConnLimiter>) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
     /// Starts listening on every address, with `factory` making each stream connection's
     /// handler.
     ///
@@ -106,8 +125,12 @@ impl ServerBuilder {
     pub fn start(self, reactor: &Reactor, factory: impl HandlerFactory) -> io::Result<Server> {
         let stats = Arc::new(ServerStats::default());
         let acl: SharedAcl = Arc::new(RwLock::new(self.acl.clone()));
-        let guarded: Arc<Guarded<_>> =
-            Arc::new(Guarded { acl: acl.clone(), stats: stats.clone(), inner: factory });
+        let guarded: Arc<Guarded<_>> = Arc::new(Guarded {
+            acl: acl.clone(),
+            stats: stats.clone(),
+            limiter: self.limiter.clone(),
+            inner: factory,
+        });
         let mut server =
             Server { stats, acl: acl.clone(), tcp: Vec::new(), unix: Vec::new(), udp: Vec::new() };
         let result = (|| {
@@ -140,32 +163,119 @@ impl ServerBuilder {
 /// The access list, shared by a server's listeners and replaceable while they run.
 type SharedAcl = Arc<RwLock<AccessList>>;
 
-/// The user's factory behind the access list.
+/// At most 5 lines per 10 s about connections refused at a limit (a flood repeats it);
+/// [`ServerStats::limited`] keeps the count.
+static LIMITED: LogThrottle = LogThrottle::new(5, Duration::from_secs(10));
+
+/// The user's factory behind the access list and the connection limits.
 struct Guarded<F> {
     acl: SharedAcl,
     stats: Arc<ServerStats>,
+    limiter: Option<Arc<ConnLimiter>>,
     inner: F,
 }
 
 impl<F: HandlerFactory> Guarded<F> {
     fn new_handler(&self, peer: &PeerAddr) -> Option<Box<dyn Handler>> {
-        if let PeerAddr::Inet(addr) = peer
-            && !self.acl.read().admits(addr.ip())
+        let ip = match peer {
+            PeerAddr::Inet(addr) => Some(addr.ip()),
+            _ => None,
+        };
+        if let Some(ip) = ip
+            && !self.acl.read().admits(ip)
         {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%addr, "connection refused by the access list");
+            tracing::debug!(%ip, "connection refused by the access list");
             return None;
         }
+        let permit = match self.limiter.as_ref().map(|l| l.acquire(ip)) {
+            None => None,
+            Some(Ok(p)) => Some(p),
+            Some(Err(why)) => {
+                self.stats.limited.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = LIMITED.check() {
+                    let block = match (why, ip) {
+                        (ConnRefused::PerSource, Some(ip)) => {
+                            self.limiter.as_ref().map(|l| l.limits().prefixes.block(ip))
+                        }
+                        _ => None,
+                    };
+                    let block = block.map(|b| b.to_string()).unwrap_or_default();
+                    tracing::warn!(reason = %why, block, suppressed, "connection refused");
+                }
+                return None;
+            }
+        };
         match self.inner.new_handler(peer) {
             Some(h) => {
                 self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                Some(h)
+                Some(match permit {
+                    Some(permit) => Box::new(Limited { inner: h, _permit: permit }),
+                    None => h,
+                })
             }
             None => {
                 self.stats.declined.fetch_add(1, Ordering::Relaxed);
                 None
             }
         }
+    }
+}
+
+/// A connection's handler holding its place in the connection limits until it is dropped
+/// (when the esocket is deleted).
+struct Limited {
+    inner: Box<dyn Handler>,
+    _permit: ConnPermit,
+}
+
+impl Handler for Limited {
+    fn on_new(&mut self, es: &mut Esocket<'_>) {
+        self.inner.on_new(es);
+    }
+
+    fn on_connected(&mut self, es: &mut Esocket<'_>) {
+        self.inner.on_connected(es);
+    }
+
+    fn on_read(&mut self, es: &mut Esocket<'_>) {
+        self.inner.on_read(es);
+    }
+
+    fn on_read_closed(&mut self, es: &mut Esocket<'_>) {
+        self.inner.on_read_closed(es);
+    }
+
+    fn on_datagram(&mut self, es: &mut Esocket<'_>, data: &[u8], from: SocketAddr) {
+        self.inner.on_datagram(es, data, from);
+    }
+
+    fn on_datagrams(&mut self, es: &mut Esocket<'_>, batch: &mut Datagrams<'_>) {
+        self.inner.on_datagrams(es, batch);
+    }
+
+    fn on_write(&mut self, es: &mut Esocket<'_>) -> bool {
+        self.inner.on_write(es)
+    }
+
+    fn on_timeout(&mut self, es: &mut Esocket<'_>) -> bool {
+        self.inner.on_timeout(es)
+    }
+
+    fn on_write_finished(&mut self, es: &mut Esocket<'_>) {
+        self.inner.on_write_finished(es);
+    }
+
+    fn on_error(&mut self, es: &mut Esocket<'_>, err: &io::Error) {
+        self.inner.on_error(es, err);
+    }
+
+    fn on_delete(&mut self, es: &mut Esocket<'_>) {
+        self.inner.on_delete(es);
+    }
+
+    fn wrapped(&mut self) -> Option<&mut dyn Handler> {
+        Some(&mut *self.inner)
     }
 }
 
@@ -360,6 +470,11 @@ impl Server {
     /// The counters.
     pub fn stats(&self) -> &ServerStats {
         &self.stats
+    }
+
+    /// The counters, shared (for a metrics page that outlives this borrow).
+    pub fn shared_stats(&self) -> Arc<ServerStats> {
+        self.stats.clone()
     }
 
     /// Closes every listener and UDP socket; connections already accepted carry on. Unix

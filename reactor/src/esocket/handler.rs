@@ -109,6 +109,13 @@ pub trait Handler: Any {
     fn on_delete(&mut self, es: &mut Esocket<'_>) {
         let _ = es;
     }
+
+    /// For a handler that wraps another (to hold a guard, count or log around it): the
+    /// wrapped handler, so that [`Esocket::with_handler`] finds a handler of the type it
+    /// asks for inside the wrapper. Default: `None`.
+    fn wrapped(&mut self) -> Option<&mut dyn Handler> {
+        None
+    }
 }
 
 /// Where an accepted connection came from.

@@ -480,9 +480,8 @@ impl<'a> Esocket<'a> {
         f: impl FnOnce(&mut H, &mut Esocket<'_>) -> R,
     ) -> Option<R> {
         let mut h = self.st.handler.take()?;
-        let any: &mut dyn std::any::Any = &mut *h;
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            any.downcast_mut::<H>().map(|h| f(h, &mut Esocket::new(self.st, self.w)))
+            find_handler::<H>(&mut *h).map(|h| f(h, &mut Esocket::new(self.st, self.w)))
         }));
         // A callback inside `f` may not install another handler, so this slot is still empty.
         // It is refilled even if `f` panicked, so the handler hears how its esocket ends.
@@ -576,4 +575,12 @@ impl AsRawFd for Esocket<'_> {
     fn as_raw_fd(&self) -> RawFd {
         self.raw_fd().unwrap_or(-1)
     }
+}
+
+/// `h` as an `H`, or the handler of that type it wraps ([`Handler::wrapped`]), however deep.
+fn find_handler<H: Handler>(h: &mut dyn Handler) -> Option<&mut H> {
+    if (&*h as &dyn std::any::Any).is::<H>() {
+        return (h as &mut dyn std::any::Any).downcast_mut::<H>();
+    }
+    h.wrapped().and_then(find_handler::<H>)
 }

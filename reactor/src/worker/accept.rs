@@ -6,11 +6,19 @@ use std::time::Duration;
 use super::{AcceptedIo, Msg, TimerWhat, WorkerCtx};
 use crate::esocket::io::{ListenIo, StreamIo};
 use crate::esocket::{Body, EsState, EsocketKind, Factory, PeerAddr, PostError};
+use crate::log_throttle::LogThrottle;
 
 /// Connections accepted per listener per turn before other esockets get a go.
 const ACCEPT_BUDGET: usize = 64;
 /// How long a listener rests after the process ran out of descriptors or memory.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// Accept-path warnings a flood can repeat (EMFILE every 100 ms on every worker): at most
+/// 5 lines per 10 s per site, the next one saying how many were left out. Counters keep
+/// the whole count.
+static ACCEPT_FAILED: LogThrottle = LogThrottle::new(5, Duration::from_secs(10));
+static NO_ROOM: LogThrottle = LogThrottle::new(5, Duration::from_secs(10));
+static NOT_ADDED: LogThrottle = LogThrottle::new(5, Duration::from_secs(10));
 
 impl WorkerCtx {
     pub(crate) fn accept(&mut self, st: &mut EsState) {
@@ -54,7 +62,10 @@ impl WorkerCtx {
                     // Out of descriptors or memory: the pending connection stays in the
                     // backlog, and edge-triggered epoll will not remind us, so retry on a timer
                     // rather than spin.
-                    tracing::warn!(worker = self.index(), error = %e, "accept failed; retrying shortly");
+                    self.stats.accept_failed += 1;
+                    if let Some(suppressed) = ACCEPT_FAILED.check() {
+                        tracing::warn!(worker = self.index(), error = %e, suppressed, "accept failed; retrying shortly");
+                    }
                     let _ = self.arm(st, ACCEPT_RETRY, TimerWhat::AcceptRetry);
                     return;
                 }
@@ -91,7 +102,13 @@ impl WorkerCtx {
     pub(crate) fn adopt(&mut self, sock: AcceptedIo, peer: PeerAddr, factory: &Factory) {
         if self.stopping.is_some() || self.slots.is_full() {
             self.stats.accept_dropped += 1;
-            tracing::warn!(worker = self.index(), "no room for an accepted connection; closing it");
+            if let Some(suppressed) = NO_ROOM.check() {
+                tracing::warn!(
+                    worker = self.index(),
+                    suppressed,
+                    "no room for an accepted connection; closing it"
+                );
+            }
             return;
         }
         let made =
@@ -120,7 +137,10 @@ impl WorkerCtx {
         match self.add(kind, Body::Stream(io), Some(handler), |st| st.write_ready = true) {
             Ok(_) => self.stats.accepted += 1,
             Err(e) => {
-                tracing::warn!(worker = self.index(), error = %e, "could not add an accepted connection")
+                self.stats.accept_dropped += 1;
+                if let Some(suppressed) = NOT_ADDED.check() {
+                    tracing::warn!(worker = self.index(), error = %e, suppressed, "could not add an accepted connection");
+                }
             }
         }
     }

@@ -8,8 +8,13 @@ use super::{TimerWhat, WorkerCtx};
 use crate::error::ReactorError;
 use crate::esocket::io::{self, StreamIo};
 use crate::esocket::{Body, EsState, Esocket, EsocketKind, Handler};
+use crate::log_throttle::LogThrottle;
 use crate::sys::udp::{RECV_SLOT, RecvBatch};
 use crate::timer::TimerKey;
+
+/// At most 5 output-overflow lines per 10 s (a flood of slow readers would repeat it); the
+/// count is in `WorkerStats::overflow_closed`.
+static OVERFLOW: LogThrottle = LogThrottle::new(5, std::time::Duration::from_secs(10));
 
 impl WorkerCtx {
     /// Runs one handler callback, isolating panics: a panicking handler is dropped, its
@@ -422,11 +427,14 @@ impl WorkerCtx {
         let limit = st.out_cap(&self.cfg.limits).saturating_add(self.cfg.limits.handle_write_slack);
         if st.buf_out.len().saturating_add(data.len()) > limit {
             self.stats.overflow_closed += 1;
-            tracing::warn!(
-                worker = self.index(),
-                queued = st.buf_out.len(),
-                "closing esocket: output overflow"
-            );
+            if let Some(suppressed) = OVERFLOW.check() {
+                tracing::warn!(
+                    worker = self.index(),
+                    queued = st.buf_out.len(),
+                    suppressed,
+                    "closing esocket: output overflow"
+                );
+            }
             st.fail(ReactorError::OutputOverflow.into());
             return;
         }

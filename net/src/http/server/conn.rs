@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use dap_proc::Flip;
-use dap_reactor::{Esocket, Handler};
+use dap_reactor::{Esocket, Handler, LogThrottle};
 
 use super::exchange::{BodyFlow, Exchange, HttpError, ProcHandler};
 use super::route::RouteKind;
@@ -33,6 +33,12 @@ thread_local! {
 
 /// Below this size a body is copied into `buf_out`; above, it is queued by reference.
 const COPY_MAX: usize = 4096;
+
+/// Warnings load can repeat on every connection: at most 5 lines per 10 s each, the next
+/// one saying how many were left out (the counters keep the whole count).
+static NO_TIMER: LogThrottle = LogThrottle::new(5, Duration::from_secs(10));
+static NOT_RUN: LogThrottle = LogThrottle::new(5, Duration::from_secs(10));
+static NO_TLS: LogThrottle = LogThrottle::new(5, Duration::from_secs(10));
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -222,7 +228,9 @@ impl HttpConn {
         if let Err(e) = es.set_deadline(after) {
             // The worker's timer table is full: without a deadline this connection could
             // be held open forever, so it is not kept.
-            tracing::warn!(error = %e, "no timer for an HTTP connection; closing it");
+            if let Some(suppressed) = NO_TIMER.check() {
+                tracing::warn!(error = %e, suppressed, "no timer for an HTTP connection; closing it");
+            }
             es.close_now();
         }
     }
@@ -494,7 +502,9 @@ impl HttpConn {
                     },
                 );
                 if let Err(e) = flipped {
-                    tracing::warn!(error = %e, "simple handler not run");
+                    if let Some(suppressed) = NOT_RUN.check() {
+                        tracing::warn!(error = %e, suppressed, "simple handler not run");
+                    }
                     self.count(Counter::Overloaded);
                     self.set_pending(Pending::Whole(
                         error_response(503).header("Retry-After", "1"),
@@ -946,7 +956,9 @@ impl Handler for HttpConn {
         if let Some(config) = &self.sh.tls
             && let Err(e) = crate::tls::accept(es, config)
         {
-            tracing::warn!(error = %e, "cannot start TLS on a connection; closing it");
+            if let Some(suppressed) = NO_TLS.check() {
+                tracing::warn!(error = %e, suppressed, "cannot start TLS on a connection; closing it");
+            }
             es.close_now();
             return;
         }
