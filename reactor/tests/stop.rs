@@ -64,6 +64,38 @@ fn graceful_stop_flushes_pending_output_then_closes() {
     util::recv(&waited, "wait() to return");
 }
 
+/// Queues `len` bytes of the test pattern and never reads: the peer's input stays unread.
+struct DumpDeaf(usize);
+
+impl Handler for DumpDeaf {
+    fn on_new(&mut self, es: &mut Esocket<'_>) {
+        es.set_readable(false);
+        es.write_bytes(Bytes::from(util::pattern(0, self.0))).expect("buf_out_cap fits it");
+    }
+}
+
+/// A socket closed with input it never read would be answered with a reset, which throws
+/// away what the kernel still had to send: the close reads and drops that input first, so
+/// the peer gets everything, then a FIN.
+#[test]
+fn a_close_with_unread_input_is_a_fin_not_a_reset() {
+    use std::io::Write;
+    const LEN: usize = 2 << 20;
+    let reactor = util::builder(1).limits(big_out()).start().unwrap();
+    let (mut client, server) = util::small_tcp_pair(16 * 1024);
+    util::on_worker(reactor.worker(0).unwrap(), move |w| {
+        w.adopt_tcp(server, Box::new(DumpDeaf(LEN)))
+    })
+    .unwrap();
+    client.write_all(&[7u8; 4096]).expect("the server's kernel takes it, unread");
+    reactor.stop(Duration::from_secs(10));
+    let waited = wait_in_background(reactor);
+    let got = util::read_to_eof(&mut client);
+    assert_eq!(got.len(), LEN);
+    util::assert_pattern(&got);
+    util::recv(&waited, "wait() to return");
+}
+
 #[test]
 fn stop_deadline_bounds_a_flush_that_cannot_finish() {
     const LEN: usize = 2 << 20;

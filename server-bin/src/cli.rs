@@ -303,14 +303,16 @@ pub fn run(configure: impl FnOnce(NodeBuilder) -> NodeBuilder) -> ExitCode {
     });
     let report = node.shutdown(grace);
     let drained = report.streams - report.left_open;
+    let (left, unsent) = (report.left_open, report.messages_unsent);
     if json {
         println!(
-            "{{\"program\":{},\"event\":\"stopped\",\"drained\":{drained},\"left_open\":{}}}",
+            "{{\"program\":{},\"event\":\"stopped\",\"drained\":{drained},\"left_open\":{left},\"messages_unsent\":{unsent}}}",
             quote(&name),
-            report.left_open
         );
     } else {
-        println!("{name}: stopped ({drained} stream(s) drained, {} left open)", report.left_open);
+        println!(
+            "{name}: stopped ({drained} stream(s) drained, {left} cut off, {unsent} message(s) not sent)"
+        );
     }
     ExitCode::SUCCESS
 }

@@ -653,6 +653,18 @@ fn stream(o: &mut Out, src: &Sources) {
         &[("in", s.key_updates_received), ("out", s.key_updates_sent)],
     );
     o.one(
+        "dap_stream_shutdown_cut_off_total",
+        "counter",
+        "Streams still open when a shutdown's grace period ended, cut off.",
+        s.shutdown_cut_off,
+    );
+    o.one(
+        "dap_stream_shutdown_unsent_messages_total",
+        "counter",
+        "Messages queued for a peer and discarded unsent when its stream was cut off.",
+        s.shutdown_unsent_messages,
+    );
+    o.one(
         "dap_stream_window_growths_total",
         "counter",
         "Receive windows grown because the sender was blocked while the reader kept up.",

@@ -126,8 +126,12 @@ fn setting(key: &'static str, problem: impl ToString) -> StartError {
 pub struct DrainReport {
     /// Streams open when the drain began.
     pub streams: usize,
-    /// Streams still open at the end of the grace period (closed without a CLOSE packet).
+    /// Streams still open at the end of the grace period: each was cut off, what was still
+    /// queued for it discarded, with a CLOSE saying how many (over UDP, closed without a
+    /// CLOSE).
     pub left_open: usize,
+    /// Messages discarded unsent by those cut-offs (`docs/PROTOCOL.md` §10).
+    pub messages_unsent: u64,
     /// How long the drain took.
     pub took: Duration,
 }
@@ -1152,7 +1156,9 @@ impl Node {
     /// (and the DNS server); every stream stops taking messages, sends what its channels
     /// queued and a CLOSE `GoingAway` ([`StreamServer::drain`]); then the reactor stops
     /// (open HTTP connections finish what they are sending) and the proc pool runs what is
-    /// queued. Whatever is still open when `grace` has passed is closed.
+    /// queued. Whatever is still open when `grace` has passed is closed: a stream is cut
+    /// off ([`StreamServer::drain`] step 4), its discarded messages counted and logged,
+    /// and TCP connections end with a FIN, never a reset.
     pub fn shutdown(mut self, grace: Duration) -> DrainReport {
         let start = Instant::now();
         self.draining.store(true, Ordering::SeqCst);
@@ -1181,11 +1187,16 @@ impl Node {
         self.reactor.shutdown(left);
         self.pool.stop_drain(grace.saturating_sub(start.elapsed()));
         self.pool.wait();
-        let report =
-            DrainReport { streams: r.streams, left_open: r.left_open, took: start.elapsed() };
+        let report = DrainReport {
+            streams: r.streams,
+            left_open: r.left_open,
+            messages_unsent: r.messages_unsent,
+            took: start.elapsed(),
+        };
         tracing::info!(
             streams = report.streams,
             left_open = report.left_open,
+            messages_unsent = report.messages_unsent,
             took_ms = report.took.as_millis() as u64,
             "stopped"
         );

@@ -129,3 +129,94 @@ fn refusals_are_answered_and_counted() {
     });
     d.shutdown(TIMEOUT);
 }
+
+/// What an acknowledgement promises at shutdown (`docs/PROTOCOL.md` §10): a subscriber
+/// that does not read past the grace period is cut off, and its stream still ends, after
+/// every message it was sent and in order, with a CLOSE saying exactly how many of the
+/// acknowledged messages were not sent, counted by the server too. The connection ends
+/// with a FIN, not a reset, so the subscriber reads all of it once it reads again. A
+/// publisher that keeps up gets the plain CLOSE.
+#[test]
+fn a_subscriber_stalled_past_the_grace_learns_how_many_messages_it_missed() {
+    const MESSAGES: u64 = 100;
+    const PAD: usize = 1000;
+    let mut c = config(1);
+    // Little credit, and no growth: what the server may send before the subscriber reads
+    // again fits in the kernel's buffers; the rest waits in the server's queues.
+    c.stream.channel_window = 16 << 10;
+    c.stream.max_channel_window = 16 << 10;
+    c.stream.conn_window = 64 << 10;
+    c.stream.max_conn_window = 64 << 10;
+    let d = daemon(c);
+    let stream = d.stream().clone();
+    let (sub_side, pub_side) = (client_reactor(), client_reactor());
+    let topic = Topic::new("stall").unwrap();
+    let s = open(&sub_side, d.local_addr(), d.node_public_key(), b"P").unwrap();
+    s.subscribe(&topic);
+    let p = open(&pub_side, d.local_addr(), d.node_public_key(), b"P").unwrap();
+
+    // The subscriber stalls: its client's only worker is held, its socket unread.
+    let (held_tx, held) = crossbeam_channel::bounded(1);
+    let (release, release_rx) = crossbeam_channel::bounded::<()>(1);
+    sub_side
+        .worker(0)
+        .unwrap()
+        .exec(move |_| {
+            let _ = held_tx.send(());
+            let _ = release_rx.recv_timeout(TIMEOUT);
+        })
+        .unwrap();
+    held.recv_timeout(TIMEOUT).expect("the subscriber's worker is held");
+
+    for seq in 1..=MESSAGES {
+        let mut payload = seq.to_be_bytes().to_vec();
+        payload.resize(PAD, 0);
+        p.send(&PubSubMsg::Publish { seq, topic: topic.clone(), payload }).unwrap();
+    }
+    for seq in 1..=MESSAGES {
+        let m = p.next();
+        assert_eq!(
+            PubSubMsg::decode(m.ty, &m.data),
+            Ok(PubSubMsg::Ack { seq, delivered: 1, dropped: 0 }),
+            "every publish acknowledged as queued to the subscriber"
+        );
+    }
+
+    let report = d.shutdown(std::time::Duration::from_millis(300));
+    assert_eq!(report.left_open, 1, "the stalled subscriber was still open: {report:?}");
+    let lost = report.messages_unsent;
+    assert!((1..MESSAGES).contains(&lost), "{lost} of {MESSAGES} not sent");
+    let st = stream.stats();
+    assert_eq!((st.shutdown_cut_off, st.shutdown_unsent_messages), (1, lost));
+
+    // The publisher read everything: its stream ended with the plain CLOSE.
+    match p.closed() {
+        dap_stream::transport::StreamError::PeerClosed { code, reason } => {
+            assert_eq!(code, dap_stream::transport::CloseCode::GoingAway);
+            assert_eq!(reason, "server shutting down");
+        }
+        e => panic!("publisher: {e:?}"),
+    }
+    // The subscriber reads again: a gapless prefix of what was acknowledged, then the
+    // CLOSE naming the rest.
+    release.send(()).unwrap();
+    match s.closed() {
+        dap_stream::transport::StreamError::PeerClosed { code, reason } => {
+            assert_eq!(code, dap_stream::transport::CloseCode::GoingAway);
+            assert_eq!(reason, format!("server shutting down; {lost} messages not sent"));
+        }
+        e => panic!("subscriber: {e:?} (a reset or an end without CLOSE loses the count)"),
+    }
+    let got: Vec<u64> = s
+        .messages
+        .try_iter()
+        .map(|m| match PubSubMsg::decode(m.ty, &m.data) {
+            Ok(PubSubMsg::Message { payload, .. }) => {
+                u64::from_be_bytes(payload[..8].try_into().unwrap())
+            }
+            other => panic!("not a MESSAGE: {other:?}"),
+        })
+        .collect();
+    let want: Vec<u64> = (1..=MESSAGES - lost).collect();
+    assert_eq!(got, want, "received + not sent = acknowledged, in order");
+}

@@ -8,14 +8,43 @@
 //!
 //! One [`Broker`] is shared by every session of a server (`Arc`): a map from topic to its
 //! subscribers, each a [`ChannelHandle`] (which is `Send` and wakes the subscriber's
-//! worker). A PUBLISH takes the topic's subscriber list under the broker's lock (one
-//! `Arc` clone: the list is copied on subscribe and unsubscribe, never on publish), then
-//! queues the MESSAGE to each subscriber's handle outside the lock. Handle queues are FIFO
-//! and one publisher's messages are queued one after another from its worker, so every
-//! subscriber sees one publisher's messages in the order they were published. The ACK goes
-//! back to the publisher once the message is queued to every subscriber: an acknowledged
-//! message is in every subscriber's queue, and a stream drains its queues before it closes
-//! (see [`StreamServer::drain`](crate::StreamServer::drain)).
+//! worker). A PUBLISH queues the MESSAGE to each subscriber's handle, then the ACK goes
+//! back to the publisher: an acknowledged message is in every subscriber's queue, and a
+//! stream drains its queues before it closes (see
+//! [`StreamServer::drain`](crate::StreamServer::drain), and `docs/PROTOCOL.md` §10 for
+//! what happens to a subscriber that does not read them before the server's grace period
+//! ends).
+//!
+//! # Locks, order, and cost
+//!
+//! A lock per topic held across the fan-out, over a hash set of the topic's subscribers:
+//! subscribing and unsubscribing cost O(1), and a publish O(1) per subscriber it reaches,
+//! with no copy of the subscriber list. (A persistent, immutable set would keep publishes
+//! lock-free, at O(log n) and an allocation per subscribe, and would lose the single order
+//! per topic below; fan-out is short enough to hold a lock across.)
+//!
+//! - The topic map is split into 64 shards by the topic's hash, each behind its own
+//!   mutex, held for one hash-map operation (look a topic up, add or remove it).
+//! - Each topic has its own mutex over a hash map of its subscribers, keyed by
+//!   subscriber id. SUBSCRIBE and UNSUBSCRIBE take it for one insert or remove: O(1),
+//!   amortised over the map's growth and shrinking (a map at most a quarter full is
+//!   halved, so a publish's walk over it stays proportional to its subscribers).
+//! - A PUBLISH holds its topic's mutex while it queues the message to every subscriber.
+//!   Queueing to a handle is a bounded push that never blocks (a full queue answers
+//!   `Full` at once; waking the subscriber's worker is a non-blocking post), so the lock
+//!   is held for O(subscribers) short steps; what it buys is
+//!   that a topic's messages are queued in one order to all its subscribers (one total
+//!   order per topic, which per-publisher order is a case of), and that a subscriber
+//!   dropped for being slow is removed in the same pass, O(1), before the next publish to
+//!   the topic can reach it.
+//! - The shard's lock and a topic's are never held together: a topic whose last
+//!   subscriber leaves is marked dead under its own lock, then taken out of the shard's
+//!   map; a subscribe that finds a dead topic makes a new one. Publishes to different
+//!   topics run in parallel; SUBSCRIBE to a topic waits at most for one publish to it.
+//!
+//! The copy-on-write list this replaces made a publish one `Arc` clone, but every
+//! subscribe and unsubscribe a copy of the topic's list under one global lock: O(n) each,
+//! O(n²) to fill a topic of n subscribers (50 million entry copies for 10,000).
 //!
 //! # Slow subscribers
 //!
@@ -32,8 +61,9 @@
 //! session, topic length; messages are bounded by the session's message limit.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -421,6 +451,10 @@ struct Counters {
     unsubscribes: AtomicU64,
     /// Refusals sent, by [`ErrorCode::code`] 1..=5 (index 0 unused).
     refused: [AtomicU64; 6],
+    /// Subscriber entries written into topics' maps: one per subscribe, plus those moved
+    /// when a map grows or shrinks. Not exported: tests check with it that adding and
+    /// removing subscribers costs O(1) each (amortised), not a copy of the topic's list.
+    entry_writes: AtomicU64,
 }
 
 /// A copy of a [`Broker`]'s counters.
@@ -471,12 +505,39 @@ struct Sub {
     shared: Arc<SubShared>,
 }
 
+/// Shards of the topic map. A power of two well above the worker count: two operations
+/// on different topics rarely meet on a shard lock, and each holds it for one hash-map
+/// operation.
+const SHARDS: usize = 64;
+
+/// A topic's subscribers, by subscriber id, behind the topic's own lock. A publish holds
+/// it while it queues the message to each of them (a bounded, non-blocking push per
+/// subscriber), so one topic's messages are queued in one order to every subscriber.
+#[derive(Default)]
+struct TopicSubs {
+    subs: Mutex<HashMap<u64, Arc<SubShared>>>,
+    /// Set (under `subs`' lock) when the last subscriber left: the entry is on its way out
+    /// of the shard's map and takes no subscriber (a subscribe then makes a new entry).
+    dead: AtomicBool,
+}
+
+/// One shard of the topic map.
+type Shard = Mutex<HashMap<Topic, Arc<TopicSubs>>>;
+
 /// Topics and their subscribers, shared by every session of a server; see the
 /// [module docs](self).
 pub struct Broker {
-    /// Topic → subscribers. Held only to look up, or to replace a list: no write to a
-    /// channel happens under it.
-    topics: Mutex<HashMap<Topic, Arc<[Sub]>>>,
+    /// Topic → its subscribers, split over [`SHARDS`] maps by the topic's hash. A shard's
+    /// lock is held for one map operation, never together with a topic's lock, and no
+    /// write to a channel happens under it.
+    shards: Box<[Shard]>,
+    /// Picks a topic's shard.
+    hasher: RandomState,
+    /// Live topics (reserved before one is added: never over `max_topics`; counted out
+    /// when the last subscriber leaves).
+    topics: AtomicUsize,
+    /// Subscriptions in the topics' maps.
+    subscriptions: AtomicUsize,
     config: BrokerConfig,
     counters: Counters,
     next_id: AtomicU64,
@@ -485,7 +546,8 @@ pub struct Broker {
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Broker")
-            .field("topics", &self.topics.lock().len())
+            .field("topics", &self.topics.load(Relaxed))
+            .field("subscriptions", &self.subscriptions.load(Relaxed))
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -500,12 +562,28 @@ pub struct PublishOutcome {
     pub dropped: u32,
 }
 
+/// A topic's map is shrunk when it is at most a quarter full (and larger than this), to
+/// half its capacity: publishing walks the map's capacity, not only its entries.
+const SHRINK_ABOVE: usize = 64;
+
+/// Shrinks `subs` when it is mostly empty; returns the entries moved.
+fn shrink(subs: &mut HashMap<u64, Arc<SubShared>>) -> u64 {
+    if subs.capacity() > SHRINK_ABOVE && subs.len() < subs.capacity() / 4 {
+        subs.shrink_to(subs.len() * 2);
+        return subs.len() as u64;
+    }
+    0
+}
+
 impl Broker {
     /// An empty broker; `max_topic_len` is capped at [`MAX_TOPIC_LEN`].
     pub fn new(mut config: BrokerConfig) -> Arc<Self> {
         config.max_topic_len = config.max_topic_len.min(MAX_TOPIC_LEN);
         Arc::new(Broker {
-            topics: Mutex::new(HashMap::new()),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            topics: AtomicUsize::new(0),
+            subscriptions: AtomicUsize::new(0),
             config,
             counters: Counters::default(),
             next_id: AtomicU64::new(1),
@@ -519,14 +597,10 @@ impl Broker {
 
     /// The counters.
     pub fn stats(&self) -> PubSubStatsSnapshot {
-        let (topics, subscriptions) = {
-            let t = self.topics.lock();
-            (t.len() as u64, t.values().map(|s| s.len() as u64).sum())
-        };
         let c = &self.counters;
         PubSubStatsSnapshot {
-            topics,
-            subscriptions,
+            topics: self.topics.load(Relaxed) as u64,
+            subscriptions: self.subscriptions.load(Relaxed) as u64,
             published: c.published.load(Relaxed),
             delivered: c.delivered.load(Relaxed),
             slow_dropped: c.slow_dropped.load(Relaxed),
@@ -542,77 +616,141 @@ impl Broker {
         }
     }
 
-    fn subscribe(&self, topic: &Topic, sub: &Sub) -> Result<(), ErrorCode> {
-        let mut topics = self.topics.lock();
-        let list: &[Sub] = match topics.get(topic) {
-            Some(list) => list,
-            None if topics.len() >= self.config.max_topics => {
-                return Err(ErrorCode::TooManyTopics);
-            }
-            None => &[],
-        };
-        if list.iter().any(|s| s.id == sub.id) {
-            return Ok(());
-        }
-        if list.len() >= self.config.max_subscribers_per_topic {
-            return Err(ErrorCode::TooManySubscribers);
-        }
-        let mut new = Vec::with_capacity(list.len() + 1);
-        new.extend(list.iter().cloned());
-        new.push(sub.clone());
-        topics.insert(topic.clone(), new.into());
-        self.counters.subscribes.fetch_add(1, Relaxed);
-        Ok(())
+    fn shard(&self, topic: &Topic) -> &Shard {
+        &self.shards[self.hasher.hash_one(topic) as usize % SHARDS]
     }
 
-    /// Removes subscriber `id` from `topic`; returns whether it was there.
+    /// The live entry of `topic`, made if there is none (`None`: `max_topics` reached).
+    /// Only the shard's lock is taken.
+    fn entry_or_new(&self, topic: &Topic) -> Option<Arc<TopicSubs>> {
+        let mut shard = self.shard(topic).lock();
+        match shard.get(topic) {
+            Some(e) if !e.dead.load(Relaxed) => Some(e.clone()),
+            _ => {
+                let max = self.config.max_topics;
+                self.topics.fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1)).ok()?;
+                let e = Arc::new(TopicSubs::default());
+                // A dead entry still in the map is replaced; its remover leaves this one.
+                shard.insert(topic.clone(), e.clone());
+                Some(e)
+            }
+        }
+    }
+
+    /// Marks `entry` dead if it has no subscriber (its lock is held: `subs`), counting the
+    /// topic out; returns whether it did. The caller then calls [`Self::forget`].
+    fn bury_if_empty(&self, entry: &TopicSubs, subs: &HashMap<u64, Arc<SubShared>>) -> bool {
+        if subs.is_empty() && !entry.dead.swap(true, Relaxed) {
+            self.topics.fetch_sub(1, Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// Takes a dead `entry` of `topic` out of the shard's map (unless a new one replaced it).
+    fn forget(&self, topic: &Topic, entry: &Arc<TopicSubs>) {
+        let mut shard = self.shard(topic).lock();
+        if shard.get(topic).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            shard.remove(topic);
+        }
+    }
+
+    /// Adds `sub` to `topic`: O(1) (amortised: an insert into the shard's map when the
+    /// topic is new, one into the topic's). The shard's lock and the topic's are never held
+    /// together.
+    fn subscribe(&self, topic: &Topic, sub: &Sub) -> Result<(), ErrorCode> {
+        loop {
+            let entry = self.entry_or_new(topic).ok_or(ErrorCode::TooManyTopics)?;
+            let mut subs = entry.subs.lock();
+            if entry.dead.load(Relaxed) {
+                // Its last subscriber left after the lookup: look again.
+                continue;
+            }
+            if subs.contains_key(&sub.id) {
+                return Ok(());
+            }
+            if subs.len() >= self.config.max_subscribers_per_topic {
+                // A topic made just now for this (a bound of 0) is not kept empty.
+                if self.bury_if_empty(&entry, &subs) {
+                    drop(subs);
+                    self.forget(topic, &entry);
+                }
+                return Err(ErrorCode::TooManySubscribers);
+            }
+            let (len, cap) = (subs.len(), subs.capacity());
+            subs.insert(sub.id, sub.shared.clone());
+            // A growth moves every entry: amortised O(1) per insert.
+            let moved = if subs.capacity() != cap { len as u64 } else { 0 };
+            self.counters.entry_writes.fetch_add(1 + moved, Relaxed);
+            self.subscriptions.fetch_add(1, Relaxed);
+            self.counters.subscribes.fetch_add(1, Relaxed);
+            return Ok(());
+        }
+    }
+
+    /// Removes subscriber `id` from `topic`, and the topic once it has no subscriber;
+    /// returns whether it was there. O(1) (amortised, with the map's shrinking).
     fn unsubscribe(&self, topic: &Topic, id: u64) -> bool {
-        let mut topics = self.topics.lock();
-        let Some(list) = topics.get(topic) else { return false };
-        if !list.iter().any(|s| s.id == id) {
+        let Some(entry) = self.shard(topic).lock().get(topic).cloned() else { return false };
+        let mut subs = entry.subs.lock();
+        if subs.remove(&id).is_none() {
             return false;
         }
-        let rest: Vec<Sub> = list.iter().filter(|s| s.id != id).cloned().collect();
-        if rest.is_empty() {
-            topics.remove(topic);
-        } else {
-            topics.insert(topic.clone(), rest.into());
-        }
+        self.counters.entry_writes.fetch_add(shrink(&mut subs), Relaxed);
+        self.subscriptions.fetch_sub(1, Relaxed);
         self.counters.unsubscribes.fetch_add(1, Relaxed);
+        if self.bury_if_empty(&entry, &subs) {
+            drop(subs);
+            self.forget(topic, &entry);
+        }
         true
     }
 
-    /// Queues `payload` on `topic` to every subscriber, in this caller's order.
+    /// Queues `payload` on `topic` to every subscriber, under the topic's lock: O(1) per
+    /// subscriber reached, and O(1) per slow or closed subscriber dropped on the way.
     fn publish(&self, topic: &Topic, payload: &[u8]) -> PublishOutcome {
         self.counters.published.fetch_add(1, Relaxed);
-        let Some(subs) = self.topics.lock().get(topic).cloned() else {
+        let Some(entry) = self.shard(topic).lock().get(topic).cloned() else {
             return PublishOutcome::default();
         };
         let body = Bytes::from(message_body(topic, payload));
         let mut out = PublishOutcome::default();
-        for s in subs.iter() {
-            if s.shared.lagged_flag.load(Relaxed) && s.shared.lagged.lock().contains(topic) {
-                // Dropped from this topic by a concurrent publish: it is being told.
-                continue;
-            }
-            match s.shared.handle.write(ty::MESSAGE, body.clone()) {
-                Ok(()) => out.delivered += 1,
+        let mut removed = 0usize;
+        let emptied = {
+            let mut subs = entry.subs.lock();
+            subs.retain(|_, s| match s.handle.write(ty::MESSAGE, body.clone()) {
+                Ok(()) => {
+                    out.delivered += 1;
+                    true
+                }
                 Err(HandleWriteError::Closed(_)) => {
-                    // The session ended; its handler unsubscribes it. Nothing to deliver to.
-                    self.unsubscribe(topic, s.id);
+                    // The session ended; its handler's unsubscribe finds it gone.
+                    removed += 1;
+                    false
                 }
                 Err(_) => {
                     // Full (or a smaller message limit): drop the subscriber from the topic
                     // and tell it, never lose the message silently.
+                    removed += 1;
                     out.dropped += 1;
-                    if self.unsubscribe(topic, s.id) {
-                        self.counters.slow_dropped.fetch_add(1, Relaxed);
-                        tracing::debug!(?topic, "slow subscriber dropped from topic");
-                        s.shared.lagged.lock().push(topic.clone());
-                        s.shared.lagged_flag.store(true, Relaxed);
-                    }
+                    tracing::debug!(?topic, "slow subscriber dropped from topic");
+                    s.lagged.lock().push(topic.clone());
+                    s.lagged_flag.store(true, Relaxed);
+                    false
                 }
+            });
+            if removed > 0 {
+                self.counters.entry_writes.fetch_add(shrink(&mut subs), Relaxed);
             }
+            self.bury_if_empty(&entry, &subs)
+        };
+        if removed > 0 {
+            self.subscriptions.fetch_sub(removed, Relaxed);
+            self.counters.unsubscribes.fetch_add(removed as u64, Relaxed);
+            self.counters.slow_dropped.fetch_add(out.dropped as u64, Relaxed);
+        }
+        if emptied {
+            self.forget(topic, &entry);
         }
         self.counters.delivered.fetch_add(out.delivered as u64, Relaxed);
         out
@@ -861,6 +999,171 @@ mod tests {
         assert_eq!(Topic::new(""), Err(BadTopic));
         assert_eq!(Topic::new([0u8; 256]), Err(BadTopic));
         assert!(Topic::new([0u8; 255]).is_ok());
+    }
+
+    /// A subscriber whose handle queue holds `queue` bytes (no session behind it).
+    fn sub(id: u64, queue: usize) -> (Sub, Arc<crate::channel::ChanShared>) {
+        let chan = crate::channel::ChanShared::new(PUBSUB, queue, 1 << 20);
+        let shared = Arc::new(SubShared {
+            handle: ChannelHandle::new(chan.clone()),
+            lagged_flag: AtomicBool::new(false),
+            lagged: Mutex::new(Vec::new()),
+        });
+        (Sub { id, shared }, chan)
+    }
+
+    /// The payloads queued to a subscriber, in order (taken out of its queue).
+    fn received(chan: &crate::channel::ChanShared) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        chan.drain(
+            |_| true,
+            |ty, body| {
+                assert_eq!(ty, ty::MESSAGE);
+                match PubSubMsg::decode(ty, &body) {
+                    Ok(PubSubMsg::Message { payload, .. }) => out.push(payload),
+                    other => panic!("not a MESSAGE: {other:?}"),
+                }
+            },
+        );
+        out
+    }
+
+    /// Filling a topic with 10,000 subscribers and emptying it again writes O(1) subscriber
+    /// entries per operation (amortised), counted, not timed: the copy-on-write list
+    /// before wrote n(n+1)/2 = 50,005,000 to fill it, and as many to empty it.
+    #[test]
+    fn a_topic_of_10_000_fills_and_empties_in_linear_work() {
+        const N: usize = 10_000;
+        let broker = Broker::new(BrokerConfig::default());
+        let topic = t("crowd");
+        let subs: Vec<_> = (1..=N as u64).map(|id| sub(id, 1 << 10)).collect();
+        let writes = || broker.counters.entry_writes.load(Relaxed);
+        for (i, (s, _)) in subs.iter().enumerate() {
+            broker.subscribe(&topic, s).unwrap();
+            // Subscribing again is a no-op, not a second entry.
+            broker.subscribe(&topic, s).unwrap();
+            if i + 1 == N / 2 {
+                let r = broker.publish(&topic, b"half");
+                assert_eq!(r, PublishOutcome { delivered: (N / 2) as u32, dropped: 0 });
+            }
+        }
+        let fill = writes();
+        // One write per subscriber, plus the moves of a map that doubles: under 2n.
+        assert!(fill <= 3 * N as u64, "filling wrote {fill} entries for {N} subscribers");
+        let st = broker.stats();
+        assert_eq!((st.topics, st.subscriptions, st.subscribes), (1, N as u64, N as u64));
+        let r = broker.publish(&topic, b"all");
+        assert_eq!(r, PublishOutcome { delivered: N as u32, dropped: 0 });
+        for (i, (_, chan)) in subs.iter().enumerate() {
+            let want: &[&[u8]] = if i < N / 2 { &[b"half", b"all"] } else { &[b"all"] };
+            assert_eq!(received(chan), want, "subscriber {i}");
+        }
+        // Out of the order they came in: every other one, then the rest backwards.
+        let order = (0..N).step_by(2).chain((1..N).step_by(2).rev());
+        for (k, i) in order.enumerate() {
+            assert!(broker.unsubscribe(&topic, subs[i].0.id));
+            assert!(!broker.unsubscribe(&topic, subs[i].0.id), "removed once");
+            assert_eq!(broker.stats().subscriptions, (N - k - 1) as u64);
+        }
+        let empty = writes() - fill;
+        // Removing writes nothing but the moves of a map that halves: under n.
+        assert!(empty <= N as u64, "emptying wrote {empty} entries for {N} subscribers");
+        let st = broker.stats();
+        assert_eq!((st.topics, st.subscriptions, st.unsubscribes), (0, 0, N as u64));
+        assert!(broker.shards.iter().all(|s| s.lock().is_empty()), "the topic is gone");
+        assert_eq!(broker.publish(&topic, b"none"), PublishOutcome::default());
+    }
+
+    /// A slow subscriber is dropped in the publish that finds its queue full (O(1), no
+    /// copy), told once, and the others get everything; a topic emptied so is removed.
+    #[test]
+    fn slow_subscribers_are_dropped_in_the_same_pass() {
+        let broker = Broker::new(BrokerConfig::default());
+        let topic = t("news");
+        let (fast, fast_q) = sub(1, 1 << 20);
+        // One message is always taken into an empty queue; a second does not fit.
+        let (slow, slow_q) = sub(2, 1);
+        broker.subscribe(&topic, &fast).unwrap();
+        broker.subscribe(&topic, &slow).unwrap();
+        assert_eq!(broker.publish(&topic, b"1"), PublishOutcome { delivered: 2, dropped: 0 });
+        assert_eq!(broker.publish(&topic, b"2"), PublishOutcome { delivered: 1, dropped: 1 });
+        assert_eq!(broker.publish(&topic, b"3"), PublishOutcome { delivered: 1, dropped: 0 });
+        assert_eq!(received(&fast_q), [b"1", b"2", b"3"]);
+        assert_eq!(received(&slow_q), [b"1"]);
+        assert!(slow.shared.lagged_flag.load(Relaxed));
+        assert_eq!(*slow.shared.lagged.lock(), std::slice::from_ref(&topic));
+        let st = broker.stats();
+        assert_eq!((st.subscriptions, st.slow_dropped, st.unsubscribes), (1, 1, 1));
+        assert!(!broker.unsubscribe(&topic, slow.id), "already gone");
+        // A topic whose last subscriber is dropped by a publish goes away.
+        let lone = t("lone");
+        let (only, _q) = sub(3, 1);
+        broker.subscribe(&lone, &only).unwrap();
+        broker.publish(&lone, b"a");
+        assert_eq!(broker.publish(&lone, b"b"), PublishOutcome { delivered: 0, dropped: 1 });
+        assert_eq!(broker.stats().topics, 1);
+        // And it can be subscribed to again.
+        broker.subscribe(&lone, &only).unwrap();
+        assert_eq!(broker.stats().topics, 2);
+    }
+
+    /// Publishers on several threads, subscribers coming and going on others: every
+    /// subscriber that stays sees the topic's messages in one and the same order (each
+    /// publisher's in its own order), and the counts add up.
+    #[test]
+    fn one_order_per_topic_under_concurrency() {
+        const PUBLISHERS: u64 = 4;
+        const EACH: u64 = 500;
+        let broker = Broker::new(BrokerConfig::default());
+        let topic = t("t");
+        let stay: Vec<_> = (1..=3).map(|id| sub(id, 1 << 20)).collect();
+        for (s, _) in &stay {
+            broker.subscribe(&topic, s).unwrap();
+        }
+        std::thread::scope(|sc| {
+            for p in 0..PUBLISHERS {
+                let (broker, topic) = (&broker, &topic);
+                sc.spawn(move || {
+                    for seq in 0..EACH {
+                        let mut m = p.to_be_bytes().to_vec();
+                        m.extend_from_slice(&seq.to_be_bytes());
+                        let r = broker.publish(topic, &m);
+                        assert_eq!(r.dropped, 0);
+                        assert!(r.delivered >= 3);
+                    }
+                });
+            }
+            // Churn: subscribers join and leave the same topic meanwhile.
+            let (broker, topic) = (&broker, &topic);
+            sc.spawn(move || {
+                for round in 0..200u64 {
+                    let churn: Vec<_> =
+                        (0..10).map(|i| sub(1000 + round * 10 + i, 1 << 20)).collect();
+                    for (s, _) in &churn {
+                        broker.subscribe(topic, s).unwrap();
+                    }
+                    for (s, _) in &churn {
+                        assert!(broker.unsubscribe(topic, s.id));
+                    }
+                }
+            });
+        });
+        let first = received(&stay[0].1);
+        assert_eq!(first.len() as u64, PUBLISHERS * EACH);
+        for p in 0..PUBLISHERS {
+            let seqs: Vec<u64> = first
+                .iter()
+                .filter(|m| m[..8] == p.to_be_bytes())
+                .map(|m| u64::from_be_bytes(m[8..16].try_into().unwrap()))
+                .collect();
+            assert_eq!(seqs, (0..EACH).collect::<Vec<_>>(), "publisher {p} in order");
+        }
+        for (_, q) in &stay[1..] {
+            assert_eq!(received(q), first, "the same order for every subscriber");
+        }
+        let st = broker.stats();
+        assert_eq!((st.topics, st.subscriptions), (1, 3));
+        assert_eq!(st.published, PUBLISHERS * EACH);
     }
 
     #[test]

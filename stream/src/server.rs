@@ -142,10 +142,18 @@ struct DrainState {
 pub struct DrainReport {
     /// Streams open when the drain began.
     pub streams: usize,
-    /// Streams still open when the timeout passed (closed later by the reactor's stop,
-    /// without a CLOSE packet).
+    /// Streams still open when the timeout passed. Each over HTTP was then
+    /// [cut off](StreamConn::cut_off): what was still queued for it discarded (counted in
+    /// `messages_unsent`) and a CLOSE sealed after what it had been sent, saying how many.
     pub left_open: usize,
+    /// Messages discarded unsent by those cut-offs (a pub/sub MESSAGE among them was
+    /// acknowledged to its publisher).
+    pub messages_unsent: u64,
 }
+
+/// After the timeout, how long a drain waits for the workers to cut off the streams still
+/// open (only a worker that is stuck makes it wait that long).
+const CUT_OFF_WAIT: Duration = Duration::from_secs(1);
 
 /// Sends one unit on its channel when dropped: whether the closure holding it ran or was
 /// dropped unrun (its esocket gone), the waiter hears of it.
@@ -250,6 +258,10 @@ impl StreamServer {
     /// 2. Every stream [goes away](StreamConn::go_away): it sends what its channels have
     ///    queued, then a CLOSE with code `GoingAway`, and closes.
     /// 3. The drain waits until every stream has ended, or `timeout` passes.
+    /// 4. Every stream still open then is [cut off](StreamConn::cut_off): the messages
+    ///    still queued for it are discarded and counted, and its CLOSE says how many
+    ///    (`docs/PROTOCOL.md` §10). The drain waits up to a second more for the workers to
+    ///    do it, and logs the streams and messages at `warn`.
     ///
     /// Calling it again repeats the steps for whatever is still open.
     pub fn drain(&self, timeout: Duration) -> DrainReport {
@@ -258,7 +270,7 @@ impl StreamServer {
         d.intake_stopped.store(true, Ordering::SeqCst);
         let live: Vec<EsocketHandle> = d.live.lock().values().map(|v| v.0).collect();
         let udp_live = d.udp_live.load(Ordering::SeqCst);
-        let report = DrainReport { streams: live.len() + udp_live, left_open: 0 };
+        let report = DrainReport { streams: live.len() + udp_live, ..DrainReport::default() };
         tracing::info!(streams = live.len(), "stream drain: intake stopped");
         // Step 1's barrier: a closure on each stream's worker runs after whatever that
         // worker was doing when intake stopped, and stops the stream's mux from handing
@@ -317,9 +329,48 @@ impl StreamServer {
         let busy = |g: &HashMap<_, _>| !g.is_empty() || d.udp_live.load(Ordering::SeqCst) > 0;
         while busy(&g) && !d.left.wait_until(&mut g, deadline).timed_out() {}
         let left_open = g.len() + d.udp_live.load(Ordering::SeqCst);
+        let late: Vec<EsocketHandle> = g.values().map(|v| v.0).collect();
         drop(g);
+        let messages_unsent = Self::cut_off(late);
+        if left_open > 0 {
+            tracing::warn!(
+                left_open,
+                messages_unsent,
+                "stream drain: grace period over; streams still open were cut off"
+            );
+        }
         tracing::info!(left_open, "stream drain: done");
-        DrainReport { left_open, ..report }
+        DrainReport { left_open, messages_unsent, ..report }
+    }
+
+    /// Cuts off each stream of `live` on its worker; returns the messages they discarded
+    /// (of those whose worker answered within [`CUT_OFF_WAIT`]).
+    fn cut_off(live: Vec<EsocketHandle>) -> u64 {
+        if live.is_empty() {
+            return 0;
+        }
+        let deadline = Instant::now() + CUT_OFF_WAIT;
+        let (tx, rx) = std::sync::mpsc::channel::<u64>();
+        let mut posted = 0usize;
+        for h in live {
+            let tx = tx.clone();
+            let cut = move |es: &mut Esocket<'_>| {
+                let n = crate::transport::http::with_stream_conn(es, |c, es| c.cut_off(es));
+                let _ = tx.send(n.flatten().unwrap_or(0) as u64);
+            };
+            if post_until(h, cut, deadline) {
+                posted += 1;
+            }
+        }
+        drop(tx);
+        let mut unsent = 0;
+        for _ in 0..posted {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(n) => unsent += n,
+                Err(_) => break,
+            }
+        }
+        unsent
     }
 
     fn sync_expired(&self) {

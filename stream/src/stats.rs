@@ -85,6 +85,12 @@ counters! {
     /// Receive windows (a channel's or a connection's) that grew because the sender was
     /// blocked on credit while the reader kept up.
     window_growths,
+    /// Streams still open when a shutdown's grace period ended: each was cut off, its
+    /// unsent messages discarded, with a CLOSE saying how many.
+    shutdown_cut_off,
+    /// Messages discarded unsent by those cut-offs (queued for the peer, not yet wholly
+    /// sent: acknowledged pub/sub messages among them).
+    shutdown_unsent_messages,
 }
 
 impl StreamStats {

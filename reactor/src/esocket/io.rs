@@ -38,6 +38,9 @@ impl QueuedTransmit {
     }
 }
 
+/// The most unread input [`StreamIo::finish`] reads and drops before a close.
+pub(crate) const FINISH_READ_MAX: usize = 1 << 20;
+
 /// A byte stream the worker reads and writes.
 #[derive(Debug)]
 pub(crate) enum StreamIo {
@@ -62,6 +65,28 @@ impl StreamIo {
             (StreamIo::Unix(s), [one]) => s.write(one),
             (StreamIo::Unix(s), _) => s.write_vectored(iov),
             (StreamIo::Pipe(_), _) => Err(ErrorKind::Unsupported.into()),
+        }
+    }
+
+    /// Just before a TCP socket's descriptor closes: sends the FIN (after whatever the
+    /// kernel still holds to send), then reads and drops the peer's input that was never
+    /// read, at most [`FINISH_READ_MAX`] bytes. A close with unread input is answered by the
+    /// kernel with a reset, which throws away what it still had to send (the last of a
+    /// reply, a stream's CLOSE packet) and may make the peer drop what it had received but
+    /// not read yet; after this the close is a plain FIN. Input arriving later is still
+    /// answered with a reset: a handler that expects more lingers itself before closing.
+    pub(crate) fn finish(&mut self) {
+        let StreamIo::Tcp(s) = self else { return };
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut buf = [0u8; 16 << 10];
+        let mut left = FINISH_READ_MAX;
+        while left > 0 {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => left = left.saturating_sub(n),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
         }
     }
 

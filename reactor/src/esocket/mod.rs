@@ -490,7 +490,10 @@ impl<'a> Esocket<'a> {
     }
 
     /// Closes gracefully: reading stops, queued output is flushed (up to the reactor's close
-    /// linger), then the esocket is removed.
+    /// linger), then the esocket is removed. A TCP socket is then shut down for writing
+    /// and its unread input (up to 1 MiB) read and dropped before its descriptor closes,
+    /// so that the close is a FIN, not a reset that would destroy what the kernel still
+    /// has to send (this, whichever way the esocket ends).
     pub fn close(&mut self) {
         self.st.closing = true;
     }

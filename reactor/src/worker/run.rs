@@ -374,6 +374,9 @@ impl WorkerCtx {
         if let Some((key, _)) = st.deadline_timer.take() {
             self.timers.remove(key);
         }
+        if let Body::Stream(io) = &mut st.body {
+            io.finish();
+        }
         st.body.deregister(&self.registry);
         st.buf_out.clear(&mut self.pool);
         st.buf_in.consume(usize::MAX);
@@ -435,18 +438,25 @@ impl WorkerCtx {
         if self.stopping.is_none() {
             self.stopping = Some(self.now);
         }
+        let (mut cut, mut unsent) = (0usize, 0usize);
         for id in self.slots.ids() {
             if let Some(mut st) = self.slots.take(id) {
                 if !st.buf_out.is_empty() {
-                    tracing::debug!(
-                        worker = self.index(),
-                        unsent = st.buf_out.len(),
-                        "stop deadline passed; closing with output unsent"
-                    );
+                    cut += 1;
+                    unsent += st.buf_out.len();
                 }
                 st.close_now = true;
                 self.destroy(st);
             }
+        }
+        if cut > 0 {
+            // What the kernel had taken still goes (the close is a FIN, not a reset).
+            tracing::warn!(
+                worker = self.index(),
+                esockets = cut,
+                unsent_bytes = unsent,
+                "stop deadline passed; output discarded unsent"
+            );
         }
         // Detach first: from here on handles get `Gone` instead of queueing into a dead inbox.
         self.shared.slot.release();

@@ -92,6 +92,11 @@ impl ChanShared {
         !self.queue.lock().items.is_empty()
     }
 
+    /// Messages in the queue.
+    pub(crate) fn queued_messages(&self) -> usize {
+        self.queue.lock().items.len()
+    }
+
     /// The session is going away: refuse further writes, keep what is queued (it is still
     /// sent). A writer that got `Ok` has its message sent; one that comes after hears
     /// `Closed`. Returns whether anything is queued.

@@ -612,6 +612,12 @@ impl Mux {
         self.chans.iter().map(|c| c.out_bytes).sum()
     }
 
+    /// Messages not yet wholly sent, on all channels: in the send queues (one partly sent
+    /// counts) and in the handle queues. What [`close`](Self::close) would discard.
+    pub fn unsent_messages(&self) -> usize {
+        self.chans.iter().map(|c| c.outq.len() + c.shared.queued_messages()).sum()
+    }
+
     /// For a graceful end: handles refuse writes from now on (`Closed`), while what they
     /// queued before stays queued and is still sent. A transport going away calls this once
     /// everything is sent, then waits for the mux to be idle again before its CLOSE: a

@@ -15,7 +15,11 @@
 //! message reaches a handler, while the peer's credit still lets queued output go out.
 //! [`StreamConn::go_away`] then sends everything its channels have queued (their handle
 //! queues included), refuses new handle writes ([`Mux::seal_inputs`]), sends what was
-//! written before that, seals a CLOSE with code `GoingAway`, and closes gracefully.
+//! written before that, seals a CLOSE with code `GoingAway`, and closes gracefully. A
+//! stream whose peer does not take all that within the server's grace period is
+//! [cut off](StreamConn::cut_off): what is still queued is discarded and counted, and the
+//! CLOSE says how many messages were not sent (`docs/PROTOCOL.md` §10). Room for the CLOSE
+//! is always kept in the output buffer, so it can be sealed after whatever was sent.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,8 +74,23 @@ pub type EventSink = Box<dyn FnMut(StreamEvent) + Send>;
 /// going away already (the stream then drains at once).
 pub type OnOpen = Box<dyn FnOnce(EsocketHandle) -> bool + Send>;
 
-/// The close reason sent with `GoingAway`.
-const GOING_AWAY_REASON: &str = "server shutting down";
+/// The close reason sent with `GoingAway`; a stream cut off at the end of the grace
+/// period adds `; N messages not sent` (`docs/PROTOCOL.md` §10).
+pub const GOING_AWAY_REASON: &str = "server shutting down";
+
+/// The reason of a CLOSE `GoingAway` that discarded `unsent` messages.
+fn going_away_reason(unsent: usize) -> String {
+    if unsent == 0 {
+        GOING_AWAY_REASON.to_string()
+    } else {
+        format!("{GOING_AWAY_REASON}; {unsent} messages not sent")
+    }
+}
+
+/// The largest close packet: room for one is kept in `buf_out` whatever the data, so a
+/// stream cut off while its peer does not read can still seal its CLOSE after what it
+/// sent.
+const CLOSE_PACKET_MAX: usize = packet::OVERHEAD + 2 + packet::MAX_REASON;
 
 /// After a CLOSE `GoingAway`, how long the server keeps reading (and discarding) what the
 /// peer still sends, until the peer closes its end. Closing at once with unread input would
@@ -389,7 +408,9 @@ impl StreamConn {
     /// Sends an empty packet of type `ty` if `buf_out` has room; returns whether it did
     /// (no sequence number is taken otherwise).
     fn control_packet(&mut self, es: &mut Esocket<'_>, ty: PacketType) -> bool {
-        let sent = self.seal_out(es, ty, 0, |_| {});
+        // Not into the room kept for a CLOSE.
+        let sent = es.out_room() >= packet::OVERHEAD + CLOSE_PACKET_MAX
+            && self.seal_out(es, ty, 0, |_| {});
         if !sent {
             self.want_write(es);
         }
@@ -509,19 +530,45 @@ impl StreamConn {
                     return;
                 }
             }
-            if es.out_room() >= packet::OVERHEAD + 2 + packet::MAX_REASON {
-                self.close_going_away(es);
+            if es.out_room() >= CLOSE_PACKET_MAX {
+                self.close_going_away(es, GOING_AWAY_REASON);
             } else {
                 self.want_write(es);
             }
         }
     }
 
+    /// Ends the stream at once because the server's grace period is over and it is still
+    /// open (its peer did not read, or grant credit, fast enough to take what was queued
+    /// for it): discards the messages not yet wholly sent, and seals a CLOSE `GoingAway`
+    /// whose reason says how many (`server shutting down; N messages not sent`) after
+    /// whatever was sealed before; then lingers as a normal going away does, and the
+    /// connection is closed gracefully, never reset. Returns the messages discarded, or
+    /// `None` when the stream had ended already.
+    pub fn cut_off(&mut self, es: &mut Esocket<'_>) -> Option<usize> {
+        if !matches!(self.state, State::Open) {
+            return None;
+        }
+        let unsent = self.mux.unsent_messages();
+        StreamStats::inc(&self.stats.shutdown_cut_off);
+        StreamStats::add(&self.stats.shutdown_unsent_messages, unsent as u64);
+        tracing::warn!(
+            session = %crate::session::hex(&self.params.id[..4]),
+            unsent,
+            unflushed_bytes = es.out_len(),
+            "stream cut off at the end of the grace period"
+        );
+        self.sync_stats();
+        // `flush_data` kept room for this in `buf_out`.
+        self.close_going_away(es, &going_away_reason(unsent));
+        Some(unsent)
+    }
+
     /// Sends the CLOSE `GoingAway` and lingers: the connection stays open, discarding
     /// input, until the peer closes it or [`GOING_AWAY_LINGER`] passes.
-    fn close_going_away(&mut self, es: &mut Esocket<'_>) {
+    fn close_going_away(&mut self, es: &mut Esocket<'_>, reason: &str) {
         self.seal_out(es, PacketType::Close, 2 + packet::MAX_REASON, |out| {
-            packet::close_payload(out, CloseCode::GoingAway as u16, GOING_AWAY_REASON);
+            packet::close_payload(out, CloseCode::GoingAway as u16, reason);
         });
         self.end.get_or_insert(StreamError::LocalClose);
         self.state = State::Closed;
@@ -555,8 +602,9 @@ impl StreamConn {
         for _ in 0..64 {
             // Packets are full-size while output is backed up, so that they tile the
             // receiver's input buffer (no bytes slid to its front); a shorter packet goes
-            // only into an empty buffer, when there is no more to say than that.
-            let room = es.out_room();
+            // only into an empty buffer, when there is no more to say than that. Room for
+            // a CLOSE is always kept (see `cut_off`).
+            let room = es.out_room().saturating_sub(CLOSE_PACKET_MAX);
             let cap = if room >= full {
                 max
             } else if es.out_len() == 0 && room > packet::OVERHEAD + Mux::frame_overhead() {
