@@ -314,7 +314,7 @@ impl Default for EncSection {
             handshake_on_worker: true,
             key_unused_ttl_s: 30,
             handshake_rate: 100,
-            handshake_burst: 500,
+            handshake_burst: 1000,
             handshake_sources: 65_536,
         }
     }

@@ -626,11 +626,18 @@ impl StreamServer {
             return Err((503, "the server is shutting down"));
         }
         let channels = head.path().strip_prefix(STREAM_PATH).unwrap_or("");
-        let id = head
+        // Exactly one session_id, in lowercase hex (§6): a second one, or uppercase, could
+        // be read differently by a proxy or a log in front.
+        let mut ids = head
             .query()
-            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("session_id=")))
-            .and_then(unhex::<SESSION_ID_LEN>)
-            .ok_or((400, "session_id missing or malformed"))?;
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter_map(|kv| kv.strip_prefix("session_id="));
+        let id = match (ids.next(), ids.next()) {
+            (Some(one), None) => unhex::<SESSION_ID_LEN>(one),
+            _ => None,
+        }
+        .ok_or((400, "session_id missing, given twice or malformed"))?;
         let stats = &self.inner.stats;
         let (params, waited) = match self.inner.table.attach_timed(&id, Instant::now()) {
             Ok(p) => p,

@@ -182,28 +182,32 @@ fn echo_once(s: &mut TcpStream, params: &SessionParams, chan: u8) {
 }
 
 #[test]
-fn the_upgrade_needs_the_upgrade_token_not_connection_and_takes_hex_in_either_case() {
+fn the_upgrade_needs_the_upgrade_token_not_connection_and_one_lowercase_session_id() {
     let srv = echo_server(b"E", StreamConfig::default());
     let token = "Upgrade: dap-stream/2\r\n";
     // No Upgrade header (Connection alone): 426.
     let p = srv.session(b"E", None);
     let target = format!("/stream/E?session_id={}", hex(&p.id));
     assert_eq!(upgrade(&srv, &target, "Connection: Upgrade\r\n").1, 426);
-    // The token among others, in another case, without `Connection: Upgrade`, and the
-    // session id in uppercase after another parameter: 101.
-    let upper = format!("/stream/E?x=1&session_id={}", hex(&p.id).to_ascii_uppercase());
-    let (mut s, status) = upgrade(&srv, &upper, "Upgrade: websocket, DAP-Stream/2\r\n");
+    // A session id of the wrong length, not hex, in uppercase, or given twice (even the
+    // same twice): 400 (PROTOCOL §6).
+    let id = hex(&p.id);
+    for bad in [
+        format!("/stream/E?session_id={}", &id[1..]),
+        format!("/stream/E?session_id=%{}", &id[1..]),
+        format!("/stream/E?session_id={}", id.to_ascii_uppercase()),
+        format!("/stream/E?session_id={id}&session_id={id}"),
+        format!("/stream/E?session_id={id}&x=1&session_id=00"),
+        "/stream/E?x=1".to_string(),
+    ] {
+        assert_eq!(upgrade(&srv, &bad, token).1, 400, "{bad}");
+    }
+    // None spent the session. The token among others, in another case, without
+    // `Connection: Upgrade`, and the session id after another parameter: 101.
+    let target = format!("/stream/E?x=1&session_id={id}");
+    let (mut s, status) = upgrade(&srv, &target, "Upgrade: websocket, DAP-Stream/2\r\n");
     assert_eq!(status, 101);
     echo_once(&mut s, &p, b'E');
-    // A session id of the wrong length, or not hex: 400.
-    let p = srv.session(b"E", None);
-    let short = format!("/stream/E?session_id={}", &hex(&p.id)[1..]);
-    assert_eq!(upgrade(&srv, &short, token).1, 400);
-    let bad = format!("/stream/E?session_id=%{}", &hex(&p.id)[1..]);
-    assert_eq!(upgrade(&srv, &bad, token).1, 400);
-    // Neither spent the session.
-    let target = format!("/stream/E?session_id={}", hex(&p.id));
-    assert_eq!(upgrade(&srv, &target, token).1, 101);
 }
 
 #[test]

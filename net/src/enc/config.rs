@@ -53,7 +53,7 @@ pub struct EncConfig {
     /// default (`false`) keeps that off the event loop.
     pub handshake_on_worker: bool,
     /// Handshakes per source address block (`docs/PROTOCOL.md` §3.7): beyond it, `429
-    /// rate-limited` with `Retry-After`. Default 100 per second with bursts of 500 per /32
+    /// rate-limited` with `Retry-After`. Default 100 per second with bursts of 1,000 per /32
     /// or /64; [`RateLimit::off`] for none.
     pub handshake_rate: RateLimit,
 }
@@ -66,7 +66,7 @@ impl Default for EncConfig {
             client_auth: ClientAuth::None,
             max_init_body: 4096,
             handshake_on_worker: false,
-            handshake_rate: RateLimit::new(100, 500),
+            handshake_rate: RateLimit::new(100, 1000),
         }
     }
 }

@@ -14,8 +14,11 @@
 //!   key per direction with HKDF-SHA256 (ChaCha20-Poly1305 by default, AES-256-GCM
 //!   negotiable). A client that pins the node key cannot be talked to by anyone else.
 //! * **Keys** ([`KeyStore`]): the server keeps each key under its id — concurrent,
-//!   bounded (the least recently used key makes room when full), forgotten after an idle
-//!   TTL or a maximum age. Requests for an unknown or expired key get 401.
+//!   bounded (the oldest key no request has used makes room when full; a key in use is
+//!   never evicted, and a store full of them answers handshakes `503 busy`), forgotten
+//!   after an idle TTL (a short one for keys never used) or a maximum age. Requests for an
+//!   unknown or expired key get 401. Handshakes are rate-limited per source address block
+//!   (`429 rate-limited`, [`crate::limit`]).
 //! * **enc_http** ([`enc_http`], [`EncSession`]): each request names its key (`KeyID`) and
 //!   a counter (`Enc-Seq`) that the client never repeats and the server accepts only once
 //!   ([`replay`]); the counter and a per-part prefix make every nonce unique. The response

@@ -184,6 +184,11 @@ impl fmt::Debug for RequestHead {
     }
 }
 
+/// Whether a line of `head` ends in LF without CR before it.
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.iter().enumerate().any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+}
+
 /// Parses a request head at the start of `buf`.
 ///
 /// Returns `Ok(None)` while the head is incomplete (and within limits), or the head and the
@@ -243,6 +248,11 @@ pub fn parse_request_head(
     };
     if len > limits.max_header_bytes {
         return Err(ParseError::HeadersTooLarge);
+    }
+    if has_bare_lf(&buf[..len]) {
+        // httparse takes a lone LF as a line end (RFC 9112 §2.2 allows it); a proxy in
+        // front that does not would see other lines, so it is refused (no smuggling).
+        return Err(ParseError::BadRequest("a line ends in a bare LF, not CRLF"));
     }
     let method = req.method.ok_or(ParseError::BadRequest("no method"))?;
     let target = req.path.ok_or(ParseError::BadRequest("no request-target"))?;
@@ -428,6 +438,27 @@ mod tests {
         assert_eq!(head.body, BodyFraming::None);
         assert!(head.keep_alive);
         assert_eq!(head.header("HOST"), Some(&b"h"[..]));
+    }
+
+    /// RFC 9112 §2.2 lets a server take a bare LF as a line end; a proxy in front may not,
+    /// and would see other headers: refused, wherever it is.
+    #[test]
+    fn bare_lf_line_ends_are_refused() {
+        for raw in [
+            "GET / HTTP/1.1\nHost: h\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\n\n",
+            "GET / HTTP/1.1\nHost: h\n\n",
+            "\nGET / HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nX: a\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(
+                parse(raw).map(|_| ()),
+                Err(ParseError::BadRequest("a line ends in a bare LF, not CRLF")),
+                "{raw:?}"
+            );
+        }
+        assert_eq!(status("\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n"), 200);
     }
 
     #[test]

@@ -147,7 +147,8 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Parses lowercase or uppercase hex into exactly `N` bytes.
+/// Parses lowercase hex (the only form `docs/PROTOCOL.md` §6 allows) into exactly `N`
+/// bytes; uppercase digits are refused.
 pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
     let s = s.as_bytes();
     if s.len() != 2 * N {
@@ -155,7 +156,11 @@ pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
     }
     let mut out = [0u8; N];
     for (i, pair) in s.chunks_exact(2).enumerate() {
-        let d = |c: u8| (c as char).to_digit(16);
+        let d = |c: u8| match c {
+            b'0'..=b'9' => Some(u32::from(c - b'0')),
+            b'a'..=b'f' => Some(u32::from(c - b'a' + 10)),
+            _ => None,
+        };
         out[i] = (d(pair[0])? * 16 + d(pair[1])?) as u8;
     }
     Some(out)
@@ -280,7 +285,8 @@ mod tests {
         let id: [u8; 2] = [0xab, 0x0f];
         assert_eq!(hex(&id), "ab0f");
         assert_eq!(unhex::<2>("ab0f"), Some(id));
-        assert_eq!(unhex::<2>("AB0F"), Some(id));
+        assert_eq!(unhex::<2>("AB0F"), None, "uppercase is refused");
+        assert_eq!(unhex::<2>("aB0f"), None);
         assert_eq!(unhex::<2>("ab0"), None);
         assert_eq!(unhex::<2>("ab0g"), None);
         assert_eq!(unhex::<2>("+b0f"), None);
