@@ -122,7 +122,7 @@ impl Default for ListenConfig {
             deny: Vec::new(),
             share_port: false,
             max_connections: 16_384,
-            max_connections_per_source: 512,
+            max_connections_per_source: 1024,
             source_prefix_v4: 32,
             source_prefix_v6: 64,
         }

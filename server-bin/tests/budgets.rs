@@ -186,3 +186,69 @@ fn a_store_full_of_keys_in_use_refuses_handshakes_with_503() {
     assert_eq!(metric(addr, "dap_enc_errors_total{kind=\"busy\"}"), 5.0);
     assert_eq!(metric(addr, "dap_enc_keys_removed_total{reason=\"evicted\"}"), 0.0);
 }
+
+/// Whether the server closed `s` without answering (it was refused at accept).
+fn closed_unanswered(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+/// Connections holding half a request head, from one source: past the per-source bound
+/// each new one is closed at accept and counted, another source is served throughout, and
+/// the places come back when the held connections close.
+#[test]
+fn half_header_connections_are_bounded_per_source() {
+    let mut cfg = config(1);
+    cfg.listen.max_connections_per_source = 20;
+    let d = daemon(cfg);
+    let addr = d.local_addr();
+    let half = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+    let mut held: Vec<Raw> = (0..20)
+        .map(|_| {
+            let mut r = Raw::connect_from("127.0.0.2", addr);
+            r.r.get_mut().write_all(half).unwrap();
+            r
+        })
+        .collect();
+    // The bound is reached once the server has taken all 20: each further one is closed.
+    wait_until("the 21st connection is refused", || {
+        let mut extra = Raw::connect_from("127.0.0.2", addr);
+        let _ = extra.r.get_mut().write_all(half);
+        closed_unanswered(extra.r.get_mut())
+    });
+    for _ in 0..10 {
+        let mut extra = Raw::connect_from("127.0.0.2", addr);
+        let _ = extra.r.get_mut().write_all(half);
+        assert!(closed_unanswered(extra.r.get_mut()));
+    }
+    // Another source is served.
+    let mut legit = Raw::connect_from("127.0.0.3", addr);
+    legit.r.get_mut().write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(legit.read_answer().status, 200);
+    let limited =
+        metric(addr, "dap_connections_refused_total{listener=\"plain\",reason=\"limit\"}");
+    assert!(limited >= 10.0, "{limited}");
+    assert!(metric(addr, "dap_connection_limit_refusals_total{limit=\"per_source\"}") >= 10.0);
+    // The held connections finish their heads: answered (nothing acknowledged is lost).
+    for r in &mut held[..5] {
+        r.r.get_mut().write_all(b"1\r\n\r\n").unwrap();
+        assert_eq!(r.read_answer().status, 200);
+    }
+    // Closing them gives the places back.
+    held.clear();
+    wait_until("the source may connect again", || {
+        let mut again = Raw::connect_from("127.0.0.2", addr);
+        again.r.get_mut().write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").is_ok()
+            && !closed_unanswered_peek(&mut again)
+    });
+}
+
+/// Reads an answer if one comes; false when the connection was closed unanswered.
+fn closed_unanswered_peek(r: &mut Raw) -> bool {
+    let mut line = String::new();
+    !matches!(r.r.read_line(&mut line), Ok(n) if n > 0 && line.starts_with("HTTP/1.1 200"))
+}
