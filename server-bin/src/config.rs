@@ -327,6 +327,9 @@ impl Default for EncSection {
 pub struct StreamSection {
     /// Sessions held at once, pending and attached.
     pub max_sessions: usize,
+    /// Bytes all sessions together may hold in unfinished messages
+    /// (`StreamConfig::max_reassembly`).
+    pub max_reassembly: usize,
     pub max_message: usize,
     pub channel_window: u32,
     pub conn_window: u32,
@@ -347,6 +350,7 @@ impl Default for StreamSection {
     fn default() -> Self {
         StreamSection {
             max_sessions: 65_536,
+            max_reassembly: 256 << 20,
             max_message: 16 << 20,
             channel_window: 256 << 10,
             conn_window: 1 << 20,
@@ -794,6 +798,7 @@ impl Config {
         }
         let s = &self.stream;
         range("stream.max_sessions", s.max_sessions, 1, 1 << 24)?;
+        range("stream.max_reassembly", s.max_reassembly, 1 << 16, 1 << 40)?;
         range("stream.max_message", s.max_message, 1, 16 << 20)?;
         range("stream.channel_window", s.channel_window, 1024, 1 << 30)?;
         range("stream.conn_window", s.conn_window, 1024, 1 << 30)?;

@@ -389,9 +389,9 @@ fn http_families(o: &mut Out, http: &[(&'static str, Arc<HttpStats>)]) {
 fn connections(o: &mut Out, listeners: &[(&str, Arc<ServerStats>)], limiter: &ConnLimiter) {
     use std::sync::atomic::Ordering::Relaxed;
     o.one(
-        "dap_connections",
+        "dap_connections_limited",
         "gauge",
-        "Connections held on the HTTP and TLS listeners (what listen.max_connections bounds).",
+        "Connections held on the HTTP and TLS listeners, what listen.max_connections bounds.",
         limiter.held() as u64,
     );
     o.family(
@@ -600,6 +600,19 @@ fn udp_connections(o: &mut Out, c: &dap_stream::transport::udp::UdpConnStats) {
 }
 
 fn stream(o: &mut Out, src: &Sources) {
+    let b = src.stream.reassembly_budget();
+    o.one(
+        "dap_stream_reassembly_bytes",
+        "gauge",
+        "Bytes held in unfinished messages, all sessions (stream.max_reassembly bounds it).",
+        b.used() as u64,
+    );
+    o.one(
+        "dap_stream_reassembly_refused_total",
+        "counter",
+        "Streams closed with code 4: an unfinished message did not fit stream.max_reassembly.",
+        b.refused(),
+    );
     let s = src.stream.stats();
     o.by(
         "dap_stream_sessions_total",

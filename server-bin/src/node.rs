@@ -378,6 +378,7 @@ fn stream_config(c: &Config) -> StreamConfig {
         udp_gso_segments: u.gso_segments,
         udp_gso: u.gso,
         udp_share_port: c.listen.share_port,
+        max_reassembly: s.max_reassembly,
         ..StreamConfig::default()
     }
 }
@@ -683,6 +684,7 @@ keys! {
     enc_handshake_burst = "enc.handshake_burst" => enc.handshake_burst: u32;
     enc_handshake_sources = "enc.handshake_sources" => enc.handshake_sources: usize;
     stream_max_sessions = "stream.max_sessions" => stream.max_sessions: usize;
+    stream_max_reassembly = "stream.max_reassembly" => stream.max_reassembly: usize;
     stream_max_message = "stream.max_message" => stream.max_message: usize;
     stream_channel_window = "stream.channel_window" => stream.channel_window: u32;
     stream_conn_window = "stream.conn_window" => stream.conn_window: u32;

@@ -134,6 +134,6 @@ pub use channel::{
     Channel, ChannelHandle, ChannelHandler, ChannelProcs, ChannelStats, ChannelStatsSnapshot,
     HandleWriteError, Message, SessionInfo, WriteError,
 };
-pub use mux::{Mux, MuxConfig, MuxError};
+pub use mux::{Mux, MuxConfig, MuxError, ReassemblyBudget};
 pub use server::{StreamConfig, StreamServer};
 pub use stats::{StreamStats, StreamStatsSnapshot};

@@ -17,7 +17,7 @@ use dap_net::http::server::{Exchange, HttpServer, ProcHandler, RouteLimits};
 
 use crate::channel::{ChannelProcs, SessionInfo};
 use crate::codec::packet;
-use crate::mux::Mux;
+use crate::mux::{Mux, ReassemblyBudget};
 use crate::session::ctl::{CtlRequest, encode_answer};
 use crate::session::{
     AttachError, SESSION_ID_LEN, SessionLimits, SessionParams, SessionTable, TransportKind,
@@ -57,6 +57,10 @@ pub struct StreamConfig {
     /// Let other processes bind the UDP port too (`SO_REUSEPORT` across processes; off: a
     /// port another process holds is refused with `AddrInUse`).
     pub udp_share_port: bool,
+    /// Bytes all sessions together may hold in messages still being reassembled (256 MiB;
+    /// see [`ReassemblyBudget`]): a stream whose unfinished message would take the total
+    /// past it is closed with code 4 and frees what it held.
+    pub max_reassembly: usize,
 }
 
 impl Default for StreamConfig {
@@ -71,6 +75,7 @@ impl Default for StreamConfig {
             udp_gso_segments: 64,
             udp_gso: true,
             udp_share_port: false,
+            max_reassembly: 256 << 20,
         }
     }
 }
@@ -118,6 +123,8 @@ struct Inner {
     udp: OnceLock<Arc<UdpShared>>,
     /// How long sessions waited from stream_ctl until their stream attached.
     setup_latency: dap_net::histogram::LatencyHistogram,
+    /// Unfinished messages' bytes, over every session.
+    reassembly: Arc<ReassemblyBudget>,
 }
 
 /// The server's side of a drain, shared with its streams.
@@ -198,6 +205,7 @@ impl StreamServer {
     /// A server offering the channels in `procs`.
     pub fn new(procs: ChannelProcs, config: StreamConfig) -> Self {
         let inner = Inner {
+            reassembly: ReassemblyBudget::new(config.max_reassembly),
             table: SessionTable::new(config.max_sessions),
             procs,
             stats: Arc::new(StreamStats::default()),
@@ -207,6 +215,11 @@ impl StreamServer {
             setup_latency: Default::default(),
         };
         StreamServer { inner: Arc::new(inner) }
+    }
+
+    /// The bytes held in unfinished messages over every session, and their bound.
+    pub fn reassembly_budget(&self) -> &Arc<ReassemblyBudget> {
+        &self.inner.reassembly
     }
 
     /// The counters.
@@ -688,7 +701,8 @@ impl ProcHandler for Attach {
             return ex.respond(Response::text(500, "server misconfigured"));
         }
         let info = SessionInfo { session_id: params.id, client: params.client };
-        let mux = Mux::new(&params.channels, &inner.procs, info, params.limits.mux);
+        let mut mux = Mux::new(&params.channels, &inner.procs, info, params.limits.mux);
+        mux.set_reassembly_budget(inner.reassembly.clone());
         let server = self.server.clone();
         let id = params.id;
         let on_end = Box::new(move || {

@@ -67,6 +67,9 @@ counters! {
     unknown_channel,
     /// Messages over the size limit.
     oversize_messages,
+    /// Streams closed (code 4) because an unfinished message would take the server's
+    /// reassembly budget past its bound (HTTP transport; the budget counts both).
+    over_budget,
     /// Other protocol violations (flow control, fragment order).
     protocol_errors,
     /// Keepalives sent on idle streams.

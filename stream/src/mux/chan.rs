@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{DataFrame, FrameSink, MuxConfig, MuxError};
+use super::{DataFrame, FrameSink, MuxConfig, MuxError, ReassemblyBudget};
 use crate::channel::{ChanShared, ChannelHandler, ChannelUse, Message, WriteError};
 use crate::codec::frame;
 
@@ -31,6 +31,8 @@ struct Partial {
     ty: u8,
     total: usize,
     buf: Vec<u8>,
+    /// Bytes charged to the server's reassembly budget (all of `buf`, with one).
+    charged: usize,
 }
 
 /// What one data frame took.
@@ -291,6 +293,7 @@ impl ChanState {
         more: bool,
         payload: &[u8],
         max_message: usize,
+        budget: Option<&ReassemblyBudget>,
     ) -> Result<(), MuxError> {
         if let Some(max) = self.unreliable {
             // One message per frame, outside flow control; a full inbox drops it.
@@ -332,17 +335,30 @@ impl ChanState {
                     self.inbox.push_back(Message { ty, data: Bytes::copy_from_slice(payload) });
                     return Ok(());
                 }
+                if budget.is_some_and(|b| !b.try_charge(payload.len())) {
+                    return Err(MuxError::OverBudget(self.id));
+                }
+                let charged = if budget.is_some() { payload.len() } else { 0 };
                 // Reserve what the peer may send without further credit, at most the
                 // whole message: the announced total alone is the peer's word, not memory
                 // to hand out up front; past the window the buffer grows by doubling.
                 let may_send = (self.recv_limit - self.recv_total + n) as usize;
                 let mut buf = Vec::with_capacity(total.min(may_send.max(self.window as usize)));
                 buf.extend_from_slice(payload);
-                self.partial = Some(Partial { ty, total, buf });
+                self.partial = Some(Partial { ty, total, buf, charged });
             }
             (None, Some(p)) => {
                 if p.ty != ty || p.buf.len() + payload.len() > p.total {
                     return Err(MuxError::Fragment(self.id));
+                }
+                // The last frame completes the message: its bytes go to the inbox, where
+                // flow control bounds them; only bytes that leave a message unfinished
+                // are charged.
+                if more && let Some(b) = budget {
+                    if !b.try_charge(payload.len()) {
+                        return Err(MuxError::OverBudget(self.id));
+                    }
+                    p.charged += payload.len();
                 }
                 p.buf.extend_from_slice(payload);
                 if !more {
@@ -350,12 +366,21 @@ impl ChanState {
                         return Err(MuxError::Fragment(self.id));
                     }
                     let p = self.partial.take().expect("matched Some");
+                    if let Some(b) = budget {
+                        b.release(p.charged);
+                    }
                     self.inbox.push_back(Message { ty: p.ty, data: p.buf.into() });
                 }
             }
             _ => return Err(MuxError::Fragment(self.id)),
         }
         Ok(())
+    }
+
+    /// Drops the unfinished message, if any; returns the bytes it had charged to the
+    /// reassembly budget.
+    pub(crate) fn drop_partial(&mut self) -> usize {
+        self.partial.take().map_or(0, |p| p.charged)
     }
 
     pub(crate) fn take_message(&mut self) -> Option<Message> {

@@ -27,10 +27,12 @@
 //! session does not have, or frames of a message out of order is a protocol violation:
 //! [`Mux::handle_payload`] returns a [`MuxError`] and the transport closes the stream.
 
+mod budget;
 mod chan;
 
 use std::sync::Arc;
 
+pub use budget::ReassemblyBudget;
 pub(crate) use chan::ChanState;
 
 use crate::channel::{Channel, ChannelProcs, ChannelUse, SessionInfo};
@@ -157,6 +159,11 @@ pub enum MuxError {
     /// Frames of a message out of order, or lengths that disagree with the total.
     #[error("fragments out of order on channel {0:#04x}")]
     Fragment(u8),
+    /// An unfinished message on this channel would take the server's
+    /// [`ReassemblyBudget`] past its bound: not the peer's fault, but the stream ends
+    /// (CLOSE code 4).
+    #[error("reassembly over the server's budget on channel {0:#04x}")]
+    OverBudget(u8),
 }
 
 /// Counts of what one mux saw, for the transport's stats.
@@ -250,6 +257,8 @@ pub struct Mux {
     /// No message is handed to a handler any more ([`Mux::stop_intake`]).
     intake_stopped: bool,
     counters: MuxCounters,
+    /// Where unfinished messages' bytes are charged (none: unbounded but by the limits).
+    budget: Option<Arc<ReassemblyBudget>>,
 }
 
 impl std::fmt::Debug for Mux {
@@ -294,7 +303,14 @@ impl Mux {
             inputs_sealed: false,
             intake_stopped: false,
             counters: MuxCounters::default(),
+            budget: None,
         }
+    }
+
+    /// Charges the bytes of this session's unfinished messages to `budget` (shared with
+    /// the server's other sessions) from now on.
+    pub fn set_reassembly_budget(&mut self, budget: Arc<ReassemblyBudget>) {
+        self.budget = Some(budget);
     }
 
     /// The session.
@@ -413,7 +429,15 @@ impl Mux {
                     if let Some(s) = &self.chans[i].stats {
                         s.received(n);
                     }
-                    self.chans[i].receive(ty, first, more, payload, self.config.max_message)?;
+                    let budget = self.budget.as_deref();
+                    self.chans[i].receive(
+                        ty,
+                        first,
+                        more,
+                        payload,
+                        self.config.max_message,
+                        budget,
+                    )?;
                 }
             }
         }
@@ -670,6 +694,11 @@ impl Mux {
 impl Drop for Mux {
     fn drop(&mut self) {
         self.close();
+        if let Some(b) = &self.budget {
+            for c in &mut self.chans {
+                b.release(c.drop_partial());
+            }
+        }
     }
 }
 

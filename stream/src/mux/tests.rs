@@ -519,3 +519,54 @@ fn after_stop_intake_nothing_held_reaches_a_handler() {
     drive(&mut p);
     assert!(p.b_log.lock().is_empty(), "draining: the held message is not handed on");
 }
+
+/// One data frame of channel `E` as a payload: `first` names the message's total.
+fn data_frame(first: Option<u32>, more: bool, len: usize) -> Vec<u8> {
+    let mut b = Vec::new();
+    put_data_header(&mut b, b'E', 1, first, more, len);
+    b.extend(std::iter::repeat_n(7u8, len));
+    b
+}
+
+/// Unfinished messages are charged to the budget the muxes share; one that would take it
+/// past its bound ends its stream (OverBudget), whole messages and other streams carry on,
+/// and bytes come back when a message completes or its mux goes.
+#[test]
+fn unfinished_messages_share_a_reassembly_budget() {
+    let c = MuxConfig {
+        channel_window: 1 << 20,
+        conn_window: 1 << 20,
+        max_message: 1 << 20,
+        ..MuxConfig::default()
+    };
+    let budget = ReassemblyBudget::new(100_000);
+    let mut one = pair(b"E", c);
+    let mut two = pair(b"E", c);
+    one.b.set_reassembly_budget(budget.clone());
+    two.b.set_reassembly_budget(budget.clone());
+    one.b.handle_payload(&data_frame(Some(200_000), true, 60_000)).unwrap();
+    assert_eq!(budget.used(), 60_000);
+    // The second stream's message does not fit: it ends, charging nothing.
+    let e = two.b.handle_payload(&data_frame(Some(200_000), true, 60_000)).unwrap_err();
+    assert_eq!(e, MuxError::OverBudget(b'E'));
+    assert_eq!((budget.used(), budget.refused()), (60_000, 1));
+    // A whole message in one frame is never charged, even with the budget nearly spent.
+    let mut three = pair(b"E", c);
+    three.b.set_reassembly_budget(budget.clone());
+    three.b.handle_payload(&data_frame(Some(50_000), false, 50_000)).unwrap();
+    assert_eq!(three.b_log.lock().len(), 1);
+    // The first message completes: its last frame is not charged, and all comes back.
+    one.b.handle_payload(&data_frame(None, true, 30_000)).unwrap();
+    assert_eq!(budget.used(), 90_000);
+    one.b.handle_payload(&data_frame(None, false, 110_000)).unwrap();
+    assert_eq!(budget.used(), 0);
+    assert_eq!(one.b_log.lock()[0].1.data.len(), 200_000);
+    // A stream that goes with its message unfinished gives its bytes back.
+    two.b.set_reassembly_budget(budget.clone());
+    let mut four = pair(b"E", c);
+    four.b.set_reassembly_budget(budget.clone());
+    four.b.handle_payload(&data_frame(Some(200_000), true, 80_000)).unwrap();
+    assert_eq!(budget.used(), 80_000);
+    drop(four);
+    assert_eq!((budget.used(), budget.peak()), (0, 90_000));
+}

@@ -495,6 +495,11 @@ impl StreamConn {
                     es.close();
                     return;
                 }
+                Outcome::Violation(MuxError::OverBudget(chan)) => {
+                    StreamStats::inc(&self.stats.over_budget);
+                    let err = StreamError::Protocol(MuxError::OverBudget(chan).to_string());
+                    return self.fail(es, CloseCode::OverBudget, "reassembly over budget", err);
+                }
                 Outcome::Violation(e) => {
                     let c = match e {
                         MuxError::UnknownChannel(_) => &self.stats.unknown_channel,

@@ -29,6 +29,10 @@ pub enum CloseCode {
     IdleTimeout = 2,
     /// The server is shutting down.
     GoingAway = 3,
+    /// The receiver is over a resource budget it shares with other streams (an unfinished
+    /// message would take its reassembly past the bound); not the peer's fault: it may
+    /// connect again later.
+    OverBudget = 4,
 }
 
 impl CloseCode {
@@ -38,6 +42,7 @@ impl CloseCode {
             0 => CloseCode::Normal,
             2 => CloseCode::IdleTimeout,
             3 => CloseCode::GoingAway,
+            4 => CloseCode::OverBudget,
             _ => CloseCode::Protocol,
         }
     }

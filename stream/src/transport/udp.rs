@@ -404,7 +404,8 @@ impl UdpWorker {
             return false;
         };
         let info = SessionInfo { session_id: params.id, client: params.client };
-        let mux = Mux::new(&params.channels, self.server.procs(), info, params.limits.mux);
+        let mut mux = Mux::new(&params.channels, self.server.procs(), info, params.limits.mux);
+        mux.set_reassembly_budget(self.server.reassembly_budget().clone());
         if self.endpoint.accept_with_id(now, &params, cid, mux).is_err() {
             c.attach_failed.fetch_add(1, Ordering::Relaxed);
             self.server.udp_detach(&id);

@@ -711,12 +711,27 @@ impl Connection {
         }
     }
 
+    /// What the mux refused: a violation, or (not the peer's fault) a message over the
+    /// server's reassembly budget, which closes with code 4.
+    fn mux_error(&mut self, now: Instant, e: crate::mux::MuxError) {
+        match e {
+            crate::mux::MuxError::OverBudget(_) => {
+                self.close_with(now, CloseCode::OverBudget, e.to_string());
+            }
+            e => self.violation(now, e.to_string()),
+        }
+    }
+
     fn violation(&mut self, now: Instant, why: String) {
+        self.close_with(now, CloseCode::Protocol, why);
+    }
+
+    fn close_with(&mut self, now: Instant, code: CloseCode, why: String) {
         if self.state == State::Open {
             self.state = State::Closing {
                 until: now + self.pto() * 3,
                 close_sent: false,
-                code: CloseCode::Protocol as u16,
+                code: code as u16,
             };
             self.mux.close();
             self.report_closed(CloseReason::Protocol(why));
@@ -919,7 +934,7 @@ impl Connection {
         }
         c.partial.drain(..at);
         if let Err(e) = result {
-            self.violation(now, e.to_string());
+            self.mux_error(now, e);
         }
     }
 
