@@ -26,7 +26,8 @@ impl Uplink {
     ///
     /// # Errors
     /// [`ClientError::WrongAddress`] when there is no port, the port is not a number, or
-    /// the host is empty or not a valid DNS name.
+    /// the host is empty or not a valid DNS name (a name ending in a number, such as
+    /// `127.0.01`, is refused: it is an IPv4 address in some other spelling).
     pub fn parse(s: &str) -> Result<Uplink, ClientError> {
         if let Ok(sa) = s.parse::<SocketAddr>() {
             return Ok(Uplink::Addr(sa));
@@ -41,7 +42,7 @@ impl Uplink {
     ///
     /// # Errors
     /// [`ClientError::WrongAddress`] for an empty host or one that is neither an address
-    /// nor a valid DNS name.
+    /// nor a valid DNS name (see [`parse`](Self::parse)).
     pub fn new(host: &str, port: u16) -> Result<Uplink, ClientError> {
         let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
         if let Ok(ip) = bare.parse::<IpAddr>() {
@@ -71,7 +72,9 @@ impl std::fmt::Display for Uplink {
     }
 }
 
-/// RFC 1123 host names: labels of letters, digits and hyphens, 1-63 bytes each, 253 in all.
+/// RFC 1123 host names: labels of letters, digits and hyphens, 1-63 bytes each, 253 in all,
+/// the last one not all digits: a name ending in a number is an IPv4 address in some other
+/// spelling (`127.1`, `127.0.01`, `10.0.0.1.`), which the HTTP client's URLs refuse too.
 fn valid_host_name(h: &str) -> bool {
     let h = h.strip_suffix('.').unwrap_or(h);
     !h.is_empty()
@@ -83,6 +86,7 @@ fn valid_host_name(h: &str) -> bool {
                 && !l.ends_with('-')
                 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
+        && !h.rsplit('.').next().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// How the stream is carried.
@@ -241,7 +245,11 @@ mod tests {
             Uplink::Host("node.example".into(), 80)
         );
         assert_eq!(Uplink::new("::1", 5).unwrap(), Uplink::Addr("[::1]:5".parse().unwrap()));
-        for bad in ["", "host", "host:", "host:99999", ":80", "a b:1", "-x.y:1", "x..y:2"] {
+        let numeric = ["127.0.01:8079", "127.1:80", "10.0.0.1.:80", "host.123:80", "0x7f.1:1"];
+        for bad in ["", "host", "host:", "host:99999", ":80", "a b:1", "-x.y:1", "x..y:2"]
+            .into_iter()
+            .chain(numeric)
+        {
             assert!(
                 matches!(Uplink::parse(bad), Err(ClientError::WrongAddress(_))),
                 "{bad:?} was taken"

@@ -1,38 +1,4 @@
-//! Feeds arbitrary bytes to the HTTP request-head parser and, when a head parses with a
-//! chunked body, the rest to the chunked decoder, split at a fuzzer-chosen point. Neither may
-//! panic, and what they report must be self-consistent.
+//! `http_request`: see `dap_tests::fuzz::http_request` (tests/src/fuzz/http_request.rs) for what it feeds and checks.
 #![no_main]
 
-use dap_net::http::{BodyFraming, ChunkedDecoder, HttpLimits, parse_request_head};
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let limits = HttpLimits::default();
-    let Some((&split, data)) = data.split_first() else { return };
-    match parse_request_head(data, &limits) {
-        Ok(Some((head, used))) => {
-            assert!(used <= data.len());
-            assert!(used <= limits.max_header_bytes);
-            assert!(head.target().len() <= limits.max_url);
-            if let BodyFraming::Length(n) = head.body {
-                assert!(n > 0 && n <= limits.max_body);
-            }
-            if head.body == BodyFraming::Chunked {
-                let body = &data[used..];
-                let cut = usize::from(split).min(body.len());
-                let mut dec = ChunkedDecoder::new(limits.max_body);
-                let mut out = Vec::new();
-                if let Ok(a) = dec.decode(&body[..cut], &mut out) {
-                    if !dec.is_done() {
-                        assert_eq!(a, cut);
-                        let _ = dec.decode(&body[cut..], &mut out);
-                    }
-                }
-                assert!(out.len() as u64 <= limits.max_body);
-                assert_eq!(out.len() as u64, dec.total());
-            }
-        }
-        Ok(None) => assert!(data.len() <= limits.max_header_bytes),
-        Err(e) => assert!([400, 413, 414, 431, 501, 505].contains(&e.status())),
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| dap_tests::fuzz::http_request::run(data));

@@ -670,8 +670,14 @@ fn range<T: PartialOrd + std::fmt::Display>(
 
 /// `[log] level`: a filter as `RUST_LOG` takes it, where a bare word must be a level.
 /// (The filter syntax would take `verbose` as a target name and log nothing else.)
+/// ASCII only: tracing-subscriber's directive parser slices a directive with leading
+/// whitespace at the wrong offsets, and panics when that splits a non-ASCII character
+/// (`" é[x]"`); target, span and field names are ASCII anyway.
 fn check_log_level(level: &str) -> Result<(), ConfigError> {
     const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    if !level.is_ascii() {
+        return Err(ConfigError::invalid("log.level", "must be ASCII"));
+    }
     for d in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         let (target, lvl) = match d.split_once('=') {
             Some((t, l)) => (Some(t), l),
@@ -956,6 +962,11 @@ mod tests {
         assert_eq!(e.key(), Some("enc.allow_list"));
         let e = Config::from_toml("[log]\nlevel = \"=[\"\n").unwrap_err();
         assert_eq!(e.key(), Some("log.level"));
+        // Not ASCII: refused before the filter parser, which would panic on these.
+        for bad in [" d\u{fffd}[p_stream=debug", "\u{3000}a[b]=info", "info, é[x]"] {
+            let e = Config::from_toml(&format!("[log]\nlevel = \"{bad}\"\n")).unwrap_err();
+            assert_eq!(e.to_string(), "log.level: must be ASCII", "{bad}");
+        }
         for bad in ["verbose", "dap_stream=loud", "info,chatty"] {
             let e = Config::from_toml(&format!("[log]\nlevel = \"{bad}\"\n")).unwrap_err();
             assert_eq!(e.key(), Some("log.level"), "{bad}");

@@ -12,8 +12,8 @@ use parking_lot::{Condvar, Mutex};
 
 use dap_net::enc::EncServer;
 use dap_net::enc::cipher::{CipherSuite, KEY_LEN, random_bytes};
-use dap_net::http::Response;
 use dap_net::http::server::{Exchange, HttpServer, ProcHandler, RouteLimits};
+use dap_net::http::{RequestHead, Response};
 
 use crate::channel::{ChannelProcs, SessionInfo};
 use crate::codec::packet;
@@ -624,33 +624,12 @@ impl StreamServer {
 
     /// Attaches a stream request; the error is the status to answer.
     fn attach(&self, ex: &Exchange<'_, '_>) -> Result<SessionParams, (u16, &'static str)> {
-        let head = ex.request();
-        if head.method() != "GET" {
-            return Err((405, "GET only"));
-        }
-        let upgrade = head.header("upgrade").is_some_and(|v| {
-            v.split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(UPGRADE_TOKEN.as_bytes()))
-        });
-        if !upgrade {
-            return Err((426, "upgrade to dap-stream/2 required"));
-        }
+        let target = parse_stream_target(ex.request())?;
         if self.is_draining() {
             return Err((503, "the server is shutting down"));
         }
-        let channels = head.path().strip_prefix(STREAM_PATH).unwrap_or("");
-        // Exactly one session_id, in lowercase hex (§6): a second one, or uppercase, could
-        // be read differently by a proxy or a log in front.
-        let mut ids = head
-            .query()
-            .into_iter()
-            .flat_map(|q| q.split('&'))
-            .filter_map(|kv| kv.strip_prefix("session_id="));
-        let id = match (ids.next(), ids.next()) {
-            (Some(one), None) => unhex::<SESSION_ID_LEN>(one),
-            _ => None,
-        }
-        .ok_or((400, "session_id missing, given twice or malformed"))?;
+        let channels = target.channels;
+        let id = target.session_id.ok_or((400, "session_id missing, given twice or malformed"))?;
         let stats = &self.inner.stats;
         let (params, waited) = match self.inner.table.attach_timed(&id, Instant::now()) {
             Ok(p) => p,
@@ -676,6 +655,49 @@ impl StreamServer {
         self.inner.setup_latency.observe(waited);
         Ok(params)
     }
+}
+
+/// What a `/stream/` request names: read by [`parse_stream_target`].
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamTarget<'a> {
+    /// The `<channels>` segment as written (percent-encoded or raw).
+    pub channels: &'a str,
+    /// The `session_id` of the query, when it is there once and 32 lowercase hex digits.
+    pub session_id: Option<[u8; SESSION_ID_LEN]>,
+}
+
+/// Reads a `/stream/<channels>?session_id=<hex>` request head: the method must be `GET` (else
+/// 405) and `Upgrade` must name the stream protocol (else 426). Public for the fuzz targets
+/// only.
+///
+/// # Errors
+/// The status and reason to answer.
+#[doc(hidden)]
+pub fn parse_stream_target(head: &RequestHead) -> Result<StreamTarget<'_>, (u16, &'static str)> {
+    if head.method() != "GET" {
+        return Err((405, "GET only"));
+    }
+    let upgrade = head.header("upgrade").is_some_and(|v| {
+        v.split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(UPGRADE_TOKEN.as_bytes()))
+    });
+    if !upgrade {
+        return Err((426, "upgrade to dap-stream/2 required"));
+    }
+    let channels = head.path().strip_prefix(STREAM_PATH).unwrap_or("");
+    // Exactly one session_id, in lowercase hex (§6): a second one, or uppercase, could be
+    // read differently by a proxy or a log in front.
+    let mut ids = head
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|kv| kv.strip_prefix("session_id="));
+    let session_id = match (ids.next(), ids.next()) {
+        (Some(one), None) => unhex::<SESSION_ID_LEN>(one),
+        _ => None,
+    };
+    Ok(StreamTarget { channels, session_id })
 }
 
 /// The `/stream/` route's per-request handler.

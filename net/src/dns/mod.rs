@@ -71,3 +71,81 @@ pub use lookups::{Lookup, LookupId, LookupKind, ResolverStats};
 pub use resolver::{LocalResolver, Resolver};
 pub use server::{DnsServer, ServerConfig, ServerStats};
 pub use zone::{RecordKind, SharedZone, Zone};
+
+/// The sans-IO cores of the resolver and of the server, for the fuzz targets (`fuzz/`) and
+/// their corpus test: not part of the API, and may change without notice.
+#[doc(hidden)]
+pub mod sans_io {
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    use super::lookups::Lookups;
+    use super::{Lookup, LookupId, LookupKind, ResolveError, ResolverConfig, ResolverStats, Zone};
+
+    /// The server's answer to one datagram from `zone` (`None`: nothing is sent).
+    pub fn respond(zone: &Zone, max_payload: u16, data: &[u8]) -> Option<Vec<u8>> {
+        match super::answer::respond(zone, max_payload, data) {
+            super::answer::Outcome::Reply { bytes, .. } => Some(bytes),
+            super::answer::Outcome::Drop => None,
+        }
+    }
+
+    /// The resolver's state machine, without sockets.
+    #[derive(Debug)]
+    pub struct ResolverCore(Lookups);
+
+    impl ResolverCore {
+        /// A core for `cfg` (validated by the caller).
+        pub fn new(cfg: &ResolverConfig) -> Self {
+            ResolverCore(Lookups::new(cfg))
+        }
+
+        /// Starts a lookup.
+        ///
+        /// # Errors
+        /// As the resolver's.
+        pub fn start(
+            &mut self,
+            now: Instant,
+            name: &str,
+            kind: LookupKind,
+        ) -> Result<LookupId, ResolveError> {
+            self.0.start(now, name, kind)
+        }
+
+        /// A datagram arrived from `from`.
+        pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+            self.0.handle_datagram(now, from, data);
+        }
+
+        /// Deadlines up to `now` passed.
+        pub fn handle_timeout(&mut self, now: Instant) {
+            self.0.handle_timeout(now);
+        }
+
+        /// The next datagram to send: destination and bytes.
+        pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+            self.0.poll_transmit().map(|t| (t.to, t.data.to_vec()))
+        }
+
+        /// The next finished lookup.
+        pub fn poll_event(&mut self) -> Option<(LookupId, Result<Lookup, ResolveError>)> {
+            self.0.poll_event()
+        }
+
+        /// When [`handle_timeout`](Self::handle_timeout) next has work.
+        pub fn poll_timeout(&self) -> Option<Instant> {
+            self.0.poll_timeout()
+        }
+
+        /// The counters.
+        pub fn stats(&self) -> ResolverStats {
+            self.0.stats()
+        }
+
+        /// Lookups in flight.
+        pub fn in_flight(&self) -> usize {
+            self.0.in_flight()
+        }
+    }
+}

@@ -815,8 +815,10 @@ pub fn upgrade_request(params: &SessionParams, host: &str) -> String {
 }
 
 /// Parses the server's answer to the upgrade: `Ok(Some(head length))` on `101` with our
-/// upgrade token, `Ok(None)` until the head is complete, `Err(status)` otherwise.
-fn parse_upgrade_response(buf: &[u8]) -> Result<Option<usize>, u16> {
+/// upgrade token, `Ok(None)` until the head is complete, `Err(status)` otherwise (0 for a
+/// head that does not parse). Public for the fuzz targets only.
+#[doc(hidden)]
+pub fn parse_upgrade_response(buf: &[u8]) -> Result<Option<usize>, u16> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     match resp.parse(buf) {
