@@ -66,7 +66,7 @@ impl Node {
             s2c: AeadKey::new(SUITE, &S2C),
             client: None,
         };
-        server.store().insert(KEY_ID, material, now);
+        server.store().insert(KEY_ID, material, now).expect("an empty store takes a key");
         Node { server, now }
     }
 
