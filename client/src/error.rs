@@ -57,6 +57,15 @@ pub enum ClientError {
     /// The uplink is not a usable address.
     #[error("wrong address: {0}")]
     WrongAddress(String),
+    /// The node said "not now" to enc_init (`429 rate-limited`, `503 busy`): the next try
+    /// waits at least `retry_after`, the node's `Retry-After`.
+    #[error("enc_init: the node is busy ({reason}); retry after {retry_after:?}")]
+    Busy {
+        /// The node's reason.
+        reason: String,
+        /// The least wait before the next try.
+        retry_after: std::time::Duration,
+    },
     /// Another I/O failure.
     #[error("{stage}: {reason}")]
     Io {
@@ -71,7 +80,9 @@ impl ClientError {
     /// The stage the error belongs to.
     pub fn stage(&self) -> Stage {
         match self {
-            ClientError::NoKey(_) | ClientError::WrongKey => Stage::EncInit,
+            ClientError::NoKey(_) | ClientError::WrongKey | ClientError::Busy { .. } => {
+                Stage::EncInit
+            }
             ClientError::StreamCtl(_) | ClientError::StreamCtlBadResponse(_) => Stage::StreamCtl,
             ClientError::StreamResponse(_) => Stage::StreamSession,
             ClientError::StreamLost(_) => Stage::StreamStreaming,

@@ -287,7 +287,11 @@ impl Machine {
         let retry = err.is_retryable();
         self.last_error = Some(err.clone());
         if retry && self.policy.max_tries.is_none_or(|max| self.tries < max) {
-            let delay = self.retry_delay();
+            let mut delay = self.retry_delay();
+            if let ClientError::Busy { retry_after, .. } = err {
+                // The node said when (PROTOCOL §3.7): never sooner.
+                delay = delay.max(retry_after);
+            }
             tracing::info!(
                 stage = %failed_at,
                 error = %err,

@@ -32,6 +32,9 @@ pub(crate) fn handshake(e: &HandshakeError) -> ClientError {
             refusal: Some(r @ (Refusal::AuthRequired | Refusal::NotAllowed)),
             ..
         } => ClientError::Auth { stage: Stage::EncInit, reason: r.reason().to_owned() },
+        HandshakeError::NotNow { refusal, retry_after, .. } => {
+            ClientError::Busy { reason: refusal.reason().to_owned(), retry_after: *retry_after }
+        }
         HandshakeError::Refused { status, refusal } => ClientError::NoKey(match refusal {
             Some(r) => format!("refused with {status} ({})", r.reason()),
             None => format!("refused with {status}"),

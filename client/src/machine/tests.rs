@@ -224,3 +224,29 @@ fn a_stage_that_keeps_failing_gives_up_even_when_the_stages_below_it_succeed() {
     assert!(matches!(events(&mut m).last(), Some(Event::Failed(ClientError::StreamResponse(_)))));
     assert_eq!(m.poll_timeout(), None);
 }
+
+/// A node that says "not now" (429 or 503, PROTOCOL §3.7) is tried again no sooner than
+/// its `Retry-After`, however short the back-off would be.
+#[test]
+fn a_busy_node_is_retried_after_its_retry_after() {
+    let mut m = Machine::new(RetryPolicy::default());
+    let now = t0();
+    m.go_stage(now, Stage::StreamStreaming);
+    let mut first = true;
+    drive(&mut m, now, |s| {
+        if s == Stage::EncInit && std::mem::take(&mut first) {
+            Err(ClientError::Busy {
+                reason: "rate-limited".into(),
+                retry_after: Duration::from_secs(7),
+            })
+        } else {
+            Ok(())
+        }
+    });
+    assert_eq!(m.stage(), Stage::EncInit);
+    let t = m.poll_timeout().unwrap();
+    assert!(t >= now + Duration::from_secs(7), "{:?}", t - now);
+    m.handle_timeout(t);
+    drive(&mut m, t, |_| Ok(()));
+    assert!(m.is_streaming());
+}

@@ -36,6 +36,20 @@ pub enum HandshakeError {
     /// The `200` body did not check out (bad signature, wrong pinned key, ...).
     #[error("enc_init: {0}")]
     Init(#[from] EncInitError),
+    /// The server said "not now" (`429 rate-limited` or `503 busy`, `docs/PROTOCOL.md`
+    /// §3.7): the same request may succeed after `retry_after` (its `Retry-After`, 1 s
+    /// when absent or unreadable).
+    #[error(
+        "enc_init refused for now with status {status} ({refusal:?}); retry after {retry_after:?}"
+    )]
+    NotNow {
+        /// The status.
+        status: u16,
+        /// The reason.
+        refusal: Refusal,
+        /// How long to wait first.
+        retry_after: std::time::Duration,
+    },
 }
 
 /// Why an enc_http call failed.
@@ -134,7 +148,17 @@ pub fn finish_init(
     pinned_node_key: Option<[u8; PUBLIC_KEY_LEN]>,
 ) -> Result<EncSession, HandshakeError> {
     if resp.status != 200 {
-        return Err(HandshakeError::Refused { status: resp.status, refusal: refusal_of(resp) });
+        let refusal = refusal_of(resp);
+        if let Some(r) = refusal.filter(|r| r.is_transient() && r.status() == resp.status) {
+            let secs = resp
+                .header_str("Retry-After")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(1)
+                .clamp(1, 3600);
+            let retry_after = std::time::Duration::from_secs(secs);
+            return Err(HandshakeError::NotNow { status: resp.status, refusal: r, retry_after });
+        }
+        return Err(HandshakeError::Refused { status: resp.status, refusal });
     }
     Ok(init.finish(&resp.body, pinned_node_key)?)
 }
