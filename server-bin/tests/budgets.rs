@@ -101,6 +101,37 @@ fn use_key(w: &dap_reactor::Worker, base: &str, enc: &EncSession) -> bool {
     r.is_ok()
 }
 
+/// A daemon with `cfg`, and a client reactor to make keys from 127.0.0.1.
+struct Keyed {
+    d: dap_server::Node,
+    client: dap_reactor::Reactor,
+    base: String,
+}
+
+impl Keyed {
+    fn start(cfg: dap_server::Config) -> Keyed {
+        let d = daemon(cfg);
+        let base = format!("http://{}", d.local_addr());
+        Keyed { d, client: client_reactor(), base }
+    }
+
+    fn worker(&self) -> &dap_reactor::Worker {
+        &self.client.workers()[0]
+    }
+
+    /// A new key, through the real client handshake.
+    fn key(&self) -> EncSession {
+        let node = Some(self.d.node_public_key());
+        let http = ClientConfig::default();
+        handshake_blocking(self.worker(), &self.base, &CipherSuite::ALL, None, node, &http).unwrap()
+    }
+
+    /// Uses `enc` (a stream_ctl request); true if the node still knows it.
+    fn use_key(&self, enc: &EncSession) -> bool {
+        use_key(self.worker(), &self.base, enc)
+    }
+}
+
 /// A key used for a stream survives a flood of 20,000 handshakes from another source: the
 /// flood is cut to its burst by the per-source rate (429 with Retry-After, counted), the
 /// handshakes it did get only push out never-used keys, and a third source is unaffected.
@@ -110,15 +141,10 @@ fn a_key_in_use_survives_a_20000_handshake_flood_from_another_source() {
     cfg.enc.max_keys = 64;
     cfg.enc.handshake_rate = 10;
     cfg.enc.handshake_burst = 300;
-    let d = daemon(cfg);
-    let addr = d.local_addr();
-    let base = format!("http://{addr}");
-    let client = client_reactor();
-    let w = &client.workers()[0];
-    let http = ClientConfig::default();
-    let node = Some(d.node_public_key());
-    let enc = handshake_blocking(w, &base, &CipherSuite::ALL, None, node, &http).unwrap();
-    assert!(use_key(w, &base, &enc), "the key works before the flood");
+    let k = Keyed::start(cfg);
+    let addr = k.d.local_addr();
+    let enc = k.key();
+    assert!(k.use_key(&enc), "the key works before the flood");
 
     let (_, body) = EncInit::start(&CipherSuite::ALL, None);
     let mut flood = Raw::connect_from("127.0.0.2", addr);
@@ -140,7 +166,7 @@ fn a_key_in_use_survives_a_20000_handshake_flood_from_another_source() {
     assert!((300..2_000).contains(&ok), "{ok} handshakes got through");
     assert_eq!(ok + limited, 20_000);
 
-    assert!(use_key(w, &base, &enc), "the key in use survived the flood");
+    assert!(k.use_key(&enc), "the key in use survived the flood");
     // Another source has its own budget.
     let other = Raw::connect_from("127.0.0.3", addr).post("/enc_init", &body);
     assert_eq!(other.status, 200);
@@ -158,17 +184,12 @@ fn a_key_in_use_survives_a_20000_handshake_flood_from_another_source() {
 fn a_store_full_of_keys_in_use_refuses_handshakes_with_503() {
     let mut cfg = config(1);
     cfg.enc.max_keys = 3;
-    let d = daemon(cfg);
-    let addr = d.local_addr();
-    let base = format!("http://{addr}");
-    let client = client_reactor();
-    let w = &client.workers()[0];
-    let http = ClientConfig::default();
-    let node = Some(d.node_public_key());
+    let k = Keyed::start(cfg);
+    let addr = k.d.local_addr();
     let keys: Vec<EncSession> = (0..3)
         .map(|_| {
-            let enc = handshake_blocking(w, &base, &CipherSuite::ALL, None, node, &http).unwrap();
-            assert!(use_key(w, &base, &enc));
+            let enc = k.key();
+            assert!(k.use_key(&enc));
             enc
         })
         .collect();
@@ -181,7 +202,7 @@ fn a_store_full_of_keys_in_use_refuses_handshakes_with_503() {
         assert!(a.header("retry-after").is_some());
     }
     for enc in &keys {
-        assert!(use_key(w, &base, enc), "every key in use is still there");
+        assert!(k.use_key(enc), "every key in use is still there");
     }
     assert_eq!(metric(addr, "dap_enc_errors_total{kind=\"busy\"}"), 5.0);
     assert_eq!(metric(addr, "dap_enc_keys_removed_total{reason=\"evicted\"}"), 0.0);
