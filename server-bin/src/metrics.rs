@@ -397,8 +397,8 @@ fn connections(o: &mut Out, listeners: &[(&str, Arc<ServerStats>)], limiter: &Co
     o.family(
         "dap_connections_refused_total",
         "counter",
-        "Connections closed at accept, by listener and reason (access list, total limit, \
-         per-source limit).",
+        "Connections closed at accept, by listener and reason (the access list, or a \
+         connection limit).",
     );
     for (l, s) in listeners {
         for (reason, v) in
