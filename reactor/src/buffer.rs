@@ -114,6 +114,9 @@ pub(crate) struct InBuf {
     data: Vec<u8>,
     start: usize,
     end: usize,
+    /// `data` is storage of the unconsumed bytes' exact size, not read storage: the peer
+    /// went quiet in the middle of a message (see [`park`](Self::park)).
+    parked: bool,
 }
 
 impl InBuf {
@@ -155,6 +158,15 @@ impl InBuf {
     ) -> Option<(io::Result<usize>, usize)> {
         if self.data.is_empty() {
             self.data = pool.get_filled_sized(cap);
+        } else if self.parked {
+            // More is coming: back to full-size read storage.
+            let mut full = pool.get_filled_sized(cap);
+            let n = self.len();
+            full[..n].copy_from_slice(self.as_slice());
+            self.data = full;
+            self.start = 0;
+            self.end = n;
+            self.parked = false;
         }
         let limit = cap.min(self.data.len());
         if self.end >= limit && self.start > 0 {
@@ -174,6 +186,33 @@ impl InBuf {
         Some((result, room))
     }
 
+    /// Bytes of storage held (read storage, or the parked bytes).
+    pub(crate) fn storage(&self) -> usize {
+        self.data.len()
+    }
+
+    /// True when the unconsumed bytes sit in storage of their own size.
+    pub(crate) fn is_parked(&self) -> bool {
+        self.parked
+    }
+
+    /// Called when the socket is drained and the handler left bytes unconsumed (a message
+    /// cut short, waiting for the rest): moves them to storage of their exact size and gives
+    /// the read storage back to the pool, so a peer that sends half a request and goes quiet
+    /// holds its bytes, not a whole read buffer. Leftovers of more than half the storage
+    /// stay where they are (copying them would cost more than it frees).
+    pub(crate) fn park(&mut self, pool: &mut BufPool) {
+        let n = self.len();
+        if self.parked || n == 0 || n > self.data.len() / 2 {
+            return;
+        }
+        let bytes = self.as_slice().to_vec();
+        pool.put(std::mem::replace(&mut self.data, bytes));
+        self.start = 0;
+        self.end = n;
+        self.parked = true;
+    }
+
     /// True when no more bytes fit under `cap`, even after compaction.
     pub(crate) fn is_full(&self, cap: usize) -> bool {
         self.len() >= cap
@@ -185,15 +224,21 @@ impl InBuf {
         let taken = (std::mem::take(&mut self.data), self.start, self.end);
         self.start = 0;
         self.end = 0;
+        self.parked = false;
         taken
     }
 
     /// Gives empty storage back to the pool.
     pub(crate) fn release_if_empty(&mut self, pool: &mut BufPool) {
         if self.is_empty() && !self.data.is_empty() {
-            pool.put(std::mem::take(&mut self.data));
+            let data = std::mem::take(&mut self.data);
+            // Parked storage has an odd size: freed, never pooled.
+            if !self.parked {
+                pool.put(data);
+            }
             self.start = 0;
             self.end = 0;
+            self.parked = false;
         }
     }
 }
@@ -412,6 +457,40 @@ impl OutBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parked_input_keeps_its_bytes_in_storage_of_their_size() {
+        let mut pool = BufPool::new(64, 4);
+        let mut buf = InBuf::default();
+        buf.read_from(&mut pool, 64, |b| {
+            b[..10].copy_from_slice(b"0123456789");
+            Ok(10)
+        });
+        buf.consume(4);
+        buf.park(&mut pool);
+        assert!(buf.is_parked());
+        assert_eq!(buf.storage(), 6);
+        assert_eq!(buf.as_slice(), b"456789");
+        assert_eq!(pool.pooled_bytes(), 64, "the read storage went back to the pool");
+        // More arrives: back to full read storage, the parked bytes first.
+        let (res, room) = buf
+            .read_from(&mut pool, 64, |b| {
+                b[..2].copy_from_slice(b"ab");
+                Ok(2)
+            })
+            .unwrap();
+        assert_eq!((res.unwrap(), room), (2, 58));
+        assert!(!buf.is_parked());
+        assert_eq!(buf.storage(), 64);
+        assert_eq!(buf.as_slice(), b"456789ab");
+        // Leftovers over half the storage stay put.
+        let _ = buf.read_from(&mut pool, 64, |b| Ok(b.len())).unwrap();
+        buf.park(&mut pool);
+        assert!(!buf.is_parked());
+        buf.consume(usize::MAX);
+        buf.release_if_empty(&mut pool);
+        assert_eq!(buf.storage(), 0);
+    }
 
     #[test]
     fn inbuf_honours_cap_and_compacts() {

@@ -26,6 +26,11 @@ pub struct Limits {
     ///
     /// [`EsocketHandle`]: crate::EsocketHandle
     pub handle_write_slack: usize,
+    /// Input and output buffer memory all esockets of the reactor hold together, in bytes
+    /// (0: no bound). At the bound writes see less room, connections holding parked
+    /// partial input are closed, and new connections are refused: see
+    /// [`BufferBudget`](crate::BufferBudget). Default 256 MiB.
+    pub buffer_budget: usize,
     /// Messages waiting in a worker's inbox; posting to a full inbox fails with
     /// [`PostError::Full`](crate::PostError::Full). Default 4,096.
     pub inbox_capacity: usize,
@@ -63,6 +68,7 @@ impl Default for Limits {
             buf_out_cap: 256 * 1024,
             buf_out_low_water: 64 * 1024,
             handle_write_slack: 256 * 1024,
+            buffer_budget: 256 << 20,
             inbox_capacity: 4_096,
             pool_buffers: 64,
             buf_cap_max: 1 << 20,
@@ -154,6 +160,8 @@ pub(crate) struct Config {
     pub(crate) listener_mode: ListenerMode,
     pub(crate) share_port: bool,
     pub(crate) name: String,
+    /// Made from `limits.buffer_budget` when the reactor starts.
+    pub(crate) budget: std::sync::Arc<crate::BufferBudget>,
 }
 
 impl Default for Config {
@@ -171,6 +179,7 @@ impl Default for Config {
             listener_mode: ListenerMode::PerWorker,
             share_port: false,
             name: "dap-worker".to_owned(),
+            budget: crate::BufferBudget::new(0),
         }
     }
 }

@@ -35,6 +35,10 @@ pub enum ReactorError {
     /// The worker is stopping and takes no new esockets (kind `Other`).
     #[error("the worker is stopping")]
     Stopping,
+    /// The esocket held parked partial input while the reactor's buffers, together, were
+    /// past [`Limits::buffer_budget`](crate::Limits::buffer_budget) (kind `Other`).
+    #[error("buffer budget: partial input held while the node is out of buffer memory")]
+    BufferBudget,
     /// A callback panicked (kind `Other`).
     #[error("a callback panicked")]
     HandlerPanicked,

@@ -58,6 +58,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod budget;
 mod buffer;
 mod config;
 mod error;
@@ -74,6 +75,7 @@ mod timer;
 mod udp;
 mod worker;
 
+pub use budget::{BufferBudget, PARKED_FREE};
 pub use config::{Limits, ListenerMode};
 pub use error::ReactorError;
 pub use esocket::{
@@ -121,4 +123,16 @@ pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
 /// The `getrlimit` / `setrlimit` error.
 pub fn raise_fd_limit() -> std::io::Result<u64> {
     sys::rlimit::raise_nofile()
+}
+
+/// Gives the heap memory a burst freed back to the kernel when the allocator holds more
+/// than `min_free` bytes free; returns the free bytes it found, or `None` when it left
+/// them (below `min_free`, or an allocator that cannot say). For a daemon's housekeeping
+/// timer: after a flood of connections closes, glibc keeps their buffers' pages resident
+/// in its arenas; this returns them (`malloc_trim`), so resident memory comes back to
+/// near its idle level. It walks the allocator's arenas: call it every few seconds, not
+/// per request.
+pub fn release_free_memory(min_free: usize) -> Option<usize> {
+    let free = sys::alloc::free_bytes()?;
+    (free > min_free && sys::alloc::trim()).then_some(free)
 }

@@ -155,7 +155,8 @@ impl Reactor {
         ReactorBuilder::default()
     }
 
-    fn start(cfg: Config, on_start: Option<StartHook>) -> io::Result<Reactor> {
+    fn start(mut cfg: Config, on_start: Option<StartHook>) -> io::Result<Reactor> {
+        cfg.budget = crate::BufferBudget::new(cfg.limits.buffer_budget);
         let allowed = affinity::allowed_cpus();
         let cpus = cfg.cpus.clone().filter(|c| !c.is_empty()).unwrap_or_else(|| allowed.clone());
         let n = if cfg.threads == 0 { allowed.len().max(1) } else { cfg.threads };
@@ -228,6 +229,12 @@ impl Reactor {
             }
         }
         Ok(reactor)
+    }
+
+    /// The input and output buffer memory of every esocket, together, and its bound
+    /// ([`Limits::buffer_budget`](crate::Limits::buffer_budget)).
+    pub fn buffer_budget(&self) -> Arc<crate::BufferBudget> {
+        self.cfg.budget.clone()
     }
 
     /// Number of workers.

@@ -50,6 +50,11 @@ pub struct WorkerStats {
     /// `accept` calls that failed for want of descriptors or memory (the connection stays
     /// in the backlog; the listener rests 100 ms).
     pub accept_failed: u64,
+    /// Connections closed because they held parked partial input while the reactor's
+    /// buffers were past [`Limits::buffer_budget`](crate::Limits::buffer_budget).
+    pub budget_closed: u64,
+    /// Accepted sockets closed at once because the buffers were past the budget.
+    pub budget_refused: u64,
     /// Timers fired.
     pub timers_fired: u64,
     /// Callbacks, closures and start hooks that panicked (each caught; a callback's esocket
@@ -123,6 +128,8 @@ cell!(
     overflow_closed,
     accept_dropped,
     accept_failed,
+    budget_closed,
+    budget_refused,
     timers_fired,
     handler_panics,
 );

@@ -156,6 +156,9 @@ pub struct ReactorConfig {
     pub close_linger_ms: u64,
     /// Listener spreading.
     pub listener_mode: ListenerModeSetting,
+    /// Every 5 s, when the allocator holds more than this many free bytes (a burst of
+    /// connections has gone), give its free pages back to the kernel (0: never).
+    pub release_memory_above: usize,
     /// `[reactor.limits]`.
     pub limits: LimitsSection,
 }
@@ -169,6 +172,7 @@ impl Default for ReactorConfig {
             connect_timeout_ms: 10_000,
             close_linger_ms: 5_000,
             listener_mode: ListenerModeSetting::PerWorker,
+            release_memory_above: 16 << 20,
             limits: LimitsSection::default(),
         }
     }
@@ -184,6 +188,7 @@ pub struct LimitsSection {
     pub buf_out_cap: usize,
     pub buf_out_low_water: usize,
     pub handle_write_slack: usize,
+    pub buffer_budget: usize,
     pub inbox_capacity: usize,
     pub pool_buffers: usize,
     pub buf_cap_max: usize,
@@ -201,6 +206,7 @@ impl Default for LimitsSection {
             buf_out_cap: d.buf_out_cap,
             buf_out_low_water: d.buf_out_low_water,
             handle_write_slack: d.handle_write_slack,
+            buffer_budget: d.buffer_budget,
             inbox_capacity: d.inbox_capacity,
             pool_buffers: d.pool_buffers,
             buf_cap_max: d.buf_cap_max,
@@ -330,6 +336,10 @@ pub struct StreamSection {
     /// Bytes all sessions together may hold in unfinished messages
     /// (`StreamConfig::max_reassembly`).
     pub max_reassembly: usize,
+    /// Bytes one session may hold in unfinished messages (`MuxConfig::max_session_reassembly`).
+    pub max_session_reassembly: usize,
+    /// An unfinished message idle this long ends its stream (`MuxConfig::partial_timeout`).
+    pub partial_timeout_ms: u64,
     pub max_message: usize,
     pub channel_window: u32,
     pub conn_window: u32,
@@ -351,6 +361,8 @@ impl Default for StreamSection {
         StreamSection {
             max_sessions: 65_536,
             max_reassembly: 256 << 20,
+            max_session_reassembly: 32 << 20,
+            partial_timeout_ms: 30_000,
             max_message: 16 << 20,
             channel_window: 256 << 10,
             conn_window: 1 << 20,
@@ -765,6 +777,7 @@ impl Config {
         range("reactor.limits.buf_out_cap", m.buf_out_cap, 4096, 1 << 30)?;
         range("reactor.limits.buf_out_low_water", m.buf_out_low_water, 0, m.buf_out_cap)?;
         range("reactor.limits.handle_write_slack", m.handle_write_slack, 0, 1 << 30)?;
+        range("reactor.limits.buffer_budget", m.buffer_budget, 0, 1 << 40)?;
         range("reactor.limits.inbox_capacity", m.inbox_capacity, 16, 1 << 24)?;
         range("reactor.limits.pool_buffers", m.pool_buffers, 0, 1 << 16)?;
         range("reactor.limits.buf_cap_max", m.buf_cap_max, 1024, 1 << 30)?;
@@ -806,6 +819,13 @@ impl Config {
         range("stream.max_sessions", s.max_sessions, 1, 1 << 24)?;
         range("stream.max_reassembly", s.max_reassembly, 1 << 16, 1 << 40)?;
         range("stream.max_message", s.max_message, 1, 16 << 20)?;
+        range(
+            "stream.max_session_reassembly",
+            s.max_session_reassembly,
+            s.max_message,
+            s.max_reassembly.max(s.max_message),
+        )?;
+        range("stream.partial_timeout_ms", s.partial_timeout_ms, 1000, MS_HOUR)?;
         range("stream.channel_window", s.channel_window, 1024, 1 << 30)?;
         range("stream.conn_window", s.conn_window, 1024, 1 << 30)?;
         range("stream.send_queue", s.send_queue, 1024, 1 << 30)?;

@@ -31,6 +31,10 @@ pub type Listeners = (Vec<(&'static str, Arc<ServerStats>)>, Arc<ConnLimiter>);
 pub struct Sources {
     /// The reactor's workers.
     pub workers: Vec<Worker>,
+    /// The reactor's buffer memory and its bound (`reactor.limits.buffer_budget`).
+    pub buffers: Arc<dap_reactor::BufferBudget>,
+    /// Times free heap was given back to the kernel (`reactor.release_memory_above`).
+    pub memory_released: Arc<std::sync::atomic::AtomicU64>,
     /// The proc threads.
     pub procs: Vec<ProcThread>,
     /// The stream server.
@@ -107,6 +111,7 @@ pub fn render(src: &Sources) -> String {
     process(&mut o);
     o.one("dap_draining", "gauge", "1 while the daemon drains for shutdown.", draining as u64);
     workers(&mut o, src);
+    buffers(&mut o, src);
     procs(&mut o, src);
     if let Some((listeners, limiter)) = src.listeners.get() {
         connections(&mut o, listeners, limiter);
@@ -318,6 +323,8 @@ fn workers(o: &mut Out, src: &Sources) {
             ("overflow_closed", s.overflow_closed),
             ("accept_dropped", s.accept_dropped),
             ("accept_failed", s.accept_failed),
+            ("budget_closed", s.budget_closed),
+            ("budget_refused", s.budget_refused),
             ("dropped_dead", s.dropped_dead),
             ("handler_panic", s.handler_panics),
         ] {
@@ -599,6 +606,52 @@ fn udp_connections(o: &mut Out, c: &dap_stream::transport::udp::UdpConnStats) {
     );
 }
 
+fn buffers(o: &mut Out, src: &Sources) {
+    let b = &src.buffers;
+    o.one(
+        "dap_buffer_bytes",
+        "gauge",
+        "Input and output buffer bytes all connections hold (reactor.limits.buffer_budget bounds it).",
+        b.used() as u64,
+    );
+    o.one(
+        "dap_buffer_budget_bytes",
+        "gauge",
+        "reactor.limits.buffer_budget (0: no bound).",
+        b.limit() as u64,
+    );
+    o.one(
+        "dap_buffer_peak_bytes",
+        "gauge",
+        "The most buffer bytes held at once since start.",
+        b.peak() as u64,
+    );
+    o.one(
+        "dap_buffer_budget_closed_total",
+        "counter",
+        "Connections closed for holding a partial message past the buffer budget.",
+        b.closed(),
+    );
+    o.one(
+        "dap_buffer_budget_refused_total",
+        "counter",
+        "Connections refused at accept while the buffer budget was exhausted.",
+        b.refused_accepts(),
+    );
+    o.one(
+        "dap_buffer_budget_write_refusals_total",
+        "counter",
+        "Writes held back to the low-water mark because the buffer budget was short.",
+        b.write_refusals(),
+    );
+    o.one(
+        "dap_memory_released_total",
+        "counter",
+        "Times free heap was given back to the kernel (reactor.release_memory_above).",
+        src.memory_released.load(std::sync::atomic::Ordering::Relaxed),
+    );
+}
+
 fn stream(o: &mut Out, src: &Sources) {
     let b = src.stream.reassembly_budget();
     o.one(
@@ -696,6 +749,8 @@ fn stream(o: &mut Out, src: &Sources) {
             ("oversize", s.oversize_messages),
             ("protocol", s.protocol_errors),
             ("idle_timeout", s.idle_timeouts),
+            ("partial_timeout", s.partial_timeouts),
+            ("over_budget", s.over_budget),
             ("ctl_refused", s.ctl_refused),
             ("attach_unknown", s.attach_unknown),
             ("attach_twice", s.attach_twice),

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dap_net::dns::{DnsServer, ServerConfig as DnsConfig, Zone};
@@ -205,6 +205,7 @@ fn reactor(c: &Config) -> Result<Reactor, StartError> {
     limits.buf_out_cap = l.buf_out_cap;
     limits.buf_out_low_water = l.buf_out_low_water;
     limits.handle_write_slack = l.handle_write_slack;
+    limits.buffer_budget = l.buffer_budget;
     limits.inbox_capacity = l.inbox_capacity;
     limits.pool_buffers = l.pool_buffers;
     limits.buf_cap_max = l.buf_cap_max;
@@ -290,6 +291,30 @@ fn sweep_keys(reactor: &Reactor, enc: &EncServer) {
     }
 }
 
+/// How often the allocator is asked whether it holds free memory worth giving back.
+const RELEASE_PERIOD: Duration = Duration::from_secs(5);
+
+/// Gives free heap back to the kernel now and then (`reactor.release_memory_above`), on a
+/// proc thread so that no worker stalls while the allocator walks its arenas; counts each
+/// release in `released`.
+fn release_memory(c: &Config, pool: &ProcPool, released: Arc<AtomicU64>) {
+    let above = c.reactor.release_memory_above;
+    if above == 0 {
+        return;
+    }
+    let Some(thread) = pool.thread(0) else { return };
+    let job = thread.add_periodic(RELEASE_PERIOD, move || {
+        if let Some(free) = dap_reactor::release_free_memory(above) {
+            released.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(free, "free heap given back to the kernel");
+        }
+        dap_proc::Next::Again
+    });
+    if job.is_err() {
+        tracing::warn!("no memory release job: freed memory stays with the allocator");
+    }
+}
+
 /// What one client is, for per-source limits: `[listen] source_prefix_v4/v6`.
 fn source_prefixes(c: &Config) -> SourcePrefixes {
     SourcePrefixes { v4: c.listen.source_prefix_v4, v6: c.listen.source_prefix_v6 }
@@ -342,6 +367,8 @@ fn stream_config(c: &Config) -> StreamConfig {
             max_frame: s.max_frame,
             max_channel_window: s.max_channel_window,
             max_conn_window: s.max_conn_window,
+            max_session_reassembly: s.max_session_reassembly,
+            partial_timeout: ms(s.partial_timeout_ms),
         },
         max_payload: s.max_payload,
         keepalive: ms(s.keepalive_ms),
@@ -646,11 +673,13 @@ keys! {
     reactor_connect_timeout_ms = "reactor.connect_timeout_ms" => reactor.connect_timeout_ms: u64;
     reactor_close_linger_ms = "reactor.close_linger_ms" => reactor.close_linger_ms: u64;
     reactor_listener_mode = "reactor.listener_mode" => reactor.listener_mode: ListenerModeSetting;
+    reactor_release_memory_above = "reactor.release_memory_above" => reactor.release_memory_above: usize;
     reactor_limits_max_esockets = "reactor.limits.max_esockets" => reactor.limits.max_esockets: usize;
     reactor_limits_buf_in_cap = "reactor.limits.buf_in_cap" => reactor.limits.buf_in_cap: usize;
     reactor_limits_buf_out_cap = "reactor.limits.buf_out_cap" => reactor.limits.buf_out_cap: usize;
     reactor_limits_buf_out_low_water = "reactor.limits.buf_out_low_water" => reactor.limits.buf_out_low_water: usize;
     reactor_limits_handle_write_slack = "reactor.limits.handle_write_slack" => reactor.limits.handle_write_slack: usize;
+    reactor_limits_buffer_budget = "reactor.limits.buffer_budget" => reactor.limits.buffer_budget: usize;
     reactor_limits_inbox_capacity = "reactor.limits.inbox_capacity" => reactor.limits.inbox_capacity: usize;
     reactor_limits_pool_buffers = "reactor.limits.pool_buffers" => reactor.limits.pool_buffers: usize;
     reactor_limits_buf_cap_max = "reactor.limits.buf_cap_max" => reactor.limits.buf_cap_max: usize;
@@ -685,6 +714,8 @@ keys! {
     enc_handshake_sources = "enc.handshake_sources" => enc.handshake_sources: usize;
     stream_max_sessions = "stream.max_sessions" => stream.max_sessions: usize;
     stream_max_reassembly = "stream.max_reassembly" => stream.max_reassembly: usize;
+    stream_max_session_reassembly = "stream.max_session_reassembly" => stream.max_session_reassembly: usize;
+    stream_partial_timeout_ms = "stream.partial_timeout_ms" => stream.partial_timeout_ms: u64;
     stream_max_message = "stream.max_message" => stream.max_message: usize;
     stream_channel_window = "stream.channel_window" => stream.channel_window: u32;
     stream_conn_window = "stream.conn_window" => stream.conn_window: u32;
@@ -865,10 +896,14 @@ impl NodeBuilder {
         let pool = proc_pool(&config, &reactor)?;
         let enc = EncServer::new(node, enc_config);
         sweep_keys(&reactor, &enc);
+        let memory_released = Arc::new(AtomicU64::new(0));
+        release_memory(&config, &pool, memory_released.clone());
         let stream = StreamServer::new(procs, stream_config(&config));
         let draining = Arc::new(AtomicBool::new(false));
         let sources = Arc::new(Sources {
             workers: reactor.workers().to_vec(),
+            buffers: reactor.buffer_budget(),
+            memory_released,
             procs: pool.threads().to_vec(),
             stream: stream.clone(),
             enc: enc.clone(),

@@ -14,6 +14,7 @@ use dap_net::enc::{EncInit, EncSession};
 use dap_net::http::client::ClientConfig;
 use dap_stream::MuxConfig;
 use dap_stream::client::stream_ctl_blocking;
+use dap_stream::codec::packet::{self, Opener, PacketType, Sealer};
 use util::*;
 
 /// A raw HTTP/1.1 connection from a chosen source address, keeping alive.
@@ -246,6 +247,10 @@ fn half_header_connections_are_bounded_per_source() {
         let _ = extra.r.get_mut().write_all(half);
         assert!(closed_unanswered(extra.r.get_mut()));
     }
+    // Each holds its half head, parked in storage of its size: not a read buffer.
+    wait_until("the 20 half heads to be parked", || {
+        metric(addr, "dap_buffer_bytes") == (20 * half.len()) as f64
+    });
     // Another source is served.
     let mut legit = Raw::connect_from("127.0.0.3", addr);
     legit.r.get_mut().write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
@@ -259,11 +264,195 @@ fn half_header_connections_are_bounded_per_source() {
         r.r.get_mut().write_all(b"1\r\n\r\n").unwrap();
         assert_eq!(r.read_answer().status, 200);
     }
-    // Closing them gives the places back.
+    // Closing them gives the places back, and the bytes they held.
     held.clear();
+    wait_until("the held bytes to come back", || metric(addr, "dap_buffer_bytes") == 0.0);
     wait_until("the source may connect again", || {
         let mut again = Raw::connect_from("127.0.0.2", addr);
         again.r.get_mut().write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").is_ok()
             && !closed_unanswered(again.r.get_mut())
     });
+}
+
+/// A stream attached by hand over a raw connection from a chosen source: the attacker's
+/// side, which can send what a well-behaved client never would (half a message).
+struct RawStream {
+    tcp: TcpStream,
+    sealer: Sealer,
+    opener: Opener,
+    buf: Vec<u8>,
+    max_payload: usize,
+}
+
+impl RawStream {
+    fn attach(k: &Keyed, src: &str) -> RawStream {
+        let enc = k.key();
+        let http = ClientConfig::default();
+        let params =
+            stream_ctl_blocking(k.worker(), &k.base, &enc, b"E", None, MuxConfig::default(), &http)
+                .expect("stream_ctl");
+        let mut raw = Raw::connect_from(src, k.d.local_addr());
+        let req = dap_stream::transport::http::upgrade_request(&params, "x");
+        raw.r.get_mut().write_all(req.as_bytes()).unwrap();
+        let mut line = String::new();
+        raw.r.read_line(&mut line).unwrap();
+        assert!(line.starts_with("HTTP/1.1 101"), "upgrade: {line:?}");
+        while line != "\r\n" {
+            line.clear();
+            raw.r.read_line(&mut line).unwrap();
+        }
+        let buf = raw.r.buffer().to_vec();
+        let (sealer, opener) = params.packet_keys(false);
+        let max_payload = params.limits.max_payload;
+        RawStream { tcp: raw.r.into_inner(), sealer, opener, buf, max_payload }
+    }
+
+    /// Sends one data frame on channel `E`: `first` names a message's total, `more` says
+    /// whether frames follow.
+    fn data(&mut self, first: Option<u32>, more: bool, len: usize) {
+        let mut out = Vec::new();
+        let start = Sealer::begin(&mut out);
+        dap_stream::codec::frame::put_data_header(&mut out, b'E', 1, first, more, len);
+        out.resize(out.len() + len, 7);
+        self.sealer.seal(PacketType::Data, &mut out, start);
+        self.tcp.write_all(&out).unwrap();
+    }
+
+    /// Reads packets until the server's CLOSE; returns its code and reason.
+    fn close(&mut self) -> (u16, String) {
+        loop {
+            if let Ok(Some(h)) = packet::parse_header(&self.buf, self.max_payload)
+                && self.buf.len() >= h.packet_len()
+            {
+                let plain = self.opener.open(&h, &mut self.buf).expect("a packet that opens");
+                if h.ty == PacketType::Close {
+                    return packet::parse_close(plain).expect("a CLOSE payload");
+                }
+                self.buf.drain(..h.packet_len());
+                continue;
+            }
+            let mut chunk = [0u8; 65536];
+            let n = self.tcp.read(&mut chunk).expect("the stream until its CLOSE");
+            assert!(n > 0, "the connection ended without a CLOSE");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// Streams that send part of a message and hold it: the server charges each the buffer it
+/// reserves, refuses the one that would pass `stream.max_reassembly` (CLOSE code 4),
+/// closes the rest once their messages sit idle past `stream.partial_timeout_ms` (code 2),
+/// counts both, and gives the memory back; a legitimate client echoes throughout.
+#[test]
+fn held_partial_messages_are_bounded_and_time_out() {
+    const WINDOW: usize = 256 << 10;
+    let mut cfg = config(1);
+    cfg.stream.max_message = 1 << 20;
+    cfg.stream.max_reassembly = 4 * WINDOW;
+    cfg.stream.max_session_reassembly = 1 << 20;
+    cfg.stream.channel_window = WINDOW as u32;
+    cfg.stream.partial_timeout_ms = 1_000;
+    let k = Keyed::start(cfg);
+    let addr = k.d.local_addr();
+    let legit = open(&k.client, addr, k.d.node_public_key(), b"E").expect("legit session");
+    let echo = |n: u8| {
+        legit.channel(b'E').write_timeout(1, vec![n; 100], TIMEOUT).unwrap();
+        assert_eq!(legit.next().data.as_ref(), &[n; 100][..]);
+    };
+    echo(0);
+    // Four holders: each first frame reserves a window (the message is larger), 4 in all.
+    let mut holders: Vec<RawStream> = (2..6)
+        .map(|i| {
+            let mut s = RawStream::attach(&k, &format!("127.0.0.{i}"));
+            s.data(Some(1 << 20), true, 16 << 10);
+            s
+        })
+        .collect();
+    wait_until("the holders' buffers are charged", || {
+        metric(addr, "dap_stream_reassembly_bytes") == (4 * WINDOW) as f64
+    });
+    echo(1);
+    // A fifth would pass the budget: closed with code 4, and counted.
+    let mut fifth = RawStream::attach(&k, "127.0.0.6");
+    fifth.data(Some(1 << 20), true, 16 << 10);
+    assert_eq!(fifth.close().0, 4);
+    assert_eq!(metric(addr, "dap_stream_reassembly_refused_total"), 1.0);
+    echo(2);
+    // The holders' messages sit idle: each stream closes with code 2 and frees its buffer.
+    for h in &mut holders {
+        let (code, reason) = h.close();
+        assert_eq!(code, 2, "{reason}");
+    }
+    wait_until("the buffers come back", || metric(addr, "dap_stream_reassembly_bytes") == 0.0);
+    assert_eq!(metric(addr, "dap_stream_errors_total{kind=\"partial_timeout\"}"), 4.0);
+    echo(3);
+}
+
+/// Connections that pipeline requests and never read the answers: past
+/// `reactor.limits.buffer_budget` their output may only grow to the low-water mark, so
+/// what they hold is bounded by the budget plus that mark and one input buffer each; new
+/// connections are refused while the budget is exhausted (counted), a connection that was
+/// already open is served throughout, and the memory comes back when the readers go.
+#[test]
+fn pipelining_non_readers_are_held_to_the_buffer_budget() {
+    const BUDGET: usize = 1 << 20;
+    const LOW: usize = 16 << 10;
+    const IN_CAP: usize = 64 << 10;
+    const N: usize = 40;
+    let mut cfg = config(1);
+    cfg.reactor.limits.buffer_budget = BUDGET;
+    cfg.reactor.limits.buf_out_low_water = LOW;
+    cfg.reactor.limits.buf_in_cap = IN_CAP;
+    // Small answers (so the reader's own pipelined requests stay small) from a route
+    // whose answer is a few KiB.
+    let d = daemon(cfg);
+    let addr = d.local_addr();
+    let mut legit = Raw::connect_from("127.0.0.3", addr);
+    legit.r.get_mut().write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(legit.read_answer().status, 200);
+
+    let requests = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2_000);
+    let attackers: Vec<TcpStream> = (0..N)
+        .map(|_| {
+            let mut r = Raw::connect_from("127.0.0.2", addr);
+            let s = r.r.get_mut();
+            s.set_nonblocking(true).unwrap();
+            let _ = s.write(&requests);
+            r.r.into_inner()
+        })
+        .collect();
+    let mut sample = |name: &str| {
+        legit.r.get_mut().write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let a = legit.read_answer();
+        assert_eq!(a.status, 200, "the connection opened before the attack is served");
+        let text = String::from_utf8(a.body).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    wait_until("the budget to hold writers back", || {
+        sample("dap_buffer_budget_write_refusals_total") > 0.0
+    });
+    // Let the writers settle where the budget stops them, past it.
+    let mut last = -1.0;
+    wait_until("the buffers to pass the budget and stop growing", || {
+        let now = sample("dap_buffer_bytes");
+        let settled = now == last && now > BUDGET as f64;
+        last = now;
+        settled
+    });
+    let peak = sample("dap_buffer_peak_bytes");
+    let bound = (BUDGET + N * (LOW + IN_CAP + (64 << 10))) as f64;
+    assert!(peak <= bound, "peak {peak} over {bound}");
+    // Exhausted: a new connection is refused at accept.
+    let mut late = Raw::connect_from("127.0.0.4", addr);
+    let _ = late.r.get_mut().write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(closed_unanswered(late.r.get_mut()));
+    assert!(sample("dap_buffer_budget_refused_total") >= 1.0);
+    // The readers go: memory comes back, new connections are served again.
+    drop(attackers);
+    wait_until("the buffers to come back", || sample("dap_buffer_bytes") < (64 << 10) as f64);
+    let mut again = Raw::connect_from("127.0.0.4", addr);
+    again.r.get_mut().write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(again.read_answer().status, 200);
 }

@@ -6,6 +6,7 @@ mod util;
 use std::collections::HashMap;
 
 use dap_stream::pubsub::{ErrorCode, PubSubMsg, Topic};
+use dap_stream::session::TransportKind;
 use util::*;
 
 const SUBSCRIBERS: usize = 6;
@@ -138,6 +139,17 @@ fn refusals_are_answered_and_counted() {
 /// publisher that keeps up gets the plain CLOSE.
 #[test]
 fn a_subscriber_stalled_past_the_grace_learns_how_many_messages_it_missed() {
+    stalled_subscriber(TransportKind::Http);
+}
+
+/// The same over UDP: the cut-off connection's CLOSE says how many were not sent (the
+/// subscriber's socket holds the datagrams until it reads again).
+#[test]
+fn a_udp_subscriber_stalled_past_the_grace_learns_how_many_messages_it_missed() {
+    stalled_subscriber(TransportKind::Udp);
+}
+
+fn stalled_subscriber(transport: TransportKind) {
     const MESSAGES: u64 = 100;
     const PAD: usize = 1000;
     let mut c = config(1);
@@ -151,7 +163,7 @@ fn a_subscriber_stalled_past_the_grace_learns_how_many_messages_it_missed() {
     let stream = d.stream().clone();
     let (sub_side, pub_side) = (client_reactor(), client_reactor());
     let topic = Topic::new("stall").unwrap();
-    let s = open(&sub_side, d.local_addr(), d.node_public_key(), b"P").unwrap();
+    let s = open_over(&sub_side, d.local_addr(), d.node_public_key(), b"P", transport).unwrap();
     s.subscribe(&topic);
     let p = open(&pub_side, d.local_addr(), d.node_public_key(), b"P").unwrap();
 

@@ -183,6 +183,38 @@ fn post_until(
     h.exec_timeout(f, deadline.saturating_duration_since(Instant::now())).is_ok()
 }
 
+/// Runs `f` on each esocket of `handles` (on its worker) and adds up what it returns, of
+/// those whose worker answered within [`CUT_OFF_WAIT`].
+fn sum_on_workers(
+    handles: &[EsocketHandle],
+    f: impl Fn(&mut Esocket<'_>) -> u64 + Clone + Send + 'static,
+) -> u64 {
+    if handles.is_empty() {
+        return 0;
+    }
+    let deadline = Instant::now() + CUT_OFF_WAIT;
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    let mut posted = 0usize;
+    for &h in handles {
+        let (tx, f) = (tx.clone(), f.clone());
+        let run = move |es: &mut Esocket<'_>| {
+            let _ = tx.send(f(es));
+        };
+        if post_until(h, run, deadline) {
+            posted += 1;
+        }
+    }
+    drop(tx);
+    let mut sum = 0;
+    for _ in 0..posted {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(n) => sum += n,
+            Err(_) => break,
+        }
+    }
+    sum
+}
+
 /// A stream server: channels, sessions and counters; cheap to clone, `Send + Sync`.
 ///
 /// Install its routes on an [`HttpServer`]: `/stream_ctl` behind enc_http
@@ -343,8 +375,12 @@ impl StreamServer {
         while busy(&g) && !d.left.wait_until(&mut g, deadline).timed_out() {}
         let left_open = g.len() + d.udp_live.load(Ordering::SeqCst);
         let late: Vec<EsocketHandle> = g.values().map(|v| v.0).collect();
+        let udp_late = d.udp_live.load(Ordering::SeqCst) > 0;
         drop(g);
-        let messages_unsent = Self::cut_off(late);
+        let mut messages_unsent = Self::cut_off(late);
+        if udp_late && let Some(u) = self.inner.udp.get() {
+            messages_unsent += Self::cut_off_udp(u.worker_handles());
+        }
         if left_open > 0 {
             tracing::warn!(
                 left_open,
@@ -359,31 +395,18 @@ impl StreamServer {
     /// Cuts off each stream of `live` on its worker; returns the messages they discarded
     /// (of those whose worker answered within [`CUT_OFF_WAIT`]).
     fn cut_off(live: Vec<EsocketHandle>) -> u64 {
-        if live.is_empty() {
-            return 0;
-        }
-        let deadline = Instant::now() + CUT_OFF_WAIT;
-        let (tx, rx) = std::sync::mpsc::channel::<u64>();
-        let mut posted = 0usize;
-        for h in live {
-            let tx = tx.clone();
-            let cut = move |es: &mut Esocket<'_>| {
-                let n = crate::transport::http::with_stream_conn(es, |c, es| c.cut_off(es));
-                let _ = tx.send(n.flatten().unwrap_or(0) as u64);
-            };
-            if post_until(h, cut, deadline) {
-                posted += 1;
-            }
-        }
-        drop(tx);
-        let mut unsent = 0;
-        for _ in 0..posted {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(n) => unsent += n,
-                Err(_) => break,
-            }
-        }
-        unsent
+        sum_on_workers(&live, |es| {
+            let n = crate::transport::http::with_stream_conn(es, |c, es| c.cut_off(es));
+            n.flatten().unwrap_or(0) as u64
+        })
+    }
+
+    /// Cuts off the UDP connections still open, on each UDP worker; returns the messages
+    /// they discarded (of the workers that answered within [`CUT_OFF_WAIT`]).
+    fn cut_off_udp(workers: &[EsocketHandle]) -> u64 {
+        sum_on_workers(workers, |es| {
+            es.with_handler::<UdpWorker, _>(|w, es| w.cut_off(es)).unwrap_or(0)
+        })
     }
 
     fn sync_expired(&self) {
@@ -595,6 +618,21 @@ impl StreamServer {
     }
 
     /// A UDP connection ended.
+    /// Counts what a UDP session's mux refused or timed out (the HTTP transport counts its
+    /// own as they happen).
+    pub(crate) fn note_udp_end(&self, c: &crate::mux::MuxCounters) {
+        let s = &self.inner.stats;
+        crate::stats::StreamStats::add(&s.over_budget, c.reassembly_refused);
+        crate::stats::StreamStats::add(&s.partial_timeouts, c.partial_timeouts);
+    }
+
+    /// Counts UDP streams cut off at the end of a shutdown's grace period.
+    pub(crate) fn note_cut_off(&self, streams: u64, unsent: u64) {
+        let s = &self.inner.stats;
+        StreamStats::add(&s.shutdown_cut_off, streams);
+        StreamStats::add(&s.shutdown_unsent_messages, unsent);
+    }
+
     pub(crate) fn udp_closed(&self) {
         let d = &self.inner.drain;
         let _g = d.live.lock();

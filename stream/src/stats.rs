@@ -68,8 +68,12 @@ counters! {
     /// Messages over the size limit.
     oversize_messages,
     /// Streams closed (code 4) because an unfinished message would take the server's
-    /// reassembly budget past its bound (HTTP transport; the budget counts both).
+    /// reassembly budget, or the session's own bound, past it (the server's budget counts
+    /// its refusals over both transports too).
     over_budget,
+    /// Streams closed (code 2) because an unfinished message gained no frame within the
+    /// partial timeout.
+    partial_timeouts,
     /// Other protocol violations (flow control, fragment order).
     protocol_errors,
     /// Keepalives sent on idle streams.

@@ -118,6 +118,11 @@ pub(crate) struct EsState {
     /// The wheel entry for the deadline and the tick it fires at. It may fire before
     /// `deadline_ns` (a deadline pushed later is not re-armed until then); never after.
     pub(crate) deadline_timer: Option<(TimerKey, u64)>,
+    /// This esocket's share of the reactor's [`BufferBudget`](crate::BufferBudget) as last
+    /// settled.
+    pub(crate) charged: usize,
+    /// The output part of `charged`: what `buf_out` held when last settled.
+    pub(crate) charged_out: usize,
 }
 
 impl EsState {
@@ -129,6 +134,26 @@ impl EsState {
     /// The output cap of this esocket.
     pub(crate) fn out_cap(&self, limits: &crate::Limits) -> usize {
         self.caps.map_or(limits.buf_out_cap, |c| c[1] as usize)
+    }
+
+    /// The output cap writes see now: [`out_cap`](Self::out_cap), lowered (never below the
+    /// low-water mark) to what the reactor's buffer budget has left.
+    pub(crate) fn write_cap(&self, limits: &crate::Limits, budget: &crate::BufferBudget) -> usize {
+        let cap = self.out_cap(limits);
+        match budget.room() {
+            None => cap,
+            // Its output as last settled is already counted in the total: it may keep that
+            // much and grow by what the budget has left (never by its own growth, or each
+            // settle would raise its allowance).
+            Some(room) => {
+                cap.min(self.low_water(limits).max(self.charged_out.saturating_add(room)))
+            }
+        }
+    }
+
+    /// The bytes this esocket holds in its buffers, as the buffer budget counts them.
+    pub(crate) fn buffer_bytes(&self) -> usize {
+        self.buf_in.storage() + self.buf_out.len()
     }
 
     /// The output low-water mark: the worker's, or a quarter of a raised cap.
@@ -167,6 +192,8 @@ impl EsState {
             layer_closed: false,
             deadline_ns: None,
             deadline_timer: None,
+            charged: 0,
+            charged_out: 0,
         }
     }
 
@@ -275,10 +302,10 @@ impl<'a> Esocket<'a> {
         if data.is_empty() {
             return Ok(0);
         }
-        let cap = self.st.out_cap(self.w.limits());
+        let cap = self.write_cap();
         let n = self.st.buf_out.push_copy(self.w.pool(), cap, data);
         if n < data.len() {
-            self.st.out_blocked = true;
+            self.blocked(cap);
         }
         if n == 0 {
             return Err(ErrorKind::WouldBlock.into());
@@ -294,7 +321,7 @@ impl<'a> Esocket<'a> {
     /// As [`write`](Self::write); `WouldBlock` only when `buf_in` is not empty and nothing fit.
     pub fn copy_in_to_out(&mut self) -> Result<usize> {
         self.check_writable()?;
-        let cap = self.st.out_cap(self.w.limits());
+        let cap = self.write_cap();
         let pending = self.st.buf_in.len();
         if pending > 0 && pending <= cap && self.st.buf_out.is_empty() {
             // Move the input storage to output whole: no copy, and the pool hands the next
@@ -307,7 +334,7 @@ impl<'a> Esocket<'a> {
         let n = self.st.buf_out.push_copy(&mut self.w.pool, cap, self.st.buf_in.as_slice());
         self.st.buf_in.consume(n);
         if n < pending {
-            self.st.out_blocked = true;
+            self.blocked(cap);
         }
         if n > 0 {
             self.st.out_pending = true;
@@ -326,9 +353,9 @@ impl<'a> Esocket<'a> {
         if self.check_writable().is_err() {
             return Err(data);
         }
-        let cap = self.st.out_cap(self.w.limits());
+        let cap = self.write_cap();
         if self.st.buf_out.len() + data.len() > cap {
-            self.st.out_blocked = true;
+            self.blocked(cap);
             return Err(data);
         }
         self.st.out_pending |= !data.is_empty();
@@ -351,14 +378,28 @@ impl<'a> Esocket<'a> {
         build: impl FnOnce(&mut Vec<u8>) -> R,
     ) -> Result<R> {
         self.check_writable()?;
-        let cap = self.st.out_cap(self.w.limits());
+        let cap = self.write_cap();
         if self.st.buf_out.len() + max > cap {
-            self.st.out_blocked = true;
+            self.blocked(cap);
             return Err(ErrorKind::WouldBlock.into());
         }
         let (r, added) = self.st.buf_out.push_with(&mut self.w.pool, max, build);
         self.st.out_pending |= added > 0;
         Ok(r)
+    }
+
+    /// The output cap for this write: the esocket's own, or less when the reactor's buffer
+    /// budget is short.
+    fn write_cap(&self) -> usize {
+        self.st.write_cap(&self.w.cfg.limits, &self.w.cfg.budget)
+    }
+
+    /// A write did not fit under `cap`: `on_write` fires as output drains.
+    fn blocked(&mut self, cap: usize) {
+        self.st.out_blocked = true;
+        if cap < self.st.out_cap(&self.w.cfg.limits) {
+            self.w.cfg.budget.note_write_refusal();
+        }
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -383,9 +424,10 @@ impl<'a> Esocket<'a> {
         self.st.in_cap(self.w.limits())
     }
 
-    /// Room left in `buf_out` before writes return `WouldBlock`.
+    /// Room left in `buf_out` before writes return `WouldBlock` (less than the cap allows
+    /// when the reactor's buffer budget is short).
     pub fn out_room(&self) -> usize {
-        self.st.out_cap(self.w.limits()).saturating_sub(self.st.buf_out.len())
+        self.write_cap().saturating_sub(self.st.buf_out.len())
     }
 
     /// Raises (or restores) this esocket's buffer caps: at most `buf_in` bytes of unread

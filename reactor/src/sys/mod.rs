@@ -5,6 +5,7 @@
 //! fallible, and returns `io::Result`.
 
 pub(crate) mod affinity;
+pub(crate) mod alloc;
 pub(crate) mod eventfd;
 pub(crate) mod rlimit;
 pub(crate) mod udp;

@@ -19,6 +19,7 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 static ACCEPT_FAILED: LogThrottle = LogThrottle::new(5, Duration::from_secs(10));
 static NO_ROOM: LogThrottle = LogThrottle::new(5, Duration::from_secs(10));
 static NOT_ADDED: LogThrottle = LogThrottle::new(5, Duration::from_secs(10));
+static BUDGET: LogThrottle = LogThrottle::new(5, Duration::from_secs(10));
 
 impl WorkerCtx {
     pub(crate) fn accept(&mut self, st: &mut EsState) {
@@ -107,6 +108,19 @@ impl WorkerCtx {
                     worker = self.index(),
                     suppressed,
                     "no room for an accepted connection; closing it"
+                );
+            }
+            return;
+        }
+        if self.cfg.budget.is_over() {
+            // Out of buffer memory: the connections already here keep what they have.
+            self.stats.budget_refused += 1;
+            self.cfg.budget.note_refused_accept();
+            if let Some(suppressed) = BUDGET.check() {
+                tracing::warn!(
+                    worker = self.index(),
+                    suppressed,
+                    "buffer budget exhausted; refusing a new connection"
                 );
             }
             return;

@@ -10,9 +10,14 @@ use crossbeam_channel::Receiver;
 use mio::{Events, Poll, Token};
 
 use super::{Msg, NS_PER_TICK, TimerWhat, WorkerCtx};
+use crate::budget::PARKED_FREE;
 use crate::error::ReactorError;
 use crate::esocket::{Body, EsState, Esocket, EsocketKind};
+use crate::log_throttle::LogThrottle;
 use crate::slots::SlotId;
+
+/// At most 5 budget-closed lines per 10 s; the count is in `WorkerStats::budget_closed`.
+static BUDGET_CLOSED: LogThrottle = LogThrottle::new(5, Duration::from_secs(10));
 
 /// The waker's token; never a valid esocket token (index `u32::MAX` is never allocated).
 pub(crate) const WAKER_TOKEN: Token = Token(usize::MAX);
@@ -347,6 +352,7 @@ impl WorkerCtx {
 
     /// Puts an esocket back after a dispatch, or removes it if it is done.
     pub(crate) fn finish(&mut self, mut st: Box<EsState>) {
+        self.settle_budget(&mut st);
         if st.is_done() {
             self.destroy(st);
             return;
@@ -357,6 +363,35 @@ impl WorkerCtx {
         }
         let id = st.id;
         self.slots.put_back(id, st);
+    }
+
+    /// Brings this esocket's share of the buffer budget up to date; past the budget, an
+    /// esocket holding parked partial input beyond [`PARKED_FREE`] is closed (its peer is
+    /// using the node as storage).
+    fn settle_budget(&mut self, st: &mut EsState) {
+        let held = st.buffer_bytes();
+        if held != st.charged {
+            self.cfg.budget.settle(st.charged, held);
+            st.charged = held;
+        }
+        st.charged_out = st.buf_out.len();
+        if st.buf_in.is_parked()
+            && st.buf_in.len() > PARKED_FREE
+            && !st.close_now
+            && self.cfg.budget.is_over()
+        {
+            self.cfg.budget.note_closed();
+            self.stats.budget_closed += 1;
+            if let Some(suppressed) = BUDGET_CLOSED.check() {
+                tracing::warn!(
+                    worker = self.index(),
+                    held = st.buf_in.len(),
+                    suppressed,
+                    "buffer budget exhausted: closing a connection that holds partial input"
+                );
+            }
+            st.fail(ReactorError::BufferBudget.into());
+        }
     }
 
     /// Removes an esocket: `on_error` (if it failed), `on_delete`, then the fd closes. A
@@ -381,6 +416,7 @@ impl WorkerCtx {
         st.buf_out.clear(&mut self.pool);
         st.buf_in.consume(usize::MAX);
         st.buf_in.release_if_empty(&mut self.pool);
+        self.cfg.budget.settle(std::mem::take(&mut st.charged), 0);
         if let Body::Queue { drain: Some(d), .. } = &mut st.body {
             // Items accepted by `send` that will never be delivered: counted, never silent.
             let lost = d.discard();

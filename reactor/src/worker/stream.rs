@@ -111,6 +111,10 @@ impl WorkerCtx {
             Some((Err(e), _)) => st.fail(e),
         }
         st.buf_in.release_if_empty(&mut self.pool);
+        if !st.read_ready {
+            // The peer has gone quiet with part of a message sent.
+            st.buf_in.park(&mut self.pool);
+        }
     }
 
     /// Reads through a layer: socket → layer → `buf_in`.
@@ -189,6 +193,9 @@ impl WorkerCtx {
             self.schedule(st);
         }
         st.buf_in.release_if_empty(&mut self.pool);
+        if !st.read_ready && !st.plain_pending {
+            st.buf_in.park(&mut self.pool);
+        }
     }
 
     /// Writes through a layer: `buf_out` → layer → socket.

@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -31,8 +32,34 @@ struct Partial {
     ty: u8,
     total: usize,
     buf: Vec<u8>,
-    /// Bytes charged to the server's reassembly budget (all of `buf`, with one).
+    /// Bytes charged for `buf`: its capacity, to the session's bound and (with one) the
+    /// server's reassembly budget.
     charged: usize,
+    /// When its last frame arrived (the mux's clock; `None` without one).
+    last: Option<Instant>,
+}
+
+/// Where the bytes of unfinished messages are charged as they arrive: the session's own
+/// bound and the server's budget shared by all sessions.
+pub(crate) struct Reserve<'a> {
+    pub(crate) budget: Option<&'a ReassemblyBudget>,
+    /// What the session may still take under its own bound.
+    pub(crate) session_room: usize,
+    /// The mux's clock, stamped on each partial message a frame extends.
+    pub(crate) now: Option<Instant>,
+}
+
+impl Reserve<'_> {
+    fn take(&mut self, n: usize, chan: u8) -> Result<(), MuxError> {
+        if n > self.session_room {
+            return Err(MuxError::SessionOverBudget(chan));
+        }
+        if self.budget.is_some_and(|b| !b.try_charge(n)) {
+            return Err(MuxError::OverBudget(chan));
+        }
+        self.session_room -= n;
+        Ok(())
+    }
 }
 
 /// What one data frame took.
@@ -293,7 +320,7 @@ impl ChanState {
         more: bool,
         payload: &[u8],
         max_message: usize,
-        budget: Option<&ReassemblyBudget>,
+        reserve: &mut Reserve<'_>,
     ) -> Result<(), MuxError> {
         if let Some(max) = self.unreliable {
             // One message per frame, outside flow control; a full inbox drops it.
@@ -335,38 +362,41 @@ impl ChanState {
                     self.inbox.push_back(Message { ty, data: Bytes::copy_from_slice(payload) });
                     return Ok(());
                 }
-                if budget.is_some_and(|b| !b.try_charge(payload.len())) {
-                    return Err(MuxError::OverBudget(self.id));
-                }
-                let charged = if budget.is_some() { payload.len() } else { 0 };
                 // Reserve what the peer may send without further credit, at most the
                 // whole message: the announced total alone is the peer's word, not memory
-                // to hand out up front; past the window the buffer grows by doubling.
+                // to hand out up front; past the window the buffer grows by doubling. The
+                // whole reservation is charged, not only the bytes in it.
                 let may_send = (self.recv_limit - self.recv_total + n) as usize;
-                let mut buf = Vec::with_capacity(total.min(may_send.max(self.window as usize)));
+                let cap = total.min(may_send.max(self.window as usize)).max(payload.len());
+                reserve.take(cap, self.id)?;
+                let mut buf = Vec::with_capacity(cap);
                 buf.extend_from_slice(payload);
-                self.partial = Some(Partial { ty, total, buf, charged });
+                self.partial = Some(Partial { ty, total, buf, charged: cap, last: reserve.now });
             }
             (None, Some(p)) => {
                 if p.ty != ty || p.buf.len() + payload.len() > p.total {
                     return Err(MuxError::Fragment(self.id));
                 }
-                // The last frame completes the message: its bytes go to the inbox, where
-                // flow control bounds them; only bytes that leave a message unfinished
-                // are charged.
-                if more && let Some(b) = budget {
-                    if !b.try_charge(payload.len()) {
-                        return Err(MuxError::OverBudget(self.id));
+                // Growth is charged before it happens (doubling, never past the total);
+                // the last frame completes the message and its bytes go to the inbox,
+                // where flow control bounds them, so its growth is not.
+                let need = p.buf.len() + payload.len();
+                if need > p.buf.capacity() {
+                    let grow_to = need.max(p.buf.capacity() * 2).min(p.total);
+                    if more {
+                        reserve.take(grow_to - p.buf.capacity(), self.id)?;
+                        p.charged += grow_to - p.buf.capacity();
                     }
-                    p.charged += payload.len();
+                    p.buf.reserve_exact(grow_to - p.buf.len());
                 }
                 p.buf.extend_from_slice(payload);
+                p.last = reserve.now;
                 if !more {
                     if p.buf.len() != p.total {
                         return Err(MuxError::Fragment(self.id));
                     }
                     let p = self.partial.take().expect("matched Some");
-                    if let Some(b) = budget {
+                    if let Some(b) = reserve.budget {
                         b.release(p.charged);
                     }
                     self.inbox.push_back(Message { ty: p.ty, data: p.buf.into() });
@@ -377,10 +407,19 @@ impl ChanState {
         Ok(())
     }
 
-    /// Drops the unfinished message, if any; returns the bytes it had charged to the
-    /// reassembly budget.
+    /// Drops the unfinished message, if any; returns the bytes it had charged.
     pub(crate) fn drop_partial(&mut self) -> usize {
         self.partial.take().map_or(0, |p| p.charged)
+    }
+
+    /// Bytes charged for the unfinished message (0: none).
+    pub(crate) fn partial_charged(&self) -> usize {
+        self.partial.as_ref().map_or(0, |p| p.charged)
+    }
+
+    /// When the unfinished message last grew, if there is one and a clock.
+    pub(crate) fn partial_last(&self) -> Option<Instant> {
+        self.partial.as_ref().and_then(|p| p.last)
     }
 
     pub(crate) fn take_message(&mut self) -> Option<Message> {

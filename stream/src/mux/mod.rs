@@ -31,9 +31,11 @@ mod budget;
 mod chan;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub use budget::ReassemblyBudget;
 pub(crate) use chan::ChanState;
+use chan::Reserve;
 
 use crate::channel::{Channel, ChannelProcs, ChannelUse, SessionInfo};
 use crate::codec::DecodeError;
@@ -119,6 +121,14 @@ pub struct MuxConfig {
     pub max_channel_window: u32,
     /// Local, not sent: the most the connection's receive window grows to (64 MiB).
     pub max_conn_window: u32,
+    /// Local, not sent: the most this end holds in unfinished messages of the session, all
+    /// channels together (32 MiB: two messages of the largest size at once). Charged as
+    /// reassembly buffers are reserved; past it the stream ends (CLOSE code 4).
+    pub max_session_reassembly: usize,
+    /// Local, not sent: an unfinished message that gains no frame for this long ends the
+    /// stream (CLOSE code 2), so a peer cannot park a message and keep the session alive
+    /// with keepalives (30 s). Needs the transport's clock ([`Mux::set_clock`]).
+    pub partial_timeout: Duration,
 }
 
 impl Default for MuxConfig {
@@ -131,6 +141,8 @@ impl Default for MuxConfig {
             max_frame: 16 << 10,
             max_channel_window: 16 << 20,
             max_conn_window: 64 << 20,
+            max_session_reassembly: 32 << 20,
+            partial_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -164,6 +176,14 @@ pub enum MuxError {
     /// (CLOSE code 4).
     #[error("reassembly over the server's budget on channel {0:#04x}")]
     OverBudget(u8),
+    /// An unfinished message on this channel would take the session's unfinished messages
+    /// past [`MuxConfig::max_session_reassembly`] (CLOSE code 4).
+    #[error("unfinished messages over the session's bound on channel {0:#04x}")]
+    SessionOverBudget(u8),
+    /// The unfinished message on this channel gained no frame within
+    /// [`MuxConfig::partial_timeout`] (CLOSE code 2).
+    #[error("unfinished message on channel {0:#04x} idle past the partial timeout")]
+    PartialTimeout(u8),
 }
 
 /// Counts of what one mux saw, for the transport's stats.
@@ -184,6 +204,12 @@ pub struct MuxCounters {
     /// Messages of unreliable channels dropped on arrival (their handler was not taking
     /// them and the inbox was full).
     pub unreliable_dropped: u64,
+    /// Unfinished messages refused: over the server's reassembly budget or the session's
+    /// own bound (the stream ended with code 4).
+    pub reassembly_refused: u64,
+    /// Unfinished messages that gained no frame within the partial timeout (the stream
+    /// ended with code 2).
+    pub partial_timeouts: u64,
 }
 
 /// The connection's flow-control state, both directions (as [`ChanState`] keeps a
@@ -259,6 +285,10 @@ pub struct Mux {
     counters: MuxCounters,
     /// Where unfinished messages' bytes are charged (none: unbounded but by the limits).
     budget: Option<Arc<ReassemblyBudget>>,
+    /// Bytes charged for this session's unfinished messages, all channels.
+    partial_held: usize,
+    /// The transport's clock as of its last [`set_clock`](Self::set_clock).
+    clock: Option<Instant>,
 }
 
 impl std::fmt::Debug for Mux {
@@ -304,7 +334,53 @@ impl Mux {
             intake_stopped: false,
             counters: MuxCounters::default(),
             budget: None,
+            partial_held: 0,
+            clock: None,
         }
+    }
+
+    /// The transport's time now: frames handled from here on are stamped with it, and
+    /// unfinished messages are timed against it ([`stalled_partial`](Self::stalled_partial)).
+    /// Transports call it before [`handle_payload`](Self::handle_payload); without it,
+    /// unfinished messages never time out.
+    pub fn set_clock(&mut self, now: Instant) {
+        self.clock = Some(now);
+    }
+
+    /// A channel whose unfinished message gained no frame within
+    /// [`MuxConfig::partial_timeout`] as of `now`, if any: the stream should end
+    /// ([`MuxError::PartialTimeout`]).
+    /// Counted in [`MuxCounters::partial_timeouts`].
+    pub fn stalled_partial(&mut self, now: Instant) -> Option<u8> {
+        if self.partial_held == 0 {
+            return None;
+        }
+        let t = self.config.partial_timeout;
+        let chan = self
+            .chans
+            .iter()
+            .find(|c| c.partial_last().is_some_and(|last| now.saturating_duration_since(last) >= t))
+            .map(|c| c.id)?;
+        self.counters.partial_timeouts += 1;
+        Some(chan)
+    }
+
+    /// When the oldest unfinished message times out, if there is one (for the transport's
+    /// timer).
+    pub fn partial_deadline(&self) -> Option<Instant> {
+        if self.partial_held == 0 {
+            return None;
+        }
+        self.chans
+            .iter()
+            .filter_map(|c| c.partial_last())
+            .min()
+            .map(|last| last + self.config.partial_timeout)
+    }
+
+    /// Bytes held for this session's unfinished messages.
+    pub fn partial_bytes(&self) -> usize {
+        self.partial_held
     }
 
     /// Charges the bytes of this session's unfinished messages to `budget` (shared with
@@ -429,15 +505,29 @@ impl Mux {
                     if let Some(s) = &self.chans[i].stats {
                         s.received(n);
                     }
-                    let budget = self.budget.as_deref();
-                    self.chans[i].receive(
+                    let before = self.chans[i].partial_charged();
+                    let mut reserve = Reserve {
+                        budget: self.budget.as_deref(),
+                        session_room: self
+                            .config
+                            .max_session_reassembly
+                            .saturating_sub(self.partial_held),
+                        now: self.clock,
+                    };
+                    let r = self.chans[i].receive(
                         ty,
                         first,
                         more,
                         payload,
                         self.config.max_message,
-                        budget,
-                    )?;
+                        &mut reserve,
+                    );
+                    self.partial_held =
+                        self.partial_held - before + self.chans[i].partial_charged();
+                    if matches!(r, Err(MuxError::OverBudget(_) | MuxError::SessionOverBudget(_))) {
+                        self.counters.reassembly_refused += 1;
+                    }
+                    r?;
                 }
             }
         }
@@ -694,11 +784,13 @@ impl Mux {
 impl Drop for Mux {
     fn drop(&mut self) {
         self.close();
-        if let Some(b) = &self.budget {
-            for c in &mut self.chans {
-                b.release(c.drop_partial());
+        for c in &mut self.chans {
+            let charged = c.drop_partial();
+            if let Some(b) = &self.budget {
+                b.release(charged);
             }
         }
+        self.partial_held = 0;
     }
 }
 

@@ -522,15 +522,13 @@ fn after_stop_intake_nothing_held_reaches_a_handler() {
 
 /// One data frame of channel `E` as a payload: `first` names the message's total.
 fn data_frame(first: Option<u32>, more: bool, len: usize) -> Vec<u8> {
-    let mut b = Vec::new();
-    put_data_header(&mut b, b'E', 1, first, more, len);
-    b.extend(std::iter::repeat_n(7u8, len));
-    b
+    data_frame_on(b'E', first, more, len)
 }
 
-/// Unfinished messages are charged to the budget the muxes share; one that would take it
-/// past its bound ends its stream (OverBudget), whole messages and other streams carry on,
-/// and bytes come back when a message completes or its mux goes.
+/// Unfinished messages are charged to the budget the muxes share, for the reassembly
+/// buffer they reserve; one that would take it past its bound ends its stream (OverBudget),
+/// whole messages and other streams carry on, and bytes come back when a message completes
+/// or its mux goes.
 #[test]
 fn unfinished_messages_share_a_reassembly_budget() {
     let c = MuxConfig {
@@ -539,34 +537,107 @@ fn unfinished_messages_share_a_reassembly_budget() {
         max_message: 1 << 20,
         ..MuxConfig::default()
     };
-    let budget = ReassemblyBudget::new(100_000);
+    let budget = ReassemblyBudget::new(300_000);
     let mut one = pair(b"E", c);
     let mut two = pair(b"E", c);
     one.b.set_reassembly_budget(budget.clone());
     two.b.set_reassembly_budget(budget.clone());
+    // The whole message fits the window: its buffer is reserved, and charged, at once.
     one.b.handle_payload(&data_frame(Some(200_000), true, 60_000)).unwrap();
-    assert_eq!(budget.used(), 60_000);
+    assert_eq!(budget.used(), 200_000);
+    assert_eq!(one.b.partial_bytes(), 200_000);
     // The second stream's message does not fit: it ends, charging nothing.
     let e = two.b.handle_payload(&data_frame(Some(200_000), true, 60_000)).unwrap_err();
     assert_eq!(e, MuxError::OverBudget(b'E'));
-    assert_eq!((budget.used(), budget.refused()), (60_000, 1));
+    assert_eq!((budget.used(), budget.refused()), (200_000, 1));
+    assert_eq!(two.b.counters().reassembly_refused, 1);
     // A whole message in one frame is never charged, even with the budget nearly spent.
     let mut three = pair(b"E", c);
     three.b.set_reassembly_budget(budget.clone());
-    three.b.handle_payload(&data_frame(Some(50_000), false, 50_000)).unwrap();
+    three.b.handle_payload(&data_frame(Some(150_000), false, 150_000)).unwrap();
     assert_eq!(three.b_log.lock().len(), 1);
-    // The first message completes: its last frame is not charged, and all comes back.
+    // The first message completes and all comes back.
     one.b.handle_payload(&data_frame(None, true, 30_000)).unwrap();
-    assert_eq!(budget.used(), 90_000);
+    assert_eq!(budget.used(), 200_000);
     one.b.handle_payload(&data_frame(None, false, 110_000)).unwrap();
-    assert_eq!(budget.used(), 0);
+    assert_eq!((budget.used(), one.b.partial_bytes()), (0, 0));
     assert_eq!(one.b_log.lock()[0].1.data.len(), 200_000);
     // A stream that goes with its message unfinished gives its bytes back.
-    two.b.set_reassembly_budget(budget.clone());
     let mut four = pair(b"E", c);
     four.b.set_reassembly_budget(budget.clone());
     four.b.handle_payload(&data_frame(Some(200_000), true, 80_000)).unwrap();
-    assert_eq!(budget.used(), 80_000);
+    assert_eq!(budget.used(), 200_000);
     drop(four);
-    assert_eq!((budget.used(), budget.peak()), (0, 90_000));
+    assert_eq!((budget.used(), budget.peak()), (0, 200_000));
+}
+
+/// One data frame of channel `chan` as a payload.
+fn data_frame_on(chan: u8, first: Option<u32>, more: bool, len: usize) -> Vec<u8> {
+    let mut b = Vec::new();
+    put_data_header(&mut b, chan, 1, first, more, len);
+    b.extend(std::iter::repeat_n(7u8, len));
+    b
+}
+
+/// One session's unfinished messages, all channels together, are bounded on their own:
+/// past `max_session_reassembly` the stream ends, whatever the server's budget has left.
+#[test]
+fn a_session_holds_no_more_than_its_own_bound_in_unfinished_messages() {
+    let c = MuxConfig {
+        channel_window: 1 << 20,
+        conn_window: 1 << 20,
+        max_message: 1 << 20,
+        max_session_reassembly: 150_000,
+        ..MuxConfig::default()
+    };
+    let mut p = pair(b"EF", c);
+    p.b.handle_payload(&data_frame_on(b'E', Some(100_000), true, 10_000)).unwrap();
+    assert_eq!(p.b.partial_bytes(), 100_000);
+    let e = p.b.handle_payload(&data_frame_on(b'F', Some(100_000), true, 10_000)).unwrap_err();
+    assert_eq!(e, MuxError::SessionOverBudget(b'F'));
+    assert_eq!(p.b.counters().reassembly_refused, 1);
+    assert_eq!(p.b.partial_bytes(), 100_000);
+    // Whole messages are not unfinished ones: they pass.
+    let mut q = pair(b"EF", c);
+    q.b.handle_payload(&data_frame_on(b'E', Some(100_000), true, 10_000)).unwrap();
+    q.b.handle_payload(&data_frame_on(b'F', Some(90_000), false, 90_000)).unwrap();
+    assert_eq!(q.b_log.lock().len(), 1);
+}
+
+/// An unfinished message that gains no frame within the partial timeout is reported,
+/// however busy the session's other channels are.
+#[test]
+fn an_unfinished_message_idle_past_the_partial_timeout_is_reported() {
+    let c = MuxConfig {
+        channel_window: 1 << 20,
+        conn_window: 1 << 20,
+        partial_timeout: std::time::Duration::from_secs(30),
+        ..MuxConfig::default()
+    };
+    let s = std::time::Duration::from_secs;
+    let t0 = std::time::Instant::now();
+    let mut p = pair(b"EF", c);
+    p.b.set_clock(t0);
+    assert_eq!(p.b.partial_deadline(), None);
+    p.b.handle_payload(&data_frame_on(b'E', Some(100_000), true, 10_000)).unwrap();
+    assert_eq!(p.b.partial_deadline(), Some(t0 + s(30)));
+    // Whole messages on F keep arriving; E's message does not move.
+    for i in 1..=5 {
+        p.b.set_clock(t0 + s(5 * i));
+        p.b.handle_payload(&data_frame_on(b'F', Some(10), false, 10)).unwrap();
+    }
+    assert_eq!(p.b.stalled_partial(t0 + s(29)), None);
+    assert_eq!(p.b.stalled_partial(t0 + s(30)), Some(b'E'));
+    assert_eq!(p.b.counters().partial_timeouts, 1);
+    // A frame for the message moves its deadline.
+    let mut q = pair(b"E", c);
+    q.b.set_clock(t0);
+    q.b.handle_payload(&data_frame_on(b'E', Some(100_000), true, 10_000)).unwrap();
+    q.b.set_clock(t0 + s(25));
+    q.b.handle_payload(&data_frame_on(b'E', None, true, 10_000)).unwrap();
+    assert_eq!(q.b.stalled_partial(t0 + s(30)), None);
+    assert_eq!(q.b.partial_deadline(), Some(t0 + s(55)));
+    // Completed, nothing is left to time out.
+    q.b.handle_payload(&data_frame_on(b'E', None, false, 80_000)).unwrap();
+    assert_eq!((q.b.partial_deadline(), q.b.stalled_partial(t0 + s(100))), (None, None));
 }

@@ -214,6 +214,11 @@ pub fn decode_answer(b: &[u8], local: MuxConfig) -> Result<SessionParams, Decode
         max_frame: local.max_frame,
         max_channel_window: local.max_channel_window,
         max_conn_window: local.max_conn_window,
+        // Room for two of the largest messages the server may send, whatever local says.
+        max_session_reassembly: local
+            .max_session_reassembly
+            .max((max_message as usize).saturating_mul(2)),
+        partial_timeout: local.partial_timeout,
     };
     let ms = |v: u32| Duration::from_millis(v as u64);
     let limits = SessionLimits {

@@ -23,7 +23,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dap_reactor::{Esocket, EsocketHandle, Handler};
@@ -79,7 +79,7 @@ pub type OnOpen = Box<dyn FnOnce(EsocketHandle) -> bool + Send>;
 pub const GOING_AWAY_REASON: &str = "server shutting down";
 
 /// The reason of a CLOSE `GoingAway` that discarded `unsent` messages.
-fn going_away_reason(unsent: usize) -> String {
+pub(crate) fn going_away_reason(unsent: usize) -> String {
     if unsent == 0 {
         GOING_AWAY_REASON.to_string()
     } else {
@@ -421,6 +421,8 @@ impl StreamConn {
     fn read_packets(&mut self, es: &mut Esocket<'_>) {
         let max = self.params.limits.max_payload;
         let mut got = false;
+        let now = es.worker().now();
+        self.mux.set_clock(now);
         if !self.intake_open() {
             self.mux.stop_intake();
         }
@@ -495,10 +497,16 @@ impl StreamConn {
                     es.close();
                     return;
                 }
-                Outcome::Violation(MuxError::OverBudget(chan)) => {
+                Outcome::Violation(e @ MuxError::OverBudget(_)) => {
                     StreamStats::inc(&self.stats.over_budget);
-                    let err = StreamError::Protocol(MuxError::OverBudget(chan).to_string());
+                    let err = StreamError::Protocol(e.to_string());
                     return self.fail(es, CloseCode::OverBudget, "reassembly over budget", err);
+                }
+                Outcome::Violation(e @ MuxError::SessionOverBudget(_)) => {
+                    StreamStats::inc(&self.stats.over_budget);
+                    let err = StreamError::Protocol(e.to_string());
+                    let reason = "unfinished messages over the session's bound";
+                    return self.fail(es, CloseCode::OverBudget, reason, err);
                 }
                 Outcome::Violation(e) => {
                     let c = match e {
@@ -515,9 +523,32 @@ impl StreamConn {
         }
         if got {
             self.sync_stats();
-            self.last_rx = es.worker().now();
+            self.last_rx = now;
             self.pinged = false;
-            let _ = es.set_deadline(Some(self.params.limits.keepalive));
+            // Frames on other channels do not keep a parked message alive.
+            if self.partial_stalled(es, now) {
+                return;
+            }
+            let _ = es.set_deadline(Some(self.next_deadline(now, self.params.limits.keepalive)));
+        }
+    }
+
+    /// Ends the stream (code 2) if an unfinished message gained no frame within the
+    /// partial timeout; returns whether it did.
+    fn partial_stalled(&mut self, es: &mut Esocket<'_>, now: Instant) -> bool {
+        let Some(chan) = self.mux.stalled_partial(now) else { return false };
+        StreamStats::inc(&self.stats.partial_timeouts);
+        let e = MuxError::PartialTimeout(chan);
+        let err = StreamError::Protocol(e.to_string());
+        self.fail(es, CloseCode::IdleTimeout, "unfinished message idle too long", err);
+        true
+    }
+
+    /// `after` from now, or sooner when an unfinished message times out sooner.
+    fn next_deadline(&self, now: Instant, after: Duration) -> Duration {
+        match self.mux.partial_deadline() {
+            Some(at) => after.min(at.saturating_duration_since(now)),
+            None => after,
         }
     }
 
@@ -752,7 +783,11 @@ impl Handler for StreamConn {
             }
             State::Closed => false,
             State::Open => {
-                let idle = es.worker().now().saturating_duration_since(self.last_rx);
+                let now = es.worker().now();
+                if self.partial_stalled(es, now) {
+                    return true;
+                }
+                let idle = now.saturating_duration_since(self.last_rx);
                 if idle >= limits.idle_timeout {
                     StreamStats::inc(&self.stats.idle_timeouts);
                     self.fail(es, CloseCode::IdleTimeout, "idle timeout", StreamError::IdleTimeout);
@@ -766,7 +801,7 @@ impl Handler for StreamConn {
                 }
                 let next =
                     if self.pinged { limits.idle_timeout - idle } else { limits.keepalive - idle };
-                let _ = es.set_deadline(Some(next));
+                let _ = es.set_deadline(Some(self.next_deadline(now, next)));
                 true
             }
         }

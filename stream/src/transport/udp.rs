@@ -442,6 +442,21 @@ impl UdpWorker {
         self.endpoint.go_away_all(crate::transport::CloseCode::GoingAway as u16);
         self.flush(es, Instant::now());
     }
+
+    /// The shutdown's grace period is over: every connection still open is cut off, its
+    /// CLOSE saying how many messages it discarded. Returns the messages discarded.
+    pub(crate) fn cut_off(&mut self, es: &mut Esocket<'_>) -> u64 {
+        let now = Instant::now();
+        let code = crate::transport::CloseCode::GoingAway as u16;
+        let reason = super::http::going_away_reason;
+        let (streams, unsent) = self.endpoint.cut_off_all(now, code, reason);
+        if streams > 0 {
+            self.server.note_cut_off(streams as u64, unsent);
+            tracing::warn!(streams, unsent, "udp streams cut off at the end of the grace period");
+        }
+        self.flush(es, now);
+        unsent
+    }
 }
 
 impl Flush for UdpWorker {
@@ -473,6 +488,7 @@ impl Flush for UdpWorker {
                     if let Some(conn) = self.endpoint.connection(cid) {
                         let m = conn.mux();
                         let (channels, counters) = (m.channel_ids(), m.counters());
+                        self.server.note_udp_end(&counters);
                         let lasted = opened.elapsed();
                         crate::stats::log_session_end(
                             &id, "udp", &channels, &counters, lasted, &reason,

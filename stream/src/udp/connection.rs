@@ -393,6 +393,8 @@ pub struct Connection {
     /// Going away: no more channel data is taken; CLOSE (this code) goes out once
     /// everything sent is acknowledged.
     going_away: Option<u16>,
+    /// The reason our CLOSE carries (empty but for violations and cut-offs).
+    close_why: String,
     /// No channel data is taken, no message handed on ([`Connection::stop_intake`]).
     intake_stopped: bool,
     path_responses: VecDeque<[u8; 8]>,
@@ -578,6 +580,7 @@ impl Connection {
             rr: 0,
             tmp: Vec::new(),
             going_away: None,
+            close_why: String::new(),
             intake_stopped: false,
             path_responses: VecDeque::new(),
             datagrams: VecDeque::new(),
@@ -693,6 +696,25 @@ impl Connection {
         }
     }
 
+    /// Ends the connection now, however much it still had to send (a server whose
+    /// shutdown grace period is over): the messages not yet wholly sent are discarded, and
+    /// the CLOSE with `code` carries `reason(n)` for the `n` of them. Returns `n`, or
+    /// `None` when the connection was closing already.
+    pub fn cut_off(
+        &mut self,
+        now: Instant,
+        code: u16,
+        reason: impl FnOnce(usize) -> String,
+    ) -> Option<usize> {
+        if self.state != State::Open {
+            return None;
+        }
+        let unsent = self.mux.unsent_messages();
+        self.close_why = reason(unsent);
+        self.close(now, code);
+        Some(unsent)
+    }
+
     /// Everything the mux had to send was sent and acknowledged.
     fn flushed(&self) -> bool {
         self.mux.queued() == 0
@@ -715,7 +737,7 @@ impl Connection {
     /// server's reassembly budget, which closes with code 4.
     fn mux_error(&mut self, now: Instant, e: crate::mux::MuxError) {
         match e {
-            crate::mux::MuxError::OverBudget(_) => {
+            crate::mux::MuxError::OverBudget(_) | crate::mux::MuxError::SessionOverBudget(_) => {
                 self.close_with(now, CloseCode::OverBudget, e.to_string());
             }
             e => self.violation(now, e.to_string()),
@@ -728,6 +750,7 @@ impl Connection {
 
     fn close_with(&mut self, now: Instant, code: CloseCode, why: String) {
         if self.state == State::Open {
+            self.close_why.clone_from(&why);
             self.state = State::Closing {
                 until: now + self.pto() * 3,
                 close_sent: false,
@@ -907,6 +930,7 @@ impl Connection {
 
     fn on_data(&mut self, now: Instant, chan: u8, offset: u64, data: &[u8]) {
         let Some(i) = self.find(chan) else { return };
+        self.mux.set_clock(now);
         let c = &mut self.chans[i];
         let partial = &mut c.partial;
         let limit = u64::MAX;
@@ -1229,7 +1253,7 @@ impl Connection {
             State::Closing { close_sent: true, .. } => return None,
             State::Closing { until, close_sent: false, code } => {
                 let start = packet::begin(buf);
-                frame::put_close(buf, code, "");
+                frame::put_close(buf, code, &self.close_why);
                 self.seal(buf, start);
                 self.state = State::Closing { until, close_sent: true, code };
                 return Some(Transmit {
@@ -1532,6 +1556,7 @@ impl Connection {
         at(self.pacing_until);
         at(self.mtu.timer());
         at(Some(self.last_rx + self.config.idle_timeout));
+        at(self.mux.partial_deadline());
         if self.recovery.bytes_in_flight() == 0 {
             at(Some(self.last_rx + self.config.keepalive));
         }
@@ -1557,6 +1582,10 @@ impl Connection {
         }
         if now >= self.last_rx + self.config.idle_timeout {
             return self.end(CloseReason::IdleTimeout);
+        }
+        if let Some(chan) = self.mux.stalled_partial(now) {
+            let why = crate::mux::MuxError::PartialTimeout(chan).to_string();
+            return self.close_with(now, CloseCode::IdleTimeout, why);
         }
         if self.pacing_until.is_some_and(|t| t <= now) {
             self.pacing_until = None;

@@ -306,6 +306,28 @@ impl Endpoint {
         }
     }
 
+    /// Every connection still open is cut off ([`Connection::cut_off`]); returns how many
+    /// were and the messages they discarded.
+    pub fn cut_off_all(
+        &mut self,
+        now: Instant,
+        code: u16,
+        reason: impl Fn(usize) -> String,
+    ) -> (usize, u64) {
+        let cids: Vec<ConnectionId> = self.conns.keys().copied().collect();
+        let (mut streams, mut unsent) = (0, 0);
+        for cid in cids {
+            if let Some(s) = self.conns.get_mut(&cid)
+                && let Some(n) = s.conn.cut_off(now, code, &reason)
+            {
+                streams += 1;
+                unsent += n as u64;
+            }
+            self.touch(cid);
+        }
+        (streams, unsent)
+    }
+
     /// Every connection goes away gracefully ([`Connection::go_away`]).
     pub fn go_away_all(&mut self, code: u16) {
         let cids: Vec<ConnectionId> = self.conns.keys().copied().collect();
