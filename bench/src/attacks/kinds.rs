@@ -128,9 +128,10 @@ pub fn reassembly(t: Target) -> Result<Outcome, String> {
     let refused =
         Metrics::fetch(t.addr).ok().and_then(|m| m.sum("dap_stream_reassembly_refused_total", &[]));
     let mut detail = format!(
-        "{REASSEMBLY_SESSIONS} sessions (127.0.1.1-{REASSEMBLY_SESSIONS}) each sent a 16 MiB message on 'E' but its last KiB: \
-         {sent} got it all in, {over_budget} were closed with code 4 (over budget) on the way, {failed} failed otherwise; \
-         {held} still held after {}s; dapd held {} B in unfinished messages while they sat, closed {} streams over budget",
+        "{REASSEMBLY_SESSIONS} sessions (127.0.1.1-{REASSEMBLY_SESSIONS}) each started a 16 MiB message on 'E' and sent all \
+         but its last KiB: {sent} wrote it all, {over_budget} were closed with code 4 (over budget) while writing, {failed} \
+         failed otherwise; {held} still held after {}s (a stream that wrote everything may still be refused once dapd reads \
+         it); dapd held {} B in unfinished messages meanwhile and closed {} streams over budget",
         HOLD.as_secs(),
         fmt_metric(held_bytes),
         fmt_metric(refused),
