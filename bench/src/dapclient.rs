@@ -10,15 +10,21 @@
 //! [`DapSetup`] is those steps without I/O; [`DapExchange`] drives it over a non-blocking
 //! socket, for the load generators. With transport UDP the set-up ends at the stream_ctl
 //! answer: the session then moves onto UDP, which is the caller's part.
+//!
+//! For `memory`'s attacks a session can also come from a chosen source address
+//! ([`open_session_from`]), send all but the end of a message
+//! ([`StreamClient::send_partial`]) and then sit on it, answering keepalives
+//! ([`StreamClient::hold`]).
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dap_net::enc::{CipherSuite, EncInit, EncSession, SealedRequest};
+use dap_stream::codec::frame;
 use dap_stream::codec::packet::{self, PacketType, Sealer};
 use dap_stream::session::SessionParams;
 use dap_stream::session::TransportKind;
@@ -55,7 +61,18 @@ impl HttpConn {
     /// Connects (bounded, from a fresh loopback source address: see [`connect_fresh`]), with
     /// `TCP_NODELAY` and bounded reads and writes.
     pub fn connect(addr: SocketAddr) -> io::Result<HttpConn> {
-        let tcp = connect_fresh(addr)?;
+        HttpConn::over(connect_fresh(addr)?)
+    }
+
+    /// Connects (bounded) from the loopback address `src` (port chosen at `connect`), with
+    /// `TCP_NODELAY` and bounded reads and writes: one client of several on one machine.
+    pub fn connect_from(src: IpAddr, addr: SocketAddr) -> io::Result<HttpConn> {
+        let sock = socket_from(src)?;
+        sock.connect_timeout(&addr.into(), IO_TIMEOUT)?;
+        HttpConn::over(sock.into())
+    }
+
+    fn over(tcp: TcpStream) -> io::Result<HttpConn> {
         tcp.set_nodelay(true)?;
         tcp.set_read_timeout(Some(IO_TIMEOUT))?;
         tcp.set_write_timeout(Some(IO_TIMEOUT))?;
@@ -123,10 +140,21 @@ pub fn connect_fresh_nonblocking(addr: SocketAddr) -> io::Result<TcpStream> {
 
 /// A TCP socket bound to the next source address (port left to `connect`).
 fn fresh_socket(addr: SocketAddr) -> io::Result<socket2::Socket> {
-    use std::os::fd::AsRawFd;
     let n = NEXT_SOURCE.fetch_add(1, Ordering::Relaxed) % SOURCES;
-    let src = SocketAddr::from(([127, 0, 0, 2 + n as u8], 0));
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    if addr.ip().is_loopback() {
+        socket_from(IpAddr::from([127, 0, 0, 2 + n as u8]))
+    } else {
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+    }
+}
+
+/// A blocking TCP socket bound to the address `src`, its port left to `connect`
+/// (`IP_BIND_ADDRESS_NO_PORT`, so that thousands of them from one address do not run out
+/// of ports at `bind`). Several loopback addresses stand for several clients.
+pub fn socket_from(src: IpAddr) -> io::Result<socket2::Socket> {
+    use std::os::fd::AsRawFd;
+    let domain = if src.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
     let one: libc::c_int = 1;
     // SAFETY: the fd is a valid, open socket owned by `sock`; the option value points to a
     // live `c_int` and its exact size is passed.
@@ -142,9 +170,7 @@ fn fresh_socket(addr: SocketAddr) -> io::Result<socket2::Socket> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    if addr.ip().is_loopback() {
-        sock.bind(&src.into())?;
-    }
+    sock.bind(&SocketAddr::new(src, 0).into())?;
     Ok(sock)
 }
 
@@ -416,7 +442,30 @@ pub fn open_session(
     channels: &[u8],
     suite: Option<CipherSuite>,
 ) -> Result<(HttpConn, SessionParams), String> {
-    let mut conn = HttpConn::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    let conn = HttpConn::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    set_up(conn, addr, node_key, channels, suite)
+}
+
+/// As [`open_session`], from the loopback address `src` (one client among several).
+pub fn open_session_from(
+    src: IpAddr,
+    addr: SocketAddr,
+    node_key: [u8; 32],
+    channels: &[u8],
+    suite: Option<CipherSuite>,
+) -> Result<(HttpConn, SessionParams), String> {
+    let conn = HttpConn::connect_from(src, addr).map_err(|e| format!("connect from {src}: {e}"))?;
+    set_up(conn, addr, node_key, channels, suite)
+}
+
+/// The three steps of a set-up over `conn`.
+fn set_up(
+    mut conn: HttpConn,
+    addr: SocketAddr,
+    node_key: [u8; 32],
+    channels: &[u8],
+    suite: Option<CipherSuite>,
+) -> Result<(HttpConn, SessionParams), String> {
     let (mut setup, mut req) =
         DapSetup::start(addr, node_key, channels, suite, TransportKind::Http);
     loop {
@@ -446,6 +495,11 @@ impl ChannelHandler for Count {
     }
 }
 
+/// Longest time [`StreamClient::send_partial`] may take.
+const PARTIAL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often [`StreamClient::hold`] looks at its stop flag.
+const HOLD_POLL: Duration = Duration::from_millis(100);
+
 /// The client end of an attached session, over its blocking socket.
 pub struct StreamClient {
     conn: HttpConn,
@@ -454,6 +508,8 @@ pub struct StreamClient {
     opener: packet::Opener,
     max_payload: usize,
     received: Arc<AtomicUsize>,
+    /// The code of the server's CLOSE, once one arrived.
+    close_code: Option<u16>,
 }
 
 impl StreamClient {
@@ -469,7 +525,104 @@ impl StreamClient {
         let mut mux = Mux::new(&params.channels, &procs, info, params.limits.mux);
         mux.start(Arc::new(NoWake));
         let (sealer, opener) = params.packet_keys(false);
-        StreamClient { conn, mux, sealer, opener, max_payload: params.limits.max_payload, received }
+        StreamClient {
+            conn,
+            mux,
+            sealer,
+            opener,
+            max_payload: params.limits.max_payload,
+            received,
+            close_code: None,
+        }
+    }
+
+    /// The code of the CLOSE the server sent (4: over budget, `docs/PROTOCOL.md` §7), if
+    /// it sent one.
+    pub fn close_code(&self) -> Option<u16> {
+        self.close_code
+    }
+
+    /// Sends the first `upto` bytes of the message `data` (type 1) on channel `id` and
+    /// stops there, leaving the message unfinished: `upto` must be less than `data.len()`.
+    /// Reads the server's CREDIT frames while its credit is used up, so that the server's
+    /// flow control, not this client, decides how fast it goes.
+    ///
+    /// The mux cuts the message into data frames of at most `max_frame` bytes and packs
+    /// frames into payloads (PROTOCOL §8); every data frame has a header of at least
+    /// [`frame::HEADER_LEN`] bytes, so a payload asked for with room for `left +
+    /// HEADER_LEN` bytes carries at most `left` bytes of the message. The rest stays queued
+    /// in the mux, and is never sent as long as nothing else flushes this client.
+    ///
+    /// # Errors
+    /// The write failed, the server closed the stream ([`close_code`](Self::close_code)
+    /// says why), or it took longer than a minute.
+    pub fn send_partial(&mut self, id: u8, data: &Bytes, upto: usize) -> Result<(), String> {
+        if upto >= data.len() {
+            return Err(format!("{upto} bytes of a {}-byte message is not partial", data.len()));
+        }
+        let base = self.mux.counters().bytes_out;
+        match self.mux.with_channel(id, |ch| ch.write(1, data.clone())) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(format!("write on {:?}: {e}", id as char)),
+            None => return Err(format!("no channel {:?}", id as char)),
+        }
+        let deadline = Instant::now() + PARTIAL_TIMEOUT;
+        loop {
+            let sent = (self.mux.counters().bytes_out - base) as usize;
+            if sent >= upto {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("only {sent} of {upto} bytes sent after {PARTIAL_TIMEOUT:?}"));
+            }
+            let room = self.max_payload.min(upto - sent + frame::HEADER_LEN);
+            let mut out = Vec::with_capacity(room + packet::OVERHEAD);
+            let start = Sealer::begin(&mut out);
+            if self.mux.poll_payload(&mut out, room) {
+                self.sealer.seal(PacketType::Data, &mut out, start);
+                self.conn.tcp.write_all(&out).map_err(|e| format!("write: {e}"))?;
+                continue;
+            }
+            self.mux.notify_writable();
+            // No credit left: the server's CREDIT frames let us go on.
+            self.read_packets()?;
+        }
+    }
+
+    /// Sits on the session until `stop` is set, sending nothing of its own but answering
+    /// the server's keepalives with ALIVE (so the server sees a live peer) and taking its
+    /// CREDIT frames. Looks at `stop` at least every 100 ms.
+    ///
+    /// # Errors
+    /// The server closed the stream ([`close_code`](Self::close_code) says why) or the
+    /// connection failed.
+    pub fn hold(&mut self, stop: &AtomicBool) -> Result<(), String> {
+        self.conn.tcp.set_read_timeout(Some(HOLD_POLL)).map_err(|e| format!("socket: {e}"))?;
+        let r = self.hold_loop(stop);
+        let _ = self.conn.tcp.set_read_timeout(Some(IO_TIMEOUT));
+        r
+    }
+
+    fn hold_loop(&mut self, stop: &AtomicBool) -> Result<(), String> {
+        let mut chunk = [0u8; 16 << 10];
+        while !stop.load(Ordering::Relaxed) {
+            match self.conn.tcp.read(&mut chunk) {
+                Ok(0) => return Err("the server closed the connection".to_string()),
+                Ok(n) => {
+                    self.conn.buf.extend_from_slice(&chunk[..n]);
+                    self.handle_packets()?;
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+        Ok(())
     }
 
     /// Sends `data` on every channel of the session and waits (bounded) until all the echoes
@@ -517,6 +670,11 @@ impl StreamClient {
         if !whole(&self.conn.buf, self.max_payload) {
             self.conn.fill().map_err(|e| format!("read: {e}"))?;
         }
+        self.handle_packets()
+    }
+
+    /// Handles every whole packet in the read buffer.
+    fn handle_packets(&mut self) -> Result<(), String> {
         loop {
             let buf = &mut self.conn.buf;
             let hdr = match packet::parse_header(buf, self.max_payload) {
@@ -536,7 +694,11 @@ impl StreamClient {
                     self.conn.tcp.write_all(&out).map_err(|e| format!("write: {e}"))?;
                 }
                 PacketType::Alive => {}
-                PacketType::Close => return Err("the server closed the stream".to_string()),
+                PacketType::Close => {
+                    let (code, reason) = packet::parse_close(plain).unwrap_or((1, String::new()));
+                    self.close_code = Some(code);
+                    return Err(format!("the server closed the stream (code {code}: {reason})"));
+                }
             }
             self.conn.buf.drain(..hdr.packet_len());
         }

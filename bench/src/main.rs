@@ -3,6 +3,7 @@
 //! Every comparison subcommand prints a readable table and, as its last line, `RESULT`
 //! followed by `key=value` pairs. Every run is bounded in time.
 
+mod attacks;
 mod bulk;
 mod certs;
 mod dapclient;
@@ -49,6 +50,9 @@ struct Cli {
     /// `<repo>/target/release/examples/stream_server`.
     #[arg(long, global = true, hide = true)]
     dap_stream_bin: Option<PathBuf>,
+    /// Use this dapd binary instead of building `<repo>/target/release/dapd`.
+    #[arg(long, global = true, hide = true)]
+    dapd_bin: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -100,7 +104,8 @@ enum Cmd {
     /// Echo throughput, latency and CPU per message: dap vs tokio vs mio.
     Echo(echo::EchoArgs),
     /// Resident memory per idle connection of the dap echo example, and per idle stream
-    /// session (4 channels) of the stream_server example.
+    /// session (4 channels) of the stream_server example; then dapd's memory and a
+    /// legitimate client's latency under five attacks.
     Memory(memory::MemoryArgs),
     /// Load only: one scenario against a running echo server (for profiling).
     #[command(hide = true)]
@@ -167,6 +172,9 @@ struct AllArgs {
     /// memory: idle stream sessions to open.
     #[arg(long, default_value_t = 4000)]
     sessions: usize,
+    /// memory: attacks on dapd (`all`, `none`, or a comma-separated list).
+    #[arg(long, default_value = "all", value_parser = attacks::parse_list)]
+    attacks: attacks::AttackList,
     /// proc: jobs per producer per round.
     #[arg(long, default_value_t = 500_000)]
     jobs: usize,
@@ -220,7 +228,11 @@ pub(crate) fn resolve_example(src: DapSource, ex: servers::Example) -> Option<Pa
         DapSource::Build => match servers::build_example(ex) {
             Ok(p) => Some(p),
             Err(e) => {
-                println!("dap: SKIPPED: cannot build the dap {} example: {e}", ex.name);
+                println!(
+                    "dap: SKIPPED: cannot build the dap {} {}: {e}",
+                    ex.name,
+                    ex.target.noun()
+                );
                 None
             }
         },
@@ -243,6 +255,7 @@ fn main() -> ExitCode {
             &a,
             DapSource::from_arg(cli.dap_bin),
             DapSource::from_arg(cli.dap_stream_bin),
+            DapSource::from_arg(cli.dapd_bin),
         )
         .map(drop),
         Cmd::Load { addr, pid, scenario, secs } => run_load(addr, pid, &scenario, secs),
@@ -259,7 +272,15 @@ fn main() -> ExitCode {
             Ok(())
         }
         Cmd::Setup(a) => setup::run(&a).map(drop),
-        Cmd::All(a) => run_all(&a, cli.dap_bin, cli.dap_hello_bin, cli.dap_stream_bin),
+        Cmd::All(a) => {
+            let bins = AllBins {
+                dap: cli.dap_bin,
+                hello: cli.dap_hello_bin,
+                stream_server: cli.dap_stream_bin,
+                dapd: cli.dapd_bin,
+            };
+            run_all(&a, bins)
+        }
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -270,15 +291,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// The binaries given on the command line (hidden options), for `all`.
+#[derive(Debug)]
+struct AllBins {
+    dap: Option<PathBuf>,
+    hello: Option<PathBuf>,
+    stream_server: Option<PathBuf>,
+    dapd: Option<PathBuf>,
+}
+
 /// `all`: each comparison prints its own table and `RESULT`; the last line merges them all
 /// (http's, https's, stream's and setup's keys prefixed `http_`, `https_`, `stream_` and
 /// `setup_`).
-fn run_all(
-    a: &AllArgs,
-    dap_bin: Option<PathBuf>,
-    dap_hello_bin: Option<PathBuf>,
-    dap_stream_bin: Option<PathBuf>,
-) -> std::io::Result<()> {
+fn run_all(a: &AllArgs, bins: AllBins) -> std::io::Result<()> {
     let e = &echo::EchoArgs {
         secs: a.secs,
         slice: 0.5,
@@ -286,8 +311,12 @@ fn run_all(
         warmup: a.warmup,
         retry_noisy: a.retry_noisy,
     };
-    let m =
-        &memory::MemoryArgs { conns: a.conns, server: servers::Kind::Dap, sessions: a.sessions };
+    let m = &memory::MemoryArgs {
+        conns: a.conns,
+        server: servers::Kind::Dap,
+        sessions: a.sessions,
+        attacks: a.attacks.clone(),
+    };
     let st = &bulk::StreamArgs {
         secs: a.stream_secs,
         rounds: a.rounds,
@@ -308,13 +337,14 @@ fn run_all(
     let p = &proc::ProcArgs { jobs: a.jobs, rounds: a.rounds, flips: a.flips };
     let h = &http::HttpArgs { secs: a.http_secs, rounds: a.rounds, warmup: a.http_warmup };
     // Build (or check) each example once; the comparisons then use the same binaries.
-    let dap = resolve_dap(DapSource::from_arg(dap_bin));
-    let hello = resolve_example(DapSource::from_arg(dap_hello_bin), servers::HELLO);
+    let dap = resolve_dap(DapSource::from_arg(bins.dap));
+    let hello = resolve_example(DapSource::from_arg(bins.hello), servers::HELLO);
     let stream_server =
-        resolve_example(DapSource::from_arg(dap_stream_bin), servers::STREAM_SERVER);
+        resolve_example(DapSource::from_arg(bins.stream_server), servers::STREAM_SERVER);
+    let dapd = DapSource::from_arg(bins.dapd);
     let mut pairs = echo::run(e, DapSource::Resolved(dap.clone()))?;
     println!();
-    match memory::run(m, DapSource::Resolved(dap), DapSource::Resolved(stream_server)) {
+    match memory::run(m, DapSource::Resolved(dap), DapSource::Resolved(stream_server), dapd) {
         Ok(p) => pairs.extend(p),
         Err(err) => {
             println!("memory: FAILED: {err}");

@@ -14,6 +14,10 @@
 //! one 64-byte echo round trip on each of its 4 channels, and held open, idle. The result is
 //! (RSS after - RSS before) / M: the stream session, its 4 channels, its upgraded HTTP
 //! connection and its enc key, everything the server keeps per idle session.
+//!
+//! Attacks: then the daemon, dapd, against a hostile internet, one fresh process per attack
+//! (see [`crate::attacks`]): its RSS at idle, at the attack's peak and 10 s after, and a
+//! legitimate client's echo latency meanwhile, against bars.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -23,6 +27,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dap_net::enc::NodeKey;
 
+use crate::attacks::{self, AttackList};
 use crate::dapclient::{self, StreamClient};
 use crate::report::{self, fmt_ratio};
 use crate::servers::{self, Kind, Placement};
@@ -31,7 +36,7 @@ use crate::{DapSource, procstat, resolve_dap, resolve_example};
 /// Options of the `memory` subcommand.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MemoryArgs {
-    /// Idle connections to open (the fd cap here is 20,000 per process).
+    /// Idle connections to open (the fd cap here is 20,000 per process; 0: skip that part).
     #[arg(long, default_value_t = 9000)]
     pub conns: usize,
     /// Server to measure (testing aid: mio and tokio prove the harness without dap).
@@ -40,6 +45,10 @@ pub struct MemoryArgs {
     /// Idle stream sessions to open (each one connection; 0: skip the session part).
     #[arg(long, default_value_t = 4000)]
     pub sessions: usize,
+    /// Attacks on dapd to run, in their fixed order: `all`, `none`, or a comma-separated
+    /// list of reassembly, half_header, pipeline, handshake_flood, accept_emfile.
+    #[arg(long, default_value = "all", value_parser = attacks::parse_list)]
+    pub attacks: AttackList,
 }
 
 /// Longest time to open all connections and do their round trips.
@@ -57,19 +66,24 @@ const WARMUP_SESSIONS: usize = 64;
 /// The channels of every idle session.
 const SESSION_CHANNELS: &[u8] = b"EABC";
 
-/// Runs both memory measurements; prints their lines and one `RESULT`, and returns its pairs.
+/// Runs the memory measurements asked for (idle connections, idle sessions, attacks);
+/// prints their lines and one `RESULT`, and returns its pairs.
 pub fn run(
     args: &MemoryArgs,
     dap: DapSource,
     stream_server: DapSource,
+    dapd: DapSource,
 ) -> io::Result<Vec<(String, String)>> {
-    let mut pairs = match idle_connections(args, dap) {
-        Ok(p) => p,
-        Err(e) => {
-            println!("memory: connections FAILED: {e}");
-            vec![("idle_conn_kib".to_string(), "nan".to_string())]
+    let mut pairs = Vec::new();
+    if args.conns > 0 {
+        match idle_connections(args, dap) {
+            Ok(p) => pairs.extend(p),
+            Err(e) => {
+                println!("memory: connections FAILED: {e}");
+                pairs.push(("idle_conn_kib".to_string(), "nan".to_string()));
+            }
         }
-    };
+    }
     if args.sessions > 0 {
         let v = match idle_sessions(args.sessions, stream_server) {
             Ok(v) => v,
@@ -80,13 +94,16 @@ pub fn run(
         };
         pairs.push(("idle_session_kib".to_string(), v));
     }
+    if !args.attacks.is_empty() {
+        pairs.extend(attacks::run(&args.attacks, dapd));
+    }
     report::print_result_line(&pairs);
     Ok(pairs)
 }
 
 /// Idle connections to the echo example.
 fn idle_connections(args: &MemoryArgs, dap: DapSource) -> io::Result<Vec<(String, String)>> {
-    let n = args.conns.max(1);
+    let n = args.conns;
     let nofile = procstat::raise_nofile_limit()?;
     if (n as u64) + 64 > nofile {
         return Err(io::Error::other(format!(
@@ -223,7 +240,7 @@ fn idle_sessions(n: usize, src: DapSource) -> io::Result<String> {
 
 /// Waits (bounded) until `VmRSS` reads the same [`RSS_STABLE_READINGS`] times in a row;
 /// returns the last reading and whether it settled.
-fn settled_rss(pid: u32) -> io::Result<(u64, bool)> {
+pub(crate) fn settled_rss(pid: u32) -> io::Result<(u64, bool)> {
     let deadline = Instant::now() + RSS_SETTLE_MAX;
     let mut last = procstat::vm_rss_kib(pid)?;
     let mut same = 1;

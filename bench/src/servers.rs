@@ -56,40 +56,83 @@ pub fn log_dir() -> PathBuf {
     d
 }
 
-/// A framework example the harness builds and runs as a contender.
+/// A framework program the harness builds and runs: an example (a contender) or a binary
+/// target (dapd, the subject of `memory`'s attacks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Example {
     /// Cargo package that owns it.
     pub package: &'static str,
-    /// Example name (`--example NAME`, binary `target/release/examples/NAME`).
+    /// Its name (`--example NAME` or `--bin NAME`).
     pub name: &'static str,
+    /// An example (`target/release/examples/NAME`) or a binary (`target/release/NAME`).
+    pub target: Target,
+}
+
+/// The kind of cargo target an [`Example`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// `--example NAME`.
+    Example,
+    /// `--bin NAME`.
+    Bin,
+}
+
+impl Target {
+    /// The cargo flag that selects it.
+    fn flag(self) -> &'static str {
+        match self {
+            Target::Example => "--example",
+            Target::Bin => "--bin",
+        }
+    }
+
+    /// Where cargo puts it, under `target/release`.
+    fn dir(self) -> &'static str {
+        match self {
+            Target::Example => "target/release/examples",
+            Target::Bin => "target/release",
+        }
+    }
+
+    /// What to call it in messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Target::Example => "example",
+            Target::Bin => "binary",
+        }
+    }
 }
 
 /// `dap-reactor`'s echo example (`echo`, `memory`).
-pub const ECHO: Example = Example { package: "dap-reactor", name: "echo" };
+pub const ECHO: Example = Example { package: "dap-reactor", name: "echo", target: Target::Example };
 /// `dap-net`'s hello HTTP server (`http`, `https`).
-pub const HELLO: Example = Example { package: "dap-net", name: "hello" };
+pub const HELLO: Example = Example { package: "dap-net", name: "hello", target: Target::Example };
 /// `dap-stream`'s stream server: enc_init, stream_ctl, `/stream/`, echo channels `E A B C`
 /// and a sink `S` (`memory`'s idle sessions).
-pub const STREAM_SERVER: Example = Example { package: "dap-stream", name: "stream_server" };
+pub const STREAM_SERVER: Example =
+    Example { package: "dap-stream", name: "stream_server", target: Target::Example };
+/// The daemon, `dapd` of `dap-server` (`memory`'s attacks).
+pub const DAPD: Example = Example { package: "dap-server", name: "dapd", target: Target::Bin };
 
-/// Builds `<repo>/target/release/examples/NAME` with cargo and returns its path, or a
-/// printable reason why it is not available.
+/// Builds `<repo>/target/release/examples/NAME` (or `<repo>/target/release/NAME` for a
+/// binary) with cargo and returns its path, or a printable reason why it is not available.
 pub fn build_example(ex: Example) -> Result<PathBuf, String> {
     let root = repo_root();
     let log_path = log_dir().join(format!("dap-{}-build.log", ex.name));
     let log = File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
     let log_err = log.try_clone().map_err(|e| e.to_string())?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let flag = ex.target.flag();
     eprintln!(
-        "building dap {} example: cargo build --release -p {} --example {} (in {})",
+        "building dap {} {}: cargo build --release -p {} {flag} {} (in {})",
         ex.name,
+        ex.target.noun(),
         ex.package,
         ex.name,
         root.display()
     );
     let mut child = Command::new(cargo)
-        .args(["build", "--release", "-p", ex.package, "--example", ex.name])
+        .args(["build", "--release", "-p", ex.package, flag, ex.name])
         .current_dir(&root)
         // The binary must land in <repo>/target, whatever the caller's environment says.
         .env_remove("CARGO_TARGET_DIR")
@@ -121,7 +164,7 @@ pub fn build_example(ex: Example) -> Result<PathBuf, String> {
             log_path.display()
         ));
     }
-    let bin = root.join("target/release/examples").join(ex.name);
+    let bin = root.join(ex.target.dir()).join(ex.name);
     if bin.is_file() {
         Ok(bin)
     } else {
@@ -141,6 +184,13 @@ pub struct ServerProc {
     pub addr: SocketAddr,
     /// Its stdout and stderr.
     pub log: PathBuf,
+}
+
+impl ServerProc {
+    /// Whether the process has exited, and how (reaping it if so).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
 }
 
 impl Drop for ServerProc {
@@ -232,6 +282,24 @@ pub fn start_command(
     let log = File::create(&log_path)?;
     cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     let child = spawn_on(&mut cmd, placement)?;
+    let pid = child.id();
+    let mut server = ServerProc { child, name, pid, addr, log: log_path };
+    wait_ready(&mut server)?;
+    Ok(server)
+}
+
+/// Spawns `cmd` (a server named `name` that will listen on `addr`) wherever the scheduler
+/// puts it, leaving the calling thread's CPUs alone, its output going to
+/// `bench/target/bench-logs/server-NAME.log`, and waits until it accepts connections.
+pub fn start_command_unpinned(
+    name: &'static str,
+    mut cmd: Command,
+    addr: SocketAddr,
+) -> io::Result<ServerProc> {
+    let log_path = log_dir().join(format!("server-{name}.log"));
+    let log = File::create(&log_path)?;
+    cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    let child = cmd.spawn()?;
     let pid = child.id();
     let mut server = ServerProc { child, name, pid, addr, log: log_path };
     wait_ready(&mut server)?;

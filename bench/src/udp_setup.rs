@@ -94,7 +94,7 @@ impl ChannelHandler for Ping {
     }
 
     fn packet_in(&mut self, _: &mut Channel<'_>, msg: Message) {
-        if msg.data == &b"x"[..] {
+        if msg.data == b"x"[..] {
             self.echoed.store(true, Ordering::Relaxed);
         }
     }
