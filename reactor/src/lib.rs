@@ -116,6 +116,16 @@ pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
     sys::affinity::pin_current(cpu)
 }
 
+/// Sets the calling thread's nice value (Linux: per thread; 0 to 19 needs no privilege
+/// when raising it). Thread pools that must yield to the reactor's workers on a busy CPU
+/// (dap-proc) use it.
+///
+/// # Errors
+/// The kernel's refusal (`EPERM` lowering it without the capability).
+pub fn set_current_thread_nice(nice: i32) -> std::io::Result<()> {
+    sys::affinity::set_nice(nice)
+}
+
 /// Raises this process's open-file soft limit to its hard limit and returns the new limit.
 /// Servers holding many connections call this once at start-up.
 ///

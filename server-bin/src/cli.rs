@@ -4,7 +4,7 @@
 //! NAME [--config FILE] [--log-format text|json]
 //! NAME --print-default-config
 //! NAME --check-config [--config FILE]
-//! NAME keygen --node FILE | --client FILE
+//! NAME keygen --node FILE | --client FILE | --cluster FILE
 //! ```
 //!
 //! [`run`] parses it, loads the configuration (the file, or the embedded default), starts
@@ -87,9 +87,21 @@ struct Keygen {
     /// A client certificate key (its public key goes on a server's allow list).
     #[arg(long, value_name = "FILE")]
     client: Option<PathBuf>,
+    /// A cluster key, for `[cluster] key_file` (the same file on every node).
+    #[arg(long, value_name = "FILE")]
+    cluster: Option<PathBuf>,
 }
 
 fn keygen(name: &str, k: Keygen) -> ExitCode {
+    if let Some(path) = k.cluster {
+        return match save_cluster_key(&path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{name}: {}: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     let (path, public, saved) = match (k.node, k.client) {
         (Some(path), _) => {
             let key = NodeKey::generate();
@@ -113,6 +125,18 @@ fn keygen(name: &str, k: Keygen) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes a new cluster key to `path` (created, never overwritten; mode 0600).
+fn save_cluster_key(path: &Path) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(crate::cluster::new_key_file().as_bytes())?;
+    file.sync_all()
 }
 
 /// SIGHUP: reads the configuration file again and applies what can change; says what it

@@ -84,6 +84,49 @@ pub struct Config {
     pub admin: AdminSection,
     /// `[log]`: logging.
     pub log: LogSection,
+    /// `[cluster]`: several nodes as one service, on Redis.
+    pub cluster: ClusterSection,
+}
+
+/// `[cluster]`: several dapd nodes as one service, on Redis (see [`crate::cluster`]).
+/// Without `redis`, the node is on its own.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// `redis://[user:password@]host:port/db`, or `rediss://` for TLS; empty: no cluster.
+    pub redis: String,
+    /// This node's name, unique in the cluster; empty: the advertised address.
+    pub node_name: String,
+    /// File of 64 hex digits: the key that seals secrets stored in Redis, the same on every
+    /// node (`dapd keygen --cluster FILE`). Required with `redis`.
+    pub key_file: String,
+    /// Prefix of every Redis key and channel (several clusters may share one Redis).
+    pub prefix: String,
+    /// Connect, read and write timeout of each Redis call.
+    pub timeout_ms: u64,
+    /// A node's registration lives this long unless renewed (every third of it): a node
+    /// that stops leaves the member list within this time.
+    pub membership_ttl_ms: u64,
+    /// pub/sub messages waiting to be relayed to Redis; past it they reach this node's
+    /// subscribers only (counted).
+    pub relay_queue: usize,
+    /// `host:port` other nodes and DNS hand out for this node; empty: the listen address.
+    pub advertise: String,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            redis: String::new(),
+            node_name: String::new(),
+            key_file: String::new(),
+            prefix: "dap".to_string(),
+            timeout_ms: 500,
+            membership_ttl_ms: 10_000,
+            relay_queue: 65_536,
+            advertise: String::new(),
+        }
+    }
 }
 
 /// `[listen]`.
@@ -488,11 +531,14 @@ pub struct ProcSection {
     pub queue_capacity: usize,
     /// How much waiting lifts a job by one priority.
     pub aging_ms: u64,
+    /// The proc threads' nice value (0 to 19): above the workers', so that on a busy CPU
+    /// the event loops answer first and long jobs wait.
+    pub nice: i32,
 }
 
 impl Default for ProcSection {
     fn default() -> Self {
-        ProcSection { threads: 0, queue_capacity: 8192, aging_ms: 10 }
+        ProcSection { threads: 0, queue_capacity: 8192, aging_ms: 10, nice: 5 }
     }
 }
 
@@ -752,6 +798,41 @@ impl Config {
     /// # Errors
     /// The first [`ConfigError::Invalid`], naming its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        if !c.redis.is_empty() {
+            if !(c.redis.starts_with("redis://")
+                || c.redis.starts_with("rediss://")
+                || c.redis.starts_with("redis+unix://")
+                || c.redis.starts_with("unix://"))
+            {
+                return Err(ConfigError::invalid(
+                    "cluster.redis",
+                    "must be a redis://, rediss:// or unix:// URL",
+                ));
+            }
+            if c.key_file.is_empty() {
+                return Err(ConfigError::invalid(
+                    "cluster.key_file",
+                    "must name a key file when cluster.redis is set (dapd keygen --cluster FILE)",
+                ));
+            }
+            range("cluster.timeout_ms", c.timeout_ms, 10, 60_000)?;
+            range("cluster.membership_ttl_ms", c.membership_ttl_ms, 300, MS_HOUR)?;
+            range("cluster.relay_queue", c.relay_queue, 1, 1 << 24)?;
+            let name_ok = |s: &str| s.len() <= 255 && !s.chars().any(|ch| ch.is_control());
+            if !name_ok(&c.node_name) || !name_ok(&c.advertise) {
+                return Err(ConfigError::invalid(
+                    "cluster.node_name",
+                    "node_name and advertise: at most 255 characters, no control characters",
+                ));
+            }
+            if c.prefix.is_empty() || !name_ok(&c.prefix) || c.prefix.contains(':') {
+                return Err(ConfigError::invalid(
+                    "cluster.prefix",
+                    "must be 1 to 255 characters, no control characters or ':'",
+                ));
+            }
+        }
         let l = &self.listen;
         range("listen.backlog", l.backlog, 1, 65_535)?;
         range("listen.max_connections", l.max_connections, 0, 1 << 24)?;
@@ -869,6 +950,7 @@ impl Config {
         range("proc.threads", p.threads, 0, 1024)?;
         range("proc.queue_capacity", p.queue_capacity, 1, 1 << 24)?;
         range("proc.aging_ms", p.aging_ms, 1, 60_000)?;
+        range("proc.nice", p.nice, 0, 19)?;
         let ps = &self.pubsub;
         range("pubsub.max_topics", ps.max_topics, 1, 1 << 24)?;
         range("pubsub.max_subscribers_per_topic", ps.max_subscribers_per_topic, 1, 1 << 20)?;

@@ -30,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod logging;
 pub mod metrics;

@@ -5,7 +5,7 @@
 //! dapd [--config FILE] [--log-format text|json]
 //! dapd --print-default-config
 //! dapd --check-config [--config FILE]
-//! dapd keygen --node FILE | --client FILE
+//! dapd keygen --node FILE | --client FILE | --cluster FILE
 //! ```
 
 fn main() -> std::process::ExitCode {

@@ -52,6 +52,8 @@ pub struct Sources {
     pub listeners: OnceLock<Listeners>,
     /// Whether the daemon is draining.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// The node's cluster link, if any.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -112,6 +114,9 @@ pub fn render(src: &Sources) -> String {
     o.one("dap_draining", "gauge", "1 while the daemon drains for shutdown.", draining as u64);
     workers(&mut o, src);
     buffers(&mut o, src);
+    if let Some(c) = &src.cluster {
+        cluster(&mut o, c);
+    }
     procs(&mut o, src);
     if let Some((listeners, limiter)) = src.listeners.get() {
         connections(&mut o, listeners, limiter);
@@ -604,6 +609,83 @@ fn udp_connections(o: &mut Out, c: &dap_stream::transport::udp::UdpConnStats) {
         c.rtt_sum_seconds,
         c.rtt_count,
     );
+}
+
+fn cluster(o: &mut Out, c: &crate::cluster::Cluster) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = c.stats();
+    o.one(
+        "dap_cluster_up",
+        "gauge",
+        "1 while Redis answers; 0: the node serves alone (degraded).",
+        c.is_up() as u64,
+    );
+    o.one(
+        "dap_cluster_members",
+        "gauge",
+        "Nodes in the member list (this one included).",
+        c.members().len() as u64,
+    );
+    o.family(
+        "dap_cluster_member",
+        "gauge",
+        "A node of the cluster: always 1, its name and address as labels.",
+    );
+    for m in c.members() {
+        o.sample("dap_cluster_member", &[("name", &m.name), ("addr", &m.addr)], 1.0);
+    }
+    o.one(
+        "dap_cluster_redis_errors_total",
+        "counter",
+        "Redis calls that failed or were not made while reconnecting.",
+        s.redis_errors.load(Relaxed),
+    );
+    o.one(
+        "dap_cluster_redis_connects_total",
+        "counter",
+        "Connections made to Redis.",
+        s.connects.load(Relaxed),
+    );
+    o.by(
+        "dap_cluster_keys_total",
+        "counter",
+        "enc keys shared through Redis.",
+        "op",
+        &[
+            ("published", s.keys_published.load(Relaxed)),
+            ("fetched", s.keys_fetched.load(Relaxed)),
+            ("missed", s.keys_missed.load(Relaxed)),
+        ],
+    );
+    o.by(
+        "dap_cluster_sessions_total",
+        "counter",
+        "Sessions shared through Redis.",
+        "op",
+        &[
+            ("published", s.sessions_published.load(Relaxed)),
+            ("taken", s.sessions_taken.load(Relaxed)),
+            ("missed", s.sessions_missed.load(Relaxed)),
+        ],
+    );
+    o.by(
+        "dap_cluster_relay_total",
+        "counter",
+        "pub/sub messages relayed between nodes.",
+        "dir",
+        &[
+            ("out", s.relayed_out.load(Relaxed)),
+            ("in", s.relayed_in.load(Relaxed)),
+            ("dropped", s.relay_dropped.load(Relaxed)),
+        ],
+    );
+    o.one(
+        "dap_cluster_replays_total",
+        "counter",
+        "enc requests refused: another node served the same request number.",
+        s.replays.load(Relaxed),
+    );
+    o.one("dap_cluster_bad_values_total", "counter", "Redis values that did not open under the cluster key, or relayed messages that did not decode.", s.bad_values.load(Relaxed));
 }
 
 fn buffers(o: &mut Out, src: &Sources) {

@@ -34,6 +34,7 @@ use dap_stream::{
     StreamServer, StreamStatsSnapshot,
 };
 
+use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::{
     ClientAuthSetting, Config, ConfigError, DnsRecord, ListenerModeSetting, LogFormat,
 };
@@ -43,6 +44,8 @@ use crate::metrics::{self, Sources};
 pub const HEALTH_PATH: &str = "/health";
 /// The metrics route.
 pub const METRICS_PATH: &str = "/metrics";
+/// The member list of the node's cluster (JSON), when `[cluster]` is on.
+pub const CLUSTER_PATH: &str = "/cluster";
 
 /// Why the node did not start.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +66,7 @@ pub enum StartError {
     /// The reactor or the proc pool could not start.
     #[error("cannot start the {what}: {source}")]
     Threads {
-        /// `reactor` or `proc pool`.
+        /// `reactor`, `proc pool` or `cluster`.
         what: &'static str,
         /// Why.
         source: std::io::Error,
@@ -180,6 +183,8 @@ pub struct Node {
     sources: Arc<Sources>,
     draining: Arc<AtomicBool>,
     config: Config,
+    /// The node's link to its cluster (`[cluster]`), if any.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -237,6 +242,7 @@ fn proc_pool(c: &Config, reactor: &Reactor) -> Result<ProcPool, StartError> {
         .pin(c.reactor.pin)
         .queue_capacity(p.queue_capacity)
         .aging(ms(p.aging_ms))
+        .nice(p.nice)
         .name("dapd-proc");
     let err = |source| StartError::Threads { what: "proc pool", source };
     if p.threads == 0 {
@@ -289,6 +295,41 @@ fn sweep_keys(reactor: &Reactor, enc: &EncServer) {
     if let Err(e) = posted {
         tracing::warn!(error = %e, "no key sweep timer: expired keys go only when used or evicted");
     }
+}
+
+/// The cluster link `[cluster]` asks for (not yet joined: [`join_cluster`]).
+fn cluster_link(c: &Config) -> Result<Option<Arc<Cluster>>, StartError> {
+    let cc = &c.cluster;
+    if cc.redis.is_empty() {
+        return Ok(None);
+    }
+    let key = crate::cluster::load_key(Path::new(&cc.key_file))
+        .map_err(|e| setting("cluster.key_file", format!("{}: {e}", cc.key_file)))?;
+    let settings = ClusterSettings {
+        redis: cc.redis.clone(),
+        key,
+        prefix: cc.prefix.clone(),
+        timeout: ms(cc.timeout_ms),
+        membership_ttl: ms(cc.membership_ttl_ms),
+        relay_queue: cc.relay_queue,
+    };
+    Cluster::new(settings).map(Some).map_err(|e| setting("cluster.redis", e.to_string()))
+}
+
+/// Joins the cluster once the listeners are bound: the node's name and the address it
+/// advertises default to the address it listens on.
+fn join_cluster(
+    c: &Config,
+    cl: &Arc<Cluster>,
+    local: SocketAddr,
+    udp: Option<SocketAddr>,
+) -> Result<(), StartError> {
+    let cc = &c.cluster;
+    let advertise = if cc.advertise.is_empty() { local.to_string() } else { cc.advertise.clone() };
+    let name = if cc.node_name.is_empty() { advertise.clone() } else { cc.node_name.clone() };
+    let udp_port = udp.map_or(0, |a| a.port());
+    cl.run(name, advertise, udp_port)
+        .map_err(|e| StartError::Threads { what: "cluster", source: std::io::Error::other(e) })
 }
 
 /// How often the allocator is asked whether it holds free memory worth giving back.
@@ -768,6 +809,15 @@ keys! {
     log_level = "log.level" => log.level: impl Into<String>;
     log_format = "log.format" => log.format: LogFormat;
     log_access = "log.access" => log.access: bool;
+    proc_nice = "proc.nice" => proc.nice: i32;
+    cluster_redis = "cluster.redis" => cluster.redis: impl Into<String>;
+    cluster_node_name = "cluster.node_name" => cluster.node_name: impl Into<String>;
+    cluster_key_file = "cluster.key_file" => cluster.key_file: impl Into<String>;
+    cluster_prefix = "cluster.prefix" => cluster.prefix: impl Into<String>;
+    cluster_timeout_ms = "cluster.timeout_ms" => cluster.timeout_ms: u64;
+    cluster_membership_ttl_ms = "cluster.membership_ttl_ms" => cluster.membership_ttl_ms: u64;
+    cluster_relay_queue = "cluster.relay_queue" => cluster.relay_queue: usize;
+    cluster_advertise = "cluster.advertise" => cluster.advertise: impl Into<String>;
 }
 
 /// The registry: the built-in channels when asked for, then the application's, each id
@@ -840,18 +890,29 @@ fn admin_routes(
     metrics: bool,
 ) {
     let d = draining.clone();
+    let cluster = sources.cluster.clone();
     http.add_inline(HEALTH_PATH, RouteLimits::methods(&["GET", "HEAD"]), move |_| {
         if d.load(Ordering::Relaxed) {
             Response::text(503, "draining\n")
+        } else if cluster.as_ref().is_some_and(|c| !c.is_up()) {
+            // Still serving its own sessions: degraded, not down.
+            Response::text(200, "degraded: redis unreachable\n")
         } else {
             Response::text(200, "ok\n")
         }
     });
+    if let Some(cl) = sources.cluster.clone() {
+        http.add_inline(CLUSTER_PATH, RouteLimits::methods(&["GET", "HEAD"]), move |_| {
+            Response::new(200).header("Content-Type", "application/json").body(cl.to_json())
+        });
+    }
     if !metrics {
         return;
     }
     let s = sources.clone();
-    http.add_inline(METRICS_PATH, RouteLimits::methods(&["GET", "HEAD"]), move |_| {
+    // Rendered on a proc thread: a scrape takes a fraction of a millisecond, and a client
+    // asking for it in a loop must not hold the worker's other connections back.
+    http.add_simple(METRICS_PATH, RouteLimits::methods(&["GET", "HEAD"]), move |_| {
         Response::new(200).header("Content-Type", metrics::CONTENT_TYPE).body(metrics::render(&s))
     });
 }
@@ -899,6 +960,16 @@ impl NodeBuilder {
         let memory_released = Arc::new(AtomicU64::new(0));
         release_memory(&config, &pool, memory_released.clone());
         let stream = StreamServer::new(procs, stream_config(&config));
+        // Shared before the routes are installed: /enc_init moves to proc threads.
+        let cluster = cluster_link(&config)?;
+        if let Some(cl) = &cluster {
+            enc.share_keys(cl.clone());
+            stream.share_sessions(cl.clone());
+            if let Some(b) = &broker {
+                b.relay_to(cl.clone());
+                cl.attach_broker(b.clone());
+            }
+        }
         let draining = Arc::new(AtomicBool::new(false));
         let sources = Arc::new(Sources {
             workers: reactor.workers().to_vec(),
@@ -912,6 +983,7 @@ impl NodeBuilder {
             dns: OnceLock::new(),
             listeners: OnceLock::new(),
             draining: draining.clone(),
+            cluster: cluster.clone(),
         });
 
         let mut http = HttpServer::new(http_config(&config));
@@ -991,6 +1063,10 @@ impl NodeBuilder {
             }
             None => None,
         };
+        if let Some(cl) = &cluster {
+            join_cluster(&config, cl, local_addr, udp_addr)?;
+            tracing::info!(node = cl.node_name(), "cluster joined");
+        }
         tracing::info!(
             addr = %local_addr,
             tls = %tls_addr.map_or_else(|| "-".into(), |a| a.to_string()),
@@ -1018,6 +1094,7 @@ impl NodeBuilder {
             sources,
             draining,
             config,
+            cluster,
         })
     }
 }
@@ -1218,6 +1295,10 @@ impl Node {
             d.close();
         }
         let r = self.stream.drain(grace);
+        // Out of the member list at once, rather than when the registration expires.
+        if let Some(cl) = &self.cluster {
+            cl.stop();
+        }
         // Leave the reactor a moment to flush what the streams' close packets left in
         // their buffers, within the grace period.
         let left = grace.saturating_sub(start.elapsed()).max(Duration::from_millis(100));

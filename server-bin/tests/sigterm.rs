@@ -5,9 +5,7 @@
 mod util;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -16,50 +14,6 @@ use dap_stream::pubsub::{PubSubMsg, Topic};
 use dap_stream::session::TransportKind;
 use dap_stream::transport::{CloseCode, StreamError};
 use util::*;
-
-const DAPD: &str = env!("CARGO_BIN_EXE_dapd");
-
-/// Starts dapd with a config on port 0 (plus `extra`, TOML sections); returns it, its
-/// address and its node key.
-fn spawn_dapd(name: &str, extra: &str) -> (Guard, SocketAddr, [u8; 32]) {
-    let dir = std::env::temp_dir().join(format!("dapd-sigterm-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("dapd.toml");
-    let text = format!(
-        "[listen]\naddr = \"127.0.0.1:0\"\n[reactor]\nthreads = 2\npin = false\n\
-         [shutdown]\ngrace_ms = 10000\n[log]\nlevel = \"warn\"\n{extra}"
-    );
-    std::fs::write(&path, text).unwrap();
-    let mut child = Command::new(DAPD)
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn dapd");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = crossbeam_channel::unbounded();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let guard = Guard(child);
-    let deadline = Instant::now() + TIMEOUT;
-    let (mut addr, mut key) = (None, None);
-    while addr.is_none() || key.is_none() {
-        let line = rx.recv_deadline(deadline).expect("dapd announces itself in time");
-        if let Some(a) = line.strip_prefix("dapd: listening on ") {
-            addr = Some(a.parse().expect("an address"));
-        } else if let Some(k) = line.strip_prefix("dapd: node key ") {
-            key = dap_net::enc::keys::public_key_from_base64(k);
-        }
-    }
-    (guard, addr.unwrap(), key.unwrap())
-}
 
 /// Subscribers of the traffic test.
 const SUBSCRIBERS: usize = 4;
@@ -82,7 +36,7 @@ fn sigterm_during_udp_traffic_drains_and_exits_zero_on_the_gso_fallback_path() {
 
 /// SIGTERM while publishers, subscribers and an echo client stream over `transport`.
 fn sigterm_during_traffic(transport: TransportKind, name: &str, extra: &str) {
-    let (mut dapd, addr, node) = spawn_dapd(name, extra);
+    let (mut dapd, addr, node) = spawn_dapd("sigterm", name, extra);
     let client = client_reactor();
     let open = |channels: &[u8]| open_over(&client, addr, node, channels, transport).unwrap();
     let topic = Topic::new("live").unwrap();

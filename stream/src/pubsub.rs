@@ -541,6 +541,15 @@ pub struct Broker {
     config: BrokerConfig,
     counters: Counters,
     next_id: AtomicU64,
+    /// Where this node's publishes also go (the cluster's other nodes), once set.
+    relay: std::sync::OnceLock<Arc<dyn Relay>>,
+}
+
+/// Carries publishes to the other nodes of a cluster ([`Broker::relay_to`]).
+pub trait Relay: Send + Sync + 'static {
+    /// A message published on this node, after it was queued to this node's subscribers.
+    /// Called on the publisher's worker, in publish order: must not block (queue it).
+    fn forward(&self, topic: &Topic, payload: &[u8]);
 }
 
 impl std::fmt::Debug for Broker {
@@ -587,6 +596,7 @@ impl Broker {
             config,
             counters: Counters::default(),
             next_id: AtomicU64::new(1),
+            relay: std::sync::OnceLock::new(),
         })
     }
 
@@ -706,9 +716,30 @@ impl Broker {
         true
     }
 
+    /// From now on, every message published on this node also goes to `relay` (once; a
+    /// second call is ignored).
+    pub fn relay_to(&self, relay: Arc<dyn Relay>) {
+        let _ = self.relay.set(relay);
+    }
+
+    /// A message another node of the cluster published: queued to this node's subscribers
+    /// as a local publish is (slow subscribers dropped and told), and not relayed again.
+    pub fn deliver_relayed(&self, topic: &Topic, payload: &[u8]) -> PublishOutcome {
+        self.queue(topic, payload)
+    }
+
+    /// A publish on this node: queued to its subscribers, then relayed.
+    fn publish(&self, topic: &Topic, payload: &[u8]) -> PublishOutcome {
+        let out = self.queue(topic, payload);
+        if let Some(r) = self.relay.get() {
+            r.forward(topic, payload);
+        }
+        out
+    }
+
     /// Queues `payload` on `topic` to every subscriber, under the topic's lock: O(1) per
     /// subscriber reached, and O(1) per slow or closed subscriber dropped on the way.
-    fn publish(&self, topic: &Topic, payload: &[u8]) -> PublishOutcome {
+    fn queue(&self, topic: &Topic, payload: &[u8]) -> PublishOutcome {
         self.counters.published.fetch_add(1, Relaxed);
         let Some(entry) = self.shard(topic).lock().get(topic).cloned() else {
             return PublishOutcome::default();

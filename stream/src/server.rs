@@ -125,6 +125,24 @@ struct Inner {
     setup_latency: dap_net::histogram::LatencyHistogram,
     /// Unfinished messages' bytes, over every session.
     reassembly: Arc<ReassemblyBudget>,
+    /// The cluster's shared sessions, once set ([`StreamServer::share_sessions`]).
+    shared: OnceLock<Arc<dyn SharedSessions>>,
+}
+
+/// Sessions shared with the other nodes of a cluster: a session stream_ctl made on one node
+/// attaches (over HTTP) on any. Best effort: when the shared store cannot be reached, each
+/// node carries on with its own sessions.
+pub trait SharedSessions: Send + Sync + 'static {
+    /// A session this node just made, before its client hears of it (called on a proc
+    /// thread; may block briefly): `blob` is opaque, for [`take`](Self::take) on another
+    /// node, and secret. It expires after `ttl` unless taken.
+    fn publish(&self, id: &[u8; SESSION_ID_LEN], blob: &[u8], ttl: Duration);
+    /// Takes a session another node made, so that no other node can (called on a proc
+    /// thread; may block briefly).
+    fn take(&self, id: &[u8; SESSION_ID_LEN]) -> Option<zeroize::Zeroizing<Vec<u8>>>;
+    /// A session this node made has attached here: no other node may take it now. Called
+    /// on a reactor worker: must not block.
+    fn forget(&self, id: &[u8; SESSION_ID_LEN]);
 }
 
 /// The server's side of a drain, shared with its streams.
@@ -245,8 +263,18 @@ impl StreamServer {
             drain: DrainState::default(),
             udp: OnceLock::new(),
             setup_latency: Default::default(),
+            shared: OnceLock::new(),
         };
         StreamServer { inner: Arc::new(inner) }
+    }
+
+    /// Shares sessions with the other nodes of a cluster from now on (once; a second call
+    /// is ignored): sessions made for transport HTTP are published, and an attach naming a
+    /// session this node does not hold takes it from the others (on a proc thread).
+    /// Sessions for transport UDP stay with the node that made them: the stream_ctl answer
+    /// names that node's UDP address.
+    pub fn share_sessions(&self, shared: Arc<dyn SharedSessions>) {
+        let _ = self.inner.shared.set(shared);
     }
 
     /// The bytes held in unfinished messages over every session, and their bound.
@@ -490,7 +518,11 @@ impl StreamServer {
             client,
         };
         let answer = encode_answer(&params);
+        let share = params.transport == TransportKind::Http;
         self.inner.table.insert(params, now, expires).map_err(|_| CtlError::Full)?;
+        if share && let Some(s) = self.inner.shared.get() {
+            s.publish(&id, &shared_blob(client, &answer), cfg.limits.connect_timeout);
+        }
         Ok(answer)
     }
 
@@ -660,25 +692,49 @@ impl StreamServer {
         self.install_stream_route(http);
     }
 
-    /// Attaches a stream request; the error is the status to answer.
-    fn attach(&self, ex: &Exchange<'_, '_>) -> Result<SessionParams, (u16, &'static str)> {
+    /// Loads a session another node made (its [`shared_blob`]) into this node's table;
+    /// false if the blob does not decode or the table is full.
+    fn load_shared(&self, blob: &[u8], now: Instant) -> bool {
+        let Some((client, answer)) = read_shared_blob(blob) else { return false };
+        let cfg = &self.inner.config;
+        let Ok(wire) = crate::session::ctl::decode_answer(answer, cfg.limits.mux) else {
+            return false;
+        };
+        // The answer's limits are what the client was told; the rest are this node's.
+        let mut limits = cfg.limits;
+        limits.mux = wire.limits.mux;
+        limits.max_payload = wire.limits.max_payload;
+        limits.keepalive = wire.limits.keepalive;
+        limits.idle_timeout = wire.limits.idle_timeout;
+        limits.connect_timeout = wire.limits.connect_timeout;
+        let params = SessionParams { limits, client, ..wire };
+        let expires = now + limits.connect_timeout;
+        self.inner.table.insert(params, now, expires).is_ok()
+    }
+
+    /// Attaches a stream request; the error is the status to answer, or `NotHere` for a
+    /// session this node does not hold that another node of the cluster may.
+    fn attach(&self, ex: &Exchange<'_, '_>, fetched: bool) -> Result<SessionParams, AttachRefusal> {
         let target = parse_stream_target(ex.request())?;
         if self.is_draining() {
-            return Err((503, "the server is shutting down"));
+            return Err((503, "the server is shutting down").into());
         }
         let channels = target.channels;
         let id = target.session_id.ok_or((400, "session_id missing, given twice or malformed"))?;
         let stats = &self.inner.stats;
         let (params, waited) = match self.inner.table.attach_timed(&id, Instant::now()) {
             Ok(p) => p,
+            Err(AttachError::Unknown) if !fetched && self.inner.shared.get().is_some() => {
+                return Err(AttachRefusal::NotHere(id));
+            }
             Err(AttachError::Unknown) => {
                 self.sync_expired();
                 StreamStats::inc(&stats.attach_unknown);
-                return Err((404, "unknown or expired session"));
+                return Err((404, "unknown or expired session").into());
             }
             Err(AttachError::AlreadyAttached) => {
                 StreamStats::inc(&stats.attach_twice);
-                return Err((409, "session attached already"));
+                return Err((409, "session attached already").into());
             }
         };
         if !url_names_channels(channels, &params.channels)
@@ -687,11 +743,55 @@ impl StreamServer {
             // The session is spent either way: a client that lies about its channels does
             // not get a second try with the same id.
             self.inner.table.detach(&id);
-            return Err((400, "channels or transport differ from stream_ctl"));
+            return Err((400, "channels or transport differ from stream_ctl").into());
         }
         StreamStats::inc(&stats.sessions_attached);
         self.inner.setup_latency.observe(waited);
+        if !fetched && let Some(s) = self.inner.shared.get() {
+            s.forget(&id);
+        }
         Ok(params)
+    }
+}
+
+/// Why an attach did not happen.
+enum AttachRefusal {
+    /// Answer this status and reason.
+    Status(u16, &'static str),
+    /// The session is not here; another node of the cluster may hold it.
+    NotHere([u8; SESSION_ID_LEN]),
+}
+
+impl From<(u16, &'static str)> for AttachRefusal {
+    fn from((status, why): (u16, &'static str)) -> Self {
+        AttachRefusal::Status(status, why)
+    }
+}
+
+/// What [`SharedSessions::publish`] stores: 0, or 1 and the client's key, then the
+/// stream_ctl answer (§5) the client was given.
+fn shared_blob(client: Option<[u8; 32]>, answer: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(33 + answer.len());
+    match client {
+        Some(k) => {
+            b.push(1);
+            b.extend_from_slice(&k);
+        }
+        None => b.push(0),
+    }
+    b.extend_from_slice(answer);
+    b
+}
+
+/// Reads [`shared_blob`]'s form.
+fn read_shared_blob(b: &[u8]) -> Option<(Option<[u8; 32]>, &[u8])> {
+    match b.split_first()? {
+        (0, answer) => Some((None, answer)),
+        (1, rest) => {
+            let (k, answer) = rest.split_first_chunk::<32>()?;
+            Some((Some(*k), answer))
+        }
+        _ => None,
     }
 }
 
@@ -743,11 +843,31 @@ struct Attach {
     server: StreamServer,
 }
 
-impl ProcHandler for Attach {
-    fn request_done(&mut self, ex: &mut Exchange<'_, '_>) {
-        let params = match self.server.attach(ex) {
+impl Attach {
+    /// Takes session `id` from the cluster on a proc thread, then attaches again here.
+    fn take_from_cluster(&self, ex: &mut Exchange<'_, '_>, id: [u8; SESSION_ID_LEN]) {
+        let Some(shared) = self.server.inner.shared.get().cloned() else { return };
+        let server = self.server.clone();
+        let work = move || {
+            let blob = shared.take(&id)?;
+            server.load_shared(&blob, Instant::now()).then_some(())
+        };
+        let server = self.server.clone();
+        let then = move |ex: &mut Exchange<'_, '_>, _: Option<()>| {
+            Attach { server }.attach(ex, true);
+        };
+        if ex.defer(work, then).is_err() {
+            ex.respond(Response::text(503, "busy, try again"));
+        }
+    }
+
+    fn attach(&self, ex: &mut Exchange<'_, '_>, fetched: bool) {
+        let params = match self.server.attach(ex, fetched) {
             Ok(p) => p,
-            Err((status, why)) => return ex.respond(Response::text(status, why)),
+            Err(AttachRefusal::Status(status, why)) => {
+                return ex.respond(Response::text(status, why));
+            }
+            Err(AttachRefusal::NotHere(id)) => return self.take_from_cluster(ex, id),
         };
         let inner = &self.server.inner;
         let buf_in = ex.esocket().worker().limits().buf_in_cap;
@@ -786,5 +906,11 @@ impl ProcHandler for Attach {
         let resp =
             Response::new(101).header("Connection", "Upgrade").header("Upgrade", UPGRADE_TOKEN);
         ex.upgrade(resp, Box::new(conn));
+    }
+}
+
+impl ProcHandler for Attach {
+    fn request_done(&mut self, ex: &mut Exchange<'_, '_>) {
+        self.attach(ex, false);
     }
 }

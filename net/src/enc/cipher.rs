@@ -104,6 +104,8 @@ pub struct OpenError;
 pub struct AeadKey {
     key: aead::LessSafeKey,
     suite: CipherSuite,
+    /// The bytes it was made from, for [`secret`](Self::secret); wiped on drop.
+    secret: zeroize::Zeroizing<[u8; KEY_LEN]>,
 }
 
 impl std::fmt::Debug for AeadKey {
@@ -118,7 +120,13 @@ impl AeadKey {
     pub fn new(suite: CipherSuite, secret: &[u8; KEY_LEN]) -> Self {
         let unbound = aead::UnboundKey::new(suite.algorithm(), secret)
             .expect("both suites take 32-byte keys");
-        AeadKey { key: aead::LessSafeKey::new(unbound), suite }
+        AeadKey { key: aead::LessSafeKey::new(unbound), suite, secret: (*secret).into() }
+    }
+
+    /// The 32 bytes the key was made from: only for sealing it into storage other nodes
+    /// share (a cluster's, under a key of its own). Never log them.
+    pub fn secret(&self) -> &[u8; KEY_LEN] {
+        &self.secret
     }
 
     /// The cipher.

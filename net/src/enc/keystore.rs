@@ -109,6 +109,61 @@ impl fmt::Debug for KeyMaterial {
     }
 }
 
+impl KeyMaterial {
+    /// The key in a form another node can load ([`from_bytes`](Self::from_bytes)): the
+    /// suite's code, the two directions' key bytes, then 0, or 1 and the client's key.
+    /// Secret: a cluster seals it before it leaves the node.
+    pub fn to_bytes(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        let mut out = Vec::with_capacity(1 + 2 * 32 + 1 + PUBLIC_KEY_LEN);
+        out.push(self.suite.code());
+        out.extend_from_slice(self.c2s.secret());
+        out.extend_from_slice(self.s2c.secret());
+        match &self.client {
+            Some(k) => {
+                out.push(1);
+                out.extend_from_slice(k);
+            }
+            None => out.push(0),
+        }
+        out.into()
+    }
+
+    /// Reads what [`to_bytes`](Self::to_bytes) wrote; `None` for anything else.
+    pub fn from_bytes(b: &[u8]) -> Option<KeyMaterial> {
+        let (&code, rest) = b.split_first()?;
+        let suite = CipherSuite::from_code(code)?;
+        let (c2s, rest) = rest.split_first_chunk::<32>()?;
+        let (s2c, rest) = rest.split_first_chunk::<32>()?;
+        let client = match rest {
+            [0] => None,
+            [1, key @ ..] => Some(<[u8; PUBLIC_KEY_LEN]>::try_from(key).ok()?),
+            _ => return None,
+        };
+        Some(KeyMaterial {
+            suite,
+            c2s: AeadKey::new(suite, c2s),
+            s2c: AeadKey::new(suite, s2c),
+            client,
+        })
+    }
+}
+
+/// Keys shared with the other nodes of a cluster: a key made by `/enc_init` on one node is
+/// usable on all. The enc server calls it on proc threads only (never on a reactor worker),
+/// so an implementation may block, within a short timeout of its own. Every method is best
+/// effort: when the shared store cannot be reached, the node carries on with its own keys.
+pub trait SharedKeys: Send + Sync + 'static {
+    /// A key this node just made ([`KeyMaterial::to_bytes`]), before its client hears
+    /// of it; it expires after `idle` without use.
+    fn publish(&self, id: &KeyId, material: &[u8], idle: Duration);
+    /// A key another node made, if the shared store has it.
+    fn fetch(&self, id: &KeyId) -> Option<zeroize::Zeroizing<Vec<u8>>>;
+    /// Claims request number `seq` of key `id` for this node, cluster-wide, and renews the
+    /// key's idle time: `Some(false)` when another node took it already (a replay),
+    /// `None` when the shared store cannot say (the node's own replay window still holds).
+    fn claim(&self, id: &KeyId, seq: u64, idle: Duration) -> Option<bool>;
+}
+
 /// What other layers may learn about a key (no secrets).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

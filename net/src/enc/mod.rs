@@ -101,7 +101,8 @@ pub use handshake::{AcceptError, EncInit, EncInitError};
 pub use key_id::KeyId;
 pub use keys::{ClientCert, KeyFileError, NodeKey};
 pub use keystore::{
-    KeyInfo, KeyMaterial, KeyStore, KeyStoreConfig, KeyStoreStats, LookupError, StoreFull, UseError,
+    KeyInfo, KeyMaterial, KeyStore, KeyStoreConfig, KeyStoreStats, LookupError, SharedKeys,
+    StoreFull, UseError,
 };
 pub use refusal::{ENC_ERROR_HEADER, Refusal};
 pub use replay::REPLAY_WINDOW;

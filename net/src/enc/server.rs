@@ -82,6 +82,8 @@ struct Inner {
     /// Handshakes per source block.
     rate: RateLimiter,
     stats: EncStats,
+    /// The cluster's shared keys, once set ([`EncServer::share_keys`]).
+    shared: std::sync::OnceLock<Arc<dyn crate::enc::SharedKeys>>,
 }
 
 /// The server side of enc: answers `/enc_init`, keeps the keys, serves enc routes.
@@ -159,8 +161,30 @@ impl EncServer {
         let store = KeyStore::new(config.store.clone());
         let client_auth = parking_lot::RwLock::new(Arc::new(config.client_auth.clone()));
         let rate = RateLimiter::new(config.handshake_rate.clone());
-        let inner = Inner { node, config, client_auth, store, rate, stats: EncStats::default() };
+        let inner = Inner {
+            node,
+            config,
+            client_auth,
+            store,
+            rate,
+            stats: EncStats::default(),
+            shared: std::sync::OnceLock::new(),
+        };
         EncServer { inner: Arc::new(inner) }
+    }
+
+    /// Shares keys with the other nodes of a cluster from now on (once; a second call is
+    /// ignored): each key `/enc_init` makes is published before its client hears of it, a
+    /// request with a key this node does not hold fetches it, and each request's number
+    /// is claimed cluster-wide, so a request replayed to another node is refused as on
+    /// this one. `/enc_init` then runs on proc threads whatever
+    /// [`EncConfig::handshake_on_worker`] says (publishing may block briefly).
+    pub fn share_keys(&self, shared: Arc<dyn crate::enc::SharedKeys>) {
+        let _ = self.inner.shared.set(shared);
+    }
+
+    fn shared(&self) -> Option<&Arc<dyn crate::enc::SharedKeys>> {
+        self.inner.shared.get()
     }
 
     /// Replaces who may run `/enc_init` from the next handshake on (a configuration
@@ -202,7 +226,7 @@ impl EncServer {
         let me = self.clone();
         let f =
             move |req: &Request| me.serve_init(&req.body, req.peer.map(|p| p.ip()), Instant::now());
-        if self.inner.config.handshake_on_worker {
+        if self.inner.config.handshake_on_worker && self.shared().is_none() {
             http.add_inline(ENC_INIT_PATH, limits, f);
         } else {
             http.add_simple(ENC_INIT_PATH, limits, f);
@@ -242,10 +266,14 @@ impl EncServer {
         };
         match handshake::accept(body, &params) {
             Ok(accepted) => {
+                let shared = self.shared().map(|s| (s, accepted.material.to_bytes()));
                 if inner.store.insert(accepted.key_id, accepted.material, now).is_err() {
                     // Every key held is in use: refuse rather than evict one (§4.8).
                     inner.stats.handshake_refused(Refusal::Busy);
                     return refuse_after(Refusal::Busy, Some(BUSY_RETRY_AFTER));
+                }
+                if let Some((s, bytes)) = shared {
+                    s.publish(&accepted.key_id, &bytes, inner.config.store.idle_ttl);
                 }
                 inner.stats.handshake_ok();
                 Response::new(200)
@@ -284,6 +312,15 @@ impl EncServer {
         http.add_simple_prefix(prefix, limits, move |req| {
             me.serve_request(&owned_prefix, req, &handler, Instant::now())
         });
+    }
+
+    /// Loads a key another node of the cluster made; `UnknownKey` when none has it,
+    /// `Busy` when the local store is full of keys in use.
+    fn fetch_shared(&self, key_id: &KeyId, now: Instant) -> Result<(), Refusal> {
+        let shared = self.shared().ok_or(Refusal::UnknownKey)?;
+        let bytes = shared.fetch(key_id).ok_or(Refusal::UnknownKey)?;
+        let material = KeyMaterial::from_bytes(&bytes).ok_or(Refusal::UnknownKey)?;
+        self.inner.store.insert(*key_id, material, now).map_err(|_| Refusal::Busy)
     }
 
     /// Serves one request to an enc route mounted at `prefix`, at `now`. What
@@ -361,7 +398,14 @@ impl EncServer {
             UseError::Expired => Refusal::ExpiredKey,
             UseError::Replay(_) => Refusal::Replay,
         };
-        let material = store.begin(&key_id, seq, now).map_err(use_error)?;
+        let material = match store.begin(&key_id, seq, now) {
+            Err(UseError::Unknown) if self.shared().is_some() => {
+                self.fetch_shared(&key_id, now)?;
+                store.begin(&key_id, seq, now)
+            }
+            r => r,
+        }
+        .map_err(use_error)?;
         let sealed_path = req.path().strip_prefix(prefix).ok_or(Refusal::Malformed)?;
         let opened = enc_http::open_request(
             &material.c2s,
@@ -375,6 +419,12 @@ impl EncServer {
         // Only now, authenticated, may the request use up its counter: of two copies racing
         // on two threads, exactly one gets past this.
         store.commit(&key_id, seq, now).map_err(use_error)?;
+        // And across the cluster: a copy replayed to another node is refused there too.
+        if let Some(s) = self.shared()
+            && s.claim(&key_id, seq, self.inner.config.store.idle_ttl) == Some(false)
+        {
+            return Err(Refusal::Replay);
+        }
         let enc = EncRequest {
             key_id,
             seq,

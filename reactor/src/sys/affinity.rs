@@ -34,6 +34,16 @@ pub(crate) fn pin_current(cpu: usize) -> io::Result<()> {
     }
 }
 
+/// Sets the calling thread's nice value (on Linux each thread has its own).
+pub(crate) fn set_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+    // SAFETY: setpriority reads only its three integer arguments; with PRIO_PROCESS and a
+    // thread id, Linux changes that one thread's nice value.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+    if r == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +59,25 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    /// This thread's nice value, from `/proc/thread-self/stat` (field 19).
+    fn own_nice() -> i32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // The command name (field 2) may hold spaces: count from its closing parenthesis.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        rest.split(' ').nth(16).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn nice_changes_the_calling_thread_only() {
+        let before = own_nice();
+        std::thread::spawn(move || {
+            set_nice(before + 3).unwrap();
+            assert_eq!(own_nice(), before + 3);
+        })
+        .join()
+        .unwrap();
+        assert_eq!(own_nice(), before);
     }
 }

@@ -2,8 +2,9 @@
 //! the stream-level API (enc_init, stream_ctl, the stream), pub/sub helpers, bounded waits.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -120,11 +121,31 @@ pub fn open_over(
     channels: &[u8],
     transport: TransportKind,
 ) -> Result<TestClient, String> {
+    open_across(client, [addr; 3], node, channels, transport)
+}
+
+/// [`open_over`] with each step at its own address (nodes of a cluster): enc_init at
+/// `at[0]` (whose node key is `node`), stream_ctl at `at[1]`, the stream at `at[2]`.
+pub fn open_across(
+    client: &Reactor,
+    at: [SocketAddr; 3],
+    node: [u8; 32],
+    channels: &[u8],
+    transport: TransportKind,
+) -> Result<TestClient, String> {
     let w = client.worker(0).expect("worker");
-    let base = format!("http://{addr}");
     let http = ClientConfig::default();
-    let enc = handshake_blocking(w, &base, &CipherSuite::ALL, None, Some(node), &http)
-        .map_err(|e| format!("handshake: {e}"))?;
+    let enc = handshake_blocking(
+        w,
+        &format!("http://{}", at[0]),
+        &CipherSuite::ALL,
+        None,
+        Some(node),
+        &http,
+    )
+    .map_err(|e| format!("handshake: {e}"))?;
+    let base = format!("http://{}", at[1]);
+    let addr = at[2];
     let req =
         CtlRequest { channels: channels.to_vec(), suite: None, transport, unreliable: Vec::new() };
     let params = dap_stream::client::stream_ctl_request_blocking(
@@ -228,4 +249,47 @@ impl Drop for Guard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Starts the `dapd` binary with a config on port 0 (plus `extra`, TOML sections), its
+/// files in a directory named after `test` and `name`; returns it, its address and its
+/// node key.
+pub fn spawn_dapd(test: &str, name: &str, extra: &str) -> (Guard, SocketAddr, [u8; 32]) {
+    let dir = std::env::temp_dir().join(format!("dapd-{test}-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dapd.toml");
+    let text = format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n[reactor]\nthreads = 2\npin = false\n\
+         [shutdown]\ngrace_ms = 10000\n[log]\nlevel = \"warn\"\n{extra}"
+    );
+    std::fs::write(&path, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dapd"))
+        .arg("--config")
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn dapd");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let guard = Guard(child);
+    let deadline = Instant::now() + TIMEOUT;
+    let (mut addr, mut key) = (None, None);
+    while addr.is_none() || key.is_none() {
+        let line = rx.recv_deadline(deadline).expect("dapd announces itself in time");
+        if let Some(a) = line.strip_prefix("dapd: listening on ") {
+            addr = Some(a.parse().expect("an address"));
+        } else if let Some(k) = line.strip_prefix("dapd: node key ") {
+            key = dap_net::enc::keys::public_key_from_base64(k);
+        }
+    }
+    (guard, addr.unwrap(), key.unwrap())
 }

@@ -34,6 +34,10 @@ thread_local! {
 /// Below this size a body is copied into `buf_out`; above, it is queued by reference.
 const COPY_MAX: usize = 4096;
 
+/// Pipelined requests started in one go; then the connection yields to the worker's others
+/// (a client pipelining thousands of requests must not hold the worker for all of them).
+const PIPELINE_BURST: usize = 16;
+
 /// Warnings load can repeat on every connection: at most 5 lines per 10 s each, the next
 /// one saying how many were left out (the counters keep the whole count).
 static NO_TIMER: LogThrottle = LogThrottle::new(5, Duration::from_secs(10));
@@ -130,6 +134,9 @@ pub(crate) struct HttpConn {
     /// The peer finished sending (it may have only half-closed): the requests already read
     /// are answered, then the connection closes.
     peer_done: bool,
+    /// [`PIPELINE_BURST`] requests were started in one go and more wait in the input: the
+    /// rest are served from `on_write` (write interest is on).
+    deferred: bool,
     /// The request being answered, for its access-log line.
     access: Option<Access>,
 }
@@ -186,6 +193,7 @@ impl HttpConn {
             upgraded: None,
             linger_left: None,
             peer_done: false,
+            deferred: false,
             access: None,
         }
     }
@@ -251,6 +259,8 @@ impl HttpConn {
     }
 
     fn serve_input(&mut self, es: &mut Esocket<'_>) {
+        let mut started = 0;
+        self.deferred = false;
         loop {
             if self.upgraded.is_some() || !self.out.is_empty() || es.is_closing() {
                 return;
@@ -260,9 +270,17 @@ impl HttpConn {
                     if es.buf_in().is_empty() {
                         return;
                     }
+                    if started == PIPELINE_BURST {
+                        // Pipelined requests take turns with the worker's other
+                        // connections: the rest are served when `on_write` comes round.
+                        self.deferred = true;
+                        es.set_writable(true);
+                        return;
+                    }
                     match parse_request_head(es.buf_in(), &self.sh.parse_limits) {
                         Ok(Some((head, n))) => {
                             es.consume(n);
+                            started += 1;
                             self.start(es, head);
                         }
                         Ok(None) => {
@@ -523,6 +541,22 @@ impl HttpConn {
             return;
         }
         self.set_pending(p);
+        self.emit(es);
+        self.process(es);
+    }
+
+    /// Runs `f` with request `seq`'s exchange, if it is still the one being answered
+    /// ([`Exchange::defer`]), then writes what it answered.
+    pub(crate) fn continue_with(
+        &mut self,
+        es: &mut Esocket<'_>,
+        seq: u64,
+        f: impl FnOnce(&mut Exchange<'_, '_>),
+    ) {
+        if self.cur.as_ref().is_none_or(|c| c.seq != seq) || self.upgraded.is_some() {
+            return;
+        }
+        f(&mut Exchange { es, conn: self });
         self.emit(es);
         self.process(es);
     }
@@ -1009,7 +1043,9 @@ impl Handler for HttpConn {
             self.pump(es);
             self.process(es);
         }
-        !self.out.is_empty() || (self.phase == Phase::Streaming && es.out_room() == 0)
+        !self.out.is_empty()
+            || self.deferred
+            || (self.phase == Phase::Streaming && es.out_room() == 0)
     }
 
     fn on_write_finished(&mut self, es: &mut Esocket<'_>) {

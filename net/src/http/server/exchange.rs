@@ -142,6 +142,27 @@ impl<'b> Exchange<'_, 'b> {
         self.conn.set_pending(Pending::Upgrade(resp, handler));
     }
 
+    /// Runs `work` on the worker's proc thread (a blocking lookup, say), then `then` back
+    /// on this connection's worker with this request's exchange and `work`'s result, to
+    /// answer (or upgrade) as from any callback. If the request is gone by then (the
+    /// connection closed), `then` is not called.
+    ///
+    /// # Errors
+    /// No proc thread is paired with the worker, or its queue is full, or it is stopping:
+    /// `work` did not run; answer now.
+    pub fn defer<R, W, T>(&mut self, work: W, then: T) -> Result<(), dap_proc::FlipError>
+    where
+        R: Send + 'static,
+        W: FnOnce() -> R + Send + 'static,
+        T: FnOnce(&mut Exchange<'_, '_>, R) + Send + 'static,
+    {
+        use dap_proc::Flip;
+        let seq = self.conn.seq();
+        self.es.flip(dap_proc::Priority::Normal, work, move |es, r| {
+            es.with_handler::<HttpConn, _>(|c, es| c.continue_with(es, seq, |ex| then(ex, r)));
+        })
+    }
+
     /// A `Send` handle that answers this request later, from any thread.
     pub fn responder(&self) -> Responder {
         Responder { handle: self.es.handle(), seq: self.conn.seq() }

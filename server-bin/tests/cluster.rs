@@ -1,0 +1,300 @@
+//! Three `dapd` processes and a real `redis-server`, all on loopback, as one service
+//! (`[cluster]`): keys and sessions made on one node serve on another, pub/sub reaches
+//! every subscriber on every node, Redis going away leaves each node serving its own, and
+//! a node that dies leaves the member list.
+
+mod util;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dap_stream::pubsub::{PubSubMsg, Topic};
+use dap_stream::session::TransportKind;
+use util::*;
+
+/// A `redis-server` of the test's own, on an ephemeral port, storing nothing on disk.
+struct Redis {
+    child: Option<Guard>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    fn start(test: &str) -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("dap-redis-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = Redis { child: None, port, dir };
+        r.restart();
+        r
+    }
+
+    /// Starts (again) on the same port.
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server is installed (`apt-get install -y redis-server`; .ci/run does)");
+        self.child = Some(Guard(child));
+        wait_until("redis-server answers PING", || self.ping());
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    /// Kills it (SIGKILL): everything it held is gone.
+    fn kill(&mut self) {
+        self.child = None;
+        wait_until("redis-server to be gone", || !self.ping());
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+/// One node: its process, address and node key.
+struct NodeProc {
+    guard: Option<Guard>,
+    addr: SocketAddr,
+    key: [u8; 32],
+}
+
+/// A cluster key file for the test.
+fn key_file(test: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("dap-cluster-{test}-{}.key", std::process::id()));
+    let mut key = [0u8; 32];
+    dap_net::enc::cipher::random_bytes(&mut key);
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, hex).unwrap();
+    path
+}
+
+/// Starts nodes `names` on `redis`, and waits until each lists them all.
+fn cluster(test: &str, redis: &Redis, names: &[&str], extra: &str) -> Vec<NodeProc> {
+    let key = key_file(test);
+    let nodes: Vec<NodeProc> = names
+        .iter()
+        .map(|name| {
+            let cfg = format!(
+                "[cluster]\nredis = \"{}\"\nnode_name = \"{name}\"\nkey_file = \"{}\"\n\
+                 membership_ttl_ms = 1000\ntimeout_ms = 500\n{extra}",
+                redis.url(),
+                key.display()
+            );
+            let (guard, addr, key) = spawn_dapd(test, name, &cfg);
+            NodeProc { guard: Some(guard), addr, key }
+        })
+        .collect();
+    for n in &nodes {
+        wait_until("every node lists every node", || members(n.addr).len() == names.len());
+    }
+    nodes
+}
+
+/// The names in a node's `/cluster`.
+fn members(addr: SocketAddr) -> Vec<String> {
+    let (status, body) = http_get(addr, "/cluster");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("/cluster is JSON");
+    v["members"]
+        .as_array()
+        .expect("a member list")
+        .iter()
+        .map(|m| m["name"].as_str().expect("a name").to_string())
+        .collect()
+}
+
+/// The value of `sample` on a node's `/metrics` (0 when absent).
+fn metric(addr: SocketAddr, sample: &str) -> f64 {
+    let (_, text) = http_get(addr, "/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_key_from_one_node_a_session_from_another_and_the_stream_on_a_third() {
+    let redis = Redis::start("three");
+    let nodes = cluster("three", &redis, &["a", "b", "c"], "");
+    let client = client_reactor();
+    let at = [nodes[0].addr, nodes[1].addr, nodes[2].addr];
+    let s = open_across(&client, at, nodes[0].key, b"E", TransportKind::Http)
+        .expect("enc_init on a, stream_ctl on b, the stream on c");
+    for i in 0..20u8 {
+        s.channel(b'E').write_timeout(1, vec![i; 100 + i as usize], TIMEOUT).unwrap();
+        assert_eq!(s.next().data.as_ref(), &vec![i; 100 + i as usize][..]);
+    }
+    assert_eq!(metric(nodes[0].addr, "dap_cluster_keys_total{op=\"published\"}"), 1.0);
+    assert_eq!(metric(nodes[1].addr, "dap_cluster_keys_total{op=\"fetched\"}"), 1.0);
+    assert_eq!(metric(nodes[1].addr, "dap_cluster_sessions_total{op=\"published\"}"), 1.0);
+    assert_eq!(metric(nodes[2].addr, "dap_cluster_sessions_total{op=\"taken\"}"), 1.0);
+    // The session was taken: attaching it anywhere again finds nothing.
+    assert!(metric(nodes[2].addr, "dap_cluster_up") == 1.0);
+}
+
+/// Subscribers of the pub/sub test, by node, and publishers, one per node.
+const SUBSCRIBER_NODES: [usize; 4] = [0, 1, 2, 0];
+const MESSAGES: u64 = 300;
+
+#[test]
+fn pubsub_reaches_every_subscriber_on_every_node_once_in_order() {
+    let redis = Redis::start("pubsub");
+    let nodes = cluster("pubsub", &redis, &["a", "b", "c"], "");
+    let client = client_reactor();
+    let topic = Topic::new("everywhere").unwrap();
+    let subs: Vec<TestClient> = SUBSCRIBER_NODES
+        .iter()
+        .map(|&n| {
+            let s = open(&client, nodes[n].addr, nodes[n].key, b"P").unwrap();
+            s.subscribe(&topic);
+            s
+        })
+        .collect();
+    let pubs: Vec<TestClient> =
+        nodes.iter().map(|n| open(&client, n.addr, n.key, b"P").unwrap()).collect();
+    // Every node's relay is subscribed once a message from each publisher reached every
+    // subscriber: warm-up messages (seq 0), until they do.
+    let mut seen: Vec<HashMap<u8, u64>> = vec![HashMap::new(); subs.len()];
+    let mut warm = vec![vec![false; pubs.len()]; subs.len()];
+    let deadline = Instant::now() + TIMEOUT;
+    while warm.iter().flatten().any(|w| !w) {
+        assert!(Instant::now() < deadline, "the relays never carried a warm-up: {warm:?}");
+        for (p, publisher) in pubs.iter().enumerate() {
+            let payload = payload(p as u8, 0);
+            publisher.send(&PubSubMsg::Publish { seq: 0, topic: topic.clone(), payload }).unwrap();
+            let _ = publisher.next(); // its ACK
+        }
+        for (i, s) in subs.iter().enumerate() {
+            while let Ok(m) = s.messages.recv_timeout(Duration::from_millis(50)) {
+                if let Ok(PubSubMsg::Message { payload, .. }) = PubSubMsg::decode(m.ty, &m.data) {
+                    let (p, seq) = read_payload(&payload);
+                    assert_eq!(seq, 0, "only warm-ups so far");
+                    warm[i][p as usize] = true;
+                }
+            }
+        }
+    }
+    for (p, publisher) in pubs.iter().enumerate() {
+        for seq in 1..=MESSAGES {
+            let payload = payload(p as u8, seq);
+            publisher.send(&PubSubMsg::Publish { seq, topic: topic.clone(), payload }).unwrap();
+        }
+    }
+    for publisher in &pubs {
+        for seq in 1..=MESSAGES {
+            let m = publisher.next();
+            assert!(
+                matches!(PubSubMsg::decode(m.ty, &m.data), Ok(PubSubMsg::Ack { seq: s, .. }) if s == seq),
+                "ACK {seq} in order"
+            );
+        }
+    }
+    for (i, s) in subs.iter().enumerate() {
+        let want = MESSAGES * pubs.len() as u64;
+        let mut got = 0;
+        while got < want {
+            let m = s.next();
+            let Ok(PubSubMsg::Message { payload, .. }) = PubSubMsg::decode(m.ty, &m.data) else {
+                panic!("subscriber {i}: not a MESSAGE");
+            };
+            let (p, seq) = read_payload(&payload);
+            if seq == 0 {
+                continue; // a late warm-up
+            }
+            let last = seen[i].entry(p).or_insert(0);
+            assert_eq!(seq, *last + 1, "subscriber {i}: publisher {p}'s messages once, in order");
+            *last = seq;
+            got += 1;
+        }
+    }
+}
+
+#[test]
+fn without_redis_each_node_serves_its_own_and_cross_node_traffic_comes_back() {
+    let mut redis = Redis::start("outage");
+    let nodes = cluster("outage", &redis, &["a", "b"], "");
+    let client = client_reactor();
+    let topic = Topic::new("t").unwrap();
+    let local_sub = open(&client, nodes[0].addr, nodes[0].key, b"P").unwrap();
+    local_sub.subscribe(&topic);
+    let local_pub = open(&client, nodes[0].addr, nodes[0].key, b"P").unwrap();
+    let remote_pub = open(&client, nodes[1].addr, nodes[1].key, b"P").unwrap();
+    let publish = |c: &TestClient, p: u8, seq: u64| {
+        let payload = payload(p, seq);
+        c.send(&PubSubMsg::Publish { seq, topic: topic.clone(), payload }).unwrap();
+        let m = c.next();
+        assert!(matches!(PubSubMsg::decode(m.ty, &m.data), Ok(PubSubMsg::Ack { .. })));
+    };
+    let next_from = |want: u8| loop {
+        let m = local_sub.next();
+        if let Ok(PubSubMsg::Message { payload, .. }) = PubSubMsg::decode(m.ty, &m.data) {
+            let (p, seq) = read_payload(&payload);
+            if p == want {
+                return seq;
+            }
+        }
+    };
+    // Cross-node works.
+    let mut seq = 0;
+    wait_until("a message from node b reaches node a", || {
+        seq += 1;
+        publish(&remote_pub, 1, seq);
+        local_sub.messages.recv_timeout(Duration::from_millis(200)).is_ok()
+    });
+
+    redis.kill();
+    wait_until("node a says it is degraded", || {
+        http_get(nodes[0].addr, "/health") == (200, "degraded: redis unreachable\n".into())
+    });
+    // Local traffic never stops: every acknowledged local publish reaches the local
+    // subscriber, in order; new sessions and keys work on the node itself.
+    while local_sub.messages.try_recv().is_ok() {}
+    for s in 1..=50 {
+        publish(&local_pub, 0, s);
+        assert_eq!(next_from(0), s);
+    }
+    let fresh = open(&client, nodes[0].addr, nodes[0].key, b"E").expect("a new session on a");
+    fresh.channel(b'E').write_timeout(1, vec![7; 10], TIMEOUT).unwrap();
+    assert_eq!(fresh.next().data.as_ref(), &[7; 10][..]);
+    assert!(metric(nodes[0].addr, "dap_cluster_redis_errors_total") > 0.0);
+    assert_eq!(metric(nodes[0].addr, "dap_cluster_up"), 0.0);
+
+    redis.restart();
+    wait_until("node a says ok again", || {
+        http_get(nodes[0].addr, "/health") == (200, "ok\n".into())
+    });
+    // Cross-node traffic resumes.
+    wait_until("a message from node b reaches node a again", || {
+        seq += 1;
+        publish(&remote_pub, 1, seq);
+        local_sub.messages.recv_timeout(Duration::from_millis(200)).is_ok()
+    });
+    wait_until("the members are back", || members(nodes[0].addr).len() == 2);
+}
+
+#[test]
+fn a_node_that_dies_leaves_the_member_list_within_its_ttl() {
+    let redis = Redis::start("death");
+    let mut nodes = cluster("death", &redis, &["a", "b", "c"], "");
+    let killed = Instant::now();
+    nodes[2].guard = None;
+    for n in &nodes[..2] {
+        wait_until("c is gone from the others' lists", || members(n.addr) == ["a", "b"]);
+    }
+    // The TTL is 1 s and a list is read every third of it: generous bounds for 2 cores.
+    assert!(killed.elapsed() < Duration::from_secs(10), "{:?}", killed.elapsed());
+}
