@@ -75,6 +75,8 @@ impl RateLimit {
 pub struct RateRefused {
     /// When the block may make its next request (at least 1 s, for `Retry-After`).
     pub retry_after: Duration,
+    /// The same, exactly (for a server that delays rather than refuses).
+    pub wait: Duration,
 }
 
 /// A token bucket per source block, as GCRA (one timestamp per block): each request moves
@@ -145,7 +147,8 @@ impl RateLimiter {
             if table.tat.len() >= self.limit.max_sources {
                 drop(table);
                 self.refused.fetch_add(1, Ordering::Relaxed);
-                return Err(RateRefused { retry_after: Duration::from_secs(1) });
+                let d = Duration::from_secs(1);
+                return Err(RateRefused { retry_after: d, wait: d });
             }
         }
         let tat = known.map_or(now, |t| t.max(now));
@@ -154,7 +157,7 @@ impl RateLimiter {
             drop(table);
             self.refused.fetch_add(1, Ordering::Relaxed);
             let wait = ahead - self.tolerance;
-            return Err(RateRefused { retry_after: wait.max(Duration::from_secs(1)) });
+            return Err(RateRefused { retry_after: wait.max(Duration::from_secs(1)), wait });
         }
         table.tat.insert(block, tat + self.interval);
         Ok(())

@@ -453,3 +453,39 @@ fn an_answer_before_the_body_reaches_a_client_still_sending() {
     assert!(r.closed());
     assert_serving(srv.addr);
 }
+
+/// A connection from 127.0.0.2 (another source block than the test's 127.0.0.1).
+fn connect_from_2(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&std::net::SocketAddr::from(([127, 0, 0, 2], 0)).into()).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s
+}
+
+/// Past `request_rate` a source's connection is paused, not refused: every pipelined
+/// request is still answered, in order, and another source is served meanwhile.
+#[test]
+fn a_source_over_its_request_rate_waits_and_others_are_served() {
+    let mut config = HttpConfig::default();
+    config.request_rate = Some(dap_net::limit::RateLimit::new(20, 5));
+    let srv = server_with(config, true);
+    let mut fast = Reader::new(connect(srv.addr));
+    let mut batch = Vec::new();
+    for i in 0..30 {
+        batch.extend_from_slice(format!("GET /q?{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    }
+    fast.send(&batch);
+    // Five at once (the burst), then one per 50 ms: the rest wait in the kernel.
+    for i in 0..5 {
+        assert_eq!(fast.response(false).body, i.to_string().as_bytes());
+    }
+    let mut other = Reader::new(connect_from_2(srv.addr));
+    other.send(b"GET /q?other HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(other.response(false).body, b"other");
+    assert!(srv.stats().rate_paused > 0, "the fast source was paused");
+    for i in 5..30 {
+        assert_eq!(fast.response(false).body, i.to_string().as_bytes(), "nothing lost, in order");
+    }
+}

@@ -282,6 +282,10 @@ pub struct HttpSection {
     /// Answer the requests already read after the client's end of stream (`shutdown(SHUT_WR)`)
     /// instead of abandoning them.
     pub half_close: bool,
+    /// Requests per second per source block (0: no limit); past it, reading pauses.
+    pub request_rate: u32,
+    /// Requests a quiet source block may make at once.
+    pub request_burst: u32,
 }
 
 impl Default for HttpSection {
@@ -300,6 +304,8 @@ impl Default for HttpSection {
             max_requests_per_connection: 0,
             server_name: "dap".into(),
             half_close: false,
+            request_rate: 0,
+            request_burst: 200,
         }
     }
 }
@@ -867,6 +873,8 @@ impl Config {
         range("reactor.limits.events_per_turn", m.events_per_turn, 1, 1 << 20)?;
         let h = &self.http;
         range("http.max_header_bytes", h.max_header_bytes, 256, 1 << 20)?;
+        range("http.request_rate", h.request_rate, 0, 10_000_000)?;
+        range("http.request_burst", h.request_burst, 1, 10_000_000)?;
         range("http.max_headers", h.max_headers, 1, 1024)?;
         range("http.max_url", h.max_url, 16, 1 << 20)?;
         range("http.max_body", h.max_body, 1024, 1 << 32)?;

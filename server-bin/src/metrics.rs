@@ -384,6 +384,14 @@ fn http_families(o: &mut Out, http: &[(&'static str, Arc<HttpStats>)]) {
     for (l, s) in &snaps {
         o.sample("dap_http_upgrades_total", &[("listener", l)], s.upgrades as f64);
     }
+    o.family(
+        "dap_http_rate_paused_total",
+        "counter",
+        "Connections paused because their source was over http.request_rate.",
+    );
+    for (l, s) in &snaps {
+        o.sample("dap_http_rate_paused_total", &[("listener", l)], s.rate_paused as f64);
+    }
     o.family("dap_http_errors_total", "counter", "HTTP faults, by kind.");
     for (l, s) in &snaps {
         for (kind, v) in [

@@ -468,6 +468,11 @@ fn http_config(c: &Config) -> HttpConfig {
         (h.max_requests_per_connection > 0).then_some(h.max_requests_per_connection);
     config.server_name = (!h.server_name.is_empty()).then(|| h.server_name.clone());
     config.half_close = h.half_close;
+    if h.request_rate > 0 {
+        let mut rate = RateLimit::new(h.request_rate, h.request_burst);
+        rate.prefixes = source_prefixes(c);
+        config.request_rate = Some(rate);
+    }
     config
 }
 
@@ -809,6 +814,8 @@ keys! {
     log_level = "log.level" => log.level: impl Into<String>;
     log_format = "log.format" => log.format: LogFormat;
     log_access = "log.access" => log.access: bool;
+    http_request_rate = "http.request_rate" => http.request_rate: u32;
+    http_request_burst = "http.request_burst" => http.request_burst: u32;
     proc_nice = "proc.nice" => proc.nice: i32;
     cluster_redis = "cluster.redis" => cluster.redis: impl Into<String>;
     cluster_node_name = "cluster.node_name" => cluster.node_name: impl Into<String>;

@@ -21,6 +21,11 @@ use crate::servers::{self, ServerProc};
 pub const MAX_REASSEMBLY: u64 = 64 << 20;
 /// `[reactor.limits] buffer_budget`, when this dapd knows the key.
 pub const BUFFER_BUDGET: u64 = 64 << 20;
+/// `[http] request_rate` and `request_burst` per source block, when this dapd knows them:
+/// what an operator of a public node sets (dapd's default is no limit).
+pub const HTTP_REQUEST_RATE: u64 = 1000;
+/// See [`HTTP_REQUEST_RATE`].
+pub const HTTP_REQUEST_BURST: u64 = 200;
 /// `[listen] max_connections` (dapd's default, written out so the report matches it).
 pub const MAX_CONNECTIONS: u64 = 16_384;
 /// `[listen] max_connections_per_source` (dapd's default).
@@ -53,8 +58,13 @@ pub struct Settings {
 /// Whether `bin` knows `[reactor.limits] buffer_budget`: its `--print-default-config`
 /// mentions it. A dapd that does not rejects the key as unknown.
 pub fn supports_buffer_budget(bin: &Path) -> bool {
+    supports_key(bin, "buffer_budget")
+}
+
+/// Whether `bin`'s `--print-default-config` mentions `key`.
+fn supports_key(bin: &Path, key: &str) -> bool {
     Command::new(bin).arg("--print-default-config").output().is_ok_and(|o| {
-        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("buffer_budget")
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains(key)
     })
 }
 
@@ -103,7 +113,8 @@ impl Dapd {
             .map_err(|e| io::Error::other(format!("{}: {e}", key_path.display())))?;
         let addr = servers::loopback_addr()?;
         let config_path = dir.join(format!("{name}.toml"));
-        fs::write(&config_path, config_text(addr, &key_path, s.buffer_budget))?;
+        let http_rate = supports_key(bin, "request_rate");
+        fs::write(&config_path, config_text(addr, &key_path, s.buffer_budget, http_rate))?;
         let mut cmd = Command::new(bin);
         cmd.arg("--config").arg(&config_path).env_remove("RUST_LOG");
         if let Some(n) = s.nofile {
@@ -143,11 +154,21 @@ impl Dapd {
 
 /// The configuration file: everything at dapd's defaults but the listener, two workers,
 /// the node key, the budgets under test written out, and UDP off.
-fn config_text(addr: SocketAddr, key: &Path, buffer_budget: Option<u64>) -> String {
-    let limits = match buffer_budget {
+fn config_text(
+    addr: SocketAddr,
+    key: &Path,
+    buffer_budget: Option<u64>,
+    http_rate: bool,
+) -> String {
+    let mut limits = match buffer_budget {
         Some(b) => format!("\n[reactor.limits]\nbuffer_budget = {b}\n"),
         None => String::new(),
     };
+    if http_rate {
+        limits.push_str(&format!(
+            "\n[http]\nrequest_rate = {HTTP_REQUEST_RATE}\nrequest_burst = {HTTP_REQUEST_BURST}\n"
+        ));
+    }
     // `{:?}` of an ASCII path is a valid TOML basic string.
     let key = format!("{:?}", key.display().to_string());
     format!(
@@ -297,10 +318,10 @@ mod tests {
     #[test]
     fn config_names_the_budgets() {
         let addr = SocketAddr::from(([127, 0, 0, 1], 8079));
-        let t = config_text(addr, Path::new("/tmp/k.key"), Some(5));
+        let t = config_text(addr, Path::new("/tmp/k.key"), Some(5), true);
         assert!(t.contains("node_key = \"/tmp/k.key\""));
         assert!(t.contains("[reactor.limits]\nbuffer_budget = 5\n"));
         assert!(t.contains("max_reassembly = 67108864"));
-        assert!(!config_text(addr, Path::new("/k"), None).contains("buffer_budget"));
+        assert!(!config_text(addr, Path::new("/k"), None, false).contains("buffer_budget"));
     }
 }

@@ -44,6 +44,13 @@ pub struct HttpConfig {
     /// (their handlers hear [`HttpError::Closed`](super::HttpError)) and the connection
     /// closes at once, so a long-poll does not hold a departed client's connection.
     pub half_close: bool,
+    /// Requests per source block (per /32 and /64 by default), as nginx's `limit_req`
+    /// with a delay: past the rate, the server stops reading that connection until the
+    /// block may make its next request, so a client pipelining thousands of requests costs
+    /// the worker nothing while it waits, and other clients are served in between. Each
+    /// pause is counted ([`HttpStatsSnapshot::rate_paused`](super::HttpStatsSnapshot)).
+    /// `None` (the default): no limit.
+    pub request_rate: Option<crate::limit::RateLimit>,
 }
 
 impl Default for HttpConfig {
@@ -60,6 +67,7 @@ impl Default for HttpConfig {
             server_name: Some("dap".to_string()),
             proc_priority: Priority::Normal,
             half_close: false,
+            request_rate: None,
         }
     }
 }

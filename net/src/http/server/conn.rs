@@ -137,6 +137,8 @@ pub(crate) struct HttpConn {
     /// [`PIPELINE_BURST`] requests were started in one go and more wait in the input: the
     /// rest are served from `on_write` (write interest is on).
     deferred: bool,
+    /// Reading is paused until the source's request rate allows the next request.
+    rate_paused: bool,
     /// The request being answered, for its access-log line.
     access: Option<Access>,
 }
@@ -194,6 +196,7 @@ impl HttpConn {
             linger_left: None,
             peer_done: false,
             deferred: false,
+            rate_paused: false,
             access: None,
         }
     }
@@ -261,6 +264,9 @@ impl HttpConn {
     fn serve_input(&mut self, es: &mut Esocket<'_>) {
         let mut started = 0;
         self.deferred = false;
+        if self.rate_paused {
+            return;
+        }
         loop {
             if self.upgraded.is_some() || !self.out.is_empty() || es.is_closing() {
                 return;
@@ -269,6 +275,13 @@ impl HttpConn {
                 Phase::Idle | Phase::Head => {
                     if es.buf_in().is_empty() {
                         return;
+                    }
+                    // A new request (not the rest of a head) counts against the rate.
+                    if self.phase == Phase::Idle
+                        && let (Some(rate), Some(peer)) = (&self.sh.rate, self.peer)
+                        && let Err(r) = rate.check(peer.ip(), es.worker().now())
+                    {
+                        return self.pause(es, r.wait);
                     }
                     if started == PIPELINE_BURST {
                         // Pipelined requests take turns with the worker's other
@@ -309,6 +322,28 @@ impl HttpConn {
                 }
                 Phase::Handling | Phase::Streaming | Phase::Closing => return,
             }
+        }
+    }
+
+    /// The source is over its request rate: reading stops until it may go on (the kernel
+    /// holds what the client sends meanwhile, and TCP slows it), then what is read is
+    /// served. Without a timer slot the connection is closed instead of served early.
+    fn pause(&mut self, es: &mut Esocket<'_>, wait: Duration) {
+        self.count(Counter::RatePaused);
+        self.rate_paused = true;
+        es.set_readable(false);
+        let h = es.handle();
+        let resume = move |t: &mut Esocket<'_>| {
+            t.worker().with_esocket(h, |es| {
+                es.set_readable(true);
+                es.with_handler::<HttpConn, _>(|c, es| {
+                    c.rate_paused = false;
+                    c.process(es);
+                });
+            });
+        };
+        if es.worker().add_oneshot(wait.max(Duration::from_millis(1)), resume).is_err() {
+            es.close_now();
         }
     }
 

@@ -66,6 +66,8 @@ pub(crate) struct Shared {
     stats: Arc<HttpStats>,
     /// Serve HTTPS: every connection gets a TLS layer first.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// [`HttpConfig::request_rate`]'s limiter, shared by every connection.
+    rate: Option<crate::limit::RateLimiter>,
 }
 
 /// Statuses counted as bad requests (the client's input was at fault).
@@ -162,7 +164,9 @@ impl HttpServer {
     {
         let stats = Arc::new(HttpStats::new(workers));
         let parse_limits = HttpLimits { max_body: u64::MAX, ..self.config.limits };
+        let rate = self.config.request_rate.clone().map(crate::limit::RateLimiter::new);
         let shared = Arc::new(Shared {
+            rate,
             router: self.router,
             config: self.config,
             parse_limits,

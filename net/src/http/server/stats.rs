@@ -17,9 +17,10 @@ pub(crate) enum Counter {
     Overloaded,
     HandlerPanics,
     ConnectionsClosedEarly,
+    RatePaused,
 }
 
-const COUNTERS: usize = 12;
+const COUNTERS: usize = 13;
 
 #[repr(align(128))]
 #[derive(Debug, Default)]
@@ -51,6 +52,9 @@ pub struct HttpStatsSnapshot {
     pub handler_panics: u64,
     /// Connections the client closed or broke with a request unfinished.
     pub closed_early: u64,
+    /// Times a connection's reading paused because its source was over
+    /// [`HttpConfig::request_rate`](super::HttpConfig::request_rate).
+    pub rate_paused: u64,
 }
 
 impl HttpStats {
@@ -94,6 +98,7 @@ impl HttpStats {
             overloaded: get(Counter::Overloaded),
             handler_panics: get(Counter::HandlerPanics),
             closed_early: get(Counter::ConnectionsClosedEarly),
+            rate_paused: get(Counter::RatePaused),
         }
     }
 }
