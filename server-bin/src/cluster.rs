@@ -218,6 +218,9 @@ impl Conn {
     }
 }
 
+/// What is told the member list when it changes.
+type MembersHook = Box<dyn Fn(&[Member]) + Send + Sync>;
+
 /// What one of the cluster's threads runs.
 type ThreadBody = fn(&Cluster);
 
@@ -247,6 +250,8 @@ pub struct Cluster {
     relay_tx: Sender<Out>,
     relay_rx: Receiver<Out>,
     broker: std::sync::OnceLock<Arc<Broker>>,
+    /// Told the member list each time it changes (the DNS server's node records).
+    on_members: std::sync::OnceLock<MembersHook>,
     stop: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -302,6 +307,7 @@ impl Cluster {
             relay_tx,
             relay_rx,
             broker: std::sync::OnceLock::new(),
+            on_members: std::sync::OnceLock::new(),
             stop: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
             settings,
@@ -350,6 +356,12 @@ impl Cluster {
     /// Relayed messages from the other nodes go to `broker`'s subscribers.
     pub fn attach_broker(&self, broker: Arc<Broker>) {
         let _ = self.broker.set(broker);
+    }
+
+    /// `f` hears the member list each time it changes (once; a second call is ignored),
+    /// on the membership thread.
+    pub fn on_members(&self, f: impl Fn(&[Member]) + Send + Sync + 'static) {
+        let _ = self.on_members.set(Box::new(f));
     }
 
     /// Leaves the cluster (the registration is removed) and stops the threads.
@@ -513,7 +525,13 @@ impl Cluster {
             self.up.store(conn.is_up(), Ordering::Relaxed);
             if let Some(mut m) = members {
                 m.sort_by(|a, b| a.name.cmp(&b.name));
-                *self.members.write() = m;
+                let changed = *self.members.read() != m;
+                if changed {
+                    if let Some(f) = self.on_members.get() {
+                        f(&m);
+                    }
+                    *self.members.write() = m;
+                }
             }
             self.sleep(period);
         }
@@ -778,6 +796,73 @@ mod tests {
         assert_eq!(Member::decode(&m.encode()), Some(m));
         assert_eq!(Member::decode("a\tb\tx\t1"), None);
         assert_eq!(Member::decode("a\tb\t1\t1\textra"), None);
+    }
+
+    fn unconnected() -> Arc<Cluster> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        random_bytes(&mut key[..]);
+        Cluster::new(ClusterSettings {
+            redis: "redis://127.0.0.1:1/".into(),
+            key,
+            prefix: "t".into(),
+            timeout: Duration::from_millis(50),
+            membership_ttl: Duration::from_secs(1),
+            relay_queue: 2,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn sealed_values_open_only_under_their_name_and_key() {
+        let c = unconnected();
+        let sealed = c.seal("t:key:abc", b"secret");
+        assert!(!sealed.windows(6).any(|w| w == b"secret"), "never in the clear");
+        assert_eq!(c.open("t:key:abc", &sealed).as_deref().map(|v| &v[..]), Some(&b"secret"[..]));
+        // Moved to another name, altered, or cut short: refused and counted.
+        assert!(c.open("t:key:abd", &sealed).is_none());
+        let mut altered = sealed.clone();
+        *altered.last_mut().unwrap() ^= 1;
+        assert!(c.open("t:key:abc", &altered).is_none());
+        assert!(c.open("t:key:abc", &sealed[..5]).is_none());
+        assert_eq!(c.stats().bad_values.load(Ordering::Relaxed), 3);
+        // Another cluster's key does not open it.
+        assert!(unconnected().open("t:key:abc", &sealed).is_none());
+        // Two seals of one value differ (a fresh nonce each).
+        assert_ne!(c.seal("t:key:abc", b"secret"), sealed);
+    }
+
+    #[test]
+    fn relayed_frames_round_trip_and_a_node_skips_its_own() {
+        let a = unconnected();
+        let b = unconnected();
+        let topic = Topic::new("news").unwrap();
+        let frame = a.relay_frame(&topic, b"hello");
+        // No broker attached: counted as received, nowhere to go.
+        b.relayed(&frame);
+        assert_eq!(b.stats().relayed_in.load(Ordering::Relaxed), 1);
+        a.relayed(&frame);
+        assert_eq!(a.stats().relayed_in.load(Ordering::Relaxed), 0, "its own message");
+        b.relayed(&frame[..10]);
+        b.relayed(&[9; 30]);
+        assert_eq!(b.stats().bad_values.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_full_relay_queue_drops_and_counts_and_redis_down_fails_fast() {
+        let c = unconnected();
+        let topic = Topic::new("t").unwrap();
+        for _ in 0..5 {
+            c.forward(&topic, b"x");
+        }
+        assert_eq!(c.stats().relay_dropped.load(Ordering::Relaxed), 3, "queue of 2");
+        // Nothing listens on port 1: the call fails, and the next fails at once (back-off).
+        let id = KeyId::random();
+        assert!(SharedKeys::fetch(&*c, &id).is_none());
+        let t = Instant::now();
+        assert!(SharedKeys::fetch(&*c, &id).is_none());
+        assert!(t.elapsed() < Duration::from_millis(40), "no connection attempt in back-off");
+        assert!(c.stats().redis_errors.load(Ordering::Relaxed) >= 2);
+        assert!(!c.is_up());
     }
 
     #[test]

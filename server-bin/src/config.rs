@@ -629,6 +629,10 @@ pub struct DnsSection {
     pub max_records: usize,
     /// Largest reply to EDNS queries.
     pub max_payload: u16,
+    /// With `[cluster]`: the name (inside the zone) whose A / AAAA records are the
+    /// cluster's members' addresses, and whose TXT records say `name=… addr=host:port
+    /// udp=port` for each, kept up to date as nodes come and go; empty: none.
+    pub cluster_name: String,
     /// The zone's records.
     pub records: Vec<DnsRecord>,
 }
@@ -638,6 +642,7 @@ impl Default for DnsSection {
         DnsSection {
             enabled: false,
             addr: SocketAddr::from(([127, 0, 0, 1], 8053)),
+            cluster_name: String::new(),
             origin: "dapd.test".into(),
             max_records: 65_536,
             max_payload: 1232,

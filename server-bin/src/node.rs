@@ -187,6 +187,16 @@ pub struct Node {
     cluster: Option<Arc<Cluster>>,
 }
 
+impl Drop for Node {
+    /// A node dropped without [`Node::shutdown`] still leaves its cluster (the member list,
+    /// the Redis connections and their threads); the reactor stops on its own drop.
+    fn drop(&mut self) {
+        if let Some(cl) = &self.cluster {
+            cl.stop();
+        }
+    }
+}
+
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
@@ -330,6 +340,28 @@ fn join_cluster(
     let udp_port = udp.map_or(0, |a| a.port());
     cl.run(name, advertise, udp_port)
         .map_err(|e| StartError::Threads { what: "cluster", source: std::io::Error::other(e) })
+}
+
+/// Keeps `[dns] cluster_name` in `zone` the cluster's member list: an A or AAAA record per
+/// member whose advertised host is an address, and a TXT record per member.
+fn publish_members(cl: &Arc<Cluster>, zone: dap_net::dns::SharedZone, c: &Config) {
+    let name = c.dns.cluster_name.clone();
+    let ttl = (c.cluster.membership_ttl_ms / 1000).max(1) as u32;
+    cl.on_members(move |members| {
+        let mut z = zone.write();
+        z.remove(&name);
+        for m in members {
+            let added = match m.addr.parse::<SocketAddr>().map(|a| a.ip()) {
+                Ok(std::net::IpAddr::V4(ip)) => z.add_a(&name, ip, ttl),
+                Ok(std::net::IpAddr::V6(ip)) => z.add_aaaa(&name, ip, ttl),
+                Err(_) => Ok(()),
+            };
+            let txt = format!("name={} addr={} udp={}", m.name, m.addr, m.udp_port);
+            if let Err(e) = added.and_then(|()| z.add_txt(&name, txt, ttl)) {
+                tracing::warn!(error = %e, member = %m.name, "cluster member not in DNS");
+            }
+        }
+    });
 }
 
 /// How often the allocator is asked whether it holds free memory worth giving back.
@@ -817,6 +849,7 @@ keys! {
     http_request_rate = "http.request_rate" => http.request_rate: u32;
     http_request_burst = "http.request_burst" => http.request_burst: u32;
     proc_nice = "proc.nice" => proc.nice: i32;
+    dns_cluster_name = "dns.cluster_name" => dns.cluster_name: impl Into<String>;
     cluster_redis = "cluster.redis" => cluster.redis: impl Into<String>;
     cluster_node_name = "cluster.node_name" => cluster.node_name: impl Into<String>;
     cluster_key_file = "cluster.key_file" => cluster.key_file: impl Into<String>;
@@ -1071,6 +1104,11 @@ impl NodeBuilder {
             None => None,
         };
         if let Some(cl) = &cluster {
+            if let Some(d) = &dns
+                && !config.dns.cluster_name.is_empty()
+            {
+                publish_members(cl, d.zone().clone(), &config);
+            }
             join_cluster(&config, cl, local_addr, udp_addr)?;
             tracing::info!(node = cl.node_name(), "cluster joined");
         }

@@ -86,23 +86,37 @@ fn key_file(test: &str) -> PathBuf {
 /// Starts nodes `names` on `redis`, and waits until each lists them all.
 fn cluster(test: &str, redis: &Redis, names: &[&str], extra: &str) -> Vec<NodeProc> {
     let key = key_file(test);
-    let nodes: Vec<NodeProc> = names
-        .iter()
-        .map(|name| {
-            let cfg = format!(
-                "[cluster]\nredis = \"{}\"\nnode_name = \"{name}\"\nkey_file = \"{}\"\n\
-                 membership_ttl_ms = 1000\ntimeout_ms = 500\n{extra}",
-                redis.url(),
-                key.display()
-            );
-            let (guard, addr, key) = spawn_dapd(test, name, &cfg);
-            NodeProc { guard: Some(guard), addr, key }
-        })
-        .collect();
+    let nodes = spawn_nodes(test, redis, names, &key, extra);
     for n in &nodes {
         wait_until("every node lists every node", || members(n.addr).len() == names.len());
     }
     nodes
+}
+
+/// The node processes of [`cluster`], not waited for.
+fn spawn_nodes(
+    test: &str,
+    redis: &Redis,
+    names: &[&str],
+    key: &std::path::Path,
+    extra: &str,
+) -> Vec<NodeProc> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            // Each advertises an address of its own (the DNS test tells them apart by it).
+            let cfg = format!(
+                "[cluster]\nredis = \"{}\"\nnode_name = \"{name}\"\nkey_file = \"{}\"\n\
+                 membership_ttl_ms = 1000\ntimeout_ms = 500\nadvertise = \"127.0.1.{}:8079\"\n{extra}",
+                redis.url(),
+                key.display(),
+                i + 1
+            );
+            let (guard, addr, key) = spawn_dapd(test, name, &cfg);
+            NodeProc { guard: Some(guard), addr, key }
+        })
+        .collect()
 }
 
 /// The names in a node's `/cluster`.
@@ -287,14 +301,51 @@ fn without_redis_each_node_serves_its_own_and_cross_node_traffic_comes_back() {
 }
 
 #[test]
-fn a_node_that_dies_leaves_the_member_list_within_its_ttl() {
+fn a_node_that_dies_leaves_the_member_list_and_dns_within_its_ttl() {
     let redis = Redis::start("death");
-    let mut nodes = cluster("death", &redis, &["a", "b", "c"], "");
+    let key = key_file("death");
+    let mut nodes = spawn_nodes("death", &redis, &["a", "b", "c"], &key, "");
+    // A fourth node, in this process, hands the member list out through its DNS server.
+    let mut cfg = config(1);
+    cfg.cluster.redis = redis.url();
+    cfg.cluster.node_name = "d".into();
+    cfg.cluster.key_file = key.display().to_string();
+    cfg.cluster.membership_ttl_ms = 1000;
+    cfg.cluster.advertise = "127.0.1.4:8079".into();
+    cfg.dns.enabled = true;
+    cfg.dns.addr = "127.0.0.1:0".parse().unwrap();
+    cfg.dns.cluster_name = format!("nodes.{}", cfg.dns.origin);
+    let name = cfg.dns.cluster_name.clone();
+    let d = daemon(cfg);
+    let client = client_reactor();
+    let resolver = dap_net::dns::Resolver::start(
+        client.worker(0).unwrap(),
+        dap_net::dns::ResolverConfig::new(vec![d.dns_addr().unwrap()]),
+    )
+    .unwrap();
+    let in_dns = || {
+        let mut found: Vec<String> = resolver
+            .resolve(&name, dap_net::dns::LookupKind::A)
+            .map(|l| l.addrs.iter().map(|a| a.to_string()).collect())
+            .unwrap_or_default();
+        found.sort();
+        found
+    };
+    let all = ["127.0.1.1", "127.0.1.2", "127.0.1.3", "127.0.1.4"];
+    wait_until("the four in d's DNS", || in_dns() == all);
+    for n in &nodes {
+        wait_until("every node lists every node", || members(n.addr).len() == 4);
+    }
+
     let killed = Instant::now();
     nodes[2].guard = None;
     for n in &nodes[..2] {
-        wait_until("c is gone from the others' lists", || members(n.addr) == ["a", "b"]);
+        wait_until("c is gone from the others' lists", || members(n.addr) == ["a", "b", "d"]);
     }
+    wait_until("c is gone from d's DNS", || in_dns() == ["127.0.1.1", "127.0.1.2", "127.0.1.4"]);
     // The TTL is 1 s and a list is read every third of it: generous bounds for 2 cores.
     assert!(killed.elapsed() < Duration::from_secs(10), "{:?}", killed.elapsed());
+    // A node that stops leaves at once (it deletes its entry as it drains).
+    d.shutdown(Duration::from_secs(5));
+    wait_until("d is gone from a's list", || members(nodes[0].addr) == ["a", "b"]);
 }
