@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `{p}:key:{key id}` | an enc key, sealed | the key store's idle TTL, renewed by each request |
 //! | `{p}:seq:{key id}:{n}` | `1`: request `n` of that key was served (replays) | the idle TTL |
-//! | `{p}:sess:{session id}` | a session made by stream_ctl, sealed | the session's connect timeout, or until one node takes it |
+//! | `{p}:sess:{keyed hash of the session id}` | a session made by stream_ctl, sealed | the session's connect timeout, or until one node takes it |
 //! | `{p}:node:{name}` | a member: name, address, UDP port, start time | `membership_ttl_ms`, renewed every third of it |
 //! | channel `{p}:ps` | pub/sub messages published on any node | Redis pub/sub: not stored |
 //!
@@ -35,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use dap_net::enc::cipher::{AeadKey, CipherSuite, Nonce, random_bytes};
+use dap_net::enc::cipher::{AeadKey, CipherSuite, Nonce, hkdf_sha256, random_bytes};
 use dap_net::enc::{KeyId, SharedKeys};
 use dap_reactor::LogThrottle;
 use dap_stream::SharedSessions;
@@ -437,6 +437,13 @@ impl Cluster {
         )
     }
 
+    /// The Redis key of session `id`: a keyed hash of the id, not the id, which authorises
+    /// an attach and must not be readable by whoever can list Redis's keys.
+    fn session_key(&self, id: &[u8; 16]) -> String {
+        let h = hkdf_sha256(&self.settings.key[..], id, b"dap v1 cluster session name");
+        self.name_key("sess", &hex(&h[..16]))
+    }
+
     fn name_key(&self, kind: &str, id: &str) -> String {
         format!("{}:{kind}:{id}", self.settings.prefix)
     }
@@ -715,7 +722,7 @@ impl SharedKeys for Cluster {
 
 impl SharedSessions for Cluster {
     fn publish(&self, id: &[u8; 16], blob: &[u8], ttl: Duration) {
-        let name = self.name_key("sess", &hex(id));
+        let name = self.session_key(id);
         let sealed = self.seal(&name, blob);
         let ms = ttl.as_millis() as u64;
         let r = self
@@ -726,7 +733,7 @@ impl SharedSessions for Cluster {
     }
 
     fn take(&self, id: &[u8; 16]) -> Option<Zeroizing<Vec<u8>>> {
-        let name = self.name_key("sess", &hex(id));
+        let name = self.session_key(id);
         let got: Option<Vec<u8>> =
             self.call(|c| redis::cmd("GETDEL").arg(&name).query(c)).flatten();
         match got {
@@ -743,7 +750,7 @@ impl SharedSessions for Cluster {
     }
 
     fn forget(&self, id: &[u8; 16]) {
-        let name = self.name_key("sess", &hex(id));
+        let name = self.session_key(id);
         // Best effort and never blocking: the session's short TTL ends it anyway.
         let _ = self.relay_tx.try_send(Out::Del(name));
     }
