@@ -456,3 +456,48 @@ fn pipelining_non_readers_are_held_to_the_buffer_budget() {
     again.r.get_mut().write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert_eq!(again.read_answer().status, 200);
 }
+
+/// dapd at its descriptor limit (a `prlimit` of 128): accepts fail, each failure is counted
+/// and retried on a timer (no busy loop), the warning is logged at most five times in ten
+/// seconds however many there are, a client connected before is served throughout, and
+/// once the flood goes new clients are accepted again.
+#[test]
+fn accepts_at_the_descriptor_limit_are_counted_and_their_log_is_throttled() {
+    let d = spawn_dapd_with(
+        "budgets",
+        "emfile",
+        "[udp]\nenabled = false\n",
+        &["prlimit", "--nofile=128:128"],
+    );
+    let mut legit = Raw::connect_from("127.0.0.3", d.addr);
+    legit.r.get_mut().write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(legit.read_answer().status, 200);
+    // Many more connections than descriptors: the kernel completes them (the backlog),
+    // dapd cannot take them.
+    let flood: Vec<TcpStream> =
+        (0..400).map(|_| Raw::connect_from("127.0.0.2", d.addr).r.into_inner()).collect();
+    // Asked on the connection made before: a new one would not be accepted now.
+    let mut failed = || {
+        legit.r.get_mut().write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let a = legit.read_answer();
+        assert_eq!(a.status, 200, "the client connected before is served");
+        let text = String::from_utf8(a.body).unwrap();
+        text.lines()
+            .filter(|l| {
+                l.starts_with("dap_worker_errors_total{") && l.contains("kind=\"accept_failed\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    wait_until("accepts to fail at the limit", || failed() >= 10.0);
+    let warned = d.log.try_iter().filter(|l| l.contains("accept failed")).count();
+    assert!((1..=5).contains(&warned), "{warned} accept warnings logged");
+    // The flood goes: new clients are accepted again.
+    drop(flood);
+    wait_until("a new client is served again", || {
+        let mut again = Raw::connect_from("127.0.0.4", d.addr);
+        again.r.get_mut().set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+        again.r.get_mut().write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").is_ok()
+            && !closed_unanswered(again.r.get_mut())
+    });
+}

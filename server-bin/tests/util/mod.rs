@@ -255,6 +255,22 @@ impl Drop for Guard {
 /// files in a directory named after `test` and `name`; returns it, its address and its
 /// node key.
 pub fn spawn_dapd(test: &str, name: &str, extra: &str) -> (Guard, SocketAddr, [u8; 32]) {
+    let d = spawn_dapd_with(test, name, extra, &[]);
+    (d.guard, d.addr, d.key)
+}
+
+/// A `dapd` process started by [`spawn_dapd_with`].
+pub struct Dapd {
+    pub guard: Guard,
+    pub addr: SocketAddr,
+    pub key: [u8; 32],
+    /// Its log lines (stderr), as they come; each is also printed to the test's output.
+    pub log: crossbeam_channel::Receiver<String>,
+}
+
+/// [`spawn_dapd`], run through `wrapper` (a command and its arguments that then runs dapd,
+/// `prlimit --nofile=…`, say; empty: none), with its log lines kept.
+pub fn spawn_dapd_with(test: &str, name: &str, extra: &str, wrapper: &[&str]) -> Dapd {
     let dir = std::env::temp_dir().join(format!("dapd-{test}-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("dapd.toml");
@@ -263,33 +279,49 @@ pub fn spawn_dapd(test: &str, name: &str, extra: &str) -> (Guard, SocketAddr, [u
          [shutdown]\ngrace_ms = 10000\n[log]\nlevel = \"warn\"\n{extra}"
     );
     std::fs::write(&path, text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dapd"))
+    let dapd = env!("CARGO_BIN_EXE_dapd");
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(dapd);
+            c
+        }
+        None => Command::new(dapd),
+    };
+    let mut child = cmd
         .arg("--config")
         .arg(&path)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn dapd");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = crossbeam_channel::unbounded();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
+    let lines = |r: Box<dyn Read + Send>, echo: bool| {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines() {
+                let Ok(line) = line else { break };
+                if echo {
+                    eprintln!("{line}");
+                }
+                // Read to the end even when nobody listens: dapd must never find its
+                // output closed.
+                let _ = tx.send(line);
             }
-        }
-    });
+        });
+        rx
+    };
+    let out = lines(Box::new(child.stdout.take().unwrap()), false);
+    let log = lines(Box::new(child.stderr.take().unwrap()), true);
     let guard = Guard(child);
     let deadline = Instant::now() + TIMEOUT;
     let (mut addr, mut key) = (None, None);
     while addr.is_none() || key.is_none() {
-        let line = rx.recv_deadline(deadline).expect("dapd announces itself in time");
+        let line = out.recv_deadline(deadline).expect("dapd announces itself in time");
         if let Some(a) = line.strip_prefix("dapd: listening on ") {
             addr = Some(a.parse().expect("an address"));
         } else if let Some(k) = line.strip_prefix("dapd: node key ") {
             key = dap_net::enc::keys::public_key_from_base64(k);
         }
     }
-    (guard, addr.unwrap(), key.unwrap())
+    Dapd { guard, addr: addr.unwrap(), key: key.unwrap(), log }
 }
