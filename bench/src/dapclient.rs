@@ -15,17 +15,24 @@
 //! ([`open_session_from`]), send all but the end of a message
 //! ([`StreamClient::send_partial`]) and then sit on it, answering keepalives
 //! ([`StreamClient::hold`]).
+//!
+//! For `cluster`, a set-up can send each step to another node ([`open_session_across`]),
+//! and a client made with [`StreamClient::with_inbox`] keeps the messages that arrive, so
+//! that it can speak channel `'P'` ([`StreamClient::subscribe`],
+//! [`StreamClient::queue_pubsub`], [`StreamClient::next_pubsub`]).
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dap_net::enc::{CipherSuite, EncInit, EncSession, SealedRequest};
 use dap_stream::codec::frame;
 use dap_stream::codec::packet::{self, PacketType, Sealer};
+use dap_stream::pubsub::{PUBSUB, PubSubMsg, Topic};
 use dap_stream::session::SessionParams;
 use dap_stream::session::TransportKind;
 use dap_stream::session::ctl::CtlRequest;
@@ -361,6 +368,12 @@ impl DapSetup {
             _ => None,
         }
     }
+
+    /// The requests made from now on go to `addr` (their `Host`): call it before
+    /// [`on_response`](Self::on_response) makes the request another node will get.
+    pub fn retarget(&mut self, addr: SocketAddr) {
+        self.host = addr.to_string();
+    }
 }
 
 /// A [`DapSetup`] driven over a non-blocking socket: each request written as the socket
@@ -458,6 +471,37 @@ pub fn open_session_from(
     set_up(conn, addr, node_key, channels, suite)
 }
 
+/// A full session set-up with each step at its own address (nodes of a cluster), each on a
+/// fresh blocking connection: `POST /enc_init` at `at[0]` (whose node key is `node_key`),
+/// `POST /stream_ctl` at `at[1]`, `GET /stream/…` at `at[2]`. Returns the last connection
+/// (the stream's) and the session.
+pub fn open_session_across(
+    at: [SocketAddr; 3],
+    node_key: [u8; 32],
+    channels: &[u8],
+    suite: Option<CipherSuite>,
+) -> Result<(HttpConn, SessionParams), String> {
+    let (mut setup, mut req) =
+        DapSetup::start(at[0], node_key, channels, suite, TransportKind::Http);
+    for (i, &addr) in at.iter().enumerate() {
+        let mut conn = HttpConn::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+        let r = conn.exchange(&req).map_err(|e| format!("exchange with {addr}: {e}"))?;
+        if let Some(&next) = at.get(i + 1) {
+            setup.retarget(next);
+        }
+        match setup.on_response(r)? {
+            Some(next) if i + 1 < at.len() => req = next,
+            Some(_) => return Err("a request after the upgrade".to_string()),
+            None if i + 1 == at.len() => {
+                let params = setup.take_params().ok_or("no session")?;
+                return Ok((conn, params));
+            }
+            None => return Err(format!("set-up over after step {}", i + 1)),
+        }
+    }
+    Err("no address".to_string())
+}
+
 /// The three steps of a set-up over `conn`.
 fn set_up(
     mut conn: HttpConn,
@@ -495,6 +539,25 @@ impl ChannelHandler for Count {
     }
 }
 
+/// The messages a client made with [`StreamClient::with_inbox`] has received and not
+/// handed out yet: channel id and message, in arrival order. The mux calls the handlers
+/// on the client's own thread, so the lock is never contended.
+type Inbox = Arc<Mutex<VecDeque<(u8, Message)>>>;
+
+/// Keeps the messages that arrive on channel `id` in the inbox (and counts them).
+struct Keep {
+    id: u8,
+    count: Arc<AtomicUsize>,
+    inbox: Inbox,
+}
+
+impl ChannelHandler for Keep {
+    fn packet_in(&mut self, _: &mut Channel<'_>, msg: Message) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner()).push_back((self.id, msg));
+    }
+}
+
 /// Longest time [`StreamClient::send_partial`] may take.
 const PARTIAL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often [`StreamClient::hold`] looks at its stop flag.
@@ -510,16 +573,43 @@ pub struct StreamClient {
     received: Arc<AtomicUsize>,
     /// The code of the server's CLOSE, once one arrived.
     close_code: Option<u16>,
+    /// The messages received and not handed out yet ([`with_inbox`](Self::with_inbox)
+    /// only; otherwise they are only counted).
+    inbox: Option<Inbox>,
+    /// The socket's read timeout as last set (reads of [`next_message`](Self::next_message)
+    /// wait at most what their caller allows).
+    read_timeout: Duration,
 }
 
 impl StreamClient {
-    /// Carries `params` over `conn` (as [`open_session`] left it).
+    /// Carries `params` over `conn` (as [`open_session`] left it); the messages that arrive
+    /// are counted, not kept.
     pub fn new(conn: HttpConn, params: &SessionParams) -> StreamClient {
+        StreamClient::build(conn, params, false)
+    }
+
+    /// As [`new`](Self::new), keeping every message that arrives, on every channel, for
+    /// [`next_message`](Self::next_message) (and [`next_pubsub`](Self::next_pubsub)).
+    pub fn with_inbox(conn: HttpConn, params: &SessionParams) -> StreamClient {
+        StreamClient::build(conn, params, true)
+    }
+
+    fn build(conn: HttpConn, params: &SessionParams, keep: bool) -> StreamClient {
         let received = Arc::new(AtomicUsize::new(0));
+        let inbox: Option<Inbox> = keep.then(Inbox::default);
         let mut procs = ChannelProcs::new();
         for &id in &params.channels {
             let r = received.clone();
-            procs.ch_proc_add(id, move |_| Box::new(Count(r.clone()))).expect("valid channel id");
+            let added = match &inbox {
+                Some(inbox) => {
+                    let inbox = inbox.clone();
+                    procs.ch_proc_add(id, move |_| {
+                        Box::new(Keep { id, count: r.clone(), inbox: inbox.clone() })
+                    })
+                }
+                None => procs.ch_proc_add(id, move |_| Box::new(Count(r.clone()))),
+            };
+            added.expect("valid channel id");
         }
         let info = SessionInfo { session_id: params.id, client: None };
         let mut mux = Mux::new(&params.channels, &procs, info, params.limits.mux);
@@ -533,6 +623,8 @@ impl StreamClient {
             max_payload: params.limits.max_payload,
             received,
             close_code: None,
+            inbox,
+            read_timeout: IO_TIMEOUT,
         }
     }
 
@@ -648,8 +740,129 @@ impl StreamClient {
         Ok(())
     }
 
+    /// Queues message `data` of type `ty` on channel `id`; nothing is sent before
+    /// [`flush`](Self::flush) (or a read of [`next_message`](Self::next_message)).
+    ///
+    /// # Errors
+    /// No such channel, or the channel refused the write (its send queue is full: flush
+    /// and read first).
+    pub fn queue(&mut self, id: u8, ty: u8, data: Bytes) -> Result<(), String> {
+        match self.mux.with_channel(id, |ch| ch.write(ty, data)) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(format!("write on {:?}: {e}", id as char)),
+            None => Err(format!("no channel {:?}", id as char)),
+        }
+    }
+
+    /// The next message received, on any channel, waiting at most about `wait` for one
+    /// (`wait` zero: only what is already here). Reading also answers keepalives and sends
+    /// what the mux has to send (CREDIT frames, queued messages the server's credit now
+    /// lets go). Only for a client made with [`with_inbox`](Self::with_inbox).
+    ///
+    /// # Errors
+    /// Not an inbox client, the connection failed or closed, or the server closed the
+    /// stream.
+    pub fn next_message(&mut self, wait: Duration) -> Result<Option<(u8, Message)>, String> {
+        let inbox = self.inbox.clone().ok_or("not an inbox client")?;
+        let deadline = Instant::now() + wait;
+        let whole = |buf: &[u8], max| matches!(packet::parse_header(buf, max), Ok(Some(h)) if buf.len() >= h.packet_len());
+        loop {
+            if let Some(m) = inbox.lock().unwrap_or_else(|p| p.into_inner()).pop_front() {
+                return Ok(Some(m));
+            }
+            if whole(&self.conn.buf, self.max_payload) {
+                self.handle_packets()?;
+                self.flush()?;
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            self.set_read_timeout((deadline - now).min(IO_TIMEOUT))?;
+            let mut chunk = [0u8; 16 << 10];
+            match self.conn.tcp.read(&mut chunk) {
+                Ok(0) => return Err("the server closed the connection".to_string()),
+                Ok(n) => {
+                    self.conn.buf.extend_from_slice(&chunk[..n]);
+                    self.handle_packets()?;
+                    self.flush()?;
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+    }
+
+    /// Sets the socket's read timeout to `d` (at least 1 ms) unless it is within a
+    /// millisecond of that already: one system call per change, not per read.
+    fn set_read_timeout(&mut self, d: Duration) -> Result<(), String> {
+        let d = d.max(Duration::from_millis(1));
+        if d.abs_diff(self.read_timeout) >= Duration::from_millis(1) {
+            self.conn.tcp.set_read_timeout(Some(d)).map_err(|e| format!("socket: {e}"))?;
+            self.read_timeout = d;
+        }
+        Ok(())
+    }
+
+    /// Queues a `'P'` message (PROTOCOL §10); nothing is sent before
+    /// [`flush`](Self::flush).
+    ///
+    /// # Errors
+    /// As [`queue`](Self::queue).
+    pub fn queue_pubsub(&mut self, msg: &PubSubMsg) -> Result<(), String> {
+        self.queue(PUBSUB, msg.ty(), Bytes::from(msg.encode()))
+    }
+
+    /// The next `'P'` message received (messages of other channels are dropped), waiting
+    /// at most about `wait`, as [`next_message`](Self::next_message).
+    ///
+    /// # Errors
+    /// As [`next_message`](Self::next_message), and a `'P'` message that does not decode.
+    pub fn next_pubsub(&mut self, wait: Duration) -> Result<Option<PubSubMsg>, String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some((id, m)) = self.next_message(left)? else { return Ok(None) };
+            if id == PUBSUB {
+                return PubSubMsg::decode(m.ty, &m.data)
+                    .map(Some)
+                    .map_err(|e| format!("'P' message of type {:#04x}: {e}", m.ty));
+            }
+        }
+    }
+
+    /// Subscribes to `topic` and waits (at most 5 s) for its SUBSCRIBED; `'P'` messages
+    /// that come before it are dropped.
+    ///
+    /// # Errors
+    /// The server answered ERROR, or no SUBSCRIBED came in time, or as
+    /// [`next_pubsub`](Self::next_pubsub).
+    pub fn subscribe(&mut self, topic: &Topic) -> Result<(), String> {
+        self.queue_pubsub(&PubSubMsg::Subscribe { topic: topic.clone() })?;
+        self.flush()?;
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_pubsub(left)? {
+                Some(PubSubMsg::Subscribed { topic: t }) if t == *topic => return Ok(()),
+                Some(PubSubMsg::Error { code, .. }) => {
+                    return Err(format!("SUBSCRIBE refused: {}", code.name()));
+                }
+                Some(_) => {}
+                None => return Err(format!("no SUBSCRIBED within {IO_TIMEOUT:?}")),
+            }
+        }
+    }
+
     /// Seals and sends everything the mux has to send.
-    fn flush(&mut self) -> Result<(), String> {
+    pub fn flush(&mut self) -> Result<(), String> {
         loop {
             let mut out = Vec::with_capacity(1024);
             let start = Sealer::begin(&mut out);

@@ -6,6 +6,7 @@
 mod attacks;
 mod bulk;
 mod certs;
+mod cluster;
 mod dapclient;
 mod echo;
 mod http;
@@ -146,6 +147,9 @@ enum Cmd {
     /// Session set-ups per second (enc_init + stream_ctl + stream connect) vs full rustls
     /// TLS 1.3 handshakes per second, fresh connections.
     Setup(setup::SetupArgs),
+    /// dapd's `[cluster]`: three nodes on one Redis; pub/sub with publisher and subscriber
+    /// on one node vs on two, and set-ups with every step on one node vs each on another
+    Cluster(cluster::ClusterArgs),
     /// Runs every comparison in turn (echo, memory, proc, http, https, stream, setup).
     All(AllArgs),
 }
@@ -272,6 +276,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Cmd::Setup(a) => setup::run(&a).map(drop),
+        Cmd::Cluster(a) => cluster::run(&a, DapSource::from_arg(cli.dapd_bin)).map(drop),
         Cmd::All(a) => {
             let bins = AllBins {
                 dap: cli.dap_bin,

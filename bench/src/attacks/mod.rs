@@ -20,7 +20,8 @@
 
 mod kinds;
 mod legit;
-mod subject;
+/// dapd as a subprocess, its scratch directory and its `/metrics` (also used by `cluster`).
+pub(crate) mod subject;
 
 use std::net::SocketAddr;
 use std::path::Path;

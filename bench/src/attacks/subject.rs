@@ -63,9 +63,10 @@ pub fn supports_buffer_budget(bin: &Path) -> bool {
 
 /// Whether `bin`'s `--print-default-config` mentions `key`.
 fn supports_key(bin: &Path, key: &str) -> bool {
-    Command::new(bin).arg("--print-default-config").output().is_ok_and(|o| {
-        o.status.success() && String::from_utf8_lossy(&o.stdout).contains(key)
-    })
+    Command::new(bin)
+        .arg("--print-default-config")
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(key))
 }
 
 /// A scratch directory for configuration files and node keys, removed when dropped.
@@ -75,7 +76,12 @@ pub struct ScratchDir(PathBuf);
 impl ScratchDir {
     /// `$TMPDIR/dap-bench-attacks-PID`, empty.
     pub fn new() -> io::Result<ScratchDir> {
-        let d = std::env::temp_dir().join(format!("dap-bench-attacks-{}", std::process::id()));
+        ScratchDir::named("attacks")
+    }
+
+    /// `$TMPDIR/dap-bench-LABEL-PID`, empty.
+    pub fn named(label: &str) -> io::Result<ScratchDir> {
+        let d = std::env::temp_dir().join(format!("dap-bench-{label}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d)?;
         Ok(ScratchDir(d))
