@@ -38,8 +38,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use dap_net::enc::cipher::{AeadKey, CipherSuite, Nonce, hkdf_sha256, random_bytes};
 use dap_net::enc::{KeyId, SharedKeys};
 use dap_reactor::LogThrottle;
-use dap_stream::SharedSessions;
 use dap_stream::pubsub::{Broker, Relay, Topic};
+use dap_stream::{SharedSessions, Taken};
 use parking_lot::{Mutex, RwLock};
 use zeroize::Zeroizing;
 
@@ -54,6 +54,7 @@ const IDLE_POLL: Duration = Duration::from_millis(200);
 const RELAY_VERSION: u8 = 1;
 
 static REDIS_ERRORS: LogThrottle = LogThrottle::new(5, Duration::from_secs(10));
+static RELAY_DROPPED: LogThrottle = LogThrottle::new(5, Duration::from_secs(10));
 
 /// What the cluster needs to start (from `[cluster]`).
 #[derive(Clone, Debug)]
@@ -224,13 +225,8 @@ type MembersHook = Box<dyn Fn(&[Member]) + Send + Sync>;
 /// What one of the cluster's threads runs.
 type ThreadBody = fn(&Cluster);
 
-/// A job for the relay-out thread.
-enum Out {
-    /// A pub/sub message published here.
-    Publish(Topic, Bytes),
-    /// A key to delete (a session attached here).
-    Del(String),
-}
+/// A job for the relay-out thread: a pub/sub message published here.
+struct Out(Topic, Bytes);
 
 /// The node's link to the cluster: shared keys and sessions, relayed pub/sub, membership.
 pub struct Cluster {
@@ -249,6 +245,7 @@ pub struct Cluster {
     up: AtomicBool,
     relay_tx: Sender<Out>,
     relay_rx: Receiver<Out>,
+
     broker: std::sync::OnceLock<Arc<Broker>>,
     /// Told the member list each time it changes (the DNS server's node records).
     on_members: std::sync::OnceLock<MembersHook>,
@@ -295,6 +292,7 @@ impl Cluster {
         let mut origin = [0u8; 16];
         random_bytes(&mut origin);
         let (relay_tx, relay_rx) = crossbeam_channel::bounded(settings.relay_queue.max(1));
+
         let c = Arc::new(Cluster {
             seal_key: AeadKey::new(CipherSuite::Aes256Gcm, &settings.key),
             conn: Mutex::new(Conn::new(client.clone(), settings.timeout)),
@@ -306,6 +304,7 @@ impl Cluster {
             up: AtomicBool::new(false),
             relay_tx,
             relay_rx,
+
             broker: std::sync::OnceLock::new(),
             on_members: std::sync::OnceLock::new(),
             stop: AtomicBool::new(false),
@@ -557,7 +556,7 @@ impl Cluster {
         }
     }
 
-    /// Sends relayed messages (and deletes) to Redis, in order, pipelined.
+    /// Sends relayed messages to Redis, in order, pipelined.
     fn relay_out_loop(&self) {
         let channel = format!("{}:ps", self.settings.prefix);
         let mut conn = Conn::new(self.client.clone(), self.settings.timeout);
@@ -574,26 +573,29 @@ impl Cluster {
                 }
             }
             let mut pipe = redis::pipe();
-            let mut published = 0u64;
-            for job in &batch {
-                match job {
-                    Out::Publish(topic, payload) => {
-                        pipe.cmd("PUBLISH")
-                            .arg(&channel)
-                            .arg(self.relay_frame(topic, payload))
-                            .ignore();
-                        published += 1;
-                    }
-                    Out::Del(key) => {
-                        pipe.cmd("DEL").arg(key).ignore();
-                    }
-                }
+            for Out(topic, payload) in &batch {
+                pipe.cmd("PUBLISH").arg(&channel).arg(self.relay_frame(topic, payload)).ignore();
             }
-            let sent = conn.call(&self.stats, |c| pipe.query::<()>(c));
-            let counter =
-                if sent.is_some() { &self.stats.relayed_out } else { &self.stats.relay_dropped };
-            counter.fetch_add(published, Ordering::Relaxed);
+            let n = batch.len() as u64;
+            if conn.call(&self.stats, |c| pipe.query::<()>(c)).is_some() {
+                self.stats.relayed_out.fetch_add(n, Ordering::Relaxed);
+            } else {
+                self.dropped(n, "redis did not take them");
+            }
             batch.clear();
+        }
+    }
+
+    /// Counts `n` messages that will not reach the other nodes, and says so (throttled).
+    fn dropped(&self, n: u64, why: &str) {
+        self.stats.relay_dropped.fetch_add(n, Ordering::Relaxed);
+        if let Some(suppressed) = RELAY_DROPPED.check() {
+            tracing::warn!(
+                messages = n,
+                why,
+                suppressed,
+                "pub/sub messages not relayed to the other nodes"
+            );
         }
     }
 
@@ -721,7 +723,7 @@ impl SharedKeys for Cluster {
 }
 
 impl SharedSessions for Cluster {
-    fn publish(&self, id: &[u8; 16], blob: &[u8], ttl: Duration) {
+    fn publish(&self, id: &[u8; 16], blob: &[u8], ttl: Duration) -> bool {
         let name = self.session_key(id);
         let sealed = self.seal(&name, blob);
         let ms = ttl.as_millis() as u64;
@@ -730,39 +732,36 @@ impl SharedSessions for Cluster {
         if r.is_some() {
             inc(&self.stats.sessions_published);
         }
+        r.is_some()
     }
 
-    fn take(&self, id: &[u8; 16]) -> Option<Zeroizing<Vec<u8>>> {
+    fn take(&self, id: &[u8; 16]) -> Taken {
         let name = self.session_key(id);
-        let got: Option<Vec<u8>> =
-            self.call(|c| redis::cmd("GETDEL").arg(&name).query(c)).flatten();
+        let got: Option<Option<Vec<u8>>> = self.call(|c| redis::cmd("GETDEL").arg(&name).query(c));
         match got {
-            Some(sealed) => {
-                let plain = self.open(&name, &sealed)?;
-                inc(&self.stats.sessions_taken);
-                Some(plain)
-            }
-            None => {
+            Some(Some(sealed)) => match self.open(&name, &sealed) {
+                Some(plain) => {
+                    inc(&self.stats.sessions_taken);
+                    Taken::Found(plain)
+                }
+                None => Taken::Absent,
+            },
+            Some(None) => {
                 inc(&self.stats.sessions_missed);
-                None
+                Taken::Absent
             }
+            None => Taken::Unreachable,
         }
-    }
-
-    fn forget(&self, id: &[u8; 16]) {
-        let name = self.session_key(id);
-        // Best effort and never blocking: the session's short TTL ends it anyway.
-        let _ = self.relay_tx.try_send(Out::Del(name));
     }
 }
 
 impl Relay for Cluster {
     fn forward(&self, topic: &Topic, payload: &[u8]) {
-        let job = Out::Publish(topic.clone(), Bytes::copy_from_slice(payload));
+        let job = Out(topic.clone(), Bytes::copy_from_slice(payload));
         match self.relay_tx.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                inc(&self.stats.relay_dropped);
+                self.dropped(1, "the relay queue is full");
             }
         }
     }

@@ -156,8 +156,60 @@ fn a_key_from_one_node_a_session_from_another_and_the_stream_on_a_third() {
     assert_eq!(metric(nodes[1].addr, "dap_cluster_keys_total{op=\"fetched\"}"), 1.0);
     assert_eq!(metric(nodes[1].addr, "dap_cluster_sessions_total{op=\"published\"}"), 1.0);
     assert_eq!(metric(nodes[2].addr, "dap_cluster_sessions_total{op=\"taken\"}"), 1.0);
-    // The session was taken: attaching it anywhere again finds nothing.
     assert!(metric(nodes[2].addr, "dap_cluster_up") == 1.0);
+}
+
+/// The status of a raw stream upgrade for `params` at `addr`.
+fn upgrade_status(addr: SocketAddr, params: &dap_stream::session::SessionParams) -> u16 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let req = dap_stream::transport::http::upgrade_request(params, "x");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
+}
+
+/// A session attaches once in the cluster: wherever the first attach lands (another node,
+/// or the node that made it), every other attempt is refused, there and everywhere.
+#[test]
+fn a_session_attaches_once_in_the_cluster() {
+    let redis = Redis::start("once");
+    let nodes = cluster("once", &redis, &["a", "b", "c"], "");
+    let client = client_reactor();
+    let w = client.worker(0).unwrap();
+    let http = dap_net::http::client::ClientConfig::default();
+    let enc = dap_net::enc::client::handshake_blocking(
+        w,
+        &format!("http://{}", nodes[0].addr),
+        &dap_net::enc::cipher::CipherSuite::ALL,
+        None,
+        Some(nodes[0].key),
+        &http,
+    )
+    .unwrap();
+    let session = || {
+        dap_stream::client::stream_ctl_blocking(
+            w,
+            &format!("http://{}", nodes[1].addr),
+            &enc,
+            b"E",
+            None,
+            dap_stream::MuxConfig::default(),
+            &http,
+        )
+        .unwrap()
+    };
+    // Made on b, first attached on c: b (which still holds it) and a refuse it.
+    let p = session();
+    assert_eq!(upgrade_status(nodes[2].addr, &p), 101);
+    assert_eq!(upgrade_status(nodes[1].addr, &p), 409);
+    assert_eq!(upgrade_status(nodes[0].addr, &p), 404);
+    // Made on b, first attached on b: the others find nothing.
+    let q = session();
+    assert_eq!(upgrade_status(nodes[1].addr, &q), 101);
+    assert_eq!(upgrade_status(nodes[2].addr, &q), 404);
+    assert_eq!(upgrade_status(nodes[0].addr, &q), 404);
 }
 
 /// Subscribers of the pub/sub test, by node, and publishers, one per node.

@@ -135,5 +135,5 @@ pub use channel::{
     HandleWriteError, Message, SessionInfo, WriteError,
 };
 pub use mux::{Mux, MuxConfig, MuxError, ReassemblyBudget};
-pub use server::{SharedSessions, StreamConfig, StreamServer};
+pub use server::{SharedSessions, StreamConfig, StreamServer, Taken};
 pub use stats::{StreamStats, StreamStatsSnapshot};

@@ -135,14 +135,23 @@ struct Inner {
 pub trait SharedSessions: Send + Sync + 'static {
     /// A session this node just made, before its client hears of it (called on a proc
     /// thread; may block briefly): `blob` is opaque, for [`take`](Self::take) on another
-    /// node, and secret. It expires after `ttl` unless taken.
-    fn publish(&self, id: &[u8; SESSION_ID_LEN], blob: &[u8], ttl: Duration);
-    /// Takes a session another node made, so that no other node can (called on a proc
-    /// thread; may block briefly).
-    fn take(&self, id: &[u8; SESSION_ID_LEN]) -> Option<zeroize::Zeroizing<Vec<u8>>>;
-    /// A session this node made has attached here: no other node may take it now. Called
-    /// on a reactor worker: must not block.
-    fn forget(&self, id: &[u8; SESSION_ID_LEN]);
+    /// node, and secret. It expires after `ttl` unless taken. True if it was stored.
+    fn publish(&self, id: &[u8; SESSION_ID_LEN], blob: &[u8], ttl: Duration) -> bool;
+    /// Takes a session, atomically, so that no other node can: every attach of a shared
+    /// session does, the node that made it included (called on a proc thread; may block
+    /// briefly).
+    fn take(&self, id: &[u8; SESSION_ID_LEN]) -> Taken;
+}
+
+/// What [`SharedSessions::take`] found.
+#[derive(Debug)]
+pub enum Taken {
+    /// The session, now removed from the shared store: this node attaches it.
+    Found(zeroize::Zeroizing<Vec<u8>>),
+    /// Not there: never published, expired, or taken by another node already.
+    Absent,
+    /// The shared store did not answer: the node decides alone.
+    Unreachable,
 }
 
 /// The server's side of a drain, shared with its streams.
@@ -520,8 +529,11 @@ impl StreamServer {
         let answer = encode_answer(&params);
         let share = params.transport == TransportKind::Http;
         self.inner.table.insert(params, now, expires).map_err(|_| CtlError::Full)?;
-        if share && let Some(s) = self.inner.shared.get() {
-            s.publish(&id, &shared_blob(client, &answer), cfg.limits.connect_timeout);
+        if share
+            && let Some(s) = self.inner.shared.get()
+            && s.publish(&id, &shared_blob(client, &answer), cfg.limits.connect_timeout)
+        {
+            self.inner.table.mark_shared(&id);
         }
         Ok(answer)
     }
@@ -722,7 +734,7 @@ impl StreamServer {
         let channels = target.channels;
         let id = target.session_id.ok_or((400, "session_id missing, given twice or malformed"))?;
         let stats = &self.inner.stats;
-        let (params, waited) = match self.inner.table.attach_timed(&id, Instant::now()) {
+        let (params, waited, shared) = match self.inner.table.attach_shared(&id, Instant::now()) {
             Ok(p) => p,
             Err(AttachError::Unknown) if !fetched && self.inner.shared.get().is_some() => {
                 return Err(AttachRefusal::NotHere(id));
@@ -745,12 +757,18 @@ impl StreamServer {
             self.inner.table.detach(&id);
             return Err((400, "channels or transport differ from stream_ctl").into());
         }
-        StreamStats::inc(&stats.sessions_attached);
-        self.inner.setup_latency.observe(waited);
-        if !fetched && let Some(s) = self.inner.shared.get() {
-            s.forget(&id);
+        if shared && !fetched {
+            // Published: the cluster may attach it elsewhere; claim it there first.
+            return Err(AttachRefusal::Claim(Box::new(params), waited));
         }
+        self.attached(waited);
         Ok(params)
+    }
+
+    /// Counts an attach that happened, `waited` after its stream_ctl.
+    fn attached(&self, waited: Duration) {
+        StreamStats::inc(&self.inner.stats.sessions_attached);
+        self.inner.setup_latency.observe(waited);
     }
 }
 
@@ -760,6 +778,9 @@ enum AttachRefusal {
     Status(u16, &'static str),
     /// The session is not here; another node of the cluster may hold it.
     NotHere([u8; SESSION_ID_LEN]),
+    /// The session is here and was published: take it from the cluster first, so that
+    /// no other node attaches it too.
+    Claim(Box<SessionParams>, Duration),
 }
 
 impl From<(u16, &'static str)> for AttachRefusal {
@@ -848,9 +869,9 @@ impl Attach {
     fn take_from_cluster(&self, ex: &mut Exchange<'_, '_>, id: [u8; SESSION_ID_LEN]) {
         let Some(shared) = self.server.inner.shared.get().cloned() else { return };
         let server = self.server.clone();
-        let work = move || {
-            let blob = shared.take(&id)?;
-            server.load_shared(&blob, Instant::now()).then_some(())
+        let work = move || match shared.take(&id) {
+            Taken::Found(blob) => server.load_shared(&blob, Instant::now()).then_some(()),
+            Taken::Absent | Taken::Unreachable => None,
         };
         let server = self.server.clone();
         let then = move |ex: &mut Exchange<'_, '_>, _: Option<()>| {
@@ -861,14 +882,49 @@ impl Attach {
         }
     }
 
-    fn attach(&self, ex: &mut Exchange<'_, '_>, fetched: bool) {
-        let params = match self.server.attach(ex, fetched) {
-            Ok(p) => p,
-            Err(AttachRefusal::Status(status, why)) => {
-                return ex.respond(Response::text(status, why));
+    /// A session made here and published: taken from the cluster (on a proc thread) before
+    /// it attaches, so that it attaches once in the cluster. Another node that took it
+    /// first wins: here it is refused as attached already. Without an answer from the
+    /// cluster, the node attaches it alone.
+    fn claim_then_upgrade(
+        &self,
+        ex: &mut Exchange<'_, '_>,
+        params: SessionParams,
+        waited: Duration,
+    ) {
+        let Some(shared) = self.server.inner.shared.get().cloned() else { return };
+        let id = params.id;
+        let work = move || !matches!(shared.take(&id), Taken::Absent);
+        let server = self.server.clone();
+        let then = move |ex: &mut Exchange<'_, '_>, ours: bool| {
+            if ours {
+                server.attached(waited);
+                Attach { server }.upgrade(ex, params);
+            } else {
+                server.inner.table.detach(&id);
+                StreamStats::inc(&server.inner.stats.attach_twice);
+                ex.respond(Response::text(409, "session attached already"));
             }
-            Err(AttachRefusal::NotHere(id)) => return self.take_from_cluster(ex, id),
         };
+        if ex.defer(work, then).is_err() {
+            self.server.inner.table.detach(&id);
+            ex.respond(Response::text(503, "busy, try again"));
+        }
+    }
+
+    fn attach(&self, ex: &mut Exchange<'_, '_>, fetched: bool) {
+        match self.server.attach(ex, fetched) {
+            Ok(params) => self.upgrade(ex, params),
+            Err(AttachRefusal::Status(status, why)) => ex.respond(Response::text(status, why)),
+            Err(AttachRefusal::NotHere(id)) => self.take_from_cluster(ex, id),
+            Err(AttachRefusal::Claim(params, waited)) => {
+                self.claim_then_upgrade(ex, *params, waited)
+            }
+        }
+    }
+
+    /// Answers `101` and hands the connection to the session's stream.
+    fn upgrade(&self, ex: &mut Exchange<'_, '_>, params: SessionParams) {
         let inner = &self.server.inner;
         let buf_in = ex.esocket().worker().limits().buf_in_cap;
         if params.limits.max_payload + packet::OVERHEAD > buf_in {

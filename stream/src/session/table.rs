@@ -10,8 +10,9 @@ use super::{SESSION_ID_LEN, SessionParams};
 type Id = [u8; SESSION_ID_LEN];
 
 enum Entry {
-    /// Waiting for its stream until `expires`.
-    Pending { params: Box<SessionParams>, created: Instant, expires: Instant },
+    /// Waiting for its stream until `expires`; `shared`: published to the cluster (an
+    /// attach here must claim it there first).
+    Pending { params: Box<SessionParams>, created: Instant, expires: Instant, shared: bool },
     /// A stream carries it; removed when the stream ends.
     Attached,
 }
@@ -85,7 +86,10 @@ impl SessionTable {
                 return Err(TableFull);
             }
         }
-        g.map.insert(params.id, Entry::Pending { params: Box::new(params), created: now, expires });
+        g.map.insert(
+            params.id,
+            Entry::Pending { params: Box::new(params), created: now, expires, shared: false },
+        );
         Ok(())
     }
 
@@ -107,6 +111,28 @@ impl SessionTable {
         id: &Id,
         now: Instant,
     ) -> Result<(SessionParams, std::time::Duration), AttachError> {
+        self.attach_shared(id, now).map(|(p, d, _)| (p, d))
+    }
+
+    /// Marks pending session `id` as published to a cluster ([`attach_shared`] says so).
+    ///
+    /// [`attach_shared`]: Self::attach_shared
+    pub fn mark_shared(&self, id: &Id) {
+        if let Some(Entry::Pending { shared, .. }) = self.inner.lock().map.get_mut(id) {
+            *shared = true;
+        }
+    }
+
+    /// [`attach_timed`](Self::attach_timed), and whether the session was published to a
+    /// cluster ([`mark_shared`](Self::mark_shared)).
+    ///
+    /// # Errors
+    /// [`AttachError`].
+    pub fn attach_shared(
+        &self,
+        id: &Id,
+        now: Instant,
+    ) -> Result<(SessionParams, std::time::Duration, bool), AttachError> {
         let mut g = self.inner.lock();
         let entry = g.map.get_mut(id).ok_or(AttachError::Unknown)?;
         match entry {
@@ -117,12 +143,12 @@ impl SessionTable {
                 Err(AttachError::Unknown)
             }
             Entry::Pending { .. } => {
-                let Entry::Pending { params, created, .. } =
+                let Entry::Pending { params, created, shared, .. } =
                     std::mem::replace(entry, Entry::Attached)
                 else {
                     unreachable!("matched Pending")
                 };
-                Ok((*params, now.saturating_duration_since(created)))
+                Ok((*params, now.saturating_duration_since(created), shared))
             }
         }
     }
