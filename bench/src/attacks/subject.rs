@@ -22,10 +22,11 @@ pub const MAX_REASSEMBLY: u64 = 64 << 20;
 /// `[reactor.limits] buffer_budget`, when this dapd knows the key.
 pub const BUFFER_BUDGET: u64 = 64 << 20;
 /// `[http] request_rate` and `request_burst` per source block, when this dapd knows them:
-/// what an operator of a public node sets (dapd's default is no limit).
-pub const HTTP_REQUEST_RATE: u64 = 1000;
+/// nginx's canonical `limit_req` (`rate=10r/s burst=20`), what an operator of a public node
+/// sets (dapd's default is no limit). A stream is one request however long it lasts.
+pub const HTTP_REQUEST_RATE: u64 = 10;
 /// See [`HTTP_REQUEST_RATE`].
-pub const HTTP_REQUEST_BURST: u64 = 200;
+pub const HTTP_REQUEST_BURST: u64 = 20;
 /// `[listen] max_connections` (dapd's default, written out so the report matches it).
 pub const MAX_CONNECTIONS: u64 = 16_384;
 /// `[listen] max_connections_per_source` (dapd's default).

@@ -608,6 +608,22 @@ impl<'a> Esocket<'a> {
         self.st.body.local_addr()
     }
 
+    /// Sets the kernel's receive buffer of a TCP esocket (`SO_RCVBUF`; the kernel doubles
+    /// it, and stops autotuning it). A handler that stops reading a peer for a while (a rate
+    /// limit) shrinks it, so that the peer's window closes after a little and a flood stops
+    /// costing the kernel work, and raises it again after.
+    ///
+    /// # Errors
+    /// `Unsupported` on other kinds; the kernel's refusal.
+    pub fn set_recv_buffer(&mut self, bytes: usize) -> Result<()> {
+        match &self.st.body {
+            Body::Stream(io::StreamIo::Tcp(s)) => {
+                socket2::SockRef::from(s).set_recv_buffer_size(bytes)
+            }
+            _ => Err(Error::new(ErrorKind::Unsupported, "not a TCP esocket")),
+        }
+    }
+
     /// The underlying file descriptor, for options the reactor does not wrap. Do not close
     /// it or change its blocking mode.
     pub fn raw_fd(&self) -> Option<RawFd> {

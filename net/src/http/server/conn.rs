@@ -34,6 +34,9 @@ thread_local! {
 /// Below this size a body is copied into `buf_out`; above, it is queued by reference.
 const COPY_MAX: usize = 4096;
 
+/// The kernel receive buffer of a connection once its source was over the request rate.
+const PAUSED_RECV_BUFFER: usize = 16 << 10;
+
 /// Pipelined requests started in one go; then the connection yields to the worker's others
 /// (a client pipelining thousands of requests must not hold the worker for all of them).
 const PIPELINE_BURST: usize = 16;
@@ -332,6 +335,10 @@ impl HttpConn {
         self.count(Counter::RatePaused);
         self.rate_paused = true;
         es.set_readable(false);
+        // A client past its rate sends faster than it is served: a small kernel buffer
+        // closes its TCP window soon, and a flood of requests stops costing the kernel too.
+        // Kept for the connection's life (requests on it are rate-limited anyway).
+        let _ = es.set_recv_buffer(PAUSED_RECV_BUFFER);
         let h = es.handle();
         let resume = move |t: &mut Esocket<'_>| {
             t.worker().with_esocket(h, |es| {
