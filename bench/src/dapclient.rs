@@ -696,25 +696,35 @@ impl StreamClient {
     }
 
     fn hold_loop(&mut self, stop: &AtomicBool) -> Result<(), String> {
-        let mut chunk = [0u8; 16 << 10];
         while !stop.load(Ordering::Relaxed) {
-            match self.conn.tcp.read(&mut chunk) {
-                Ok(0) => return Err("the server closed the connection".to_string()),
-                Ok(n) => {
-                    self.conn.buf.extend_from_slice(&chunk[..n]);
-                    self.handle_packets()?;
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => return Err(format!("read: {e}")),
-            }
+            self.read_and_handle()?;
         }
         Ok(())
+    }
+
+    /// Reads once (a read timeout is no error) and handles every whole packet; returns
+    /// whether anything arrived.
+    fn read_and_handle(&mut self) -> Result<bool, String> {
+        let mut chunk = [0u8; 16 << 10];
+        match self.conn.tcp.read(&mut chunk) {
+            Ok(0) => Err("the server closed the connection".to_string()),
+            Ok(n) => {
+                self.conn.buf.extend_from_slice(&chunk[..n]);
+                self.handle_packets()?;
+                Ok(true)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(format!("read: {e}")),
+        }
     }
 
     /// Sends `data` on every channel of the session and waits (bounded) until all the echoes
@@ -780,22 +790,8 @@ impl StreamClient {
                 return Ok(None);
             }
             self.set_read_timeout((deadline - now).min(IO_TIMEOUT))?;
-            let mut chunk = [0u8; 16 << 10];
-            match self.conn.tcp.read(&mut chunk) {
-                Ok(0) => return Err("the server closed the connection".to_string()),
-                Ok(n) => {
-                    self.conn.buf.extend_from_slice(&chunk[..n]);
-                    self.handle_packets()?;
-                    self.flush()?;
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => return Err(format!("read: {e}")),
+            if self.read_and_handle()? {
+                self.flush()?;
             }
         }
     }

@@ -347,7 +347,7 @@ fn format_is_json(flag: Option<LogFormat>, file: LogFormat) -> bool {
 }
 
 /// `s` as a JSON string.
-fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     let mut q = String::with_capacity(s.len() + 2);
     q.push('"');
     for c in s.chars() {

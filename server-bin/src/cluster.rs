@@ -401,20 +401,7 @@ impl Cluster {
 
     /// `{"node": …, "redis": "up"|"down", "members": [{…}, …]}` for `/cluster`.
     pub fn to_json(&self) -> String {
-        let esc = |s: &str| {
-            let mut o = String::with_capacity(s.len() + 2);
-            o.push('"');
-            for ch in s.chars() {
-                match ch {
-                    '"' => o.push_str("\\\""),
-                    '\\' => o.push_str("\\\\"),
-                    c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-                    c => o.push(c),
-                }
-            }
-            o.push('"');
-            o
-        };
+        let esc = crate::cli::quote;
         let members: Vec<String> = self
             .members()
             .iter()
