@@ -55,13 +55,8 @@ fn graceful_stop_flushes_pending_output_then_closes() {
     let pending = util::on_esocket(handle, |es| es.out_len());
     assert!(pending > 0, "the test needs output still queued when the stop begins");
 
-    reactor.stop(Duration::from_secs(10));
-    let waited = wait_in_background(reactor);
     // Only now does the client read: everything arrives, then end of file.
-    let got = util::read_to_eof(&mut client);
-    assert_eq!(got.len(), LEN);
-    util::assert_pattern(&got);
-    util::recv(&waited, "wait() to return");
+    stop_then_read_all(reactor, &mut client, LEN);
 }
 
 /// Queues `len` bytes of the test pattern and never reads: the peer's input stays unread.
@@ -88,10 +83,16 @@ fn a_close_with_unread_input_is_a_fin_not_a_reset() {
     })
     .unwrap();
     client.write_all(&[7u8; 4096]).expect("the server's kernel takes it, unread");
+    stop_then_read_all(reactor, &mut client, LEN);
+}
+
+/// Stops `reactor` gracefully, then reads `client` to its end: `len` bytes of the test
+/// pattern, and `wait()` returns.
+fn stop_then_read_all(reactor: Reactor, client: &mut TcpStream, len: usize) {
     reactor.stop(Duration::from_secs(10));
     let waited = wait_in_background(reactor);
-    let got = util::read_to_eof(&mut client);
-    assert_eq!(got.len(), LEN);
+    let got = util::read_to_eof(client);
+    assert_eq!(got.len(), len);
     util::assert_pattern(&got);
     util::recv(&waited, "wait() to return");
 }

@@ -39,6 +39,7 @@ use dap_net::enc::cipher::{AeadKey, CipherSuite, Nonce, hkdf_sha256, random_byte
 use dap_net::enc::{KeyId, SharedKeys};
 use dap_reactor::LogThrottle;
 use dap_stream::pubsub::{Broker, Relay, Topic};
+use dap_stream::session::hex;
 use dap_stream::{SharedSessions, Taken};
 use parking_lot::{Mutex, RwLock};
 use zeroize::Zeroizing;
@@ -275,10 +276,6 @@ pub enum ClusterError {
 
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 impl Cluster {

@@ -220,6 +220,7 @@ pub fn run(list: &AttackList, dapd: DapSource) -> Vec<(String, String)> {
         return nan(list);
     };
     let buffer_budget = subject::supports_buffer_budget(&bin).then_some(subject::BUFFER_BUDGET);
+    let http_rate = subject::supports_request_rate(&bin);
     // The attacks, the legitimate client and dapd share both CPUs as on a real host (the
     // idle-connection part may have pinned this thread).
     if procstat::can_pin_two_cpus() {
@@ -245,7 +246,7 @@ pub fn run(list: &AttackList, dapd: DapSource) -> Vec<(String, String)> {
     let mut reports = Vec::new();
     let mut pairs = Vec::new();
     for &a in &list.0 {
-        match run_one(a, &bin, dir.path(), buffer_budget) {
+        match run_one(a, &bin, dir.path(), buffer_budget, http_rate) {
             Ok(r) => {
                 r.print();
                 pairs.push((
@@ -406,9 +407,11 @@ fn run_one(
     bin: &Path,
     dir: &Path,
     buffer_budget: Option<u64>,
+    http_rate: bool,
 ) -> Result<Report, String> {
     let settings = Settings {
         buffer_budget,
+        http_rate,
         nofile: (a == Attack::AcceptEmfile).then_some(kinds::EMFILE_NOFILE),
     };
     let mut d = Dapd::start(bin, a.log_name(), dir, settings).map_err(|e| format!("dapd: {e}"))?;

@@ -51,6 +51,9 @@ pub struct Settings {
     /// Write `[reactor.limits] buffer_budget` with this value (only a dapd that knows the
     /// key accepts it).
     pub buffer_budget: Option<u64>,
+    /// Write `[http] request_rate` and `request_burst` (only a dapd that knows the keys
+    /// accepts them).
+    pub http_rate: bool,
     /// Start dapd with this `RLIMIT_NOFILE`, soft and hard (dapd raises its soft limit to
     /// the hard one itself, so both must be set).
     pub nofile: Option<u64>,
@@ -60,6 +63,11 @@ pub struct Settings {
 /// mentions it. A dapd that does not rejects the key as unknown.
 pub fn supports_buffer_budget(bin: &Path) -> bool {
     supports_key(bin, "buffer_budget")
+}
+
+/// Whether `bin` knows `[http] request_rate` (as [`supports_buffer_budget`]).
+pub fn supports_request_rate(bin: &Path) -> bool {
+    supports_key(bin, "request_rate")
 }
 
 /// Whether `bin`'s `--print-default-config` mentions `key`.
@@ -120,8 +128,7 @@ impl Dapd {
             .map_err(|e| io::Error::other(format!("{}: {e}", key_path.display())))?;
         let addr = servers::loopback_addr()?;
         let config_path = dir.join(format!("{name}.toml"));
-        let http_rate = supports_key(bin, "request_rate");
-        fs::write(&config_path, config_text(addr, &key_path, s.buffer_budget, http_rate))?;
+        fs::write(&config_path, config_text(addr, &key_path, s.buffer_budget, s.http_rate))?;
         let mut cmd = Command::new(bin);
         cmd.arg("--config").arg(&config_path).env_remove("RUST_LOG");
         if let Some(n) = s.nofile {
