@@ -40,7 +40,7 @@ use dap_net::enc::{KeyId, SharedKeys};
 use dap_reactor::LogThrottle;
 use dap_stream::pubsub::{Broker, Relay, Topic};
 use dap_stream::session::hex;
-use dap_stream::{SharedSessions, Taken};
+use dap_stream::{CID_TAGGED, SharedSessions, Taken};
 use parking_lot::{Mutex, RwLock};
 use zeroize::Zeroizing;
 
@@ -711,12 +711,21 @@ impl SharedSessions for Cluster {
         let name = self.session_key(id);
         let sealed = self.seal(&name, blob);
         let ms = ttl.as_millis() as u64;
-        let r = self
-            .call(|c| redis::cmd("SET").arg(&name).arg(sealed).arg("PX").arg(ms).query::<()>(c));
-        if r.is_some() {
+        // NX: a name some node holds already (a UDP connection id two nodes drew) is not
+        // overwritten; the session then stays with this node.
+        let r: Option<Option<String>> = self.call(|c| {
+            redis::cmd("SET").arg(&name).arg(sealed).arg("NX").arg("PX").arg(ms).query(c)
+        });
+        let stored = matches!(r, Some(Some(_)));
+        if stored {
             inc(&self.stats.sessions_published);
         }
-        r.is_some()
+        stored
+    }
+
+    fn cid_tag(&self, body: &[u8; CID_TAGGED]) -> [u8; 2] {
+        let h = hkdf_sha256(&self.settings.key[..], body, b"dap v1 cluster udp cid tag");
+        [h[0], h[1]]
     }
 
     fn take(&self, id: &[u8; 16]) -> Taken {

@@ -112,6 +112,13 @@ pub struct ClusterSection {
     pub relay_queue: usize,
     /// `host:port` other nodes and DNS hand out for this node; empty: the listen address.
     pub advertise: String,
+    /// UDP sessions each worker takes from Redis at once for a first datagram that landed
+    /// on this node (a session made on another, or made here and claimed); past it such
+    /// datagrams are dropped (counted).
+    pub udp_lookups: usize,
+    /// Datagrams a UDP worker holds for one such session until Redis answers; past it they
+    /// are dropped (counted), as a lossy path would drop them.
+    pub udp_held: usize,
 }
 
 impl Default for ClusterSection {
@@ -125,6 +132,8 @@ impl Default for ClusterSection {
             membership_ttl_ms: 10_000,
             relay_queue: 65_536,
             advertise: String::new(),
+            udp_lookups: 64,
+            udp_held: 8,
         }
     }
 }
@@ -830,6 +839,8 @@ impl Config {
             range("cluster.timeout_ms", c.timeout_ms, 10, 60_000)?;
             range("cluster.membership_ttl_ms", c.membership_ttl_ms, 300, MS_HOUR)?;
             range("cluster.relay_queue", c.relay_queue, 1, 1 << 24)?;
+            range("cluster.udp_lookups", c.udp_lookups, 1, 1 << 16)?;
+            range("cluster.udp_held", c.udp_held, 1, 1024)?;
             let name_ok = |s: &str| s.len() <= 255 && !s.chars().any(|ch| ch.is_control());
             if !name_ok(&c.node_name) || !name_ok(&c.advertise) {
                 return Err(ConfigError::invalid(

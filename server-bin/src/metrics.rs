@@ -522,7 +522,16 @@ fn udp(o: &mut Out, src: &Sources) {
             ("forward_failed", get(&u.forward_failed)),
             ("attach_failed", get(&u.attach_failed)),
             ("send_failed", get(&u.send_failed)),
+            ("cluster_missed", get(&u.cluster_missed)),
+            ("cluster_dropped", get(&u.cluster_dropped)),
         ],
+    );
+    o.one(
+        "dap_udp_cluster_taken_total",
+        "counter",
+        "UDP sessions made on another node of the cluster, taken from Redis for their first \
+         datagram here.",
+        get(&u.cluster_taken),
     );
     o.family("dap_udp_gso_fallbacks_total", "counter", "Sockets whose kernel refused GSO.");
     for (i, w) in src.workers.iter().enumerate() {

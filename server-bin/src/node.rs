@@ -479,6 +479,8 @@ fn stream_config(c: &Config) -> StreamConfig {
         udp_gso: u.gso,
         udp_share_port: c.listen.share_port,
         max_reassembly: s.max_reassembly,
+        udp_cluster_lookups: c.cluster.udp_lookups,
+        udp_cluster_held: c.cluster.udp_held,
         ..StreamConfig::default()
     }
 }
@@ -858,6 +860,8 @@ keys! {
     cluster_membership_ttl_ms = "cluster.membership_ttl_ms" => cluster.membership_ttl_ms: u64;
     cluster_relay_queue = "cluster.relay_queue" => cluster.relay_queue: usize;
     cluster_advertise = "cluster.advertise" => cluster.advertise: impl Into<String>;
+    cluster_udp_lookups = "cluster.udp_lookups" => cluster.udp_lookups: usize;
+    cluster_udp_held = "cluster.udp_held" => cluster.udp_held: usize;
 }
 
 /// The registry: the built-in channels when asked for, then the application's, each id

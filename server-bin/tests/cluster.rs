@@ -66,11 +66,12 @@ impl Redis {
     }
 }
 
-/// One node: its process, address and node key.
+/// One node: its process, address, node key and UDP address.
 struct NodeProc {
     guard: Option<Guard>,
     addr: SocketAddr,
     key: [u8; 32],
+    udp: Option<SocketAddr>,
 }
 
 /// A cluster key file for the test.
@@ -101,22 +102,29 @@ fn spawn_nodes(
     key: &std::path::Path,
     extra: &str,
 ) -> Vec<NodeProc> {
-    names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            // Each advertises an address of its own (the DNS test tells them apart by it).
-            let cfg = format!(
-                "[cluster]\nredis = \"{}\"\nnode_name = \"{name}\"\nkey_file = \"{}\"\n\
-                 membership_ttl_ms = 1000\ntimeout_ms = 500\nadvertise = \"127.0.1.{}:8079\"\n{extra}",
-                redis.url(),
-                key.display(),
-                i + 1
-            );
-            let (guard, addr, key) = spawn_dapd(test, name, &cfg);
-            NodeProc { guard: Some(guard), addr, key }
-        })
-        .collect()
+    names.iter().enumerate().map(|(i, name)| spawn_node(test, redis, name, i, key, extra)).collect()
+}
+
+/// Node `name`, the `i`-th of its cluster, with `extra` config (TOML sections after
+/// `[cluster]`).
+fn spawn_node(
+    test: &str,
+    redis: &Redis,
+    name: &str,
+    i: usize,
+    key: &std::path::Path,
+    extra: &str,
+) -> NodeProc {
+    // Each advertises an address of its own (the DNS test tells them apart by it).
+    let cfg = format!(
+        "[cluster]\nredis = \"{}\"\nnode_name = \"{name}\"\nkey_file = \"{}\"\n\
+         membership_ttl_ms = 1000\ntimeout_ms = 500\nadvertise = \"127.0.1.{}:8079\"\n{extra}",
+        redis.url(),
+        key.display(),
+        i + 1
+    );
+    let d = spawn_dapd_with(test, name, &cfg, &[]);
+    NodeProc { guard: Some(d.guard), addr: d.addr, key: d.key, udp: d.udp }
 }
 
 /// The names in a node's `/cluster`.
@@ -157,6 +165,63 @@ fn a_key_from_one_node_a_session_from_another_and_the_stream_on_a_third() {
     assert_eq!(metric(nodes[1].addr, "dap_cluster_sessions_total{op=\"published\"}"), 1.0);
     assert_eq!(metric(nodes[2].addr, "dap_cluster_sessions_total{op=\"taken\"}"), 1.0);
     assert!(metric(nodes[2].addr, "dap_cluster_up") == 1.0);
+}
+
+/// A UDP session attaches on any node too: stream_ctl on b, whose `[udp] advertise` names
+/// c's UDP address (as it would a UDP load balancer's in front of the nodes), then the
+/// first datagram and the stream on c, which takes the session from Redis. A session made
+/// on c and streamed on c is claimed there first. A datagram whose connection id the
+/// cluster did not tag never reaches Redis.
+#[test]
+fn a_udp_session_made_on_one_node_streams_on_another() {
+    let redis = Redis::start("udp");
+    let key = key_file("udp");
+    let a = spawn_node("udp", &redis, "a", 0, &key, "");
+    let c = spawn_node("udp", &redis, "c", 2, &key, "");
+    let c_udp = c.udp.expect("c serves UDP");
+    let b = spawn_node("udp", &redis, "b", 1, &key, &format!("[udp]\nadvertise = \"{c_udp}\"\n"));
+    for n in [&a, &b, &c] {
+        wait_until("every node lists every node", || members(n.addr).len() == 3);
+    }
+    let client = client_reactor();
+    let s = open_across(&client, [a.addr, b.addr, c.addr], a.key, b"E", TransportKind::Udp)
+        .expect("enc_init on a, stream_ctl on b, the UDP stream on c");
+    for i in 0..20u8 {
+        let len = 100 + 20_000 * i as usize;
+        s.channel(b'E').write_timeout(1, vec![i; len], TIMEOUT).unwrap();
+        assert_eq!(s.next().data.as_ref(), &vec![i; len][..]);
+    }
+    assert_eq!(metric(b.addr, "dap_cluster_sessions_total{op=\"published\"}"), 1.0);
+    assert_eq!(metric(c.addr, "dap_cluster_sessions_total{op=\"taken\"}"), 1.0);
+    assert_eq!(metric(c.addr, "dap_udp_cluster_taken_total"), 1.0);
+    assert_eq!(metric(b.addr, "dap_udp_connections_total{event=\"attached\"}"), 0.0);
+
+    // Made on c, streamed on c: claimed in Redis before it attaches.
+    let t = open_across(&client, [a.addr, c.addr, c.addr], a.key, b"E", TransportKind::Udp)
+        .expect("a session of c's own on c");
+    t.channel(b'E').write_timeout(1, b"mine".to_vec(), TIMEOUT).unwrap();
+    assert_eq!(t.next().data.as_ref(), b"mine");
+    assert_eq!(metric(c.addr, "dap_cluster_sessions_total{op=\"taken\"}"), 2.0);
+    assert_eq!(metric(c.addr, "dap_udp_cluster_taken_total"), 1.0);
+
+    // A datagram on an id no node made (its tag does not hold): dropped before Redis.
+    let missed = "dap_udp_errors_total{kind=\"cluster_missed\"}";
+    let before = metric(c.addr, missed);
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut forged = vec![0u8; 64];
+    dap_net::enc::cipher::random_bytes(&mut forged);
+    forged[0] = 0x40; // the form bits of a packet
+    forged[1] = 0; // worker 0
+    // Bytes 7 and 8 (the id's last two): anything but the cluster's tag over the six before.
+    let hex = std::fs::read_to_string(&key).unwrap();
+    let k: Vec<u8> =
+        (0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
+    let tag = dap_net::enc::cipher::hkdf_sha256(&k, &forged[1..7], b"dap v1 cluster udp cid tag");
+    forged[7] = !tag[0];
+    forged[8] = !tag[1];
+    sock.send_to(&forged, c_udp).unwrap();
+    wait_until("the forged datagram is counted", || metric(c.addr, missed) > before);
+    assert_eq!(metric(c.addr, "dap_cluster_sessions_total{op=\"missed\"}"), 0.0);
 }
 
 /// The status of a raw stream upgrade for `params` at `addr`.

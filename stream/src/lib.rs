@@ -135,5 +135,5 @@ pub use channel::{
     HandleWriteError, Message, SessionInfo, WriteError,
 };
 pub use mux::{Mux, MuxConfig, MuxError, ReassemblyBudget};
-pub use server::{SharedSessions, StreamConfig, StreamServer, Taken};
+pub use server::{CID_TAGGED, SharedSessions, StreamConfig, StreamServer, Taken, udp_share_name};
 pub use stats::{StreamStats, StreamStatsSnapshot};

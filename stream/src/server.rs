@@ -27,6 +27,7 @@ use crate::stats::{StreamStats, StreamStatsSnapshot};
 use crate::transport::http::{STREAM_PATH, StreamConn, UPGRADE_TOKEN};
 use crate::transport::udp::{UdpCounters, UdpShared, UdpWorker};
 use crate::udp::endpoint::EndpointConfig;
+use crate::udp::packet::{CID_LEN, ConnectionId};
 
 /// The path of stream_ctl, an enc_http route.
 pub const STREAM_CTL_PATH: &str = "/stream_ctl";
@@ -61,6 +62,13 @@ pub struct StreamConfig {
     /// see [`ReassemblyBudget`]): a stream whose unfinished message would take the total
     /// past it is closed with code 4 and frees what it held.
     pub max_reassembly: usize,
+    /// In a cluster ([`StreamServer::share_sessions`]): a UDP worker's sessions being taken
+    /// from the shared store at once (64): a datagram for a connection id no worker holds
+    /// starts one (on a proc thread); past the bound such datagrams are dropped (counted).
+    pub udp_cluster_lookups: usize,
+    /// In a cluster: datagrams held for a connection id while its session is taken from
+    /// the shared store (8); later ones are dropped (counted), as a lossy path would.
+    pub udp_cluster_held: usize,
 }
 
 impl Default for StreamConfig {
@@ -76,6 +84,8 @@ impl Default for StreamConfig {
             udp_gso: true,
             udp_share_port: false,
             max_reassembly: 256 << 20,
+            udp_cluster_lookups: 64,
+            udp_cluster_held: 8,
         }
     }
 }
@@ -130,17 +140,42 @@ struct Inner {
 }
 
 /// Sessions shared with the other nodes of a cluster: a session stream_ctl made on one node
-/// attaches (over HTTP) on any. Best effort: when the shared store cannot be reached, each
-/// node carries on with its own sessions.
+/// attaches (over HTTP or UDP) on any. Best effort: when the shared store cannot be
+/// reached, each node carries on with its own sessions.
+///
+/// A session is stored under a 16-byte name: its session id for transport HTTP (the attach
+/// request names it), and for transport UDP its connection id's [`udp_share_name`] (the
+/// first datagram names only that).
 pub trait SharedSessions: Send + Sync + 'static {
     /// A session this node just made, before its client hears of it (called on a proc
     /// thread; may block briefly): `blob` is opaque, for [`take`](Self::take) on another
-    /// node, and secret. It expires after `ttl` unless taken. True if it was stored.
-    fn publish(&self, id: &[u8; SESSION_ID_LEN], blob: &[u8], ttl: Duration) -> bool;
+    /// node, and secret. It expires after `ttl` unless taken. True if it was stored; false
+    /// if the store did not answer or already holds `name` (the session then stays with
+    /// this node).
+    fn publish(&self, name: &[u8; SESSION_ID_LEN], blob: &[u8], ttl: Duration) -> bool;
     /// Takes a session, atomically, so that no other node can: every attach of a shared
     /// session does, the node that made it included (called on a proc thread; may block
     /// briefly).
-    fn take(&self, id: &[u8; SESSION_ID_LEN]) -> Taken;
+    fn take(&self, name: &[u8; SESSION_ID_LEN]) -> Taken;
+    /// A tag over a UDP connection id's first [`CID_TAGGED`] bytes, under a key every node
+    /// of the cluster holds and nobody else does (called on reactor workers: cheap, never
+    /// blocking). Nodes of a cluster write it into the rest of the ids they make, and
+    /// take from the store only for ids that carry it: a datagram with a forged id costs
+    /// the store nothing.
+    fn cid_tag(&self, body: &[u8; CID_TAGGED]) -> [u8; CID_LEN - CID_TAGGED];
+}
+
+/// The bytes of a UDP connection id a cluster's tag covers ([`SharedSessions::cid_tag`]):
+/// the worker byte and five from the CSPRNG; the last two are the tag.
+pub const CID_TAGGED: usize = 6;
+
+/// The name a UDP session is shared under ([`SharedSessions`]): its connection id, marked
+/// so that it cannot be taken for a session id.
+pub fn udp_share_name(cid: &[u8; CID_LEN]) -> [u8; SESSION_ID_LEN] {
+    let mut n = [0u8; SESSION_ID_LEN];
+    n[..8].copy_from_slice(b"dap-udp:");
+    n[8..].copy_from_slice(cid);
+    n
 }
 
 /// What [`SharedSessions::take`] found.
@@ -278,10 +313,12 @@ impl StreamServer {
     }
 
     /// Shares sessions with the other nodes of a cluster from now on (once; a second call
-    /// is ignored): sessions made for transport HTTP are published, and an attach naming a
-    /// session this node does not hold takes it from the others (on a proc thread).
-    /// Sessions for transport UDP stay with the node that made them: the stream_ctl answer
-    /// names that node's UDP address.
+    /// is ignored): sessions stream_ctl makes are published, and an attach naming a session
+    /// this node does not hold (an HTTP attach's session id, or a UDP datagram's connection
+    /// id carrying the cluster's tag) takes it from the others, on a proc thread (the UDP
+    /// worker holds the datagrams meanwhile, up to `udp_cluster_held`). A session made here
+    /// is taken from the store too before it attaches here, so that it attaches once in the
+    /// cluster.
     pub fn share_sessions(&self, shared: Arc<dyn SharedSessions>) {
         let _ = self.inner.shared.set(shared);
     }
@@ -505,9 +542,12 @@ impl StreamServer {
         let mut secret = [0u8; KEY_LEN];
         random_bytes(&mut secret);
         let expires = now + cfg.limits.connect_timeout;
+        let shared = self.inner.shared.get();
         let (udp_port, route) = match udp {
             Some(u) if req.transport == TransportKind::Udp => {
-                let cid = u.reserve(id, now, expires, cfg.max_sessions).ok_or(CtlError::Full)?;
+                let tag = shared.map(|s| &**s);
+                let cid =
+                    u.reserve(id, now, expires, cfg.max_sessions, tag).ok_or(CtlError::Full)?;
                 let port = if cfg.udp_port != 0 { cfg.udp_port } else { u.port };
                 (port, Some(UdpRoute { cid: cid.0, host: cfg.udp_host.clone() }))
             }
@@ -527,13 +567,22 @@ impl StreamServer {
             client,
         };
         let answer = encode_answer(&params);
-        let share = params.transport == TransportKind::Http;
-        self.inner.table.insert(params, now, expires).map_err(|_| CtlError::Full)?;
-        if share
-            && let Some(s) = self.inner.shared.get()
-            && s.publish(&id, &shared_blob(client, &answer), cfg.limits.connect_timeout)
-        {
-            self.inner.table.mark_shared(&id);
+        let cid = params.udp.as_ref().map(|r| r.cid);
+        if self.inner.table.insert(params, now, expires).is_err() {
+            if let (Some(u), Some(cid)) = (udp, cid) {
+                u.take(&ConnectionId(cid));
+            }
+            return Err(CtlError::Full);
+        }
+        if let Some(s) = shared {
+            // HTTP sessions are shared under their id, UDP ones under their connection id.
+            let name = cid.map_or(id, |c| udp_share_name(&c));
+            if s.publish(&name, &shared_blob(client, &answer), cfg.limits.connect_timeout) {
+                match (udp, cid) {
+                    (Some(u), Some(cid)) => u.mark_shared(&ConnectionId(cid)),
+                    _ => self.inner.table.mark_shared(&id),
+                }
+            }
         }
         Ok(answer)
     }
@@ -704,14 +753,27 @@ impl StreamServer {
         self.install_stream_route(http);
     }
 
-    /// Loads a session another node made (its [`shared_blob`]) into this node's table;
-    /// false if the blob does not decode or the table is full.
-    fn load_shared(&self, blob: &[u8], now: Instant) -> bool {
-        let Some((client, answer)) = read_shared_blob(blob) else { return false };
+    /// Loads a session another node made (its [`shared_blob`]) into this node's table:
+    /// for transport HTTP (`cid` `None`), or for transport UDP on connection id `cid`.
+    /// False if the blob does not decode, is for another transport or id, or the table is
+    /// full.
+    pub(crate) fn load_shared(
+        &self,
+        blob: &[u8],
+        now: Instant,
+        cid: Option<[u8; CID_LEN]>,
+    ) -> Option<[u8; SESSION_ID_LEN]> {
+        let (client, answer) = read_shared_blob(blob)?;
         let cfg = &self.inner.config;
-        let Ok(wire) = crate::session::ctl::decode_answer(answer, cfg.limits.mux) else {
-            return false;
+        let wire = crate::session::ctl::decode_answer(answer, cfg.limits.mux).ok()?;
+        let made_for = match (wire.transport, &wire.udp) {
+            (TransportKind::Udp, Some(r)) => Some(r.cid),
+            (TransportKind::Http, None) => None,
+            _ => return None,
         };
+        if made_for != cid {
+            return None;
+        }
         // The answer's limits are what the client was told; the rest are this node's.
         let mut limits = cfg.limits;
         limits.mux = wire.limits.mux;
@@ -721,7 +783,24 @@ impl StreamServer {
         limits.connect_timeout = wire.limits.connect_timeout;
         let params = SessionParams { limits, client, ..wire };
         let expires = now + limits.connect_timeout;
-        self.inner.table.insert(params, now, expires).is_ok()
+        let id = params.id;
+        self.inner.table.insert(params, now, expires).ok().map(|_| id)
+    }
+
+    /// The settings.
+    pub(crate) fn config(&self) -> &StreamConfig {
+        &self.inner.config
+    }
+
+    /// The cluster's shared sessions, if set.
+    pub(crate) fn shared_store(&self) -> Option<Arc<dyn SharedSessions>> {
+        self.inner.shared.get().cloned()
+    }
+
+    /// A UDP session made here was attached by another node first: spent here.
+    pub(crate) fn udp_taken_elsewhere(&self, id: &[u8; SESSION_ID_LEN]) {
+        self.inner.table.detach(id);
+        StreamStats::inc(&self.inner.stats.attach_twice);
     }
 
     /// Attaches a stream request; the error is the status to answer, or `NotHere` for a
@@ -870,7 +949,7 @@ impl Attach {
         let Some(shared) = self.server.inner.shared.get().cloned() else { return };
         let server = self.server.clone();
         let work = move || match shared.take(&id) {
-            Taken::Found(blob) => server.load_shared(&blob, Instant::now()).then_some(()),
+            Taken::Found(blob) => server.load_shared(&blob, Instant::now(), None).map(|_| ()),
             Taken::Absent | Taken::Unreachable => None,
         };
         let server = self.server.clone();

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use dap_stream::session::TransportKind;
 use dap_stream::session::ctl::{CtlRequest, decode_answer};
+use dap_stream::session::{SessionParams, TransportKind};
 use dap_stream::transport::Wake;
 use dap_stream::udp::connection::{CloseReason, Connection, ConnectionConfig, Event, Side};
 use dap_stream::udp::packet::ConnectionId;
+use dap_stream::{CID_TAGGED, SharedSessions, StreamConfig, StreamServer, Taken};
 use dap_stream::{Channel, ChannelHandler, ChannelProcs, Message, Mux, MuxConfig, SessionInfo};
-use dap_stream::{StreamConfig, StreamServer};
 use parking_lot::Mutex;
 use util::udp_relay::{Impair, UdpRelay};
 use util::{TIMEOUT, echo_server};
@@ -69,15 +69,14 @@ impl UdpClient {
         channels: &[u8],
         unreliable: &[u8],
     ) -> Self {
-        let req = CtlRequest {
-            channels: channels.to_vec(),
-            suite: None,
-            transport: TransportKind::Udp,
-            unreliable: unreliable.to_vec(),
-        };
-        let answer = server.stream_ctl(&req.encode(), None, Instant::now()).expect("stream_ctl");
-        let params = decode_answer(&answer, MuxConfig::default()).expect("answer");
+        let params = ctl(server, channels, unreliable);
         assert_eq!(params.udp_port, addr.port(), "the port actually bound is announced");
+        Self::on(&params, via)
+    }
+
+    /// A client of session `params` (its channels), sending to `via`.
+    fn on(params: &SessionParams, via: SocketAddr) -> Self {
+        let channels = &params.channels;
         let route = params.udp.clone().expect("a UDP answer names a connection id");
         assert_eq!(route.host, "", "no host announced: the one stream_ctl was reached at");
         let got = Arc::new(Mutex::new(Vec::new()));
@@ -92,7 +91,7 @@ impl UdpClient {
         let config = ConnectionConfig::default();
         let cid = ConnectionId(route.cid);
         let mut conn =
-            Connection::new(Side::Client, &params, cid, Some(via), mux, config, Instant::now());
+            Connection::new(Side::Client, params, cid, Some(via), mux, config, Instant::now());
         conn.mux().start(Arc::new(NoWake));
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
@@ -137,6 +136,18 @@ impl UdpClient {
     fn write_on(&mut self, chan: u8, ty: u8, data: Vec<u8>) -> bool {
         self.conn.mux().with_channel(chan, |ch| ch.write(ty, data).is_ok()).unwrap_or(false)
     }
+}
+
+/// stream_ctl for a UDP session on `channels`, straight on the server.
+fn ctl(server: &StreamServer, channels: &[u8], unreliable: &[u8]) -> SessionParams {
+    let req = CtlRequest {
+        channels: channels.to_vec(),
+        suite: None,
+        transport: TransportKind::Udp,
+        unreliable: unreliable.to_vec(),
+    };
+    let answer = server.stream_ctl(&req.encode(), None, Instant::now()).expect("stream_ctl");
+    decode_answer(&answer, MuxConfig::default()).expect("answer")
 }
 
 /// A pattern that differs per message and per byte.
@@ -435,4 +446,112 @@ fn a_thousand_udp_clients_on_two_workers_each_echo() {
     let u = srv.stream.udp_counters().unwrap();
     assert_eq!(u.attached.load(Ordering::Relaxed), N as u64);
     assert!(u.forwarded.load(Ordering::Relaxed) > 0, "both workers served");
+}
+
+/// The shared store of a cluster, in memory (dapd's is Redis: server-bin's cluster tests).
+#[derive(Default)]
+struct MemStore {
+    sessions: Mutex<std::collections::HashMap<[u8; 16], Vec<u8>>>,
+    takes: std::sync::atomic::AtomicU64,
+}
+
+impl SharedSessions for MemStore {
+    fn publish(&self, name: &[u8; 16], blob: &[u8], _ttl: Duration) -> bool {
+        let mut s = self.sessions.lock();
+        if s.contains_key(name) {
+            return false;
+        }
+        s.insert(*name, blob.to_vec());
+        true
+    }
+
+    fn take(&self, name: &[u8; 16]) -> Taken {
+        self.takes.fetch_add(1, Ordering::Relaxed);
+        match self.sessions.lock().remove(name) {
+            Some(b) => Taken::Found(b.into()),
+            None => Taken::Absent,
+        }
+    }
+
+    fn cid_tag(&self, body: &[u8; CID_TAGGED]) -> [u8; 2] {
+        let h = body.iter().fold(0x9e37u16, |h, &b| h.rotate_left(5) ^ b as u16);
+        h.to_be_bytes()
+    }
+}
+
+/// Two servers sharing one store stand for two nodes of a cluster: a UDP session made on
+/// one attaches on the other with its first datagram there, including an id that names a
+/// worker only the first has (x runs 3 workers, y 2); it attaches once (its datagrams on
+/// the node that made it then find it taken); a session streamed where it was made is
+/// claimed in the store first; an id without the cluster's tag never reaches the store.
+#[test]
+fn a_udp_session_attaches_on_another_node_of_a_cluster_once() {
+    let store = Arc::new(MemStore::default());
+    let x = util::echo_server_threads(b"EV", StreamConfig::default(), 3);
+    let y = echo_server(b"EV", StreamConfig::default());
+    x.stream.share_sessions(store.clone());
+    y.stream.share_sessions(store.clone());
+    let x_addr = x.stream.serve_udp(&x.reactor, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let y_addr = y.stream.serve_udp(&y.reactor, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let echo = |c: &mut UdpClient, n: usize| {
+        let msg = pattern(n, 3000 + n);
+        assert!(c.write(1, msg.clone()));
+        let start = Instant::now();
+        while c.got.lock().is_empty() {
+            assert!(start.elapsed() < TIMEOUT, "session {n} got no echo");
+            c.turn();
+        }
+        assert!(c.got.lock()[0].data == msg);
+    };
+    // x picks its workers in turn: the third session names x's worker 2.
+    let mut workers = Vec::new();
+    for n in 0..3 {
+        let p = ctl(&x.stream, b"EV", b"");
+        workers.push(p.udp.as_ref().unwrap().cid[0]);
+        let mut c = UdpClient::on(&p, y_addr);
+        echo(&mut c, n);
+    }
+    assert!(workers.contains(&2), "{workers:?}");
+    let (xu, yu) = (x.stream.udp_counters().unwrap(), y.stream.udp_counters().unwrap());
+    assert_eq!(yu.cluster_taken.load(Ordering::Relaxed), 3);
+    assert_eq!(yu.attached.load(Ordering::Relaxed), 3);
+    assert_eq!(xu.attached.load(Ordering::Relaxed), 0);
+
+    // Attached on y first: its datagrams to x then find it taken, and nothing answers.
+    let p = ctl(&x.stream, b"EV", b"");
+    echo(&mut UdpClient::on(&p, y_addr), 3);
+    let mut late = UdpClient::on(&p, x_addr);
+    assert!(late.write(1, b"late".to_vec()));
+    let start = Instant::now();
+    while x.stream.stats().attach_twice == 0 {
+        assert!(start.elapsed() < TIMEOUT, "x never found the session taken");
+        late.turn();
+    }
+    assert_eq!(xu.attached.load(Ordering::Relaxed), 0);
+    assert!(late.got.lock().is_empty());
+
+    // Made on x, streamed on x: claimed in the store, then attached there.
+    let takes = store.takes.load(Ordering::Relaxed);
+    let p = ctl(&x.stream, b"EV", b"");
+    echo(&mut UdpClient::on(&p, x_addr), 4);
+    assert_eq!(xu.attached.load(Ordering::Relaxed), 1);
+    assert_eq!(store.takes.load(Ordering::Relaxed), takes + 1);
+    assert!(store.sessions.lock().is_empty(), "every session was taken");
+
+    // An id no node tagged: counted, the store never asked.
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut junk = vec![0x40u8; 100];
+    junk[1..9].copy_from_slice(&[0, 9, 9, 9, 9, 9, 9, 9]);
+    let tag = store.cid_tag(junk[1..7].try_into().unwrap());
+    junk[7] = !tag[0];
+    junk[8] = !tag[1];
+    let missed = yu.cluster_missed.load(Ordering::Relaxed);
+    let takes = store.takes.load(Ordering::Relaxed);
+    sock.send_to(&junk, y_addr).unwrap();
+    let start = Instant::now();
+    while yu.cluster_missed.load(Ordering::Relaxed) == missed {
+        assert!(start.elapsed() < TIMEOUT, "the untagged datagram was never counted");
+        std::thread::yield_now();
+    }
+    assert_eq!(store.takes.load(Ordering::Relaxed), takes);
 }

@@ -266,6 +266,8 @@ pub struct Dapd {
     pub key: [u8; 32],
     /// Its log lines (stderr), as they come; each is also printed to the test's output.
     pub log: crossbeam_channel::Receiver<String>,
+    /// Its UDP address, when it serves UDP.
+    pub udp: Option<SocketAddr>,
 }
 
 /// [`spawn_dapd`], run through `wrapper` (a command and its arguments that then runs dapd,
@@ -314,14 +316,17 @@ pub fn spawn_dapd_with(test: &str, name: &str, extra: &str, wrapper: &[&str]) ->
     let log = lines(Box::new(child.stderr.take().unwrap()), true);
     let guard = Guard(child);
     let deadline = Instant::now() + TIMEOUT;
-    let (mut addr, mut key) = (None, None);
+    let (mut addr, mut key, mut udp) = (None, None, None);
+    // The node key comes last.
     while addr.is_none() || key.is_none() {
         let line = out.recv_deadline(deadline).expect("dapd announces itself in time");
         if let Some(a) = line.strip_prefix("dapd: listening on ") {
             addr = Some(a.parse().expect("an address"));
+        } else if let Some(a) = line.strip_prefix("dapd: udp listening on ") {
+            udp = Some(a.parse().expect("an address"));
         } else if let Some(k) = line.strip_prefix("dapd: node key ") {
             key = dap_net::enc::keys::public_key_from_base64(k);
         }
     }
-    Dapd { guard, addr: addr.unwrap(), key: key.unwrap(), log }
+    Dapd { guard, addr: addr.unwrap(), key: key.unwrap(), log, udp }
 }

@@ -20,13 +20,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use dap_proc::Flip;
 use dap_reactor::{Datagrams, Esocket, EsocketHandle, Handler, UdpTransmit};
 use parking_lot::Mutex;
 
 use super::Wake;
 use crate::channel::SessionInfo;
 use crate::mux::Mux;
-use crate::server::StreamServer;
+use crate::server::{CID_TAGGED, SharedSessions, StreamServer, Taken, udp_share_name};
 use crate::session::SESSION_ID_LEN;
 use crate::udp::connection::{ConnStats, Event};
 use crate::udp::ecn::Ecn;
@@ -48,6 +49,17 @@ pub struct UdpCounters {
     pub attached: AtomicU64,
     /// Datagrams for a pending id whose session was gone (expired) or could not attach.
     pub attach_failed: AtomicU64,
+    /// In a cluster: sessions made on another node taken from the shared store for their
+    /// first datagram here.
+    pub cluster_taken: AtomicU64,
+    /// In a cluster: datagrams for an id no node's session was found for (not tagged by
+    /// the cluster, taken already, expired, or the store did not answer), or an id made
+    /// here that another node attached first.
+    pub cluster_missed: AtomicU64,
+    /// In a cluster: datagrams dropped because the worker's lookups
+    /// (`udp_cluster_lookups`), or the datagrams held for one (`udp_cluster_held`), were
+    /// at their bound, or the proc queue was full.
+    pub cluster_dropped: AtomicU64,
     /// Transmits the socket refused (its queue full): the engine sees them as lost.
     pub send_failed: AtomicU64,
     /// Connections that ended.
@@ -106,14 +118,23 @@ impl UdpConnStats {
     }
 }
 
+/// A connection id stream_ctl handed out, waiting for its first datagram.
+#[derive(Clone, Copy)]
+struct Pending {
+    session: [u8; SESSION_ID_LEN],
+    expires: Instant,
+    /// Published to the cluster: taken from there before it attaches here.
+    shared: bool,
+}
+
 /// What a server's UDP workers share with its stream_ctl.
 pub(crate) struct UdpShared {
     /// The port every worker's socket is bound to.
     pub(crate) port: u16,
     /// Each worker's socket, by worker index (set once all are bound).
     workers: OnceLock<Vec<EsocketHandle>>,
-    /// Connection ids handed out by stream_ctl and not yet used: id → (session id, expiry).
-    pending: Mutex<HashMap<ConnectionId, ([u8; SESSION_ID_LEN], Instant)>>,
+    /// Connection ids handed out by stream_ctl and not yet used.
+    pending: Mutex<HashMap<ConnectionId, Pending>>,
     /// Round-robin choice of worker for new sessions.
     next: AtomicUsize,
     /// The counters.
@@ -167,39 +188,71 @@ impl UdpShared {
     }
 
     /// A fresh connection id for a new session, naming the worker that will own it, kept
-    /// pending until `expires` (at most `max` ids pending: expired ones go first).
+    /// pending until `expires` (at most `max` ids pending: expired ones go first). In a
+    /// cluster (`tag`), its last bytes are the cluster's tag over the others.
     pub(crate) fn reserve(
         &self,
         session: [u8; SESSION_ID_LEN],
         now: Instant,
         expires: Instant,
         max: usize,
+        tag: Option<&dyn SharedSessions>,
     ) -> Option<ConnectionId> {
         let n = self.workers.get().map_or(1, |w| w.len().max(1));
         let worker = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let mut pending = self.pending.lock();
         if pending.len() >= max {
-            pending.retain(|_, (_, exp)| *exp > now);
+            pending.retain(|_, p| p.expires > now);
             if pending.len() >= max {
                 return None;
             }
         }
-        let mut cid = ConnectionId::random(worker as u8);
+        let fresh = || {
+            let mut cid = ConnectionId::random(worker as u8);
+            if let Some(t) = tag {
+                let body: [u8; CID_TAGGED] = cid.0[..CID_TAGGED].try_into().expect("6 bytes");
+                cid.0[CID_TAGGED..].copy_from_slice(&t.cid_tag(&body));
+            }
+            cid
+        };
+        let mut cid = fresh();
         while pending.contains_key(&cid) {
-            cid = ConnectionId::random(worker as u8);
+            cid = fresh();
         }
-        pending.insert(cid, (session, expires));
+        pending.insert(cid, Pending { session, expires, shared: false });
         Some(cid)
     }
 
-    /// Takes a pending id: the session it was handed out for.
-    fn take(&self, cid: &ConnectionId) -> Option<[u8; SESSION_ID_LEN]> {
-        self.pending.lock().remove(cid).map(|(id, _)| id)
+    /// A session was published to the cluster under pending id `cid`.
+    pub(crate) fn mark_shared(&self, cid: &ConnectionId) {
+        if let Some(p) = self.pending.lock().get_mut(cid) {
+            p.shared = true;
+        }
     }
 
-    fn is_pending(&self, cid: &ConnectionId) -> bool {
-        self.pending.lock().contains_key(cid)
+    /// A session taken from the cluster waits here for its first datagram (already in
+    /// hand) as if stream_ctl had made it here.
+    fn insert_taken(&self, cid: ConnectionId, session: [u8; SESSION_ID_LEN], expires: Instant) {
+        self.pending.lock().insert(cid, Pending { session, expires, shared: false });
     }
+
+    /// Takes a pending id: the session it was handed out for.
+    pub(crate) fn take(&self, cid: &ConnectionId) -> Option<[u8; SESSION_ID_LEN]> {
+        self.pending.lock().remove(cid).map(|p| p.session)
+    }
+
+    /// Whether `cid` is pending here, and if so whether it was published to the cluster.
+    fn pending(&self, cid: &ConnectionId) -> Option<bool> {
+        self.pending.lock().get(cid).map(|p| p.shared)
+    }
+}
+
+/// Whether a connection id carries the cluster's tag ([`SharedSessions::cid_tag`]).
+fn tagged(store: &dyn SharedSessions, cid: &ConnectionId) -> bool {
+    let (body, tag) = cid.0.split_at(CID_TAGGED);
+    let want = store.cid_tag(body.try_into().expect("CID_TAGGED bytes"));
+    // Constant time, as for any tag.
+    want.iter().zip(tag).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 /// A UDP socket's handler that sends what its connections have.
@@ -297,6 +350,38 @@ pub(crate) struct UdpWorker {
     /// connection left to show it (the last one closed).
     next_publish: Instant,
     publish_owed: bool,
+    /// Connection ids whose session is being taken from the cluster's store (a proc job
+    /// each): when each started, and the datagrams that arrived for it meanwhile.
+    lookups: HashMap<ConnectionId, (Instant, Vec<Held>)>,
+    /// Ids the store had no session for, not asked about again until the instant given
+    /// (a flow a load balancer sends to the wrong node must not cost Redis a call per
+    /// datagram); at most [`MISSED_PER_LOOKUP`] × `udp_cluster_lookups` of them.
+    missed: HashMap<ConnectionId, Instant>,
+}
+
+/// How long an id the cluster's store had no session for is not asked about again.
+const MISSED_FOR: Duration = Duration::from_secs(1);
+
+/// Ids remembered as missed, per lookup a worker may have in flight.
+const MISSED_PER_LOOKUP: usize = 16;
+
+/// A datagram held while its connection's session is taken from the cluster.
+struct Held {
+    from: SocketAddr,
+    ecn: Ecn,
+    data: Vec<u8>,
+}
+
+/// What taking a session from the cluster's store came to.
+enum Lookup {
+    /// Made here, and now ours alone (or the store did not answer: ours anyway).
+    Claimed,
+    /// Made on another node, now in this node's table: this session.
+    Loaded([u8; SESSION_ID_LEN]),
+    /// Made here, but another node attached it first.
+    TakenElsewhere,
+    /// Not found, or not loadable.
+    Missed,
 }
 
 impl UdpWorker {
@@ -319,6 +404,8 @@ impl UdpWorker {
             rtt_seen: UdpConnStats::default(),
             next_publish: Instant::now() + PUBLISH_EVERY,
             publish_owed: false,
+            lookups: HashMap::new(),
+            missed: HashMap::new(),
         }
     }
 
@@ -358,15 +445,163 @@ impl UdpWorker {
     ) {
         match self.endpoint.handle_datagram_ecn(now, from, Some(ecn), data) {
             Routed::Connection(_) => {}
-            Routed::Forward(w) => self.forward(w, from, ecn, data),
-            Routed::Dropped => {
-                let Some(cid) = peek_cid(data) else { return };
-                if !self.shared.is_pending(&cid) || !self.attach(es, now, cid) {
-                    return;
+            Routed::Forward(w) => {
+                // In a cluster an id may name a worker of the node that made it, which this
+                // node may not have: the worker it maps to here takes it.
+                let n = self.shared.worker_handles().len().max(1);
+                if w % n == self.worker {
+                    self.unknown(es, now, from, ecn, data);
+                } else {
+                    self.forward(w % n, from, ecn, data);
                 }
-                self.endpoint.handle_datagram_ecn(now, from, Some(ecn), data);
+            }
+            Routed::Dropped => self.unknown(es, now, from, ecn, data),
+        }
+    }
+
+    /// A datagram for a connection id this worker's endpoint does not hold: the first of a
+    /// session stream_ctl made here, or in a cluster made on another node.
+    fn unknown(
+        &mut self,
+        es: &mut Esocket<'_>,
+        now: Instant,
+        from: SocketAddr,
+        ecn: Ecn,
+        data: &mut [u8],
+    ) {
+        let Some(cid) = peek_cid(data) else { return };
+        if let Some((_, held)) = self.lookups.get_mut(&cid) {
+            if held.len() < self.server.config().udp_cluster_held {
+                held.push(Held { from, ecn, data: data.to_vec() });
+            } else {
+                self.shared.counters.cluster_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        match self.shared.pending(&cid) {
+            Some(false) => {
+                if self.attach(es, now, cid) {
+                    self.endpoint.handle_datagram_ecn(now, from, Some(ecn), data);
+                }
+            }
+            Some(true) => self.look_up(es, now, cid, true, Held { from, ecn, data: data.to_vec() }),
+            None => {
+                let Some(store) = self.server.shared_store() else { return };
+                let asked = self.missed.get(&cid).is_some_and(|until| *until > now);
+                if !asked && tagged(store.as_ref(), &cid) {
+                    self.look_up(es, now, cid, false, Held { from, ecn, data: data.to_vec() });
+                } else {
+                    self.shared.counters.cluster_missed.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
+    }
+
+    /// Takes `cid`'s session from the cluster's store on a proc thread, holding `first`
+    /// (and what follows it) until then: to claim a session made here (`made_here`) so that
+    /// no other node attaches it, or to load one another node made.
+    fn look_up(
+        &mut self,
+        es: &mut Esocket<'_>,
+        now: Instant,
+        cid: ConnectionId,
+        made_here: bool,
+        first: Held,
+    ) {
+        let c = &self.shared.counters;
+        let Some(store) = self.server.shared_store() else { return };
+        let cfg = self.server.config();
+        if self.lookups.len() >= cfg.udp_cluster_lookups {
+            // A lookup whose answer never came (its proc job lost) must not hold a place.
+            let stale = now.checked_sub(cfg.limits.connect_timeout).unwrap_or(now);
+            self.lookups.retain(|_, (since, _)| *since > stale);
+            if self.lookups.len() >= cfg.udp_cluster_lookups {
+                c.cluster_dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        let server = self.server.clone();
+        let work = move || {
+            let name = udp_share_name(&cid.0);
+            match (store.take(&name), made_here) {
+                (Taken::Found(_) | Taken::Unreachable, true) => Lookup::Claimed,
+                (Taken::Absent, true) => Lookup::TakenElsewhere,
+                (Taken::Found(blob), false) => server
+                    .load_shared(&blob, Instant::now(), Some(cid.0))
+                    .map_or(Lookup::Missed, Lookup::Loaded),
+                (Taken::Absent | Taken::Unreachable, false) => Lookup::Missed,
+            }
+        };
+        let then = move |es: &mut Esocket<'_>, found: Lookup| {
+            es.with_handler::<UdpWorker, _>(|w, es| w.looked_up(es, cid, found));
+        };
+        match es.flip(dap_proc::Priority::Normal, work, then) {
+            Ok(()) => {
+                self.lookups.insert(cid, (now, vec![first]));
+            }
+            Err(_) if made_here => {
+                // No proc thread to ask the cluster: the node decides alone, as when the
+                // store does not answer.
+                let mut first = first;
+                if self.attach(es, now, cid) {
+                    self.endpoint.handle_datagram_ecn(
+                        now,
+                        first.from,
+                        Some(first.ecn),
+                        &mut first.data,
+                    );
+                }
+            }
+            Err(_) => {
+                c.cluster_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Remembers that the store had no session for `cid` (for [`MISSED_FOR`]).
+    fn remember_missed(&mut self, cid: ConnectionId, now: Instant) {
+        let max = self.server.config().udp_cluster_lookups.saturating_mul(MISSED_PER_LOOKUP);
+        if self.missed.len() >= max {
+            self.missed.retain(|_, until| *until > now);
+        }
+        if self.missed.len() < max {
+            self.missed.insert(cid, now + MISSED_FOR);
+        }
+    }
+
+    /// The cluster's answer for `cid` ([`look_up`](Self::look_up)): attaches the session
+    /// and hands it the datagrams held, or drops them.
+    fn looked_up(&mut self, es: &mut Esocket<'_>, cid: ConnectionId, found: Lookup) {
+        let now = Instant::now();
+        let Some((_, held)) = self.lookups.remove(&cid) else { return };
+        let c = self.shared.clone();
+        let c = &c.counters;
+        let attached = match found {
+            Lookup::Claimed => self.attach(es, now, cid),
+            Lookup::Loaded(id) => {
+                // Loaded into the table on the proc thread: pending here from now on.
+                c.cluster_taken.fetch_add(1, Ordering::Relaxed);
+                let expires = now + self.server.config().limits.connect_timeout;
+                self.shared.insert_taken(cid, id, expires);
+                self.attach(es, now, cid)
+            }
+            Lookup::TakenElsewhere => {
+                if let Some(id) = self.shared.take(&cid) {
+                    self.server.udp_taken_elsewhere(&id);
+                }
+                false
+            }
+            Lookup::Missed => false,
+        };
+        if attached {
+            for mut h in held {
+                self.endpoint.handle_datagram_ecn(now, h.from, Some(h.ecn), &mut h.data);
+            }
+        } else {
+            c.cluster_missed.fetch_add(held.len() as u64, Ordering::Relaxed);
+            self.remember_missed(cid, now);
+        }
+        self.flush(es, now);
     }
 
     /// Hands a datagram to the worker its connection id names.

@@ -48,13 +48,32 @@ pub fn echo_server(ids: &[u8], config: StreamConfig) -> TestServer {
     server(procs, config)
 }
 
+/// [`echo_server`] on a reactor of `threads` workers.
+pub fn echo_server_threads(ids: &[u8], config: StreamConfig, threads: usize) -> TestServer {
+    let mut procs = ChannelProcs::new();
+    for &id in ids {
+        procs.ch_proc_add(id, |_| Box::new(dap_stream::echo::Echo::default())).unwrap();
+    }
+    server_on(procs, config, EncConfig::default(), threads)
+}
+
 pub fn server(procs: ChannelProcs, config: StreamConfig) -> TestServer {
     server_with_enc(procs, config, EncConfig::default())
 }
 
 /// A server with `/enc_init`, `/stream_ctl` and `/stream/`.
 pub fn server_with_enc(procs: ChannelProcs, config: StreamConfig, enc: EncConfig) -> TestServer {
-    let reactor = Reactor::builder().threads(2).pin(false).start().expect("reactor");
+    server_on(procs, config, enc, 2)
+}
+
+/// [`server_with_enc`] on a reactor of `threads` workers.
+pub fn server_on(
+    procs: ChannelProcs,
+    config: StreamConfig,
+    enc: EncConfig,
+    threads: usize,
+) -> TestServer {
+    let reactor = Reactor::builder().threads(threads).pin(false).start().expect("reactor");
     let pool = ProcPool::builder().pin(false).start_for(&reactor).expect("pool");
     let stream = StreamServer::new(procs, config);
     let enc = EncServer::new(NodeKey::generate(), enc);
