@@ -79,6 +79,17 @@ pub struct RateRefused {
     pub wait: Duration,
 }
 
+/// What [`RateLimiter::admit`] decided for a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// Within the rate: go on.
+    Now,
+    /// Its turn comes after this wait (taken: go on then without asking again).
+    After(Duration),
+    /// Past the rate with the block's queue of waiting requests full: refuse it.
+    Refused(RateRefused),
+}
+
 /// A token bucket per source block, as GCRA (one timestamp per block): each request moves
 /// the block's "theoretical arrival time" one interval on; a request that would move it
 /// more than `burst` intervals past now is refused. Sans-IO: every call takes `now`.
@@ -161,6 +172,55 @@ impl RateLimiter {
         }
         table.tat.insert(block, tat + self.interval);
         Ok(())
+    }
+
+    /// Admits one request from `ip` at `now`, as nginx's `limit_req` with a delay: within
+    /// the rate (and burst) at once; past it, the request takes the block's next free turn
+    /// and waits for it ([`Admit::After`]: it is counted then, not checked again), as long
+    /// as no more than `burst` requests of the block are waiting already; past that, or
+    /// for a new block while the table is full, it is refused (counted in
+    /// [`refused`](Self::refused)). Each waiting request has a turn of its own, so a block
+    /// with many connections waiting wakes them one interval apart, never all at once.
+    pub fn admit(&self, ip: IpAddr, now: Instant) -> Admit {
+        if self.limit.per_second == 0 {
+            return Admit::Now;
+        }
+        let block = self.limit.prefixes.block(ip);
+        let mut table = self.table.lock();
+        let known = table.tat.get(&block).copied();
+        if known.is_none() && table.tat.len() >= self.limit.max_sources {
+            if table
+                .purged
+                .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
+            {
+                table.purged = Some(now);
+                table.tat.retain(|_, tat| *tat > now);
+            }
+            if table.tat.len() >= self.limit.max_sources {
+                drop(table);
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                let d = Duration::from_secs(1);
+                return Admit::Refused(RateRefused { retry_after: d, wait: d });
+            }
+        }
+        let tat = known.map_or(now, |t| t.max(now));
+        let ahead = tat.saturating_duration_since(now);
+        if ahead <= self.tolerance {
+            table.tat.insert(block, tat + self.interval);
+            return Admit::Now;
+        }
+        let wait = ahead - self.tolerance;
+        // `burst` turns may be taken ahead of the rate, waiting.
+        if wait > self.interval * self.limit.burst.max(1) {
+            drop(table);
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Admit::Refused(RateRefused {
+                retry_after: wait.max(Duration::from_secs(1)),
+                wait,
+            });
+        }
+        table.tat.insert(block, tat + self.interval);
+        Admit::After(wait)
     }
 
     /// Requests refused so far.

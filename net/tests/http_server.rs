@@ -464,6 +464,55 @@ fn connect_from_2(addr: std::net::SocketAddr) -> std::net::TcpStream {
     s
 }
 
+fn connect_from(ip: [u8; 4], addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&std::net::SocketAddr::from((ip, 0)).into()).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s
+}
+
+/// A source opening many connections at once past its rate: `burst` requests are served at
+/// once, `burst` more wait for their turns (one interval apart), and the rest are answered
+/// 429 with `Retry-After` and closed; another source is served meanwhile.
+#[test]
+fn a_source_past_its_rate_and_its_waiting_room_is_answered_429() {
+    let mut config = HttpConfig::default();
+    // 2 per second: the test's requests all arrive within one interval (0.5 s).
+    config.request_rate = Some(dap_net::limit::RateLimit::new(2, 3));
+    let srv = server_with(config, true);
+    let mut conns: Vec<Reader> =
+        (0..10).map(|_| Reader::new(connect_from([127, 0, 0, 5], srv.addr))).collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.send(format!("GET /q?{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    }
+    let mut other = Reader::new(connect_from([127, 0, 0, 6], srv.addr));
+    other.send(b"GET /q?other HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(other.response(false).body, b"other");
+    let mut served = 0;
+    let mut refused = 0;
+    for (i, c) in conns.iter_mut().enumerate() {
+        let r = c.response(false);
+        match r.status {
+            200 => {
+                assert_eq!(r.body, i.to_string().as_bytes());
+                served += 1;
+            }
+            429 => {
+                assert!(r.header("retry-after").is_some_and(|v| v.parse::<u64>().unwrap() >= 1));
+                assert!(r.closes(), "a refused connection closes");
+                assert!(c.try_response(false).is_none());
+                refused += 1;
+            }
+            s => panic!("status {s}"),
+        }
+    }
+    assert_eq!((served, refused), (6, 4), "3 at once, 3 waiting, the rest refused");
+    let st = srv.stats();
+    assert_eq!((st.rate_paused, st.rate_refused), (3, 4));
+}
+
 /// Past `request_rate` a source's connection is paused, not refused: every pipelined
 /// request is still answered, in order, and another source is served meanwhile.
 #[test]

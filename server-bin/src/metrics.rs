@@ -387,10 +387,19 @@ fn http_families(o: &mut Out, http: &[(&'static str, Arc<HttpStats>)]) {
     o.family(
         "dap_http_rate_paused_total",
         "counter",
-        "Connections paused because their source was over http.request_rate.",
+        "Requests that waited for their turn: their source was over http.request_rate.",
     );
     for (l, s) in &snaps {
         o.sample("dap_http_rate_paused_total", &[("listener", l)], s.rate_paused as f64);
+    }
+    o.family(
+        "dap_http_rate_refused_total",
+        "counter",
+        "Requests answered 429: their source was over http.request_rate with request_burst \
+         requests waiting already.",
+    );
+    for (l, s) in &snaps {
+        o.sample("dap_http_rate_refused_total", &[("listener", l)], s.rate_refused as f64);
     }
     o.family("dap_http_errors_total", "counter", "HTTP faults, by kind.");
     for (l, s) in &snaps {

@@ -45,11 +45,18 @@ pub struct HttpConfig {
     /// closes at once, so a long-poll does not hold a departed client's connection.
     pub half_close: bool,
     /// Requests per source block (per /32 and /64 by default), as nginx's `limit_req`
-    /// with a delay: past the rate, the server stops reading that connection until the
-    /// block may make its next request, so a client pipelining thousands of requests costs
-    /// the worker nothing while it waits, and other clients are served in between. Each
-    /// pause is counted ([`HttpStatsSnapshot::rate_paused`](super::HttpStatsSnapshot)).
-    /// `None` (the default): no limit.
+    /// with a delay: within the rate and its burst a request is served at once; past it,
+    /// it takes the block's next turn and the server stops reading that connection until
+    /// the turn comes, so a client pipelining thousands of requests costs the worker
+    /// nothing while it waits, and other clients are served in between. At most `burst`
+    /// requests of a block wait at once: past that a request is answered `429 Too Many
+    /// Requests` with `Retry-After` and its connection closes (as nginx refuses past its
+    /// `burst`), so a block opening thousands of connections costs one answer each, not a
+    /// wake-up per turn. Counted: [`HttpStatsSnapshot::rate_paused`] and
+    /// [`rate_refused`](super::HttpStatsSnapshot::rate_refused). `None` (the default): no
+    /// limit.
+    ///
+    /// [`HttpStatsSnapshot::rate_paused`]: super::HttpStatsSnapshot::rate_paused
     pub request_rate: Option<crate::limit::RateLimit>,
 }
 

@@ -25,6 +25,7 @@ use crate::http::response::{BodyLen, Headers, push_chunk_header, status_has_body
 use crate::http::{
     BodyFraming, ChunkedDecoder, DateCache, Request, RequestHead, Response, parse_request_head,
 };
+use crate::limit::Admit;
 
 thread_local! {
     /// One `Date` value per worker thread, rebuilt once a second.
@@ -142,6 +143,8 @@ pub(crate) struct HttpConn {
     deferred: bool,
     /// Reading is paused until the source's request rate allows the next request.
     rate_paused: bool,
+    /// The next request already has its turn under the request rate (it waited for it).
+    rate_admitted: bool,
     /// The request being answered, for its access-log line.
     access: Option<Access>,
 }
@@ -200,6 +203,7 @@ impl HttpConn {
             peer_done: false,
             deferred: false,
             rate_paused: false,
+            rate_admitted: false,
             access: None,
         }
     }
@@ -279,19 +283,24 @@ impl HttpConn {
                     if es.buf_in().is_empty() {
                         return;
                     }
-                    // A new request (not the rest of a head) counts against the rate.
-                    if self.phase == Phase::Idle
-                        && let (Some(rate), Some(peer)) = (&self.sh.rate, self.peer)
-                        && let Err(r) = rate.check(peer.ip(), es.worker().now())
-                    {
-                        return self.pause(es, r.wait);
-                    }
                     if started == PIPELINE_BURST {
                         // Pipelined requests take turns with the worker's other
                         // connections: the rest are served when `on_write` comes round.
                         self.deferred = true;
                         es.set_writable(true);
                         return;
+                    }
+                    // A new request (not the rest of a head) counts against the rate, once:
+                    // a request that waited for its turn goes on when it comes.
+                    if self.phase == Phase::Idle
+                        && !std::mem::take(&mut self.rate_admitted)
+                        && let (Some(rate), Some(peer)) = (&self.sh.rate, self.peer)
+                    {
+                        match rate.admit(peer.ip(), es.worker().now()) {
+                            Admit::Now => {}
+                            Admit::After(wait) => return self.pause(es, wait),
+                            Admit::Refused(r) => return self.refuse_rate(es, r.retry_after),
+                        }
                     }
                     match parse_request_head(es.buf_in(), &self.sh.parse_limits) {
                         Ok(Some((head, n))) => {
@@ -328,12 +337,14 @@ impl HttpConn {
         }
     }
 
-    /// The source is over its request rate: reading stops until it may go on (the kernel
-    /// holds what the client sends meanwhile, and TCP slows it), then what is read is
-    /// served. Without a timer slot the connection is closed instead of served early.
+    /// The source is over its request rate and the next request has its turn after
+    /// `wait`: reading stops until then (the kernel holds what the client sends meanwhile,
+    /// and TCP slows it), then the request is served without being counted again. Without
+    /// a timer slot the connection is closed instead of served early.
     fn pause(&mut self, es: &mut Esocket<'_>, wait: Duration) {
         self.count(Counter::RatePaused);
         self.rate_paused = true;
+        self.rate_admitted = true;
         es.set_readable(false);
         // A client past its rate sends faster than it is served: a small kernel buffer
         // closes its TCP window soon, and a flood of requests stops costing the kernel too.
@@ -909,7 +920,20 @@ impl HttpConn {
     }
 
     /// Refuses malformed input: answer, then close (the stream cannot be trusted any more).
+    /// The source is over its request rate with as many requests waiting as it may have:
+    /// `429 Too Many Requests` with `Retry-After`, and the connection closes.
+    fn refuse_rate(&mut self, es: &mut Esocket<'_>, retry_after: Duration) {
+        self.count(Counter::RateRefused);
+        let secs = retry_after.as_secs().max(1).to_string();
+        self.refuse_with(es, 429, error_response(429).header("Retry-After", secs));
+    }
+
     fn refuse(&mut self, es: &mut Esocket<'_>, status: u16) {
+        self.refuse_with(es, status, error_response(status));
+    }
+
+    /// Answers `resp` (an error, `status`) to the head in hand, and closes.
+    fn refuse_with(&mut self, es: &mut Esocket<'_>, status: u16, resp: Response) {
         if self.access.is_none() && tracing::enabled!(target: "dap::access", tracing::Level::INFO) {
             self.access = Some(Access::new("-", "-"));
         }
@@ -922,7 +946,7 @@ impl HttpConn {
         if self.cur.is_none() {
             self.cur = Some(Current { answered: true, ..Current::bare(self.seq) });
         }
-        self.write_response(es, error_response(status), true);
+        self.write_response(es, resp, true);
     }
 
     /// Tells the streaming handler, if any, that its request failed.

@@ -18,9 +18,10 @@ pub(crate) enum Counter {
     HandlerPanics,
     ConnectionsClosedEarly,
     RatePaused,
+    RateRefused,
 }
 
-const COUNTERS: usize = 13;
+const COUNTERS: usize = 14;
 
 #[repr(align(128))]
 #[derive(Debug, Default)]
@@ -55,6 +56,9 @@ pub struct HttpStatsSnapshot {
     /// Times a connection's reading paused because its source was over
     /// [`HttpConfig::request_rate`](super::HttpConfig::request_rate).
     pub rate_paused: u64,
+    /// Requests answered `429` because their source was over its request rate with as
+    /// many requests waiting as `request_burst` allows.
+    pub rate_refused: u64,
 }
 
 impl HttpStats {
@@ -99,6 +103,7 @@ impl HttpStats {
             handler_panics: get(Counter::HandlerPanics),
             closed_early: get(Counter::ConnectionsClosedEarly),
             rate_paused: get(Counter::RatePaused),
+            rate_refused: get(Counter::RateRefused),
         }
     }
 }
