@@ -139,8 +139,36 @@ impl RateLimiter {
     /// [`RateRefused`] when the block is over its rate, or is new while the table is full
     /// (counted in [`refused`](Self::refused)).
     pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), RateRefused> {
+        self.take_turn(ip, now, Duration::ZERO).map(|_| ())
+    }
+
+    /// Admits one request from `ip` at `now`, as nginx's `limit_req` with a delay: within
+    /// the rate (and burst) at once; past it, the request takes the block's next free turn
+    /// and waits for it ([`Admit::After`]: it is counted then, not checked again), as long
+    /// as no more than `burst` requests of the block are waiting already; past that, or
+    /// for a new block while the table is full, it is refused (counted in
+    /// [`refused`](Self::refused)). Each waiting request has a turn of its own, so a block
+    /// with many connections waiting wakes them one interval apart, never all at once.
+    pub fn admit(&self, ip: IpAddr, now: Instant) -> Admit {
+        // `burst` turns may be taken ahead of the rate, waiting.
+        let queue = self.interval * self.limit.burst.max(1);
+        match self.take_turn(ip, now, queue) {
+            Ok(Duration::ZERO) => Admit::Now,
+            Ok(wait) => Admit::After(wait),
+            Err(r) => Admit::Refused(r),
+        }
+    }
+
+    /// Takes the block's next turn for a request from `ip` at `now` if it comes within
+    /// `max_wait`: how long the request waits for it (zero: within the limit).
+    fn take_turn(
+        &self,
+        ip: IpAddr,
+        now: Instant,
+        max_wait: Duration,
+    ) -> Result<Duration, RateRefused> {
         if self.limit.per_second == 0 {
-            return Ok(());
+            return Ok(Duration::ZERO);
         }
         let block = self.limit.prefixes.block(ip);
         let mut table = self.table.lock();
@@ -163,64 +191,14 @@ impl RateLimiter {
             }
         }
         let tat = known.map_or(now, |t| t.max(now));
-        let ahead = tat.saturating_duration_since(now);
-        if ahead > self.tolerance {
+        let wait = tat.saturating_duration_since(now).saturating_sub(self.tolerance);
+        if wait > max_wait {
             drop(table);
             self.refused.fetch_add(1, Ordering::Relaxed);
-            let wait = ahead - self.tolerance;
             return Err(RateRefused { retry_after: wait.max(Duration::from_secs(1)), wait });
         }
         table.tat.insert(block, tat + self.interval);
-        Ok(())
-    }
-
-    /// Admits one request from `ip` at `now`, as nginx's `limit_req` with a delay: within
-    /// the rate (and burst) at once; past it, the request takes the block's next free turn
-    /// and waits for it ([`Admit::After`]: it is counted then, not checked again), as long
-    /// as no more than `burst` requests of the block are waiting already; past that, or
-    /// for a new block while the table is full, it is refused (counted in
-    /// [`refused`](Self::refused)). Each waiting request has a turn of its own, so a block
-    /// with many connections waiting wakes them one interval apart, never all at once.
-    pub fn admit(&self, ip: IpAddr, now: Instant) -> Admit {
-        if self.limit.per_second == 0 {
-            return Admit::Now;
-        }
-        let block = self.limit.prefixes.block(ip);
-        let mut table = self.table.lock();
-        let known = table.tat.get(&block).copied();
-        if known.is_none() && table.tat.len() >= self.limit.max_sources {
-            if table
-                .purged
-                .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
-            {
-                table.purged = Some(now);
-                table.tat.retain(|_, tat| *tat > now);
-            }
-            if table.tat.len() >= self.limit.max_sources {
-                drop(table);
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                let d = Duration::from_secs(1);
-                return Admit::Refused(RateRefused { retry_after: d, wait: d });
-            }
-        }
-        let tat = known.map_or(now, |t| t.max(now));
-        let ahead = tat.saturating_duration_since(now);
-        if ahead <= self.tolerance {
-            table.tat.insert(block, tat + self.interval);
-            return Admit::Now;
-        }
-        let wait = ahead - self.tolerance;
-        // `burst` turns may be taken ahead of the rate, waiting.
-        if wait > self.interval * self.limit.burst.max(1) {
-            drop(table);
-            self.refused.fetch_add(1, Ordering::Relaxed);
-            return Admit::Refused(RateRefused {
-                retry_after: wait.max(Duration::from_secs(1)),
-                wait,
-            });
-        }
-        table.tat.insert(block, tat + self.interval);
-        Admit::After(wait)
+        Ok(wait)
     }
 
     /// Requests refused so far.

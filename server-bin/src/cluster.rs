@@ -72,6 +72,12 @@ pub struct ClusterSettings {
     pub membership_ttl: Duration,
     /// Relayed pub/sub messages waiting for Redis.
     pub relay_queue: usize,
+    /// With `rediss://`: the certificates that may sign Redis's (PEM; `None`: the system's
+    /// roots).
+    pub tls_roots: Option<Vec<u8>>,
+    /// With `rediss://`: this node's certificate chain and key for Redis's
+    /// `tls-auth-clients` (PEM; `None`: none).
+    pub tls_client: Option<(Vec<u8>, Zeroizing<Vec<u8>>)>,
 }
 
 /// One member of the cluster, as its registration says.
@@ -285,7 +291,18 @@ impl Cluster {
     /// # Errors
     /// [`ClusterError::Url`].
     pub fn new(settings: ClusterSettings) -> Result<Arc<Cluster>, ClusterError> {
-        let client = redis::Client::open(settings.redis.as_str()).map_err(ClusterError::Url)?;
+        let client = if settings.tls_roots.is_some() || settings.tls_client.is_some() {
+            let certs = redis::TlsCertificates {
+                client_tls: settings.tls_client.as_ref().map(|(cert, key)| {
+                    redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.to_vec() }
+                }),
+                root_cert: settings.tls_roots.clone(),
+            };
+            redis::Client::build_with_tls(settings.redis.as_str(), certs)
+        } else {
+            redis::Client::open(settings.redis.as_str())
+        }
+        .map_err(ClusterError::Url)?;
         let mut origin = [0u8; 16];
         random_bytes(&mut origin);
         let (relay_tx, relay_rx) = crossbeam_channel::bounded(settings.relay_queue.max(1));
@@ -807,6 +824,8 @@ mod tests {
             timeout: Duration::from_millis(50),
             membership_ttl: Duration::from_secs(1),
             relay_queue: 2,
+            tls_roots: None,
+            tls_client: None,
         })
         .unwrap()
     }

@@ -112,6 +112,14 @@ pub struct ClusterSection {
     pub relay_queue: usize,
     /// `host:port` other nodes and DNS hand out for this node; empty: the listen address.
     pub advertise: String,
+    /// With `rediss://`: a PEM file of the certificates that may sign Redis's (a private
+    /// CA); empty: the system's roots.
+    pub tls_ca_file: String,
+    /// With `rediss://` and Redis's `tls-auth-clients`: this node's certificate chain (a
+    /// PEM file; with `tls_key_file`).
+    pub tls_cert_file: String,
+    /// The key of `tls_cert_file` (a PEM file).
+    pub tls_key_file: String,
     /// UDP sessions each worker takes from Redis at once for a first datagram that landed
     /// on this node (a session made on another, or made here and claimed); past it such
     /// datagrams are dropped (counted).
@@ -132,6 +140,9 @@ impl Default for ClusterSection {
             membership_ttl_ms: 10_000,
             relay_queue: 65_536,
             advertise: String::new(),
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
             udp_lookups: 64,
             udp_held: 8,
         }
@@ -840,6 +851,19 @@ impl Config {
             range("cluster.membership_ttl_ms", c.membership_ttl_ms, 300, MS_HOUR)?;
             range("cluster.relay_queue", c.relay_queue, 1, 1 << 24)?;
             range("cluster.udp_lookups", c.udp_lookups, 1, 1 << 16)?;
+            if c.tls_cert_file.is_empty() != c.tls_key_file.is_empty() {
+                return Err(ConfigError::invalid(
+                    "cluster.tls_cert_file",
+                    "tls_cert_file and tls_key_file go together",
+                ));
+            }
+            let tls = !c.tls_ca_file.is_empty() || !c.tls_cert_file.is_empty();
+            if tls && !c.redis.starts_with("rediss://") {
+                return Err(ConfigError::invalid(
+                    "cluster.tls_ca_file",
+                    "the TLS files need a rediss:// URL in cluster.redis",
+                ));
+            }
             range("cluster.udp_held", c.udp_held, 1, 1024)?;
             let name_ok = |s: &str| s.len() <= 255 && !s.chars().any(|ch| ch.is_control());
             if !name_ok(&c.node_name) || !name_ok(&c.advertise) {

@@ -315,6 +315,20 @@ fn cluster_link(c: &Config) -> Result<Option<Arc<Cluster>>, StartError> {
     }
     let key = crate::cluster::load_key(Path::new(&cc.key_file))
         .map_err(|e| setting("cluster.key_file", format!("{}: {e}", cc.key_file)))?;
+    let read = |what: &'static str, path: &str| {
+        std::fs::read(path).map_err(|e| setting(what, format!("{path}: {e}")))
+    };
+    let tls_roots = match cc.tls_ca_file.as_str() {
+        "" => None,
+        path => Some(read("cluster.tls_ca_file", path)?),
+    };
+    let tls_client = match (cc.tls_cert_file.as_str(), cc.tls_key_file.as_str()) {
+        ("", _) | (_, "") => None,
+        (cert, key) => Some((
+            read("cluster.tls_cert_file", cert)?,
+            zeroize::Zeroizing::new(read("cluster.tls_key_file", key)?),
+        )),
+    };
     let settings = ClusterSettings {
         redis: cc.redis.clone(),
         key,
@@ -322,6 +336,8 @@ fn cluster_link(c: &Config) -> Result<Option<Arc<Cluster>>, StartError> {
         timeout: ms(cc.timeout_ms),
         membership_ttl: ms(cc.membership_ttl_ms),
         relay_queue: cc.relay_queue,
+        tls_roots,
+        tls_client,
     };
     Cluster::new(settings).map(Some).map_err(|e| setting("cluster.redis", e.to_string()))
 }
@@ -860,6 +876,9 @@ keys! {
     cluster_membership_ttl_ms = "cluster.membership_ttl_ms" => cluster.membership_ttl_ms: u64;
     cluster_relay_queue = "cluster.relay_queue" => cluster.relay_queue: usize;
     cluster_advertise = "cluster.advertise" => cluster.advertise: impl Into<String>;
+    cluster_tls_ca_file = "cluster.tls_ca_file" => cluster.tls_ca_file: impl Into<String>;
+    cluster_tls_cert_file = "cluster.tls_cert_file" => cluster.tls_cert_file: impl Into<String>;
+    cluster_tls_key_file = "cluster.tls_key_file" => cluster.tls_key_file: impl Into<String>;
     cluster_udp_lookups = "cluster.udp_lookups" => cluster.udp_lookups: usize;
     cluster_udp_held = "cluster.udp_held" => cluster.udp_held: usize;
 }

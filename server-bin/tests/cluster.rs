@@ -21,16 +21,33 @@ struct Redis {
     child: Option<Guard>,
     port: u16,
     dir: PathBuf,
+    /// More arguments (TLS, a password), and the URL the nodes use then.
+    args: Vec<String>,
+    url: Option<String>,
+}
+
+/// A free TCP port on loopback (free a moment ago).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Redis {
     fn start(test: &str) -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = std::env::temp_dir().join(format!("dap-redis-{test}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut r = Redis { child: None, port, dir };
+        Self::start_with(test, Vec::new(), None)
+    }
+
+    /// With more `args`, reached at `url` (the plain port stays for the test's PING).
+    fn start_with(test: &str, args: Vec<String>, url: Option<String>) -> Redis {
+        let port = free_port();
+        let mut r = Redis { child: None, port, dir: Self::dir(test), args, url };
         r.restart();
         r
+    }
+
+    fn dir(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("dap-redis-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     /// Starts (again) on the same port.
@@ -38,6 +55,7 @@ impl Redis {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .args(&self.args)
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -48,11 +66,14 @@ impl Redis {
         wait_until("redis-server answers PING", || self.ping());
     }
 
+    /// Whether it answers (a PING, or a refusal for want of the password).
     fn ping(&self) -> bool {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
         let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+        s.write_all(b"PING\r\n").is_ok()
+            && s.read_exact(&mut buf).is_ok()
+            && (&buf == b"+PONG\r\n" || &buf == b"-NOAUTH")
     }
 
     /// Kills it (SIGKILL): everything it held is gone.
@@ -62,7 +83,7 @@ impl Redis {
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        self.url.clone().unwrap_or_else(|| format!("redis://127.0.0.1:{}/", self.port))
     }
 }
 
@@ -222,6 +243,75 @@ fn a_udp_session_made_on_one_node_streams_on_another() {
     sock.send_to(&forged, c_udp).unwrap();
     wait_until("the forged datagram is counted", || metric(c.addr, missed) > before);
     assert_eq!(metric(c.addr, "dap_cluster_sessions_total{op=\"missed\"}"), 0.0);
+}
+
+/// `rediss://` with a password: Redis serving the nodes on TLS only, with a certificate
+/// from a CA of its own, client certificates required and `requirepass`; the nodes trust
+/// that CA (`tls_ca_file`), show theirs (`tls_cert_file`, `tls_key_file`), and work as one:
+/// membership, a key made on one used on the other.
+#[test]
+fn nodes_reach_redis_over_tls_with_a_password_and_client_certificates() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let dir = Redis::dir("tls");
+    // Each its own subject: a leaf named as its issuer would pass for self-signed.
+    let named = |sans: Vec<String>, cn: &str| {
+        let mut p = CertificateParams::new(sans).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p
+    };
+    let mut ca_params = named(Vec::new(), "dap test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    };
+    let leaf = |name: &str, sans: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = named(sans, name).signed_by(&key, &ca).unwrap();
+        (
+            write(&format!("{name}.crt"), cert.pem()),
+            write(&format!("{name}.key"), key.serialize_pem()),
+        )
+    };
+    let ca_file = write("ca.crt", ca.pem());
+    let (redis_crt, redis_key) = leaf("redis", vec!["127.0.0.1".into()]);
+    let (node_crt, node_key) = leaf("node", vec!["node".into()]);
+    let tls_port = free_port();
+    let args = [
+        "--tls-port",
+        &tls_port.to_string(),
+        "--tls-cert-file",
+        &redis_crt,
+        "--tls-key-file",
+        &redis_key,
+        "--tls-ca-cert-file",
+        &ca_file,
+        "--tls-auth-clients",
+        "yes",
+        "--requirepass",
+        "s3cret",
+    ];
+    let url = format!("rediss://:s3cret@127.0.0.1:{tls_port}/");
+    let redis = Redis::start_with("tls", args.iter().map(|a| a.to_string()).collect(), Some(url));
+    let extra = format!(
+        "tls_ca_file = \"{ca_file}\"\ntls_cert_file = \"{node_crt}\"\ntls_key_file = \"{node_key}\"\n"
+    );
+    let nodes = cluster("tls", &redis, &["a", "b"], &extra);
+    let client = client_reactor();
+    let s = open_across(
+        &client,
+        [nodes[0].addr, nodes[1].addr, nodes[1].addr],
+        nodes[0].key,
+        b"E",
+        TransportKind::Http,
+    )
+    .expect("a key from a, the session and stream on b");
+    s.channel(b'E').write_timeout(1, b"over tls".to_vec(), TIMEOUT).unwrap();
+    assert_eq!(s.next().data.as_ref(), b"over tls");
+    assert_eq!(metric(nodes[1].addr, "dap_cluster_keys_total{op=\"fetched\"}"), 1.0);
+    assert_eq!(metric(nodes[1].addr, "dap_cluster_redis_errors_total"), 0.0);
 }
 
 /// The status of a raw stream upgrade for `params` at `addr`.
