@@ -376,6 +376,31 @@ mod tests {
         assert_ne!(wide.block(ip("10.0.0.1")), wide.block(ip("10.0.0.2")));
     }
 
+    /// On a virtual clock: past the burst each request gets a turn of its own, one
+    /// interval after the one before; `burst` of them wait at most, later ones are refused
+    /// until turns free up again.
+    #[test]
+    fn admitted_requests_wait_in_turns_of_their_own() {
+        let t0 = Instant::now();
+        let r = RateLimiter::new(RateLimit::new(10, 3));
+        let me = ip("127.0.0.2");
+        for _ in 0..3 {
+            assert_eq!(r.admit(me, t0), Admit::Now);
+        }
+        let ms = Duration::from_millis;
+        assert_eq!(r.admit(me, t0), Admit::After(ms(100)));
+        assert_eq!(r.admit(me, t0), Admit::After(ms(200)));
+        assert_eq!(r.admit(me, t0), Admit::After(ms(300)));
+        let Admit::Refused(no) = r.admit(me, t0) else { panic!("the waiting room is full") };
+        assert_eq!((no.wait, no.retry_after), (ms(400), Duration::from_secs(1)));
+        assert_eq!(r.refused(), 1);
+        // A refusal takes no turn; 100 ms on, one turn is served and one more may wait.
+        assert_eq!(r.admit(me, t0 + ms(100)), Admit::After(ms(300)));
+        assert!(matches!(r.admit(me, t0 + ms(100)), Admit::Refused(_)));
+        assert_eq!(r.admit(ip("127.0.0.3"), t0), Admit::Now, "other blocks are not affected");
+        assert_eq!(RateLimiter::new(RateLimit::off()).admit(me, t0), Admit::Now);
+    }
+
     /// On a virtual clock: a burst, then one per interval; other blocks are not affected.
     #[test]
     fn rate_is_a_token_bucket_per_block() {

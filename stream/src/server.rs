@@ -173,9 +173,16 @@ pub const CID_TAGGED: usize = 6;
 /// so that it cannot be taken for a session id.
 pub fn udp_share_name(cid: &[u8; CID_LEN]) -> [u8; SESSION_ID_LEN] {
     let mut n = [0u8; SESSION_ID_LEN];
-    n[..8].copy_from_slice(b"dap-udp:");
+    n[..8].copy_from_slice(UDP_SHARE_MARK);
     n[8..].copy_from_slice(cid);
     n
+}
+
+/// The first bytes of every [`udp_share_name`].
+const UDP_SHARE_MARK: &[u8; 8] = b"dap-udp:";
+
+fn is_udp_share_name(id: &[u8; SESSION_ID_LEN]) -> bool {
+    id.starts_with(UDP_SHARE_MARK)
 }
 
 /// What [`SharedSessions::take`] found.
@@ -947,6 +954,11 @@ impl Attach {
     /// Takes session `id` from the cluster on a proc thread, then attaches again here.
     fn take_from_cluster(&self, ex: &mut Exchange<'_, '_>, id: [u8; SESSION_ID_LEN]) {
         let Some(shared) = self.server.inner.shared.get().cloned() else { return };
+        if is_udp_share_name(&id) {
+            // Not a session id: the name a UDP session is shared under, which an HTTP
+            // attach must not take from its client: answered as unknown.
+            return self.attach(ex, true);
+        }
         let server = self.server.clone();
         let work = move || match shared.take(&id) {
             Taken::Found(blob) => server.load_shared(&blob, Instant::now(), None).map(|_| ()),

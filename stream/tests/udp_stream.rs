@@ -14,7 +14,7 @@ use dap_stream::session::{SessionParams, TransportKind};
 use dap_stream::transport::Wake;
 use dap_stream::udp::connection::{CloseReason, Connection, ConnectionConfig, Event, Side};
 use dap_stream::udp::packet::ConnectionId;
-use dap_stream::{CID_TAGGED, SharedSessions, StreamConfig, StreamServer, Taken};
+use dap_stream::{CID_TAGGED, SharedSessions, StreamConfig, StreamServer, Taken, udp_share_name};
 use dap_stream::{Channel, ChannelHandler, ChannelProcs, Message, Mux, MuxConfig, SessionInfo};
 use parking_lot::Mutex;
 use util::udp_relay::{Impair, UdpRelay};
@@ -529,6 +529,22 @@ fn a_udp_session_attaches_on_another_node_of_a_cluster_once() {
     }
     assert_eq!(xu.attached.load(Ordering::Relaxed), 0);
     assert!(late.got.lock().is_empty());
+
+    // An HTTP attach naming a UDP session's shared name (the connection id is on the wire
+    // in the clear) is an unknown session, and takes nothing from the store.
+    let p = ctl(&x.stream, b"EV", b"");
+    let name = udp_share_name(&p.udp.as_ref().unwrap().cid);
+    let mut forged = p.clone();
+    forged.id = name;
+    let mut tcp = std::net::TcpStream::connect(y.addr).unwrap();
+    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let req = dap_stream::transport::http::upgrade_request(&forged, "y");
+    std::io::Write::write_all(&mut tcp, req.as_bytes()).unwrap();
+    let mut head = [0u8; 12];
+    std::io::Read::read_exact(&mut tcp, &mut head).unwrap();
+    assert_eq!(&head[9..12], b"404");
+    assert!(store.sessions.lock().contains_key(&name), "still in the store");
+    echo(&mut UdpClient::on(&p, y_addr), 5);
 
     // Made on x, streamed on x: claimed in the store, then attached there.
     let takes = store.takes.load(Ordering::Relaxed);
