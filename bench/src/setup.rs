@@ -102,6 +102,10 @@ const ORDER: [Who; 3] = [Who::DapProc, Who::DapWorker, Who::Rustls];
 /// How long stopping a run may take.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `EncConfig::store.max_keys` of the set-up benches' servers (this and `udp`'s): room for
+/// every key a run's set-ups leave (about 1.5 KiB each).
+pub const SETUP_MAX_KEYS: usize = 200_000;
+
 /// Set-ups completed by the clients, failures, and the first failure's text.
 #[derive(Default)]
 pub(crate) struct Counts {
@@ -379,6 +383,12 @@ fn run_dap(
             .map_err(|e| io::Error::other(format!("--channels: {e}")))?;
     }
     let mut enc_cfg = EncConfig::default();
+    // Set-ups per second is CPU per set-up: a public node's per-source handshake limit and
+    // its key store's size are policy (the peer has neither), so neither may cut the run
+    // short. Every set-up leaves a key its stream_ctl used, which the store keeps for its
+    // idle TTL (10 min): a run's 20,000-40,000 keys must fit.
+    enc_cfg.handshake_rate = dap_net::limit::RateLimit::off();
+    enc_cfg.store.max_keys = SETUP_MAX_KEYS;
     enc_cfg.handshake_on_worker = on_worker;
     let enc = EncServer::new(NodeKey::generate(), enc_cfg);
     let stream = StreamServer::new(procs, StreamConfig::default());

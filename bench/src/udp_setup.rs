@@ -297,6 +297,12 @@ pub fn run_dap(conns: usize, enc_on_worker: bool, warmup: f64, secs: f64) -> io:
     let mut procs = ChannelProcs::new();
     procs.ch_proc_add(ECHO, |_| Box::new(Echo::default())).expect("valid id");
     let mut enc_cfg = EncConfig::default();
+    // Set-ups per second is CPU per set-up: a public node's per-source handshake limit and
+    // its key store's size are policy (the peer has neither), so neither may cut the run
+    // short. Every set-up leaves a key its stream_ctl used, which the store keeps for its
+    // idle TTL (10 min): a run's 20,000-40,000 keys must fit.
+    enc_cfg.handshake_rate = dap_net::limit::RateLimit::off();
+    enc_cfg.store.max_keys = crate::setup::SETUP_MAX_KEYS;
     enc_cfg.handshake_on_worker = enc_on_worker;
     let enc = EncServer::new(NodeKey::generate(), enc_cfg);
     let stream = StreamServer::new(procs, StreamConfig::default());
