@@ -16,7 +16,8 @@
 //! ([`StreamClient::send_partial`]) and then sit on it, answering keepalives
 //! ([`StreamClient::hold`]).
 //!
-//! For `cluster`, a set-up can send each step to another node ([`open_session_across`]),
+//! For `cluster`, a set-up can send each step to another node ([`open_session_across`],
+//! and over UDP [`open_udp_session`] then [`udp_echo`] to a third),
 //! and a client made with [`StreamClient::with_inbox`] keeps the messages that arrive, so
 //! that it can speak channel `'P'` ([`StreamClient::subscribe`],
 //! [`StreamClient::queue_pubsub`], [`StreamClient::next_pubsub`]).
@@ -500,6 +501,119 @@ pub fn open_session_across(
         }
     }
     Err("no address".to_string())
+}
+
+/// A UDP session's set-up, each step on a fresh blocking connection: `POST /enc_init` at
+/// `at[0]` (whose node key is `node_key`), `POST /stream_ctl` (transport UDP) at `at[1]`
+/// (one connection for both when they are the same address). Returns the session; its
+/// datagrams are the caller's ([`udp_echo`]).
+pub fn open_udp_session(
+    at: [SocketAddr; 2],
+    node_key: [u8; 32],
+    channels: &[u8],
+    suite: Option<CipherSuite>,
+) -> Result<SessionParams, String> {
+    let (mut setup, req) = DapSetup::start(at[0], node_key, channels, suite, TransportKind::Udp);
+    let mut conn = HttpConn::connect(at[0]).map_err(|e| format!("connect {}: {e}", at[0]))?;
+    let r = conn.exchange(&req).map_err(|e| format!("exchange with {}: {e}", at[0]))?;
+    setup.retarget(at[1]);
+    let req = setup.on_response(r)?.ok_or("set-up over after enc_init")?;
+    if at[1] != at[0] {
+        conn = HttpConn::connect(at[1]).map_err(|e| format!("connect {}: {e}", at[1]))?;
+    }
+    let r = conn.exchange(&req).map_err(|e| format!("exchange with {}: {e}", at[1]))?;
+    if setup.on_response(r)?.is_some() {
+        return Err("a request after stream_ctl".to_string());
+    }
+    setup.take_params().ok_or_else(|| "no session".to_string())
+}
+
+/// Longest wait of [`udp_echo`].
+const UDP_ECHO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Notes that the echo came back.
+struct Echoed(Arc<AtomicBool>);
+
+impl ChannelHandler for Echoed {
+    fn packet_in(&mut self, _: &mut Channel<'_>, _: Message) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Session `params` over UDP from a fresh socket to `server`: `data` on channel `id` in the
+/// first datagram, its echo back (bounded), then CLOSE (as `udp`'s set-ups do).
+pub fn udp_echo(
+    params: &SessionParams,
+    server: SocketAddr,
+    id: u8,
+    data: &Bytes,
+) -> Result<(), String> {
+    use dap_stream::transport::CloseCode;
+    use dap_stream::udp::connection::{Connection, ConnectionConfig, Event, Side};
+    let cid = params.udp.as_ref().ok_or("stream_ctl: no connection id")?.cid;
+    let sock = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| format!("udp bind: {e}"))?;
+    let echoed = Arc::new(AtomicBool::new(false));
+    let mut procs = ChannelProcs::new();
+    let e = echoed.clone();
+    procs.ch_proc_add(id, move |_| Box::new(Echoed(e.clone()))).map_err(|e| e.to_string())?;
+    let info = SessionInfo { session_id: params.id, client: None };
+    let mux = Mux::new(&params.channels, &procs, info, params.limits.mux);
+    let config = ConnectionConfig {
+        idle_timeout: params.limits.idle_timeout,
+        keepalive: params.limits.keepalive,
+        rekey_packets: params.limits.rekey_packets,
+        ..ConnectionConfig::default()
+    };
+    let now = Instant::now();
+    let cid = dap_stream::udp::packet::ConnectionId(cid);
+    let mut conn = Connection::new(Side::Client, params, cid, Some(server), mux, config, now);
+    conn.mux().start(Arc::new(NoWake));
+    let sent = conn.mux().with_channel(id, |ch| ch.write(1, data.clone()).is_ok());
+    if sent != Some(true) {
+        return Err(format!("channel {}: write refused", id as char));
+    }
+    let deadline = now + UDP_ECHO_TIMEOUT;
+    let (mut tx, mut rx) = (Vec::with_capacity(2048), vec![0u8; 65_536]);
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err("udp: no echo in time".to_string());
+        }
+        let done = echoed.load(Ordering::Relaxed);
+        if done {
+            conn.close(now, CloseCode::Normal as u16);
+        }
+        while let Some(t) = conn.poll_transmit(now, 1, &mut tx) {
+            let seg = t.segment_size.unwrap_or(t.size).max(1);
+            for d in tx[..t.size].chunks(seg) {
+                sock.send_to(d, t.destination).map_err(|e| format!("udp send: {e}"))?;
+            }
+        }
+        if done {
+            return Ok(());
+        }
+        while let Some(ev) = conn.poll_event() {
+            if let Event::Closed(reason) = ev {
+                return Err(format!("udp connection closed: {reason:?}"));
+            }
+        }
+        // Wait for a datagram, at most until the engine's next timer (1 ms at least).
+        let wait = conn.poll_timeout().map_or(Duration::from_millis(50), |t| {
+            t.saturating_duration_since(now)
+                .clamp(Duration::from_millis(1), Duration::from_millis(50))
+        });
+        sock.set_read_timeout(Some(wait)).map_err(|e| format!("udp: {e}"))?;
+        match sock.recv_from(&mut rx) {
+            Ok((n, from)) => conn.handle_datagram(Instant::now(), from, &mut rx[..n]),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e) => return Err(format!("udp recv: {e}")),
+        }
+        let now = Instant::now();
+        if conn.poll_timeout().is_some_and(|t| t <= now) {
+            conn.handle_timeout(now);
+        }
+    }
 }
 
 /// The three steps of a set-up over `conn`.

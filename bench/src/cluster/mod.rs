@@ -21,7 +21,11 @@
 //!    with every step on one node over one connection (*one*), every step on one node over
 //!    three connections (*one-3conn*, the control), or each step on another node (*spread*:
 //!    the key is fetched from Redis by the second node, the session taken from Redis by the
-//!    third). Reported: set-ups per second and p50/p99 set-up latency.
+//!    third); and over UDP, enc_init and stream_ctl on one node and the first datagram to
+//!    its UDP port (*udp-one*: the node claims the session in Redis before it attaches), or
+//!    enc_init, stream_ctl and the first datagram each at another node (*udp-spread*: the
+//!    third node takes the session from Redis for that datagram). Reported: set-ups per
+//!    second and p50/p99 set-up latency.
 //!
 //! Ratios are cross / one and spread / one within a round, medians over rounds. Nothing
 //! is pinned: the nodes, Redis and the clients share the machine's CPUs, and the busy time
@@ -158,7 +162,8 @@ impl PubSubCase {
 }
 
 /// Set-up cases, in round 1's order.
-const SETUP_CASES: [Spread; 3] = [Spread::One, Spread::OneThreeConns, Spread::Across];
+const SETUP_CASES: [Spread; 5] =
+    [Spread::One, Spread::OneThreeConns, Spread::Across, Spread::OneUdp, Spread::AcrossUdp];
 
 /// The options, clamped to sane bounds.
 #[derive(Debug, Clone)]
@@ -301,7 +306,7 @@ fn setup_rounds(s: &Settings, c: &Cluster, noisy: &mut usize) -> (Vec<SetupRow>,
         s.clients
     );
     println!(
-        "   one = every step on one node, one connection; one-3conn = every step on one node, a connection each; spread = enc_init on node i, stream_ctl on i+1, stream on i+2, a connection each"
+        "   one = every step on one node, one connection; one-3conn = every step on one node, a connection each; spread = enc_init on node i, stream_ctl on i+1, stream on i+2, a connection each; udp-one = enc_init and stream_ctl on node i (one connection), the first datagram to node i's UDP port; udp-spread = enc_init on node i, stream_ctl on i+1, the first datagram to i+2's UDP port"
     );
     println!(
         "{:<5} {:<10} {:>9} {:>9} {:>9} {:>7} {:>6} {:>6}",
@@ -369,7 +374,7 @@ pub fn run(args: &ClusterArgs, dapd: DapSource) -> std::io::Result<Vec<(String, 
     let started = Instant::now();
     let mut cluster = Cluster::start(&bin).map_err(std::io::Error::other)?;
     println!(
-        "== cluster: {NODES} dapd nodes ({} workers each, unpinned, UDP off, log level warn, enc.max_keys {}) on one redis-server, all on loopback; {} round(s), warm-up {} s, window {} s per run; nothing pinned: nodes, Redis and clients share the CPUs",
+        "== cluster: {NODES} dapd nodes ({} workers each, unpinned, UDP on, log level warn, enc.max_keys {}) on one redis-server, all on loopback; {} round(s), warm-up {} s, window {} s per run; nothing pinned: nodes, Redis and clients share the CPUs",
         nodes::THREADS,
         nodes::MAX_KEYS,
         s.rounds,
@@ -410,14 +415,15 @@ pub fn run(args: &ClusterArgs, dapd: DapSource) -> std::io::Result<Vec<(String, 
     let su_med = |case: Spread, f: fn(&setups::Outcome) -> f64| {
         median(&su.iter().filter(|r| r.1 == case).map(|r| f(&r.2)).collect::<Vec<_>>())
     };
-    let su_ratio = |case: Spread, f: fn(&setups::Outcome) -> f64| -> Vec<f64> {
+    let su_ratio_to = |case: Spread, base: Spread, f: fn(&setups::Outcome) -> f64| {
         (0..s.rounds)
             .filter_map(|r| {
                 let find = |c| su.iter().find(|x| x.0 == r && x.1 == c).map(|x| f(&x.2));
-                Some(find(case)? / find(Spread::One)?)
+                Some(find(case)? / find(base)?)
             })
-            .collect()
+            .collect::<Vec<f64>>()
     };
+    let su_ratio = |case: Spread, f: fn(&setups::Outcome) -> f64| su_ratio_to(case, Spread::One, f);
     let msgs = |o: &pubsub::Outcome| o.msgs_per_s;
     let p50 = |o: &pubsub::Outcome| o.p50_us;
     let p99 = |o: &pubsub::Outcome| o.p99_us;
@@ -515,6 +521,23 @@ pub fn run(args: &ClusterArgs, dapd: DapSource) -> std::io::Result<Vec<(String, 
     kv("setup_p50_spread_us", fmt_num(su_med(Spread::Across, sp50), 0));
     kv("setup_p99_spread_us", fmt_num(su_med(Spread::Across, sp99), 0));
     kv("setup_p99_ratio", fmt_ratio(median(&r_sp99)));
+    let r_udp = su_ratio_to(Spread::AcrossUdp, Spread::OneUdp, rate);
+    let r_udp_p50 = su_ratio_to(Spread::AcrossUdp, Spread::OneUdp, sp50);
+    if !su.is_empty() {
+        println!(
+            "udp set-ups spread/one: setups/s {} (rounds: {}); p50 {} ({})",
+            fmt_ratio(median(&r_udp)),
+            list(&r_udp),
+            fmt_ratio(median(&r_udp_p50)),
+            list(&r_udp_p50)
+        );
+    }
+    kv("setup_udp_one_per_s", fmt_num(su_med(Spread::OneUdp, rate), 0));
+    kv("setup_udp_spread_per_s", fmt_num(su_med(Spread::AcrossUdp, rate), 0));
+    kv("setup_udp_ratio", fmt_ratio(median(&r_udp)));
+    kv("setup_udp_p50_one_us", fmt_num(su_med(Spread::OneUdp, sp50), 0));
+    kv("setup_udp_p50_spread_us", fmt_num(su_med(Spread::AcrossUdp, sp50), 0));
+    kv("setup_udp_p99_spread_us", fmt_num(su_med(Spread::AcrossUdp, sp99), 0));
     let setup_failed: u64 = su.iter().map(|r| r.2.failed).sum();
     kv("setup_failed", setup_failed.to_string());
     kv("pubsub_slow", ps.iter().map(|r| r.3.slow_errors).sum::<u64>().to_string());

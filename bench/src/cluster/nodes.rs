@@ -198,8 +198,8 @@ fn start_node(
 }
 
 /// A node's configuration: dapd's defaults but the listener, two unpinned workers, UDP
-/// off, warnings only in the log, the node key, room for [`MAX_KEYS`] keys, and
-/// `[cluster]`.
+/// on the listener's address (`[udp] enabled = true`, written out), warnings only in the
+/// log, the node key, room for [`MAX_KEYS`] keys, and `[cluster]`.
 fn config_text(
     name: &str,
     addr: SocketAddr,
@@ -223,7 +223,7 @@ fn config_text(
          max_keys = {MAX_KEYS}\n\
          \n\
          [udp]\n\
-         enabled = false\n\
+         enabled = true\n\
          \n\
          [log]\n\
          level = \"warn\"\n\
@@ -274,7 +274,7 @@ mod tests {
         assert!(t.contains("node_name = \"cluster-a\""));
         assert!(t.contains("key_file = \"/tmp/c.key\""));
         assert!(t.contains("threads = 2\npin = false"));
-        assert!(t.contains("[udp]\nenabled = false"));
+        assert!(t.contains("[udp]\nenabled = true"));
         assert!(t.contains("level = \"warn\""));
         assert!(t.contains("max_keys = 100000"));
     }

@@ -1,6 +1,7 @@
 //! One set-up run of `cluster`: client threads each doing full session set-ups back to
 //! back (`POST /enc_init`, `POST /stream_ctl`, `GET /stream/E` → `101`, one echo round
-//! trip), every step on one node or each step on another.
+//! trip; over UDP the first datagram carries the echoed message), every step on one node
+//! or each step on another.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,13 @@ pub enum Spread {
     /// enc_init on one node, stream_ctl on the next, the stream on the third, each on its
     /// own connection.
     Across,
+    /// Over UDP, every step on one node: enc_init and stream_ctl on one connection, then
+    /// the first datagram (carrying the echoed message) to the node's UDP port.
+    OneUdp,
+    /// Over UDP, enc_init on one node, stream_ctl on the next (a connection each), the
+    /// first datagram to the third's UDP port (as a UDP load balancer in front of the
+    /// nodes would send it): that node takes the session from Redis.
+    AcrossUdp,
 }
 
 impl Spread {
@@ -36,6 +44,8 @@ impl Spread {
             Spread::One => "one",
             Spread::OneThreeConns => "one-3conn",
             Spread::Across => "spread",
+            Spread::OneUdp => "udp-one",
+            Spread::AcrossUdp => "udp-spread",
         }
     }
 }
@@ -88,11 +98,20 @@ struct Log {
 fn one_setup(plan: &Plan, i: usize, echo: &Bytes) -> Result<(), String> {
     let n = plan.nodes.len();
     let at = |k: usize| plan.nodes[(i + k) % n];
+    // A node's UDP port is its listener's (`[udp] addr` left empty).
     let (conn, params) = match plan.spread {
         Spread::One => dapclient::open_session(at(0).0, at(0).1, b"E", None)?,
         Spread::OneThreeConns => dapclient::open_session_across([at(0).0; 3], at(0).1, b"E", None)?,
         Spread::Across => {
             dapclient::open_session_across([at(0).0, at(1).0, at(2).0], at(0).1, b"E", None)?
+        }
+        Spread::OneUdp => {
+            let p = dapclient::open_udp_session([at(0).0; 2], at(0).1, b"E", None)?;
+            return dapclient::udp_echo(&p, at(0).0, b'E', echo);
+        }
+        Spread::AcrossUdp => {
+            let p = dapclient::open_udp_session([at(0).0, at(1).0], at(0).1, b"E", None)?;
+            return dapclient::udp_echo(&p, at(2).0, b'E', echo);
         }
     };
     StreamClient::new(conn, &params).echo_each(b"E", echo)
