@@ -571,3 +571,97 @@ fn a_udp_session_attaches_on_another_node_of_a_cluster_once() {
     }
     assert_eq!(store.takes.load(Ordering::Relaxed), takes);
 }
+
+/// [`MemStore`] whose `take` waits until the gate opens (at most [`TIMEOUT`]).
+#[derive(Default)]
+struct GatedStore {
+    inner: MemStore,
+    open: Mutex<bool>,
+    opened: parking_lot::Condvar,
+}
+
+impl GatedStore {
+    fn open_gate(&self) {
+        *self.open.lock() = true;
+        self.opened.notify_all();
+    }
+}
+
+impl SharedSessions for GatedStore {
+    fn publish(&self, name: &[u8; 16], blob: &[u8], ttl: Duration) -> bool {
+        self.inner.publish(name, blob, ttl)
+    }
+
+    fn take(&self, name: &[u8; 16]) -> Taken {
+        let mut open = self.open.lock();
+        let deadline = Instant::now() + TIMEOUT;
+        while !*open && Instant::now() < deadline {
+            self.opened.wait_until(&mut open, deadline);
+        }
+        drop(open);
+        self.inner.take(name)
+    }
+
+    fn cid_tag(&self, body: &[u8; CID_TAGGED]) -> [u8; 2] {
+        self.inner.cid_tag(body)
+    }
+}
+
+/// While a session is being taken from the cluster's store, its worker holds at most
+/// `udp_cluster_held` datagrams for it and runs at most `udp_cluster_lookups` lookups;
+/// the rest are dropped and counted. Once the store answers, the session attaches with
+/// the datagrams held, and the echo comes back.
+#[test]
+fn a_cluster_lookup_holds_a_bounded_number_of_datagrams_and_lookups() {
+    let store = Arc::new(GatedStore::default());
+    let x = echo_server(b"EV", StreamConfig::default());
+    let config = StreamConfig { udp_cluster_lookups: 1, udp_cluster_held: 3, ..Default::default() };
+    let y = echo_server(b"EV", config);
+    x.stream.share_sessions(store.clone());
+    y.stream.share_sessions(store.clone());
+    x.stream.serve_udp(&x.reactor, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let y_addr = y.stream.serve_udp(&y.reactor, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let yu = y.stream.udp_counters().unwrap();
+    let dropped = || yu.cluster_dropped.load(Ordering::Relaxed);
+    let wait_dropped = |n: u64| {
+        let start = Instant::now();
+        while dropped() < n {
+            assert!(start.elapsed() < TIMEOUT, "{} dropped, not {n}", dropped());
+            std::thread::yield_now();
+        }
+    };
+    // x picks its two workers in turn: sessions 0 and 2 name the same one, so the same
+    // worker of y takes both.
+    let sessions: Vec<SessionParams> = (0..3).map(|_| ctl(&x.stream, b"EV", b"")).collect();
+    let worker = |p: &SessionParams| p.udp.as_ref().unwrap().cid[0];
+    assert_eq!(worker(&sessions[0]), worker(&sessions[2]));
+    // Session 0's first datagram, five times: the first starts the lookup, two more are
+    // held, two are dropped.
+    let mut c = UdpClient::on(&sessions[0], y_addr);
+    let msg = pattern(7, 500);
+    assert!(c.write(1, msg.clone()));
+    let now = Instant::now();
+    let t = c.conn.poll_transmit(now, 1, &mut c.buf).expect("a first datagram");
+    let first = c.buf[..t.segment_size.unwrap_or(t.size)].to_vec();
+    for _ in 0..5 {
+        c.sock.send_to(&first, y_addr).unwrap();
+    }
+    wait_dropped(2);
+    // Session 2 on the same worker of y: its one lookup is taken, so it is dropped.
+    let mut d = UdpClient::on(&sessions[2], y_addr);
+    assert!(d.write(1, msg.clone()));
+    let t = d.conn.poll_transmit(now, 1, &mut d.buf).expect("a first datagram");
+    d.sock.send_to(&d.buf[..t.segment_size.unwrap_or(t.size)], y_addr).unwrap();
+    wait_dropped(3);
+    assert_eq!(yu.attached.load(Ordering::Relaxed), 0);
+    // The store answers: session 0 attaches with what was held, and echoes.
+    store.open_gate();
+    let start = Instant::now();
+    while c.got.lock().is_empty() {
+        assert!(start.elapsed() < TIMEOUT, "no echo once the store answered");
+        c.turn();
+    }
+    assert!(c.got.lock()[0].data == msg);
+    assert_eq!(yu.cluster_taken.load(Ordering::Relaxed), 1);
+    assert_eq!(dropped(), 3);
+}
