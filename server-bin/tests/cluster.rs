@@ -491,6 +491,10 @@ fn without_redis_each_node_serves_its_own_and_cross_node_traffic_comes_back() {
     let fresh = open(&client, nodes[0].addr, nodes[0].key, b"E").expect("a new session on a");
     fresh.channel(b'E').write_timeout(1, vec![7; 10], TIMEOUT).unwrap();
     assert_eq!(fresh.next().data.as_ref(), &[7; 10][..]);
+    let over_udp = open_over(&client, nodes[0].addr, nodes[0].key, b"E", TransportKind::Udp)
+        .expect("a new UDP session on a");
+    over_udp.channel(b'E').write_timeout(1, vec![8; 10], TIMEOUT).unwrap();
+    assert_eq!(over_udp.next().data.as_ref(), &[8; 10][..]);
     assert!(metric(nodes[0].addr, "dap_cluster_redis_errors_total") > 0.0);
     assert_eq!(metric(nodes[0].addr, "dap_cluster_up"), 0.0);
 
