@@ -540,6 +540,31 @@ impl ChannelHandler for Echoed {
     }
 }
 
+/// The client's engine connection for session `params` to `server` (its channels handled
+/// by `procs`), configured as `dap_stream::client::udp_connect_on` configures it but for
+/// `ecn`; its mux not started yet.
+pub fn udp_client_connection(
+    params: &SessionParams,
+    server: SocketAddr,
+    procs: &ChannelProcs,
+    ecn: bool,
+    now: Instant,
+) -> Result<dap_stream::udp::connection::Connection, String> {
+    use dap_stream::udp::connection::{Connection, ConnectionConfig, Side};
+    let cid = params.udp.as_ref().ok_or("stream_ctl: no connection id")?.cid;
+    let info = SessionInfo { session_id: params.id, client: None };
+    let mux = Mux::new(&params.channels, procs, info, params.limits.mux);
+    let config = ConnectionConfig {
+        idle_timeout: params.limits.idle_timeout,
+        keepalive: params.limits.keepalive,
+        rekey_packets: params.limits.rekey_packets,
+        ecn,
+        ..ConnectionConfig::default()
+    };
+    let cid = dap_stream::udp::packet::ConnectionId(cid);
+    Ok(Connection::new(Side::Client, params, cid, Some(server), mux, config, now))
+}
+
 /// Session `params` over UDP from a fresh socket to `server`: `data` on channel `id` in the
 /// first datagram, its echo back (bounded), then CLOSE (as `udp`'s set-ups do).
 pub fn udp_echo(
@@ -549,25 +574,16 @@ pub fn udp_echo(
     data: &Bytes,
 ) -> Result<(), String> {
     use dap_stream::transport::CloseCode;
-    use dap_stream::udp::connection::{Connection, ConnectionConfig, Event, Side};
-    let cid = params.udp.as_ref().ok_or("stream_ctl: no connection id")?.cid;
+    use dap_stream::udp::connection::{ConnectionConfig, Event};
     let sock = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))
         .map_err(|e| format!("udp bind: {e}"))?;
     let echoed = Arc::new(AtomicBool::new(false));
     let mut procs = ChannelProcs::new();
     let e = echoed.clone();
     procs.ch_proc_add(id, move |_| Box::new(Echoed(e.clone()))).map_err(|e| e.to_string())?;
-    let info = SessionInfo { session_id: params.id, client: None };
-    let mux = Mux::new(&params.channels, &procs, info, params.limits.mux);
-    let config = ConnectionConfig {
-        idle_timeout: params.limits.idle_timeout,
-        keepalive: params.limits.keepalive,
-        rekey_packets: params.limits.rekey_packets,
-        ..ConnectionConfig::default()
-    };
     let now = Instant::now();
-    let cid = dap_stream::udp::packet::ConnectionId(cid);
-    let mut conn = Connection::new(Side::Client, params, cid, Some(server), mux, config, now);
+    let ecn = ConnectionConfig::default().ecn;
+    let mut conn = udp_client_connection(params, server, &procs, ecn, now)?;
     conn.mux().start(Arc::new(NoWake));
     let sent = conn.mux().with_channel(id, |ch| ch.write(1, data.clone()).is_ok());
     if sent != Some(true) {

@@ -59,11 +59,8 @@ use dap_net::server::Server;
 use dap_stream::echo::{ECHO, Echo};
 use dap_stream::session::TransportKind;
 use dap_stream::transport::{CloseCode, Wake};
-use dap_stream::udp::ConnectionId;
-use dap_stream::udp::connection::{Connection, ConnectionConfig, Event, Side};
-use dap_stream::{
-    Channel, ChannelHandler, ChannelProcs, Message, Mux, SessionInfo, StreamConfig, StreamServer,
-};
+use dap_stream::udp::connection::{Connection, Event};
+use dap_stream::{Channel, ChannelHandler, ChannelProcs, Message, StreamConfig, StreamServer};
 use mio::{Interest, Registry, Token};
 
 use crate::bulk::{Window, measure, one_worker_reactor};
@@ -147,7 +144,6 @@ impl DapUdpAttempt {
         let _ = registry.deregister(sock);
         let params = ex.take_params().ok_or("stream_ctl: no session")?;
         let server = dap_stream::client::udp_server_addr(&params, proto.ctl)?;
-        let cid = params.udp.as_ref().ok_or("stream_ctl: no connection id")?.cid;
         let std_sock = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
             .map_err(|e| format!("udp bind: {e}"))?;
         std_sock.set_nonblocking(true).map_err(|e| format!("udp: {e}"))?;
@@ -161,25 +157,8 @@ impl DapUdpAttempt {
         procs
             .ch_proc_add(ECHO, move |_| Box::new(Ping { echoed: e.clone() }))
             .map_err(|e| format!("channel: {e}"))?;
-        let info = SessionInfo { session_id: params.id, client: None };
-        let mux = Mux::new(&params.channels, &procs, info, params.limits.mux);
         // As `udp_connect_on` configures it, but for ECN (see the module docs).
-        let config = ConnectionConfig {
-            idle_timeout: params.limits.idle_timeout,
-            keepalive: params.limits.keepalive,
-            rekey_packets: params.limits.rekey_packets,
-            ecn: false,
-            ..ConnectionConfig::default()
-        };
-        let conn = Connection::new(
-            Side::Client,
-            &params,
-            ConnectionId(cid),
-            Some(server),
-            mux,
-            config,
-            now,
-        );
+        let conn = dapclient::udp_client_connection(&params, server, &procs, false, now)?;
         // The TCP connection is dropped (closed) here.
         self.phase = Phase::Udp { sock: udp, conn: Box::new(conn), echoed };
         if let Phase::Udp { conn, .. } = &mut self.phase {
