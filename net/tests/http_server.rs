@@ -474,13 +474,16 @@ fn connect_from(ip: [u8; 4], addr: std::net::SocketAddr) -> std::net::TcpStream 
 }
 
 /// A source opening many connections at once past its rate: `burst` requests are served at
-/// once, `burst` more wait for their turns (one interval apart), and the rest are answered
-/// 429 with `Retry-After` and closed; another source is served meanwhile.
+/// once, `burst` more wait for their turns (one interval apart, longer than the header
+/// timeout), and the rest are answered 429 with `Retry-After` and closed; another source
+/// is served meanwhile.
 #[test]
 fn a_source_past_its_rate_and_its_waiting_room_is_answered_429() {
     let mut config = HttpConfig::default();
     // 2 per second: the test's requests all arrive within one interval (0.5 s).
     config.request_rate = Some(dap_net::limit::RateLimit::new(2, 3));
+    // Shorter than the waits (up to 1.5 s): a wait for a turn is not the client's delay.
+    config.header_timeout = Duration::from_millis(400);
     let srv = server_with(config, true);
     let mut conns: Vec<Reader> =
         (0..10).map(|_| Reader::new(connect_from([127, 0, 0, 5], srv.addr))).collect();

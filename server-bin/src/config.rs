@@ -302,9 +302,11 @@ pub struct HttpSection {
     /// Answer the requests already read after the client's end of stream (`shutdown(SHUT_WR)`)
     /// instead of abandoning them.
     pub half_close: bool,
-    /// Requests per second per source block (0: no limit); past it, reading pauses.
+    /// Requests per second per source block (0: no limit); past it, a request waits for its
+    /// turn (reading its connection paused).
     pub request_rate: u32,
-    /// Requests a quiet source block may make at once.
+    /// Requests a quiet source block may make at once; as many more may wait for their
+    /// turn, and past that a request is answered 429 and its connection closed.
     pub request_burst: u32,
 }
 

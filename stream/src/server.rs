@@ -160,8 +160,8 @@ pub trait SharedSessions: Send + Sync + 'static {
     /// A tag over a UDP connection id's first [`CID_TAGGED`] bytes, under a key every node
     /// of the cluster holds and nobody else does (called on reactor workers: cheap, never
     /// blocking). Nodes of a cluster write it into the rest of the ids they make, and
-    /// take from the store only for ids that carry it: a datagram with a forged id costs
-    /// the store nothing.
+    /// take from the store only for ids that carry it: one forged id in 65,536 reaches the
+    /// store.
     fn cid_tag(&self, body: &[u8; CID_TAGGED]) -> [u8; CID_LEN - CID_TAGGED];
 }
 

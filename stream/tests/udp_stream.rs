@@ -665,3 +665,37 @@ fn a_cluster_lookup_holds_a_bounded_number_of_datagrams_and_lookups() {
     assert_eq!(yu.cluster_taken.load(Ordering::Relaxed), 1);
     assert_eq!(dropped(), 3);
 }
+
+/// A draining node takes no session from the cluster: the session stays in the store, and
+/// the node that made it serves it.
+#[test]
+fn a_draining_node_leaves_cluster_sessions_to_the_others() {
+    let store = Arc::new(MemStore::default());
+    let x = echo_server(b"EV", StreamConfig::default());
+    let y = echo_server(b"EV", StreamConfig::default());
+    x.stream.share_sessions(store.clone());
+    y.stream.share_sessions(store.clone());
+    let x_addr = x.stream.serve_udp(&x.reactor, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let y_addr = y.stream.serve_udp(&y.reactor, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let report = y.stream.drain(Duration::from_secs(5));
+    assert_eq!(report.left_open, 0);
+    let p = ctl(&x.stream, b"EV", b"");
+    let mut c = UdpClient::on(&p, y_addr);
+    assert!(c.write(1, b"to y".to_vec()));
+    let yu = y.stream.udp_counters().unwrap();
+    let start = Instant::now();
+    while yu.cluster_dropped.load(Ordering::Relaxed) == 0 {
+        assert!(start.elapsed() < TIMEOUT, "y never dropped the datagram");
+        c.turn();
+    }
+    assert_eq!(store.takes.load(Ordering::Relaxed), 0, "y asked the store nothing");
+    assert_eq!(store.sessions.lock().len(), 1);
+    let mut c = UdpClient::on(&p, x_addr);
+    assert!(c.write(1, b"to x".to_vec()));
+    let start = Instant::now();
+    while c.got.lock().is_empty() {
+        assert!(start.elapsed() < TIMEOUT, "x never served its session");
+        c.turn();
+    }
+    assert_eq!(c.got.lock()[0].data.as_ref(), b"to x");
+}

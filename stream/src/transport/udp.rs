@@ -58,7 +58,8 @@ pub struct UdpCounters {
     pub cluster_missed: AtomicU64,
     /// In a cluster: datagrams dropped because the worker's lookups
     /// (`udp_cluster_lookups`), or the datagrams held for one (`udp_cluster_held`), were
-    /// at their bound, or the proc queue was full.
+    /// at their bound, the proc queue was full, the datagram was larger than a packet may
+    /// be, or the server is draining (it takes no session from the cluster then).
     pub cluster_dropped: AtomicU64,
     /// Transmits the socket refused (its queue full): the engine sees them as lost.
     pub send_failed: AtomicU64,
@@ -470,15 +471,29 @@ impl UdpWorker {
         data: &mut [u8],
     ) {
         let Some(cid) = peek_cid(data) else { return };
+        let c = &self.shared.counters;
+        let cfg = self.server.config();
+        // Held datagrams are bounded in bytes too: none larger than a packet may be.
+        let fits = data.len() <= cfg.udp.connection.mtu.max;
         if let Some((_, held)) = self.lookups.get_mut(&cid) {
-            if held.len() < self.server.config().udp_cluster_held {
+            if fits && held.len() < cfg.udp_cluster_held {
                 held.push(Held { from, ecn, data: data.to_vec() });
             } else {
-                self.shared.counters.cluster_dropped.fetch_add(1, Ordering::Relaxed);
+                c.cluster_dropped.fetch_add(1, Ordering::Relaxed);
             }
             return;
         }
-        match self.shared.pending(&cid) {
+        let pending = self.shared.pending(&cid);
+        if pending.is_none() && self.server.shared_store().is_none() {
+            return;
+        }
+        if pending != Some(false) && (self.server.is_draining() || !fits) {
+            // A draining node takes no session from the cluster: another node may serve
+            // it, and one published here stays there for them too.
+            c.cluster_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match pending {
             Some(false) => {
                 if self.attach(es, now, cid) {
                     self.endpoint.handle_datagram_ecn(now, from, Some(ecn), data);
@@ -491,7 +506,7 @@ impl UdpWorker {
                 if !asked && tagged(store.as_ref(), &cid) {
                     self.look_up(es, now, cid, false, Held { from, ecn, data: data.to_vec() });
                 } else {
-                    self.shared.counters.cluster_missed.fetch_add(1, Ordering::Relaxed);
+                    c.cluster_missed.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -539,20 +554,10 @@ impl UdpWorker {
             Ok(()) => {
                 self.lookups.insert(cid, (now, vec![first]));
             }
-            Err(_) if made_here => {
-                // No proc thread to ask the cluster: the node decides alone, as when the
-                // store does not answer.
-                let mut first = first;
-                if self.attach(es, now, cid) {
-                    self.endpoint.handle_datagram_ecn(
-                        now,
-                        first.from,
-                        Some(first.ecn),
-                        &mut first.data,
-                    );
-                }
-            }
             Err(_) => {
+                // The proc queue is full: the datagram is dropped (the client sends again)
+                // and the id stays as it was. Not attached unclaimed: another node could
+                // still take the session.
                 c.cluster_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -564,16 +569,23 @@ impl UdpWorker {
         if self.missed.len() >= max {
             self.missed.retain(|_, until| *until > now);
         }
-        if self.missed.len() < max {
-            self.missed.insert(cid, now + MISSED_FOR);
+        if self.missed.len() >= max {
+            // Still full of live entries: one makes room (any one: the table only spares
+            // the store calls, it promises nothing).
+            if let Some(&old) = self.missed.keys().next() {
+                self.missed.remove(&old);
+            }
         }
+        self.missed.insert(cid, now + MISSED_FOR);
     }
 
     /// The cluster's answer for `cid` ([`look_up`](Self::look_up)): attaches the session
     /// and hands it the datagrams held, or drops them.
     fn looked_up(&mut self, es: &mut Esocket<'_>, cid: ConnectionId, found: Lookup) {
         let now = Instant::now();
-        let Some((_, held)) = self.lookups.remove(&cid) else { return };
+        // Its entry may be gone (dropped as stale while the store was slow): the answer is
+        // acted on all the same, with no datagrams to hand over.
+        let held = self.lookups.remove(&cid).map(|(_, held)| held).unwrap_or_default();
         let c = self.shared.clone();
         let c = &c.counters;
         let attached = match found {

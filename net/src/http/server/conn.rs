@@ -346,6 +346,9 @@ impl HttpConn {
         self.rate_paused = true;
         self.rate_admitted = true;
         es.set_readable(false);
+        // The wait is the server's, not the client's: the connection's deadline (keep-alive
+        // or header) runs from when the turn comes.
+        self.deadline(es, Some(wait + self.sh.config.header_timeout));
         // A client past its rate sends faster than it is served: a small kernel buffer
         // closes its TCP window soon, and a flood of requests stops costing the kernel too.
         // Kept for the connection's life (requests on it are rate-limited anyway).
@@ -919,7 +922,6 @@ impl HttpConn {
         self.write_response(es, resp, close);
     }
 
-    /// Refuses malformed input: answer, then close (the stream cannot be trusted any more).
     /// The source is over its request rate with as many requests waiting as it may have:
     /// `429 Too Many Requests` with `Retry-After`, and the connection closes.
     fn refuse_rate(&mut self, es: &mut Esocket<'_>, retry_after: Duration) {
@@ -928,6 +930,7 @@ impl HttpConn {
         self.refuse_with(es, 429, error_response(429).header("Retry-After", secs));
     }
 
+    /// Refuses malformed input: answer, then close (the stream cannot be trusted any more).
     fn refuse(&mut self, es: &mut Esocket<'_>, status: u16) {
         self.refuse_with(es, status, error_response(status));
     }
