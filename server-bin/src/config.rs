@@ -127,6 +127,9 @@ pub struct ClusterSection {
     /// Datagrams a UDP worker holds for one such session until Redis answers; past it they
     /// are dropped (counted), as a lossy path would drop them.
     pub udp_held: usize,
+    /// Such lookups each UDP worker starts per second at most, whatever the ids (0: no
+    /// bound); past it the datagrams are dropped (counted).
+    pub udp_lookup_rate: u32,
 }
 
 impl Default for ClusterSection {
@@ -145,6 +148,7 @@ impl Default for ClusterSection {
             tls_key_file: String::new(),
             udp_lookups: 64,
             udp_held: 8,
+            udp_lookup_rate: 10_000,
         }
     }
 }
@@ -867,6 +871,7 @@ impl Config {
                 ));
             }
             range("cluster.udp_held", c.udp_held, 1, 1024)?;
+            range("cluster.udp_lookup_rate", c.udp_lookup_rate, 0, 10_000_000)?;
             let name_ok = |s: &str| s.len() <= 255 && !s.chars().any(|ch| ch.is_control());
             if !name_ok(&c.node_name) || !name_ok(&c.advertise) {
                 return Err(ConfigError::invalid(

@@ -497,6 +497,7 @@ fn stream_config(c: &Config) -> StreamConfig {
         max_reassembly: s.max_reassembly,
         udp_cluster_lookups: c.cluster.udp_lookups,
         udp_cluster_held: c.cluster.udp_held,
+        udp_cluster_lookup_rate: c.cluster.udp_lookup_rate,
         ..StreamConfig::default()
     }
 }
@@ -881,6 +882,7 @@ keys! {
     cluster_tls_key_file = "cluster.tls_key_file" => cluster.tls_key_file: impl Into<String>;
     cluster_udp_lookups = "cluster.udp_lookups" => cluster.udp_lookups: usize;
     cluster_udp_held = "cluster.udp_held" => cluster.udp_held: usize;
+    cluster_udp_lookup_rate = "cluster.udp_lookup_rate" => cluster.udp_lookup_rate: u32;
 }
 
 /// The registry: the built-in channels when asked for, then the application's, each id

@@ -69,6 +69,9 @@ pub struct StreamConfig {
     /// In a cluster: datagrams held for a connection id while its session is taken from
     /// the shared store (8); later ones are dropped (counted), as a lossy path would.
     pub udp_cluster_held: usize,
+    /// In a cluster: lookups a UDP worker starts per second at most (10,000; bursts of as
+    /// many); past it such datagrams are dropped (counted). 0: no bound.
+    pub udp_cluster_lookup_rate: u32,
 }
 
 impl Default for StreamConfig {
@@ -86,6 +89,7 @@ impl Default for StreamConfig {
             max_reassembly: 256 << 20,
             udp_cluster_lookups: 64,
             udp_cluster_held: 8,
+            udp_cluster_lookup_rate: 10_000,
         }
     }
 }

@@ -699,3 +699,39 @@ fn a_draining_node_leaves_cluster_sessions_to_the_others() {
     }
     assert_eq!(c.got.lock()[0].data.as_ref(), b"to x");
 }
+
+/// A worker starts at most `udp_cluster_lookup_rate` lookups a second, whatever the ids:
+/// past it the datagram is dropped (counted), and the client's next try, once the budget
+/// has refilled, gets through.
+#[test]
+fn cluster_lookups_are_bounded_per_second() {
+    let store = Arc::new(MemStore::default());
+    let x = echo_server(b"EV", StreamConfig::default());
+    let y = echo_server(b"EV", StreamConfig { udp_cluster_lookup_rate: 1, ..Default::default() });
+    x.stream.share_sessions(store.clone());
+    y.stream.share_sessions(store.clone());
+    x.stream.serve_udp(&x.reactor, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let y_addr = y.stream.serve_udp(&y.reactor, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let yu = y.stream.udp_counters().unwrap();
+    // Sessions 0 and 2 name the same worker of x, so the same worker of y takes both.
+    let sessions: Vec<SessionParams> = (0..3).map(|_| ctl(&x.stream, b"EV", b"")).collect();
+    let echo = |p: &SessionParams, what: &[u8]| {
+        let mut c = UdpClient::on(p, y_addr);
+        assert!(c.write(1, what.to_vec()));
+        let start = Instant::now();
+        while c.got.lock().is_empty() {
+            assert!(start.elapsed() < TIMEOUT, "no echo");
+            c.turn();
+        }
+    };
+    let start = Instant::now();
+    echo(&sessions[0], b"first");
+    assert_eq!(yu.cluster_dropped.load(Ordering::Relaxed), 0);
+    // Within the same second the worker's budget is spent: the next session's first try is
+    // dropped; a later try gets through.
+    echo(&sessions[2], b"second");
+    if start.elapsed() < Duration::from_millis(900) {
+        assert!(yu.cluster_dropped.load(Ordering::Relaxed) >= 1);
+    }
+    assert_eq!(yu.cluster_taken.load(Ordering::Relaxed), 2);
+}

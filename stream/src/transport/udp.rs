@@ -57,8 +57,8 @@ pub struct UdpCounters {
     /// here that another node attached first.
     pub cluster_missed: AtomicU64,
     /// In a cluster: datagrams dropped because the worker's lookups
-    /// (`udp_cluster_lookups`), or the datagrams held for one (`udp_cluster_held`), were
-    /// at their bound, the proc queue was full, the datagram was larger than a packet may
+    /// (`udp_cluster_lookups`, `udp_cluster_lookup_rate`), or the datagrams held for one
+    /// (`udp_cluster_held`), were at their bound, the proc queue was full, the datagram was larger than a packet may
     /// be, or the server is draining (it takes no session from the cluster then).
     pub cluster_dropped: AtomicU64,
     /// Transmits the socket refused (its queue full): the engine sees them as lost.
@@ -248,6 +248,11 @@ impl UdpShared {
     }
 }
 
+/// The lookups per second a UDP worker of `server` may start.
+fn server_rate(server: &StreamServer) -> u32 {
+    server.config().udp_cluster_lookup_rate
+}
+
 /// Whether a connection id carries the cluster's tag ([`SharedSessions::cid_tag`]).
 fn tagged(store: &dyn SharedSessions, cid: &ConnectionId) -> bool {
     let (body, tag) = cid.0.split_at(CID_TAGGED);
@@ -358,6 +363,10 @@ pub(crate) struct UdpWorker {
     /// (a flow a load balancer sends to the wrong node must not cost Redis a call per
     /// datagram); at most [`MISSED_PER_LOOKUP`] × `udp_cluster_lookups` of them.
     missed: HashMap<ConnectionId, Instant>,
+    /// Lookups this worker may still start now (`udp_cluster_lookup_rate`, a token bucket
+    /// refilled as time passes), and when it was last refilled.
+    lookup_tokens: f64,
+    lookup_refilled: Instant,
 }
 
 /// How long an id the cluster's store had no session for is not asked about again.
@@ -392,6 +401,7 @@ impl UdpWorker {
         config: EndpointConfig,
         gso_segments: usize,
     ) -> Self {
+        let lookup_rate = server_rate(&server);
         UdpWorker {
             server,
             shared,
@@ -407,6 +417,8 @@ impl UdpWorker {
             publish_owed: false,
             lookups: HashMap::new(),
             missed: HashMap::new(),
+            lookup_tokens: f64::from(lookup_rate),
+            lookup_refilled: Instant::now(),
         }
     }
 
@@ -523,17 +535,23 @@ impl UdpWorker {
         made_here: bool,
         first: Held,
     ) {
-        let c = &self.shared.counters;
+        let shared = self.shared.clone();
+        let c = &shared.counters;
         let Some(store) = self.server.shared_store() else { return };
         let cfg = self.server.config();
-        if self.lookups.len() >= cfg.udp_cluster_lookups {
+        let (max, stale_after) = (cfg.udp_cluster_lookups, cfg.limits.connect_timeout);
+        if self.lookups.len() >= max {
             // A lookup whose answer never came (its proc job lost) must not hold a place.
-            let stale = now.checked_sub(cfg.limits.connect_timeout).unwrap_or(now);
+            let stale = now.checked_sub(stale_after).unwrap_or(now);
             self.lookups.retain(|_, (since, _)| *since > stale);
-            if self.lookups.len() >= cfg.udp_cluster_lookups {
+            if self.lookups.len() >= max {
                 c.cluster_dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
+        }
+        if !self.lookup_allowed(now) {
+            c.cluster_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
         }
         let server = self.server.clone();
         let work = move || {
@@ -561,6 +579,23 @@ impl UdpWorker {
                 c.cluster_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Takes one lookup from the worker's budget (`udp_cluster_lookup_rate`), if any is
+    /// left: whatever the ids, a worker never asks the store more often than that.
+    fn lookup_allowed(&mut self, now: Instant) -> bool {
+        let rate = f64::from(server_rate(&self.server));
+        if rate == 0.0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.lookup_refilled).as_secs_f64();
+        self.lookup_refilled = now;
+        self.lookup_tokens = (self.lookup_tokens + elapsed * rate).min(rate);
+        if self.lookup_tokens < 1.0 {
+            return false;
+        }
+        self.lookup_tokens -= 1.0;
+        true
     }
 
     /// Remembers that the store had no session for `cid` (for [`MISSED_FOR`]).
