@@ -511,9 +511,14 @@ fn a_source_past_its_rate_and_its_waiting_room_is_answered_429() {
             s => panic!("status {s}"),
         }
     }
-    assert_eq!((served, refused), (6, 4), "3 at once, 3 waiting, the rest refused");
+    // 3 at once, 3 waiting, the rest refused; give or take the one on a boundary: each of
+    // the two workers reads the clock once per turn, so a request may see the other's
+    // turns a little early or late, and the sixth's turn falls exactly on the bound.
+    assert!((5..=7).contains(&served), "{served} served, {refused} refused");
     let st = srv.stats();
-    assert_eq!((st.rate_paused, st.rate_refused), (3, 4));
+    assert_eq!(st.rate_refused, refused);
+    assert!((2..=4).contains(&st.rate_paused), "{} waited", st.rate_paused);
+    assert!(st.rate_paused <= served, "every one that waited was served");
 }
 
 /// Past `request_rate` a source's connection is paused, not refused: every pipelined
