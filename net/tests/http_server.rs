@@ -454,16 +454,7 @@ fn an_answer_before_the_body_reaches_a_client_still_sending() {
     assert_serving(srv.addr);
 }
 
-/// A connection from 127.0.0.2 (another source block than the test's 127.0.0.1).
-fn connect_from_2(addr: std::net::SocketAddr) -> std::net::TcpStream {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&std::net::SocketAddr::from(([127, 0, 0, 2], 0)).into()).unwrap();
-    sock.connect(&addr.into()).unwrap();
-    let s: std::net::TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s
-}
-
+/// A connection from `ip` (a source block of its own; the test client is 127.0.0.1).
 fn connect_from(ip: [u8; 4], addr: std::net::SocketAddr) -> std::net::TcpStream {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     sock.bind(&std::net::SocketAddr::from((ip, 0)).into()).unwrap();
@@ -538,7 +529,7 @@ fn a_source_over_its_request_rate_waits_and_others_are_served() {
     for i in 0..5 {
         assert_eq!(fast.response(false).body, i.to_string().as_bytes());
     }
-    let mut other = Reader::new(connect_from_2(srv.addr));
+    let mut other = Reader::new(connect_from([127, 0, 0, 2], srv.addr));
     other.send(b"GET /q?other HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(other.response(false).body, b"other");
     assert!(srv.stats().rate_paused > 0, "the fast source was paused");

@@ -248,11 +248,6 @@ impl UdpShared {
     }
 }
 
-/// The lookups per second a UDP worker of `server` may start.
-fn server_rate(server: &StreamServer) -> u32 {
-    server.config().udp_cluster_lookup_rate
-}
-
 /// Whether a connection id carries the cluster's tag ([`SharedSessions::cid_tag`]).
 fn tagged(store: &dyn SharedSessions, cid: &ConnectionId) -> bool {
     let (body, tag) = cid.0.split_at(CID_TAGGED);
@@ -401,7 +396,7 @@ impl UdpWorker {
         config: EndpointConfig,
         gso_segments: usize,
     ) -> Self {
-        let lookup_rate = server_rate(&server);
+        let lookup_rate = server.config().udp_cluster_lookup_rate;
         UdpWorker {
             server,
             shared,
@@ -496,31 +491,28 @@ impl UdpWorker {
             return;
         }
         let pending = self.shared.pending(&cid);
-        if pending.is_none() && self.server.shared_store().is_none() {
+        if pending == Some(false) {
+            if self.attach(es, now, cid) {
+                self.endpoint.handle_datagram_ecn(now, from, Some(ecn), data);
+            }
             return;
         }
-        if pending != Some(false) && (self.server.is_draining() || !fits) {
+        let Some(store) = self.server.shared_store() else { return };
+        if self.server.is_draining() || !fits {
             // A draining node takes no session from the cluster: another node may serve
             // it, and one published here stays there for them too.
             c.cluster_dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        match pending {
-            Some(false) => {
-                if self.attach(es, now, cid) {
-                    self.endpoint.handle_datagram_ecn(now, from, Some(ecn), data);
-                }
-            }
-            Some(true) => self.look_up(es, now, cid, true, Held { from, ecn, data: data.to_vec() }),
-            None => {
-                let Some(store) = self.server.shared_store() else { return };
-                let asked = self.missed.get(&cid).is_some_and(|until| *until > now);
-                if !asked && tagged(store.as_ref(), &cid) {
-                    self.look_up(es, now, cid, false, Held { from, ecn, data: data.to_vec() });
-                } else {
-                    c.cluster_missed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+        let held = Held { from, ecn, data: data.to_vec() };
+        if pending.is_some() {
+            return self.look_up(es, now, store, cid, true, held);
+        }
+        let asked = self.missed.get(&cid).is_some_and(|until| *until > now);
+        if !asked && tagged(store.as_ref(), &cid) {
+            self.look_up(es, now, store, cid, false, held);
+        } else {
+            c.cluster_missed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -531,13 +523,13 @@ impl UdpWorker {
         &mut self,
         es: &mut Esocket<'_>,
         now: Instant,
+        store: Arc<dyn SharedSessions>,
         cid: ConnectionId,
         made_here: bool,
         first: Held,
     ) {
         let shared = self.shared.clone();
         let c = &shared.counters;
-        let Some(store) = self.server.shared_store() else { return };
         let cfg = self.server.config();
         let (max, stale_after) = (cfg.udp_cluster_lookups, cfg.limits.connect_timeout);
         if self.lookups.len() >= max {
@@ -584,7 +576,7 @@ impl UdpWorker {
     /// Takes one lookup from the worker's budget (`udp_cluster_lookup_rate`), if any is
     /// left: whatever the ids, a worker never asks the store more often than that.
     fn lookup_allowed(&mut self, now: Instant) -> bool {
-        let rate = f64::from(server_rate(&self.server));
+        let rate = f64::from(self.server.config().udp_cluster_lookup_rate);
         if rate == 0.0 {
             return true;
         }
