@@ -100,9 +100,16 @@ impl Nonce {
 #[error("authentication failed")]
 pub struct OpenError;
 
+/// One message of a batch ([`AeadKey::seal_batch`], [`AeadKey::open_batch`]): its nonce
+/// (as [`Nonce::bytes`] lays it out), and a buffer holding the associated data (the first
+/// `aad_len` bytes, at most [`dap_crypto::MAX_AAD`]), the text, then room for the tag.
+pub use dap_crypto::Msg as BatchMsg;
+
 /// One direction's AEAD key.
 pub struct AeadKey {
     key: aead::LessSafeKey,
+    /// ChaCha20-Poly1305 over whole batches, where the CPU runs it (AVX-512 IFMA).
+    batch: Option<dap_crypto::BatchKey>,
     suite: CipherSuite,
     /// The bytes it was made from, for [`secret`](Self::secret); wiped on drop.
     secret: zeroize::Zeroizing<[u8; KEY_LEN]>,
@@ -120,7 +127,60 @@ impl AeadKey {
     pub fn new(suite: CipherSuite, secret: &[u8; KEY_LEN]) -> Self {
         let unbound = aead::UnboundKey::new(suite.algorithm(), secret)
             .expect("both suites take 32-byte keys");
-        AeadKey { key: aead::LessSafeKey::new(unbound), suite, secret: (*secret).into() }
+        let batch = match suite {
+            CipherSuite::ChaCha20Poly1305 => dap_crypto::BatchKey::new(secret),
+            CipherSuite::Aes256Gcm => None,
+        };
+        AeadKey { key: aead::LessSafeKey::new(unbound), batch, suite, secret: (*secret).into() }
+    }
+
+    /// Whether [`seal_batch`](Self::seal_batch) and [`open_batch`](Self::open_batch) run
+    /// a batch faster than one message at a time would (ChaCha20-Poly1305 on a CPU with
+    /// AVX-512 IFMA); they work either way.
+    pub fn batches(&self) -> bool {
+        self.batch.is_some()
+    }
+
+    /// Seals every message of `msgs` in place, each tag in the last [`TAG_LEN`] bytes of
+    /// its buffer: the same bytes as [`seal_detached`](Self::seal_detached) one by one.
+    ///
+    /// # Panics
+    /// When a message's buffer cannot hold its associated data and the tag, or the
+    /// associated data is longer than [`dap_crypto::MAX_AAD`] (the caller lays these out).
+    pub fn seal_batch(&self, msgs: &mut [BatchMsg<'_>]) {
+        if let Some(b) = &self.batch {
+            return b.seal(msgs);
+        }
+        for m in msgs {
+            let (aad, rest) = m.buf.split_at_mut(m.aad_len);
+            let (text, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
+            let nonce = aead::Nonce::assume_unique_for_key(m.nonce);
+            let t = self
+                .key
+                .seal_in_place_separate_tag(nonce, aead::Aad::from(&*aad), text)
+                .expect("dap never seals more than the AEAD's limit in one message");
+            tag.copy_from_slice(t.as_ref());
+        }
+    }
+
+    /// Authenticates every message of `msgs` and decrypts in place those that verify;
+    /// `ok[i]` says whether message `i` did (one too short for its tag does not). What a
+    /// message that fails holds afterwards is unspecified.
+    ///
+    /// # Panics
+    /// When `ok` is shorter than `msgs`.
+    pub fn open_batch(&self, msgs: &mut [BatchMsg<'_>], ok: &mut [bool]) {
+        if let Some(b) = &self.batch {
+            return b.open(msgs, ok);
+        }
+        assert!(ok.len() >= msgs.len(), "one result per message");
+        for (m, ok) in msgs.iter_mut().zip(ok) {
+            *ok = m.buf.len() >= m.aad_len + TAG_LEN && {
+                let (aad, rest) = m.buf.split_at_mut(m.aad_len);
+                let nonce = aead::Nonce::assume_unique_for_key(m.nonce);
+                self.key.open_in_place(nonce, aead::Aad::from(&*aad), rest).is_ok()
+            };
+        }
     }
 
     /// The 32 bytes the key was made from: only for sealing it into storage other nodes
@@ -240,6 +300,62 @@ mod tests {
             assert_eq!(buf.len(), 5 + TAG_LEN);
             let plain = key.open(Nonce::new(*b"test", 1), b"aad", &mut buf).unwrap();
             assert_eq!(plain, b"hello");
+        }
+    }
+
+    #[test]
+    fn batches_seal_and_open_as_one_message_at_a_time_does() {
+        for suite in CipherSuite::ALL {
+            let key = AeadKey::new(suite, &[9u8; KEY_LEN]);
+            // Sizes around the blocks and the vector widths; 17 bytes of associated data
+            // as a UDP header has.
+            let sizes = [0usize, 1, 15, 16, 17, 63, 64, 65, 500, 1419, 1435, 4000];
+            let mut bufs: Vec<Vec<u8>> = sizes
+                .iter()
+                .map(|&n| (0..17 + n + TAG_LEN).map(|i| (i * 7 + n) as u8).collect())
+                .collect();
+            let want: Vec<Vec<u8>> = bufs
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let mut text = b[17..b.len() - TAG_LEN].to_vec();
+                    key.seal(Nonce::new(*b"bat\0", i as u64), &b[..17], &mut text);
+                    [&b[..17], &text[..]].concat()
+                })
+                .collect();
+            let mut msgs: Vec<BatchMsg<'_>> = bufs
+                .iter_mut()
+                .enumerate()
+                .map(|(i, b)| BatchMsg {
+                    nonce: Nonce::new(*b"bat\0", i as u64).bytes(),
+                    aad_len: 17,
+                    buf: b,
+                })
+                .collect();
+            key.seal_batch(&mut msgs);
+            drop(msgs);
+            assert_eq!(bufs, want, "{suite:?}");
+            bufs[3][20] ^= 1;
+            let mut ok = vec![false; bufs.len()];
+            let mut msgs: Vec<BatchMsg<'_>> = bufs
+                .iter_mut()
+                .enumerate()
+                .map(|(i, b)| BatchMsg {
+                    nonce: Nonce::new(*b"bat\0", i as u64).bytes(),
+                    aad_len: 17,
+                    buf: b,
+                })
+                .collect();
+            key.open_batch(&mut msgs, &mut ok);
+            drop(msgs);
+            for (i, ok) in ok.iter().enumerate() {
+                assert_eq!(*ok, i != 3, "{suite:?} message {i}");
+                if *ok {
+                    let n = sizes[i];
+                    let plain: Vec<u8> = (17..17 + n).map(|j| (j * 7 + n) as u8).collect();
+                    assert_eq!(bufs[i][17..17 + n], plain[..], "{suite:?} message {i}");
+                }
+            }
         }
     }
 

@@ -29,7 +29,7 @@ use crate::channel::SessionInfo;
 use crate::mux::Mux;
 use crate::server::{CID_TAGGED, SharedSessions, StreamServer, Taken, udp_share_name};
 use crate::session::SESSION_ID_LEN;
-use crate::udp::connection::{ConnStats, Event};
+use crate::udp::connection::{ConnStats, Event, Incoming};
 use crate::udp::ecn::Ecn;
 use crate::udp::endpoint::{Endpoint, EndpointConfig, Routed};
 use crate::udp::packet::{ConnectionId, peek_cid};
@@ -788,12 +788,32 @@ impl Flush for UdpWorker {
 impl Handler for UdpWorker {
     fn on_datagrams(&mut self, es: &mut Esocket<'_>, batch: &mut Datagrams<'_>) {
         let now = Instant::now();
-        let mut n = 0;
-        for d in batch.iter_mut() {
-            n += 1;
-            self.handle(es, now, d.from, d.ecn, d.data);
+        let mut items: Vec<Incoming<'_>> = batch
+            .iter_mut()
+            .map(|d| Incoming { from: d.from, ecn: Some(d.ecn), data: d.data })
+            .collect();
+        let n = items.len();
+        // Runs of datagrams for one connection here go to it together (one AEAD batch);
+        // anything else is routed one by one.
+        let mut i = 0;
+        while i < n {
+            let cid = peek_cid(items[i].data);
+            let mut end = i + 1;
+            if let Some(cid) = cid {
+                while end < n && peek_cid(items[end].data) == Some(cid) {
+                    end += 1;
+                }
+                if self.endpoint.handle_datagrams(now, cid, &mut items[i..end]) {
+                    i = end;
+                    continue;
+                }
+                end = i + 1;
+            }
+            let d = &mut items[i];
+            self.handle(es, now, d.from, d.ecn.unwrap_or(Ecn::NotEct), d.data);
+            i = end;
         }
-        self.shared.counters.datagrams_in.fetch_add(n, Ordering::Relaxed);
+        self.shared.counters.datagrams_in.fetch_add(n as u64, Ordering::Relaxed);
         self.flush(es, now);
     }
 
@@ -923,9 +943,11 @@ impl Handler for UdpClientConn {
 
     fn on_datagrams(&mut self, es: &mut Esocket<'_>, batch: &mut Datagrams<'_>) {
         let now = Instant::now();
-        for d in batch.iter_mut() {
-            self.conn.handle_datagram_ecn(now, d.from, Some(d.ecn), d.data);
-        }
+        let mut items: Vec<Incoming<'_>> = batch
+            .iter_mut()
+            .map(|d| Incoming { from: d.from, ecn: Some(d.ecn), data: d.data })
+            .collect();
+        self.conn.handle_datagrams(now, &mut items);
         self.flush(es, now);
     }
 

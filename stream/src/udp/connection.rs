@@ -64,6 +64,7 @@ use crate::mux::{DataFrame, FrameSink, Mux};
 use crate::session::SessionParams;
 use crate::transport::CloseCode;
 use bytes::Bytes;
+use dap_net::enc::cipher::{BatchMsg, TAG_LEN};
 
 /// A connection's settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -147,6 +148,17 @@ pub struct Transmit {
     pub segment_size: Option<usize>,
     /// The ECN codepoint to send it with (`None`: not ECN-capable).
     pub ecn: Option<Ecn>,
+}
+
+/// One datagram of a receive batch ([`Connection::handle_datagrams`]).
+#[derive(Debug)]
+pub struct Incoming<'a> {
+    /// Who sent it.
+    pub from: SocketAddr,
+    /// Its ECN codepoint, where the socket reports it.
+    pub ecn: Option<Ecn>,
+    /// The datagram, decrypted in place if the connection takes it.
+    pub data: &'a mut [u8],
 }
 
 /// Why a connection ended.
@@ -365,6 +377,10 @@ pub struct Connection {
     send_keys: SendKeys,
     recv_keys: RecvKeys,
     next_pn: u64,
+    /// Packets of the transmit being built, closed but not yet sealed: `(start, end,
+    /// packet number)` in the buffer. [`poll_transmit`](Self::poll_transmit) seals them in
+    /// one AEAD batch before it returns.
+    unsealed: Vec<(usize, usize, u64)>,
     mux: Mux,
     chans: Vec<ChanIo>,
     index: [u8; 128],
@@ -554,6 +570,7 @@ impl Connection {
             send_keys,
             recv_keys,
             next_pn: 0,
+            unsealed: Vec::new(),
             mux,
             chans,
             index,
@@ -797,6 +814,77 @@ impl Connection {
             self.stats.auth_failed += 1;
             return;
         };
+        self.on_packet(now, from, ecn, hdr, len, plain);
+    }
+
+    /// Datagrams that arrived together (one receive batch), in order: each as
+    /// [`handle_datagram_ecn`](Self::handle_datagram_ecn) would take it, with the AEAD run
+    /// over every packet of the current key phase at once (where the cipher has batch code,
+    /// [`AeadKey::batches`](dap_net::enc::cipher::AeadKey::batches)).
+    pub fn handle_datagrams(&mut self, now: Instant, batch: &mut [Incoming<'_>]) {
+        if batch.len() < 2 || !self.recv_keys.current().0.batches() {
+            for d in batch {
+                self.handle_datagram_ecn(now, d.from, d.ecn, d.data);
+            }
+            return;
+        }
+        if matches!(self.state, State::Closed | State::Draining { .. }) {
+            return;
+        }
+        let (_, recv_dir) = self.dirs();
+        let (key, phase) = self.recv_keys.current();
+        // Headers first: the packets the current key opens go into one batch.
+        let mut hdrs = Vec::with_capacity(batch.len());
+        let mut msgs = Vec::with_capacity(batch.len());
+        for d in batch.iter_mut() {
+            let h = match packet::parse_header(d.data) {
+                Ok(h) if h.cid == self.cid && h.key_phase == phase => h,
+                _ => {
+                    hdrs.push(None);
+                    continue;
+                }
+            };
+            hdrs.push(Some(h));
+            msgs.push(BatchMsg {
+                nonce: packet::nonce(recv_dir, h.pn).bytes(),
+                aad_len: packet::HEADER_LEN,
+                buf: &mut *d.data,
+            });
+        }
+        let mut ok = vec![false; msgs.len()];
+        key.open_batch(&mut msgs, &mut ok);
+        drop(msgs);
+        let mut results = ok.into_iter();
+        for (d, h) in batch.iter_mut().zip(hdrs) {
+            if matches!(self.state, State::Closed | State::Draining { .. }) {
+                return;
+            }
+            let Some(hdr) = h else {
+                // Another phase, not ours, or malformed: the one-by-one path says which.
+                self.handle_datagram_ecn(now, d.from, d.ecn, d.data);
+                continue;
+            };
+            if !results.next().unwrap_or(false) {
+                self.stats.auth_failed += 1;
+                continue;
+            }
+            self.recv_keys.opened_current(hdr.pn);
+            let len = d.data.len();
+            let plain = &mut d.data[packet::HEADER_LEN..len - TAG_LEN];
+            self.on_packet(now, d.from, d.ecn, hdr, len, plain);
+        }
+    }
+
+    /// An authentic packet, decrypted: its frames, `len` the datagram's size.
+    fn on_packet(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        ecn: Option<Ecn>,
+        hdr: Header,
+        len: usize,
+        plain: &mut [u8],
+    ) {
         if self.acks.check(hdr.pn) == Received::Duplicate {
             self.stats.duplicates += 1;
             return;
@@ -1310,6 +1398,7 @@ impl Connection {
                 break;
             }
         }
+        self.seal_unsealed(buf);
         if segments == 0 {
             return None;
         }
@@ -1332,8 +1421,36 @@ impl Connection {
         pn
     }
 
+    /// Closes the packet begun at `start` with the next packet number, to be sealed with
+    /// the rest of the transmit by [`seal_unsealed`](Self::seal_unsealed).
+    fn seal_later(&mut self, buf: &mut Vec<u8>, start: usize) -> u64 {
+        if self.send_keys.updates_next() {
+            // The packets waiting were numbered under the key about to be retired.
+            self.seal_unsealed(buf);
+        }
+        let pn = self.next_pn;
+        self.next_pn += 1;
+        let (_, key_phase) = self.send_keys.for_packet(pn);
+        let hdr = Header { cid: self.cid, key_phase, pn };
+        packet::finish_unsealed(&hdr, buf, start);
+        self.unsealed.push((start, buf.len(), pn));
+        self.stats.packets_out += 1;
+        self.stats.bytes_out += (buf.len() - start) as u64;
+        pn
+    }
+
+    /// Seals the packets [`seal_later`](Self::seal_later) closed, in one AEAD batch.
+    fn seal_unsealed(&mut self, buf: &mut [u8]) {
+        if self.unsealed.is_empty() {
+            return;
+        }
+        let (send_dir, _) = self.dirs();
+        packet::seal_batch(self.send_keys.current(), send_dir, buf, &self.unsealed);
+        self.unsealed.clear();
+    }
+
     /// Builds one packet of at most `size` bytes at the end of `buf`; returns whether it
-    /// built one.
+    /// built one. It is sealed later, with the rest of the transmit.
     fn build_packet(&mut self, now: Instant, buf: &mut Vec<u8>, size: usize) -> bool {
         let start = packet::begin(buf);
         let limit = start + size - dap_net::enc::cipher::TAG_LEN;
@@ -1405,7 +1522,7 @@ impl Connection {
         if mark == Ecn::Ect0 {
             info.push(Sent::Ect);
         }
-        let pn = self.seal(buf, start);
+        let pn = self.seal_later(buf, start);
         let bytes = (buf.len() - start) as u64;
         if eliciting {
             self.pacer.on_sent(bytes);

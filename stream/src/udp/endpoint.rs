@@ -26,7 +26,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::connection::{ConnStats, Connection, ConnectionConfig, Event, Side, Transmit};
+use super::connection::{ConnStats, Connection, ConnectionConfig, Event, Incoming, Side, Transmit};
 use super::ecn::Ecn;
 use super::packet::{self, CidHash, ConnectionId};
 use crate::mux::Mux;
@@ -295,6 +295,21 @@ impl Endpoint {
                 Routed::Dropped
             }
         }
+    }
+
+    /// Datagrams of one receive batch for connection `cid`, in order
+    /// ([`Connection::handle_datagrams`]); `false`, with nothing done, when no connection
+    /// here has that id (route them one by one then).
+    pub fn handle_datagrams(
+        &mut self,
+        now: Instant,
+        cid: ConnectionId,
+        batch: &mut [Incoming<'_>],
+    ) -> bool {
+        let Some(s) = self.conns.get_mut(&cid) else { return false };
+        s.conn.handle_datagrams(now, batch);
+        self.touch(cid);
+        true
     }
 
     /// Every connection goes away gracefully with `code` ([`Connection::go_away`]).

@@ -51,6 +51,17 @@ impl SendKeys {
         (&self.key, self.phase)
     }
 
+    /// Whether the next [`for_packet`](Self::for_packet) moves to the next key (packets
+    /// sealed later must be sealed before it does).
+    pub fn updates_next(&self) -> bool {
+        self.under_key >= self.update_after && self.acked_in_phase
+    }
+
+    /// The key of the current phase.
+    pub fn current(&self) -> &AeadKey {
+        &self.key
+    }
+
     /// The peer acknowledged packets up to `largest`.
     pub fn on_acked(&mut self, largest: u64) {
         if largest >= self.phase_start {
@@ -96,6 +107,17 @@ impl RecvKeys {
         self.chain.generation()
     }
 
+    /// The current key and its phase: a batch's packets of that phase are opened with it
+    /// at once, then each reported with [`opened_current`](Self::opened_current).
+    pub fn current(&self) -> (&AeadKey, bool) {
+        (&self.key, self.phase)
+    }
+
+    /// A packet of the current phase was opened with [`current`](Self::current)'s key.
+    pub fn opened_current(&mut self, pn: u64) {
+        self.phase_start = Some(self.phase_start.map_or(pn, |s| s.min(pn)));
+    }
+
     /// Authenticates and decrypts a datagram with the key its phase and number select;
     /// `None` when it does not verify (nothing changes then).
     pub fn open<'a>(
@@ -106,7 +128,7 @@ impl RecvKeys {
     ) -> Option<&'a mut [u8]> {
         if hdr.key_phase == self.phase {
             let plain = packet::open(&self.key, dir, hdr, datagram)?;
-            self.phase_start = Some(self.phase_start.map_or(hdr.pn, |s| s.min(hdr.pn)));
+            self.opened_current(hdr.pn);
             return Some(plain);
         }
         if self.phase_start.is_some_and(|s| hdr.pn < s) {

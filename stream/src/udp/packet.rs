@@ -14,7 +14,7 @@
 //! so no nonce repeats under a key; the header is authenticated, so neither the connection
 //! id, the key phase nor the packet number can be changed unseen.
 
-use dap_net::enc::cipher::{AeadKey, Nonce, TAG_LEN, random_bytes};
+use dap_net::enc::cipher::{AeadKey, BatchMsg, Nonce, TAG_LEN, random_bytes};
 
 use crate::codec::DecodeError;
 use crate::codec::keys::KeyLabels;
@@ -148,7 +148,7 @@ pub fn parse_header(datagram: &[u8]) -> Result<Header, DecodeError> {
     Ok(Header { cid, key_phase: b & KEY_PHASE != 0, pn })
 }
 
-fn nonce(dir: Direction, pn: u64) -> Nonce {
+pub(crate) fn nonce(dir: Direction, pn: u64) -> Nonce {
     Nonce::new([b'd', b'u', 0, dir as u8], pn)
 }
 
@@ -164,11 +164,39 @@ pub fn begin(out: &mut Vec<u8>) -> usize {
 /// the header, encrypts in place and appends the tag.
 pub fn seal(key: &AeadKey, dir: Direction, hdr: &Header, out: &mut Vec<u8>, start: usize) {
     let (head, body) = out[start..].split_at_mut(HEADER_LEN);
-    head[0] = FORM | if hdr.key_phase { KEY_PHASE } else { 0 };
-    head[1..1 + CID_LEN].copy_from_slice(&hdr.cid.0);
-    head[1 + CID_LEN..].copy_from_slice(&hdr.pn.to_be_bytes());
+    write_header(hdr, head);
     let tag = key.seal_detached(nonce(dir, hdr.pn), head, body);
     out.extend_from_slice(&tag);
+}
+
+/// Closes the packet begun at `start` but for its AEAD: writes the header and appends the
+/// tag's room. [`seal_batch`] then seals it with the others of its batch.
+pub fn finish_unsealed(hdr: &Header, out: &mut Vec<u8>, start: usize) {
+    write_header(hdr, &mut out[start..start + HEADER_LEN]);
+    out.extend_from_slice(&[0u8; TAG_LEN]);
+}
+
+fn write_header(hdr: &Header, head: &mut [u8]) {
+    head[0] = FORM | if hdr.key_phase { KEY_PHASE } else { 0 };
+    head[1..1 + CID_LEN].copy_from_slice(&hdr.cid.0);
+    head[1 + CID_LEN..HEADER_LEN].copy_from_slice(&hdr.pn.to_be_bytes());
+}
+
+/// Seals, in one AEAD batch, the packets of `buf` that [`finish_unsealed`] closed:
+/// `packets` lists each one's `(start, end, packet number)`, in ascending order and
+/// apart. The bytes are those [`seal`] would have written.
+pub fn seal_batch(key: &AeadKey, dir: Direction, buf: &mut [u8], packets: &[(usize, usize, u64)]) {
+    let mut msgs = Vec::with_capacity(packets.len());
+    let mut rest = buf;
+    let mut at = 0;
+    for &(start, end, pn) in packets {
+        let (_, tail) = rest.split_at_mut(start - at);
+        let (p, tail) = tail.split_at_mut(end - start);
+        rest = tail;
+        at = end;
+        msgs.push(BatchMsg { nonce: nonce(dir, pn).bytes(), aad_len: HEADER_LEN, buf: p });
+    }
+    key.seal_batch(&mut msgs);
 }
 
 /// Authenticates and decrypts a whole datagram whose header `hdr` was parsed from it;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use dap_net::enc::cipher::CipherSuite;
 use parking_lot::Mutex;
 
-use super::connection::{Connection, ConnectionConfig, Event, Side};
+use super::connection::{Connection, ConnectionConfig, Event, Incoming, Side};
 use super::ecn::Ecn;
 use super::frame;
 use super::packet::ConnectionId;
@@ -262,10 +262,26 @@ impl Pair {
                 self.net.set_link(b, a, link);
                 self.relink.remove(0);
             }
-            while let Some(mut d) = self.net.deliver(self.now) {
+            // What is due, in arrival order; consecutive datagrams to one end make one
+            // receive batch (as a GRO read would), so the batch AEAD and its one-by-one
+            // fallbacks (other phases, forgeries, duplicates) see loss and reordering.
+            let mut due = Vec::new();
+            while let Some(d) = self.net.deliver(self.now) {
+                due.push(d);
+            }
+            let mut rest = &mut due[..];
+            while let Some(first) = rest.first() {
+                let to = first.to;
+                let run = rest.iter().take_while(|d| d.to == to).count();
+                let (now_, later) = rest.split_at_mut(run);
+                rest = later;
                 // A datagram to an address no end has any more is lost.
-                if let Some(e) = self.ends.iter_mut().find(|e| e.addr == d.to) {
-                    e.conn.handle_datagram_ecn(self.now, d.from, Some(d.ecn), &mut d.bytes);
+                if let Some(e) = self.ends.iter_mut().find(|e| e.addr == to) {
+                    let mut batch: Vec<Incoming<'_>> = now_
+                        .iter_mut()
+                        .map(|d| Incoming { from: d.from, ecn: Some(d.ecn), data: &mut d.bytes })
+                        .collect();
+                    e.conn.handle_datagrams(self.now, &mut batch);
                 }
                 delivered = true;
             }
@@ -966,6 +982,44 @@ fn an_address_change_that_does_not_authenticate_moves_nothing() {
     p.drive(Duration::from_secs(600));
     p.check();
     assert_eq!(p.ends[1].conn.stats().migrations, 0);
+}
+
+#[test]
+fn a_receive_batch_takes_each_datagram_as_one_by_one_would() {
+    let mut p = Pair::new(5, LinkConfig::default());
+    let mut buf = Vec::new();
+    let mut packets = Vec::new();
+    let now = p.now;
+    // A GSO batch from the client (its messages fill it).
+    let t = p.ends[0].conn.poll_transmit(now, 10, &mut buf).expect("packets to send");
+    let seg = t.segment_size.unwrap_or(t.size);
+    packets.extend(buf[..t.size].chunks(seg).map(<[u8]>::to_vec));
+    assert!(packets.len() >= 4, "{} packets", packets.len());
+    let ca = p.ends[0].addr;
+    let mut forged = packets[1].clone();
+    forged[40] ^= 1;
+    let mut other = packets[2].clone();
+    other[3] ^= 1; // another connection id
+    let mut short = packets[0][..10].to_vec();
+    let mut data: Vec<Vec<u8>> = vec![
+        packets[0].clone(),
+        forged,
+        packets[0].clone(), // a duplicate
+        other,
+        short.clone(),
+        packets[1].clone(),
+        packets[2].clone(),
+        packets[3].clone(),
+    ];
+    let mut batch: Vec<Incoming<'_>> =
+        data.iter_mut().map(|d| Incoming { from: ca, ecn: None, data: d }).collect();
+    let srv = &mut p.ends[1].conn;
+    srv.handle_datagrams(now, &mut batch);
+    let s = srv.stats();
+    assert_eq!((s.packets_in, s.auth_failed, s.duplicates, s.malformed), (4, 1, 1, 2), "{s:?}");
+    srv.handle_datagram(now, ca, &mut short);
+    p.drive(Duration::from_secs(600));
+    p.check();
 }
 
 #[test]

@@ -1,0 +1,154 @@
+use super::*;
+use aws_lc_rs::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+
+/// xorshift64*: test inputs only.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn fill(&mut self, b: &mut [u8]) {
+        for x in b {
+            *x = self.next() as u8;
+        }
+    }
+}
+
+struct Case {
+    nonce: [u8; 12],
+    aad_len: usize,
+    /// aad || plaintext || 16 bytes of room.
+    buf: Vec<u8>,
+}
+
+fn reference(key: &[u8; 32], c: &Case) -> Vec<u8> {
+    let k = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).unwrap());
+    let (aad, rest) = c.buf.split_at(c.aad_len);
+    let mut text = rest[..rest.len() - TAG_LEN].to_vec();
+    k.seal_in_place_append_tag(Nonce::assume_unique_for_key(c.nonce), Aad::from(aad), &mut text)
+        .unwrap();
+    let mut out = aad.to_vec();
+    out.extend_from_slice(&text);
+    out
+}
+
+fn cases(rng: &mut Rng, n: usize, max_text: usize) -> Vec<Case> {
+    (0..n)
+        .map(|_| {
+            let mut nonce = [0u8; 12];
+            rng.fill(&mut nonce);
+            let aad_len = match rng.below(4) {
+                0 => 17,
+                1 => 0,
+                _ => rng.below(MAX_AAD + 1),
+            };
+            let text = match rng.below(4) {
+                0 => max_text,
+                _ => rng.below(max_text + 1),
+            };
+            let mut buf = vec![0u8; aad_len + text + TAG_LEN];
+            rng.fill(&mut buf[..aad_len + text]);
+            Case { nonce, aad_len, buf }
+        })
+        .collect()
+}
+
+fn msgs(cs: &mut [Case]) -> Vec<Msg<'_>> {
+    cs.iter_mut().map(|c| Msg { nonce: c.nonce, aad_len: c.aad_len, buf: &mut c.buf }).collect()
+}
+
+#[test]
+fn batches_seal_and_open_as_rfc_8439_does() {
+    let Some(_) = BatchKey::new(&[0; 32]) else {
+        eprintln!("no AVX-512 IFMA here: the batch code is not exercised");
+        return;
+    };
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for round in 0..300 {
+        let mut key = [0u8; 32];
+        rng.fill(&mut key);
+        let bk = BatchKey::new(&key).unwrap();
+        let n = 1 + rng.below(40);
+        let max_text = [0, 15, 64, 200, 1435, 1500, 9000][round % 7];
+        let mut cs = cases(&mut rng, n, max_text);
+        let want: Vec<Vec<u8>> = cs.iter().map(|c| reference(&key, c)).collect();
+        let plain: Vec<Vec<u8>> = cs.iter().map(|c| c.buf.clone()).collect();
+        bk.seal(&mut msgs(&mut cs));
+        for (i, (c, w)) in cs.iter().zip(&want).enumerate() {
+            assert_eq!(&c.buf, w, "round {round} message {i} of {n}: aad {}", c.aad_len);
+        }
+        // Open them back, with some tampered: exactly those fail and stay as they were.
+        let mut bad = vec![false; n];
+        for (c, b) in cs.iter_mut().zip(bad.iter_mut()) {
+            if rng.below(5) == 0 {
+                let at = rng.below(c.buf.len());
+                c.buf[at] ^= 1 << rng.below(8);
+                *b = true;
+            }
+        }
+        let before: Vec<Vec<u8>> = cs.iter().map(|c| c.buf.clone()).collect();
+        let mut ok = vec![false; n];
+        bk.open(&mut msgs(&mut cs), &mut ok);
+        for i in 0..n {
+            assert_eq!(ok[i], !bad[i], "round {round} message {i}");
+            if ok[i] {
+                let l = cs[i].buf.len() - TAG_LEN;
+                assert_eq!(cs[i].buf[..l], plain[i][..l], "round {round} message {i}");
+            } else {
+                assert_eq!(cs[i].buf, before[i], "a failed message is left as it was");
+            }
+        }
+    }
+}
+
+#[test]
+fn rfc_8439_section_2_8_2() {
+    let key: [u8; 32] = std::array::from_fn(|i| 0x80 + i as u8);
+    let Some(bk) = BatchKey::new(&key) else { return };
+    let nonce = [0x07, 0, 0, 0, 0x40, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47];
+    let aad = [0x50, 0x51, 0x52, 0x53, 0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7];
+    let text = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.";
+    let mut buf = aad.to_vec();
+    buf.extend_from_slice(text);
+    buf.extend_from_slice(&[0; TAG_LEN]);
+    bk.seal(&mut [Msg { nonce, aad_len: aad.len(), buf: &mut buf }]);
+    let tag = &buf[buf.len() - TAG_LEN..];
+    assert_eq!(
+        tag,
+        [
+            0x1a, 0xe1, 0x0b, 0x59, 0x4f, 0x09, 0xe2, 0x6a, 0x7e, 0x90, 0x2e, 0xcb, 0xd0, 0x60,
+            0x06, 0x91
+        ]
+    );
+    assert_eq!(buf[aad.len()..aad.len() + 4], [0xd3, 0x1a, 0x8d, 0x34]);
+}
+
+#[test]
+fn short_or_malformed_messages_fail_to_open_without_touching_the_others() {
+    let Some(bk) = BatchKey::new(&[3; 32]) else { return };
+    let mut rng = Rng(7);
+    let mut cs = cases(&mut rng, 3, 100);
+    let key = [3u8; 32];
+    for c in &mut cs {
+        let sealed = reference(&key, c);
+        c.buf = sealed;
+    }
+    let mut short = vec![1u8; 10];
+    let mut ok = [true; 4];
+    {
+        let mut m = msgs(&mut cs);
+        m.insert(1, Msg { nonce: [0; 12], aad_len: 0, buf: &mut short });
+        bk.open(&mut m, &mut ok);
+    }
+    assert_eq!(ok, [true, false, true, true]);
+    assert_eq!(short, [1u8; 10]);
+}
