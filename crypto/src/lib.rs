@@ -8,8 +8,9 @@
 //!
 //! * **ChaCha20**: 16 blocks per pass, taken from any messages (each lane has its own nonce
 //!   and counter), so every pass but the batch's last is full;
-//! * **Poly1305**: 8 messages at once, one per 64-bit lane, in radix 2^44 with the AVX-512
-//!   IFMA multiply-adds (52-bit products), each lane running its own message's chain.
+//! * **Poly1305**: 16 messages at once, one per 64-bit lane in two interleaved sets of 8,
+//!   in radix 2^44 with the AVX-512 IFMA multiply-adds (52-bit products), each lane running
+//!   its own message's chain.
 //!
 //! It needs AVX-512 F, BW and IFMA ([`BatchKey::new`] returns `None` without them, and the
 //! caller uses its usual AEAD). The output is RFC 8439's, byte for byte: the tests check it

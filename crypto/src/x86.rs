@@ -1,9 +1,15 @@
-//! The AVX-512 code: ChaCha20 16 blocks per pass, Poly1305 8 messages at once.
+//! The AVX-512 code: ChaCha20 16 blocks per pass, Poly1305 16 messages at once.
 //!
 //! Pointers: every message's buffer is turned into one raw base pointer at the start of
 //! [`run`], and from then on only that pointer (and offsets inside its buffer, computed
 //! from the public lengths) is used, never the `&mut [u8]` again, so no two live
 //! references alias.
+//!
+//! The Poly1305 gathers take the scratch array as their base and reach the texts through
+//! offsets relative to it: the hardware computes base + offset as plain addresses, and the
+//! compiler treats a gather as a read of unknown memory, so the stores of the ChaCha20 pass
+//! before it stay ordered before it. Every address a gather reads is inside a buffer this
+//! call borrows (the SAFETY comment at the gather says which).
 
 use std::arch::x86_64::*;
 

@@ -807,10 +807,10 @@ impl Handler for UdpWorker {
                     i = end;
                     continue;
                 }
-                end = i + 1;
             }
-            let d = &mut items[i];
-            self.handle(es, now, d.from, d.ecn.unwrap_or(Ecn::NotEct), d.data);
+            for d in &mut items[i..end] {
+                self.handle(es, now, d.from, d.ecn.unwrap_or(Ecn::NotEct), d.data);
+            }
             i = end;
         }
         self.shared.counters.datagrams_in.fetch_add(n as u64, Ordering::Relaxed);

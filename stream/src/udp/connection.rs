@@ -4,7 +4,9 @@
 //! # Calling order
 //!
 //! The driver owns the socket and the clock. After creating a connection:
-//! 1. feed every datagram for it to [`handle_datagram`](Connection::handle_datagram);
+//! 1. feed every datagram for it to [`handle_datagram`](Connection::handle_datagram), or
+//!    those of one receive batch together to
+//!    [`handle_datagrams`](Connection::handle_datagrams) (one AEAD call for all of them);
 //! 2. when the time of [`poll_timeout`](Connection::poll_timeout) has come, call
 //!    [`handle_timeout`](Connection::handle_timeout);
 //! 3. after either (and whenever a channel handle wakes the driver), call
@@ -853,6 +855,7 @@ impl Connection {
         }
         let mut ok = vec![false; msgs.len()];
         key.open_batch(&mut msgs, &mut ok);
+        let generation = self.recv_keys.updates();
         drop(msgs);
         let mut results = ok.into_iter();
         for (d, h) in batch.iter_mut().zip(hdrs) {
@@ -868,7 +871,16 @@ impl Connection {
                 self.stats.auth_failed += 1;
                 continue;
             }
-            self.recv_keys.opened_current(hdr.pn);
+            if self.recv_keys.updates() == generation {
+                self.recv_keys.opened_current(hdr.pn);
+            } else if !(self.recv_keys.updates() == generation + 1
+                && self.recv_keys.late_for_previous(hdr.pn))
+            {
+                // A packet of this batch moved the keys on: one of the old phase is taken
+                // only as a late packet of the previous key, as one by one it would be.
+                self.stats.auth_failed += 1;
+                continue;
+            }
             let len = d.data.len();
             let plain = &mut d.data[packet::HEADER_LEN..len - TAG_LEN];
             self.on_packet(now, d.from, d.ecn, hdr, len, plain);

@@ -113,6 +113,12 @@ impl RecvKeys {
         (&self.key, self.phase)
     }
 
+    /// Whether packet `pn` of the previous phase is a late one the previous key still
+    /// opens (it precedes the current phase's first packet).
+    pub fn late_for_previous(&self, pn: u64) -> bool {
+        self.prev.is_some() && self.phase_start.is_some_and(|s| pn < s)
+    }
+
     /// A packet of the current phase was opened with [`current`](Self::current)'s key.
     pub fn opened_current(&mut self, pn: u64) {
         self.phase_start = Some(self.phase_start.map_or(pn, |s| s.min(pn)));

@@ -1249,12 +1249,28 @@ fn an_outage_mid_transfer_is_persistent_congestion_and_the_transfer_survives_it(
 
 /// An authentic client→server packet number `pn` carrying `frames`.
 fn client_packet(p: &SessionParams, cid: ConnectionId, pn: u64, frames: &[u8]) -> Vec<u8> {
+    client_packet_under(p, cid, pn, 0, frames)
+}
+
+/// An authentic client→server packet number `pn` carrying `frames`, sealed under key
+/// generation `generation` (after that many key updates).
+fn client_packet_under(
+    p: &SessionParams,
+    cid: ConnectionId,
+    pn: u64,
+    generation: u32,
+    frames: &[u8],
+) -> Vec<u8> {
     let (c2s, _) = p.udp_secrets();
-    let key = crate::codec::keys::KeyChain::with_labels(super::packet::LABELS, p.suite, c2s).key();
+    let mut chain = crate::codec::keys::KeyChain::with_labels(super::packet::LABELS, p.suite, c2s);
+    for _ in 0..generation {
+        chain = chain.next();
+    }
+    let key = chain.key();
     let mut out = Vec::new();
     let start = super::packet::begin(&mut out);
     out.extend_from_slice(frames);
-    let hdr = super::packet::Header { cid, key_phase: false, pn };
+    let hdr = super::packet::Header { cid, key_phase: generation % 2 == 1, pn };
     super::packet::seal(
         &key,
         crate::codec::packet::Direction::ClientToServer,
@@ -1263,6 +1279,39 @@ fn client_packet(p: &SessionParams, cid: ConnectionId, pn: u64, frames: &[u8]) -
         start,
     );
     out
+}
+
+#[test]
+fn a_key_update_inside_a_receive_batch_is_followed_as_one_by_one() {
+    let now = Instant::now();
+    let cid = ConnectionId([6; 8]);
+    let from = SocketAddr::from(([127, 0, 0, 1], 4001));
+    let p = params();
+    let server = || {
+        let handler = move |_| -> Box<dyn ChannelHandler> { Box::new(Sink(Log::default())) };
+        connection_with(Side::Server, cid, None, b"A", b"", handler, Default::default(), now)
+    };
+    let mut ping = Vec::new();
+    frame::put_ping(&mut ping);
+    let pk = |pn, generation| client_packet_under(&p, cid, pn, generation, &ping);
+    let batch = |c: &mut Connection, mut packets: Vec<Vec<u8>>| {
+        let mut items: Vec<Incoming<'_>> =
+            packets.iter_mut().map(|d| Incoming { from, ecn: None, data: d }).collect();
+        c.handle_datagrams(now, &mut items);
+    };
+    // The sender moved to the next key at 100; 98 and 99, of the old phase, come late.
+    let mut c = server();
+    c.handle_datagram(now, from, &mut pk(97, 0));
+    batch(&mut c, vec![pk(100, 1), pk(98, 0)]);
+    c.handle_datagram(now, from, &mut pk(99, 0));
+    let s = c.stats();
+    assert_eq!((s.packets_in, s.auth_failed, s.key_updates_received), (4, 0, 1), "{s:?}");
+    // An old-phase packet numbered after the new phase began is not one of its late ones.
+    let mut c = server();
+    c.handle_datagram(now, from, &mut pk(97, 0));
+    batch(&mut c, vec![pk(98, 0), pk(100, 1), pk(101, 0)]);
+    let s = c.stats();
+    assert_eq!((s.packets_in, s.auth_failed, s.key_updates_received), (3, 1, 1), "{s:?}");
 }
 
 #[test]
