@@ -1534,7 +1534,13 @@ impl Connection {
         if mark == Ecn::Ect0 {
             info.push(Sent::Ect);
         }
-        let pn = self.seal_later(buf, start);
+        // Sealed with the rest of the transmit where the cipher runs batches faster; at once
+        // otherwise, while the packet is still in the nearest cache.
+        let pn = if self.send_keys.current().batches() {
+            self.seal_later(buf, start)
+        } else {
+            self.seal(buf, start)
+        };
         let bytes = (buf.len() - start) as u64;
         if eliciting {
             self.pacer.on_sent(bytes);
