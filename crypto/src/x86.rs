@@ -428,30 +428,10 @@ fn poly16(r: [[__m512i; 5]; 2], parts: &[Part; GROUP], live: &[bool; GROUP]) -> 
             // d0 = a0 r0 + a1 20 r2 + a2 20 r1; d1 = a0 r1 + a1 r0 + a2 20 r2;
             // d2 = a0 r2 + a1 r1 + a2 r0 (2^132 = 20 mod 2^130 - 5), each as the low 52
             // bits and the high 52 bits of the products.
-            let lo0 = _mm512_add_epi64(
-                _mm512_madd52lo_epu64(_mm512_madd52lo_epu64(zero, a0, r0), a1, s2),
-                _mm512_madd52lo_epu64(zero, a2, s1),
-            );
-            let hi0 = _mm512_add_epi64(
-                _mm512_madd52hi_epu64(_mm512_madd52hi_epu64(zero, a0, r0), a1, s2),
-                _mm512_madd52hi_epu64(zero, a2, s1),
-            );
-            let lo1 = _mm512_add_epi64(
-                _mm512_madd52lo_epu64(_mm512_madd52lo_epu64(zero, a0, r1), a1, r0),
-                _mm512_madd52lo_epu64(zero, a2, s2),
-            );
-            let hi1 = _mm512_add_epi64(
-                _mm512_madd52hi_epu64(_mm512_madd52hi_epu64(zero, a0, r1), a1, r0),
-                _mm512_madd52hi_epu64(zero, a2, s2),
-            );
-            let lo2 = _mm512_add_epi64(
-                _mm512_madd52lo_epu64(_mm512_madd52lo_epu64(zero, a0, r2), a1, r1),
-                _mm512_madd52lo_epu64(zero, a2, r0),
-            );
-            let hi2 = _mm512_add_epi64(
-                _mm512_madd52hi_epu64(_mm512_madd52hi_epu64(zero, a0, r2), a1, r1),
-                _mm512_madd52hi_epu64(zero, a2, r0),
-            );
+            let a = [a0, a1, a2];
+            let (lo0, hi0) = (dot_lo(a, [r0, s2, s1]), dot_hi(a, [r0, s2, s1]));
+            let (lo1, hi1) = (dot_lo(a, [r1, r0, s2]), dot_hi(a, [r1, r0, s2]));
+            let (lo2, hi2) = (dot_lo(a, [r2, r1, r0]), dot_hi(a, [r2, r1, r0]));
             // The high halves weigh 2^52 more: 2^8 of the next limb, and for d2, 2^140 =
             // 5 * 2^10 mod 2^130 - 5 (hi2 < 2^38, so the product fits 52 bits).
             let t0 = _mm512_madd52lo_epu64(lo0, hi2, x5120);
@@ -478,6 +458,26 @@ fn poly16(r: [[__m512i; 5]; 2], parts: &[Part; GROUP], live: &[bool; GROUP]) -> 
         }
     }
     out
+}
+
+/// The sum of the low 52 bits of the three products `a[i] * b[i]` (each input below 2^52).
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn dot_lo(a: [__m512i; 3], b: [__m512i; 3]) -> __m512i {
+    let z = _mm512_setzero_si512();
+    _mm512_add_epi64(
+        _mm512_madd52lo_epu64(_mm512_madd52lo_epu64(z, a[0], b[0]), a[1], b[1]),
+        _mm512_madd52lo_epu64(z, a[2], b[2]),
+    )
+}
+
+/// The sum of the high 52 bits (bits 52 to 103) of the three products `a[i] * b[i]`.
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn dot_hi(a: [__m512i; 3], b: [__m512i; 3]) -> __m512i {
+    let z = _mm512_setzero_si512();
+    _mm512_add_epi64(
+        _mm512_madd52hi_epu64(_mm512_madd52hi_epu64(z, a[0], b[0]), a[1], b[1]),
+        _mm512_madd52hi_epu64(z, a[2], b[2]),
+    )
 }
 
 /// Reduces an accumulator fully modulo 2^130 - 5 and adds `s`: the tag. Constant time.

@@ -323,31 +323,19 @@ mod tests {
                     [&b[..17], &text[..]].concat()
                 })
                 .collect();
-            let mut msgs: Vec<BatchMsg<'_>> = bufs
-                .iter_mut()
-                .enumerate()
-                .map(|(i, b)| BatchMsg {
-                    nonce: Nonce::new(*b"bat\0", i as u64).bytes(),
-                    aad_len: 17,
-                    buf: b,
-                })
-                .collect();
-            key.seal_batch(&mut msgs);
-            drop(msgs);
+            fn msgs(bufs: &mut [Vec<u8>]) -> Vec<BatchMsg<'_>> {
+                let mut out = Vec::new();
+                for (i, b) in bufs.iter_mut().enumerate() {
+                    let nonce = Nonce::new(*b"bat\0", i as u64).bytes();
+                    out.push(BatchMsg { nonce, aad_len: 17, buf: b });
+                }
+                out
+            }
+            key.seal_batch(&mut msgs(&mut bufs));
             assert_eq!(bufs, want, "{suite:?}");
             bufs[3][20] ^= 1;
             let mut ok = vec![false; bufs.len()];
-            let mut msgs: Vec<BatchMsg<'_>> = bufs
-                .iter_mut()
-                .enumerate()
-                .map(|(i, b)| BatchMsg {
-                    nonce: Nonce::new(*b"bat\0", i as u64).bytes(),
-                    aad_len: 17,
-                    buf: b,
-                })
-                .collect();
-            key.open_batch(&mut msgs, &mut ok);
-            drop(msgs);
+            key.open_batch(&mut msgs(&mut bufs), &mut ok);
             for (i, ok) in ok.iter().enumerate() {
                 assert_eq!(*ok, i != 3, "{suite:?} message {i}");
                 if *ok {
