@@ -60,11 +60,17 @@ fn parked_partial_input_is_small_and_past_the_budget_the_holders_go() {
     // PARKED_FREE, so none of them is closed for it.
     const SMALL: usize = 3000;
     const { assert!(SMALL <= PARKED_FREE && PARTIAL > PARKED_FREE) };
-    let mut holders = Vec::new();
-    for _ in 0..BUDGET / SMALL + 2 {
-        let mut s = util::connect(addr);
+    // All of them accepted first: past the budget, new connections are refused, and a
+    // busy machine could read the first holders' bytes before accepting the last ones.
+    let worker = reactor.worker(0).unwrap();
+    let accepted = util::on_worker(worker, |w| w.stats().accepted);
+    let mut holders: Vec<_> = (0..BUDGET / SMALL + 2).map(|_| util::connect(addr)).collect();
+    let all = accepted + holders.len() as u64;
+    util::wait_until("the holders to be accepted", || {
+        util::on_worker(worker, |w| w.stats().accepted) == all
+    });
+    for s in &mut holders {
         s.write_all(&vec![b'y'; SMALL]).unwrap();
-        holders.push(s);
     }
     let small_total = 100 + holders.len() * SMALL;
     util::wait_until("the small partials to be parked", || budget.used() == small_total);
