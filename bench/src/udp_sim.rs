@@ -1,6 +1,7 @@
 //! `dap-bench udp-sim`: the UDP engine's own ceiling. Two `dap_stream::udp::Connection`s in
-//! this process, connected in memory (no sockets, no network: each datagram one end
-//! writes is handed to the other at once), one channel, encrypted bulk one way; both ends
+//! this process, connected in memory (no sockets, no network: each transmit one end
+//! writes is handed to the other at once, a GSO batch as one receive batch, as GRO would
+//! deliver it), one channel, encrypted bulk one way; both ends
 //! run on one thread, so the figures are for one core doing both sides' work. Reports MB/s
 //! of application data and CPU nanoseconds per packet sent, for both ciphers and two
 //! datagram sizes (1,452 and 8,952 bytes).
@@ -14,7 +15,7 @@ use bytes::Bytes;
 use dap_net::enc::cipher::CipherSuite;
 use dap_stream::session::{SessionLimits, SessionParams, TransportKind};
 use dap_stream::transport::Wake;
-use dap_stream::udp::connection::{Connection, ConnectionConfig, Side};
+use dap_stream::udp::connection::{Connection, ConnectionConfig, Incoming, Side};
 use dap_stream::udp::mtu::MtuConfig;
 use dap_stream::udp::packet::ConnectionId;
 use dap_stream::{Channel, ChannelHandler, ChannelProcs, Message, Mux, MuxConfig, SessionInfo};
@@ -129,19 +130,14 @@ fn run(suite: CipherSuite, datagram: usize, secs: f64) -> (f64, f64) {
         }
         // As a driver's loop turn does: one batch out, then what came in.
         let mut moved = false;
+        // Each GSO batch reaches the other end as one receive batch, as GRO delivers it.
         if let Some(t) = client.poll_transmit(now, 32, &mut buf) {
-            let seg = t.segment_size.unwrap_or(t.size);
-            for d in buf[..t.size].chunks_mut(seg) {
-                server.handle_datagram(now, ca, d);
-            }
+            server.handle_datagrams(now, &mut incoming(&mut buf[..t.size], t.segment_size, ca));
             moved = true;
         }
         let now = Instant::now();
         if let Some(t) = server.poll_transmit(now, 32, &mut buf) {
-            let seg = t.segment_size.unwrap_or(t.size);
-            for d in buf[..t.size].chunks_mut(seg) {
-                client.handle_datagram(now, sa, d);
-            }
+            client.handle_datagrams(now, &mut incoming(&mut buf[..t.size], t.segment_size, sa));
             moved = true;
         }
         for c in [&mut client, &mut server] {
@@ -192,4 +188,11 @@ pub fn run_all(args: &UdpSimArgs) -> Vec<(String, String)> {
     }
     print_result_line(&pairs);
     pairs
+}
+
+/// The datagrams of one transmit (`segment` bytes each, the last perhaps shorter) from
+/// `from`, as a receive batch.
+fn incoming(buf: &mut [u8], segment: Option<usize>, from: SocketAddr) -> Vec<Incoming<'_>> {
+    let seg = segment.unwrap_or(buf.len()).max(1);
+    buf.chunks_mut(seg).map(|data| Incoming { from, ecn: None, data }).collect()
 }
