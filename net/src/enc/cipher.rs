@@ -154,12 +154,7 @@ impl AeadKey {
         for m in msgs {
             let (aad, rest) = m.buf.split_at_mut(m.aad_len);
             let (text, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
-            let nonce = aead::Nonce::assume_unique_for_key(m.nonce);
-            let t = self
-                .key
-                .seal_in_place_separate_tag(nonce, aead::Aad::from(&*aad), text)
-                .expect("dap never seals more than the AEAD's limit in one message");
-            tag.copy_from_slice(t.as_ref());
+            tag.copy_from_slice(&self.seal_with(m.nonce, aad, text));
         }
     }
 
@@ -177,8 +172,7 @@ impl AeadKey {
         for (m, ok) in msgs.iter_mut().zip(ok) {
             *ok = m.buf.len() >= m.aad_len + TAG_LEN && {
                 let (aad, rest) = m.buf.split_at_mut(m.aad_len);
-                let nonce = aead::Nonce::assume_unique_for_key(m.nonce);
-                self.key.open_in_place(nonce, aead::Aad::from(&*aad), rest).is_ok()
+                self.open_with(m.nonce, aad, rest).is_ok()
             };
         }
     }
@@ -203,10 +197,16 @@ impl AeadKey {
     /// Encrypts `buf` in place and returns the tag, for callers that place it themselves.
     #[inline]
     pub fn seal_detached(&self, nonce: Nonce, aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
+        self.seal_with(nonce.bytes(), aad, buf)
+    }
+
+    /// [`seal_detached`](Self::seal_detached) with the nonce's 12 bytes.
+    #[inline]
+    fn seal_with(&self, nonce: [u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
         let tag = self
             .key
             .seal_in_place_separate_tag(
-                aead::Nonce::assume_unique_for_key(nonce.bytes()),
+                aead::Nonce::assume_unique_for_key(nonce),
                 aead::Aad::from(aad),
                 buf,
             )
@@ -228,12 +228,19 @@ impl AeadKey {
         aad: &[u8],
         buf: &'a mut [u8],
     ) -> Result<&'a mut [u8], OpenError> {
+        self.open_with(nonce.bytes(), aad, buf)
+    }
+
+    /// [`open`](Self::open) with the nonce's 12 bytes.
+    #[inline]
+    fn open_with<'a>(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &'a mut [u8],
+    ) -> Result<&'a mut [u8], OpenError> {
         self.key
-            .open_in_place(
-                aead::Nonce::assume_unique_for_key(nonce.bytes()),
-                aead::Aad::from(aad),
-                buf,
-            )
+            .open_in_place(aead::Nonce::assume_unique_for_key(nonce), aead::Aad::from(aad), buf)
             .map_err(|_| OpenError)
     }
 }
