@@ -1,25 +1,31 @@
-//! dap-crypto: ChaCha20-Poly1305 (RFC 8439) over a batch of messages under one key.
+//! dap-crypto: ChaCha20-Poly1305 (RFC 8439) and AES-256-GCM (NIST SP 800-38D) over a
+//! batch of messages under one key.
 //!
 //! A UDP transport seals and opens packets of about 1,400 bytes, dozens at a time (a GSO
-//! batch out, a GRO batch in), all under one key. One message at a time, a ChaCha20-Poly1305
-//! implementation cannot fill wide vectors at that size: 22 ChaCha20 blocks leave most of a
-//! second 16-block pass idle, and Poly1305's chain of multiplications runs serially. Here the
-//! messages of a batch share the vectors instead:
+//! batch out, a GRO batch in), all under one key. One message at a time, an AEAD cannot fill
+//! wide vectors at that size, and pays per-message work its bulk loop never sees. Here the
+//! messages of a batch share that work:
 //!
 //! * **ChaCha20**: 16 blocks per pass, taken from any messages (each lane has its own nonce
 //!   and counter), so every pass but the batch's last is full;
 //! * **Poly1305**: 16 messages at once, one per 64-bit lane in two interleaved sets of 8,
 //!   in radix 2^44 with the AVX-512 IFMA multiply-adds (52-bit products), each lane running
-//!   its own message's chain.
+//!   its own message's chain;
+//! * **AES-256-GCM**: the batch's initial counter blocks (the tags' masks) encrypted four per
+//!   register; each message's counter mode and GHASH in one pass (VAES, VPCLMULQDQ), every
+//!   block, the associated data's and the lengths block included, multiplied by its own
+//!   precomputed power of H and the sum reduced once per packet, where a one-at-a-time
+//!   implementation hashes the associated data and the lengths block alone, reducing each.
 //!
-//! It needs AVX-512 F, BW and IFMA ([`BatchKey::new`] returns `None` without them, and the
-//! caller uses its usual AEAD). The output is RFC 8439's, byte for byte: the tests check it
-//! against AWS-LC on random keys, nonces, lengths and batch shapes, and against the RFC's
-//! vector. Nothing here branches on or indexes memory by secret data: the lanes of a pass
-//! are chosen by message lengths, which are public.
+//! ChaCha20-Poly1305 needs AVX-512 F, BW and IFMA; AES-256-GCM AVX-512 F, BW and VL, VAES,
+//! VPCLMULQDQ and AES-NI ([`BatchKey::new`] returns `None` without them, and the caller uses
+//! its usual AEAD). The output is the standards', byte for byte: the tests check it against
+//! AWS-LC on random keys, nonces, lengths and batch shapes, and against RFC 8439's vector and
+//! the GCM specification's test case 16. Nothing here branches on or indexes memory by
+//! secret data: the lanes of a pass are chosen by message lengths, which are public.
 #![deny(unsafe_code)]
 
-/// Bytes of a ChaCha20-Poly1305 key.
+/// Bytes of a key (both ciphers).
 pub const KEY_LEN: usize = 32;
 /// Bytes of a nonce.
 pub const NONCE_LEN: usize = 12;
@@ -48,11 +54,29 @@ impl Msg<'_> {
     }
 }
 
-/// A ChaCha20-Poly1305 key for batches.
+/// The AEADs with batch code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cipher {
+    /// ChaCha20-Poly1305 (RFC 8439): AVX-512 F, BW and IFMA.
+    ChaCha20Poly1305,
+    /// AES-256-GCM (NIST SP 800-38D, 96-bit nonces): AVX-512 F and BW, VAES, VPCLMULQDQ
+    /// and AES-NI.
+    Aes256Gcm,
+}
+
+/// A key for batches.
 #[derive(Clone)]
 pub struct BatchKey {
-    /// The key as ChaCha20's eight little-endian words; wiped on drop.
-    words: zeroize::Zeroizing<[u32; 8]>,
+    inner: Inner,
+}
+
+#[derive(Clone)]
+enum Inner {
+    /// ChaCha20's eight little-endian key words; wiped on drop.
+    ChaCha(zeroize::Zeroizing<[u32; 8]>),
+    /// AES-256's round keys and GHASH's key; wiped on drop.
+    #[cfg(target_arch = "x86_64")]
+    Aes(Box<x86_aes::AesKeys>),
 }
 
 impl std::fmt::Debug for BatchKey {
@@ -62,31 +86,57 @@ impl std::fmt::Debug for BatchKey {
     }
 }
 
-/// Whether this CPU runs the batch code (AVX-512 F, BW and IFMA).
-pub fn available() -> bool {
+/// Whether this CPU runs the batch code of `cipher`.
+pub fn available(cipher: Cipher) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512ifma")
+        use std::arch::is_x86_feature_detected as has;
+        let avx512 = has!("avx512f") && has!("avx512bw");
+        match cipher {
+            Cipher::ChaCha20Poly1305 => avx512 && has!("avx512ifma"),
+            Cipher::Aes256Gcm => {
+                avx512
+                    && has!("avx512vl")
+                    && has!("vaes")
+                    && has!("vpclmulqdq")
+                    && has!("aes")
+                    && has!("ssse3")
+            }
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
+        let _ = cipher;
         false
     }
 }
 
 impl BatchKey {
-    /// The key, when this CPU can run the batch code ([`available`]).
-    pub fn new(key: &[u8; KEY_LEN]) -> Option<Self> {
-        if !available() {
+    /// The key, when this CPU can run the batch code of `cipher` ([`available`]).
+    pub fn new(cipher: Cipher, key: &[u8; KEY_LEN]) -> Option<Self> {
+        if !available(cipher) {
             return None;
         }
-        let mut words = [0u32; 8];
-        for (w, c) in words.iter_mut().zip(key.chunks_exact(4)) {
-            *w = u32::from_le_bytes(c.try_into().expect("4 bytes"));
-        }
-        Some(BatchKey { words: words.into() })
+        let inner = match cipher {
+            Cipher::ChaCha20Poly1305 => {
+                let mut words = [0u32; 8];
+                for (w, c) in words.iter_mut().zip(key.chunks_exact(4)) {
+                    *w = u32::from_le_bytes(c.try_into().expect("4 bytes"));
+                }
+                Inner::ChaCha(words.into())
+            }
+            #[cfg(target_arch = "x86_64")]
+            Cipher::Aes256Gcm => {
+                // SAFETY: `available` said the CPU has AES-NI, SSSE3, AVX-512 F and BW and
+                // VPCLMULQDQ.
+                #[allow(unsafe_code)]
+                let keys = unsafe { x86_aes::expand(key) };
+                Inner::Aes(keys)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Cipher::Aes256Gcm => return None,
+        };
+        Some(BatchKey { inner })
     }
 
     /// Encrypts every message's text in place and writes its tag after it.
@@ -120,19 +170,31 @@ impl BatchKey {
     }
 
     fn run(&self, group: &mut [Msg<'_>], mode: Mode, good: &mut [bool; GROUP]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            // SAFETY: a BatchKey exists only when `available()` said the CPU has AVX-512 F,
-            // BW and IFMA, the features `x86::run` is compiled for.
-            #[allow(unsafe_code)]
-            unsafe {
-                x86::run(&self.words, group, mode, good)
+        match &self.inner {
+            #[cfg(target_arch = "x86_64")]
+            Inner::ChaCha(words) => {
+                // SAFETY: a ChaCha BatchKey exists only when `available` said the CPU has
+                // AVX-512 F, BW and IFMA, the features `x86::run` is compiled for.
+                #[allow(unsafe_code)]
+                unsafe {
+                    x86::run(words, group, mode, good)
+                }
             }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (group, mode, good);
-            unreachable!("BatchKey::new returns None off x86-64")
+            #[cfg(target_arch = "x86_64")]
+            Inner::Aes(keys) => {
+                // SAFETY: an AES BatchKey exists only when `available` said the CPU has
+                // AVX-512 F and BW, VAES, VPCLMULQDQ, AES-NI and SSSE3, the features
+                // `x86_aes::run` is compiled for.
+                #[allow(unsafe_code)]
+                unsafe {
+                    x86_aes::run(keys, group, mode, good)
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Inner::ChaCha(_) => {
+                let _ = (group, mode, good);
+                unreachable!("BatchKey::new returns None off x86-64")
+            }
         }
     }
 }
@@ -146,6 +208,9 @@ enum Mode {
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod x86_aes;
 
 #[cfg(test)]
 mod tests;

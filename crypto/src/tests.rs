@@ -1,5 +1,7 @@
 use super::*;
-use aws_lc_rs::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+
+const BOTH: [Cipher; 2] = [Cipher::ChaCha20Poly1305, Cipher::Aes256Gcm];
 
 /// xorshift64*: test inputs only.
 struct Rng(u64);
@@ -30,8 +32,12 @@ struct Case {
     buf: Vec<u8>,
 }
 
-fn reference(key: &[u8; 32], c: &Case) -> Vec<u8> {
-    let k = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).unwrap());
+fn reference(cipher: Cipher, key: &[u8; 32], c: &Case) -> Vec<u8> {
+    let alg = match cipher {
+        Cipher::ChaCha20Poly1305 => &CHACHA20_POLY1305,
+        Cipher::Aes256Gcm => &AES_256_GCM,
+    };
+    let k = LessSafeKey::new(UnboundKey::new(alg, key).unwrap());
     let (aad, rest) = c.buf.split_at(c.aad_len);
     let mut text = rest[..rest.len() - TAG_LEN].to_vec();
     k.seal_in_place_append_tag(Nonce::assume_unique_for_key(c.nonce), Aad::from(aad), &mut text)
@@ -67,53 +73,88 @@ fn msgs(cs: &mut [Case]) -> Vec<Msg<'_>> {
 }
 
 #[test]
-fn batches_seal_and_open_as_rfc_8439_does() {
-    let Some(_) = BatchKey::new(&[0; 32]) else {
-        eprintln!("no AVX-512 IFMA here: the batch code is not exercised");
-        return;
-    };
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    for round in 0..300 {
-        let mut key = [0u8; 32];
-        rng.fill(&mut key);
-        let bk = BatchKey::new(&key).unwrap();
-        let n = 1 + rng.below(40);
-        let max_text = [0, 15, 64, 200, 1435, 1500, 9000][round % 7];
-        let mut cs = cases(&mut rng, n, max_text);
-        let want: Vec<Vec<u8>> = cs.iter().map(|c| reference(&key, c)).collect();
-        let plain: Vec<Vec<u8>> = cs.iter().map(|c| c.buf.clone()).collect();
-        bk.seal(&mut msgs(&mut cs));
-        for (i, (c, w)) in cs.iter().zip(&want).enumerate() {
-            assert_eq!(&c.buf, w, "round {round} message {i} of {n}: aad {}", c.aad_len);
+fn batches_seal_and_open_as_aws_lc_does() {
+    for cipher in BOTH {
+        if BatchKey::new(cipher, &[0; 32]).is_none() {
+            eprintln!("no batch code for {cipher:?} on this CPU: not exercised");
+            continue;
         }
-        // Open them back, with some tampered: exactly those fail and stay as they were.
-        let mut bad = vec![false; n];
-        for (c, b) in cs.iter_mut().zip(bad.iter_mut()) {
-            if rng.below(5) == 0 {
-                let at = rng.below(c.buf.len());
-                c.buf[at] ^= 1 << rng.below(8);
-                *b = true;
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for round in 0..300 {
+            let mut key = [0u8; 32];
+            rng.fill(&mut key);
+            let bk = BatchKey::new(cipher, &key).unwrap();
+            let n = 1 + rng.below(40);
+            let max_text = [0, 15, 64, 200, 1435, 1500, 9000][round % 7];
+            let mut cs = cases(&mut rng, n, max_text);
+            let want: Vec<Vec<u8>> = cs.iter().map(|c| reference(cipher, &key, c)).collect();
+            let plain: Vec<Vec<u8>> = cs.iter().map(|c| c.buf.clone()).collect();
+            bk.seal(&mut msgs(&mut cs));
+            for (i, (c, w)) in cs.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    &c.buf, w,
+                    "{cipher:?} round {round} message {i} of {n}: aad {}",
+                    c.aad_len
+                );
             }
-        }
-        let before: Vec<Vec<u8>> = cs.iter().map(|c| c.buf.clone()).collect();
-        let mut ok = vec![false; n];
-        bk.open(&mut msgs(&mut cs), &mut ok);
-        for i in 0..n {
-            assert_eq!(ok[i], !bad[i], "round {round} message {i}");
-            if ok[i] {
-                let l = cs[i].buf.len() - TAG_LEN;
-                assert_eq!(cs[i].buf[..l], plain[i][..l], "round {round} message {i}");
-            } else {
-                assert_eq!(cs[i].buf, before[i], "a failed message is left as it was");
+            // Open them back, with some tampered: exactly those fail and stay as they were.
+            let mut bad = vec![false; n];
+            for (c, b) in cs.iter_mut().zip(bad.iter_mut()) {
+                if rng.below(5) == 0 {
+                    let at = rng.below(c.buf.len());
+                    c.buf[at] ^= 1 << rng.below(8);
+                    *b = true;
+                }
+            }
+            let before: Vec<Vec<u8>> = cs.iter().map(|c| c.buf.clone()).collect();
+            let mut ok = vec![false; n];
+            bk.open(&mut msgs(&mut cs), &mut ok);
+            for i in 0..n {
+                assert_eq!(ok[i], !bad[i], "{cipher:?} round {round} message {i}");
+                if ok[i] {
+                    let l = cs[i].buf.len() - TAG_LEN;
+                    assert_eq!(
+                        cs[i].buf[..l],
+                        plain[i][..l],
+                        "{cipher:?} round {round} message {i}"
+                    );
+                } else {
+                    assert_eq!(cs[i].buf, before[i], "a failed message is left as it was");
+                }
             }
         }
     }
 }
 
 #[test]
+fn nist_gcm_test_case_16() {
+    // AES-256-GCM, 60 bytes of text, 20 of associated data (the GCM specification's test
+    // case 16).
+    let hex = |s: &str| -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    };
+    let key: [u8; 32] =
+        hex("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308").try_into().unwrap();
+    let Some(bk) = BatchKey::new(Cipher::Aes256Gcm, &key) else { return };
+    let nonce: [u8; 12] = hex("cafebabefacedbaddecaf888").try_into().unwrap();
+    let text = hex(
+        "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39",
+    );
+    let aad = hex("feedfacedeadbeeffeedfacedeadbeefabaddad2");
+    let mut buf = [aad.clone(), text, vec![0; TAG_LEN]].concat();
+    bk.seal(&mut [Msg { nonce, aad_len: aad.len(), buf: &mut buf }]);
+    let ct = hex(
+        "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662",
+    );
+    let tag = hex("76fc6ece0f4e1768cddf8853bb2d551b");
+    assert_eq!(buf[aad.len()..aad.len() + ct.len()], ct[..]);
+    assert_eq!(buf[buf.len() - TAG_LEN..], tag[..]);
+}
+
+#[test]
 fn rfc_8439_section_2_8_2() {
     let key: [u8; 32] = std::array::from_fn(|i| 0x80 + i as u8);
-    let Some(bk) = BatchKey::new(&key) else { return };
+    let Some(bk) = BatchKey::new(Cipher::ChaCha20Poly1305, &key) else { return };
     let nonce = [0x07, 0, 0, 0, 0x40, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47];
     let aad = [0x50, 0x51, 0x52, 0x53, 0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7];
     let text = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.";
@@ -134,21 +175,23 @@ fn rfc_8439_section_2_8_2() {
 
 #[test]
 fn short_or_malformed_messages_fail_to_open_without_touching_the_others() {
-    let Some(bk) = BatchKey::new(&[3; 32]) else { return };
-    let mut rng = Rng(7);
-    let mut cs = cases(&mut rng, 3, 100);
-    let key = [3u8; 32];
-    for c in &mut cs {
-        let sealed = reference(&key, c);
-        c.buf = sealed;
+    for cipher in BOTH {
+        let key = [3u8; 32];
+        let Some(bk) = BatchKey::new(cipher, &key) else { continue };
+        let mut rng = Rng(7);
+        let mut cs = cases(&mut rng, 3, 100);
+        for c in &mut cs {
+            let sealed = reference(cipher, &key, c);
+            c.buf = sealed;
+        }
+        let mut short = vec![1u8; 10];
+        let mut ok = [true; 4];
+        {
+            let mut m = msgs(&mut cs);
+            m.insert(1, Msg { nonce: [0; 12], aad_len: 0, buf: &mut short });
+            bk.open(&mut m, &mut ok);
+        }
+        assert_eq!(ok, [true, false, true, true], "{cipher:?}");
+        assert_eq!(short, [1u8; 10]);
     }
-    let mut short = vec![1u8; 10];
-    let mut ok = [true; 4];
-    {
-        let mut m = msgs(&mut cs);
-        m.insert(1, Msg { nonce: [0; 12], aad_len: 0, buf: &mut short });
-        bk.open(&mut m, &mut ok);
-    }
-    assert_eq!(ok, [true, false, true, true]);
-    assert_eq!(short, [1u8; 10]);
 }

@@ -25,37 +25,36 @@ const SCRATCH: usize = MAX_AAD + 32;
 
 /// One message, as raw parts.
 #[derive(Clone, Copy)]
-struct Part {
-    base: *mut u8,
-    aad_len: usize,
-    text_len: usize,
+pub(super) struct Part {
+    pub(super) base: *mut u8,
+    pub(super) aad_len: usize,
+    pub(super) text_len: usize,
+    /// The nonce as three little-endian words.
     nonce: [u32; 3],
 }
 
 impl Part {
     const NONE: Part = Part { base: std::ptr::null_mut(), aad_len: 0, text_len: 0, nonce: [0; 3] };
 
-    fn text(&self) -> *mut u8 {
+    pub(super) fn text(&self) -> *mut u8 {
         self.base.wrapping_add(self.aad_len)
     }
 
-    fn tag(&self) -> *mut u8 {
+    pub(super) fn tag(&self) -> *mut u8 {
         self.base.wrapping_add(self.aad_len + self.text_len)
+    }
+
+    pub(super) fn nonce_bytes(&self) -> [u8; 12] {
+        let mut b = [0u8; 12];
+        for (c, w) in b.chunks_exact_mut(4).zip(self.nonce) {
+            c.copy_from_slice(&w.to_le_bytes());
+        }
+        b
     }
 }
 
-/// Seals or opens up to [`GROUP`] messages; `good[i]` is whether message `i` takes part
-/// (well formed) on entry and, for [`Mode::Open`], whether it verified on return.
-///
-/// # Safety
-/// The CPU must have AVX-512 F, BW and IFMA.
-#[target_feature(enable = "avx512f,avx512bw,avx512ifma")]
-pub(super) unsafe fn run(
-    key: &[u32; 8],
-    group: &mut [Msg<'_>],
-    mode: Mode,
-    good: &mut [bool; GROUP],
-) {
+/// The raw parts of the messages `good` says take part (the others stay `Part::NONE`).
+pub(super) fn parts_of(group: &mut [Msg<'_>], good: &[bool; GROUP]) -> [Part; GROUP] {
     debug_assert!(group.len() <= GROUP);
     let mut parts = [Part::NONE; GROUP];
     for ((p, m), g) in parts.iter_mut().zip(group.iter_mut()).zip(good.iter()) {
@@ -73,6 +72,22 @@ pub(super) unsafe fn run(
             nonce,
         };
     }
+    parts
+}
+
+/// Seals or opens up to [`GROUP`] messages; `good[i]` is whether message `i` takes part
+/// (well formed) on entry and, for [`Mode::Open`], whether it verified on return.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW and IFMA.
+#[target_feature(enable = "avx512f,avx512bw,avx512ifma")]
+pub(super) unsafe fn run(
+    key: &[u32; 8],
+    group: &mut [Msg<'_>],
+    mode: Mode,
+    good: &mut [bool; GROUP],
+) {
+    let parts = parts_of(group, good);
     let n = group.len();
     let live: [bool; GROUP] = std::array::from_fn(|i| i < n && good[i]);
 

@@ -54,6 +54,15 @@ pub struct Limits {
     /// Segments in one GSO send, `1..=64` (the kernel's limit); larger batches leave in
     /// several sends, and 1 turns GSO off. Default 64.
     pub udp_gso_segments: usize,
+    /// The kernel receive buffer asked for each UDP socket (`SO_RCVBUF`), in bytes; 0 keeps
+    /// the kernel's default. Datagrams arriving while it is full are dropped by the kernel
+    /// (counted in `/proc/net/snmp` as `RcvbufErrors`), which a transport sees as loss; the
+    /// kernel's default (208 KiB on Linux) holds about three GSO batches. The kernel caps
+    /// the request at `net.core.rmem_max` (logged when it does). Default 4 MiB.
+    pub udp_recv_buffer: usize,
+    /// The kernel send buffer asked for each UDP socket (`SO_SNDBUF`), in bytes; 0 (the
+    /// default) keeps the kernel's. Capped by `net.core.wmem_max`.
+    pub udp_send_buffer: usize,
     /// Pending timers per worker (timer esockets, connect and close deadlines). Default 65,536.
     pub max_timers: usize,
     /// Readiness events taken from the kernel per loop turn. Default 1,024.
@@ -76,6 +85,8 @@ impl Default for Limits {
             udp_recv_batch: 8,
             udp_read_budget: 64,
             udp_gso_segments: 64,
+            udp_recv_buffer: 4 << 20,
+            udp_send_buffer: 0,
             max_timers: 65_536,
             events_per_turn: 1_024,
         }
@@ -115,6 +126,9 @@ impl Limits {
             ("buf_cap_max", self.buf_cap_max, 1 << 30),
             ("udp_recv_batch", self.udp_recv_batch, crate::sys::udp::MAX_RECV_BATCH),
             ("udp_gso_segments", self.udp_gso_segments, crate::sys::udp::MAX_GSO_SEGMENTS),
+            // The kernel takes an int (and doubles it).
+            ("udp_recv_buffer", self.udp_recv_buffer, 1 << 30),
+            ("udp_send_buffer", self.udp_send_buffer, 1 << 30),
         ];
         if let Some((name, _, max)) = allocated.iter().find(|(_, v, max)| v > max) {
             return Err(std::io::Error::new(

@@ -480,6 +480,12 @@ pub struct UdpSection {
     /// Send batches with `UDP_SEGMENT` (GSO); off, batches go out with `sendmmsg`, as on a
     /// kernel without GSO (the path taken anyway when the kernel refuses it).
     pub gso: bool,
+    /// The kernel receive buffer asked for each UDP socket, in bytes (0: the kernel's
+    /// default); capped by `net.core.rmem_max`.
+    pub recv_buffer: usize,
+    /// The kernel send buffer asked for each UDP socket, in bytes (0: the kernel's
+    /// default); capped by `net.core.wmem_max`.
+    pub send_buffer: usize,
     /// Bytes a channel's data may run ahead of what it delivered, out of order.
     pub max_reorder: u64,
     /// Bytes held out of order on a connection.
@@ -506,6 +512,8 @@ impl Default for UdpSection {
             max_connections: dap_stream::udp::endpoint::EndpointConfig::default().max_connections,
             gso_segments: 64,
             gso: true,
+            recv_buffer: dap_reactor::Limits::default().udp_recv_buffer,
+            send_buffer: dap_reactor::Limits::default().udp_send_buffer,
             max_reorder: c.max_reorder,
             max_reorder_total: c.max_reorder_total,
             max_tracked_packets: c.max_tracked_packets,
@@ -996,6 +1004,8 @@ impl Config {
         range("udp.max_udp_payload", u.max_udp_payload, 1200, 65_527)?;
         range("udp.max_connections", u.max_connections, 1, 1 << 24)?;
         range("udp.gso_segments", u.gso_segments, 1, 64)?;
+        range("udp.recv_buffer", u.recv_buffer, 0, 1 << 30)?;
+        range("udp.send_buffer", u.send_buffer, 0, 1 << 30)?;
         range("udp.max_reorder", u.max_reorder, 65_536, 1 << 34)?;
         range("udp.max_reorder_total", u.max_reorder_total, 65_536, 1 << 34)?;
         range("udp.max_tracked_packets", u.max_tracked_packets, 64, 1 << 24)?;

@@ -225,6 +225,8 @@ fn reactor(c: &Config) -> Result<Reactor, StartError> {
     limits.pool_buffers = l.pool_buffers;
     limits.buf_cap_max = l.buf_cap_max;
     limits.udp_out_queue = l.udp_out_queue;
+    limits.udp_recv_buffer = c.udp.recv_buffer;
+    limits.udp_send_buffer = c.udp.send_buffer;
     limits.max_timers = l.max_timers;
     limits.events_per_turn = l.events_per_turn;
     let mode = match r.listener_mode {
@@ -835,6 +837,8 @@ keys! {
     udp_max_connections = "udp.max_connections" => udp.max_connections: usize;
     udp_gso_segments = "udp.gso_segments" => udp.gso_segments: usize;
     udp_gso = "udp.gso" => udp.gso: bool;
+    udp_recv_buffer = "udp.recv_buffer" => udp.recv_buffer: usize;
+    udp_send_buffer = "udp.send_buffer" => udp.send_buffer: usize;
     udp_max_reorder = "udp.max_reorder" => udp.max_reorder: u64;
     udp_max_reorder_total = "udp.max_reorder_total" => udp.max_reorder_total: usize;
     udp_max_tracked_packets = "udp.max_tracked_packets" => udp.max_tracked_packets: usize;

@@ -108,8 +108,10 @@ pub use dap_crypto::Msg as BatchMsg;
 /// One direction's AEAD key.
 pub struct AeadKey {
     key: aead::LessSafeKey,
-    /// ChaCha20-Poly1305 over whole batches, where the CPU runs it (AVX-512 IFMA).
-    batch: Option<dap_crypto::BatchKey>,
+    /// The key of the batch code, made at the first batch where the CPU runs it (AVX-512
+    /// IFMA for ChaCha20-Poly1305; VAES and VPCLMULQDQ for AES-256-GCM, whose powers of the
+    /// hash key take 1.5 KiB that a key never used for batches should not carry).
+    batch: std::sync::OnceLock<Option<dap_crypto::BatchKey>>,
     suite: CipherSuite,
     /// The bytes it was made from, for [`secret`](Self::secret); wiped on drop.
     secret: zeroize::Zeroizing<[u8; KEY_LEN]>,
@@ -127,18 +129,32 @@ impl AeadKey {
     pub fn new(suite: CipherSuite, secret: &[u8; KEY_LEN]) -> Self {
         let unbound = aead::UnboundKey::new(suite.algorithm(), secret)
             .expect("both suites take 32-byte keys");
-        let batch = match suite {
-            CipherSuite::ChaCha20Poly1305 => dap_crypto::BatchKey::new(secret),
-            CipherSuite::Aes256Gcm => None,
-        };
-        AeadKey { key: aead::LessSafeKey::new(unbound), batch, suite, secret: (*secret).into() }
+        AeadKey {
+            key: aead::LessSafeKey::new(unbound),
+            batch: std::sync::OnceLock::new(),
+            suite,
+            secret: (*secret).into(),
+        }
+    }
+
+    fn batch_cipher(&self) -> dap_crypto::Cipher {
+        match self.suite {
+            CipherSuite::ChaCha20Poly1305 => dap_crypto::Cipher::ChaCha20Poly1305,
+            CipherSuite::Aes256Gcm => dap_crypto::Cipher::Aes256Gcm,
+        }
+    }
+
+    fn batch_key(&self) -> Option<&dap_crypto::BatchKey> {
+        self.batch
+            .get_or_init(|| dap_crypto::BatchKey::new(self.batch_cipher(), &self.secret))
+            .as_ref()
     }
 
     /// Whether [`seal_batch`](Self::seal_batch) and [`open_batch`](Self::open_batch) run
-    /// a batch faster than one message at a time would (ChaCha20-Poly1305 on a CPU with
-    /// AVX-512 IFMA); they work either way.
+    /// a batch faster than one message at a time would (the CPU runs `dap-crypto`'s batch
+    /// code for this cipher); they work either way.
     pub fn batches(&self) -> bool {
-        self.batch.is_some()
+        dap_crypto::available(self.batch_cipher())
     }
 
     /// Seals every message of `msgs` in place, each tag in the last [`TAG_LEN`] bytes of
@@ -148,7 +164,7 @@ impl AeadKey {
     /// When a message's buffer cannot hold its associated data and the tag, or the
     /// associated data is longer than [`dap_crypto::MAX_AAD`] (the caller lays these out).
     pub fn seal_batch(&self, msgs: &mut [BatchMsg<'_>]) {
-        if let Some(b) = &self.batch {
+        if let Some(b) = self.batch_key() {
             return b.seal(msgs);
         }
         for m in msgs {
@@ -165,7 +181,7 @@ impl AeadKey {
     /// # Panics
     /// When `ok` is shorter than `msgs`.
     pub fn open_batch(&self, msgs: &mut [BatchMsg<'_>], ok: &mut [bool]) {
-        if let Some(b) = &self.batch {
+        if let Some(b) = self.batch_key() {
             return b.open(msgs, ok);
         }
         assert!(ok.len() >= msgs.len(), "one result per message");

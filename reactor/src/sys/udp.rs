@@ -193,6 +193,40 @@ impl RecvBatch {
     }
 }
 
+/// Asks the kernel for `recv` and `send` bytes of socket buffer (0: leave that one as it
+/// is). Best effort: a refusal or a cap (`net.core.rmem_max`, `wmem_max`) is logged, never
+/// fatal, and what the kernel granted is what the socket has.
+pub(crate) fn set_buffers(socket: &std::net::UdpSocket, recv: usize, send: usize) {
+    let s = SockRef::from(socket);
+    if recv > 0 {
+        let set = s.set_recv_buffer_size(recv).and_then(|()| s.recv_buffer_size());
+        report_buffer("receive", "net.core.rmem_max", recv, set);
+    }
+    if send > 0 {
+        let set = s.set_send_buffer_size(send).and_then(|()| s.send_buffer_size());
+        report_buffer("send", "net.core.wmem_max", send, set);
+    }
+}
+
+fn report_buffer(which: &str, sysctl: &str, asked: usize, granted: io::Result<usize>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static TOLD: AtomicBool = AtomicBool::new(false);
+    match granted {
+        // Linux reports twice what it keeps for data (the rest is its bookkeeping).
+        Ok(got) if got >= asked => {}
+        Ok(got) => {
+            if !TOLD.swap(true, Ordering::Relaxed) {
+                tracing::info!(
+                    asked,
+                    granted = got,
+                    "the kernel capped a UDP socket's {which} buffer ({sysctl}); at high rates datagrams may be dropped"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not size a UDP socket's {which} buffer"),
+    }
+}
+
 fn set_opt(fd: RawFd, level: c_int, name: c_int, value: c_int) -> io::Result<()> {
     // SAFETY: `value` outlives the call and its exact size is passed with its address.
     let rc = unsafe {

@@ -202,7 +202,11 @@ impl WorkerCtx {
 
     /// Adds a UDP socket; datagrams arrive in batches through [`Handler::on_datagrams`]
     /// (whose default hands each to [`Handler::on_datagram`]). The socket is set up for ECN,
-    /// destination addresses, don't-fragment, GRO and GSO where the kernel has them.
+    /// destination addresses, don't-fragment, GRO and GSO where the kernel has them, and its
+    /// kernel buffers as [`Limits::udp_recv_buffer`] and [`Limits::udp_send_buffer`] say.
+    ///
+    /// [`Limits::udp_recv_buffer`]: crate::Limits::udp_recv_buffer
+    /// [`Limits::udp_send_buffer`]: crate::Limits::udp_send_buffer
     ///
     /// # Errors
     /// `InvalidInput` when the socket is not IPv4 or IPv6; as [`adopt_tcp`](Self::adopt_tcp).
@@ -226,6 +230,11 @@ impl WorkerCtx {
         handler: Box<dyn Handler>,
     ) -> io::Result<EsocketHandle> {
         socket.set_nonblocking(true)?;
+        crate::sys::udp::set_buffers(
+            &socket,
+            self.cfg.limits.udp_recv_buffer,
+            self.cfg.limits.udp_send_buffer,
+        );
         let io = UdpIo::new(socket.as_fd(), options, self.cfg.limits.udp_gso_segments)?;
         let sock = mio::net::UdpSocket::from_std(socket);
         let body = Body::Udp { sock, io, out: Default::default(), queued: 0 };

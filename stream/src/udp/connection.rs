@@ -130,6 +130,10 @@ impl Default for ConnectionConfig {
 /// Packet records kept for reuse.
 const INFO_POOL: usize = 4096;
 
+/// The most bytes one transmit of several segments carries: what one UDP GSO send can
+/// (65,535 less the IPv6 and UDP headers; the IPv4 limit is higher).
+pub const MAX_TRANSMIT_BYTES: usize = 65_487;
+
 /// Which end this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -1385,8 +1389,11 @@ impl Connection {
         if let Some(t) = self.send_mtu_probe(now, buf) {
             return Some(t);
         }
+        // One GSO send carries at most 64 KiB: a longer batch would leave in two sends, the
+        // second a short one, so it stops where one send is full.
+        let max_segments = max_segments.min(MAX_TRANSMIT_BYTES / size).max(1);
         let mut segments = 0;
-        while segments < max_segments.max(1) {
+        while segments < max_segments {
             // Before validation, at most three times what the address sent us.
             let budget = self.path.as_ref().map_or(0, |p| p.budget());
             let room = (size as u64).min(budget) as usize;

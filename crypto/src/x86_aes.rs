@@ -1,0 +1,486 @@
+//! The AES-256-GCM batch code: VAES counter mode eight registers (32 blocks) at a time, and
+//! GHASH with VPCLMULQDQ four blocks per register against precomputed powers of H, so that
+//! a whole packet is hashed with one reduction.
+//!
+//! One message at a time, an AES-GCM implementation spends a third of a 1,400-byte packet
+//! outside its bulk loop: the associated data and the lengths block each hashed alone with
+//! a full reduction, the initial counter block encrypted alone, a tail. Here the products of
+//! every block of a message with its power of H (block `j` of `n` times `H^(n-j)`) are summed
+//! unreduced and reduced once at the end, the associated data and the lengths block join
+//! that sum like any other block, and the batch's initial counter blocks are encrypted
+//! together, four per register.
+//!
+//! GHASH works on byte-reflected blocks (each 16-byte block reversed), where the field's
+//! multiplication is a carry-less product shifted left by one bit and reduced modulo
+//! x^128 + x^7 + x^2 + x + 1 (Gueron and Kounavis, "Intel Carry-Less Multiplication
+//! Instruction and its Usage for Computing the GCM Mode"). Pointers are handled as in
+//! `x86.rs`: one raw base per message, offsets computed from the public lengths.
+
+use std::arch::x86_64::*;
+
+use super::x86::{Part, parts_of};
+use super::{GROUP, Mode, Msg, TAG_LEN};
+
+/// Powers of H kept per key. A message whose GHASH input (padded associated data, padded
+/// text, lengths block) is at most this many blocks long is reduced once: a 1,452-byte
+/// datagram's is 91. A longer one is hashed in runs of up to this many blocks, one
+/// reduction each.
+const POWERS: usize = 96;
+
+/// The round keys and the powers of the hash key of one AES-256-GCM key.
+#[derive(Clone)]
+pub(super) struct AesKeys {
+    /// The 15 round keys.
+    rk: [[u8; 16]; 15],
+    /// `rpow[k]` = H^(POWERS - k), byte-reflected (`rpow[POWERS - 1]` is H), then three
+    /// zero blocks so that four consecutive entries can always be loaded.
+    rpow: [[u8; 16]; POWERS + 3],
+}
+
+impl Drop for AesKeys {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.rk.zeroize();
+        self.rpow.zeroize();
+    }
+}
+
+/// Expands `key` and computes the powers of H.
+///
+/// # Safety
+/// The CPU must have AES-NI, SSSE3, AVX-512 F and BW, and VPCLMULQDQ.
+#[target_feature(enable = "aes,ssse3,avx512f,avx512bw,vpclmulqdq")]
+pub(super) unsafe fn expand(key: &[u8; 32]) -> Box<AesKeys> {
+    #[inline]
+    #[target_feature(enable = "aes,ssse3")]
+    fn spread(mut k: __m128i, t: __m128i) -> __m128i {
+        let mut s = _mm_slli_si128::<4>(k);
+        k = _mm_xor_si128(k, s);
+        s = _mm_slli_si128::<4>(s);
+        k = _mm_xor_si128(k, s);
+        s = _mm_slli_si128::<4>(s);
+        _mm_xor_si128(_mm_xor_si128(k, s), t)
+    }
+    #[target_feature(enable = "aes,ssse3")]
+    fn even<const RCON: i32>(a: __m128i, b: __m128i) -> __m128i {
+        spread(a, _mm_shuffle_epi32::<0xff>(_mm_aeskeygenassist_si128::<RCON>(b)))
+    }
+    #[target_feature(enable = "aes,ssse3")]
+    fn odd(a: __m128i, b: __m128i) -> __m128i {
+        spread(b, _mm_shuffle_epi32::<0xaa>(_mm_aeskeygenassist_si128::<0>(a)))
+    }
+    let k0 = ld128(key[..16].try_into().expect("16 bytes"));
+    let k1 = ld128(key[16..].try_into().expect("16 bytes"));
+    let mut rk = [_mm_setzero_si128(); 15];
+    rk[0] = k0;
+    rk[1] = k1;
+    rk[2] = even::<0x01>(rk[0], rk[1]);
+    rk[3] = odd(rk[2], rk[1]);
+    rk[4] = even::<0x02>(rk[2], rk[3]);
+    rk[5] = odd(rk[4], rk[3]);
+    rk[6] = even::<0x04>(rk[4], rk[5]);
+    rk[7] = odd(rk[6], rk[5]);
+    rk[8] = even::<0x08>(rk[6], rk[7]);
+    rk[9] = odd(rk[8], rk[7]);
+    rk[10] = even::<0x10>(rk[8], rk[9]);
+    rk[11] = odd(rk[10], rk[9]);
+    rk[12] = even::<0x20>(rk[10], rk[11]);
+    rk[13] = odd(rk[12], rk[11]);
+    rk[14] = even::<0x40>(rk[12], rk[13]);
+    let mut x = rk[0];
+    for k in &rk[1..14] {
+        x = _mm_aesenc_si128(x, *k);
+    }
+    x = _mm_aesenclast_si128(x, rk[14]);
+    let h = _mm512_zextsi128_si512(_mm_shuffle_epi8(x, bswap128()));
+    let mut keys = Box::new(AesKeys { rk: rk.map(|k| st128(k)), rpow: [[0; 16]; POWERS + 3] });
+    let mut p = h;
+    keys.rpow[POWERS - 1] = st128(_mm512_castsi512_si128(p));
+    for k in (0..POWERS - 1).rev() {
+        p = gfmul(p, h);
+        keys.rpow[k] = st128(_mm512_castsi512_si128(p));
+    }
+    keys
+}
+
+/// Seals or opens up to [`GROUP`] messages, as `x86::run` does for ChaCha20-Poly1305:
+/// `good[i]` is whether message `i` takes part (well formed) on entry and, for
+/// [`Mode::Open`], whether it verified on return. A message that fails to verify is not
+/// decrypted.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW and VL, VAES, VPCLMULQDQ, AES-NI and SSSE3.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,vaes,vpclmulqdq,aes,ssse3")]
+pub(super) unsafe fn run(
+    keys: &AesKeys,
+    group: &mut [Msg<'_>],
+    mode: Mode,
+    good: &mut [bool; GROUP],
+) {
+    let parts = parts_of(group, good);
+    let n = group.len();
+    let live: [bool; GROUP] = std::array::from_fn(|i| i < n && good[i]);
+    let rk: [__m512i; 15] = std::array::from_fn(|r| _mm512_broadcast_i32x4(ld128(&keys.rk[r])));
+    let masks = tag_masks(&rk, &parts);
+    match mode {
+        Mode::Seal => {
+            for i in (0..n).filter(|&i| live[i]) {
+                let s = crypt::<true>(&rk, keys, &parts[i]);
+                let t: [u8; 16] = std::array::from_fn(|k| s[k] ^ masks[i][k]);
+                // SAFETY: the tag's 16 bytes end the message's buffer (`Part::tag`), which
+                // this call borrows exclusively; `t` is a separate local array.
+                unsafe { std::ptr::copy_nonoverlapping(t.as_ptr(), parts[i].tag(), TAG_LEN) };
+            }
+        }
+        Mode::Open => {
+            let mut verified = [false; GROUP];
+            for i in (0..n).filter(|&i| live[i]) {
+                // Hashed and decrypted in one pass; encrypted back if the tag is wrong.
+                let s = crypt::<false>(&rk, keys, &parts[i]);
+                let mut got = [0u8; TAG_LEN];
+                // SAFETY: the 16 tag bytes at the end of a borrowed buffer, into a local.
+                unsafe { std::ptr::copy_nonoverlapping(parts[i].tag(), got.as_mut_ptr(), TAG_LEN) };
+                // Every byte compared, whatever the first difference.
+                let diff = (0..TAG_LEN).fold(0u8, |d, k| d | (got[k] ^ s[k] ^ masks[i][k]));
+                verified[i] = diff == 0;
+                if !verified[i] {
+                    // Counter mode is its own inverse: the text is as it came.
+                    crypt::<true>(&rk, keys, &parts[i]);
+                }
+            }
+            *good = verified;
+        }
+    }
+}
+
+/// E(K, J0) of every message (J0 = nonce || 1, the mask of its tag), four per register.
+#[target_feature(enable = "avx512f,avx512bw,vaes")]
+fn tag_masks(rk: &[__m512i; 15], parts: &[Part; GROUP]) -> [[u8; 16]; GROUP] {
+    let mut j0 = [[0u8; 16]; GROUP];
+    for (b, p) in j0.iter_mut().zip(parts) {
+        b[..12].copy_from_slice(&p.nonce_bytes());
+        b[15] = 1;
+    }
+    let mut x: [__m512i; GROUP / 4] = std::array::from_fn(|q| {
+        // SAFETY: `j0[4q..4q + 4]` is 64 readable bytes.
+        let v = unsafe { _mm512_loadu_si512(j0[4 * q..].as_ptr().cast()) };
+        _mm512_xor_si512(v, rk[0])
+    });
+    rounds(&mut x, rk);
+    let mut out = [[0u8; 16]; GROUP];
+    for (q, v) in x.iter().enumerate() {
+        // SAFETY: `out[4q..4q + 4]` is 64 writable bytes.
+        unsafe { _mm512_storeu_si512(out[4 * q..].as_mut_ptr().cast(), *v) };
+    }
+    out
+}
+
+/// AES rounds 1 to 14 on every register (round 0's key already added).
+#[inline]
+#[target_feature(enable = "avx512f,vaes")]
+fn rounds<const N: usize>(x: &mut [__m512i; N], rk: &[__m512i; 15]) {
+    for r in &rk[1..14] {
+        for v in x.iter_mut() {
+            *v = _mm512_aesenc_epi128(*v, *r);
+        }
+    }
+    for v in x.iter_mut() {
+        *v = _mm512_aesenclast_epi128(*v, rk[14]);
+    }
+}
+
+/// The counter blocks of a message, as a register's four lanes are built: the nonce
+/// template OR'd with the big-endian counters.
+struct Counters {
+    /// The nonce in bytes 0..12 of each lane, zeros after.
+    nonce: __m512i,
+    /// Lane `l`'s counter (native order) in its last 32-bit word.
+    next: __m512i,
+    /// Four in each lane's last word.
+    step: __m512i,
+    /// Moves each lane's last word to big-endian and clears the rest.
+    be: __m512i,
+}
+
+impl Counters {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn new(p: &Part) -> Self {
+        let mut nb = [0u8; 16];
+        nb[..12].copy_from_slice(&p.nonce_bytes());
+        Counters {
+            nonce: _mm512_broadcast_i32x4(ld128(&nb)),
+            // The text's key stream starts at counter 2 (J0 + 1).
+            next: _mm512_set_epi32(5, 0, 0, 0, 4, 0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0),
+            step: _mm512_set_epi32(4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0),
+            be: _mm512_broadcast_i32x4(_mm_set_epi8(
+                12, 13, 14, 15, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128,
+                -128,
+            )),
+        }
+    }
+
+    /// The next four counter blocks, round key 0 added.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn take(&mut self, rk0: __m512i) -> __m512i {
+        let b = _mm512_or_si512(self.nonce, _mm512_shuffle_epi8(self.next, self.be));
+        self.next = _mm512_add_epi32(self.next, self.step);
+        _mm512_xor_si512(b, rk0)
+    }
+}
+
+/// Counter mode over the text of `p`, in place, and GHASH over its input (associated
+/// data, padding, ciphertext, padding, the two bit lengths), in one pass: sealing hashes the
+/// text it has just encrypted, opening the text before it decrypts it. Eight registers of
+/// key stream per pass, then a pass of as many as the rest needs. Returns S (the tag before
+/// its mask).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,vaes,vpclmulqdq,ssse3")]
+fn crypt<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -> [u8; 16] {
+    let bswap = _mm512_broadcast_i32x4(bswap128());
+    let aad_blocks = p.aad_len.div_ceil(16);
+    let n = aad_blocks + p.text_len.div_ceil(16) + 1;
+    let mut g = Ghash::new(keys, aad_blocks, n);
+    if aad_blocks > 0 {
+        // SAFETY: the masked load reads only the `aad_len` (<= 64) bytes of associated data
+        // at the start of the borrowed buffer; the padding comes out zero.
+        let d = unsafe { _mm512_maskz_loadu_epi8(low_bytes(p.aad_len), p.base.cast()) };
+        g.absorb(_mm512_shuffle_epi8(d, bswap), 0, aad_blocks);
+    }
+    let len = p.text_len;
+    let mut c = Counters::new(p);
+    let mut at = 0;
+    // The ciphertext of a pass, hashed here so that the sums stay in registers.
+    macro_rules! absorb {
+        ($ct:expr) => {
+            for (k, ct) in $ct.iter().enumerate() {
+                let off = at + 64 * k;
+                let j = aad_blocks + off / 16;
+                g.absorb(_mm512_shuffle_epi8(*ct, bswap), j, (len - off).div_ceil(16).min(4));
+            }
+        };
+    }
+    while len - at >= 512 {
+        absorb!(pass::<8, SEAL>(rk, &mut c, p, at));
+        at += 512;
+    }
+    match (len - at).div_ceil(64) {
+        0 => {}
+        1 => absorb!(pass::<1, SEAL>(rk, &mut c, p, at)),
+        2 => absorb!(pass::<2, SEAL>(rk, &mut c, p, at)),
+        3 => absorb!(pass::<3, SEAL>(rk, &mut c, p, at)),
+        4 => absorb!(pass::<4, SEAL>(rk, &mut c, p, at)),
+        5 => absorb!(pass::<5, SEAL>(rk, &mut c, p, at)),
+        6 => absorb!(pass::<6, SEAL>(rk, &mut c, p, at)),
+        7 => absorb!(pass::<7, SEAL>(rk, &mut c, p, at)),
+        _ => absorb!(pass::<8, SEAL>(rk, &mut c, p, at)),
+    }
+    let mut lengths = [0u8; 16];
+    lengths[..8].copy_from_slice(&(p.aad_len as u64 * 8).to_be_bytes());
+    lengths[8..].copy_from_slice(&(len as u64 * 8).to_be_bytes());
+    let l = _mm512_zextsi128_si512(_mm_shuffle_epi8(ld128(&lengths), bswap128()));
+    g.absorb(l, n - 1, 1);
+    g.finish()
+}
+
+/// `N` registers of key stream XORed into the text of `p` from byte `at` (as much of them
+/// as the text has); returns the ciphertext, zero past the text's end.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,vaes")]
+fn pass<const N: usize, const SEAL: bool>(
+    rk: &[__m512i; 15],
+    c: &mut Counters,
+    p: &Part,
+    at: usize,
+) -> [__m512i; N] {
+    let mut x = [_mm512_setzero_si512(); N];
+    for v in &mut x {
+        *v = c.take(rk[0]);
+    }
+    rounds(&mut x, rk);
+    for (k, v) in x.iter_mut().enumerate() {
+        let off = at + 64 * k;
+        let rest = p.text_len - off;
+        let dst = p.text().wrapping_add(off);
+        *v = if rest >= 64 {
+            // SAFETY: 64 bytes of the text from `dst` (off + 64 <= text_len), inside the
+            // borrowed buffer.
+            let t = unsafe { _mm512_loadu_si512(dst.cast()) };
+            let out = _mm512_xor_si512(t, *v);
+            // SAFETY: as the load above.
+            unsafe { _mm512_storeu_si512(dst.cast(), out) };
+            if SEAL { out } else { t }
+        } else {
+            let mask = low_bytes(rest);
+            // SAFETY: the masked load and store touch only the `rest` bytes left of the
+            // text from `dst`, inside the borrowed buffer.
+            let t = unsafe { _mm512_maskz_loadu_epi8(mask, dst.cast()) };
+            let out = _mm512_xor_si512(t, *v);
+            // SAFETY: as the load above.
+            unsafe { _mm512_mask_storeu_epi8(dst.cast(), mask, out) };
+            // The key stream past the text is not hashed: zero padding is.
+            if SEAL { _mm512_maskz_mov_epi8(mask, out) } else { t }
+        };
+    }
+    x
+}
+
+/// A message's GHASH as it is absorbed: the unreduced sums of the products of its blocks
+/// with their powers of H, over the current run of blocks.
+struct Ghash<'k> {
+    rpow: &'k [[u8; 16]; POWERS + 3],
+    /// Blocks of associated data (the first text block's index).
+    aad_blocks: usize,
+    /// Blocks in all.
+    n: usize,
+    /// Where the current run ends (its last block is multiplied by H).
+    end: usize,
+    /// Where the current run starts (the reduced hash so far joins that block).
+    start: usize,
+    /// The reduced hash of the runs before (lane 0).
+    x: __m512i,
+    lo: __m512i,
+    mid: __m512i,
+    hi: __m512i,
+}
+
+impl<'k> Ghash<'k> {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn new(keys: &'k AesKeys, aad_blocks: usize, n: usize) -> Self {
+        let z = _mm512_setzero_si512();
+        let mut g =
+            Ghash { rpow: &keys.rpow, aad_blocks, n, end: 0, start: 0, x: z, lo: z, mid: z, hi: z };
+        g.end = g.run_end(0);
+        g
+    }
+
+    /// Where a run starting at block `j` (the start of a group) ends: the input's end if it
+    /// is near enough, else the furthest start of a group of text within reach.
+    fn run_end(&self, j: usize) -> usize {
+        if self.n - j <= POWERS {
+            self.n
+        } else {
+            let a = self.aad_blocks;
+            a + 4 * ((j + POWERS - a) / 4)
+        }
+    }
+
+    /// Absorbs the `c` (1 to 4) byte-reflected blocks of `d` (its other lanes zero), the
+    /// blocks `j..j + c` of the input.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq")]
+    fn absorb(&mut self, mut d: __m512i, j: usize, c: usize) {
+        if j + c > self.end {
+            // Runs end only where groups start: this group starts the next run.
+            debug_assert_eq!(j, self.end);
+            // (`fold` leaves the sum in every lane: only lane 0's joins the next block.)
+            self.x =
+                _mm512_maskz_mov_epi64(0b11, reduce(fold(self.lo), fold(self.mid), fold(self.hi)));
+            let z = _mm512_setzero_si512();
+            (self.lo, self.mid, self.hi) = (z, z, z);
+            self.start = j;
+            self.end = self.run_end(j);
+        }
+        if j == self.start {
+            d = _mm512_xor_si512(d, self.x);
+        }
+        // H^(end - j) for block j, then the lower powers; past the run's end, zeros (or
+        // powers against zero lanes of `d`).
+        // SAFETY: end - j is 1..=POWERS, so entries POWERS - (end - j) .. + 4 are inside the
+        // table (its three zero blocks included).
+        let h = unsafe { _mm512_loadu_si512(self.rpow[POWERS - (self.end - j)..].as_ptr().cast()) };
+        self.lo = _mm512_xor_si512(self.lo, _mm512_clmulepi64_epi128::<0x00>(d, h));
+        self.hi = _mm512_xor_si512(self.hi, _mm512_clmulepi64_epi128::<0x11>(d, h));
+        self.mid = _mm512_xor_si512(
+            self.mid,
+            _mm512_xor_si512(
+                _mm512_clmulepi64_epi128::<0x10>(d, h),
+                _mm512_clmulepi64_epi128::<0x01>(d, h),
+            ),
+        );
+    }
+
+    /// The hash (S before the tag's mask), in GCM's byte order.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,ssse3")]
+    fn finish(&self) -> [u8; 16] {
+        let x = reduce(fold(self.lo), fold(self.mid), fold(self.hi));
+        st128(_mm_shuffle_epi8(_mm512_castsi512_si128(x), bswap128()))
+    }
+}
+
+/// The mask of the lowest `n` (at most 64) bytes.
+#[inline]
+fn low_bytes(n: usize) -> __mmask64 {
+    if n >= 64 { !0 } else { (1u64 << n) - 1 }
+}
+
+#[target_feature(enable = "ssse3")]
+fn bswap128() -> __m128i {
+    _mm_set_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+}
+
+#[target_feature(enable = "sse2")]
+fn ld128(a: &[u8; 16]) -> __m128i {
+    // SAFETY: `a` is 16 readable bytes; the load is unaligned.
+    unsafe { _mm_loadu_si128(a.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "sse2")]
+fn st128(v: __m128i) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    // SAFETY: `a` is 16 writable bytes; the store is unaligned.
+    unsafe { _mm_storeu_si128(a.as_mut_ptr().cast(), v) };
+    a
+}
+
+/// The XOR of a register's four 128-bit lanes, in every lane.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn fold(v: __m512i) -> __m512i {
+    let v = _mm512_xor_si512(v, _mm512_shuffle_i64x2::<0b01_00_11_10>(v, v));
+    _mm512_xor_si512(v, _mm512_shuffle_i64x2::<0b10_11_00_01>(v, v))
+}
+
+/// Four GF(2^128) products at once (one per 128-bit lane), byte-reflected operands.
+#[target_feature(enable = "avx512f,avx512bw,vpclmulqdq")]
+fn gfmul(a: __m512i, b: __m512i) -> __m512i {
+    let lo = _mm512_clmulepi64_epi128::<0x00>(a, b);
+    let mid = _mm512_xor_si512(
+        _mm512_clmulepi64_epi128::<0x10>(a, b),
+        _mm512_clmulepi64_epi128::<0x01>(a, b),
+    );
+    let hi = _mm512_clmulepi64_epi128::<0x11>(a, b);
+    reduce(lo, mid, hi)
+}
+
+/// The field element of a carry-less product given as its low, middle (the two cross
+/// products' sum) and high parts, per lane.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn reduce(lo: __m512i, mid: __m512i, hi: __m512i) -> __m512i {
+    let mut lo = _mm512_xor_si512(lo, _mm512_bslli_epi128::<8>(mid));
+    let mut hi = _mm512_xor_si512(hi, _mm512_bsrli_epi128::<8>(mid));
+    // The 256-bit product hi:lo, shifted left one bit (the reflection).
+    let c_lo = _mm512_srli_epi32::<31>(lo);
+    let c_hi = _mm512_srli_epi32::<31>(hi);
+    lo = _mm512_slli_epi32::<1>(lo);
+    hi = _mm512_slli_epi32::<1>(hi);
+    let carry = _mm512_bsrli_epi128::<12>(c_lo);
+    lo = _mm512_or_si512(lo, _mm512_bslli_epi128::<4>(c_lo));
+    hi = _mm512_or_si512(_mm512_or_si512(hi, _mm512_bslli_epi128::<4>(c_hi)), carry);
+    // Reduction, first phase.
+    let m = _mm512_xor_si512(
+        _mm512_xor_si512(_mm512_slli_epi32::<31>(lo), _mm512_slli_epi32::<30>(lo)),
+        _mm512_slli_epi32::<25>(lo),
+    );
+    let rest = _mm512_bsrli_epi128::<4>(m);
+    lo = _mm512_xor_si512(lo, _mm512_bslli_epi128::<12>(m));
+    // Second phase.
+    let t = _mm512_xor_si512(
+        _mm512_xor_si512(_mm512_srli_epi32::<1>(lo), _mm512_srli_epi32::<2>(lo)),
+        _mm512_xor_si512(_mm512_srli_epi32::<7>(lo), rest),
+    );
+    _mm512_xor_si512(hi, _mm512_xor_si512(lo, t))
+}
