@@ -14,7 +14,8 @@
 //! * **AES-256-GCM**: the batch's initial counter blocks (the tags' masks) encrypted four per
 //!   register; each message's counter mode and GHASH in one pass (VAES, VPCLMULQDQ), every
 //!   block, the associated data's and the lengths block included, multiplied by its own
-//!   precomputed power of H and the sum reduced once per packet, where a one-at-a-time
+//!   precomputed power of H and the sum reduced once per packet (per 96 blocks in longer
+//!   messages), where a one-at-a-time
 //!   implementation hashes the associated data and the lengths block alone, reducing each.
 //!
 //! ChaCha20-Poly1305 needs AVX-512 F, BW and IFMA; AES-256-GCM AVX-512 F, BW and VL, VAES,
@@ -48,9 +49,15 @@ pub struct Msg<'a> {
     pub buf: &'a mut [u8],
 }
 
+/// The longest text a message may have: GCM's 32-bit block counter, less its first two
+/// values (2^36 - 32 bytes; ChaCha20's limit is higher).
+pub const MAX_TEXT: u64 = (1 << 36) - 32;
+
 impl Msg<'_> {
     fn well_formed(&self) -> bool {
-        self.aad_len <= MAX_AAD && self.buf.len() >= self.aad_len + TAG_LEN
+        self.aad_len <= MAX_AAD
+            && self.buf.len() >= self.aad_len + TAG_LEN
+            && (self.buf.len() - self.aad_len - TAG_LEN) as u64 <= MAX_TEXT
     }
 }
 
@@ -59,8 +66,8 @@ impl Msg<'_> {
 pub enum Cipher {
     /// ChaCha20-Poly1305 (RFC 8439): AVX-512 F, BW and IFMA.
     ChaCha20Poly1305,
-    /// AES-256-GCM (NIST SP 800-38D, 96-bit nonces): AVX-512 F and BW, VAES, VPCLMULQDQ
-    /// and AES-NI.
+    /// AES-256-GCM (NIST SP 800-38D, 96-bit nonces): AVX-512 F, BW and VL, VAES,
+    /// VPCLMULQDQ, AES-NI and SSSE3.
     Aes256Gcm,
 }
 
@@ -142,8 +149,9 @@ impl BatchKey {
     /// Encrypts every message's text in place and writes its tag after it.
     ///
     /// # Panics
-    /// When a message's associated data is longer than [`MAX_AAD`] or its `buf` cannot hold
-    /// the associated data and the tag (the caller lays the buffers out).
+    /// When a message's associated data is longer than [`MAX_AAD`], its text longer than
+    /// [`MAX_TEXT`], or its `buf` cannot hold the associated data and the tag (the caller
+    /// lays the buffers out).
     pub fn seal(&self, msgs: &mut [Msg<'_>]) {
         assert!(msgs.iter().all(Msg::well_formed), "a batch message's layout is wrong");
         for group in msgs.chunks_mut(GROUP) {
@@ -183,7 +191,7 @@ impl BatchKey {
             #[cfg(target_arch = "x86_64")]
             Inner::Aes(keys) => {
                 // SAFETY: an AES BatchKey exists only when `available` said the CPU has
-                // AVX-512 F and BW, VAES, VPCLMULQDQ, AES-NI and SSSE3, the features
+                // AVX-512 F, BW and VL, VAES, VPCLMULQDQ, AES-NI and SSSE3, the features
                 // `x86_aes::run` is compiled for.
                 #[allow(unsafe_code)]
                 unsafe {

@@ -195,3 +195,45 @@ fn short_or_malformed_messages_fail_to_open_without_touching_the_others() {
         assert_eq!(short, [1u8; 10]);
     }
 }
+
+#[test]
+fn aes_gcm_runs_of_powers_end_where_they_should() {
+    // GHASH takes a message in runs of up to 96 blocks: lengths on both sides of each run's
+    // end, with every associated data length that moves where the text's blocks fall.
+    let key: [u8; 32] = std::array::from_fn(|i| i as u8 * 3);
+    let Some(bk) = BatchKey::new(Cipher::Aes256Gcm, &key) else { return };
+    let mut rng = Rng(5);
+    let mut texts: Vec<usize> = (85 * 16..100 * 16).step_by(7).collect();
+    texts.extend([191 * 16, 192 * 16, 193 * 16 - 1, 9000, 9001]);
+    for aad_len in [0, 1, 16, 17, 48, 49, 64] {
+        let mut cs: Vec<Case> = texts
+            .iter()
+            .map(|&t| {
+                let mut nonce = [0u8; 12];
+                rng.fill(&mut nonce);
+                let mut buf = vec![0u8; aad_len + t + TAG_LEN];
+                rng.fill(&mut buf[..aad_len + t]);
+                Case { nonce, aad_len, buf }
+            })
+            .collect();
+        let want: Vec<Vec<u8>> = cs.iter().map(|c| reference(Cipher::Aes256Gcm, &key, c)).collect();
+        let plain: Vec<Vec<u8>> = cs.iter().map(|c| c.buf.clone()).collect();
+        bk.seal(&mut msgs(&mut cs));
+        for (c, w) in cs.iter().zip(&want) {
+            assert!(c.buf == *w, "aad {aad_len}, text {}", c.buf.len() - aad_len - TAG_LEN);
+        }
+        let last = cs.len() - 1;
+        cs[last].buf[aad_len] ^= 0x80;
+        let before = cs[last].buf.clone();
+        let mut ok = vec![false; cs.len()];
+        bk.open(&mut msgs(&mut cs), &mut ok);
+        for (i, c) in cs.iter().enumerate() {
+            let l = c.buf.len() - TAG_LEN;
+            if i == last {
+                assert!(!ok[i] && c.buf == before, "a forgery is left as it came");
+            } else {
+                assert!(ok[i] && c.buf[..l] == plain[i][..l], "aad {aad_len}, message {i}");
+            }
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! The AES-256-GCM batch code: VAES counter mode eight registers (32 blocks) at a time, and
 //! GHASH with VPCLMULQDQ four blocks per register against precomputed powers of H, so that
-//! a whole packet is hashed with one reduction.
+//! a whole packet (up to 96 blocks of GHASH input) is hashed with one reduction.
 //!
 //! One message at a time, an AES-GCM implementation spends a third of a 1,400-byte packet
 //! outside its bulk loop: the associated data and the lengths block each hashed alone with
@@ -105,8 +105,9 @@ pub(super) unsafe fn expand(key: &[u8; 32]) -> Box<AesKeys> {
 
 /// Seals or opens up to [`GROUP`] messages, as `x86::run` does for ChaCha20-Poly1305:
 /// `good[i]` is whether message `i` takes part (well formed) on entry and, for
-/// [`Mode::Open`], whether it verified on return. A message that fails to verify is not
-/// decrypted.
+/// [`Mode::Open`], whether it verified on return. Opening hashes and decrypts in one pass;
+/// a message that then fails to verify is encrypted back (counter mode alone), so that it
+/// is left as it came.
 ///
 /// # Safety
 /// The CPU must have AVX-512 F, BW and VL, VAES, VPCLMULQDQ, AES-NI and SSSE3.
@@ -125,7 +126,7 @@ pub(super) unsafe fn run(
     match mode {
         Mode::Seal => {
             for i in (0..n).filter(|&i| live[i]) {
-                let s = crypt::<true>(&rk, keys, &parts[i]);
+                let s = crypt::<true, true>(&rk, keys, &parts[i]);
                 let t: [u8; 16] = std::array::from_fn(|k| s[k] ^ masks[i][k]);
                 // SAFETY: the tag's 16 bytes end the message's buffer (`Part::tag`), which
                 // this call borrows exclusively; `t` is a separate local array.
@@ -136,16 +137,17 @@ pub(super) unsafe fn run(
             let mut verified = [false; GROUP];
             for i in (0..n).filter(|&i| live[i]) {
                 // Hashed and decrypted in one pass; encrypted back if the tag is wrong.
-                let s = crypt::<false>(&rk, keys, &parts[i]);
+                let s = crypt::<false, true>(&rk, keys, &parts[i]);
                 let mut got = [0u8; TAG_LEN];
                 // SAFETY: the 16 tag bytes at the end of a borrowed buffer, into a local.
                 unsafe { std::ptr::copy_nonoverlapping(parts[i].tag(), got.as_mut_ptr(), TAG_LEN) };
                 // Every byte compared, whatever the first difference.
                 let diff = (0..TAG_LEN).fold(0u8, |d, k| d | (got[k] ^ s[k] ^ masks[i][k]));
+                let diff = std::hint::black_box(diff);
                 verified[i] = diff == 0;
                 if !verified[i] {
                     // Counter mode is its own inverse: the text is as it came.
-                    crypt::<true>(&rk, keys, &parts[i]);
+                    crypt::<true, false>(&rk, keys, &parts[i]);
                 }
             }
             *good = verified;
@@ -230,18 +232,22 @@ impl Counters {
     }
 }
 
-/// Counter mode over the text of `p`, in place, and GHASH over its input (associated
-/// data, padding, ciphertext, padding, the two bit lengths), in one pass: sealing hashes the
-/// text it has just encrypted, opening the text before it decrypts it. Eight registers of
-/// key stream per pass, then a pass of as many as the rest needs. Returns S (the tag before
-/// its mask).
+/// Counter mode over the text of `p`, in place, and (with `HASH`) GHASH over its input
+/// (associated data, padding, ciphertext, padding, the two bit lengths), in one pass:
+/// sealing hashes the text it has just encrypted, opening the text before it decrypts it.
+/// Eight registers of key stream per pass, then a pass of as many as the rest needs.
+/// Returns S (the tag before its mask; zeros without `HASH`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,vaes,vpclmulqdq,ssse3")]
-fn crypt<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -> [u8; 16] {
+fn crypt<const SEAL: bool, const HASH: bool>(
+    rk: &[__m512i; 15],
+    keys: &AesKeys,
+    p: &Part,
+) -> [u8; 16] {
     let bswap = _mm512_broadcast_i32x4(bswap128());
     let aad_blocks = p.aad_len.div_ceil(16);
     let n = aad_blocks + p.text_len.div_ceil(16) + 1;
     let mut g = Ghash::new(keys, aad_blocks, n);
-    if aad_blocks > 0 {
+    if HASH && aad_blocks > 0 {
         // SAFETY: the masked load reads only the `aad_len` (<= 64) bytes of associated data
         // at the start of the borrowed buffer; the padding comes out zero.
         let d = unsafe { _mm512_maskz_loadu_epi8(low_bytes(p.aad_len), p.base.cast()) };
@@ -252,13 +258,16 @@ fn crypt<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -> [u8;
     let mut at = 0;
     // The ciphertext of a pass, hashed here so that the sums stay in registers.
     macro_rules! absorb {
-        ($ct:expr) => {
-            for (k, ct) in $ct.iter().enumerate() {
-                let off = at + 64 * k;
-                let j = aad_blocks + off / 16;
-                g.absorb(_mm512_shuffle_epi8(*ct, bswap), j, (len - off).div_ceil(16).min(4));
+        ($ct:expr) => {{
+            let ct = $ct;
+            if HASH {
+                for (k, ct) in ct.iter().enumerate() {
+                    let off = at + 64 * k;
+                    let j = aad_blocks + off / 16;
+                    g.absorb(_mm512_shuffle_epi8(*ct, bswap), j, (len - off).div_ceil(16).min(4));
+                }
             }
-        };
+        }};
     }
     while len - at >= 512 {
         absorb!(pass::<8, SEAL>(rk, &mut c, p, at));
@@ -278,6 +287,9 @@ fn crypt<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -> [u8;
     let mut lengths = [0u8; 16];
     lengths[..8].copy_from_slice(&(p.aad_len as u64 * 8).to_be_bytes());
     lengths[8..].copy_from_slice(&(len as u64 * 8).to_be_bytes());
+    if !HASH {
+        return [0; 16];
+    }
     let l = _mm512_zextsi128_si512(_mm_shuffle_epi8(ld128(&lengths), bswap128()));
     g.absorb(l, n - 1, 1);
     g.finish()

@@ -24,8 +24,9 @@ pub(crate) const MAX_GSO_SEGMENTS: usize = 64;
 pub(crate) const MAX_RECV_BATCH: usize = 64;
 /// A receive slot: the largest UDP payload, which is also the most a GRO run coalesces to.
 pub(crate) const RECV_SLOT: usize = 65_536;
-/// The most payload one GSO send may carry: 65,535 less the IPv6 and UDP headers (the IPv4
-/// limit, 65,507, is higher).
+/// The most payload one GSO send carries here: below both kernels' limits (IPv4: 65,535 less
+/// the IP and UDP headers, 65,507; IPv6, whose length field leaves its own header out:
+/// 65,527), with room to spare.
 const GSO_MAX_BYTES: usize = 65_487;
 /// Control-message room per datagram: on send ECN, source address and segment size; on
 /// receive TOS / traffic class, packet info and the GRO segment size (88 bytes at most),
@@ -210,12 +211,15 @@ pub(crate) fn set_buffers(socket: &std::net::UdpSocket, recv: usize, send: usize
 
 fn report_buffer(which: &str, sysctl: &str, asked: usize, granted: io::Result<usize>) {
     use std::sync::atomic::{AtomicBool, Ordering};
-    static TOLD: AtomicBool = AtomicBool::new(false);
+    static TOLD_RECV: AtomicBool = AtomicBool::new(false);
+    static TOLD_SEND: AtomicBool = AtomicBool::new(false);
+    // Linux keeps twice what is asked (half of it for its bookkeeping) and reports that.
+    let full = if cfg!(target_os = "linux") { asked.saturating_mul(2) } else { asked };
     match granted {
-        // Linux reports twice what it keeps for data (the rest is its bookkeeping).
-        Ok(got) if got >= asked => {}
+        Ok(got) if got >= full => {}
         Ok(got) => {
-            if !TOLD.swap(true, Ordering::Relaxed) {
+            let told = if which == "receive" { &TOLD_RECV } else { &TOLD_SEND };
+            if !told.swap(true, Ordering::Relaxed) {
                 tracing::info!(
                     asked,
                     granted = got,

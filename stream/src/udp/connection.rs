@@ -130,8 +130,9 @@ impl Default for ConnectionConfig {
 /// Packet records kept for reuse.
 const INFO_POOL: usize = 4096;
 
-/// The most bytes one transmit of several segments carries: what one UDP GSO send can
-/// (65,535 less the IPv6 and UDP headers; the IPv4 limit is higher).
+/// The most bytes one transmit of several segments carries, so that one UDP GSO send takes
+/// it whole (the kernels' limits are 65,507 bytes over IPv4 and 65,527 over IPv6; the
+/// reactor's UDP sockets split larger batches at this size).
 pub const MAX_TRANSMIT_BYTES: usize = 65_487;
 
 /// Which end this is.
@@ -402,6 +403,9 @@ pub struct Connection {
     /// The codepoints of the packets received, for ACK_ECN.
     ecn_rx: EcnCounts,
     pacing_until: Option<Instant>,
+    /// The last packet built found the window unfilled for want of sendable data (RFC 9002
+    /// §7.8): acknowledgments do not grow the window meanwhile.
+    app_limited: bool,
     probes: u8,
     last_rx: Instant,
     connected: bool,
@@ -591,6 +595,7 @@ impl Connection {
             ecn: EcnValidator::new(config.ecn),
             ecn_rx: EcnCounts::default(),
             pacing_until: None,
+            app_limited: false,
             // A client speaks first, with data if it has any, else a PING: the server
             // learns its address (and the session attaches) from that packet.
             probes: u8::from(side == Side::Client),
@@ -1131,7 +1136,7 @@ impl Connection {
                 self.acked_packets.push((p.time, p.bytes));
             }
         }
-        self.cc.on_ack_packets(now, &self.acked_packets, false, &self.rtt);
+        self.cc.on_ack_packets(now, &self.acked_packets, self.app_limited, &self.rtt);
         self.acked_packets.clear();
         if acked_large {
             self.mtu.on_large_acked();
@@ -1479,8 +1484,15 @@ impl Connection {
         let ack_due = self.acks.ack_due(now);
         let probing = self.probes > 0;
         let cwnd_room = self.recovery.bytes_in_flight() + size as u64 <= self.cc.window();
-        let want_data = (self.has_data() || self.has_controls() || !self.path_responses.is_empty())
-            && (cwnd_room || probing);
+        let has_stuff = self.has_data() || self.has_controls() || !self.path_responses.is_empty();
+        let want_data = has_stuff && (cwnd_room || probing);
+        // RFC 9002 §7.8: while the window is not what holds the sender back (nothing to
+        // send, or flow control), it must not grow; it may once the window limits again.
+        if !cwnd_room {
+            self.app_limited = false;
+        } else if !has_stuff {
+            self.app_limited = true;
+        }
         // Pacing applies to what counts against the window.
         let paced = want_data
             && !probing
@@ -1519,6 +1531,10 @@ impl Connection {
             self.put_controls(buf, limit, &mut info);
             self.put_datagrams(buf, limit, size, &mut info);
             self.put_data(buf, limit, &mut info);
+            if info.is_empty() && !probing {
+                // Something waits but none of it may go (flow control): not the window.
+                self.app_limited = true;
+            }
             eliciting |= !info.is_empty();
             if probing && !eliciting {
                 frame::put_ping(buf);

@@ -78,6 +78,12 @@ thread_local! {
         const { std::cell::Cell::new(CipherSuite::ChaCha20Poly1305) };
 }
 
+thread_local! {
+    /// The multiplexing limits [`connection_with`] gives its connections (the default unless
+    /// a test sets others first).
+    static MUX: std::cell::Cell<MuxConfig> = std::cell::Cell::new(MuxConfig::default());
+}
+
 fn params() -> SessionParams {
     SessionParams {
         unreliable: Vec::new(),
@@ -128,7 +134,7 @@ fn connection_with(
     p.channels = ids.to_vec();
     p.unreliable = unreliable.to_vec();
     let info = SessionInfo { session_id: [1; 16], client: None };
-    let mux = Mux::new(ids, &procs, info, MuxConfig::default());
+    let mux = Mux::new(ids, &procs, info, MUX.get());
     let mut conn = Connection::new(side, &p, cid, remote, mux, config, now);
     conn.mux().start(Arc::new(NoWake));
     conn
@@ -379,6 +385,25 @@ fn eight_channels_cross_both_ways_at_10_percent_loss() {
 #[test]
 fn eight_channels_cross_both_ways_at_30_percent_loss() {
     lossy(0.30);
+}
+
+#[test]
+fn a_window_flow_control_keeps_unfilled_does_not_grow() {
+    // Flow control holds each end to 64 KiB in flight: the congestion window is never what
+    // limits, so acknowledgments must not grow it (RFC 9002 §7.8). Grown by every
+    // acknowledged byte in slow start, it would end above 2 MiB.
+    MUX.set(MuxConfig {
+        channel_window: 8 << 10,
+        max_channel_window: 8 << 10,
+        conn_window: 64 << 10,
+        max_conn_window: 64 << 10,
+        ..MuxConfig::default()
+    });
+    let p = transfer(3, LinkConfig::default());
+    for e in &p.ends {
+        let w = e.conn.window();
+        assert!(w <= 256 << 10, "window {w} after a transfer never above 64 KiB in flight");
+    }
 }
 
 #[test]
