@@ -233,10 +233,12 @@ impl Counters {
 }
 
 /// Counter mode over the text of `p`, in place, and (with `HASH`) GHASH over its input
-/// (associated data, padding, ciphertext, padding, the two bit lengths), in one pass:
-/// sealing hashes the text it has just encrypted, opening the text before it decrypts it.
-/// Eight registers of key stream per pass, then a pass of as many as the rest needs.
-/// Returns S (the tag before its mask; zeros without `HASH`).
+/// (associated data, padding, ciphertext, padding, the two bit lengths), in one pass of up
+/// to eight registers of key stream at a time. The hashing is interleaved with the AES
+/// rounds, one 64-byte group per round, so that the carry-less multiplier works while the
+/// AES unit does: opening hashes the groups a pass is about to decrypt (read before it
+/// writes them), sealing the groups the pass before encrypted. Returns S (the tag before its
+/// mask; zeros without `HASH`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,vaes,vpclmulqdq,ssse3")]
 fn crypt<const SEAL: bool, const HASH: bool>(
     rk: &[__m512i; 15],
@@ -245,7 +247,8 @@ fn crypt<const SEAL: bool, const HASH: bool>(
 ) -> [u8; 16] {
     let bswap = _mm512_broadcast_i32x4(bswap128());
     let aad_blocks = p.aad_len.div_ceil(16);
-    let n = aad_blocks + p.text_len.div_ceil(16) + 1;
+    let len = p.text_len;
+    let n = aad_blocks + len.div_ceil(16) + 1;
     let mut g = Ghash::new(keys, aad_blocks, n);
     if HASH && aad_blocks > 0 {
         // SAFETY: the masked load reads only the `aad_len` (<= 64) bytes of associated data
@@ -253,88 +256,106 @@ fn crypt<const SEAL: bool, const HASH: bool>(
         let d = unsafe { _mm512_maskz_loadu_epi8(low_bytes(p.aad_len), p.base.cast()) };
         g.absorb(_mm512_shuffle_epi8(d, bswap), 0, aad_blocks);
     }
-    let len = p.text_len;
+    let text = p.text();
+    // Text bytes hashed so far (whole groups of 64, the last one partial).
+    let mut hashed = 0usize;
+    // Hashes the next group of ciphertext, as it is in the buffer, if it is before `$end`.
+    macro_rules! hash_next {
+        ($end:expr) => {
+            if HASH && hashed < $end {
+                let rest = len - hashed;
+                let src = text.wrapping_add(hashed);
+                let d = if rest >= 64 {
+                    // SAFETY: 64 bytes of text from `src` (hashed + 64 <= text_len).
+                    unsafe { _mm512_loadu_si512(src.cast()) }
+                } else {
+                    // SAFETY: the masked load reads only the `rest` bytes left of the text;
+                    // the padding comes out zero.
+                    unsafe { _mm512_maskz_loadu_epi8(low_bytes(rest), src.cast()) }
+                };
+                let j = aad_blocks + hashed / 16;
+                g.absorb(_mm512_shuffle_epi8(d, bswap), j, rest.div_ceil(16).min(4));
+                hashed += 64;
+            }
+        };
+    }
     let mut c = Counters::new(p);
     let mut at = 0;
-    // The ciphertext of a pass, hashed here so that the sums stay in registers.
-    macro_rules! absorb {
-        ($ct:expr) => {{
-            let ct = $ct;
-            if HASH {
-                for (k, ct) in ct.iter().enumerate() {
-                    let off = at + 64 * k;
-                    let j = aad_blocks + off / 16;
-                    g.absorb(_mm512_shuffle_epi8(*ct, bswap), j, (len - off).div_ceil(16).min(4));
-                }
+    // One pass of `$n` registers from text byte `at`.
+    macro_rules! pass {
+        ($n:literal) => {{
+            // What this pass may hash: sealing, what earlier passes wrote; opening, its own
+            // groups too, before it overwrites them.
+            let end = if SEAL { at } else { len.min(at + 64 * $n) };
+            let mut x = [_mm512_setzero_si512(); $n];
+            for v in &mut x {
+                *v = c.take(rk[0]);
             }
+            for r in &rk[1..14] {
+                for v in &mut x {
+                    *v = _mm512_aesenc_epi128(*v, *r);
+                }
+                hash_next!(end);
+            }
+            for (k, v) in x.iter().enumerate() {
+                let ks = _mm512_aesenclast_epi128(*v, rk[14]);
+                xor_text(p, at + 64 * k, ks);
+            }
+            at += 64 * $n;
         }};
     }
-    while len - at >= 512 {
-        absorb!(pass::<8, SEAL>(rk, &mut c, p, at));
-        at += 512;
+    while at < len {
+        match (len - at).div_ceil(64) {
+            1 => pass!(1),
+            2 => pass!(2),
+            3 => pass!(3),
+            4 => pass!(4),
+            5 => pass!(5),
+            6 => pass!(6),
+            7 => pass!(7),
+            _ => pass!(8),
+        }
     }
-    match (len - at).div_ceil(64) {
-        0 => {}
-        1 => absorb!(pass::<1, SEAL>(rk, &mut c, p, at)),
-        2 => absorb!(pass::<2, SEAL>(rk, &mut c, p, at)),
-        3 => absorb!(pass::<3, SEAL>(rk, &mut c, p, at)),
-        4 => absorb!(pass::<4, SEAL>(rk, &mut c, p, at)),
-        5 => absorb!(pass::<5, SEAL>(rk, &mut c, p, at)),
-        6 => absorb!(pass::<6, SEAL>(rk, &mut c, p, at)),
-        7 => absorb!(pass::<7, SEAL>(rk, &mut c, p, at)),
-        _ => absorb!(pass::<8, SEAL>(rk, &mut c, p, at)),
+    if !HASH {
+        return [0; 16];
+    }
+    while hashed < len {
+        hash_next!(len);
     }
     let mut lengths = [0u8; 16];
     lengths[..8].copy_from_slice(&(p.aad_len as u64 * 8).to_be_bytes());
     lengths[8..].copy_from_slice(&(len as u64 * 8).to_be_bytes());
-    if !HASH {
-        return [0; 16];
-    }
     let l = _mm512_zextsi128_si512(_mm_shuffle_epi8(ld128(&lengths), bswap128()));
     g.absorb(l, n - 1, 1);
     g.finish()
 }
 
-/// `N` registers of key stream XORed into the text of `p` from byte `at` (as much of them
-/// as the text has); returns the ciphertext, zero past the text's end.
+/// XORs `ks` into the text of `p` from byte `at` (as many of its 64 bytes as the text has
+/// there).
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,vaes")]
-fn pass<const N: usize, const SEAL: bool>(
-    rk: &[__m512i; 15],
-    c: &mut Counters,
-    p: &Part,
-    at: usize,
-) -> [__m512i; N] {
-    let mut x = [_mm512_setzero_si512(); N];
-    for v in &mut x {
-        *v = c.take(rk[0]);
+#[target_feature(enable = "avx512f,avx512bw")]
+fn xor_text(p: &Part, at: usize, ks: __m512i) {
+    if at >= p.text_len {
+        return;
     }
-    rounds(&mut x, rk);
-    for (k, v) in x.iter_mut().enumerate() {
-        let off = at + 64 * k;
-        let rest = p.text_len - off;
-        let dst = p.text().wrapping_add(off);
-        *v = if rest >= 64 {
-            // SAFETY: 64 bytes of the text from `dst` (off + 64 <= text_len), inside the
-            // borrowed buffer.
-            let t = unsafe { _mm512_loadu_si512(dst.cast()) };
-            let out = _mm512_xor_si512(t, *v);
-            // SAFETY: as the load above.
-            unsafe { _mm512_storeu_si512(dst.cast(), out) };
-            if SEAL { out } else { t }
-        } else {
-            let mask = low_bytes(rest);
-            // SAFETY: the masked load and store touch only the `rest` bytes left of the
-            // text from `dst`, inside the borrowed buffer.
-            let t = unsafe { _mm512_maskz_loadu_epi8(mask, dst.cast()) };
-            let out = _mm512_xor_si512(t, *v);
-            // SAFETY: as the load above.
-            unsafe { _mm512_mask_storeu_epi8(dst.cast(), mask, out) };
-            // The key stream past the text is not hashed: zero padding is.
-            if SEAL { _mm512_maskz_mov_epi8(mask, out) } else { t }
-        };
+    let len = p.text_len - at;
+    let dst = p.text().wrapping_add(at);
+    if len >= 64 {
+        // SAFETY: 64 bytes of the text from `dst` (at + 64 <= text_len), inside the
+        // borrowed buffer.
+        unsafe {
+            let v = _mm512_loadu_si512(dst.cast());
+            _mm512_storeu_si512(dst.cast(), _mm512_xor_si512(v, ks));
+        }
+    } else {
+        let mask = low_bytes(len);
+        // SAFETY: the masked load and store touch only the `len` bytes of the text from
+        // `dst` (at + len = text_len), inside the borrowed buffer.
+        unsafe {
+            let v = _mm512_maskz_loadu_epi8(mask, dst.cast());
+            _mm512_mask_storeu_epi8(dst.cast(), mask, _mm512_xor_si512(v, ks));
+        }
     }
-    x
 }
 
 /// A message's GHASH as it is absorbed: the unreduced sums of the products of its blocks

@@ -112,6 +112,9 @@ pub struct AeadKey {
     /// IFMA for ChaCha20-Poly1305; VAES and VPCLMULQDQ for AES-256-GCM, whose powers of the
     /// hash key take 1.5 KiB that a key never used for batches should not carry).
     batch: std::sync::OnceLock<Option<dap_crypto::BatchKey>>,
+    /// Whether this CPU runs the batch code for the cipher (asked once: the UDP engine asks
+    /// for every packet).
+    batches: bool,
     suite: CipherSuite,
     /// The bytes it was made from, for [`secret`](Self::secret); wiped on drop.
     secret: zeroize::Zeroizing<[u8; KEY_LEN]>,
@@ -132,13 +135,14 @@ impl AeadKey {
         AeadKey {
             key: aead::LessSafeKey::new(unbound),
             batch: std::sync::OnceLock::new(),
+            batches: dap_crypto::available(Self::batch_cipher(suite)),
             suite,
             secret: (*secret).into(),
         }
     }
 
-    fn batch_cipher(&self) -> dap_crypto::Cipher {
-        match self.suite {
+    fn batch_cipher(suite: CipherSuite) -> dap_crypto::Cipher {
+        match suite {
             CipherSuite::ChaCha20Poly1305 => dap_crypto::Cipher::ChaCha20Poly1305,
             CipherSuite::Aes256Gcm => dap_crypto::Cipher::Aes256Gcm,
         }
@@ -146,7 +150,7 @@ impl AeadKey {
 
     fn batch_key(&self) -> Option<&dap_crypto::BatchKey> {
         self.batch
-            .get_or_init(|| dap_crypto::BatchKey::new(self.batch_cipher(), &self.secret))
+            .get_or_init(|| dap_crypto::BatchKey::new(Self::batch_cipher(self.suite), &self.secret))
             .as_ref()
     }
 
@@ -154,7 +158,7 @@ impl AeadKey {
     /// a batch faster than one message at a time would (the CPU runs `dap-crypto`'s batch
     /// code for this cipher); they work either way.
     pub fn batches(&self) -> bool {
-        dap_crypto::available(self.batch_cipher())
+        self.batches
     }
 
     /// Seals every message of `msgs` in place, each tag in the last [`TAG_LEN`] bytes of
