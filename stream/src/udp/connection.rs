@@ -127,8 +127,9 @@ impl Default for ConnectionConfig {
     }
 }
 
-/// Packet records kept for reuse.
-const INFO_POOL: usize = 4096;
+/// What one sent packet carried: inline up to two items (a data range and the ECN marker,
+/// the usual packet), on the heap past that.
+type Info = smallvec::SmallVec<[Sent; 2]>;
 
 /// The most bytes one transmit of several segments carries, so that one UDP GSO send takes
 /// it whole (the kernels' limits are 65,507 bytes over IPv4 and 65,527 over IPv6; the
@@ -393,7 +394,7 @@ pub struct Connection {
     index: [u8; 128],
     conn_credit: Ctl,
     conn_blocked: Ctl,
-    recovery: Recovery<Vec<Sent>>,
+    recovery: Recovery<Info>,
     acks: AckTracker,
     rtt: RttEstimator,
     cc: Box<dyn Controller>,
@@ -425,7 +426,6 @@ pub struct Connection {
     intake_stopped: bool,
     path_responses: VecDeque<[u8; 8]>,
     /// Records of acknowledged or lost packets, kept for new packets.
-    info_pool: Vec<Vec<Sent>>,
     /// The ranges of the ACK being processed (kept for the next).
     ack_ranges: Vec<std::ops::RangeInclusive<u64>>,
     /// The (sent, bytes) of the in-flight packets an ACK acknowledged (kept for the next).
@@ -613,7 +613,6 @@ impl Connection {
             path_responses: VecDeque::new(),
             datagrams: VecDeque::new(),
             datagram_bytes: 0,
-            info_pool: Vec::new(),
             ack_ranges: Vec::new(),
             acked_packets: Vec::new(),
         }
@@ -1162,23 +1161,12 @@ impl Connection {
         if !out.acked.is_empty() {
             self.probes = 0;
         }
-        for (_, p) in out.acked {
-            self.recycle(p.info);
-        }
-    }
-
-    /// Keeps a packet's record for the next packet (no allocation per packet).
-    fn recycle(&mut self, mut info: Vec<Sent>) {
-        if self.info_pool.len() < INFO_POOL {
-            info.clear();
-            self.info_pool.push(info);
-        }
     }
 
     fn on_lost(
         &mut self,
         now: Instant,
-        lost: Vec<(u64, SentPacket<Vec<Sent>>)>,
+        lost: Vec<(u64, SentPacket<Info>)>,
         persistent: bool,
         acked_large: bool,
     ) {
@@ -1214,7 +1202,6 @@ impl Connection {
                     Sent::Blocked(Some(i)) => self.chans[i].blocked.lost(),
                 }
             }
-            self.recycle(p.info);
         }
         if let Some(sent) = newest {
             self.stats.persistent_congestion += persistent as u64;
@@ -1478,7 +1465,7 @@ impl Connection {
     fn build_packet(&mut self, now: Instant, buf: &mut Vec<u8>, size: usize) -> bool {
         let start = packet::begin(buf);
         let limit = start + size - dap_net::enc::cipher::TAG_LEN;
-        let mut info = self.info_pool.pop().unwrap_or_default();
+        let mut info = Info::new();
         let mut eliciting = false;
         // An ACK when one is due, or riding along with anything else.
         let ack_due = self.acks.ack_due(now);
@@ -1604,7 +1591,7 @@ impl Connection {
         if let Some(p) = self.path.as_mut() {
             p.on_sent(size as u64);
         }
-        let mut info = vec![Sent::MtuProbe(size)];
+        let mut info: Info = smallvec::smallvec![Sent::MtuProbe(size)];
         let mark = self.ecn.mark();
         self.ecn.on_sent(mark);
         if mark == Ecn::Ect0 {
@@ -1622,7 +1609,7 @@ impl Connection {
         Some(Transmit { destination, size: buf.len(), segment_size: None, ecn })
     }
 
-    fn put_controls(&mut self, buf: &mut Vec<u8>, limit: usize, info: &mut Vec<Sent>) {
+    fn put_controls(&mut self, buf: &mut Vec<u8>, limit: usize, info: &mut Info) {
         let mut one = |ctl: &mut Ctl, credit: bool, chan: u8, who: Option<usize>| {
             if ctl.pending && buf.len() + frame::CONTROL_LEN <= limit {
                 let v = ctl.latest.expect("pending has a value");
@@ -1646,13 +1633,7 @@ impl Connection {
 
     /// Unreliable messages, oldest first, as many as fit; one too large for any packet of
     /// `size` bytes is dropped.
-    fn put_datagrams(
-        &mut self,
-        buf: &mut Vec<u8>,
-        limit: usize,
-        size: usize,
-        info: &mut Vec<Sent>,
-    ) {
+    fn put_datagrams(&mut self, buf: &mut Vec<u8>, limit: usize, size: usize, info: &mut Info) {
         while let Some((chan, ty, data)) = self.datagrams.front() {
             let need = frame::DATAGRAM_OVERHEAD + data.len();
             if need > size - packet::OVERHEAD {
@@ -1669,7 +1650,7 @@ impl Connection {
         }
     }
 
-    fn put_data(&mut self, buf: &mut Vec<u8>, limit: usize, info: &mut Vec<Sent>) {
+    fn put_data(&mut self, buf: &mut Vec<u8>, limit: usize, info: &mut Info) {
         let n = self.chans.len();
         // Channels take turns, starting one further each packet; each fills what room is
         // left (in several frames where its bytes are not contiguous: lost ranges, or the
