@@ -127,8 +127,8 @@ impl Limits {
             ("udp_recv_batch", self.udp_recv_batch, crate::sys::udp::MAX_RECV_BATCH),
             ("udp_gso_segments", self.udp_gso_segments, crate::sys::udp::MAX_GSO_SEGMENTS),
             // The kernel takes an int (and doubles it).
-            ("udp_recv_buffer", self.udp_recv_buffer, 1 << 30),
-            ("udp_send_buffer", self.udp_send_buffer, 1 << 30),
+            ("udp_recv_buffer", self.udp_recv_buffer, crate::sys::udp::MAX_SOCKET_BUFFER),
+            ("udp_send_buffer", self.udp_send_buffer, crate::sys::udp::MAX_SOCKET_BUFFER),
         ];
         if let Some((name, _, max)) = allocated.iter().find(|(_, v, max)| v > max) {
             return Err(std::io::Error::new(

@@ -1004,8 +1004,9 @@ impl Config {
         range("udp.max_udp_payload", u.max_udp_payload, 1200, 65_527)?;
         range("udp.max_connections", u.max_connections, 1, 1 << 24)?;
         range("udp.gso_segments", u.gso_segments, 1, 64)?;
-        range("udp.recv_buffer", u.recv_buffer, 0, 1 << 30)?;
-        range("udp.send_buffer", u.send_buffer, 0, 1 << 30)?;
+        // Linux keeps twice the request in an int.
+        range("udp.recv_buffer", u.recv_buffer, 0, (i32::MAX / 2) as usize)?;
+        range("udp.send_buffer", u.send_buffer, 0, (i32::MAX / 2) as usize)?;
         range("udp.max_reorder", u.max_reorder, 65_536, 1 << 34)?;
         range("udp.max_reorder_total", u.max_reorder_total, 65_536, 1 << 34)?;
         range("udp.max_tracked_packets", u.max_tracked_packets, 64, 1 << 24)?;

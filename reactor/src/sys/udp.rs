@@ -12,6 +12,7 @@ use std::mem::size_of;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use libc::c_int;
 use socket2::{Domain, SockAddr, SockRef, Type};
@@ -199,26 +200,33 @@ impl RecvBatch {
 /// fatal, and what the kernel granted is what the socket has.
 pub(crate) fn set_buffers(socket: &std::net::UdpSocket, recv: usize, send: usize) {
     let s = SockRef::from(socket);
+    static TOLD_RECV: AtomicBool = AtomicBool::new(false);
+    static TOLD_SEND: AtomicBool = AtomicBool::new(false);
     if recv > 0 {
         let set = s.set_recv_buffer_size(recv).and_then(|()| s.recv_buffer_size());
-        report_buffer("receive", "net.core.rmem_max", recv, set);
+        report_buffer("receive", "net.core.rmem_max", recv, set, &TOLD_RECV);
     }
     if send > 0 {
         let set = s.set_send_buffer_size(send).and_then(|()| s.send_buffer_size());
-        report_buffer("send", "net.core.wmem_max", send, set);
+        report_buffer("send", "net.core.wmem_max", send, set, &TOLD_SEND);
     }
 }
 
-fn report_buffer(which: &str, sysctl: &str, asked: usize, granted: io::Result<usize>) {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    static TOLD_RECV: AtomicBool = AtomicBool::new(false);
-    static TOLD_SEND: AtomicBool = AtomicBool::new(false);
+/// The largest buffer to ask for: Linux keeps twice the request in an int.
+pub(crate) const MAX_SOCKET_BUFFER: usize = (i32::MAX / 2) as usize;
+
+fn report_buffer(
+    which: &str,
+    sysctl: &str,
+    asked: usize,
+    granted: io::Result<usize>,
+    told: &AtomicBool,
+) {
     // Linux keeps twice what is asked (half of it for its bookkeeping) and reports that.
     let full = if cfg!(target_os = "linux") { asked.saturating_mul(2) } else { asked };
     match granted {
         Ok(got) if got >= full => {}
         Ok(got) => {
-            let told = if which == "receive" { &TOLD_RECV } else { &TOLD_SEND };
             if !told.swap(true, Ordering::Relaxed) {
                 tracing::info!(
                     asked,

@@ -127,9 +127,9 @@ impl Default for ConnectionConfig {
     }
 }
 
-/// What one sent packet carried: inline up to two items (a data range and the ECN marker,
-/// the usual packet), on the heap past that.
-type Info = smallvec::SmallVec<[Sent; 2]>;
+/// What one sent packet carried: inline up to three items (a data range, an ACK riding
+/// along and the ECN marker: the usual packet), on the heap past that.
+type Info = smallvec::SmallVec<[Sent; 3]>;
 
 /// The most bytes one transmit of several segments carries, so that one UDP GSO send takes
 /// it whole (the kernels' limits are 65,507 bytes over IPv4 and 65,527 over IPv6; the
@@ -404,8 +404,9 @@ pub struct Connection {
     /// The codepoints of the packets received, for ACK_ECN.
     ecn_rx: EcnCounts,
     pacing_until: Option<Instant>,
-    /// The last packet built found the window unfilled for want of sendable data (RFC 9002
-    /// §7.8): acknowledgments do not grow the window meanwhile.
+    /// The last packet built found the window with room and nothing it could send (flow
+    /// control holds data back in the mux, so that shows as nothing to send): RFC 9002
+    /// §7.8, acknowledgments do not grow the window meanwhile.
     app_limited: bool,
     probes: u8,
     last_rx: Instant,
@@ -425,7 +426,6 @@ pub struct Connection {
     /// No channel data is taken, no message handed on ([`Connection::stop_intake`]).
     intake_stopped: bool,
     path_responses: VecDeque<[u8; 8]>,
-    /// Records of acknowledged or lost packets, kept for new packets.
     /// The ranges of the ACK being processed (kept for the next).
     ack_ranges: Vec<std::ops::RangeInclusive<u64>>,
     /// The (sent, bytes) of the in-flight packets an ACK acknowledged (kept for the next).
@@ -1477,7 +1477,9 @@ impl Connection {
         // send, or flow control), it must not grow; it may once the window limits again.
         if !cwnd_room {
             self.app_limited = false;
-        } else if !has_stuff {
+        } else if !has_stuff || self.recovery.is_full() {
+            // Nothing the mux admitted is waiting, or the record of packets in flight is
+            // full: either way not the window.
             self.app_limited = true;
         }
         // Pacing applies to what counts against the window.
@@ -1519,7 +1521,8 @@ impl Connection {
             self.put_datagrams(buf, limit, size, &mut info);
             self.put_data(buf, limit, &mut info);
             if info.is_empty() && !probing {
-                // Something waits but none of it may go (flow control): not the window.
+                // Something waited but none of it went (an unreliable message too large,
+                // control frames that did not fit beside an ACK): not the window.
                 self.app_limited = true;
             }
             eliciting |= !info.is_empty();

@@ -65,6 +65,9 @@ pub struct Cubic {
     hystart: HyStart,
     /// The state just before the most recent reduction, to undo it if it proves spurious.
     undo: Option<Undo>,
+    /// Since when the sender has been leaving the window unfilled (application- or
+    /// flow-control-limited): that time does not count in the epoch's `t`.
+    app_limited_since: Option<Instant>,
 }
 
 /// CUBIC's state before a congestion event (RFC 9438 §4.9: `cwnd`, `ssthresh`, `W_max`,
@@ -96,6 +99,7 @@ impl Cubic {
             last_w_max: 0.0,
             hystart: HyStart::new(),
             undo: None,
+            app_limited_since: None,
         }
     }
 
@@ -125,7 +129,18 @@ impl Controller for Cubic {
         app_limited: bool,
         rtt: &RttEstimator,
     ) {
-        if app_limited || self.in_recovery(sent) {
+        if app_limited {
+            // RFC 9438 §5.8: the window does not grow, and the epoch's clock stops, so that
+            // W_cubic does not leap ahead when the sender fills the window again.
+            self.app_limited_since.get_or_insert(now);
+            return;
+        }
+        if let Some(since) = self.app_limited_since.take()
+            && let Some(e) = self.epoch.as_mut()
+        {
+            e.start += now.saturating_duration_since(since);
+        }
+        if self.in_recovery(sent) {
             return;
         }
         if self.window < self.ssthresh {

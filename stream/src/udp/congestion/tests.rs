@@ -69,6 +69,35 @@ fn app_limited_acks_grow_nothing() {
 }
 
 #[test]
+fn time_spent_app_limited_does_not_count_in_cubics_epoch() {
+    // Two CUBIC senders reduce at the same window; one then leaves it unfilled for 60 s.
+    // Back to filling it, it must climb as the other does from the same point of its epoch,
+    // not as if 60 s of the cubic had passed (which would send it to 1.5x per round).
+    let t0 = Instant::now();
+    let mut a = Cubic::new(CubicConfig::default(), MSS);
+    let mut now = t0;
+    while a.window() < 1000 * MSS {
+        now = round(&mut a, now);
+    }
+    let mut b = a.clone();
+    a.on_congestion_event(now, now, false, MSS);
+    b.on_congestion_event(now, now, false, MSS);
+    let reduced = a.window();
+    let idle = Duration::from_secs(60);
+    for k in 0..600u32 {
+        let at = now + Duration::from_millis(100) * k;
+        b.on_ack(at + RTT, at, MSS, true, &rtt());
+    }
+    assert_eq!(b.window(), reduced, "app-limited acknowledgments grow nothing");
+    let a_next = round(&mut a, now + Duration::from_micros(1));
+    let b_next = round(&mut b, now + idle + Duration::from_micros(1));
+    assert!(b_next > a_next);
+    let (wa, wb) = (a.window() as f64, b.window() as f64);
+    assert!((wb - wa).abs() / wa < 0.01, "after the pause {wb}, without it {wa}");
+    assert!(wb < reduced as f64 * 1.1, "grew {reduced} -> {wb} in one round");
+}
+
+#[test]
 fn cubic_reduces_by_beta_and_climbs_back_to_w_max_around_k() {
     let t0 = Instant::now();
     let mut c = Cubic::new(CubicConfig::default(), MSS);
