@@ -104,6 +104,10 @@ pub struct ConnectionConfig {
     /// Packets sealed under one key before moving to the next (2^20; never more than half
     /// the cipher's confidentiality limit).
     pub rekey_packets: u64,
+    /// Seal a transmit's packets and open a receive batch's in one AEAD call where the CPU
+    /// runs `dap-crypto`'s batch code (on); off, one packet at a time, as on a CPU without
+    /// it (to compare, or to test that path).
+    pub batch_aead: bool,
 }
 
 impl Default for ConnectionConfig {
@@ -123,6 +127,7 @@ impl Default for ConnectionConfig {
             max_datagram_queue: 256 << 10,
             ecn: true,
             rekey_packets: crate::session::DEFAULT_REKEY_PACKETS,
+            batch_aead: true,
         }
     }
 }
@@ -832,7 +837,7 @@ impl Connection {
     /// over every packet of the current key phase at once (where the cipher has batch code,
     /// [`AeadKey::batches`](dap_net::enc::cipher::AeadKey::batches)).
     pub fn handle_datagrams(&mut self, now: Instant, batch: &mut [Incoming<'_>]) {
-        if batch.len() < 2 || !self.recv_keys.current().0.batches() {
+        if batch.len() < 2 || !self.config.batch_aead || !self.recv_keys.current().0.batches() {
             for d in batch {
                 self.handle_datagram_ecn(now, d.from, d.ecn, d.data);
             }
@@ -1549,7 +1554,7 @@ impl Connection {
         }
         // Sealed with the rest of the transmit where the cipher runs batches faster; at once
         // otherwise, while the packet is still in the nearest cache.
-        let pn = if self.send_keys.current().batches() {
+        let pn = if self.config.batch_aead && self.send_keys.current().batches() {
             self.seal_later(buf, start)
         } else {
             self.seal(buf, start)

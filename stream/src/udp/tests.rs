@@ -409,6 +409,26 @@ fn a_window_flow_control_keeps_unfilled_does_not_grow() {
 }
 
 #[test]
+fn one_packet_at_a_time_through_the_aead_carries_a_lossy_transfer_too() {
+    // The path a CPU without the batch AEAD takes: every packet sealed and opened alone.
+    for suite in CipherSuite::ALL {
+        SUITE.set(suite);
+        let link = LinkConfig {
+            loss: 0.05,
+            duplicate: 0.02,
+            jitter: Duration::from_millis(8),
+            ..LinkConfig::default()
+        };
+        let config = ConnectionConfig { batch_aead: false, ..ConnectionConfig::default() };
+        let mut p = Pair::with_config(17, link, config);
+        p.drive(Duration::from_secs(600));
+        p.check();
+        let s = p.ends[0].conn.stats();
+        assert!(s.lost > 0 && s.retransmitted > 0, "{suite:?}: {s:?}");
+    }
+}
+
+#[test]
 fn eight_channels_cross_both_ways_at_10_percent_loss_under_aes_256_gcm() {
     // The batch AEAD runs AES-256-GCM too where the CPU has VAES: the same transfer under it.
     SUITE.set(CipherSuite::Aes256Gcm);
