@@ -60,7 +60,12 @@ impl EncTest {
         let mut http = HttpServer::new(HttpConfig::default());
         enc.install(&mut http);
         let limits = RouteLimits::methods(&["GET", "POST", "HEAD"]).max_body(64 * 1024);
-        enc.add_route(&mut http, "/api/", limits, api);
+        enc.add_route(&mut http, "/api/", limits.clone(), api);
+        // Answers the name of the thread it ran on.
+        enc.add_cheap_route(&mut http, "/cheap/", limits, |_| {
+            let name = std::thread::current().name().unwrap_or("?").to_string();
+            Response::new(200).body(name)
+        });
         let http = http
             .start(&reactor, Server::builder().tcp("127.0.0.1:0".parse().unwrap()))
             .expect("start");
@@ -319,6 +324,22 @@ fn a_pinned_node_key_that_does_not_match_fails_the_handshake() {
     // Unpinned, the client learns the key and may pin it from then on.
     let s = t.handshake(&[], None, None).unwrap();
     assert_eq!(s.node_key(), t.enc.node_public_key());
+}
+
+#[test]
+fn a_cheap_route_runs_where_the_handshakes_run() {
+    for on_worker in [false, true] {
+        let mut config = EncConfig::default();
+        config.handshake_on_worker = on_worker;
+        let t = EncTest::start(config);
+        let s = t.session();
+        let resp = t.call(&s, &EncCall::new(Method::Post, "/cheap/", "x").body(&b"hi"[..]));
+        let resp = resp.unwrap();
+        assert_eq!(resp.status, 200);
+        let thread = String::from_utf8(resp.body.to_vec()).unwrap();
+        let want = if on_worker { "dap-worker-" } else { "dap-proc-" };
+        assert!(thread.starts_with(want), "on_worker {on_worker}: ran on {thread}");
+    }
 }
 
 #[test]

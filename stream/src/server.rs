@@ -755,7 +755,8 @@ impl StreamServer {
         let server = self.clone();
         // A sealed request is at most 4 + 32 channel bytes plus the tag.
         let limits = RouteLimits::methods(&["POST"]).max_body(1024);
-        enc.add_route(http, STREAM_CTL_PATH, limits, move |req| {
+        // Cheap and non-blocking: on the worker when the handshakes are.
+        enc.add_cheap_route(http, STREAM_CTL_PATH, limits, move |req| {
             match server.stream_ctl(&req.body, req.client, Instant::now()) {
                 Ok(answer) => Response::new(200).body(answer),
                 Err(e) => Response::text(e.status(), e.to_string()),

@@ -48,9 +48,10 @@ pub struct EncConfig {
     /// The largest `/enc_init` body accepted; beyond: 413. Default 4 KiB (a version-1
     /// request is at most 153 bytes; the rest is room for a post-quantum KEM).
     pub max_init_body: u64,
-    /// Run `/enc_init` on the connection's worker instead of a proc thread. A handshake
-    /// costs two X25519 and one or two Ed25519 operations (about 0.1–0.2 ms), so the
-    /// default (`false`) keeps that off the event loop.
+    /// Run `/enc_init` on the connection's worker instead of a proc thread, and with it the
+    /// cheap enc routes ([`EncServer::add_cheap_route`](crate::enc::EncServer::add_cheap_route):
+    /// `/stream_ctl`). A handshake costs two X25519 and one or two Ed25519 operations
+    /// (about 30 µs on the server), so the default (`false`) keeps that off the event loop.
     pub handshake_on_worker: bool,
     /// Handshakes per source address block (`docs/PROTOCOL.md` §3.7): beyond it, `429
     /// rate-limited` with `Retry-After`. Default 100 per second with bursts of 1,000 per /32

@@ -25,8 +25,11 @@
 use std::fmt;
 use std::time::Duration;
 
-use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
-use ring::rand::SystemRandom;
+// AWS-LC's X25519 (s2n-bignum's verified x86-64 code): half ring's cost per handshake on
+// this machine (docs/BENCHMARKS.md, "Set-ups"). Its `PrivateKey` (not the ephemeral type)
+// so that the test vectors can give fixed keys; each one is still used for one handshake
+// only and dropped (AWS-LC wipes it when freed).
+use aws_lc_rs::agreement::{self, PrivateKey as EphemeralPrivateKey, UnparsedPublicKey, X25519};
 
 use super::cipher::{self, AeadKey, CipherSuite, KEY_LEN};
 use super::config::ClientAuth;
@@ -87,12 +90,13 @@ pub fn transcript_hash(request: &[u8], response_unsigned: &[u8]) -> [u8; 32] {
 }
 
 /// X25519 with the peer's public key; `None` for an all-zero result (a small-order peer
-/// key), which ring also refuses.
+/// key), which AWS-LC also refuses. The private key is consumed: one handshake each.
 fn agree(private: EphemeralPrivateKey, peer: &[u8; X25519_LEN]) -> Option<[u8; 32]> {
-    let shared = agreement::agree_ephemeral(private, &UnparsedPublicKey::new(&X25519, peer), |s| {
-        <[u8; 32]>::try_from(s).ok()
+    let shared = agreement::agree(&private, UnparsedPublicKey::new(&X25519, peer), (), |s| {
+        <[u8; 32]>::try_from(s).map_err(|_| ())
     })
-    .ok()??;
+    .ok()?;
+    drop(private);
     // Checked here too, so that the rule does not rest on one library's behaviour.
     (!cipher::ct_eq(&shared, &[0u8; 32])).then_some(shared)
 }
@@ -103,8 +107,8 @@ fn public_of(private: &EphemeralPrivateKey) -> [u8; X25519_LEN] {
 }
 
 fn new_ephemeral() -> EphemeralPrivateKey {
-    EphemeralPrivateKey::generate(&X25519, &SystemRandom::new())
-        .expect("the OS random source failed")
+    // AWS-LC draws the scalar from its CSPRNG (seeded by the OS).
+    EphemeralPrivateKey::generate(&X25519).expect("the random source failed")
 }
 
 /// Why a client could not finish a handshake.

@@ -1,5 +1,4 @@
 //! Unit tests and published test vectors of the handshake (`docs/PROTOCOL.md` §2.5, §3.7).
-#![allow(deprecated)] // ring::test::rand: the only way to give ring fixed X25519 keys
 
 use super::*;
 use crate::enc::allow_list::AllowList;
@@ -16,10 +15,9 @@ fn arr32(s: &str) -> [u8; 32] {
     unhex(s).try_into().unwrap()
 }
 
-/// A fixed X25519 private key (ring draws them only from an RNG).
+/// A fixed X25519 private key.
 fn fixed_ephemeral(private: &[u8; 32]) -> EphemeralPrivateKey {
-    let rng = ring::test::rand::FixedSliceRandom { bytes: private };
-    EphemeralPrivateKey::generate(&X25519, &rng).unwrap()
+    EphemeralPrivateKey::from_private_key(&X25519, private).unwrap()
 }
 
 // RFC 7748 §6.1: Alice is the client's ephemeral key, Bob the server's.

@@ -30,7 +30,11 @@ use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use ring::signature::{self, Ed25519KeyPair, KeyPair as _};
+// Signing and verifying with AWS-LC (s2n-bignum's x86-64 Ed25519: a third of ring's cost
+// to sign, three quarters to verify, on this machine: docs/BENCHMARKS.md, "Set-ups"); the
+// key file's PKCS#8 structure is still checked by ring, which also compares a v2 file's
+// public key with its seed.
+use aws_lc_rs::signature::{self, Ed25519KeyPair, KeyPair as _};
 
 /// Length of an Ed25519 public key (bytes).
 pub const PUBLIC_KEY_LEN: usize = 32;
@@ -101,8 +105,9 @@ impl SigningKey {
 
     fn from_pkcs8(der: &[u8]) -> Result<Self, KeyFileError> {
         // ring checks the structure (v1 or v2) and, for v2, that the public key matches.
-        let parsed = Ed25519KeyPair::from_pkcs8(der)
-            .or_else(|_| Ed25519KeyPair::from_pkcs8_maybe_unchecked(der))
+        use ring::signature::{Ed25519KeyPair as Parsed, KeyPair as _};
+        let parsed = Parsed::from_pkcs8(der)
+            .or_else(|_| Parsed::from_pkcs8_maybe_unchecked(der))
             .map_err(|_| KeyFileError::BadKey("not an Ed25519 PKCS#8 key"))?;
         // Both versions start with the same 16 bytes up to the seed (the version byte aside);
         // the seed is kept so the key can be written again.
@@ -392,13 +397,13 @@ mod tests {
             assert!(is_weak_public_key(&key), "{h} with the sign bit");
         }
         assert!(!is_weak_public_key(&NodeKey::from_seed(&SEED).public_key()));
-        // The all-zero key (order 4) with the all-zero signature: ring accepts it for about
-        // one message in four; dap never does.
+        // The all-zero key (order 4) with the all-zero signature: the library accepts it for
+        // some messages; dap never does.
         let (key, sig) = ([0u8; 32], [0u8; 64]);
-        let ring_accepts = |m: &[u8]| {
+        let lib_accepts = |m: &[u8]| {
             signature::UnparsedPublicKey::new(&signature::ED25519, &key).verify(m, &sig).is_ok()
         };
-        let forged = (0u32..256).map(|i| i.to_be_bytes()).find(|m| ring_accepts(m));
+        let forged = (0u32..256).map(|i| i.to_be_bytes()).find(|m| lib_accepts(m));
         let forged = forged.expect("a message that verifies under the zero key");
         assert!(!verify(&key, &forged, &sig));
     }
@@ -411,10 +416,11 @@ mod tests {
         let back = NodeKey::from_pem(&pem).unwrap();
         assert_eq!(back.public_key(), key.public_key());
         // ring's PKCS#8 v2 (with the public key) is read too.
-        let v2 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+        use ring::signature::{Ed25519KeyPair as RingPair, KeyPair as _};
+        let v2 = RingPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
         let text = format!("{PEM_BEGIN}\n{}\n{PEM_END}\n", STANDARD.encode(v2.as_ref()));
         let key = ClientCert::from_pem(&text).unwrap();
-        let want = Ed25519KeyPair::from_pkcs8(v2.as_ref()).unwrap();
+        let want = RingPair::from_pkcs8(v2.as_ref()).unwrap();
         assert_eq!(key.public_key()[..], *want.public_key().as_ref());
     }
 

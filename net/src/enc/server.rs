@@ -314,6 +314,30 @@ impl EncServer {
         });
     }
 
+    /// [`add_route`](Self::add_route), run on the connection's worker instead of a proc
+    /// thread when the handshakes are
+    /// ([`EncConfig::handshake_on_worker`]): for handlers that are cheap and never block
+    /// (`/stream_ctl`), which then cost no hand-off to a proc thread and back. Once the
+    /// node shares keys with a cluster ([`share_keys`](Self::share_keys), which must come
+    /// first), opening a request may fetch its key from the cluster, so the route stays on
+    /// a proc thread.
+    pub fn add_cheap_route(
+        &self,
+        http: &mut HttpServer,
+        prefix: &str,
+        limits: RouteLimits,
+        handler: impl Fn(&EncRequest) -> Response + Send + Sync + 'static,
+    ) {
+        if !(self.inner.config.handshake_on_worker && self.shared().is_none()) {
+            return self.add_route(http, prefix, limits, handler);
+        }
+        let me = self.clone();
+        let owned_prefix = prefix.to_string();
+        http.add_inline_prefix(prefix, limits, move |req| {
+            me.serve_request(&owned_prefix, req, &handler, Instant::now())
+        });
+    }
+
     /// Loads a key another node of the cluster made; `UnknownKey` when none has it,
     /// `Busy` when the local store is full of keys in use.
     fn fetch_shared(&self, key_id: &KeyId, now: Instant) -> Result<(), Refusal> {

@@ -155,6 +155,19 @@ impl HttpServer {
         self
     }
 
+    /// Routes every path starting with `prefix` to `handler`, run on the connection's worker
+    /// like [`add_inline`](Self::add_inline): cheap answers that never block.
+    pub fn add_inline_prefix(
+        &mut self,
+        prefix: &str,
+        limits: RouteLimits,
+        handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
+    ) -> &mut Self {
+        let kind = RouteKind::Simple { f: Arc::new(handler), inline: true };
+        self.router.add_prefix(prefix, Route { kind, limits });
+        self
+    }
+
     /// Freezes the routes and returns the connection factory, for use with any listener
     /// (e.g. behind TLS), and the counters.
     pub fn into_factory(
