@@ -35,6 +35,9 @@ pub(super) struct AesKeys {
     /// `rpow[k]` = H^(POWERS - k), byte-reflected (`rpow[POWERS - 1]` is H), then three
     /// zero blocks so that four consecutive entries can always be loaded.
     rpow: [[u8; 16]; POWERS + 3],
+    /// `kpow[k]`: the XOR of the two 64-bit halves of `rpow[k]`, in both halves (the
+    /// Karatsuba middle operand), then three zero blocks.
+    kpow: [[u8; 16]; POWERS + 3],
 }
 
 impl Drop for AesKeys {
@@ -42,6 +45,7 @@ impl Drop for AesKeys {
         use zeroize::Zeroize;
         self.rk.zeroize();
         self.rpow.zeroize();
+        self.kpow.zeroize();
     }
 }
 
@@ -93,12 +97,23 @@ pub(super) unsafe fn expand(key: &[u8; 32]) -> Box<AesKeys> {
     }
     x = _mm_aesenclast_si128(x, rk[14]);
     let h = _mm512_zextsi128_si512(_mm_shuffle_epi8(x, bswap128()));
-    let mut keys = Box::new(AesKeys { rk: rk.map(|k| st128(k)), rpow: [[0; 16]; POWERS + 3] });
+    let mut keys = Box::new(AesKeys {
+        rk: rk.map(|k| st128(k)),
+        rpow: [[0; 16]; POWERS + 3],
+        kpow: [[0; 16]; POWERS + 3],
+    });
     let mut p = h;
     keys.rpow[POWERS - 1] = st128(_mm512_castsi512_si128(p));
     for k in (0..POWERS - 1).rev() {
         p = gfmul(p, h);
         keys.rpow[k] = st128(_mm512_castsi512_si128(p));
+    }
+    for k in 0..POWERS {
+        let r = keys.rpow[k];
+        for i in 0..8 {
+            keys.kpow[k][i] = r[i] ^ r[i + 8];
+            keys.kpow[k][i + 8] = r[i] ^ r[i + 8];
+        }
     }
     keys
 }
@@ -362,6 +377,7 @@ fn xor_text(p: &Part, at: usize, ks: __m512i) {
 /// with their powers of H, over the current run of blocks.
 struct Ghash<'k> {
     rpow: &'k [[u8; 16]; POWERS + 3],
+    kpow: &'k [[u8; 16]; POWERS + 3],
     /// Blocks of associated data (the first text block's index).
     aad_blocks: usize,
     /// Blocks in all.
@@ -372,6 +388,9 @@ struct Ghash<'k> {
     start: usize,
     /// The reduced hash of the runs before (lane 0).
     x: __m512i,
+    /// The sums of the low halves' products, of the high halves', and of the Karatsuba
+    /// middle products ((a_lo + a_hi)(b_lo + b_hi); the cross terms are this plus the
+    /// other two).
     lo: __m512i,
     mid: __m512i,
     hi: __m512i,
@@ -382,8 +401,18 @@ impl<'k> Ghash<'k> {
     #[target_feature(enable = "avx512f")]
     fn new(keys: &'k AesKeys, aad_blocks: usize, n: usize) -> Self {
         let z = _mm512_setzero_si512();
-        let mut g =
-            Ghash { rpow: &keys.rpow, aad_blocks, n, end: 0, start: 0, x: z, lo: z, mid: z, hi: z };
+        let mut g = Ghash {
+            rpow: &keys.rpow,
+            kpow: &keys.kpow,
+            aad_blocks,
+            n,
+            end: 0,
+            start: 0,
+            x: z,
+            lo: z,
+            mid: z,
+            hi: z,
+        };
         g.end = g.run_end(0);
         g
     }
@@ -408,8 +437,7 @@ impl<'k> Ghash<'k> {
             // Runs end only where groups start: this group starts the next run.
             debug_assert_eq!(j, self.end);
             // (`fold` leaves the sum in every lane: only lane 0's joins the next block.)
-            self.x =
-                _mm512_maskz_mov_epi64(0b11, reduce(fold(self.lo), fold(self.mid), fold(self.hi)));
+            self.x = _mm512_maskz_mov_epi64(0b11, self.sum());
             let z = _mm512_setzero_si512();
             (self.lo, self.mid, self.hi) = (z, z, z);
             self.start = j;
@@ -422,23 +450,30 @@ impl<'k> Ghash<'k> {
         // powers against zero lanes of `d`).
         // SAFETY: end - j is 1..=POWERS, so entries POWERS - (end - j) .. + 4 are inside the
         // table (its three zero blocks included).
-        let h = unsafe { _mm512_loadu_si512(self.rpow[POWERS - (self.end - j)..].as_ptr().cast()) };
+        let at = POWERS - (self.end - j);
+        let h = unsafe { _mm512_loadu_si512(self.rpow[at..].as_ptr().cast()) };
+        // SAFETY: as above, in the table of the same length.
+        let k = unsafe { _mm512_loadu_si512(self.kpow[at..].as_ptr().cast()) };
+        // d_lo + d_hi in each lane's low half.
+        let dk = _mm512_xor_si512(d, _mm512_shuffle_epi32::<0b01_00_11_10>(d));
         self.lo = _mm512_xor_si512(self.lo, _mm512_clmulepi64_epi128::<0x00>(d, h));
         self.hi = _mm512_xor_si512(self.hi, _mm512_clmulepi64_epi128::<0x11>(d, h));
-        self.mid = _mm512_xor_si512(
-            self.mid,
-            _mm512_xor_si512(
-                _mm512_clmulepi64_epi128::<0x10>(d, h),
-                _mm512_clmulepi64_epi128::<0x01>(d, h),
-            ),
-        );
+        self.mid = _mm512_xor_si512(self.mid, _mm512_clmulepi64_epi128::<0x00>(dk, k));
+    }
+
+    /// The reduced sum of the run so far, in every lane.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn sum(&self) -> __m512i {
+        let (lo, hi) = (fold(self.lo), fold(self.hi));
+        reduce(lo, _mm512_xor_si512(fold(self.mid), _mm512_xor_si512(lo, hi)), hi)
     }
 
     /// The hash (S before the tag's mask), in GCM's byte order.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,ssse3")]
     fn finish(&self) -> [u8; 16] {
-        let x = reduce(fold(self.lo), fold(self.mid), fold(self.hi));
+        let x = self.sum();
         st128(_mm_shuffle_epi8(_mm512_castsi512_si128(x), bswap128()))
     }
 }
