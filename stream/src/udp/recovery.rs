@@ -185,9 +185,25 @@ impl<F> SentMap<F> {
         true
     }
 
-    /// The index of the first slot numbered `pn` or above.
+    /// The index of the first slot numbered `pn` or above. Numbers rise by at least one a
+    /// slot, so it is at most `pn` less the first number, and exactly that while every
+    /// number sent is held (the common case: found without a search).
     fn index(&self, pn: u64) -> usize {
-        self.slots.partition_point(|(n, _)| *n < pn)
+        let Some(&(first, _)) = self.slots.front() else { return 0 };
+        let at_most = pn.saturating_sub(first).min(self.slots.len() as u64) as usize;
+        if self.slots.get(at_most).is_some_and(|(n, _)| *n == pn) {
+            return at_most;
+        }
+        let (mut lo, mut hi) = (0, at_most);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.slots[mid].0 < pn {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 
     fn remove(&mut self, pn: u64) -> Option<SentPacket<F>> {
@@ -605,6 +621,35 @@ mod tests {
 
     fn pkt(time: Instant) -> SentPacket<()> {
         SentPacket { time, bytes: 1200, ack_eliciting: true, in_flight: true, info: () }
+    }
+
+    #[test]
+    fn the_sent_map_finds_numbers_with_and_without_gaps() {
+        let t = Instant::now();
+        let mut m = SentMap::new();
+        assert_eq!(m.index(5), 0);
+        // Dense from 10, then gaps (numbers not held: untracked packets).
+        let held: Vec<u64> = (10..20).chain([22, 23, 30, 31, 32, 40]).collect();
+        for &pn in &held {
+            assert!(m.insert(pn, pkt(t)));
+        }
+        for pn in 0..45 {
+            let want = held.partition_point(|&n| n < pn);
+            assert_eq!(m.index(pn), want, "pn {pn}");
+        }
+        // Holes at the front are dropped (the search starts from the new first number),
+        // others stay as slots.
+        assert!(m.remove(10).is_some());
+        assert!(m.remove(12).is_some());
+        assert_eq!(m.index(11), 0);
+        assert_eq!(m.index(12), 1);
+        assert_eq!(m.index(13), 2);
+        let mut taken = Vec::new();
+        m.take_range(13..=30, |n, _| taken.push(n));
+        assert_eq!(taken, [13, 14, 15, 16, 17, 18, 19, 22, 23, 30]);
+        assert_eq!(m.len(), 4);
+        assert_eq!(m.index(31), 12);
+        assert_eq!(m.index(41), 15);
     }
 
     #[test]
