@@ -369,7 +369,9 @@ pub struct EncSection {
     pub max_allow_list: usize,
     /// The largest `/enc_init` body.
     pub max_init_body: u64,
-    /// Run handshakes on the worker instead of a proc thread (faster on few cores).
+    /// Run handshakes, and `/stream_ctl` with them, on the worker instead of a proc thread
+    /// (no hand-off per request: faster on few cores). Not in a cluster, whose key store
+    /// may block.
     pub handshake_on_worker: bool,
     /// A key no request has used expires this long after its handshake.
     pub key_unused_ttl_s: u64,
