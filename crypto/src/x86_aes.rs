@@ -448,9 +448,9 @@ impl<'k> Ghash<'k> {
         }
         // H^(end - j) for block j, then the lower powers; past the run's end, zeros (or
         // powers against zero lanes of `d`).
-        // SAFETY: end - j is 1..=POWERS, so entries POWERS - (end - j) .. + 4 are inside the
-        // table (its three zero blocks included).
         let at = POWERS - (self.end - j);
+        // SAFETY: end - j is 1..=POWERS, so entries `at .. at + 4` are inside the table
+        // (its three zero blocks included).
         let h = unsafe { _mm512_loadu_si512(self.rpow[at..].as_ptr().cast()) };
         // SAFETY: as above, in the table of the same length.
         let k = unsafe { _mm512_loadu_si512(self.kpow[at..].as_ptr().cast()) };
