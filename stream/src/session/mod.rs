@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use dap_net::enc::cipher::{CipherSuite, KEY_LEN, hkdf_sha256};
 
+#[cfg(test)]
+pub(crate) use table::FULL_SWEEP_EVERY;
+pub(crate) use table::SweepGate;
 pub use table::{AttachError, SessionTable, TableFull};
 
 use crate::codec::packet::{self, Direction, KeyChain, Opener, Sealer};

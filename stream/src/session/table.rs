@@ -1,7 +1,7 @@
 //! The server's table of sessions: created by stream_ctl, attached once by a stream.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -34,6 +34,31 @@ pub enum AttachError {
     AlreadyAttached,
 }
 
+/// The least time between two sweeps of a full table for expired entries. A full table is
+/// what an attacker holding a key aims for (stream_ctl after stream_ctl, never attaching);
+/// each refusal must then cost little, not a pass over every entry, on whichever thread
+/// answers stream_ctl (the connection's worker with `handshake_on_worker`). At worst a
+/// session is refused for this long after room appeared.
+pub(crate) const FULL_SWEEP_EVERY: Duration = Duration::from_millis(50);
+
+/// When a full table may be swept for expired entries: at once the first time, then at
+/// most every [`FULL_SWEEP_EVERY`].
+#[derive(Debug, Default)]
+pub(crate) struct SweepGate {
+    last: Option<Instant>,
+}
+
+impl SweepGate {
+    /// Whether to sweep now (and if so, the sweep is counted as done at `now`).
+    pub(crate) fn due(&mut self, now: Instant) -> bool {
+        let due = self.last.is_none_or(|l| now.saturating_duration_since(l) >= FULL_SWEEP_EVERY);
+        if due {
+            self.last = Some(now);
+        }
+        due
+    }
+}
+
 /// Sessions by id: bounded, with pending sessions expiring at their connect deadline.
 pub struct SessionTable {
     inner: Mutex<Inner>,
@@ -45,6 +70,8 @@ struct Inner {
     /// Pending sessions that expired and were removed since the last call to
     /// [`SessionTable::take_expired`].
     expired: u64,
+    /// When the full table may be swept again.
+    sweep: SweepGate,
 }
 
 impl std::fmt::Debug for SessionTable {
@@ -56,7 +83,8 @@ impl std::fmt::Debug for SessionTable {
 impl SessionTable {
     /// A table holding at most `max` sessions (pending and attached).
     pub fn new(max: usize) -> Self {
-        SessionTable { inner: Mutex::new(Inner { map: HashMap::new(), expired: 0 }), max }
+        let inner = Inner { map: HashMap::new(), expired: 0, sweep: SweepGate::default() };
+        SessionTable { inner: Mutex::new(inner), max }
     }
 
     /// Sessions held now.
@@ -72,7 +100,8 @@ impl SessionTable {
     /// Adds a pending session that expires at `expires`.
     ///
     /// # Errors
-    /// [`TableFull`] when the table is at its bound after dropping expired sessions.
+    /// [`TableFull`] when the table is at its bound after dropping expired sessions (swept
+    /// at most every [`FULL_SWEEP_EVERY`] while it stays full).
     pub fn insert(
         &self,
         params: SessionParams,
@@ -81,7 +110,9 @@ impl SessionTable {
     ) -> Result<(), TableFull> {
         let mut g = self.inner.lock();
         if g.map.len() >= self.max {
-            Self::purge_locked(&mut g, now);
+            if g.sweep.due(now) {
+                Self::purge_locked(&mut g, now);
+            }
             if g.map.len() >= self.max {
                 return Err(TableFull);
             }
@@ -224,5 +255,25 @@ mod tests {
         t.purge(later);
         assert_eq!(t.take_expired(), 2);
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_full_table_is_swept_at_most_every_interval() {
+        let t = SessionTable::new(2);
+        let now = Instant::now();
+        let soon = now + Duration::from_millis(10);
+        t.insert(params(1), now, soon).unwrap();
+        t.insert(params(2), now, soon).unwrap();
+        // Full, nothing expired: swept (nothing to drop) and refused.
+        assert_eq!(t.insert(params(3), now, soon), Err(TableFull));
+        // Both expired now, but the last sweep was too recent: refused without a sweep.
+        let expired = soon + Duration::from_millis(1);
+        assert!(expired - now < FULL_SWEEP_EVERY);
+        assert_eq!(t.insert(params(3), expired, expired + FULL_SWEEP_EVERY), Err(TableFull));
+        assert_eq!(t.len(), 2);
+        // Once the interval has passed, the sweep makes room.
+        let next = now + FULL_SWEEP_EVERY;
+        t.insert(params(3), next, next + FULL_SWEEP_EVERY).unwrap();
+        assert_eq!((t.len(), t.take_expired()), (1, 2));
     }
 }

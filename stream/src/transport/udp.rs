@@ -136,6 +136,8 @@ pub(crate) struct UdpShared {
     workers: OnceLock<Vec<EsocketHandle>>,
     /// Connection ids handed out by stream_ctl and not yet used.
     pending: Mutex<HashMap<ConnectionId, Pending>>,
+    /// When the full `pending` may be swept for expired ids again (taken inside its lock).
+    sweep: Mutex<crate::session::SweepGate>,
     /// Round-robin choice of worker for new sessions.
     next: AtomicUsize,
     /// The counters.
@@ -156,6 +158,7 @@ impl UdpShared {
             port,
             workers: OnceLock::new(),
             pending: Mutex::new(HashMap::new()),
+            sweep: Mutex::new(Default::default()),
             next: AtomicUsize::new(0),
             counters: UdpCounters::default(),
             published: Mutex::new(Vec::new()),
@@ -203,7 +206,9 @@ impl UdpShared {
         let worker = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let mut pending = self.pending.lock();
         if pending.len() >= max {
-            pending.retain(|_, p| p.expires > now);
+            if self.sweep.lock().due(now) {
+                pending.retain(|_, p| p.expires > now);
+            }
             if pending.len() >= max {
                 return None;
             }
@@ -975,5 +980,31 @@ impl Handler for UdpClientConn {
             (self.events)(super::http::StreamEvent::Closed(super::StreamError::LocalClose));
         }
         self.conn.mux().close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::FULL_SWEEP_EVERY;
+
+    #[test]
+    fn full_pending_ids_are_swept_at_most_every_interval() {
+        let shared = UdpShared::new(1);
+        let now = Instant::now();
+        let soon = now + Duration::from_millis(10);
+        let a = shared.reserve([1; SESSION_ID_LEN], now, soon, 2, None).unwrap();
+        assert!(shared.reserve([2; SESSION_ID_LEN], now, soon, 2, None).is_some());
+        assert!(shared.reserve([3; SESSION_ID_LEN], now, soon, 2, None).is_none());
+        // Both expired, but the last sweep was too recent.
+        let expired = soon + Duration::from_millis(1);
+        assert!(shared.reserve([3; SESSION_ID_LEN], expired, expired, 2, None).is_none());
+        assert_eq!(shared.pending(&a), Some(false));
+        // Past the interval the expired ids go and the new one fits.
+        let next = now + FULL_SWEEP_EVERY;
+        let c = shared.reserve([3; SESSION_ID_LEN], next, next + FULL_SWEEP_EVERY, 2, None);
+        assert!(c.is_some());
+        assert_eq!(shared.pending(&a), None);
+        assert_eq!(shared.take(&c.unwrap()), Some([3; SESSION_ID_LEN]));
     }
 }
