@@ -7,7 +7,7 @@
 //!   `StreamServer` (`/stream_ctl`, `/stream/`; echo channels), one reactor worker pinned to
 //!   CPU 0 and its proc thread (also CPU 0). `dap-proc` runs `/enc_init` on the proc thread
 //!   (the default, `EncConfig::handshake_on_worker = false`), `dap-worker` on the worker.
-//!   `/stream_ctl` is an enc route and runs on the proc thread in both.
+//!   `/stream_ctl` is an enc route and runs where `/enc_init` does.
 //! - **rustls**: tokio-rustls on a `current_thread` tokio runtime, one thread pinned to CPU 0,
 //!   a task per connection that completes the server handshake (it has read the client's
 //!   Finished) and drops the connection. TLS 1.3 only, `TLS13_CHACHA20_POLY1305_SHA256`,

@@ -435,7 +435,7 @@ fn run_setups(
         procstat::can_pin_two_cpus()
     );
     println!(
-        "   dap-proc / dap-worker: POST /enc_init + POST /stream_ctl (UDP, channel E, AES-256-GCM) on a fresh TCP connection, then a fresh UDP socket: first datagram with a 1-byte message on E, its echo back; enc_init on the proc thread (the default) / on the reactor worker (EncConfig::handshake_on_worker, as quinn does its handshakes on its endpoint's thread)"
+        "   dap-proc / dap-worker: POST /enc_init + POST /stream_ctl (UDP, channel E, AES-256-GCM) on a fresh TCP connection, then a fresh UDP socket: first datagram with a 1-byte message on E, its echo back; enc_init and stream_ctl on the proc thread (the default) / on the reactor worker (EncConfig::handshake_on_worker, as quinn does its handshakes on its endpoint's thread)"
     );
     println!(
         "   quinn: full QUIC handshake (rustls, ring, TLS 1.3, AES-256-GCM, X25519, Ed25519 certificate, no resumption, no 0-RTT), then 1 byte each way on a bidirectional stream"

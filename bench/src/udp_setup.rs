@@ -20,8 +20,8 @@
 //! Servers, in this process, on CPU 0. dap: dap-net's `HttpServer` with `EncServer` and
 //! `StreamServer` (`/enc_init`, `/stream_ctl`), and the same `StreamServer` serving UDP
 //! (`serve_udp`) on the same reactor worker, with its proc thread (also CPU 0), in two
-//! modes as `dap-bench setup` runs them: `dap-proc`, `/enc_init` on the proc thread (the
-//! library's default), and `dap-worker`, on the reactor worker (as quinn does its
+//! modes as `dap-bench setup` runs them: `dap-proc`, `/enc_init` and `/stream_ctl` on the
+//! proc thread (the library's default), and `dap-worker`, on the reactor worker (as quinn does its
 //! handshakes on its endpoint's thread); the faster by median is reported. quinn: an endpoint on a current-thread tokio
 //! runtime, a task per connection that accepts the stream, echoes it and waits for the
 //! client's close. Both with their libraries' default transport settings (path MTU

@@ -329,7 +329,8 @@ impl StreamServer {
     /// id carrying the cluster's tag) takes it from the others, on a proc thread (the UDP
     /// worker holds the datagrams meanwhile, up to `udp_cluster_held`). A session made here
     /// is taken from the store too before it attaches here, so that it attaches once in the
-    /// cluster.
+    /// cluster. Call it before [`install`](Self::install): `/stream_ctl` then runs on proc
+    /// threads, as publishing may block.
     pub fn share_sessions(&self, shared: Arc<dyn SharedSessions>) {
         let _ = self.inner.shared.set(shared);
     }
@@ -755,13 +756,21 @@ impl StreamServer {
         let server = self.clone();
         // A sealed request is at most 4 + 32 channel bytes plus the tag.
         let limits = RouteLimits::methods(&["POST"]).max_body(1024);
-        // Cheap and non-blocking: on the worker when the handshakes are.
-        enc.add_cheap_route(http, STREAM_CTL_PATH, limits, move |req| {
-            match server.stream_ctl(&req.body, req.client, Instant::now()) {
-                Ok(answer) => Response::new(200).body(answer),
-                Err(e) => Response::text(e.status(), e.to_string()),
-            }
-        });
+        let handler = move |req: &dap_net::enc::EncRequest| match server.stream_ctl(
+            &req.body,
+            req.client,
+            Instant::now(),
+        ) {
+            Ok(answer) => Response::new(200).body(answer),
+            Err(e) => Response::text(e.status(), e.to_string()),
+        };
+        if self.inner.shared.get().is_some() {
+            // Publishing the session to the cluster may block: a proc thread.
+            enc.add_route(http, STREAM_CTL_PATH, limits, handler);
+        } else {
+            // Cheap and non-blocking: on the worker when the handshakes are.
+            enc.add_cheap_route(http, STREAM_CTL_PATH, limits, handler);
+        }
         self.install_stream_route(http);
     }
 

@@ -30,10 +30,12 @@ use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-// Signing and verifying with AWS-LC (s2n-bignum's x86-64 Ed25519: a third of ring's cost
-// to sign, three quarters to verify, on this machine: docs/BENCHMARKS.md, "Set-ups"); the
-// key file's PKCS#8 structure is still checked by ring, which also compares a v2 file's
-// public key with its seed.
+// Signing and verifying with AWS-LC (s2n-bignum's x86-64 Ed25519: about a third of ring's
+// cost to sign and three quarters to verify on this machine; `handshake_speed` prints
+// ring's). On x86-64 its point decoding is a little stricter than ring's (a public key
+// whose y is not reduced mod p, or x = 0 with the sign bit set, is refused): no key an
+// honest signer makes. The key file's PKCS#8 structure is still checked by ring, which also
+// compares a v2 file's public key with its seed.
 use aws_lc_rs::signature::{self, Ed25519KeyPair, KeyPair as _};
 
 /// Length of an Ed25519 public key (bytes).

@@ -178,7 +178,9 @@ impl EncServer {
     /// request with a key this node does not hold fetches it, and each request's number
     /// is claimed cluster-wide, so a request replayed to another node is refused as on
     /// this one. `/enc_init` then runs on proc threads whatever
-    /// [`EncConfig::handshake_on_worker`] says (publishing may block briefly).
+    /// [`EncConfig::handshake_on_worker`] says (publishing may block briefly). Call it
+    /// before [`install`](Self::install) and [`add_cheap_route`](Self::add_cheap_route),
+    /// which choose the thread when they are called.
     pub fn share_keys(&self, shared: Arc<dyn crate::enc::SharedKeys>) {
         let _ = self.inner.shared.set(shared);
     }

@@ -89,11 +89,35 @@ pub enum Frame<'a> {
     },
 }
 
-/// Reads the frame at the start of `buf`; returns it and the bytes it took.
+/// A frame's header, read before its payload is all there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Head {
+    /// A control frame: [`CONTROL_LEN`] bytes in all, header included.
+    Control,
+    /// A data frame whose `len` payload bytes follow the `head_len` bytes of its header.
+    Data {
+        /// The channel.
+        chan: u8,
+        /// The application's message type.
+        ty: u8,
+        /// `Some(total)` on the first frame of a message.
+        first: Option<u32>,
+        /// More frames of this message follow.
+        more: bool,
+        /// Payload bytes.
+        len: usize,
+        /// Header bytes.
+        head_len: usize,
+    },
+}
+
+/// Reads the header of the frame at the start of `buf`, checked as [`decode`] checks it;
+/// the payload need not be there.
 ///
 /// # Errors
-/// A frame that is truncated, has unknown flags or kinds, or names no valid channel.
-pub fn decode(buf: &[u8]) -> Result<(Frame<'_>, usize), DecodeError> {
+/// [`DecodeError::Truncated`] while `buf` is shorter than the header; the header errors of
+/// [`decode`] otherwise.
+pub fn decode_head(buf: &[u8]) -> Result<Head, DecodeError> {
     if buf.len() < HEADER_LEN {
         return Err(DecodeError::Truncated);
     }
@@ -115,29 +139,43 @@ pub fn decode(buf: &[u8]) -> Result<(Frame<'_>, usize), DecodeError> {
         if len != CONTROL_PAYLOAD_LEN {
             return Err(DecodeError::Malformed("control frame length"));
         }
-        let p = buf.get(HEADER_LEN..CONTROL_LEN).ok_or(DecodeError::Truncated)?;
-        let limit = u64::from_be_bytes(p.try_into().expect("8 bytes"));
-        let frame = if ty == Control::Credit as u8 {
-            Frame::Credit { chan, limit }
-        } else {
-            Frame::Blocked { chan, limit }
-        };
-        return Ok((frame, CONTROL_LEN));
+        return Ok(Head::Control);
     }
     if !valid_channel_id(chan) {
         return Err(DecodeError::Malformed("bad channel id"));
     }
-    let mut at = HEADER_LEN;
-    let first = if flags & FLAG_FIRST != 0 {
-        let t = buf.get(at..at + TOTAL_LEN).ok_or(DecodeError::Truncated)?;
-        at += TOTAL_LEN;
-        Some(u32::from_be_bytes([t[0], t[1], t[2], t[3]]))
+    let (first, head_len) = if flags & FLAG_FIRST != 0 {
+        let t = buf.get(HEADER_LEN..HEADER_LEN + TOTAL_LEN).ok_or(DecodeError::Truncated)?;
+        (Some(u32::from_be_bytes([t[0], t[1], t[2], t[3]])), HEADER_LEN + TOTAL_LEN)
     } else {
-        None
+        (None, HEADER_LEN)
     };
-    let payload = buf.get(at..at + len).ok_or(DecodeError::Truncated)?;
-    let frame = Frame::Data { chan, ty, first, more: flags & FLAG_MORE != 0, payload };
-    Ok((frame, at + len))
+    Ok(Head::Data { chan, ty, first, more: flags & FLAG_MORE != 0, len, head_len })
+}
+
+/// Reads the frame at the start of `buf`; returns it and the bytes it took.
+///
+/// # Errors
+/// A frame that is truncated, has unknown flags or kinds, or names no valid channel.
+pub fn decode(buf: &[u8]) -> Result<(Frame<'_>, usize), DecodeError> {
+    match decode_head(buf)? {
+        Head::Control => {
+            let p = buf.get(HEADER_LEN..CONTROL_LEN).ok_or(DecodeError::Truncated)?;
+            let limit = u64::from_be_bytes(p.try_into().expect("8 bytes"));
+            let chan = buf[0];
+            let frame = if buf[1] == Control::Credit as u8 {
+                Frame::Credit { chan, limit }
+            } else {
+                Frame::Blocked { chan, limit }
+            };
+            Ok((frame, CONTROL_LEN))
+        }
+        Head::Data { chan, ty, first, more, len, head_len } => {
+            let end = head_len.checked_add(len).ok_or(DecodeError::Truncated)?;
+            let payload = buf.get(head_len..end).ok_or(DecodeError::Truncated)?;
+            Ok((Frame::Data { chan, ty, first, more, payload }, end))
+        }
+    }
 }
 
 /// Bytes a data frame takes around its payload.

@@ -493,46 +493,58 @@ impl Mux {
                     }
                 }
                 Frame::Data { chan, ty, first, more, payload } => {
-                    let i = self.find(chan).ok_or(MuxError::UnknownChannel(chan))?;
-                    let n = payload.len() as u64;
-                    if self.chans[i].unreliable.is_none() {
-                        if self.conn.recv_total + n > self.conn.recv_limit {
-                            return Err(MuxError::FlowControl(CONNECTION));
-                        }
-                        self.conn.recv_total += n;
-                    }
-                    self.counters.bytes_in += n;
-                    if let Some(s) = &self.chans[i].stats {
-                        s.received(n);
-                    }
-                    let before = self.chans[i].partial_charged();
-                    let mut reserve = Reserve {
-                        budget: self.budget.as_deref(),
-                        session_room: self
-                            .config
-                            .max_session_reassembly
-                            .saturating_sub(self.partial_held),
-                        now: self.clock,
-                    };
-                    let r = self.chans[i].receive(
-                        ty,
-                        first,
-                        more,
-                        payload,
-                        self.config.max_message,
-                        &mut reserve,
-                    );
-                    self.partial_held =
-                        self.partial_held - before + self.chans[i].partial_charged();
-                    if matches!(r, Err(MuxError::OverBudget(_) | MuxError::SessionOverBudget(_))) {
-                        self.counters.reassembly_refused += 1;
-                    }
-                    r?;
+                    self.handle_data(chan, ty, first, more, payload)?;
                 }
             }
         }
         self.deliver();
         Ok(())
+    }
+
+    /// One data frame's payload, or a piece of it (a transport that receives a frame in
+    /// pieces, the UDP engine, passes each as it comes: the first with the frame's `first`,
+    /// every one but the last with `more`, the last with the frame's `more`; a message is
+    /// the concatenation of its pieces either way). Flow control, the message limit and
+    /// the reassembly budget apply to each piece. Messages it completes are handed to
+    /// handlers at the next [`deliver_now`](Self::deliver_now) or `handle_payload`.
+    pub(crate) fn handle_data(
+        &mut self,
+        chan: u8,
+        ty: u8,
+        first: Option<u32>,
+        more: bool,
+        payload: &[u8],
+    ) -> Result<(), MuxError> {
+        let i = self.find(chan).ok_or(MuxError::UnknownChannel(chan))?;
+        let n = payload.len() as u64;
+        if self.chans[i].unreliable.is_none() {
+            if self.conn.recv_total + n > self.conn.recv_limit {
+                return Err(MuxError::FlowControl(CONNECTION));
+            }
+            self.conn.recv_total += n;
+        }
+        self.counters.bytes_in += n;
+        if let Some(s) = &self.chans[i].stats {
+            s.received(n);
+        }
+        let before = self.chans[i].partial_charged();
+        let mut reserve = Reserve {
+            budget: self.budget.as_deref(),
+            session_room: self.config.max_session_reassembly.saturating_sub(self.partial_held),
+            now: self.clock,
+        };
+        let r =
+            self.chans[i].receive(ty, first, more, payload, self.config.max_message, &mut reserve);
+        self.partial_held = self.partial_held - before + self.chans[i].partial_charged();
+        if matches!(r, Err(MuxError::OverBudget(_) | MuxError::SessionOverBudget(_))) {
+            self.counters.reassembly_refused += 1;
+        }
+        r
+    }
+
+    /// Hands the messages completed so far to the handlers of channels that read.
+    pub(crate) fn deliver_now(&mut self) {
+        self.deliver();
     }
 
     /// The server is draining: no message is handed to a handler from now on, including

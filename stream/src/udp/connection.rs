@@ -346,13 +346,89 @@ impl Ctl {
     }
 }
 
+/// A channel's in-order stream cut back into §8 frames, payloads passed to the mux as they
+/// arrive: a frame's payload is never gathered first (a frame may be 16 KiB or, from a
+/// hostile peer, announce 4 GiB), so flow control, the message limit and the reassembly
+/// budget apply to each byte as it comes, and no byte is copied on the way in. Only a
+/// header split between packets is gathered, at most [`mux_frame::CONTROL_LEN`] bytes.
+#[derive(Debug, Default)]
+struct RxFrames {
+    /// The start of a frame whose header is not all there yet.
+    head: Vec<u8>,
+    /// The data frame whose payload is arriving.
+    frame: Option<InFrame>,
+}
+
+/// What is left of a data frame whose payload is arriving.
+#[derive(Clone, Copy, Debug)]
+struct InFrame {
+    chan: u8,
+    ty: u8,
+    /// The message total, until the first piece has gone.
+    first: Option<u32>,
+    more: bool,
+    /// Payload bytes still to come.
+    left: usize,
+}
+
+impl RxFrames {
+    /// Takes the next in-order bytes of the stream.
+    fn feed(&mut self, mux: &mut Mux, mut b: &[u8]) -> Result<(), crate::mux::MuxError> {
+        while !b.is_empty() {
+            if let Some(f) = self.frame.as_mut() {
+                let take = f.left.min(b.len());
+                let last = take == f.left;
+                let more = if last { f.more } else { true };
+                mux.handle_data(f.chan, f.ty, f.first.take(), more, &b[..take])?;
+                f.left -= take;
+                b = &b[take..];
+                if last {
+                    self.frame = None;
+                }
+                continue;
+            }
+            // A header, gathered until it decodes (most come whole within one packet).
+            let before = self.head.len();
+            let add = (mux_frame::CONTROL_LEN - before).min(b.len());
+            self.head.extend_from_slice(&b[..add]);
+            match mux_frame::decode_head(&self.head) {
+                Err(crate::codec::DecodeError::Truncated) => {
+                    b = &b[add..];
+                }
+                Err(e) => return Err(e.into()),
+                Ok(mux_frame::Head::Control) => {
+                    if self.head.len() < mux_frame::CONTROL_LEN {
+                        // All of `b` is in `head` (it would be full otherwise).
+                        b = &b[add..];
+                        continue;
+                    }
+                    mux.handle_payload(&self.head)?;
+                    b = &b[mux_frame::CONTROL_LEN - before..];
+                    self.head.clear();
+                }
+                Ok(mux_frame::Head::Data { chan, ty, first, more, len, head_len }) => {
+                    // The header did not decode from the `before` bytes alone.
+                    b = &b[head_len - before..];
+                    self.head.clear();
+                    if len == 0 {
+                        mux.handle_data(chan, ty, first, more, &[])?;
+                    } else {
+                        self.frame = Some(InFrame { chan, ty, first, more, left: len });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug)]
 struct ChanIo {
     id: u8,
     send: SendBuf,
     recv: Assembler,
-    /// Bytes of an incomplete §8 frame.
-    partial: Vec<u8>,
+    /// Where the channel's stream is in its §8 frames.
+    rx: RxFrames,
     credit: Ctl,
     blocked: Ctl,
 }
@@ -564,7 +640,7 @@ impl Connection {
                     id,
                     send: SendBuf::new(),
                     recv: Assembler::new(),
-                    partial: Vec::new(),
+                    rx: RxFrames::default(),
                     credit: Ctl::default(),
                     blocked: Ctl::default(),
                 }
@@ -1044,34 +1120,22 @@ impl Connection {
     fn on_data(&mut self, now: Instant, chan: u8, offset: u64, data: &[u8]) {
         let Some(i) = self.find(chan) else { return };
         self.mux.set_clock(now);
-        let c = &mut self.chans[i];
-        let partial = &mut c.partial;
+        let (c, mux) = (&mut self.chans[i], &mut self.mux);
+        let (recv, rx) = (&mut c.recv, &mut c.rx);
+        let mut result = Ok(());
+        // The flow-control limit is the mux's, checked on each piece of payload.
         let limit = u64::MAX;
-        if c.recv.insert(offset, data, limit, |b| partial.extend_from_slice(b)).is_err() {
+        let inserted = recv.insert(offset, data, limit, |b| {
+            if result.is_ok() {
+                result = rx.feed(mux, b);
+            }
+        });
+        if inserted.is_err() {
             return;
         }
-        // Whole §8 frames go to the mux, in order.
-        let mut at = 0;
-        let mut result = Ok(());
-        while at < c.partial.len() {
-            match mux_frame::decode(&c.partial[at..]) {
-                Ok((_, n)) => {
-                    result = self.mux.handle_payload(&c.partial[at..at + n]);
-                    at += n;
-                    if result.is_err() {
-                        break;
-                    }
-                }
-                Err(crate::codec::DecodeError::Truncated) => break,
-                Err(e) => {
-                    result = Err(e.into());
-                    break;
-                }
-            }
-        }
-        c.partial.drain(..at);
-        if let Err(e) = result {
-            self.mux_error(now, e);
+        match result {
+            Ok(()) => self.mux.deliver_now(),
+            Err(e) => self.mux_error(now, e),
         }
     }
 

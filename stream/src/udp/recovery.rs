@@ -150,9 +150,9 @@ pub enum Timeout<F> {
 }
 
 /// Sent packets by number, oldest first. Packet numbers only rise, so they sit in a deque
-/// in order: a number is found by binary search, a range is visited in one pass, and an
-/// acknowledged or lost packet leaves a hole that is dropped once it reaches the front. No
-/// tree node per packet, as a `BTreeMap` would take.
+/// in order: a number is found by its distance from the first (else by binary search), a
+/// range is visited in one pass, and an acknowledged or lost packet leaves a hole that is
+/// dropped once it reaches the front. No tree node per packet, as a `BTreeMap` would take.
 #[derive(Debug)]
 struct SentMap<F> {
     slots: VecDeque<(u64, Option<SentPacket<F>>)>,

@@ -1450,3 +1450,108 @@ fn datagrams_must_match_how_their_channel_was_chosen() {
         );
     }
 }
+
+/// A server connection on channel `A` whose messages go to `got`.
+fn sink_server(cid: ConnectionId, got: &Log, now: Instant) -> Connection {
+    let log = got.clone();
+    let handler = move |_| -> Box<dyn ChannelHandler> { Box::new(Sink(log.clone())) };
+    connection_with(Side::Server, cid, None, b"A", b"", handler, ConnectionConfig::default(), now)
+}
+
+/// Appends a §8 data frame on channel `A`.
+fn push_frame(out: &mut Vec<u8>, ty: u8, first: Option<u32>, more: bool, payload: &[u8]) {
+    let mut h = [0u8; crate::codec::frame::MAX_DATA_HEADER];
+    out.extend_from_slice(crate::codec::frame::data_header(
+        &mut h,
+        b'A',
+        ty,
+        first,
+        more,
+        payload.len(),
+    ));
+    out.extend_from_slice(payload);
+}
+
+#[test]
+fn frames_cut_anywhere_arrive_as_the_same_messages() {
+    let now = Instant::now();
+    let cid = ConnectionId([6; 8]);
+    let from = SocketAddr::from(([127, 0, 0, 1], 4000));
+    let mut p = params();
+    p.channels = b"A".to_vec();
+    // A one-frame message, a three-frame one, an empty one, and a last one-frame message.
+    let long: Vec<u8> = (0..700u32).map(|i| (i % 251) as u8).collect();
+    let mut stream = Vec::new();
+    push_frame(&mut stream, 1, Some(5), false, b"hello");
+    push_frame(&mut stream, 2, Some(700), true, &long[..300]);
+    push_frame(&mut stream, 2, None, true, &long[300..600]);
+    push_frame(&mut stream, 2, None, false, &long[600..]);
+    push_frame(&mut stream, 3, Some(0), false, b"");
+    push_frame(&mut stream, 4, Some(3), false, b"end");
+    let want: Vec<(u8, Vec<u8>)> =
+        vec![(1, b"hello".to_vec()), (2, long.clone()), (3, Vec::new()), (4, b"end".to_vec())];
+    for (cut, reversed) in [(1, false), (2, false), (5, false), (11, false), (64, false)]
+        .into_iter()
+        .chain([(usize::MAX, false), (3, true), (100, true)])
+    {
+        let got: Log = Log::default();
+        let mut c = sink_server(cid, &got, now);
+        let mut pieces: Vec<(usize, &[u8])> = stream
+            .chunks(cut.min(stream.len()))
+            .enumerate()
+            .map(|(k, b)| (k * cut.min(stream.len()), b))
+            .collect();
+        if reversed {
+            // Out of order: the reassembly holds them and hands them over at the end.
+            pieces.reverse();
+        }
+        for (pn, (offset, b)) in pieces.into_iter().enumerate() {
+            let mut f = Vec::new();
+            frame::put_channel_data(&mut f, b'A', offset as u64, b);
+            c.handle_datagram(now, from, &mut client_packet(&p, cid, pn as u64, &f));
+        }
+        let ev: Vec<Event> = std::iter::from_fn(|| c.poll_event()).collect();
+        assert!(!ev.iter().any(|e| matches!(e, Event::Closed(_))), "cut {cut}: {ev:?}");
+        let msgs: Vec<(u8, Vec<u8>)> = got.lock().iter().map(|m| (m.ty, m.data.to_vec())).collect();
+        assert_eq!(msgs, want, "cut {cut}, reversed {reversed}");
+    }
+}
+
+#[test]
+fn a_frame_announcing_gigabytes_is_refused_as_its_bytes_arrive() {
+    // The frame says 4 GiB, its message 64 KiB: the message's end is crossed after 64 KiB
+    // of payload, and the connection closes then, holding no more than that (before, the
+    // frame's bytes were gathered whole before the mux saw any of them).
+    let now = Instant::now();
+    let cid = ConnectionId([7; 8]);
+    let from = SocketAddr::from(([127, 0, 0, 1], 4000));
+    let mut p = params();
+    p.channels = b"A".to_vec();
+    let got: Log = Log::default();
+    let mut c = sink_server(cid, &got, now);
+    let mut h = [0u8; crate::codec::frame::MAX_DATA_HEADER];
+    let head = crate::codec::frame::data_header(&mut h, b'A', 1, Some(64 << 10), true, 0);
+    let mut head = head.to_vec();
+    head[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+    let chunk = [7u8; 1000];
+    let mut offset = 0u64;
+    let mut closed_after = None;
+    for pn in 0..200u64 {
+        let mut f = Vec::new();
+        let body: &[u8] = if pn == 0 { &head } else { &chunk };
+        frame::put_channel_data(&mut f, b'A', offset, body);
+        offset += body.len() as u64;
+        c.handle_datagram(now, from, &mut client_packet(&p, cid, pn, &f));
+        let ev: Vec<Event> = std::iter::from_fn(|| c.poll_event()).collect();
+        if ev
+            .iter()
+            .any(|e| matches!(e, Event::Closed(super::connection::CloseReason::Protocol(_))))
+        {
+            closed_after = Some(pn);
+            break;
+        }
+    }
+    // 66 chunks of 1,000 bytes pass 64 KiB.
+    assert_eq!(closed_after, Some(66), "closed once the message overran its total");
+    assert!(got.lock().is_empty());
+}
