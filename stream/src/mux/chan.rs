@@ -26,6 +26,20 @@ pub(crate) struct OutMsg {
     off: usize,
 }
 
+/// Where a payload passed to [`ChanState::receive`] sits in its frame.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Piece {
+    /// The frame's payload length; `None`: this payload is all of it.
+    pub(crate) frame_len: Option<usize>,
+    /// Whether the frame ends with this piece.
+    pub(crate) last: bool,
+}
+
+impl Piece {
+    /// A whole frame.
+    pub(crate) const WHOLE: Piece = Piece { frame_len: None, last: true };
+}
+
 /// A message being reassembled.
 #[derive(Debug)]
 struct Partial {
@@ -312,19 +326,27 @@ impl ChanState {
         Some(Sent { bytes: n, message_done: !more, credited: true })
     }
 
-    /// Takes one data frame from the peer.
+    /// Takes one data frame from the peer, or a piece of one: `piece` is `payload`'s place
+    /// in its frame. A transport that receives frames whole passes [`Piece::WHOLE`]; one
+    /// that passes a frame in pieces (the UDP engine) gives the frame's own `first` with the
+    /// first piece only, and the frame's `more` and length with every piece, so that each
+    /// rule is the one a whole frame meets: a frame that completes its message is not
+    /// charged to the reassembly budget, a one-frame message with it.
     pub(crate) fn receive(
         &mut self,
         ty: u8,
         first: Option<u32>,
         more: bool,
         payload: &[u8],
+        piece: Piece,
         max_message: usize,
         reserve: &mut Reserve<'_>,
     ) -> Result<(), MuxError> {
+        let frame_len = piece.frame_len.unwrap_or(payload.len());
         if let Some(max) = self.unreliable {
             // One message per frame, outside flow control; a full inbox drops it.
-            if first != Some(payload.len() as u32) || more {
+            if first != Some(frame_len as u32) || more || !piece.last || payload.len() != frame_len
+            {
                 return Err(MuxError::Fragment(self.id));
             }
             if payload.len() > max {
@@ -355,23 +377,30 @@ impl ChanState {
                 if total > max_message {
                     return Err(MuxError::MessageTooLarge { chan: self.id, total: total as u64 });
                 }
-                if payload.len() > total || (!more && payload.len() != total) {
+                if frame_len > total || (!more && frame_len != total) {
                     return Err(MuxError::Fragment(self.id));
                 }
-                if !more {
+                if !more && piece.last {
                     self.inbox.push_back(Message { ty, data: Bytes::copy_from_slice(payload) });
                     return Ok(());
                 }
-                // Reserve what the peer may send without further credit, at most the
-                // whole message: the announced total alone is the peer's word, not memory
-                // to hand out up front; past the window the buffer grows by doubling. The
-                // whole reservation is charged, not only the bytes in it.
                 let may_send = (self.recv_limit - self.recv_total + n) as usize;
                 let cap = total.min(may_send.max(self.window as usize)).max(payload.len());
-                reserve.take(cap, self.id)?;
+                let charged = if more {
+                    // Reserve what the peer may send without further credit, at most the
+                    // whole message: the announced total alone is the peer's word, not
+                    // memory to hand out up front; past the window the buffer grows by
+                    // doubling. The whole reservation is charged, not only the bytes in it.
+                    reserve.take(cap, self.id)?;
+                    cap
+                } else {
+                    // A one-frame message arriving in pieces: not charged, as it would not
+                    // be whole; flow control bounds it.
+                    0
+                };
                 let mut buf = Vec::with_capacity(cap);
                 buf.extend_from_slice(payload);
-                self.partial = Some(Partial { ty, total, buf, charged: cap, last: reserve.now });
+                self.partial = Some(Partial { ty, total, buf, charged, last: reserve.now });
             }
             (None, Some(p)) => {
                 if p.ty != ty || p.buf.len() + payload.len() > p.total {
@@ -391,7 +420,7 @@ impl ChanState {
                 }
                 p.buf.extend_from_slice(payload);
                 p.last = reserve.now;
-                if !more {
+                if !more && piece.last {
                     if p.buf.len() != p.total {
                         return Err(MuxError::Fragment(self.id));
                     }

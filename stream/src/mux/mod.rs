@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 pub use budget::ReassemblyBudget;
 pub(crate) use chan::ChanState;
+pub(crate) use chan::Piece;
 use chan::Reserve;
 
 use crate::channel::{Channel, ChannelProcs, ChannelUse, SessionInfo};
@@ -493,7 +494,7 @@ impl Mux {
                     }
                 }
                 Frame::Data { chan, ty, first, more, payload } => {
-                    self.handle_data(chan, ty, first, more, payload)?;
+                    self.handle_data(chan, ty, first, more, payload, Piece::WHOLE)?;
                 }
             }
         }
@@ -501,12 +502,12 @@ impl Mux {
         Ok(())
     }
 
-    /// One data frame's payload, or a piece of it (a transport that receives a frame in
-    /// pieces, the UDP engine, passes each as it comes: the first with the frame's `first`,
-    /// every one but the last with `more`, the last with the frame's `more`; a message is
-    /// the concatenation of its pieces either way). Flow control, the message limit and
-    /// the reassembly budget apply to each piece. Messages it completes are handed to
-    /// handlers at the next [`deliver_now`](Self::deliver_now) or `handle_payload`.
+    /// One data frame's payload, or a piece of it: a transport that receives a frame in
+    /// pieces (the UDP engine) passes each as it comes, the first with the frame's `first`,
+    /// every one with the frame's `more` and its place in the frame (`piece`), so that the
+    /// rules are those of the whole frame. Flow control applies to each piece as it comes.
+    /// Messages it completes are handed to handlers at the next
+    /// [`deliver_now`](Self::deliver_now) or `handle_payload`.
     pub(crate) fn handle_data(
         &mut self,
         chan: u8,
@@ -514,6 +515,7 @@ impl Mux {
         first: Option<u32>,
         more: bool,
         payload: &[u8],
+        piece: Piece,
     ) -> Result<(), MuxError> {
         let i = self.find(chan).ok_or(MuxError::UnknownChannel(chan))?;
         let n = payload.len() as u64;
@@ -533,8 +535,8 @@ impl Mux {
             session_room: self.config.max_session_reassembly.saturating_sub(self.partial_held),
             now: self.clock,
         };
-        let r =
-            self.chans[i].receive(ty, first, more, payload, self.config.max_message, &mut reserve);
+        let max = self.config.max_message;
+        let r = self.chans[i].receive(ty, first, more, payload, piece, max, &mut reserve);
         self.partial_held = self.partial_held - before + self.chans[i].partial_charged();
         if matches!(r, Err(MuxError::OverBudget(_) | MuxError::SessionOverBudget(_))) {
             self.counters.reassembly_refused += 1;

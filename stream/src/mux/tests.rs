@@ -604,6 +604,50 @@ fn a_session_holds_no_more_than_its_own_bound_in_unfinished_messages() {
     assert_eq!(q.b_log.lock().len(), 1);
 }
 
+/// A frame passed in pieces (as the UDP engine passes it) meets the rules of the whole
+/// frame: a one-frame message is not charged to the reassembly bounds (a whole one would
+/// not be), a longer message is from its first frame on, and a one-frame frame whose
+/// length is not its message's total is refused on its first piece.
+#[test]
+fn frames_in_pieces_are_charged_as_whole_frames() {
+    let c = MuxConfig {
+        channel_window: 1 << 20,
+        conn_window: 1 << 20,
+        max_message: 1 << 20,
+        max_session_reassembly: 150_000,
+        ..MuxConfig::default()
+    };
+    let pieces = |m: &mut Mux, first: Option<u32>, more: bool, len: usize| {
+        let data = vec![7u8; len];
+        let mut off = 0;
+        for (k, chunk) in data.chunks(1_000).enumerate() {
+            off += chunk.len();
+            let piece = Piece { frame_len: Some(len), last: off == len };
+            let f = if k == 0 { first } else { None };
+            m.handle_data(b'E', 1, f, more, chunk, piece)?;
+        }
+        m.deliver_now();
+        Ok::<(), MuxError>(())
+    };
+    let mut p = pair(b"E", c);
+    // A 200,000-byte one-frame message, over the session's bound, in 200 pieces.
+    pieces(&mut p.b, Some(200_000), false, 200_000).unwrap();
+    assert_eq!(p.b.partial_bytes(), 0);
+    assert_eq!(p.b_log.lock().len(), 1);
+    assert_eq!(p.b_log.lock()[0].1.data.len(), 200_000);
+    // A two-frame message: charged from its first frame until it completes.
+    pieces(&mut p.b, Some(140_000), true, 100_000).unwrap();
+    assert_eq!(p.b.partial_bytes(), 140_000);
+    pieces(&mut p.b, None, false, 40_000).unwrap();
+    assert_eq!(p.b.partial_bytes(), 0);
+    assert_eq!(p.b_log.lock().len(), 2);
+    // A one-frame frame announcing more than its message: refused at once.
+    let mut q = pair(b"E", c);
+    let piece = Piece { frame_len: Some(5_000), last: false };
+    let e = q.b.handle_data(b'E', 1, Some(4_000), false, &[7; 1_000], piece).unwrap_err();
+    assert_eq!(e, MuxError::Fragment(b'E'));
+}
+
 /// An unfinished message that gains no frame within the partial timeout is reported,
 /// however busy the session's other channels are.
 #[test]

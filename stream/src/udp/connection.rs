@@ -62,7 +62,7 @@ use super::send_buf::SendBuf;
 use crate::codec::frame as mux_frame;
 use crate::codec::keys::KeyChain;
 use crate::codec::packet::Direction;
-use crate::mux::{DataFrame, FrameSink, Mux};
+use crate::mux::{DataFrame, FrameSink, Mux, Piece};
 use crate::session::SessionParams;
 use crate::transport::CloseCode;
 use bytes::Bytes;
@@ -350,7 +350,8 @@ impl Ctl {
 /// arrive: a frame's payload is never gathered first (a frame may be 16 KiB or, from a
 /// hostile peer, announce 4 GiB), so flow control, the message limit and the reassembly
 /// budget apply to each byte as it comes, and no byte is copied on the way in. Only a
-/// header split between packets is gathered, at most [`mux_frame::CONTROL_LEN`] bytes.
+/// header split between packets is gathered, at most [`mux_frame::CONTROL_LEN`] bytes. A
+/// control frame, or a frame of another channel, in a channel's stream is a violation.
 #[derive(Debug, Default)]
 struct RxFrames {
     /// The start of a frame whose header is not all there yet.
@@ -367,19 +368,21 @@ struct InFrame {
     /// The message total, until the first piece has gone.
     first: Option<u32>,
     more: bool,
+    /// The frame's payload length.
+    len: usize,
     /// Payload bytes still to come.
     left: usize,
 }
 
 impl RxFrames {
-    /// Takes the next in-order bytes of the stream.
-    fn feed(&mut self, mux: &mut Mux, mut b: &[u8]) -> Result<(), crate::mux::MuxError> {
+    /// Takes the next in-order bytes of channel `id`'s stream.
+    fn feed(&mut self, id: u8, mux: &mut Mux, mut b: &[u8]) -> Result<(), crate::mux::MuxError> {
         while !b.is_empty() {
             if let Some(f) = self.frame.as_mut() {
                 let take = f.left.min(b.len());
                 let last = take == f.left;
-                let more = if last { f.more } else { true };
-                mux.handle_data(f.chan, f.ty, f.first.take(), more, &b[..take])?;
+                let piece = Piece { frame_len: Some(f.len), last };
+                mux.handle_data(f.chan, f.ty, f.first.take(), f.more, &b[..take], piece)?;
                 f.left -= take;
                 b = &b[take..];
                 if last {
@@ -396,24 +399,20 @@ impl RxFrames {
                     b = &b[add..];
                 }
                 Err(e) => return Err(e.into()),
-                Ok(mux_frame::Head::Control) => {
-                    if self.head.len() < mux_frame::CONTROL_LEN {
-                        // All of `b` is in `head` (it would be full otherwise).
-                        b = &b[add..];
-                        continue;
-                    }
-                    mux.handle_payload(&self.head)?;
-                    b = &b[mux_frame::CONTROL_LEN - before..];
-                    self.head.clear();
+                // A channel's stream holds its own data frames only (CREDIT and BLOCKED
+                // have frames of their own).
+                Ok(mux_frame::Head::Control) => return Err(crate::mux::MuxError::Fragment(id)),
+                Ok(mux_frame::Head::Data { chan, .. }) if chan != id => {
+                    return Err(crate::mux::MuxError::Fragment(id));
                 }
                 Ok(mux_frame::Head::Data { chan, ty, first, more, len, head_len }) => {
                     // The header did not decode from the `before` bytes alone.
                     b = &b[head_len - before..];
                     self.head.clear();
                     if len == 0 {
-                        mux.handle_data(chan, ty, first, more, &[])?;
+                        mux.handle_data(chan, ty, first, more, &[], Piece::WHOLE)?;
                     } else {
-                        self.frame = Some(InFrame { chan, ty, first, more, left: len });
+                        self.frame = Some(InFrame { chan, ty, first, more, len, left: len });
                     }
                 }
             }
@@ -1121,21 +1120,23 @@ impl Connection {
         let Some(i) = self.find(chan) else { return };
         self.mux.set_clock(now);
         let (c, mux) = (&mut self.chans[i], &mut self.mux);
-        let (recv, rx) = (&mut c.recv, &mut c.rx);
+        let (id, recv, rx) = (c.id, &mut c.recv, &mut c.rx);
         let mut result = Ok(());
         // The flow-control limit is the mux's, checked on each piece of payload.
         let limit = u64::MAX;
         let inserted = recv.insert(offset, data, limit, |b| {
             if result.is_ok() {
-                result = rx.feed(mux, b);
+                result = rx.feed(id, mux, b);
             }
         });
         if inserted.is_err() {
             return;
         }
-        match result {
-            Ok(()) => self.mux.deliver_now(),
-            Err(e) => self.mux_error(now, e),
+        // Messages completed before a violation are handed over first, as they would
+        // have been frame by frame.
+        self.mux.deliver_now();
+        if let Err(e) = result {
+            self.mux_error(now, e);
         }
     }
 

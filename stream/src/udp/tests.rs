@@ -1519,39 +1519,85 @@ fn frames_cut_anywhere_arrive_as_the_same_messages() {
 
 #[test]
 fn a_frame_announcing_gigabytes_is_refused_as_its_bytes_arrive() {
-    // The frame says 4 GiB, its message 64 KiB: the message's end is crossed after 64 KiB
-    // of payload, and the connection closes then, holding no more than that (before, the
-    // frame's bytes were gathered whole before the mux saw any of them).
+    // Before, a frame's bytes were gathered whole, outside flow control, before the mux saw
+    // any of them: a frame announcing 4 GiB had them all held.
     let now = Instant::now();
     let cid = ConnectionId([7; 8]);
     let from = SocketAddr::from(([127, 0, 0, 1], 4000));
     let mut p = params();
     p.channels = b"A".to_vec();
-    let got: Log = Log::default();
-    let mut c = sink_server(cid, &got, now);
     let mut h = [0u8; crate::codec::frame::MAX_DATA_HEADER];
-    let head = crate::codec::frame::data_header(&mut h, b'A', 1, Some(64 << 10), true, 0);
-    let mut head = head.to_vec();
-    head[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
-    let chunk = [7u8; 1000];
-    let mut offset = 0u64;
-    let mut closed_after = None;
-    for pn in 0..200u64 {
-        let mut f = Vec::new();
-        let body: &[u8] = if pn == 0 { &head } else { &chunk };
-        frame::put_channel_data(&mut f, b'A', offset, body);
-        offset += body.len() as u64;
-        c.handle_datagram(now, from, &mut client_packet(&p, cid, pn, &f));
-        let ev: Vec<Event> = std::iter::from_fn(|| c.poll_event()).collect();
-        if ev
-            .iter()
-            .any(|e| matches!(e, Event::Closed(super::connection::CloseReason::Protocol(_))))
-        {
-            closed_after = Some(pn);
-            break;
+    let closes_after = |stream: &[u8]| {
+        let got: Log = Log::default();
+        let mut c = sink_server(cid, &got, now);
+        let chunk = [7u8; 1000];
+        let mut offset = 0u64;
+        for pn in 0..200u64 {
+            let mut f = Vec::new();
+            let body: &[u8] = if pn == 0 { stream } else { &chunk };
+            frame::put_channel_data(&mut f, b'A', offset, body);
+            offset += body.len() as u64;
+            c.handle_datagram(now, from, &mut client_packet(&p, cid, pn, &f));
+            let ev: Vec<Event> = std::iter::from_fn(|| c.poll_event()).collect();
+            use super::connection::CloseReason;
+            if ev.iter().any(|e| matches!(e, Event::Closed(CloseReason::Protocol(_)))) {
+                assert!(got.lock().is_empty());
+                return Some(pn);
+            }
         }
+        None
+    };
+    // A message's first frame longer than the message: refused with its first byte.
+    let mut first =
+        crate::codec::frame::data_header(&mut h, b'A', 1, Some(64 << 10), true, 0).to_vec();
+    first[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert_eq!(closes_after(&first), Some(1));
+    // A message's second frame announcing 4 GiB: refused once the message passes its
+    // 64 KiB total (10 bytes, then 66 chunks of 1,000), holding no more than that.
+    let mut stream = Vec::new();
+    push_frame(&mut stream, 1, Some(64 << 10), true, &[7; 10]);
+    let mut second = crate::codec::frame::data_header(&mut h, b'A', 1, None, true, 0).to_vec();
+    second[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+    stream.extend_from_slice(&second);
+    assert_eq!(closes_after(&stream), Some(66));
+}
+
+#[test]
+fn a_channel_stream_holds_its_own_data_frames_only() {
+    let now = Instant::now();
+    let cid = ConnectionId([8; 8]);
+    let from = SocketAddr::from(([127, 0, 0, 1], 4000));
+    let got: Log = Log::default();
+    let mut p = params();
+    p.channels = b"AB".to_vec();
+    let server = || {
+        let log = got.clone();
+        let handler = move |_| -> Box<dyn ChannelHandler> { Box::new(Sink(log.clone())) };
+        let config = ConnectionConfig::default();
+        connection_with(Side::Server, cid, None, b"AB", b"", handler, config, now)
+    };
+    // A message on A, then in A's stream a frame of channel B, or a CREDIT frame.
+    let mut credit = Vec::new();
+    crate::codec::frame::put_credit(&mut credit, b'A', 1 << 20);
+    let mut of_b = Vec::new();
+    let mut h = [0u8; crate::codec::frame::MAX_DATA_HEADER];
+    of_b.extend_from_slice(crate::codec::frame::data_header(&mut h, b'B', 1, Some(2), false, 2));
+    of_b.extend_from_slice(b"hi");
+    for bad in [credit, of_b] {
+        let mut stream = Vec::new();
+        push_frame(&mut stream, 1, Some(3), false, b"one");
+        stream.extend_from_slice(&bad);
+        let mut c = server();
+        let mut f = Vec::new();
+        frame::put_channel_data(&mut f, b'A', 0, &stream);
+        c.handle_datagram(now, from, &mut client_packet(&p, cid, 0, &f));
+        let ev: Vec<Event> = std::iter::from_fn(|| c.poll_event()).collect();
+        assert!(
+            ev.iter()
+                .any(|e| matches!(e, Event::Closed(super::connection::CloseReason::Protocol(_)))),
+            "{ev:?}"
+        );
+        // What came before the violation was delivered.
+        assert_eq!(got.lock().pop().map(|m| m.data.to_vec()), Some(b"one".to_vec()));
     }
-    // 66 chunks of 1,000 bytes pass 64 KiB.
-    assert_eq!(closed_after, Some(66), "closed once the message overran its total");
-    assert!(got.lock().is_empty());
 }
