@@ -61,6 +61,8 @@ pub(crate) struct Reserve<'a> {
     pub(crate) session_room: usize,
     /// The mux's clock, stamped on each partial message a frame extends.
     pub(crate) now: Option<Instant>,
+    /// The longest message taken.
+    pub(crate) max_message: usize,
 }
 
 impl Reserve<'_> {
@@ -339,9 +341,9 @@ impl ChanState {
         more: bool,
         payload: &[u8],
         piece: Piece,
-        max_message: usize,
         reserve: &mut Reserve<'_>,
     ) -> Result<(), MuxError> {
+        let max_message = reserve.max_message;
         let frame_len = piece.frame_len.unwrap_or(payload.len());
         if let Some(max) = self.unreliable {
             // One message per frame, outside flow control; a full inbox drops it.

@@ -534,9 +534,9 @@ impl Mux {
             budget: self.budget.as_deref(),
             session_room: self.config.max_session_reassembly.saturating_sub(self.partial_held),
             now: self.clock,
+            max_message: self.config.max_message,
         };
-        let max = self.config.max_message;
-        let r = self.chans[i].receive(ty, first, more, payload, piece, max, &mut reserve);
+        let r = self.chans[i].receive(ty, first, more, payload, piece, &mut reserve);
         self.partial_held = self.partial_held - before + self.chans[i].partial_charged();
         if matches!(r, Err(MuxError::OverBudget(_) | MuxError::SessionOverBudget(_))) {
             self.counters.reassembly_refused += 1;
