@@ -579,17 +579,22 @@ fn data_frame_on(chan: u8, first: Option<u32>, more: bool, len: usize) -> Vec<u8
     b
 }
 
-/// One session's unfinished messages, all channels together, are bounded on their own:
-/// past `max_session_reassembly` the stream ends, whatever the server's budget has left.
-#[test]
-fn a_session_holds_no_more_than_its_own_bound_in_unfinished_messages() {
-    let c = MuxConfig {
+/// Windows of 1 MiB, and unfinished messages bounded at 150,000 bytes a session.
+fn bounded_reassembly() -> MuxConfig {
+    MuxConfig {
         channel_window: 1 << 20,
         conn_window: 1 << 20,
         max_message: 1 << 20,
         max_session_reassembly: 150_000,
         ..MuxConfig::default()
-    };
+    }
+}
+
+/// One session's unfinished messages, all channels together, are bounded on their own:
+/// past `max_session_reassembly` the stream ends, whatever the server's budget has left.
+#[test]
+fn a_session_holds_no_more_than_its_own_bound_in_unfinished_messages() {
+    let c = bounded_reassembly();
     let mut p = pair(b"EF", c);
     p.b.handle_payload(&data_frame_on(b'E', Some(100_000), true, 10_000)).unwrap();
     assert_eq!(p.b.partial_bytes(), 100_000);
@@ -610,13 +615,7 @@ fn a_session_holds_no_more_than_its_own_bound_in_unfinished_messages() {
 /// length is not its message's total is refused on its first piece.
 #[test]
 fn frames_in_pieces_are_charged_as_whole_frames() {
-    let c = MuxConfig {
-        channel_window: 1 << 20,
-        conn_window: 1 << 20,
-        max_message: 1 << 20,
-        max_session_reassembly: 150_000,
-        ..MuxConfig::default()
-    };
+    let c = bounded_reassembly();
     let pieces = |m: &mut Mux, first: Option<u32>, more: bool, len: usize| {
         let data = vec![7u8; len];
         let mut off = 0;

@@ -1451,6 +1451,20 @@ fn datagrams_must_match_how_their_channel_was_chosen() {
     }
 }
 
+/// A client's address, and session parameters with the channels `ids`.
+fn client_and_params(ids: &[u8]) -> (SocketAddr, SessionParams) {
+    let mut p = params();
+    p.channels = ids.to_vec();
+    (SocketAddr::from(([127, 0, 0, 1], 4000)), p)
+}
+
+/// Whether `c` has closed for a protocol violation (its events drained).
+fn closed_by_protocol(c: &mut Connection) -> bool {
+    use super::connection::CloseReason;
+    let ev: Vec<Event> = std::iter::from_fn(|| c.poll_event()).collect();
+    ev.iter().any(|e| matches!(e, Event::Closed(CloseReason::Protocol(_))))
+}
+
 /// A server connection on channel `A` whose messages go to `got`.
 fn sink_server(cid: ConnectionId, got: &Log, now: Instant) -> Connection {
     let log = got.clone();
@@ -1474,11 +1488,8 @@ fn push_frame(out: &mut Vec<u8>, ty: u8, first: Option<u32>, more: bool, payload
 
 #[test]
 fn frames_cut_anywhere_arrive_as_the_same_messages() {
-    let now = Instant::now();
-    let cid = ConnectionId([6; 8]);
-    let from = SocketAddr::from(([127, 0, 0, 1], 4000));
-    let mut p = params();
-    p.channels = b"A".to_vec();
+    let (now, cid) = (Instant::now(), ConnectionId([6; 8]));
+    let (from, p) = client_and_params(b"A");
     // A one-frame message, a three-frame one, an empty one, and a last one-frame message.
     let long: Vec<u8> = (0..700u32).map(|i| (i % 251) as u8).collect();
     let mut stream = Vec::new();
@@ -1510,8 +1521,7 @@ fn frames_cut_anywhere_arrive_as_the_same_messages() {
             frame::put_channel_data(&mut f, b'A', offset as u64, b);
             c.handle_datagram(now, from, &mut client_packet(&p, cid, pn as u64, &f));
         }
-        let ev: Vec<Event> = std::iter::from_fn(|| c.poll_event()).collect();
-        assert!(!ev.iter().any(|e| matches!(e, Event::Closed(_))), "cut {cut}: {ev:?}");
+        assert!(!closed_by_protocol(&mut c), "cut {cut}");
         let msgs: Vec<(u8, Vec<u8>)> = got.lock().iter().map(|m| (m.ty, m.data.to_vec())).collect();
         assert_eq!(msgs, want, "cut {cut}, reversed {reversed}");
     }
@@ -1521,11 +1531,8 @@ fn frames_cut_anywhere_arrive_as_the_same_messages() {
 fn a_frame_announcing_gigabytes_is_refused_as_its_bytes_arrive() {
     // Before, a frame's bytes were gathered whole, outside flow control, before the mux saw
     // any of them: a frame announcing 4 GiB had them all held.
-    let now = Instant::now();
-    let cid = ConnectionId([7; 8]);
-    let from = SocketAddr::from(([127, 0, 0, 1], 4000));
-    let mut p = params();
-    p.channels = b"A".to_vec();
+    let (now, cid) = (Instant::now(), ConnectionId([7; 8]));
+    let (from, p) = client_and_params(b"A");
     let mut h = [0u8; crate::codec::frame::MAX_DATA_HEADER];
     let closes_after = |stream: &[u8]| {
         let got: Log = Log::default();
@@ -1538,9 +1545,7 @@ fn a_frame_announcing_gigabytes_is_refused_as_its_bytes_arrive() {
             frame::put_channel_data(&mut f, b'A', offset, body);
             offset += body.len() as u64;
             c.handle_datagram(now, from, &mut client_packet(&p, cid, pn, &f));
-            let ev: Vec<Event> = std::iter::from_fn(|| c.poll_event()).collect();
-            use super::connection::CloseReason;
-            if ev.iter().any(|e| matches!(e, Event::Closed(CloseReason::Protocol(_)))) {
+            if closed_by_protocol(&mut c) {
                 assert!(got.lock().is_empty());
                 return Some(pn);
             }
@@ -1564,12 +1569,9 @@ fn a_frame_announcing_gigabytes_is_refused_as_its_bytes_arrive() {
 
 #[test]
 fn a_channel_stream_holds_its_own_data_frames_only() {
-    let now = Instant::now();
-    let cid = ConnectionId([8; 8]);
-    let from = SocketAddr::from(([127, 0, 0, 1], 4000));
+    let (now, cid) = (Instant::now(), ConnectionId([8; 8]));
+    let (from, p) = client_and_params(b"AB");
     let got: Log = Log::default();
-    let mut p = params();
-    p.channels = b"AB".to_vec();
     let server = || {
         let log = got.clone();
         let handler = move |_| -> Box<dyn ChannelHandler> { Box::new(Sink(log.clone())) };
@@ -1591,12 +1593,7 @@ fn a_channel_stream_holds_its_own_data_frames_only() {
         let mut f = Vec::new();
         frame::put_channel_data(&mut f, b'A', 0, &stream);
         c.handle_datagram(now, from, &mut client_packet(&p, cid, 0, &f));
-        let ev: Vec<Event> = std::iter::from_fn(|| c.poll_event()).collect();
-        assert!(
-            ev.iter()
-                .any(|e| matches!(e, Event::Closed(super::connection::CloseReason::Protocol(_)))),
-            "{ev:?}"
-        );
+        assert!(closed_by_protocol(&mut c));
         // What came before the violation was delivered.
         assert_eq!(got.lock().pop().map(|m| m.data.to_vec()), Some(b"one".to_vec()));
     }
