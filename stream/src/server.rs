@@ -141,6 +141,8 @@ struct Inner {
     reassembly: Arc<ReassemblyBudget>,
     /// The cluster's shared sessions, once set ([`StreamServer::share_sessions`]).
     shared: OnceLock<Arc<dyn SharedSessions>>,
+    /// Whether `/stream_ctl` was installed (its thread chosen by `shared`).
+    routed: std::sync::atomic::AtomicBool,
 }
 
 /// Sessions shared with the other nodes of a cluster: a session stream_ctl made on one node
@@ -319,6 +321,7 @@ impl StreamServer {
             udp: OnceLock::new(),
             setup_latency: Default::default(),
             shared: OnceLock::new(),
+            routed: std::sync::atomic::AtomicBool::new(false),
         };
         StreamServer { inner: Arc::new(inner) }
     }
@@ -332,6 +335,12 @@ impl StreamServer {
     /// cluster. Call it before [`install`](Self::install): `/stream_ctl` then runs on proc
     /// threads, as publishing may block.
     pub fn share_sessions(&self, shared: Arc<dyn SharedSessions>) {
+        if self.inner.routed.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                "StreamServer::share_sessions after install: /stream_ctl may run on the \
+                 worker and block it while publishing sessions"
+            );
+        }
         let _ = self.inner.shared.set(shared);
     }
 
@@ -764,6 +773,7 @@ impl StreamServer {
             Ok(answer) => Response::new(200).body(answer),
             Err(e) => Response::text(e.status(), e.to_string()),
         };
+        self.inner.routed.store(true, std::sync::atomic::Ordering::Relaxed);
         if self.inner.shared.get().is_some() {
             // Publishing the session to the cluster may block: a proc thread.
             enc.add_route(http, STREAM_CTL_PATH, limits, handler);

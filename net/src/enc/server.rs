@@ -84,6 +84,8 @@ struct Inner {
     stats: EncStats,
     /// The cluster's shared keys, once set ([`EncServer::share_keys`]).
     shared: std::sync::OnceLock<Arc<dyn crate::enc::SharedKeys>>,
+    /// Whether a route was installed that chose its thread by `shared` (see `share_keys`).
+    routed: std::sync::atomic::AtomicBool,
 }
 
 /// The server side of enc: answers `/enc_init`, keeps the keys, serves enc routes.
@@ -169,6 +171,7 @@ impl EncServer {
             rate,
             stats: EncStats::default(),
             shared: std::sync::OnceLock::new(),
+            routed: std::sync::atomic::AtomicBool::new(false),
         };
         EncServer { inner: Arc::new(inner) }
     }
@@ -182,6 +185,12 @@ impl EncServer {
     /// before [`install`](Self::install) and [`add_cheap_route`](Self::add_cheap_route),
     /// which choose the thread when they are called.
     pub fn share_keys(&self, shared: Arc<dyn crate::enc::SharedKeys>) {
+        if self.inner.routed.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                "EncServer::share_keys after its routes were installed: /enc_init (and cheap \
+                 routes) may run on the worker and block it while publishing keys"
+            );
+        }
         let _ = self.inner.shared.set(shared);
     }
 
@@ -228,6 +237,7 @@ impl EncServer {
         let me = self.clone();
         let f =
             move |req: &Request| me.serve_init(&req.body, req.peer.map(|p| p.ip()), Instant::now());
+        self.inner.routed.store(true, std::sync::atomic::Ordering::Relaxed);
         if self.inner.config.handshake_on_worker && self.shared().is_none() {
             http.add_inline(ENC_INIT_PATH, limits, f);
         } else {
@@ -330,6 +340,7 @@ impl EncServer {
         limits: RouteLimits,
         handler: impl Fn(&EncRequest) -> Response + Send + Sync + 'static,
     ) {
+        self.inner.routed.store(true, std::sync::atomic::Ordering::Relaxed);
         if !(self.inner.config.handshake_on_worker && self.shared().is_none()) {
             return self.add_route(http, prefix, limits, handler);
         }
