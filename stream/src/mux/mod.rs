@@ -507,7 +507,7 @@ impl Mux {
     /// every one with the frame's `more` and its place in the frame (`piece`), so that the
     /// rules are those of the whole frame. Flow control applies to each piece as it comes.
     /// Messages it completes are handed to handlers at the next
-    /// [`deliver_now`](Self::deliver_now) or `handle_payload`.
+    /// [`deliver`](Self::deliver) or `handle_payload`.
     pub(crate) fn handle_data(
         &mut self,
         chan: u8,
@@ -544,11 +544,6 @@ impl Mux {
         r
     }
 
-    /// Hands the messages completed so far to the handlers of channels that read.
-    pub(crate) fn deliver_now(&mut self) {
-        self.deliver();
-    }
-
     /// The server is draining: no message is handed to a handler from now on, including
     /// those already received and waiting for their channel to read (they were never
     /// acknowledged by the application, and a handler acting on one now could reach
@@ -557,8 +552,9 @@ impl Mux {
         self.intake_stopped = true;
     }
 
-    /// Hands waiting messages to handlers of channels that are reading.
-    fn deliver(&mut self) {
+    /// Hands waiting messages to handlers of channels that are reading (`handle_payload`
+    /// does at its end; a transport passing pieces with `handle_data` calls it itself).
+    pub(crate) fn deliver(&mut self) {
         if self.intake_stopped {
             return;
         }

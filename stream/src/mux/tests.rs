@@ -625,7 +625,7 @@ fn frames_in_pieces_are_charged_as_whole_frames() {
             let f = if k == 0 { first } else { None };
             m.handle_data(b'E', 1, f, more, chunk, piece)?;
         }
-        m.deliver_now();
+        m.deliver();
         Ok::<(), MuxError>(())
     };
     let mut p = pair(b"E", c);

@@ -1134,7 +1134,7 @@ impl Connection {
         }
         // Messages completed before a violation are handed over first, as they would
         // have been frame by frame.
-        self.mux.deliver_now();
+        self.mux.deliver();
         if let Err(e) = result {
             self.mux_error(now, e);
         }

@@ -122,9 +122,7 @@ impl HttpServer {
         limits: RouteLimits,
         handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
     ) -> &mut Self {
-        let kind = RouteKind::Simple { f: Arc::new(handler), inline: false };
-        self.router.add_exact(path, Route { kind, limits });
-        self
+        self.add_whole(path, false, false, limits, Arc::new(handler))
     }
 
     /// Routes every path starting with `prefix` to `handler`, run on a proc thread like
@@ -137,9 +135,7 @@ impl HttpServer {
         limits: RouteLimits,
         handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
     ) -> &mut Self {
-        let kind = RouteKind::Simple { f: Arc::new(handler), inline: false };
-        self.router.add_prefix(prefix, Route { kind, limits });
-        self
+        self.add_whole(prefix, true, false, limits, Arc::new(handler))
     }
 
     /// Routes `path` exactly to `handler`, run on the connection's worker: for answers that
@@ -150,9 +146,7 @@ impl HttpServer {
         limits: RouteLimits,
         handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
     ) -> &mut Self {
-        let kind = RouteKind::Simple { f: Arc::new(handler), inline: true };
-        self.router.add_exact(path, Route { kind, limits });
-        self
+        self.add_whole(path, false, true, limits, Arc::new(handler))
     }
 
     /// Routes every path starting with `prefix` to `handler`, run on the connection's worker
@@ -163,8 +157,25 @@ impl HttpServer {
         limits: RouteLimits,
         handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
     ) -> &mut Self {
-        let kind = RouteKind::Simple { f: Arc::new(handler), inline: true };
-        self.router.add_prefix(prefix, Route { kind, limits });
+        self.add_whole(prefix, true, true, limits, Arc::new(handler))
+    }
+
+    /// A whole-request route: at `path` exactly or every path under it (`prefix`), on the
+    /// worker (`inline`) or a proc thread.
+    fn add_whole(
+        &mut self,
+        path: &str,
+        prefix: bool,
+        inline: bool,
+        limits: RouteLimits,
+        f: route::SimpleFn,
+    ) -> &mut Self {
+        let route = Route { kind: RouteKind::Simple { f, inline }, limits };
+        if prefix {
+            self.router.add_prefix(path, route);
+        } else {
+            self.router.add_exact(path, route);
+        }
         self
     }
 
