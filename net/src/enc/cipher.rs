@@ -100,6 +100,9 @@ impl Nonce {
 #[error("authentication failed")]
 pub struct OpenError;
 
+/// How many messages the batch code seals or opens at once: a caller that handles a batch
+/// in parts of this size keeps each part in the nearest cache.
+pub use dap_crypto::GROUP as BATCH_GROUP;
 /// One message of a batch ([`AeadKey::seal_batch`], [`AeadKey::open_batch`]): its nonce
 /// (as [`Nonce::bytes`] lays it out), and a buffer holding the associated data (the first
 /// `aad_len` bytes, at most [`dap_crypto::MAX_AAD`]), the text, then room for the tag.

@@ -305,18 +305,21 @@ impl ConnStats {
     }
 }
 
-/// What a packet carried, to know what to do when it is acknowledged or lost.
+/// What a packet carried, to know what to do when it is acknowledged or lost. Kept to 16
+/// bytes: a record is made for every packet sent and read back for every one acknowledged.
 #[derive(Clone, Copy, Debug)]
 enum Sent {
+    /// Bytes `start..start + len` of channel `idx` (an index into the channels, fewer than
+    /// 256; `len` at most a packet's size, below 64 KiB).
     Data {
-        idx: usize,
+        idx: u16,
+        len: u16,
         start: u64,
-        end: u64,
     },
-    Credit(Option<usize>),
-    Blocked(Option<usize>),
+    Credit(Option<u16>),
+    Blocked(Option<u16>),
     /// A path MTU probe of this size.
-    MtuProbe(usize),
+    MtuProbe(u32),
     /// An unreliable message (lost, it is only counted).
     Datagram,
     /// The packet went out marked ECT(0).
@@ -325,6 +328,16 @@ enum Sent {
     /// ranges up to there need not be sent again.
     AckOf(u64),
 }
+
+impl Sent {
+    /// The channel data of `idx` from `start` to `end` (within one packet).
+    fn data(idx: usize, start: u64, end: u64) -> Sent {
+        debug_assert!(idx <= u16::MAX as usize && end - start <= u16::MAX as u64);
+        Sent::Data { idx: idx as u16, len: (end - start) as u16, start }
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<Sent>() == 16);
 
 /// The latest value of an absolute control frame (CREDIT or BLOCKED) and whether it is
 /// still to be sent.
@@ -918,6 +931,16 @@ impl Connection {
             }
             return;
         }
+        // A group the AEAD opens at once, taken in whole while its plaintext is still in
+        // the nearest cache: opening a whole receive batch (up to half a megabyte) before
+        // reading any of it would read it all back from further away.
+        for part in batch.chunks_mut(dap_net::enc::cipher::BATCH_GROUP) {
+            self.open_group(now, part);
+        }
+    }
+
+    /// Opens `batch` in one AEAD batch, then takes its packets in order.
+    fn open_group(&mut self, now: Instant, batch: &mut [Incoming<'_>]) {
         if matches!(self.state, State::Closed | State::Draining { .. }) {
             return;
         }
@@ -991,7 +1014,8 @@ impl Connection {
         }
         // Decode everything first: a bad frame refuses the whole packet, and data that runs
         // too far ahead drops it unacknowledged (the peer sends it again later).
-        let mut frames = Vec::new();
+        // (A packet of the bulk path holds one to three frames: no allocation for those.)
+        let mut frames: smallvec::SmallVec<[Frame<'_>; 4]> = smallvec::SmallVec::new();
         let mut ahead = 0usize;
         for f in Frames::new(plain) {
             match f {
@@ -1016,8 +1040,10 @@ impl Connection {
                 Err(e) => return self.violation(now, format!("bad frame: {e}")),
             }
         }
-        let buffered: usize = self.chans.iter().map(|c| c.recv.buffered()).sum();
-        if buffered + ahead > self.config.max_reorder_total {
+        if ahead > 0
+            && self.chans.iter().map(|c| c.recv.buffered()).sum::<usize>() + ahead
+                > self.config.max_reorder_total
+        {
             self.stats.reorder_drops += 1;
             return;
         }
@@ -1191,9 +1217,11 @@ impl Connection {
             acked_large |= self.mtu.is_large(p.bytes);
             for s in &p.info {
                 match *s {
-                    Sent::Data { idx, start, end } => self.chans[idx].send.on_acked(start..end),
+                    Sent::Data { idx, len, start } => {
+                        self.chans[idx as usize].send.on_acked(start..start + len as u64)
+                    }
                     Sent::MtuProbe(size) => {
-                        if let Some(mss) = self.mtu.on_probe_acked(now, size) {
+                        if let Some(mss) = self.mtu.on_probe_acked(now, size as usize) {
                             self.cc.on_mss_update(mss as u64);
                         }
                     }
@@ -1250,7 +1278,7 @@ impl Connection {
             if let Some(size) =
                 p.info.iter().find_map(|s| if let Sent::MtuProbe(n) = s { Some(*n) } else { None })
             {
-                self.mtu.on_probe_lost(now, size);
+                self.mtu.on_probe_lost(now, size as usize);
                 continue;
             }
             self.stats.lost += 1;
@@ -1264,12 +1292,14 @@ impl Connection {
                     // A lost ACK is not sent again: later ACKs cover its ranges.
                     Sent::MtuProbe(_) | Sent::Ect | Sent::AckOf(_) => {}
                     Sent::Datagram => self.stats.datagrams_lost += 1,
-                    Sent::Data { idx, start, end } => self.chans[idx].send.on_lost(start..end),
+                    Sent::Data { idx, len, start } => {
+                        self.chans[idx as usize].send.on_lost(start..start + len as u64)
+                    }
                     // Absolute values: send the latest ones again.
                     Sent::Credit(None) => self.conn_credit.lost(),
-                    Sent::Credit(Some(i)) => self.chans[i].credit.lost(),
+                    Sent::Credit(Some(i)) => self.chans[i as usize].credit.lost(),
                     Sent::Blocked(None) => self.conn_blocked.lost(),
-                    Sent::Blocked(Some(i)) => self.chans[i].blocked.lost(),
+                    Sent::Blocked(Some(i)) => self.chans[i as usize].blocked.lost(),
                 }
             }
         }
@@ -1509,6 +1539,11 @@ impl Connection {
             // The packets waiting were numbered under the key about to be retired.
             self.seal_unsealed(buf);
         }
+        if self.unsealed.len() >= dap_net::enc::cipher::BATCH_GROUP {
+            // A whole AEAD group waits: sealed now, while its packets are in the nearest
+            // cache (a 64 KiB transmit is not).
+            self.seal_unsealed(buf);
+        }
         let pn = self.next_pn;
         self.next_pn += 1;
         let (_, key_phase) = self.send_keys.for_packet(pn);
@@ -1664,7 +1699,7 @@ impl Connection {
         if let Some(p) = self.path.as_mut() {
             p.on_sent(size as u64);
         }
-        let mut info: Info = smallvec::smallvec![Sent::MtuProbe(size)];
+        let mut info: Info = smallvec::smallvec![Sent::MtuProbe(size as u32)];
         let mark = self.ecn.mark();
         self.ecn.on_sent(mark);
         if mark == Ecn::Ect0 {
@@ -1683,7 +1718,7 @@ impl Connection {
     }
 
     fn put_controls(&mut self, buf: &mut Vec<u8>, limit: usize, info: &mut Info) {
-        let mut one = |ctl: &mut Ctl, credit: bool, chan: u8, who: Option<usize>| {
+        let mut one = |ctl: &mut Ctl, credit: bool, chan: u8, who: Option<u16>| {
             if ctl.pending && buf.len() + frame::CONTROL_LEN <= limit {
                 let v = ctl.latest.expect("pending has a value");
                 if credit {
@@ -1699,8 +1734,8 @@ impl Connection {
         one(&mut self.conn_credit, true, 0, None);
         one(&mut self.conn_blocked, false, 0, None);
         for (i, c) in self.chans.iter_mut().enumerate() {
-            one(&mut c.credit, true, c.id, Some(i));
-            one(&mut c.blocked, false, c.id, Some(i));
+            one(&mut c.credit, true, c.id, Some(i as u16));
+            one(&mut c.blocked, false, c.id, Some(i as u16));
         }
     }
 
@@ -1744,7 +1779,7 @@ impl Connection {
                 if c.send.unsent() == unsent_before {
                     self.stats.retransmitted += end - offset;
                 }
-                info.push(Sent::Data { idx: i, start: offset, end });
+                info.push(Sent::data(i, offset, end));
             }
         }
         self.rr = (self.rr + 1) % n.max(1);

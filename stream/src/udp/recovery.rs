@@ -451,7 +451,8 @@ impl<F> Recovery<F> {
         max_ack_delay: Duration,
         rtt: &mut RttEstimator,
     ) -> AckOutcome<F> {
-        let mut acked = Vec::new();
+        // Room for a typical ACK's worth at once (one per few dozen packets in bulk).
+        let mut acked = Vec::with_capacity(self.sent.live.min(128));
         let mut largest_new: Option<u64> = None;
         self.forget_lost(now, rtt);
         let mut spurious = Vec::new();
