@@ -141,7 +141,7 @@ pub(super) unsafe fn run(
     match mode {
         Mode::Seal => {
             for i in (0..n).filter(|&i| live[i]) {
-                let s = crypt::<true, true>(&rk, keys, &parts[i]);
+                let s = seal_or_open::<true>(&rk, keys, &parts[i]);
                 let t: [u8; 16] = std::array::from_fn(|k| s[k] ^ masks[i][k]);
                 // SAFETY: the tag's 16 bytes end the message's buffer (`Part::tag`), which
                 // this call borrows exclusively; `t` is a separate local array.
@@ -152,7 +152,7 @@ pub(super) unsafe fn run(
             let mut verified = [false; GROUP];
             for i in (0..n).filter(|&i| live[i]) {
                 // Hashed and decrypted in one pass; encrypted back if the tag is wrong.
-                let s = crypt::<false, true>(&rk, keys, &parts[i]);
+                let s = seal_or_open::<false>(&rk, keys, &parts[i]);
                 let mut got = [0u8; TAG_LEN];
                 // SAFETY: the 16 tag bytes at the end of a borrowed buffer, into a local.
                 unsafe { std::ptr::copy_nonoverlapping(parts[i].tag(), got.as_mut_ptr(), TAG_LEN) };
@@ -167,6 +167,17 @@ pub(super) unsafe fn run(
             }
             *good = verified;
         }
+    }
+}
+
+/// [`crypt`] with hashing, or [`crypt_short`] where it applies.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,vaes,vpclmulqdq,ssse3")]
+fn seal_or_open<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -> [u8; 16] {
+    if p.aad_len <= 64 && p.aad_len.div_ceil(16) + p.text_len.div_ceil(16) < POWERS {
+        crypt_short::<SEAL>(rk, keys, p)
+    } else {
+        crypt::<SEAL, true>(rk, keys, p)
     }
 }
 
@@ -343,6 +354,140 @@ fn crypt<const SEAL: bool, const HASH: bool>(
     let l = _mm512_zextsi128_si512(_mm_shuffle_epi8(ld128(&lengths), bswap128()));
     g.absorb(l, n - 1, 1);
     g.finish()
+}
+
+/// [`crypt`] for the common case, every UDP packet: associated data of at most 64 bytes and
+/// a GHASH input of at most [`POWERS`] blocks, so one run with one reduction, and counters
+/// below 256 (only their last byte changes). Its passes keep a fixed shape: the counter
+/// blocks stepped by one addition, the 64-byte groups to hash taken one per round from
+/// round 1 on (sealing, those the pass before wrote; opening, its own), and the group
+/// positions, hence the powers of H, known in advance.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,vaes,vpclmulqdq,ssse3")]
+fn crypt_short<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -> [u8; 16] {
+    let bswap = _mm512_broadcast_i32x4(bswap128());
+    let aad_blocks = p.aad_len.div_ceil(16);
+    let len = p.text_len;
+    let n = aad_blocks + len.div_ceil(16) + 1;
+    debug_assert!(p.aad_len <= 64 && n <= POWERS);
+    // Block j of the input is multiplied by H^(n - j): `rpow[first + j]`.
+    let first = POWERS - n;
+    let text = p.text();
+    let groups = len.div_ceil(64);
+    let (mut lo, mut mid, mut hi) =
+        (_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512());
+    // Absorbs the byte-reflected blocks `d` (zeros past the input), blocks j..j + 4.
+    macro_rules! absorb {
+        ($d:expr, $j:expr) => {{
+            let d = $d;
+            let at = first + $j;
+            // SAFETY: at + 4 <= POWERS + 3 (j < n), inside both tables with their three
+            // zero blocks.
+            let h = unsafe { _mm512_loadu_si512(keys.rpow[at..].as_ptr().cast()) };
+            // SAFETY: as above.
+            let k = unsafe { _mm512_loadu_si512(keys.kpow[at..].as_ptr().cast()) };
+            let dk = _mm512_xor_si512(d, _mm512_shuffle_epi32::<0b01_00_11_10>(d));
+            lo = _mm512_xor_si512(lo, _mm512_clmulepi64_epi128::<0x00>(d, h));
+            hi = _mm512_xor_si512(hi, _mm512_clmulepi64_epi128::<0x11>(d, h));
+            mid = _mm512_xor_si512(mid, _mm512_clmulepi64_epi128::<0x00>(dk, k));
+        }};
+    }
+    // Text group `q` as it is in the buffer, zeros past the text.
+    macro_rules! load_group {
+        ($q:expr) => {{
+            let q = $q;
+            let src = text.wrapping_add(64 * q);
+            if 64 * q + 64 <= len {
+                // SAFETY: 64 bytes of text from `src`.
+                unsafe { _mm512_loadu_si512(src.cast()) }
+            } else {
+                // SAFETY: the masked load reads only the text's last `len - 64q` bytes.
+                unsafe { _mm512_maskz_loadu_epi8(low_bytes(len - 64 * q), src.cast()) }
+            }
+        }};
+    }
+    if aad_blocks > 0 {
+        // SAFETY: the masked load reads only the `aad_len` (<= 64) bytes of associated data
+        // at the start of the borrowed buffer.
+        let d = unsafe { _mm512_maskz_loadu_epi8(low_bytes(p.aad_len), p.base.cast()) };
+        absorb!(_mm512_shuffle_epi8(d, bswap), 0);
+    }
+    let mut nb = [0u8; 16];
+    nb[..12].copy_from_slice(&p.nonce_bytes());
+    // Counters 2..5 in the lanes' last byte; four more per register.
+    let mut ctr = _mm512_or_si512(
+        _mm512_broadcast_i32x4(ld128(&nb)),
+        _mm512_set_epi32(5 << 24, 0, 0, 0, 4 << 24, 0, 0, 0, 3 << 24, 0, 0, 0, 2 << 24, 0, 0, 0),
+    );
+    let step =
+        _mm512_set_epi32(4 << 24, 0, 0, 0, 4 << 24, 0, 0, 0, 4 << 24, 0, 0, 0, 4 << 24, 0, 0, 0);
+    // The next group to hash, and the first of the pass.
+    let mut hq = 0usize;
+    let mut q0 = 0usize;
+    macro_rules! pass {
+        ($m:literal) => {{
+            let mut x = [_mm512_setzero_si512(); $m];
+            for v in &mut x {
+                *v = _mm512_xor_si512(ctr, rk[0]);
+                ctr = _mm512_add_epi32(ctr, step);
+            }
+            // Sealing hashes what earlier passes wrote; opening, this pass's groups before
+            // it overwrites them.
+            let hash_end = if SEAL { q0 } else { q0 + $m };
+            for r in 1..14 {
+                for v in &mut x {
+                    *v = _mm512_aesenc_epi128(*v, rk[r]);
+                }
+                if hq < hash_end {
+                    absorb!(_mm512_shuffle_epi8(load_group!(hq), bswap), aad_blocks + 4 * hq);
+                    hq += 1;
+                }
+            }
+            for (k, v) in x.iter().enumerate() {
+                let ks = _mm512_aesenclast_epi128(*v, rk[14]);
+                let q = q0 + k;
+                let dst = text.wrapping_add(64 * q);
+                if 64 * q + 64 <= len {
+                    // SAFETY: 64 bytes of text from `dst`, inside the borrowed buffer.
+                    unsafe {
+                        let t = _mm512_loadu_si512(dst.cast());
+                        _mm512_storeu_si512(dst.cast(), _mm512_xor_si512(t, ks));
+                    }
+                } else {
+                    let mask = low_bytes(len - 64 * q);
+                    // SAFETY: the masked load and store touch only the text's last
+                    // `len - 64q` bytes.
+                    unsafe {
+                        let t = _mm512_maskz_loadu_epi8(mask, dst.cast());
+                        _mm512_mask_storeu_epi8(dst.cast(), mask, _mm512_xor_si512(t, ks));
+                    }
+                }
+            }
+            q0 += $m;
+        }};
+    }
+    while q0 < groups {
+        match groups - q0 {
+            1 => pass!(1),
+            2 => pass!(2),
+            3 => pass!(3),
+            4 => pass!(4),
+            5 => pass!(5),
+            6 => pass!(6),
+            7 => pass!(7),
+            _ => pass!(8),
+        }
+    }
+    while hq < groups {
+        absorb!(_mm512_shuffle_epi8(load_group!(hq), bswap), aad_blocks + 4 * hq);
+        hq += 1;
+    }
+    let mut lengths = [0u8; 16];
+    lengths[..8].copy_from_slice(&(p.aad_len as u64 * 8).to_be_bytes());
+    lengths[8..].copy_from_slice(&(len as u64 * 8).to_be_bytes());
+    absorb!(_mm512_zextsi128_si512(_mm_shuffle_epi8(ld128(&lengths), bswap128())), n - 1);
+    let (lo, hi) = (fold(lo), fold(hi));
+    let x = reduce(lo, _mm512_xor_si512(fold(mid), _mm512_xor_si512(lo, hi)), hi);
+    st128(_mm_shuffle_epi8(_mm512_castsi512_si128(x), bswap128()))
 }
 
 /// XORs `ks` into the text of `p` from byte `at` (as many of its 64 bytes as the text has
