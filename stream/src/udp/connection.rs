@@ -1198,40 +1198,46 @@ impl Connection {
     ) {
         let delay = Duration::from_micros(delay_us as u64);
         let largest_before = self.recovery.largest_acked();
-        let out = self.recovery.on_ack(
+        let max_ack_delay = self.config.max_ack_delay;
+        let mut acked_large = false;
+        // Newly acknowledged packets that went out marked ECT(0).
+        let mut marked = 0u64;
+        let (chans, mtu, cc, acks) = (&mut self.chans, &mut self.mtu, &mut self.cc, &mut self.acks);
+        let acked_packets = &mut self.acked_packets;
+        let out = self.recovery.on_ack_with(
             now,
             ranges.iter().cloned(),
             delay,
-            self.config.max_ack_delay,
+            max_ack_delay,
             &mut self.rtt,
+            |_, p| {
+                acked_large |= mtu.is_large(p.bytes);
+                for s in &p.info {
+                    match *s {
+                        Sent::Data { idx, len, start } => {
+                            chans[idx as usize].send.on_acked(start..start + len as u64)
+                        }
+                        Sent::MtuProbe(size) => {
+                            if let Some(mss) = mtu.on_probe_acked(now, size as usize) {
+                                cc.on_mss_update(mss as u64);
+                            }
+                        }
+                        Sent::AckOf(largest) => acks.on_ack_acked(largest),
+                        Sent::Ect => marked += 1,
+                        _ => {}
+                    }
+                }
+                if p.in_flight {
+                    acked_packets.push((p.time, p.bytes));
+                }
+            },
         );
         self.stats.spurious_losses += out.spurious.len() as u64;
         if let Some(sent) = out.spurious.iter().filter(|s| s.in_flight).map(|s| s.sent).max() {
             self.cc.on_spurious_congestion(now, sent);
         }
-        if let Some((pn, _)) = out.acked.last() {
-            self.send_keys.on_acked(*pn);
-        }
-        let mut acked_large = false;
-        for (_, p) in &out.acked {
-            acked_large |= self.mtu.is_large(p.bytes);
-            for s in &p.info {
-                match *s {
-                    Sent::Data { idx, len, start } => {
-                        self.chans[idx as usize].send.on_acked(start..start + len as u64)
-                    }
-                    Sent::MtuProbe(size) => {
-                        if let Some(mss) = self.mtu.on_probe_acked(now, size as usize) {
-                            self.cc.on_mss_update(mss as u64);
-                        }
-                    }
-                    Sent::AckOf(largest) => self.acks.on_ack_acked(largest),
-                    _ => {}
-                }
-            }
-            if p.in_flight {
-                self.acked_packets.push((p.time, p.bytes));
-            }
+        if let Some((pn, _)) = out.newest {
+            self.send_keys.on_acked(pn);
         }
         self.cc.on_ack_packets(now, &self.acked_packets, self.app_limited, &self.rtt);
         self.acked_packets.clear();
@@ -1241,22 +1247,20 @@ impl Connection {
         // ECN counts, from ACKs that raise the largest acknowledged (an older, reordered
         // ACK carries older counts).
         if self.recovery.largest_acked() > largest_before
-            && let Some((_, newest)) = out.acked.last()
+            && let Some((_, newest)) = out.newest
         {
-            let marked =
-                out.acked.iter().filter(|(_, p)| p.info.iter().any(|s| matches!(s, Sent::Ect)));
             let before = self.ecn.ce_reported();
-            let o = self.ecn.on_ack(marked.count() as u64, ecn);
+            let o = self.ecn.on_ack(marked, ecn);
             self.stats.ce_reported += self.ecn.ce_reported() - before;
             if o.congestion {
                 self.stats.ce_acks += 1;
-                self.cc.on_ecn_ce(now, newest.time);
+                self.cc.on_ecn_ce(now, newest);
             }
         }
         if !out.lost.is_empty() {
             self.on_lost(now, out.lost, out.persistent_congestion, acked_large);
         }
-        if !out.acked.is_empty() {
+        if out.newly_acked > 0 {
             self.probes = 0;
         }
     }

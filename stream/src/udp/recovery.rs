@@ -122,8 +122,13 @@ pub struct TrackFull;
 /// What one ACK frame did.
 #[derive(Debug)]
 pub struct AckOutcome<F> {
-    /// Packets newly acknowledged, lowest first.
+    /// Packets newly acknowledged, lowest first ([`Recovery::on_ack`]; empty from
+    /// [`Recovery::on_ack_with`], which hands them to its visitor instead).
     pub acked: Vec<(u64, SentPacket<F>)>,
+    /// How many packets were newly acknowledged.
+    pub newly_acked: usize,
+    /// The largest of them, and when it was sent.
+    pub newest: Option<(u64, Instant)>,
     /// Packets declared lost by this ACK, lowest first.
     pub lost: Vec<(u64, SentPacket<F>)>,
     /// Whether an RTT sample was taken.
@@ -442,7 +447,8 @@ impl<F> Recovery<F> {
 
     /// Processes an ACK received at `now`: `ranges` highest first (as the frame lists
     /// them), `ack_delay` as reported; takes an RTT sample when the largest acknowledged
-    /// packet is newly acknowledged and ack-eliciting among them (RFC 9002 §5.1).
+    /// packet is newly acknowledged and ack-eliciting among them (RFC 9002 §5.1). The
+    /// packets newly acknowledged are in the outcome's `acked`.
     pub fn on_ack(
         &mut self,
         now: Instant,
@@ -451,9 +457,30 @@ impl<F> Recovery<F> {
         max_ack_delay: Duration,
         rtt: &mut RttEstimator,
     ) -> AckOutcome<F> {
-        // Room for a typical ACK's worth at once (one per few dozen packets in bulk).
-        let mut acked = Vec::with_capacity(self.sent.live.min(128));
-        let mut largest_new: Option<u64> = None;
+        let mut acked = Vec::new();
+        let mut out = self
+            .on_ack_with(now, ranges, ack_delay, max_ack_delay, rtt, |pn, p| acked.push((pn, p)));
+        out.acked = acked;
+        out
+    }
+
+    /// [`on_ack`](Self::on_ack), handing each packet newly acknowledged to `visit` as it
+    /// leaves the record, lowest number first, instead of gathering them (a bulk ACK
+    /// acknowledges dozens).
+    pub fn on_ack_with(
+        &mut self,
+        now: Instant,
+        ranges: impl IntoIterator<Item = RangeInclusive<u64>>,
+        ack_delay: Duration,
+        max_ack_delay: Duration,
+        rtt: &mut RttEstimator,
+        mut visit: impl FnMut(u64, SentPacket<F>),
+    ) -> AckOutcome<F> {
+        // Lowest first, whatever order they came in, so that packets are handed over in
+        // order.
+        let mut ranges: smallvec::SmallVec<[RangeInclusive<u64>; 8]> = ranges.into_iter().collect();
+        ranges.sort_unstable_by_key(|r| *r.start());
+        let (mut newly_acked, mut newest, mut any_eliciting) = (0, None, false);
         self.forget_lost(now, rtt);
         let mut spurious = Vec::new();
         for r in ranges {
@@ -467,28 +494,38 @@ impl<F> Recovery<F> {
             self.sent.take_range(r, |pn, p| {
                 in_flight += if p.in_flight { p.bytes } else { 0 };
                 eliciting += usize::from(p.ack_eliciting);
-                largest_new = largest_new.max(Some(pn));
-                acked.push((pn, p));
+                any_eliciting |= p.ack_eliciting;
+                newly_acked += 1;
+                if newest.is_none_or(|(n, _)| pn > n) {
+                    newest = Some((pn, p.time));
+                }
+                visit(pn, p);
             });
             self.bytes_in_flight -= in_flight;
             self.ack_eliciting_in_flight -= eliciting;
         }
-        acked.sort_by_key(|(pn, _)| *pn);
         spurious.sort_by_key(|s| s.pn);
         let mut rtt_sample = false;
-        if let Some(l) = largest_new {
+        if let Some((l, sent)) = newest {
             self.largest_acked = self.largest_acked.max(Some(l));
-            let (_, p) = acked.iter().find(|(pn, _)| *pn == l).expect("acked");
-            if Some(l) == self.largest_acked && acked.iter().any(|(_, p)| p.ack_eliciting) {
-                rtt.update(now.saturating_duration_since(p.time), ack_delay, max_ack_delay);
+            if Some(l) == self.largest_acked && any_eliciting {
+                rtt.update(now.saturating_duration_since(sent), ack_delay, max_ack_delay);
                 self.first_sample.get_or_insert(now);
                 rtt_sample = true;
             }
             self.pto_count = 0;
         }
-        let lost = if acked.is_empty() { Vec::new() } else { self.detect_lost(now, rtt) };
+        let lost = if newly_acked == 0 { Vec::new() } else { self.detect_lost(now, rtt) };
         let persistent_congestion = self.persistent(&lost, rtt, max_ack_delay);
-        AckOutcome { acked, lost, rtt_sample, persistent_congestion, spurious }
+        AckOutcome {
+            acked: Vec::new(),
+            newly_acked,
+            newest,
+            lost,
+            rtt_sample,
+            persistent_congestion,
+            spurious,
+        }
     }
 
     /// Declares lost what the packet or time threshold says, and sets `loss_time`.
