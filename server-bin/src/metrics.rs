@@ -525,12 +525,15 @@ fn udp(o: &mut Out, src: &Sources) {
     o.by(
         "dap_udp_errors_total",
         "counter",
-        "UDP datagrams dropped, by kind.",
+        "UDP datagrams dropped, by kind (not_dap: too short or other form bits; \
+         unknown_connection: an id nothing here or in the cluster knows).",
         "kind",
         &[
             ("forward_failed", get(&u.forward_failed)),
             ("attach_failed", get(&u.attach_failed)),
             ("send_failed", get(&u.send_failed)),
+            ("not_dap", get(&u.not_ours)),
+            ("unknown_connection", get(&u.unknown_connection)),
             ("cluster_missed", get(&u.cluster_missed)),
             ("cluster_dropped", get(&u.cluster_dropped)),
         ],

@@ -110,6 +110,78 @@ fn dapd_echoes_over_udp_by_default_and_counts_it() {
     d.shutdown(Duration::from_secs(5));
 }
 
+#[test]
+fn datagrams_that_are_not_packets_or_name_no_connection_are_counted() {
+    let d = daemon(config(2));
+    let addr = d.udp_addr().expect("UDP is on by default");
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Too short to be a packet; a packet's length with other form bits; a well-formed
+    // header whose connection id nothing here made (one naming each worker).
+    sock.send_to(&[0x40; 10], addr).unwrap();
+    sock.send_to(&[0x80; 64], addr).unwrap();
+    for worker in [0u8, 1] {
+        let mut d = vec![0u8; 64];
+        d[0] = dap_stream::udp::packet::FORM;
+        d[1] = worker;
+        d[2..9].copy_from_slice(&[0xee; 7]);
+        sock.send_to(&d, addr).unwrap();
+    }
+    let kinds = [
+        "dap_udp_errors_total{kind=\"not_dap\"}",
+        "dap_udp_errors_total{kind=\"unknown_connection\"}",
+    ];
+    let mut body = String::new();
+    wait_until("the dropped datagrams are counted", || {
+        body = http_get(d.local_addr(), "/metrics").1;
+        metric(&body, kinds[0]) >= 2.0 && metric(&body, kinds[1]) >= 2.0
+    });
+    assert_eq!((metric(&body, kinds[0]), metric(&body, kinds[1])), (2.0, 2.0), "{body}");
+    d.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn a_violation_over_udp_is_counted_as_over_http() {
+    let d = daemon(config(1));
+    let addr = d.udp_addr().expect("UDP is on by default");
+    let mut params = udp_ctl(&d);
+    let route = params.udp.clone().unwrap();
+    // The client believes in a channel `Z` the session does not have, and writes on it.
+    params.channels.push(b'Z');
+    let mut procs = ChannelProcs::new();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    for id in [b'E', b'Z'] {
+        let log = log.clone();
+        procs.ch_proc_add(id, move |_| Box::new(Record(log.clone()))).unwrap();
+    }
+    let info = SessionInfo { session_id: params.id, client: None };
+    let mux = Mux::new(&params.channels, &procs, info, params.limits.mux);
+    let now = Instant::now();
+    let (cid, config) = (ConnectionId(route.cid), ConnectionConfig::default());
+    let mut conn = Connection::new(Side::Client, &params, cid, Some(addr), mux, config, now);
+    conn.mux().start(Arc::new(NoWake));
+    conn.mux().with_channel(b'Z', |ch| ch.write(1, b"who?".to_vec()).unwrap()).unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
+    let (mut buf, mut rx) = (Vec::new(), vec![0u8; 65_536]);
+    let kind = "dap_stream_errors_total{kind=\"unknown_channel\"}";
+    let mut body = String::new();
+    wait_until("the violation is counted", || {
+        let t = Instant::now();
+        while let Some(x) = conn.poll_transmit(t, 16, &mut buf) {
+            for seg in buf[..x.size].chunks(x.segment_size.unwrap_or(x.size)) {
+                sock.send_to(seg, x.destination).unwrap();
+            }
+        }
+        if let Ok((n, from)) = sock.recv_from(&mut rx) {
+            conn.handle_datagram(Instant::now(), from, &mut rx[..n]);
+        }
+        body = http_get(d.local_addr(), "/metrics").1;
+        metric(&body, kind) >= 1.0
+    });
+    assert_eq!(metric(&body, kind), 1.0, "{body}");
+    d.shutdown(Duration::from_secs(5));
+}
+
 /// The value of the sample `name` (with its labels) in a /metrics body (NaN if absent).
 fn metric(body: &str, name: &str) -> f64 {
     body.lines()

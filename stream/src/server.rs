@@ -731,13 +731,23 @@ impl StreamServer {
         self.inner.drain.udp_live.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// A UDP connection ended.
-    /// Counts what a UDP session's mux refused or timed out (the HTTP transport counts its
-    /// own as they happen).
-    pub(crate) fn note_udp_end(&self, c: &crate::mux::MuxCounters) {
+    /// A UDP connection ended: adds what its session's mux and the connection counted
+    /// (refusals, timeouts, window growths, violations) to the stream statistics (the HTTP
+    /// transport counts its own as they happen).
+    pub(crate) fn note_udp_end(
+        &self,
+        c: &crate::mux::MuxCounters,
+        conn: &crate::udp::connection::ConnStats,
+    ) {
         let s = &self.inner.stats;
         crate::stats::StreamStats::add(&s.over_budget, c.reassembly_refused);
         crate::stats::StreamStats::add(&s.partial_timeouts, c.partial_timeouts);
+        crate::stats::StreamStats::add(&s.window_growths, c.window_growths);
+        // Violations, counted as over HTTP.
+        crate::stats::StreamStats::add(&s.unknown_channel, conn.unknown_channel);
+        crate::stats::StreamStats::add(&s.decode_errors, conn.decode_errors);
+        crate::stats::StreamStats::add(&s.oversize_messages, conn.oversize_messages);
+        crate::stats::StreamStats::add(&s.protocol_errors, conn.protocol_errors);
     }
 
     /// Counts UDP streams cut off at the end of a shutdown's grace period.

@@ -21,6 +21,9 @@ pub enum DecodeError {
     /// An unknown packet type.
     #[error("unknown packet type {0}")]
     BadType(u8),
+    /// An unknown frame type (UDP packets, PROTOCOL §11.3).
+    #[error("unknown frame type {0:#04x}")]
+    BadFrameType(u8),
     /// A length field over the configured limit.
     #[error("length {0} over the limit")]
     TooLong(u64),

@@ -172,6 +172,18 @@ pub enum MuxError {
     /// Frames of a message out of order, or lengths that disagree with the total.
     #[error("fragments out of order on channel {0:#04x}")]
     Fragment(u8),
+    /// In a channel's UDP stream (PROTOCOL §11.4.3), a control frame: the stream holds the
+    /// channel's data frames only.
+    #[error("a control frame in channel {0:#04x}'s stream")]
+    ControlInStream(u8),
+    /// In a channel's UDP stream, a data frame of another channel.
+    #[error("a frame of channel {other:#04x} in channel {chan:#04x}'s stream")]
+    ForeignInStream {
+        /// The stream's channel.
+        chan: u8,
+        /// The channel the frame names.
+        other: u8,
+    },
     /// An unfinished message on this channel would take the server's
     /// [`ReassemblyBudget`] past its bound: not the peer's fault, but the stream ends
     /// (CLOSE code 4).

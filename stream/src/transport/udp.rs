@@ -63,6 +63,12 @@ pub struct UdpCounters {
     pub cluster_dropped: AtomicU64,
     /// Transmits the socket refused (its queue full): the engine sees them as lost.
     pub send_failed: AtomicU64,
+    /// Datagrams that cannot be packets of this protocol (shorter than a packet, or other
+    /// form bits), dropped.
+    pub not_ours: AtomicU64,
+    /// Datagrams for a connection id no connection, pending session or cluster knows,
+    /// dropped.
+    pub unknown_connection: AtomicU64,
     /// Connections that ended.
     pub closed: AtomicU64,
     /// Connections that moved to a new, validated client address (NAT rebinding).
@@ -482,8 +488,11 @@ impl UdpWorker {
         ecn: Ecn,
         data: &mut [u8],
     ) {
-        let Some(cid) = peek_cid(data) else { return };
         let c = &self.shared.counters;
+        let Some(cid) = peek_cid(data) else {
+            c.not_ours.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
         let cfg = self.server.config();
         // Held datagrams are bounded in bytes too: none larger than a packet may be.
         let fits = data.len() <= cfg.udp.connection.mtu.max;
@@ -502,7 +511,10 @@ impl UdpWorker {
             }
             return;
         }
-        let Some(store) = self.server.shared_store() else { return };
+        let Some(store) = self.server.shared_store() else {
+            c.unknown_connection.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
         if self.server.is_draining() || !fits {
             // A draining node takes no session from the cluster: another node may serve
             // it, and one published here stays there for them too.
@@ -767,7 +779,7 @@ impl Flush for UdpWorker {
                     if let Some(conn) = self.endpoint.connection(cid) {
                         let m = conn.mux();
                         let (channels, counters) = (m.channel_ids(), m.counters());
-                        self.server.note_udp_end(&counters);
+                        self.server.note_udp_end(&counters, &conn.stats());
                         let lasted = opened.elapsed();
                         crate::stats::log_session_end(
                             &id, "udp", &channels, &counters, lasted, &reason,

@@ -272,6 +272,14 @@ pub struct ConnStats {
     pub key_updates_sent: u64,
     /// Key updates of the peer's followed.
     pub key_updates_received: u64,
+    /// Closed for a violation: a frame for a channel the session does not have.
+    pub unknown_channel: u64,
+    /// Closed for a violation: a frame that does not decode.
+    pub decode_errors: u64,
+    /// Closed for a violation: a message over its limit.
+    pub oversize_messages: u64,
+    /// Closed for any other violation.
+    pub protocol_errors: u64,
 }
 
 impl ConnStats {
@@ -302,6 +310,31 @@ impl ConnStats {
         self.ce_acks += o.ce_acks;
         self.key_updates_sent += o.key_updates_sent;
         self.key_updates_received += o.key_updates_received;
+        self.unknown_channel += o.unknown_channel;
+        self.decode_errors += o.decode_errors;
+        self.oversize_messages += o.oversize_messages;
+        self.protocol_errors += o.protocol_errors;
+    }
+}
+
+/// What kind of violation closed a connection (counted in [`ConnStats`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Violation {
+    UnknownChannel,
+    Decode,
+    Oversize,
+    Protocol,
+}
+
+impl Violation {
+    fn of(e: &crate::mux::MuxError) -> Self {
+        use crate::mux::MuxError;
+        match e {
+            MuxError::UnknownChannel(_) => Violation::UnknownChannel,
+            MuxError::Decode(_) => Violation::Decode,
+            MuxError::MessageTooLarge { .. } => Violation::Oversize,
+            _ => Violation::Protocol,
+        }
     }
 }
 
@@ -414,9 +447,11 @@ impl RxFrames {
                 Err(e) => return Err(e.into()),
                 // A channel's stream holds its own data frames only (CREDIT and BLOCKED
                 // have frames of their own).
-                Ok(mux_frame::Head::Control) => return Err(crate::mux::MuxError::Fragment(id)),
+                Ok(mux_frame::Head::Control) => {
+                    return Err(crate::mux::MuxError::ControlInStream(id));
+                }
                 Ok(mux_frame::Head::Data { chan, .. }) if chan != id => {
-                    return Err(crate::mux::MuxError::Fragment(id));
+                    return Err(crate::mux::MuxError::ForeignInStream { chan: id, other: chan });
                 }
                 Ok(mux_frame::Head::Data { chan, ty, first, more, len, head_len }) => {
                     // The header did not decode from the `before` bytes alone.
@@ -860,11 +895,20 @@ impl Connection {
             crate::mux::MuxError::OverBudget(_) | crate::mux::MuxError::SessionOverBudget(_) => {
                 self.close_with(now, CloseCode::OverBudget, e.to_string());
             }
-            e => self.violation(now, e.to_string()),
+            e => self.violation(now, Violation::of(&e), e.to_string()),
         }
     }
 
-    fn violation(&mut self, now: Instant, why: String) {
+    fn violation(&mut self, now: Instant, kind: Violation, why: String) {
+        if self.state == State::Open {
+            let s = &mut self.stats;
+            *match kind {
+                Violation::UnknownChannel => &mut s.unknown_channel,
+                Violation::Decode => &mut s.decode_errors,
+                Violation::Oversize => &mut s.oversize_messages,
+                Violation::Protocol => &mut s.protocol_errors,
+            } += 1;
+        }
         self.close_with(now, CloseCode::Protocol, why);
     }
 
@@ -1022,11 +1066,15 @@ impl Connection {
                 Ok(f) => {
                     if let Frame::ChannelData { chan, offset, data } = f {
                         let Some(i) = self.find(chan) else {
-                            return self.violation(now, format!("unknown channel {chan:#04x}"));
+                            return self.violation(
+                                now,
+                                Violation::UnknownChannel,
+                                format!("unknown channel {chan:#04x}"),
+                            );
                         };
                         if self.mux.is_unreliable(chan) {
                             let why = format!("CHANNEL_DATA on unreliable channel {chan:#04x}");
-                            return self.violation(now, why);
+                            return self.violation(now, Violation::Protocol, why);
                         }
                         let recv = &self.chans[i].recv;
                         if offset + data.len() as u64 > recv.delivered() + self.config.max_reorder {
@@ -1037,7 +1085,7 @@ impl Connection {
                     }
                     frames.push(f);
                 }
-                Err(e) => return self.violation(now, format!("bad frame: {e}")),
+                Err(e) => return self.violation(now, Violation::Decode, format!("bad frame: {e}")),
             }
         }
         if ahead > 0
@@ -1130,7 +1178,7 @@ impl Connection {
         }
         let frame = std::mem::take(&mut self.tmp);
         if let Err(e) = self.mux.handle_payload(&frame) {
-            self.violation(now, e.to_string());
+            self.violation(now, Violation::of(&e), e.to_string());
         }
         self.tmp = frame;
     }
@@ -1169,7 +1217,8 @@ impl Connection {
     /// An unreliable message: to the mux as the one-frame message it was.
     fn on_datagram(&mut self, now: Instant, chan: u8, ty: u8, data: &[u8]) {
         if !self.mux.is_unreliable(chan) {
-            return self.violation(now, format!("DATAGRAM on channel {chan:#04x}, not unreliable"));
+            let why = format!("DATAGRAM on channel {chan:#04x}, not unreliable");
+            return self.violation(now, Violation::Protocol, why);
         }
         self.stats.datagrams_received += 1;
         self.tmp.clear();
@@ -1184,7 +1233,7 @@ impl Connection {
         self.tmp.extend_from_slice(data);
         let frame = std::mem::take(&mut self.tmp);
         if let Err(e) = self.mux.handle_payload(&frame) {
-            self.violation(now, e.to_string());
+            self.violation(now, Violation::of(&e), e.to_string());
         }
         self.tmp = frame;
     }

@@ -280,7 +280,7 @@ pub fn decode(buf: &[u8]) -> Result<(Frame<'_>, usize), DecodeError> {
             }
             Frame::Close { code, reason: r.take(len)? }
         }
-        other => return Err(DecodeError::BadType(other)),
+        other => return Err(DecodeError::BadFrameType(other)),
     };
     Ok((frame, buf.len() - r.0.len()))
 }
@@ -515,7 +515,7 @@ mod tests {
         assert!(decode(&c).is_err());
         assert!(decode(&[ty::CREDIT, b' ', 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
         assert!(decode(&[ty::CHANNEL_DATA, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
-        assert_eq!(decode(&[0x77]), Err(DecodeError::BadType(0x77)));
+        assert_eq!(decode(&[0x77]), Err(DecodeError::BadFrameType(0x77)));
         let mut d = vec![ty::CLOSE, 0, 0, 124];
         d.extend_from_slice(&[b'x'; 124]);
         assert!(decode(&d).is_err());

@@ -1448,6 +1448,32 @@ fn datagrams_must_match_how_their_channel_was_chosen() {
                 .any(|e| matches!(e, Event::Closed(super::connection::CloseReason::Protocol(_)))),
             "{ev:?}"
         );
+        assert_eq!(c.stats().protocol_errors, 1);
+    }
+    // An unknown frame type and a channel the session does not have: counted by kind,
+    // named in the reason.
+    for (f, reason, unknown) in [
+        (vec![0x77], "bad frame: unknown frame type 0x77", false),
+        (
+            {
+                let mut f = Vec::new();
+                frame::put_channel_data(&mut f, b'Z', 0, b"tick");
+                f
+            },
+            "unknown channel 0x5a",
+            true,
+        ),
+    ] {
+        let mut c = server();
+        c.handle_datagram(now, from, &mut client_packet(&p, cid, 0, &f));
+        use super::connection::CloseReason;
+        let ev: Vec<Event> = std::iter::from_fn(|| c.poll_event()).collect();
+        assert!(
+            ev.iter().any(|e| matches!(e, Event::Closed(CloseReason::Protocol(w)) if w == reason)),
+            "{ev:?}"
+        );
+        let s = c.stats();
+        assert_eq!((s.unknown_channel, s.decode_errors), if unknown { (1, 0) } else { (0, 1) });
     }
 }
 
@@ -1585,7 +1611,11 @@ fn a_channel_stream_holds_its_own_data_frames_only() {
     let mut h = [0u8; crate::codec::frame::MAX_DATA_HEADER];
     of_b.extend_from_slice(crate::codec::frame::data_header(&mut h, b'B', 1, Some(2), false, 2));
     of_b.extend_from_slice(b"hi");
-    for bad in [credit, of_b] {
+    let reasons = [
+        "a control frame in channel 0x41's stream",
+        "a frame of channel 0x42 in channel 0x41's stream",
+    ];
+    for (bad, reason) in [credit, of_b].into_iter().zip(reasons) {
         let mut stream = Vec::new();
         push_frame(&mut stream, 1, Some(3), false, b"one");
         stream.extend_from_slice(&bad);
@@ -1593,7 +1623,14 @@ fn a_channel_stream_holds_its_own_data_frames_only() {
         let mut f = Vec::new();
         frame::put_channel_data(&mut f, b'A', 0, &stream);
         c.handle_datagram(now, from, &mut client_packet(&p, cid, 0, &f));
-        assert!(closed_by_protocol(&mut c));
+        // The CLOSE says what was wrong, and the violation is counted by kind.
+        use super::connection::CloseReason;
+        let ev: Vec<Event> = std::iter::from_fn(|| c.poll_event()).collect();
+        assert!(
+            ev.iter().any(|e| matches!(e, Event::Closed(CloseReason::Protocol(w)) if w == reason)),
+            "{ev:?}"
+        );
+        assert_eq!(c.stats().protocol_errors, 1);
         // What came before the violation was delivered.
         assert_eq!(got.lock().pop().map(|m| m.data.to_vec()), Some(b"one".to_vec()));
     }
