@@ -343,10 +343,10 @@ impl Violation {
 #[derive(Clone, Copy, Debug)]
 enum Sent {
     /// Bytes `start..start + len` of channel `idx` (an index into the channels, fewer than
-    /// 256; `len` at most a packet's size, below 64 KiB).
+    /// 256; `len` at most a packet's size).
     Data {
         idx: u16,
-        len: u16,
+        len: u32,
         start: u64,
     },
     Credit(Option<u16>),
@@ -365,8 +365,9 @@ enum Sent {
 impl Sent {
     /// The channel data of `idx` from `start` to `end` (within one packet).
     fn data(idx: usize, start: u64, end: u64) -> Sent {
-        debug_assert!(idx <= u16::MAX as usize && end - start <= u16::MAX as u64);
-        Sent::Data { idx: idx as u16, len: (end - start) as u16, start }
+        // Channel ids are bytes, and a range is what one packet carries.
+        debug_assert!(idx <= u16::MAX as usize && end - start <= u32::MAX as u64);
+        Sent::Data { idx: idx as u16, len: (end - start) as u32, start }
     }
 }
 
