@@ -21,6 +21,23 @@ use std::arch::x86_64::*;
 use super::x86::{Part, parts_of};
 use super::{GROUP, Mode, Msg, TAG_LEN};
 
+/// Runs the pass macro `$pass` for `$groups` 64-byte groups left, with its register count
+/// (at most eight) as a literal, so that each size is its own unrolled code.
+macro_rules! by_registers {
+    ($groups:expr, $pass:ident) => {
+        match $groups {
+            1 => $pass!(1),
+            2 => $pass!(2),
+            3 => $pass!(3),
+            4 => $pass!(4),
+            5 => $pass!(5),
+            6 => $pass!(6),
+            7 => $pass!(7),
+            _ => $pass!(8),
+        }
+    };
+}
+
 /// Powers of H kept per key. A message whose GHASH input (padded associated data, padded
 /// text, lengths block) is at most this many blocks long is reduced once: a 1,452-byte
 /// datagram's is 91. A longer one is hashed in runs of up to this many blocks, one
@@ -331,16 +348,7 @@ fn crypt<const SEAL: bool, const HASH: bool>(
         }};
     }
     while at < len {
-        match (len - at).div_ceil(64) {
-            1 => pass!(1),
-            2 => pass!(2),
-            3 => pass!(3),
-            4 => pass!(4),
-            5 => pass!(5),
-            6 => pass!(6),
-            7 => pass!(7),
-            _ => pass!(8),
-        }
+        by_registers!((len - at).div_ceil(64), pass);
     }
     if !HASH {
         return [0; 16];
@@ -466,16 +474,7 @@ fn crypt_short<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -
         }};
     }
     while q0 < groups {
-        match groups - q0 {
-            1 => pass!(1),
-            2 => pass!(2),
-            3 => pass!(3),
-            4 => pass!(4),
-            5 => pass!(5),
-            6 => pass!(6),
-            7 => pass!(7),
-            _ => pass!(8),
-        }
+        by_registers!(groups - q0, pass);
     }
     while hq < groups {
         absorb!(_mm512_shuffle_epi8(load_group!(hq), bswap), aad_blocks + 4 * hq);

@@ -61,24 +61,10 @@ fn dapd_echoes_over_udp_by_default_and_counts_it() {
     conn.mux().start(Arc::new(NoWake));
     let msg = vec![0x5a; 100_000];
     conn.mux().with_channel(b'E', |ch| ch.write(1, msg.clone()).unwrap()).unwrap();
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
-    let (mut buf, mut rx) = (Vec::new(), vec![0u8; 65_536]);
+    let mut end = ClientEnd::new();
     while got.lock().is_empty() {
         assert!(now.elapsed() < TIMEOUT, "no echo");
-        let t = Instant::now();
-        while let Some(x) = conn.poll_transmit(t, 16, &mut buf) {
-            for seg in buf[..x.size].chunks(x.segment_size.unwrap_or(x.size)) {
-                sock.send_to(seg, x.destination).unwrap();
-            }
-        }
-        if let Ok((n, from)) = sock.recv_from(&mut rx) {
-            conn.handle_datagram(Instant::now(), from, &mut rx[..n]);
-        }
-        let t = Instant::now();
-        if conn.poll_timeout().is_some_and(|x| x <= t) {
-            conn.handle_timeout(t);
-        }
+        end.turn(&mut conn);
     }
     assert!(got.lock()[0].data == msg);
     let (status, body) = http_get(d.local_addr(), "/metrics");
@@ -160,26 +146,49 @@ fn a_violation_over_udp_is_counted_as_over_http() {
     let mut conn = Connection::new(Side::Client, &params, cid, Some(addr), mux, config, now);
     conn.mux().start(Arc::new(NoWake));
     conn.mux().with_channel(b'Z', |ch| ch.write(1, b"who?".to_vec()).unwrap()).unwrap();
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
-    let (mut buf, mut rx) = (Vec::new(), vec![0u8; 65_536]);
+    let mut end = ClientEnd::new();
     let kind = "dap_stream_errors_total{kind=\"unknown_channel\"}";
     let mut body = String::new();
     wait_until("the violation is counted", || {
-        let t = Instant::now();
-        while let Some(x) = conn.poll_transmit(t, 16, &mut buf) {
-            for seg in buf[..x.size].chunks(x.segment_size.unwrap_or(x.size)) {
-                sock.send_to(seg, x.destination).unwrap();
-            }
-        }
-        if let Ok((n, from)) = sock.recv_from(&mut rx) {
-            conn.handle_datagram(Instant::now(), from, &mut rx[..n]);
-        }
+        end.turn(&mut conn);
         body = http_get(d.local_addr(), "/metrics").1;
         metric(&body, kind) >= 1.0
     });
     assert_eq!(metric(&body, kind), 1.0, "{body}");
     d.shutdown(Duration::from_secs(5));
+}
+
+/// A test's UDP client: its socket and buffers, for an engine `Connection` it drives.
+struct ClientEnd {
+    sock: UdpSocket,
+    buf: Vec<u8>,
+    rx: Vec<u8>,
+}
+
+impl ClientEnd {
+    fn new() -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
+        ClientEnd { sock, buf: Vec::new(), rx: vec![0u8; 65_536] }
+    }
+
+    /// One turn: everything `conn` has to send, at most one datagram in (waiting up to
+    /// 2 ms), then its timer if due.
+    fn turn(&mut self, conn: &mut Connection) {
+        let t = Instant::now();
+        while let Some(x) = conn.poll_transmit(t, 16, &mut self.buf) {
+            for seg in self.buf[..x.size].chunks(x.segment_size.unwrap_or(x.size)) {
+                self.sock.send_to(seg, x.destination).unwrap();
+            }
+        }
+        if let Ok((n, from)) = self.sock.recv_from(&mut self.rx) {
+            conn.handle_datagram(Instant::now(), from, &mut self.rx[..n]);
+        }
+        let t = Instant::now();
+        if conn.poll_timeout().is_some_and(|x| x <= t) {
+            conn.handle_timeout(t);
+        }
+    }
 }
 
 /// The value of the sample `name` (with its labels) in a /metrics body (NaN if absent).
