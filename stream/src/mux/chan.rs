@@ -127,6 +127,11 @@ pub(crate) struct ChanState {
     /// The window grows at most once per limit sent: BLOCKED frames at or under this
     /// limit are stale.
     grown_at: Option<u64>,
+    /// A BLOCKED claim at a limit not all of whose bytes had arrived (over UDP a BLOCKED
+    /// frame can overtake the data before it): weighed once they have and the handler has
+    /// taken them ([`weigh_claim`](Self::weigh_claim)). A claim never backed by data grows
+    /// nothing.
+    blocked_claim: Option<u64>,
     /// Times the window grew (stats).
     pub(crate) window_growths: u32,
     /// An unreliable channel's largest message: each message is one data frame, outside
@@ -162,6 +167,7 @@ impl ChanState {
             window: config.channel_window as u64,
             max_window: (config.max_channel_window as u64).max(config.channel_window as u64),
             grown_at: None,
+            blocked_claim: None,
             window_growths: 0,
             unreliable: None,
             dropped: 0,
@@ -183,8 +189,30 @@ impl ChanState {
 
     /// A BLOCKED frame from the peer at `limit`: grows the window if this channel is
     /// reading (the handler keeps up, so the window is what holds the sender back) and the
-    /// window has not grown for this limit already. The grant follows in the next payload.
+    /// window has not grown for this limit already, once every byte up to `limit` has
+    /// arrived (until then the claim waits: believing a claim ahead of its data would let
+    /// a peer double the window to its maximum without sending). The grant follows in the
+    /// next payload.
     pub(crate) fn on_blocked(&mut self, limit: u64) {
+        if self.recv_total < limit {
+            self.blocked_claim = Some(self.blocked_claim.map_or(limit, |c| c.min(limit)));
+            return;
+        }
+        self.grow_for(limit);
+    }
+
+    /// A claim whose bytes have all arrived since, weighed now (after delivery, so that
+    /// the handler's state is its state with those bytes).
+    pub(crate) fn weigh_claim(&mut self) {
+        if let Some(c) = self.blocked_claim
+            && self.recv_total >= c
+        {
+            self.blocked_claim = None;
+            self.grow_for(c);
+        }
+    }
+
+    fn grow_for(&mut self, limit: u64) {
         if !self.reading
             || self.held > 0
             || self.grown_at.is_some_and(|g| limit <= g)

@@ -579,6 +579,9 @@ impl Mux {
                 }
                 self.call(i, |h, ch| h.packet_in(ch, msg));
             }
+            if self.input_drained {
+                self.chans[i].weigh_claim();
+            }
         }
     }
 

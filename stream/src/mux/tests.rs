@@ -347,9 +347,12 @@ fn a_stale_blocked_frame_does_not_grow_the_window_again() {
     let config =
         MuxConfig { channel_window: 4096, max_channel_window: 1 << 20, ..MuxConfig::default() };
     let mut p = pair(b"E", config);
+    // A claim ahead of its data grows nothing yet; once the bytes are in, it does.
     let mut f = Vec::new();
     put_blocked(&mut f, b'E', 4096);
     p.b.handle_payload(&f).unwrap();
+    assert_eq!(p.b.recv_window(b'E'), Some(4096));
+    p.b.handle_payload(&data_frame_on(b'E', Some(4096), false, 4096)).unwrap();
     assert_eq!(p.b.recv_window(b'E'), Some(8192));
     // The same report again, or an older one: nothing changes.
     p.b.handle_payload(&f).unwrap();
@@ -357,13 +360,14 @@ fn a_stale_blocked_frame_does_not_grow_the_window_again() {
     put_blocked(&mut older, b'E', 100);
     p.b.handle_payload(&older).unwrap();
     assert_eq!(p.b.recv_window(b'E'), Some(8192));
-    // A limit at the top of the range grows once and overflows nothing.
+    // A limit at the top of the range, never backed by data, grows nothing and overflows
+    // nothing.
     let mut top = Vec::new();
     put_blocked(&mut top, b'E', u64::MAX);
     put_blocked(&mut top, frame::CONNECTION, u64::MAX);
     p.b.handle_payload(&top).unwrap();
     p.b.handle_payload(&top).unwrap();
-    assert_eq!(p.b.recv_window(b'E'), Some(16384));
+    assert_eq!(p.b.recv_window(b'E'), Some(8192));
     // BLOCKED for a channel the session does not have is a violation, like any frame.
     let mut bad = Vec::new();
     put_blocked(&mut bad, b'Q', 1);
@@ -380,6 +384,8 @@ fn a_receiver_that_is_behind_its_input_grows_no_window() {
         ..MuxConfig::default()
     };
     let mut p = pair(b"E", config);
+    // The sender used its whole window.
+    p.b.handle_payload(&data_frame_on(b'E', Some(4096), false, 4096)).unwrap();
     // The transport says input keeps piling up: the receiver itself is the bottleneck.
     p.b.set_input_drained(false);
     let mut f = Vec::new();
@@ -683,4 +689,71 @@ fn an_unfinished_message_idle_past_the_partial_timeout_is_reported() {
     // Completed, nothing is left to time out.
     q.b.handle_payload(&data_frame_on(b'E', None, false, 80_000)).unwrap();
     assert_eq!((q.b.partial_deadline(), q.b.stalled_partial(t0 + s(100))), (None, None));
+}
+
+#[test]
+fn an_echo_whose_replies_are_not_taken_stops_growing_its_window() {
+    // b echoes on E (the real handler); a sends 200 KB messages, and BLOCKED whenever out
+    // of credit, but never takes b's replies (it grants b nothing past the first window).
+    let config = MuxConfig::default();
+    let mut procs = ChannelProcs::new();
+    crate::echo::register(&mut procs);
+    let mut b = Mux::new(b"E", &procs, info(), config);
+    b.start(Arc::new(NoWake));
+    let msg = 200_000usize;
+    // Every frame a will send: 16 KiB pieces of 100 messages, and their payload sizes.
+    let mut frames = std::collections::VecDeque::new();
+    for _ in 0..100 {
+        let mut off = 0;
+        while off < msg {
+            let n = (msg - off).min(16 << 10);
+            let first = (off == 0).then_some(msg as u32);
+            frames.push_back((data_frame_on(b'E', first, off + n < msg, n), n as u64));
+            off += n;
+        }
+    }
+    let (mut limit, mut conn_limit) = (config.channel_window as u64, config.conn_window as u64);
+    let mut sent = 0u64;
+    for _ in 0..10_000 {
+        let mut progress = false;
+        while let Some((f, n)) = frames.front() {
+            if sent + n > limit.min(conn_limit) {
+                break;
+            }
+            b.handle_payload(f).unwrap();
+            sent += n;
+            frames.pop_front();
+            progress = true;
+        }
+        if !frames.is_empty() {
+            let mut f = Vec::new();
+            put_blocked(&mut f, b'E', limit);
+            put_blocked(&mut f, 0, conn_limit);
+            b.handle_payload(&f).unwrap();
+        }
+        // b's output: its CREDIT frames are read; its data is dropped, never credited.
+        let mut buf = Vec::new();
+        while b.poll_payload(&mut buf, 1 << 16) {
+            for f in controls(&buf) {
+                match f {
+                    Frame::Credit { chan: b'E', limit: l } => {
+                        progress |= l > limit;
+                        limit = limit.max(l);
+                    }
+                    Frame::Credit { chan: 0, limit: l } => conn_limit = conn_limit.max(l),
+                    _ => {}
+                }
+            }
+            buf.clear();
+        }
+        if !progress {
+            break;
+        }
+    }
+    // The echo's window grew at most once, before its first reply met a's credit (16 MiB
+    // without the rule); what b granted past it is what Echo took.
+    let window = b.recv_window(b'E').unwrap();
+    assert!(window <= 2 * config.channel_window as u64, "window {window}");
+    let delivered = b.counters().messages_in * msg as u64;
+    assert!(limit <= delivered + window + msg as u64, "granted {limit}, delivered {delivered}");
 }
