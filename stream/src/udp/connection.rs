@@ -1589,13 +1589,11 @@ impl Connection {
     /// Closes the packet begun at `start` with the next packet number, to be sealed with
     /// the rest of the transmit by [`seal_unsealed`](Self::seal_unsealed).
     fn seal_later(&mut self, buf: &mut Vec<u8>, start: usize) -> u64 {
-        if self.send_keys.updates_next() {
-            // The packets waiting were numbered under the key about to be retired.
-            self.seal_unsealed(buf);
-        }
-        if self.unsealed.len() >= dap_net::enc::cipher::BATCH_GROUP {
-            // A whole AEAD group waits: sealed now, while its packets are in the nearest
-            // cache (a 64 KiB transmit is not).
+        // The packets waiting were numbered under the key about to be retired, or they are
+        // a whole AEAD group, sealed now while in the nearest cache (a 64 KiB transmit is
+        // not).
+        if self.send_keys.updates_next() || self.unsealed.len() >= dap_net::enc::cipher::BATCH_GROUP
+        {
             self.seal_unsealed(buf);
         }
         let pn = self.next_pn;

@@ -496,9 +496,8 @@ impl<F> Recovery<F> {
                 eliciting += usize::from(p.ack_eliciting);
                 any_eliciting |= p.ack_eliciting;
                 newly_acked += 1;
-                if newest.is_none_or(|(n, _)| pn > n) {
-                    newest = Some((pn, p.time));
-                }
+                // Ranges lowest first, each taken lowest first: the last is the largest.
+                newest = Some((pn, p.time));
                 visit(pn, p);
             });
             self.bytes_in_flight -= in_flight;
