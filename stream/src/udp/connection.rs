@@ -132,9 +132,27 @@ impl Default for ConnectionConfig {
     }
 }
 
-/// What one sent packet carried: inline up to three items (a data range, an ACK riding
-/// along and the ECN marker: the usual packet), on the heap past that.
-type Info = smallvec::SmallVec<[Sent; 3]>;
+/// What one sent packet carried: inline up to three items (a data range and an ACK riding
+/// along: the usual packet), on the heap past that; and whether it went out marked ECT(0).
+#[derive(Clone, Debug, Default)]
+struct Info {
+    items: smallvec::SmallVec<[Sent; 3]>,
+    ect: bool,
+}
+
+impl Info {
+    fn push(&mut self, s: Sent) {
+        self.items.push(s);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, Sent> {
+        self.items.iter()
+    }
+}
 
 /// The most bytes one transmit of several segments carries, so that one UDP GSO send takes
 /// it whole (the kernels' limits are 65,507 bytes over IPv4 and 65,527 over IPv6; the
@@ -355,8 +373,6 @@ enum Sent {
     MtuProbe(u32),
     /// An unreliable message (lost, it is only counted).
     Datagram,
-    /// The packet went out marked ECT(0).
-    Ect,
     /// The packet carried an ACK up to this packet number: once it is acknowledged, the
     /// ranges up to there need not be sent again.
     AckOf(u64),
@@ -992,8 +1008,9 @@ impl Connection {
         let (_, recv_dir) = self.dirs();
         let (key, phase) = self.recv_keys.current();
         // Headers first: the packets the current key opens go into one batch.
-        let mut hdrs = Vec::with_capacity(batch.len());
-        let mut msgs = Vec::with_capacity(batch.len());
+        // (A group is at most `BATCH_GROUP` packets: no allocation for it.)
+        let mut hdrs: smallvec::SmallVec<[Option<Header>; 16]> = smallvec::SmallVec::new();
+        let mut msgs: smallvec::SmallVec<[BatchMsg<'_>; 16]> = smallvec::SmallVec::new();
         for d in batch.iter_mut() {
             let h = match packet::parse_header(d.data) {
                 Ok(h) if h.cid == self.cid && h.key_phase == phase => h,
@@ -1009,11 +1026,12 @@ impl Connection {
                 buf: &mut *d.data,
             });
         }
-        let mut ok = vec![false; msgs.len()];
-        key.open_batch(&mut msgs, &mut ok);
+        let mut ok = [false; dap_net::enc::cipher::BATCH_GROUP];
+        let ok = &mut ok[..msgs.len().min(dap_net::enc::cipher::BATCH_GROUP)];
+        key.open_batch(&mut msgs, ok);
         let generation = self.recv_keys.updates();
         drop(msgs);
-        let mut results = ok.into_iter();
+        let mut results = ok.iter().copied();
         for (d, h) in batch.iter_mut().zip(hdrs) {
             if matches!(self.state, State::Closed | State::Draining { .. }) {
                 return;
@@ -1254,6 +1272,10 @@ impl Connection {
         let mut marked = 0u64;
         let (chans, mtu, cc, acks) = (&mut self.chans, &mut self.mtu, &mut self.cc, &mut self.acks);
         let acked_packets = &mut self.acked_packets;
+        // A channel's bytes acknowledged, gathered while the packets' ranges follow on (the
+        // packets come lowest first, and a bulk transfer's carry consecutive bytes): one
+        // call to the send buffer per run, not per packet.
+        let mut run: Option<(u16, u64, u64)> = None;
         let out = self.recovery.on_ack_with(
             now,
             ranges.iter().cloned(),
@@ -1262,18 +1284,27 @@ impl Connection {
             &mut self.rtt,
             |_, p| {
                 acked_large |= mtu.is_large(p.bytes);
-                for s in &p.info {
+                marked += u64::from(p.info.ect);
+                for s in p.info.iter() {
                     match *s {
-                        Sent::Data { idx, len, start } => {
-                            chans[idx as usize].send.on_acked(start..start + len as u64)
-                        }
+                        Sent::Data { idx, len, start } => match run.as_mut() {
+                            Some((i, _, end)) if *i == idx && *end == start => {
+                                *end += len as u64;
+                            }
+                            _ => {
+                                if let Some((i, s, e)) =
+                                    run.replace((idx, start, start + len as u64))
+                                {
+                                    chans[i as usize].send.on_acked(s..e);
+                                }
+                            }
+                        },
                         Sent::MtuProbe(size) => {
                             if let Some(mss) = mtu.on_probe_acked(now, size as usize) {
                                 cc.on_mss_update(mss as u64);
                             }
                         }
                         Sent::AckOf(largest) => acks.on_ack_acked(largest),
-                        Sent::Ect => marked += 1,
                         _ => {}
                     }
                 }
@@ -1282,6 +1313,9 @@ impl Connection {
                 }
             },
         );
+        if let Some((i, s, e)) = run {
+            self.chans[i as usize].send.on_acked(s..e);
+        }
         self.stats.spurious_losses += out.spurious.len() as u64;
         if let Some(sent) = out.spurious.iter().filter(|s| s.in_flight).map(|s| s.sent).max() {
             self.cc.on_spurious_congestion(now, sent);
@@ -1327,7 +1361,7 @@ impl Connection {
         let mut lost_large = false;
         let mut lost_marked = 0;
         for (_, p) in lost {
-            lost_marked += p.info.iter().any(|s| matches!(s, Sent::Ect)) as u64;
+            lost_marked += u64::from(p.info.ect);
             // A lost MTU probe says the path is narrower, not that it is congested.
             if let Some(size) =
                 p.info.iter().find_map(|s| if let Sent::MtuProbe(n) = s { Some(*n) } else { None })
@@ -1344,7 +1378,7 @@ impl Connection {
             for s in p.info.iter().copied() {
                 match s {
                     // A lost ACK is not sent again: later ACKs cover its ranges.
-                    Sent::MtuProbe(_) | Sent::Ect | Sent::AckOf(_) => {}
+                    Sent::MtuProbe(_) | Sent::AckOf(_) => {}
                     Sent::Datagram => self.stats.datagrams_lost += 1,
                     Sent::Data { idx, len, start } => {
                         self.chans[idx as usize].send.on_lost(start..start + len as u64)
@@ -1539,7 +1573,27 @@ impl Connection {
         // second a short one, so it stops where one send is full.
         let max_segments = max_segments.min(MAX_TRANSMIT_BYTES / size).max(1);
         let mut segments = 0;
+        // Full packets of channel data the window, the pacer and the record of packets in
+        // flight allow without asking again (see `bulk_room`).
+        let mut bulk = 0;
         while segments < max_segments {
+            let start = buf.len();
+            if bulk > 0 {
+                bulk -= 1;
+                if !self.build_bulk(now, buf, size) {
+                    buf.truncate(start);
+                    break;
+                }
+                segments += 1;
+                let len = buf.len() - start;
+                if let Some(p) = self.path.as_mut() {
+                    p.on_sent(len as u64);
+                }
+                if len < size {
+                    break;
+                }
+                continue;
+            }
             // Before validation, at most three times what the address sent us.
             let budget = self.path.as_ref().map_or(0, |p| p.budget());
             let room = (size as u64).min(budget) as usize;
@@ -1547,7 +1601,6 @@ impl Connection {
                 self.stats.amplification_limited += 1;
                 break;
             }
-            let start = buf.len();
             let built = self.build_packet(now, buf, room);
             if !built {
                 buf.truncate(start);
@@ -1562,6 +1615,7 @@ impl Connection {
                 // Only the last segment of a batch may be short.
                 break;
             }
+            bulk = self.bulk_room(now, size);
         }
         self.seal_unsealed(buf);
         if segments == 0 {
@@ -1622,7 +1676,7 @@ impl Connection {
     fn build_packet(&mut self, now: Instant, buf: &mut Vec<u8>, size: usize) -> bool {
         let start = packet::begin(buf);
         let limit = start + size - dap_net::enc::cipher::TAG_LEN;
-        let mut info = Info::new();
+        let mut info = Info::default();
         let mut eliciting = false;
         // An ACK when one is due, or riding along with anything else.
         let ack_due = self.acks.ack_due(now);
@@ -1699,11 +1753,66 @@ impl Connection {
         if let Some(largest) = ack_of {
             info.push(Sent::AckOf(largest));
         }
+        self.finish_packet(now, buf, start, eliciting, info);
+        true
+    }
+
+    /// How many packets of `size` bytes may follow the one just built in this transmit
+    /// carrying channel data alone, each without the decisions [`build_packet`]
+    /// (Self::build_packet) takes: none while anything else waits to be sent (an ACK, a
+    /// control frame, an unreliable message, a path challenge or response), while probing,
+    /// or before the path is validated; else as many as the congestion window, the pacer's
+    /// bucket and the record of packets in flight all have room for, each asked once for
+    /// the batch (`now` does not move within it, and nothing arrives).
+    fn bulk_room(&mut self, now: Instant, size: usize) -> usize {
+        let Some(path) = self.path.as_ref() else { return 0 };
+        if !path.validated
+            || path.challenging()
+            || self.probes > 0
+            || self.acks.has_news()
+            || self.acks.ack_due(now)
+            || !self.path_responses.is_empty()
+            || !self.datagrams.is_empty()
+            || self.has_controls()
+        {
+            return 0;
+        }
+        let window = self.cc.window();
+        let cwnd = window.saturating_sub(self.recovery.bytes_in_flight()) / size as u64;
+        let paced = self.pacer.tokens() / size as u64;
+        (cwnd.min(paced) as usize).min(self.recovery.room())
+    }
+
+    /// A packet of channel data alone, as [`build_packet`](Self::build_packet) would build
+    /// it where [`bulk_room`](Self::bulk_room) allows; returns whether there was data.
+    fn build_bulk(&mut self, now: Instant, buf: &mut Vec<u8>, size: usize) -> bool {
+        let start = packet::begin(buf);
+        let limit = start + size - dap_net::enc::cipher::TAG_LEN;
+        let mut info = Info::default();
+        self.put_data(buf, limit, &mut info);
+        if info.is_empty() {
+            // The window had room and nothing waited: not the window (RFC 9002 §7.8).
+            self.app_limited = true;
+            buf.truncate(start);
+            return false;
+        }
+        self.finish_packet(now, buf, start, true, info);
+        true
+    }
+
+    /// Records the ECN mark, seals (now or with the rest of the transmit) and tracks the
+    /// packet begun at `start`.
+    fn finish_packet(
+        &mut self,
+        now: Instant,
+        buf: &mut Vec<u8>,
+        start: usize,
+        eliciting: bool,
+        mut info: Info,
+    ) {
         let mark = self.ecn.mark();
         self.ecn.on_sent(mark);
-        if mark == Ecn::Ect0 {
-            info.push(Sent::Ect);
-        }
+        info.ect = mark == Ecn::Ect0;
         // Sealed with the rest of the transmit where the cipher runs batches faster; at once
         // otherwise, while the packet is still in the nearest cache.
         let pn = if self.config.batch_aead && self.send_keys.current().batches() {
@@ -1720,7 +1829,6 @@ impl Connection {
         // Only an ACK-only packet can meet a full record (checked above); it carries nothing
         // to send again, so it need not be tracked.
         let _ = self.recovery.on_sent(pn, sent);
-        true
     }
 
     /// A path MTU probe, when one is due: PING padded to the size tried, alone in its
@@ -1751,12 +1859,12 @@ impl Connection {
         if let Some(p) = self.path.as_mut() {
             p.on_sent(size as u64);
         }
-        let mut info: Info = smallvec::smallvec![Sent::MtuProbe(size as u32)];
         let mark = self.ecn.mark();
         self.ecn.on_sent(mark);
-        if mark == Ecn::Ect0 {
-            info.push(Sent::Ect);
-        }
+        let info = Info {
+            items: smallvec::smallvec![Sent::MtuProbe(size as u32)],
+            ect: mark == Ecn::Ect0,
+        };
         let sent = SentPacket {
             time: now,
             bytes: size as u64,
@@ -1835,6 +1943,12 @@ impl Connection {
             }
         }
         self.rr = (self.rr + 1) % n.max(1);
+    }
+
+    /// Bytes of the packets in flight (for the tests' invariants).
+    #[cfg(test)]
+    pub(crate) fn bytes_in_flight(&self) -> u64 {
+        self.recovery.bytes_in_flight()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.

@@ -84,6 +84,12 @@ impl Pacer {
         Some(now + wait.max(Duration::from_micros(1)))
     }
 
+    /// The bytes that may leave now, as the last [`delay`](Self::delay) left the bucket
+    /// (within one batch, where `now` does not move, nothing is added meanwhile).
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
     /// A datagram of `bytes` left.
     pub fn on_sent(&mut self, bytes: u64) {
         self.tokens = self.tokens.saturating_sub(bytes);

@@ -93,6 +93,11 @@ impl Path {
         false
     }
 
+    /// Whether a challenge is outstanding on the path (sent or to be sent).
+    pub fn challenging(&self) -> bool {
+        self.challenge.is_some()
+    }
+
     /// Whether the path was given up (its challenges went unanswered).
     pub fn abandoned(&self) -> bool {
         !self.validated && self.challenges_sent >= MAX_CHALLENGES

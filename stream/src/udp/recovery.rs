@@ -387,6 +387,12 @@ impl<F> Recovery<F> {
         self.sent.len()
     }
 
+    /// How many more packets can be tracked before [`is_full`](Self::is_full) says so.
+    pub fn room(&self) -> usize {
+        (self.max_tracked.saturating_sub(self.sent.len()))
+            .min((2 * self.max_tracked).saturating_sub(self.sent.span()))
+    }
+
     /// Whether no more packets can be tracked until ACKs free room: `max_tracked` are
     /// outstanding, or the record spans twice that many packet numbers (acknowledged ones
     /// behind an old outstanding packet still take room until it is acknowledged or lost).

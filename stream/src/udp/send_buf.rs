@@ -36,7 +36,7 @@ impl RangeSet {
 
     /// Removes `r`, splitting what it cuts.
     pub fn remove(&mut self, r: Range<u64>) {
-        if r.is_empty() {
+        if r.is_empty() || self.0.is_empty() {
             return;
         }
         let hit: Vec<(u64, u64)> = self

@@ -865,6 +865,87 @@ fn bottleneck_run(
     }
 }
 
+/// Transmits of up to 64 segments (GSO batches) keep to the congestion window and the
+/// pacer exactly as single packets do: after every transmit the bytes in flight are within
+/// the window, no transmit carries more than the pacer's burst allows, and a lossy path
+/// still delivers.
+#[test]
+fn gso_batches_keep_to_the_window_and_the_pacer() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let t0 = Instant::now();
+    let (ca, sa) =
+        (SocketAddr::from(([127, 0, 0, 1], 4000)), SocketAddr::from(([127, 0, 0, 2], 443)));
+    let link = LinkConfig {
+        delay: Duration::from_millis(10),
+        loss: 0.001,
+        rate_bps: Some(200_000_000),
+        queue_bytes: 500_000,
+        ..LinkConfig::default()
+    };
+    let mut net = Network::new(3, link);
+    let got = Arc::new(AtomicU64::new(0));
+    let config = ConnectionConfig::default();
+    let cid = ConnectionId([5; 8]);
+    let mut conns = [
+        bulk(Side::Client, cid, sa, &got, config, t0),
+        bulk(Side::Server, cid, ca, &got, config, t0),
+    ];
+    let addrs = [ca, sa];
+    let mut now = t0;
+    let mut buf = Vec::new();
+    let (mut batches, mut largest) = (0u64, 0usize);
+    while now < t0 + Duration::from_secs(5) {
+        for i in 0..2 {
+            while let Some(t) = conns[i].poll_transmit(now, 64, &mut buf) {
+                let seg = t.segment_size.unwrap_or(t.size);
+                if i == 0 {
+                    let c = &conns[0];
+                    assert!(
+                        c.bytes_in_flight() <= c.window(),
+                        "{} in flight, window {}",
+                        c.bytes_in_flight(),
+                        c.window()
+                    );
+                    // The pacer's bucket: at most its capacity (some 1 ms at 1.25 times
+                    // window / RTT, never under ten datagrams, never over the window).
+                    let cap =
+                        (c.window() as f64 * 1.25 / c.rtt().get().as_secs_f64() / 1000.0) as usize;
+                    let cap = cap.max(10 * seg).min(c.window() as usize);
+                    assert!(t.size <= cap + seg, "a transmit of {} past the burst {cap}", t.size);
+                    if t.size > seg {
+                        batches += 1;
+                    }
+                    largest = largest.max(t.size / seg);
+                }
+                let ecn = t.ecn.unwrap_or(Ecn::NotEct);
+                for d in buf[..t.size].chunks(seg) {
+                    net.send_ecn(now, addrs[i], t.destination, ecn, d);
+                }
+            }
+        }
+        while let Some(mut d) = net.deliver(now) {
+            let i = if d.to == ca { 0 } else { 1 };
+            conns[i].handle_datagram_ecn(now, d.from, Some(d.ecn), &mut d.bytes);
+        }
+        let next = [net.next_delivery(), conns[0].poll_timeout(), conns[1].poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap();
+        now = now.max(next);
+        for c in &mut conns {
+            if c.poll_timeout().is_some_and(|t| t <= now) {
+                c.handle_timeout(now);
+            }
+        }
+    }
+    assert!(batches > 100 && largest >= 10, "{batches} batches, the largest {largest} segments");
+    // At 0.1 % loss and a 20 ms RTT a loss-based controller holds some 4 MB/s.
+    let got = got.load(Ordering::Relaxed);
+    assert!(got > 10_000_000, "{got} bytes arrived");
+    assert!(conns[0].stats().retransmitted > 0, "the path lost nothing");
+}
+
 /// NewReno and CUBIC each fill a 100 Mbit/s, 40 ms path with a one-BDP buffer within 10
 /// virtual seconds (goodput at least 90 % of the link rate, headers not counted), and do
 /// not keep the queue full (which would double the RTT to 80 ms).
