@@ -1161,9 +1161,7 @@ impl Connection {
                     self.acks.ack_now();
                 }
             }
-            if e != Ecn::NotEct {
-                self.acks.set_ecn(self.ecn_rx);
-            }
+            // (Handed to the ACK tracker when an ACK is written, not on every packet.)
         }
         for f in frames {
             if self.state != State::Open {
@@ -1706,6 +1704,10 @@ impl Connection {
         let send_eliciting = ((want_data && !paced) || probing) && !self.recovery.is_full();
         let mut ack_of = None;
         if ack_due || (send_eliciting && self.acks.has_news()) {
+            // The codepoints counted so far, once any packet came marked.
+            if self.ecn_rx != EcnCounts::default() {
+                self.acks.set_ecn(self.ecn_rx);
+            }
             // As many of the most recent ranges as fit: older ones were acknowledged before.
             let fit = self.acks.ranges_fitting(limit - buf.len()).min(self.config.max_ack_ranges);
             if fit > 0 {

@@ -226,14 +226,21 @@ impl<F> SentMap<F> {
     /// Takes every packet numbered in `r`, lowest first.
     fn take_range(&mut self, r: RangeInclusive<u64>, mut f: impl FnMut(u64, SentPacket<F>)) {
         let mut i = self.index(*r.start());
-        while let Some((n, slot)) = self.slots.get_mut(i)
-            && *n <= *r.end()
+        while let Some(&(n, _)) = self.slots.get(i)
+            && n <= *r.end()
         {
-            if let Some(p) = slot.take() {
+            // From the oldest on (the common case: an ACK of what was sent first), each
+            // slot leaves the record as it is visited, not emptied and trimmed after.
+            let taken = if i == 0 {
+                self.slots.pop_front().and_then(|(_, p)| p)
+            } else {
+                i += 1;
+                self.slots[i - 1].1.take()
+            };
+            if let Some(p) = taken {
                 self.live -= 1;
-                f(*n, p);
+                f(n, p);
             }
-            i += 1;
         }
         self.trim();
     }
