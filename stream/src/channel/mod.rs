@@ -153,13 +153,35 @@ impl ChannelStats {
 
 /// A session's hold on a channel id's counters: counted open while it lives.
 #[derive(Debug)]
-pub(crate) struct ChannelUse(Arc<ChannelStats>);
+///
+/// Bytes received are counted here first and added to the shared counter in one atomic
+/// addition per message (or per [`RX_REPORT`] bytes, and when the session ends), not per
+/// piece: over UDP a piece is one packet's payload.
+pub(crate) struct ChannelUse(Arc<ChannelStats>, u64);
+
+/// Bytes received a channel counts before it adds them to the shared counter.
+const RX_REPORT: u64 = 64 << 10;
 
 impl ChannelUse {
     pub(crate) fn new(stats: Arc<ChannelStats>) -> Self {
         stats.sessions.fetch_add(1, Relaxed);
         stats.open.fetch_add(1, Relaxed);
-        ChannelUse(stats)
+        ChannelUse(stats, 0)
+    }
+
+    /// Message bytes received.
+    pub(crate) fn received(&mut self, bytes: u64) {
+        self.1 += bytes;
+        if self.1 >= RX_REPORT {
+            self.report();
+        }
+    }
+
+    /// Adds the bytes received so far to the shared counter.
+    pub(crate) fn report(&mut self) {
+        if self.1 > 0 {
+            self.0.received(std::mem::take(&mut self.1));
+        }
     }
 }
 
@@ -172,6 +194,7 @@ impl std::ops::Deref for ChannelUse {
 
 impl Drop for ChannelUse {
     fn drop(&mut self) {
+        self.report();
         self.0.open.fetch_sub(1, Relaxed);
     }
 }

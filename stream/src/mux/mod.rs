@@ -538,7 +538,7 @@ impl Mux {
             self.conn.recv_total += n;
         }
         self.counters.bytes_in += n;
-        if let Some(s) = &self.chans[i].stats {
+        if let Some(s) = &mut self.chans[i].stats {
             s.received(n);
         }
         let before = self.chans[i].partial_charged();
@@ -574,7 +574,8 @@ impl Mux {
             while self.chans[i].reading {
                 let Some(msg) = self.chans[i].take_message() else { break };
                 self.counters.messages_in += 1;
-                if let Some(s) = &self.chans[i].stats {
+                if let Some(s) = &mut self.chans[i].stats {
+                    s.report();
                     s.delivered();
                 }
                 self.call(i, |h, ch| h.packet_in(ch, msg));
