@@ -186,7 +186,8 @@ fn write_header(hdr: &Header, head: &mut [u8]) {
 /// `packets` lists each one's `(start, end, packet number)`, in ascending order and
 /// apart. The bytes are those [`seal`] would have written.
 pub fn seal_batch(key: &AeadKey, dir: Direction, buf: &mut [u8], packets: &[(usize, usize, u64)]) {
-    let mut msgs = Vec::with_capacity(packets.len());
+    // (A batch is one AEAD group, at most `BATCH_GROUP` packets: no allocation for it.)
+    let mut msgs: smallvec::SmallVec<[BatchMsg<'_>; 16]> = smallvec::SmallVec::new();
     let mut rest = buf;
     let mut at = 0;
     for &(start, end, pn) in packets {
