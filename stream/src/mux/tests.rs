@@ -757,3 +757,36 @@ fn an_echo_whose_replies_are_not_taken_stops_growing_its_window() {
     let delivered = b.counters().messages_in * msg as u64;
     assert!(limit <= delivered + window + msg as u64, "granted {limit}, delivered {delivered}");
 }
+
+/// A channel's received bytes reach its shared counters by the time each message is handed
+/// over (counted in pieces in between, not with an atomic per piece), and whatever is left
+/// when the session ends.
+#[test]
+fn bytes_received_are_counted_by_each_delivery_and_at_the_end() {
+    struct Sink;
+    impl ChannelHandler for Sink {
+        fn packet_in(&mut self, _: &mut Channel<'_>, _: Message) {}
+    }
+    let mut procs = ChannelProcs::new();
+    procs.ch_proc_add(b'E', |_| Box::new(Sink)).unwrap();
+    let mut m = Mux::new(b"E", &procs, info(), MuxConfig::default());
+    let bytes_in = |p: &ChannelProcs| p.stats()[0].1.bytes_in;
+    let messages_in = |p: &ChannelProcs| p.stats()[0].1.messages_in;
+    // A 10,000-byte message in pieces of 1,000: nothing counted until it is handed over.
+    for k in 0..10 {
+        let piece = Piece { frame_len: Some(10_000), last: k == 9 };
+        let first = (k == 0).then_some(10_000);
+        m.handle_data(b'E', 1, first, false, &[7; 1_000], piece).unwrap();
+    }
+    m.deliver();
+    assert_eq!((bytes_in(&procs), messages_in(&procs)), (10_000, 1));
+    // Half of the next message, then the session ends: its bytes are counted too.
+    for k in 0..5 {
+        let piece = Piece { frame_len: Some(10_000), last: false };
+        let first = (k == 0).then_some(10_000);
+        m.handle_data(b'E', 1, first, false, &[7; 1_000], piece).unwrap();
+    }
+    m.close();
+    drop(m);
+    assert_eq!((bytes_in(&procs), messages_in(&procs)), (15_000, 1));
+}
