@@ -1075,6 +1075,24 @@ impl Connection {
             self.stats.duplicates += 1;
             return;
         }
+        let plain: &[u8] = plain;
+        // The bulk path's packet, one CHANNEL_DATA frame filling it: taken as the general
+        // path below takes it, without a list of frames.
+        if let Ok((Frame::ChannelData { chan, offset, data }, n)) = frame::decode(plain)
+            && n == plain.len()
+        {
+            if !self.admit_data(now, chan, offset, data.len()) || !self.reorder_room(data.len())
+            {
+                return;
+            }
+            self.note_packet(now, from, hdr.pn, len);
+            let refused = self.intake_stopped;
+            self.note_receipt(now, hdr.pn, true, refused, ecn);
+            if self.state == State::Open && !refused {
+                self.on_data(now, chan, offset, data);
+            }
+            return;
+        }
         // Decode everything first: a bad frame refuses the whole packet, and data that runs
         // too far ahead drops it unacknowledged (the peer sends it again later).
         // (A packet of the bulk path holds one to three frames: no allocation for those.)
@@ -1084,20 +1102,7 @@ impl Connection {
             match f {
                 Ok(f) => {
                     if let Frame::ChannelData { chan, offset, data } = f {
-                        let Some(i) = self.find(chan) else {
-                            return self.violation(
-                                now,
-                                Violation::UnknownChannel,
-                                format!("unknown channel {chan:#04x}"),
-                            );
-                        };
-                        if self.mux.is_unreliable(chan) {
-                            let why = format!("CHANNEL_DATA on unreliable channel {chan:#04x}");
-                            return self.violation(now, Violation::Protocol, why);
-                        }
-                        let recv = &self.chans[i].recv;
-                        if offset + data.len() as u64 > recv.delivered() + self.config.max_reorder {
-                            self.stats.reorder_drops += 1;
+                        if !self.admit_data(now, chan, offset, data.len()) {
                             return;
                         }
                         ahead += data.len();
@@ -1107,21 +1112,10 @@ impl Connection {
                 Err(e) => return self.violation(now, Violation::Decode, format!("bad frame: {e}")),
             }
         }
-        if ahead > 0
-            && self.chans.iter().map(|c| c.recv.buffered()).sum::<usize>() + ahead
-                > self.config.max_reorder_total
-        {
-            self.stats.reorder_drops += 1;
+        if !self.reorder_room(ahead) {
             return;
         }
-        self.stats.packets_in += 1;
-        self.stats.bytes_in += len as u64;
-        self.last_rx = now;
-        self.on_path(from, hdr.pn, len as u64);
-        if !self.connected {
-            self.connected = true;
-            self.events.push_back(Event::Connected);
-        }
+        self.note_packet(now, from, hdr.pn, len);
         let eliciting = frames.iter().any(|f| f.ack_eliciting());
         // Going away, a packet with data is not taken: it is not acknowledged (so the
         // peer never counts its data as delivered), its data is not delivered, but its
@@ -1146,23 +1140,7 @@ impl Connection {
                 _ => {}
             }
         }
-        if !refused {
-            self.acks.on_received(now, hdr.pn, eliciting);
-        }
-        if let Some(e) = ecn {
-            match e {
-                Ecn::NotEct => {}
-                Ecn::Ect0 => self.ecn_rx.ect0 += 1,
-                Ecn::Ect1 => self.ecn_rx.ect1 += 1,
-                Ecn::Ce => {
-                    self.ecn_rx.ce += 1;
-                    self.stats.ce_received += 1;
-                    // The sender should hear of congestion at once (RFC 9000 §13.2.1).
-                    self.acks.ack_now();
-                }
-            }
-            // (Handed to the ACK tracker when an ACK is written, not on every packet.)
-        }
+        self.note_receipt(now, hdr.pn, eliciting, refused, ecn);
         for f in frames {
             if self.state != State::Open {
                 return;
@@ -1182,6 +1160,81 @@ impl Connection {
                 Frame::Blocked { chan, limit } => self.on_control(now, false, chan, limit),
                 _ => {}
             }
+        }
+    }
+
+    /// Whether a CHANNEL_DATA frame of `len` bytes at `offset` on `chan` may be taken; if
+    /// not, its packet is dropped: a violation (an unknown or unreliable channel) ends the
+    /// connection, data too far ahead of what was delivered is counted and left for the
+    /// peer to send again.
+    fn admit_data(&mut self, now: Instant, chan: u8, offset: u64, len: usize) -> bool {
+        let Some(i) = self.find(chan) else {
+            self.violation(now, Violation::UnknownChannel, format!("unknown channel {chan:#04x}"));
+            return false;
+        };
+        if self.mux.is_unreliable(chan) {
+            let why = format!("CHANNEL_DATA on unreliable channel {chan:#04x}");
+            self.violation(now, Violation::Protocol, why);
+            return false;
+        }
+        if offset + len as u64 > self.chans[i].recv.delivered() + self.config.max_reorder {
+            self.stats.reorder_drops += 1;
+            return false;
+        }
+        true
+    }
+
+    /// Whether `ahead` more bytes of channel data fit what the connection holds out of
+    /// order in all (counted as a drop when they do not).
+    fn reorder_room(&mut self, ahead: usize) -> bool {
+        if ahead > 0
+            && self.chans.iter().map(|c| c.recv.buffered()).sum::<usize>() + ahead
+                > self.config.max_reorder_total
+        {
+            self.stats.reorder_drops += 1;
+            return false;
+        }
+        true
+    }
+
+    /// An authentic, new packet of `len` bytes is taken: counted, its source seen.
+    fn note_packet(&mut self, now: Instant, from: SocketAddr, pn: u64, len: usize) {
+        self.stats.packets_in += 1;
+        self.stats.bytes_in += len as u64;
+        self.last_rx = now;
+        self.on_path(from, pn, len as u64);
+        if !self.connected {
+            self.connected = true;
+            self.events.push_back(Event::Connected);
+        }
+    }
+
+    /// Records packet `pn` as received (to be acknowledged, unless `refused`) and its ECN
+    /// codepoint.
+    fn note_receipt(
+        &mut self,
+        now: Instant,
+        pn: u64,
+        eliciting: bool,
+        refused: bool,
+        ecn: Option<Ecn>,
+    ) {
+        if !refused {
+            self.acks.on_received(now, pn, eliciting);
+        }
+        if let Some(e) = ecn {
+            match e {
+                Ecn::NotEct => {}
+                Ecn::Ect0 => self.ecn_rx.ect0 += 1,
+                Ecn::Ect1 => self.ecn_rx.ect1 += 1,
+                Ecn::Ce => {
+                    self.ecn_rx.ce += 1;
+                    self.stats.ce_received += 1;
+                    // The sender should hear of congestion at once (RFC 9000 §13.2.1).
+                    self.acks.ack_now();
+                }
+            }
+            // (Handed to the ACK tracker when an ACK is written, not on every packet.)
         }
     }
 
