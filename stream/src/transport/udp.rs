@@ -802,16 +802,37 @@ impl Flush for UdpWorker {
     }
 }
 
-impl Handler for UdpWorker {
-    fn on_datagrams(&mut self, es: &mut Esocket<'_>, batch: &mut Datagrams<'_>) {
-        let now = Instant::now();
-        let mut items: Vec<Incoming<'_>> = batch
-            .iter_mut()
-            .map(|d| Incoming { from: d.from, ecn: Some(d.ecn), data: d.data })
-            .collect();
+/// Datagrams listed at a time by [`in_parts`].
+const PART: usize = 64;
+
+/// Hands the datagrams of `batch` to `f` in order, in parts of up to [`PART`] listed on
+/// the stack (a receive batch is up to hundreds: one list of them all would be fresh heap
+/// memory every time); returns how many there were.
+fn in_parts(batch: &mut Datagrams<'_>, mut f: impl FnMut(&mut [Incoming<'_>])) -> u64 {
+    let mut items: smallvec::SmallVec<[Incoming<'_>; PART]> = smallvec::SmallVec::new();
+    let mut datagrams = batch.iter_mut();
+    let mut total = 0;
+    loop {
+        items.clear();
+        items.extend(
+            datagrams
+                .by_ref()
+                .take(PART)
+                .map(|d| Incoming { from: d.from, ecn: Some(d.ecn), data: d.data }),
+        );
+        if items.is_empty() {
+            return total;
+        }
+        total += items.len() as u64;
+        f(&mut items);
+    }
+}
+
+impl UdpWorker {
+    /// Runs of datagrams for one connection here go to it together (one AEAD batch);
+    /// anything else is routed one by one.
+    fn dispatch(&mut self, es: &mut Esocket<'_>, now: Instant, items: &mut [Incoming<'_>]) {
         let n = items.len();
-        // Runs of datagrams for one connection here go to it together (one AEAD batch);
-        // anything else is routed one by one.
         let mut i = 0;
         while i < n {
             let cid = peek_cid(items[i].data);
@@ -830,7 +851,15 @@ impl Handler for UdpWorker {
             }
             i = end;
         }
-        self.shared.counters.datagrams_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+impl Handler for UdpWorker {
+    fn on_datagrams(&mut self, es: &mut Esocket<'_>, batch: &mut Datagrams<'_>) {
+        let now = Instant::now();
+        // A run for one connection cut at a part's end goes on in the next part, in order.
+        let total = in_parts(batch, |items| self.dispatch(es, now, items));
+        self.shared.counters.datagrams_in.fetch_add(total, Ordering::Relaxed);
         self.flush(es, now);
     }
 
@@ -960,11 +989,7 @@ impl Handler for UdpClientConn {
 
     fn on_datagrams(&mut self, es: &mut Esocket<'_>, batch: &mut Datagrams<'_>) {
         let now = Instant::now();
-        let mut items: Vec<Incoming<'_>> = batch
-            .iter_mut()
-            .map(|d| Incoming { from: d.from, ecn: Some(d.ecn), data: d.data })
-            .collect();
-        self.conn.handle_datagrams(now, &mut items);
+        in_parts(batch, |items| self.conn.handle_datagrams(now, items));
         self.flush(es, now);
     }
 
