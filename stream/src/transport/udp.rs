@@ -814,12 +814,11 @@ fn in_parts(batch: &mut Datagrams<'_>, mut f: impl FnMut(&mut [Incoming<'_>])) -
     let mut total = 0;
     loop {
         items.clear();
-        items.extend(
-            datagrams
-                .by_ref()
-                .take(PART)
-                .map(|d| Incoming { from: d.from, ecn: Some(d.ecn), data: d.data }),
-        );
+        items.extend(datagrams.by_ref().take(PART).map(|d| Incoming {
+            from: d.from,
+            ecn: Some(d.ecn),
+            data: d.data,
+        }));
         if items.is_empty() {
             return total;
         }

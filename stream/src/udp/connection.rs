@@ -1081,8 +1081,7 @@ impl Connection {
         if let Ok((Frame::ChannelData { chan, offset, data }, n)) = frame::decode(plain)
             && n == plain.len()
         {
-            if !self.admit_data(now, chan, offset, data.len()) || !self.reorder_room(data.len())
-            {
+            if !self.admit_data(now, chan, offset, data.len()) || !self.reorder_room(data.len()) {
                 return;
             }
             self.note_packet(now, from, hdr.pn, len);
