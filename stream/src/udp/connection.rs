@@ -1628,30 +1628,20 @@ impl Connection {
         let mut bulk = 0;
         while segments < max_segments {
             let start = buf.len();
-            if bulk > 0 {
+            let in_bulk = bulk > 0;
+            let built = if in_bulk {
                 bulk -= 1;
-                if !self.build_bulk(now, buf, size) {
-                    buf.truncate(start);
+                self.build_bulk(now, buf, size)
+            } else {
+                // Before validation, at most three times what the address sent us.
+                let budget = self.path.as_ref().map_or(0, |p| p.budget());
+                let room = (size as u64).min(budget) as usize;
+                if room < packet::MIN_PACKET + frame::PATH_LEN + frame::ack_len(1, true) {
+                    self.stats.amplification_limited += 1;
                     break;
                 }
-                segments += 1;
-                let len = buf.len() - start;
-                if let Some(p) = self.path.as_mut() {
-                    p.on_sent(len as u64);
-                }
-                if len < size {
-                    break;
-                }
-                continue;
-            }
-            // Before validation, at most three times what the address sent us.
-            let budget = self.path.as_ref().map_or(0, |p| p.budget());
-            let room = (size as u64).min(budget) as usize;
-            if room < packet::MIN_PACKET + frame::PATH_LEN + frame::ack_len(1, true) {
-                self.stats.amplification_limited += 1;
-                break;
-            }
-            let built = self.build_packet(now, buf, room);
+                self.build_packet(now, buf, room)
+            };
             if !built {
                 buf.truncate(start);
                 break;
@@ -1661,11 +1651,14 @@ impl Connection {
             if let Some(p) = self.path.as_mut() {
                 p.on_sent(len as u64);
             }
-            if len < size || room < size {
-                // Only the last segment of a batch may be short.
+            if len < size {
+                // Only the last segment of a batch may be short (a room cut short by the
+                // amplification limit makes a short packet too).
                 break;
             }
-            bulk = self.bulk_room(now, size);
+            if !in_bulk {
+                bulk = self.bulk_room(now, size);
+            }
         }
         self.seal_unsealed(buf);
         if segments == 0 {

@@ -765,6 +765,17 @@ fn bulk(
     connection(side, cid, Some(remote), b"S", handler, config, now)
 }
 
+/// Both ends of a [`bulk`] transfer on `cid`, the client at `ca`, the server at `sa`.
+fn bulk_pair(
+    cid: ConnectionId,
+    (ca, sa): (SocketAddr, SocketAddr),
+    got: &Arc<std::sync::atomic::AtomicU64>,
+    config: ConnectionConfig,
+    now: Instant,
+) -> [Connection; 2] {
+    [bulk(Side::Client, cid, sa, got, config, now), bulk(Side::Server, cid, ca, got, config, now)]
+}
+
 /// What a [`bottleneck_run`] saw.
 struct Run {
     /// Bytes delivered in each second.
@@ -803,11 +814,7 @@ fn bottleneck_run(
     net.set_link(ca, sa, link);
     let got = Arc::new(AtomicU64::new(0));
     let config = ConnectionConfig { controller, ..ConnectionConfig::default() };
-    let cid = ConnectionId([4; 8]);
-    let mut conns = [
-        bulk(Side::Client, cid, sa, &got, config, t0),
-        bulk(Side::Server, cid, ca, &got, config, t0),
-    ];
+    let mut conns = bulk_pair(ConnectionId([4; 8]), (ca, sa), &got, config, t0);
     let addrs = [ca, sa];
     let mut now = t0;
     let mut buf = Vec::new();
@@ -885,11 +892,7 @@ fn gso_batches_keep_to_the_window_and_the_pacer() {
     let mut net = Network::new(3, link);
     let got = Arc::new(AtomicU64::new(0));
     let config = ConnectionConfig::default();
-    let cid = ConnectionId([5; 8]);
-    let mut conns = [
-        bulk(Side::Client, cid, sa, &got, config, t0),
-        bulk(Side::Server, cid, ca, &got, config, t0),
-    ];
+    let mut conns = bulk_pair(ConnectionId([5; 8]), (ca, sa), &got, config, t0);
     let addrs = [ca, sa];
     let mut now = t0;
     let mut buf = Vec::new();
