@@ -152,11 +152,11 @@ impl ChannelStats {
 }
 
 /// A session's hold on a channel id's counters: counted open while it lives.
-#[derive(Debug)]
 ///
 /// Bytes received are counted here first and added to the shared counter in one atomic
 /// addition per message (or per [`RX_REPORT`] bytes, and when the session ends), not per
 /// piece: over UDP a piece is one packet's payload.
+#[derive(Debug)]
 pub(crate) struct ChannelUse(Arc<ChannelStats>, u64);
 
 /// Bytes received a channel counts before it adds them to the shared counter.
