@@ -496,6 +496,9 @@ pub struct UdpSection {
     pub max_tracked_packets: usize,
     /// ACK ranges remembered per connection.
     pub max_ack_ranges: usize,
+    /// ACK thinning: while a peer sends steadily, acknowledge after at most this many
+    /// ack-eliciting packets (about eight ACKs per round trip; 2: every second packet).
+    pub max_ack_threshold: u32,
     /// Bytes of unreliable messages waiting to be sent per connection.
     pub max_datagram_queue: usize,
     /// Mark packets ECN-capable and react to CE.
@@ -520,6 +523,7 @@ impl Default for UdpSection {
             max_reorder_total: c.max_reorder_total,
             max_tracked_packets: c.max_tracked_packets,
             max_ack_ranges: c.max_ack_ranges,
+            max_ack_threshold: c.max_ack_threshold,
             max_datagram_queue: c.max_datagram_queue,
             ecn: c.ecn,
         }
@@ -1013,6 +1017,7 @@ impl Config {
         range("udp.max_reorder_total", u.max_reorder_total, 65_536, 1 << 34)?;
         range("udp.max_tracked_packets", u.max_tracked_packets, 64, 1 << 24)?;
         range("udp.max_ack_ranges", u.max_ack_ranges, 1, 1 << 16)?;
+        range("udp.max_ack_threshold", u.max_ack_threshold, 2, 1 << 16)?;
         range("udp.max_datagram_queue", u.max_datagram_queue, 2048, 1 << 30)?;
         let p = &self.proc;
         range("proc.threads", p.threads, 0, 1024)?;

@@ -580,6 +580,12 @@ fn udp_connections(o: &mut Out, c: &dap_stream::transport::udp::UdpConnStats) {
         &[("lost", t.lost), ("spurious", t.spurious_losses)],
     );
     o.one(
+        "dap_udp_acks_sent_total",
+        "counter",
+        "ACK frames sent (thinned to about eight per round trip while a peer sends steadily).",
+        t.acks_sent,
+    );
+    o.one(
         "dap_udp_retransmitted_bytes_total",
         "counter",
         "Channel data bytes sent again after a loss.",

@@ -480,6 +480,7 @@ fn stream_config(c: &Config) -> StreamConfig {
     conn.max_reorder_total = u.max_reorder_total;
     conn.max_tracked_packets = u.max_tracked_packets;
     conn.max_ack_ranges = u.max_ack_ranges;
+    conn.max_ack_threshold = u.max_ack_threshold;
     conn.max_datagram_queue = u.max_datagram_queue;
     conn.ecn = u.ecn;
     let udp = EndpointConfig {
@@ -843,6 +844,7 @@ keys! {
     udp_max_reorder_total = "udp.max_reorder_total" => udp.max_reorder_total: usize;
     udp_max_tracked_packets = "udp.max_tracked_packets" => udp.max_tracked_packets: usize;
     udp_max_ack_ranges = "udp.max_ack_ranges" => udp.max_ack_ranges: usize;
+    udp_max_ack_threshold = "udp.max_ack_threshold" => udp.max_ack_threshold: u32;
     udp_max_datagram_queue = "udp.max_datagram_queue" => udp.max_datagram_queue: usize;
     udp_ecn = "udp.ecn" => udp.ecn: bool;
     proc_threads = "proc.threads" => proc.threads: usize;

@@ -79,6 +79,8 @@ fn dapd_echoes_over_udp_by_default_and_counts_it() {
     });
     assert!(metric(&body, "dap_udp_bytes_total{direction=\"in\"}") >= 100_000.0, "{body}");
     assert!(metric(&body, "dap_udp_packets_total{direction=\"out\"}") >= 1.0, "{body}");
+    // The server received 100 kB of ack-eliciting packets: it acknowledged some.
+    assert!(metric(&body, "dap_udp_acks_sent_total") >= 1.0, "{body}");
     assert!(metric(&body, "dap_udp_cwnd_bytes") > 0.0, "{body}");
     assert_eq!(
         metric(&body, "dap_udp_rtt_seconds_bucket{le=\"+Inf\"}"),

@@ -3,6 +3,19 @@
 //! every second ack-eliciting packet, at once for a packet out of order, otherwise within
 //! `max_ack_delay`.
 //!
+//! **Thinning** (PROTOCOL §11.4.1): once the peer sends steadily, an ACK per two packets
+//! costs both ends a datagram, a system call and a trip through the loss recovery for a
+//! handful of packets, while the peer's window holds hundreds. Over each round trip this
+//! end counts the ack-eliciting packets it received; the next round trip it acknowledges at
+//! once only after an eighth of that count (at least 2, at most a configured bound), so the
+//! sender still hears about eight times per round trip, as TCP's receivers thin ACKs under
+//! GRO and Chromium's QUIC decimates them. Two or more packets waiting are acknowledged
+//! within a quarter of the round trip (at most 1 ms) all the same, so a sender that stops
+//! is not kept waiting, and a lone packet within `max_ack_delay` as before. Anything out
+//! of order, a gap, or a CE mark is still acknowledged at once. Without a round-trip
+//! estimate (before this end's first ack-eliciting packet is acknowledged, and after the
+//! path changes) it acknowledges every second packet.
+//!
 //! The ranges are bounded: past `max_ranges` the oldest are forgotten, and a packet below
 //! everything still tracked is refused as a possible duplicate (the peer retransmits data,
 //! never packets, so nothing is lost by refusing it).
@@ -12,6 +25,13 @@ use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
 use super::frame::{self, EcnCounts};
+
+/// While thinning, the share of the last round trip's ack-eliciting packets after which an
+/// ACK is owed at once (an eighth: about eight ACKs per round trip).
+const THIN_SHARE: u32 = 8;
+/// While thinning, the longest two or more ack-eliciting packets wait for their ACK (a
+/// quarter of the round trip, at most this).
+pub const THIN_DELAY: Duration = Duration::from_millis(1);
 
 /// What to do with a received packet number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +62,16 @@ pub struct AckTracker {
     /// Packets below this are no longer reported: the peer acknowledged an ACK that
     /// covered them (RFC 9000 §13.2.4). They still count as seen.
     report_floor: u64,
+    /// Thinning: ack-eliciting packets after which an ACK is owed at once (2 until the
+    /// peer sends steadily), its bound, this end's round-trip estimate, and the current
+    /// round trip's window (its end and the packets counted in it).
+    threshold: u32,
+    max_threshold: u32,
+    rtt: Option<Duration>,
+    window_end: Option<Instant>,
+    window_count: u32,
+    /// Arrival of the first ack-eliciting packet not yet acknowledged.
+    first_at: Option<Instant>,
 }
 
 impl AckTracker {
@@ -60,7 +90,60 @@ impl AckTracker {
             ecn: None,
             changed: false,
             report_floor: 0,
+            threshold: 2,
+            max_threshold: 2,
+            rtt: None,
+            window_end: None,
+            window_count: 0,
+            first_at: None,
         }
+    }
+
+    /// Thins ACKs while the peer sends steadily, acknowledging at once after at most
+    /// `max_threshold` ack-eliciting packets (2 or less: every second packet, always).
+    pub fn with_thinning(mut self, max_threshold: u32) -> Self {
+        self.max_threshold = max_threshold.max(2);
+        self
+    }
+
+    /// This end's smoothed round-trip time, `None` without a sample (the path changed):
+    /// thinning needs it, and stops without it.
+    pub fn set_rtt(&mut self, rtt: Option<Duration>) {
+        if rtt.is_none() {
+            self.threshold = 2;
+            self.window_end = None;
+        }
+        self.rtt = rtt;
+    }
+
+    /// The ack-eliciting packets after which an ACK is owed at once (2 unless thinning).
+    pub fn threshold(&self) -> u32 {
+        self.threshold
+    }
+
+    /// Counts an ack-eliciting packet received at `now` in the current round trip's
+    /// window, and at the end of a window sets the threshold for the next from its count.
+    fn count(&mut self, now: Instant) {
+        let Some(rtt) = self.rtt.filter(|_| self.max_threshold > 2) else { return };
+        match self.window_end {
+            Some(end) if now < end => {}
+            Some(end) => {
+                // A window with nothing in the round trip before `now`: the peer paused,
+                // and what it sent before says nothing of what it sends now.
+                self.threshold = if now < end + rtt {
+                    (self.window_count / THIN_SHARE).clamp(2, self.max_threshold)
+                } else {
+                    2
+                };
+                self.window_count = 0;
+                self.window_end = Some(now + rtt);
+            }
+            None => {
+                self.window_count = 0;
+                self.window_end = Some(now + rtt);
+            }
+        }
+        self.window_count = self.window_count.saturating_add(1);
     }
 
     /// The largest packet number received.
@@ -106,11 +189,15 @@ impl AckTracker {
         self.insert(pn);
         self.changed = true;
         if ack_eliciting {
+            self.count(now);
             self.eliciting += 1;
-            if self.eliciting >= 2 {
+            if self.eliciting >= self.threshold {
                 self.immediate = true;
             }
-            self.deadline.get_or_insert(now + self.max_ack_delay);
+            if self.first_at.is_none() {
+                self.first_at = Some(now);
+                self.deadline = Some(now + self.max_ack_delay);
+            }
         }
     }
 
@@ -152,13 +239,23 @@ impl AckTracker {
         self.ecn = Some(ecn);
     }
 
-    /// When an ACK is owed: now (`Some(now)` or earlier) after two ack-eliciting packets
-    /// or one out of order, else `max_ack_delay` after the first unacknowledged one.
+    /// When an ACK is owed: now (`Some(now)` or earlier) after the threshold's count of
+    /// ack-eliciting packets (2 unless thinning) or one out of order; while fewer wait,
+    /// a quarter of the round trip (at most [`THIN_DELAY`]) after the first of two or more,
+    /// else `max_ack_delay` after a lone one.
     pub fn ack_deadline(&self) -> Option<Instant> {
         if self.eliciting == 0 {
             return None;
         }
-        if self.immediate { self.largest_at.or(self.deadline) } else { self.deadline }
+        if self.immediate {
+            return self.largest_at.or(self.deadline);
+        }
+        match (self.eliciting >= 2, self.rtt, self.first_at) {
+            (true, Some(rtt), Some(first)) => {
+                Some(first + (rtt / 4).min(THIN_DELAY).min(self.max_ack_delay))
+            }
+            _ => self.deadline,
+        }
     }
 
     /// Whether an ACK is due at `now`.
@@ -210,6 +307,7 @@ impl AckTracker {
         self.eliciting = 0;
         self.immediate = false;
         self.deadline = None;
+        self.first_at = None;
         self.changed = false;
         if !frame::put_ack(out, &ranges, delay, self.ecn) {
             return None;
@@ -269,6 +367,114 @@ mod tests {
         // A gap: acknowledge at once.
         a.on_received(t + MAD * 2, 5, true);
         assert!(a.ack_due(t + MAD * 2));
+    }
+
+    /// A thinning tracker that has seen `per_rtt` ack-eliciting packets, evenly spread,
+    /// over one 10 ms round trip from `t` (acknowledging as it went), and the next packet
+    /// number.
+    fn thinned(t: Instant, per_rtt: u64) -> (AckTracker, u64) {
+        let rtt = Duration::from_millis(10);
+        let mut a = AckTracker::new(64, MAD).with_thinning(256);
+        a.set_rtt(Some(rtt));
+        let mut out = Vec::new();
+        for pn in 0..per_rtt {
+            let at = t + rtt * pn as u32 / per_rtt as u32;
+            a.on_received(at, pn, true);
+            if a.ack_due(at) {
+                out.clear();
+                a.write_ack(at, &mut out, 8);
+            }
+        }
+        (a, per_rtt)
+    }
+
+    #[test]
+    fn a_steady_sender_is_acknowledged_after_an_eighth_of_a_round_trips_packets() {
+        let t = Instant::now();
+        let rtt = Duration::from_millis(10);
+        // The first round trip: every second packet, as without thinning.
+        let (mut a, next) = thinned(t, 800);
+        assert_eq!(a.threshold(), 2);
+        // The next one starts: 800 / 8.
+        let t1 = t + rtt;
+        let mut out = Vec::new();
+        for k in 0..99 {
+            a.on_received(t1, next + k, true);
+            assert!(!a.ack_due(t1), "packet {k}");
+        }
+        assert_eq!(a.threshold(), 100);
+        a.on_received(t1, next + 99, true);
+        assert!(a.ack_due(t1), "the hundredth");
+        assert!(a.write_ack(t1, &mut out, 8).is_some());
+        // At most the bound, however fast the sender.
+        let (a, _) = thinned(t, 100_000);
+        let mut b = a.clone();
+        b.on_received(t + rtt, 100_000, true);
+        assert_eq!(b.threshold(), 256);
+        // A sender too slow to thin for keeps ACKs every second packet.
+        let (mut a, next) = thinned(t, 20);
+        a.on_received(t + rtt, next, true);
+        assert_eq!(a.threshold(), 2);
+    }
+
+    #[test]
+    fn thinning_still_acknowledges_gaps_at_once_and_two_packets_within_a_quarter_rtt() {
+        let t = Instant::now();
+        let rtt = Duration::from_millis(10);
+        let (mut a, next) = thinned(t, 800);
+        let t1 = t + rtt;
+        a.on_received(t1, next, true);
+        let mut out = Vec::new();
+        a.write_ack(t1, &mut out, 8);
+        // A lone packet: within max_ack_delay, as always.
+        a.on_received(t1, next + 1, true);
+        assert_eq!(a.ack_deadline(), Some(t1 + MAD));
+        // Two: within a quarter of the round trip, at most 1 ms.
+        a.on_received(t1 + Duration::from_micros(100), next + 2, true);
+        assert_eq!(a.ack_deadline(), Some(t1 + THIN_DELAY));
+        a.set_rtt(Some(Duration::from_micros(400)));
+        assert_eq!(a.ack_deadline(), Some(t1 + Duration::from_micros(100)));
+        a.set_rtt(Some(rtt));
+        // A gap: at once.
+        a.on_received(t1 + Duration::from_micros(200), next + 5, true);
+        assert!(a.ack_due(t1 + Duration::from_micros(200)));
+        a.write_ack(t1, &mut out, 8);
+        // Out of order: at once.
+        a.on_received(t1 + Duration::from_micros(300), next + 4, true);
+        assert!(a.ack_due(t1 + Duration::from_micros(300)));
+        a.write_ack(t1, &mut out, 8);
+        // CE: at once.
+        a.on_received(t1 + Duration::from_micros(300), next + 6, true);
+        a.ack_now();
+        assert!(a.ack_due(t1 + Duration::from_micros(300)));
+    }
+
+    #[test]
+    fn thinning_stops_after_a_pause_and_without_a_round_trip_estimate() {
+        let t = Instant::now();
+        let rtt = Duration::from_millis(10);
+        let (a, next) = thinned(t, 800);
+        // A round trip and more with nothing: what came before says nothing of now.
+        let mut b = a.clone();
+        b.on_received(t + rtt * 3, next, true);
+        assert_eq!(b.threshold(), 2);
+        b.on_received(t + rtt * 3, next + 1, true);
+        assert!(b.ack_due(t + rtt * 3));
+        // The path changed: no estimate, no thinning.
+        let mut c = a.clone();
+        c.on_received(t + rtt, next, true);
+        assert_eq!(c.threshold(), 100);
+        c.set_rtt(None);
+        assert_eq!(c.threshold(), 2);
+        c.on_received(t + rtt, next + 1, true);
+        assert!(c.ack_due(t + rtt));
+        // Thinning off: every second packet however steady the sender.
+        let mut d = AckTracker::new(64, MAD);
+        d.set_rtt(Some(rtt));
+        for pn in 0..2000 {
+            d.on_received(t + rtt * pn / 800, pn as u64, true);
+        }
+        assert_eq!(d.threshold(), 2);
     }
 
     #[test]

@@ -91,6 +91,10 @@ pub struct ConnectionConfig {
     pub recovery: RecoveryConfig,
     /// ACK ranges remembered.
     pub max_ack_ranges: usize,
+    /// Thinning (PROTOCOL §11.4.1): while the peer sends steadily, acknowledge at once
+    /// after an eighth of the ack-eliciting packets of the last round trip, at most this
+    /// many (256); 2 acknowledges every second packet, always.
+    pub max_ack_threshold: u32,
     /// Bytes one channel's stream may run ahead of what it delivered (out of order).
     pub max_reorder: u64,
     /// Bytes held out of order on all channels together.
@@ -122,6 +126,7 @@ impl Default for ConnectionConfig {
             max_tracked_packets: 1 << 16,
             recovery: RecoveryConfig::default(),
             max_ack_ranges: 256,
+            max_ack_threshold: 256,
             max_reorder: 32 << 20,
             max_reorder_total: 64 << 20,
             max_datagram_queue: 256 << 10,
@@ -242,6 +247,9 @@ pub struct ConnStats {
     pub packets_out: u64,
     /// Packets received and processed.
     pub packets_in: u64,
+    /// ACK frames sent (thinning, PROTOCOL §11.4.1, sends far fewer than one per two
+    /// packets received from a steady sender).
+    pub acks_sent: u64,
     /// Bytes sent (UDP payload).
     pub bytes_out: u64,
     /// Bytes received (UDP payload).
@@ -305,6 +313,7 @@ impl ConnStats {
     pub fn add(&mut self, o: &ConnStats) {
         self.packets_out += o.packets_out;
         self.packets_in += o.packets_in;
+        self.acks_sent += o.acks_sent;
         self.bytes_out += o.bytes_out;
         self.bytes_in += o.bytes_in;
         self.lost += o.lost;
@@ -732,7 +741,8 @@ impl Connection {
             conn_credit: Ctl::default(),
             conn_blocked: Ctl::default(),
             recovery: Recovery::with_config(config.max_tracked_packets, config.recovery),
-            acks: AckTracker::new(config.max_ack_ranges, config.max_ack_delay),
+            acks: AckTracker::new(config.max_ack_ranges, config.max_ack_delay)
+                .with_thinning(config.max_ack_threshold),
             rtt,
             cc,
             pacer,
@@ -1397,6 +1407,7 @@ impl Connection {
         if out.newly_acked > 0 {
             self.probes = 0;
         }
+        self.acks.set_rtt(self.rtt.has_sample().then(|| self.rtt.get()));
     }
 
     fn on_lost(
@@ -1468,6 +1479,11 @@ impl Connection {
                 Some(c) if c.addr == from => c.on_received(len),
                 _ => {
                     self.stats.path_changes += 1;
+                    eprintln!(
+                        "PATHCHANGE from {from} pn {pn} largest {:?} cur {:?}",
+                        self.largest_rx,
+                        self.path.as_ref().map(|p| p.addr)
+                    );
                     let mut c = Path::unvalidated(from);
                     c.on_received(len);
                     self.candidate = Some(c);
@@ -1489,6 +1505,7 @@ impl Connection {
                 let mss = self.mtu.current() as u64;
                 self.cc = self.config.controller.build(mss);
                 self.rtt = RttEstimator::default();
+                self.acks.set_rtt(None);
                 self.ecn = EcnValidator::new(self.config.ecn);
                 self.path = Some(c);
                 self.stats.migrations += 1;
@@ -1506,7 +1523,8 @@ impl Connection {
     fn probe_candidate(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
         let pto = self.pto();
         let c = self.candidate.as_mut()?;
-        if c.abandoned() {
+        if c.abandoned(now, pto) {
+            eprintln!("ABANDON at {now:?}");
             self.candidate = None;
             return None;
         }
@@ -1515,6 +1533,7 @@ impl Connection {
             return None;
         }
         let d = c.challenge_due(now, pto)?;
+        eprintln!("CHALLENGE at {now:?} pto {pto:?}");
         let addr = c.addr;
         let start = packet::begin(buf);
         frame::put_path_challenge(buf, d);
@@ -1757,6 +1776,7 @@ impl Connection {
             let fit = self.acks.ranges_fitting(limit - buf.len()).min(self.config.max_ack_ranges);
             if fit > 0 {
                 ack_of = self.acks.write_ack(now, buf, fit);
+                self.stats.acks_sent += u64::from(ack_of.is_some());
             }
         }
         // The current path's challenge, while it is not validated.
@@ -1786,6 +1806,19 @@ impl Connection {
             eliciting |= !info.is_empty();
             if probing && !eliciting {
                 frame::put_ping(buf);
+                eliciting = true;
+            }
+        } else if !self.recovery.is_full() {
+            // A PATH_RESPONSE goes at once, whatever the window and the pacer (as a probe
+            // does): the peer's validation of a new path waits on it, and after a NAT
+            // rebinding the peer's ACKs, which would open the window, go to the old address
+            // until it arrives.
+            while let Some(d) = self.path_responses.front().copied() {
+                if buf.len() + frame::PATH_LEN > limit {
+                    break;
+                }
+                frame::put_path_response(buf, d);
+                self.path_responses.pop_front();
                 eliciting = true;
             }
         }

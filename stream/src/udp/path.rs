@@ -98,9 +98,12 @@ impl Path {
         self.challenge.is_some()
     }
 
-    /// Whether the path was given up (its challenges went unanswered).
-    pub fn abandoned(&self) -> bool {
-        !self.validated && self.challenges_sent >= MAX_CHALLENGES
+    /// Whether the path is given up at `now`: its last challenge went unanswered for
+    /// `wait` (a probe timeout), as every one before it did.
+    pub fn abandoned(&self, now: Instant, wait: std::time::Duration) -> bool {
+        !self.validated
+            && self.challenges_sent >= MAX_CHALLENGES
+            && self.challenge.is_some_and(|(_, at)| at.is_some_and(|t| now >= t + wait))
     }
 }
 
@@ -137,6 +140,9 @@ mod tests {
             assert!(p.challenge_due(t + wait * i, wait).is_some());
         }
         assert!(p.challenge_due(t + wait * 10, wait).is_none());
-        assert!(p.abandoned());
+        // The last challenge, too, has a probe timeout to be answered in.
+        assert!(!p.abandoned(t + wait * 2, wait));
+        assert!(!p.abandoned(t + wait * 3 - Duration::from_millis(1), wait));
+        assert!(p.abandoned(t + wait * 3, wait));
     }
 }

@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
+use super::ack::THIN_DELAY;
 use super::rtt::{GRANULARITY, RttEstimator};
 
 /// Packet threshold (RFC 9002 `kPacketThreshold`).
@@ -626,8 +627,9 @@ impl<F> Recovery<F> {
     }
 
     /// When the loss timer fires: the time threshold of the oldest unacknowledged packet,
-    /// else the PTO of the last ack-eliciting packet, `(pto_base + max_ack_delay) · 2^pto_count`
-    /// (`max_ack_delay` only while a single ack-eliciting packet is in flight).
+    /// else the PTO of the last ack-eliciting packet, `(pto_base + delay) · 2^pto_count`
+    /// (`delay`: `max_ack_delay` while a single ack-eliciting packet is in flight, else
+    /// the 1 ms a thinning peer may take).
     pub fn timer(&self, rtt: &RttEstimator, max_ack_delay: Duration) -> Option<Instant> {
         if self.loss_time.is_some() {
             return self.loss_time;
@@ -635,11 +637,16 @@ impl<F> Recovery<F> {
         if self.ack_eliciting_in_flight == 0 {
             return None;
         }
-        // The peer acknowledges at once after two ack-eliciting packets (PROTOCOL §11.4.1),
-        // so its ACK delay is only waited for when one alone is in flight (as RACK-TLP adds
-        // the delayed-ACK timer only for a flight of one, RFC 8985 §7.2). Without this, a
-        // lost tail on a short path waits out 25 ms per probe for an ACK that is not delayed.
-        let delay = if self.ack_eliciting_in_flight >= 2 { Duration::ZERO } else { max_ack_delay };
+        // The peer acknowledges two ack-eliciting packets within 1 ms (at once, or thinning
+        // within a quarter of its round trip, at most 1 ms: PROTOCOL §11.4.1), so its full
+        // ACK delay is only waited for when one alone is in flight (as RACK-TLP adds the
+        // delayed-ACK timer only for a flight of one, RFC 8985 §7.2). Without this, a lost
+        // tail on a short path waits out 25 ms per probe for an ACK that is not delayed.
+        let delay = if self.ack_eliciting_in_flight >= 2 {
+            THIN_DELAY.min(max_ack_delay)
+        } else {
+            max_ack_delay
+        };
         let pto = (rtt.pto_base() + delay) * 2u32.saturating_pow(self.pto_count.min(16));
         self.last_ack_eliciting.map(|t| t + pto)
     }
@@ -703,7 +710,7 @@ mod tests {
     }
 
     #[test]
-    fn the_probe_timeout_waits_for_the_peers_ack_delay_only_for_a_flight_of_one() {
+    fn the_probe_timeout_waits_for_the_peers_full_ack_delay_only_for_a_flight_of_one() {
         let t = Instant::now();
         let rtt = RttEstimator::default();
         let mut r: Recovery<()> = Recovery::new(16);
@@ -712,7 +719,11 @@ mod tests {
         assert_eq!(one, rtt.pto_base() + MAD, "one in flight: the peer may delay its ACK");
         r.on_sent(2, pkt(t)).unwrap();
         let two = r.timer(&rtt, MAD).unwrap() - t;
-        assert_eq!(two, rtt.pto_base(), "two in flight: the peer acknowledges at once");
+        assert_eq!(
+            two,
+            rtt.pto_base() + THIN_DELAY,
+            "two in flight: the peer acknowledges within 1 ms (at once, or thinning)"
+        );
     }
 
     #[test]
