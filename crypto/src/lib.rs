@@ -155,8 +155,38 @@ impl BatchKey {
     pub fn seal(&self, msgs: &mut [Msg<'_>]) {
         assert!(msgs.iter().all(Msg::well_formed), "a batch message's layout is wrong");
         for group in msgs.chunks_mut(GROUP) {
-            self.run(group, Mode::Seal, &mut [true; GROUP]);
+            self.run(group, &[], Mode::Seal, &mut [true; GROUP]);
         }
+    }
+
+    /// As [`seal`](Self::seal), but the text of message `i` ends with `tails[i]`, which is
+    /// read from there: the last `tails[i].len()` bytes of the message's text in its buffer
+    /// are written (the ciphertext), never read. A sender seals data where it lies (in its
+    /// send buffer) without first copying it into the packet; the output is the same.
+    /// (AES-256-GCM reads the tails in its pass; ChaCha20-Poly1305 copies them in first.)
+    ///
+    /// # Panics
+    /// As `seal`, and when `tails` is not one per message or a tail is longer than its
+    /// message's text.
+    pub fn seal_gather(&self, msgs: &mut [Msg<'_>], tails: &[&[u8]]) {
+        assert!(msgs.iter().all(Msg::well_formed), "a batch message's layout is wrong");
+        assert_eq!(msgs.len(), tails.len(), "one tail per message");
+        assert!(
+            msgs.iter().zip(tails).all(|(m, t)| t.len() <= m.buf.len() - m.aad_len - TAG_LEN),
+            "a tail longer than its message's text"
+        );
+        #[cfg(target_arch = "x86_64")]
+        if let Inner::Aes(_) = &self.inner {
+            for (group, tails) in msgs.chunks_mut(GROUP).zip(tails.chunks(GROUP)) {
+                self.run(group, tails, Mode::Seal, &mut [true; GROUP]);
+            }
+            return;
+        }
+        for (m, t) in msgs.iter_mut().zip(tails) {
+            let end = m.buf.len() - TAG_LEN;
+            m.buf[end - t.len()..end].copy_from_slice(t);
+        }
+        self.seal(msgs);
     }
 
     /// Authenticates every message and decrypts those whose tag verifies, in place;
@@ -172,12 +202,14 @@ impl BatchKey {
             for (g, m) in good.iter_mut().zip(group.iter()) {
                 *g = m.well_formed();
             }
-            self.run(group, Mode::Open, &mut good);
+            self.run(group, &[], Mode::Open, &mut good);
             ok[..group.len()].copy_from_slice(&good[..group.len()]);
         }
     }
 
-    fn run(&self, group: &mut [Msg<'_>], mode: Mode, good: &mut [bool; GROUP]) {
+    /// Seals or opens `group`; `tails` (sealing, AES-256-GCM only; empty otherwise) as
+    /// [`seal_gather`](Self::seal_gather) takes them.
+    fn run(&self, group: &mut [Msg<'_>], tails: &[&[u8]], mode: Mode, good: &mut [bool; GROUP]) {
         match &self.inner {
             #[cfg(target_arch = "x86_64")]
             Inner::ChaCha(words) => {
@@ -185,6 +217,7 @@ impl BatchKey {
                 // AVX-512 F, BW and IFMA, the features `x86::run` is compiled for.
                 #[allow(unsafe_code)]
                 unsafe {
+                    debug_assert!(tails.is_empty(), "ChaCha copies its tails in first");
                     x86::run(words, group, mode, good)
                 }
             }
@@ -195,12 +228,12 @@ impl BatchKey {
                 // `x86_aes::run` is compiled for.
                 #[allow(unsafe_code)]
                 unsafe {
-                    x86_aes::run(keys, group, mode, good)
+                    x86_aes::run(keys, group, tails, mode, good)
                 }
             }
             #[cfg(not(target_arch = "x86_64"))]
             Inner::ChaCha(_) => {
-                let _ = (group, mode, good);
+                let _ = (group, tails, mode, good);
                 unreachable!("BatchKey::new returns None off x86-64")
             }
         }

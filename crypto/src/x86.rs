@@ -29,12 +29,24 @@ pub(super) struct Part {
     pub(super) base: *mut u8,
     pub(super) aad_len: usize,
     pub(super) text_len: usize,
+    /// Sealing from a tail (AES-256-GCM only): text bytes from `split` on are read from
+    /// `ext` (byte `k` at `ext + k - split`), not from the buffer. `split` is `text_len`
+    /// without one.
+    pub(super) split: usize,
+    pub(super) ext: *const u8,
     /// The nonce as three little-endian words.
     nonce: [u32; 3],
 }
 
 impl Part {
-    const NONE: Part = Part { base: std::ptr::null_mut(), aad_len: 0, text_len: 0, nonce: [0; 3] };
+    const NONE: Part = Part {
+        base: std::ptr::null_mut(),
+        aad_len: 0,
+        text_len: 0,
+        split: 0,
+        ext: std::ptr::null(),
+        nonce: [0; 3],
+    };
 
     pub(super) fn text(&self) -> *mut u8 {
         self.base.wrapping_add(self.aad_len)
@@ -65,10 +77,13 @@ pub(super) fn parts_of(group: &mut [Msg<'_>], good: &[bool; GROUP]) -> [Part; GR
         for (w, c) in nonce.iter_mut().zip(m.nonce.chunks_exact(4)) {
             *w = u32::from_le_bytes(c.try_into().expect("4 bytes"));
         }
+        let text_len = m.buf.len() - m.aad_len - TAG_LEN;
         *p = Part {
             base: m.buf.as_mut_ptr(),
             aad_len: m.aad_len,
-            text_len: m.buf.len() - m.aad_len - TAG_LEN,
+            text_len,
+            split: text_len,
+            ext: std::ptr::null(),
             nonce,
         };
     }

@@ -147,10 +147,18 @@ pub(super) unsafe fn expand(key: &[u8; 32]) -> Box<AesKeys> {
 pub(super) unsafe fn run(
     keys: &AesKeys,
     group: &mut [Msg<'_>],
+    tails: &[&[u8]],
     mode: Mode,
     good: &mut [bool; GROUP],
 ) {
-    let parts = parts_of(group, good);
+    let mut parts = parts_of(group, good);
+    // Sealing from tails: each message's text ends with its tail, read from there.
+    for (p, t) in parts.iter_mut().zip(tails) {
+        if mode == Mode::Seal && !t.is_empty() && t.len() <= p.text_len {
+            p.split = p.text_len - t.len();
+            p.ext = t.as_ptr();
+        }
+    }
     let n = group.len();
     let live: [bool; GROUP] = std::array::from_fn(|i| i < n && good[i]);
     let rk: [__m512i; 15] = std::array::from_fn(|r| _mm512_broadcast_i32x4(ld128(&keys.rk[r])));
@@ -453,22 +461,7 @@ fn crypt_short<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -
             for (k, v) in x.iter().enumerate() {
                 let ks = _mm512_aesenclast_epi128(*v, rk[14]);
                 let q = q0 + k;
-                let dst = text.wrapping_add(64 * q);
-                if 64 * q + 64 <= len {
-                    // SAFETY: 64 bytes of text from `dst`, inside the borrowed buffer.
-                    unsafe {
-                        let t = _mm512_loadu_si512(dst.cast());
-                        _mm512_storeu_si512(dst.cast(), _mm512_xor_si512(t, ks));
-                    }
-                } else {
-                    let mask = low_bytes(len - 64 * q);
-                    // SAFETY: the masked load and store touch only the text's last
-                    // `len - 64q` bytes.
-                    unsafe {
-                        let t = _mm512_maskz_loadu_epi8(mask, dst.cast());
-                        _mm512_mask_storeu_epi8(dst.cast(), mask, _mm512_xor_si512(t, ks));
-                    }
-                }
+                xor_text(p, 64 * q, ks);
             }
             q0 += $m;
         }};
@@ -490,7 +483,8 @@ fn crypt_short<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -
 }
 
 /// XORs `ks` into the text of `p` from byte `at` (as many of its 64 bytes as the text has
-/// there).
+/// there), writing the result to the buffer: the text read is the buffer's before the
+/// split and the tail's after it ([`input`]).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 fn xor_text(p: &Part, at: usize, ks: __m512i) {
@@ -499,21 +493,55 @@ fn xor_text(p: &Part, at: usize, ks: __m512i) {
     }
     let len = p.text_len - at;
     let dst = p.text().wrapping_add(at);
+    let v = _mm512_xor_si512(input(p, at, len.min(64)), ks);
     if len >= 64 {
         // SAFETY: 64 bytes of the text from `dst` (at + 64 <= text_len), inside the
         // borrowed buffer.
-        unsafe {
-            let v = _mm512_loadu_si512(dst.cast());
-            _mm512_storeu_si512(dst.cast(), _mm512_xor_si512(v, ks));
+        unsafe { _mm512_storeu_si512(dst.cast(), v) };
+    } else {
+        // SAFETY: the masked store touches only the `len` bytes of the text from `dst`
+        // (at + len = text_len), inside the borrowed buffer.
+        unsafe { _mm512_mask_storeu_epi8(dst.cast(), low_bytes(len), v) };
+    }
+}
+
+/// The `n` (1 to 64) text bytes of `p` from byte `at` (zeros past them): from the buffer
+/// before the split, from the tail after it, from both across it.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn input(p: &Part, at: usize, n: usize) -> __m512i {
+    if at + n <= p.split {
+        let src = p.text().wrapping_add(at);
+        if n == 64 {
+            // SAFETY: 64 bytes of the buffer's text from `src` (at + 64 <= split <= text_len).
+            unsafe { _mm512_loadu_si512(src.cast()) }
+        } else {
+            // SAFETY: the masked load reads only the `n` bytes of the buffer's text from
+            // `src` (at + n <= split).
+            unsafe { _mm512_maskz_loadu_epi8(low_bytes(n), src.cast()) }
+        }
+    } else if at >= p.split {
+        let src = p.ext.wrapping_add(at - p.split);
+        if n == 64 {
+            // SAFETY: 64 bytes of the tail from `src` (at + 64 <= text_len, and the tail
+            // holds text bytes split..text_len), borrowed for the call.
+            unsafe { _mm512_loadu_si512(src.cast()) }
+        } else {
+            // SAFETY: the masked load reads only the `n` tail bytes from `src`.
+            unsafe { _mm512_maskz_loadu_epi8(low_bytes(n), src.cast()) }
         }
     } else {
-        let mask = low_bytes(len);
-        // SAFETY: the masked load and store touch only the `len` bytes of the text from
-        // `dst` (at + len = text_len), inside the borrowed buffer.
-        unsafe {
-            let v = _mm512_maskz_loadu_epi8(mask, dst.cast());
-            _mm512_mask_storeu_epi8(dst.cast(), mask, _mm512_xor_si512(v, ks));
-        }
+        // Across the split: the first `k` bytes from the buffer, the rest from the tail.
+        let k = p.split - at;
+        // SAFETY: the masked load reads only the `k` buffer bytes from `at` (at + k = split).
+        let head =
+            unsafe { _mm512_maskz_loadu_epi8(low_bytes(k), p.text().wrapping_add(at).cast()) };
+        // Lane j >= k takes tail byte j - k: the base is `k` bytes before the tail, and the
+        // lanes below `k`, which would be there, are masked off.
+        let base = p.ext.wrapping_sub(k);
+        // SAFETY: the masked load reads only lanes k..n, tail bytes 0..n - k (at + n <=
+        // text_len); masked-off lanes are not accessed.
+        unsafe { _mm512_mask_loadu_epi8(head, low_bytes(n) & !low_bytes(k), base.cast()) }
     }
 }
 

@@ -181,6 +181,25 @@ impl AeadKey {
         }
     }
 
+    /// As [`seal_batch`](Self::seal_batch), but the text of message `i` ends with
+    /// `tails[i]`, read from there: the buffer's last text bytes are written, not read
+    /// ([`dap_crypto::BatchKey::seal_gather`]). A sender seals data where it lies.
+    ///
+    /// # Panics
+    /// As `seal_batch`, and when `tails` is not one per message or a tail is longer than
+    /// its message's text.
+    pub fn seal_batch_gather(&self, msgs: &mut [BatchMsg<'_>], tails: &[&[u8]]) {
+        if let Some(b) = self.batch_key() {
+            return b.seal_gather(msgs, tails);
+        }
+        assert_eq!(msgs.len(), tails.len(), "one tail per message");
+        for (m, t) in msgs.iter_mut().zip(tails) {
+            let end = m.buf.len() - TAG_LEN;
+            m.buf[end - t.len()..end].copy_from_slice(t);
+        }
+        self.seal_batch(msgs);
+    }
+
     /// Authenticates every message of `msgs` and decrypts in place those that verify;
     /// `ok[i]` says whether message `i` did (one too short for its tag does not). What a
     /// message that fails holds afterwards is unspecified.
@@ -368,6 +387,22 @@ mod tests {
                 }
                 out
             }
+            // From tails: each text's last bytes (up to 700 of them) read from elsewhere,
+            // the buffer's bytes there scribbled over.
+            let mut gathered = bufs.clone();
+            let tails: Vec<Vec<u8>> = gathered
+                .iter_mut()
+                .map(|b| {
+                    let end = b.len() - TAG_LEN;
+                    let len = (end - 17).min(700);
+                    let t = b[end - len..end].to_vec();
+                    b[end - len..end].fill(0x5a);
+                    t
+                })
+                .collect();
+            let tail_refs: Vec<&[u8]> = tails.iter().map(|t| &t[..]).collect();
+            key.seal_batch_gather(&mut msgs(&mut gathered), &tail_refs);
+            assert_eq!(gathered, want, "{suite:?} from tails");
             key.seal_batch(&mut msgs(&mut bufs));
             assert_eq!(bufs, want, "{suite:?}");
             bufs[3][20] ^= 1;

@@ -346,6 +346,15 @@ pub(crate) struct UdpIo {
     max_segments: usize,
     /// The error of the GSO send the kernel refused, if one was.
     gso_refusal: Option<io::Error>,
+    /// The address a connected socket is connected to (in the socket's family): datagrams
+    /// to it go without a name, so the kernel takes its cached route instead of looking
+    /// one up on every send.
+    peer: Option<SocketAddr>,
+    /// On a connected socket: the socket's own traffic class less its ECN bits, and the
+    /// codepoint it carries now (`None`: per message, as on any other socket). A message
+    /// with IP-level control data makes the kernel look the route up again, so the peer's
+    /// codepoint lives in the socket and changes there, rarely (ECN validation).
+    socket_tos: Option<(c_int, Ecn)>,
     pub(crate) stats: UdpStats,
 }
 
@@ -427,7 +436,18 @@ impl UdpIo {
         stats.recv_ecn = ecn;
         stats.recv_dst = dst;
         stats.dont_fragment = df;
-        Ok(UdpIo { v6, max_segments, gso_refusal: None, stats })
+        let peer = sock.peer_addr().ok().and_then(|a| a.as_socket());
+        // The peer's traffic class goes in the socket where its family's option is the
+        // socket's own (not an IPv4 peer of a dual-stack socket).
+        let socket_tos = match peer {
+            Some(SocketAddr::V4(_)) if !v6 => get_opt(raw, libc::IPPROTO_IP, libc::IP_TOS).ok(),
+            Some(SocketAddr::V6(a)) if a.ip().to_ipv4_mapped().is_none() => {
+                get_opt(raw, libc::IPPROTO_IPV6, libc::IPV6_TCLASS).ok()
+            }
+            _ => None,
+        }
+        .map(|tos| (tos & !3, Ecn::NotEct));
+        Ok(UdpIo { v6, max_segments, gso_refusal: None, peer, socket_tos, stats })
     }
 
     /// The error of the GSO send the kernel refused, if one was.
@@ -459,7 +479,20 @@ impl UdpIo {
     /// # Errors
     /// The kernel's, when it took nothing (`WouldBlock` when the socket buffer is full).
     pub(crate) fn send(&mut self, fd: RawFd, t: &UdpTransmit<'_>) -> io::Result<usize> {
-        let to = SockAddr::from(self.native(t.destination));
+        let dest = self.native(t.destination);
+        let named = SockAddr::from(dest);
+        let to = if self.peer == Some(dest) { None } else { Some(&named) };
+        // To the peer of a connected socket, the codepoint goes in the socket; anywhere
+        // else the socket carries none, and the message its own.
+        let mut t = *t;
+        if to.is_none() {
+            if self.socket_carries(fd, t.ecn) {
+                t.ecn = Ecn::NotEct;
+            }
+        } else if self.socket_tos.is_some_and(|(_, e)| e != Ecn::NotEct) {
+            self.socket_carries(fd, Ecn::NotEct);
+        }
+        let t = &t;
         let v4 = match t.destination {
             SocketAddr::V4(_) => true,
             SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_some(),
@@ -469,7 +502,7 @@ impl UdpIo {
         if stride == len {
             let mut ctrl = CmsgBuf::new();
             let clen = encode(&mut ctrl, v4, t, None);
-            send_msgs(fd, &to, t.contents, len.max(1), &mut ctrl, clen)?;
+            send_msgs(fd, to, t.contents, len.max(1), &mut ctrl, clen)?;
             self.stats.datagrams_out += 1;
             return Ok(len);
         }
@@ -478,11 +511,11 @@ impl UdpIo {
         while sent < len {
             let chunk = &t.contents[sent..len.min(sent + per * stride)];
             let result = if self.stats.gso && chunk.len() > stride {
-                self.send_gso(fd, &to, chunk, stride, v4, t)
+                self.send_gso(fd, to, chunk, stride, v4, t)
             } else {
                 let mut ctrl = CmsgBuf::new();
                 let clen = encode(&mut ctrl, v4, t, None);
-                send_msgs(fd, &to, chunk, stride, &mut ctrl, clen)
+                send_msgs(fd, to, chunk, stride, &mut ctrl, clen)
             };
             match result {
                 Ok(n) => {
@@ -500,12 +533,37 @@ impl UdpIo {
         Ok(sent)
     }
 
+    /// Whether the socket's own traffic class carries `ecn` (set now if it did not), so
+    /// that messages need no control data for it; false where it cannot (then, for good).
+    fn socket_carries(&mut self, fd: RawFd, ecn: Ecn) -> bool {
+        let Some((base, now)) = self.socket_tos else { return false };
+        if now == ecn {
+            return true;
+        }
+        let (level, name) = match self.peer {
+            Some(SocketAddr::V4(_)) => (libc::IPPROTO_IP, libc::IP_TOS),
+            _ => (libc::IPPROTO_IPV6, libc::IPV6_TCLASS),
+        };
+        match set_opt(fd, level, name, base | c_int::from(ecn.bits())) {
+            Ok(()) => {
+                self.socket_tos = Some((base, ecn));
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "socket traffic class refused: ECN per message");
+                self.stats.option_failures += 1;
+                self.socket_tos = None;
+                false
+            }
+        }
+    }
+
     /// One segmented `sendmsg`; on the kernel's refusal, GSO goes off for good and the chunk
     /// goes one message per segment.
     fn send_gso(
         &mut self,
         fd: RawFd,
-        to: &SockAddr,
+        to: Option<&SockAddr>,
         chunk: &[u8],
         stride: usize,
         v4: bool,
@@ -643,12 +701,13 @@ fn encode(ctrl: &mut CmsgBuf, v4: bool, t: &UdpTransmit<'_>, segment: Option<u16
     enc.len
 }
 
-/// Sends `data` to `to` as messages of `stride` bytes (the last may be shorter), each with
-/// the same control data: one `sendmsg` when that is one message, else `sendmmsg`. At most
-/// [`MAX_GSO_SEGMENTS`] messages. Returns the bytes of the messages the kernel took.
+/// Sends `data` to `to` (`None`: the connected socket's peer) as messages of `stride` bytes
+/// (the last may be shorter), each with the same control data: one `sendmsg` when that is
+/// one message, else `sendmmsg`. At most [`MAX_GSO_SEGMENTS`] messages. Returns the bytes of
+/// the messages the kernel took.
 fn send_msgs(
     fd: RawFd,
-    to: &SockAddr,
+    to: Option<&SockAddr>,
     data: &[u8],
     stride: usize,
     ctrl: &mut CmsgBuf,
@@ -664,8 +723,10 @@ fn send_msgs(
         iovs[i].iov_base = data[start..].as_ptr().cast_mut().cast();
         iovs[i].iov_len = end - start;
         let h = &mut hdrs[i].msg_hdr;
-        h.msg_name = to.as_ptr().cast_mut().cast();
-        h.msg_namelen = to.len();
+        if let Some(to) = to {
+            h.msg_name = to.as_ptr().cast_mut().cast();
+            h.msg_namelen = to.len();
+        }
         h.msg_iov = &raw mut iovs[i];
         h.msg_iovlen = 1;
         if clen > 0 {
@@ -676,14 +737,14 @@ fn send_msgs(
     let mut sent = 0;
     while sent < count {
         let rc = if count == 1 {
-            // SAFETY: the header points at `to`, `iovs[0]` (into `data`) and `ctrl`, all
-            // alive and unmoved for the call, with their lengths.
+            // SAFETY: the header points at `to` (or at no name), `iovs[0]` (into `data`) and
+            // `ctrl`, all alive and unmoved for the call, with their lengths.
             let r = unsafe { libc::sendmsg(fd, &raw const hdrs[0].msg_hdr, 0) };
             // An empty datagram sends zero bytes: success is any `r >= 0`.
             if r >= 0 { 1 } else { -1 }
         } else {
-            // SAFETY: headers `sent..count` point at `to`, `iovs[i]` (into `data`) and `ctrl`,
-            // all alive and unmoved for the call, with their lengths.
+            // SAFETY: headers `sent..count` point at `to` (or at no name), `iovs[i]` (into
+            // `data`) and `ctrl`, all alive and unmoved for the call, with their lengths.
             let r = unsafe {
                 libc::sendmmsg(fd, &raw mut hdrs[sent], (count - sent) as libc::c_uint, 0)
             };

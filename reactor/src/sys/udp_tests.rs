@@ -301,3 +301,53 @@ fn malformed_control_data_is_skipped_without_panicking() {
     decode_cmsgs(&z.0[..zl], &mut m);
     assert_eq!(m.stride, 0, "decoded as nothing usable; recv() then keeps the length");
 }
+
+#[test]
+fn a_connected_socket_sends_to_its_peer_without_a_name_and_elsewhere_with_one() {
+    for ip in ["127.0.0.1", "[::1]"] {
+        let opts = UdpOptions::default();
+        let addr = format!("{ip}:0");
+        let (Some(mut rx), Some(mut other)) = (end(&addr, opts), end(&addr, opts)) else {
+            continue;
+        };
+        let sock = UdpSocket::bind(&addr).unwrap();
+        sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+        sock.connect(rx.addr()).unwrap();
+        let io = UdpIo::new(sock.as_fd(), opts, MAX_GSO_SEGMENTS).unwrap();
+        assert_eq!(io.peer, Some(rx.addr()));
+        assert!(io.socket_tos.is_some(), "{ip}: the codepoint can live in the socket");
+        let mut tx = End { sock, io, batch: RecvBatch::new(8, RECV_SLOT), messages: 0 };
+        // To the peer, with no name: a GSO batch marked ECT(0), then CE, then Not-ECT, the
+        // codepoint in the socket's traffic class.
+        let data = payload(4, 1200, 100);
+        let to = rx.addr();
+        tx.send(&UdpTransmit::new(to, &data).with_segment_size(1200).with_ecn(Ecn::Ect0));
+        tx.send(&UdpTransmit::new(to, b"ce").with_ecn(Ecn::Ce));
+        tx.send(&UdpTransmit::new(to, b"plain"));
+        let got = rx.recv(7);
+        let want: Vec<(&[u8], Ecn)> = data
+            .chunks(1200)
+            .map(|c| (c, Ecn::Ect0))
+            .chain([(&b"ce"[..], Ecn::Ce), (&b"plain"[..], Ecn::NotEct)])
+            .collect();
+        let got_: Vec<(&[u8], Ecn)> = got.iter().map(|g| (&g.data[..], g.ecn)).collect();
+        assert_eq!(got_, want, "{ip}");
+        assert!(got.iter().all(|g| g.from == tx.addr()));
+        // Anywhere else: named, with its own codepoint, whatever the socket carried last.
+        tx.send(&UdpTransmit::new(to, b"ect0").with_ecn(Ecn::Ect0));
+        tx.send(&UdpTransmit::new(other.addr(), b"elsewhere"));
+        tx.send(&UdpTransmit::new(other.addr(), b"ect1").with_ecn(Ecn::Ect1));
+        assert_eq!(rx.recv(1)[0].ecn, Ecn::Ect0);
+        let got: Vec<_> = other.recv(2).into_iter().map(|g| (g.data, g.ecn, g.from)).collect();
+        assert_eq!(
+            got,
+            [
+                (b"elsewhere".to_vec(), Ecn::NotEct, tx.addr()),
+                (b"ect1".to_vec(), Ecn::Ect1, tx.addr())
+            ],
+            "{ip}"
+        );
+        // An unconnected socket has no peer, and codepoints go per message.
+        assert_eq!((rx.io.peer, rx.io.socket_tos), (None, None));
+    }
+}

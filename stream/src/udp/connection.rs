@@ -68,6 +68,16 @@ use crate::transport::CloseCode;
 use bytes::Bytes;
 use dap_net::enc::cipher::{BatchMsg, TAG_LEN};
 
+/// A piece of a channel's send buffer a packet's text ends with, read by the AEAD where it
+/// lies: the channel's index, the range, and the send buffer's chunk that holds it.
+#[derive(Clone, Copy, Debug)]
+struct Tail {
+    chan: u16,
+    start: u64,
+    end: u64,
+    chunk: usize,
+}
+
 /// A connection's settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ConnectionConfig {
@@ -543,6 +553,12 @@ pub struct Connection {
     /// packet number)` in the buffer. [`poll_transmit`](Self::poll_transmit) seals them in
     /// one AEAD batch before it returns.
     unsealed: Vec<(usize, usize, u64)>,
+    /// For each of `unsealed`: the piece of a channel's send buffer (channel index, range)
+    /// its text ends with, read by the AEAD where it lies.
+    unsealed_tails: Vec<Option<Tail>>,
+    /// A piece of the packet being built left to the AEAD, and where its (zeroed) room in
+    /// the transmit buffer starts.
+    tail: Option<(Tail, usize)>,
     mux: Mux,
     chans: Vec<ChanIo>,
     index: [u8; 128],
@@ -735,6 +751,8 @@ impl Connection {
             recv_keys,
             next_pn: 0,
             unsealed: Vec::new(),
+            unsealed_tails: Vec::new(),
+            tail: None,
             mux,
             chans,
             index,
@@ -1691,6 +1709,7 @@ impl Connection {
 
     /// Seals the packet begun at `start` with the next packet number.
     fn seal(&mut self, buf: &mut Vec<u8>, start: usize) -> u64 {
+        self.fill_tail(buf);
         let pn = self.next_pn;
         self.next_pn += 1;
         let (send_dir, _) = self.dirs();
@@ -1718,6 +1737,7 @@ impl Connection {
         let hdr = Header { cid: self.cid, key_phase, pn };
         packet::finish_unsealed(&hdr, buf, start);
         self.unsealed.push((start, buf.len(), pn));
+        self.unsealed_tails.push(self.tail.take().map(|(t, _)| t));
         self.stats.packets_out += 1;
         self.stats.bytes_out += (buf.len() - start) as u64;
         pn
@@ -1729,8 +1749,23 @@ impl Connection {
             return;
         }
         let (send_dir, _) = self.dirs();
-        packet::seal_batch(self.send_keys.current(), send_dir, buf, &self.unsealed);
+        let mut tails: smallvec::SmallVec<[&[u8]; 16]> = smallvec::SmallVec::new();
+        for (&(_, end, _), t) in self.unsealed.iter().zip(&self.unsealed_tails) {
+            let piece = t.and_then(|t| {
+                let send = &self.chans[t.chan as usize].send;
+                send.slice(t.chunk, t.start..t.end).or_else(|| {
+                    // (Never: the piece was taken from one chunk, and nothing is dropped
+                    // from the buffer before the packet is sealed. Copied in all the same.)
+                    let at = end - TAG_LEN - (t.end - t.start) as usize;
+                    send.copy_into(t.start..t.end, &mut buf[at..end - TAG_LEN]);
+                    None
+                })
+            });
+            tails.push(piece.unwrap_or(&[]));
+        }
+        packet::seal_batch_gather(self.send_keys.current(), send_dir, buf, &self.unsealed, &tails);
         self.unsealed.clear();
+        self.unsealed_tails.clear();
     }
 
     /// Builds one packet of at most `size` bytes at the end of `buf`; returns whether it
@@ -1797,7 +1832,7 @@ impl Connection {
             }
             self.put_controls(buf, limit, &mut info);
             self.put_datagrams(buf, limit, size, &mut info);
-            self.put_data(buf, limit, &mut info);
+            self.put_data(buf, limit, &mut info, false);
             if info.is_empty() && !probing {
                 // Something waited but none of it went (an unreliable message too large,
                 // control frames that did not fit beside an ACK): not the window.
@@ -1869,7 +1904,7 @@ impl Connection {
         let start = packet::begin(buf);
         let limit = start + size - dap_net::enc::cipher::TAG_LEN;
         let mut info = Info::default();
-        self.put_data(buf, limit, &mut info);
+        self.put_data(buf, limit, &mut info, self.gathers());
         if info.is_empty() {
             // The window had room and nothing waited: not the window (RFC 9002 §7.8).
             self.app_limited = true;
@@ -1895,11 +1930,7 @@ impl Connection {
         info.ect = mark == Ecn::Ect0;
         // Sealed with the rest of the transmit where the cipher runs batches faster; at once
         // otherwise, while the packet is still in the nearest cache.
-        let pn = if self.config.batch_aead && self.send_keys.current().batches() {
-            self.seal_later(buf, start)
-        } else {
-            self.seal(buf, start)
-        };
+        let pn = if self.gathers() { self.seal_later(buf, start) } else { self.seal(buf, start) };
         let bytes = (buf.len() - start) as u64;
         if eliciting {
             self.pacer.on_sent(bytes);
@@ -1998,7 +2029,17 @@ impl Connection {
         }
     }
 
-    fn put_data(&mut self, buf: &mut Vec<u8>, limit: usize, info: &mut Info) {
+    /// Whether packets are sealed with the rest of the transmit, in one AEAD batch, where
+    /// the cipher runs batches faster (and so may read channel data where it lies).
+    fn gathers(&self) -> bool {
+        self.config.batch_aead && self.send_keys.current().batches()
+    }
+
+    /// Puts channel data in the packet being built, up to `limit`. With `gather` (a packet
+    /// sealed later, in a batch), the last piece of the packet's last frame that lies in one
+    /// chunk of its send buffer is not copied: its room is zeroed and the piece noted in
+    /// `self.tail`, for the AEAD to read where it lies ([`seal_unsealed`](Self::seal_unsealed)).
+    fn put_data(&mut self, buf: &mut Vec<u8>, limit: usize, info: &mut Info, gather: bool) {
         let n = self.chans.len();
         // Channels take turns, starting one further each packet; each fills what room is
         // left (in several frames where its bytes are not contiguous: lost ranges, or the
@@ -2007,22 +2048,45 @@ impl Connection {
             let i = (self.rr + k) % n;
             loop {
                 let room = limit.saturating_sub(buf.len() + frame::CHANNEL_DATA_OVERHEAD);
-                let c = &mut self.chans[i];
-                if room == 0 || !c.send.has_data() {
+                if room == 0 || !self.chans[i].send.has_data() {
                     break;
                 }
-                let unsent_before = c.send.unsent();
-                let Some(r) = c.send.take(room, u64::MAX) else { break };
+                let unsent_before = self.chans[i].send.unsent();
+                let Some(r) = self.chans[i].send.take(room, u64::MAX) else { break };
                 let (offset, end) = (r.start, r.end);
+                // A piece left to the AEAD is the packet's last bytes only if no frame
+                // follows it: this one does, so the piece before is copied in after all.
+                self.fill_tail(buf);
+                let c = &mut self.chans[i];
                 frame::put_channel_data_header(buf, c.id, offset, (end - offset) as usize);
-                c.send.copy_to(r, buf);
-                if c.send.unsent() == unsent_before {
+                if gather {
+                    let (split, chunk) = c.send.last_piece(r.clone());
+                    if split > offset {
+                        c.send.copy_to(offset..split, buf);
+                    }
+                    let at = buf.len();
+                    buf.resize(at + (end - split) as usize, 0);
+                    let t = Tail { chan: i as u16, start: split, end, chunk };
+                    self.tail = Some((t, at));
+                } else {
+                    c.send.copy_to(r, buf);
+                }
+                if self.chans[i].send.unsent() == unsent_before {
                     self.stats.retransmitted += end - offset;
                 }
                 info.push(Sent::data(i, offset, end));
             }
         }
         self.rr = (self.rr + 1) % n.max(1);
+    }
+
+    /// Copies into the packet the piece [`put_data`](Self::put_data) left to the AEAD, if
+    /// one waits (another frame follows it, or the packet is sealed at once).
+    fn fill_tail(&mut self, buf: &mut [u8]) {
+        if let Some((t, at)) = self.tail.take() {
+            let n = (t.end - t.start) as usize;
+            self.chans[t.chan as usize].send.copy_into(t.start..t.end, &mut buf[at..at + n]);
+        }
     }
 
     /// Bytes of the packets in flight (for the tests' invariants).

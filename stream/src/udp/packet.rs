@@ -186,8 +186,28 @@ fn write_header(hdr: &Header, head: &mut [u8]) {
 /// `packets` lists each one's `(start, end, packet number)`, in ascending order and
 /// apart. The bytes are those [`seal`] would have written.
 pub fn seal_batch(key: &AeadKey, dir: Direction, buf: &mut [u8], packets: &[(usize, usize, u64)]) {
+    key.seal_batch(&mut batch_msgs(dir, buf, packets));
+}
+
+/// [`seal_batch`], but the frames of packet `i` end with `tails[i]`, read from there (their
+/// room in `buf` is written, not read): channel data sealed where it lies.
+pub fn seal_batch_gather(
+    key: &AeadKey,
+    dir: Direction,
+    buf: &mut [u8],
+    packets: &[(usize, usize, u64)],
+    tails: &[&[u8]],
+) {
+    key.seal_batch_gather(&mut batch_msgs(dir, buf, packets), tails);
+}
+
+fn batch_msgs<'a>(
+    dir: Direction,
+    buf: &'a mut [u8],
+    packets: &[(usize, usize, u64)],
+) -> smallvec::SmallVec<[BatchMsg<'a>; 16]> {
     // (A batch is one AEAD group, at most `BATCH_GROUP` packets: no allocation for it.)
-    let mut msgs: smallvec::SmallVec<[BatchMsg<'_>; 16]> = smallvec::SmallVec::new();
+    let mut msgs = smallvec::SmallVec::new();
     let mut rest = buf;
     let mut at = 0;
     for &(start, end, pn) in packets {
@@ -197,7 +217,7 @@ pub fn seal_batch(key: &AeadKey, dir: Direction, buf: &mut [u8], packets: &[(usi
         at = end;
         msgs.push(BatchMsg { nonce: nonce(dir, pn).bytes(), aad_len: HEADER_LEN, buf: p });
     }
-    key.seal_batch(&mut msgs);
+    msgs
 }
 
 /// Authenticates and decrypts a whole datagram whose header `hdr` was parsed from it;

@@ -198,18 +198,67 @@ impl SendBuf {
         }
     }
 
-    /// The index of the chunk holding `offset`: the cursor's chunk or the next, else found
-    /// by binary search (a retransmission).
+    /// Where the last contiguous piece of `r` (non-empty, within what is held) starts, and
+    /// the chunk that holds it (a number that stays valid until acknowledgements drop
+    /// chunks): the bytes from there to `r.end` lie in that one chunk, so
+    /// [`slice`](Self::slice) can lend them.
+    pub fn last_piece(&mut self, r: Range<u64>) -> (u64, usize) {
+        // From the chunk where `r` starts (the cursor stays there, for the copy of the
+        // pieces before the last), on to the one where it ends.
+        let mut i = self.find(r.start);
+        self.cursor = self.dropped + i;
+        while let Some((s, b)) = self.chunks.get(i)
+            && s + (b.len() as u64) < r.end
+        {
+            i += 1;
+        }
+        match self.chunks.get(i) {
+            Some((s, _)) => ((*s).max(r.start).min(r.end), self.dropped + i),
+            None => (r.end, self.dropped + i),
+        }
+    }
+
+    /// The bytes of `r` where they lie, if chunk `chunk` (as [`last_piece`](Self::last_piece)
+    /// named it) holds them all.
+    pub fn slice(&self, chunk: usize, r: Range<u64>) -> Option<&[u8]> {
+        if r.is_empty() {
+            return Some(&[]);
+        }
+        let (s, b) = self.chunks.get(chunk.checked_sub(self.dropped)?)?;
+        let from = r.start.checked_sub(*s)? as usize;
+        let to = (r.end - s) as usize;
+        b.get(from..to)
+    }
+
+    /// Copies the bytes of `r` (within what is held) into `out`, of the same length.
+    pub fn copy_into(&self, r: Range<u64>, out: &mut [u8]) {
+        let mut i = self.find(r.start);
+        let mut at = r.start;
+        let mut k = 0;
+        while at < r.end {
+            let Some((s, b)) = self.chunks.get(i) else { break };
+            let from = (at - s) as usize;
+            let to = ((r.end - s) as usize).min(b.len());
+            let n = to - from;
+            out[k..k + n].copy_from_slice(&b[from..to]);
+            k += n;
+            at = s + to as u64;
+            i += 1;
+        }
+    }
+
+    /// The index of the chunk holding `offset`: the cursor's chunk or one of its neighbours
+    /// (the one before, the next two: a message's small header chunk lies between two of
+    /// its payload's), else found by binary search (a retransmission).
     fn find(&self, offset: u64) -> usize {
         let holds = |i: usize| {
             self.chunks.get(i).is_some_and(|(s, b)| *s <= offset && offset < s + b.len() as u64)
         };
         let hint = self.cursor.saturating_sub(self.dropped);
-        if holds(hint) {
-            return hint;
-        }
-        if holds(hint + 1) {
-            return hint + 1;
+        for i in [hint, hint + 1, hint + 2, hint.wrapping_sub(1)] {
+            if holds(i) {
+                return i;
+            }
         }
         self.chunks.partition_point(|(s, b)| s + b.len() as u64 <= offset)
     }
@@ -268,6 +317,37 @@ impl SendBuf {
 mod tests {
     use super::*;
     use crate::udp::assemble::Assembler;
+
+    #[test]
+    fn the_last_piece_of_a_range_is_lent_where_it_lies_and_any_range_copied() {
+        let mut b = SendBuf::new();
+        b.write(b"abc");
+        let big: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        b.write_bytes(Bytes::from(big.clone()));
+        b.write(b"de");
+        let all: Vec<u8> = [&b"abc"[..], &big, b"de"].concat();
+        // A range ending in the big chunk: its piece there starts where the chunk does.
+        assert_eq!(b.last_piece(1..900), (3, 1));
+        assert_eq!(b.slice(1, 3..900), Some(&big[..897]));
+        // Within one chunk: all of it.
+        assert_eq!(b.last_piece(10..20), (10, 1));
+        assert_eq!(b.slice(1, 10..20), Some(&all[10..20]));
+        // Ending in the last chunk; within the first.
+        assert_eq!(b.last_piece(500..1005), (1003, 2));
+        assert_eq!(b.last_piece(0..2), (0, 0));
+        assert_eq!(b.slice(0, 0..2), Some(&b"ab"[..]));
+        // Across chunks, or from the wrong one, nothing is lent; copied, it is all there.
+        assert_eq!(b.slice(0, 2..5), None);
+        assert_eq!(b.slice(2, 10..20), None);
+        let mut out = vec![0u8; 1003];
+        b.copy_into(2..1005, &mut out);
+        assert_eq!(out, all[2..1005]);
+        assert_eq!(b.slice(0, 7..7), Some(&[][..]));
+        // Chunk numbers outlive acknowledgements that drop the chunks before.
+        b.on_acked(0..3);
+        assert_eq!(b.slice(1, 3..10), Some(&big[..7]));
+        assert_eq!(b.slice(0, 0..2), None);
+    }
 
     #[test]
     fn range_sets_merge_and_split() {
