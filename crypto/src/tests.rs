@@ -72,58 +72,63 @@ fn msgs(cs: &mut [Case]) -> Vec<Msg<'_>> {
     cs.iter_mut().map(|c| Msg { nonce: c.nonce, aad_len: c.aad_len, buf: &mut c.buf }).collect()
 }
 
-#[test]
-fn batches_seal_and_open_as_aws_lc_does() {
+/// Runs `check` on 300 random batches for each cipher this CPU has batch code for, with
+/// the cipher, the round, the key, the messages, what AWS-LC seals each to, and the
+/// generator.
+fn random_batches(
+    seed: u64,
+    mut check: impl FnMut(Cipher, usize, &BatchKey, Vec<Case>, Vec<Vec<u8>>, &mut Rng),
+) {
     for cipher in BOTH {
         if BatchKey::new(cipher, &[0; 32]).is_none() {
             eprintln!("no batch code for {cipher:?} on this CPU: not exercised");
             continue;
         }
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng(seed);
         for round in 0..300 {
             let mut key = [0u8; 32];
             rng.fill(&mut key);
             let bk = BatchKey::new(cipher, &key).unwrap();
             let n = 1 + rng.below(40);
             let max_text = [0, 15, 64, 200, 1435, 1500, 9000][round % 7];
-            let mut cs = cases(&mut rng, n, max_text);
+            let cs = cases(&mut rng, n, max_text);
             let want: Vec<Vec<u8>> = cs.iter().map(|c| reference(cipher, &key, c)).collect();
-            let plain: Vec<Vec<u8>> = cs.iter().map(|c| c.buf.clone()).collect();
-            bk.seal(&mut msgs(&mut cs));
-            for (i, (c, w)) in cs.iter().zip(&want).enumerate() {
-                assert_eq!(
-                    &c.buf, w,
-                    "{cipher:?} round {round} message {i} of {n}: aad {}",
-                    c.aad_len
-                );
-            }
-            // Open them back, with some tampered: exactly those fail and stay as they were.
-            let mut bad = vec![false; n];
-            for (c, b) in cs.iter_mut().zip(bad.iter_mut()) {
-                if rng.below(5) == 0 {
-                    let at = rng.below(c.buf.len());
-                    c.buf[at] ^= 1 << rng.below(8);
-                    *b = true;
-                }
-            }
-            let before: Vec<Vec<u8>> = cs.iter().map(|c| c.buf.clone()).collect();
-            let mut ok = vec![false; n];
-            bk.open(&mut msgs(&mut cs), &mut ok);
-            for i in 0..n {
-                assert_eq!(ok[i], !bad[i], "{cipher:?} round {round} message {i}");
-                if ok[i] {
-                    let l = cs[i].buf.len() - TAG_LEN;
-                    assert_eq!(
-                        cs[i].buf[..l],
-                        plain[i][..l],
-                        "{cipher:?} round {round} message {i}"
-                    );
-                } else {
-                    assert_eq!(cs[i].buf, before[i], "a failed message is left as it was");
-                }
-            }
+            check(cipher, round, &bk, cs, want, &mut rng);
         }
     }
+}
+
+#[test]
+fn batches_seal_and_open_as_aws_lc_does() {
+    random_batches(0x9e37_79b9_7f4a_7c15, |cipher, round, bk, mut cs, want, rng| {
+        let n = cs.len();
+        let plain: Vec<Vec<u8>> = cs.iter().map(|c| c.buf.clone()).collect();
+        bk.seal(&mut msgs(&mut cs));
+        for (i, (c, w)) in cs.iter().zip(&want).enumerate() {
+            assert_eq!(&c.buf, w, "{cipher:?} round {round} message {i} of {n}: aad {}", c.aad_len);
+        }
+        // Open them back, with some tampered: exactly those fail and stay as they were.
+        let mut bad = vec![false; n];
+        for (c, b) in cs.iter_mut().zip(bad.iter_mut()) {
+            if rng.below(5) == 0 {
+                let at = rng.below(c.buf.len());
+                c.buf[at] ^= 1 << rng.below(8);
+                *b = true;
+            }
+        }
+        let before: Vec<Vec<u8>> = cs.iter().map(|c| c.buf.clone()).collect();
+        let mut ok = vec![false; n];
+        bk.open(&mut msgs(&mut cs), &mut ok);
+        for i in 0..n {
+            assert_eq!(ok[i], !bad[i], "{cipher:?} round {round} message {i}");
+            if ok[i] {
+                let l = cs[i].buf.len() - TAG_LEN;
+                assert_eq!(cs[i].buf[..l], plain[i][..l], "{cipher:?} round {round} message {i}");
+            } else {
+                assert_eq!(cs[i].buf, before[i], "a failed message is left as it was");
+            }
+        }
+    });
 }
 
 #[test]
@@ -240,50 +245,37 @@ fn aes_gcm_runs_of_powers_end_where_they_should() {
 
 #[test]
 fn sealing_from_tails_writes_what_sealing_in_place_does() {
-    for cipher in BOTH {
-        if BatchKey::new(cipher, &[0; 32]).is_none() {
-            eprintln!("no batch code for {cipher:?} on this CPU: not exercised");
-            continue;
+    random_batches(0x2545_f491_4f6c_dd1d, |cipher, round, bk, mut cs, want, rng| {
+        let n = cs.len();
+        // Each text's tail (none, all of it, or any split: across a 64-byte group, on
+        // one's edge) moved out to a buffer of its own, and the buffer there scribbled
+        // over: only the tail may be read.
+        let tails: Vec<Vec<u8>> = cs
+            .iter_mut()
+            .map(|c| {
+                let text = c.buf.len() - c.aad_len - TAG_LEN;
+                let len = match rng.below(4) {
+                    0 => 0,
+                    1 => text,
+                    2 => text.min(64 * rng.below(4)),
+                    _ => rng.below(text + 1),
+                };
+                let end = c.buf.len() - TAG_LEN;
+                let tail = c.buf[end - len..end].to_vec();
+                c.buf[end - len..end].fill(0xa5);
+                tail
+            })
+            .collect();
+        let tail_refs: Vec<&[u8]> = tails.iter().map(|t| &t[..]).collect();
+        bk.seal_gather(&mut msgs(&mut cs), &tail_refs);
+        for (i, (c, w)) in cs.iter().zip(&want).enumerate() {
+            assert_eq!(
+                &c.buf,
+                w,
+                "{cipher:?} round {round} message {i} of {n}: aad {}, tail {}",
+                c.aad_len,
+                tails[i].len()
+            );
         }
-        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-        for round in 0..300 {
-            let mut key = [0u8; 32];
-            rng.fill(&mut key);
-            let bk = BatchKey::new(cipher, &key).unwrap();
-            let n = 1 + rng.below(40);
-            let max_text = [0, 15, 64, 200, 1435, 1500, 9000][round % 7];
-            let mut cs = cases(&mut rng, n, max_text);
-            let want: Vec<Vec<u8>> = cs.iter().map(|c| reference(cipher, &key, c)).collect();
-            // Each text's tail (none, all of it, or any split: across a 64-byte group, on
-            // one's edge) moved out to a buffer of its own, and the buffer there scribbled
-            // over: only the tail may be read.
-            let tails: Vec<Vec<u8>> = cs
-                .iter_mut()
-                .map(|c| {
-                    let text = c.buf.len() - c.aad_len - TAG_LEN;
-                    let len = match rng.below(4) {
-                        0 => 0,
-                        1 => text,
-                        2 => text.min(64 * rng.below(4)),
-                        _ => rng.below(text + 1),
-                    };
-                    let end = c.buf.len() - TAG_LEN;
-                    let tail = c.buf[end - len..end].to_vec();
-                    c.buf[end - len..end].fill(0xa5);
-                    tail
-                })
-                .collect();
-            let tail_refs: Vec<&[u8]> = tails.iter().map(|t| &t[..]).collect();
-            bk.seal_gather(&mut msgs(&mut cs), &tail_refs);
-            for (i, (c, w)) in cs.iter().zip(&want).enumerate() {
-                assert_eq!(
-                    &c.buf,
-                    w,
-                    "{cipher:?} round {round} message {i} of {n}: aad {}, tail {}",
-                    c.aad_len,
-                    tails[i].len()
-                );
-            }
-        }
-    }
+    });
 }

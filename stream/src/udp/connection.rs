@@ -1822,14 +1822,7 @@ impl Connection {
         }
         if send_eliciting {
             self.pacing_until = None;
-            while let Some(d) = self.path_responses.front().copied() {
-                if buf.len() + frame::PATH_LEN > limit {
-                    break;
-                }
-                frame::put_path_response(buf, d);
-                self.path_responses.pop_front();
-                eliciting = true;
-            }
+            eliciting |= self.put_path_responses(buf, limit);
             self.put_controls(buf, limit, &mut info);
             self.put_datagrams(buf, limit, size, &mut info);
             self.put_data(buf, limit, &mut info, false);
@@ -1848,14 +1841,7 @@ impl Connection {
             // does): the peer's validation of a new path waits on it, and after a NAT
             // rebinding the peer's ACKs, which would open the window, go to the old address
             // until it arrives.
-            while let Some(d) = self.path_responses.front().copied() {
-                if buf.len() + frame::PATH_LEN > limit {
-                    break;
-                }
-                frame::put_path_response(buf, d);
-                self.path_responses.pop_front();
-                eliciting = true;
-            }
+            eliciting |= self.put_path_responses(buf, limit);
         }
         if buf.len() == start + packet::HEADER_LEN {
             buf.truncate(start);
@@ -2027,6 +2013,20 @@ impl Connection {
             let (_, _, d) = self.datagrams.pop_front().expect("front");
             self.datagram_bytes -= d.len();
         }
+    }
+
+    /// Puts the PATH_RESPONSEs owed that fit before `limit`; returns whether it put any.
+    fn put_path_responses(&mut self, buf: &mut Vec<u8>, limit: usize) -> bool {
+        let mut put = false;
+        while let Some(d) = self.path_responses.front().copied() {
+            if buf.len() + frame::PATH_LEN > limit {
+                break;
+            }
+            frame::put_path_response(buf, d);
+            self.path_responses.pop_front();
+            put = true;
+        }
+        put
     }
 
     /// Whether packets are sealed with the rest of the transmit, in one AEAD batch, where

@@ -926,27 +926,40 @@ fn gso_batches_keep_to_the_window_and_the_pacer() {
                 }
             }
         }
-        while let Some(mut d) = net.deliver(now) {
-            let i = if d.to == ca { 0 } else { 1 };
-            conns[i].handle_datagram_ecn(now, d.from, Some(d.ecn), &mut d.bytes);
-        }
-        let next = [net.next_delivery(), conns[0].poll_timeout(), conns[1].poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap();
-        now = now.max(next);
-        for c in &mut conns {
-            if c.poll_timeout().is_some_and(|t| t <= now) {
-                c.handle_timeout(now);
-            }
-        }
+        now = deliver_and_advance(&mut net, &mut conns, ca, now);
     }
     assert!(batches > 100 && largest >= 10, "{batches} batches, the largest {largest} segments");
     // At 0.1 % loss and a 20 ms RTT a loss-based controller holds some 4 MB/s.
     let got = got.load(Ordering::Relaxed);
     assert!(got > 10_000_000, "{got} bytes arrived");
     assert!(conns[0].stats().retransmitted > 0, "the path lost nothing");
+}
+
+/// Hands the datagrams due at `now` to a pair's ends (the client's at `ca`), moves the
+/// virtual clock on to the next delivery or timer, and runs the timers due then; returns the
+/// new time.
+fn deliver_and_advance(
+    net: &mut Network,
+    conns: &mut [Connection; 2],
+    ca: SocketAddr,
+    now: Instant,
+) -> Instant {
+    while let Some(mut d) = net.deliver(now) {
+        let i = if d.to == ca { 0 } else { 1 };
+        conns[i].handle_datagram_ecn(now, d.from, Some(d.ecn), &mut d.bytes);
+    }
+    let next = [net.next_delivery(), conns[0].poll_timeout(), conns[1].poll_timeout()]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap();
+    let now = now.max(next);
+    for c in conns.iter_mut() {
+        if c.poll_timeout().is_some_and(|t| t <= now) {
+            c.handle_timeout(now);
+        }
+    }
+    now
 }
 
 /// A bulk transfer through a 200 Mbit/s path with a 20 ms RTT for `secs` virtual seconds:
@@ -981,21 +994,7 @@ fn thinning_run(
                 }
             }
         }
-        while let Some(mut d) = net.deliver(now) {
-            let i = if d.to == ca { 0 } else { 1 };
-            conns[i].handle_datagram(now, d.from, &mut d.bytes);
-        }
-        let next = [net.next_delivery(), conns[0].poll_timeout(), conns[1].poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap();
-        now = now.max(next);
-        for c in &mut conns {
-            if c.poll_timeout().is_some_and(|t| t <= now) {
-                c.handle_timeout(now);
-            }
-        }
+        now = deliver_and_advance(&mut net, &mut conns, ca, now);
     }
     (got.load(Ordering::Relaxed), conns[0].stats(), conns[1].stats())
 }
