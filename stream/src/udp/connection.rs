@@ -1497,11 +1497,6 @@ impl Connection {
                 Some(c) if c.addr == from => c.on_received(len),
                 _ => {
                     self.stats.path_changes += 1;
-                    eprintln!(
-                        "PATHCHANGE from {from} pn {pn} largest {:?} cur {:?}",
-                        self.largest_rx,
-                        self.path.as_ref().map(|p| p.addr)
-                    );
                     let mut c = Path::unvalidated(from);
                     c.on_received(len);
                     self.candidate = Some(c);
@@ -1542,7 +1537,6 @@ impl Connection {
         let pto = self.pto();
         let c = self.candidate.as_mut()?;
         if c.abandoned(now, pto) {
-            eprintln!("ABANDON at {now:?}");
             self.candidate = None;
             return None;
         }
@@ -1551,7 +1545,6 @@ impl Connection {
             return None;
         }
         let d = c.challenge_due(now, pto)?;
-        eprintln!("CHALLENGE at {now:?} pto {pto:?}");
         let addr = c.addr;
         let start = packet::begin(buf);
         frame::put_path_challenge(buf, d);
