@@ -54,7 +54,6 @@ pub struct AckTracker {
     /// Ack-eliciting packets since the last ACK sent.
     eliciting: u32,
     immediate: bool,
-    deadline: Option<Instant>,
     max_ack_delay: Duration,
     ecn: Option<EcnCounts>,
     /// A new range or packet since the last ACK sent.
@@ -85,7 +84,6 @@ impl AckTracker {
             largest_at: None,
             eliciting: 0,
             immediate: false,
-            deadline: None,
             max_ack_delay,
             ecn: None,
             changed: false,
@@ -194,10 +192,7 @@ impl AckTracker {
             if self.eliciting >= self.threshold {
                 self.immediate = true;
             }
-            if self.first_at.is_none() {
-                self.first_at = Some(now);
-                self.deadline = Some(now + self.max_ack_delay);
-            }
+            self.first_at.get_or_insert(now);
         }
     }
 
@@ -247,14 +242,16 @@ impl AckTracker {
         if self.eliciting == 0 {
             return None;
         }
+        // `max_ack_delay` after the first unacknowledged one, at the latest.
+        let deadline = self.first_at.map(|t| t + self.max_ack_delay);
         if self.immediate {
-            return self.largest_at.or(self.deadline);
+            return self.largest_at.or(deadline);
         }
         match (self.eliciting >= 2, self.rtt, self.first_at) {
             (true, Some(rtt), Some(first)) => {
                 Some(first + (rtt / 4).min(THIN_DELAY).min(self.max_ack_delay))
             }
-            _ => self.deadline,
+            _ => deadline,
         }
     }
 
@@ -306,7 +303,6 @@ impl AckTracker {
         let delay = u32::try_from(delay).unwrap_or(u32::MAX);
         self.eliciting = 0;
         self.immediate = false;
-        self.deadline = None;
         self.first_at = None;
         self.changed = false;
         if !frame::put_ack(out, &ranges, delay, self.ecn) {

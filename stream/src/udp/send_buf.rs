@@ -185,17 +185,31 @@ impl SendBuf {
     /// Appends the bytes of `r` (within what is held) to `out`.
     pub fn copy_to(&mut self, r: Range<u64>, out: &mut Vec<u8>) {
         debug_assert!(r.start >= self.base && r.end <= self.end);
+        let mut last = None;
+        for (i, piece) in self.pieces(r) {
+            out.extend_from_slice(piece);
+            last = Some(i);
+        }
+        if let Some(i) = last {
+            self.cursor = self.dropped + i;
+        }
+    }
+
+    /// The bytes of `r` (within what is held), chunk by chunk, each with its chunk's index.
+    fn pieces(&self, r: Range<u64>) -> impl Iterator<Item = (usize, &[u8])> {
         let mut i = self.find(r.start);
         let mut at = r.start;
-        while at < r.end {
-            let Some((s, b)) = self.chunks.get(i) else { break };
+        std::iter::from_fn(move || {
+            if at >= r.end {
+                return None;
+            }
+            let (s, b) = self.chunks.get(i)?;
             let from = (at - s) as usize;
             let to = ((r.end - s) as usize).min(b.len());
-            out.extend_from_slice(&b[from..to]);
             at = s + to as u64;
-            self.cursor = self.dropped + i;
             i += 1;
-        }
+            Some((i - 1, &b[from..to]))
+        })
     }
 
     /// Where the last contiguous piece of `r` (non-empty, within what is held) starts, and
@@ -232,18 +246,10 @@ impl SendBuf {
 
     /// Copies the bytes of `r` (within what is held) into `out`, of the same length.
     pub fn copy_into(&self, r: Range<u64>, out: &mut [u8]) {
-        let mut i = self.find(r.start);
-        let mut at = r.start;
         let mut k = 0;
-        while at < r.end {
-            let Some((s, b)) = self.chunks.get(i) else { break };
-            let from = (at - s) as usize;
-            let to = ((r.end - s) as usize).min(b.len());
-            let n = to - from;
-            out[k..k + n].copy_from_slice(&b[from..to]);
-            k += n;
-            at = s + to as u64;
-            i += 1;
+        for (_, piece) in self.pieces(r) {
+            out[k..k + piece.len()].copy_from_slice(piece);
+            k += piece.len();
         }
     }
 
