@@ -31,6 +31,12 @@ pub struct UdpSimArgs {
     /// Rounds; the median is reported.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// Run only this cipher, `aes` or `chacha` (for profiling and A/B runs).
+    #[arg(long)]
+    pub cipher: Option<String>,
+    /// Run only this datagram size, 1452 or 8952.
+    #[arg(long)]
+    pub datagram: Option<usize>,
 }
 
 struct NoWake;
@@ -176,7 +182,13 @@ pub fn run_all(args: &UdpSimArgs) -> Vec<(String, String)> {
     for (suite, name) in
         [(CipherSuite::ChaCha20Poly1305, "chacha"), (CipherSuite::Aes256Gcm, "aes")]
     {
+        if args.cipher.as_deref().is_some_and(|c| c != name) {
+            continue;
+        }
         for datagram in [1452usize, 8952] {
+            if args.datagram.is_some_and(|d| d != datagram) {
+                continue;
+            }
             let runs: Vec<(f64, f64)> =
                 (0..args.rounds).map(|_| run(suite, datagram, args.secs)).collect();
             let mbs = median(&runs.iter().map(|r| r.0).collect::<Vec<_>>());

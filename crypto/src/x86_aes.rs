@@ -384,7 +384,8 @@ fn crypt_short<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -
     let aad_blocks = p.aad_len.div_ceil(16);
     let len = p.text_len;
     let n = aad_blocks + len.div_ceil(16) + 1;
-    debug_assert!(p.aad_len <= 64 && n <= POWERS);
+    // (What keeps the unchecked table reads below inside the tables.)
+    assert!(p.aad_len <= 64 && n <= POWERS, "crypt_short takes packet-sized messages");
     // Block j of the input is multiplied by H^(n - j): `rpow[first + j]`.
     let first = POWERS - n;
     let text = p.text();
@@ -396,11 +397,13 @@ fn crypt_short<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -
         ($d:expr, $j:expr) => {{
             let d = $d;
             let at = first + $j;
-            // SAFETY: at + 4 <= POWERS + 3 (j < n), inside both tables with their three
-            // zero blocks.
-            let h = unsafe { _mm512_loadu_si512(keys.rpow[at..].as_ptr().cast()) };
-            // SAFETY: as above.
-            let k = unsafe { _mm512_loadu_si512(keys.kpow[at..].as_ptr().cast()) };
+            debug_assert!(at + 4 <= POWERS + 3);
+            // SAFETY: at = POWERS - n + j with j < n <= POWERS (asserted above), so
+            // at + 4 <= POWERS + 3: four entries inside the table, its three zero blocks
+            // included, read without a bounds check on the hot path.
+            let h = unsafe { _mm512_loadu_si512(keys.rpow.as_ptr().add(at).cast()) };
+            // SAFETY: as above, in the table of the same length.
+            let k = unsafe { _mm512_loadu_si512(keys.kpow.as_ptr().add(at).cast()) };
             let dk = _mm512_xor_si512(d, _mm512_shuffle_epi32::<0b01_00_11_10>(d));
             lo = _mm512_xor_si512(lo, _mm512_clmulepi64_epi128::<0x00>(d, h));
             hi = _mm512_xor_si512(hi, _mm512_clmulepi64_epi128::<0x11>(d, h));
@@ -460,8 +463,28 @@ fn crypt_short<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -
             }
             for (k, v) in x.iter().enumerate() {
                 let ks = _mm512_aesenclast_epi128(*v, rk[14]);
-                let q = q0 + k;
-                xor_text(p, 64 * q, ks);
+                let at = 64 * (q0 + k);
+                let dst = text.wrapping_add(at);
+                // A whole group of the buffer's text, or of the tail's: one load, one
+                // store. A group across the split, or the last one, takes the general way.
+                if at + 64 <= p.split {
+                    // SAFETY: 64 bytes of the buffer's text from `dst` (at + 64 <= split
+                    // <= text_len), inside the borrowed buffer.
+                    unsafe {
+                        let t = _mm512_loadu_si512(dst.cast());
+                        _mm512_storeu_si512(dst.cast(), _mm512_xor_si512(t, ks));
+                    }
+                } else if at >= p.split && at + 64 <= len {
+                    // SAFETY: 64 tail bytes from `at - split` (the tail holds text bytes
+                    // split..text_len, borrowed for the call), and 64 bytes of the buffer's
+                    // text from `dst` (at + 64 <= text_len).
+                    unsafe {
+                        let t = _mm512_loadu_si512(p.ext.wrapping_add(at - p.split).cast());
+                        _mm512_storeu_si512(dst.cast(), _mm512_xor_si512(t, ks));
+                    }
+                } else {
+                    xor_text_cold(p, at, ks);
+                }
             }
             q0 += $m;
         }};
@@ -480,6 +503,13 @@ fn crypt_short<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -
     let (lo, hi) = (fold(lo), fold(hi));
     let x = reduce(lo, _mm512_xor_si512(fold(mid), _mm512_xor_si512(lo, hi)), hi);
     st128(_mm_shuffle_epi8(_mm512_castsi512_si128(x), bswap128()))
+}
+
+/// [`xor_text`] out of line: the groups a pass rarely meets (across the split, the last).
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn xor_text_cold(p: &Part, at: usize, ks: __m512i) {
+    xor_text(p, at, ks);
 }
 
 /// XORs `ks` into the text of `p` from byte `at` (as many of its 64 bytes as the text has
