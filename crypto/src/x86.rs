@@ -56,12 +56,9 @@ impl Part {
         self.base.wrapping_add(self.aad_len + self.text_len)
     }
 
-    pub(super) fn nonce_bytes(&self) -> [u8; 12] {
-        let mut b = [0u8; 12];
-        for (c, w) in b.chunks_exact_mut(4).zip(self.nonce) {
-            c.copy_from_slice(&w.to_le_bytes());
-        }
-        b
+    /// The nonce as three little-endian words (bytes 0..4, 4..8, 8..12).
+    pub(super) fn nonce_words(&self) -> [u32; 3] {
+        self.nonce
     }
 }
 

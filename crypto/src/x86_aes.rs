@@ -209,14 +209,13 @@ fn seal_or_open<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) 
 /// E(K, J0) of every message (J0 = nonce || 1, the mask of its tag), four per register.
 #[target_feature(enable = "avx512f,avx512bw,vaes")]
 fn tag_masks(rk: &[__m512i; 15], parts: &[Part; GROUP]) -> [[u8; 16]; GROUP] {
-    let mut j0 = [[0u8; 16]; GROUP];
-    for (b, p) in j0.iter_mut().zip(parts) {
-        b[..12].copy_from_slice(&p.nonce_bytes());
-        b[15] = 1;
-    }
+    // J0 = nonce || 1 (big-endian): the last word's byte 15 is 1.
+    let j0 = |i: usize| nonce_block(&parts[i], 0x0100_0000);
     let mut x: [__m512i; GROUP / 4] = std::array::from_fn(|q| {
-        // SAFETY: `j0[4q..4q + 4]` is 64 readable bytes.
-        let v = unsafe { _mm512_loadu_si512(j0[4 * q..].as_ptr().cast()) };
+        let v = _mm512_castsi128_si512(j0(4 * q));
+        let v = _mm512_inserti32x4::<1>(v, j0(4 * q + 1));
+        let v = _mm512_inserti32x4::<2>(v, j0(4 * q + 2));
+        let v = _mm512_inserti32x4::<3>(v, j0(4 * q + 3));
         _mm512_xor_si512(v, rk[0])
     });
     rounds(&mut x, rk);
@@ -259,10 +258,8 @@ impl Counters {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
     fn new(p: &Part) -> Self {
-        let mut nb = [0u8; 16];
-        nb[..12].copy_from_slice(&p.nonce_bytes());
         Counters {
-            nonce: _mm512_broadcast_i32x4(ld128(&nb)),
+            nonce: _mm512_broadcast_i32x4(nonce_block(p, 0)),
             // The text's key stream starts at counter 2 (J0 + 1).
             next: _mm512_set_epi32(5, 0, 0, 0, 4, 0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0),
             step: _mm512_set_epi32(4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0),
@@ -430,11 +427,9 @@ fn crypt_short<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -
         let d = unsafe { _mm512_maskz_loadu_epi8(low_bytes(p.aad_len), p.base.cast()) };
         absorb!(_mm512_shuffle_epi8(d, bswap), 0);
     }
-    let mut nb = [0u8; 16];
-    nb[..12].copy_from_slice(&p.nonce_bytes());
     // Counters 2..5 in the lanes' last byte; four more per register.
     let mut ctr = _mm512_or_si512(
-        _mm512_broadcast_i32x4(ld128(&nb)),
+        _mm512_broadcast_i32x4(nonce_block(p, 0)),
         _mm512_set_epi32(5 << 24, 0, 0, 0, 4 << 24, 0, 0, 0, 3 << 24, 0, 0, 0, 2 << 24, 0, 0, 0),
     );
     let step =
@@ -678,6 +673,17 @@ impl<'k> Ghash<'k> {
         let x = self.sum();
         st128(_mm_shuffle_epi8(_mm512_castsi512_si128(x), bswap128()))
     }
+}
+
+/// The block of `p`'s nonce (bytes 0..12) and `last` (bytes 12..16, little-endian), built
+/// in registers: bytes written to memory and read back as one block wait for the stores to
+/// reach the cache (a store is not forwarded to a wider load), and with them for every
+/// instruction before, which would keep one message's work from overlapping the last's.
+#[inline]
+#[target_feature(enable = "sse2")]
+fn nonce_block(p: &Part, last: u32) -> __m128i {
+    let [w0, w1, w2] = p.nonce_words();
+    _mm_set_epi32(last as i32, w2 as i32, w1 as i32, w0 as i32)
 }
 
 /// The mask of the lowest `n` (at most 64) bytes.
