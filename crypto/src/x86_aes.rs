@@ -461,7 +461,8 @@ fn crypt_short<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -
                 let at = 64 * (q0 + k);
                 let dst = text.wrapping_add(at);
                 // A whole group of the buffer's text, or of the tail's: one load, one
-                // store. A group across the split, or the last one, takes the general way.
+                // store; one across the split, two masked loads; the last, if short, the
+                // general way.
                 if at + 64 <= p.split {
                     // SAFETY: 64 bytes of the buffer's text from `dst` (at + 64 <= split
                     // <= text_len), inside the borrowed buffer.
@@ -475,6 +476,25 @@ fn crypt_short<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -
                     // text from `dst` (at + 64 <= text_len).
                     unsafe {
                         let t = _mm512_loadu_si512(p.ext.wrapping_add(at - p.split).cast());
+                        _mm512_storeu_si512(dst.cast(), _mm512_xor_si512(t, ks));
+                    }
+                } else if at < p.split && at + 64 <= len {
+                    // A whole group across the split (a sealed packet's first, where its
+                    // frame header ends and the channel data read from the send buffer
+                    // begins): the first `k` bytes from the buffer, the rest from the tail.
+                    let k = p.split - at;
+                    // SAFETY: the masked load reads only the `k` buffer bytes from `dst`
+                    // (at + k = split <= text_len); the second reads only lanes k..64, tail
+                    // bytes 0..64 - k (at + 64 <= text_len), from a base `k` bytes before
+                    // the tail whose lanes below `k` are masked off and not accessed; the
+                    // store writes 64 bytes of the buffer's text from `dst`.
+                    unsafe {
+                        let head = _mm512_maskz_loadu_epi8(low_bytes(k), dst.cast());
+                        let t = _mm512_mask_loadu_epi8(
+                            head,
+                            !low_bytes(k),
+                            p.ext.wrapping_sub(k).cast(),
+                        );
                         _mm512_storeu_si512(dst.cast(), _mm512_xor_si512(t, ks));
                     }
                 } else {
@@ -500,7 +520,7 @@ fn crypt_short<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -
     st128(_mm_shuffle_epi8(_mm512_castsi512_si128(x), bswap128()))
 }
 
-/// [`xor_text`] out of line: the groups a pass rarely meets (across the split, the last).
+/// [`xor_text`] out of line: the group a pass rarely meets (a message's last, short one).
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw")]
 fn xor_text_cold(p: &Part, at: usize, ks: __m512i) {
