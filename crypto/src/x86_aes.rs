@@ -461,8 +461,9 @@ fn crypt_short<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -
                 let at = 64 * (q0 + k);
                 let dst = text.wrapping_add(at);
                 // A whole group of the buffer's text, or of the tail's: one load, one
-                // store; one across the split, two masked loads; the last, if short, the
-                // general way.
+                // store; one across the split, two masked loads; the last, short one, a
+                // masked load and store; only a short one across the split (a short
+                // message's) the general way.
                 if at + 64 <= p.split {
                     // SAFETY: 64 bytes of the buffer's text from `dst` (at + 64 <= split
                     // <= text_len), inside the borrowed buffer.
@@ -497,6 +498,18 @@ fn crypt_short<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -
                         );
                         _mm512_storeu_si512(dst.cast(), _mm512_xor_si512(t, ks));
                     }
+                } else if at >= p.split || p.split == len {
+                    // The last, short group, all of it in the tail (a sealed packet's) or
+                    // all in the buffer (without a tail): `n` bytes.
+                    let n = low_bytes(len - at);
+                    let src = if at >= p.split { p.ext.wrapping_add(at - p.split) } else { dst };
+                    // SAFETY: the masked load reads only the text's last `len - at` bytes
+                    // (from the tail past the split, else from the buffer), the masked
+                    // store writes only those of the buffer's text from `dst`.
+                    unsafe {
+                        let t = _mm512_maskz_loadu_epi8(n, src.cast());
+                        _mm512_mask_storeu_epi8(dst.cast(), n, _mm512_xor_si512(t, ks));
+                    }
                 } else {
                     xor_text_cold(p, at, ks);
                 }
@@ -520,7 +533,8 @@ fn crypt_short<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -
     st128(_mm_shuffle_epi8(_mm512_castsi512_si128(x), bswap128()))
 }
 
-/// [`xor_text`] out of line: the group a pass rarely meets (a message's last, short one).
+/// [`xor_text`] out of line: the group a pass rarely meets (a short message's last group,
+/// across a tail's split).
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw")]
 fn xor_text_cold(p: &Part, at: usize, ks: __m512i) {
