@@ -1895,7 +1895,10 @@ impl Connection {
     }
 
     /// Records the ECN mark, seals (now or with the rest of the transmit) and tracks the
-    /// packet begun at `start`.
+    /// packet begun at `start`. Inlined, with `Recovery::on_sent`, into the packet loop: as
+    /// calls, the sent record was copied from frame to frame, each copy waiting on the
+    /// stores just made (session 20: 3 % of the bulk sender's time).
+    #[inline(always)]
     fn finish_packet(
         &mut self,
         now: Instant,

@@ -182,6 +182,7 @@ impl<F> SentMap<F> {
     }
 
     /// Adds packet `pn`, above every number held; returns whether it was added.
+    #[inline(always)]
     fn insert(&mut self, pn: u64, p: SentPacket<F>) -> bool {
         if self.slots.back().is_some_and(|(last, _)| *last >= pn) {
             return false;
@@ -422,6 +423,8 @@ impl<F> Recovery<F> {
     ///
     /// # Errors
     /// [`TrackFull`] when `max_tracked` packets are outstanding.
+    // (Inlined into the sender's packet loop: see `Connection::finish_packet`.)
+    #[inline(always)]
     pub fn on_sent(&mut self, pn: u64, packet: SentPacket<F>) -> Result<(), TrackFull> {
         if self.is_full() {
             return Err(TrackFull);
