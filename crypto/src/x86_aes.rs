@@ -460,58 +460,19 @@ fn crypt_short<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -
                 let ks = _mm512_aesenclast_epi128(*v, rk[14]);
                 let at = 64 * (q0 + k);
                 let dst = text.wrapping_add(at);
-                // A whole group of the buffer's text, or of the tail's: one load, one
-                // store; one across the split, two masked loads; the last, short one, a
-                // masked load and store; only a short one across the split (a short
-                // message's) the general way.
-                if at + 64 <= p.split {
-                    // SAFETY: 64 bytes of the buffer's text from `dst` (at + 64 <= split
-                    // <= text_len), inside the borrowed buffer.
-                    unsafe {
-                        let t = _mm512_loadu_si512(dst.cast());
-                        _mm512_storeu_si512(dst.cast(), _mm512_xor_si512(t, ks));
-                    }
-                } else if at >= p.split && at + 64 <= len {
-                    // SAFETY: 64 tail bytes from `at - split` (the tail holds text bytes
-                    // split..text_len, borrowed for the call), and 64 bytes of the buffer's
-                    // text from `dst` (at + 64 <= text_len).
-                    unsafe {
-                        let t = _mm512_loadu_si512(p.ext.wrapping_add(at - p.split).cast());
-                        _mm512_storeu_si512(dst.cast(), _mm512_xor_si512(t, ks));
-                    }
-                } else if at < p.split && at + 64 <= len {
-                    // A whole group across the split (a sealed packet's first, where its
-                    // frame header ends and the channel data read from the send buffer
-                    // begins): the first `k` bytes from the buffer, the rest from the tail.
-                    let k = p.split - at;
-                    // SAFETY: the masked load reads only the `k` buffer bytes from `dst`
-                    // (at + k = split <= text_len); the second reads only lanes k..64, tail
-                    // bytes 0..64 - k (at + 64 <= text_len), from a base `k` bytes before
-                    // the tail whose lanes below `k` are masked off and not accessed; the
-                    // store writes 64 bytes of the buffer's text from `dst`.
-                    unsafe {
-                        let head = _mm512_maskz_loadu_epi8(low_bytes(k), dst.cast());
-                        let t = _mm512_mask_loadu_epi8(
-                            head,
-                            !low_bytes(k),
-                            p.ext.wrapping_sub(k).cast(),
-                        );
-                        _mm512_storeu_si512(dst.cast(), _mm512_xor_si512(t, ks));
-                    }
-                } else if at >= p.split || p.split == len {
-                    // The last, short group, all of it in the tail (a sealed packet's) or
-                    // all in the buffer (without a tail): `n` bytes.
-                    let n = low_bytes(len - at);
-                    let src = if at >= p.split { p.ext.wrapping_add(at - p.split) } else { dst };
-                    // SAFETY: the masked load reads only the text's last `len - at` bytes
-                    // (from the tail past the split, else from the buffer), the masked
-                    // store writes only those of the buffer's text from `dst`.
-                    unsafe {
-                        let t = _mm512_maskz_loadu_epi8(n, src.cast());
-                        _mm512_mask_storeu_epi8(dst.cast(), n, _mm512_xor_si512(t, ks));
-                    }
+                // Whole groups by the fixed-size form of `input` (one load, or two masked
+                // ones across a tail's split), the last, short one masked: no general walk
+                // (`xor_text`) in the unrolled pass.
+                if at + 64 <= len {
+                    let t = _mm512_xor_si512(input(p, at, 64), ks);
+                    // SAFETY: 64 bytes of the buffer's text from `dst` (at + 64 <= text_len).
+                    unsafe { _mm512_storeu_si512(dst.cast(), t) };
                 } else {
-                    xor_text_cold(p, at, ks);
+                    let n = len - at;
+                    let t = _mm512_xor_si512(input(p, at, n), ks);
+                    // SAFETY: the masked store writes only the text's last `n` bytes, from
+                    // `dst`, inside the borrowed buffer.
+                    unsafe { _mm512_mask_storeu_epi8(dst.cast(), low_bytes(n), t) };
                 }
             }
             q0 += $m;
@@ -531,14 +492,6 @@ fn crypt_short<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -
     let (lo, hi) = (fold(lo), fold(hi));
     let x = reduce(lo, _mm512_xor_si512(fold(mid), _mm512_xor_si512(lo, hi)), hi);
     st128(_mm_shuffle_epi8(_mm512_castsi512_si128(x), bswap128()))
-}
-
-/// [`xor_text`] out of line: the group a pass rarely meets (a short message's last group,
-/// across a tail's split).
-#[inline(never)]
-#[target_feature(enable = "avx512f,avx512bw")]
-fn xor_text_cold(p: &Part, at: usize, ks: __m512i) {
-    xor_text(p, at, ks);
 }
 
 /// XORs `ks` into the text of `p` from byte `at` (as many of its 64 bytes as the text has
