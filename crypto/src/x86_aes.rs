@@ -19,7 +19,7 @@
 use std::arch::x86_64::*;
 
 use super::x86::{Part, parts_of};
-use super::{GROUP, Mode, Msg, TAG_LEN};
+use super::{GROUP, Mode, Msg};
 
 /// Runs the pass macro `$pass` for `$groups` 64-byte groups left, with its register count
 /// (at most eight) as a literal, so that each size is its own unrolled code.
@@ -143,7 +143,7 @@ pub(super) unsafe fn expand(key: &[u8; 32]) -> Box<AesKeys> {
 ///
 /// # Safety
 /// The CPU must have AVX-512 F, BW and VL, VAES, VPCLMULQDQ, AES-NI and SSSE3.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,vaes,vpclmulqdq,aes,ssse3")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,vaes,vpclmulqdq,aes,ssse3,sse4.1")]
 pub(super) unsafe fn run(
     keys: &AesKeys,
     group: &mut [Msg<'_>],
@@ -167,10 +167,10 @@ pub(super) unsafe fn run(
         Mode::Seal => {
             for i in (0..n).filter(|&i| live[i]) {
                 let s = seal_or_open::<true>(&rk, keys, &parts[i]);
-                let t: [u8; 16] = std::array::from_fn(|k| s[k] ^ masks[i][k]);
+                let t = _mm_xor_si128(s, ld128(&masks[i]));
                 // SAFETY: the tag's 16 bytes end the message's buffer (`Part::tag`), which
-                // this call borrows exclusively; `t` is a separate local array.
-                unsafe { std::ptr::copy_nonoverlapping(t.as_ptr(), parts[i].tag(), TAG_LEN) };
+                // this call borrows exclusively; the store is unaligned.
+                unsafe { _mm_storeu_si128(parts[i].tag().cast(), t) };
             }
         }
         Mode::Open => {
@@ -178,13 +178,12 @@ pub(super) unsafe fn run(
             for i in (0..n).filter(|&i| live[i]) {
                 // Hashed and decrypted in one pass; encrypted back if the tag is wrong.
                 let s = seal_or_open::<false>(&rk, keys, &parts[i]);
-                let mut got = [0u8; TAG_LEN];
-                // SAFETY: the 16 tag bytes at the end of a borrowed buffer, into a local.
-                unsafe { std::ptr::copy_nonoverlapping(parts[i].tag(), got.as_mut_ptr(), TAG_LEN) };
-                // Every byte compared, whatever the first difference.
-                let diff = (0..TAG_LEN).fold(0u8, |d, k| d | (got[k] ^ s[k] ^ masks[i][k]));
-                let diff = std::hint::black_box(diff);
-                verified[i] = diff == 0;
+                // SAFETY: the 16 tag bytes at the end of a borrowed buffer; unaligned load.
+                let got = unsafe { _mm_loadu_si128(parts[i].tag().cast()) };
+                // Every byte compared at once (one PTEST), whatever the first difference:
+                // no branch or early exit depends on where the tags differ.
+                let diff = _mm_xor_si128(_mm_xor_si128(got, s), ld128(&masks[i]));
+                verified[i] = _mm_testz_si128(diff, diff) == 1;
                 if !verified[i] {
                     // Counter mode is its own inverse: the text is as it came.
                     crypt::<true, false>(&rk, keys, &parts[i]);
@@ -198,7 +197,7 @@ pub(super) unsafe fn run(
 /// [`crypt`] with hashing, or [`crypt_short`] where it applies.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,vaes,vpclmulqdq,ssse3")]
-fn seal_or_open<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -> [u8; 16] {
+fn seal_or_open<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -> __m128i {
     if p.aad_len <= 64 && p.aad_len.div_ceil(16) + p.text_len.div_ceil(16) < POWERS {
         crypt_short::<SEAL>(rk, keys, p)
     } else {
@@ -292,7 +291,7 @@ fn crypt<const SEAL: bool, const HASH: bool>(
     rk: &[__m512i; 15],
     keys: &AesKeys,
     p: &Part,
-) -> [u8; 16] {
+) -> __m128i {
     let bswap = _mm512_broadcast_i32x4(bswap128());
     let aad_blocks = p.aad_len.div_ceil(16);
     let len = p.text_len;
@@ -356,7 +355,7 @@ fn crypt<const SEAL: bool, const HASH: bool>(
         by_registers!((len - at).div_ceil(64), pass);
     }
     if !HASH {
-        return [0; 16];
+        return _mm_setzero_si128();
     }
     while hashed < len {
         hash_next!(len);
@@ -376,7 +375,7 @@ fn crypt<const SEAL: bool, const HASH: bool>(
 /// round 1 on (sealing, those the pass before wrote; opening, its own), and the group
 /// positions, hence the powers of H, known in advance.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,vaes,vpclmulqdq,ssse3")]
-fn crypt_short<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -> [u8; 16] {
+fn crypt_short<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -> __m128i {
     let bswap = _mm512_broadcast_i32x4(bswap128());
     let aad_blocks = p.aad_len.div_ceil(16);
     let len = p.text_len;
@@ -491,7 +490,7 @@ fn crypt_short<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -
     absorb!(_mm512_zextsi128_si512(_mm_shuffle_epi8(ld128(&lengths), bswap128())), n - 1);
     let (lo, hi) = (fold(lo), fold(hi));
     let x = reduce(lo, _mm512_xor_si512(fold(mid), _mm512_xor_si512(lo, hi)), hi);
-    st128(_mm_shuffle_epi8(_mm512_castsi512_si128(x), bswap128()))
+    _mm_shuffle_epi8(_mm512_castsi512_si128(x), bswap128())
 }
 
 /// XORs `ks` into the text of `p` from byte `at` (as many of its 64 bytes as the text has
@@ -656,9 +655,9 @@ impl<'k> Ghash<'k> {
     /// The hash (S before the tag's mask), in GCM's byte order.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,ssse3")]
-    fn finish(&self) -> [u8; 16] {
+    fn finish(&self) -> __m128i {
         let x = self.sum();
-        st128(_mm_shuffle_epi8(_mm512_castsi512_si128(x), bswap128()))
+        _mm_shuffle_epi8(_mm512_castsi512_si128(x), bswap128())
     }
 }
 

@@ -2039,9 +2039,11 @@ impl Connection {
         let n = self.chans.len();
         // Channels take turns, starting one further each packet; each fills what room is
         // left (in several frames where its bytes are not contiguous: lost ranges, or the
-        // wrap of its ring).
+        // wrap of its ring). (Indices wrapped by a subtraction: a division a packet showed
+        // in the bulk sender's profile.)
+        let first = if self.rr < n { self.rr } else { 0 };
         for k in 0..n {
-            let i = (self.rr + k) % n;
+            let i = if first + k < n { first + k } else { first + k - n };
             loop {
                 let room = limit.saturating_sub(buf.len() + frame::CHANNEL_DATA_OVERHEAD);
                 if room == 0 || !self.chans[i].send.has_data() {
@@ -2073,7 +2075,7 @@ impl Connection {
                 info.push(Sent::data(i, offset, end));
             }
         }
-        self.rr = (self.rr + 1) % n.max(1);
+        self.rr = if first + 1 < n { first + 1 } else { 0 };
     }
 
     /// Copies into the packet the piece [`put_data`](Self::put_data) left to the AEAD, if
