@@ -446,13 +446,29 @@ fn crypt_short<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -
             // Sealing hashes what earlier passes wrote; opening, this pass's groups before
             // it overwrites them.
             let hash_end = if SEAL { q0 } else { q0 + $m };
-            for r in 1..14 {
+            // The rounds that hash a group and those that do not, as two loops: a test of
+            // what is left to hash in every round cost more instructions than the packet
+            // path, bound by how many the core issues, could spare (session 21, with the
+            // unchecked load below: 98 -> 87 ns sealing a 1,419-byte packet).
+            let hashing = (hash_end - hq).min(13);
+            for r in 1..=hashing {
                 for v in &mut x {
                     *v = _mm512_aesenc_epi128(*v, rk[r]);
                 }
-                if hq < hash_end {
-                    absorb!(_mm512_shuffle_epi8(load_group!(hq), bswap), aad_blocks + 4 * hq);
-                    hq += 1;
+                let d = if SEAL {
+                    // SAFETY: 64 bytes of text from group `hq`: sealing hashes here only the
+                    // groups of passes before, all whole (only the text's last group may be
+                    // short, and it is in the last pass).
+                    unsafe { _mm512_loadu_si512(text.wrapping_add(64 * hq).cast()) }
+                } else {
+                    load_group!(hq)
+                };
+                absorb!(_mm512_shuffle_epi8(d, bswap), aad_blocks + 4 * hq);
+                hq += 1;
+            }
+            for r in hashing + 1..14 {
+                for v in &mut x {
+                    *v = _mm512_aesenc_epi128(*v, rk[r]);
                 }
             }
             // Each register's group written out in turn, the pass's registers named one by
