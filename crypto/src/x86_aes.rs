@@ -368,9 +368,10 @@ fn crypt<const SEAL: bool, const HASH: bool>(
 /// [`crypt`] for the common case, every UDP packet: associated data of at most 64 bytes and
 /// a GHASH input of at most [`POWERS`] blocks, so one run with one reduction, and counters
 /// below 256 (only their last byte changes). Its passes keep a fixed shape: the counter
-/// blocks stepped by one addition, the 64-byte groups to hash taken one per round from
-/// round 1 on (sealing, those the pass before wrote; opening, its own), and the group
-/// positions, hence the powers of H, known in advance.
+/// blocks stepped by one addition, the 64-byte groups to hash taken during the rounds
+/// (sealing, those the pass before wrote, one a round from round 1; opening, its own,
+/// spread over the rounds), and the group positions, hence the powers of H, known in
+/// advance.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,vaes,vpclmulqdq,ssse3")]
 fn crypt_short<const SEAL: bool>(rk: &[__m512i; 15], keys: &AesKeys, p: &Part) -> __m128i {
     let bswap = _mm512_broadcast_i32x4(bswap128());
