@@ -1873,10 +1873,7 @@ impl Connection {
             eliciting |= self.put_path_responses(buf, limit);
             self.put_controls(buf, limit, &mut info);
             self.put_datagrams(buf, limit, size, &mut info);
-            let (chan, from, to) = self.put_data(buf, limit, &mut info, false);
-            if to > from {
-                info.push(Sent::data(chan, from, to));
-            }
+            self.put_data(buf, limit, &mut info, false);
             if info.is_empty() && !probing {
                 // Something waited but none of it went (an unreliable message too large,
                 // control frames that did not fit beside an ACK): not the window.
@@ -1940,22 +1937,13 @@ impl Connection {
     fn build_bulk(&mut self, now: Instant, buf: &mut Vec<u8>, size: usize) -> bool {
         let start = packet::begin(buf);
         let limit = start + size - dap_net::enc::cipher::TAG_LEN;
-        let mut more = Info::default();
-        let (chan, from, to) = self.put_data(buf, limit, &mut more, self.gathers());
-        if to == from {
+        let mut info = Info::default();
+        self.put_data(buf, limit, &mut info, self.gathers());
+        if info.is_empty() {
             // The window had room and nothing waited: not the window (RFC 9002 §7.8).
             self.app_limited = true;
             buf.truncate(start);
             return false;
-        }
-        // The record built here, where it never leaves the registers on its way into the
-        // record of packets in flight: written through a reference by `put_data` (a call)
-        // and read back whole, it waited for stores that cannot be forwarded to a wider
-        // load (some 1.4 % of the bulk sender's samples in session 21).
-        let mut info = Info::default();
-        info.push(Sent::data(chan, from, to));
-        if !more.is_empty() {
-            info.items.extend(more.items.drain(..));
         }
         self.finish_packet(now, buf, start, true, info);
         true
@@ -2102,18 +2090,7 @@ impl Connection {
     /// sealed later, in a batch), the last piece of the packet's last frame that lies in one
     /// chunk of its send buffer is not copied: its room is zeroed and the piece noted in
     /// `self.tail`, for the AEAD to read where it lies ([`seal_unsealed`](Self::seal_unsealed)).
-    ///
-    /// Returns the last frame's piece (channel index, start, end; an empty range when it
-    /// put none) for the caller to record; the frames before it (another channel's, the
-    /// wrap of a ring) are recorded in `info`.
-    fn put_data(
-        &mut self,
-        buf: &mut Vec<u8>,
-        limit: usize,
-        info: &mut Info,
-        gather: bool,
-    ) -> (usize, u64, u64) {
-        let mut last = (0, 0, 0);
+    fn put_data(&mut self, buf: &mut Vec<u8>, limit: usize, info: &mut Info, gather: bool) {
         let n = self.chans.len();
         // Channels take turns, starting one further each packet; each fills what room is
         // left (in several frames where its bytes are not contiguous: lost ranges, or the
@@ -2150,14 +2127,10 @@ impl Connection {
                 if self.chans[i].send.unsent() == unsent_before {
                     self.stats.retransmitted += end - offset;
                 }
-                if last.2 > last.1 {
-                    info.push(Sent::data(last.0, last.1, last.2));
-                }
-                last = (i, offset, end);
+                info.push(Sent::data(i, offset, end));
             }
         }
         self.rr = if first + 1 < n { first + 1 } else { 0 };
-        last
     }
 
     /// Copies into the packet the piece [`put_data`](Self::put_data) left to the AEAD, if
